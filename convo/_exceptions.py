@@ -1,0 +1,261 @@
+"""The one exception hierarchy of convo.
+
+Every error convo raises on purpose derives from :class:`ConvoError`::
+
+    ConvoError
+    ├── ConfigurationError            bad settings: database URL, API key, model registry entry
+    ├── InvalidMessageError           a message (or list) that breaks OpenAI's rules  (also ValueError)
+    ├── StoreError                    the SQL store
+    │   ├── NotMigratedError          the database has no (or an old) convo schema: run `convo db upgrade`
+    │   ├── ConversationNotFound      no such conversation (or not visible to this owner)  (also KeyError)
+    │   ├── MessageNotFound           no such message in the conversation  (also KeyError)
+    │   └── ForkConflictError         an operation that would orphan or break a fork lineage
+    ├── TokenizerError
+    │   ├── UnknownModelError         a model name that maps to no encoding: pass `encoding=`
+    │   └── EncodingUnavailableError  an encoding whose data cannot be loaded offline or online
+    ├── ContextError                  building a context
+    │   ├── ContextOverflowError      what must be kept does not fit: carries the numbers
+    │   └── TemplateError             a chat template that fails to load or render
+    └── APIError                      talking to an OpenAI-compatible server (remote failures)
+        ├── APIConnectionError        could not connect / connection dropped
+        │   └── APITimeoutError
+        ├── APIResponseValidationError  the server answered something that is not the API's format
+        ├── APIStreamError            an SSE stream that reported an error or broke midway
+        └── APIStatusError            a 4xx/5xx answer; `.status_code`, `.body`, `.request_id`
+            ├── BadRequestError              400
+            ├── AuthenticationError          401
+            ├── PermissionDeniedError        403
+            ├── NotFoundError                404
+            ├── ConflictError                409
+            ├── UnprocessableEntityError     422
+            ├── RateLimitError               429
+            └── InternalServerError          >= 500
+
+Caller mistakes (configuration, invalid messages, overflow) are separate from
+remote failures (``APIError``), so a backend can map the first to HTTP 4xx
+and the second to 502/503.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIResponseValidationError",
+    "APIStatusError",
+    "APIStreamError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConfigurationError",
+    "ConflictError",
+    "ContextError",
+    "ContextOverflowError",
+    "ConversationNotFound",
+    "ConvoError",
+    "EncodingUnavailableError",
+    "ForkConflictError",
+    "InternalServerError",
+    "InvalidMessageError",
+    "MessageNotFound",
+    "NotFoundError",
+    "NotMigratedError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "StoreError",
+    "TemplateError",
+    "TokenizerError",
+    "UnknownModelError",
+    "UnprocessableEntityError",
+]
+
+
+class ConvoError(Exception):
+    """Base class of every error convo raises on purpose."""
+
+
+class ConfigurationError(ConvoError):
+    """Invalid configuration: a database URL, an API key, a registry entry."""
+
+
+class InvalidMessageError(ConvoError, ValueError):
+    """A message or message list that breaks the rules of OpenAI's chat format."""
+
+
+# --- store -----------------------------------------------------------------
+
+
+class StoreError(ConvoError):
+    """Base class of errors raised by the SQL store."""
+
+
+class NotMigratedError(StoreError):
+    """The database has no convo schema, or an older one than this convo needs."""
+
+
+class ConversationNotFound(StoreError, KeyError):
+    """No conversation with this id (or none that the given owner may see)."""
+
+    def __init__(self, conversation_id: str, *, owner: str | None = None) -> None:
+        self.conversation_id = conversation_id
+        self.owner = owner
+        scope = f" for owner {owner!r}" if owner is not None else ""
+        super().__init__(f"conversation {conversation_id!r} not found{scope}")
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class MessageNotFound(StoreError, KeyError):
+    """No message with this sequence number (or id) in the conversation."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ForkConflictError(StoreError):
+    """An operation that would break a fork lineage (e.g. deleting a parent of live forks)."""
+
+
+# --- tokens ----------------------------------------------------------------
+
+
+class TokenizerError(ConvoError):
+    """Base class of token-counting errors. convo never guesses a count silently."""
+
+
+class UnknownModelError(TokenizerError):
+    """A model name that maps to no known tokenizer encoding."""
+
+
+class EncodingUnavailableError(TokenizerError):
+    """The data of a tokenizer encoding cannot be loaded (offline, no cache, no package)."""
+
+
+# --- context ---------------------------------------------------------------
+
+
+class ContextError(ConvoError):
+    """Base class of errors raised while building a context."""
+
+
+class ContextOverflowError(ContextError):
+    """What must be kept (system prompt, pinned messages, newest user message) exceeds the budget.
+
+    Attributes:
+        budget: the prompt token budget of the build.
+        required: tokens that the messages which must be kept need.
+        part: which part did not fit (``"system"``, ``"pinned"``, ``"newest"``, ``"budget"``).
+    """
+
+    def __init__(self, message: str, *, budget: int, required: int, part: str) -> None:
+        super().__init__(message)
+        self.budget = budget
+        self.required = required
+        self.part = part
+
+
+class TemplateError(ContextError):
+    """A chat template that cannot be loaded or rendered."""
+
+
+# --- remote API --------------------------------------------------------------
+
+
+class APIError(ConvoError):
+    """Base class of failures while talking to an OpenAI-compatible server."""
+
+    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.request_id = request_id
+
+
+class APIConnectionError(APIError):
+    """The server could not be reached, or the connection broke."""
+
+
+class APITimeoutError(APIConnectionError):
+    """The request timed out."""
+
+
+class APIResponseValidationError(APIError):
+    """The server's answer is not in the API's format (invalid JSON, wrong shape)."""
+
+    def __init__(
+        self, message: str, *, status_code: int | None = None, request_id: str | None = None
+    ) -> None:
+        super().__init__(message, request_id=request_id)
+        self.status_code = status_code
+
+
+class APIStreamError(APIError):
+    """A streamed response reported an error event or ended before it was complete."""
+
+    def __init__(
+        self, message: str, *, body: Any = None, request_id: str | None = None
+    ) -> None:
+        super().__init__(message, request_id=request_id)
+        self.body = body
+
+
+class APIStatusError(APIError):
+    """The server answered with a 4xx or 5xx status.
+
+    Attributes:
+        status_code: the HTTP status.
+        body: the decoded JSON body (OpenAI's ``{"error": {...}}``) or the raw text.
+        request_id: the ``x-request-id`` header, when the server sent one.
+        code, type, param: fields of OpenAI's error object, when present.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        body: Any = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message, request_id=request_id)
+        self.status_code = status_code
+        self.body = body
+        err = body.get("error") if isinstance(body, dict) else None
+        err = err if isinstance(err, dict) else {}
+        self.code: str | None = err.get("code")
+        self.type: str | None = err.get("type")
+        self.param: str | None = err.get("param")
+
+
+class BadRequestError(APIStatusError):
+    """400"""
+
+
+class AuthenticationError(APIStatusError):
+    """401"""
+
+
+class PermissionDeniedError(APIStatusError):
+    """403"""
+
+
+class NotFoundError(APIStatusError):
+    """404"""
+
+
+class ConflictError(APIStatusError):
+    """409"""
+
+
+class UnprocessableEntityError(APIStatusError):
+    """422"""
+
+
+class RateLimitError(APIStatusError):
+    """429"""
+
+
+class InternalServerError(APIStatusError):
+    """>= 500"""
