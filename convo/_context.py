@@ -1,0 +1,275 @@
+"""ContextBuilder / AsyncContextBuilder: a stored conversation -> what the model sees.
+
+Both drive the same pure plan (:mod:`convo._context_plan`); they only answer
+its I/O requests with store and summarizer calls. Each store call is its own
+short transaction, so no transaction is ever held open across a summarizer's
+HTTP call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from ._context_plan import (
+    AddSummary,
+    BuildConfig,
+    GetConversation,
+    LatestSummary,
+    Pinned,
+    Range,
+    SaveCounts,
+    Summarize,
+    Tail,
+    plan_build,
+    run_async,
+    run_sync,
+)
+from ._context_report import Context
+from ._exceptions import ConfigurationError
+from ._messages import Message
+from ._selection import TruncateMode
+
+if TYPE_CHECKING:
+    from ._async_store import AsyncStore
+    from ._chat_render import ChatProfile
+    from ._models import ModelRegistry
+    from ._store import Store
+    from ._summary import AsyncSummarizer, Summarizer
+    from ._templates import PromptTemplate
+
+__all__ = ["AsyncContextBuilder", "ContextBuilder"]
+
+Mode = Literal["chat", "completion"]
+
+
+class _BuilderBase:
+    """Configuration shared by both builders (pure: resolves models, budgets, renderers)."""
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        mode: Mode = "chat",
+        encoding: str | None = None,
+        template: PromptTemplate | str | None = None,
+        profile: ChatProfile | None = None,
+        budget: int | None = None,
+        reserve: int | None = None,
+        margin: int | None = None,
+        max_messages: int | None = None,
+        max_history_tokens: int | None = None,
+        truncate: TruncateMode | None = None,
+        summary_max_tokens: int = 512,
+        summary_role: Literal["system", "developer", "user"] = "system",
+        registry: ModelRegistry | None = None,
+        page_size: int = 0,
+    ) -> None:
+        from ._encodings import get_encoding
+        from ._models import budget_for
+        from ._models import models as default_registry
+        from ._tokens import TokenCounter
+
+        if mode not in ("chat", "completion"):
+            raise ConfigurationError(f"mode must be 'chat' or 'completion', not {mode!r}")
+        self.model = model
+        self.mode: Mode = mode
+        reg = registry if registry is not None else default_registry
+        self._counter = TokenCounter.for_model(model, encoding=encoding)
+        self._decode = get_encoding(self._counter.encoding_name).decode
+        if budget is not None:
+            if reserve is not None or margin is not None:
+                raise ConfigurationError("give either budget= or reserve=/margin=, not both")
+            self.budget, self.reply_reserve = budget, None
+        else:
+            kw: dict[str, Any] = {"registry": reg}
+            if reserve is not None:
+                kw["reserve"] = reserve
+            if margin is not None:
+                kw["margin"] = margin
+            self.budget = budget_for(model, **kw)
+            self.reply_reserve = reserve if reserve is not None else _default_reserve(reg, model)
+        self._template: Any = None
+        if mode == "completion":
+            from ._templates import get_template
+
+            tpl = template if template is not None else "transcript"
+            self._template = get_template(tpl) if isinstance(tpl, str) else tpl
+        elif template is not None:
+            raise ConfigurationError("template= only applies to mode='completion'")
+        from ._chat_render import ChatProfile, render_chat
+
+        prof = profile if profile is not None else ChatProfile.openai()
+        self._render_chat: Callable[[Sequence[Message]], list[dict[str, Any]]] = (
+            lambda msgs: render_chat(msgs, prof)
+        )
+        self.max_messages = max_messages
+        self.max_history_tokens = max_history_tokens
+        self.truncate = truncate
+        self.summary_max_tokens = summary_max_tokens
+        self.summary_role = summary_role
+        self.page_size = page_size
+
+    def _config(
+        self,
+        conversation_id: str,
+        *,
+        tools: list[dict[str, Any]] | None,
+        response_format: dict[str, Any] | None,
+        summarizing: bool,
+    ) -> BuildConfig:
+        return BuildConfig(
+            conversation_id=conversation_id,
+            model=self.model,
+            mode=self.mode,
+            counter=self._counter,
+            budget=self.budget,
+            reply_reserve=self.reply_reserve,
+            render_chat=self._render_chat,
+            template=self._template,
+            tools=tools,
+            json_mode=bool(response_format and response_format.get("type") == "json_object"),
+            max_messages=self.max_messages,
+            max_history_tokens=self.max_history_tokens,
+            truncate=self.truncate,
+            summarizing=summarizing,
+            summary_max_tokens=self.summary_max_tokens,
+            summary_role=self.summary_role,
+            page_size=self.page_size,
+            decode=self._decode,
+        )
+
+
+def _default_reserve(registry: Any, model: str) -> int | None:
+    from ._models import default_reserve
+
+    try:
+        return int(default_reserve(model, registry=registry))
+    except Exception:  # noqa: BLE001 - the report field is informative only
+        return None
+
+
+class ContextBuilder(_BuilderBase):
+    """Builds the context of a stored conversation for one model (sync).
+
+    Args:
+        store: the :class:`~convo.Store` to read from.
+        model: the model the context is for (its encoding and window come from
+            the registry; pass ``encoding=`` for models it does not know).
+        mode: ``"chat"`` (a message list) or ``"completion"`` (one flattened prompt).
+        template: the completion template: a built-in name, a .jinja file,
+            a tokenizer_config.json, or a :class:`~convo.PromptTemplate`.
+        profile: the chat capability profile of the target server.
+        budget: an explicit prompt token budget; otherwise the model's window
+            minus ``reserve`` (reply tokens) minus ``margin``.
+        max_messages / max_history_tokens: optional caps on history.
+        truncate: allow shortening an over-long newest user message
+            (``"head"``, ``"tail"`` or ``"middle"`` is what is kept).
+        summarizer: summarizes dropped history; summaries are stored and reused.
+        summary_max_tokens: room held for the summary, and its length limit.
+
+    Example::
+
+        builder = ContextBuilder(store, model="gpt-4o-mini")
+        ctx = builder.build(conversation_id)
+        ctx.request()          # {"model": ..., "messages": [...]}
+        ctx.report.dropped_count
+    """
+
+    def __init__(
+        self, store: Store, *, summarizer: Summarizer | None = None, **options: Any
+    ) -> None:
+        super().__init__(**options)
+        self.store = store
+        self.summarizer = summarizer
+
+    def build(
+        self,
+        conversation_id: str,
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        response_format: dict[str, Any] | None = None,
+        owner: str | None = None,
+    ) -> Context:
+        """Build the context of ``conversation_id``; see :class:`~convo.ContextReport`."""
+        cfg = self._config(
+            conversation_id, tools=tools, response_format=response_format,
+            summarizing=self.summarizer is not None,
+        )
+        store, cid = self.store, conversation_id
+
+        def handle(op: Any) -> Any:
+            match op:
+                case Tail(before, limit):
+                    return store.tail(cid, encoding=cfg.counter.encoding_name, before=before, limit=limit)
+                case Pinned():
+                    return store.pinned(cid, encoding=cfg.counter.encoding_name)
+                case GetConversation():
+                    return store.get_conversation(cid, owner=owner)
+                case Range(after, before, limit):
+                    return store.messages(cid, after=after, before=before, limit=limit)
+                case LatestSummary(up_to):
+                    return store.latest_summary(cid, up_to_seq=up_to)
+                case Summarize(messages, previous, max_tokens):
+                    assert self.summarizer is not None
+                    return self.summarizer.summarize(messages, previous=previous, max_tokens=max_tokens)
+                case AddSummary(start, end, content):
+                    return store.add_summary(cid, start_seq=start, end_seq=end, content=content)
+                case SaveCounts(encoding, counts):
+                    return store.save_token_counts(encoding, counts)
+            raise AssertionError(op)  # pragma: no cover
+
+        return run_sync(plan_build(cfg), handle)
+
+
+class AsyncContextBuilder(_BuilderBase):
+    """:class:`ContextBuilder` over an :class:`~convo.AsyncStore`; ``build`` is awaited."""
+
+    def __init__(
+        self, store: AsyncStore, *, summarizer: AsyncSummarizer | None = None, **options: Any
+    ) -> None:
+        super().__init__(**options)
+        self.store = store
+        self.summarizer = summarizer
+
+    async def build(
+        self,
+        conversation_id: str,
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        response_format: dict[str, Any] | None = None,
+        owner: str | None = None,
+    ) -> Context:
+        """Build the context of ``conversation_id``; see :class:`~convo.ContextReport`."""
+        cfg = self._config(
+            conversation_id, tools=tools, response_format=response_format,
+            summarizing=self.summarizer is not None,
+        )
+        store, cid = self.store, conversation_id
+
+        async def handle(op: Any) -> Any:
+            match op:
+                case Tail(before, limit):
+                    return await store.tail(
+                        cid, encoding=cfg.counter.encoding_name, before=before, limit=limit
+                    )
+                case Pinned():
+                    return await store.pinned(cid, encoding=cfg.counter.encoding_name)
+                case GetConversation():
+                    return await store.get_conversation(cid, owner=owner)
+                case Range(after, before, limit):
+                    return await store.messages(cid, after=after, before=before, limit=limit)
+                case LatestSummary(up_to):
+                    return await store.latest_summary(cid, up_to_seq=up_to)
+                case Summarize(messages, previous, max_tokens):
+                    assert self.summarizer is not None
+                    return await self.summarizer.summarize(
+                        messages, previous=previous, max_tokens=max_tokens
+                    )
+                case AddSummary(start, end, content):
+                    return await store.add_summary(cid, start_seq=start, end_seq=end, content=content)
+                case SaveCounts(encoding, counts):
+                    return await store.save_token_counts(encoding, counts)
+            raise AssertionError(op)  # pragma: no cover
+
+        return await run_async(plan_build(cfg), handle)

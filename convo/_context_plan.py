@@ -1,0 +1,432 @@
+"""The pure core of a context build, shared by the sync and async builders.
+
+A build is written once, as a generator that *yields* the I/O it needs
+(``Tail``, ``Pinned``, ``Summarize`` ...) and receives the results. The sync
+builder answers with :class:`~convo.Store` calls, the async builder awaits
+:class:`~convo.AsyncStore` calls: one algorithm, two thin shells, no drift
+(the "sans-I/O" style of h11 and httpx's core).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ._context_report import Context, ContextReport, SummaryUse, TruncationReport
+from ._exceptions import ContextError, ContextOverflowError, TemplateError
+from ._messages import Message
+from ._records import Conversation, StoredMessage, Summary
+from ._selection import Item, Selection, Selector, TruncateMode
+
+__all__ = ["Plan", "BuildConfig", "plan_build"]
+
+# ---- the I/O a build asks for -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GetConversation:
+    """-> Conversation (raises ConversationNotFound for a missing / foreign one)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pinned:
+    """-> list[(StoredMessage, cached tokens | None)], oldest first, whole lineage."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tail:
+    """-> list[(StoredMessage, cached tokens | None)], newest first, seq < before."""
+
+    before: int | None
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """-> list[StoredMessage], oldest first, after < seq < before."""
+
+    after: int
+    before: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class LatestSummary:
+    """-> Summary | None: the newest summary of the lineage ending at or before ``up_to_seq``."""
+
+    up_to_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Summarize:
+    """-> str: the summarizer's text."""
+
+    messages: list[Message]
+    previous: str | None
+    max_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class AddSummary:
+    """-> Summary (stored)."""
+
+    start_seq: int
+    end_seq: int
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class SaveCounts:
+    """-> None: store token counts computed during this build."""
+
+    encoding: str
+    counts: dict[int, int]
+
+
+Op = GetConversation | Pinned | Tail | Range | LatestSummary | Summarize | AddSummary | SaveCounts
+Plan = Generator[Op, Any, Context]
+
+
+# ---- configuration ------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class BuildConfig:
+    """Everything a build needs that is not in the database (resolved by the builder)."""
+
+    conversation_id: str
+    model: str
+    mode: Literal["chat", "completion"]
+    counter: Any  # TokenCounter
+    budget: int
+    reply_reserve: int | None
+    render_chat: Any  # Callable[[Sequence[Message]], list[dict]]
+    template: Any = None  # PromptTemplate in completion mode
+    tools: list[dict[str, Any]] | None = None
+    json_mode: bool = False
+    max_messages: int | None = None
+    max_history_tokens: int | None = None
+    truncate: TruncateMode | None = None
+    summarizing: bool = False
+    summary_max_tokens: int = 512
+    summary_role: Literal["system", "developer", "user"] = "system"
+    summary_prefix: str = "Summary of the earlier conversation:\n"
+    summary_chunk: int = 200
+    page_size: int = 0  # 0: derived from the budget
+    decode: Any = None  # Callable[[list[int]], str], for truncation
+    _template_costs: tuple[int, int] | None = field(default=None, repr=False)
+
+
+# ---- cost models ----------------------------------------------------------------
+
+
+def _template_costs(cfg: BuildConfig) -> tuple[int, int]:
+    """(fixed overhead, per-message framing) of the completion template, measured once.
+
+    Estimates only: selection uses them, then the exact flattened prompt is
+    counted and adjusted.
+    """
+    if cfg._template_costs is None:
+        count = cfg.counter.count
+        tpl = cfg.template
+        try:
+            u, a = Message(role="user", content="x"), Message(role="assistant", content="y")
+            one = count(tpl.render([u], add_generation_prompt=True))
+            three = count(tpl.render([u, a, u], add_generation_prompt=True))
+            per = max(0, math.ceil((three - one - count("y") - count("x")) / 2))
+            fixed = max(0, one - per - count("x"))
+        except TemplateError:
+            per, fixed = 6, 8
+        cfg._template_costs = (fixed, per)
+    return cfg._template_costs
+
+
+def _overhead(cfg: BuildConfig) -> int:
+    if cfg.mode == "chat":
+        return 3 + (cfg.counter.tools_tokens(cfg.tools) if cfg.tools else 0)
+    return _template_costs(cfg)[0]
+
+
+def _cost(cfg: BuildConfig, chat_cost: int) -> int:
+    """Cost of a message in the target format, from its (cached) chat cost."""
+    if cfg.mode == "chat":
+        return chat_cost
+    # chat cost = 3 per message + role + content; the template's framing replaces the 4
+    return max(1, chat_cost - 4 + _template_costs(cfg)[1])
+
+
+def _truncator(cfg: BuildConfig) -> Any:
+    def truncate(msg: Message, max_cost: int, mode: TruncateMode) -> tuple[Message, int] | None:
+        if not isinstance(msg.content, str) or cfg.decode is None:
+            return None
+        counter = cfg.counter
+        empty = msg.model_copy(update={"content": ""})
+        frame = _cost(cfg, counter.message_tokens(empty))
+        room = max_cost - frame - 1  # 1 token for the ellipsis of middle mode / slack
+        ids = counter.encode(msg.content)
+        while room > 0:
+            if mode == "head":
+                text = cfg.decode(ids[:room])
+            elif mode == "tail":
+                text = cfg.decode(ids[-room:])
+            else:
+                half = room // 2
+                text = cfg.decode(ids[:half]) + "…" + cfg.decode(ids[len(ids) - (room - half) :])
+            short = msg.model_copy(update={"content": text})
+            cost = _cost(cfg, counter.message_tokens(short))
+            if cost <= max_cost:
+                return short, cost
+            room -= cost - max_cost
+        return None
+
+    return truncate
+
+
+# ---- the plan ---------------------------------------------------------------------
+
+
+def plan_build(cfg: BuildConfig) -> Plan:
+    """The build, as a generator of I/O operations; returns the :class:`Context`."""
+    yield GetConversation()
+    counter = cfg.counter
+    misses: dict[int, int] = {}
+    exact = True
+
+    def item(row: StoredMessage, cached: int | None) -> Item:
+        nonlocal exact
+        if cached is None:
+            cached = counter.message_tokens(row)
+            misses[row.id] = cached
+        ok = counter.is_exact(row)
+        exact = exact and ok
+        return Item(row, row.seq, _cost(cfg, cached), ok)
+
+    pinned = [item(r, c) for r, c in (yield Pinned())]
+    extra_pinned: list[Item] = []
+    overhead = _overhead(cfg)
+    page = cfg.page_size or max(16, min(256, cfg.budget // 120))
+    while True:
+        selector = Selector(
+            budget=cfg.budget,
+            overhead=overhead,
+            pinned=pinned + extra_pinned,
+            max_messages=cfg.max_messages,
+            max_history_tokens=cfg.max_history_tokens,
+            summary_reserve=cfg.summary_max_tokens if cfg.summarizing else 0,
+            truncate=cfg.truncate,
+            truncator=_truncator(cfg) if cfg.truncate else None,
+        )
+        before: int | None = None
+        size = page
+        while not selector.done:
+            rows = yield Tail(before, size)
+            selector.feed([item(r, c) for r, c in rows], exhausted=len(rows) < size)
+            if rows:
+                before = rows[-1][0].seq
+            size = min(size * 2, 1024)
+        sel = selector.result()
+        if not cfg.json_mode or _mentions_json(sel):
+            break
+        found = yield from _find_json_instruction(sel, item)
+        if found is None:
+            raise ContextError(
+                "response_format json_object requires a message that mentions JSON, and no "
+                f"message of conversation {cfg.conversation_id!r} does: add one (e.g. in the "
+                "system prompt)"
+            )
+        extra_pinned.append(found)
+
+    summary_use: SummaryUse | None = None
+    summary_msg: Message | None = None
+    if cfg.summarizing and sel.dropped_through is not None:
+        sel, summary_msg, summary_use = yield from _summarize(cfg, sel)
+        exact = exact and counter.is_exact(summary_msg)
+
+    if misses:
+        yield SaveCounts(counter.encoding_name, misses)
+
+    return _finish(cfg, sel, summary_msg, summary_use, exact, len(misses))
+
+
+def _mentions_json(sel: Selection) -> bool:
+    return any("json" in i.message.text.lower() for i in (*sel.pinned, *sel.window))
+
+
+def _find_json_instruction(sel: Selection, item: Any) -> Generator[Op, Any, Item | None]:
+    """The newest dropped message that mentions JSON (read back page by page; rare path)."""
+    before = sel.dropped_through + 1 if sel.dropped_through is not None else None
+    if before is None:
+        return None
+    while True:
+        rows = yield Tail(before, 256)
+        for row, cached in rows:
+            if "json" in row.text.lower() and not row.tool_calls and row.role != "tool":
+                found: Item = item(row, cached)
+                return found
+        if len(rows) < 256:
+            return None
+        before = rows[-1][0].seq
+
+
+def _drop_oldest_turn(sel: Selection) -> Selection:
+    """The selection without its oldest turn; the newest turn is never dropped."""
+    window = sel.window
+    starts = [i for i, it in enumerate(window) if it.message.role == "user"]
+    nxt = next((s for s in starts if s > 0), None)
+    if nxt is None:
+        raise ContextOverflowError(
+            f"the newest turn alone does not fit the budget of {sel.budget} tokens in this format",
+            budget=sel.budget,
+            required=sel.overhead + sel.pinned_tokens + sel.history_tokens,
+            part="newest",
+        )
+    dropped = window[:nxt]
+    sel.window = window[nxt:]
+    sel.dropped_through = dropped[-1].seq
+    sel.dropped_count += len(dropped)
+    sel.stop_reason = "budget"
+    return sel
+
+
+def _summarize(
+    cfg: BuildConfig, sel: Selection
+) -> Generator[Op, Any, tuple[Selection, Message, SummaryUse]]:
+    """Reuse or roll forward the summary of everything up to ``sel.dropped_through``."""
+    counter = cfg.counter
+    pinned_seqs = {i.seq for i in sel.pinned}
+    stored: Summary | None = yield LatestSummary(sel.dropped_through or 0)
+    for _ in range(4):
+        end = sel.dropped_through
+        assert end is not None
+        reused = stored is not None and stored.end_seq == end
+        if not reused:
+            text = stored.content if stored else None
+            start = stored.start_seq if stored else 1
+            cursor = stored.end_seq if stored else 0
+            while cursor < end:
+                rows: list[StoredMessage] = yield Range(cursor, end + 1, cfg.summary_chunk)
+                if not rows:
+                    break
+                fresh = [r for r in rows if r.seq not in pinned_seqs]  # pinned ones are sent anyway
+                if fresh:
+                    text = yield Summarize(fresh, text, cfg.summary_max_tokens)
+                cursor = rows[-1].seq
+            stored = yield AddSummary(start, end, text or "")
+        assert stored is not None
+        msg = Message(role=cfg.summary_role, content=cfg.summary_prefix + stored.content)
+        cost = _cost(cfg, counter.message_tokens(msg))
+        free = cfg.budget - sel.overhead - sel.pinned_tokens - sel.history_tokens
+        if cost <= free:
+            use = SummaryUse(
+                id=stored.id, start_seq=stored.start_seq, end_seq=stored.end_seq, tokens=cost,
+                reused=reused,
+            )
+            return sel, msg, use
+        while cost > cfg.budget - sel.overhead - sel.pinned_tokens - sel.history_tokens:
+            sel = _drop_oldest_turn(sel)
+    raise ContextError(
+        f"the summary of conversation {cfg.conversation_id!r} does not fit the budget of "
+        f"{cfg.budget} tokens; lower summary_max_tokens or raise the budget"
+    )
+
+
+def _assemble(
+    sel: Selection, summary_msg: Message | None
+) -> tuple[list[Message], list[int]]:
+    entries: list[tuple[float, Message]] = [(i.seq, i.message) for i in sel.pinned]
+    entries += [(i.seq, i.message) for i in sel.window]
+    if summary_msg is not None and sel.dropped_through is not None:
+        entries.append((sel.dropped_through + 0.5, summary_msg))
+    entries.sort(key=lambda e: e[0])
+    seqs = [int(s) for s, _ in entries if float(s).is_integer()]
+    return [m for _, m in entries], seqs
+
+
+def _finish(
+    cfg: BuildConfig,
+    sel: Selection,
+    summary_msg: Message | None,
+    summary_use: SummaryUse | None,
+    exact: bool,
+    counted: int,
+) -> Context:
+    counter = cfg.counter
+    summary_tokens = summary_use.tokens if summary_use else 0
+    chat: list[dict[str, Any]] | None = None
+    prompt: str | None = None
+    stop: list[str] = []
+    while True:
+        messages, seqs = _assemble(sel, summary_msg)
+        if cfg.mode == "chat":
+            chat = cfg.render_chat(messages)
+            prompt_tokens = sel.overhead + sel.pinned_tokens + summary_tokens + sel.history_tokens
+            break
+        prompt = cfg.template.render(messages, add_generation_prompt=True, tools=cfg.tools)
+        prompt_tokens = counter.count(prompt)
+        if prompt_tokens <= cfg.budget:
+            stop = list(cfg.template.stop)
+            break
+        sel = _drop_oldest_turn(sel)  # estimates were low: drop a turn and count again
+    trunc = sel.truncation
+    report = ContextReport(
+        conversation_id=cfg.conversation_id,
+        model=cfg.model,
+        mode=cfg.mode,
+        encoding=counter.encoding_name,
+        template=getattr(cfg.template, "name", None),
+        budget=cfg.budget,
+        prompt_tokens=prompt_tokens,
+        budget_left=cfg.budget - prompt_tokens,
+        reply_reserve=cfg.reply_reserve,
+        overhead_tokens=sel.overhead,
+        pinned_tokens=sel.pinned_tokens,
+        summary_tokens=summary_tokens,
+        history_tokens=sel.history_tokens,
+        kept_seqs=seqs,
+        pinned_seqs=[i.seq for i in sel.pinned],
+        dropped_count=sel.dropped_count,
+        dropped_through=sel.dropped_through,
+        summary=summary_use,
+        truncated=TruncationReport(
+            seq=trunc.seq, mode=trunc.mode, original_tokens=trunc.original_tokens,
+            kept_tokens=trunc.kept_tokens,
+        )
+        if trunc
+        else None,
+        exact=exact,
+        stop_reason=sel.stop_reason,
+        rows_read=sel.rows_read,
+        counted=counted,
+    )
+    return Context(
+        mode=cfg.mode,
+        model=cfg.model,
+        messages=messages,
+        report=report,
+        chat=chat,
+        prompt=prompt,
+        stop=stop,
+        tools=cfg.tools,
+    )
+
+
+def run_sync(plan: Plan, handle: Any) -> Context:
+    """Drive ``plan`` with a sync handler ``handle(op) -> result``."""
+    try:
+        op = next(plan)
+        while True:
+            op = plan.send(handle(op))
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+async def run_async(plan: Plan, handle: Any) -> Context:
+    """Drive ``plan`` with an async handler ``await handle(op) -> result``."""
+    try:
+        op = next(plan)
+        while True:
+            op = plan.send(await handle(op))
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]

@@ -1,0 +1,140 @@
+"""Summaries of history that fell out of the context window.
+
+A summarizer turns dropped messages (and the previous summary, when one is
+rolled forward) into a short text. It is pluggable: anything with a
+``summarize`` method of the right shape. The default asks a model through
+convo's own client, so summaries go through the same server, retries and
+errors as replies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from ._messages import Message
+
+if TYPE_CHECKING:
+    from ._async_client import AsyncOpenAIClient
+    from ._client import OpenAIClient
+
+__all__ = [
+    "AsyncModelSummarizer",
+    "AsyncSummarizer",
+    "ModelSummarizer",
+    "Summarizer",
+    "summary_request",
+]
+
+DEFAULT_INSTRUCTIONS = (
+    "You maintain the running summary of a conversation between a user and an assistant. "
+    "Write a concise summary of the conversation so far that keeps every fact, decision, "
+    "name, number, open question and user preference needed to continue it. "
+    "Write plain prose, no preamble."
+)
+
+
+@runtime_checkable
+class Summarizer(Protocol):
+    """Summarizes dropped history (sync)."""
+
+    def summarize(
+        self, messages: Sequence[Message], *, previous: str | None, max_tokens: int
+    ) -> str:
+        """Return a summary of ``previous`` (an earlier summary, or None) followed by ``messages``."""
+        ...
+
+
+@runtime_checkable
+class AsyncSummarizer(Protocol):
+    """Summarizes dropped history (async)."""
+
+    async def summarize(
+        self, messages: Sequence[Message], *, previous: str | None, max_tokens: int
+    ) -> str:
+        """Return a summary of ``previous`` (an earlier summary, or None) followed by ``messages``."""
+        ...
+
+
+def summary_request(
+    messages: Sequence[Message], *, previous: str | None, instructions: str = DEFAULT_INSTRUCTIONS
+) -> list[dict[str, Any]]:
+    """The chat messages a model summarizer sends: instructions, then the transcript to fold in."""
+    lines = []
+    if previous:
+        lines.append(f"Summary so far:\n{previous}\n")
+    lines.append("New messages:")
+    for m in messages:
+        who = m.name or m.role
+        text = m.text
+        if m.tool_calls:
+            calls = ", ".join(f"{c.function.name}({c.function.arguments})" for c in m.tool_calls)
+            text = f"{text}\n[called {calls}]".strip()
+        lines.append(f"{who}: {text}")
+    return [
+        {"role": "system", "content": instructions},
+        {"role": "user", "content": "\n".join(lines)},
+    ]
+
+
+class ModelSummarizer:
+    """Summarizes with a chat model through :class:`~convo.OpenAIClient`.
+
+    Args:
+        client: the client to call.
+        model: the model to ask.
+        instructions: the system prompt of the summary request.
+        params: extra request parameters (e.g. ``temperature=0``).
+    """
+
+    def __init__(
+        self,
+        client: OpenAIClient,
+        *,
+        model: str,
+        instructions: str = DEFAULT_INSTRUCTIONS,
+        **params: Any,
+    ) -> None:
+        self.client = client
+        self.model = model
+        self.instructions = instructions
+        self.params = params
+
+    def summarize(
+        self, messages: Sequence[Message], *, previous: str | None, max_tokens: int
+    ) -> str:
+        reply = self.client.chat(
+            model=self.model,
+            messages=summary_request(messages, previous=previous, instructions=self.instructions),
+            max_tokens=max_tokens,
+            **self.params,
+        )
+        return (reply.choices[0].message.content or "").strip()
+
+
+class AsyncModelSummarizer:
+    """:class:`ModelSummarizer` for :class:`~convo.AsyncOpenAIClient`."""
+
+    def __init__(
+        self,
+        client: AsyncOpenAIClient,
+        *,
+        model: str,
+        instructions: str = DEFAULT_INSTRUCTIONS,
+        **params: Any,
+    ) -> None:
+        self.client = client
+        self.model = model
+        self.instructions = instructions
+        self.params = params
+
+    async def summarize(
+        self, messages: Sequence[Message], *, previous: str | None, max_tokens: int
+    ) -> str:
+        reply = await self.client.chat(
+            model=self.model,
+            messages=summary_request(messages, previous=previous, instructions=self.instructions),
+            max_tokens=max_tokens,
+            **self.params,
+        )
+        return (reply.choices[0].message.content or "").strip()

@@ -1,0 +1,175 @@
+"""The pure selection engine: invariants checked on random conversations (hypothesis)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from convo import ContextOverflowError, Message
+from convo._messages import FunctionCall, ToolCall
+from convo._selection import Item, Selection, Selector
+
+
+def _conversation(draw: st.DrawFn) -> list[Item]:
+    """A random history: optional system prompt, turns with tool-call groups, pinned messages."""
+    items: list[Item] = []
+
+    def add(msg: Message, cost: int) -> None:
+        items.append(Item(msg, len(items) + 1, cost))
+
+    if draw(st.booleans()):
+        add(Message.system("sys"), draw(st.integers(1, 50)))
+    if draw(st.booleans()):
+        add(Message.assistant("hello, how can I help?"), draw(st.integers(1, 30)))
+    for t in range(draw(st.integers(0, 12))):
+        add(Message.user(f"u{t}"), draw(st.integers(1, 120)))
+        for g in range(draw(st.integers(0, 2))):
+            calls = [
+                ToolCall(id=f"c{t}_{g}_{k}", function=FunctionCall(name="f", arguments="{}"))
+                for k in range(draw(st.integers(1, 3)))
+            ]
+            add(Message.assistant(tool_calls=calls), draw(st.integers(1, 40)))
+            for c in calls:
+                add(Message.tool("r", tool_call_id=c.id), draw(st.integers(1, 80)))
+        if draw(st.booleans()):
+            add(Message.assistant(f"a{t}"), draw(st.integers(1, 120)))
+        if draw(st.integers(0, 9)) == 0:
+            add(Message.developer("dev note"), draw(st.integers(1, 20)))
+    return items
+
+
+conversations = st.composite(_conversation)()
+
+
+def _run(items: list[Item], pinned_extra: set[int], page: int, **kw: object) -> Selection:
+    pinned = [i for i in items if i.message.role in ("system", "developer") or i.seq in pinned_extra]
+    sel = Selector(pinned=pinned, **kw)  # type: ignore[arg-type]
+    newest_first = list(reversed(items))
+    pos = 0
+    while not sel.done:
+        chunk = newest_first[pos : pos + page]
+        pos += page
+        sel.feed(chunk, exhausted=pos >= len(newest_first))
+    return sel.result()
+
+
+def _check_invariants(items: list[Item], res: Selection, budget: int, overhead: int) -> None:
+    pinned_seqs = {i.seq for i in res.pinned}
+    kept = sorted([*pinned_seqs, *(i.seq for i in res.window)])
+    # 1. pinned always kept, no duplicates
+    assert len(kept) == len(set(kept))
+    # budget respected (with the summary reserve held back only when something was dropped)
+    assert overhead + res.pinned_tokens + res.history_tokens <= budget
+    history = [i for i in items if i.seq not in pinned_seqs]
+    win = [i.seq for i in res.window]
+    # 2. the window is a contiguous suffix of history, whole turns, never starting on assistant/tool
+    assert win == [i.seq for i in history[len(history) - len(win) :]]
+    if win and res.dropped_count:
+        assert res.window[0].message.role == "user"
+    if res.window:
+        assert res.window[0].message.role != "tool"
+    # tool calls and results together
+    sent = [i for i in items if i.seq in set(kept)]
+    answered = {i.message.tool_call_id for i in sent if i.message.role == "tool"}
+    called = {c.id for i in sent for c in (i.message.tool_calls or [])}
+    assert answered == called
+    # 3. the newest user message is kept
+    users = [i.seq for i in history if i.message.role == "user"]
+    if users:
+        assert users[-1] in kept
+    # dropped accounting
+    assert res.dropped_count == len(history) - len(win)
+    if res.dropped_count:
+        assert res.dropped_through == history[len(history) - len(win) - 1].seq
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    items=conversations,
+    budget=st.integers(1, 1500),
+    overhead=st.integers(0, 20),
+    page=st.integers(1, 7),
+    max_messages=st.none() | st.integers(1, 20),
+    max_history_tokens=st.none() | st.integers(1, 1000),
+    reserve=st.sampled_from([0, 0, 50]),
+    data=st.data(),
+)
+def test_invariants_hold_on_every_build(
+    items: list[Item],
+    budget: int,
+    overhead: int,
+    page: int,
+    max_messages: int | None,
+    max_history_tokens: int | None,
+    reserve: int,
+    data: st.DataObject,
+) -> None:
+    user_seqs = [i.seq for i in items if i.message.role == "user"]
+    extra = set(data.draw(st.lists(st.sampled_from(user_seqs), max_size=2))) if user_seqs else set()
+    try:
+        res = _run(
+            items, extra, page, budget=budget, overhead=overhead, max_messages=max_messages,
+            max_history_tokens=max_history_tokens, summary_reserve=reserve,
+        )
+    except ContextOverflowError as exc:
+        # only legitimate when what must be kept does not fit, and the numbers say so
+        assert exc.budget == budget
+        assert exc.required > budget
+        pinned_cost = sum(i.cost for i in items if i.message.role in ("system", "developer") or i.seq in extra)
+        if exc.part in ("system", "pinned"):
+            assert exc.required == overhead + pinned_cost
+        else:
+            assert exc.part == "newest"
+        return
+    _check_invariants(items, res, budget, overhead)
+    # 4. caps bind optional history; the current turn is kept whatever its size
+    user_idx = [k for k, i in enumerate(res.window) if i.message.role == "user"]
+    current = res.window[user_idx[-1]:] if user_idx else []
+    if max_messages is not None and len(res.window) > max_messages:
+        assert res.window == current
+    if max_history_tokens is not None and res.history_tokens > max_history_tokens:
+        assert res.window == current
+
+
+def test_newest_turn_too_big_names_the_numbers() -> None:
+    items = [Item(Message.system("s"), 1, 10), Item(Message.user("big"), 2, 500)]
+    with pytest.raises(ContextOverflowError) as err:
+        _run(items, set(), 8, budget=100, overhead=3)
+    assert err.value.part == "newest"
+    assert "500" in str(err.value) and "100" in str(err.value)
+
+
+def test_system_prompt_over_budget() -> None:
+    items = [Item(Message.system("s"), 1, 200), Item(Message.user("u"), 2, 5)]
+    with pytest.raises(ContextOverflowError) as err:
+        _run(items, set(), 8, budget=100, overhead=3)
+    assert (err.value.part, err.value.required, err.value.budget) == ("system", 203, 100)
+
+
+def test_zero_budget() -> None:
+    with pytest.raises(ContextOverflowError) as err:
+        Selector(budget=0, overhead=3, pinned=[])
+    assert err.value.part == "budget"
+
+
+def test_truncation_of_newest_user_message() -> None:
+    items = [Item(Message.system("s"), 1, 10), Item(Message.user("x" * 100), 2, 500)]
+
+    def shorten(msg: Message, max_cost: int, mode: str) -> tuple[Message, int]:
+        return msg.model_copy(update={"content": "x"}), max_cost
+
+    res = _run(items, set(), 8, budget=100, overhead=3, truncate="tail", truncator=shorten)
+    assert res.truncation is not None
+    assert (res.truncation.original_tokens, res.truncation.kept_tokens) == (500, 87)
+    assert res.history_tokens == 87
+
+
+def test_reads_only_the_pages_it_needs() -> None:
+    items = [Item(Message.system("s"), 1, 10)]
+    for k in range(1000):
+        role = "user" if k % 2 == 0 else "assistant"
+        items.append(Item(Message(role=role, content="m"), k + 2, 100))
+    res = _run(items, set(), 16, budget=1000, overhead=3)
+    assert res.rows_read <= 16
+    assert len(res.window) == 8 and res.dropped_count == 1000 - 8
