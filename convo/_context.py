@@ -76,7 +76,8 @@ class _BuilderBase:
         self.mode: Mode = mode
         reg = registry if registry is not None else default_registry
         self._counter = TokenCounter.for_model(model, encoding=encoding)
-        self._decode = get_encoding(self._counter.encoding_name).decode
+        # registered tokenizers need only encode(); truncation needs decode too
+        self._decode = getattr(get_encoding(self._counter.encoding_name), "decode", None)
         if budget is not None:
             if reserve is not None or margin is not None:
                 raise ConfigurationError("give either budget= or reserve=/margin=, not both")
@@ -140,13 +141,10 @@ class _BuilderBase:
         )
 
 
-def _default_reserve(registry: Any, model: str) -> int | None:
-    from ._models import default_reserve
+def _default_reserve(registry: ModelRegistry, model: str) -> int:
+    from ._models import DEFAULT_REPLY_RESERVE
 
-    try:
-        return int(default_reserve(model, registry=registry))
-    except Exception:  # noqa: BLE001 - the report field is informative only
-        return None
+    return min(registry.get(model).max_output_tokens, DEFAULT_REPLY_RESERVE)
 
 
 class ContextBuilder(_BuilderBase):

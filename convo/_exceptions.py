@@ -9,7 +9,8 @@ Every error convo raises on purpose derives from :class:`ConvoError`::
     │   ├── NotMigratedError          the database has no (or an old) convo schema: run `convo db upgrade`
     │   ├── ConversationNotFound      no such conversation (or not visible to this owner)  (also KeyError)
     │   ├── MessageNotFound           no such message in the conversation  (also KeyError)
-    │   └── ForkConflictError         an operation that would orphan or break a fork lineage
+    │   ├── ForkConflictError         an operation that would orphan or break a fork lineage
+    │   └── StoreInputError           a store argument it refuses: non-JSON metadata, bad cursor or range  (also ValueError)
     ├── TokenizerError
     │   ├── UnknownModelError         a model name that maps to no encoding: pass `encoding=`
     │   └── EncodingUnavailableError  an encoding whose data cannot be loaded offline or online
@@ -65,6 +66,7 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitError",
     "StoreError",
+    "StoreInputError",
     "TemplateError",
     "TokenizerError",
     "UnknownModelError",
@@ -117,6 +119,10 @@ class MessageNotFound(StoreError, KeyError):
 
 class ForkConflictError(StoreError):
     """An operation that would break a fork lineage (e.g. deleting a parent of live forks)."""
+
+
+class StoreInputError(StoreError, ValueError):
+    """An argument the store refuses: non-JSON metadata, a bad cursor, limit or seq range."""
 
 
 # --- tokens ----------------------------------------------------------------

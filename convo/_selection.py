@@ -123,8 +123,9 @@ class Selector:
     ) -> None:
         if budget <= 0:
             raise ContextOverflowError(
-                f"the prompt budget is {budget} tokens: nothing fits (check the model's context "
-                "window, the reply reserve and the margin)",
+                f"the prompt budget is {budget} tokens: nothing fits, not even the {overhead} "
+                "tokens of request framing (check the model's context window, the reply "
+                "reserve and the margin)",
                 budget=budget,
                 required=overhead,
                 part="budget",
@@ -239,13 +240,14 @@ class Selector:
         rest = turn.cost - user.cost
         room = self._free - rest
         if self._truncate is None or self._truncator is None or room <= 0:
+            required = self._budget - self._free + turn.cost
             raise ContextOverflowError(
                 f"the newest turn (user message seq {user.seq} and {len(turn.items) - 1} "
-                f"message(s) after it) needs {turn.cost} tokens but only {self._free} of the "
-                f"budget of {self._budget} are left after the pinned messages and overhead; "
-                "raise the budget or allow truncation (truncate='head'|'tail'|'middle')",
+                f"message(s) after it) needs {turn.cost} tokens, {required} with the pinned "
+                f"messages and overhead, but the budget is {self._budget}; raise the budget "
+                "or allow truncation (truncate='head'|'tail'|'middle')",
                 budget=self._budget,
-                required=self._budget - self._free + turn.cost,
+                required=required,
                 part="newest",
             )
         shortened = self._truncator(user.message, room, self._truncate)

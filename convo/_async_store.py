@@ -1,0 +1,378 @@
+"""The async SQL store: :class:`AsyncStore` (aiosqlite or psycopg async).
+
+The same shell as :class:`~convo.Store` with ``await``: both run the plans of
+:mod:`convo._store_core`, so they cannot drift. Method docs live on ``Store``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from . import _migrate
+from . import _store_core as core
+from ._engine import WRITE_OPTION, create_engine_async, prepare_engine, safe_url
+from ._exceptions import ConfigurationError
+from ._messages import Message
+from ._records import Conversation, ReplyInfo, StoredMessage, Summary
+from ._schema import SCHEMA_REVISION
+from ._store import _current_revision, database_error, fetch, not_migrated
+from ._store_core import ROLLBACK, UNSET, ConversationPage, Op, Plan, Unset
+
+__all__ = ["AsyncStore"]
+
+T = TypeVar("T")
+
+
+class AsyncStore:
+    """Conversations and messages in SQLite or PostgreSQL (async API).
+
+    The same methods as :class:`~convo.Store`, awaited; ``iter_messages`` is an
+    async generator::
+
+        async with AsyncStore("sqlite:///chat.db") as store:
+            await store.migrate()
+            conv = await store.create_conversation(title="hello")
+            await store.append(conv.id, {"role": "user", "content": "Hi!"})
+
+    Args:
+        url: a database URL, an existing :class:`~sqlalchemy.ext.asyncio.AsyncEngine`,
+            or None for ``CONVO_DATABASE_URL`` / ``sqlite:///convo.db``. Plain
+            ``sqlite://`` and ``postgresql://`` URLs get aiosqlite / psycopg.
+        **engine_kwargs: passed to :func:`sqlalchemy.ext.asyncio.create_async_engine`.
+    """
+
+    def __init__(
+        self, url: str | URL | AsyncEngine | None = None, **engine_kwargs: Any
+    ) -> None:
+        if isinstance(url, Engine):
+            raise ConfigurationError("a sync Engine needs Store, not AsyncStore")
+        if isinstance(url, AsyncEngine):
+            prepare_engine(url.sync_engine)
+            self._engine = url
+            self._owns_engine = False
+        else:
+            self._engine = create_engine_async(url, **engine_kwargs)
+            self._owns_engine = True
+        self._writer = self._engine.execution_options(**{WRITE_OPTION: True})
+        self._dialect = self._engine.dialect.name
+        self._schema_ok = False
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The SQLAlchemy async engine."""
+        return self._engine
+
+    def __repr__(self) -> str:
+        return f"AsyncStore({safe_url(self._engine.url)!r})"
+
+    async def __aenter__(self) -> AsyncStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Release the connection pool (not when the engine was passed in)."""
+        if self._owns_engine:
+            await self._engine.dispose()
+
+    # --- schema ------------------------------------------------------------------------
+
+    async def migrate(self, revision: str = "head") -> None:
+        """Upgrade the database schema to ``revision`` (default: the newest)."""
+        try:
+            async with self._writer.connect() as conn:
+                await conn.run_sync(_migrate.upgrade, revision)
+        except DBAPIError as exc:
+            raise database_error(exc) from exc
+        self._schema_ok = False
+
+    async def current_revision(self) -> str | None:
+        """The schema revision of the database, or None when it has no convo schema."""
+        try:
+            async with self._engine.connect() as conn:
+                return await conn.run_sync(_current_revision)
+        except DBAPIError as exc:
+            raise database_error(exc) from exc
+
+    async def is_migrated(self) -> bool:
+        """Whether the database schema is the one this convo needs."""
+        return await self.current_revision() == SCHEMA_REVISION
+
+    async def check_schema(self) -> None:
+        """Raise :class:`~convo.NotMigratedError` unless the schema is current."""
+        found = await self.current_revision()
+        if found != SCHEMA_REVISION:
+            raise not_migrated(safe_url(self._engine.url), found)
+        self._schema_ok = True
+
+    # --- the shell -----------------------------------------------------------------------
+
+    async def _run(self, plan: Plan[T], *, write: bool = False) -> T:
+        if not self._schema_ok:
+            await self.check_schema()
+        try:
+            async with (self._writer if write else self._engine).connect() as conn:
+                value = await _drive(conn, plan)
+                await conn.commit()
+                return value
+        except DBAPIError as exc:
+            raise database_error(exc) from exc
+
+    # --- conversations -------------------------------------------------------------------
+
+    async def create_conversation(
+        self,
+        *,
+        title: str | None = None,
+        owner: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Conversation:
+        """See :meth:`Store.create_conversation`."""
+        return await self._run(
+            core.create_conversation(title=title, owner=owner, metadata=metadata), write=True
+        )
+
+    async def get_conversation(
+        self, conversation_id: str, *, owner: str | None = None
+    ) -> Conversation:
+        """See :meth:`Store.get_conversation`."""
+        return await self._run(core.get_conversation(conversation_id, owner=owner))
+
+    async def update_conversation(
+        self,
+        conversation_id: str,
+        *,
+        title: str | None | Unset = UNSET,
+        metadata: Mapping[str, Any] | None | Unset = UNSET,
+        owner: str | None = None,
+    ) -> Conversation:
+        """See :meth:`Store.update_conversation`."""
+        return await self._run(
+            core.update_conversation(conversation_id, title=title, metadata=metadata, owner=owner),
+            write=True,
+        )
+
+    async def delete_conversation(
+        self, conversation_id: str, *, owner: str | None = None, cascade_forks: bool = False
+    ) -> None:
+        """See :meth:`Store.delete_conversation`."""
+        await self._run(
+            core.delete_conversation(conversation_id, owner=owner, cascade_forks=cascade_forks),
+            write=True,
+        )
+
+    async def list_conversations(
+        self,
+        *,
+        owner: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        updated_after: datetime | None = None,
+        updated_before: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> ConversationPage:
+        """See :meth:`Store.list_conversations`."""
+        return await self._run(
+            core.list_conversations(
+                dialect=self._dialect, owner=owner, metadata=metadata,
+                created_after=created_after, created_before=created_before,
+                updated_after=updated_after, updated_before=updated_before,
+                limit=limit, cursor=cursor,
+            )
+        )
+
+    async def fork(
+        self,
+        conversation_id: str,
+        *,
+        at: int | None = None,
+        title: str | None = None,
+        owner: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Conversation:
+        """See :meth:`Store.fork`."""
+        return await self._run(
+            core.fork(conversation_id, at=at, title=title, owner=owner, metadata=metadata),
+            write=True,
+        )
+
+    # --- messages ------------------------------------------------------------------------
+
+    async def append(
+        self,
+        conversation_id: str,
+        message: Message | Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        pinned: bool | None = None,
+        reply: ReplyInfo | None = None,
+        owner: str | None = None,
+    ) -> StoredMessage:
+        """See :meth:`Store.append`."""
+        return await self._run(
+            core.append(conversation_id, message, idempotency_key=idempotency_key,
+                        pinned=pinned, reply=reply, owner=owner),
+            write=True,
+        )
+
+    async def append_many(
+        self,
+        conversation_id: str,
+        messages: Iterable[Message | Mapping[str, Any]],
+        *,
+        owner: str | None = None,
+    ) -> list[StoredMessage]:
+        """See :meth:`Store.append_many`."""
+        return await self._run(
+            core.append_many(conversation_id, messages, owner=owner), write=True
+        )
+
+    async def messages(
+        self,
+        conversation_id: str,
+        *,
+        after: int | None = None,
+        before: int | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+        owner: str | None = None,
+    ) -> list[StoredMessage]:
+        """See :meth:`Store.messages`."""
+        return await self._run(
+            core.messages(conversation_id, after=after, before=before, limit=limit,
+                          newest_first=newest_first, owner=owner)
+        )
+
+    async def iter_messages(
+        self,
+        conversation_id: str,
+        *,
+        after: int | None = None,
+        before: int | None = None,
+        newest_first: bool = False,
+        page_size: int = 500,
+        owner: str | None = None,
+    ) -> AsyncIterator[StoredMessage]:
+        """See :meth:`Store.iter_messages` (an async generator here)."""
+        while True:
+            page = await self.messages(conversation_id, after=after, before=before,
+                                       limit=page_size, newest_first=newest_first, owner=owner)
+            for message in page:
+                yield message
+            if len(page) < page_size:
+                return
+            if newest_first:
+                before = page[-1].seq
+            else:
+                after = page[-1].seq
+
+    async def get_message(
+        self, conversation_id: str, seq: int, *, owner: str | None = None
+    ) -> StoredMessage:
+        """See :meth:`Store.get_message`."""
+        return await self._run(core.get_message(conversation_id, seq, owner=owner))
+
+    async def count_messages(self, conversation_id: str, *, owner: str | None = None) -> int:
+        """See :meth:`Store.count_messages`."""
+        return await self._run(core.count_messages(conversation_id, owner=owner))
+
+    async def search(
+        self,
+        text: str,
+        *,
+        owner: str | None = None,
+        conversation_id: str | None = None,
+        limit: int = 20,
+    ) -> list[StoredMessage]:
+        """See :meth:`Store.search` (ILIKE on PostgreSQL, ASCII-case-insensitive LIKE on SQLite)."""
+        return await self._run(
+            core.search(text, dialect=self._dialect, owner=owner,
+                        conversation_id=conversation_id, limit=limit)
+        )
+
+    # --- context builder support ---------------------------------------------------------
+
+    async def tail(
+        self,
+        conversation_id: str,
+        *,
+        encoding: str,
+        before: int | None = None,
+        limit: int = 64,
+        owner: str | None = None,
+    ) -> list[tuple[StoredMessage, int | None]]:
+        """See :meth:`Store.tail`."""
+        return await self._run(
+            core.tail(conversation_id, encoding=encoding, before=before, limit=limit, owner=owner)
+        )
+
+    async def pinned(
+        self, conversation_id: str, *, encoding: str, owner: str | None = None
+    ) -> list[tuple[StoredMessage, int | None]]:
+        """See :meth:`Store.pinned`."""
+        return await self._run(core.pinned(conversation_id, encoding=encoding, owner=owner))
+
+    async def set_pinned(
+        self, conversation_id: str, seq: int, pinned: bool, *, owner: str | None = None
+    ) -> None:
+        """See :meth:`Store.set_pinned`."""
+        await self._run(core.set_pinned(conversation_id, seq, pinned, owner=owner), write=True)
+
+    async def save_token_counts(self, encoding: str, counts: Mapping[int, int]) -> None:
+        """See :meth:`Store.save_token_counts`."""
+        await self._run(
+            core.save_token_counts(encoding, counts, dialect=self._dialect), write=True
+        )
+
+    async def add_summary(
+        self,
+        conversation_id: str,
+        *,
+        start_seq: int,
+        end_seq: int,
+        content: str,
+        metadata: Mapping[str, Any] | None = None,
+        owner: str | None = None,
+    ) -> Summary:
+        """See :meth:`Store.add_summary`."""
+        return await self._run(
+            core.add_summary(conversation_id, start_seq=start_seq, end_seq=end_seq,
+                             content=content, metadata=metadata, owner=owner),
+            write=True,
+        )
+
+    async def latest_summary(
+        self, conversation_id: str, *, up_to_seq: int | None = None, owner: str | None = None
+    ) -> Summary | None:
+        """See :meth:`Store.latest_summary`."""
+        return await self._run(
+            core.latest_summary(conversation_id, up_to_seq=up_to_seq, owner=owner)
+        )
+
+
+async def _drive(conn: AsyncConnection, plan: Plan[T]) -> T:
+    try:
+        op: Op | object = next(plan)
+        while True:
+            try:
+                if op is ROLLBACK:
+                    await conn.rollback()
+                    value = None
+                else:
+                    assert isinstance(op, Op)
+                    value = fetch(await conn.execute(op.stmt, op.params), op.fetch)
+            except IntegrityError as exc:
+                op = plan.throw(exc)
+                continue
+            op = plan.send(value)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]

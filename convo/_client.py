@@ -1,0 +1,313 @@
+"""The synchronous OpenAI-compatible client: a thin shell that sends, sleeps and iterates.
+
+Everything else (request building, parsing, error mapping, retry decisions,
+SSE decoding, stream assembly) is the pure core in ``_client_core.py``,
+``_client_stream.py``, ``_retry.py`` and ``_sse.py``, shared with
+:class:`~convo.AsyncOpenAIClient`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Generic, Self, Unpack
+
+import httpx
+
+from ._client_core import ChatParams, ClientCore, CompletionParams, RequestSpec, TimeoutTypes
+from ._client_stream import (
+    Accumulator,
+    ChatAccumulator,
+    ChunkT,
+    CompletionAccumulator,
+    ResultT,
+    StreamCore,
+)
+from ._constants import DEFAULT_CONNECTION_LIMITS, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
+from ._exceptions import APIStreamError, ConfigurationError
+from ._messages import Message
+from ._types import ChatCompletion, ChatCompletionChunk, Completion, CompletionChunk
+
+__all__ = ["ChatCompletionStream", "CompletionStream", "OpenAIClient"]
+
+
+class _Stream(Generic[ChunkT, ResultT]):
+    def __init__(
+        self,
+        core: ClientCore,
+        response: httpx.Response,
+        chunk_type: type[ChunkT],
+        accumulator: Accumulator[ChunkT, ResultT],
+    ) -> None:
+        self.response = response
+        self._core = core
+        self._state = StreamCore(core, response, chunk_type, accumulator)
+        self._iterator = self._iterate()
+
+    def _iterate(self) -> Generator[ChunkT, None, None]:
+        state = self._state
+        response = self.response
+        try:
+            try:
+                for data in response.iter_bytes():
+                    chunks = state.feed(data)
+                    if chunks:
+                        yield from chunks
+                tail = state.finish()
+            except httpx.RequestError as exc:
+                raise self._core.transport_error(exc, response.request) from exc
+            yield from tail
+        finally:
+            response.close()
+
+    def __iter__(self) -> Iterator[ChunkT]:
+        return self._iterator
+
+    def __next__(self) -> ChunkT:
+        return next(self._iterator)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop reading and close the HTTP response (safe to call more than once)."""
+        self._iterator.close()
+        self.response.close()
+
+    def final(self) -> ResultT:
+        """Read what is left of the stream and return everything assembled.
+
+        Raises:
+            APIStreamError: the stream broke, reported an error, or was closed
+                before the server said it was complete.
+        """
+        for _ in self._iterator:
+            pass
+        if not self._state.complete:
+            raise APIStreamError(
+                "the stream was closed before the response was complete; "
+                "snapshot() gives what was received"
+            )
+        return self._state.result()
+
+    def snapshot(self) -> ResultT:
+        """What was received so far, assembled (e.g. to keep a reply cut short)."""
+        return self._state.result()
+
+
+class ChatCompletionStream(_Stream[ChatCompletionChunk, ChatCompletion]):
+    """A streamed chat completion: iterate for :class:`~convo.ChatCompletionChunk` values.
+
+    Use it as a context manager (closing it early closes the HTTP response);
+    :meth:`final` returns the assembled :class:`~convo.ChatCompletion`, after
+    iterating to the end or on its own (it consumes the rest of the stream).
+    """
+
+
+class CompletionStream(_Stream[CompletionChunk, Completion]):
+    """A streamed completion: iterate for :class:`~convo.CompletionChunk` values.
+
+    Same protocol as :class:`ChatCompletionStream`; :meth:`final` returns a
+    :class:`~convo.Completion`.
+    """
+
+
+class OpenAIClient:
+    """A synchronous client for OpenAI-compatible servers (OpenAI, Azure-style, vLLM,
+    llama.cpp, Ollama, LM Studio).
+
+    Args:
+        api_key: sent as ``Authorization: Bearer ...``; defaults to
+            ``$OPENAI_API_KEY``. When neither is set no Authorization header is
+            sent (local servers need none; Azure-style deployments pass
+            ``default_headers={"api-key": ...}``).
+        base_url: defaults to ``$OPENAI_BASE_URL``, else ``https://api.openai.com/v1``.
+        organization: ``OpenAI-Organization`` header; defaults to ``$OPENAI_ORG_ID``.
+        project: ``OpenAI-Project`` header; defaults to ``$OPENAI_PROJECT_ID``.
+        timeout: seconds or an ``httpx.Timeout`` (default 600 s, 5 s to connect).
+        max_retries: retries after a retryable failure (default 2); per call too.
+        default_headers: sent with every request (override convo's own).
+        default_query: query parameters of every request (``{"api-version": ...}``).
+        http_client: an ``httpx.Client`` to use; it stays yours (``close()``
+            does not close it).
+        transport: an ``httpx.BaseTransport`` for the client convo creates
+            (``httpx.MockTransport``, ``convo.testing.FakeBackend().transport()``).
+        sleep: how to wait between retries (default ``time.sleep``; inject for tests).
+
+    Example::
+
+        with OpenAIClient(base_url="http://localhost:8000/v1") as client:
+            reply = client.chat(model="llama3", messages=[Message.user("Hi")])
+            print(reply.text)
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | httpx.URL | None = None,
+        organization: str | None = None,
+        project: str | None = None,
+        timeout: TimeoutTypes = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        default_headers: Mapping[str, str] | None = None,
+        default_query: Mapping[str, str] | None = None,
+        http_client: httpx.Client | None = None,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] | None = None,
+    ) -> None:
+        if http_client is not None and transport is not None:
+            raise ConfigurationError("pass http_client or transport, not both")
+        if http_client is not None and not isinstance(http_client, httpx.Client):
+            raise ConfigurationError(
+                f"http_client must be an httpx.Client, got {type(http_client).__name__}"
+            )
+        self._core = ClientCore(
+            api_key=api_key,
+            base_url=base_url,
+            organization=organization,
+            project=project,
+            timeout=timeout,
+            max_retries=max_retries,
+            default_headers=default_headers,
+            default_query=default_query,
+        )
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.Client(
+            transport=transport, timeout=timeout, limits=DEFAULT_CONNECTION_LIMITS
+        )
+        self._sleep = sleep or time.sleep
+
+    @property
+    def base_url(self) -> str:
+        """The base URL requests go to (``.../v1``)."""
+        return self._core.base_url
+
+    @property
+    def max_retries(self) -> int:
+        return self._core.max_retries
+
+    def __repr__(self) -> str:
+        return (
+            f"OpenAIClient(base_url={self._core.base_url!r}, max_retries={self._core.max_retries})"
+        )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool (not an ``http_client`` that was passed in)."""
+        if self._owns_http:
+            self._http.close()
+
+    # -- API ------------------------------------------------------------------------
+
+    def chat(
+        self,
+        *,
+        model: str,
+        messages: Sequence[Message | Mapping[str, Any]],
+        **params: Unpack[ChatParams],
+    ) -> ChatCompletion:
+        """``POST /chat/completions``: the reply to a list of messages.
+
+        Args:
+            model: the model name.
+            messages: :class:`~convo.Message` values (sent via ``to_openai()``)
+                or dicts in OpenAI's format (sent as given).
+            **params: OpenAI's parameters (temperature, tools, response_format,
+                ...; unset or None is not sent), plus ``extra_body``,
+                ``extra_headers``, ``extra_query``, ``timeout``, ``max_retries``.
+
+        Raises:
+            APIStatusError: an error status (subclass per status), after retries.
+            APIConnectionError: the server could not be reached (after retries).
+            APIResponseValidationError: the answer is not a chat completion.
+        """
+        spec = self._core.chat_request(model, messages, params, stream=False)
+        return self._core.parse(ChatCompletion, self._send(spec))
+
+    def chat_stream(
+        self,
+        *,
+        model: str,
+        messages: Sequence[Message | Mapping[str, Any]],
+        **params: Unpack[ChatParams],
+    ) -> ChatCompletionStream:
+        """``POST /chat/completions`` with ``stream: true``; same arguments as :meth:`chat`.
+
+        Pass ``stream_options={"include_usage": True}`` to get usage in ``final()``.
+        Retries happen only before the first byte of the answer.
+        """
+        spec = self._core.chat_request(model, messages, params, stream=True)
+        return ChatCompletionStream(
+            self._core, self._send(spec), ChatCompletionChunk, ChatAccumulator()
+        )
+
+    def complete(
+        self, *, model: str, prompt: str | Sequence[str], **params: Unpack[CompletionParams]
+    ) -> Completion:
+        """``POST /completions``: the continuation of a prompt (one string or several).
+
+        Raises the same errors as :meth:`chat`.
+        """
+        spec = self._core.completion_request(model, prompt, params, stream=False)
+        return self._core.parse(Completion, self._send(spec))
+
+    def complete_stream(
+        self, *, model: str, prompt: str | Sequence[str], **params: Unpack[CompletionParams]
+    ) -> CompletionStream:
+        """``POST /completions`` with ``stream: true``; same arguments as :meth:`complete`."""
+        spec = self._core.completion_request(model, prompt, params, stream=True)
+        return CompletionStream(
+            self._core, self._send(spec), CompletionChunk, CompletionAccumulator()
+        )
+
+    # -- the one place that sends ---------------------------------------------------------
+
+    def _send(self, spec: RequestSpec) -> httpx.Response:
+        core = self._core
+        request = core.build(self._http, spec)
+        retries = 0
+        while True:
+            try:
+                response = self._http.send(request, stream=spec.stream)
+            except httpx.RequestError as exc:
+                delay = core.retry_after_error(exc, retries, spec)
+                if delay is None:
+                    raise core.transport_error(exc, request) from exc
+                core.log_retry(request, type(exc).__name__, retries, delay)
+            else:
+                core.log_response(request, response, retries)
+                if response.status_code < 300:
+                    return response
+                try:
+                    if spec.stream:
+                        response.read()
+                except httpx.RequestError:
+                    pass  # the status alone still says what happened
+                finally:
+                    response.close()
+                delay = core.retry_after_status(response, retries, spec)
+                if delay is None:
+                    raise core.status_error(response)
+                core.log_retry(request, f"status {response.status_code}", retries, delay)
+            self._sleep(delay)
+            retries += 1

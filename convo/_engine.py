@@ -1,0 +1,168 @@
+"""Database URLs and engines: SQLite (embedded default) and PostgreSQL, sync and async.
+
+* ``sqlite:///path`` / ``sqlite+pysqlite://`` / ``sqlite+aiosqlite://`` name a
+  SQLite file; the sync store uses pysqlite, the async store aiosqlite.
+* ``postgresql://`` / ``postgres://`` / ``postgresql+psycopg://`` name a
+  PostgreSQL database; psycopg 3 serves both stores.
+* No URL: ``CONVO_DATABASE_URL``, else the SQLite file ``convo.db``.
+
+SQLite connections get WAL, ``foreign_keys=ON``, a 30 s busy timeout and
+``synchronous=NORMAL``. pysqlite's own transaction handling is switched off
+(it begins lazily, so two writers that both read first deadlock into
+"database is locked"): convo emits ``BEGIN IMMEDIATE`` for write transactions
+(the write lock is taken up front and waited for under ``busy_timeout``) and a
+plain deferred ``BEGIN`` for reads, which in WAL mode never block writers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from ._exceptions import ConfigurationError
+
+__all__ = [
+    "DEFAULT_DATABASE_URL",
+    "WRITE_OPTION",
+    "create_engine",
+    "create_engine_async",
+    "database_url",
+    "prepare_engine",
+    "resolve_url",
+    "safe_url",
+]
+
+DEFAULT_DATABASE_URL = "sqlite:///convo.db"
+ENV_VAR = "CONVO_DATABASE_URL"
+
+#: Execution option marking a connection whose transactions write
+#: (SQLite: ``BEGIN IMMEDIATE`` instead of ``BEGIN``).
+WRITE_OPTION = "convo_write"
+
+SQLITE_BUSY_TIMEOUT_S = 30.0
+
+_SYNC_DRIVERS = {"sqlite": "pysqlite", "postgresql": "psycopg"}
+_ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "psycopg"}
+# Drivers convo knows how to configure; anything else is a configuration error.
+_KNOWN = {
+    "sqlite": {"", "pysqlite", "aiosqlite"},
+    "postgresql": {"", "psycopg"},
+}
+
+
+def database_url(url: str | None = None) -> str:
+    """The URL to use: ``url``, else ``CONVO_DATABASE_URL``, else ``sqlite:///convo.db``."""
+    return url or os.environ.get(ENV_VAR) or DEFAULT_DATABASE_URL
+
+
+def safe_url(url: URL | str) -> str:
+    """The URL as text with any password masked (for messages and reprs)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable database URL>"
+
+
+def resolve_url(url: str | URL | None = None, *, asynchronous: bool = False) -> URL:
+    """Parse a database URL and pick convo's driver for it.
+
+    Raises:
+        ConfigurationError: unparseable URL, unsupported database or driver, or
+            the PostgreSQL driver (``convo[postgres]``) not installed.
+    """
+    raw = database_url(url) if not isinstance(url, URL) else url
+    try:
+        parsed = make_url(raw)
+    except ArgumentError as exc:
+        raise ConfigurationError(
+            "invalid database URL: expected sqlite:///path or postgresql://user@host/db"
+        ) from exc
+    backend = parsed.get_backend_name()
+    if backend == "postgres":
+        backend = "postgresql"
+    driver = parsed.drivername.partition("+")[2]
+    if backend not in _KNOWN or driver not in _KNOWN[backend]:
+        raise ConfigurationError(
+            f"unsupported database URL {safe_url(parsed)}: convo supports sqlite "
+            "(pysqlite / aiosqlite) and postgresql (psycopg)"
+        )
+    if backend == "postgresql" and importlib.util.find_spec("psycopg") is None:
+        raise ConfigurationError(
+            "PostgreSQL needs the psycopg driver: pip install 'convo[postgres]'"
+        )
+    drivers = _ASYNC_DRIVERS if asynchronous else _SYNC_DRIVERS
+    return parsed.set(drivername=f"{backend}+{drivers[backend]}")
+
+
+def create_engine(url: str | URL | None = None, **kwargs: Any) -> Engine:
+    """A sync engine for ``url`` configured for convo (see the module docs)."""
+    resolved = resolve_url(url)
+    if resolved.get_backend_name() == "sqlite":
+        kwargs.setdefault("connect_args", {}).setdefault("timeout", SQLITE_BUSY_TIMEOUT_S)
+    try:
+        engine = sa.create_engine(resolved, **kwargs)
+    except (ArgumentError, TypeError, ImportError) as exc:
+        raise ConfigurationError(f"cannot create an engine for {safe_url(resolved)}: {exc}") from exc
+    prepare_engine(engine)
+    return engine
+
+
+def create_engine_async(url: str | URL | None = None, **kwargs: Any) -> AsyncEngine:
+    """An async engine for ``url`` configured for convo (aiosqlite or psycopg)."""
+    resolved = resolve_url(url, asynchronous=True)
+    if resolved.get_backend_name() == "sqlite":
+        kwargs.setdefault("connect_args", {}).setdefault("timeout", SQLITE_BUSY_TIMEOUT_S)
+    try:
+        engine = create_async_engine(resolved, **kwargs)
+    except (ArgumentError, TypeError, ImportError) as exc:
+        raise ConfigurationError(f"cannot create an engine for {safe_url(resolved)}: {exc}") from exc
+    prepare_engine(engine.sync_engine)
+    return engine
+
+
+def prepare_engine(engine: Engine) -> None:
+    """Install convo's SQLite connection and transaction handling on ``engine`` (idempotent).
+
+    Also used on engines passed in by the caller; PostgreSQL engines are left as they are.
+    """
+    if engine.dialect.name not in _KNOWN:
+        raise ConfigurationError(
+            f"unsupported database {engine.dialect.name!r}: convo supports sqlite and postgresql"
+        )
+    if engine.dialect.name != "sqlite" or getattr(engine, "_convo_prepared", False):
+        return
+    # "checkout" rather than "connect": a caller's engine may already hold
+    # pooled connections that never saw our "connect" hook.
+    event.listen(engine, "checkout", _sqlite_checkout)
+    event.listen(engine, "begin", _sqlite_begin)
+    engine._convo_prepared = True  # type: ignore[attr-defined]
+
+
+def _sqlite_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    if record.info.get("convo"):
+        return
+    # No implicit BEGIN from the driver: _sqlite_begin decides what to begin.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+    record.info["convo"] = True
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    if conn.get_execution_options().get(WRITE_OPTION):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.exec_driver_sql("BEGIN")

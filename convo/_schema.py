@@ -1,0 +1,204 @@
+"""The SQL schema of convo (SQLAlchemy 2 declarative), shared by SQLite and PostgreSQL.
+
+These rows are storage only: the store converts them to and from the pydantic
+values of :mod:`convo._records` in one place (:mod:`convo._store_rows`). The
+Alembic migrations in ``migrations/`` create exactly this schema; a test
+checks that models and migrations never drift.
+
+Tables::
+
+    conversations   id (time-ordered hex), title, owner, metadata, timestamps,
+                    parent_id / fork_seq (fork lineage), last_seq (sequence counter)
+    messages        one row per message; UNIQUE(conversation_id, seq)
+    message_tokens  (message_id, encoding) -> tokens, filled by the context builder
+    summaries       text standing in for messages start_seq..end_seq
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+__all__ = [
+    "SCHEMA_REVISION",
+    "Base",
+    "ConversationRow",
+    "MessageRow",
+    "MessageTokenRow",
+    "SummaryRow",
+    "UTCDateTime",
+    "metadata",
+]
+
+#: The Alembic revision this code expects the database to be at (the head of
+#: ``migrations/versions``; a test keeps the two equal).
+SCHEMA_REVISION = "0001_initial"
+
+# Stable constraint names on both databases, so migrations can refer to them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on both databases.
+
+    PostgreSQL stores ``timestamptz``; SQLite has no time zones, so values are
+    stored as UTC text (fixed width, so text order is time order) and read
+    back with ``tzinfo=UTC``. Naive datetimes given as filters mean UTC.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        elif value.utcoffset():
+            value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            # SQLAlchemy's SQLite DATETIME drops tzinfo; make sure it is UTC first.
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        # psycopg answers in the session's time zone (e.g. ZoneInfo("Etc/UTC")).
+        return value if value.tzinfo is UTC else value.astimezone(UTC)
+
+
+# JSONB on PostgreSQL (indexable, compact, semantic equality); JSON text on SQLite.
+# none_as_null: a Python None is SQL NULL, so "no metadata" costs nothing.
+JSONType = sa.JSON(none_as_null=True).with_variant(
+    postgresql.JSONB(none_as_null=True), "postgresql"
+)
+# INTEGER PRIMARY KEY is SQLite's rowid alias (fast, autoincrementing); BIGINT elsewhere.
+BigID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+ConversationID = Annotated[str, mapped_column(sa.String(32))]
+Timestamp = Annotated[datetime, mapped_column(UTCDateTime())]
+JSONDict = Annotated[dict[str, Any] | None, mapped_column(JSONType)]
+ShortText = Annotated[str | None, mapped_column(sa.String(255))]
+
+
+class Base(DeclarativeBase):
+    metadata = metadata
+
+
+class ConversationRow(Base):
+    __tablename__ = "conversations"
+
+    id: Mapped[ConversationID] = mapped_column(primary_key=True)
+    title: Mapped[str | None] = mapped_column(sa.Text)
+    owner: Mapped[ShortText]
+    # ``metadata`` is reserved on declarative classes; the column keeps the name.
+    meta: Mapped[JSONDict] = mapped_column("metadata")
+    created_at: Mapped[Timestamp]
+    updated_at: Mapped[Timestamp]
+    parent_id: Mapped[str | None] = mapped_column(
+        sa.String(32), sa.ForeignKey("conversations.id"), index=True
+    )
+    fork_seq: Mapped[int | None]
+    # The per-conversation sequence counter: appends take the next value with
+    # UPDATE ... SET last_seq = last_seq + 1 RETURNING last_seq (row lock = ordering).
+    last_seq: Mapped[int] = mapped_column(server_default=sa.text("0"))
+
+    __table_args__ = (
+        # Listing newest first, per owner, with a stable keyset (updated_at, id).
+        sa.Index("ix_conversations_owner_updated_at", "owner", "updated_at", "id"),
+    )
+
+
+class MessageRow(Base):
+    __tablename__ = "messages"
+
+    id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)
+    conversation_id: Mapped[ConversationID] = mapped_column(
+        sa.ForeignKey("conversations.id", ondelete="CASCADE")
+    )
+    seq: Mapped[int]
+    role: Mapped[str] = mapped_column(sa.String(16))
+    # Text of the content: the string, or the text parts joined (what search reads).
+    content: Mapped[str | None] = mapped_column(sa.Text)
+    # The content parts, when the content is a list (then it is the source of truth).
+    parts: Mapped[list[Any] | None] = mapped_column(JSONType)
+    name: Mapped[ShortText]
+    tool_calls: Mapped[list[Any] | None] = mapped_column(JSONType)
+    refusal: Mapped[str | None] = mapped_column(sa.Text)
+    tool_call_id: Mapped[ShortText]
+    meta: Mapped[JSONDict] = mapped_column("metadata")
+    pinned: Mapped[bool] = mapped_column(server_default=sa.false())
+    idempotency_key: Mapped[ShortText]
+    model: Mapped[ShortText]
+    finish_reason: Mapped[str | None] = mapped_column(sa.String(64))
+    usage: Mapped[JSONDict]
+    system_fingerprint: Mapped[ShortText]
+    seed: Mapped[int | None] = mapped_column(sa.BigInteger)
+    created_at: Mapped[Timestamp]
+
+    __table_args__ = (
+        # Also the index of every keyset read (newest first or oldest first).
+        sa.UniqueConstraint("conversation_id", "seq"),
+        # Partial: most messages carry no key, so the index stays small.
+        sa.Index(
+            "ix_messages_idempotency_key",
+            "conversation_id",
+            "idempotency_key",
+            unique=True,
+            sqlite_where=sa.text("idempotency_key IS NOT NULL"),
+            postgresql_where=sa.text("idempotency_key IS NOT NULL"),
+        ),
+        # Partial: the pinned messages of a conversation without scanning it.
+        # SQLite only uses a partial index when the query repeats its WHERE
+        # term, and SQLAlchemy renders a boolean test as "pinned = 1" there.
+        sa.Index(
+            "ix_messages_pinned",
+            "conversation_id",
+            "seq",
+            sqlite_where=sa.text("pinned = 1"),
+            postgresql_where=sa.text("pinned"),
+        ),
+    )
+
+
+class MessageTokenRow(Base):
+    __tablename__ = "message_tokens"
+
+    message_id: Mapped[int] = mapped_column(
+        BigID, sa.ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
+    )
+    encoding: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    tokens: Mapped[int]
+
+
+class SummaryRow(Base):
+    __tablename__ = "summaries"
+
+    id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)
+    conversation_id: Mapped[ConversationID] = mapped_column(
+        sa.ForeignKey("conversations.id", ondelete="CASCADE")
+    )
+    start_seq: Mapped[int]
+    end_seq: Mapped[int]
+    content: Mapped[str] = mapped_column(sa.Text)
+    meta: Mapped[JSONDict] = mapped_column("metadata")
+    created_at: Mapped[Timestamp]
+
+    __table_args__ = (sa.Index("ix_summaries_conversation_id_end_seq", "conversation_id", "end_seq"),)

@@ -1,0 +1,677 @@
+"""The pure core of the store, shared by :class:`~convo.Store` and :class:`~convo.AsyncStore`.
+
+Every store operation is a *plan*: a generator that yields :class:`Op`
+(a statement, its parameters and what to fetch) and receives the fetched
+result, or yields :data:`ROLLBACK`. It never touches a connection, so the sync
+and async shells run the very same logic and only differ in ``await``::
+
+    plan = core.append(...)
+    op = next(plan)
+    while True:
+        result = fetch(conn.execute(op.stmt, op.params), op.fetch)   # the shell's only job
+        op = plan.send(result)                                        # ... until StopIteration
+
+A database error raised by a statement is thrown into the plan
+(``plan.throw``), so a plan can recover (roll back, read, return).
+
+Fork lineage: a conversation's view is its ancestors' messages up to each fork
+point, then its own. :func:`_lineage` resolves the ancestor chain in one
+recursive query into segments ``(conversation_id, lo, hi)`` (seq in ``(lo, hi]``),
+newest first; reads then query segment by segment with ``LIMIT`` and stop as
+soon as the limit is filled, so reading the tail never loads the thread.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
+from functools import cache
+from typing import Any, Final, Literal, TypeAlias, TypeVar
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql import Executable
+
+from ._exceptions import (
+    ConversationNotFound,
+    ForkConflictError,
+    MessageNotFound,
+    StoreInputError,
+)
+from ._messages import Message, parse_message
+from ._records import Conversation, ReplyInfo, StoredMessage, Summary
+from ._schema import ConversationRow, MessageRow, MessageTokenRow, SummaryRow
+from ._store_rows import (
+    conversation_from_row,
+    decode_cursor,
+    encode_cursor,
+    message_from_row,
+    message_params,
+    new_conversation_id,
+    stored_message,
+    summary_from_row,
+    tokens_from_row,
+    validate_json_dict,
+)
+
+__all__ = ["ROLLBACK", "UNSET", "ConversationPage", "Op", "Plan", "Unset"]
+
+T = TypeVar("T")
+Fetch: TypeAlias = Literal["all", "first", "scalar", "rowcount", "none"]
+
+C = ConversationRow.__table__
+M = MessageRow.__table__
+TK = MessageTokenRow.__table__
+S = SummaryRow.__table__
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One statement for a shell to execute, and what to hand back to the plan.
+
+    ``fetch``: ``"all"`` -> list of rows, ``"first"`` -> a row or None,
+    ``"scalar"`` -> first column of the first row or None, ``"rowcount"`` -> int,
+    ``"none"`` -> None. ``params`` as a list means executemany (rows come back
+    in parameter order when the statement returns rows).
+    """
+
+    stmt: Executable
+    params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None
+    fetch: Fetch = "all"
+
+
+class _Rollback(Enum):
+    ROLLBACK = "ROLLBACK"
+
+
+#: Yielded by a plan: roll back the current transaction (the next Op begins a new one).
+ROLLBACK: Final = _Rollback.ROLLBACK
+
+Plan: TypeAlias = Generator[Op | _Rollback, Any, T]
+
+
+class Unset(Enum):
+    """Type of :data:`UNSET`, the "leave unchanged" default of update methods."""
+
+    UNSET = "UNSET"
+
+
+UNSET: Final = Unset.UNSET
+
+
+class ConversationPage(BaseModel):
+    """One page of :meth:`~convo.Store.list_conversations`.
+
+    Pass ``next_cursor`` back as ``cursor`` for the next page; it is None on the last page.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    items: list[Conversation]
+    next_cursor: str | None = None
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _positive(value: int | None, what: str) -> None:
+    if value is not None and value < 1:
+        raise StoreInputError(f"{what} must be >= 1 (got {value})")
+
+
+# --- statements (built once; SQLAlchemy caches their compiled form) --------------------
+
+_B = sa.bindparam
+_MSG_COLUMNS = [c for c in M.c]
+
+
+@cache
+def _select_conversation(scoped: bool) -> sa.Select[Any]:
+    stmt = sa.select(C).where(C.c.id == _B("cid"))
+    return stmt.where(C.c.owner == _B("b_owner")) if scoped else stmt
+
+
+@cache
+def _chain_query() -> sa.Select[Any]:
+    # The conversation and its ancestors, nearest first, in one round trip.
+    base = sa.select(
+        C.c.id, C.c.parent_id, C.c.fork_seq, C.c.last_seq, C.c.owner,
+        sa.literal(0, sa.Integer).label("depth"),
+    ).where(C.c.id == _B("cid"))
+    chain = base.cte("chain", recursive=True)
+    parent = sa.select(
+        C.c.id, C.c.parent_id, C.c.fork_seq, C.c.last_seq, C.c.owner, chain.c.depth + 1
+    ).join(chain, C.c.id == chain.c.parent_id)
+    chain = chain.union_all(parent)
+    return sa.select(chain).order_by(chain.c.depth)
+
+
+@cache
+def _segment_query(
+    newest_first: bool, with_tokens: bool, pinned_only: bool, limited: bool
+) -> sa.Select[Any]:
+    cols: list[Any] = list(_MSG_COLUMNS)
+    src: Any = M
+    if with_tokens:
+        src = M.outerjoin(TK, (TK.c.message_id == M.c.id) & (TK.c.encoding == _B("encoding")))
+        cols.append(TK.c.tokens)
+    stmt = (
+        sa.select(*cols)
+        .select_from(src)
+        .where(M.c.conversation_id == _B("cid"), M.c.seq > _B("lo"), M.c.seq <= _B("hi"))
+        .order_by(M.c.seq.desc() if newest_first else M.c.seq)
+    )
+    if limited:
+        stmt = stmt.limit(_B("limit"))
+    if pinned_only:
+        stmt = stmt.where(M.c.pinned)
+    return stmt
+
+
+@cache
+def _bump_seq(scoped: bool) -> sa.Update:
+    stmt = (
+        sa.update(C)
+        .where(C.c.id == _B("cid"))
+        .values(last_seq=C.c.last_seq + _B("n"), updated_at=_B("now"))
+        .returning(C.c.last_seq)
+    )
+    return stmt.where(C.c.owner == _B("b_owner")) if scoped else stmt
+
+
+_BY_KEY = sa.select(M).where(M.c.conversation_id == _B("cid"), M.c.idempotency_key == _B("key"))
+_INSERT_MESSAGE = sa.insert(M).returning(M.c.id, sort_by_parameter_order=True)
+_INSERT_CONVERSATION = sa.insert(C)
+_INSERT_SUMMARY = sa.insert(S).returning(S.c.id)
+
+
+def _scope(params: dict[str, Any], owner: str | None) -> bool:
+    if owner is not None:
+        params["b_owner"] = owner
+        return True
+    return False
+
+
+# --- lineage -----------------------------------------------------------------------------
+
+Segment: TypeAlias = tuple[str, int, int]  # (conversation_id, lo, hi): seq in (lo, hi]
+
+
+@dataclass(frozen=True, slots=True)
+class Lineage:
+    conversation_id: str
+    last_seq: int
+    #: Nearest first: the conversation's own segment, then its parent's, ...
+    #: (``hi <= lo`` means the ancestor contributes no rows but its summaries
+    #: up to ``hi`` still apply).
+    segments: tuple[Segment, ...]
+
+    def live(self) -> list[Segment]:
+        return [s for s in self.segments if s[2] > s[1]]
+
+    def owner_of(self, seq: int) -> str | None:
+        for cid, lo, hi in self.segments:
+            if lo < seq <= hi:
+                return cid
+        return None
+
+
+def _lineage(conversation_id: str, owner: str | None) -> Plan[Lineage]:
+    rows = yield Op(_chain_query(), {"cid": conversation_id})
+    if not rows or (owner is not None and rows[0].owner != owner):
+        raise ConversationNotFound(conversation_id, owner=owner)
+    segments = []
+    cap = rows[0].last_seq
+    for row in rows:
+        lo = row.fork_seq or 0
+        segments.append((row.id, lo, cap))
+        cap = min(cap, lo)
+    return Lineage(conversation_id, rows[0].last_seq, tuple(segments))
+
+
+def _read_segments(
+    lineage: Lineage,
+    *,
+    after: int | None,
+    before: int | None,
+    limit: int | None,
+    newest_first: bool,
+    encoding: str | None = None,
+    pinned_only: bool = False,
+) -> Plan[list[Any]]:
+    stmt = _segment_query(newest_first, encoding is not None, pinned_only, limit is not None)
+    segments = lineage.live()
+    if not newest_first:
+        segments.reverse()
+    out: list[Any] = []
+    for cid, lo, hi in segments:
+        if after is not None:
+            lo = max(lo, after)
+        if before is not None:
+            hi = min(hi, before - 1)
+        if hi <= lo:
+            continue
+        params: dict[str, Any] = {"cid": cid, "lo": lo, "hi": hi}
+        if limit is not None:
+            params["limit"] = limit - len(out)
+        if encoding is not None:
+            params["encoding"] = encoding
+        out.extend((yield Op(stmt, params)))
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+# --- conversations ---------------------------------------------------------------------
+
+
+def create_conversation(
+    *, title: str | None, owner: str | None, metadata: Mapping[str, Any] | None
+) -> Plan[Conversation]:
+    meta = validate_json_dict(metadata, "conversation metadata")
+    stamp = now()
+    values = {
+        "id": new_conversation_id(), "title": title, "owner": owner, "metadata": meta,
+        "created_at": stamp, "updated_at": stamp, "parent_id": None, "fork_seq": None,
+        "last_seq": 0,
+    }
+    yield Op(_INSERT_CONVERSATION, values, "none")
+    return Conversation.model_construct(**{**values, "metadata": meta or {}})
+
+
+def get_conversation(conversation_id: str, *, owner: str | None) -> Plan[Conversation]:
+    params = {"cid": conversation_id}
+    row = yield Op(_select_conversation(_scope(params, owner)), params, "first")
+    if row is None:
+        raise ConversationNotFound(conversation_id, owner=owner)
+    return conversation_from_row(row)
+
+
+def update_conversation(
+    conversation_id: str,
+    *,
+    title: str | None | Unset,
+    metadata: Mapping[str, Any] | None | Unset,
+    owner: str | None,
+) -> Plan[Conversation]:
+    values: dict[str, Any] = {"updated_at": now()}
+    if title is not UNSET:
+        values["title"] = title
+    if metadata is not UNSET:
+        values["metadata"] = validate_json_dict(metadata, "conversation metadata")
+    stmt = sa.update(C).where(C.c.id == conversation_id).values(values).returning(*C.c)
+    if owner is not None:
+        stmt = stmt.where(C.c.owner == owner)
+    row = yield Op(stmt, None, "first")
+    if row is None:
+        raise ConversationNotFound(conversation_id, owner=owner)
+    return conversation_from_row(row)
+
+
+def delete_conversation(
+    conversation_id: str, *, owner: str | None, cascade_forks: bool
+) -> Plan[None]:
+    params = {"cid": conversation_id}
+    row = yield Op(_select_conversation(_scope(params, owner)), params, "first")
+    if row is None:
+        raise ConversationNotFound(conversation_id, owner=owner)
+    # The conversation and every fork below it (forks of forks too).
+    tree = sa.select(C.c.id).where(C.c.id == conversation_id).cte("tree", recursive=True)
+    tree = tree.union_all(sa.select(C.c.id).join(tree, C.c.parent_id == tree.c.id))
+    ids = [r.id for r in (yield Op(sa.select(tree.c.id)))]
+    if len(ids) > 1 and not cascade_forks:
+        raise ForkConflictError(
+            f"conversation {conversation_id!r} has {len(ids) - 1} fork(s) that share its "
+            "messages; delete them first or pass cascade_forks=True"
+        )
+    # Messages, token counts and summaries go with ON DELETE CASCADE.
+    yield Op(sa.delete(C).where(C.c.id.in_(ids)), None, "none")
+
+
+def list_conversations(
+    *,
+    dialect: str,
+    owner: str | None,
+    metadata: Mapping[str, Any] | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+    updated_after: datetime | None,
+    updated_before: datetime | None,
+    limit: int,
+    cursor: str | None,
+) -> Plan[ConversationPage]:
+    _positive(limit, "limit")
+    stmt = sa.select(C)
+    if owner is not None:
+        stmt = stmt.where(C.c.owner == owner)
+    for bound, op in (
+        (created_after, C.c.created_at.__gt__),
+        (created_before, C.c.created_at.__lt__),
+        (updated_after, C.c.updated_at.__gt__),
+        (updated_before, C.c.updated_at.__lt__),
+    ):
+        if bound is not None:
+            stmt = stmt.where(op(bound))
+    for key, value in (metadata or {}).items():
+        stmt = stmt.where(_json_equals(dialect, C.c.metadata, key, value))
+    if cursor is not None:
+        stamp, last_id = decode_cursor(cursor)
+        stmt = stmt.where(sa.tuple_(C.c.updated_at, C.c.id) < sa.tuple_(
+            sa.literal(stamp, C.c.updated_at.type), sa.literal(last_id, C.c.id.type)
+        ))
+    stmt = stmt.order_by(C.c.updated_at.desc(), C.c.id.desc()).limit(limit + 1)
+    rows = yield Op(stmt)
+    items = [conversation_from_row(r) for r in rows[:limit]]
+    next_cursor = (
+        encode_cursor(items[-1].updated_at, items[-1].id) if len(rows) > limit else None
+    )
+    return ConversationPage(items=items, next_cursor=next_cursor)
+
+
+def _json_equals(dialect: str, column: Any, key: str, value: Any) -> Any:
+    """``column[key] == value`` with JSON semantics (type-exact: 1 != "1", true != 1)."""
+    if not isinstance(key, str):
+        raise StoreInputError("metadata filter keys must be strings")
+    try:
+        text = json.dumps(value, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise StoreInputError(f"metadata filter value for {key!r} is not JSON: {exc}") from exc
+    if dialect == "postgresql":
+        # JSONB equality is semantic (key order, number spelling don't matter).
+        return column.op("->")(sa.literal(key, sa.Text)) == sa.cast(
+            sa.literal(text, sa.Text), postgresql.JSONB
+        )
+    path = sa.literal('$."' + key.replace('"', '\\"') + '"', sa.Text)
+    kind = sa.func.json_type(column, path)
+    if value is None:
+        return kind == "null"
+    if isinstance(value, bool):
+        return kind == ("true" if value else "false")
+    extracted = sa.func.json_extract(column, path)
+    if isinstance(value, (int, float)):
+        return kind.in_(["integer", "real"]) & (extracted == value)
+    if isinstance(value, str):
+        return (kind == "text") & (extracted == value)
+    # Arrays and objects: compare SQLite's minified text of both sides.
+    return kind.in_(["array", "object"]) & (extracted == sa.func.json(sa.literal(text, sa.Text)))
+
+
+# --- messages -----------------------------------------------------------------------------
+
+
+def append(
+    conversation_id: str,
+    message: Message | Mapping[str, Any],
+    *,
+    idempotency_key: str | None,
+    pinned: bool | None,
+    reply: ReplyInfo | None,
+    owner: str | None,
+) -> Plan[StoredMessage]:
+    msg = parse_message(message if isinstance(message, Message) else dict(message))
+    values = message_params(msg, pinned=pinned, idempotency_key=idempotency_key, reply=reply)
+    stamp = now()
+    params = {"cid": conversation_id, "n": 1, "now": stamp}
+    # The counter update takes the conversation's row lock (SQLite: the write
+    # lock, via BEGIN IMMEDIATE) so the key check below cannot race.
+    seq = yield Op(_bump_seq(_scope(params, owner)), params, "scalar")
+    if seq is None:
+        raise ConversationNotFound(conversation_id, owner=owner)
+    if idempotency_key is not None:
+        existing = yield Op(_BY_KEY, {"cid": conversation_id, "key": idempotency_key}, "first")
+        if existing is not None:
+            yield ROLLBACK  # undo the counter bump: a retried append writes nothing
+            return message_from_row(existing)
+    values.update(conversation_id=conversation_id, seq=seq, created_at=stamp)
+    try:
+        message_id = yield Op(_INSERT_MESSAGE, values, "scalar")
+    except IntegrityError:
+        # Safety net (the lock makes this unreachable among convo writers).
+        if idempotency_key is None:
+            raise
+        yield ROLLBACK
+        existing = yield Op(_BY_KEY, {"cid": conversation_id, "key": idempotency_key}, "first")
+        if existing is None:
+            raise
+        return message_from_row(existing)
+    return stored_message(msg, values, id=message_id, conversation_id=conversation_id,
+                          seq=seq, created_at=stamp)
+
+
+def append_many(
+    conversation_id: str,
+    messages: Iterable[Message | Mapping[str, Any]],
+    *,
+    owner: str | None,
+) -> Plan[list[StoredMessage]]:
+    msgs = [parse_message(m if isinstance(m, Message) else dict(m)) for m in messages]
+    rows = [message_params(m, pinned=None, idempotency_key=None, reply=None) for m in msgs]
+    if not rows:
+        yield from get_conversation(conversation_id, owner=owner)  # still say "not found"
+        return []
+    stamp = now()
+    params = {"cid": conversation_id, "n": len(rows), "now": stamp}
+    last = yield Op(_bump_seq(_scope(params, owner)), params, "scalar")
+    if last is None:
+        raise ConversationNotFound(conversation_id, owner=owner)
+    first = last - len(rows) + 1
+    for i, values in enumerate(rows):
+        values.update(conversation_id=conversation_id, seq=first + i, created_at=stamp)
+    ids = yield Op(_INSERT_MESSAGE, rows, "all")
+    return [
+        stored_message(m, v, id=r[0], conversation_id=conversation_id, seq=v["seq"],
+                       created_at=stamp)
+        for m, v, r in zip(msgs, rows, ids, strict=True)
+    ]
+
+
+def messages(
+    conversation_id: str,
+    *,
+    after: int | None,
+    before: int | None,
+    limit: int | None,
+    newest_first: bool,
+    owner: str | None,
+) -> Plan[list[StoredMessage]]:
+    _positive(limit, "limit")
+    lineage = yield from _lineage(conversation_id, owner)
+    rows = yield from _read_segments(
+        lineage, after=after, before=before, limit=limit, newest_first=newest_first
+    )
+    return [message_from_row(r) for r in rows]
+
+
+def get_message(conversation_id: str, seq: int, *, owner: str | None) -> Plan[StoredMessage]:
+    lineage = yield from _lineage(conversation_id, owner)
+    rows = yield from _read_segments(
+        lineage, after=seq - 1, before=seq + 1, limit=1, newest_first=False
+    )
+    if not rows:
+        raise MessageNotFound(f"conversation {conversation_id!r} has no message {seq}")
+    return message_from_row(rows[0])
+
+
+def count_messages(conversation_id: str, *, owner: str | None) -> Plan[int]:
+    # last_seq counts the lineage: a fork's counter starts at its fork point.
+    conversation = yield from get_conversation(conversation_id, owner=owner)
+    return conversation.last_seq
+
+
+def fork(
+    conversation_id: str,
+    *,
+    at: int | None,
+    title: str | None,
+    owner: str | None,
+    metadata: Mapping[str, Any] | None,
+) -> Plan[Conversation]:
+    meta = validate_json_dict(metadata, "conversation metadata")
+    source = yield from get_conversation(conversation_id, owner=owner)
+    point = source.last_seq if at is None else at
+    if not 0 <= point <= source.last_seq:
+        raise MessageNotFound(
+            f"cannot fork conversation {conversation_id!r} at {point}: "
+            f"it has messages 1..{source.last_seq}"
+        )
+    stamp = now()
+    # O(1): one row; the fork reads its ancestors' rows through the lineage.
+    values = {
+        "id": new_conversation_id(),
+        "title": title if title is not None else source.title,
+        "owner": source.owner,
+        "metadata": meta,
+        "created_at": stamp,
+        "updated_at": stamp,
+        "parent_id": source.id,
+        "fork_seq": point,
+        "last_seq": point,
+    }
+    try:
+        yield Op(_INSERT_CONVERSATION, values, "none")
+    except IntegrityError as exc:  # the source was deleted meanwhile
+        raise ConversationNotFound(conversation_id, owner=owner) from exc
+    return Conversation.model_construct(**{**values, "metadata": meta or {}})
+
+
+_SEARCH_ESCAPE = "\\"
+
+
+def search(
+    text: str,
+    *,
+    dialect: str,
+    owner: str | None,
+    conversation_id: str | None,
+    limit: int,
+) -> Plan[list[StoredMessage]]:
+    _positive(limit, "limit")
+    pattern = "%" + (
+        text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    ) + "%"
+    if dialect == "postgresql":
+        match = M.c.content.ilike(pattern, escape=_SEARCH_ESCAPE)
+    else:
+        match = M.c.content.like(pattern, escape=_SEARCH_ESCAPE)  # ASCII-only case folding
+    stmt = sa.select(M).where(match)
+    if conversation_id is not None:
+        lineage = yield from _lineage(conversation_id, owner)
+        stmt = stmt.where(sa.or_(*(
+            (M.c.conversation_id == cid) & (M.c.seq > lo) & (M.c.seq <= hi)
+            for cid, lo, hi in lineage.live()
+        ), sa.false()))
+    elif owner is not None:
+        stmt = stmt.join(C, C.c.id == M.c.conversation_id).where(C.c.owner == owner)
+    rows = yield Op(stmt.order_by(M.c.id.desc()).limit(limit))
+    return [message_from_row(r) for r in rows]
+
+
+# --- context builder support ------------------------------------------------------------
+
+
+def tail(
+    conversation_id: str, *, encoding: str, before: int | None, limit: int, owner: str | None
+) -> Plan[list[tuple[StoredMessage, int | None]]]:
+    _positive(limit, "limit")
+    lineage = yield from _lineage(conversation_id, owner)
+    rows = yield from _read_segments(
+        lineage, after=None, before=before, limit=limit, newest_first=True, encoding=encoding
+    )
+    return [tokens_from_row(r) for r in rows]
+
+
+def pinned(
+    conversation_id: str, *, encoding: str, owner: str | None
+) -> Plan[list[tuple[StoredMessage, int | None]]]:
+    lineage = yield from _lineage(conversation_id, owner)
+    rows = yield from _read_segments(
+        lineage, after=None, before=None, limit=None, newest_first=False,
+        encoding=encoding, pinned_only=True,
+    )
+    return [tokens_from_row(r) for r in rows]
+
+
+def set_pinned(conversation_id: str, seq: int, value: bool, *, owner: str | None) -> Plan[None]:
+    lineage = yield from _lineage(conversation_id, owner)
+    holder = lineage.owner_of(seq)
+    if holder is None:
+        raise MessageNotFound(f"conversation {conversation_id!r} has no message {seq}")
+    if holder != conversation_id:
+        raise ForkConflictError(
+            f"message {seq} of {conversation_id!r} is inherited from {holder!r}; "
+            "pinning it would change that conversation and its other forks"
+        )
+    stmt = sa.update(M).where(M.c.conversation_id == conversation_id, M.c.seq == seq)
+    count = yield Op(stmt.values(pinned=value), None, "rowcount")
+    if not count:
+        raise MessageNotFound(f"conversation {conversation_id!r} has no message {seq}")
+
+
+def save_token_counts(encoding: str, counts: Mapping[int, int], *, dialect: str) -> Plan[None]:
+    if not counts:
+        return
+    rows = []
+    for message_id, tokens in counts.items():
+        if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+            raise StoreInputError(f"token count for message {message_id} must be an int >= 0")
+        rows.append({"message_id": message_id, "encoding": encoding, "tokens": tokens})
+    # Counts are deterministic per (message, encoding): a concurrent writer
+    # stored the same number, so DO NOTHING is exact.
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(TK)
+    try:
+        yield Op(insert.on_conflict_do_nothing(), rows, "none")
+    except IntegrityError as exc:
+        raise MessageNotFound(f"token counts given for unknown message ids: {exc.orig}") from exc
+
+
+def add_summary(
+    conversation_id: str,
+    *,
+    start_seq: int,
+    end_seq: int,
+    content: str,
+    metadata: Mapping[str, Any] | None,
+    owner: str | None,
+) -> Plan[Summary]:
+    meta = validate_json_dict(metadata, "summary metadata")
+    if not isinstance(content, str):
+        raise StoreInputError("summary content must be a string")
+    conversation = yield from get_conversation(conversation_id, owner=owner)
+    if not 1 <= start_seq <= end_seq <= conversation.last_seq:
+        raise StoreInputError(
+            f"summary range {start_seq}..{end_seq} is not within messages "
+            f"1..{conversation.last_seq} of {conversation_id!r}"
+        )
+    stamp = now()
+    values = {
+        "conversation_id": conversation_id, "start_seq": start_seq, "end_seq": end_seq,
+        "content": content, "metadata": meta, "created_at": stamp,
+    }
+    summary_id = yield Op(_INSERT_SUMMARY, values, "scalar")
+    return Summary.model_construct(**{**values, "id": summary_id, "metadata": meta or {}})
+
+
+def latest_summary(
+    conversation_id: str, *, up_to_seq: int | None, owner: str | None
+) -> Plan[Summary | None]:
+    lineage = yield from _lineage(conversation_id, owner)
+    # A summary of any conversation in the chain applies if it ends at or
+    # before the point where this conversation's view of it ends.
+    conditions = [
+        (S.c.conversation_id == cid) & (S.c.end_seq <= (hi if up_to_seq is None else min(hi, up_to_seq)))
+        for cid, _lo, hi in lineage.segments
+    ]
+    stmt = (
+        sa.select(S)
+        .where(sa.or_(*conditions))
+        .order_by(S.c.end_seq.desc(), S.c.id.desc())
+        .limit(1)
+    )
+    row = yield Op(stmt, None, "first")
+    return summary_from_row(row) if row is not None else None

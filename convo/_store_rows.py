@@ -1,0 +1,228 @@
+"""Row <-> value conversion for the store: the one place SQL rows meet pydantic values.
+
+Writes are validated (messages through :func:`convo._messages.parse_message`,
+metadata as JSON); reads trust the database, which only ever received
+validated values, and build the values with ``model_construct`` (no second
+validation on the hot read path). Content parts and tool calls, the only
+nested models, are rebuilt through their type adapters.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from pydantic import JsonValue, TypeAdapter, ValidationError
+
+from ._exceptions import InvalidMessageError, StoreInputError
+from ._messages import ContentPart, Message, ToolCall
+from ._records import Conversation, ReplyInfo, StoredMessage, Summary
+
+__all__ = [
+    "conversation_from_row",
+    "decode_cursor",
+    "encode_cursor",
+    "message_params",
+    "message_from_row",
+    "new_conversation_id",
+    "summary_from_row",
+    "tokens_from_row",
+    "validate_json_dict",
+]
+
+_PARTS: TypeAdapter[list[ContentPart]] = TypeAdapter(list[ContentPart])
+_TOOL_CALLS: TypeAdapter[list[ToolCall]] = TypeAdapter(list[ToolCall])
+_JSON_DICT: TypeAdapter[dict[str, JsonValue]] = TypeAdapter(dict[str, JsonValue])
+
+
+def new_conversation_id() -> str:
+    """A 32-hex-digit id that sorts by creation time (like UUIDv7): 48-bit ms clock + 80 random bits."""
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+
+
+def validate_json_dict(value: Mapping[str, Any] | None, what: str) -> dict[str, Any] | None:
+    """``value`` as a JSON object (None when empty); raises :class:`StoreInputError` if it is not JSON."""
+    if not value:
+        return None
+    try:
+        return _JSON_DICT.validate_python(dict(value))
+    except (ValidationError, TypeError, ValueError) as exc:
+        raise StoreInputError(f"{what} must be a JSON object with string keys: {exc}") from exc
+
+
+# --- conversations -------------------------------------------------------------
+
+
+def conversation_from_row(row: Any) -> Conversation:
+    return Conversation.model_construct(
+        id=row.id,
+        title=row.title,
+        owner=row.owner,
+        metadata=row.metadata or {},
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        parent_id=row.parent_id,
+        fork_seq=row.fork_seq,
+        last_seq=row.last_seq,
+    )
+
+
+# --- messages --------------------------------------------------------------------
+
+
+def message_params(
+    message: Message,
+    *,
+    pinned: bool | None,
+    idempotency_key: str | None,
+    reply: ReplyInfo | None,
+) -> dict[str, Any]:
+    """Column values for ``message`` (everything but conversation_id, seq, created_at)."""
+    content = message.content
+    parts = None
+    if isinstance(content, list):
+        parts = [p.model_dump(mode="json", exclude_none=True) for p in content]
+        content = message.text  # what search reads; parts stay the source of truth
+    usage = None
+    if reply is not None and reply.usage is not None:
+        try:
+            usage = json.loads(json.dumps(reply.usage))
+        except (TypeError, ValueError) as exc:
+            raise InvalidMessageError(f"reply usage must be JSON: {exc}") from exc
+    return {
+        "role": message.role,
+        "content": content,
+        "parts": parts,
+        "name": message.name,
+        "tool_calls": (
+            [c.model_dump(mode="json") for c in message.tool_calls]
+            if message.tool_calls is not None
+            else None
+        ),
+        "refusal": message.refusal,
+        "tool_call_id": message.tool_call_id,
+        "metadata": message.metadata or None,
+        # System and developer messages are the instructions: always kept.
+        "pinned": pinned if pinned is not None else message.role in ("system", "developer"),
+        "idempotency_key": idempotency_key,
+        "model": reply.model if reply else None,
+        "finish_reason": reply.finish_reason if reply else None,
+        "usage": usage,
+        "system_fingerprint": reply.system_fingerprint if reply else None,
+        "seed": reply.seed if reply else None,
+    }
+
+
+def message_from_row(row: Any) -> StoredMessage:
+    parts = row.parts
+    tool_calls = row.tool_calls
+    reply = None
+    if (
+        row.model is not None
+        or row.finish_reason is not None
+        or row.usage is not None
+        or row.system_fingerprint is not None
+        or row.seed is not None
+    ):
+        reply = ReplyInfo.model_construct(
+            model=row.model,
+            finish_reason=row.finish_reason,
+            usage=row.usage,
+            system_fingerprint=row.system_fingerprint,
+            seed=row.seed,
+        )
+    return StoredMessage.model_construct(
+        role=row.role,
+        content=_PARTS.validate_python(parts) if parts is not None else row.content,
+        name=row.name,
+        tool_calls=_TOOL_CALLS.validate_python(tool_calls) if tool_calls is not None else None,
+        refusal=row.refusal,
+        tool_call_id=row.tool_call_id,
+        metadata=row.metadata or {},
+        id=row.id,
+        conversation_id=row.conversation_id,
+        seq=row.seq,
+        created_at=row.created_at,
+        pinned=bool(row.pinned),
+        idempotency_key=row.idempotency_key,
+        reply=reply,
+    )
+
+
+def stored_message(
+    message: Message, params: Mapping[str, Any], *, id: int, conversation_id: str, seq: int,
+    created_at: datetime,
+) -> StoredMessage:
+    """The value of a message just written (no read back needed)."""
+    return StoredMessage.model_construct(
+        role=message.role,
+        content=message.content,
+        name=message.name,
+        tool_calls=message.tool_calls,
+        refusal=message.refusal,
+        tool_call_id=message.tool_call_id,
+        metadata=params["metadata"] or {},
+        id=id,
+        conversation_id=conversation_id,
+        seq=seq,
+        created_at=created_at,
+        pinned=params["pinned"],
+        idempotency_key=params["idempotency_key"],
+        reply=ReplyInfo.model_construct(
+            model=params["model"],
+            finish_reason=params["finish_reason"],
+            usage=params["usage"],
+            system_fingerprint=params["system_fingerprint"],
+            seed=params["seed"],
+        )
+        if any(params[k] is not None for k in _REPLY_COLUMNS)
+        else None,
+    )
+
+
+_REPLY_COLUMNS = ("model", "finish_reason", "usage", "system_fingerprint", "seed")
+
+
+def tokens_from_row(row: Any) -> tuple[StoredMessage, int | None]:
+    return message_from_row(row), row.tokens
+
+
+# --- summaries ---------------------------------------------------------------------
+
+
+def summary_from_row(row: Any) -> Summary:
+    return Summary.model_construct(
+        id=row.id,
+        conversation_id=row.conversation_id,
+        start_seq=row.start_seq,
+        end_seq=row.end_seq,
+        content=row.content,
+        created_at=row.created_at,
+        metadata=row.metadata or {},
+    )
+
+
+# --- list cursors --------------------------------------------------------------------
+
+
+def encode_cursor(updated_at: datetime, conversation_id: str) -> str:
+    """An opaque keyset cursor: the (updated_at, id) of the last item of a page."""
+    raw = json.dumps([updated_at.isoformat(), conversation_id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        stamp, conversation_id = json.loads(raw)
+        when = datetime.fromisoformat(stamp)
+        if not isinstance(conversation_id, str) or when.tzinfo is None:
+            raise ValueError("bad cursor fields")
+    except (ValueError, TypeError) as exc:
+        raise StoreInputError("invalid cursor: pass a next_cursor returned by list_conversations") from exc
+    return when, conversation_id

@@ -1,0 +1,68 @@
+"""Usage numbers of the fake, computed with convo's own token counting.
+
+Prompt tokens of a chat request are :meth:`convo.TokenCounter.request_tokens`
+(OpenAI's billing rules); a model the registry and tiktoken do not know is
+counted with the backend's fallback encoding. Completion tokens are the
+tokens of the generated text (tool calls: name + arguments). A request that
+OpenAI accepts but convo's message values cannot represent (the deprecated
+``function`` role, file parts, ...) is counted by the plain rule: 3 per
+message + role + content as text, + 3 for reply priming.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .._exceptions import InvalidMessageError, UnknownModelError
+from .._tokens import TokenCounter
+
+__all__ = ["chat_prompt_tokens", "counter_for", "usage_dict"]
+
+
+def counter_for(model: str, fallback_encoding: str) -> TokenCounter:
+    """The counter of ``model``, or of ``fallback_encoding`` for a model nobody knows."""
+    try:
+        return TokenCounter.for_model(model)
+    except UnknownModelError:
+        return TokenCounter.for_model(model, encoding=fallback_encoding)
+
+
+def chat_prompt_tokens(
+    counter: TokenCounter,
+    messages: Sequence[Mapping[str, Any]],
+    tools: Sequence[Mapping[str, Any]] | None,
+) -> int:
+    """Prompt tokens of a chat request, as OpenAI bills them."""
+    try:
+        return counter.request_tokens(messages, tools)
+    except InvalidMessageError:
+        pass
+    n = 3
+    for message in messages:
+        n += 3 + counter.count(str(message.get("role", "")))
+        content = message.get("content")
+        if content is not None:
+            n += counter.count(content if isinstance(content, str) else json.dumps(content))
+    if tools:
+        n += counter.count(json.dumps(tools))
+    return n
+
+
+def usage_dict(prompt: int, completion: int, *, details: bool) -> dict[str, Any]:
+    """OpenAI's usage object; chat answers carry the token detail breakdowns."""
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if details:
+        usage["prompt_tokens_details"] = {"cached_tokens": 0, "audio_tokens": 0}
+        usage["completion_tokens_details"] = {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        }
+    return usage

@@ -1,0 +1,271 @@
+"""Shared fixtures: hermetic environment, SQLite and a real PostgreSQL (pgserver).
+
+* Every test runs with no ``OPENAI_*`` variables and ``CONVO_DATABASE_URL``
+  pointing into its ``tmp_path``.
+* ``db_url`` gives a fresh, migrated database, parametrized over SQLite and
+  PostgreSQL. PostgreSQL is one pgserver started once per session; each test
+  gets its own database cloned from a migrated template (tens of ms).
+* ``store`` is parametrized over [sqlite, postgresql] x [sync, async] and
+  yields a :class:`StoreHandle`: ``await store.append(...)`` calls the sync
+  ``Store`` directly or awaits the ``AsyncStore``, so one test body covers all four.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from convo._async_store import AsyncStore
+from convo._store import Store
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(autouse=True)
+def _hermetic_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in list(os.environ):
+        if name.startswith("OPENAI_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("CONVO_DATABASE_URL", f"sqlite:///{tmp_path / 'convo-env.db'}")
+
+
+# --- PostgreSQL ------------------------------------------------------------------------
+
+
+class PgCluster:
+    """A pgserver instance: makes and drops databases for tests."""
+
+    def __init__(self, base_url: sa.URL) -> None:
+        self.base_url = base_url
+        self.admin = sa.create_engine(base_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+        self._names = itertools.count()
+        self._template: str | None = None
+
+    def url(self, database: str) -> sa.URL:
+        return self.base_url.set(database=database)
+
+    def create(self, *, migrated: bool = True) -> sa.URL:
+        name = f"t{os.getpid()}_{next(self._names)}"
+        template = self.template() if migrated else "template0"
+        with self.admin.connect() as conn:
+            # FILE_COPY: faster than WAL_LOG for tiny databases (create + drop).
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE {template} STRATEGY FILE_COPY')
+        return self.url(name)
+
+    def drop(self, url: sa.URL) -> None:
+        with self.admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
+
+    def template(self) -> str:
+        if self._template is None:
+            name = "convo_template"
+            with self.admin.connect() as conn:
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+                conn.exec_driver_sql(f"CREATE DATABASE {name}")
+            store = Store(self.url(name))
+            try:
+                store.migrate()
+            finally:
+                store.close()
+            self._template = name
+        return self._template
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    try:
+        with warnings.catch_warnings():
+            # platformdirs warns about XDG_RUNTIME_DIR on import in containers.
+            warnings.simplefilter("ignore")
+            import pgserver
+    except ImportError:  # pragma: no cover - the test extra installs it
+        pytest.skip("pgserver is not installed (pip install 'convo[test]')")
+    # Not under pytest's basetemp: concurrent pytest runs prune and chmod old
+    # numbered directories, which crashes a server living there.
+    pgdata = Path(tempfile.mkdtemp(prefix="convo-pg-"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    uri = sa.make_url(server.get_uri()).set(drivername="postgresql+psycopg")
+    cluster = PgCluster(uri)
+    try:
+        yield cluster
+    finally:
+        cluster.admin.dispose()
+        server.cleanup()
+        shutil.rmtree(pgdata, ignore_errors=True)
+
+
+# --- SQLite -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
+    store = Store(f"sqlite:///{path}")
+    try:
+        store.migrate()
+    finally:
+        store.close()
+    # Fold the WAL into the main file so one file copy is the whole database.
+    engine = sa.create_engine(f"sqlite:///{path}", poolclass=sa.NullPool)
+    with engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    engine.dispose()
+    return path
+
+
+def _sqlite_url(tmp_path: Path, template: Path | None) -> sa.URL:
+    path = tmp_path / "store.db"
+    if template is not None:
+        shutil.copyfile(template, path)
+    return sa.make_url(f"sqlite:///{path}")
+
+
+# --- fresh databases ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def make_db(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[..., sa.URL]]:
+    """``make_db(backend, migrated=True)`` -> the URL of a fresh database."""
+    dropped: list[tuple[PgCluster, sa.URL]] = []
+    counter = itertools.count()
+
+    def make(backend: str, *, migrated: bool = True) -> sa.URL:
+        if backend == "sqlite":
+            directory = tmp_path / f"db{next(counter)}"
+            directory.mkdir()
+            template = request.getfixturevalue("sqlite_template") if migrated else None
+            return _sqlite_url(directory, template)
+        cluster: PgCluster = request.getfixturevalue("pg_cluster")
+        url = cluster.create(migrated=migrated)
+        dropped.append((cluster, url))
+        return url
+
+    yield make
+    for cluster, url in dropped:
+        cluster.drop(url)
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, make_db: Callable[..., sa.URL]) -> sa.URL:
+    """A fresh migrated database on each backend."""
+    return make_db(request.param)
+
+
+# --- the store, four ways --------------------------------------------------------------------
+
+
+class StoreHandle:
+    """One API over ``Store`` and ``AsyncStore``: every method is awaited.
+
+    Sync methods run directly (not in a thread), so the sync code path is
+    exactly what users run. Also offers raw-SQL helpers for assertions.
+    """
+
+    def __init__(self, store: Store | AsyncStore, backend: str, url: sa.URL) -> None:
+        self.raw = store
+        self.backend = backend
+        self.is_async = isinstance(store, AsyncStore)
+        self.url = url
+        self._check_engine: sa.Engine | None = None
+
+    def __repr__(self) -> str:
+        return f"<StoreHandle {self.backend} {'async' if self.is_async else 'sync'}>"
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.raw, name)
+        if name == "iter_messages":
+            return self._iter_messages
+        if not callable(attr) or self.is_async:
+            return attr
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return attr(*args, **kwargs)
+
+        return call
+
+    async def _iter_messages(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        if isinstance(self.raw, AsyncStore):
+            async for message in self.raw.iter_messages(*args, **kwargs):
+                yield message
+        else:
+            for message in self.raw.iter_messages(*args, **kwargs):
+                yield message
+
+    @property
+    def sync_engine(self) -> sa.Engine:
+        """The engine the store executes on (the sync core of an async engine)."""
+        engine = self.raw.engine
+        return engine if isinstance(engine, sa.Engine) else engine.sync_engine
+
+    def sql(self, query: str, **params: Any) -> list[Any]:
+        """Run raw SQL on a separate connection (for assertions)."""
+        if self._check_engine is None:
+            self._check_engine = sa.create_engine(self.url, poolclass=sa.NullPool)
+        with self._check_engine.begin() as conn:
+            result = conn.execute(sa.text(query), params)
+            return list(result) if result.returns_rows else []
+
+    def count(self, table: str) -> int:
+        return int(self.sql(f"SELECT count(*) FROM {table}")[0][0])
+
+    def snapshot(self) -> dict[str, Any]:
+        """Row counts and counters: equal before and after an operation that must change nothing."""
+        return {
+            "conversations": self.sql("SELECT id, last_seq, updated_at, title FROM conversations ORDER BY id"),
+            "messages": self.count("messages"),
+            "message_tokens": self.count("message_tokens"),
+            "summaries": self.count("summaries"),
+        }
+
+    @contextmanager
+    def statements(self) -> Iterator[list[str]]:
+        """Collect the SQL statements the store executes inside the block."""
+        seen: list[str] = []
+
+        def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            seen.append(statement)
+
+        engine = self.sync_engine
+        sa.event.listen(engine, "before_cursor_execute", record)
+        try:
+            yield seen
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", record)
+
+    async def aclose(self) -> None:
+        if isinstance(self.raw, AsyncStore):
+            await self.raw.close()
+        else:
+            self.raw.close()
+        if self._check_engine is not None:
+            self._check_engine.dispose()
+
+
+@pytest.fixture(
+    params=[(b, mode) for b in BACKENDS for mode in ("sync", "async")],
+    ids=lambda p: f"{p[0]}-{p[1]}",
+)
+async def store(
+    request: pytest.FixtureRequest, make_db: Callable[..., sa.URL]
+) -> AsyncIterator[StoreHandle]:
+    """A migrated, empty store: SQLite / PostgreSQL x sync / async."""
+    backend, mode = request.param
+    url = make_db(backend)
+    raw: Store | AsyncStore = Store(url) if mode == "sync" else AsyncStore(url)
+    handle = StoreHandle(raw, backend, url)
+    yield handle
+    await handle.aclose()

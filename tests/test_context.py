@@ -1,0 +1,263 @@
+"""The context builder on a real store: invariants in both modes, caching, summaries, overflow."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from convo import (
+    AsyncContextBuilder,
+    ContextBuilder,
+    ContextError,
+    ContextOverflowError,
+    Message,
+    count_tokens,
+)
+from convo._messages import FunctionCall, ToolCall
+from convo._tokens import TokenCounter
+from convo import AsyncStore, Store
+
+MODEL = "gpt-4o-mini"
+
+
+@pytest.fixture
+def sqlite_store(make_db: Any) -> Any:
+    store = Store(make_db("sqlite"))
+    yield store
+    store.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, make_db: Any) -> Any:
+    """A migrated sync store on each database."""
+    s = Store(make_db(request.param))
+    yield s
+    s.close()
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> list[tuple[Message, bool]]:
+    """(message, pinned) pairs: system prompt, turns with tool groups, caller-pinned user turns."""
+    words = st.text(alphabet="abcdefghij klmnopqrstuvwxyz.,!?JSON", min_size=1, max_size=300)
+    out: list[tuple[Message, bool]] = []
+    if draw(st.booleans()):
+        out.append((Message.system("You are terse. " + draw(words)), False))
+    for t in range(draw(st.integers(1, 10))):
+        out.append((Message.user(draw(words), name="ann" if draw(st.booleans()) else None), draw(st.integers(0, 8)) == 0))
+        for g in range(draw(st.integers(0, 2))):
+            calls = [
+                ToolCall(id=f"call_{t}_{g}_{k}", function=FunctionCall(name="lookup", arguments='{"q": "%d"}' % k))
+                for k in range(draw(st.integers(1, 2)))
+            ]
+            out.append((Message.assistant(tool_calls=calls), False))
+            out.extend((Message.tool(draw(words), tool_call_id=c.id), False) for c in calls)
+        if draw(st.booleans()) or t < 1:
+            out.append((Message.assistant(draw(words)), False))
+        if draw(st.integers(0, 12)) == 0:
+            out.append((Message.developer("Be precise. " + draw(words)), False))
+    # the conversation a build answers ends with the user's newest message
+    out.append((Message.user(draw(words)), False))
+    return out
+
+
+def _store_history(store: Any, history: Sequence[tuple[Message, bool]]) -> str:
+    conv = store.create_conversation(title="prop")
+    stored = store.append_many(conv.id, [m for m, _ in history])
+    for s, (_, pin) in zip(stored, history, strict=True):
+        if pin:
+            store.set_pinned(conv.id, s.seq, True)
+    return conv.id
+
+
+def _check(ctx: Any, store: Any, conv_id: str, budget: int) -> None:
+    rep = ctx.report
+    every = store.messages(conv_id)
+    by_seq = {m.seq: m for m in every}
+    kept = rep.kept_seqs
+    # within budget, exactly counted
+    assert rep.prompt_tokens <= budget
+    if ctx.mode == "chat":
+        assert rep.prompt_tokens == count_tokens(ctx.messages, model=MODEL)
+        assert ctx.chat == [m.to_openai() for m in ctx.messages]
+    else:
+        assert rep.prompt_tokens == TokenCounter.for_model(MODEL).count(ctx.prompt)
+    # 1. system / developer / pinned always kept
+    must = [m.seq for m in every if m.role in ("system", "developer") or m.pinned]
+    assert set(must) <= set(kept)
+    # 3. newest user message kept
+    assert max(m.seq for m in every if m.role == "user") in kept
+    # 2. history kept is a contiguous suffix of whole turns; tool pairs intact
+    history = [m.seq for m in every if m.seq not in set(must)]
+    window = [s for s in kept if s in set(history)]
+    assert window == history[len(history) - len(window) :]
+    if rep.dropped_count:
+        assert by_seq[window[0]].role == "user"
+    sent = [by_seq[s] for s in kept]
+    assert {m.tool_call_id for m in sent if m.role == "tool"} == {
+        c.id for m in sent for c in (m.tool_calls or [])
+    }
+    assert rep.dropped_count == len(history) - len(window)
+    assert rep.budget_left == budget - rep.prompt_tokens
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(history=histories(), budget=st.integers(60, 2500), mode=st.sampled_from(["chat", "completion"]),
+       template=st.sampled_from(["transcript", "chatml", "llama3"]))
+def test_every_build_keeps_the_invariants(
+    sqlite_store: Any, history: list[tuple[Message, bool]], budget: int, mode: str, template: str
+) -> None:
+    conv_id = _store_history(sqlite_store, history)
+    kw: dict[str, Any] = {"template": template} if mode == "completion" else {}
+    builder = ContextBuilder(sqlite_store, model=MODEL, mode=mode, budget=budget, **kw)
+    try:
+        ctx = builder.build(conv_id)
+    except ContextOverflowError as exc:
+        assert exc.budget == budget and exc.required > budget
+        return
+    _check(ctx, sqlite_store, conv_id, budget)
+    # a second build reads cached counts only and decides the same
+    again = builder.build(conv_id)
+    assert again.report.counted == 0
+    assert again.report.kept_seqs == ctx.report.kept_seqs
+
+
+def _long(store: Any, turns: int, *, system: str = "You are a helpful assistant.") -> str:
+    conv = store.create_conversation()
+    msgs = [Message.system(system)]
+    for k in range(turns):
+        msgs += [Message.user(f"question {k} " + "word " * 40), Message.assistant(f"answer {k} " + "text " * 60)]
+    store.append_many(conv.id, msgs)
+    return conv.id
+
+
+def test_reads_only_the_newest_pages(store: Any) -> None:
+    cid = _long(store, 1000)
+    ctx = ContextBuilder(store, model=MODEL, budget=1000).build(cid)
+    assert ctx.report.rows_read <= 32
+    assert ctx.report.dropped_count > 1900
+    assert ctx.messages[0].role == "system"
+
+
+def test_fork_builds_from_inherited_history(store: Any) -> None:
+    cid = _long(store, 5)
+    fork = store.fork(cid, at=6)  # system + 2.5 turns: ends on a user message
+    store.append(fork.id, Message.assistant("a fork reply"))
+    store.append(fork.id, Message.user("fork question"))
+    ctx = ContextBuilder(store, model=MODEL, budget=100_000).build(fork.id)
+    assert ctx.report.kept_seqs == list(range(1, 9))
+    assert ctx.messages[-1].text == "fork question"
+
+
+class Recorder:
+    """A deterministic summarizer that records what it was asked (no network)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[int], str | None]] = []
+
+    def summarize(self, messages: Sequence[Any], *, previous: str | None, max_tokens: int) -> str:
+        self.calls.append(([m.seq for m in messages], previous))
+        first, last = messages[0].seq, messages[-1].seq
+        return (previous + " | " if previous else "") + f"seq {first}-{last}"
+
+
+def test_summary_is_stored_reused_and_rolled_forward(store: Any) -> None:
+    cid = _long(store, 30)
+    rec = Recorder()
+    builder = ContextBuilder(store, model=MODEL, budget=1200, summarizer=rec, summary_max_tokens=100)
+    first = builder.build(cid)
+    assert first.report.summary is not None and not first.report.summary.reused
+    end = first.report.dropped_through
+    assert first.report.summary.end_seq == end and first.report.summary.start_seq == 1
+    assert rec.calls[0][0][0] == 2 and rec.calls[0][0][-1] == end  # system prompt (seq 1) is sent anyway
+    assert "Summary of the earlier conversation" in first.messages[1].text
+    # same history: reused, no summarizer call
+    again = builder.build(cid)
+    assert again.report.summary is not None and again.report.summary.reused
+    assert len(rec.calls) == 1
+    # more history falls out: rolled forward from the stored summary, only the new messages
+    for k in range(3):
+        store.append(cid, Message.user(f"later {k} " + "word " * 40))
+        store.append(cid, Message.assistant("ok " + "text " * 60))
+    later = builder.build(cid)
+    assert later.report.summary is not None and not later.report.summary.reused
+    seqs, previous = rec.calls[-1]
+    assert previous == f"seq 2-{end}" and seqs[0] == end + 1
+    assert later.report.summary.start_seq == 1 and later.report.summary.end_seq == later.report.dropped_through
+    assert later.report.prompt_tokens <= 1200
+
+
+def test_json_mode_keeps_the_instruction_that_mentions_json(store: Any) -> None:
+    conv = store.create_conversation()
+    store.append_many(conv.id, [Message.system("You are a bot."), Message.user("Always answer in JSON."), Message.assistant("{}")])
+    for k in range(40):
+        store.append_many(conv.id, [Message.user(f"q{k} " + "word " * 30), Message.assistant("{\"a\": 1} " + "x " * 30)])
+    builder = ContextBuilder(store, model=MODEL, budget=600)
+    plain = builder.build(conv.id)
+    assert 2 not in plain.report.kept_seqs
+    ctx = builder.build(conv.id, response_format={"type": "json_object"})
+    assert 2 in ctx.report.kept_seqs
+    assert ctx.report.prompt_tokens <= 600
+
+
+def test_json_mode_without_any_instruction_fails_clearly(store: Any) -> None:
+    conv = store.create_conversation()
+    store.append_many(conv.id, [Message.system("You are a bot."), Message.user("hi")])
+    with pytest.raises(ContextError, match="JSON"):
+        ContextBuilder(store, model=MODEL, budget=600).build(conv.id, response_format={"type": "json_object"})
+
+
+@pytest.mark.parametrize(
+    ("history", "budget", "part"),
+    [
+        ([Message.system("rules " * 400), Message.user("hi")], 200, "system"),
+        ([Message.system("short"), Message.user("long " * 400)], 200, "newest"),
+        ([Message.system("short"), Message.user("hi")], 0, "budget"),
+    ],
+)
+@pytest.mark.parametrize("mode", ["chat", "completion"])
+def test_overflow_is_a_clear_error_and_writes_nothing(
+    store: Any, history: list[Message], budget: int, part: str, mode: str
+) -> None:
+    conv = store.create_conversation()
+    store.append_many(conv.id, history)
+    before = store.tail(conv.id, encoding="o200k_base", limit=10)
+    with pytest.raises(ContextOverflowError) as err:
+        ContextBuilder(store, model=MODEL, mode=mode, budget=budget).build(conv.id)
+    assert err.value.part == part and err.value.budget == budget
+    assert str(budget) in str(err.value) and str(err.value.required) in str(err.value)
+    assert store.tail(conv.id, encoding="o200k_base", limit=10) == before  # no counts written
+    assert store.count_messages(conv.id) == len(history)
+
+
+def test_truncating_the_newest_message(store: Any) -> None:
+    conv = store.create_conversation()
+    store.append_many(conv.id, [Message.system("short"), Message.user("start " + "long " * 400 + " end")])
+    ctx = ContextBuilder(store, model=MODEL, budget=200, truncate="head").build(conv.id)
+    assert ctx.report.truncated is not None and ctx.report.truncated.original_tokens > 400
+    assert ctx.messages[-1].text.startswith("start") and not ctx.messages[-1].text.endswith("end")
+    assert ctx.report.prompt_tokens == count_tokens(ctx.messages, model=MODEL) <= 200
+
+
+def test_tools_are_counted_in_the_budget(store: Any) -> None:
+    tools = [{"type": "function", "function": {"name": "lookup", "description": "Look a word up.",
+              "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}}]
+    cid = _long(store, 10)
+    ctx = ContextBuilder(store, model=MODEL, budget=800).build(cid, tools=tools)
+    assert ctx.report.prompt_tokens == count_tokens(ctx.messages, model=MODEL, tools=tools) <= 800
+    assert ctx.request()["tools"] == tools
+
+
+async def test_async_builder_matches_sync(store: Any) -> None:
+    cid = _long(store, 50)
+    sync_ctx = ContextBuilder(store, model=MODEL, budget=1500).build(cid)
+    astore = AsyncStore(store.engine.url)
+    try:
+        async_ctx = await AsyncContextBuilder(astore, model=MODEL, budget=1500).build(cid)
+    finally:
+        await astore.close()
+    assert async_ctx.report.kept_seqs == sync_ctx.report.kept_seqs
+    assert async_ctx.chat == sync_ctx.chat
