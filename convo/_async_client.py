@@ -186,6 +186,8 @@ class AsyncOpenAIClient:
         self._http = http_client or httpx.AsyncClient(
             transport=transport, timeout=timeout, limits=DEFAULT_CONNECTION_LIMITS
         )
+        if self._owns_http:
+            self._core.own_client(self._http)
         self._sleep = sleep or asyncio.sleep
 
     @property

@@ -185,6 +185,8 @@ class OpenAIClient:
         self._http = http_client or httpx.Client(
             transport=transport, timeout=timeout, limits=DEFAULT_CONNECTION_LIMITS
         )
+        if self._owns_http:
+            self._core.own_client(self._http)
         self._sleep = sleep or time.sleep
 
     @property

@@ -192,7 +192,10 @@ class ClientCore:
         "_chat_url",
         "_completions_url",
         "_headers",
+        "_owned_headers",
         "_query",
+        "_timeout_ext",
+        "_urls",
         "base_url",
         "max_retries",
         "organization",
@@ -245,6 +248,9 @@ class ClientCore:
         self._query = dict(default_query) if default_query else None
         self._chat_url = self.base_url + "/chat/completions"
         self._completions_url = self.base_url + "/completions"
+        self._owned_headers: httpx.Headers | None = None  # set by own_client()
+        self._urls: dict[str, httpx.URL] = {}
+        self._timeout_ext: dict[str, float | None] = {}
 
     def __repr__(self) -> str:
         return f"ClientCore(base_url={self.base_url!r})"
@@ -322,15 +328,51 @@ class ClientCore:
             raise InvalidMessageError(f"the request body is not JSON-serializable: {exc}") from exc
         return RequestSpec("POST", url, content, headers, query, timeout, max_retries, stream)
 
+    def own_client(self, http: httpx.Client | httpx.AsyncClient) -> None:
+        """Build requests for ``http`` (a client convo created) without ``build_request``.
+
+        ``build_request`` re-parses the URL and merges headers, cookies and
+        query on every call (about 30 us); here all of that is done once. The
+        difference: convo's own client does not send cookies back, which an
+        API client has no use for.
+        """
+        headers = httpx.Headers(http.headers)
+        headers.update(self._headers)
+        self._owned_headers = headers
+        self._urls = {
+            url: httpx.URL(url, params=self._query) if self._query else httpx.URL(url)
+            for url in (self._chat_url, self._completions_url)
+        }
+        self._timeout_ext = httpx.Timeout(self.timeout).as_dict()
+
     def build(self, http: httpx.Client | httpx.AsyncClient, spec: RequestSpec) -> httpx.Request:
         """The ``httpx.Request`` of a spec (building needs the client, not I/O)."""
-        return http.build_request(
-            spec.method,
-            spec.url,
-            content=spec.content,
-            headers=spec.headers,
-            params=spec.params,
-            timeout=spec.timeout,
+        base = self._owned_headers
+        if base is None:  # a client passed in: honour its own headers, cookies, params
+            return http.build_request(
+                spec.method,
+                spec.url,
+                content=spec.content,
+                headers=spec.headers,
+                params=spec.params,
+                timeout=spec.timeout,
+            )
+        if spec.params is self._query:
+            url = self._urls[spec.url]
+        else:
+            url = httpx.URL(spec.url, params=spec.params)
+        if spec.headers is self._headers:
+            headers = base
+        else:
+            headers = httpx.Headers(http.headers)
+            headers.update(spec.headers)
+        timeout = (
+            self._timeout_ext
+            if spec.timeout is self.timeout
+            else httpx.Timeout(spec.timeout).as_dict()
+        )
+        return httpx.Request(
+            spec.method, url, content=spec.content, headers=headers, extensions={"timeout": timeout}
         )
 
     # -- answers --------------------------------------------------------------------
@@ -392,7 +434,9 @@ class ClientCore:
             return APIConnectionError(f"could not connect to {url}: {detail}")
         if isinstance(exc, httpx.DecodingError):
             return APIResponseValidationError(f"could not decode the answer of {url}: {detail}")
-        return APIConnectionError(f"{type(exc).__name__} on {request.method} {url}: {detail}")
+        return APIConnectionError(
+            f"connection error on {request.method} {url}: {type(exc).__name__}: {detail}"
+        )
 
     def stream_error(self, data: str, response: httpx.Response) -> APIStreamError:
         """The exception for an error event (``data`` is its text) inside a stream."""

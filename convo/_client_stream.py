@@ -5,8 +5,8 @@ chunks they complete; it notices ``data: [DONE]``, error events and a stream
 that ends before it is complete. The accumulators assemble the chunks into
 the same type a non-streamed call returns:
 
-* chat: content, refusal and extra string fields (``reasoning_content``...)
-  concatenated; tool calls merged by ``index`` (id, type and name from their
+* chat: content, refusal, extra string fields (``reasoning_content``...) and
+  list fields (``annotations``) concatenated; tool calls merged by ``index`` (id, type and name from their
   first fragment, ``arguments`` concatenated); logprobs appended; the last
   finish reason; the usage chunk of ``stream_options={"include_usage": True}``.
 * completions: text and logprobs per choice index, finish reason, usage.
@@ -101,7 +101,7 @@ class _ChatChoice:
         self.saw_content = False
         self.refusal: list[str] = []
         self.tools: dict[int, list[Any]] = {}  # index -> [id, type, name, [argument pieces]]
-        self.extra: dict[str, Any] = {}  # str values concatenated, others: last wins
+        self.extra: dict[str, Any] = {}  # str and list values concatenated, others: last wins
         self.finish_reason: str | None = None
         self.logprobs: list[ChatCompletionTokenLogprob] | None = None
         self.refusal_logprobs: list[ChatCompletionTokenLogprob] | None = None
@@ -153,6 +153,8 @@ class ChatAccumulator:
                 for key, value in extra.items():
                     if isinstance(value, str):
                         acc.extra[key] = acc.extra.get(key, "") + value
+                    elif isinstance(value, list):  # e.g. annotations arrive in pieces
+                        acc.extra[key] = acc.extra.get(key, []) + value
                     elif value is not None:
                         acc.extra[key] = value
             if choice.logprobs is not None:
@@ -330,4 +332,3 @@ class StreamCore(Generic[ChunkT, ResultT]):
     def result(self) -> ResultT:
         """What was received so far, assembled."""
         return self._acc.result()
-

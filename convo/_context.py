@@ -66,7 +66,7 @@ class _BuilderBase:
         page_size: int = 0,
     ) -> None:
         from ._encodings import get_encoding
-        from ._models import budget_for
+        from ._models import DEFAULT_MARGIN, budget_for
         from ._models import models as default_registry
         from ._tokens import TokenCounter
 
@@ -89,7 +89,9 @@ class _BuilderBase:
             if margin is not None:
                 kw["margin"] = margin
             self.budget = budget_for(model, **kw)
-            self.reply_reserve = reserve if reserve is not None else _default_reserve(reg, model)
+            # what budget_for held back for the reply (its default depends on the model)
+            used_margin = margin if margin is not None else DEFAULT_MARGIN
+            self.reply_reserve = reg.get(model).context_window - used_margin - self.budget
         self._template: Any = None
         if mode == "completion":
             from ._templates import get_template
@@ -139,12 +141,6 @@ class _BuilderBase:
             page_size=self.page_size,
             decode=self._decode,
         )
-
-
-def _default_reserve(registry: ModelRegistry, model: str) -> int:
-    from ._models import DEFAULT_REPLY_RESERVE
-
-    return min(registry.get(model).max_output_tokens, DEFAULT_REPLY_RESERVE)
 
 
 class ContextBuilder(_BuilderBase):

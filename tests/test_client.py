@@ -551,3 +551,50 @@ async def test_debug_log_lines(kind: str, caplog: pytest.LogCaptureFixture) -> N
         "retrying POST http://fake.test/v1/chat/completions in 0.050 s after status 429 (retry 1)",
         "POST http://fake.test/v1/chat/completions -> 200 (attempt 2, request id req_b)",
     ]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"extra_headers": {"X-A": "1", "Accept": None}, "extra_query": {"q": "2"}, "timeout": 7.0},
+    ],
+    ids=["defaults", "per-call options"],
+)
+async def test_own_client_and_passed_client_send_the_same_request(
+    kind: str, extra: dict[str, Any]
+) -> None:
+    # convo builds requests for its own httpx client without build_request (faster);
+    # the wire must not differ from the build_request path used for a passed-in client.
+    config: dict[str, Any] = {
+        "api_key": SECRET,
+        "organization": "org-1",
+        "default_headers": {"X-Team": "bots"},
+        "default_query": {"api-version": "1"},
+    }
+    own = Api(kind, **config)
+    server = Server()
+    passed_client = (httpx.Client if kind == "sync" else httpx.AsyncClient)(
+        transport=httpx.MockTransport(server)
+    )
+    passed = Api(kind, server=server, http_client=passed_client, **config)
+    for api in (own, passed):
+        await api.call("chat", model="m", messages=[Message.user("Hi")], **extra)
+    a, b = own.server.requests[0], passed.server.requests[0]
+    assert a.url == b.url and a.content == b.content
+    assert sorted(a.headers.multi_items()) == sorted(b.headers.multi_items())
+    assert a.extensions["timeout"] == b.extensions["timeout"]
+    await passed.do(passed_client, "close" if kind == "sync" else "aclose")
+
+
+async def test_passed_client_keeps_its_own_headers(kind: str) -> None:
+    server = Server()
+    mine = (httpx.Client if kind == "sync" else httpx.AsyncClient)(
+        transport=httpx.MockTransport(server), headers={"X-From-Client": "yes"}
+    )
+    api = Api(kind, server=server, http_client=mine, api_key=SECRET)
+    await api.call("chat", model="m", messages=[Message.user("Hi")])
+    headers = server.requests[0].headers
+    assert headers["x-from-client"] == "yes"
+    assert headers["authorization"] == f"Bearer {SECRET}"
+    await api.do(mine, "close" if kind == "sync" else "aclose")

@@ -347,7 +347,7 @@ async def test_connection_dropped_mid_stream_is_not_retried(kind: str) -> None:
     api = Api(kind, server=Server(httpx.Response(200, stream=body)))
     stream = await api.call("chat_stream", model="m", messages=HI)
     with pytest.raises(
-        APIConnectionError, match="ReadError on POST http://fake.test/v1/chat/completions"
+        APIConnectionError, match="connection error on POST http://fake.test/v1/chat/completions: ReadError"
     ):
         await api.chunks(stream)
     assert len(api.server.requests) == 1 and api.sleeps == []

@@ -34,6 +34,7 @@ __all__ = ["FakeServer", "serve_forever"]
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     timeout = 0.0  # handle_request() is only called when a connection is waiting
+    request_queue_size = 1024  # many concurrent clients connect at once in load tests
 
     def __init__(self, address: tuple[str, int], backend: FakeBackend) -> None:
         if ":" in address[0]:
