@@ -44,11 +44,17 @@ MODEL = "gpt-4o-mini"
 MESSAGES: list[dict[str, Any]] = [
     {"role": "system", "content": "You are a helpful assistant. Answer briefly."},
     *(
-        {"role": "user" if i % 2 == 0 else "assistant", "content": f"Message number {i}: " + "lorem ipsum " * 8}
+        {
+            "role": "user" if i % 2 == 0 else "assistant",
+            "content": f"Message number {i}: " + "lorem ipsum " * 8,
+        }
         for i in range(9)
     ),
 ]
 CONCURRENCY = 32
+# raw httpx gets the pool convo uses (httpx's default keeps only 20 idle connections,
+# which would make raw reconnect under 32 concurrent requests).
+LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
 
 # --- the canned server -------------------------------------------------------------
 
@@ -62,7 +68,12 @@ def _canned_payloads() -> tuple[bytes, bytes]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": "Sure. " * 40, "refusal": None, "annotations": []},
+                "message": {
+                    "role": "assistant",
+                    "content": "Sure. " * 40,
+                    "refusal": None,
+                    "annotations": [],
+                },
                 "logprobs": None,
                 "finish_reason": "stop",
             }
@@ -78,21 +89,55 @@ def _canned_payloads() -> tuple[bytes, bytes]:
         "system_fingerprint": "fp_bench",
     }
     body = json.dumps(reply).encode()
-    head = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1700000000, "model": MODEL,
-            "system_fingerprint": "fp_bench"}
-    events = [{**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                    "logprobs": None, "finish_reason": None}]}]
+    head = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": MODEL,
+        "system_fingerprint": "fp_bench",
+    }
+    events = [
+        {
+            **head,
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ],
+        }
+    ]
     events += [
-        {**head, "choices": [{"index": 0, "delta": {"content": f"word{i} "}, "logprobs": None, "finish_reason": None}]}
+        {
+            **head,
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"content": f"word{i} "},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ],
+        }
         for i in range(22)
     ]
-    events.append({**head, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]})
-    sse = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+    events.append(
+        {**head, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]}
+    )
+    sse = (
+        b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+    )
 
     def response(content: bytes, ctype: bytes) -> bytes:
         return (
-            b"HTTP/1.1 200 OK\r\ncontent-type: " + ctype + b"\r\ncontent-length: "
-            + str(len(content)).encode() + b"\r\nx-request-id: req_bench\r\n\r\n" + content
+            b"HTTP/1.1 200 OK\r\ncontent-type: "
+            + ctype
+            + b"\r\ncontent-length: "
+            + str(len(content)).encode()
+            + b"\r\nx-request-id: req_bench\r\n\r\n"
+            + content
         )
 
     return response(body, b"application/json"), response(sse, b"text/event-stream")
@@ -152,11 +197,12 @@ AsyncCall = Callable[[], Awaitable[Any]]
 
 
 def raw_sync(base_url: str, stream: bool) -> tuple[SyncCall, Callable[[], None]]:
-    client = httpx.Client(timeout=600)
+    client = httpx.Client(timeout=600, limits=LIMITS)
     url = base_url + "/chat/completions"
     headers = {"Authorization": "Bearer sk-bench"}
     body = {"model": MODEL, "messages": MESSAGES}
     if not stream:
+
         def call() -> Any:
             return json.loads(client.post(url, json=body, headers=headers).content)
     else:
@@ -169,15 +215,17 @@ def raw_sync(base_url: str, stream: bool) -> tuple[SyncCall, Callable[[], None]]
                     if line.startswith("data: ") and line != "data: [DONE]":
                         out.append(json.loads(line[6:]))
             return out
+
     return call, client.close
 
 
 def raw_async(base_url: str, stream: bool) -> tuple[AsyncCall, Callable[[], Awaitable[None]]]:
-    client = httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=100))
+    client = httpx.AsyncClient(timeout=600, limits=LIMITS)
     url = base_url + "/chat/completions"
     headers = {"Authorization": "Bearer sk-bench"}
     body = {"model": MODEL, "messages": MESSAGES}
     if not stream:
+
         async def call() -> Any:
             return json.loads((await client.post(url, json=body, headers=headers)).content)
     else:
@@ -190,6 +238,7 @@ def raw_async(base_url: str, stream: bool) -> tuple[AsyncCall, Callable[[], Awai
                     if line.startswith("data: ") and line != "data: [DONE]":
                         out.append(json.loads(line[6:]))
             return out
+
     return call, client.aclose
 
 
@@ -198,14 +247,17 @@ def convo_sync(base_url: str, stream: bool) -> tuple[SyncCall, Callable[[], None
 
     client = OpenAIClient(api_key="sk-bench", base_url=base_url)
     if not stream:
+
         def call() -> Any:
             return client.chat(model=MODEL, messages=MESSAGES)
     else:
+
         def call() -> Any:
             with client.chat_stream(model=MODEL, messages=MESSAGES) as s:
                 for _ in s:
                     pass
                 return s.final()
+
     return call, client.close
 
 
@@ -214,14 +266,17 @@ def convo_async(base_url: str, stream: bool) -> tuple[AsyncCall, Callable[[], Aw
 
     client = AsyncOpenAIClient(api_key="sk-bench", base_url=base_url)
     if not stream:
+
         async def call() -> Any:
             return await client.chat(model=MODEL, messages=MESSAGES)
     else:
+
         async def call() -> Any:
             async with await client.chat_stream(model=MODEL, messages=MESSAGES) as s:
                 async for _ in s:
                     pass
                 return await s.final()
+
     return call, client.close
 
 
@@ -230,15 +285,15 @@ def openai_sync(base_url: str, stream: bool) -> tuple[SyncCall, Callable[[], Non
 
     client = openai.OpenAI(api_key="sk-bench", base_url=base_url)
     if not stream:
+
         def call() -> Any:
             return client.chat.completions.create(model=MODEL, messages=MESSAGES)  # type: ignore[arg-type]
     else:
+
         def call() -> Any:
-            out = []
             with client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True) as s:  # type: ignore[arg-type]
-                for chunk in s:
-                    out.append(chunk)
-            return out
+                return list(s)
+
     return call, client.close
 
 
@@ -247,9 +302,11 @@ def openai_async(base_url: str, stream: bool) -> tuple[AsyncCall, Callable[[], A
 
     client = openai.AsyncOpenAI(api_key="sk-bench", base_url=base_url)
     if not stream:
+
         async def call() -> Any:
             return await client.chat.completions.create(model=MODEL, messages=MESSAGES)  # type: ignore[arg-type]
     else:
+
         async def call() -> Any:
             out = []
             s = await client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)  # type: ignore[arg-type]
@@ -257,6 +314,7 @@ def openai_async(base_url: str, stream: bool) -> tuple[AsyncCall, Callable[[], A
                 async for chunk in s:
                     out.append(chunk)
             return out
+
     return call, client.close
 
 
@@ -264,21 +322,39 @@ SYNC = {"raw": raw_sync, "convo": convo_sync, "openai": openai_sync}
 ASYNC = {"raw": raw_async, "convo": convo_async, "openai": openai_async}
 
 
-def time_sync(make: Callable[..., tuple[SyncCall, Callable[[], None]]], base_url: str, stream: bool, n: int) -> float:
+Timing = tuple[float, float]  # (wall seconds, client-process CPU seconds) per request
+
+
+def _clock() -> Timing:
+    return time.perf_counter(), time.process_time()
+
+
+def _per_request(start: Timing, n: int) -> Timing:
+    wall, cpu = _clock()
+    return (wall - start[0]) / n, (cpu - start[1]) / n
+
+
+def time_sync(
+    make: Callable[..., tuple[SyncCall, Callable[[], None]]], base_url: str, stream: bool, n: int
+) -> Timing:
     call, close = make(base_url, stream)
     try:
         for _ in range(max(20, n // 20)):  # warm up: connections, imports, caches
             call()
-        start = time.perf_counter()
+        start = _clock()
         for _ in range(n):
             call()
-        return (time.perf_counter() - start) / n
+        return _per_request(start, n)
     finally:
         close()
 
 
-async def _time_async(make: Callable[..., tuple[AsyncCall, Callable[[], Awaitable[None]]]], base_url: str,
-                      stream: bool, n: int) -> float:
+async def _time_async(
+    make: Callable[..., tuple[AsyncCall, Callable[[], Awaitable[None]]]],
+    base_url: str,
+    stream: bool,
+    n: int,
+) -> Timing:
     call, close = make(base_url, stream)
 
     async def worker(count: int) -> None:
@@ -291,21 +367,25 @@ async def _time_async(make: Callable[..., tuple[AsyncCall, Callable[[], Awaitabl
 
     try:
         await run(max(CONCURRENCY * 2, n // 10))
-        start = time.perf_counter()
+        start = _clock()
         await run(n)
-        return (time.perf_counter() - start) / n
+        return _per_request(start, n)
     finally:
         await close()
 
 
-def time_async(make: Any, base_url: str, stream: bool, n: int) -> float:
+def time_async(make: Any, base_url: str, stream: bool, n: int) -> Timing:
     return asyncio.run(_time_async(make, base_url, stream, n))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("-n", type=int, default=1000, help="timed requests per cell (default 1000)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds; the median is reported (default 3)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds; the median is reported (default 3)"
+    )
     parser.add_argument("--server", choices=["canned", "fake"], default="canned")
     parser.add_argument("--serve", choices=["canned", "fake"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -320,15 +400,31 @@ def main() -> None:
     rows = []
     try:
         for mode, stream in (("non-streamed", False), ("streamed", True)):
-            for style, table, timer in (("sync sequential", SYNC, time_sync), (f"async x{CONCURRENCY}", ASYNC, time_async)):
-                samples: dict[str, list[float]] = {name: [] for name in table}
+            for style, table, timer in (
+                ("sync sequential", SYNC, time_sync),
+                (f"async x{CONCURRENCY}", ASYNC, time_async),
+            ):
+                samples: dict[str, list[Timing]] = {name: [] for name in table}
                 for _ in range(args.rounds):  # interleave contenders so drift hits all alike
                     for name, make in table.items():
                         samples[name].append(timer(make, base_url, stream, args.n))
-                med = {name: statistics.median(v) for name, v in samples.items()}
+                med = {
+                    name: (
+                        statistics.median(t[0] for t in v),
+                        statistics.median(t[1] for t in v),
+                    )
+                    for name, v in samples.items()
+                }
                 rows.append((mode, style, med))
-                print(f"# {mode:12} {style:16} " + "  ".join(f"{k}={v * 1e6:8.1f}us" for k, v in med.items()),
-                      file=sys.stderr, flush=True)
+                print(
+                    f"# {mode:12} {style:16} "
+                    + "  ".join(
+                        f"{k}={w * 1e6:7.0f}us wall {c * 1e6:7.0f}us cpu"
+                        for k, (w, c) in med.items()
+                    ),
+                    file=sys.stderr,
+                    flush=True,
+                )
     finally:
         proc.terminate()
         proc.wait()
@@ -337,17 +433,32 @@ def main() -> None:
 
     import openai
 
-    print(f"## Client overhead: {args.n} requests per cell, median of {args.rounds} rounds, "
-          f"{args.server} loopback server in its own process\n")
-    print(f"Python {platform.python_version()}, httpx {httpx.__version__}, openai {openai.__version__}\n")
-    print("| request | client use | raw httpx+json (µs/req) | convo (µs/req) | openai (µs/req) "
-          "| convo / raw | convo / openai |")
+    print(
+        f"## Client overhead: {args.n} requests per cell, median of {args.rounds} rounds, "
+        f"{args.server} loopback server in its own process\n"
+    )
+    print(
+        f"Python {platform.python_version()}, httpx {httpx.__version__}, openai {openai.__version__}\n"
+    )
+    print(
+        "Wall: elapsed time per request. CPU: this process's CPU time per request (the server "
+        "runs in another process), the client's own cost, least disturbed by other load on "
+        "the machine.\n"
+    )
+    print(
+        "| request | client use | raw httpx+json wall / CPU (µs) | convo wall / CPU (µs) "
+        "| openai wall / CPU (µs) | convo / raw wall, CPU | convo / openai wall, CPU |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|")
     for mode, style, med in rows:
-        raw, mine, theirs = med["raw"], med["convo"], med["openai"]
-        print(f"| {mode} | {style} | {raw * 1e6:.0f} | {mine * 1e6:.0f} | {theirs * 1e6:.0f} "
-              f"| {mine / raw:.2f}x | {mine / theirs:.2f}x |")
-    print(f"\nCommand: `{os.path.basename(sys.executable)} bench/bench_client.py {' '.join(sys.argv[1:])}`".rstrip())
+        (rw, rc), (cw, cc), (ow, oc) = med["raw"], med["convo"], med["openai"]
+        print(
+            f"| {mode} | {style} | {rw * 1e6:.0f} / {rc * 1e6:.0f} | {cw * 1e6:.0f} / {cc * 1e6:.0f} "
+            f"| {ow * 1e6:.0f} / {oc * 1e6:.0f} | {cw / rw:.2f}x, {cc / rc:.2f}x "
+            f"| {cw / ow:.2f}x, {cc / oc:.2f}x |"
+        )
+    command = " ".join(["python bench/bench_client.py", *sys.argv[1:]])
+    print(f"\nCommand: `{command}`")
 
 
 if __name__ == "__main__":

@@ -120,6 +120,9 @@ class CompletionParams(_SamplingParams, total=False):
     best_of: int
 
 
+_SECRET_HEADERS = frozenset(
+    {"authorization", "api-key", "x-api-key", "proxy-authorization", "ocp-apim-subscription-key"}
+)
 _OPTIONS = frozenset(RequestOptions.__annotations__)
 _CHAT_KEYS = frozenset(ChatParams.__annotations__) - _OPTIONS
 _COMPLETION_KEYS = frozenset(CompletionParams.__annotations__) - _OPTIONS
@@ -194,6 +197,7 @@ class ClientCore:
         "_headers",
         "_owned_headers",
         "_query",
+        "_secrets",
         "_timeout_ext",
         "_urls",
         "base_url",
@@ -243,8 +247,15 @@ class ClientCore:
             headers["OpenAI-Organization"] = self.organization
         if self.project:
             headers["OpenAI-Project"] = self.project
-        headers.update(default_headers or {})
-        self._headers = headers
+        self._headers = _merge_headers(headers, default_headers) if default_headers else headers
+        # Values to scrub from error texts: the key, and keys passed as headers (Azure's api-key).
+        secrets = {self._api_key} if self._api_key else set()
+        for name, value in (default_headers or {}).items():
+            if name.lower() in _SECRET_HEADERS and value:
+                secrets.add(value)
+                secrets.add(value.split(" ", 1)[-1])  # "Bearer <key>" -> "<key>" as well
+        # Longest first, so a value containing another is scrubbed whole.
+        self._secrets = tuple(sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True))
         self._query = dict(default_query) if default_query else None
         self._chat_url = self.base_url + "/chat/completions"
         self._completions_url = self.base_url + "/completions"
@@ -267,7 +278,8 @@ class ClientCore:
     ) -> RequestSpec:
         """The request of ``POST {base_url}/chat/completions``."""
         body: dict[str, Any] = {"model": _check_model(model), "messages": _wire_messages(messages)}
-        return self._spec(self._chat_url, body, params, _CHAT_KEYS, stream, "chat")
+        name = "chat_stream" if stream else "chat"
+        return self._spec(self._chat_url, body, params, _CHAT_KEYS, stream, name)
 
     def completion_request(
         self, model: str, prompt: str | Sequence[str], params: Mapping[str, Any], *, stream: bool
@@ -284,7 +296,8 @@ class ClientCore:
                 f"prompt must be a string or a non-empty list of strings, got {type(prompt).__name__}"
             )
         body: dict[str, Any] = {"model": _check_model(model), "prompt": prompt}
-        return self._spec(self._completions_url, body, params, _COMPLETION_KEYS, stream, "complete")
+        name = "complete_stream" if stream else "complete"
+        return self._spec(self._completions_url, body, params, _COMPLETION_KEYS, stream, name)
 
     def _spec(
         self,
@@ -307,8 +320,8 @@ class ClientCore:
                 if value:
                     body.update(value)
             elif key == "extra_headers":
-                if value:  # a None value removes the header
-                    headers = {k: v for k, v in {**headers, **value}.items() if v is not None}
+                if value:
+                    headers = _merge_headers(headers, value)
             elif key == "extra_query":
                 if value:
                     query = {**(query or {}), **value}
@@ -406,7 +419,11 @@ class ClientCore:
     def status_error(self, response: httpx.Response) -> APIStatusError:
         """The exception for an error status; the body must have been read."""
         status = response.status_code
-        text = self.redact(response.content.decode("utf-8", "replace"))
+        try:
+            raw = response.content
+        except httpx.ResponseNotRead:  # reading the error body failed: the status still speaks
+            raw = b""
+        text = self.redact(raw.decode("utf-8", "replace"))
         body: Any
         try:
             body = json.loads(text) if text.strip() else None
@@ -454,10 +471,10 @@ class ClientCore:
         )
 
     def redact(self, text: str) -> str:
-        """``text`` without the API key (servers sometimes echo it in errors)."""
-        key = self._api_key
-        if key and key in text:
-            return text.replace(key, "***")
+        """``text`` without the API key or secret default headers (servers echo keys in errors)."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, "***")
         return text
 
     # -- retries and logging ------------------------------------------------------
@@ -506,6 +523,14 @@ class ClientCore:
                 why,
                 retries_done + 1,
             )
+
+
+def _merge_headers(base: dict[str, str], extra: Mapping[str, str | None]) -> dict[str, str]:
+    """``base`` updated with ``extra``; names compare case-insensitively, None removes one."""
+    replaced = {name.lower() for name in extra}
+    merged = {k: v for k, v in base.items() if k.lower() not in replaced}
+    merged.update({k: v for k, v in extra.items() if v is not None})
+    return merged
 
 
 def _check_model(model: object) -> str:

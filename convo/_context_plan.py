@@ -240,14 +240,22 @@ def plan_build(cfg: BuildConfig) -> Plan:
 
     summary_use: SummaryUse | None = None
     summary_msg: Message | None = None
-    if cfg.summarizing and sel.dropped_through is not None:
-        sel, summary_msg, summary_use = yield from _summarize(cfg, sel)
+    while True:
+        if cfg.summarizing and sel.dropped_through is not None:
+            # rolls forward from the newest stored summary, so a repeat is incremental
+            sel, summary_msg, summary_use = yield from _summarize(cfg, sel)
+        rendered = _render(cfg, sel, summary_msg, summary_use)
+        if rendered.prompt_tokens <= cfg.budget:
+            break
+        # completion mode: the estimates were low; drop a turn and count again
+        sel = _drop_oldest_turn(sel, rendered.prompt_tokens, "the flattened prompt")
+    if summary_msg is not None:
         exact = exact and counter.is_exact(summary_msg)
 
     if misses:
         yield SaveCounts(counter.encoding_name, misses)
 
-    return _finish(cfg, sel, summary_msg, summary_use, exact, len(misses))
+    return _finish(cfg, sel, rendered, summary_use, exact, len(misses))
 
 
 def _mentions_json(sel: Selection) -> bool:
@@ -270,16 +278,21 @@ def _find_json_instruction(sel: Selection, item: Any) -> Generator[Op, Any, Item
         before = rows[-1][0].seq
 
 
-def _drop_oldest_turn(sel: Selection) -> Selection:
-    """The selection without its oldest turn; the newest turn is never dropped."""
+def _drop_oldest_turn(sel: Selection, required: int, what: str) -> Selection:
+    """The selection without its oldest turn; the newest turn is never dropped.
+
+    ``required`` is what the current selection needs (``what`` says what that
+    includes), for the error when nothing more can go.
+    """
     window = sel.window
     starts = [i for i, it in enumerate(window) if it.message.role == "user"]
     nxt = next((s for s in starts if s > 0), None)
     if nxt is None:
         raise ContextOverflowError(
-            f"the newest turn alone does not fit the budget of {sel.budget} tokens in this format",
+            f"{what} needs {required} tokens but the budget is {sel.budget}, and only the "
+            "pinned messages and the newest turn are left: raise the budget",
             budget=sel.budget,
-            required=sel.overhead + sel.pinned_tokens + sel.history_tokens,
+            required=required,
             part="newest",
         )
     dropped = window[:nxt]
@@ -324,8 +337,8 @@ def _summarize(
                 reused=reused,
             )
             return sel, msg, use
-        while cost > cfg.budget - sel.overhead - sel.pinned_tokens - sel.history_tokens:
-            sel = _drop_oldest_turn(sel)
+        while (need := sel.overhead + sel.pinned_tokens + sel.history_tokens + cost) > cfg.budget:
+            sel = _drop_oldest_turn(sel, need, f"the context with a {cost}-token summary")
     raise ContextError(
         f"the summary of conversation {cfg.conversation_id!r} does not fit the budget of "
         f"{cfg.budget} tokens; lower summary_max_tokens or raise the budget"
@@ -344,31 +357,39 @@ def _assemble(
     return [m for _, m in entries], seqs
 
 
+@dataclass(slots=True)
+class _Rendered:
+    messages: list[Message]
+    seqs: list[int]
+    prompt_tokens: int
+    chat: list[dict[str, Any]] | None = None
+    prompt: str | None = None
+
+
+def _render(
+    cfg: BuildConfig, sel: Selection, summary_msg: Message | None, summary_use: SummaryUse | None
+) -> _Rendered:
+    messages, seqs = _assemble(sel, summary_msg)
+    if cfg.mode == "chat":
+        summary_tokens = summary_use.tokens if summary_use else 0
+        tokens = sel.overhead + sel.pinned_tokens + summary_tokens + sel.history_tokens
+        return _Rendered(messages, seqs, tokens, chat=cfg.render_chat(messages))
+    prompt = cfg.template.render(messages, add_generation_prompt=True, tools=cfg.tools)
+    return _Rendered(messages, seqs, cfg.counter.count(prompt), prompt=prompt)
+
+
 def _finish(
     cfg: BuildConfig,
     sel: Selection,
-    summary_msg: Message | None,
+    rendered: _Rendered,
     summary_use: SummaryUse | None,
     exact: bool,
     counted: int,
 ) -> Context:
     counter = cfg.counter
     summary_tokens = summary_use.tokens if summary_use else 0
-    chat: list[dict[str, Any]] | None = None
-    prompt: str | None = None
-    stop: list[str] = []
-    while True:
-        messages, seqs = _assemble(sel, summary_msg)
-        if cfg.mode == "chat":
-            chat = cfg.render_chat(messages)
-            prompt_tokens = sel.overhead + sel.pinned_tokens + summary_tokens + sel.history_tokens
-            break
-        prompt = cfg.template.render(messages, add_generation_prompt=True, tools=cfg.tools)
-        prompt_tokens = counter.count(prompt)
-        if prompt_tokens <= cfg.budget:
-            stop = list(cfg.template.stop)
-            break
-        sel = _drop_oldest_turn(sel)  # estimates were low: drop a turn and count again
+    prompt_tokens = rendered.prompt_tokens
+    seqs = rendered.seqs
     trunc = sel.truncation
     report = ContextReport(
         conversation_id=cfg.conversation_id,
@@ -403,11 +424,11 @@ def _finish(
     return Context(
         mode=cfg.mode,
         model=cfg.model,
-        messages=messages,
+        messages=rendered.messages,
         report=report,
-        chat=chat,
-        prompt=prompt,
-        stop=stop,
+        chat=rendered.chat,
+        prompt=rendered.prompt,
+        stop=list(cfg.template.stop) if cfg.mode == "completion" else [],
         tools=cfg.tools,
     )
 

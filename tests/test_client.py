@@ -598,3 +598,23 @@ async def test_passed_client_keeps_its_own_headers(kind: str) -> None:
     assert headers["x-from-client"] == "yes"
     assert headers["authorization"] == f"Bearer {SECRET}"
     await api.do(mine, "close" if kind == "sync" else "aclose")
+
+
+async def test_header_keys_are_redacted_and_header_names_merge_case_insensitively(
+    kind: str,
+) -> None:
+    echo = {"error": {"message": f"key {SECRET} is not valid for this deployment"}}
+    api = Api(
+        kind,
+        server=Server(httpx.Response(401, json=echo), ok()),
+        default_headers={"api-key": SECRET, "user-agent": "my-bot/1"},
+    )
+    with pytest.raises(AuthenticationError) as info:
+        await api.call("chat", model="m", messages=[Message.user("Hi")])
+    assert SECRET not in str(info.value) and "key *** is not valid" in str(info.value)
+    await api.call(
+        "chat", model="m", messages=[Message.user("Hi")], extra_headers={"API-KEY": None}
+    )
+    first, second = api.server.requests
+    assert first.headers.get_list("user-agent") == ["my-bot/1"]
+    assert first.headers["api-key"] == SECRET and "api-key" not in second.headers

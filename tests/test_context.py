@@ -104,14 +104,38 @@ def _check(ctx: Any, store: Any, conv_id: str, budget: int) -> None:
     assert rep.budget_left == budget - rep.prompt_tokens
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(history=histories(), budget=st.integers(60, 2500), mode=st.sampled_from(["chat", "completion"]),
-       template=st.sampled_from(["transcript", "chatml", "llama3"]))
+@settings(max_examples=int(__import__("os").environ.get("CONVO_PROP_EXAMPLES", "80")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    history=histories(),
+    budget=st.integers(60, 2500),
+    mode=st.sampled_from(["chat", "completion"]),
+    template=st.sampled_from(["transcript", "chatml", "llama3", "mistral", "llama2"]),
+    fork=st.none() | st.tuples(st.floats(0, 1), histories()),
+    summarize=st.booleans(),
+)
 def test_every_build_keeps_the_invariants(
-    sqlite_store: Any, history: list[tuple[Message, bool]], budget: int, mode: str, template: str
+    sqlite_store: Any,
+    history: list[tuple[Message, bool]],
+    budget: int,
+    mode: str,
+    template: str,
+    fork: tuple[float, list[tuple[Message, bool]]] | None,
+    summarize: bool,
 ) -> None:
     conv_id = _store_history(sqlite_store, history)
+    if fork is not None:
+        # fork after a random message of the parent, then continue the fork with its own turns
+        where, more = fork
+        # at a point that does not split a tool-call group (that history would be invalid)
+        cuts = [k for k in range(1, len(history) + 1)
+                if not history[k - 1][0].tool_calls and (k == len(history) or history[k][0].role != "tool")]
+        at = cuts[min(len(cuts) - 1, int(where * len(cuts)))]
+        child = sqlite_store.fork(conv_id, at=at)
+        sqlite_store.append_many(child.id, [m for m, _ in more if m.role != "system"])
+        conv_id = child.id
     kw: dict[str, Any] = {"template": template} if mode == "completion" else {}
+    if summarize:
+        kw.update(summarizer=Recorder(), summary_max_tokens=40)
     builder = ContextBuilder(sqlite_store, model=MODEL, mode=mode, budget=budget, **kw)
     try:
         ctx = builder.build(conv_id)
@@ -119,6 +143,11 @@ def test_every_build_keeps_the_invariants(
         assert exc.budget == budget and exc.required > budget
         return
     _check(ctx, sqlite_store, conv_id, budget)
+    if summarize and ctx.report.dropped_count:
+        s = ctx.report.summary
+        assert s is not None and s.start_seq == 1 and s.end_seq == ctx.report.dropped_through
+    else:
+        assert ctx.report.summary is None
     # a second build reads cached counts only and decides the same
     again = builder.build(conv_id)
     assert again.report.counted == 0

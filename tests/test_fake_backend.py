@@ -168,7 +168,8 @@ async def test_default_chat_reply_shape_and_usage(api: Api) -> None:
         "usage": {
             "prompt_tokens": count_tokens(USER, model="gpt-4o"),
             "completion_tokens": counter().count("You said: Hello!"),
-            "total_tokens": count_tokens(USER, model="gpt-4o") + counter().count("You said: Hello!"),
+            "total_tokens": count_tokens(USER, model="gpt-4o")
+            + counter().count("You said: Hello!"),
             "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
             "completion_tokens_details": {
                 "reasoning_tokens": 0,
@@ -189,12 +190,17 @@ async def test_default_chat_reply_echoes_last_user_text(api: Api) -> None:
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "first"},
         {"role": "assistant", "content": "ok"},
-        {"role": "user", "content": [{"type": "text", "text": "se"}, {"type": "text", "text": "cond"}]},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "se"}, {"type": "text", "text": "cond"}],
+        },
     ]
     resp = await api.post(CHAT, {"model": "gpt-4o", "messages": messages})
     assert resp.json()["choices"][0]["message"]["content"] == "You said: second"
     long = "x" * 500
-    resp = await api.post(CHAT, {"model": "gpt-4o", "messages": [{"role": "user", "content": long}]})
+    resp = await api.post(
+        CHAT, {"model": "gpt-4o", "messages": [{"role": "user", "content": long}]}
+    )
     assert resp.json()["choices"][0]["message"]["content"] == "You said: " + "x" * 200 + "..."
 
 
@@ -288,10 +294,17 @@ async def test_reply_tool_calls(api: Api, fake: FakeBackend) -> None:
             "function": {"name": "get_weather", "arguments": json.dumps({"city": "Paris"})},
         },
         {"id": "call_given", "type": "function", "function": {"name": "now", "arguments": "{}"}},
-        {"id": "call_fake_2", "type": "function", "function": {"name": "broken", "arguments": "{not json"}},
+        {
+            "id": "call_fake_2",
+            "type": "function",
+            "function": {"name": "broken", "arguments": "{not json"},
+        },
     ]
     enc = counter()
-    expected = sum(enc.count(n) + enc.count(a) for n, a in [("get_weather", '{"city": "Paris"}'), ("now", "{}"), ("broken", "{not json")])
+    expected = sum(
+        enc.count(n) + enc.count(a)
+        for n, a in [("get_weather", '{"city": "Paris"}'), ("now", "{}"), ("broken", "{not json")]
+    )
     assert resp.json()["usage"]["completion_tokens"] == expected
 
 
@@ -299,7 +312,9 @@ async def test_reply_json_and_refusal(api: Api, fake: FakeBackend) -> None:
     fake.reply_json({"a": 1, "b": [True, None]})
     fake.reply_refusal("I can't help with that.")
     resp = await api.post(CHAT, {"model": "gpt-4o", "messages": USER})
-    assert resp.json()["choices"][0]["message"]["content"] == json.dumps({"a": 1, "b": [True, None]})
+    assert resp.json()["choices"][0]["message"]["content"] == json.dumps(
+        {"a": 1, "b": [True, None]}
+    )
     resp = await api.post(CHAT, {"model": "gpt-4o", "messages": USER})
     message = resp.json()["choices"][0]["message"]
     assert message["content"] is None
@@ -310,7 +325,11 @@ async def test_scripted_usage_is_sent_as_given(api: Api, fake: FakeBackend) -> N
     fake.reply("hi", usage={"prompt_tokens": 10, "completion_tokens": 5})
     fake.reply("hi", usage={"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 99})
     first = (await api.post(CHAT, {"model": "gpt-4o", "messages": USER})).json()["usage"]
-    assert (first["prompt_tokens"], first["completion_tokens"], first["total_tokens"]) == (10, 5, 15)
+    assert (first["prompt_tokens"], first["completion_tokens"], first["total_tokens"]) == (
+        10,
+        5,
+        15,
+    )
     second = (await api.post(CHAT, {"model": "gpt-4o", "messages": USER})).json()["usage"]
     assert second["total_tokens"] == 99
 
@@ -340,7 +359,8 @@ async def test_stop_sequences_and_max_tokens_cut_the_reply(api: Api, fake: FakeB
     assert resp.json()["usage"]["completion_tokens"] == 3
 
     resp = await api.post(
-        COMPLETIONS, {"model": "gpt-3.5-turbo-instruct", "prompt": "User: a b c d e", "max_tokens": 2}
+        COMPLETIONS,
+        {"model": "gpt-3.5-turbo-instruct", "prompt": "User: a b c d e", "max_tokens": 2},
     )
     choice = resp.json()["choices"][0]
     assert choice["finish_reason"] == "length"
@@ -396,7 +416,9 @@ async def test_stream_chat_text(api: Api, fake: FakeBackend) -> None:
     assert resp.status_code == 200
     assert resp.headers["content-type"] == "text/event-stream; charset=utf-8"
     parts = chunks(resp.content)
-    assert all(p["object"] == "chat.completion.chunk" and p["id"] == "chatcmpl-fake-1" for p in parts)
+    assert all(
+        p["object"] == "chat.completion.chunk" and p["id"] == "chatcmpl-fake-1" for p in parts
+    )
     assert all("usage" not in p for p in parts)
     first, last = parts[0]["choices"][0], parts[-1]["choices"][0]
     assert first["delta"] == {"role": "assistant", "content": "", "refusal": None}
@@ -408,7 +430,12 @@ async def test_stream_chat_text(api: Api, fake: FakeBackend) -> None:
 
 
 async def test_stream_chat_include_usage(api: Api) -> None:
-    body = {"model": "gpt-4o", "messages": USER, "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": "gpt-4o",
+        "messages": USER,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     parts = chunks((await api.post(CHAT, body)).content)
     *content, usage_chunk = parts
     assert all(p["usage"] is None for p in content)
@@ -422,8 +449,12 @@ async def test_stream_chat_include_usage(api: Api) -> None:
 
 
 async def test_stream_chat_tool_calls(api: Api, fake: FakeBackend) -> None:
-    fake.reply_tool_calls([("get_weather", {"city": "Paris"}), ("get_time", {"tz": "Europe/Paris"})])
-    parts = chunks((await api.post(CHAT, {"model": "gpt-4o", "messages": USER, "stream": True})).content)
+    fake.reply_tool_calls(
+        [("get_weather", {"city": "Paris"}), ("get_time", {"tz": "Europe/Paris"})]
+    )
+    parts = chunks(
+        (await api.post(CHAT, {"model": "gpt-4o", "messages": USER, "stream": True})).content
+    )
     first = parts[0]["choices"][0]["delta"]
     assert first["role"] == "assistant" and first["content"] is None
     calls: dict[int, dict[str, str]] = {}
@@ -447,7 +478,9 @@ async def test_stream_chat_tool_calls(api: Api, fake: FakeBackend) -> None:
 
 async def test_stream_chat_refusal(api: Api, fake: FakeBackend) -> None:
     fake.reply_refusal("No can do.")
-    parts = chunks((await api.post(CHAT, {"model": "gpt-4o", "messages": USER, "stream": True})).content)
+    parts = chunks(
+        (await api.post(CHAT, {"model": "gpt-4o", "messages": USER, "stream": True})).content
+    )
     assert parts[0]["choices"][0]["delta"] == {"role": "assistant", "content": None, "refusal": ""}
     text = "".join(p["choices"][0]["delta"].get("refusal") or "" for p in parts)
     assert text == "No can do."
@@ -717,7 +750,9 @@ async def test_api_key(make_api: Callable[..., Api]) -> None:
         "You didn't provide an API key."
     )
     resp = await api.post(
-        CHAT, {"model": "gpt-4o", "messages": USER}, headers={"authorization": "Bearer sk-wrong-key-999"}
+        CHAT,
+        {"model": "gpt-4o", "messages": USER},
+        headers={"authorization": "Bearer sk-wrong-key-999"},
     )
     assert_openai_error(
         resp,
@@ -754,7 +789,9 @@ async def test_tool_call_reply_cannot_answer_completions(api: Api, fake: FakeBac
 # --- concurrency, server life cycle --------------------------------------------------------------
 
 
-async def test_concurrent_requests_each_take_one_scripted_reply(api: Api, fake: FakeBackend) -> None:
+async def test_concurrent_requests_each_take_one_scripted_reply(
+    api: Api, fake: FakeBackend
+) -> None:
     count = 24
     for i in range(count):
         fake.reply(f"reply {i}")
@@ -762,7 +799,10 @@ async def test_concurrent_requests_each_take_one_scripted_reply(api: Api, fake: 
     if api.mode.endswith("async"):
         async with httpx.AsyncClient(**args) as client:
             answers = await asyncio.gather(
-                *(client.post(CHAT, json={"model": "gpt-4o", "messages": USER}) for _ in range(count))
+                *(
+                    client.post(CHAT, json={"model": "gpt-4o", "messages": USER})
+                    for _ in range(count)
+                )
             )
     else:
         results: list[httpx.Response] = []
@@ -790,13 +830,20 @@ def test_server_close_ends_keep_alive_connections_and_frees_the_port() -> None:
     fake = FakeBackend()
     server = fake.serve()
     client = httpx.Client(base_url=server.base_url)
-    assert client.post("/chat/completions", json={"model": "gpt-4o", "messages": USER}).status_code == 200
+    assert (
+        client.post("/chat/completions", json={"model": "gpt-4o", "messages": USER}).status_code
+        == 200
+    )
     fake.timeout(seconds=60)
     stalled: list[BaseException] = []
 
     def stall() -> None:
         try:
-            httpx.post(server.base_url + "/chat/completions", json={"model": "gpt-4o", "messages": USER}, timeout=30)
+            httpx.post(
+                server.base_url + "/chat/completions",
+                json={"model": "gpt-4o", "messages": USER},
+                timeout=30,
+            )
         except httpx.HTTPError as exc:
             stalled.append(exc)
 
@@ -837,7 +884,9 @@ def test_serve_forever_is_silent_and_returns_on_interrupt(tmp_path: Any) -> None
             assert time.monotonic() < deadline
             time.sleep(0.05)
         base_url = marker.read_text()
-        resp = httpx.post(base_url + "/chat/completions", json={"model": "gpt-4o", "messages": USER})
+        resp = httpx.post(
+            base_url + "/chat/completions", json={"model": "gpt-4o", "messages": USER}
+        )
         assert resp.json()["choices"][0]["message"]["content"] == "You said: Hello!"
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=10)
