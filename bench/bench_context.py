@@ -26,8 +26,8 @@ Run::
     /work/venv/bin/python bench/bench_context.py --ns 1000,100000 --no-peers
     /work/venv/bin/python bench/bench_context.py --profile 100000   # cProfile, 200 builds, SQLite
 
-The first run generates the 1,000,000-message thread (~25 min) and fills the
-databases (~15 min); later runs reuse them. A full run with the peers takes
+The first run generates the 1,000,000-message thread (~2 min) and fills the
+databases (see the log); later runs reuse them (``--prepare-only`` does just that). A full run with the peers takes
 about 15-25 minutes once everything is cached.
 """
 
@@ -387,6 +387,8 @@ def main_orchestrate(args: argparse.Namespace) -> None:
     try:
         mans = data.prepare(args.data_dir, bp, ns, backends, log, pg)
         t_data = time.perf_counter() - t_start
+        if args.prepare_only:
+            return
         if args.profile:
             m = mans[("sqlite", args.profile)]
             spec = {"url": m["url"], "conversation_id": m["conversation_id"], "n": args.profile,
@@ -521,6 +523,13 @@ def make_report(args: argparse.Namespace, ns: list[int], backends: list[str],
                      f"{r['store_calls']}: {fmt_ms(r['store_ms'])} of {fmt_ms(r['total_timed_ms'])} "
                      f"| {r['rows_read']} | {r['kept']} | {r['prompt_tokens']:,} | {db} |")
     L.append("")
+    if len(backends) > 1:
+        same = [n for n in ns if all((b, n) in results for b in backends)
+                and len({results[(b, n)]["window_sha256"] for b in backends}) == 1]
+        diff = [n for n in ns if all((b, n) in results for b in backends) and n not in same]
+        L.append("Same window on both backends (SHA-256 of the (role, content) sequence): "
+                 + (", ".join(f"{n:,}" for n in same) or "none")
+                 + (f"; DIFFERENT at {', '.join(f'{n:,}' for n in diff)}" if diff else "") + ".\n")
 
     # --- targets
     L.append("### Targets\n")
@@ -667,6 +676,8 @@ def main() -> None:
     ap.add_argument("--peers-data-dir", default=os.environ.get("PEERS_DATA_DIR",
                                                                "/tmp/peers-bench-data"))
     ap.add_argument("--peer-libs", default=PEER_LIBS, help="bench_peers --libs (%(default)s)")
+    ap.add_argument("--prepare-only", action="store_true",
+                    help="only generate and fill the databases (cached for later runs)")
     ap.add_argument("--profile", type=int, metavar="N",
                     help="only cProfile --profile-calls builds at N on SQLite, print the top")
     ap.add_argument("--profile-calls", type=int, default=200)

@@ -15,6 +15,7 @@ from typing import Any, Generic, Self, Unpack
 import httpx
 
 from ._client_core import ChatParams, ClientCore, CompletionParams, RequestSpec, TimeoutTypes
+from ._client_pool import pooled_async_transport
 from ._client_stream import (
     Accumulator,
     ChatAccumulator,
@@ -24,7 +25,7 @@ from ._client_stream import (
     StreamCore,
 )
 from ._constants import DEFAULT_CONNECTION_LIMITS, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
-from ._exceptions import APIStreamError, ConfigurationError
+from ._exceptions import APIError, APIStreamError, ConfigurationError
 from ._messages import Message
 from ._types import ChatCompletion, ChatCompletionChunk, Completion, CompletionChunk
 
@@ -40,6 +41,7 @@ class _AsyncStream(Generic[ChunkT, ResultT]):
         accumulator: Accumulator[ChunkT, ResultT],
     ) -> None:
         self.response = response
+        self.error: APIError | None = None  # what broke the stream, if something did
         self._core = core
         self._state = StreamCore(core, response, chunk_type, accumulator)
         self._iterator = self._iterate()
@@ -56,7 +58,11 @@ class _AsyncStream(Generic[ChunkT, ResultT]):
                             yield chunk
                 tail = state.finish()
             except httpx.RequestError as exc:
-                raise self._core.transport_error(exc, response.request) from exc
+                self.error = self._core.transport_error(exc, response.request)
+                raise self.error from exc
+            except APIError as exc:
+                self.error = exc
+                raise
             for chunk in tail:
                 yield chunk
         finally:
@@ -88,11 +94,14 @@ class _AsyncStream(Generic[ChunkT, ResultT]):
         """Read what is left of the stream and return everything assembled.
 
         Raises:
-            APIStreamError: the stream broke, reported an error, or was closed
-                before the server said it was complete.
+            APIError: what broke the stream, if something did (see the class
+                docstring); APIStreamError when it was closed before the server
+                said the response was complete.
         """
         async for _ in self._iterator:
             pass
+        if self.error is not None:
+            raise self.error
         if not self._state.complete:
             raise APIStreamError(
                 "the stream was closed before the response was complete; "
@@ -110,7 +119,9 @@ class AsyncChatCompletionStream(_AsyncStream[ChatCompletionChunk, ChatCompletion
 
     Use it as an async context manager (closing it early closes the HTTP response);
     :meth:`final` returns the assembled :class:`~convo.ChatCompletion`, after
-    iterating to the end or on its own (it consumes the rest of the stream).
+    iterating to the end or on its own (it consumes the rest of the stream);
+    :meth:`snapshot` assembles what arrived so far. Errors are those of
+    :class:`~convo.ChatCompletionStream`.
     """
 
 
@@ -183,6 +194,8 @@ class AsyncOpenAIClient:
             default_query=default_query,
         )
         self._owns_http = http_client is None
+        if http_client is None and transport is None:
+            transport = pooled_async_transport(DEFAULT_CONNECTION_LIMITS)
         self._http = http_client or httpx.AsyncClient(
             transport=transport, timeout=timeout, limits=DEFAULT_CONNECTION_LIMITS
         )

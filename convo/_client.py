@@ -25,7 +25,7 @@ from ._client_stream import (
     StreamCore,
 )
 from ._constants import DEFAULT_CONNECTION_LIMITS, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
-from ._exceptions import APIStreamError, ConfigurationError
+from ._exceptions import APIError, APIStreamError, ConfigurationError
 from ._messages import Message
 from ._types import ChatCompletion, ChatCompletionChunk, Completion, CompletionChunk
 
@@ -41,6 +41,7 @@ class _Stream(Generic[ChunkT, ResultT]):
         accumulator: Accumulator[ChunkT, ResultT],
     ) -> None:
         self.response = response
+        self.error: APIError | None = None  # what broke the stream, if something did
         self._core = core
         self._state = StreamCore(core, response, chunk_type, accumulator)
         self._iterator = self._iterate()
@@ -56,7 +57,11 @@ class _Stream(Generic[ChunkT, ResultT]):
                         yield from chunks
                 tail = state.finish()
             except httpx.RequestError as exc:
-                raise self._core.transport_error(exc, response.request) from exc
+                self.error = self._core.transport_error(exc, response.request)
+                raise self.error from exc
+            except APIError as exc:
+                self.error = exc
+                raise
             yield from tail
         finally:
             response.close()
@@ -87,11 +92,14 @@ class _Stream(Generic[ChunkT, ResultT]):
         """Read what is left of the stream and return everything assembled.
 
         Raises:
-            APIStreamError: the stream broke, reported an error, or was closed
-                before the server said it was complete.
+            APIError: what broke the stream, if something did (see the class
+                docstring); APIStreamError when it was closed before the server
+                said the response was complete.
         """
         for _ in self._iterator:
             pass
+        if self.error is not None:
+            raise self.error
         if not self._state.complete:
             raise APIStreamError(
                 "the stream was closed before the response was complete; "
@@ -109,7 +117,15 @@ class ChatCompletionStream(_Stream[ChatCompletionChunk, ChatCompletion]):
 
     Use it as a context manager (closing it early closes the HTTP response);
     :meth:`final` returns the assembled :class:`~convo.ChatCompletion`, after
-    iterating to the end or on its own (it consumes the rest of the stream).
+    iterating to the end or on its own (it consumes the rest of the stream);
+    :meth:`snapshot` assembles what arrived so far.
+
+    Iterating raises :class:`~convo.APIStreamError` for an error event or a
+    stream that ends before the response is complete,
+    :class:`~convo.APIResponseValidationError` for a malformed chunk, and
+    :class:`~convo.APIConnectionError` / :class:`~convo.APITimeoutError` when
+    the connection drops or times out (as the official SDK does). Nothing is
+    retried once the body has started; :attr:`error` keeps what broke it.
     """
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "INITIAL_RETRY_DELAY",
     "MAX_RETRY_AFTER",
     "MAX_RETRY_DELAY",
+    "POOL_SHARDS",
     "RETRY_JITTER",
 ]
 
@@ -36,6 +37,9 @@ DEFAULT_TIMEOUT: Final = httpx.Timeout(timeout=600.0, connect=5.0)
 DEFAULT_MAX_RETRIES: Final = 2
 # Many concurrent requests to one host are normal for a chatbot backend.
 DEFAULT_CONNECTION_LIMITS: Final = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+# The async client's own transport splits its connections over this many pools
+# (see _client_pool.py: httpcore's per-request cost grows with its pool size).
+POOL_SHARDS: Final = 8
 
 # Backoff: INITIAL_RETRY_DELAY * 2**retry, capped, minus up to RETRY_JITTER of it.
 INITIAL_RETRY_DELAY: Final = 0.5

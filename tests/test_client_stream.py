@@ -98,7 +98,10 @@ CHAT_PARTS = [
             delta(
                 content="answer",
                 reasoning_content="think",
-                tool_calls=[tool_delta(0, "call_a", args='"Paris"}'), tool_delta(1, args=':"CET"}')],
+                tool_calls=[
+                    tool_delta(0, "call_a", args='"Paris"}'),
+                    tool_delta(1, args=':"CET"}'),
+                ],
             )
         )
     ),
@@ -347,8 +350,20 @@ async def test_connection_dropped_mid_stream_is_not_retried(kind: str) -> None:
     api = Api(kind, server=Server(httpx.Response(200, stream=body)))
     stream = await api.call("chat_stream", model="m", messages=HI)
     with pytest.raises(
-        APIConnectionError, match="connection error on POST http://fake.test/v1/chat/completions: ReadError"
+        APIConnectionError,
+        match="connection error on POST http://fake.test/v1/chat/completions: ReadError",
     ):
         await api.chunks(stream)
     assert len(api.server.requests) == 1 and api.sleeps == []
     assert body.closed
+
+
+async def test_final_after_a_broken_stream_raises_what_broke_it(kind: str) -> None:
+    parts = [event(chunk(delta(content="Hel"))), event({"error": {"message": "overloaded"}})]
+    api = Api(kind, server=Server(streamed(parts)))
+    stream = await api.call("chat_stream", model="m", messages=HI)
+    with pytest.raises(APIStreamError, match="overloaded") as first:
+        await api.chunks(stream)
+    with pytest.raises(APIStreamError, match="overloaded") as again:
+        await api.do(stream, "final")
+    assert again.value is first.value is stream.error

@@ -19,7 +19,6 @@ __all__ = ["DEFAULT_DB", "console", "db_url", "emit_json", "fail", "guard", "ope
 
 DEFAULT_DB = "sqlite:///convo.db"
 console = Console()
-err_console = Console(stderr=True)
 T = TypeVar("T")
 
 
@@ -31,7 +30,8 @@ def db_url(ctx: typer.Context) -> str:
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    """Print ``error: message`` on stderr (unwrapped, so it can be grepped) and return Exit."""
+    sys.stderr.write(f"error: {message}\n")
     return typer.Exit(code)
 
 

@@ -6,6 +6,7 @@ import json
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ._common import console, emit_json, fail, open_store
@@ -65,7 +66,10 @@ def register(app: typer.Typer) -> None:
             return
         table = Table("id", "title", "owner", "messages", "updated")
         for c in page.items:
-            table.add_row(c.id, c.title or "", c.owner or "", str(c.last_seq), c.updated_at.isoformat(timespec="seconds"))
+            table.add_row(
+                c.id, escape(c.title or ""), escape(c.owner or ""), str(c.last_seq),
+                c.updated_at.isoformat(timespec="seconds"),
+            )
         console.print(table)
         if page.next_cursor:
             console.print(f"more: convo ls --cursor {page.next_cursor}", highlight=False)
@@ -88,7 +92,7 @@ def register(app: typer.Typer) -> None:
         if json_:
             emit_json({"conversation": conv, "messages": msgs})
             return
-        head = f"[bold]{conv.title or conv.id}[/]  id={conv.id}"
+        head = f"[bold]{escape(conv.title or conv.id)}[/]  id={conv.id}"
         if conv.parent_id:
             head += f"  fork of {conv.parent_id} at seq {conv.fork_seq}"
         console.print(head, highlight=False)
@@ -96,7 +100,8 @@ def register(app: typer.Typer) -> None:
             body = m.text
             if m.tool_calls:
                 body += " " + ", ".join(f"→ {c.function.name}({c.function.arguments})" for c in m.tool_calls)
-            console.print(f"[dim]{m.seq:>5}[/] [bold]{m.role}[/]{f' ({m.name})' if m.name else ''}: {body}", highlight=False)
+            who = f"{m.role} ({m.name})" if m.name else m.role
+            console.print(f"[dim]{m.seq:>5}[/] [bold]{escape(who)}[/]: {escape(body)}", highlight=False)
 
     @app.command()
     def add(
@@ -160,5 +165,5 @@ def register(app: typer.Typer) -> None:
             return
         table = Table("conversation", "seq", "role", "text")
         for m in hits:
-            table.add_row(m.conversation_id, str(m.seq), m.role, m.text[:120])
+            table.add_row(m.conversation_id, str(m.seq), m.role, escape(m.text[:120]))
         console.print(table)

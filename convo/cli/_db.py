@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from rich.markup import escape
+
 from ._common import console, db_url, emit_json, guard
 
 app = typer.Typer(help="Database schema (Alembic migrations shipped with convo).", no_args_is_help=True)
@@ -26,7 +28,7 @@ def upgrade(ctx: typer.Context, json_: JsonOpt = False) -> None:
     if json_:
         emit_json({"database": _safe(url), "revision": rev})
     else:
-        console.print(f"database {_safe(url)} is at revision [bold]{rev}[/]", highlight=False)
+        console.print(f"database {escape(_safe(url))} is at revision [bold]{rev}[/]", highlight=False)
 
 
 @app.command()
@@ -42,7 +44,7 @@ def current(ctx: typer.Context, json_: JsonOpt = False) -> None:
         emit_json({"database": _safe(url), "revision": rev})
     else:
         console.print(
-            f"database {_safe(url)}: revision [bold]{rev or 'none (run: convo db upgrade)'}[/]",
+            f"database {escape(_safe(url))}: revision [bold]{rev or 'none (run: convo db upgrade)'}[/]",
             highlight=False,
         )
 

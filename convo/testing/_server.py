@@ -14,6 +14,7 @@ import contextlib
 import select
 import selectors
 import socket
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -58,6 +59,12 @@ class _HTTPServer(ThreadingHTTPServer):
         with self._live_lock:
             self._live.pop(request, None)
         super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that reset or drop a connection (timeouts, pools closing) are normal here.
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handle_error(request, client_address)
 
     def end_connections(self, timeout: float) -> None:
         with self._live_lock:
