@@ -15,7 +15,10 @@ workers. Contenders:
 * raw: ``httpx`` + ``json.loads`` (for streams: ``iter_lines`` + ``json.loads``
   of each ``data:`` line), the floor for a Python client on httpx;
 * convo: ``OpenAIClient.chat`` -> typed ``ChatCompletion``; ``chat_stream``
-  -> typed chunks, then ``final()`` (the assembled ``ChatCompletion``);
+  -> typed chunks, then ``final()`` (the assembled ``ChatCompletion``). The
+  async client splits its connections over several small pools
+  (``convo/_client_pool.py``): httpcore's per-request bookkeeping grows with
+  the square of a pool's size, which is what the async x32 rows show for raw;
 * openai: ``OpenAI().chat.completions.create(...)`` (typed, streamed chunks iterated).
 
 Run::

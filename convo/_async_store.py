@@ -16,13 +16,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import _migrate
 from . import _store_core as core
-from ._engine import WRITE_OPTION, create_engine_async, prepare_engine, safe_url
+from ._engine import create_engine_async, mode_engines, prepare_engine, safe_url
 from ._exceptions import ConfigurationError
 from ._messages import Message
 from ._records import Conversation, ReplyInfo, StoredMessage, Summary
 from ._schema import SCHEMA_REVISION
 from ._store import _current_revision, database_error, fetch, not_migrated
-from ._store_core import ROLLBACK, UNSET, ConversationPage, Op, Plan, Unset
+from ._store_core import ROLLBACK, UNSET, ConversationPage, Mode, Op, Plan, Unset
 
 __all__ = ["AsyncStore"]
 
@@ -59,7 +59,7 @@ class AsyncStore:
         else:
             self._engine = create_engine_async(url, **engine_kwargs)
             self._owns_engine = True
-        self._writer = self._engine.execution_options(**{WRITE_OPTION: True})
+        self._engines = mode_engines(self._engine)
         self._dialect = self._engine.dialect.name
         self._schema_ok = False
 
@@ -87,7 +87,7 @@ class AsyncStore:
     async def migrate(self, revision: str = "head") -> None:
         """Upgrade the database schema to ``revision`` (default: the newest)."""
         try:
-            async with self._writer.connect() as conn:
+            async with self._engines["write"].connect() as conn:
                 await conn.run_sync(_migrate.upgrade, revision)
         except DBAPIError as exc:
             raise database_error(exc) from exc
@@ -114,11 +114,11 @@ class AsyncStore:
 
     # --- the shell -----------------------------------------------------------------------
 
-    async def _run(self, plan: Plan[T], *, write: bool = False) -> T:
+    async def _run(self, plan: Plan[T], mode: Mode = "read") -> T:
         if not self._schema_ok:
             await self.check_schema()
         try:
-            async with (self._writer if write else self._engine).connect() as conn:
+            async with self._engines[mode].connect() as conn:
                 value = await _drive(conn, plan)
                 await conn.commit()
                 return value
@@ -136,7 +136,7 @@ class AsyncStore:
     ) -> Conversation:
         """See :meth:`Store.create_conversation`."""
         return await self._run(
-            core.create_conversation(title=title, owner=owner, metadata=metadata), write=True
+            core.create_conversation(title=title, owner=owner, metadata=metadata), "single"
         )
 
     async def get_conversation(
@@ -156,7 +156,7 @@ class AsyncStore:
         """See :meth:`Store.update_conversation`."""
         return await self._run(
             core.update_conversation(conversation_id, title=title, metadata=metadata, owner=owner),
-            write=True,
+            "single",
         )
 
     async def delete_conversation(
@@ -165,7 +165,7 @@ class AsyncStore:
         """See :meth:`Store.delete_conversation`."""
         await self._run(
             core.delete_conversation(conversation_id, owner=owner, cascade_forks=cascade_forks),
-            write=True,
+            "write",
         )
 
     async def list_conversations(
@@ -202,7 +202,7 @@ class AsyncStore:
         """See :meth:`Store.fork`."""
         return await self._run(
             core.fork(conversation_id, at=at, title=title, owner=owner, metadata=metadata),
-            write=True,
+            "write",
         )
 
     # --- messages ------------------------------------------------------------------------
@@ -220,8 +220,8 @@ class AsyncStore:
         """See :meth:`Store.append`."""
         return await self._run(
             core.append(conversation_id, message, idempotency_key=idempotency_key,
-                        pinned=pinned, reply=reply, owner=owner),
-            write=True,
+                        pinned=pinned, reply=reply, owner=owner, dialect=self._dialect),
+            core.append_mode(idempotency_key),
         )
 
     async def append_many(
@@ -233,7 +233,7 @@ class AsyncStore:
     ) -> list[StoredMessage]:
         """See :meth:`Store.append_many`."""
         return await self._run(
-            core.append_many(conversation_id, messages, owner=owner), write=True
+            core.append_many(conversation_id, messages, owner=owner), "write"
         )
 
     async def messages(
@@ -325,12 +325,12 @@ class AsyncStore:
         self, conversation_id: str, seq: int, pinned: bool, *, owner: str | None = None
     ) -> None:
         """See :meth:`Store.set_pinned`."""
-        await self._run(core.set_pinned(conversation_id, seq, pinned, owner=owner), write=True)
+        await self._run(core.set_pinned(conversation_id, seq, pinned, owner=owner), "write")
 
     async def save_token_counts(self, encoding: str, counts: Mapping[int, int]) -> None:
         """See :meth:`Store.save_token_counts`."""
         await self._run(
-            core.save_token_counts(encoding, counts, dialect=self._dialect), write=True
+            core.save_token_counts(encoding, counts, dialect=self._dialect), "write"
         )
 
     async def add_summary(
@@ -347,7 +347,7 @@ class AsyncStore:
         return await self._run(
             core.add_summary(conversation_id, start_seq=start_seq, end_seq=end_seq,
                              content=content, metadata=metadata, owner=owner),
-            write=True,
+            "write",
         )
 
     async def latest_summary(

@@ -9,16 +9,18 @@
 SQLite connections get WAL, ``foreign_keys=ON``, a 30 s busy timeout and
 ``synchronous=NORMAL``. pysqlite's own transaction handling is switched off
 (it begins lazily, so two writers that both read first deadlock into
-"database is locked"): convo emits ``BEGIN IMMEDIATE`` for write transactions
-(the write lock is taken up front and waited for under ``busy_timeout``) and a
-plain deferred ``BEGIN`` for reads, which in WAL mode never block writers.
+"database is locked"): convo emits ``BEGIN IMMEDIATE`` for the store's write
+transactions (the write lock is taken up front and waited for under
+``busy_timeout``), nothing for the store's reads (autocommit statements, which
+in WAL mode never block or wait for writers), and a plain ``BEGIN`` for any
+other use of the engine, so a caller's own transactions keep their meaning.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -30,10 +32,12 @@ from ._exceptions import ConfigurationError
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
+    "READ_OPTION",
     "WRITE_OPTION",
     "create_engine",
     "create_engine_async",
     "database_url",
+    "mode_engines",
     "prepare_engine",
     "resolve_url",
     "safe_url",
@@ -45,6 +49,8 @@ ENV_VAR = "CONVO_DATABASE_URL"
 #: Execution option marking a connection whose transactions write
 #: (SQLite: ``BEGIN IMMEDIATE`` instead of ``BEGIN``).
 WRITE_OPTION = "convo_write"
+#: Execution option marking a store connection that only reads (SQLite: no BEGIN).
+READ_OPTION = "convo_read"
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
 
@@ -162,7 +168,30 @@ def _sqlite_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
 
 
 def _sqlite_begin(conn: Connection) -> None:
-    if conn.get_execution_options().get(WRITE_OPTION):
+    options = conn.get_execution_options()
+    if options.get(WRITE_OPTION):
         conn.exec_driver_sql("BEGIN IMMEDIATE")
-    else:
+    elif not options.get(READ_OPTION):
         conn.exec_driver_sql("BEGIN")
+
+
+_E = TypeVar("_E", Engine, AsyncEngine)
+
+
+def mode_engines(engine: _E) -> dict[str, _E]:
+    """The store's three ways to run a plan, as engines sharing ``engine``'s pool.
+
+    * ``"read"``: no transaction (each statement sees the latest committed
+      data, like PostgreSQL's READ COMMITTED). Saves BEGIN/COMMIT round trips;
+      on SQLite it never takes a lock.
+    * ``"write"``: a transaction; SQLite begins it IMMEDIATE (takes the write
+      lock up front, waiting under ``busy_timeout``).
+    * ``"single"``: a write that is one statement: PostgreSQL runs it in
+      autocommit (one round trip, still atomic); SQLite as ``"write"``.
+    """
+    if engine.dialect.name == "sqlite":
+        writer = engine.execution_options(**{WRITE_OPTION: True})
+        return {"read": engine.execution_options(**{READ_OPTION: True}), "write": writer,
+                "single": writer}
+    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return {"read": autocommit, "write": engine, "single": autocommit}

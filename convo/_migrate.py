@@ -10,14 +10,17 @@ Migrations run on a connection handed to ``env.py`` through
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 
 from ._exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic is imported inside the functions: `import convo` should not pay for
+# it, only migrating does.
 
 __all__ = [
     "alembic_config",
@@ -44,6 +47,8 @@ def script_location() -> Path:
 
 def alembic_config(connection: sa.Connection | None = None) -> Config:
     """An Alembic config for convo's scripts, optionally bound to an open connection."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(script_location()))
     if connection is not None:
@@ -53,6 +58,8 @@ def alembic_config(connection: sa.Connection | None = None) -> Config:
 
 def head_revision() -> str:
     """The head revision of the migration scripts."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None, "no migration scripts"
     return head
@@ -60,17 +67,23 @@ def head_revision() -> str:
 
 def current_revision(connection: sa.Connection) -> str | None:
     """The revision the database is at, or None when it has no convo schema."""
+    from alembic.runtime.migration import MigrationContext
+
     return MigrationContext.configure(connection).get_current_revision()
 
 
 def upgrade(connection: sa.Connection, revision: str = "head") -> None:
     """Upgrade the database behind ``connection`` to ``revision`` and commit."""
+    from alembic import command
+
     with _foreign_keys_off(connection):
         command.upgrade(alembic_config(connection), revision)
 
 
 def downgrade(connection: sa.Connection, revision: str) -> None:
     """Downgrade the database behind ``connection`` to ``revision`` and commit."""
+    from alembic import command
+
     with _foreign_keys_off(connection):
         command.downgrade(alembic_config(connection), revision)
 

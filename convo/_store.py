@@ -18,12 +18,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import _migrate
 from . import _store_core as core
-from ._engine import WRITE_OPTION, create_engine, prepare_engine, safe_url
+from ._engine import create_engine, mode_engines, prepare_engine, safe_url
 from ._exceptions import ConfigurationError, NotMigratedError, StoreError
 from ._messages import Message
 from ._records import Conversation, ReplyInfo, StoredMessage, Summary
 from ._schema import SCHEMA_REVISION
-from ._store_core import ROLLBACK, UNSET, ConversationPage, Op, Plan, Unset
+from ._store_core import ROLLBACK, UNSET, ConversationPage, Mode, Op, Plan, Unset
 
 __all__ = ["Store"]
 
@@ -90,8 +90,7 @@ class Store:
         else:
             self._engine = create_engine(url, **engine_kwargs)
             self._owns_engine = True
-        # SQLite: connections of this engine begin with BEGIN IMMEDIATE.
-        self._writer = self._engine.execution_options(**{WRITE_OPTION: True})
+        self._engines = mode_engines(self._engine)
         self._dialect = self._engine.dialect.name
         self._schema_ok = False
 
@@ -119,7 +118,7 @@ class Store:
     def migrate(self, revision: str = "head") -> None:
         """Upgrade the database schema to ``revision`` (default: the newest)."""
         try:
-            with self._writer.connect() as conn:
+            with self._engines["write"].connect() as conn:
                 _migrate.upgrade(conn, revision)
         except DBAPIError as exc:
             raise database_error(exc) from exc
@@ -146,11 +145,11 @@ class Store:
 
     # --- the shell -----------------------------------------------------------------------
 
-    def _run(self, plan: Plan[T], *, write: bool = False) -> T:
+    def _run(self, plan: Plan[T], mode: Mode = "read") -> T:
         if not self._schema_ok:
             self.check_schema()
         try:
-            with (self._writer if write else self._engine).connect() as conn:
+            with self._engines[mode].connect() as conn:
                 value = _drive(conn, plan)
                 conn.commit()
                 return value
@@ -172,7 +171,7 @@ class Store:
             StoreInputError: ``metadata`` is not a JSON object.
         """
         return self._run(
-            core.create_conversation(title=title, owner=owner, metadata=metadata), write=True
+            core.create_conversation(title=title, owner=owner, metadata=metadata), "single"
         )
 
     def get_conversation(self, conversation_id: str, *, owner: str | None = None) -> Conversation:
@@ -194,7 +193,7 @@ class Store:
         """Change the title and/or replace the metadata (arguments left out stay unchanged)."""
         return self._run(
             core.update_conversation(conversation_id, title=title, metadata=metadata, owner=owner),
-            write=True,
+            "single",
         )
 
     def delete_conversation(
@@ -208,7 +207,7 @@ class Store:
         """
         self._run(
             core.delete_conversation(conversation_id, owner=owner, cascade_forks=cascade_forks),
-            write=True,
+            "write",
         )
 
     def list_conversations(
@@ -258,7 +257,7 @@ class Store:
         """
         return self._run(
             core.fork(conversation_id, at=at, title=title, owner=owner, metadata=metadata),
-            write=True,
+            "write",
         )
 
     # --- messages ------------------------------------------------------------------------
@@ -286,8 +285,8 @@ class Store:
         """
         return self._run(
             core.append(conversation_id, message, idempotency_key=idempotency_key,
-                        pinned=pinned, reply=reply, owner=owner),
-            write=True,
+                        pinned=pinned, reply=reply, owner=owner, dialect=self._dialect),
+            core.append_mode(idempotency_key),
         )
 
     def append_many(
@@ -298,7 +297,7 @@ class Store:
         owner: str | None = None,
     ) -> list[StoredMessage]:
         """Append messages with consecutive sequence numbers, in one transaction (all or nothing)."""
-        return self._run(core.append_many(conversation_id, messages, owner=owner), write=True)
+        return self._run(core.append_many(conversation_id, messages, owner=owner), "write")
 
     def messages(
         self,
@@ -405,11 +404,11 @@ class Store:
             ForkConflictError: the message is inherited from an ancestor (pinning
                 it would change the ancestor and its other forks).
         """
-        self._run(core.set_pinned(conversation_id, seq, pinned, owner=owner), write=True)
+        self._run(core.set_pinned(conversation_id, seq, pinned, owner=owner), "write")
 
     def save_token_counts(self, encoding: str, counts: Mapping[int, int]) -> None:
         """Store token counts (message id -> tokens) for ``encoding``; existing ones are kept."""
-        self._run(core.save_token_counts(encoding, counts, dialect=self._dialect), write=True)
+        self._run(core.save_token_counts(encoding, counts, dialect=self._dialect), "write")
 
     def add_summary(
         self,
@@ -425,7 +424,7 @@ class Store:
         return self._run(
             core.add_summary(conversation_id, start_seq=start_seq, end_seq=end_seq,
                              content=content, metadata=metadata, owner=owner),
-            write=True,
+            "write",
         )
 
     def latest_summary(

@@ -59,10 +59,13 @@ from ._store_rows import (
     validate_json_dict,
 )
 
-__all__ = ["ROLLBACK", "UNSET", "ConversationPage", "Op", "Plan", "Unset"]
+__all__ = ["ROLLBACK", "UNSET", "ConversationPage", "Mode", "Op", "Plan", "Unset"]
 
 T = TypeVar("T")
 Fetch: TypeAlias = Literal["all", "first", "scalar", "rowcount", "none"]
+#: How a shell runs a plan (see :func:`convo._engine.mode_engines`): ``"read"``
+#: without a transaction, ``"write"`` in one, ``"single"`` for a one-statement write.
+Mode: TypeAlias = Literal["read", "write", "single"]
 
 C = ConversationRow.__table__
 M = MessageRow.__table__
@@ -183,6 +186,35 @@ def _bump_seq(scoped: bool) -> sa.Update:
         .returning(C.c.last_seq)
     )
     return stmt.where(C.c.owner == _B("b_owner")) if scoped else stmt
+
+
+@cache
+def _append_returning_seq(scoped: bool) -> sa.Insert:
+    """PostgreSQL: bump the counter and insert in ONE statement (one round trip)::
+
+        WITH bump AS (UPDATE conversations SET last_seq = last_seq + 1 ... RETURNING last_seq)
+        INSERT INTO messages (...) SELECT ..., bump.last_seq FROM bump RETURNING id, seq
+
+    The UPDATE takes the row lock exactly as the two-statement form does; with
+    no such conversation (or owner) nothing is inserted and no row comes back.
+    """
+    bump = _bump_seq(scoped).cte("bump")
+    fixed = ("conversation_id", "seq", "created_at")
+    rest = [c for c in M.c if c.name not in fixed and c.name != "id"]
+    select = sa.select(
+        _B("cid", type_=M.c.conversation_id.type),
+        bump.c.last_seq,
+        _B("now", type_=M.c.created_at.type),
+        # "m_" prefix: an UPDATE adds a SET for any parameter named like one
+        # of its table's columns (here: "metadata").
+        *(_B(f"m_{c.name}", type_=c.type) for c in rest),
+    ).select_from(bump)
+    return (
+        sa.insert(M)
+        .from_select([*fixed, *(c.name for c in rest)], select)
+        .returning(M.c.id, M.c.seq)
+        .add_cte(bump)
+    )
 
 
 _BY_KEY = sa.select(M).where(M.c.conversation_id == _B("cid"), M.c.idempotency_key == _B("key"))
@@ -405,6 +437,11 @@ def _json_equals(dialect: str, column: Any, key: str, value: Any) -> Any:
 # --- messages -----------------------------------------------------------------------------
 
 
+def append_mode(idempotency_key: str | None) -> Mode:
+    """How to run :func:`append`: without a key it is a single statement on PostgreSQL."""
+    return "single" if idempotency_key is None else "write"
+
+
 def append(
     conversation_id: str,
     message: Message | Mapping[str, Any],
@@ -413,11 +450,20 @@ def append(
     pinned: bool | None,
     reply: ReplyInfo | None,
     owner: str | None,
+    dialect: str,
 ) -> Plan[StoredMessage]:
     msg = parse_message(message if isinstance(message, Message) else dict(message))
     values = message_params(msg, pinned=pinned, idempotency_key=idempotency_key, reply=reply)
     stamp = now()
     params = {"cid": conversation_id, "n": 1, "now": stamp}
+    if idempotency_key is None and dialect == "postgresql":
+        single = {f"m_{k}": v for k, v in values.items()}
+        single.update(params)
+        row = yield Op(_append_returning_seq(_scope(single, owner)), single, "first")
+        if row is None:
+            raise ConversationNotFound(conversation_id, owner=owner)
+        return stored_message(msg, values, id=row.id, conversation_id=conversation_id,
+                              seq=row.seq, created_at=stamp)
     # The counter update takes the conversation's row lock (SQLite: the write
     # lock, via BEGIN IMMEDIATE) so the key check below cannot race.
     seq = yield Op(_bump_seq(_scope(params, owner)), params, "scalar")

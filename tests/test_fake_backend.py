@@ -68,14 +68,16 @@ class Api:
         args = self._client_args(5.0)
         try:
             if self.mode.endswith("async"):
-                async with httpx.AsyncClient(**args) as client:
-                    async with client.stream("POST", path, json=body) as resp:
-                        async for part in resp.aiter_raw():
-                            received.append(part)
+                async with (
+                    httpx.AsyncClient(**args) as client,
+                    client.stream("POST", path, json=body) as resp,
+                ):
+                    async for part in resp.aiter_raw():
+                        received.append(part)  # keep what came before an error
             else:
                 with httpx.Client(**args) as client, client.stream("POST", path, json=body) as resp:
                     for part in resp.iter_raw():
-                        received.append(part)
+                        received.append(part)  # noqa: PERF402  (keep what came before an error)
         except httpx.HTTPError as exc:
             return received, exc
         return received, None
@@ -783,6 +785,7 @@ async def test_tool_call_reply_cannot_answer_completions(api: Api, fake: FakeBac
     else:  # over HTTP: a loud 500 that says what is wrong
         resp = await api.post(COMPLETIONS, body)
         assert resp.status_code == 500
+        assert resp.headers["x-request-id"] == "req_fake_1"
         assert "cannot answer a /completions request" in resp.json()["error"]["message"]
 
 
@@ -849,7 +852,7 @@ def test_server_close_ends_keep_alive_connections_and_frees_the_port() -> None:
 
     thread = threading.Thread(target=stall)
     thread.start()
-    while not fake.pending == 0:
+    while fake.pending != 0:
         time.sleep(0.01)
     started = time.monotonic()
     server.close()

@@ -3,6 +3,7 @@ sequences, delta splitting and SSE chunk assembly (property-based where it count
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Any
 
@@ -10,6 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from convo import testing
+from convo._tokens import TokenCounter
 from convo.testing._replies import (
     ARGUMENT_FRAGMENT,
     apply_stop,
@@ -19,6 +22,7 @@ from convo.testing._replies import (
     split_arguments,
     split_text,
 )
+from convo.testing._usage import chat_prompt_tokens
 from convo.testing._wire import Choice, Meta, chat_chunks, completion_chunks
 
 META = Meta("chatcmpl-x", 1, "m", "fp")
@@ -62,8 +66,10 @@ def test_apply_stop_cuts_before_the_first_stop(text: str, stop: list[str]) -> No
         ("System: Be brief.\n\nUser: What is 2+2?\n\nAssistant:", " You said: What is 2+2?"),
         ("<|im_start|>user\nhi there<|im_end|>\n<|im_start|>assistant\n", " You said: hi there"),
         (
-            "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nWhy?<|eot_id|>"
-            "<|start_header_id|>assistant<|end_header_id|>\n\n",
+            (
+                "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nWhy?<|eot_id|>"
+                "<|start_header_id|>assistant<|end_header_id|>\n\n"
+            ),
             " You said: Why?",
         ),
         ("<s>[INST] Say hi [/INST]", " You said: Say hi"),
@@ -210,3 +216,31 @@ def test_completion_chunks_assemble_into_the_texts(texts: list[str], include_usa
         finishes[choice["index"]] = choice["finish_reason"]
     assert got == texts
     assert finishes == ["stop"] * len(texts)
+
+
+def test_prompt_tokens_use_convo_counting_and_a_plain_rule_for_the_rest() -> None:
+    counter = TokenCounter.for_encoding("o200k_base")
+    plain = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    assert chat_prompt_tokens(counter, plain, None) == counter.request_tokens(plain)
+    # The deprecated "function" role is valid for OpenAI but not a convo Message.
+    legacy = [{"role": "function", "name": "f", "content": "42"}, {"role": "user", "content": "hi"}]
+    expected = 3 + sum(3 + counter.count(m["role"]) + counter.count(m["content"]) for m in legacy)
+    assert chat_prompt_tokens(counter, legacy, None) == expected
+
+
+def test_public_api_is_sorted_complete_and_documented() -> None:
+    assert testing.__all__ == sorted(testing.__all__)
+    defined = {
+        name
+        for name, value in vars(testing).items()
+        if not name.startswith("_") and getattr(value, "__module__", "").startswith("convo.testing")
+    }
+    assert defined <= set(testing.__all__)
+    for name in testing.__all__:
+        obj = getattr(testing, name)
+        if inspect.isclass(obj) or inspect.isfunction(obj):
+            assert inspect.getdoc(obj), name
+        if inspect.isclass(obj):
+            for attr, member in vars(obj).items():
+                if not attr.startswith("_") and (callable(member) or isinstance(member, property)):
+                    assert inspect.getdoc(member), f"{name}.{attr}"

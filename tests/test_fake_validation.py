@@ -55,8 +55,10 @@ CHAT_CASES: list[tuple[str, Any, str, str | None, str | None]] = [
     (
         "empty messages",
         chat(messages=[]),
-        "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty "
-        "array instead.",
+        (
+            "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty "
+            "array instead."
+        ),
         "messages",
         "empty_array",
     ),
@@ -91,8 +93,10 @@ CHAT_CASES: list[tuple[str, Any, str, str | None, str | None]] = [
     (
         "bad content type",
         chat(messages=[{"role": "user", "content": 3}]),
-        "Invalid type for 'messages[0].content': expected one of a string or array of objects, but "
-        "got an integer instead.",
+        (
+            "Invalid type for 'messages[0].content': expected one of a string or array of objects, but "
+            "got an integer instead."
+        ),
         "messages[0].content",
         "invalid_type",
     ),
@@ -134,8 +138,10 @@ CHAT_CASES: list[tuple[str, Any, str, str | None, str | None]] = [
     (
         "orphan tool message",
         chat(messages=[USER, {"role": "tool", "content": "42", "tool_call_id": "call_1"}]),
-        "Invalid parameter: messages with role 'tool' must be a response to a preceeding message with "
-        "'tool_calls'.",
+        (
+            "Invalid parameter: messages with role 'tool' must be a response to a preceeding message with "
+            "'tool_calls'."
+        ),
         "messages.[1].role",
         None,
     ),
@@ -162,8 +168,10 @@ CHAT_CASES: list[tuple[str, Any, str, str | None, str | None]] = [
                 USER,
             ]
         ),
-        "An assistant message with 'tool_calls' must be followed by tool messages responding to each "
-        "'tool_call_id'. The following tool_call_ids did not have response messages: call_2",
+        (
+            "An assistant message with 'tool_calls' must be followed by tool messages responding to each "
+            "'tool_call_id'. The following tool_call_ids did not have response messages: call_2"
+        ),
         "messages.[1].role",
         None,
     ),
@@ -175,24 +183,30 @@ CHAT_CASES: list[tuple[str, Any, str, str | None, str | None]] = [
                 {"role": "assistant", "tool_calls": [call("f", "call_1"), call("g", "call_2")]},
             ]
         ),
-        "An assistant message with 'tool_calls' must be followed by tool messages responding to each "
-        "'tool_call_id'. The following tool_call_ids did not have response messages: call_1, call_2",
+        (
+            "An assistant message with 'tool_calls' must be followed by tool messages responding to each "
+            "'tool_call_id'. The following tool_call_ids did not have response messages: call_1, call_2"
+        ),
         "messages.[1].role",
         None,
     ),
     (
         "too many stops",
         chat(stop=["a", "b", "c", "d", "e"]),
-        "Invalid 'stop': array too long. Expected an array with maximum length 4, but got an array "
-        "with length 5 instead.",
+        (
+            "Invalid 'stop': array too long. Expected an array with maximum length 4, but got an array "
+            "with length 5 instead."
+        ),
         "stop",
         "array_above_max_length",
     ),
     (
         "empty stop list",
         chat(stop=[]),
-        "Invalid 'stop': empty array. Expected an array with minimum length 1, but got an empty array "
-        "instead.",
+        (
+            "Invalid 'stop': empty array. Expected an array with minimum length 1, but got an empty array "
+            "instead."
+        ),
         "stop",
         "empty_array",
     ),
@@ -206,8 +220,10 @@ CHAT_CASES: list[tuple[str, Any, str, str | None, str | None]] = [
     (
         "json_object without json",
         chat(response_format={"type": "json_object"}),
-        "'messages' must contain the word 'json' in some form, to use 'response_format' of type "
-        "'json_object'.",
+        (
+            "'messages' must contain the word 'json' in some form, to use 'response_format' of type "
+            "'json_object'."
+        ),
         "messages",
         None,
     ),
@@ -249,16 +265,20 @@ CHAT_CASES: list[tuple[str, Any, str, str | None, str | None]] = [
     (
         "temperature above 2",
         chat(temperature=2.5),
-        "Invalid 'temperature': decimal above maximum value. Expected a value <= 2, but got 2.5 "
-        "instead.",
+        (
+            "Invalid 'temperature': decimal above maximum value. Expected a value <= 2, but got 2.5 "
+            "instead."
+        ),
         "temperature",
         "decimal_above_max_value",
     ),
     (
         "temperature below 0",
         chat(temperature=-1),
-        "Invalid 'temperature': decimal below minimum value. Expected a value >= 0, but got -1 "
-        "instead.",
+        (
+            "Invalid 'temperature': decimal below minimum value. Expected a value >= 0, but got -1 "
+            "instead."
+        ),
         "temperature",
         "decimal_below_min_value",
     ),
@@ -332,16 +352,20 @@ COMPLETION_CASES: list[tuple[str, Any, str, str | None, str | None]] = [
     (
         "bad prompt",
         {"model": "davinci-002", "prompt": [1, "a"]},
-        "Invalid type for 'prompt': expected a string, an array of strings, an array of integers or "
-        "an array of arrays, but got an array instead.",
+        (
+            "Invalid type for 'prompt': expected a string, an array of strings, an array of integers or "
+            "an array of arrays, but got an array instead."
+        ),
         "prompt",
         "invalid_type",
     ),
     (
         "too many stops",
         {"model": "davinci-002", "prompt": "x", "stop": list("abcde")},
-        "Invalid 'stop': array too long. Expected an array with maximum length 4, but got an array "
-        "with length 5 instead.",
+        (
+            "Invalid 'stop': array too long. Expected an array with maximum length 4, but got an array "
+            "with length 5 instead."
+        ),
         "stop",
         "array_above_max_length",
     ),

@@ -20,11 +20,11 @@ import pytest
 from pydantic import BaseModel
 
 openai = pytest.importorskip("openai", reason="the openai package is a test dependency")
-from openai.types import Completion  # noqa: E402
-from openai.types.chat import ChatCompletion, ChatCompletionChunk  # noqa: E402
+from openai.types import Completion
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from convo._tokens import TokenCounter, count_tokens  # noqa: E402
-from convo.testing import FakeBackend, FakeServer  # noqa: E402
+from convo._tokens import TokenCounter, count_tokens
+from convo.testing import FakeBackend, FakeServer
 
 HERE = Path(__file__).parent
 VENDORED = HERE / "test_openai_compat_schemas.json"
@@ -385,7 +385,7 @@ def test_timeout_and_cut_stream_raise_connection_errors(
         got = []
         with pytest.raises(openai.APIConnectionError):
             for chunk in stream:
-                got.append(chunk)
+                got.append(chunk)  # noqa: PERF402  (keep what came before the error)
         assert len(got) == 2 and all(c.choices[0].finish_reason is None for c in got)
 
 
@@ -546,10 +546,12 @@ def test_bodies_validate_against_the_spec(
     )
     *content, usage = sse_payloads(raw.http_response.read().decode())
     for payload in content:
-        # Like OpenAI, chunks before the last carry finish_reason null, which the spec's
-        # (shared, non-streaming) schema does not allow: check everything else.
+        # The spec validates completion chunks with the non-streaming schema, which allows
+        # neither the null finish_reason of chunks before the last (what OpenAI sends) nor the
+        # null usage that stream_options.include_usage documents: check everything else.
         if payload["choices"][0]["finish_reason"] is None:
             payload["choices"][0]["finish_reason"] = "stop"
+        assert payload.pop("usage") is None
         check(payload, "CreateCompletionResponse")
     check(usage, "CreateCompletionResponse")
     check(json.loads(client.models.with_raw_response.list().text), "ListModelsResponse")

@@ -38,7 +38,7 @@ from ._core import (
     apply_cut,
     failure,
 )
-from ._errors import ErrorReply, invalid_url
+from ._errors import ErrorReply, error_body, invalid_url
 from ._replies import Reply
 from ._validation import ChatRequest, validate_chat, validate_completion
 from ._wire import Meta, encode_json
@@ -394,8 +394,15 @@ class FakeBackend:
         body: bytes,
         *,
         bare_paths: bool = False,
+        raise_errors: bool = True,
     ) -> Outcome:
-        """Answer one request (header names in lower case)."""
+        """Answer one request (header names in lower case).
+
+        ``bare_paths`` also serves paths without ``/v1``. An error of the script
+        or the setup (a tool-call reply for ``/completions``, a tokenizer that
+        cannot load) is raised, or with ``raise_errors=False`` answered as a 500
+        that names it.
+        """
         try:
             data = json.loads(body) if body else None
             parsed = True
@@ -418,6 +425,11 @@ class FakeBackend:
             return self._generate(endpoint, data, parsed, base)
         except ErrorReply as err:
             return Outcome(err.status, [*base, JSON_TYPE, *err.headers], err.body())
+        except Exception as exc:
+            if raise_errors:
+                raise
+            message = f"convo.testing: {type(exc).__name__}: {exc}"
+            return Outcome(500, [*base, JSON_TYPE], error_body(message, type="server_error"))
 
     def _check_key(self, headers: Mapping[str, str]) -> None:
         if self._api_key is None:
