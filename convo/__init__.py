@@ -2,18 +2,75 @@
 
 Store (SQL) -> ContextBuilder (token budget) -> Renderer (chat list | flattened
 prompt) -> Client (OpenAI-compatible HTTP) -> Store.
+
+Everything public is re-exported here; the modules behind it are private.
 """
 
-from ._async_client import AsyncChatCompletionStream, AsyncCompletionStream, AsyncOpenAIClient
-from ._async_store import AsyncStore
-from ._chat_render import ChatProfile, render_chat
-from ._context import AsyncContextBuilder, ContextBuilder
-from ._context_report import Context, ContextReport, SummaryUse, TruncationReport
-from ._client import ChatCompletionStream, CompletionStream, OpenAIClient
-from ._encodings import get_encoding, register_encoding
-from ._exceptions import *  # noqa: F403
-from ._exceptions import __all__ as _exc_all
-from ._jinja import JinjaChatTemplate
+from ._async_client import (
+    AsyncChatCompletionStream,
+    AsyncCompletionStream,
+    AsyncOpenAIClient,
+)
+from ._async_store import (
+    AsyncStore,
+)
+from ._chat_render import (
+    ChatProfile,
+    render_chat,
+)
+from ._client import (
+    ChatCompletionStream,
+    CompletionStream,
+    OpenAIClient,
+)
+from ._context import (
+    AsyncContextBuilder,
+    ContextBuilder,
+)
+from ._context_report import (
+    Context,
+    ContextReport,
+    SummaryUse,
+    TruncationReport,
+)
+from ._encodings import (
+    get_encoding,
+    register_encoding,
+)
+from ._exceptions import (
+    APIConnectionError,
+    APIError,
+    APIResponseValidationError,
+    APIStatusError,
+    APIStreamError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ConfigurationError,
+    ConflictError,
+    ContextError,
+    ContextOverflowError,
+    ConversationNotFound,
+    ConvoError,
+    EncodingUnavailableError,
+    ForkConflictError,
+    InternalServerError,
+    InvalidMessageError,
+    MessageNotFound,
+    NotFoundError,
+    NotMigratedError,
+    PermissionDeniedError,
+    RateLimitError,
+    StoreError,
+    StoreInputError,
+    TemplateError,
+    TokenizerError,
+    UnknownModelError,
+    UnprocessableEntityError,
+)
+from ._jinja import (
+    JinjaChatTemplate,
+)
 from ._messages import (
     ContentPart,
     FunctionCall,
@@ -29,74 +86,135 @@ from ._messages import (
     dump_messages,
     load_messages,
 )
-from ._records import Conversation, ReplyInfo, StoredMessage, Summary
-from ._store import Store
-from ._summary import AsyncModelSummarizer, AsyncSummarizer, ModelSummarizer, Summarizer
-from ._models import ModelInfo, ModelRegistry, budget_for, models
-from ._templates import BUILTIN_TEMPLATES, PromptTemplate, get_template
-from ._tokens import TokenCounter, count_tokens, encoding_for_model
-from ._types import ChatCompletion, ChatCompletionChunk, Completion, CompletionChunk, Usage
+from ._models import (
+    ModelInfo,
+    ModelRegistry,
+    budget_for,
+    models,
+)
+from ._records import (
+    Conversation,
+    ReplyInfo,
+    StoredMessage,
+    Summary,
+)
+from ._store import (
+    Store,
+)
+from ._store_core import (
+    ConversationPage,
+)
+from ._summary import (
+    AsyncModelSummarizer,
+    AsyncSummarizer,
+    ModelSummarizer,
+    Summarizer,
+)
+from ._templates import (
+    BUILTIN_TEMPLATES,
+    PromptTemplate,
+    get_template,
+)
+from ._tokens import (
+    TokenCounter,
+    count_tokens,
+    encoding_for_model,
+)
+from ._types import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    Completion,
+    CompletionChunk,
+    Usage,
+)
 
 __version__ = "0.1.0"
 
-__all__ = sorted(
-    [
-        *_exc_all,
-        "AsyncContextBuilder",
-        "AsyncModelSummarizer",
-        "AsyncStore",
-        "AsyncSummarizer",
-        "Context",
-        "ContextBuilder",
-        "ContextReport",
-        "Conversation",
-        "ModelSummarizer",
-        "ReplyInfo",
-        "Store",
-        "StoredMessage",
-        "Summarizer",
-        "Summary",
-        "SummaryUse",
-        "TruncationReport",
-        "BUILTIN_TEMPLATES",
-        "ChatProfile",
-        "JinjaChatTemplate",
-        "PromptTemplate",
-        "get_template",
-        "render_chat",
-        "AsyncChatCompletionStream",
-        "AsyncCompletionStream",
-        "AsyncOpenAIClient",
-        "ChatCompletion",
-        "ChatCompletionChunk",
-        "ChatCompletionStream",
-        "Completion",
-        "CompletionChunk",
-        "CompletionStream",
-        "OpenAIClient",
-        "Usage",
-        "ContentPart",
-        "FunctionCall",
-        "ImagePart",
-        "ImageURL",
-        "InputAudio",
-        "InputAudioPart",
-        "Message",
-        "RefusalPart",
-        "Role",
-        "TextPart",
-        "ToolCall",
-        "ModelInfo",
-        "ModelRegistry",
-        "TokenCounter",
-        "budget_for",
-        "count_tokens",
-        "encoding_for_model",
-        "get_encoding",
-        "models",
-        "register_encoding",
-        "__version__",
-        "dump_messages",
-        "load_messages",
-    ]
-)
+__all__ = [
+    "BUILTIN_TEMPLATES",
+    "APIConnectionError",
+    "APIError",
+    "APIResponseValidationError",
+    "APIStatusError",
+    "APIStreamError",
+    "APITimeoutError",
+    "AsyncChatCompletionStream",
+    "AsyncCompletionStream",
+    "AsyncContextBuilder",
+    "AsyncModelSummarizer",
+    "AsyncOpenAIClient",
+    "AsyncStore",
+    "AsyncSummarizer",
+    "AuthenticationError",
+    "BadRequestError",
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatCompletionStream",
+    "ChatProfile",
+    "Completion",
+    "CompletionChunk",
+    "CompletionStream",
+    "ConfigurationError",
+    "ConflictError",
+    "ContentPart",
+    "Context",
+    "ContextBuilder",
+    "ContextError",
+    "ContextOverflowError",
+    "ContextReport",
+    "Conversation",
+    "ConversationNotFound",
+    "ConversationPage",
+    "ConvoError",
+    "EncodingUnavailableError",
+    "ForkConflictError",
+    "FunctionCall",
+    "ImagePart",
+    "ImageURL",
+    "InputAudio",
+    "InputAudioPart",
+    "InternalServerError",
+    "InvalidMessageError",
+    "JinjaChatTemplate",
+    "Message",
+    "MessageNotFound",
+    "ModelInfo",
+    "ModelRegistry",
+    "ModelSummarizer",
+    "NotFoundError",
+    "NotMigratedError",
+    "OpenAIClient",
+    "PermissionDeniedError",
+    "PromptTemplate",
+    "RateLimitError",
+    "RefusalPart",
+    "ReplyInfo",
+    "Role",
+    "Store",
+    "StoreError",
+    "StoreInputError",
+    "StoredMessage",
+    "Summarizer",
+    "Summary",
+    "SummaryUse",
+    "TemplateError",
+    "TextPart",
+    "TokenCounter",
+    "TokenizerError",
+    "ToolCall",
+    "TruncationReport",
+    "UnknownModelError",
+    "UnprocessableEntityError",
+    "Usage",
+    "__version__",
+    "budget_for",
+    "count_tokens",
+    "dump_messages",
+    "encoding_for_model",
+    "get_encoding",
+    "get_template",
+    "load_messages",
+    "models",
+    "register_encoding",
+    "render_chat",
+]
