@@ -14,7 +14,8 @@ from typing import Any, Generic, Self, Unpack
 
 import httpx
 
-from ._client_core import ChatParams, ClientCore, CompletionParams, RequestSpec, TimeoutTypes
+from ._client_core import ClientCore, RequestSpec
+from ._client_params import ChatParams, CompletionParams, TimeoutTypes
 from ._client_pool import pooled_async_transport
 from ._client_stream import (
     Accumulator,

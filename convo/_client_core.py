@@ -1,9 +1,10 @@
 """The pure core of the HTTP client, shared by the sync and async shells.
 
 It resolves the configuration, builds requests (body, headers, query,
-timeout), parses answers into the typed results, maps error statuses and
-transport failures to convo's exceptions, and decides retries (through
-:mod:`convo._retry`). It never sends, sleeps or iterates: the shells in
+timeout; the parameters are typed in ``_client_params.py``), parses answers
+into the typed results (``_types.py``), maps error statuses and transport
+failures to convo's exceptions (``_client_errors.py``), and decides retries
+(``_retry.py``). It never sends, sleeps or iterates: the shells in
 ``_client.py`` and ``_async_client.py`` do, and nothing else.
 
 Secrets: the API key only ever lives in this object's private fields and in
@@ -15,135 +16,41 @@ redacted before it reaches an exception.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypedDict, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import pydantic_core
 from pydantic import BaseModel, ValidationError
 
+from . import _client_errors as _errors
 from . import _retry
-from ._constants import (
-    DEFAULT_BASE_URL,
-    ENV_API_KEY,
-    ENV_BASE_URL,
-    ENV_ORG_ID,
-    ENV_PROJECT_ID,
-    ERROR_EXCERPT_CHARS,
-)
+from ._client_errors import excerpt, safe_url
+from ._client_params import CHAT_KEYS, COMPLETION_KEYS, TimeoutTypes
+from ._constants import DEFAULT_BASE_URL, ENV_API_KEY, ENV_BASE_URL, ENV_ORG_ID, ENV_PROJECT_ID
 from ._exceptions import (
-    APIConnectionError,
     APIError,
     APIResponseValidationError,
     APIStatusError,
     APIStreamError,
-    APITimeoutError,
-    AuthenticationError,
-    BadRequestError,
     ConfigurationError,
-    ConflictError,
-    InternalServerError,
     InvalidMessageError,
-    NotFoundError,
-    PermissionDeniedError,
-    RateLimitError,
-    UnprocessableEntityError,
 )
 from ._messages import Message
 
-__all__ = [
-    "ChatParams",
-    "ClientCore",
-    "CompletionParams",
-    "RequestOptions",
-    "RequestSpec",
-    "TimeoutTypes",
-    "status_error_class",
-]
+__all__ = ["ClientCore", "RequestSpec"]
 
 log = logging.getLogger("convo.client")
 
-TimeoutTypes = float | httpx.Timeout | None
 _ModelT = TypeVar("_ModelT", bound=BaseModel)
-
-
-class RequestOptions(TypedDict, total=False):
-    """Per-call options, accepted by every client method."""
-
-    extra_body: Mapping[str, Any]  # merged into the JSON body (server-specific fields)
-    extra_headers: Mapping[str, str | None]  # None removes a header
-    extra_query: Mapping[str, str]
-    timeout: TimeoutTypes  # None: no timeout
-    max_retries: int
-
-
-class _SamplingParams(RequestOptions, total=False):
-    temperature: float
-    top_p: float
-    n: int
-    stop: str | Sequence[str]
-    max_tokens: int
-    frequency_penalty: float
-    presence_penalty: float
-    logit_bias: Mapping[str, int]
-    seed: int
-    user: str
-    stream_options: Mapping[str, Any]
-
-
-class ChatParams(_SamplingParams, total=False):
-    """Keyword parameters of ``chat`` / ``chat_stream``; unset or None means "not sent"."""
-
-    max_completion_tokens: int
-    logprobs: bool
-    top_logprobs: int
-    response_format: Mapping[str, Any]  # {"type": "text" | "json_object" | "json_schema", ...}
-    tools: Sequence[Mapping[str, Any]]
-    tool_choice: str | Mapping[str, Any]
-    parallel_tool_calls: bool
-    metadata: Mapping[str, str]
-    service_tier: str
-    reasoning_effort: str
-    store: bool
-
-
-class CompletionParams(_SamplingParams, total=False):
-    """Keyword parameters of ``complete`` / ``complete_stream``; unset or None means "not sent"."""
-
-    logprobs: int
-    suffix: str
-    echo: bool
-    best_of: int
 
 
 _SECRET_HEADERS = frozenset(
     {"authorization", "api-key", "x-api-key", "proxy-authorization", "ocp-apim-subscription-key"}
 )
-_OPTIONS = frozenset(RequestOptions.__annotations__)
-_CHAT_KEYS = frozenset(ChatParams.__annotations__) - _OPTIONS
-_COMPLETION_KEYS = frozenset(CompletionParams.__annotations__) - _OPTIONS
-
-_STATUS_ERRORS: dict[int, type[APIStatusError]] = {
-    400: BadRequestError,
-    401: AuthenticationError,
-    403: PermissionDeniedError,
-    404: NotFoundError,
-    409: ConflictError,
-    422: UnprocessableEntityError,
-    429: RateLimitError,
-}
-
-
-def status_error_class(status_code: int) -> type[APIStatusError]:
-    """The exception class for an error status (the one place statuses map to classes)."""
-    cls = _STATUS_ERRORS.get(status_code)
-    if cls is not None:
-        return cls
-    return InternalServerError if status_code >= 500 else APIStatusError
 
 
 @functools.cache
@@ -173,18 +80,6 @@ class RequestSpec:
 
 def _env(name: str) -> str | None:
     return os.environ.get(name) or None
-
-
-def _safe_url(url: httpx.URL) -> str:
-    # No query (it may carry keys on some proxies) and no userinfo.
-    return f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}{url.path}"
-
-
-def _excerpt(text: str) -> str:
-    text = " ".join(text.split())
-    if len(text) > ERROR_EXCERPT_CHARS:
-        return text[: ERROR_EXCERPT_CHARS - 3] + "..."
-    return text
 
 
 class ClientCore:
@@ -227,7 +122,7 @@ class ClientCore:
         parsed = httpx.URL(url)
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise ConfigurationError(
-                f"base_url must be an http:// or https:// URL, got {_excerpt(url)!r}"
+                f"base_url must be an http:// or https:// URL, got {excerpt(url)!r}"
             )
         self.base_url = url.rstrip("/")
         self.organization = organization if organization is not None else _env(ENV_ORG_ID)
@@ -279,7 +174,7 @@ class ClientCore:
         """The request of ``POST {base_url}/chat/completions``."""
         body: dict[str, Any] = {"model": _check_model(model), "messages": _wire_messages(messages)}
         name = "chat_stream" if stream else "chat"
-        return self._spec(self._chat_url, body, params, _CHAT_KEYS, stream, name)
+        return self._spec(self._chat_url, body, params, CHAT_KEYS, stream, name)
 
     def completion_request(
         self, model: str, prompt: str | Sequence[str], params: Mapping[str, Any], *, stream: bool
@@ -297,7 +192,7 @@ class ClientCore:
             )
         body: dict[str, Any] = {"model": _check_model(model), "prompt": prompt}
         name = "complete_stream" if stream else "complete"
-        return self._spec(self._completions_url, body, params, _COMPLETION_KEYS, stream, name)
+        return self._spec(self._completions_url, body, params, COMPLETION_KEYS, stream, name)
 
     def _spec(
         self,
@@ -401,74 +296,19 @@ class ClientCore:
         self, what: str, exc: ValidationError, response: httpx.Response, data: str | None = None
     ) -> APIResponseValidationError:
         """The error for a body (or stream event ``data``) that is not a valid ``what``."""
-        problems = []
-        for err in exc.errors(include_url=False)[:3]:
-            loc = ".".join(str(x) for x in err["loc"])
-            problems.append(f"{loc}: {err['msg']}" if loc else err["msg"])
-        raw = data if data is not None else response.content.decode("utf-8", "replace")
-        message = (
-            f"{response.status_code} answer from {_safe_url(response.request.url)} is not a valid "
-            f"{what} ({'; '.join(problems)}); body: {self.redact(_excerpt(raw))!r}"
-        )
-        return APIResponseValidationError(
-            message,
-            status_code=response.status_code,
-            request_id=response.headers.get("x-request-id"),
-        )
+        return _errors.validation_error(what, exc, response, self.redact, data)
 
     def status_error(self, response: httpx.Response) -> APIStatusError:
         """The exception for an error status; the body must have been read."""
-        status = response.status_code
-        try:
-            raw = response.content
-        except httpx.ResponseNotRead:  # reading the error body failed: the status still speaks
-            raw = b""
-        text = self.redact(raw.decode("utf-8", "replace"))
-        body: Any
-        try:
-            body = json.loads(text) if text.strip() else None
-        except ValueError:
-            body = text
-        detail = _error_detail(body)
-        message = f"{status} {response.reason_phrase}".rstrip()
-        if detail:
-            message = f"{message}: {detail}"
-        request_id = response.headers.get("x-request-id")
-        if request_id:
-            message = f"{message} (request id {request_id})"
-        return status_error_class(status)(
-            message, status_code=status, body=body, request_id=request_id
-        )
+        return _errors.status_error(response, self.redact)
 
     def transport_error(self, exc: httpx.RequestError, request: httpx.Request) -> APIError:
         """Translate an httpx failure; the caller raises the result ``from exc``."""
-        url = _safe_url(request.url)
-        detail = self.redact(str(exc)) or type(exc).__name__
-        if isinstance(exc, httpx.TimeoutException):
-            kind = type(exc).__name__.removesuffix("Timeout").lower() or "request"
-            return APITimeoutError(f"{kind} timeout on {request.method} {url} ({detail})")
-        if isinstance(exc, httpx.ConnectError):
-            return APIConnectionError(f"could not connect to {url}: {detail}")
-        if isinstance(exc, httpx.DecodingError):
-            return APIResponseValidationError(f"could not decode the answer of {url}: {detail}")
-        return APIConnectionError(
-            f"connection error on {request.method} {url}: {type(exc).__name__}: {detail}"
-        )
+        return _errors.transport_error(exc, request, self.redact)
 
     def stream_error(self, data: str, response: httpx.Response) -> APIStreamError:
         """The exception for an error event (``data`` is its text) inside a stream."""
-        data = self.redact(data)
-        try:
-            parsed: Any = json.loads(data)
-        except ValueError:
-            parsed = data
-        err = parsed.get("error", parsed) if isinstance(parsed, dict) else parsed
-        detail = _error_detail({"error": err}) or "an error occurred during streaming"
-        return APIStreamError(
-            f"stream error from {_safe_url(response.request.url)}: {detail}",
-            body=err,
-            request_id=response.headers.get("x-request-id"),
-        )
+        return _errors.stream_error(data, response, self.redact)
 
     def redact(self, text: str) -> str:
         """``text`` without the API key or secret default headers (servers echo keys in errors)."""
@@ -506,7 +346,7 @@ class ClientCore:
             log.debug(
                 "%s %s -> %d (attempt %d, request id %s)",
                 request.method,
-                _safe_url(request.url),
+                safe_url(request.url),
                 response.status_code,
                 retries_done + 1,
                 response.headers.get("x-request-id"),
@@ -518,7 +358,7 @@ class ClientCore:
             log.debug(
                 "retrying %s %s in %.3f s after %s (retry %d)",
                 request.method,
-                _safe_url(request.url),
+                safe_url(request.url),
                 delay,
                 why,
                 retries_done + 1,
@@ -559,23 +399,3 @@ def _wire_messages(messages: Sequence[Message | Mapping[str, Any]]) -> list[Any]
     if not out:
         raise InvalidMessageError("messages must not be empty")
     return out
-
-
-def _error_detail(body: Any) -> str:
-    """The human part of an error body: OpenAI's ``error.message`` when present."""
-    if isinstance(body, dict):
-        err = body.get("error")
-        if isinstance(err, dict):
-            msg = err.get("message")
-            if isinstance(msg, str) and msg:
-                return _excerpt(msg)
-        elif isinstance(err, str) and err:
-            return _excerpt(err)
-        for key in ("message", "detail"):  # vLLM / FastAPI-style servers
-            msg = body.get(key)
-            if isinstance(msg, str) and msg:
-                return _excerpt(msg)
-        return _excerpt(json.dumps(body))
-    if isinstance(body, str):
-        return _excerpt(body)
-    return "" if body is None else _excerpt(json.dumps(body))

@@ -70,7 +70,11 @@ class PooledAsyncTransport(httpx.AsyncBaseTransport):
             max_keepalive_connections=split(limits.max_keepalive_connections),
             keepalive_expiry=limits.keepalive_expiry,
         )
-        self._pools = [httpx.AsyncHTTPTransport(limits=per_pool) for _ in range(shards)]
+        # One TLS context for all pools: building one loads the CA bundle (tens of ms).
+        ssl_context = httpx.create_ssl_context()
+        self._pools = [
+            httpx.AsyncHTTPTransport(verify=ssl_context, limits=per_pool) for _ in range(shards)
+        ]
         self._busy = [0] * shards  # requests in flight per pool, until their body is closed
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

@@ -23,6 +23,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from ._client_core import ClientCore
+from ._client_errors import safe_url
 from ._exceptions import APIResponseValidationError, APIStreamError
 from ._sse import ServerSentEvent, SSEDecoder
 from ._types import (
@@ -287,7 +288,7 @@ class StreamCore(Generic[ChunkT, ResultT]):
             events = self._decoder.feed(data)
         except UnicodeDecodeError as exc:
             raise APIResponseValidationError(
-                f"the stream from {self._response.request.url.path} is not valid UTF-8: {exc}",
+                f"the stream from {safe_url(self._response.request.url)} is not valid UTF-8: {exc}",
                 status_code=self._response.status_code,
                 request_id=self._response.headers.get("x-request-id"),
             ) from exc
@@ -323,7 +324,7 @@ class StreamCore(Generic[ChunkT, ResultT]):
         chunks = self._handle(self._decoder.flush())
         if not self.complete:
             raise APIStreamError(
-                f"stream from {self._response.request.url.path} ended before the response "
+                f"stream from {safe_url(self._response.request.url)} ended before the response "
                 "was complete (no finish reason, no [DONE])",
                 request_id=self._response.headers.get("x-request-id"),
             )

@@ -88,7 +88,7 @@ def downgrade(connection: sa.Connection, revision: str) -> None:
         command.downgrade(alembic_config(connection), revision)
 
 
-class _foreign_keys_off:  # noqa: N801 - used like a function
+class _foreign_keys_off:  # used like a function
     """On SQLite, switch foreign keys off around a migration.
 
     Batch migrations rebuild tables (copy, drop, rename); with foreign keys on,

@@ -23,12 +23,10 @@ soon as the limit is filled, so reading the tail never loads the thread.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
-from functools import cache
 from typing import Any, Final, Literal, TypeAlias, TypeVar
 
 import sqlalchemy as sa
@@ -37,6 +35,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import Executable
 
+from . import _store_sql as sql
 from ._exceptions import (
     ConversationNotFound,
     ForkConflictError,
@@ -45,8 +44,8 @@ from ._exceptions import (
 )
 from ._messages import Message, parse_message
 from ._records import Conversation, ReplyInfo, StoredMessage, Summary
-from ._schema import ConversationRow, MessageRow, MessageTokenRow, SummaryRow
 from ._store_rows import (
+    construct,
     conversation_from_row,
     decode_cursor,
     encode_cursor,
@@ -67,10 +66,7 @@ Fetch: TypeAlias = Literal["all", "first", "scalar", "rowcount", "none"]
 #: without a transaction, ``"write"`` in one, ``"single"`` for a one-statement write.
 Mode: TypeAlias = Literal["read", "write", "single"]
 
-C = ConversationRow.__table__
-M = MessageRow.__table__
-TK = MessageTokenRow.__table__
-S = SummaryRow.__table__
+C, M, TK, S = sql.C, sql.M, sql.TK, sql.S
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,101 +124,6 @@ def _positive(value: int | None, what: str) -> None:
         raise StoreInputError(f"{what} must be >= 1 (got {value})")
 
 
-# --- statements (built once; SQLAlchemy caches their compiled form) --------------------
-
-_B = sa.bindparam
-_MSG_COLUMNS = [c for c in M.c]
-
-
-@cache
-def _select_conversation(scoped: bool) -> sa.Select[Any]:
-    stmt = sa.select(C).where(C.c.id == _B("cid"))
-    return stmt.where(C.c.owner == _B("b_owner")) if scoped else stmt
-
-
-@cache
-def _chain_query() -> sa.Select[Any]:
-    # The conversation and its ancestors, nearest first, in one round trip.
-    base = sa.select(
-        C.c.id, C.c.parent_id, C.c.fork_seq, C.c.last_seq, C.c.owner,
-        sa.literal(0, sa.Integer).label("depth"),
-    ).where(C.c.id == _B("cid"))
-    chain = base.cte("chain", recursive=True)
-    parent = sa.select(
-        C.c.id, C.c.parent_id, C.c.fork_seq, C.c.last_seq, C.c.owner, chain.c.depth + 1
-    ).join(chain, C.c.id == chain.c.parent_id)
-    chain = chain.union_all(parent)
-    return sa.select(chain).order_by(chain.c.depth)
-
-
-@cache
-def _segment_query(
-    newest_first: bool, with_tokens: bool, pinned_only: bool, limited: bool
-) -> sa.Select[Any]:
-    cols: list[Any] = list(_MSG_COLUMNS)
-    src: Any = M
-    if with_tokens:
-        src = M.outerjoin(TK, (TK.c.message_id == M.c.id) & (TK.c.encoding == _B("encoding")))
-        cols.append(TK.c.tokens)
-    stmt = (
-        sa.select(*cols)
-        .select_from(src)
-        .where(M.c.conversation_id == _B("cid"), M.c.seq > _B("lo"), M.c.seq <= _B("hi"))
-        .order_by(M.c.seq.desc() if newest_first else M.c.seq)
-    )
-    if limited:
-        stmt = stmt.limit(_B("limit"))
-    if pinned_only:
-        stmt = stmt.where(M.c.pinned)
-    return stmt
-
-
-@cache
-def _bump_seq(scoped: bool) -> sa.Update:
-    stmt = (
-        sa.update(C)
-        .where(C.c.id == _B("cid"))
-        .values(last_seq=C.c.last_seq + _B("n"), updated_at=_B("now"))
-        .returning(C.c.last_seq)
-    )
-    return stmt.where(C.c.owner == _B("b_owner")) if scoped else stmt
-
-
-@cache
-def _append_returning_seq(scoped: bool) -> sa.Insert:
-    """PostgreSQL: bump the counter and insert in ONE statement (one round trip)::
-
-        WITH bump AS (UPDATE conversations SET last_seq = last_seq + 1 ... RETURNING last_seq)
-        INSERT INTO messages (...) SELECT ..., bump.last_seq FROM bump RETURNING id, seq
-
-    The UPDATE takes the row lock exactly as the two-statement form does; with
-    no such conversation (or owner) nothing is inserted and no row comes back.
-    """
-    bump = _bump_seq(scoped).cte("bump")
-    fixed = ("conversation_id", "seq", "created_at")
-    rest = [c for c in M.c if c.name not in fixed and c.name != "id"]
-    select = sa.select(
-        _B("cid", type_=M.c.conversation_id.type),
-        bump.c.last_seq,
-        _B("now", type_=M.c.created_at.type),
-        # "m_" prefix: an UPDATE adds a SET for any parameter named like one
-        # of its table's columns (here: "metadata").
-        *(_B(f"m_{c.name}", type_=c.type) for c in rest),
-    ).select_from(bump)
-    return (
-        sa.insert(M)
-        .from_select([*fixed, *(c.name for c in rest)], select)
-        .returning(M.c.id, M.c.seq)
-        .add_cte(bump)
-    )
-
-
-_BY_KEY = sa.select(M).where(M.c.conversation_id == _B("cid"), M.c.idempotency_key == _B("key"))
-_INSERT_MESSAGE = sa.insert(M).returning(M.c.id, sort_by_parameter_order=True)
-_INSERT_CONVERSATION = sa.insert(C)
-_INSERT_SUMMARY = sa.insert(S).returning(S.c.id)
-
-
 def _scope(params: dict[str, Any], owner: str | None) -> bool:
     if owner is not None:
         params["b_owner"] = owner
@@ -255,7 +156,7 @@ class Lineage:
 
 
 def _lineage(conversation_id: str, owner: str | None) -> Plan[Lineage]:
-    rows = yield Op(_chain_query(), {"cid": conversation_id})
+    rows = yield Op(sql.chain_query(), {"cid": conversation_id})
     if not rows or (owner is not None and rows[0].owner != owner):
         raise ConversationNotFound(conversation_id, owner=owner)
     segments = []
@@ -277,7 +178,7 @@ def _read_segments(
     encoding: str | None = None,
     pinned_only: bool = False,
 ) -> Plan[list[Any]]:
-    stmt = _segment_query(newest_first, encoding is not None, pinned_only, limit is not None)
+    stmt = sql.segment_query(newest_first, encoding is not None, pinned_only, limit is not None)
     segments = lineage.live()
     if not newest_first:
         segments.reverse()
@@ -313,13 +214,13 @@ def create_conversation(
         "created_at": stamp, "updated_at": stamp, "parent_id": None, "fork_seq": None,
         "last_seq": 0,
     }
-    yield Op(_INSERT_CONVERSATION, values, "none")
-    return Conversation.model_construct(**{**values, "metadata": meta or {}})
+    yield Op(sql.INSERT_CONVERSATION, values, "none")
+    return construct(Conversation, {**values, "metadata": meta or {}})
 
 
 def get_conversation(conversation_id: str, *, owner: str | None) -> Plan[Conversation]:
     params = {"cid": conversation_id}
-    row = yield Op(_select_conversation(_scope(params, owner)), params, "first")
+    row = yield Op(sql.select_conversation(_scope(params, owner)), params, "first")
     if row is None:
         raise ConversationNotFound(conversation_id, owner=owner)
     return conversation_from_row(row)
@@ -350,7 +251,7 @@ def delete_conversation(
     conversation_id: str, *, owner: str | None, cascade_forks: bool
 ) -> Plan[None]:
     params = {"cid": conversation_id}
-    row = yield Op(_select_conversation(_scope(params, owner)), params, "first")
+    row = yield Op(sql.select_conversation(_scope(params, owner)), params, "first")
     if row is None:
         raise ConversationNotFound(conversation_id, owner=owner)
     # The conversation and every fork below it (forks of forks too).
@@ -363,7 +264,12 @@ def delete_conversation(
             "messages; delete them first or pass cascade_forks=True"
         )
     # Messages, token counts and summaries go with ON DELETE CASCADE.
-    yield Op(sa.delete(C).where(C.c.id.in_(ids)), None, "none")
+    try:
+        yield Op(sa.delete(C).where(C.c.id.in_(ids)), None, "none")
+    except IntegrityError as exc:  # a fork was created meanwhile (its FK refuses)
+        raise ForkConflictError(
+            f"conversation {conversation_id!r} was forked while being deleted; try again"
+        ) from exc
 
 
 def list_conversations(
@@ -391,7 +297,7 @@ def list_conversations(
         if bound is not None:
             stmt = stmt.where(op(bound))
     for key, value in (metadata or {}).items():
-        stmt = stmt.where(_json_equals(dialect, C.c.metadata, key, value))
+        stmt = stmt.where(sql.json_equals(dialect, C.c.metadata, key, value))
     if cursor is not None:
         stamp, last_id = decode_cursor(cursor)
         stmt = stmt.where(sa.tuple_(C.c.updated_at, C.c.id) < sa.tuple_(
@@ -404,34 +310,6 @@ def list_conversations(
         encode_cursor(items[-1].updated_at, items[-1].id) if len(rows) > limit else None
     )
     return ConversationPage(items=items, next_cursor=next_cursor)
-
-
-def _json_equals(dialect: str, column: Any, key: str, value: Any) -> Any:
-    """``column[key] == value`` with JSON semantics (type-exact: 1 != "1", true != 1)."""
-    if not isinstance(key, str):
-        raise StoreInputError("metadata filter keys must be strings")
-    try:
-        text = json.dumps(value, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise StoreInputError(f"metadata filter value for {key!r} is not JSON: {exc}") from exc
-    if dialect == "postgresql":
-        # JSONB equality is semantic (key order, number spelling don't matter).
-        return column.op("->")(sa.literal(key, sa.Text)) == sa.cast(
-            sa.literal(text, sa.Text), postgresql.JSONB
-        )
-    path = sa.literal('$."' + key.replace('"', '\\"') + '"', sa.Text)
-    kind = sa.func.json_type(column, path)
-    if value is None:
-        return kind == "null"
-    if isinstance(value, bool):
-        return kind == ("true" if value else "false")
-    extracted = sa.func.json_extract(column, path)
-    if isinstance(value, (int, float)):
-        return kind.in_(["integer", "real"]) & (extracted == value)
-    if isinstance(value, str):
-        return (kind == "text") & (extracted == value)
-    # Arrays and objects: compare SQLite's minified text of both sides.
-    return kind.in_(["array", "object"]) & (extracted == sa.func.json(sa.literal(text, sa.Text)))
 
 
 # --- messages -----------------------------------------------------------------------------
@@ -459,30 +337,30 @@ def append(
     if idempotency_key is None and dialect == "postgresql":
         single = {f"m_{k}": v for k, v in values.items()}
         single.update(params)
-        row = yield Op(_append_returning_seq(_scope(single, owner)), single, "first")
+        row = yield Op(sql.append_returning_seq(_scope(single, owner)), single, "first")
         if row is None:
             raise ConversationNotFound(conversation_id, owner=owner)
         return stored_message(msg, values, id=row.id, conversation_id=conversation_id,
                               seq=row.seq, created_at=stamp)
     # The counter update takes the conversation's row lock (SQLite: the write
     # lock, via BEGIN IMMEDIATE) so the key check below cannot race.
-    seq = yield Op(_bump_seq(_scope(params, owner)), params, "scalar")
+    seq = yield Op(sql.bump_seq(_scope(params, owner)), params, "scalar")
     if seq is None:
         raise ConversationNotFound(conversation_id, owner=owner)
     if idempotency_key is not None:
-        existing = yield Op(_BY_KEY, {"cid": conversation_id, "key": idempotency_key}, "first")
+        existing = yield Op(sql.BY_KEY, {"cid": conversation_id, "key": idempotency_key}, "first")
         if existing is not None:
             yield ROLLBACK  # undo the counter bump: a retried append writes nothing
             return message_from_row(existing)
     values.update(conversation_id=conversation_id, seq=seq, created_at=stamp)
     try:
-        message_id = yield Op(_INSERT_MESSAGE, values, "scalar")
+        message_id = yield Op(sql.INSERT_MESSAGE, values, "scalar")
     except IntegrityError:
         # Safety net (the lock makes this unreachable among convo writers).
         if idempotency_key is None:
             raise
         yield ROLLBACK
-        existing = yield Op(_BY_KEY, {"cid": conversation_id, "key": idempotency_key}, "first")
+        existing = yield Op(sql.BY_KEY, {"cid": conversation_id, "key": idempotency_key}, "first")
         if existing is None:
             raise
         return message_from_row(existing)
@@ -503,13 +381,17 @@ def append_many(
         return []
     stamp = now()
     params = {"cid": conversation_id, "n": len(rows), "now": stamp}
-    last = yield Op(_bump_seq(_scope(params, owner)), params, "scalar")
+    last = yield Op(sql.bump_seq(_scope(params, owner)), params, "scalar")
     if last is None:
         raise ConversationNotFound(conversation_id, owner=owner)
     first = last - len(rows) + 1
     for i, values in enumerate(rows):
         values.update(conversation_id=conversation_id, seq=first + i, created_at=stamp)
-    ids = yield Op(_INSERT_MESSAGE, rows, "all")
+    # A plain executemany (sqlite3's C loop, psycopg's pipeline), then the ids
+    # of the seq range we hold the counter lock for: several times faster than
+    # INSERT ... RETURNING in batches, whose huge statements psycopg re-parses.
+    yield Op(sql.INSERT_PLAIN, rows, "none")
+    ids = yield Op(sql.IDS_IN_RANGE, {"cid": conversation_id, "lo": first, "hi": last})
     return [
         stored_message(m, v, id=r[0], conversation_id=conversation_id, seq=v["seq"],
                        created_at=stamp)
@@ -580,10 +462,10 @@ def fork(
         "last_seq": point,
     }
     try:
-        yield Op(_INSERT_CONVERSATION, values, "none")
+        yield Op(sql.INSERT_CONVERSATION, values, "none")
     except IntegrityError as exc:  # the source was deleted meanwhile
         raise ConversationNotFound(conversation_id, owner=owner) from exc
-    return Conversation.model_construct(**{**values, "metadata": meta or {}})
+    return construct(Conversation, {**values, "metadata": meta or {}})
 
 
 _SEARCH_ESCAPE = "\\"
@@ -699,8 +581,8 @@ def add_summary(
         "conversation_id": conversation_id, "start_seq": start_seq, "end_seq": end_seq,
         "content": content, "metadata": meta, "created_at": stamp,
     }
-    summary_id = yield Op(_INSERT_SUMMARY, values, "scalar")
-    return Summary.model_construct(**{**values, "id": summary_id, "metadata": meta or {}})
+    summary_id = yield Op(sql.INSERT_SUMMARY, values, "scalar")
+    return construct(Summary, {**values, "id": summary_id, "metadata": meta or {}})
 
 
 def latest_summary(

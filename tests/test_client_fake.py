@@ -281,3 +281,15 @@ async def test_early_close_then_reuse(env: Env) -> None:
     assert stream.response.is_closed
     # The connection pool is not poisoned: the next request works.
     assert (await api.call("chat", model="gpt-4o-mini", messages=HI)).text == "You said: Hi"
+
+
+async def test_streamed_refusal_equals_non_streamed(env: Env) -> None:
+    api = env.api()
+    env.fake.reply_refusal("I can't help with that.")
+    plain = await api.call("chat", model="gpt-4o-mini", messages=HI)
+    env.fake.reply_refusal("I can't help with that.")
+    stream = await api.call("chat_stream", model="gpt-4o-mini", messages=HI)
+    assembled = await api.do(stream, "final")
+    assert plain.message.refusal == assembled.message.refusal == "I can't help with that."
+    assert plain.message.content is None and assembled.message.content in (None, "")
+    assert assembled.to_message().refusal == "I can't help with that."

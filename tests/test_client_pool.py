@@ -85,3 +85,5 @@ def test_limits_are_split_between_pools() -> None:
     )
     pool = transport._pools[0]._pool
     assert (pool._max_connections, pool._max_keepalive_connections) == (25, 5)
+    # One TLS context shared by the pools (each one costs a CA-bundle load).
+    assert len({id(p._pool._ssl_context) for p in transport._pools}) == 1

@@ -69,10 +69,10 @@ class Api:
         try:
             if self.mode.endswith("async"):
                 async with (
-                    httpx.AsyncClient(**args) as client,
-                    client.stream("POST", path, json=body) as resp,
+                    httpx.AsyncClient(**args) as aclient,
+                    aclient.stream("POST", path, json=body) as aresp,
                 ):
-                    async for part in resp.aiter_raw():
+                    async for part in aresp.aiter_raw():
                         received.append(part)  # keep what came before an error
             else:
                 with httpx.Client(**args) as client, client.stream("POST", path, json=body) as resp:

@@ -121,7 +121,9 @@ def test_chat_completion_parses(client: Any, fake: FakeBackend) -> None:
         "You said: Hello!"
     )
     assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
+    assert resp.usage.prompt_tokens_details is not None
     assert resp.usage.prompt_tokens_details.cached_tokens == 0
+    assert resp.usage.completion_tokens_details is not None
     assert resp.usage.completion_tokens_details.reasoning_tokens == 0
     assert fake.last_request.headers["authorization"] == "Bearer test"
     assert fake.last_request.json["seed"] == 42
@@ -275,6 +277,7 @@ def test_completion_parses(client: Any, fake: FakeBackend) -> None:
     assert resp.choices[0].text == " You said: Translate 'cat' to French."
     assert resp.choices[0].finish_reason == "stop"
     counter = TokenCounter.for_model("gpt-3.5-turbo-instruct")
+    assert resp.usage is not None
     assert resp.usage.prompt_tokens == counter.count(prompt)
     assert resp.usage.completion_tokens == counter.count(resp.choices[0].text)
 
@@ -487,7 +490,8 @@ def schema_errors(value: Any, schema: Any, root: dict[str, Any], path: str = "$"
 
 @pytest.fixture(scope="module")
 def spec() -> dict[str, Any]:
-    return json.loads(VENDORED.read_text())
+    loaded: dict[str, Any] = json.loads(VENDORED.read_text())
+    return loaded
 
 
 def test_vendored_schemas_match_the_full_spec() -> None:

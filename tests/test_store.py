@@ -211,6 +211,9 @@ async def test_append_roundtrips_every_message_kind(store):
     assert [r.as_message() for r in read] == ALL_KINDS
     assert all(r.conversation_id == conv.id and r.created_at.tzinfo is UTC for r in read)
     assert read[2].text == "look at this"
+    # Values built from rows without validation equal validated ones.
+    for value in [*read, await store.get_conversation(conv.id)]:
+        assert type(value).model_validate(value.model_dump()) == value
     assert (await store.get_conversation(conv.id)).last_seq == len(ALL_KINDS)
 
 

@@ -82,7 +82,7 @@ async def test_engines_of_the_wrong_kind_are_refused(tmp_path):
 def test_store_on_a_callers_engine(db_url):
     engine = sa.create_engine(db_url)
     with Store(engine) as store:
-        conv = store.create_conversation()
+        store.create_conversation()
         assert store.engine is engine
     with engine.connect() as conn:  # closing the store left the caller's engine usable
         assert conn.execute(sa.text("SELECT count(*) FROM conversations")).scalar() == 1
@@ -123,10 +123,14 @@ async def test_sqlite_writes_begin_immediate_and_reads_take_no_lock(mode, make_d
         seen.clear()
         await call("messages", conv.id)
         assert seen and not any(s.startswith("BEGIN") for s in seen)  # reads take no lock
-        with engine.connect() as conn:  # the engine's other users keep real transactions
-            seen.clear()
-            conn.exec_driver_sql("SELECT 1")
-            assert seen[0] == "BEGIN"
+        seen.clear()  # the engine's other users keep real transactions
+        if mode == "sync":
+            with raw.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        else:
+            async with raw.engine.connect() as aconn:
+                await aconn.exec_driver_sql("SELECT 1")
+        assert seen[0] == "BEGIN"
     finally:
         await raw.close() if mode == "async" else raw.close()
 
@@ -252,3 +256,41 @@ def test_sqlite_file_is_created_where_the_url_says(tmp_path: Path):
         store.migrate()
         assert store.is_migrated()
     assert path.exists()
+
+
+# --- the pure core: recovery paths no live race reaches --------------------------------------------
+
+
+def _row(**values: Any) -> Any:
+    from convo._store_rows import MESSAGE_COLUMNS
+
+    defaults = dict.fromkeys(MESSAGE_COLUMNS)
+    defaults.update(pinned=False, metadata=None, created_at=None)
+    defaults.update(values)
+    return tuple(defaults[c] for c in MESSAGE_COLUMNS)
+
+
+def test_core_append_recovers_from_a_duplicate_key_insert():
+    """If the insert hits the unique key anyway, the plan rolls back and returns the stored row."""
+    from sqlalchemy.exc import IntegrityError
+
+    from convo import _store_core as core
+
+    plan = core.append("c" * 32, {"role": "user", "content": "hi"}, idempotency_key="k",
+                       pinned=None, reply=None, owner=None, dialect="sqlite")
+    assert "UPDATE conversations" in str(next(plan).stmt)
+    assert "idempotency_key" in str(plan.send(7).stmt)  # the key check ...
+    assert "INSERT INTO messages" in str(plan.send(None).stmt)  # ... found nothing: insert
+    assert plan.throw(IntegrityError("INSERT", {}, Exception("duplicate key"))) is core.ROLLBACK
+    assert "idempotency_key" in str(plan.send(None).stmt)
+    winner = _row(id=3, conversation_id="c" * 32, seq=6, role="user", content="first", idempotency_key="k")
+    with pytest.raises(StopIteration) as done:
+        plan.send(winner)
+    assert (done.value.value.id, done.value.value.text) == (3, "first")
+
+    plain = core.append("c" * 32, {"role": "user", "content": "hi"}, idempotency_key=None,
+                        pinned=None, reply=None, owner=None, dialect="sqlite")
+    next(plain)
+    plain.send(7)
+    with pytest.raises(IntegrityError):  # without a key there is nothing to recover
+        plain.throw(IntegrityError("INSERT", {}, Exception("duplicate seq")))

@@ -1,0 +1,149 @@
+"""The SQL statements of the store, built once (SQLAlchemy caches their compiled form).
+
+Pure construction: nothing here executes. :mod:`convo._store_core` yields these
+statements from its plans; the shells run them.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+from ._exceptions import StoreInputError
+from ._schema import ConversationRow, MessageRow, MessageTokenRow, SummaryRow
+
+C = cast(sa.Table, ConversationRow.__table__)
+M = cast(sa.Table, MessageRow.__table__)
+TK = cast(sa.Table, MessageTokenRow.__table__)
+S = cast(sa.Table, SummaryRow.__table__)
+
+_B = sa.bindparam
+_MSG_COLUMNS = [c for c in M.c]
+
+
+@cache
+def select_conversation(scoped: bool) -> sa.Select[Any]:
+    stmt = sa.select(C).where(C.c.id == _B("cid"))
+    return stmt.where(C.c.owner == _B("b_owner")) if scoped else stmt
+
+
+@cache
+def chain_query() -> sa.Select[Any]:
+    # The conversation and its ancestors, nearest first, in one round trip.
+    base = sa.select(
+        C.c.id, C.c.parent_id, C.c.fork_seq, C.c.last_seq, C.c.owner,
+        sa.literal(0, sa.Integer).label("depth"),
+    ).where(C.c.id == _B("cid"))
+    chain = base.cte("chain", recursive=True)
+    parent = sa.select(
+        C.c.id, C.c.parent_id, C.c.fork_seq, C.c.last_seq, C.c.owner, chain.c.depth + 1
+    ).join(chain, C.c.id == chain.c.parent_id)
+    chain = chain.union_all(parent)
+    return sa.select(chain).order_by(chain.c.depth)
+
+
+@cache
+def segment_query(
+    newest_first: bool, with_tokens: bool, pinned_only: bool, limited: bool
+) -> sa.Select[Any]:
+    cols: list[Any] = list(_MSG_COLUMNS)
+    src: Any = M
+    if with_tokens:
+        src = M.outerjoin(TK, (TK.c.message_id == M.c.id) & (TK.c.encoding == _B("encoding")))
+        cols.append(TK.c.tokens)
+    stmt = (
+        sa.select(*cols)
+        .select_from(src)
+        .where(M.c.conversation_id == _B("cid"), M.c.seq > _B("lo"), M.c.seq <= _B("hi"))
+        .order_by(M.c.seq.desc() if newest_first else M.c.seq)
+    )
+    if limited:
+        stmt = stmt.limit(_B("limit"))
+    if pinned_only:
+        stmt = stmt.where(M.c.pinned)
+    return stmt
+
+
+@cache
+def bump_seq(scoped: bool) -> sa.Update:
+    stmt = (
+        sa.update(C)
+        .where(C.c.id == _B("cid"))
+        .values(last_seq=C.c.last_seq + _B("n"), updated_at=_B("now"))
+        .returning(C.c.last_seq)
+    )
+    return stmt.where(C.c.owner == _B("b_owner")) if scoped else stmt
+
+
+@cache
+def append_returning_seq(scoped: bool) -> sa.Insert:
+    """PostgreSQL: bump the counter and insert in ONE statement (one round trip)::
+
+        WITH bump AS (UPDATE conversations SET last_seq = last_seq + 1 ... RETURNING last_seq)
+        INSERT INTO messages (...) SELECT ..., bump.last_seq FROM bump RETURNING id, seq
+
+    The UPDATE takes the row lock exactly as the two-statement form does; with
+    no such conversation (or owner) nothing is inserted and no row comes back.
+    """
+    bump = bump_seq(scoped).cte("bump")
+    fixed = ("conversation_id", "seq", "created_at")
+    rest = [c for c in M.c if c.name not in fixed and c.name != "id"]
+    select = sa.select(
+        _B("cid", type_=M.c.conversation_id.type),
+        bump.c.last_seq,
+        _B("now", type_=M.c.created_at.type),
+        # "m_" prefix: an UPDATE adds a SET for any parameter named like one
+        # of its table's columns (here: "metadata").
+        *(_B(f"m_{c.name}", type_=c.type) for c in rest),
+    ).select_from(bump)
+    return (
+        sa.insert(M)
+        .from_select([*fixed, *(c.name for c in rest)], select)
+        .returning(M.c.id, M.c.seq)
+        .add_cte(bump)
+    )
+
+
+BY_KEY = sa.select(M).where(M.c.conversation_id == _B("cid"), M.c.idempotency_key == _B("key"))
+INSERT_MESSAGE = sa.insert(M).returning(M.c.id)
+INSERT_PLAIN = sa.insert(M)
+IDS_IN_RANGE = (
+    sa.select(M.c.id)
+    .where(M.c.conversation_id == _B("cid"), M.c.seq >= _B("lo"), M.c.seq <= _B("hi"))
+    .order_by(M.c.seq)
+)
+INSERT_CONVERSATION = sa.insert(C)
+INSERT_SUMMARY = sa.insert(S).returning(S.c.id)
+
+
+
+def json_equals(dialect: str, column: Any, key: str, value: Any) -> Any:
+    """``column[key] == value`` with JSON semantics (type-exact: 1 != "1", true != 1)."""
+    if not isinstance(key, str):
+        raise StoreInputError("metadata filter keys must be strings")
+    try:
+        text = json.dumps(value, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise StoreInputError(f"metadata filter value for {key!r} is not JSON: {exc}") from exc
+    if dialect == "postgresql":
+        # JSONB equality is semantic (key order, number spelling don't matter).
+        return column.op("->")(sa.literal(key, sa.Text)) == sa.cast(
+            sa.literal(text, sa.Text), postgresql.JSONB
+        )
+    path = sa.literal('$."' + key.replace('"', '\\"') + '"', sa.Text)
+    kind = sa.func.json_type(column, path)
+    if value is None:
+        return kind == "null"
+    if isinstance(value, bool):
+        return kind == ("true" if value else "false")
+    extracted = sa.func.json_extract(column, path)
+    if isinstance(value, (int, float)):
+        return kind.in_(["integer", "real"]) & (extracted == value)
+    if isinstance(value, str):
+        return (kind == "text") & (extracted == value)
+    # Arrays and objects: compare SQLite's minified text of both sides.
+    return kind.in_(["array", "object"]) & (extracted == sa.func.json(sa.literal(text, sa.Text)))
