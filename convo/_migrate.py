@@ -9,6 +9,7 @@ Migrations run on a connection handed to ``env.py`` through
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,7 +50,10 @@ def alembic_config(connection: sa.Connection | None = None) -> Config:
     """An Alembic config for convo's scripts, optionally bound to an open connection."""
     from alembic.config import Config
 
-    config = Config()
+    # Alembic's Config binds sys.stdout as a default argument at import time; if
+    # alembic was first imported while stdout was redirected (a CLI runner, a
+    # notebook cell), that stream may be closed by now. Pass the current one.
+    config = Config(stdout=sys.stdout)
     config.set_main_option("script_location", str(script_location()))
     if connection is not None:
         config.attributes["connection"] = connection
