@@ -103,6 +103,10 @@ class _BuilderBase:
         from ._chat_render import ChatProfile, render_chat
 
         prof = profile if profile is not None else ChatProfile.openai()
+        # Stored counts are of the messages as OpenAI takes them; a profile that
+        # rewrites messages (names dropped, parts flattened...) is counted again
+        # on what it renders, so the reported tokens stay exact.
+        self._recount = mode == "completion" or prof != ChatProfile.openai()
         self._render_chat: Callable[[Sequence[Message]], list[dict[str, Any]]] = (
             lambda msgs: render_chat(msgs, prof)
         )
@@ -129,6 +133,7 @@ class _BuilderBase:
             budget=self.budget,
             reply_reserve=self.reply_reserve,
             render_chat=self._render_chat,
+            recount=self._recount,
             template=self._template,
             tools=tools,
             json_mode=bool(response_format and response_format.get("type") == "json_object"),

@@ -115,6 +115,7 @@ class BuildConfig:
     summary_prefix: str = "Summary of the earlier conversation:\n"
     summary_chunk: int = 200
     page_size: int = 0  # 0: derived from the budget
+    recount: bool = False  # count the rendered request itself (completion mode, rewriting profiles)
     decode: Any = None  # Callable[[list[int]], str], for truncation
     _template_costs: tuple[int, int] | None = field(default=None, repr=False)
 
@@ -247,8 +248,8 @@ def plan_build(cfg: BuildConfig) -> Plan:
         rendered = _render(cfg, sel, summary_msg, summary_use)
         if rendered.prompt_tokens <= cfg.budget:
             break
-        # completion mode: the estimates were low; drop a turn and count again
-        sel = _drop_oldest_turn(sel, rendered.prompt_tokens, "the flattened prompt")
+        # the estimates were low (completion mode, a rewriting profile): drop a turn, recount
+        sel = _drop_oldest_turn(sel, rendered.prompt_tokens, "the rendered request")
     if summary_msg is not None:
         exact = exact and counter.is_exact(summary_msg)
 
@@ -371,9 +372,13 @@ def _render(
 ) -> _Rendered:
     messages, seqs = _assemble(sel, summary_msg)
     if cfg.mode == "chat":
-        summary_tokens = summary_use.tokens if summary_use else 0
-        tokens = sel.overhead + sel.pinned_tokens + summary_tokens + sel.history_tokens
-        return _Rendered(messages, seqs, tokens, chat=cfg.render_chat(messages))
+        chat = cfg.render_chat(messages)
+        if cfg.recount:
+            tokens = cfg.counter.request_tokens(chat, cfg.tools)
+        else:
+            summary_tokens = summary_use.tokens if summary_use else 0
+            tokens = sel.overhead + sel.pinned_tokens + summary_tokens + sel.history_tokens
+        return _Rendered(messages, seqs, tokens, chat=chat)
     prompt = cfg.template.render(messages, add_generation_prompt=True, tools=cfg.tools)
     return _Rendered(messages, seqs, cfg.counter.count(prompt), prompt=prompt)
 

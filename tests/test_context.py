@@ -290,3 +290,22 @@ async def test_async_builder_matches_sync(store: Any) -> None:
         await astore.close()
     assert async_ctx.report.kept_seqs == sync_ctx.report.kept_seqs
     assert async_ctx.chat == sync_ctx.chat
+
+
+def test_compatible_profile_is_counted_on_what_it_sends(store: Any) -> None:
+    from convo import ChatProfile
+
+    conv = store.create_conversation()
+    store.append_many(conv.id, [
+        Message.developer("Be brief."),
+        Message.user("hello " * 20, name="a_rather_long_participant_name"),
+        Message.assistant("hi " * 20),
+        Message.user("again", name="a_rather_long_participant_name"),
+    ])
+    profile = ChatProfile.compatible()
+    ctx = ContextBuilder(store, model=MODEL, budget=1000, profile=profile).build(conv.id)
+    assert all("name" not in m for m in ctx.chat or [])
+    assert ctx.chat is not None and ctx.chat[0]["role"] == "system"
+    assert ctx.report.prompt_tokens == count_tokens(ctx.chat, model=MODEL)
+    openai_ctx = ContextBuilder(store, model=MODEL, budget=1000).build(conv.id)
+    assert openai_ctx.report.prompt_tokens > ctx.report.prompt_tokens  # the names cost tokens
