@@ -128,3 +128,30 @@ def test_complete_reports_connection_refused(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("OPENAI_API_KEY", "x")
     out = runner.invoke(app, ["complete", "--model", "m", "--base-url", f"http://127.0.0.1:{port}/v1", "hi"])
     assert out.exit_code == 1 and "APIConnectionError" in out.output
+
+
+def test_serve_fake_serves_until_interrupted() -> None:
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from convo.cli import main; main()", "serve-fake", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        base = line.split(" on ")[1].split()[0]
+        assert base.startswith("http://127.0.0.1:") and base.endswith("/v1")
+        r = httpx.post(f"{base}/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "ping"}]})
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "You said: ping"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+        if proc.stdout:
+            proc.stdout.close()
+        if proc.stderr:
+            proc.stderr.close()

@@ -78,8 +78,12 @@ def register(app: typer.Typer) -> None:
         port: Annotated[int, typer.Option("--port", help="Port (0 picks a free one).")] = 8000,
     ) -> None:
         """Run convo's fake OpenAI-compatible backend on loopback (API under /v1)."""
-        from ..testing import serve_forever
+        from ..testing import FakeServer, serve_forever
 
-        console.print(f"fake OpenAI-compatible backend on http://{host}:{port}/v1 (Ctrl-C stops)", highlight=False)
+        def ready(server: FakeServer) -> None:
+            # the real port (--port 0 picks one), flushed so a parent process can read it
+            console.print(f"fake OpenAI-compatible backend on {server.base_url} (Ctrl-C stops)", highlight=False)
+            console.file.flush()
+
         with guard():
-            serve_forever(host=host, port=port)
+            serve_forever(host=host, port=port, on_ready=ready)
