@@ -53,7 +53,7 @@ def import_peers(peers_dir: str) -> Any:
              socket.getaddrinfo)
     if peers_dir not in sys.path:
         sys.path.insert(0, peers_dir)
-    import bench_peers  # noqa: PLC0415
+    import bench_peers
 
     (socket.socket.connect, socket.socket.connect_ex, socket.create_connection,
      socket.getaddrinfo) = saved
@@ -132,8 +132,8 @@ class PgCluster:
     """One pgserver cluster under the data dir, started once per run (stopped at exit)."""
 
     def __init__(self, data_dir: str, log: Log) -> None:
-        import pgserver  # noqa: PLC0415
-        import sqlalchemy as sa  # noqa: PLC0415
+        import pgserver
+        import sqlalchemy as sa
 
         pgdata = os.path.join(data_dir, "pgdata")
         os.makedirs(pgdata, exist_ok=True)
@@ -152,7 +152,7 @@ class PgCluster:
         return self.base.set(database=database).render_as_string(hide_password=False)
 
     def exists(self, database: str) -> bool:
-        import sqlalchemy as sa  # noqa: PLC0415
+        import sqlalchemy as sa
 
         with self.admin.connect() as conn:
             return conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"),
@@ -164,7 +164,7 @@ class PgCluster:
             conn.exec_driver_sql(f'CREATE DATABASE "{database}"')
 
     def vacuum_analyze(self, database: str) -> None:
-        import sqlalchemy as sa  # noqa: PLC0415
+        import sqlalchemy as sa
 
         eng = sa.create_engine(self.base.set(database=database), isolation_level="AUTOCOMMIT",
                                poolclass=sa.NullPool)
@@ -181,7 +181,7 @@ class PgCluster:
 
 
 def schema_revision() -> str:
-    from convo._schema import SCHEMA_REVISION  # noqa: PLC0415
+    from convo._schema import SCHEMA_REVISION
 
     return SCHEMA_REVISION
 
@@ -213,7 +213,7 @@ def fill(url: str, thread: list[tuple[str, str, int]], counts: list[int] | None,
 
     Returns (manifest fields, per-message convo token counts in thread order).
     """
-    from convo import Message, Store, TokenCounter  # noqa: PLC0415
+    from convo import Message, Store, TokenCounter
 
     ctor = {"system": Message.system, "user": Message.user, "assistant": Message.assistant}
     counter = TokenCounter.for_model(MODEL)

@@ -47,7 +47,7 @@ import time
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _context_data as data  # noqa: E402
+import _context_data as data
 
 BUDGET = 4000
 DEFAULT_NS = (1000, 10000, 100000, 1000000)
@@ -225,7 +225,7 @@ def profile_worker(spec: dict[str, Any]) -> None:
 
 def run_json(argv: list[str]) -> Any:
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), *argv],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout + proc.stderr)
         raise SystemExit(f"worker failed: {argv[:2]}")
@@ -251,7 +251,7 @@ def run_peers(args: argparse.Namespace, ns: list[int], log: Any) -> dict[str, An
            "--data-dir", args.peers_data_dir, "--output", out]
     log("peers: " + " ".join(cmd[1:]) + f"  (cwd {args.peers_dir})")
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=args.peers_dir, stdout=subprocess.DEVNULL)
+    proc = subprocess.run(cmd, cwd=args.peers_dir, stdout=subprocess.DEVNULL, check=False)
     if proc.returncode != 0:
         raise SystemExit("peers: bench_peers.py failed")
     log(f"peers: done in {time.perf_counter() - t0:,.0f} s")
@@ -359,9 +359,9 @@ def convo_revision() -> str:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
-                             capture_output=True, text=True).stdout.strip()
+                             capture_output=True, text=True, check=False).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "convo"], cwd=root,
-                               capture_output=True, text=True).stdout.strip()
+                               capture_output=True, text=True, check=False).stdout.strip()
         return rev + (" + uncommitted changes in convo/" if dirty else "")
     except OSError:
         return "?"
@@ -369,11 +369,12 @@ def convo_revision() -> str:
 
 def main_orchestrate(args: argparse.Namespace) -> None:
     t_start = time.perf_counter()
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = datetime.datetime.now(datetime.UTC)
 
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t_start:7.1f}s] {msg}", file=sys.stderr, flush=True)
 
+    loads = {"start": os.getloadavg()[0]}
     bp = data.import_peers(args.peers_dir)
     ns = sorted({int(x) for x in args.ns.split(",")})
     backends = [b.strip() for b in args.backends.split(",")]
@@ -412,6 +413,7 @@ def main_orchestrate(args: argparse.Namespace) -> None:
         if pg is not None:
             pg.close()
     peer_ns = [n for n in ns if n in PEER_NS]
+    loads["after convo"] = os.getloadavg()[0]
     peers = run_peers(args, peer_ns, log) if args.peers and peer_ns else None
     checks = {}
     if peers:
@@ -419,6 +421,8 @@ def main_orchestrate(args: argparse.Namespace) -> None:
             r = results.get(("sqlite", n)) or results.get(("postgresql", n))
             if r:
                 checks[n] = window_check(bp, args.peers_data_dir, n, r["window"], args.data_dir)
+    loads["end"] = os.getloadavg()[0]
+    args.loads = ", ".join(f"{v:.1f} ({k})" for k, v in loads.items())
     report = make_report(args, ns, backends, results, mans, peers, checks, started, pg_version,
                          time.perf_counter() - t_start, t_data)
     print(report)
@@ -481,8 +485,8 @@ def make_report(args: argparse.Namespace, ns: list[int], backends: list[str],
                 continue
             for variant, key, pk, note in (
                 ("open Store", "median_ms", "peak_mb",
-                 f"p90 {fmt_ms(r['p90_ms'])} ms; {r['rows_read']} rows read, "
-                 f"{r['store_calls']} store calls"),
+                 (f"p90 {fmt_ms(r['p90_ms'])} ms; {r['rows_read']} rows read, "
+                  f"{r['store_calls']} store calls")),
                 ("new Store per call", "open_median_ms", "open_peak_mb",
                  "engine + connection + schema check in every call, like the peers"),
             ):
@@ -641,8 +645,9 @@ def make_report(args: argparse.Namespace, ns: list[int], backends: list[str],
             f"calls after a warm-up, `--max-call-s`/`--attempt-cap-s` defaults: LlamaIndex "
             f"ChatMemoryBuffer (B) is projected where it would take longer than 120 s); its "
             f"full report: `{peers['report_path']}`. Both benchmarks ran one after the other "
-            f"on the same machine, nothing else running (convo first, then the peers; "
-            f"PostgreSQL stopped before the peers ran).")
+            f"on the same machine (convo first, then the peers; PostgreSQL stopped before the "
+            f"peers ran); other jobs on the machine were not controlled: 1-minute load "
+            f"average {args.loads}.")
     L.append("- The machine is a shared 2-core VM: the peers measured up to ~1.6× run-to-run "
              "variation on the same call; read differences under ~1.5× at the millisecond "
              "scale as noise.")

@@ -315,6 +315,14 @@ class AsyncStore:
             core.tail(conversation_id, encoding=encoding, before=before, limit=limit, owner=owner)
         )
 
+    async def context_start(
+        self, conversation_id: str, *, encoding: str, limit: int, owner: str | None = None
+    ) -> tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]]]:
+        """See :meth:`Store.context_start`."""
+        return await self._run(
+            core.context_start(conversation_id, encoding=encoding, limit=limit, owner=owner)
+        )
+
     async def pinned(
         self, conversation_id: str, *, encoding: str, owner: str | None = None
     ) -> list[tuple[StoredMessage, int | None]]:

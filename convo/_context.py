@@ -14,11 +14,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from ._context_plan import (
     AddSummary,
     BuildConfig,
-    GetConversation,
     LatestSummary,
-    Pinned,
     Range,
     SaveCounts,
+    Start,
     Summarize,
     Tail,
     plan_build,
@@ -107,8 +106,8 @@ class _BuilderBase:
         # rewrites messages (names dropped, parts flattened...) is counted again
         # on what it renders, so the reported tokens stay exact.
         self._recount = mode == "completion" or prof != ChatProfile.openai()
-        self._render_chat: Callable[[Sequence[Message]], list[dict[str, Any]]] = (
-            lambda msgs: render_chat(msgs, prof)
+        self._render_chat: Callable[[Sequence[Message]], list[dict[str, Any]]] = lambda msgs: (
+            render_chat(msgs, prof)
         )
         self.max_messages = max_messages
         self.max_history_tokens = max_history_tokens
@@ -192,7 +191,9 @@ class ContextBuilder(_BuilderBase):
     ) -> Context:
         """Build the context of ``conversation_id``; see :class:`~convo.ContextReport`."""
         cfg = self._config(
-            conversation_id, tools=tools, response_format=response_format,
+            conversation_id,
+            tools=tools,
+            response_format=response_format,
             summarizing=self.summarizer is not None,
         )
         store, cid = self.store, conversation_id
@@ -200,20 +201,30 @@ class ContextBuilder(_BuilderBase):
         def handle(op: Any) -> Any:
             match op:
                 case Tail(before, limit):
-                    return store.tail(cid, encoding=cfg.counter.encoding_name, before=before, limit=limit)
-                case Pinned():
-                    return store.pinned(cid, encoding=cfg.counter.encoding_name)
-                case GetConversation():
-                    return store.get_conversation(cid, owner=owner)
+                    return store.tail(
+                        cid,
+                        encoding=cfg.counter.encoding_name,
+                        before=before,
+                        limit=limit,
+                        owner=owner,
+                    )
+                case Start(limit):
+                    return store.context_start(
+                        cid, encoding=cfg.counter.encoding_name, limit=limit, owner=owner
+                    )
                 case Range(after, before, limit):
-                    return store.messages(cid, after=after, before=before, limit=limit)
+                    return store.messages(cid, after=after, before=before, limit=limit, owner=owner)
                 case LatestSummary(up_to):
-                    return store.latest_summary(cid, up_to_seq=up_to)
+                    return store.latest_summary(cid, up_to_seq=up_to, owner=owner)
                 case Summarize(messages, previous, max_tokens):
                     assert self.summarizer is not None
-                    return self.summarizer.summarize(messages, previous=previous, max_tokens=max_tokens)
+                    return self.summarizer.summarize(
+                        messages, previous=previous, max_tokens=max_tokens
+                    )
                 case AddSummary(start, end, content):
-                    return store.add_summary(cid, start_seq=start, end_seq=end, content=content)
+                    return store.add_summary(
+                        cid, start_seq=start, end_seq=end, content=content, owner=owner
+                    )
                 case SaveCounts(encoding, counts):
                     return store.save_token_counts(encoding, counts)
             raise AssertionError(op)  # pragma: no cover
@@ -241,7 +252,9 @@ class AsyncContextBuilder(_BuilderBase):
     ) -> Context:
         """Build the context of ``conversation_id``; see :class:`~convo.ContextReport`."""
         cfg = self._config(
-            conversation_id, tools=tools, response_format=response_format,
+            conversation_id,
+            tools=tools,
+            response_format=response_format,
             summarizing=self.summarizer is not None,
         )
         store, cid = self.store, conversation_id
@@ -250,23 +263,31 @@ class AsyncContextBuilder(_BuilderBase):
             match op:
                 case Tail(before, limit):
                     return await store.tail(
-                        cid, encoding=cfg.counter.encoding_name, before=before, limit=limit
+                        cid,
+                        encoding=cfg.counter.encoding_name,
+                        before=before,
+                        limit=limit,
+                        owner=owner,
                     )
-                case Pinned():
-                    return await store.pinned(cid, encoding=cfg.counter.encoding_name)
-                case GetConversation():
-                    return await store.get_conversation(cid, owner=owner)
+                case Start(limit):
+                    return await store.context_start(
+                        cid, encoding=cfg.counter.encoding_name, limit=limit, owner=owner
+                    )
                 case Range(after, before, limit):
-                    return await store.messages(cid, after=after, before=before, limit=limit)
+                    return await store.messages(
+                        cid, after=after, before=before, limit=limit, owner=owner
+                    )
                 case LatestSummary(up_to):
-                    return await store.latest_summary(cid, up_to_seq=up_to)
+                    return await store.latest_summary(cid, up_to_seq=up_to, owner=owner)
                 case Summarize(messages, previous, max_tokens):
                     assert self.summarizer is not None
                     return await self.summarizer.summarize(
                         messages, previous=previous, max_tokens=max_tokens
                     )
                 case AddSummary(start, end, content):
-                    return await store.add_summary(cid, start_seq=start, end_seq=end, content=content)
+                    return await store.add_summary(
+                        cid, start_seq=start, end_seq=end, content=content, owner=owner
+                    )
                 case SaveCounts(encoding, counts):
                     return await store.save_token_counts(encoding, counts)
             raise AssertionError(op)  # pragma: no cover

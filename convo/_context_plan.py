@@ -10,29 +10,28 @@ builder answers with :class:`~convo.Store` calls, the async builder awaits
 from __future__ import annotations
 
 import math
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ._context_report import Context, ContextReport, SummaryUse, TruncationReport
 from ._exceptions import ContextError, ContextOverflowError, TemplateError
 from ._messages import Message
-from ._records import Conversation, StoredMessage, Summary
+from ._records import StoredMessage, Summary
 from ._selection import Item, Selection, Selector, TruncateMode
 
-__all__ = ["Plan", "BuildConfig", "plan_build"]
+__all__ = ["BuildConfig", "Plan", "plan_build"]
 
 # ---- the I/O a build asks for -------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class GetConversation:
-    """-> Conversation (raises ConversationNotFound for a missing / foreign one)."""
+class Start:
+    """-> (pinned, newest page): lists of (StoredMessage, cached tokens | None); the
+    pinned messages of the whole lineage oldest first, then the newest ``limit``
+    messages newest first. Raises ConversationNotFound for a missing / foreign one."""
 
-
-@dataclass(frozen=True, slots=True)
-class Pinned:
-    """-> list[(StoredMessage, cached tokens | None)], oldest first, whole lineage."""
+    limit: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +62,7 @@ class LatestSummary:
 class Summarize:
     """-> str: the summarizer's text."""
 
-    messages: list[Message]
+    messages: Sequence[Message]
     previous: str | None
     max_tokens: int
 
@@ -85,7 +84,7 @@ class SaveCounts:
     counts: dict[int, int]
 
 
-Op = GetConversation | Pinned | Tail | Range | LatestSummary | Summarize | AddSummary | SaveCounts
+Op = Start | Tail | Range | LatestSummary | Summarize | AddSummary | SaveCounts
 Plan = Generator[Op, Any, Context]
 
 
@@ -190,24 +189,21 @@ def _truncator(cfg: BuildConfig) -> Any:
 
 def plan_build(cfg: BuildConfig) -> Plan:
     """The build, as a generator of I/O operations; returns the :class:`Context`."""
-    yield GetConversation()
     counter = cfg.counter
     misses: dict[int, int] = {}
-    exact = True
 
     def item(row: StoredMessage, cached: int | None) -> Item:
-        nonlocal exact
         if cached is None:
             cached = counter.message_tokens(row)
             misses[row.id] = cached
-        ok = counter.is_exact(row)
-        exact = exact and ok
-        return Item(row, row.seq, _cost(cfg, cached), ok)
+        return Item(row, row.seq, _cost(cfg, cached), counter.is_exact(row))
 
-    pinned = [item(r, c) for r, c in (yield Pinned())]
+    page = cfg.page_size or max(16, min(256, cfg.budget // 120))
+    # one store call for the lineage, the pinned messages and the newest page
+    pinned_rows, first_page = yield Start(page)
+    pinned = [item(r, c) for r, c in pinned_rows]
     extra_pinned: list[Item] = []
     overhead = _overhead(cfg)
-    page = cfg.page_size or max(16, min(256, cfg.budget // 120))
     while True:
         selector = Selector(
             budget=cfg.budget,
@@ -219,14 +215,13 @@ def plan_build(cfg: BuildConfig) -> Plan:
             truncate=cfg.truncate,
             truncator=_truncator(cfg) if cfg.truncate else None,
         )
-        before: int | None = None
-        size = page
-        while not selector.done:
-            rows = yield Tail(before, size)
+        rows, size = first_page, page
+        while True:
             selector.feed([item(r, c) for r, c in rows], exhausted=len(rows) < size)
-            if rows:
-                before = rows[-1][0].seq
+            if selector.done:
+                break
             size = min(size * 2, 1024)
+            rows = yield Tail(rows[-1][0].seq, size)
         sel = selector.result()
         if not cfg.json_mode or _mentions_json(sel):
             break
@@ -250,6 +245,7 @@ def plan_build(cfg: BuildConfig) -> Plan:
             break
         # the estimates were low (completion mode, a rewriting profile): drop a turn, recount
         sel = _drop_oldest_turn(sel, rendered.prompt_tokens, "the rendered request")
+    exact = all(i.exact for i in (*sel.pinned, *sel.window))
     if summary_msg is not None:
         exact = exact and counter.is_exact(summary_msg)
 
@@ -334,7 +330,10 @@ def _summarize(
         free = cfg.budget - sel.overhead - sel.pinned_tokens - sel.history_tokens
         if cost <= free:
             use = SummaryUse(
-                id=stored.id, start_seq=stored.start_seq, end_seq=stored.end_seq, tokens=cost,
+                id=stored.id,
+                start_seq=stored.start_seq,
+                end_seq=stored.end_seq,
+                tokens=cost,
                 reused=reused,
             )
             return sel, msg, use
@@ -346,9 +345,7 @@ def _summarize(
     )
 
 
-def _assemble(
-    sel: Selection, summary_msg: Message | None
-) -> tuple[list[Message], list[int]]:
+def _assemble(sel: Selection, summary_msg: Message | None) -> tuple[list[Message], list[int]]:
     entries: list[tuple[float, Message]] = [(i.seq, i.message) for i in sel.pinned]
     entries += [(i.seq, i.message) for i in sel.window]
     if summary_msg is not None and sel.dropped_through is not None:
@@ -416,7 +413,9 @@ def _finish(
         dropped_through=sel.dropped_through,
         summary=summary_use,
         truncated=TruncationReport(
-            seq=trunc.seq, mode=trunc.mode, original_tokens=trunc.original_tokens,
+            seq=trunc.seq,
+            mode=trunc.mode,
+            original_tokens=trunc.original_tokens,
             kept_tokens=trunc.kept_tokens,
         )
         if trunc

@@ -135,7 +135,11 @@ class Selector:
         pinned_cost = sum(i.cost for i in self._pinned)
         required = overhead + pinned_cost
         if required > budget:
-            part = "system" if all(i.message.role in ("system", "developer") for i in pinned) else "pinned"
+            part = (
+                "system"
+                if all(i.message.role in ("system", "developer") for i in pinned)
+                else "pinned"
+            )
             raise ContextOverflowError(
                 f"the {'system prompt' if part == 'system' else 'pinned messages'} and request "
                 f"framing need {required} tokens ({pinned_cost} in {len(self._pinned)} "
@@ -208,7 +212,10 @@ class Selector:
         if not self._have_current:
             self._have_current = True
             return self._keep_current(turn)
-        if self._max_messages is not None and self._kept_msgs + len(turn.items) > self._max_messages:
+        if (
+            self._max_messages is not None
+            and self._kept_msgs + len(turn.items) > self._max_messages
+        ):
             self._finish(turn.items[-1].seq, "max_messages")
             return False
         if (

@@ -389,6 +389,20 @@ class Store:
             core.tail(conversation_id, encoding=encoding, before=before, limit=limit, owner=owner)
         )
 
+    def context_start(
+        self, conversation_id: str, *, encoding: str, limit: int, owner: str | None = None
+    ) -> tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]]]:
+        """The opening reads of a context build, on one connection: the pinned
+        messages of the lineage (oldest first) and its newest ``limit`` messages,
+        each with its stored token count for ``encoding``.
+
+        Raises:
+            ConversationNotFound: no such conversation (for this owner).
+        """
+        return self._run(
+            core.context_start(conversation_id, encoding=encoding, limit=limit, owner=owner)
+        )
+
     def pinned(
         self, conversation_id: str, *, encoding: str, owner: str | None = None
     ) -> list[tuple[StoredMessage, int | None]]:

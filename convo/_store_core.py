@@ -514,6 +514,23 @@ def tail(
     return [tokens_from_row(r) for r in rows]
 
 
+def context_start(
+    conversation_id: str, *, encoding: str, limit: int, owner: str | None
+) -> Plan[tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]]]]:
+    """The opening reads of a context build on one connection: the lineage once,
+    then its pinned messages (oldest first) and its newest ``limit`` messages."""
+    _positive(limit, "limit")
+    lineage = yield from _lineage(conversation_id, owner)
+    pinned_rows = yield from _read_segments(
+        lineage, after=None, before=None, limit=None, newest_first=False,
+        encoding=encoding, pinned_only=True,
+    )
+    tail_rows = yield from _read_segments(
+        lineage, after=None, before=None, limit=limit, newest_first=True, encoding=encoding
+    )
+    return [tokens_from_row(r) for r in pinned_rows], [tokens_from_row(r) for r in tail_rows]
+
+
 def pinned(
     conversation_id: str, *, encoding: str, owner: str | None
 ) -> Plan[list[tuple[StoredMessage, int | None]]]:

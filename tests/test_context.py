@@ -309,3 +309,16 @@ def test_compatible_profile_is_counted_on_what_it_sends(store: Any) -> None:
     assert ctx.report.prompt_tokens == count_tokens(ctx.chat, model=MODEL)
     openai_ctx = ContextBuilder(store, model=MODEL, budget=1000).build(conv.id)
     assert openai_ctx.report.prompt_tokens > ctx.report.prompt_tokens  # the names cost tokens
+
+
+def test_owner_scoping(store: Any) -> None:
+    from convo import ConversationNotFound
+
+    conv = store.create_conversation(owner="ann")
+    store.append_many(conv.id, [Message.system("s"), Message.user("hi")])
+    builder = ContextBuilder(store, model=MODEL, budget=500)
+    assert builder.build(conv.id, owner="ann").report.kept_seqs == [1, 2]
+    with pytest.raises(ConversationNotFound):
+        builder.build(conv.id, owner="bob")
+    with pytest.raises(ConversationNotFound):
+        builder.build("no-such-conversation")

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ._common import console, emit_json, fail, guard
+
+if TYPE_CHECKING:
+    from .._client import OpenAIClient
+    from .._client_params import ChatParams, CompletionParams
+    from .._types import ChatCompletion, Completion
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
@@ -14,14 +20,21 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 def register(app: typer.Typer) -> None:
     @app.command()
     def complete(
-        text: Annotated[str, typer.Argument(help="The user message (chat) or the prompt (completion).")],
+        text: Annotated[
+            str, typer.Argument(help="The user message (chat) or the prompt (completion).")
+        ],
         model: Annotated[str, typer.Option("--model", help="Model name.")],
         mode: Annotated[str, typer.Option("--mode", help="chat | completion")] = "chat",
-        stream: Annotated[bool, typer.Option("--stream", help="Stream the reply as it comes.")] = False,
+        stream: Annotated[
+            bool, typer.Option("--stream", help="Stream the reply as it comes.")
+        ] = False,
         base_url: Annotated[
-            str | None, typer.Option("--base-url", help="Server base URL (default: $OPENAI_BASE_URL).")
+            str | None,
+            typer.Option("--base-url", help="Server base URL (default: $OPENAI_BASE_URL)."),
         ] = None,
-        max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="Reply token limit.")] = None,
+        max_tokens: Annotated[
+            int | None, typer.Option("--max-tokens", help="Reply token limit.")
+        ] = None,
         json_: JsonOpt = False,
     ) -> None:
         """Send one request (API key from $OPENAI_API_KEY) and print the reply and usage."""
@@ -29,46 +42,26 @@ def register(app: typer.Typer) -> None:
 
         if mode not in ("chat", "completion"):
             raise fail(f"--mode must be chat or completion, not {mode!r}")
-        params = {"max_tokens": max_tokens} if max_tokens is not None else {}
+        show = (
+            (lambda piece: None)
+            if json_
+            else (lambda piece: console.out(piece, end="", highlight=False))
+        )
         with guard(), OpenAIClient(base_url=base_url) as client:
+            result: ChatCompletion | Completion
             if mode == "chat":
-                messages = [{"role": "user", "content": text}]
-                if stream:
-                    with client.chat_stream(
-                        model=model, messages=messages, stream_options={"include_usage": True}, **params
-                    ) as s:
-                        for chunk in s:
-                            for choice in chunk.choices:
-                                if choice.delta.content and not json_:
-                                    console.out(choice.delta.content, end="", highlight=False)
-                        result = s.final()
-                else:
-                    result = client.chat(model=model, messages=messages, **params)
-                reply = result.choices[0].message.content or "" if result.choices else ""
+                result = _chat(client, model, text, stream, max_tokens, show)
             else:
-                if stream:
-                    with client.complete_stream(
-                        model=model, prompt=text, stream_options={"include_usage": True}, **params
-                    ) as cs:
-                        for cchunk in cs:
-                            for cchoice in cchunk.choices:
-                                if cchoice.text and not json_:
-                                    console.out(cchoice.text, end="", highlight=False)
-                        result = cs.final()  # type: ignore[assignment]
-                else:
-                    result = client.complete(model=model, prompt=text, **params)  # type: ignore[assignment]
-                reply = result.choices[0].text if result.choices else ""  # type: ignore[union-attr]
+                result = _complete(client, model, text, stream, max_tokens, show)
         if json_:
             emit_json(result)
             return
-        if stream:
-            console.out("")
-        else:
-            console.out(reply, highlight=False)
+        console.out("" if stream else result.text, highlight=False)
         u = result.usage
         if u is not None:
             console.print(
-                f"[dim]usage: {u.prompt_tokens} prompt + {u.completion_tokens} completion = {u.total_tokens} tokens[/]",
+                f"[dim]usage: {u.prompt_tokens} prompt + {u.completion_tokens} completion"
+                f" = {u.total_tokens} tokens[/]",
                 highlight=False,
             )
 
@@ -82,8 +75,48 @@ def register(app: typer.Typer) -> None:
 
         def ready(server: FakeServer) -> None:
             # the real port (--port 0 picks one), flushed so a parent process can read it
-            console.print(f"fake OpenAI-compatible backend on {server.base_url} (Ctrl-C stops)", highlight=False)
+            console.print(
+                f"fake OpenAI-compatible backend on {server.base_url} (Ctrl-C stops)",
+                highlight=False,
+            )
             console.file.flush()
 
         with guard():
             serve_forever(host=host, port=port, on_ready=ready)
+
+
+def _chat(
+    client: OpenAIClient,
+    model: str,
+    text: str,
+    stream: bool,
+    max_tokens: int | None,
+    show: Callable[[str], None],
+) -> ChatCompletion:
+    messages = [{"role": "user", "content": text}]
+    params: ChatParams = {} if max_tokens is None else {"max_tokens": max_tokens}
+    if not stream:
+        return client.chat(model=model, messages=messages, **params)
+    params["stream_options"] = {"include_usage": True}
+    with client.chat_stream(model=model, messages=messages, **params) as s:
+        for chunk in s:
+            show(chunk.text)
+        return s.final()
+
+
+def _complete(
+    client: OpenAIClient,
+    model: str,
+    text: str,
+    stream: bool,
+    max_tokens: int | None,
+    show: Callable[[str], None],
+) -> Completion:
+    params: CompletionParams = {} if max_tokens is None else {"max_tokens": max_tokens}
+    if not stream:
+        return client.complete(model=model, prompt=text, **params)
+    params["stream_options"] = {"include_usage": True}
+    with client.complete_stream(model=model, prompt=text, **params) as s:
+        for chunk in s:
+            show(chunk.text)
+        return s.final()

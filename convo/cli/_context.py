@@ -22,11 +22,19 @@ def register(app: typer.Typer) -> None:
         model: Annotated[str, typer.Option("--model", help="Target model.")],
         mode: Annotated[str, typer.Option("--mode", help="chat | completion")] = "chat",
         template: Annotated[
-            str | None, typer.Option("--template", help="Completion template: a name, a .jinja file or a tokenizer_config.json.")
+            str | None,
+            typer.Option(
+                "--template",
+                help="Completion template: a name, a .jinja file or a tokenizer_config.json.",
+            ),
         ] = None,
         budget: Annotated[int | None, typer.Option("--budget", help="Prompt token budget.")] = None,
-        reserve: Annotated[int | None, typer.Option("--reserve", help="Tokens reserved for the reply.")] = None,
-        encoding: Annotated[str | None, typer.Option("--encoding", help="Tokenizer encoding for unknown models.")] = None,
+        reserve: Annotated[
+            int | None, typer.Option("--reserve", help="Tokens reserved for the reply.")
+        ] = None,
+        encoding: Annotated[
+            str | None, typer.Option("--encoding", help="Tokenizer encoding for unknown models.")
+        ] = None,
         owner: Annotated[str | None, typer.Option("--owner", help="Scope to this owner.")] = None,
         json_: JsonOpt = False,
     ) -> None:
@@ -37,8 +45,13 @@ def register(app: typer.Typer) -> None:
             raise fail(f"--mode must be chat or completion, not {mode!r}")
         with open_store(ctx) as store, guard():
             builder = ContextBuilder(
-                store, model=model, mode=mode, template=template, budget=budget,
-                reserve=reserve, encoding=encoding,  # type: ignore[arg-type]
+                store,
+                model=model,
+                mode=mode,
+                template=template,
+                budget=budget,
+                reserve=reserve,
+                encoding=encoding,
             )
             built = builder.build(conversation_id, owner=owner)
         body = built.request()
@@ -52,8 +65,12 @@ def register(app: typer.Typer) -> None:
     def tokens(
         file: Annotated[Path, typer.Argument(help="A JSON list of chat messages ('-' for stdin).")],
         model: Annotated[str, typer.Option("--model", help="Model whose billing rules apply.")],
-        encoding: Annotated[str | None, typer.Option("--encoding", help="Encoding for unknown models.")] = None,
-        tools: Annotated[Path | None, typer.Option("--tools", help="A JSON list of tool definitions.")] = None,
+        encoding: Annotated[
+            str | None, typer.Option("--encoding", help="Encoding for unknown models.")
+        ] = None,
+        tools: Annotated[
+            Path | None, typer.Option("--tools", help="A JSON list of tool definitions.")
+        ] = None,
         json_: JsonOpt = False,
     ) -> None:
         """Count the prompt tokens of a chat request, as OpenAI bills them."""
@@ -70,7 +87,9 @@ def register(app: typer.Typer) -> None:
         if json_:
             emit_json({"model": model, "messages": len(messages), "prompt_tokens": n})
         else:
-            console.print(f"{n} prompt tokens ({len(messages)} messages, model {model})", highlight=False)
+            console.print(
+                f"{n} prompt tokens ({len(messages)} messages, model {model})", highlight=False
+            )
 
 
 def _read(path: Path) -> str:
@@ -83,17 +102,36 @@ def _read(path: Path) -> str:
 def _report_table(report: Any) -> Table:
     t = Table("", "value", title="context report", show_header=False)
     rows = [
-        ("model / mode", f"{report.model} / {report.mode}" + (f" ({report.template})" if report.template else "")),
+        (
+            "model / mode",
+            f"{report.model} / {report.mode}"
+            + (f" ({report.template})" if report.template else ""),
+        ),
         ("encoding", report.encoding + ("" if report.exact else " (some counts estimated)")),
         ("budget", str(report.budget)),
         ("prompt tokens", str(report.prompt_tokens)),
         ("budget left", str(report.budget_left)),
         ("reply reserve", "—" if report.reply_reserve is None else str(report.reply_reserve)),
-        ("overhead / pinned / summary / history", f"{report.overhead_tokens} / {report.pinned_tokens} / {report.summary_tokens} / {report.history_tokens}"),
+        (
+            "overhead / pinned / summary / history",
+            f"{report.overhead_tokens} / {report.pinned_tokens} / {report.summary_tokens} / {report.history_tokens}",
+        ),
         ("kept messages", str(len(report.kept_seqs))),
-        ("dropped", f"{report.dropped_count}" + (f" (seq ≤ {report.dropped_through})" if report.dropped_through else "")),
-        ("summary", f"seq {report.summary.start_seq}–{report.summary.end_seq}, {report.summary.tokens} tokens" if report.summary else "—"),
-        ("truncated", f"seq {report.truncated.seq} ({report.truncated.mode})" if report.truncated else "—"),
+        (
+            "dropped",
+            f"{report.dropped_count}"
+            + (f" (seq ≤ {report.dropped_through})" if report.dropped_through else ""),
+        ),
+        (
+            "summary",
+            f"seq {report.summary.start_seq}–{report.summary.end_seq}, {report.summary.tokens} tokens"
+            if report.summary
+            else "—",
+        ),
+        (
+            "truncated",
+            f"seq {report.truncated.seq} ({report.truncated.mode})" if report.truncated else "—",
+        ),
         ("stopped because", report.stop_reason),
         ("rows read", str(report.rows_read)),
     ]

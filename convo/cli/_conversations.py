@@ -35,7 +35,8 @@ def register(app: typer.Typer) -> None:
         title: Annotated[str | None, typer.Option("--title", help="Title.")] = None,
         owner: OwnerOpt = None,
         meta: Annotated[
-            list[str] | None, typer.Option("--meta", help="Metadata KEY=VALUE (JSON values allowed); repeatable.")
+            list[str] | None,
+            typer.Option("--meta", help="Metadata KEY=VALUE (JSON values allowed); repeatable."),
         ] = None,
         json_: JsonOpt = False,
     ) -> None:
@@ -52,8 +53,12 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         owner: OwnerOpt = None,
         limit: Annotated[int, typer.Option("--limit", help="At most this many.")] = 20,
-        cursor: Annotated[str | None, typer.Option("--cursor", help="Continue after this page.")] = None,
-        meta: Annotated[list[str] | None, typer.Option("--meta", help="Filter on metadata KEY=VALUE.")] = None,
+        cursor: Annotated[
+            str | None, typer.Option("--cursor", help="Continue after this page.")
+        ] = None,
+        meta: Annotated[
+            list[str] | None, typer.Option("--meta", help="Filter on metadata KEY=VALUE.")
+        ] = None,
         json_: JsonOpt = False,
     ) -> None:
         """List conversations, most recently updated first."""
@@ -67,7 +72,10 @@ def register(app: typer.Typer) -> None:
         table = Table("id", "title", "owner", "messages", "updated")
         for c in page.items:
             table.add_row(
-                c.id, escape(c.title or ""), escape(c.owner or ""), str(c.last_seq),
+                c.id,
+                escape(c.title or ""),
+                escape(c.owner or ""),
+                str(c.last_seq),
                 c.updated_at.isoformat(timespec="seconds"),
             )
         console.print(table)
@@ -79,14 +87,20 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         conversation_id: Annotated[str, typer.Argument(help="Conversation id.")],
         owner: OwnerOpt = None,
-        last: Annotated[int | None, typer.Option("--last", help="Only the newest N messages.")] = None,
+        last: Annotated[
+            int | None, typer.Option("--last", help="Only the newest N messages.")
+        ] = None,
         json_: JsonOpt = False,
     ) -> None:
         """Show a conversation and its messages (inherited ones included for forks)."""
         with open_store(ctx) as store:
             conv = store.get_conversation(conversation_id, owner=owner)
             if last is not None:
-                msgs = list(reversed(store.messages(conversation_id, newest_first=True, limit=last, owner=owner)))
+                msgs = list(
+                    reversed(
+                        store.messages(conversation_id, newest_first=True, limit=last, owner=owner)
+                    )
+                )
             else:
                 msgs = store.messages(conversation_id, owner=owner)
         if json_:
@@ -99,20 +113,32 @@ def register(app: typer.Typer) -> None:
         for m in msgs:
             body = m.text
             if m.tool_calls:
-                body += " " + ", ".join(f"→ {c.function.name}({c.function.arguments})" for c in m.tool_calls)
+                body += " " + ", ".join(
+                    f"→ {c.function.name}({c.function.arguments})" for c in m.tool_calls
+                )
             who = f"{m.role} ({m.name})" if m.name else m.role
-            console.print(f"[dim]{m.seq:>5}[/] [bold]{escape(who)}[/]: {escape(body)}", highlight=False)
+            console.print(
+                f"[dim]{m.seq:>5}[/] [bold]{escape(who)}[/]: {escape(body)}", highlight=False
+            )
 
     @app.command()
     def add(
         ctx: typer.Context,
         conversation_id: Annotated[str, typer.Argument(help="Conversation id.")],
         text: Annotated[str, typer.Argument(help="Message text.")],
-        role: Annotated[str, typer.Option("--role", help="system | developer | user | assistant | tool")] = "user",
+        role: Annotated[
+            str, typer.Option("--role", help="system | developer | user | assistant | tool")
+        ] = "user",
         name: Annotated[str | None, typer.Option("--name", help="Participant name.")] = None,
-        tool_call_id: Annotated[str | None, typer.Option("--tool-call-id", help="For role tool.")] = None,
-        pin: Annotated[bool, typer.Option("--pin", help="Always keep this message in contexts.")] = False,
-        key: Annotated[str | None, typer.Option("--idempotency-key", help="Retry-safe append.")] = None,
+        tool_call_id: Annotated[
+            str | None, typer.Option("--tool-call-id", help="For role tool.")
+        ] = None,
+        pin: Annotated[
+            bool, typer.Option("--pin", help="Always keep this message in contexts.")
+        ] = False,
+        key: Annotated[
+            str | None, typer.Option("--idempotency-key", help="Retry-safe append.")
+        ] = None,
         owner: OwnerOpt = None,
         json_: JsonOpt = False,
     ) -> None:
@@ -135,7 +161,9 @@ def register(app: typer.Typer) -> None:
     def fork(
         ctx: typer.Context,
         conversation_id: Annotated[str, typer.Argument(help="Conversation to fork.")],
-        at: Annotated[int | None, typer.Option("--at", help="Last inherited seq (default: the newest).")] = None,
+        at: Annotated[
+            int | None, typer.Option("--at", help="Last inherited seq (default: the newest).")
+        ] = None,
         title: Annotated[str | None, typer.Option("--title", help="Title of the fork.")] = None,
         owner: OwnerOpt = None,
         json_: JsonOpt = False,
@@ -153,7 +181,9 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         text: Annotated[str, typer.Argument(help="Text to look for (case-insensitive substring).")],
         owner: OwnerOpt = None,
-        conversation: Annotated[str | None, typer.Option("--conversation", help="Only in this conversation.")] = None,
+        conversation: Annotated[
+            str | None, typer.Option("--conversation", help="Only in this conversation.")
+        ] = None,
         limit: Annotated[int, typer.Option("--limit", help="At most this many.")] = 20,
         json_: JsonOpt = False,
     ) -> None:

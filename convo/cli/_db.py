@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-
 from rich.markup import escape
 
 from ._common import console, db_url, emit_json, guard
 
-app = typer.Typer(help="Database schema (Alembic migrations shipped with convo).", no_args_is_help=True)
+app = typer.Typer(
+    help="Database schema (Alembic migrations shipped with convo).", no_args_is_help=True
+)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
@@ -21,14 +22,15 @@ def upgrade(ctx: typer.Context, json_: JsonOpt = False) -> None:
     from .._store import Store
 
     url = db_url(ctx)
-    with guard():
-        with Store(url) as store:
-            store.migrate()
-            rev = store.current_revision()
+    with guard(), Store(url) as store:
+        store.migrate()
+        rev = store.current_revision()
     if json_:
         emit_json({"database": _safe(url), "revision": rev})
     else:
-        console.print(f"database {escape(_safe(url))} is at revision [bold]{rev}[/]", highlight=False)
+        console.print(
+            f"database {escape(_safe(url))} is at revision [bold]{rev}[/]", highlight=False
+        )
 
 
 @app.command()
@@ -37,9 +39,8 @@ def current(ctx: typer.Context, json_: JsonOpt = False) -> None:
     from .._store import Store
 
     url = db_url(ctx)
-    with guard():
-        with Store(url) as store:
-            rev = store.current_revision()
+    with guard(), Store(url) as store:
+        rev = store.current_revision()
     if json_:
         emit_json({"database": _safe(url), "revision": rev})
     else:
