@@ -74,7 +74,7 @@ class _BuilderBase:
         self.model = model
         self.mode: Mode = mode
         reg = registry if registry is not None else default_registry
-        self._counter = TokenCounter.for_model(model, encoding=encoding)
+        self._counter = TokenCounter.for_model(model, encoding=encoding, registry=reg)
         # registered tokenizers need only encode(); truncation needs decode too
         self._decode = getattr(get_encoding(self._counter.encoding_name), "decode", None)
         if budget is not None:

@@ -245,9 +245,12 @@ def plan_build(cfg: BuildConfig) -> Plan:
             break
         # the estimates were low (completion mode, a rewriting profile): drop a turn, recount
         sel = _drop_oldest_turn(sel, rendered.prompt_tokens, "the rendered request")
-    exact = all(i.exact for i in (*sel.pinned, *sel.window))
-    if summary_msg is not None:
-        exact = exact and counter.is_exact(summary_msg)
+    if cfg.mode == "completion":
+        exact = True  # counted on the very string that is sent
+    else:
+        exact = all(i.exact for i in (*sel.pinned, *sel.window))
+        if summary_msg is not None:
+            exact = exact and counter.is_exact(summary_msg)
 
     if misses:
         yield SaveCounts(counter.encoding_name, misses)

@@ -309,10 +309,11 @@ class Store:
         newest_first: bool = False,
         owner: str | None = None,
     ) -> list[StoredMessage]:
-        """Messages with ``after < seq < before``, across the fork lineage, in seq order.
+        """Messages with ``after < seq < before``, across the fork lineage.
 
-        With ``newest_first`` and a ``limit``, only the newest rows are read
-        (keyset on seq), whatever the thread's length.
+        Oldest first (ascending seq) by default; with ``newest_first``, newest
+        first (descending seq), and with a ``limit`` only the newest rows are
+        read (keyset on seq), whatever the thread's length.
         """
         return self._run(
             core.messages(conversation_id, after=after, before=before, limit=limit,

@@ -45,6 +45,7 @@ from ._exceptions import (
 from ._messages import Message, parse_message
 from ._records import Conversation, ReplyInfo, StoredMessage, Summary
 from ._store_rows import (
+    check_short,
     construct,
     conversation_from_row,
     decode_cursor,
@@ -208,6 +209,7 @@ def create_conversation(
     *, title: str | None, owner: str | None, metadata: Mapping[str, Any] | None
 ) -> Plan[Conversation]:
     meta = validate_json_dict(metadata, "conversation metadata")
+    check_short(owner, "owner")
     stamp = now()
     values = {
         "id": new_conversation_id(), "title": title, "owner": owner, "metadata": meta,

@@ -103,6 +103,19 @@ def conversation_from_row(row: Any) -> Conversation:
 # --- messages --------------------------------------------------------------------
 
 
+SHORT_TEXT_MAX = 255
+"""Length limit of the short text columns (owner, name, tool_call_id, idempotency_key...)."""
+
+
+def check_short(value: str | None, field: str) -> None:
+    """Refuse over-long short texts up front: PostgreSQL would reject them mid-write
+    and SQLite would silently store them, so both databases behave alike."""
+    if value is not None and len(value) > SHORT_TEXT_MAX:
+        raise StoreInputError(
+            f"{field} is {len(value)} characters long; at most {SHORT_TEXT_MAX} are allowed"
+        )
+
+
 def message_params(
     message: Message,
     *,
@@ -122,6 +135,14 @@ def message_params(
             usage = json.loads(json.dumps(reply.usage))
         except (TypeError, ValueError) as exc:
             raise InvalidMessageError(f"reply usage must be JSON: {exc}") from exc
+    for field, value in (
+        ("name", message.name),
+        ("tool_call_id", message.tool_call_id),
+        ("idempotency_key", idempotency_key),
+        ("reply model", reply.model if reply else None),
+        ("reply system_fingerprint", reply.system_fingerprint if reply else None),
+    ):
+        check_short(value, field)
     return {
         "role": message.role,
         "content": content,

@@ -10,12 +10,13 @@ errors as replies.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from ._messages import Message
 
 if TYPE_CHECKING:
     from ._async_client import AsyncOpenAIClient
+    from ._client_params import ChatParams
     from ._client import OpenAIClient
 
 __all__ = [
@@ -77,6 +78,10 @@ def summary_request(
     ]
 
 
+def _limit(param: Literal["max_completion_tokens", "max_tokens"], n: int) -> ChatParams:
+    return {"max_tokens": n} if param == "max_tokens" else {"max_completion_tokens": n}
+
+
 class ModelSummarizer:
     """Summarizes with a chat model through :class:`~convo.OpenAIClient`.
 
@@ -84,6 +89,10 @@ class ModelSummarizer:
         client: the client to call.
         model: the model to ask.
         instructions: the system prompt of the summary request.
+        max_tokens_param: how the server names the reply limit: OpenAI's current
+            ``max_completion_tokens`` (required by reasoning models) or the older
+            ``max_tokens`` that many OpenAI-compatible servers still expect
+            (``ChatProfile.max_tokens_param`` of the target server).
         params: extra request parameters (e.g. ``temperature=0``).
     """
 
@@ -93,11 +102,13 @@ class ModelSummarizer:
         *,
         model: str,
         instructions: str = DEFAULT_INSTRUCTIONS,
+        max_tokens_param: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens",
         **params: Any,
     ) -> None:
         self.client = client
         self.model = model
         self.instructions = instructions
+        self.max_tokens_param = max_tokens_param
         self.params = params
 
     def summarize(
@@ -106,7 +117,7 @@ class ModelSummarizer:
         reply = self.client.chat(
             model=self.model,
             messages=summary_request(messages, previous=previous, instructions=self.instructions),
-            max_tokens=max_tokens,
+            **_limit(self.max_tokens_param, max_tokens),
             **self.params,
         )
         return (reply.choices[0].message.content or "").strip()
@@ -121,11 +132,13 @@ class AsyncModelSummarizer:
         *,
         model: str,
         instructions: str = DEFAULT_INSTRUCTIONS,
+        max_tokens_param: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens",
         **params: Any,
     ) -> None:
         self.client = client
         self.model = model
         self.instructions = instructions
+        self.max_tokens_param = max_tokens_param
         self.params = params
 
     async def summarize(
@@ -134,7 +147,7 @@ class AsyncModelSummarizer:
         reply = await self.client.chat(
             model=self.model,
             messages=summary_request(messages, previous=previous, instructions=self.instructions),
-            max_tokens=max_tokens,
+            **_limit(self.max_tokens_param, max_tokens),
             **self.params,
         )
         return (reply.choices[0].message.content or "").strip()

@@ -24,7 +24,9 @@ from convo import _encodings
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 
-_FENCE = re.compile(r"^```python(?P<info>[^\n]*)\n(?P<code>.*?)^```[ \t]*$", re.M | re.S)
+_FENCE = re.compile(
+    r"^```python(?P<info>[^\n]*)\n(?P<code>.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL
+)
 
 
 def python_blocks(path: Path) -> list[tuple[int, str]]:

@@ -480,3 +480,18 @@ async def test_store_kind_and_repr(store):
     assert store.backend in repr(store.raw)
     assert await store.current_revision() == "0001_initial"
     assert await store.is_migrated()
+
+
+async def test_over_long_short_texts_are_refused_alike_on_both_databases(store):
+    conv = await store.create_conversation()
+    before = store.snapshot()
+    long = "x" * 256
+    with pytest.raises(StoreInputError, match="owner is 256 characters"):
+        await store.create_conversation(owner=long)
+    with pytest.raises(StoreInputError, match="name is 256 characters"):
+        await store.append(conv.id, {"role": "user", "content": "hi", "name": long})
+    with pytest.raises(StoreInputError, match="idempotency_key"):
+        await store.append(conv.id, {"role": "user", "content": "hi"}, idempotency_key=long)
+    assert store.snapshot() == before
+    ok = await store.append(conv.id, {"role": "user", "content": "hi", "name": "x" * 255})
+    assert ok.name == "x" * 255
