@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import _migrate
 from . import _store_core as core
+from . import _store_driver as driver
 from ._engine import create_engine_async, mode_engines, prepare_engine, safe_url
 from ._exceptions import ConfigurationError
 from ._messages import Message
@@ -377,7 +378,12 @@ async def _drive(conn: AsyncConnection, plan: Plan[T]) -> T:
                     value = None
                 else:
                     assert isinstance(op, Op)
-                    value = fetch(await conn.execute(op.stmt, op.params), op.fetch)
+                    if op.driver:
+                        prepared = driver.prepare(conn.dialect, op.stmt)
+                        raw = await conn.exec_driver_sql(prepared.sql, prepared.args(op.params))  # type: ignore[arg-type]
+                        value = driver.process(prepared, raw.all())
+                    else:
+                        value = fetch(await conn.execute(op.stmt, op.params), op.fetch)
             except IntegrityError as exc:
                 op = plan.throw(exc)
                 continue

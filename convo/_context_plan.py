@@ -198,7 +198,8 @@ def plan_build(cfg: BuildConfig) -> Plan:
             misses[row.id] = cached
         return Item(row, row.seq, _cost(cfg, cached), counter.is_exact(row))
 
-    page = cfg.page_size or max(16, min(256, cfg.budget // 120))
+    # first page sized for ~160-token messages; later pages double
+    page = cfg.page_size or max(16, min(256, cfg.budget // 160))
     # one store call for the lineage, the pinned messages and the newest page
     pinned_rows, first_page = yield Start(page)
     pinned = [item(r, c) for r, c in pinned_rows]
@@ -396,7 +397,8 @@ def _finish(
     prompt_tokens = rendered.prompt_tokens
     seqs = rendered.seqs
     trunc = sel.truncation
-    report = ContextReport(
+    # Our own values, built from checked parts: skip re-validation on the hot path.
+    report = ContextReport.model_construct(
         conversation_id=cfg.conversation_id,
         model=cfg.model,
         mode=cfg.mode,
@@ -428,7 +430,7 @@ def _finish(
         rows_read=sel.rows_read,
         counted=counted,
     )
-    return Context(
+    return Context.model_construct(
         mode=cfg.mode,
         model=cfg.model,
         messages=rendered.messages,

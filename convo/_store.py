@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import _migrate
 from . import _store_core as core
+from . import _store_driver as driver
 from ._engine import create_engine, mode_engines, prepare_engine, safe_url
 from ._exceptions import ConfigurationError, NotMigratedError, StoreError
 from ._messages import Message
@@ -467,10 +468,27 @@ def _drive(conn: Connection, plan: Plan[T]) -> T:
                     value = None
                 else:
                     assert isinstance(op, Op)
-                    value = fetch(conn.execute(op.stmt, op.params), op.fetch)
+                    if op.driver:
+                        value = _driver_fetch(conn, op)
+                    else:
+                        value = fetch(conn.execute(op.stmt, op.params), op.fetch)
             except IntegrityError as exc:
                 op = plan.throw(exc)
                 continue
             op = plan.send(value)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
+
+
+def _driver_fetch(conn: Connection, op: Op) -> list[tuple[Any, ...]]:
+    prepared = driver.prepare(conn.dialect, op.stmt)
+    if driver.observed(conn):
+        # someone listens to cursor events (tracing, logging): go through SQLAlchemy
+        raw = conn.exec_driver_sql(prepared.sql, prepared.args(op.params))  # type: ignore[arg-type]
+        return driver.process(prepared, raw.all())
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(prepared.sql, prepared.args(op.params))  # type: ignore[arg-type]
+        return driver.process(prepared, cursor.fetchall())
+    finally:
+        cursor.close()

@@ -83,6 +83,9 @@ class Op:
     stmt: Executable
     params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None
     fetch: Fetch = "all"
+    #: run on the DBAPI cursor (the hot read path, see ``_store_driver``); rows are
+    #: plain tuples then, read by position; only with ``fetch="all"``
+    driver: bool = False
 
 
 class _Rollback(Enum):
@@ -157,16 +160,17 @@ class Lineage:
 
 
 def _lineage(conversation_id: str, owner: str | None) -> Plan[Lineage]:
-    rows = yield Op(sql.chain_query(), {"cid": conversation_id})
-    if not rows or (owner is not None and rows[0].owner != owner):
+    rows = yield Op(sql.chain_query(), {"cid": conversation_id}, driver=True)
+    # columns: id, parent_id, fork_seq, last_seq, owner, depth
+    if not rows or (owner is not None and rows[0][4] != owner):
         raise ConversationNotFound(conversation_id, owner=owner)
     segments = []
-    cap = rows[0].last_seq
-    for row in rows:
-        lo = row.fork_seq or 0
-        segments.append((row.id, lo, cap))
+    last_seq = cap = rows[0][3]
+    for cid, _parent, fork_seq, _last, _owner, _depth in rows:
+        lo = fork_seq or 0
+        segments.append((cid, lo, cap))
         cap = min(cap, lo)
-    return Lineage(conversation_id, rows[0].last_seq, tuple(segments))
+    return Lineage(conversation_id, last_seq, tuple(segments))
 
 
 def _read_segments(
@@ -196,7 +200,7 @@ def _read_segments(
             params["limit"] = limit - len(out)
         if encoding is not None:
             params["encoding"] = encoding
-        out.extend((yield Op(stmt, params)))
+        out.extend((yield Op(stmt, params, driver=True)))
         if limit is not None and len(out) >= limit:
             break
     return out

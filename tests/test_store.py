@@ -495,3 +495,26 @@ async def test_over_long_short_texts_are_refused_alike_on_both_databases(store):
     assert store.snapshot() == before
     ok = await store.append(conv.id, {"role": "user", "content": "hi", "name": "x" * 255})
     assert ok.name == "x" * 255
+
+
+async def test_hot_read_path_gives_what_sqlalchemy_gives(store):
+    """Reads of messages run on the DBAPI cursor unless cursor events are observed;
+    both routes must return equal values (JSON, datetimes, reply info, parts)."""
+    conv = await store.create_conversation()
+    call = ToolCall(id="c1", function=FunctionCall(name="f", arguments='{"x": 1}'))
+    await store.append_many(conv.id, [
+        Message.system("s", metadata={"k": [1, {"a": None}]}),
+        Message.user([TextPart(text="look"), ImagePart(image_url=ImageURL(url="data:,x"))], name="ann"),
+        Message.assistant(tool_calls=[call]),
+        Message.tool("42", tool_call_id="c1"),
+    ])
+    await store.append(conv.id, Message.assistant("done"), reply=ReplyInfo(model="m", usage={"total_tokens": 3}, seed=7))
+    fast = await store.messages(conv.id)
+    fast_tail = await store.tail(conv.id, encoding="o200k_base", limit=3)
+    with store.statements() as seen:  # a cursor listener: statements go through SQLAlchemy
+        slow = await store.messages(conv.id)
+        slow_tail = await store.tail(conv.id, encoding="o200k_base", limit=3)
+    assert any("FROM messages" in s for s in seen)
+    assert fast == slow and fast_tail == slow_tail
+    assert fast[-1].reply == ReplyInfo(model="m", usage={"total_tokens": 3}, seed=7)
+    assert fast[0].metadata == {"k": [1, {"a": None}]} and fast[0].created_at.tzinfo is not None
