@@ -16,8 +16,8 @@ from ._messages import Message
 
 if TYPE_CHECKING:
     from ._async_client import AsyncOpenAIClient
-    from ._client_params import ChatParams
     from ._client import OpenAIClient
+    from ._client_params import ChatParams
 
 __all__ = [
     "AsyncModelSummarizer",
