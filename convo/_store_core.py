@@ -45,6 +45,7 @@ from ._exceptions import (
 from ._messages import Message, parse_message
 from ._records import Conversation, ReplyInfo, StoredMessage, Summary
 from ._store_rows import (
+    check_pinnable,
     check_short,
     construct,
     conversation_from_row,
@@ -558,6 +559,16 @@ def set_pinned(conversation_id: str, seq: int, value: bool, *, owner: str | None
             f"message {seq} of {conversation_id!r} is inherited from {holder!r}; "
             "pinning it would change that conversation and its other forks"
         )
+    if value:
+        found = yield Op(
+            sa.select(M.c.role, M.c.tool_calls).where(
+                M.c.conversation_id == conversation_id, M.c.seq == seq
+            ),
+            None,
+            "first",
+        )
+        if found is not None:
+            check_pinnable(found[0], found[1] is not None, seq)
     stmt = sa.update(M).where(M.c.conversation_id == conversation_id, M.c.seq == seq)
     count = yield Op(stmt.values(pinned=value), None, "rowcount")
     if not count:

@@ -116,6 +116,22 @@ def check_short(value: str | None, field: str) -> None:
         )
 
 
+def check_pinnable(role: str, has_tool_calls: bool, seq: int | None = None) -> None:
+    """Only whole-turn-safe messages may be pinned.
+
+    A pinned message is kept when the rest of its turn is dropped; a pinned tool
+    call or tool result would then be sent without its partner, which OpenAI
+    rejects. Pin the user message of that turn instead (or let a summary carry it).
+    """
+    if role == "tool" or has_tool_calls:
+        what = "a tool result" if role == "tool" else "an assistant message with tool calls"
+        where = f" (seq {seq})" if seq is not None else ""
+        raise StoreInputError(
+            f"cannot pin {what}{where}: it would be kept without the other half of its "
+            "tool-call pair when its turn is dropped; pin the turn's user message instead"
+        )
+
+
 def message_params(
     message: Message,
     *,
@@ -135,6 +151,8 @@ def message_params(
             usage = json.loads(json.dumps(reply.usage))
         except (TypeError, ValueError) as exc:
             raise InvalidMessageError(f"reply usage must be JSON: {exc}") from exc
+    if pinned:
+        check_pinnable(message.role, bool(message.tool_calls))
     for field, value in (
         ("name", message.name),
         ("tool_call_id", message.tool_call_id),

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from convo import (
@@ -56,7 +56,7 @@ def histories(draw: st.DrawFn) -> list[tuple[Message, bool]]:
             out.append((Message.assistant(tool_calls=calls), False))
             out.extend((Message.tool(draw(words), tool_call_id=c.id), False) for c in calls)
         if draw(st.booleans()) or t < 1:
-            out.append((Message.assistant(draw(words)), False))
+            out.append((Message.assistant(draw(words)), draw(st.integers(0, 8)) == 0))
         if draw(st.integers(0, 12)) == 0:
             out.append((Message.developer("Be precise. " + draw(words)), False))
     # the conversation a build answers ends with the user's newest message
@@ -140,8 +140,10 @@ def test_every_build_keeps_the_invariants(
     try:
         ctx = builder.build(conv_id)
     except ContextOverflowError as exc:
+        event("overflow")
         assert exc.budget == budget and exc.required > budget
         return
+    event("dropped history" if ctx.report.dropped_count else "everything fit")
     _check(ctx, sqlite_store, conv_id, budget)
     if summarize and ctx.report.dropped_count:
         s = ctx.report.summary

@@ -518,3 +518,18 @@ async def test_hot_read_path_gives_what_sqlalchemy_gives(store):
     assert fast == slow and fast_tail == slow_tail
     assert fast[-1].reply == ReplyInfo(model="m", usage={"total_tokens": 3}, seed=7)
     assert fast[0].metadata == {"k": [1, {"a": None}]} and fast[0].created_at.tzinfo is not None
+
+
+async def test_tool_calls_and_results_cannot_be_pinned(store):
+    conv = await store.create_conversation()
+    call = ToolCall(id="c1", function=FunctionCall(name="f", arguments="{}"))
+    stored = await store.append_many(conv.id, [Message.user("q"), Message.assistant(tool_calls=[call]), Message.tool("r", tool_call_id="c1")])
+    before = store.snapshot()
+    for seq in (2, 3):
+        with pytest.raises(StoreInputError, match="cannot pin"):
+            await store.set_pinned(conv.id, seq, True)
+    with pytest.raises(StoreInputError, match="pin the turn's user message"):
+        await store.append(conv.id, Message.tool("again", tool_call_id="c1"), pinned=True)
+    assert store.snapshot() == before
+    await store.set_pinned(conv.id, stored[0].seq, True)  # the turn's user message: fine
+    await store.set_pinned(conv.id, 2, False)  # unpinning is always allowed
