@@ -150,8 +150,15 @@ def test_serve_fake_serves_until_interrupted() -> None:
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "You said: ping"
     finally:
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=20) == 0
-        if proc.stdout:
-            proc.stdout.close()
-        if proc.stderr:
-            proc.stderr.close()
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # never leak a server into later tests
+            proc.wait()
+            raise
+        finally:
+            if proc.stdout:
+                proc.stdout.close()
+            if proc.stderr:
+                proc.stderr.close()
+    assert code == 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import select
 import selectors
+import signal
 import socket
 import sys
 import threading
@@ -253,6 +254,7 @@ def serve_forever(
         from ._backend import FakeBackend
 
         backend = FakeBackend()
+    restore = _stop_on_signals()
     server = FakeServer(backend, host=host, port=port)
     try:
         if on_ready is not None:
@@ -263,3 +265,27 @@ def serve_forever(
         pass
     finally:
         server.close()
+        restore()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_on_signals() -> Callable[[], None]:
+    """Stop on SIGINT and SIGTERM, whatever the process inherited.
+
+    A process started in the background by a non-interactive shell inherits
+    SIGINT as *ignored*, and Python then installs no KeyboardInterrupt handler;
+    a server must still stop on Ctrl-C or ``kill``. Only the main thread may set
+    handlers; elsewhere nothing changes. Returns a function restoring the old ones.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
