@@ -140,6 +140,9 @@ def test_serve_fake_serves_until_interrupted() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-c", "from convo.cli import main; main()", "serve-fake", "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # started as a background job of a non-interactive shell would be: SIGINT
+        # inherited as ignored; the server must still stop on Ctrl-C
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         assert proc.stdout is not None
