@@ -193,7 +193,11 @@ def plan_build(cfg: BuildConfig) -> Plan:
     misses: dict[int, int] = {}
 
     def item(row: StoredMessage, cached: int | None) -> Item:
-        if cached is None:
+        if isinstance(row.content, list) and _has_media(row.content):
+            # Image and audio costs depend on the model family, not only on the
+            # encoding the cache is keyed by: count them for this model every time.
+            cached = counter.message_tokens(row)
+        elif cached is None:
             cached = counter.message_tokens(row)
             misses[row.id] = cached
         return Item(row, row.seq, _cost(cfg, cached), counter.is_exact(row))
@@ -259,6 +263,10 @@ def plan_build(cfg: BuildConfig) -> Plan:
     return _finish(cfg, sel, rendered, summary_use, exact, len(misses))
 
 
+def _has_media(parts: list[Any]) -> bool:
+    return any(getattr(p, "type", "text") in ("image_url", "input_audio") for p in parts)
+
+
 def _mentions_json(sel: Selection) -> bool:
     return any("json" in i.message.text.lower() for i in (*sel.pinned, *sel.window))
 
@@ -311,6 +319,9 @@ def _summarize(
     counter = cfg.counter
     pinned_seqs = {i.seq for i in sel.pinned}
     stored: Summary | None = yield LatestSummary(sel.dropped_through or 0)
+    if stored is not None and stored.start_seq > 1:
+        # it would leave the messages before its start uncovered: start afresh
+        stored = None
     for _ in range(4):
         end = sel.dropped_through
         assert end is not None
@@ -327,7 +338,13 @@ def _summarize(
                 if fresh:
                     text = yield Summarize(fresh, text, cfg.summary_max_tokens)
                 cursor = rows[-1].seq
-            stored = yield AddSummary(start, end, text or "")
+            if not text or not text.strip():
+                raise ContextError(
+                    f"the summarizer returned no text for messages {start}..{end} of "
+                    f"conversation {cfg.conversation_id!r}; nothing was stored (an empty "
+                    "summary would stand in for that history forever)"
+                )
+            stored = yield AddSummary(start, end, text)
         assert stored is not None
         msg = Message(role=cfg.summary_role, content=cfg.summary_prefix + stored.content)
         cost = _cost(cfg, counter.message_tokens(msg))

@@ -486,9 +486,20 @@ def _driver_fetch(conn: Connection, op: Op) -> list[tuple[Any, ...]]:
         # someone listens to cursor events (tracing, logging): go through SQLAlchemy
         raw = conn.exec_driver_sql(prepared.sql, prepared.args(op.params))  # type: ignore[arg-type]
         return driver.process(prepared, raw.all())
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    args = prepared.args(op.params)  # type: ignore[arg-type]
+    dbapi_conn = conn.connection.dbapi_connection
+    assert dbapi_conn is not None
+    cursor = dbapi_conn.cursor()
     try:
-        cursor.execute(prepared.sql, prepared.args(op.params))  # type: ignore[arg-type]
+        cursor.execute(prepared.sql, args)
         return driver.process(prepared, cursor.fetchall())
+    except conn.dialect.loaded_dbapi.Error as exc:
+        # What SQLAlchemy's execute would do: notice a dropped connection, and wrap
+        # the driver's error so the store translates it into convo's tree.
+        if conn.dialect.is_disconnect(exc, dbapi_conn, cursor):
+            conn.invalidate(exc)
+        raise DBAPIError.instance(
+            prepared.sql, args, exc, conn.dialect.loaded_dbapi.Error
+        ) from exc
     finally:
         cursor.close()

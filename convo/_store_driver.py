@@ -42,21 +42,23 @@ class DriverStatement:
         return tuple(merged[name] for name in self.positional)
 
 
-_cache: dict[tuple[int, int], DriverStatement] = {}
-
-
 def observed(conn: Any) -> bool:
-    """True when cursor-level events or echo would see statements on ``conn``."""
+    """True when anything would see statements on ``conn``: cursor events, ``echo``,
+    or SQL logging (``logging.getLogger("sqlalchemy.engine")`` at INFO)."""
     d = conn.dispatch
     return bool(
-        d.before_cursor_execute or d.after_cursor_execute or conn.engine.echo
+        d.before_cursor_execute
+        or d.after_cursor_execute
+        or conn._echo
+        or conn.engine._should_log_info()
     )
 
 
 def prepare(dialect: Dialect, stmt: Executable) -> DriverStatement:
-    """``stmt`` compiled for ``dialect`` (cached; statements on this path are module-level)."""
-    key = (id(dialect), id(stmt))
-    found = _cache.get(key)
+    """``stmt`` compiled for ``dialect``, cached on the dialect itself (so the cache
+    lives and dies with its engine; the statements here are module-level)."""
+    cache: dict[int, DriverStatement] = dialect.__dict__.setdefault("_convo_driver_cache", {})
+    found = cache.get(id(stmt))
     if found is not None and found.stmt is stmt:
         return found
     compiled = stmt.compile(dialect=dialect)  # type: ignore[attr-defined]
@@ -74,7 +76,7 @@ def prepare(dialect: Dialect, stmt: Executable) -> DriverStatement:
         },
         processors=processors,
     )
-    _cache[key] = prepared
+    cache[id(stmt)] = prepared
     return prepared
 
 

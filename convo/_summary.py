@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
+from ._exceptions import ContextError
 from ._messages import Message
 
 if TYPE_CHECKING:
@@ -78,6 +79,20 @@ def summary_request(
     ]
 
 
+def _summary_text(reply: Any) -> str:
+    """The summary in a chat reply; a cut-off or empty reply is an error, never stored."""
+    choice = reply.choices[0] if reply.choices else None
+    text = ((choice.message.content if choice else None) or "").strip()
+    if choice is None or choice.finish_reason == "length" or not text:
+        reason = "no choices" if choice is None else f"finish_reason={choice.finish_reason!r}"
+        raise ContextError(
+            f"the summary request returned no usable text ({reason}; "
+            f"{len(text)} characters): raise summary_max_tokens (reasoning models spend "
+            "part of it thinking) or use another summary model"
+        )
+    return text
+
+
 def _limit(param: Literal["max_completion_tokens", "max_tokens"], n: int) -> ChatParams:
     return {"max_tokens": n} if param == "max_tokens" else {"max_completion_tokens": n}
 
@@ -120,7 +135,7 @@ class ModelSummarizer:
             **_limit(self.max_tokens_param, max_tokens),
             **self.params,
         )
-        return (reply.choices[0].message.content or "").strip()
+        return _summary_text(reply)
 
 
 class AsyncModelSummarizer:
@@ -150,4 +165,4 @@ class AsyncModelSummarizer:
             **_limit(self.max_tokens_param, max_tokens),
             **self.params,
         )
-        return (reply.choices[0].message.content or "").strip()
+        return _summary_text(reply)

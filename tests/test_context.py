@@ -324,3 +324,50 @@ def test_owner_scoping(store: Any) -> None:
         builder.build(conv.id, owner="bob")
     with pytest.raises(ConversationNotFound):
         builder.build("no-such-conversation")
+
+
+def test_image_costs_follow_the_model_not_the_cached_encoding(store: Any) -> None:
+    # gpt-4o and gpt-4o-mini share o200k_base but bill images differently
+    conv = store.create_conversation()
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png", "detail": "low"}}
+    store.append_many(conv.id, [Message.system("s"), Message.user([{"type": "text", "text": "what is this?"}, image])])
+    for model in ("gpt-4o", "gpt-4o-mini", "gpt-4o"):
+        ctx = ContextBuilder(store, model=model, budget=100_000).build(conv.id)
+        assert ctx.report.prompt_tokens == count_tokens(ctx.messages, model=model)
+    assert count_tokens(ctx.messages, model="gpt-4o") != count_tokens(ctx.messages, model="gpt-4o-mini")
+
+
+class Empty(Recorder):
+    def summarize(self, messages: Sequence[Any], *, previous: str | None, max_tokens: int) -> str:
+        super().summarize(messages, previous=previous, max_tokens=max_tokens)
+        return "  "
+
+
+def test_an_empty_summary_is_an_error_and_is_not_stored(store: Any) -> None:
+    cid = _long(store, 30)
+    with pytest.raises(ContextError, match="no text"):
+        ContextBuilder(store, model=MODEL, budget=1200, summarizer=Empty()).build(cid)
+    assert store.latest_summary(cid, up_to_seq=10_000) is None
+
+
+def test_model_summarizer_refuses_a_cut_off_reply(store: Any) -> None:
+    from convo import ModelSummarizer, OpenAIClient
+    from convo.testing import FakeBackend
+
+    cid = _long(store, 30)
+    fake = FakeBackend()
+    fake.reply("", finish_reason="length")
+    with OpenAIClient(base_url="http://fake/v1", api_key="k", transport=fake.transport()) as client:
+        summarizer = ModelSummarizer(client, model="gpt-4o-mini")
+        with pytest.raises(ContextError, match="finish_reason='length'"):
+            ContextBuilder(store, model=MODEL, budget=1200, summarizer=summarizer).build(cid)
+    assert store.latest_summary(cid, up_to_seq=10_000) is None
+
+
+def test_a_summary_that_does_not_start_at_the_beginning_is_not_reused(store: Any) -> None:
+    cid = _long(store, 30)
+    store.add_summary(cid, start_seq=10, end_seq=20, content="only the middle")
+    rec = Recorder()
+    ctx = ContextBuilder(store, model=MODEL, budget=1200, summarizer=rec).build(cid)
+    assert ctx.report.summary is not None and ctx.report.summary.start_seq == 1
+    assert rec.calls[0][1] is None and rec.calls[0][0][0] == 2  # from the start, no previous text

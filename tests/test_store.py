@@ -19,6 +19,7 @@ from convo._exceptions import (
     ConversationNotFound,
     ForkConflictError,
     MessageNotFound,
+    StoreError,
     StoreInputError,
 )
 from convo._messages import FunctionCall, ImagePart, ImageURL, TextPart, ToolCall
@@ -533,3 +534,15 @@ async def test_tool_calls_and_results_cannot_be_pinned(store):
     assert store.snapshot() == before
     await store.set_pinned(conv.id, stored[0].seq, True)  # the turn's user message: fine
     await store.set_pinned(conv.id, 2, False)  # unpinning is always allowed
+
+
+async def test_driver_errors_on_the_hot_read_path_are_store_errors(store):
+    conv = await store.create_conversation()
+    await store.append(conv.id, user("hi"))
+    store.sql("ALTER TABLE message_tokens RENAME TO message_tokens_gone")
+    try:
+        with pytest.raises(StoreError, match="database error"):
+            await store.tail(conv.id, encoding="o200k_base")
+    finally:
+        store.sql("ALTER TABLE message_tokens_gone RENAME TO message_tokens")
+    assert len(await store.tail(conv.id, encoding="o200k_base")) == 1  # the store still works
