@@ -112,7 +112,7 @@ class ChatAccumulator:
     """Assembles :class:`ChatCompletionChunk` values into a :class:`ChatCompletion`."""
 
     def __init__(self) -> None:
-        self.finished = False  # some choice reported a finish reason
+        self.finished = False  # every choice seen has reported a finish reason
         self._head = _Head()
         self._service_tier: str | None = None
         self._choices: dict[int, _ChatChoice] = {}
@@ -165,7 +165,8 @@ class ChatAccumulator:
                     acc.refusal_logprobs = (acc.refusal_logprobs or []) + choice.logprobs.refusal
             if choice.finish_reason:
                 acc.finish_reason = choice.finish_reason
-                self.finished = True
+                # complete only when every choice seen so far has finished (n > 1)
+                self.finished = all(c.finish_reason for c in self._choices.values())
 
     def result(self) -> ChatCompletion:
         choices = []
@@ -234,7 +235,8 @@ class CompletionAccumulator:
                         acc.logprobs.setdefault(name, []).extend(values)
             if choice.finish_reason:
                 acc.finish_reason = choice.finish_reason
-                self.finished = True
+                # complete only when every choice seen so far has finished (n > 1)
+                self.finished = all(c.finish_reason for c in self._choices.values())
 
     def result(self) -> Completion:
         choices = [
@@ -279,7 +281,7 @@ class StreamCore(Generic[ChunkT, ResultT]):
 
     @property
     def complete(self) -> bool:
-        """The server said the response is complete ([DONE] or a finish reason)."""
+        """The server said the response is complete ([DONE], or every choice finished)."""
         return self.done or self._acc.finished
 
     def feed(self, data: bytes) -> list[ChunkT]:

@@ -367,3 +367,27 @@ async def test_final_after_a_broken_stream_raises_what_broke_it(kind: str) -> No
     with pytest.raises(APIStreamError, match="overloaded") as again:
         await api.do(stream, "final")
     assert again.value is first.value is stream.error
+
+
+def test_a_stream_cut_while_another_choice_is_unfinished_is_an_error() -> None:
+    import json as _json
+
+    import httpx
+
+    from convo import APIStreamError, OpenAIClient
+
+    def chunk(index: int, content: str, finish: str | None) -> str:
+        body = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                "choices": [{"index": index, "delta": {"content": content}, "finish_reason": finish}]}
+        return f"data: {_json.dumps(body)}\n\n"
+
+    # n=2: choice 0 finishes, choice 1 is cut midway, no [DONE]
+    sse = chunk(0, "Hi", None) + chunk(1, "Hi th", None) + chunk(0, "!", "stop")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=sse.encode())
+
+    with OpenAIClient(base_url="http://x/v1", api_key="k", transport=httpx.MockTransport(handler)) as client:
+        with client.chat_stream(model="m", messages=[{"role": "user", "content": "hi"}], n=2) as s:
+            with pytest.raises(APIStreamError, match="ended before the response was complete"):
+                s.final()
