@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -296,19 +296,42 @@ class ClientCore:
         self, what: str, exc: ValidationError, response: httpx.Response, data: str | None = None
     ) -> APIResponseValidationError:
         """The error for a body (or stream event ``data``) that is not a valid ``what``."""
-        return _errors.validation_error(what, exc, response, self.redact, data)
+        return _errors.validation_error(
+            what, exc, response, self.redactor(response.request), data
+        )
 
     def status_error(self, response: httpx.Response) -> APIStatusError:
         """The exception for an error status; the body must have been read."""
-        return _errors.status_error(response, self.redact)
+        return _errors.status_error(response, self.redactor(response.request))
 
     def transport_error(self, exc: httpx.RequestError, request: httpx.Request) -> APIError:
         """Translate an httpx failure; the caller raises the result ``from exc``."""
-        return _errors.transport_error(exc, request, self.redact)
+        return _errors.transport_error(exc, request, self.redactor(request))
 
     def stream_error(self, data: str, response: httpx.Response) -> APIStreamError:
         """The exception for an error event (``data`` is its text) inside a stream."""
-        return _errors.stream_error(data, response, self.redact)
+        return _errors.stream_error(data, response, self.redactor(response.request))
+
+    def redactor(self, request: httpx.Request) -> Callable[[str], str]:
+        """:meth:`redact`, plus the secret headers this very request carried: per-call
+        ``extra_headers`` (a per-tenant key) and a passed-in client's own headers."""
+        extra = set()
+        for name, value in request.headers.items():
+            if name.lower() in _SECRET_HEADERS and value:
+                extra.add(value)
+                extra.add(value.split(" ", 1)[-1])
+        extra.difference_update(self._secrets)
+        if not any(len(v) >= 4 for v in extra):
+            return self.redact
+        secrets = sorted((*self._secrets, *(v for v in extra if len(v) >= 4)), key=len, reverse=True)
+
+        def redact(text: str) -> str:
+            for secret in secrets:
+                if secret in text:
+                    text = text.replace(secret, "***")
+            return text
+
+        return redact
 
     def redact(self, text: str) -> str:
         """``text`` without the API key or secret default headers (servers echo keys in errors)."""

@@ -618,3 +618,16 @@ async def test_header_keys_are_redacted_and_header_names_merge_case_insensitivel
     first, second = api.server.requests
     assert first.headers.get_list("user-agent") == ["my-bot/1"]
     assert first.headers["api-key"] == SECRET and "api-key" not in second.headers
+
+
+async def test_per_request_keys_are_redacted_too(kind: str) -> None:
+    tenant = "sk-per-tenant-789"
+    echo = {"error": {"message": f"Invalid key {tenant}", "type": "auth"}}
+    api = Api(kind, server=Server(httpx.Response(401, json=echo)), api_key=None, max_retries=0)
+    with pytest.raises(APIStatusError) as info:
+        await api.call(
+            "chat", model="m", messages=[Message.user("Hi")],
+            extra_headers={"Authorization": f"Bearer {tenant}"},
+        )
+    assert tenant not in str(info.value) and tenant not in json.dumps(info.value.body)
+    assert "Invalid key ***" in str(info.value)
