@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
@@ -84,6 +85,8 @@ _SPECIAL_TOKENS = (
 )
 
 
+_MARKER = re.compile(r"<\|[A-Za-z0-9_.:-]+\|>|\[/?(?:INST|AVAILABLE_TOOLS|TOOL_CALLS|TOOL_RESULTS)\]|<</?SYS>>|</?s>")
+
 class JinjaChatTemplate:
     """A Hugging Face-style Jinja chat template used as a completion prompt template.
 
@@ -119,6 +122,15 @@ class JinjaChatTemplate:
         "stop",
         "variables",
     )
+
+    @property
+    def markers(self) -> tuple[str, ...]:
+        """Control strings of this format: special tokens the template writes
+        literally (``<|...|>``, ``[INST]``, ``<<SYS>>``, ``<s>``), bos/eos, stop
+        sequences. The context builder neutralizes them in message text."""
+        found = set(_MARKER.findall(self.source))
+        found.update((self.bos_token, self.eos_token, *self.stop))
+        return tuple(sorted((m for m in found if m.strip()), key=len, reverse=True))
 
     def __init__(
         self,

@@ -115,6 +115,9 @@ class _Builtin:
     bos_token: str = ""
     eos_token: str = ""
     call_hint: str = ""
+    #: the format's control strings; a message's text containing one could open a
+    #: turn of another role, so the context builder neutralizes them in message text
+    markers: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return f"<PromptTemplate {self.name!r} stop={self.stop!r}>"
@@ -176,6 +179,7 @@ class _Transcript(_Builtin):
     __slots__ = ()
     name = "transcript"
     stop = ("\n\nUser:", "\n\nUser (", "\n\nSystem:")
+    markers = ("\n\nUser", "\n\nAssistant", "\n\nSystem", "\n\nTool")
     call_hint = 'write a line "Tool call: <name>(<arguments as a JSON object>)".'
 
     def render(
@@ -235,6 +239,7 @@ _QWEN_TOOLS_TAIL = (
 class _ChatML(_Builtin):
     __slots__ = ()
     name = "chatml"
+    markers = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
     stop = ("<|im_end|>", "<|endoftext|>")
     eos_token = "<|im_end|>"
 
@@ -296,6 +301,10 @@ class _ChatML(_Builtin):
 class _Llama3(_Builtin):
     __slots__ = ()
     name = "llama3"
+    markers = (
+        "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+        "<|eom_id|>", "<|end_of_text|>", "<|python_tag|>",
+    )
     stop = ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>")
     bos_token = "<|begin_of_text|>"
     eos_token = "<|eot_id|>"
@@ -353,6 +362,7 @@ class _Inst(_Builtin):
     """Two-sided ``[INST]`` formats: a system prompt, then user / assistant turns."""
 
     __slots__ = ()
+    markers = ("<s>", "</s>", "[INST]", "[/INST]", "<<SYS>>", "<</SYS>>")
     stop = ("</s>", "[INST]")
     bos_token = "<s>"
     eos_token = "</s>"

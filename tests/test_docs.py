@@ -37,7 +37,7 @@ def test_every_cli_command_is_documented() -> None:
 
 def test_ci_runs_the_readme_test_command() -> None:
     readme = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
+    blocks = re.findall(r"```bash\n(.*?)```", readme, re.DOTALL)
     test_cmd = next(b.strip() for b in blocks if "pytest" in b)
     main_cmd = next(b.strip() for b in blocks if "examples/quickstart.py" in b)
     assert test_cmd in (ROOT / ".ci" / "run").read_text()
@@ -57,7 +57,7 @@ def test_quickstart_example_runs(tmp_path: Path) -> None:
 
 def test_readme_python_block_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     readme = (ROOT / "README.md").read_text()
-    (code,) = re.findall(r"```python\n(.*?)```", readme, re.S)
+    (code,) = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {}
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README is ours
