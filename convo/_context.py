@@ -11,19 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from ._context_plan import (
-    AddSummary,
-    BuildConfig,
-    LatestSummary,
-    Range,
-    SaveCounts,
-    Start,
-    Summarize,
-    Tail,
-    plan_build,
-    run_async,
-    run_sync,
-)
+from ._context_plan import BuildConfig, plan_build, run_async, run_sync, store_call
 from ._context_report import Context
 from ._exceptions import ConfigurationError
 from ._messages import Message
@@ -196,38 +184,13 @@ class ContextBuilder(_BuilderBase):
             response_format=response_format,
             summarizing=self.summarizer is not None,
         )
-        store, cid = self.store, conversation_id
+
+        targets = {"store": self.store, "summarizer": self.summarizer}
+        enc = cfg.counter.encoding_name
 
         def handle(op: Any) -> Any:
-            match op:
-                case Tail(before, limit):
-                    return store.tail(
-                        cid,
-                        encoding=cfg.counter.encoding_name,
-                        before=before,
-                        limit=limit,
-                        owner=owner,
-                    )
-                case Start(limit):
-                    return store.context_start(
-                        cid, encoding=cfg.counter.encoding_name, limit=limit, owner=owner
-                    )
-                case Range(after, before, limit):
-                    return store.messages(cid, after=after, before=before, limit=limit, owner=owner)
-                case LatestSummary(up_to):
-                    return store.latest_summary(cid, up_to_seq=up_to, owner=owner)
-                case Summarize(messages, previous, max_tokens):
-                    assert self.summarizer is not None
-                    return self.summarizer.summarize(
-                        messages, previous=previous, max_tokens=max_tokens
-                    )
-                case AddSummary(start, end, content):
-                    return store.add_summary(
-                        cid, start_seq=start, end_seq=end, content=content, owner=owner
-                    )
-                case SaveCounts(encoding, counts):
-                    return store.save_token_counts(encoding, counts)
-            raise AssertionError(op)  # pragma: no cover
+            target, method, args, kwargs = store_call(op, conversation_id, owner, enc)
+            return getattr(targets[target], method)(*args, **kwargs)
 
         return run_sync(plan_build(cfg), handle)
 
@@ -257,39 +220,12 @@ class AsyncContextBuilder(_BuilderBase):
             response_format=response_format,
             summarizing=self.summarizer is not None,
         )
-        store, cid = self.store, conversation_id
+
+        targets = {"store": self.store, "summarizer": self.summarizer}
+        enc = cfg.counter.encoding_name
 
         async def handle(op: Any) -> Any:
-            match op:
-                case Tail(before, limit):
-                    return await store.tail(
-                        cid,
-                        encoding=cfg.counter.encoding_name,
-                        before=before,
-                        limit=limit,
-                        owner=owner,
-                    )
-                case Start(limit):
-                    return await store.context_start(
-                        cid, encoding=cfg.counter.encoding_name, limit=limit, owner=owner
-                    )
-                case Range(after, before, limit):
-                    return await store.messages(
-                        cid, after=after, before=before, limit=limit, owner=owner
-                    )
-                case LatestSummary(up_to):
-                    return await store.latest_summary(cid, up_to_seq=up_to, owner=owner)
-                case Summarize(messages, previous, max_tokens):
-                    assert self.summarizer is not None
-                    return await self.summarizer.summarize(
-                        messages, previous=previous, max_tokens=max_tokens
-                    )
-                case AddSummary(start, end, content):
-                    return await store.add_summary(
-                        cid, start_seq=start, end_seq=end, content=content, owner=owner
-                    )
-                case SaveCounts(encoding, counts):
-                    return await store.save_token_counts(encoding, counts)
-            raise AssertionError(op)  # pragma: no cover
+            target, method, args, kwargs = store_call(op, conversation_id, owner, enc)
+            return await getattr(targets[target], method)(*args, **kwargs)
 
         return await run_async(plan_build(cfg), handle)

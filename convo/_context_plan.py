@@ -408,7 +408,12 @@ _ZWSP = "\u200b"
 
 def control_markers(template: Any) -> tuple[str, ...]:
     """The template's control strings (special tokens, turn headers, stop sequences)."""
-    found = {*getattr(template, "markers", ()), *template.stop, template.bos_token, template.eos_token}
+    found = {
+        *getattr(template, "markers", ()),
+        *template.stop,
+        template.bos_token,
+        template.eos_token,
+    }
     return tuple(sorted((m for m in found if m and m.strip()), key=len, reverse=True))
 
 
@@ -501,6 +506,45 @@ def _finish(
         stop=list(cfg.template.stop) if cfg.mode == "completion" else [],
         tools=cfg.tools,
     )
+
+
+def store_call(
+    op: Op, conversation_id: str, owner: str | None, encoding: str
+) -> tuple[str, str, tuple[Any, ...], dict[str, Any]]:
+    """How a shell answers ``op``: (``"store"`` or ``"summarizer"``, method, args, kwargs).
+
+    The one mapping from plan operations to store / summarizer methods; the sync
+    shell calls it, the async shell awaits it, so the two cannot drift.
+    """
+    cid, scope = conversation_id, {"owner": owner}
+    match op:
+        case Start(limit):
+            return "store", "context_start", (cid,), {"encoding": encoding, "limit": limit, **scope}
+        case Tail(before, limit):
+            kw = {"encoding": encoding, "before": before, "limit": limit, **scope}
+            return "store", "tail", (cid,), kw
+        case Range(after, before, limit):
+            return (
+                "store",
+                "messages",
+                (cid,),
+                {"after": after, "before": before, "limit": limit, **scope},
+            )
+        case LatestSummary(up_to):
+            return "store", "latest_summary", (cid,), {"up_to_seq": up_to, **scope}
+        case AddSummary(start, end, content):
+            kw = {"start_seq": start, "end_seq": end, "content": content, **scope}
+            return "store", "add_summary", (cid,), kw
+        case SaveCounts(counted_in, counts):
+            return "store", "save_token_counts", (counted_in, counts), {}
+        case Summarize(messages, previous, max_tokens):
+            return (
+                "summarizer",
+                "summarize",
+                (messages,),
+                {"previous": previous, "max_tokens": max_tokens},
+            )
+    raise AssertionError(op)  # pragma: no cover
 
 
 def run_sync(plan: Plan, handle: Any) -> Context:

@@ -10,15 +10,17 @@ errors as replies.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
+from ._async_client import AsyncOpenAIClient
+from ._client import OpenAIClient
 from ._exceptions import ContextError
 from ._messages import Message
 
 if TYPE_CHECKING:
-    from ._async_client import AsyncOpenAIClient
-    from ._client import OpenAIClient
     from ._client_params import ChatParams
+
+ClientT = TypeVar("ClientT")
 
 __all__ = [
     "AsyncModelSummarizer",
@@ -97,7 +99,38 @@ def _limit(param: Literal["max_completion_tokens", "max_tokens"], n: int) -> Cha
     return {"max_tokens": n} if param == "max_tokens" else {"max_completion_tokens": n}
 
 
-class ModelSummarizer:
+class _ModelSummarizerBase(Generic[ClientT]):
+    """What the sync and async model summarizers share: settings and the request."""
+
+    def __init__(
+        self,
+        client: ClientT,
+        *,
+        model: str,
+        instructions: str = DEFAULT_INSTRUCTIONS,
+        max_tokens_param: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens",
+        **params: Any,
+    ) -> None:
+        self.client = client
+        self.model = model
+        self.instructions = instructions
+        self.max_tokens_param = max_tokens_param
+        self.params = params
+
+    def _request(
+        self, messages: Sequence[Message], previous: str | None, max_tokens: int
+    ) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "messages": summary_request(
+                messages, previous=previous, instructions=self.instructions
+            ),
+            **_limit(self.max_tokens_param, max_tokens),
+            **self.params,
+        }
+
+
+class ModelSummarizer(_ModelSummarizerBase[OpenAIClient]):
     """Summarizes with a chat model through :class:`~convo.OpenAIClient`.
 
     Args:
@@ -111,58 +144,17 @@ class ModelSummarizer:
         params: extra request parameters (e.g. ``temperature=0``).
     """
 
-    def __init__(
-        self,
-        client: OpenAIClient,
-        *,
-        model: str,
-        instructions: str = DEFAULT_INSTRUCTIONS,
-        max_tokens_param: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens",
-        **params: Any,
-    ) -> None:
-        self.client = client
-        self.model = model
-        self.instructions = instructions
-        self.max_tokens_param = max_tokens_param
-        self.params = params
-
     def summarize(
         self, messages: Sequence[Message], *, previous: str | None, max_tokens: int
     ) -> str:
-        reply = self.client.chat(
-            model=self.model,
-            messages=summary_request(messages, previous=previous, instructions=self.instructions),
-            **_limit(self.max_tokens_param, max_tokens),
-            **self.params,
-        )
-        return _summary_text(reply)
+        return _summary_text(self.client.chat(**self._request(messages, previous, max_tokens)))
 
 
-class AsyncModelSummarizer:
+class AsyncModelSummarizer(_ModelSummarizerBase[AsyncOpenAIClient]):
     """:class:`ModelSummarizer` for :class:`~convo.AsyncOpenAIClient`."""
-
-    def __init__(
-        self,
-        client: AsyncOpenAIClient,
-        *,
-        model: str,
-        instructions: str = DEFAULT_INSTRUCTIONS,
-        max_tokens_param: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens",
-        **params: Any,
-    ) -> None:
-        self.client = client
-        self.model = model
-        self.instructions = instructions
-        self.max_tokens_param = max_tokens_param
-        self.params = params
 
     async def summarize(
         self, messages: Sequence[Message], *, previous: str | None, max_tokens: int
     ) -> str:
-        reply = await self.client.chat(
-            model=self.model,
-            messages=summary_request(messages, previous=previous, instructions=self.instructions),
-            **_limit(self.max_tokens_param, max_tokens),
-            **self.params,
-        )
+        reply = await self.client.chat(**self._request(messages, previous, max_tokens))
         return _summary_text(reply)
