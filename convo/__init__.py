@@ -61,6 +61,7 @@ from ._exceptions import (
     NotMigratedError,
     PermissionDeniedError,
     RateLimitError,
+    RunNotFound,
     StoreError,
     StoreInputError,
     TemplateError,
@@ -95,6 +96,9 @@ from ._models import (
 from ._records import (
     Conversation,
     ReplyInfo,
+    Run,
+    RunPage,
+    RunStatus,
     StoredMessage,
     Summary,
 )
@@ -103,6 +107,9 @@ from ._store import (
 )
 from ._store_core import (
     ConversationPage,
+)
+from ._store_runs import (
+    FinishedRun,
 )
 from ._summary import (
     AsyncModelSummarizer,
@@ -167,6 +174,7 @@ __all__ = [
     "ConversationPage",
     "ConvoError",
     "EncodingUnavailableError",
+    "FinishedRun",
     "ForkConflictError",
     "FunctionCall",
     "ImagePart",
@@ -190,6 +198,10 @@ __all__ = [
     "RefusalPart",
     "ReplyInfo",
     "Role",
+    "Run",
+    "RunNotFound",
+    "RunPage",
+    "RunStatus",
     "Store",
     "StoreError",
     "StoreInputError",

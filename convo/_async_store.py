@@ -6,9 +6,9 @@ The same shell as :class:`~convo.Store` with ``await``: both run the plans of
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -17,13 +17,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from . import _migrate
 from . import _store_core as core
 from . import _store_driver as driver
+from . import _store_runs as runs
 from ._engine import create_engine_async, mode_engines, prepare_engine, safe_url
 from ._exceptions import ConfigurationError
 from ._messages import Message
-from ._records import Conversation, ReplyInfo, StoredMessage, Summary
+from ._records import Conversation, ReplyInfo, Run, RunPage, StoredMessage, Summary
 from ._schema import SCHEMA_REVISION
 from ._store import _current_revision, database_error, fetch, not_migrated
 from ._store_core import ROLLBACK, UNSET, ConversationPage, Mode, Op, Plan, Unset
+from ._store_runs import FinishedRun
 
 __all__ = ["AsyncStore"]
 
@@ -365,6 +367,101 @@ class AsyncStore:
         """See :meth:`Store.latest_summary`."""
         return await self._run(
             core.latest_summary(conversation_id, up_to_seq=up_to_seq, owner=owner)
+        )
+
+    # --- run records ---------------------------------------------------------------------
+
+    async def start_run(
+        self,
+        conversation_id: str,
+        *,
+        endpoint: Literal["chat.completions", "completions"],
+        mode: Literal["chat", "completion"],
+        model: str,
+        request: str | bytes | Mapping[str, Any],
+        base_url: str | None = None,
+        stream: bool = False,
+        settings: Mapping[str, Any] | None = None,
+        kept_seqs: Sequence[int] = (),
+        summary_id: int | None = None,
+        input_seq: int | None = None,
+        idempotency_key: str | None = None,
+        round: int = 0,
+        estimated_prompt_tokens: int | None = None,
+        reproduces_id: str | None = None,
+        replays_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        owner: str | None = None,
+    ) -> Run:
+        """Record a request about to be sent, as a ``pending`` run (its own transaction).
+
+        ``request`` is the body exactly as it will be sent (JSON text is kept
+        byte for byte; a mapping is serialized as the client serializes it).
+        The turn layer calls this for you; call it yourself to record requests
+        you send by other means.
+
+        Raises:
+            ConversationNotFound: no such conversation (for this owner).
+            StoreInputError: a field of the wrong type or shape.
+        """
+        return await self._run(
+            runs.start_run(
+                conversation_id, endpoint=endpoint, mode=mode, model=model, request=request,
+                base_url=base_url, stream=stream, settings=settings, kept_seqs=kept_seqs,
+                summary_id=summary_id, input_seq=input_seq, idempotency_key=idempotency_key,
+                round=round, estimated_prompt_tokens=estimated_prompt_tokens,
+                reproduces_id=reproduces_id, replays_id=replays_id, metadata=metadata,
+                owner=owner,
+            ),
+            "write",
+        )
+
+    async def finish_run(
+        self,
+        run_id: str,
+        *,
+        status: Literal["ok", "failed", "cancelled", "incomplete"],
+        reply: Message | Mapping[str, Any] | None = None,
+        reply_info: ReplyInfo | None = None,
+        reply_key: str | None = None,
+        owner: str | None = None,
+        **outcome: Any,
+    ) -> FinishedRun:
+        """Record how a pending run ended; with ``reply``, store it in the same transaction.
+
+        ``outcome`` fields: ``reported_prompt_tokens``, ``completion_tokens``,
+        ``usage``, ``attempts``, ``ttfb_ms``, ``latency_ms``, ``finish_reason``,
+        ``system_fingerprint``, ``seed``, ``response``, ``error_type``,
+        ``error_message``, ``reply_message_id``. With ``reply_key``, a reply
+        already stored under that key (a concurrent send of the same turn) is
+        kept instead, and this run is recorded as ``cancelled``
+        (``FinishedRun.duplicate``).
+
+        Raises:
+            RunNotFound: no such run (for this owner).
+            StoreInputError: the run is not pending, or a field is invalid.
+        """
+        return await self._run(
+            runs.finish_run(run_id, status=status, reply=reply, reply_info=reply_info,
+                            reply_key=reply_key, outcome=outcome, owner=owner),
+            "write",
+        )
+
+    async def get_run(self, run_id: str, *, owner: str | None = None) -> Run:
+        """One run record. Raises :class:`~convo.RunNotFound`."""
+        return await self._run(runs.get_run(run_id, owner=owner))
+
+    async def list_runs(
+        self,
+        conversation_id: str,
+        *,
+        owner: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
+        """The runs of a conversation, newest first (keyset paging with ``cursor``)."""
+        return await self._run(
+            runs.list_runs(conversation_id, owner=owner, limit=limit, cursor=cursor)
         )
 
 

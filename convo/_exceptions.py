@@ -9,6 +9,7 @@ Every error convo raises on purpose derives from :class:`ConvoError`::
     │   ├── NotMigratedError          the database has no (or an old) convo schema: run `convo db upgrade`
     │   ├── ConversationNotFound      no such conversation (or not visible to this owner)  (also KeyError)
     │   ├── MessageNotFound           no such message in the conversation  (also KeyError)
+    │   ├── RunNotFound               no such run record (or not visible to this owner)  (also KeyError)
     │   ├── ForkConflictError         an operation that would orphan or break a fork lineage
     │   └── StoreInputError           a store argument it refuses: non-JSON metadata, bad cursor or range  (also ValueError)
     ├── TokenizerError
@@ -65,6 +66,7 @@ __all__ = [
     "NotMigratedError",
     "PermissionDeniedError",
     "RateLimitError",
+    "RunNotFound",
     "StoreError",
     "StoreInputError",
     "TemplateError",
@@ -112,6 +114,13 @@ class ConversationNotFound(StoreError, KeyError):
 
 class MessageNotFound(StoreError, KeyError):
     """No message with this sequence number (or id) in the conversation."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class RunNotFound(StoreError, KeyError):
+    """No run record with this id (or none that the given owner may see)."""
 
     def __str__(self) -> str:
         return str(self.args[0])

@@ -12,6 +12,8 @@ Tables::
     messages        one row per message; UNIQUE(conversation_id, seq)
     message_tokens  (message_id, encoding) -> tokens, filled by the context builder
     summaries       text standing in for messages start_seq..end_seq
+    runs            one row per request sent to a model: the exact body, what the
+                    context builder decided, status, timings, the reply's id
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ __all__ = [
     "ConversationRow",
     "MessageRow",
     "MessageTokenRow",
+    "RunRow",
     "SummaryRow",
     "UTCDateTime",
     "metadata",
@@ -38,7 +41,7 @@ __all__ = [
 
 #: The Alembic revision this code expects the database to be at (the head of
 #: ``migrations/versions``; a test keeps the two equal).
-SCHEMA_REVISION = "0001_initial"
+SCHEMA_REVISION = "0002_runs"
 
 # Stable constraint names on both databases, so migrations can refer to them.
 NAMING_CONVENTION = {
@@ -202,3 +205,57 @@ class SummaryRow(Base):
     created_at: Mapped[Timestamp]
 
     __table_args__ = (sa.Index("ix_summaries_conversation_id_end_seq", "conversation_id", "end_seq"),)
+
+
+class RunRow(Base):
+    """The record of one request to a model (see :class:`convo.Run`)."""
+
+    __tablename__ = "runs"
+
+    # Time-ordered hex (like conversation ids): sortable, and assigned by the
+    # app, so a run can be referred to before its row exists elsewhere.
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    conversation_id: Mapped[ConversationID] = mapped_column(
+        sa.ForeignKey("conversations.id", ondelete="CASCADE")
+    )
+    owner: Mapped[ShortText]
+    endpoint: Mapped[str] = mapped_column(sa.String(32))
+    mode: Mapped[str] = mapped_column(sa.String(16))
+    model: Mapped[str] = mapped_column(sa.String(255))
+    base_url: Mapped[str | None] = mapped_column(sa.Text)
+    stream: Mapped[bool] = mapped_column(server_default=sa.false())
+    # The body exactly as sent (JSON text, not JSONB: key order and spelling
+    # are kept, so a reproduction re-sends the same bytes).
+    request: Mapped[str] = mapped_column(sa.Text)
+    settings: Mapped[JSONDict]
+    kept_seqs: Mapped[list[Any] | None] = mapped_column(JSONType)
+    summary_id: Mapped[int | None] = mapped_column(sa.BigInteger)
+    input_seq: Mapped[int | None]
+    idempotency_key: Mapped[ShortText]
+    round: Mapped[int] = mapped_column(server_default=sa.text("0"))
+    estimated_prompt_tokens: Mapped[int | None]
+    reported_prompt_tokens: Mapped[int | None]
+    completion_tokens: Mapped[int | None]
+    usage: Mapped[JSONDict]
+    reply_message_id: Mapped[int | None] = mapped_column(sa.BigInteger)
+    status: Mapped[str] = mapped_column(sa.String(16))
+    error_type: Mapped[ShortText]
+    error_message: Mapped[str | None] = mapped_column(sa.Text)
+    attempts: Mapped[int] = mapped_column(server_default=sa.text("0"))
+    ttfb_ms: Mapped[float | None] = mapped_column(sa.Float)
+    latency_ms: Mapped[float | None] = mapped_column(sa.Float)
+    finish_reason: Mapped[str | None] = mapped_column(sa.String(64))
+    system_fingerprint: Mapped[ShortText]
+    seed: Mapped[int | None] = mapped_column(sa.BigInteger)
+    # What came back: the assembled response, or what a broken stream delivered.
+    response: Mapped[JSONDict]
+    reproduces_id: Mapped[str | None] = mapped_column(sa.String(32), index=True)
+    replays_id: Mapped[str | None] = mapped_column(sa.String(32), index=True)
+    meta: Mapped[JSONDict] = mapped_column("metadata")
+    created_at: Mapped[Timestamp]
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        # Newest first per conversation, keyset (created_at, id).
+        sa.Index("ix_runs_conversation_id_created_at", "conversation_id", "created_at", "id"),
+    )

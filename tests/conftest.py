@@ -80,7 +80,7 @@ class PgCluster:
             conn.exec_driver_sql("DELETE FROM conversations")
             left = conn.exec_driver_sql(
                 "SELECT (SELECT count(*) FROM messages) + (SELECT count(*) FROM summaries)"
-                " + (SELECT count(*) FROM message_tokens)"
+                " + (SELECT count(*) FROM message_tokens) + (SELECT count(*) FROM runs)"
             ).scalar()
             assert left == 0
         engine.dispose()
@@ -263,6 +263,7 @@ class StoreHandle:
             "messages": self.count("messages"),
             "message_tokens": self.count("message_tokens"),
             "summaries": self.count("summaries"),
+            "runs": self.sql("SELECT id, status, reply_message_id FROM runs ORDER BY id"),
         }
 
     @contextmanager

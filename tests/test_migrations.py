@@ -19,7 +19,7 @@ from convo._schema import SCHEMA_REVISION, metadata
 from convo._store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
-TABLES = {"conversations", "messages", "message_tokens", "summaries"}
+TABLES = {"conversations", "messages", "message_tokens", "summaries", "runs"}
 
 
 def _tables(url: sa.URL) -> set[str]:
@@ -107,3 +107,51 @@ def test_alembic_offline_sql(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "CREATE TABLE messages" in result.stdout
     assert "WHERE pinned" in result.stdout and "JSONB" in result.stdout
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_upgrading_a_0001_database_with_data_keeps_every_row(backend, make_db):
+    """0001 -> head on a database that holds conversations, forks, messages, counts, summaries."""
+    url = make_db(backend, migrated=False)
+    engine = create_engine(url)
+    tables = ["conversations", "messages", "message_tokens", "summaries"]
+    try:
+        with engine.connect() as conn:
+            _migrate.upgrade(conn, "0001_initial")
+            conn.commit()
+        with Store(url) as store:  # the 0001 store API writes the rows (the schema checks are off)
+            store._schema_ok = True
+            conv = store.create_conversation(title="old", owner="o", metadata={"k": [1, "x"]})
+            store.append(conv.id, {"role": "system", "content": "Be brief."})
+            store.append(conv.id, {"role": "user", "content": "Hi", "name": "ann"},
+                         idempotency_key="key-1")
+            store.append(conv.id, {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]})
+            store.append(conv.id, {"role": "tool", "tool_call_id": "c1", "content": "42"})
+            fork = store.fork(conv.id, at=2)
+            store.append(fork.id, {"role": "assistant", "content": "Hello"})
+            store.save_token_counts("o200k_base", {1: 5, 2: 9})
+            store.add_summary(conv.id, start_seq=1, end_seq=2, content="sum")
+
+        def dump() -> dict[str, list[tuple[object, ...]]]:
+            with engine.connect() as conn:
+                return {
+                    t: sorted(tuple(r) for r in conn.exec_driver_sql(f"SELECT * FROM {t}"))
+                    for t in tables
+                }
+
+        before = dump()
+        assert sum(len(rows) for rows in before.values()) == 2 + 5 + 2 + 1
+        with Store(url) as store:
+            assert store.current_revision() == "0001_initial"
+            store.migrate()
+            assert store.current_revision() == SCHEMA_REVISION
+            assert [m.content for m in store.messages(fork.id)] == ["Be brief.", "Hi", "Hello"]
+            # the new table works on the upgraded database
+            run = store.start_run(conv.id, endpoint="chat.completions", mode="chat",
+                                  model="m", request={"model": "m", "messages": []})
+            assert store.get_run(run.id).owner == "o"
+        after = dump()
+        assert after == before
+    finally:
+        engine.dispose()
