@@ -23,6 +23,10 @@ from ._client import (
     CompletionStream,
     OpenAIClient,
 )
+from ._client_core import (
+    Endpoint,
+    RequestStats,
+)
 from ._context import (
     AsyncContextBuilder,
     ContextBuilder,
@@ -174,6 +178,7 @@ __all__ = [
     "ConversationPage",
     "ConvoError",
     "EncodingUnavailableError",
+    "Endpoint",
     "FinishedRun",
     "ForkConflictError",
     "FunctionCall",
@@ -197,6 +202,7 @@ __all__ = [
     "RateLimitError",
     "RefusalPart",
     "ReplyInfo",
+    "RequestStats",
     "Role",
     "Run",
     "RunNotFound",

@@ -24,7 +24,10 @@ class Conversation(BaseModel):
 
     ``parent_id`` / ``fork_seq``: a fork inherits its parent's messages with
     ``seq <= fork_seq`` (without copying them); its own messages continue at
-    ``fork_seq + 1``.
+    ``fork_seq + 1``. A *branch* is a fork made by regenerating or editing a
+    turn (or by a replay): ``branch_kind`` says which, ``branch_of`` names
+    the thread's root, and the root's ``current_branch_id`` the branch that
+    is current.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -38,6 +41,13 @@ class Conversation(BaseModel):
     parent_id: str | None = None
     fork_seq: int | None = None
     last_seq: int = 0
+    branch_kind: str | None = Field(
+        default=None, description="'regenerate', 'edit', 'replay'... when this is a branch"
+    )
+    branch_of: str | None = Field(default=None, description="the thread this branches (its root)")
+    current_branch_id: str | None = Field(
+        default=None, description="on a thread's root: the branch new turns go to"
+    )
 
 
 class ReplyInfo(BaseModel):

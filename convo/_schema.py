@@ -8,7 +8,8 @@ checks that models and migrations never drift.
 Tables::
 
     conversations   id (time-ordered hex), title, owner, metadata, timestamps,
-                    parent_id / fork_seq (fork lineage), last_seq (sequence counter)
+                    parent_id / fork_seq (fork lineage), last_seq (sequence counter),
+                    branch_kind / branch_of / current_branch_id (branches of a thread)
     messages        one row per message; UNIQUE(conversation_id, seq)
     message_tokens  (message_id, encoding) -> tokens, filled by the context builder
     summaries       text standing in for messages start_seq..end_seq
@@ -122,6 +123,12 @@ class ConversationRow(Base):
     # The per-conversation sequence counter: appends take the next value with
     # UPDATE ... SET last_seq = last_seq + 1 RETURNING last_seq (row lock = ordering).
     last_seq: Mapped[int] = mapped_column(server_default=sa.text("0"))
+    # Branches (regenerate, edit-and-continue, replays) are forks marked with
+    # their kind and the conversation they branch (the thread's root); the
+    # root points at the branch that is current, where new turns go.
+    branch_kind: Mapped[str | None] = mapped_column(sa.String(16))
+    branch_of: Mapped[str | None] = mapped_column(sa.String(32), index=True)
+    current_branch_id: Mapped[str | None] = mapped_column(sa.String(32))
 
     __table_args__ = (
         # Listing newest first, per owner, with a stable keyset (updated_at, id).

@@ -119,19 +119,46 @@ def test_upgrading_a_0001_database_with_data_keeps_every_row(backend, make_db):
         with engine.connect() as conn:
             _migrate.upgrade(conn, "0001_initial")
             conn.commit()
-        with Store(url) as store:  # the 0001 store API writes the rows (the schema checks are off)
-            store._schema_ok = True
-            conv = store.create_conversation(title="old", owner="o", metadata={"k": [1, "x"]})
-            store.append(conv.id, {"role": "system", "content": "Be brief."})
-            store.append(conv.id, {"role": "user", "content": "Hi", "name": "ann"},
-                         idempotency_key="key-1")
-            store.append(conv.id, {"role": "assistant", "content": None, "tool_calls": [
-                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]})
-            store.append(conv.id, {"role": "tool", "tool_call_id": "c1", "content": "42"})
-            fork = store.fork(conv.id, at=2)
-            store.append(fork.id, {"role": "assistant", "content": "Hello"})
-            store.save_token_counts("o200k_base", {1: 5, 2: 9})
-            store.add_summary(conv.id, start_seq=1, end_seq=2, content="sum")
+        # Rows written as a 0001 database holds them (raw SQL: today's store
+        # writes today's columns).
+        stamp = "2026-11-22 10:00:00.000000" if backend == "sqlite" else "2026-11-22T10:00:00+00"
+        conv_id, fork_id = "0" * 31 + "1", "0" * 31 + "2"
+        statements = [
+            "INSERT INTO conversations (id, title, owner, metadata, created_at, updated_at,"
+            " parent_id, fork_seq, last_seq) VALUES"
+            f" ('{conv_id}', 'old', 'o', '{{\"k\": [1, \"x\"]}}', '{stamp}', '{stamp}',"
+            " NULL, NULL, 4)",
+            "INSERT INTO conversations (id, title, owner, metadata, created_at, updated_at,"
+            " parent_id, fork_seq, last_seq) VALUES"
+            f" ('{fork_id}', 'old', 'o', NULL, '{stamp}', '{stamp}', '{conv_id}', 2, 3)",
+        ]
+        rows = [
+            (1, conv_id, 1, "system", "Be brief.", "NULL", "NULL", "true", "NULL"),
+            (2, conv_id, 2, "user", "Hi", "'ann'", "NULL", "false", "'key-1'"),
+            (3, conv_id, 3, "assistant", None, "NULL",
+             "'[{\"id\": \"c1\", \"type\": \"function\", \"function\": "
+             "{\"name\": \"f\", \"arguments\": \"{}\"}}]'", "false", "NULL"),
+            (4, conv_id, 4, "tool", "42", "NULL", "NULL", "false", "NULL"),
+            (5, fork_id, 3, "assistant", "Hello", "NULL", "NULL", "false", "NULL"),
+        ]
+        for mid, cid, seq, role, content, name, calls, pinned, key in rows:
+            text = "NULL" if content is None else f"'{content}'"
+            if backend == "sqlite":
+                pinned = "1" if pinned == "true" else "0"
+            statements.append(
+                "INSERT INTO messages (id, conversation_id, seq, role, content, name, tool_calls,"
+                f" pinned, idempotency_key, created_at) VALUES ({mid}, '{cid}', {seq}, '{role}',"
+                f" {text}, {name}, {calls}, {pinned}, {key}, '{stamp}')"
+            )
+        statements += [
+            "INSERT INTO message_tokens (message_id, encoding, tokens) VALUES (1, 'o200k_base', 5)",
+            "INSERT INTO message_tokens (message_id, encoding, tokens) VALUES (2, 'o200k_base', 9)",
+            "INSERT INTO summaries (id, conversation_id, start_seq, end_seq, content,"
+            f" created_at) VALUES (1, '{conv_id}', 1, 2, 'sum', '{stamp}')",
+        ]
+        with engine.begin() as conn:
+            for statement in statements:
+                conn.exec_driver_sql(statement)
 
         def dump() -> dict[str, list[tuple[object, ...]]]:
             with engine.connect() as conn:
@@ -146,12 +173,22 @@ def test_upgrading_a_0001_database_with_data_keeps_every_row(backend, make_db):
             assert store.current_revision() == "0001_initial"
             store.migrate()
             assert store.current_revision() == SCHEMA_REVISION
-            assert [m.content for m in store.messages(fork.id)] == ["Be brief.", "Hi", "Hello"]
+            assert [m.content for m in store.messages(fork_id)] == ["Be brief.", "Hi", "Hello"]
+            assert store.get_conversation(fork_id).branch_kind is None
+            assert store.messages(conv_id)[2].tool_calls is not None
             # the new table works on the upgraded database
-            run = store.start_run(conv.id, endpoint="chat.completions", mode="chat",
+            run = store.start_run(conv_id, endpoint="chat.completions", mode="chat",
                                   model="m", request={"model": "m", "messages": []})
             assert store.get_run(run.id).owner == "o"
         after = dump()
+        # every old row and value is still there; the new columns are empty
+        conv_cols = ("branch_kind", "branch_of", "current_branch_id")
+        with engine.connect() as conn:
+            new = conn.exec_driver_sql(
+                f"SELECT {', '.join(conv_cols)} FROM conversations"
+            ).all()
+        assert all(tuple(r) == (None, None, None) for r in new)
+        after["conversations"] = [r[:-3] for r in after["conversations"]]
         assert after == before
     finally:
         engine.dispose()

@@ -1,11 +1,12 @@
-"""Run records: one row per request sent to a model.
+"""Run records (one row per request sent to a model) and branch columns.
 
 Revision ID: 0002_runs
 Revises: 0001_initial
 Create Date: 2026-12-02
 
 Hand-checked against ``alembic revision --autogenerate`` of convo/_schema.py.
-Adds a table only: upgrading a 0001 database keeps every row as it was.
+Adds a table and three nullable columns: upgrading a 0001 database keeps
+every row as it was.
 """
 
 from collections.abc import Sequence
@@ -31,6 +32,11 @@ def _timestamp() -> sa.DateTime:
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("conversations") as batch:
+        batch.add_column(sa.Column("branch_kind", sa.String(length=16), nullable=True))
+        batch.add_column(sa.Column("branch_of", sa.String(length=32), nullable=True))
+        batch.add_column(sa.Column("current_branch_id", sa.String(length=32), nullable=True))
+        batch.create_index(op.f("ix_conversations_branch_of"), ["branch_of"])
     op.create_table(
         "runs",
         sa.Column("id", sa.String(length=32), nullable=False),
@@ -86,3 +92,8 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_runs_reproduces_id"), table_name="runs")
     op.drop_index("ix_runs_conversation_id_created_at", table_name="runs")
     op.drop_table("runs")
+    with op.batch_alter_table("conversations") as batch:
+        batch.drop_index(op.f("ix_conversations_branch_of"))
+        batch.drop_column("current_branch_id")
+        batch.drop_column("branch_of")
+        batch.drop_column("branch_kind")
