@@ -14,6 +14,10 @@ from ._async_client import (
 from ._async_store import (
     AsyncStore,
 )
+from ._async_turns import (
+    AsyncChat,
+    AsyncTurnStream,
+)
 from ._chat_render import (
     ChatProfile,
     render_chat,
@@ -70,6 +74,7 @@ from ._exceptions import (
     StoreInputError,
     TemplateError,
     TokenizerError,
+    TurnCancelled,
     UnknownModelError,
     UnprocessableEntityError,
 )
@@ -109,6 +114,9 @@ from ._records import (
 from ._store import (
     Store,
 )
+from ._store_branches import (
+    Branch,
+)
 from ._store_core import (
     ConversationPage,
 )
@@ -131,6 +139,22 @@ from ._tokens import (
     count_tokens,
     encoding_for_model,
 )
+from ._tools import (
+    Tool,
+    ToolArgumentsError,
+    tool,
+)
+from ._turn_plan import (
+    TextDelta,
+    ToolCallDelta,
+    ToolResultEvent,
+    TurnEvent,
+    TurnResult,
+)
+from ._turns import (
+    Chat,
+    TurnStream,
+)
 from ._types import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -149,6 +173,7 @@ __all__ = [
     "APIStatusError",
     "APIStreamError",
     "APITimeoutError",
+    "AsyncChat",
     "AsyncChatCompletionStream",
     "AsyncCompletionStream",
     "AsyncContextBuilder",
@@ -156,8 +181,11 @@ __all__ = [
     "AsyncOpenAIClient",
     "AsyncStore",
     "AsyncSummarizer",
+    "AsyncTurnStream",
     "AuthenticationError",
     "BadRequestError",
+    "Branch",
+    "Chat",
     "ChatCompletion",
     "ChatCompletionChunk",
     "ChatCompletionStream",
@@ -216,11 +244,20 @@ __all__ = [
     "Summary",
     "SummaryUse",
     "TemplateError",
+    "TextDelta",
     "TextPart",
     "TokenCounter",
     "TokenizerError",
+    "Tool",
+    "ToolArgumentsError",
     "ToolCall",
+    "ToolCallDelta",
+    "ToolResultEvent",
     "TruncationReport",
+    "TurnCancelled",
+    "TurnEvent",
+    "TurnResult",
+    "TurnStream",
     "UnknownModelError",
     "UnprocessableEntityError",
     "Usage",
@@ -235,4 +272,5 @@ __all__ = [
     "models",
     "register_encoding",
     "render_chat",
+    "tool",
 ]

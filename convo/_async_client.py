@@ -325,6 +325,18 @@ class AsyncOpenAIClient:
     @overload
     async def send(
         self, endpoint: Endpoint, body: bytes | str | Mapping[str, Any], *,
+        stream: Literal[False] = False, stats: RequestStats | None = None,
+        timeout: TimeoutTypes | None = None, max_retries: int | None = None,
+    ) -> ChatCompletion | Completion: ...
+    @overload
+    async def send(
+        self, endpoint: Endpoint, body: bytes | str | Mapping[str, Any], *,
+        stream: Literal[True], stats: RequestStats | None = None,
+        timeout: TimeoutTypes | None = None, max_retries: int | None = None,
+    ) -> AsyncChatCompletionStream | AsyncCompletionStream: ...
+    @overload
+    async def send(
+        self, endpoint: Endpoint, body: bytes | str | Mapping[str, Any], *,
         stream: bool = False, stats: RequestStats | None = None,
         timeout: TimeoutTypes | None = None, max_retries: int | None = None,
     ) -> ChatCompletion | Completion | AsyncChatCompletionStream | AsyncCompletionStream: ...

@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import _migrate
+from . import _store_branches as branches
 from . import _store_core as core
 from . import _store_driver as driver
 from . import _store_runs as runs
@@ -24,6 +25,7 @@ from ._messages import Message
 from ._records import Conversation, ReplyInfo, Run, RunPage, StoredMessage, Summary
 from ._schema import SCHEMA_REVISION
 from ._store import _current_revision, database_error, fetch, not_migrated
+from ._store_branches import Branch
 from ._store_core import ROLLBACK, UNSET, ConversationPage, Mode, Op, Plan, Unset
 from ._store_runs import FinishedRun
 
@@ -369,6 +371,50 @@ class AsyncStore:
             core.latest_summary(conversation_id, up_to_seq=up_to_seq, owner=owner)
         )
 
+    # --- branches ------------------------------------------------------------------------
+
+    async def create_branch(
+        self,
+        conversation_id: str,
+        *,
+        at: int,
+        kind: Literal["regenerate", "edit", "replay", "branch"] = "branch",
+        make_current: bool = True,
+        title: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        owner: str | None = None,
+    ) -> Conversation:
+        """Fork ``conversation_id`` after message ``at`` as a branch of its thread.
+
+        The branch shares the history up to ``at`` (nothing is copied or
+        overwritten); with ``make_current`` the thread's root points at it,
+        so turns sent to the root go there. Replays use ``kind="replay"``.
+
+        Raises:
+            ConversationNotFound: no such conversation (for this owner).
+            MessageNotFound: ``at`` is beyond the conversation's last message.
+        """
+        return await self._run(
+            branches.create_branch(conversation_id, at=at, kind=kind, make_current=make_current,
+                                   title=title, metadata=metadata, owner=owner),
+            "write",
+        )
+
+    async def set_current_branch(
+        self, root_id: str, branch_id: str | None, *, owner: str | None = None
+    ) -> Conversation:
+        """Make a branch of the thread ``root_id`` current (``None`` or the root: the root)."""
+        return await self._run(branches.set_current_branch(root_id, branch_id, owner=owner), "write")
+
+    async def list_branches(
+        self, conversation_id: str, *, include_replays: bool = False, owner: str | None = None
+    ) -> list[Branch]:
+        """The thread of ``conversation_id``: its root, then its branches, each with its
+        last message and whether it is current. Replay branches only with ``include_replays``."""
+        return await self._run(
+            branches.list_branches(conversation_id, include_replays=include_replays, owner=owner)
+        )
+
     # --- run records ---------------------------------------------------------------------
 
     async def start_run(
@@ -464,6 +510,12 @@ class AsyncStore:
             runs.list_runs(conversation_id, owner=owner, limit=limit, cursor=cursor)
         )
 
+
+    async def turn_runs(
+        self, conversation_id: str, idempotency_key: str, *, owner: str | None = None
+    ) -> list[Run]:
+        """The runs of the turn sent with ``idempotency_key``, oldest first."""
+        return await self._run(runs.turn_runs(conversation_id, idempotency_key, owner=owner))
 
 async def _drive(conn: AsyncConnection, plan: Plan[T]) -> T:
     try:

@@ -328,6 +328,18 @@ class OpenAIClient:
     @overload
     def send(
         self, endpoint: Endpoint, body: bytes | str | Mapping[str, Any], *,
+        stream: Literal[False] = False, stats: RequestStats | None = None,
+        timeout: TimeoutTypes | None = None, max_retries: int | None = None,
+    ) -> ChatCompletion | Completion: ...
+    @overload
+    def send(
+        self, endpoint: Endpoint, body: bytes | str | Mapping[str, Any], *,
+        stream: Literal[True], stats: RequestStats | None = None,
+        timeout: TimeoutTypes | None = None, max_retries: int | None = None,
+    ) -> ChatCompletionStream | CompletionStream: ...
+    @overload
+    def send(
+        self, endpoint: Endpoint, body: bytes | str | Mapping[str, Any], *,
         stream: bool = False, stats: RequestStats | None = None,
         timeout: TimeoutTypes | None = None, max_retries: int | None = None,
     ) -> ChatCompletion | Completion | ChatCompletionStream | CompletionStream: ...

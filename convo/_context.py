@@ -90,6 +90,7 @@ class _BuilderBase:
         from ._chat_render import ChatProfile, render_chat
 
         prof = profile if profile is not None else ChatProfile.openai()
+        self.profile = prof
         # Stored counts are of the messages as OpenAI takes them; a profile that
         # rewrites messages (names dropped, parts flattened...) is counted again
         # on what it renders, so the reported tokens stay exact.

@@ -15,6 +15,7 @@ Every error convo raises on purpose derives from :class:`ConvoError`::
     ├── TokenizerError
     │   ├── UnknownModelError         a model name that maps to no encoding: pass `encoding=`
     │   └── EncodingUnavailableError  an encoding whose data cannot be loaded offline or online
+    ├── TurnCancelled                 a streamed turn was closed before it finished (its run: cancelled)
     ├── ContextError                  building a context
     │   ├── ContextOverflowError      what must be kept does not fit: carries the numbers
     │   └── TemplateError             a chat template that fails to load or render
@@ -71,6 +72,7 @@ __all__ = [
     "StoreInputError",
     "TemplateError",
     "TokenizerError",
+    "TurnCancelled",
     "UnknownModelError",
     "UnprocessableEntityError",
 ]
@@ -132,6 +134,14 @@ class ForkConflictError(StoreError):
 
 class StoreInputError(StoreError, ValueError):
     """An argument the store refuses: non-JSON metadata, a bad cursor, limit or seq range."""
+
+
+class TurnCancelled(ConvoError):
+    """A turn stopped before it finished: a stream closed early, or an interrupt.
+
+    The user message stays stored and the run is recorded as ``cancelled``;
+    sending again (with the same idempotency key) completes the turn.
+    """
 
 
 # --- tokens ----------------------------------------------------------------

@@ -41,7 +41,9 @@ from ._store_rows import (
     validate_json_dict,
 )
 
-__all__ = ["FinishedRun", "finish_run", "get_run", "list_runs", "new_run_id", "start_run"]
+__all__ = [
+    "FinishedRun", "finish_run", "get_run", "list_runs", "new_run_id", "start_run", "turn_runs",
+]
 
 R = cast(sa.Table, RunRow.__table__)
 _B = sa.bindparam
@@ -280,6 +282,18 @@ def list_runs(
         encode_cursor(items[-1].created_at, items[-1].id) if len(rows) > limit else None
     )
     return RunPage(items=items, next_cursor=next_cursor)
+
+
+def turn_runs(conversation_id: str, idempotency_key: str, *, owner: str | None) -> Plan[list[Run]]:
+    """The runs of one turn (its idempotency key), oldest first."""
+    check_short(idempotency_key, "idempotency_key")
+    yield from get_conversation(conversation_id, owner=owner)
+    rows = yield Op(
+        sa.select(R)
+        .where(R.c.conversation_id == conversation_id, R.c.idempotency_key == idempotency_key)
+        .order_by(R.c.created_at, R.c.id)
+    )
+    return [run_from_row(r) for r in rows]
 
 
 def finish_run(
