@@ -11,6 +11,9 @@ from ._async_client import (
     AsyncCompletionStream,
     AsyncOpenAIClient,
 )
+from ._async_replayer import (
+    AsyncReplayer,
+)
 from ._async_store import (
     AsyncStore,
 )
@@ -111,6 +114,12 @@ from ._records import (
     StoredMessage,
     Summary,
 )
+from ._replayer import (
+    Replayer,
+)
+from ._reproduce import (
+    Reproduction,
+)
 from ._store import (
     Store,
 )
@@ -179,6 +188,7 @@ __all__ = [
     "AsyncContextBuilder",
     "AsyncModelSummarizer",
     "AsyncOpenAIClient",
+    "AsyncReplayer",
     "AsyncStore",
     "AsyncSummarizer",
     "AsyncTurnStream",
@@ -229,7 +239,9 @@ __all__ = [
     "PromptTemplate",
     "RateLimitError",
     "RefusalPart",
+    "Replayer",
     "ReplyInfo",
+    "Reproduction",
     "RequestStats",
     "Role",
     "Run",
