@@ -15,6 +15,9 @@ Tables::
     summaries       text standing in for messages start_seq..end_seq
     runs            one row per request sent to a model: the exact body, what the
                     context builder decided, status, timings, the reply's id
+    replays         a replay of stored conversations against "arms" (its spec, status)
+    replay_items    one (conversation, turn, arm) of a replay: the new reply's run,
+                    the comparison with the original, the judge's verdict
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ __all__ = [
     "ConversationRow",
     "MessageRow",
     "MessageTokenRow",
+    "ReplayItemRow",
+    "ReplayRow",
     "RunRow",
     "SummaryRow",
     "UTCDateTime",
@@ -42,7 +47,7 @@ __all__ = [
 
 #: The Alembic revision this code expects the database to be at (the head of
 #: ``migrations/versions``; a test keeps the two equal).
-SCHEMA_REVISION = "0002_runs"
+SCHEMA_REVISION = "0003_replays"
 
 # Stable constraint names on both databases, so migrations can refer to them.
 NAMING_CONVENTION = {
@@ -265,4 +270,53 @@ class RunRow(Base):
     __table_args__ = (
         # Newest first per conversation, keyset (created_at, id).
         sa.Index("ix_runs_conversation_id_created_at", "conversation_id", "created_at", "id"),
+        # "Which run produced this reply?" (replays link to the original turn's run).
+        sa.Index("ix_runs_reply_message_id", "reply_message_id"),
     )
+
+
+class ReplayRow(Base):
+    """A replay: stored conversations re-run against one or more arms."""
+
+    __tablename__ = "replays"
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    owner: Mapped[ShortText]
+    mode: Mapped[str] = mapped_column(sa.String(32))
+    status: Mapped[str] = mapped_column(sa.String(16))
+    spec: Mapped[JSONDict]
+    created_at: Mapped[Timestamp]
+    updated_at: Mapped[Timestamp]
+
+    __table_args__ = (sa.Index("ix_replays_owner_created_at", "owner", "created_at", "id"),)
+
+
+class ReplayItemRow(Base):
+    """One (conversation, user turn, arm) of a replay; its key is what a resumed replay skips."""
+
+    __tablename__ = "replay_items"
+
+    replay_id: Mapped[str] = mapped_column(
+        sa.String(32), sa.ForeignKey("replays.id", ondelete="CASCADE"), primary_key=True
+    )
+    conversation_id: Mapped[ConversationID] = mapped_column(primary_key=True)
+    turn: Mapped[int] = mapped_column(primary_key=True)
+    arm: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(sa.String(16))
+    branch_id: Mapped[str | None] = mapped_column(sa.String(32))
+    run_id: Mapped[str | None] = mapped_column(sa.String(32))
+    original_run_id: Mapped[str | None] = mapped_column(sa.String(32))
+    user_seq: Mapped[int]
+    original_text: Mapped[str | None] = mapped_column(sa.Text)
+    text: Mapped[str | None] = mapped_column(sa.Text)
+    similarity: Mapped[float | None] = mapped_column(sa.Float)
+    prompt_tokens: Mapped[int | None]
+    completion_tokens: Mapped[int | None]
+    kept: Mapped[int | None]
+    dropped: Mapped[int | None]
+    summarized: Mapped[int | None]
+    latency_ms: Mapped[float | None] = mapped_column(sa.Float)
+    finish_reason: Mapped[str | None] = mapped_column(sa.String(64))
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    verdict: Mapped[JSONDict]
+    created_at: Mapped[Timestamp]

@@ -20,6 +20,7 @@ from . import _migrate
 from . import _store_branches as branches
 from . import _store_core as core
 from . import _store_driver as driver
+from . import _store_replays as replays
 from . import _store_runs as runs
 from ._engine import create_engine, mode_engines, prepare_engine, safe_url
 from ._exceptions import ConfigurationError, NotMigratedError, StoreError
@@ -28,6 +29,7 @@ from ._records import Conversation, ReplyInfo, Run, RunPage, StoredMessage, Summ
 from ._schema import SCHEMA_REVISION
 from ._store_branches import Branch
 from ._store_core import ROLLBACK, UNSET, ConversationPage, Mode, Op, Plan, Unset
+from ._store_replays import Replay, ReplayItem, ReplayPage
 from ._store_runs import FinishedRun
 
 __all__ = ["Store"]
@@ -498,6 +500,63 @@ class Store:
             branches.list_branches(conversation_id, include_replays=include_replays, owner=owner)
         )
 
+    # --- replays -------------------------------------------------------------------------
+
+    def create_replay(
+        self,
+        replay_id: str,
+        *,
+        mode: Literal["continue", "teacher-forcing"],
+        spec: Mapping[str, Any],
+        owner: str | None = None,
+    ) -> Replay:
+        """Record a new replay (``running``); :class:`~convo.Replayer` calls this."""
+        return self._run(
+            replays.create_replay(replay_id, mode=mode, spec=spec, owner=owner), "write"
+        )
+
+    def get_replay(self, replay_id: str, *, owner: str | None = None) -> Replay:
+        """One replay. Raises :class:`~convo.StoreInputError` if there is none."""
+        return self._run(replays.get_replay(replay_id, owner=owner))
+
+    def set_replay_status(
+        self,
+        replay_id: str,
+        status: Literal["running", "done", "failed", "interrupted"],
+        *,
+        owner: str | None = None,
+    ) -> Replay:
+        """Set a replay's status."""
+        return self._run(replays.set_replay_status(replay_id, status, owner=owner), "write")
+
+    def list_replays(
+        self, *, owner: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> ReplayPage:
+        """Replays, newest first (keyset paging with ``cursor``)."""
+        return self._run(replays.list_replays(owner=owner, limit=limit, cursor=cursor))
+
+    def replay_items(
+        self,
+        replay_id: str,
+        *,
+        conversation_id: str | None = None,
+        owner: str | None = None,
+    ) -> list[ReplayItem]:
+        """A replay's items (by conversation, turn, arm)."""
+        return self._run(
+            replays.replay_items(replay_id, conversation_id=conversation_id, owner=owner)
+        )
+
+    def save_replay_item(self, item: ReplayItem) -> ReplayItem:
+        """Store (or replace) one replay item."""
+        return self._run(replays.save_replay_item(item), "write")
+
+    def save_verdict(
+        self, replay_id: str, conversation_id: str, turn: int, verdict: Mapping[str, Any]
+    ) -> None:
+        """Store a judge's verdict on every item of one turn."""
+        self._run(replays.save_verdict(replay_id, conversation_id, turn, verdict), "write")
+
     # --- run records ---------------------------------------------------------------------
 
     def start_run(
@@ -599,6 +658,12 @@ class Store:
     ) -> list[Run]:
         """The runs of the turn sent with ``idempotency_key``, oldest first."""
         return self._run(runs.turn_runs(conversation_id, idempotency_key, owner=owner))
+
+    def runs_for_replies(
+        self, conversation_id: str, message_ids: Sequence[int], *, owner: str | None = None
+    ) -> dict[int, Run]:
+        """Reply message id -> the ``ok`` run that produced it (replies that have one)."""
+        return self._run(runs.runs_for_replies(conversation_id, message_ids, owner=owner))
 
 def _current_revision(conn: Connection) -> str | None:
     if not conn.dialect.has_table(conn, "alembic_version"):

@@ -42,7 +42,8 @@ from ._store_rows import (
 )
 
 __all__ = [
-    "FinishedRun", "finish_run", "get_run", "list_runs", "new_run_id", "start_run", "turn_runs",
+    "FinishedRun", "finish_run", "get_run", "list_runs", "new_run_id", "runs_for_replies",
+    "start_run", "turn_runs",
 ]
 
 R = cast(sa.Table, RunRow.__table__)
@@ -294,6 +295,18 @@ def turn_runs(conversation_id: str, idempotency_key: str, *, owner: str | None) 
         .order_by(R.c.created_at, R.c.id)
     )
     return [run_from_row(r) for r in rows]
+
+
+def runs_for_replies(
+    conversation_id: str, message_ids: Sequence[int], *, owner: str | None
+) -> Plan[dict[int, Run]]:
+    """The run that produced each of these reply messages (those that have one)."""
+    yield from get_conversation(conversation_id, owner=owner)
+    ids = [i for i in message_ids if isinstance(i, int) and not isinstance(i, bool)]
+    if not ids:
+        return {}
+    rows = yield Op(sa.select(R).where(R.c.reply_message_id.in_(ids), R.c.status == "ok"))
+    return {row.reply_message_id: run_from_row(row) for row in rows}
 
 
 def finish_run(

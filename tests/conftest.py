@@ -78,6 +78,7 @@ class PgCluster:
         with engine.begin() as conn:
             # Cascades to messages, message_tokens and summaries.
             conn.exec_driver_sql("DELETE FROM conversations")
+            conn.exec_driver_sql("DELETE FROM replays")
             left = conn.exec_driver_sql(
                 "SELECT (SELECT count(*) FROM messages) + (SELECT count(*) FROM summaries)"
                 " + (SELECT count(*) FROM message_tokens) + (SELECT count(*) FROM runs)"

@@ -19,7 +19,9 @@ from convo._schema import SCHEMA_REVISION, metadata
 from convo._store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
-TABLES = {"conversations", "messages", "message_tokens", "summaries", "runs"}
+TABLES = {
+    "conversations", "messages", "message_tokens", "summaries", "runs", "replays", "replay_items",
+}
 
 
 def _tables(url: sa.URL) -> set[str]:

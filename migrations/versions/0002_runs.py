@@ -83,6 +83,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_runs_conversation_id_created_at", "runs", ["conversation_id", "created_at", "id"]
     )
+    op.create_index("ix_runs_reply_message_id", "runs", ["reply_message_id"])
     op.create_index(op.f("ix_runs_reproduces_id"), "runs", ["reproduces_id"])
     op.create_index(op.f("ix_runs_replays_id"), "runs", ["replays_id"])
 
@@ -90,6 +91,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index(op.f("ix_runs_replays_id"), table_name="runs")
     op.drop_index(op.f("ix_runs_reproduces_id"), table_name="runs")
+    op.drop_index("ix_runs_reply_message_id", table_name="runs")
     op.drop_index("ix_runs_conversation_id_created_at", table_name="runs")
     op.drop_table("runs")
     with op.batch_alter_table("conversations") as batch:
