@@ -72,6 +72,7 @@ from ._exceptions import (
     NotMigratedError,
     PermissionDeniedError,
     RateLimitError,
+    ReplayNotFound,
     RunNotFound,
     StoreError,
     StoreInputError,
@@ -114,6 +115,12 @@ from ._records import (
     StoredMessage,
     Summary,
 )
+from ._replay_plan import (
+    Arm,
+    ArmSummary,
+    ReplayProgress,
+    ReplayReport,
+)
 from ._replayer import (
     Replayer,
 )
@@ -128,6 +135,11 @@ from ._store_branches import (
 )
 from ._store_core import (
     ConversationPage,
+)
+from ._store_replays import (
+    Replay,
+    ReplayItem,
+    ReplayPage,
 )
 from ._store_runs import (
     FinishedRun,
@@ -182,6 +194,8 @@ __all__ = [
     "APIStatusError",
     "APIStreamError",
     "APITimeoutError",
+    "Arm",
+    "ArmSummary",
     "AsyncChat",
     "AsyncChatCompletionStream",
     "AsyncCompletionStream",
@@ -239,6 +253,12 @@ __all__ = [
     "PromptTemplate",
     "RateLimitError",
     "RefusalPart",
+    "Replay",
+    "ReplayItem",
+    "ReplayNotFound",
+    "ReplayPage",
+    "ReplayProgress",
+    "ReplayReport",
     "Replayer",
     "ReplyInfo",
     "Reproduction",

@@ -10,6 +10,7 @@ Every error convo raises on purpose derives from :class:`ConvoError`::
     │   ├── ConversationNotFound      no such conversation (or not visible to this owner)  (also KeyError)
     │   ├── MessageNotFound           no such message in the conversation  (also KeyError)
     │   ├── RunNotFound               no such run record (or not visible to this owner)  (also KeyError)
+    │   ├── ReplayNotFound            no such replay (or not visible to this owner)  (also KeyError)
     │   ├── ForkConflictError         an operation that would orphan or break a fork lineage
     │   └── StoreInputError           a store argument it refuses: non-JSON metadata, bad cursor or range  (also ValueError)
     ├── TokenizerError
@@ -67,6 +68,7 @@ __all__ = [
     "NotMigratedError",
     "PermissionDeniedError",
     "RateLimitError",
+    "ReplayNotFound",
     "RunNotFound",
     "StoreError",
     "StoreInputError",
@@ -123,6 +125,13 @@ class MessageNotFound(StoreError, KeyError):
 
 class RunNotFound(StoreError, KeyError):
     """No run record with this id (or none that the given owner may see)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ReplayNotFound(StoreError, KeyError):
+    """No replay with this id (or none that the given owner may see)."""
 
     def __str__(self) -> str:
         return str(self.args[0])

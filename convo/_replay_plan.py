@@ -61,7 +61,8 @@ class Arm:
     """A target of a replay: a model, how to address it, and its request parameters.
 
     ``client`` (an :class:`~convo.OpenAIClient` / :class:`~convo.AsyncOpenAIClient`)
-    sends to another server; None uses the replayer's client. ``name``
+    sends to another server; None uses the replayer's client. ``summarizer``
+    summarizes what the arm's budget drops (as in a live thread). ``name``
     defaults to ``model[:mode[:template]]``.
     """
 
@@ -74,6 +75,7 @@ class Arm:
     encoding: str | None = None
     profile: ChatProfile | None = None
     client: Any = field(default=None, compare=False, repr=False)
+    summarizer: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.mode not in ("chat", "completion"):

@@ -209,7 +209,7 @@ class Replayer:
         return Chat(
             self.store, arm.client or self.client, model=arm.model, mode=arm.mode,
             template=arm.template, encoding=arm.encoding, profile=arm.profile,
-            budget=arm.budget, params=arm.params,
+            budget=arm.budget, params=arm.params, summarizer=arm.summarizer,
         )
 
     def _drive(

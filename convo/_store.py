@@ -516,7 +516,7 @@ class Store:
         )
 
     def get_replay(self, replay_id: str, *, owner: str | None = None) -> Replay:
-        """One replay. Raises :class:`~convo.StoreInputError` if there is none."""
+        """One replay. Raises :class:`~convo.ReplayNotFound` if there is none."""
         return self._run(replays.get_replay(replay_id, owner=owner))
 
     def set_replay_status(

@@ -15,7 +15,7 @@ from typing import Any, Final, Literal, cast
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from ._exceptions import StoreInputError
+from ._exceptions import ReplayNotFound, StoreInputError
 from ._schema import ReplayItemRow, ReplayRow
 from ._store_core import Op, Plan, now
 from ._store_rows import check_short, construct, decode_cursor, encode_cursor
@@ -38,10 +38,6 @@ RI = cast(sa.Table, ReplayItemRow.__table__)
 
 REPLAY_STATUSES: Final = ("running", "done", "failed", "interrupted")
 ITEM_STATUSES: Final = ("ok", "failed", "skipped")
-
-
-class ReplayError(StoreInputError):
-    """Raised for a replay id that does not exist (or is not visible to this owner)."""
 
 
 class Replay(BaseModel):
@@ -141,7 +137,7 @@ def get_replay(replay_id: str, *, owner: str | None) -> Plan[Replay]:
     row = yield Op(stmt, None, "first")
     if row is None:
         scope = f" for owner {owner!r}" if owner is not None else ""
-        raise ReplayError(f"replay {replay_id!r} not found{scope}")
+        raise ReplayNotFound(f"replay {replay_id!r} not found{scope}")
     return _replay(row)
 
 
