@@ -22,8 +22,8 @@ from convo import (
     ConversationNotFound,
     Message,
     OpenAIClient,
-    ReplayNotFound,
     Replayer,
+    ReplayNotFound,
     tool,
 )
 from convo.testing import FakeBackend
@@ -128,7 +128,7 @@ async def test_continue_mode_two_arms_with_a_tool_round(store):
         run = await store.get_run(item.run_id)
         assert run.replays_id is not None
         assert run.replays_id == item.original_run_id
-    first_reply = [m for m in await store.messages(cid) if m.role == "assistant"][0]
+    first_reply = next(m for m in await store.messages(cid) if m.role == "assistant")
     assert by[(0, "chat-arm")].original_run_id == original_runs[first_reply.id].id
     assert by[(0, "flat-arm")].kept is not None and by[(2, "flat-arm")].prompt_tokens > 0
 
