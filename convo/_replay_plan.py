@@ -385,7 +385,8 @@ def _item(
         completion_tokens=sum(r.completion_tokens or 0 for r in runs) or None,
         kept=len(report.kept_seqs) if report is not None else None,
         dropped=report.dropped_count if report is not None else None,
-        summarized=(summary.end_seq - summary.start_seq + 1) if summary is not None else 0,
+        # the summary covers exactly what was dropped (1..dropped_through)
+        summarized=report.dropped_count if summary is not None and report is not None else 0,
         latency_ms=sum(latencies) if latencies else None,
         finish_reason=outcome.reply.reply.finish_reason if outcome.reply.reply else None,
         **base,

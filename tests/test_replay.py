@@ -239,3 +239,26 @@ def test_arm_parsing():
     assert Arm.parse("m:completion").template == "transcript"
     with pytest.raises(ConfigurationError):
         Arm("m", template="chatml")
+
+
+async def test_replay_of_a_long_thread_with_summaries(store):
+    """An arm with a small budget drops and summarizes history; the report says how much."""
+    from convo import AsyncModelSummarizer, ModelSummarizer
+
+    h = Harness(store, FakeBackend())
+    conv = await store.create_conversation()
+    await store.append(conv.id, Message.system("Be brief."))
+    for n in range(8):
+        h.fake.reply(f"Answer {n}: " + "details " * 40)
+        await h.send(conv.id, f"Question {n}: " + "context " * 40)
+    summarizer_cls = AsyncModelSummarizer if store.is_async else ModelSummarizer
+    arm = Arm("gpt-4o-mini", name="tight", budget=700,
+              summarizer=summarizer_cls(h.client, model="gpt-4o-mini"))
+    report = await h.replay(conv.id, arms=[arm], mode="teacher-forcing")
+    assert [i.status for i in report.items] == ["ok"] * 8
+    late = report.items[-1]
+    assert late.dropped > 0 and late.summarized > 0 and late.summarized <= late.dropped
+    assert report.items[0].dropped == 0 and report.items[0].summarized == 0
+    run = await store.get_run(late.run_id)
+    assert run.summary_id is not None
+    assert run.estimated_prompt_tokens <= 700
