@@ -49,7 +49,7 @@ def _thread(db: str, base_url: str, owner: str | None = None) -> tuple[str, str]
 
 def test_reproduce(db: str, server: Any) -> None:
     fake, srv = server
-    cid, run_id = _thread(db, srv.base_url)
+    _cid, run_id = _thread(db, srv.base_url)
     env = {"OPENAI_API_KEY": "sk-test"}
     out = json.loads(cli(db, "reproduce", run_id, "--base-url", srv.base_url, "--json",
                          env=env).stdout)
@@ -61,7 +61,7 @@ def test_reproduce(db: str, server: Any) -> None:
 
 
 def test_replay_two_arms_show_list_and_csv(db: str, server: Any, tmp_path: Path) -> None:
-    fake, srv = server
+    _fake, srv = server
     cid, _ = _thread(db, srv.base_url)
     env = {"OPENAI_API_KEY": "sk-test"}
     out = tmp_path / "report.csv"
@@ -120,3 +120,15 @@ def test_bad_invocations_are_one_clean_line(db: str, args: list[str]) -> None:
     assert result.exit_code in (1, 2), result.stdout
     assert "Traceback" not in result.stdout + result.stderr
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_replay_by_creation_time(db: str, server: Any) -> None:
+    _fake, srv = server
+    cid, _ = _thread(db, srv.base_url)
+    env = {"OPENAI_API_KEY": "sk-test"}
+    none = json.loads(cli(db, "replay", "--created-before", "2000-01-01", "--arm", "gpt-4.1-mini",
+                          "--base-url", srv.base_url, "--json", env=env).stdout)
+    assert none["items"] == []
+    some = json.loads(cli(db, "replay", "--created-after", "2000-01-01", "--arm", "gpt-4.1-mini",
+                          "--base-url", srv.base_url, "--json", env=env).stdout)
+    assert {i["conversation_id"] for i in some["items"]} == {cid}

@@ -137,11 +137,13 @@ async def test_teacher_forcing_answers_the_original_history(store):
     h = Harness(store, FakeBackend())
     cid = await h.thread()
     start = len(h.fake.requests)
-    report = await h.replay(cid, arms=[ARMS[0]], mode="teacher-forcing")
-    assert [i.status for i in report.items] == ["ok"] * 3
-    assert len({i.branch_id for i in report.items}) == 3  # one branch per turn
+    report = await h.replay(cid, arms=ARMS, mode="teacher-forcing")
+    assert [i.status for i in report.items] == ["ok"] * 6
+    assert len({i.branch_id for i in report.items}) == 6  # one branch per turn and arm
     bodies = _bodies(h.fake, start)
-    last = bodies[-1]["messages"]
+    last = bodies[-2]["messages"]  # chat-arm, last turn (flat-arm answers after it)
+    flat_last = bodies[-1]["prompt"]
+    assert "It is 21C in Paris." in flat_last and flat_last.rstrip().endswith("assistant")
     # the last turn saw the original replies, not the arm's own
     assert [m.get("content") for m in last if m["role"] == "assistant"][-1] == "It is 21C in Paris."
     assert last[-1] == {"role": "user", "content": "Thanks"}

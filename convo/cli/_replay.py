@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -145,6 +146,14 @@ def register(app: typer.Typer) -> None:
             typer.Option("--where", help="Replay conversations whose metadata KEY=VALUE."),
         ] = None,
         owner: OwnerOpt = None,
+        created_after: Annotated[
+            datetime | None,
+            typer.Option("--created-after", help="Only conversations created after this time."),
+        ] = None,
+        created_before: Annotated[
+            datetime | None,
+            typer.Option("--created-before", help="Only conversations created before this time."),
+        ] = None,
         teacher_forcing: Annotated[
             bool, typer.Option("--teacher-forcing", help="Answer the original history.")
         ] = False,
@@ -172,9 +181,14 @@ def register(app: typer.Typer) -> None:
             return
         if not arm and resume is None:
             raise fail("give at least one --arm MODEL[:mode[:template]]", 2)
-        if not args and not where and owner is None and resume is None:
-            raise fail("give conversation ids, --where KEY=VALUE or --owner", 2)
-        report = _run_replay(ctx, args, arm or [], _where(where), owner, teacher_forcing,
+        filters = _where(where)
+        for key, value in (("created_after", created_after), ("created_before", created_before)):
+            if value is not None:
+                filters[key] = value
+        if not args and not filters and owner is None and resume is None:
+            raise fail("give conversation ids, --where KEY=VALUE, --created-after/--before or "
+                       "--owner", 2)
+        report = _run_replay(ctx, args, arm or [], filters, owner, teacher_forcing,
                              concurrency, judge, resume, base_url, quiet=json_)
         if csv_out is not None:
             csv_out.write_text(report.to_csv(), encoding="utf-8")
