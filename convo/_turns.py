@@ -107,14 +107,18 @@ class _ChatBase:
         params: Mapping[str, Any],
         resolve_branch: bool = True,
     ) -> TurnSpec:
-        definitions = [t.definition() for t in self.tools.values()] or None
+        merged = {**self.params, **params}
+        # Tool definitions given per call go through the builder (their tokens
+        # count against the budget), next to the registered tools'.
+        extra_tools = merged.pop("tools", None) or []
+        definitions = [t.definition() for t in self.tools.values()] + list(extra_tools) or None
         return TurnSpec(
             conversation_id=conversation_id,
             user=_as_message(message),
             tool_results=list(tool_results),
             key=idempotency_key,
             owner=owner,
-            params={**self.params, **params},
+            params=merged,
             response_format=response_format,
             stream=stream,
             tools=self.tools,
