@@ -65,10 +65,10 @@ def register(app: typer.Typer) -> None:
             console.print("no runs", highlight=False)
         if page.next_cursor:
             console.print(f"more: convo runs {conversation_id} --cursor {page.next_cursor}",
-                          highlight=False, markup=False)
+                          highlight=False, markup=False, soft_wrap=True)
         current = conversation.current_branch_id
         if current and current != conversation_id:
             console.print(f"turns on this thread now go to branch {current}: "
-                          f"convo runs {current}", highlight=False, markup=False)
+                          f"convo runs {current}", highlight=False, markup=False, soft_wrap=True)
 
     app.add_typer(run_app, name="run")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .._exceptions import APIError, ConvoError, NotMigratedError
+from .._exceptions import APIError, ConvoError, NotMigratedError, UnknownModelError
 from ._common import console, emit_json, fail, open_store
 from ._turn_view import tool_calls_text, turn_summary, visible
 
@@ -104,11 +104,14 @@ def turn_errors(store: Store | None = None, conversation_id: str | None = None,
     try:
         yield
     except NotMigratedError as exc:
-        raise fail(str(exc)) from None
+        raise fail(visible(str(exc))) from None
     except APIError as exc:
-        raise fail(f"{type(exc).__name__}: {exc}{_run_hint(store, conversation_id, owner)}") from None
+        hint = _run_hint(store, conversation_id, owner)
+        raise fail(visible(f"{type(exc).__name__}: {exc}{hint}")) from None
+    except UnknownModelError as exc:
+        raise fail(visible(f"{type(exc).__name__}: {exc} (here: --encoding NAME)")) from None
     except ConvoError as exc:
-        raise fail(f"{type(exc).__name__}: {exc}") from None
+        raise fail(visible(f"{type(exc).__name__}: {exc}")) from None
     except KeyboardInterrupt:
         raise fail(f"interrupted{_run_hint(store, conversation_id, owner)}", 130) from None
 
