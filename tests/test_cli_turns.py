@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -341,3 +342,31 @@ def test_chat_session_switches_mode_forks_and_quits_on_eof(db: str, fake: FakeBa
         assert [m.text for m in store.messages(cid)][2:] == ["/slash", " You said: /slash"]
         assert [r.mode for r in store.list_runs(cid).items] == ["completion"]
         assert [r.model for r in store.list_runs(fork).items] == ["gpt-4.1-mini"]
+
+
+def test_ctrl_c_during_a_reply_cancels_the_turn_and_the_session_goes_on(
+    db: str, fake: FakeBackend
+) -> None:
+    cid = new_conversation(db)
+    with fake.serve() as srv:
+        child = spawn_chat(db, srv.base_url, cid, "--model", "gpt-4o-mini")
+        fake.timeout(seconds=30)                       # the server says nothing...
+        child.sendline("Are you there?")
+        child.expect("assistant> ")
+        deadline = time.monotonic() + 60
+        while not fake.requests and time.monotonic() < deadline:  # the request is out
+            time.sleep(0.01)
+        child.sendintr()                               # ...and the user gives up
+        child.expect("error: interrupted: the reply was not stored")
+        child.expect("you> ")
+        child.sendline("Hello again")
+        child.expect("assistant> You said: Hello again")
+        child.expect("you> ")
+        child.sendline("/quit")
+        assert finish(child) == 0
+    with Store(db) as store:
+        runs = store.list_runs(cid).items
+        assert [m.text for m in store.messages(cid)] == [
+            "Are you there?", "Hello again", "You said: Hello again"]
+    assert [r.status for r in runs] == ["ok", "cancelled"]
+    assert runs[1].error_type == "KeyboardInterrupt"

@@ -137,7 +137,7 @@ class Session:
             return
         except KeyboardInterrupt:
             console.out("", highlight=False)
-            _error("interrupted: the reply was not stored (its run says cancelled)")
+            _error("interrupted: the reply was not stored (a request in flight: its run says cancelled)")
             return
         self.report = result.report
         print_reply(result, streamed=True)
