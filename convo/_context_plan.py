@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ._context_report import Context, ContextReport, SummaryUse, TruncationReport
-from ._exceptions import ContextError, ContextOverflowError, TemplateError
+from ._exceptions import ContextError, ContextOverflowError, MessageNotFound, TemplateError
 from ._messages import Message, TextPart
 from ._records import StoredMessage, Summary
 from ._selection import Item, Selection, Selector, TruncateMode
@@ -29,9 +29,11 @@ __all__ = ["BuildConfig", "Plan", "plan_build"]
 class Start:
     """-> (pinned, newest page): lists of (StoredMessage, cached tokens | None); the
     pinned messages of the whole lineage oldest first, then the newest ``limit``
-    messages newest first. Raises ConversationNotFound for a missing / foreign one."""
+    messages newest first, all with ``seq < before`` when it is set (as-of builds).
+    Raises ConversationNotFound for a missing / foreign one."""
 
     limit: int
+    before: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +118,11 @@ class BuildConfig:
     page_size: int = 0  # 0: derived from the budget
     recount: bool = False  # count the rendered request itself (completion mode, rewriting profiles)
     decode: Any = None  # Callable[[list[int]], str], for truncation
+    #: summaries with hysteresis: history kept after an overflow, a fraction of the
+    #: history budget (float) or tokens (int); None: roll the summary forward on
+    #: every build that drops more history
+    low_water: float | None = None
+    as_of: int | None = None  # build from messages 1..as_of only, writing no summary
     _template_costs: tuple[int, int] | None = field(default=None, repr=False)
 
 
@@ -184,6 +191,22 @@ def _truncator(cfg: BuildConfig) -> Any:
     return truncate
 
 
+def _selector(
+    cfg: BuildConfig, overhead: int, pinned: list[Item], low_water: int | None = None
+) -> Selector:
+    return Selector(
+        budget=cfg.budget,
+        overhead=overhead,
+        pinned=pinned,
+        max_messages=cfg.max_messages,
+        max_history_tokens=cfg.max_history_tokens,
+        summary_reserve=cfg.summary_max_tokens if cfg.summarizing else 0,
+        low_water=low_water,
+        truncate=cfg.truncate,
+        truncator=_truncator(cfg) if cfg.truncate else None,
+    )
+
+
 # ---- the plan ---------------------------------------------------------------------
 
 
@@ -205,24 +228,24 @@ def plan_build(cfg: BuildConfig) -> Plan:
     # first page sized for ~160-token messages; later pages double
     page = cfg.page_size or max(16, min(256, cfg.budget // 160))
     # one store call for the lineage, the pinned messages and the newest page
-    pinned_rows, first_page = yield Start(page)
+    pinned_rows, first_page = yield Start(page, None if cfg.as_of is None else cfg.as_of + 1)
+    if cfg.as_of is not None and (not first_page or first_page[0][0].seq != cfg.as_of):
+        # seqs of a lineage are contiguous from 1: the newest one read is as_of if it exists
+        raise MessageNotFound(
+            f"conversation {cfg.conversation_id!r} has no message {cfg.as_of} to build as of"
+        )
     pinned = [item(r, c) for r, c in pinned_rows]
     extra_pinned: list[Item] = []
     overhead = _overhead(cfg)
     while True:
-        selector = Selector(
-            budget=cfg.budget,
-            overhead=overhead,
-            pinned=pinned + extra_pinned,
-            max_messages=cfg.max_messages,
-            max_history_tokens=cfg.max_history_tokens,
-            summary_reserve=cfg.summary_max_tokens if cfg.summarizing else 0,
-            truncate=cfg.truncate,
-            truncator=_truncator(cfg) if cfg.truncate else None,
-        )
+        selector = _selector(cfg, overhead, pinned + extra_pinned)
         rows, size = first_page, page
+        seen: list[Item] = []  # every history row read, newest first (hysteresis re-selects)
         while True:
-            selector.feed([item(r, c) for r, c in rows], exhausted=len(rows) < size)
+            fed = [item(r, c) for r, c in rows]
+            seen += fed
+            exhausted = len(rows) < size
+            selector.feed(fed, exhausted=exhausted)
             if selector.done:
                 break
             size = min(size * 2, 1024)
@@ -239,17 +262,33 @@ def plan_build(cfg: BuildConfig) -> Plan:
             )
         extra_pinned.append(found)
 
-    summary_use: SummaryUse | None = None
-    summary_msg: Message | None = None
-    while True:
-        if cfg.summarizing and sel.dropped_through is not None:
+    hysteresis = cfg.summarizing and cfg.low_water is not None
+    low_water = _low_water_tokens(cfg, sel) if hysteresis else None
+    tally = _Tally()
+    sent: _Sent | None = None
+    rendered: _Rendered | None = None
+    history = _History(seen, exhausted, item)
+    if cfg.summarizing and sel.dropped_through is not None:
+        if low_water is not None:
+            sel, sent, rendered = yield from _hysteresis(cfg, sel, history, low_water, tally)
+        else:
             # rolls forward from the newest stored summary, so a repeat is incremental
-            sel, summary_msg, summary_use = yield from _summarize(cfg, sel)
-        rendered = _render(cfg, sel, summary_msg, summary_use)
-        if rendered.prompt_tokens <= cfg.budget:
-            break
+            sel, sent = yield from _summarize(cfg, sel, tally, _LOOKUP)
+    if rendered is None:
+        rendered = _render(cfg, sel, *_parts(sent))
+    while rendered.prompt_tokens > cfg.budget:
         # the estimates were low (completion mode, a rewriting profile): drop a turn, recount
         sel = _drop_oldest_turn(sel, rendered.prompt_tokens, "the rendered request")
+        rendered = None
+        if low_water is not None and sent is None:
+            # an overflow that only the exact count showed: handled as any other
+            sel, sent, rendered = yield from _hysteresis(cfg, sel, history, low_water, tally)
+        elif cfg.summarizing:
+            base = sent.summary if sent is not None else _LOOKUP
+            sel, sent = yield from _summarize(cfg, sel, tally, base)
+        if rendered is None:
+            rendered = _render(cfg, sel, *_parts(sent))
+    summary_msg, summary_use = _parts(sent, tally.calls)
     if cfg.mode == "completion":
         exact = True  # counted on the very string that is sent
     else:
@@ -260,7 +299,7 @@ def plan_build(cfg: BuildConfig) -> Plan:
     if misses:
         yield SaveCounts(counter.encoding_name, misses)
 
-    return _finish(cfg, sel, rendered, summary_use, exact, len(misses))
+    return _finish(cfg, sel, rendered, summary_use, exact, len(misses), low_water)
 
 
 def _has_media(parts: list[Any]) -> bool:
@@ -312,24 +351,92 @@ def _drop_oldest_turn(sel: Selection, required: int, what: str) -> Selection:
     return sel
 
 
+# ---- summaries ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Made:
+    """A summary of messages ``start_seq..end_seq``: stored (``id``), or made for
+    an as-of build and kept in memory only (``id`` None)."""
+
+    id: int | None
+    start_seq: int
+    end_seq: int
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """The summary a build sends: what it summarizes, as a message, at what cost."""
+
+    summary: _Made
+    message: Message
+    tokens: int
+    reused: bool
+
+
+@dataclass(slots=True)
+class _Tally:
+    calls: int = 0  # summarizer calls made by this build
+
+
+class _Lookup:
+    """Sentinel: the base summary is not known yet, ask the store."""
+
+
+_LOOKUP = _Lookup()
+
+
+def _made(found: Summary | None) -> _Made | None:
+    if found is None:
+        return None
+    return _Made(found.id, found.start_seq, found.end_seq, found.content)
+
+
+def _parts(sent: _Sent | None, calls: int = 0) -> tuple[Message | None, SummaryUse | None]:
+    """(summary message, its report entry) of ``sent``; ``calls``: summarizer calls made."""
+    if sent is None:
+        return None, None
+    made = sent.summary
+    use = SummaryUse.model_construct(
+        id=made.id,
+        start_seq=made.start_seq,
+        end_seq=made.end_seq,
+        tokens=sent.tokens,
+        reused=sent.reused,
+        created=calls > 0,
+        calls=calls,
+        stored=made.id is not None,
+    )
+    return sent.message, use
+
+
+def _summary_message(cfg: BuildConfig, made: _Made) -> tuple[Message, int]:
+    msg = Message(role=cfg.summary_role, content=cfg.summary_prefix + made.content)
+    return msg, _cost(cfg, cfg.counter.message_tokens(msg))
+
+
 def _summarize(
-    cfg: BuildConfig, sel: Selection
-) -> Generator[Op, Any, tuple[Selection, Message, SummaryUse]]:
-    """Reuse or roll forward the summary of everything up to ``sel.dropped_through``."""
-    counter = cfg.counter
+    cfg: BuildConfig, sel: Selection, tally: _Tally, base: _Made | None | _Lookup
+) -> Generator[Op, Any, tuple[Selection, _Sent]]:
+    """Reuse or roll forward the summary of everything up to ``sel.dropped_through``.
+
+    ``base`` is the newest summary ending at or before it (``_LOOKUP``: ask the
+    store). An as-of build keeps what it makes in memory: it writes no summary.
+    """
     pinned_seqs = {i.seq for i in sel.pinned}
-    stored: Summary | None = yield LatestSummary(sel.dropped_through or 0)
-    if stored is not None and stored.start_seq > 1:
+    if isinstance(base, _Lookup):
+        base = _made((yield LatestSummary(sel.dropped_through or 0)))
+    if base is not None and base.start_seq > 1:
         # it would leave the messages before its start uncovered: start afresh
-        stored = None
+        base = None
     for _ in range(4):
         end = sel.dropped_through
         assert end is not None
-        reused = stored is not None and stored.end_seq == end
+        reused = base is not None and base.end_seq == end
         if not reused:
-            text = stored.content if stored else None
-            start = stored.start_seq if stored else 1
-            cursor = stored.end_seq if stored else 0
+            text = base.content if base else None
+            cursor = base.end_seq if base else 0
             while cursor < end:
                 rows: list[StoredMessage] = yield Range(cursor, end + 1, cfg.summary_chunk)
                 if not rows:
@@ -337,33 +444,170 @@ def _summarize(
                 fresh = [r for r in rows if r.seq not in pinned_seqs]  # pinned ones are sent anyway
                 if fresh:
                     text = yield Summarize(fresh, text, cfg.summary_max_tokens)
+                    tally.calls += 1
                 cursor = rows[-1].seq
             if not text or not text.strip():
                 raise ContextError(
-                    f"the summarizer returned no text for messages {start}..{end} of "
+                    f"the summarizer returned no text for messages 1..{end} of "
                     f"conversation {cfg.conversation_id!r}; nothing was stored (an empty "
                     "summary would stand in for that history forever)"
                 )
-            stored = yield AddSummary(start, end, text)
-        assert stored is not None
-        msg = Message(role=cfg.summary_role, content=cfg.summary_prefix + stored.content)
-        cost = _cost(cfg, counter.message_tokens(msg))
+            if cfg.as_of is None:
+                base = _made((yield AddSummary(1, end, text)))
+            else:
+                base = _Made(None, 1, end, text)
+        assert base is not None
+        msg, cost = _summary_message(cfg, base)
         free = cfg.budget - sel.overhead - sel.pinned_tokens - sel.history_tokens
         if cost <= free:
-            use = SummaryUse(
-                id=stored.id,
-                start_seq=stored.start_seq,
-                end_seq=stored.end_seq,
-                tokens=cost,
-                reused=reused,
-            )
-            return sel, msg, use
+            return sel, _Sent(base, msg, cost, reused)
         while (need := sel.overhead + sel.pinned_tokens + sel.history_tokens + cost) > cfg.budget:
             sel = _drop_oldest_turn(sel, need, f"the context with a {cost}-token summary")
     raise ContextError(
         f"the summary of conversation {cfg.conversation_id!r} does not fit the budget of "
         f"{cfg.budget} tokens; lower summary_max_tokens or raise the budget"
     )
+
+
+# ---- summaries that last (hysteresis) ---------------------------------------------
+
+
+@dataclass(slots=True)
+class _History:
+    """The history rows a build has read (newest first) and how to read older ones."""
+
+    seen: list[Item]
+    exhausted: bool
+    item: Any  # Callable[[StoredMessage, int | None], Item]
+
+
+def _low_water_tokens(cfg: BuildConfig, sel: Selection) -> int:
+    """The low-water mark in history tokens: a fraction of the history budget (the
+    room left for history next to the pinned messages and a full-size summary),
+    or a token count capped by it."""
+    room = cfg.budget - sel.overhead - sel.pinned_tokens - cfg.summary_max_tokens
+    if cfg.max_history_tokens is not None:
+        room = min(room, cfg.max_history_tokens)
+    room = max(0, room)
+    if isinstance(cfg.low_water, float):
+        return int(cfg.low_water * room)
+    assert cfg.low_water is not None
+    return min(int(cfg.low_water), room)
+
+
+def _hysteresis(
+    cfg: BuildConfig, sel: Selection, history: _History, low_water: int, tally: _Tally
+) -> Generator[Op, Any, tuple[Selection, _Sent, _Rendered | None]]:
+    """Summaries that last, once history has to be dropped.
+
+    While the history after the newest stored summary still fits next to it,
+    the window starts right after it and the summary is sent as is: the prompt
+    keeps a stable prefix and the summarizer is not called. Otherwise (an
+    overflow) history is dropped down to the low-water mark and the summary
+    rolled forward to there, so that the next turns fit again without a call.
+    ``sel`` is the greedy selection (as much history as the estimates let fit).
+    """
+    users = [i.seq for i in sel.window if i.message.role == "user"]
+    found = _made((yield LatestSummary(users[-1] - 1))) if users else None
+    if found is not None and found.start_seq == 1:
+        kept = yield from _sticky(cfg, sel, found, history)
+        while kept is not None and cfg.as_of is not None:
+            # Later builds may have stored summaries that end before as_of. The one a
+            # build back then used is the oldest whose window still fits: prefer it
+            # (it also keeps the most history verbatim).
+            older = _made((yield LatestSummary(kept[1].summary.end_seq - 1)))
+            if older is None or older.start_seq != 1:
+                break
+            earlier = yield from _sticky(cfg, sel, older, history)
+            if earlier is None:
+                break
+            kept = earlier
+        if kept is not None:
+            return kept
+    greedy = sel
+    selector = _selector(cfg, sel.overhead, sel.pinned, low_water)
+    # the low-water window is a part of the greedy one: the rows read are enough
+    selector.feed(history.seen, exhausted=history.exhausted)
+    if selector.done:
+        lower = selector.result()
+        # never more than ``sel`` (smaller than the greedy one after an exact recount)
+        if lower.dropped_through is not None and len(lower.window) <= len(sel.window):
+            sel = lower
+            sel.rows_read = greedy.rows_read
+    dropped = sel.dropped_through
+    assert dropped is not None
+    # the newest summary ending at or before the new window start is found, or
+    # has to be looked up (when the one found ends after it, or starts late)
+    base: _Made | None | _Lookup = _LOOKUP
+    if found is None:
+        base = None
+    elif found.start_seq == 1 and found.end_seq <= dropped:
+        base = found
+    sel, sent = yield from _summarize(cfg, sel, tally, base)
+    return sel, sent, None
+
+
+def _sticky(
+    cfg: BuildConfig, sel: Selection, found: _Made, history: _History
+) -> Generator[Op, Any, tuple[Selection, _Sent, _Rendered] | None]:
+    """The window that starts right after ``found`` and the summary as is, if it all fits.
+
+    Reads back to ``found`` when the greedy selection stopped short of it; the
+    read stops as soon as the history outgrows what could fit, so it stays
+    bounded by the budget. Whether it fits is decided on the rendered request,
+    counted exactly: estimates (completion mode, rewriting profiles) only bound
+    the read.
+    """
+    if sel.truncation is not None:
+        return None  # the newest turn alone did not fit
+    end = found.end_seq
+    pinned_seqs = {i.seq for i in sel.pinned}
+    msg, cost = _summary_message(cfg, found)
+    room = cfg.budget - sel.overhead - sel.pinned_tokens - cost
+    # estimated costs can be a little high or low; exact ones (chat) bound the read exactly
+    limit = 2 * cfg.budget if cfg.recount else room
+    window = [i for i in history.seen if i.seq > end and i.seq not in pinned_seqs]
+    total = sum(i.cost for i in window)
+    extra_rows = 0
+    while not history.exhausted and history.seen[-1].seq > end + 1 and total <= limit:
+        rows = yield Tail(history.seen[-1].seq, 256)
+        history.exhausted = len(rows) < 256
+        fed = [history.item(r, c) for r, c in rows]
+        history.seen += fed
+        extra_rows += len(fed)
+        more = [i for i in fed if i.seq > end and i.seq not in pinned_seqs]
+        window += more
+        total += sum(i.cost for i in more)
+    window.reverse()  # oldest first
+    if total > limit or not window:
+        return None
+    if window[0].message.role != "user":
+        return None  # the summary ends inside a turn: the window would start on an orphan
+    current = max(k for k, i in enumerate(window) if i.message.role == "user")
+    older = window[:current]
+    if older and (
+        (cfg.max_messages is not None and len(window) > cfg.max_messages)
+        or (cfg.max_history_tokens is not None and total > cfg.max_history_tokens)
+    ):
+        return None
+    dropped_count = end - sum(1 for s in pinned_seqs if s <= end)
+    if dropped_count <= 0:
+        return None
+    kept = Selection(
+        pinned=sel.pinned,
+        window=window,
+        budget=sel.budget,
+        overhead=sel.overhead,
+        dropped_through=end,
+        dropped_count=dropped_count,
+        stop_reason="summary",
+        rows_read=sel.rows_read + extra_rows,
+    )
+    sent = _Sent(found, msg, cost, reused=True)
+    rendered = _render(cfg, kept, *_parts(sent))
+    if rendered.prompt_tokens > cfg.budget:
+        return None  # the exact count of the rendered request says no
+    return kept, sent, rendered
 
 
 def _assemble(sel: Selection, summary_msg: Message | None) -> tuple[list[Message], list[int]]:
@@ -457,6 +701,7 @@ def _finish(
     summary_use: SummaryUse | None,
     exact: bool,
     counted: int,
+    low_water: int | None = None,
 ) -> Context:
     counter = cfg.counter
     summary_tokens = summary_use.tokens if summary_use else 0
@@ -495,6 +740,8 @@ def _finish(
         stop_reason=sel.stop_reason,
         rows_read=sel.rows_read,
         counted=counted,
+        low_water=low_water,
+        as_of=cfg.as_of,
     )
     return Context.model_construct(
         mode=cfg.mode,
@@ -518,8 +765,9 @@ def store_call(
     """
     cid, scope = conversation_id, {"owner": owner}
     match op:
-        case Start(limit):
-            return "store", "context_start", (cid,), {"encoding": encoding, "limit": limit, **scope}
+        case Start(limit, before):
+            kw = {"encoding": encoding, "limit": limit, "before": before, **scope}
+            return "store", "context_start", (cid,), kw
         case Tail(before, limit):
             kw = {"encoding": encoding, "before": before, "limit": limit, **scope}
             return "store", "tail", (cid,), kw
