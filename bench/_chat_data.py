@@ -4,10 +4,13 @@ Deterministic (seeded): turn ``k`` of a thread depends only on the seed and
 ``k``. The sizes are those of a messaging-style assistant with concise
 replies, the kind of thread a tight 1,500-token budget is meant for:
 
-* user messages: 1 to 3 sentences of 4 to 12 words (about 25 tokens on average);
-* assistant replies: 1 to 4 sentences of 6 to 16 words (about 40 tokens);
-* a turn (user + reply, with OpenAI's 4 tokens of framing each) about 70 tokens;
-* summaries the fake model returns: 100 to 160 words (about 150 tokens).
+* user messages: 1 to 3 sentences of 5 to 14 words (26 tokens on average);
+* assistant replies: 1 to 4 sentences of 8 to 20 words (42 tokens);
+* a turn (user + reply) 68 tokens on average;
+* summaries the fake model returns: 100 to 160 words (137 tokens).
+
+(Tokens: gpt-4o-mini / o200k_base, OpenAI's per-message framing included;
+seed 7, 300 turns.)
 
 Words are drawn from a list of common English words, so tokens per word are
 close to real prose (about 1.2 with o200k_base).
@@ -44,10 +47,11 @@ def _text(rng: random.Random, sentences: tuple[int, int], words: tuple[int, int]
     return " ".join(_sentence(rng, *words) for _ in range(rng.randint(*sentences)))
 
 
-def turn(seed: int, k: int) -> tuple[str, str]:
-    """The user message and the assistant reply of turn ``k``."""
+def turn(seed: int, k: int, scale: float = 1.0) -> tuple[str, str]:
+    """The user message and the assistant reply of turn ``k`` (``scale``: words per sentence x)."""
     rng = random.Random(f"{seed}:{k}")
-    return _text(rng, (1, 3), (5, 14)), _text(rng, (1, 4), (8, 20))
+    user = _text(rng, (1, 3), (int(5 * scale), int(14 * scale)))
+    return user, _text(rng, (1, 4), (int(8 * scale), int(20 * scale)))
 
 
 def summary_text(seed: int, k: int) -> str:
