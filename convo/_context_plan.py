@@ -237,37 +237,68 @@ def plan_build(cfg: BuildConfig) -> Plan:
     pinned = [item(r, c) for r, c in pinned_rows]
     extra_pinned: list[Item] = []
     overhead = _overhead(cfg)
+    tally = _Tally()
     while True:
-        selector = _selector(cfg, overhead, pinned + extra_pinned)
-        rows, size = first_page, page
-        seen: list[Item] = []  # every history row read, newest first (hysteresis re-selects)
-        while True:
-            fed = [item(r, c) for r, c in rows]
-            seen += fed
-            exhausted = len(rows) < size
-            selector.feed(fed, exhausted=exhausted)
-            if selector.done:
-                break
-            size = min(size * 2, 1024)
-            rows = yield Tail(rows[-1][0].seq, size)
-        sel = selector.result()
-        if not cfg.json_mode or _mentions_json(sel):
-            break
-        found = yield from _find_json_instruction(sel, item)
-        if found is None:
-            raise ContextError(
-                "response_format json_object requires a message that mentions JSON, and no "
-                f"message of conversation {cfg.conversation_id!r} does: add one (e.g. in the "
-                "system prompt)"
-            )
-        extra_pinned.append(found)
+        history = _History([], False, item)
+        sel = yield from _select(cfg, overhead, pinned + extra_pinned, first_page, page, history)
+        if cfg.json_mode and not _mentions_json(sel):
+            extra_pinned.append((yield from _json_instruction(cfg, sel, item)))
+            continue
+        sel, sent, rendered, low_water = yield from _fit(cfg, sel, history, tally)
+        if cfg.json_mode and not _mentions_json(sel):
+            # dropping down to the low-water mark (or an exact recount) left it out
+            extra_pinned.append((yield from _json_instruction(cfg, sel, item)))
+            continue
+        break
+    summary_msg, summary_use = _parts(sent, tally.calls)
+    if cfg.mode == "completion":
+        exact = True  # counted on the very string that is sent
+    else:
+        exact = all(i.exact for i in (*sel.pinned, *sel.window))
+        if summary_msg is not None:
+            exact = exact and counter.is_exact(summary_msg)
 
+    if misses:
+        yield SaveCounts(counter.encoding_name, misses)
+
+    return _finish(cfg, sel, rendered, summary_use, exact, len(misses), low_water)
+
+
+def _select(
+    cfg: BuildConfig,
+    overhead: int,
+    pinned: list[Item],
+    first_page: list[Any],
+    page: int,
+    history: _History,
+) -> Generator[Op, Any, Selection]:
+    """As much history as fits (by the estimates), read newest first, page by page;
+    every row read is kept in ``history`` (hysteresis selects again from it)."""
+    selector = _selector(cfg, overhead, pinned)
+    rows, size = first_page, page
+    while True:
+        fed = [history.item(r, c) for r, c in rows]
+        history.seen += fed
+        history.exhausted = len(rows) < size
+        selector.feed(fed, exhausted=history.exhausted)
+        if selector.done:
+            return selector.result()
+        size = min(size * 2, 1024)
+        rows = yield Tail(rows[-1][0].seq, size)
+
+
+def _fit(
+    cfg: BuildConfig, sel: Selection, history: _History, tally: _Tally
+) -> Generator[Op, Any, tuple[Selection, _Sent | None, _Rendered, int | None]]:
+    """The summary for what ``sel`` drops, and the request rendered within the budget.
+
+    Returns the final selection, the summary sent, the rendered request and the
+    low-water mark in effect (None without hysteresis).
+    """
     hysteresis = cfg.summarizing and cfg.low_water is not None
     low_water = _low_water_tokens(cfg, sel) if hysteresis else None
-    tally = _Tally()
     sent: _Sent | None = None
     rendered: _Rendered | None = None
-    history = _History(seen, exhausted, item)
     if cfg.summarizing and sel.dropped_through is not None:
         if low_water is not None:
             sel, sent, rendered = yield from _hysteresis(cfg, sel, history, low_water, tally)
@@ -288,18 +319,19 @@ def plan_build(cfg: BuildConfig) -> Plan:
             sel, sent = yield from _summarize(cfg, sel, tally, base)
         if rendered is None:
             rendered = _render(cfg, sel, *_parts(sent))
-    summary_msg, summary_use = _parts(sent, tally.calls)
-    if cfg.mode == "completion":
-        exact = True  # counted on the very string that is sent
-    else:
-        exact = all(i.exact for i in (*sel.pinned, *sel.window))
-        if summary_msg is not None:
-            exact = exact and counter.is_exact(summary_msg)
+    return sel, sent, rendered, low_water
 
-    if misses:
-        yield SaveCounts(counter.encoding_name, misses)
 
-    return _finish(cfg, sel, rendered, summary_use, exact, len(misses), low_water)
+def _json_instruction(cfg: BuildConfig, sel: Selection, item: Any) -> Generator[Op, Any, Item]:
+    """The newest dropped message that mentions JSON, to pin; an error if there is none."""
+    found = yield from _find_json_instruction(sel, item)
+    if found is None:
+        raise ContextError(
+            "response_format json_object requires a message that mentions JSON, and no "
+            f"message of conversation {cfg.conversation_id!r} does: add one (e.g. in the "
+            "system prompt)"
+        )
+    return found
 
 
 def _has_media(parts: list[Any]) -> bool:

@@ -327,3 +327,25 @@ def test_invariants_hold_across_appends_and_builds(
                 if len(users) > 1:
                     assert rep.history_tokens <= rep.low_water
         store.append_many(conv.id, turn[1:])
+
+
+def test_json_mode_keeps_its_instruction_when_dropping_to_the_low_water_mark(store: Any) -> None:
+    conv = store.create_conversation()
+    store.append(conv.id, Message.system(chat_data.SYSTEM))
+    for k in range(20):
+        user, reply = _turn(k)
+        if k == 11:  # inside the window that fits, outside the low-water one
+            user = Message.user("From now on answer in JSON, please.")
+        store.append_many(conv.id, [user, reply])
+    store.append(conv.id, Message.user("Where should we go tomorrow?"))
+    fmt = {"type": "json_object"}
+    plain = ContextBuilder(store, model=MODEL, budget=1_000, summary_max_tokens=100).build(conv.id, response_format=fmt)
+    instruction = 2 + 2 * 11
+    assert instruction in plain.report.kept_seqs and instruction not in plain.report.pinned_seqs
+    ctx = ContextBuilder(store, model=MODEL, budget=1_000, summarizer=Recorder(), summary_max_tokens=100).build(
+        conv.id, response_format=fmt
+    )
+    assert ctx.report.summary is not None and ctx.report.dropped_through > instruction  # dropped to the mark ...
+    assert instruction in ctx.report.pinned_seqs  # ... but the JSON instruction is kept, pinned
+    assert ctx.report.prompt_tokens <= 1_000
+    assert ctx.report.summary.end_seq == ctx.report.dropped_through
