@@ -5,207 +5,51 @@ A build is written once, as a generator that *yields* the I/O it needs
 builder answers with :class:`~convo.Store` calls, the async builder awaits
 :class:`~convo.AsyncStore` calls: one algorithm, two thin shells, no drift
 (the "sans-I/O" style of h11 and httpx's core).
+
+The operations, the configuration and the cost models are in
+:mod:`convo._context_ops`; summaries (made, reused, kept with hysteresis) in
+:mod:`convo._context_summaries`.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Generator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any
 
+from ._context_ops import (
+    AddSummary,
+    BuildConfig,
+    LatestSummary,
+    Op,
+    Plan,
+    Range,
+    SaveCounts,
+    Start,
+    Summarize,
+    Tail,
+    drop_oldest_turn,
+    make_selector,
+    message_cost,
+    request_overhead,
+)
 from ._context_report import Context, ContextReport, SummaryUse, TruncationReport
-from ._exceptions import ContextError, ContextOverflowError, MessageNotFound, TemplateError
+from ._context_summaries import (
+    LOOKUP,
+    History,
+    Sent,
+    Tally,
+    hysteresis,
+    low_water_tokens,
+    summarize,
+    summary_parts,
+)
+from ._exceptions import ContextError, MessageNotFound
 from ._messages import Message, TextPart
-from ._records import StoredMessage, Summary
-from ._selection import Item, Selection, Selector, TruncateMode
+from ._records import StoredMessage
+from ._selection import Item, Selection
 
-__all__ = ["BuildConfig", "Plan", "plan_build"]
-
-# ---- the I/O a build asks for -------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Start:
-    """-> (pinned, newest page): lists of (StoredMessage, cached tokens | None); the
-    pinned messages of the whole lineage oldest first, then the newest ``limit``
-    messages newest first, all with ``seq < before`` when it is set (as-of builds).
-    Raises ConversationNotFound for a missing / foreign one."""
-
-    limit: int
-    before: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Tail:
-    """-> list[(StoredMessage, cached tokens | None)], newest first, seq < before."""
-
-    before: int | None
-    limit: int
-
-
-@dataclass(frozen=True, slots=True)
-class Range:
-    """-> list[StoredMessage], oldest first, after < seq < before."""
-
-    after: int
-    before: int
-    limit: int
-
-
-@dataclass(frozen=True, slots=True)
-class LatestSummary:
-    """-> Summary | None: the newest summary of the lineage ending at or before ``up_to_seq``."""
-
-    up_to_seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class Summarize:
-    """-> str: the summarizer's text."""
-
-    messages: Sequence[Message]
-    previous: str | None
-    max_tokens: int
-
-
-@dataclass(frozen=True, slots=True)
-class AddSummary:
-    """-> Summary (stored)."""
-
-    start_seq: int
-    end_seq: int
-    content: str
-
-
-@dataclass(frozen=True, slots=True)
-class SaveCounts:
-    """-> None: store token counts computed during this build."""
-
-    encoding: str
-    counts: dict[int, int]
-
-
-Op = Start | Tail | Range | LatestSummary | Summarize | AddSummary | SaveCounts
-Plan = Generator[Op, Any, Context]
-
-
-# ---- configuration ------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class BuildConfig:
-    """Everything a build needs that is not in the database (resolved by the builder)."""
-
-    conversation_id: str
-    model: str
-    mode: Literal["chat", "completion"]
-    counter: Any  # TokenCounter
-    budget: int
-    reply_reserve: int | None
-    render_chat: Any  # Callable[[Sequence[Message]], list[dict]]
-    template: Any = None  # PromptTemplate in completion mode
-    tools: list[dict[str, Any]] | None = None
-    json_mode: bool = False
-    max_messages: int | None = None
-    max_history_tokens: int | None = None
-    truncate: TruncateMode | None = None
-    summarizing: bool = False
-    summary_max_tokens: int = 512
-    summary_role: Literal["system", "developer", "user"] = "system"
-    summary_prefix: str = "Summary of the earlier conversation:\n"
-    summary_chunk: int = 200
-    page_size: int = 0  # 0: derived from the budget
-    recount: bool = False  # count the rendered request itself (completion mode, rewriting profiles)
-    decode: Any = None  # Callable[[list[int]], str], for truncation
-    #: summaries with hysteresis: history kept after an overflow, a fraction of the
-    #: history budget (float) or tokens (int); None: roll the summary forward on
-    #: every build that drops more history
-    low_water: float | None = None
-    as_of: int | None = None  # build from messages 1..as_of only, writing no summary
-    _template_costs: tuple[int, int] | None = field(default=None, repr=False)
-
-
-# ---- cost models ----------------------------------------------------------------
-
-
-def _template_costs(cfg: BuildConfig) -> tuple[int, int]:
-    """(fixed overhead, per-message framing) of the completion template, measured once.
-
-    Estimates only: selection uses them, then the exact flattened prompt is
-    counted and adjusted.
-    """
-    if cfg._template_costs is None:
-        count = cfg.counter.count
-        tpl = cfg.template
-        try:
-            u, a = Message(role="user", content="x"), Message(role="assistant", content="y")
-            one = count(tpl.render([u], add_generation_prompt=True))
-            three = count(tpl.render([u, a, u], add_generation_prompt=True))
-            per = max(0, math.ceil((three - one - count("y") - count("x")) / 2))
-            fixed = max(0, one - per - count("x"))
-        except TemplateError:
-            per, fixed = 6, 8
-        cfg._template_costs = (fixed, per)
-    return cfg._template_costs
-
-
-def _overhead(cfg: BuildConfig) -> int:
-    if cfg.mode == "chat":
-        return 3 + (cfg.counter.tools_tokens(cfg.tools) if cfg.tools else 0)
-    return _template_costs(cfg)[0]
-
-
-def _cost(cfg: BuildConfig, chat_cost: int) -> int:
-    """Cost of a message in the target format, from its (cached) chat cost."""
-    if cfg.mode == "chat":
-        return chat_cost
-    # chat cost = 3 per message + role + content; the template's framing replaces the 4
-    return max(1, chat_cost - 4 + _template_costs(cfg)[1])
-
-
-def _truncator(cfg: BuildConfig) -> Any:
-    def truncate(msg: Message, max_cost: int, mode: TruncateMode) -> tuple[Message, int] | None:
-        if not isinstance(msg.content, str) or cfg.decode is None:
-            return None
-        counter = cfg.counter
-        empty = msg.model_copy(update={"content": ""})
-        frame = _cost(cfg, counter.message_tokens(empty))
-        room = max_cost - frame - 1  # 1 token for the ellipsis of middle mode / slack
-        ids = counter.encode(msg.content)
-        while room > 0:
-            if mode == "head":
-                text = cfg.decode(ids[:room])
-            elif mode == "tail":
-                text = cfg.decode(ids[-room:])
-            else:
-                half = room // 2
-                text = cfg.decode(ids[:half]) + "…" + cfg.decode(ids[len(ids) - (room - half) :])
-            short = msg.model_copy(update={"content": text})
-            cost = _cost(cfg, counter.message_tokens(short))
-            if cost <= max_cost:
-                return short, cost
-            room -= cost - max_cost
-        return None
-
-    return truncate
-
-
-def _selector(
-    cfg: BuildConfig, overhead: int, pinned: list[Item], low_water: int | None = None
-) -> Selector:
-    return Selector(
-        budget=cfg.budget,
-        overhead=overhead,
-        pinned=pinned,
-        max_messages=cfg.max_messages,
-        max_history_tokens=cfg.max_history_tokens,
-        summary_reserve=cfg.summary_max_tokens if cfg.summarizing else 0,
-        low_water=low_water,
-        truncate=cfg.truncate,
-        truncator=_truncator(cfg) if cfg.truncate else None,
-    )
-
+__all__ = ["BuildConfig", "Plan", "control_markers", "plan_build", "store_call"]
 
 # ---- the plan ---------------------------------------------------------------------
 
@@ -223,7 +67,7 @@ def plan_build(cfg: BuildConfig) -> Plan:
         elif cached is None:
             cached = counter.message_tokens(row)
             misses[row.id] = cached
-        return Item(row, row.seq, _cost(cfg, cached), counter.is_exact(row))
+        return Item(row, row.seq, message_cost(cfg, cached), counter.is_exact(row))
 
     # first page sized for ~160-token messages; later pages double
     page = cfg.page_size or max(16, min(256, cfg.budget // 160))
@@ -236,10 +80,10 @@ def plan_build(cfg: BuildConfig) -> Plan:
         )
     pinned = [item(r, c) for r, c in pinned_rows]
     extra_pinned: list[Item] = []
-    overhead = _overhead(cfg)
-    tally = _Tally()
+    overhead = request_overhead(cfg)
+    tally = Tally()
     while True:
-        history = _History([], False, item)
+        history = History([], False, item)
         sel = yield from _select(cfg, overhead, pinned + extra_pinned, first_page, page, history)
         if cfg.json_mode and not _mentions_json(sel):
             extra_pinned.append((yield from _json_instruction(cfg, sel, item)))
@@ -250,7 +94,7 @@ def plan_build(cfg: BuildConfig) -> Plan:
             extra_pinned.append((yield from _json_instruction(cfg, sel, item)))
             continue
         break
-    summary_msg, summary_use = _parts(sent, tally.calls)
+    summary_msg, summary_use = summary_parts(sent, tally.calls)
     if cfg.mode == "completion":
         exact = True  # counted on the very string that is sent
     else:
@@ -270,11 +114,11 @@ def _select(
     pinned: list[Item],
     first_page: list[Any],
     page: int,
-    history: _History,
+    history: History,
 ) -> Generator[Op, Any, Selection]:
     """As much history as fits (by the estimates), read newest first, page by page;
     every row read is kept in ``history`` (hysteresis selects again from it)."""
-    selector = _selector(cfg, overhead, pinned)
+    selector = make_selector(cfg, overhead, pinned)
     rows, size = first_page, page
     while True:
         fed = [history.item(r, c) for r, c in rows]
@@ -288,37 +132,37 @@ def _select(
 
 
 def _fit(
-    cfg: BuildConfig, sel: Selection, history: _History, tally: _Tally
-) -> Generator[Op, Any, tuple[Selection, _Sent | None, _Rendered, int | None]]:
+    cfg: BuildConfig, sel: Selection, history: History, tally: Tally
+) -> Generator[Op, Any, tuple[Selection, Sent | None, _Rendered, int | None]]:
     """The summary for what ``sel`` drops, and the request rendered within the budget.
 
     Returns the final selection, the summary sent, the rendered request and the
     low-water mark in effect (None without hysteresis).
     """
-    hysteresis = cfg.summarizing and cfg.low_water is not None
-    low_water = _low_water_tokens(cfg, sel) if hysteresis else None
-    sent: _Sent | None = None
+    lasting = cfg.summarizing and cfg.low_water is not None  # summaries with hysteresis
+    low_water = low_water_tokens(cfg, sel) if lasting else None
+    sent: Sent | None = None
     rendered: _Rendered | None = None
     if cfg.summarizing and sel.dropped_through is not None:
         if low_water is not None:
-            sel, sent, rendered = yield from _hysteresis(cfg, sel, history, low_water, tally)
+            sel, sent, rendered = yield from hysteresis(cfg, sel, history, low_water, tally, _render)
         else:
             # rolls forward from the newest stored summary, so a repeat is incremental
-            sel, sent = yield from _summarize(cfg, sel, tally, _LOOKUP)
+            sel, sent = yield from summarize(cfg, sel, tally, LOOKUP)
     if rendered is None:
-        rendered = _render(cfg, sel, *_parts(sent))
+        rendered = _render(cfg, sel, *summary_parts(sent))
     while rendered.prompt_tokens > cfg.budget:
         # the estimates were low (completion mode, a rewriting profile): drop a turn, recount
-        sel = _drop_oldest_turn(sel, rendered.prompt_tokens, "the rendered request")
+        sel = drop_oldest_turn(sel, rendered.prompt_tokens, "the rendered request")
         rendered = None
         if low_water is not None and sent is None:
             # an overflow that only the exact count showed: handled as any other
-            sel, sent, rendered = yield from _hysteresis(cfg, sel, history, low_water, tally)
+            sel, sent, rendered = yield from hysteresis(cfg, sel, history, low_water, tally, _render)
         elif cfg.summarizing:
-            base = sent.summary if sent is not None else _LOOKUP
-            sel, sent = yield from _summarize(cfg, sel, tally, base)
+            base = sent.summary if sent is not None else LOOKUP
+            sel, sent = yield from summarize(cfg, sel, tally, base)
         if rendered is None:
-            rendered = _render(cfg, sel, *_parts(sent))
+            rendered = _render(cfg, sel, *summary_parts(sent))
     return sel, sent, rendered, low_water
 
 
@@ -356,290 +200,6 @@ def _find_json_instruction(sel: Selection, item: Any) -> Generator[Op, Any, Item
         if len(rows) < 256:
             return None
         before = rows[-1][0].seq
-
-
-def _drop_oldest_turn(sel: Selection, required: int, what: str) -> Selection:
-    """The selection without its oldest turn; the newest turn is never dropped.
-
-    ``required`` is what the current selection needs (``what`` says what that
-    includes), for the error when nothing more can go.
-    """
-    window = sel.window
-    starts = [i for i, it in enumerate(window) if it.message.role == "user"]
-    nxt = next((s for s in starts if s > 0), None)
-    if nxt is None:
-        raise ContextOverflowError(
-            f"{what} needs {required} tokens but the budget is {sel.budget}, and only the "
-            "pinned messages and the newest turn are left: raise the budget",
-            budget=sel.budget,
-            required=required,
-            part="newest",
-        )
-    dropped = window[:nxt]
-    sel.window = window[nxt:]
-    sel.dropped_through = dropped[-1].seq
-    sel.dropped_count += len(dropped)
-    sel.stop_reason = "budget"
-    return sel
-
-
-# ---- summaries ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Made:
-    """A summary of messages ``start_seq..end_seq``: stored (``id``), or made for
-    an as-of build and kept in memory only (``id`` None)."""
-
-    id: int | None
-    start_seq: int
-    end_seq: int
-    content: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Sent:
-    """The summary a build sends: what it summarizes, as a message, at what cost."""
-
-    summary: _Made
-    message: Message
-    tokens: int
-    reused: bool
-
-
-@dataclass(slots=True)
-class _Tally:
-    calls: int = 0  # summarizer calls made by this build
-
-
-class _Lookup:
-    """Sentinel: the base summary is not known yet, ask the store."""
-
-
-_LOOKUP = _Lookup()
-
-
-def _made(found: Summary | None) -> _Made | None:
-    if found is None:
-        return None
-    return _Made(found.id, found.start_seq, found.end_seq, found.content)
-
-
-def _parts(sent: _Sent | None, calls: int = 0) -> tuple[Message | None, SummaryUse | None]:
-    """(summary message, its report entry) of ``sent``; ``calls``: summarizer calls made."""
-    if sent is None:
-        return None, None
-    made = sent.summary
-    use = SummaryUse.model_construct(
-        id=made.id,
-        start_seq=made.start_seq,
-        end_seq=made.end_seq,
-        tokens=sent.tokens,
-        reused=sent.reused,
-        created=calls > 0,
-        calls=calls,
-        stored=made.id is not None,
-    )
-    return sent.message, use
-
-
-def _summary_message(cfg: BuildConfig, made: _Made) -> tuple[Message, int]:
-    msg = Message(role=cfg.summary_role, content=cfg.summary_prefix + made.content)
-    return msg, _cost(cfg, cfg.counter.message_tokens(msg))
-
-
-def _summarize(
-    cfg: BuildConfig, sel: Selection, tally: _Tally, base: _Made | None | _Lookup
-) -> Generator[Op, Any, tuple[Selection, _Sent]]:
-    """Reuse or roll forward the summary of everything up to ``sel.dropped_through``.
-
-    ``base`` is the newest summary ending at or before it (``_LOOKUP``: ask the
-    store). An as-of build keeps what it makes in memory: it writes no summary.
-    """
-    pinned_seqs = {i.seq for i in sel.pinned}
-    if isinstance(base, _Lookup):
-        base = _made((yield LatestSummary(sel.dropped_through or 0)))
-    if base is not None and base.start_seq > 1:
-        # it would leave the messages before its start uncovered: start afresh
-        base = None
-    for _ in range(4):
-        end = sel.dropped_through
-        assert end is not None
-        reused = base is not None and base.end_seq == end
-        if not reused:
-            text = base.content if base else None
-            cursor = base.end_seq if base else 0
-            while cursor < end:
-                rows: list[StoredMessage] = yield Range(cursor, end + 1, cfg.summary_chunk)
-                if not rows:
-                    break
-                fresh = [r for r in rows if r.seq not in pinned_seqs]  # pinned ones are sent anyway
-                if fresh:
-                    text = yield Summarize(fresh, text, cfg.summary_max_tokens)
-                    tally.calls += 1
-                cursor = rows[-1].seq
-            if not text or not text.strip():
-                raise ContextError(
-                    f"the summarizer returned no text for messages 1..{end} of "
-                    f"conversation {cfg.conversation_id!r}; nothing was stored (an empty "
-                    "summary would stand in for that history forever)"
-                )
-            if cfg.as_of is None:
-                base = _made((yield AddSummary(1, end, text)))
-            else:
-                base = _Made(None, 1, end, text)
-        assert base is not None
-        msg, cost = _summary_message(cfg, base)
-        free = cfg.budget - sel.overhead - sel.pinned_tokens - sel.history_tokens
-        if cost <= free:
-            return sel, _Sent(base, msg, cost, reused)
-        while (need := sel.overhead + sel.pinned_tokens + sel.history_tokens + cost) > cfg.budget:
-            sel = _drop_oldest_turn(sel, need, f"the context with a {cost}-token summary")
-    raise ContextError(
-        f"the summary of conversation {cfg.conversation_id!r} does not fit the budget of "
-        f"{cfg.budget} tokens; lower summary_max_tokens or raise the budget"
-    )
-
-
-# ---- summaries that last (hysteresis) ---------------------------------------------
-
-
-@dataclass(slots=True)
-class _History:
-    """The history rows a build has read (newest first) and how to read older ones."""
-
-    seen: list[Item]
-    exhausted: bool
-    item: Any  # Callable[[StoredMessage, int | None], Item]
-
-
-def _low_water_tokens(cfg: BuildConfig, sel: Selection) -> int:
-    """The low-water mark in history tokens: a fraction of the history budget (the
-    room left for history next to the pinned messages and a full-size summary),
-    or a token count capped by it."""
-    room = cfg.budget - sel.overhead - sel.pinned_tokens - cfg.summary_max_tokens
-    if cfg.max_history_tokens is not None:
-        room = min(room, cfg.max_history_tokens)
-    room = max(0, room)
-    if isinstance(cfg.low_water, float):
-        return int(cfg.low_water * room)
-    assert cfg.low_water is not None
-    return min(int(cfg.low_water), room)
-
-
-def _hysteresis(
-    cfg: BuildConfig, sel: Selection, history: _History, low_water: int, tally: _Tally
-) -> Generator[Op, Any, tuple[Selection, _Sent, _Rendered | None]]:
-    """Summaries that last, once history has to be dropped.
-
-    While the history after the newest stored summary still fits next to it,
-    the window starts right after it and the summary is sent as is: the prompt
-    keeps a stable prefix and the summarizer is not called. Otherwise (an
-    overflow) history is dropped down to the low-water mark and the summary
-    rolled forward to there, so that the next turns fit again without a call.
-    ``sel`` is the greedy selection (as much history as the estimates let fit).
-    """
-    users = [i.seq for i in sel.window if i.message.role == "user"]
-    found = _made((yield LatestSummary(users[-1] - 1))) if users else None
-    if found is not None and found.start_seq == 1:
-        kept = yield from _sticky(cfg, sel, found, history)
-        while kept is not None and cfg.as_of is not None:
-            # Later builds may have stored summaries that end before as_of. The one a
-            # build back then used is the oldest whose window still fits: prefer it
-            # (it also keeps the most history verbatim).
-            older = _made((yield LatestSummary(kept[1].summary.end_seq - 1)))
-            if older is None or older.start_seq != 1:
-                break
-            earlier = yield from _sticky(cfg, sel, older, history)
-            if earlier is None:
-                break
-            kept = earlier
-        if kept is not None:
-            return kept
-    greedy = sel
-    selector = _selector(cfg, sel.overhead, sel.pinned, low_water)
-    # the low-water window is a part of the greedy one: the rows read are enough
-    selector.feed(history.seen, exhausted=history.exhausted)
-    if selector.done:
-        lower = selector.result()
-        # never more than ``sel`` (smaller than the greedy one after an exact recount)
-        if lower.dropped_through is not None and len(lower.window) <= len(sel.window):
-            sel = lower
-            sel.rows_read = greedy.rows_read
-    dropped = sel.dropped_through
-    assert dropped is not None
-    # the newest summary ending at or before the new window start is found, or
-    # has to be looked up (when the one found ends after it, or starts late)
-    base: _Made | None | _Lookup = _LOOKUP
-    if found is None:
-        base = None
-    elif found.start_seq == 1 and found.end_seq <= dropped:
-        base = found
-    sel, sent = yield from _summarize(cfg, sel, tally, base)
-    return sel, sent, None
-
-
-def _sticky(
-    cfg: BuildConfig, sel: Selection, found: _Made, history: _History
-) -> Generator[Op, Any, tuple[Selection, _Sent, _Rendered] | None]:
-    """The window that starts right after ``found`` and the summary as is, if it all fits.
-
-    Reads back to ``found`` when the greedy selection stopped short of it; the
-    read stops as soon as the history outgrows what could fit, so it stays
-    bounded by the budget. Whether it fits is decided on the rendered request,
-    counted exactly: estimates (completion mode, rewriting profiles) only bound
-    the read.
-    """
-    if sel.truncation is not None:
-        return None  # the newest turn alone did not fit
-    end = found.end_seq
-    pinned_seqs = {i.seq for i in sel.pinned}
-    msg, cost = _summary_message(cfg, found)
-    room = cfg.budget - sel.overhead - sel.pinned_tokens - cost
-    # estimated costs can be a little high or low; exact ones (chat) bound the read exactly
-    limit = 2 * cfg.budget if cfg.recount else room
-    window = [i for i in history.seen if i.seq > end and i.seq not in pinned_seqs]
-    total = sum(i.cost for i in window)
-    extra_rows = 0
-    while not history.exhausted and history.seen[-1].seq > end + 1 and total <= limit:
-        rows = yield Tail(history.seen[-1].seq, 256)
-        history.exhausted = len(rows) < 256
-        fed = [history.item(r, c) for r, c in rows]
-        history.seen += fed
-        extra_rows += len(fed)
-        more = [i for i in fed if i.seq > end and i.seq not in pinned_seqs]
-        window += more
-        total += sum(i.cost for i in more)
-    window.reverse()  # oldest first
-    if total > limit or not window:
-        return None
-    if window[0].message.role != "user":
-        return None  # the summary ends inside a turn: the window would start on an orphan
-    current = max(k for k, i in enumerate(window) if i.message.role == "user")
-    older = window[:current]
-    if older and (
-        (cfg.max_messages is not None and len(window) > cfg.max_messages)
-        or (cfg.max_history_tokens is not None and total > cfg.max_history_tokens)
-    ):
-        return None
-    dropped_count = end - sum(1 for s in pinned_seqs if s <= end)
-    if dropped_count <= 0:
-        return None
-    kept = Selection(
-        pinned=sel.pinned,
-        window=window,
-        budget=sel.budget,
-        overhead=sel.overhead,
-        dropped_through=end,
-        dropped_count=dropped_count,
-        stop_reason="summary",
-        rows_read=sel.rows_read + extra_rows,
-    )
-    sent = _Sent(found, msg, cost, reused=True)
-    rendered = _render(cfg, kept, *_parts(sent))
-    if rendered.prompt_tokens > cfg.budget:
-        return None  # the exact count of the rendered request says no
-    return kept, sent, rendered
 
 
 def _assemble(sel: Selection, summary_msg: Message | None) -> tuple[list[Message], list[int]]:
