@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ._chat_render import ChatProfile
     from ._models import ModelRegistry
     from ._templates import PromptTemplate
+    from ._tokens import TokenCounter
 
 __all__ = ["AsyncContextBuilder", "ContextBuilder"]
 
@@ -37,8 +38,63 @@ StoreT = TypeVar("StoreT")
 SummarizerT = TypeVar("SummarizerT")
 
 
-class _BuilderBase(Generic[StoreT, SummarizerT]):
-    """Configuration shared by both builders (pure: resolves models, budgets, renderers)."""
+class _BuilderBase:
+    """What every builder holds: its resolved configuration (pure), and a build's config."""
+
+    model: str
+    mode: Mode
+    budget: int
+    reply_reserve: int | None
+    profile: ChatProfile
+    max_messages: int | None
+    max_history_tokens: int | None
+    truncate: TruncateMode | None
+    summary_max_tokens: int
+    summary_role: Literal["system", "developer", "user"]
+    low_water: float | None
+    page_size: int
+    _counter: TokenCounter
+    _decode: Callable[[list[int]], str] | None
+    _template: Any
+    _recount: bool
+    _render_chat: Callable[[Sequence[Message]], list[dict[str, Any]]]
+
+    def _config(
+        self,
+        conversation_id: str,
+        *,
+        tools: list[dict[str, Any]] | None,
+        response_format: dict[str, Any] | None,
+        summarizing: bool,
+        as_of: int | None,
+    ) -> BuildConfig:
+        return BuildConfig(
+            conversation_id=conversation_id,
+            model=self.model,
+            mode=self.mode,
+            counter=self._counter,
+            budget=self.budget,
+            reply_reserve=self.reply_reserve,
+            render_chat=self._render_chat,
+            recount=self._recount,
+            template=self._template,
+            tools=tools,
+            json_mode=bool(response_format and response_format.get("type") == "json_object"),
+            max_messages=self.max_messages,
+            max_history_tokens=self.max_history_tokens,
+            truncate=self.truncate,
+            summarizing=summarizing,
+            summary_max_tokens=self.summary_max_tokens,
+            summary_role=self.summary_role,
+            page_size=self.page_size,
+            decode=self._decode,
+            low_water=self.low_water,
+            as_of=_check_as_of(as_of),
+        )
+
+
+class _Builder(_BuilderBase, Generic[StoreT, SummarizerT]):
+    """The constructor both builders share: every setting is an explicit keyword."""
 
     def __init__(
         self,
@@ -132,7 +188,7 @@ class _BuilderBase(Generic[StoreT, SummarizerT]):
             # what budget_for held back for the reply (its default depends on the model)
             used_margin = margin if margin is not None else DEFAULT_MARGIN
             self.reply_reserve = reg.get(model).context_window - used_margin - self.budget
-        self._template: Any = None
+        self._template = None
         if mode == "completion":
             from ._templates import get_template
 
@@ -143,13 +199,12 @@ class _BuilderBase(Generic[StoreT, SummarizerT]):
         from ._chat_render import ChatProfile, render_chat
 
         prof = profile if profile is not None else ChatProfile.openai()
+        self.profile = prof
         # Stored counts are of the messages as OpenAI takes them; a profile that
         # rewrites messages (names dropped, parts flattened...) is counted again
         # on what it renders, so the reported tokens stay exact.
         self._recount = mode == "completion" or prof != ChatProfile.openai()
-        self._render_chat: Callable[[Sequence[Message]], list[dict[str, Any]]] = lambda msgs: (
-            render_chat(msgs, prof)
-        )
+        self._render_chat = lambda msgs: render_chat(msgs, prof)
         self.max_messages = max_messages
         self.max_history_tokens = max_history_tokens
         self.truncate = truncate
@@ -157,38 +212,6 @@ class _BuilderBase(Generic[StoreT, SummarizerT]):
         self.summary_role = summary_role
         self.low_water = _check_low_water(low_water)
         self.page_size = page_size
-
-    def _config(
-        self,
-        conversation_id: str,
-        *,
-        tools: list[dict[str, Any]] | None,
-        response_format: dict[str, Any] | None,
-        as_of: int | None,
-    ) -> BuildConfig:
-        return BuildConfig(
-            conversation_id=conversation_id,
-            model=self.model,
-            mode=self.mode,
-            counter=self._counter,
-            budget=self.budget,
-            reply_reserve=self.reply_reserve,
-            render_chat=self._render_chat,
-            recount=self._recount,
-            template=self._template,
-            tools=tools,
-            json_mode=bool(response_format and response_format.get("type") == "json_object"),
-            max_messages=self.max_messages,
-            max_history_tokens=self.max_history_tokens,
-            truncate=self.truncate,
-            summarizing=self.summarizer is not None,
-            summary_max_tokens=self.summary_max_tokens,
-            summary_role=self.summary_role,
-            page_size=self.page_size,
-            decode=self._decode,
-            low_water=self.low_water,
-            as_of=_check_as_of(as_of),
-        )
 
 
 def _check_low_water(value: float | None) -> float | None:
@@ -214,7 +237,7 @@ def _check_as_of(as_of: int | None) -> int | None:
     return as_of
 
 
-class ContextBuilder(_BuilderBase[Store, Summarizer]):
+class ContextBuilder(_Builder[Store, Summarizer]):
     """Builds the context of a stored conversation for one model (sync).
 
     The settings are those of :meth:`__init__`; a builder holds configuration
@@ -256,7 +279,11 @@ class ContextBuilder(_BuilderBase[Store, Summarizer]):
             MessageNotFound: ``as_of`` is past the conversation's last message.
         """
         cfg = self._config(
-            conversation_id, tools=tools, response_format=response_format, as_of=as_of
+            conversation_id,
+            tools=tools,
+            response_format=response_format,
+            summarizing=self.summarizer is not None,
+            as_of=as_of,
         )
 
         targets = {"store": self.store, "summarizer": self.summarizer}
@@ -269,7 +296,7 @@ class ContextBuilder(_BuilderBase[Store, Summarizer]):
         return run_sync(plan_build(cfg), handle)
 
 
-class AsyncContextBuilder(_BuilderBase[AsyncStore, AsyncSummarizer]):
+class AsyncContextBuilder(_Builder[AsyncStore, AsyncSummarizer]):
     """:class:`ContextBuilder` over an :class:`~convo.AsyncStore`; ``build`` is awaited.
 
     The settings are those of :meth:`__init__` (the summarizer is an
@@ -292,7 +319,11 @@ class AsyncContextBuilder(_BuilderBase[AsyncStore, AsyncSummarizer]):
     ) -> Context:
         """Build the context of ``conversation_id``; see :meth:`ContextBuilder.build`."""
         cfg = self._config(
-            conversation_id, tools=tools, response_format=response_format, as_of=as_of
+            conversation_id,
+            tools=tools,
+            response_format=response_format,
+            summarizing=self.summarizer is not None,
+            as_of=as_of,
         )
 
         targets = {"store": self.store, "summarizer": self.summarizer}
