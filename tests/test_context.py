@@ -423,3 +423,17 @@ async def test_async_builder_summarizes_through_the_async_client(store: Any) -> 
     sent = fake.last_request.json
     assert sent["max_completion_tokens"] == 512 and sent["temperature"] == 0
     assert store.latest_summary(cid, up_to_seq=10_000) is not None
+
+
+@pytest.mark.parametrize("builder", [ContextBuilder, AsyncContextBuilder])
+def test_builder_options_are_explicit_documented_keywords(builder: type) -> None:
+    import inspect
+
+    params = inspect.signature(builder).parameters
+    assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())  # no **options
+    options = [name for name, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    assert {"model", "summarizer", "mode", "budget", "reserve", "template", "low_water"} <= set(options)
+    doc = inspect.getdoc(builder.__init__) or ""
+    assert all(f"\n    {name}:" in "\n" + doc.split("Args:")[1] for name in options), doc
+    with pytest.raises(TypeError, match="budgte"):
+        builder(None, model=MODEL, budgte=100)
