@@ -8,13 +8,14 @@ awaited); everything but I/O is the shared pure core (``_client_core.py``,
 from __future__ import annotations
 
 import asyncio
+import time as _time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Generic, Self, Unpack
+from typing import Any, Generic, Literal, Self, Unpack, overload
 
 import httpx
 
-from ._client_core import ClientCore, RequestSpec
+from ._client_core import ClientCore, Endpoint, RequestSpec, RequestStats
 from ._client_params import ChatParams, CompletionParams, TimeoutTypes
 from ._client_pool import pooled_async_transport
 from ._client_stream import (
@@ -295,6 +296,95 @@ class AsyncOpenAIClient:
             self._core, await self._send(spec), CompletionChunk, CompletionAccumulator()
         )
 
+    # -- a recorded body, byte for byte --------------------------------------------------
+
+    @overload
+    async def send(
+        self, endpoint: Literal["chat.completions"], body: bytes | str | Mapping[str, Any], *,
+        stream: Literal[False] = False, stats: RequestStats | None = None,
+        timeout: TimeoutTypes | None = None, max_retries: int | None = None,
+    ) -> ChatCompletion: ...
+    @overload
+    async def send(
+        self, endpoint: Literal["chat.completions"], body: bytes | str | Mapping[str, Any], *,
+        stream: Literal[True], stats: RequestStats | None = None,
+        timeout: TimeoutTypes | None = None, max_retries: int | None = None,
+    ) -> AsyncChatCompletionStream: ...
+    @overload
+    async def send(
+        self, endpoint: Literal["completions"], body: bytes | str | Mapping[str, Any], *,
+        stream: Literal[False] = False, stats: RequestStats | None = None,
+        timeout: TimeoutTypes | None = None, max_retries: int | None = None,
+    ) -> Completion: ...
+    @overload
+    async def send(
+        self, endpoint: Literal["completions"], body: bytes | str | Mapping[str, Any], *,
+        stream: Literal[True], stats: RequestStats | None = None,
+        timeout: TimeoutTypes | None = None, max_retries: int | None = None,
+    ) -> AsyncCompletionStream: ...
+    @overload
+    async def send(
+        self, endpoint: Endpoint, body: bytes | str | Mapping[str, Any], *,
+        stream: Literal[False] = False, stats: RequestStats | None = None,
+        timeout: TimeoutTypes | None = None, max_retries: int | None = None,
+    ) -> ChatCompletion | Completion: ...
+    @overload
+    async def send(
+        self, endpoint: Endpoint, body: bytes | str | Mapping[str, Any], *,
+        stream: Literal[True], stats: RequestStats | None = None,
+        timeout: TimeoutTypes | None = None, max_retries: int | None = None,
+    ) -> AsyncChatCompletionStream | AsyncCompletionStream: ...
+    @overload
+    async def send(
+        self, endpoint: Endpoint, body: bytes | str | Mapping[str, Any], *,
+        stream: bool = False, stats: RequestStats | None = None,
+        timeout: TimeoutTypes | None = None, max_retries: int | None = None,
+    ) -> ChatCompletion | Completion | AsyncChatCompletionStream | AsyncCompletionStream: ...
+
+    async def send(
+        self,
+        endpoint: Endpoint,
+        body: bytes | str | Mapping[str, Any],
+        *,
+        stream: bool = False,
+        stats: RequestStats | None = None,
+        timeout: TimeoutTypes | None = None,
+        max_retries: int | None = None,
+    ) -> ChatCompletion | Completion | AsyncChatCompletionStream | AsyncCompletionStream:
+        """Send a request body as is to ``endpoint`` (what turns and reproductions use).
+
+        Unlike :meth:`chat` / :meth:`complete`, nothing is added to the body:
+        the bytes given are the bytes sent (a run's ``request`` re-sent
+        exactly). Retries, errors and streams behave as in :meth:`chat`.
+
+        Args:
+            endpoint: ``"chat.completions"`` or ``"completions"``.
+            body: JSON text or bytes (sent byte for byte) or a mapping.
+            stream: the body asks for a stream (``"stream": true``).
+            stats: filled with the attempts made and the time to the headers.
+        """
+        spec = self._core.body_request(
+            endpoint, body, stream=stream, timeout=timeout, max_retries=max_retries
+        )
+        start = _time.perf_counter()
+        try:
+            response = await self._send(spec)
+        finally:
+            if stats is not None:
+                stats.attempts = spec.attempts
+        if stats is not None:
+            stats.headers_ms = (_time.perf_counter() - start) * 1000
+        if endpoint == "chat.completions":
+            if stream:
+                return AsyncChatCompletionStream(self._core, response, ChatCompletionChunk,
+                                                 ChatAccumulator())
+            return self._core.parse(ChatCompletion, response)
+        if stream:
+            return AsyncCompletionStream(
+                self._core, response, CompletionChunk, CompletionAccumulator()
+            )
+        return self._core.parse(Completion, response)
+
     # -- the one place that sends ---------------------------------------------------------
 
     async def _send(self, spec: RequestSpec) -> httpx.Response:
@@ -302,6 +392,7 @@ class AsyncOpenAIClient:
         request = core.build(self._http, spec)
         retries = 0
         while True:
+            spec.attempts += 1
             try:
                 response = await self._http.send(request, stream=spec.stream)
             except httpx.RequestError as exc:

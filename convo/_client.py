@@ -11,11 +11,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Generic, Self, Unpack
+from typing import Any, Generic, Literal, Self, Unpack, overload
 
 import httpx
 
-from ._client_core import ClientCore, RequestSpec
+from ._client_core import ClientCore, Endpoint, RequestSpec, RequestStats
 from ._client_params import ChatParams, CompletionParams, TimeoutTypes
 from ._client_stream import (
     Accumulator,
@@ -299,6 +299,93 @@ class OpenAIClient:
             self._core, self._send(spec), CompletionChunk, CompletionAccumulator()
         )
 
+    # -- a recorded body, byte for byte --------------------------------------------------
+
+    @overload
+    def send(
+        self, endpoint: Literal["chat.completions"], body: bytes | str | Mapping[str, Any], *,
+        stream: Literal[False] = False, stats: RequestStats | None = None,
+        timeout: TimeoutTypes | None = None, max_retries: int | None = None,
+    ) -> ChatCompletion: ...
+    @overload
+    def send(
+        self, endpoint: Literal["chat.completions"], body: bytes | str | Mapping[str, Any], *,
+        stream: Literal[True], stats: RequestStats | None = None,
+        timeout: TimeoutTypes | None = None, max_retries: int | None = None,
+    ) -> ChatCompletionStream: ...
+    @overload
+    def send(
+        self, endpoint: Literal["completions"], body: bytes | str | Mapping[str, Any], *,
+        stream: Literal[False] = False, stats: RequestStats | None = None,
+        timeout: TimeoutTypes | None = None, max_retries: int | None = None,
+    ) -> Completion: ...
+    @overload
+    def send(
+        self, endpoint: Literal["completions"], body: bytes | str | Mapping[str, Any], *,
+        stream: Literal[True], stats: RequestStats | None = None,
+        timeout: TimeoutTypes | None = None, max_retries: int | None = None,
+    ) -> CompletionStream: ...
+    @overload
+    def send(
+        self, endpoint: Endpoint, body: bytes | str | Mapping[str, Any], *,
+        stream: Literal[False] = False, stats: RequestStats | None = None,
+        timeout: TimeoutTypes | None = None, max_retries: int | None = None,
+    ) -> ChatCompletion | Completion: ...
+    @overload
+    def send(
+        self, endpoint: Endpoint, body: bytes | str | Mapping[str, Any], *,
+        stream: Literal[True], stats: RequestStats | None = None,
+        timeout: TimeoutTypes | None = None, max_retries: int | None = None,
+    ) -> ChatCompletionStream | CompletionStream: ...
+    @overload
+    def send(
+        self, endpoint: Endpoint, body: bytes | str | Mapping[str, Any], *,
+        stream: bool = False, stats: RequestStats | None = None,
+        timeout: TimeoutTypes | None = None, max_retries: int | None = None,
+    ) -> ChatCompletion | Completion | ChatCompletionStream | CompletionStream: ...
+
+    def send(
+        self,
+        endpoint: Endpoint,
+        body: bytes | str | Mapping[str, Any],
+        *,
+        stream: bool = False,
+        stats: RequestStats | None = None,
+        timeout: TimeoutTypes | None = None,
+        max_retries: int | None = None,
+    ) -> ChatCompletion | Completion | ChatCompletionStream | CompletionStream:
+        """Send a request body as is to ``endpoint`` (what turns and reproductions use).
+
+        Unlike :meth:`chat` / :meth:`complete`, nothing is added to the body:
+        the bytes given are the bytes sent (a run's ``request`` re-sent
+        exactly). Retries, errors and streams behave as in :meth:`chat`.
+
+        Args:
+            endpoint: ``"chat.completions"`` or ``"completions"``.
+            body: JSON text or bytes (sent byte for byte) or a mapping.
+            stream: the body asks for a stream (``"stream": true``).
+            stats: filled with the attempts made and the time to the headers.
+        """
+        spec = self._core.body_request(
+            endpoint, body, stream=stream, timeout=timeout, max_retries=max_retries
+        )
+        start = time.perf_counter()
+        try:
+            response = self._send(spec)
+        finally:
+            if stats is not None:
+                stats.attempts = spec.attempts
+        if stats is not None:
+            stats.headers_ms = (time.perf_counter() - start) * 1000
+        if endpoint == "chat.completions":
+            if stream:
+                return ChatCompletionStream(self._core, response, ChatCompletionChunk,
+                                            ChatAccumulator())
+            return self._core.parse(ChatCompletion, response)
+        if stream:
+            return CompletionStream(self._core, response, CompletionChunk, CompletionAccumulator())
+        return self._core.parse(Completion, response)
+
     # -- the one place that sends ---------------------------------------------------------
 
     def _send(self, spec: RequestSpec) -> httpx.Response:
@@ -306,6 +393,7 @@ class OpenAIClient:
         request = core.build(self._http, spec)
         retries = 0
         while True:
+            spec.attempts += 1
             try:
                 response = self._http.send(request, stream=spec.stream)
             except httpx.RequestError as exc:

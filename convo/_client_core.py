@@ -20,7 +20,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeAlias, TypeVar
 
 import httpx
 import pydantic_core
@@ -41,7 +41,7 @@ from ._exceptions import (
 )
 from ._messages import Message
 
-__all__ = ["ClientCore", "RequestSpec"]
+__all__ = ["ClientCore", "Endpoint", "RequestSpec", "RequestStats"]
 
 log = logging.getLogger("convo.client")
 
@@ -76,6 +76,25 @@ class RequestSpec:
     timeout: TimeoutTypes
     max_retries: int
     stream: bool
+    #: requests sent so far (retries included), counted by the shells' ``_send``
+    attempts: int = 0
+
+
+#: The two generation endpoints, named as OpenAI's API reference names them.
+Endpoint: TypeAlias = Literal["chat.completions", "completions"]
+
+
+@dataclass(slots=True)
+class RequestStats:
+    """Filled in by :meth:`~convo.OpenAIClient.send`: what it took to get an answer.
+
+    ``attempts``: requests sent, retries included (also when the call
+    finally failed). ``headers_ms``: milliseconds from the first attempt to
+    the response headers of the last one (retries and their waits included).
+    """
+
+    attempts: int = 0
+    headers_ms: float | None = None
 
 
 def _env(name: str) -> str | None:
@@ -193,6 +212,62 @@ class ClientCore:
         body: dict[str, Any] = {"model": _check_model(model), "prompt": prompt}
         name = "complete_stream" if stream else "complete"
         return self._spec(self._completions_url, body, params, COMPLETION_KEYS, stream, name)
+
+    def body_request(
+        self,
+        endpoint: Endpoint,
+        body: bytes | str | Mapping[str, Any],
+        *,
+        stream: bool,
+        timeout: TimeoutTypes | None = None,
+        max_retries: int | None = None,
+    ) -> RequestSpec:
+        """A request whose body is given, sent byte for byte (a run's recorded body).
+
+        A mapping is serialized the way :meth:`chat_request` serializes. The
+        body's own ``"stream"`` must agree with ``stream``.
+        """
+        if endpoint == "chat.completions":
+            url = self._chat_url
+        elif endpoint == "completions":
+            url = self._completions_url
+        else:
+            raise ConfigurationError(
+                f"endpoint must be 'chat.completions' or 'completions', not {endpoint!r}"
+            )
+        if isinstance(body, Mapping):
+            try:
+                content = pydantic_core.to_json(dict(body))
+            except pydantic_core.PydanticSerializationError as exc:
+                raise InvalidMessageError(
+                    f"the request body is not JSON-serializable: {exc}"
+                ) from None
+        elif isinstance(body, str):
+            content = body.encode()
+        elif isinstance(body, bytes):
+            content = body
+        else:
+            raise InvalidMessageError("body must be bytes, str or a mapping")
+        try:
+            parsed = pydantic_core.from_json(content)
+        except ValueError:
+            raise InvalidMessageError("the request body is not JSON") from None
+        if not isinstance(parsed, dict) or not isinstance(parsed.get("model"), str):
+            raise InvalidMessageError("the request body must be a JSON object with a model")
+        if bool(parsed.get("stream")) != stream:
+            raise InvalidMessageError(
+                f"the body says stream={bool(parsed.get('stream'))} but stream={stream} was asked"
+            )
+        if max_retries is not None and (
+            not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0
+        ):
+            raise ConfigurationError(f"max_retries must be an integer >= 0, got {max_retries!r}")
+        return RequestSpec(
+            "POST", url, content, self._headers, self._query,
+            self.timeout if timeout is None else timeout,
+            self.max_retries if max_retries is None else max_retries,
+            stream,
+        )
 
     def _spec(
         self,

@@ -219,7 +219,7 @@ def create_conversation(
     values = {
         "id": new_conversation_id(), "title": title, "owner": owner, "metadata": meta,
         "created_at": stamp, "updated_at": stamp, "parent_id": None, "fork_seq": None,
-        "last_seq": 0,
+        "last_seq": 0, "branch_kind": None, "branch_of": None, "current_branch_id": None,
     }
     yield Op(sql.INSERT_CONVERSATION, values, "none")
     return construct(Conversation, {**values, "metadata": meta or {}})
@@ -467,6 +467,9 @@ def fork(
         "parent_id": source.id,
         "fork_seq": point,
         "last_seq": point,
+        "branch_kind": None,
+        "branch_of": None,
+        "current_branch_id": None,
     }
     try:
         yield Op(sql.INSERT_CONVERSATION, values, "none")
