@@ -323,11 +323,19 @@ class AsyncStore:
         )
 
     async def context_start(
-        self, conversation_id: str, *, encoding: str, limit: int, owner: str | None = None
+        self,
+        conversation_id: str,
+        *,
+        encoding: str,
+        limit: int,
+        owner: str | None = None,
+        before: int | None = None,
     ) -> tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]]]:
         """See :meth:`Store.context_start`."""
         return await self._run(
-            core.context_start(conversation_id, encoding=encoding, limit=limit, owner=owner)
+            core.context_start(
+                conversation_id, encoding=encoding, limit=limit, owner=owner, before=before
+            )
         )
 
     async def pinned(

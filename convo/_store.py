@@ -398,17 +398,26 @@ class Store:
         )
 
     def context_start(
-        self, conversation_id: str, *, encoding: str, limit: int, owner: str | None = None
+        self,
+        conversation_id: str,
+        *,
+        encoding: str,
+        limit: int,
+        owner: str | None = None,
+        before: int | None = None,
     ) -> tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]]]:
         """The opening reads of a context build, on one connection: the pinned
         messages of the lineage (oldest first) and its newest ``limit`` messages,
-        each with its stored token count for ``encoding``.
+        each with its stored token count for ``encoding``; only ``seq < before``
+        when ``before`` is given.
 
         Raises:
             ConversationNotFound: no such conversation (for this owner).
         """
         return self._run(
-            core.context_start(conversation_id, encoding=encoding, limit=limit, owner=owner)
+            core.context_start(
+                conversation_id, encoding=encoding, limit=limit, owner=owner, before=before
+            )
         )
 
     def pinned(
