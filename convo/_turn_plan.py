@@ -543,5 +543,6 @@ def builder_settings(builder: _BuilderBase) -> dict[str, Any]:
         "truncate": builder.truncate,
         "summary_max_tokens": builder.summary_max_tokens,
         "summary_role": builder.summary_role,
+        "low_water": builder.low_water,
     }, default=str))
     return settings
