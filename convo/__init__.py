@@ -40,6 +40,7 @@ from ._encodings import (
 from ._exceptions import (
     APIConnectionError,
     APIError,
+    APIResponseTooLargeError,
     APIResponseValidationError,
     APIStatusError,
     APIStreamError,
@@ -134,6 +135,7 @@ __all__ = [
     "BUILTIN_TEMPLATES",
     "APIConnectionError",
     "APIError",
+    "APIResponseTooLargeError",
     "APIResponseValidationError",
     "APIStatusError",
     "APIStreamError",

@@ -8,15 +8,18 @@ awaited); everything but I/O is the shared pure core (``_client_core.py``,
 from __future__ import annotations
 
 import asyncio
+import functools
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Generic, Self, Unpack
 
 import httpx
 
-from ._client_core import ClientCore, RequestSpec
+from ._client_core import BodyBuffer, ClientCore, Deadline, RequestSpec, earliest
 from ._client_params import ChatParams, CompletionParams, TimeoutTypes
 from ._client_pool import pooled_async_transport
+from ._client_redact import in_flight
 from ._client_stream import (
     Accumulator,
     ChatAccumulator,
@@ -25,7 +28,13 @@ from ._client_stream import (
     ResultT,
     StreamCore,
 )
-from ._constants import DEFAULT_CONNECTION_LIMITS, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
+from ._constants import (
+    DEFAULT_CONNECTION_LIMITS,
+    DEFAULT_MAX_EVENT_BYTES,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+)
 from ._exceptions import APIError, APIStreamError, ConfigurationError
 from ._messages import Message
 from ._types import ChatCompletion, ChatCompletionChunk, Completion, CompletionChunk
@@ -40,34 +49,75 @@ class _AsyncStream(Generic[ChunkT, ResultT]):
         response: httpx.Response,
         chunk_type: type[ChunkT],
         accumulator: Accumulator[ChunkT, ResultT],
+        spec: RequestSpec,
+        started: float,
     ) -> None:
         self.response = response
         self.error: APIError | None = None  # what broke the stream, if something did
         self._core = core
-        self._state = StreamCore(core, response, chunk_type, accumulator)
+        self._spec = spec
+        self._state = StreamCore(core, response, chunk_type, accumulator, spec.limits)
+        self._total = spec.stream_deadline(started)
+        self._in_flight = functools.partial(core.redactor, response.request)
         self._iterator = self._iterate()
 
     async def _iterate(self) -> AsyncGenerator[ChunkT, None]:
         state = self._state
         response = self.response
+        spec = self._spec
+        raw = response.aiter_bytes()
+        waiting: Deadline | None = None
+        failure: httpx.RequestError | None = None
         try:
             try:
-                async for data in response.aiter_bytes():
-                    chunks = state.feed(data)
-                    if chunks:
-                        for chunk in chunks:
-                            yield chunk
+                while True:
+                    # The idle clock starts when the caller asks for more (see the sync twin).
+                    waiting = earliest(spec.idle_deadline(time.monotonic()), self._total)
+                    chunks = await self._next_chunks(raw, waiting)
+                    if chunks is None:
+                        break
+                    for chunk in chunks:
+                        yield chunk
                 tail = state.finish()
             except httpx.RequestError as exc:
-                self.error = self._core.transport_error(exc, response.request)
-                raise self.error from exc
+                failure = exc
             except APIError as exc:
                 self.error = exc
                 raise
+            if failure is not None:  # raised here: the httpx error holds the request
+                self.error = self._core.transport_error(failure, response.request, waiting)
+                raise self.error
             for chunk in tail:
                 yield chunk
         finally:
             await response.aclose()
+
+    async def _next_chunks(
+        self, raw: AsyncIterator[bytes], waiting: Deadline | None
+    ) -> list[ChunkT] | None:
+        """The chunks of the next data event(s); None at the end of the body."""
+        state = self._state
+        while True:
+            redaction = in_flight.set(self._in_flight)
+            timed_out = False
+            try:
+                if waiting is None:
+                    data = await anext(raw, None)
+                else:
+                    async with asyncio.timeout(waiting.remaining()):
+                        data = await anext(raw, None)
+            except TimeoutError:
+                timed_out = True
+            finally:
+                in_flight.reset(redaction)
+            if timed_out:  # raised out of the except block: nothing chained
+                assert waiting is not None
+                raise self._core.timeout_error(self.response.request, waiting)
+            if data is None:
+                return None
+            chunks = state.take(data, waiting)
+            if chunks is not None:
+                return chunks
 
     def __aiter__(self) -> AsyncIterator[ChunkT]:
         return self._iterator
@@ -155,6 +205,9 @@ class AsyncOpenAIClient:
         transport: an ``httpx.AsyncBaseTransport`` for the client convo creates
             (``httpx.MockTransport``, ``convo.testing.FakeBackend().transport()``).
         sleep: how to wait between retries (default ``asyncio.sleep``; inject for tests).
+        stream_idle_timeout, stream_timeout, max_response_bytes, max_event_bytes:
+            as for :class:`~convo.OpenAIClient`. Deadlines cancel the attempt
+            (``asyncio.timeout``), whatever the transport.
 
     Example::
 
@@ -177,6 +230,10 @@ class AsyncOpenAIClient:
         http_client: httpx.AsyncClient | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        stream_idle_timeout: float | None = None,
+        stream_timeout: float | None = None,
+        max_response_bytes: int | None = DEFAULT_MAX_RESPONSE_BYTES,
+        max_event_bytes: int | None = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         if http_client is not None and transport is not None:
             raise ConfigurationError("pass http_client or transport, not both")
@@ -193,6 +250,10 @@ class AsyncOpenAIClient:
             max_retries=max_retries,
             default_headers=default_headers,
             default_query=default_query,
+            stream_idle_timeout=stream_idle_timeout,
+            stream_timeout=stream_timeout,
+            max_response_bytes=max_response_bytes,
+            max_event_bytes=max_event_bytes,
         )
         self._owns_http = http_client is None
         if http_client is None and transport is None:
@@ -257,7 +318,8 @@ class AsyncOpenAIClient:
             APIResponseValidationError: the answer is not a chat completion.
         """
         spec = self._core.chat_request(model, messages, params, stream=False)
-        return self._core.parse(ChatCompletion, await self._send(spec))
+        response, content, _ = await self._send(spec)
+        return self._core.parse(ChatCompletion, content, response)
 
     async def chat_stream(
         self,
@@ -272,8 +334,9 @@ class AsyncOpenAIClient:
         Retries happen only before the first byte of the answer.
         """
         spec = self._core.chat_request(model, messages, params, stream=True)
+        response, _, started = await self._send(spec)
         return AsyncChatCompletionStream(
-            self._core, await self._send(spec), ChatCompletionChunk, ChatAccumulator()
+            self._core, response, ChatCompletionChunk, ChatAccumulator(), spec, started
         )
 
     async def complete(
@@ -284,45 +347,66 @@ class AsyncOpenAIClient:
         Raises the same errors as :meth:`chat`.
         """
         spec = self._core.completion_request(model, prompt, params, stream=False)
-        return self._core.parse(Completion, await self._send(spec))
+        response, content, _ = await self._send(spec)
+        return self._core.parse(Completion, content, response)
 
     async def complete_stream(
         self, *, model: str, prompt: str | Sequence[str], **params: Unpack[CompletionParams]
     ) -> AsyncCompletionStream:
         """``POST /completions`` with ``stream: true``; same arguments as :meth:`complete`."""
         spec = self._core.completion_request(model, prompt, params, stream=True)
+        response, _, started = await self._send(spec)
         return AsyncCompletionStream(
-            self._core, await self._send(spec), CompletionChunk, CompletionAccumulator()
+            self._core, response, CompletionChunk, CompletionAccumulator(), spec, started
         )
 
     # -- the one place that sends ---------------------------------------------------------
 
-    async def _send(self, spec: RequestSpec) -> httpx.Response:
+    async def _send(self, spec: RequestSpec) -> tuple[httpx.Response, bytes, float]:
+        """Send with retries: the response, its body (not read for a stream) and when the
+        successful attempt started."""
+        request = self._core.build(self._http, spec)
+        # What httpx and httpcore log meanwhile is masked with this request's secrets.
+        token = in_flight.set(functools.partial(self._core.redactor, request))
+        try:
+            return await self._attempts(spec, request)
+        finally:
+            in_flight.reset(token)
+
+    async def _attempts(
+        self, spec: RequestSpec, request: httpx.Request
+    ) -> tuple[httpx.Response, bytes, float]:
+        """Each attempt runs under its deadline (``asyncio.timeout``)."""
         core = self._core
-        request = core.build(self._http, spec)
         retries = 0
         while True:
+            start = time.monotonic()
+            deadline = spec.attempt_deadline(start)
+            response: httpx.Response | None = None
+            body: BodyBuffer | None = None
+            failure: httpx.RequestError | None = None
             try:
-                response = await self._http.send(request, stream=spec.stream)
+                async with asyncio.timeout(None if deadline is None else deadline.remaining()):
+                    response = await self._http.send(request, stream=True)
+                    core.log_response(request, response, retries)
+                    if spec.stream and response.status_code < 300:
+                        return response, b"", start
+                    try:
+                        body = core.body(response, spec)
+                        async for data in response.aiter_bytes():
+                            if not body.add(data):
+                                break
+                    finally:
+                        await response.aclose()
             except httpx.RequestError as exc:
-                delay = core.retry_after_error(exc, retries, spec)
-                if delay is None:
-                    raise core.transport_error(exc, request) from exc
-                core.log_retry(request, type(exc).__name__, retries, delay)
-            else:
-                core.log_response(request, response, retries)
-                if response.status_code < 300:
-                    return response
-                try:
-                    if spec.stream:
-                        await response.aread()
-                except httpx.RequestError:
-                    pass  # the status alone still says what happened
-                finally:
-                    await response.aclose()
-                delay = core.retry_after_status(response, retries, spec)
-                if delay is None:
-                    raise core.status_error(response)
-                core.log_retry(request, f"status {response.status_code}", retries, delay)
+                if response is None or response.status_code < 300:
+                    failure = exc
+                # else: the error body broke off; the status still speaks
+            except TimeoutError:
+                if response is None or response.status_code < 300:
+                    failure = httpx.ReadTimeout("the deadline passed")
+            if failure is None and response is not None and response.status_code < 300:
+                return response, b"" if body is None else body.content(), start
+            delay = core.settle(request, spec, retries, deadline, failure, response, body)
             await self._sleep(delay)
             retries += 1
