@@ -73,12 +73,15 @@ def parse_base_url(value: object) -> BaseURL:
         )
     try:
         url = httpx.URL(value)
+        host, port = url.host, url.port  # the host is IDNA-decoded here, and may fail
     except (httpx.InvalidURL, ValueError, TypeError, UnicodeError) as exc:
         reason = str(exc).split(":", 1)[0] if isinstance(exc, httpx.InvalidURL) else "invalid"
         raise ConfigurationError(
             f"base_url is not a valid URL ({reason}): {_shown(value)!r}"
         ) from None
-    if url.scheme not in ("http", "https") or not url.host:
+    if port is not None and not 0 < port < 65536:
+        raise ConfigurationError(f"base_url has a port out of range: {_shown(value)!r}")
+    if url.scheme not in ("http", "https") or not host:
         raise ConfigurationError(
             f"base_url must be an http:// or https:// URL, got {_shown(value)!r}"
         )

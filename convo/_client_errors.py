@@ -191,14 +191,8 @@ def too_large_error(
 def status_error(response: httpx.Response, content: bytes, redact: Redactor) -> APIStatusError:
     """The exception for an error status; ``content`` is the (possibly partial) body."""
     status = response.status_code
-    text = content.decode("utf-8", "replace")
-    body: Any
-    try:
-        body = json.loads(text) if text.strip() else None
-    except ValueError:
-        body = text
-    # After decoding: "sk\u002d..." in the raw JSON is "sk-..." here, and is masked.
-    body = redact.deep(body)
+    # Decoded first: "sk\u002d..." in the raw JSON is "sk-..." here, and is masked.
+    body = _decoded(content.decode("utf-8", "replace"), redact)
     detail = _error_detail(body)
     message = f"{status} {excerpt(response.reason_phrase, 60)}".rstrip()
     if detail:

@@ -57,8 +57,8 @@ class SSEDecoder:
             ...
 
     Args:
-        max_event_bytes: the largest line, and the largest event (its data
-            lines together), accepted; None for no limit.
+        max_event_bytes: the largest line (field name included) and the
+            largest event (its data lines together) accepted; None for no limit.
 
     Raises:
         UnicodeDecodeError: a line that is not valid UTF-8.
@@ -131,15 +131,19 @@ class SSEDecoder:
         return events
 
     def _keep(self, piece: bytes) -> None:
-        """Hold the start of a line until its end comes (within the limit)."""
+        """Hold the start of a line until its end comes (a line within the limit)."""
         self._pending_size += len(piece)
         limit = self._limit
-        if limit is not None and self._pending_size + self._data_size > limit:
+        if limit is not None and self._pending_size > limit:
             raise EventTooLarge(limit)
         self._pending.append(piece)
 
     def _line(self, line: bytes, events: list[ServerSentEvent]) -> None:
+        # The limit bounds each line (field name included) and the data of an event:
+        # both are known whatever the chunks were, so a split never changes the verdict.
         limit = self._limit
+        if limit is not None and len(line) > limit:
+            raise EventTooLarge(limit)
         if line[:6] == b"data: ":  # nearly every line of an OpenAI stream
             if limit is not None:
                 self._data_size += len(line) - 6
@@ -147,8 +151,6 @@ class SSEDecoder:
                     raise EventTooLarge(limit)
             self._data.append(line[6:].decode("utf-8"))
         elif line:
-            if limit is not None and len(line) > limit:
-                raise EventTooLarge(limit)
             self._field(line)
         elif self._data:
             events.append(self._dispatch())

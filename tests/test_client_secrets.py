@@ -510,3 +510,18 @@ async def test_no_key_in_library_logs_over_a_real_connection(
     assert any(r.name == "httpcore.http11" for r in caplog.records)
     assert any(r.name == "httpx" for r in caplog.records)
     assert_no_key(info.value, caplog)
+
+
+async def test_secrets_in_the_base_url_are_masked_too(kind: str) -> None:
+    password, query_key = "hunter2-Zx9/Qw", "qk-77aa-BB99-cc"
+    echo = {"error": {"message": f"bad credentials {password} / {query_key}"}}
+    api = Api(
+        kind,
+        server=Server(httpx.Response(401, json=echo)),
+        base_url=f"http://user:{password.replace('/', '%2F')}@fake.test/v1?api-key={query_key}",
+        max_retries=0,
+    )
+    with pytest.raises(AuthenticationError) as info:
+        await api.call("chat", model="m", messages=HI)
+    assert password not in str(info.value) and query_key not in str(info.value)
+    assert "bad credentials *** / ***" in str(info.value)
