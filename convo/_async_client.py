@@ -42,6 +42,73 @@ from ._types import ChatCompletion, ChatCompletionChunk, Completion, CompletionC
 __all__ = ["AsyncChatCompletionStream", "AsyncCompletionStream", "AsyncOpenAIClient"]
 
 
+class _Watchdog:
+    """Cancels a task whose attempt or stream read outlives its deadline; one timer for all.
+
+    ``asyncio.timeout`` arms and cancels a timer each time it is entered: per
+    request that cost more than a quarter of the client's own time, per
+    stream chunk as much as parsing the chunk. Here each waiting task is
+    registered with its deadline (a dict entry), and a single timer is armed
+    for the earliest one; it is moved only when a deadline comes earlier, and
+    when it fires it cancels the tasks whose deadline has passed and re-arms
+    for the next. A task is only registered while it awaits convo's own I/O,
+    so the CancelledError always arrives there, where :meth:`fired` tells it
+    apart from a cancellation by someone else.
+    """
+
+    __slots__ = ("_fired", "_handle", "_handle_at", "_waiting")
+
+    def __init__(self) -> None:
+        self._waiting: dict[asyncio.Task[Any], tuple[float, int]] = {}
+        self._fired: dict[asyncio.Task[Any], int] = {}
+        self._handle: asyncio.TimerHandle | None = None
+        self._handle_at = 0.0
+
+    def watch(self, at: float | None) -> asyncio.Task[Any] | None:
+        """The current task must be done awaiting by ``at`` (monotonic time); its token."""
+        if at is None:
+            return None
+        task = asyncio.current_task()
+        if task is None:
+            return None
+        self._waiting[task] = (at, task.cancelling())
+        if self._handle is None or at < self._handle_at:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._arm(at)
+        return task
+
+    def unwatch(self, task: asyncio.Task[Any] | None) -> None:
+        if task is not None:
+            self._waiting.pop(task, None)
+
+    def fired(self, task: asyncio.Task[Any] | None) -> bool:
+        """A CancelledError reached ``task``: True if it was this watchdog's doing."""
+        if task is None or task not in self._fired:
+            return False
+        base = self._fired.pop(task)
+        return task.uncancel() <= base  # another cancellation too: that one wins
+
+    def _arm(self, at: float) -> None:
+        self._handle_at = at
+        delay = max(0.0, at - time.monotonic())
+        self._handle = asyncio.get_running_loop().call_later(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        now = time.monotonic()
+        soonest: float | None = None
+        for task, (at, base) in list(self._waiting.items()):
+            if at <= now:
+                del self._waiting[task]
+                self._fired[task] = base
+                task.cancel()
+            elif soonest is None or at < soonest:
+                soonest = at
+        if soonest is not None:
+            self._arm(soonest)
+
+
 class _AsyncStream(Generic[ChunkT, ResultT]):
     def __init__(
         self,
@@ -51,6 +118,7 @@ class _AsyncStream(Generic[ChunkT, ResultT]):
         accumulator: Accumulator[ChunkT, ResultT],
         spec: RequestSpec,
         started: float,
+        watchdog: _Watchdog,
     ) -> None:
         self.response = response
         self.error: APIError | None = None  # what broke the stream, if something did
@@ -58,7 +126,7 @@ class _AsyncStream(Generic[ChunkT, ResultT]):
         self._spec = spec
         self._state = StreamCore(core, response, chunk_type, accumulator, spec.limits)
         self._total = spec.stream_deadline(started)
-        self._in_flight = functools.partial(core.redactor, response.request)
+        self._watchdog = watchdog
         self._iterator = self._iterate()
 
     async def _iterate(self) -> AsyncGenerator[ChunkT, None]:
@@ -97,19 +165,19 @@ class _AsyncStream(Generic[ChunkT, ResultT]):
     ) -> list[ChunkT] | None:
         """The chunks of the next data event(s); None at the end of the body."""
         state = self._state
+        watchdog = self._watchdog
         while True:
-            redaction = in_flight.set(self._in_flight)
+            # (No log filter here: httpx and httpcore log nothing of a body.)
+            watched = watchdog.watch(None if waiting is None else waiting.at)
             timed_out = False
             try:
-                if waiting is None:
-                    data = await anext(raw, None)
-                else:
-                    async with asyncio.timeout(waiting.remaining()):
-                        data = await anext(raw, None)
-            except TimeoutError:
+                data = await anext(raw, None)
+            except asyncio.CancelledError:
+                if not watchdog.fired(watched):
+                    raise  # cancelled by someone else: theirs to handle
                 timed_out = True
             finally:
-                in_flight.reset(redaction)
+                watchdog.unwatch(watched)
             if timed_out:  # raised out of the except block: nothing chained
                 assert waiting is not None
                 raise self._core.timeout_error(self.response.request, waiting)
@@ -206,8 +274,8 @@ class AsyncOpenAIClient:
             (``httpx.MockTransport``, ``convo.testing.FakeBackend().transport()``).
         sleep: how to wait between retries (default ``asyncio.sleep``; inject for tests).
         stream_idle_timeout, stream_timeout, max_response_bytes, max_event_bytes:
-            as for :class:`~convo.OpenAIClient`. Deadlines cancel the attempt
-            (``asyncio.timeout``), whatever the transport.
+            as for :class:`~convo.OpenAIClient`. A deadline cancels the attempt
+            (or the read) that passes it, whatever the transport.
 
     Example::
 
@@ -264,6 +332,7 @@ class AsyncOpenAIClient:
         if self._owns_http:
             self._core.own_client(self._http)
         self._sleep = sleep or asyncio.sleep
+        self._watchdog = _Watchdog()  # enforces every deadline of this client's requests
 
     @property
     def base_url(self) -> str:
@@ -336,7 +405,7 @@ class AsyncOpenAIClient:
         spec = self._core.chat_request(model, messages, params, stream=True)
         response, _, started = await self._send(spec)
         return AsyncChatCompletionStream(
-            self._core, response, ChatCompletionChunk, ChatAccumulator(), spec, started
+            self._core, response, ChatCompletionChunk, ChatAccumulator(), spec, started, self._watchdog
         )
 
     async def complete(
@@ -357,7 +426,7 @@ class AsyncOpenAIClient:
         spec = self._core.completion_request(model, prompt, params, stream=True)
         response, _, started = await self._send(spec)
         return AsyncCompletionStream(
-            self._core, response, CompletionChunk, CompletionAccumulator(), spec, started
+            self._core, response, CompletionChunk, CompletionAccumulator(), spec, started, self._watchdog
         )
 
     # -- the one place that sends ---------------------------------------------------------
@@ -376,7 +445,7 @@ class AsyncOpenAIClient:
     async def _attempts(
         self, spec: RequestSpec, request: httpx.Request
     ) -> tuple[httpx.Response, bytes, float]:
-        """Each attempt runs under its deadline (``asyncio.timeout``)."""
+        """Each attempt runs under its deadline (the client's :class:`_Watchdog`)."""
         core = self._core
         retries = 0
         while True:
@@ -385,26 +454,30 @@ class AsyncOpenAIClient:
             response: httpx.Response | None = None
             body: BodyBuffer | None = None
             failure: httpx.RequestError | None = None
+            watched = self._watchdog.watch(None if deadline is None else deadline.at)
             try:
-                async with asyncio.timeout(None if deadline is None else deadline.remaining()):
-                    response = await self._http.send(request, stream=True)
-                    core.log_response(request, response, retries)
-                    if spec.stream and response.status_code < 300:
-                        return response, b"", start
-                    try:
-                        body = core.body(response, spec)
-                        async for data in response.aiter_bytes():
-                            if not body.add(data):
-                                break
-                    finally:
-                        await response.aclose()
+                response = await self._http.send(request, stream=True)
+                core.log_response(request, response, retries)
+                if spec.stream and response.status_code < 300:
+                    return response, b"", start
+                try:
+                    body = core.body(response, spec)
+                    async for data in response.aiter_bytes():
+                        if not body.add(data):
+                            break
+                finally:
+                    await response.aclose()
             except httpx.RequestError as exc:
                 if response is None or response.status_code < 300:
                     failure = exc
                 # else: the error body broke off; the status still speaks
-            except TimeoutError:
+            except asyncio.CancelledError:
+                if not self._watchdog.fired(watched):
+                    raise  # cancelled by someone else: theirs to handle
                 if response is None or response.status_code < 300:
                     failure = httpx.ReadTimeout("the deadline passed")
+            finally:
+                self._watchdog.unwatch(watched)
             if failure is None and response is not None and response.status_code < 300:
                 return response, b"" if body is None else body.content(), start
             delay = core.settle(request, spec, retries, deadline, failure, response, body)

@@ -58,7 +58,6 @@ class _Stream(Generic[ChunkT, ResultT]):
         self._spec = spec
         self._state = StreamCore(core, response, chunk_type, accumulator, spec.limits)
         self._total = spec.stream_deadline(started)
-        self._in_flight = functools.partial(core.redactor, response.request)
         self._iterator = self._iterate()
 
     def _iterate(self) -> Generator[ChunkT, None, None]:
@@ -98,12 +97,12 @@ class _Stream(Generic[ChunkT, ResultT]):
         state = self._state
         at = None if waiting is None else waiting.at
         while True:
-            token = until.set(at)  # convo's own transport bounds each socket read by it
-            redaction = in_flight.set(self._in_flight)
+            # convo's own transport bounds each socket read by it. (No log filter here:
+            # httpx and httpcore log nothing of a body.)
+            token = until.set(at)
             try:
                 data = next(raw, None)
             finally:
-                in_flight.reset(redaction)
                 until.reset(token)
             if data is None:
                 return None

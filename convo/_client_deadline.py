@@ -10,8 +10,8 @@ context variable, so each thread and each request has its own), and one that
 would start after it raises httpcore's timeout, which httpx turns into its
 own. Headers trickled byte by byte are bounded as surely as a body.
 
-The async client needs none of this: it cancels an attempt with
-``asyncio.timeout``, which works with any transport. For a sync ``transport``
+The async client needs none of this: it cancels the task of an attempt (or
+a stream read) that passes its deadline, which works with any transport. For a sync ``transport``
 or ``http_client`` passed in, the shell can only check the deadline between
 the chunks of a body (see docs/client.md).
 """

@@ -201,3 +201,46 @@ def test_bad_deadlines_are_configuration_errors(kind: str, kwargs: dict[str, Any
     cls = OpenAIClient if kind == "sync" else AsyncOpenAIClient
     with pytest.raises(ConfigurationError):
         cls(base_url="http://x/v1", **kwargs)
+
+
+def test_concurrent_attempts_each_keep_their_own_deadline() -> None:
+    # One timer serves every waiting task of an async client: each still fails at its
+    # own deadline, and a fast request alongside is not disturbed.
+    from convo.testing import FakeBackend
+
+    async def main() -> list[BaseException | str]:
+        with TricklingServer.body(interval=0.1) as trickle, FakeBackend().serve() as fast:
+            async with AsyncOpenAIClient(
+                base_url=trickle.base_url, api_key="k", max_retries=0
+            ) as slow, AsyncOpenAIClient(base_url=fast.base_url, api_key="k") as quick:
+                calls = [slow.chat(model="m", messages=HI, timeout=t) for t in (0.9, 0.3, 0.6)]
+                calls.append(quick.chat(model="gpt-4o-mini", messages=HI))
+                done = await asyncio.wait_for(
+                    asyncio.gather(*calls, return_exceptions=True), GUARD
+                )
+        return [r if isinstance(r, BaseException) else r.text for r in done]
+
+    *timeouts, reply = asyncio.run(main())
+    assert all(isinstance(t, APITimeoutError) for t in timeouts), timeouts
+    assert [str(t).split("within the ")[1][:6] for t in timeouts] == ["0.9 s ", "0.3 s ", "0.6 s "]
+    assert reply == "You said: Hi"
+
+
+def test_a_cancellation_from_outside_stays_a_cancellation() -> None:
+    async def main() -> None:
+        with TricklingServer.pings(interval=0.05) as trickle:
+            async with AsyncOpenAIClient(
+                base_url=trickle.base_url, api_key="k", stream_idle_timeout=30.0
+            ) as client:
+
+                async def consume() -> None:
+                    async with await client.chat_stream(model="m", messages=HI) as stream:
+                        async for _ in stream:
+                            pass
+
+                with pytest.raises(TimeoutError):  # wait_for's, not convo's
+                    await asyncio.wait_for(consume(), 0.5)
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(client.chat(model="m", messages=HI), 0.5)
+
+    asyncio.run(main())
