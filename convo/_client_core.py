@@ -128,9 +128,6 @@ class Deadline(NamedTuple):
     def expired(self) -> bool:
         return time.monotonic() >= self.at - _SLACK
 
-    def remaining(self) -> float:
-        return self.at - time.monotonic()
-
 
 def earliest(a: Deadline | None, b: Deadline | None) -> Deadline | None:
     """The deadline that comes first (None is no deadline)."""
