@@ -51,6 +51,7 @@ from ._encodings import (
 from ._exceptions import (
     APIConnectionError,
     APIError,
+    APIResponseTooLargeError,
     APIResponseValidationError,
     APIStatusError,
     APIStreamError,
@@ -190,6 +191,7 @@ __all__ = [
     "BUILTIN_TEMPLATES",
     "APIConnectionError",
     "APIError",
+    "APIResponseTooLargeError",
     "APIResponseValidationError",
     "APIStatusError",
     "APIStreamError",

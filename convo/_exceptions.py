@@ -24,6 +24,7 @@ Every error convo raises on purpose derives from :class:`ConvoError`::
         ├── APIConnectionError        could not connect / connection dropped
         │   └── APITimeoutError
         ├── APIResponseValidationError  the server answered something that is not the API's format
+        ├── APIResponseTooLargeError  an answer over the client's size limits (body, stream, SSE event)
         ├── APIStreamError            an SSE stream that reported an error or broke midway
         └── APIStatusError            a 4xx/5xx answer; `.status_code`, `.body`, `.request_id`
             ├── BadRequestError              400
@@ -47,6 +48,7 @@ from typing import Any
 __all__ = [
     "APIConnectionError",
     "APIError",
+    "APIResponseTooLargeError",
     "APIResponseValidationError",
     "APIStatusError",
     "APIStreamError",
@@ -85,7 +87,7 @@ class ConvoError(Exception):
 
 
 class ConfigurationError(ConvoError):
-    """Invalid configuration: a database URL, an API key, a registry entry."""
+    """Invalid configuration: a database URL, an API key, a registry entry, a request option."""
 
 
 class InvalidMessageError(ConvoError, ValueError):
@@ -222,6 +224,30 @@ class APIResponseValidationError(APIError):
         self, message: str, *, status_code: int | None = None, request_id: str | None = None
     ) -> None:
         super().__init__(message, request_id=request_id)
+        self.status_code = status_code
+
+
+class APIResponseTooLargeError(APIError):
+    """The server's answer is larger than a limit of the client.
+
+    The limits are ``max_response_bytes`` (a body, or a whole stream) and
+    ``max_event_bytes`` (one server-sent event or line); reading stops there.
+
+    Attributes:
+        limit: the limit that was exceeded, in bytes.
+        status_code: the HTTP status of the answer.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit: int,
+        status_code: int | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message, request_id=request_id)
+        self.limit = limit
         self.status_code = status_code
 
 
