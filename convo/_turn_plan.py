@@ -234,6 +234,7 @@ def _round_of(message: StoredMessage, key: str) -> int | None:
 
 
 def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
+    wire_params(spec)  # a bad parameter fails before anything is stored
     owner = spec.owner
     cid = spec.conversation_id
     if spec.resolve_branch:
@@ -378,7 +379,7 @@ def _after_reply(
         return reply
     if round >= spec.max_tool_rounds:
         return reply  # the caller sees pending_tool_calls
-    answered = {m.tool_call_id for m in stored if m.role == "tool"}
+    answered = _answered(reply, stored)
     for call in calls:
         if call.id in answered:
             continue  # stored by an earlier send of this turn
@@ -390,6 +391,15 @@ def _after_reply(
         stored.append(message)
         yield Emit(ToolResultEvent(message, round))
     return None
+
+
+def _answered(reply: StoredMessage, stored: list[StoredMessage]) -> set[str | None]:
+    """The call ids of ``reply`` answered by stored tool results.
+
+    Only results stored after the reply count: servers that number call ids
+    per reply (``call_0``...) repeat them from one round to the next.
+    """
+    return {m.tool_call_id for m in stored if m.role == "tool" and m.seq > reply.seq}
 
 
 def _current_round(cid: str, owner: str | None) -> Generator[Effect, Any, int]:
@@ -416,7 +426,7 @@ def _result(
     from_store: bool = False,
     duplicate: bool = False,
 ) -> TurnResult:
-    answered = {m.tool_call_id for m in stored if m.role == "tool"}
+    answered = _answered(reply, stored)
     pending = [c for c in reply.tool_calls or [] if c.id not in answered]
     return TurnResult(
         conversation_id=cid,
@@ -480,31 +490,46 @@ def tool_error_text(name: str, exc: Exception) -> str:
 _MAX_TOKEN_NAMES = ("max_tokens", "max_completion_tokens")
 
 
-def request_body(ctx: Context, spec: TurnSpec) -> str:
-    """The exact JSON text sent (and stored in the run)."""
-    profile = spec.builder.profile
-    allowed = CHAT_KEYS if ctx.mode == "chat" else COMPLETION_KEYS
-    body = ctx.request()
-    if ctx.mode == "completion" and ctx.tools:
-        body.pop("tools", None)  # the template rendered them into the prompt
+def wire_params(spec: TurnSpec) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The turn's parameters under their wire names, and ``extra_body``.
+
+    Raises:
+        ConfigurationError: an unknown parameter, or one the turn sets itself.
+            :func:`plan_turn` checks this before it stores anything.
+    """
+    mode = spec.builder.mode
+    allowed = CHAT_KEYS if mode == "chat" else COMPLETION_KEYS
+    params: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     for key, value in spec.params.items():
         if value is None:
             continue
         if key in _MAX_TOKEN_NAMES:
             # One name for callers; the wire name the server takes.
-            name = profile.max_tokens_param if ctx.mode == "chat" else "max_tokens"
-            body[name] = value
+            params[spec.builder.profile.max_tokens_param if mode == "chat" else "max_tokens"] = (
+                value
+            )
         elif key == "extra_body":
             extra.update(value)
         elif key in ("stream", "messages", "prompt", "model"):
             raise ConfigurationError(f"{key!r} is set by the turn, not a parameter")
         elif key not in allowed:
             raise ConfigurationError(
-                f"unknown {ctx.mode} parameter {key!r} (pass server extras in extra_body=)"
+                f"unknown {mode} parameter {key!r} (pass server extras in extra_body=)"
             )
         else:
-            body[key] = value
+            params[key] = value
+    return params, extra
+
+
+def request_body(ctx: Context, spec: TurnSpec) -> str:
+    """The exact JSON text sent (and stored in the run)."""
+    profile = spec.builder.profile
+    body = ctx.request()
+    if ctx.mode == "completion" and ctx.tools:
+        body.pop("tools", None)  # the template rendered them into the prompt
+    params, extra = wire_params(spec)
+    body.update(params)
     if spec.response_format is not None and ctx.mode == "chat":
         body["response_format"] = spec.response_format
     if spec.stream:

@@ -107,14 +107,19 @@ class _ChatBase:
         params: Mapping[str, Any],
         resolve_branch: bool = True,
     ) -> TurnSpec:
+        merged = {**self.params, **params}
         definitions = [t.definition() for t in self.tools.values()] or None
+        if isinstance(merged.get("tools"), (list, tuple)):
+            # Definitions passed per call replace the registered ones in the body:
+            # the context is built (and its tokens counted) with what is sent.
+            definitions = [dict(t) for t in merged["tools"]] or None
         return TurnSpec(
             conversation_id=conversation_id,
             user=_as_message(message),
             tool_results=list(tool_results),
             key=idempotency_key,
             owner=owner,
-            params={**self.params, **params},
+            params=merged,
             response_format=response_format,
             stream=stream,
             tools=self.tools,
