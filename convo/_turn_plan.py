@@ -241,23 +241,30 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
         conversation = yield StoreCall("get_conversation", (cid,), {"owner": owner})
         cid = conversation.current_branch_id or cid
 
+    for result in spec.tool_results:
+        if result.role != "tool" or not result.tool_call_id:
+            raise InvalidMessageError("tool_results must be tool messages with a tool_call_id")
     user: StoredMessage | None = None
     stored: list[StoredMessage] = []
     runs: list[Run] = []
     round = 0
-    anchor: int
+    anchor = 0
     if spec.user is not None:
         user = yield StoreCall(
             "append", (cid, spec.user), {"idempotency_key": spec.key, "owner": owner}
         )
         anchor = user.seq
-    else:
-        tail = yield StoreCall(
-            "messages", (cid,), {"limit": 1, "newest_first": True, "owner": owner}
+    elif spec.tool_results:
+        # A continuation: the results answer a reply of this turn; the next
+        # request is the round after it. (A retried continuation finds what it
+        # stored after that reply, below.)
+        calling_round, anchor = yield from _calling_reply(
+            cid, owner, {r.tool_call_id for r in spec.tool_results}
         )
-        anchor = tail[0].seq if tail else 0
+        round = calling_round + 1
+    results_round = max(round - 1, 0)  # the round of the reply the caller's results answer
 
-    if spec.key is not None and spec.user is not None:
+    if spec.key is not None and (spec.user is not None or spec.tool_results):
         # Resume: what did earlier sends of this turn store?
         later: list[StoredMessage] = yield StoreCall(
             "messages", (cid,), {"after": anchor, "owner": owner}
@@ -275,15 +282,13 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
                     return _result(cid, user, stored, runs, None, done, from_store=True)
 
     for result in spec.tool_results:
-        if result.role != "tool" or not result.tool_call_id:
-            raise InvalidMessageError("tool_results must be tool messages with a tool_call_id")
+        call_id = str(result.tool_call_id)  # checked above
         message = yield StoreCall(
             "append", (cid, result),
-            {"idempotency_key": tool_key(spec.key, round, result.tool_call_id), "owner": owner},
+            {"idempotency_key": tool_key(spec.key, results_round, call_id), "owner": owner},
         )
-        stored.append(message)
-    if spec.user is None and spec.tool_results:
-        round = yield from _current_round(cid, owner)
+        if all(m.id != message.id for m in stored):  # a retry gets the stored one back
+            stored.append(message)
 
     report: ContextReport | None = None
     while True:
@@ -402,17 +407,28 @@ def _answered(reply: StoredMessage, stored: list[StoredMessage]) -> set[str | No
     return {m.tool_call_id for m in stored if m.role == "tool" and m.seq > reply.seq}
 
 
-def _current_round(cid: str, owner: str | None) -> Generator[Effect, Any, int]:
-    """Assistant messages since the last user message: the round a continuation is in."""
+def _calling_reply(
+    cid: str, owner: str | None, call_ids: set[str | None]
+) -> Generator[Effect, Any, tuple[int, int]]:
+    """The round and seq of the newest reply (since the last user message) making these calls.
+
+    Rounds count the assistant messages since the last user message; without
+    a matching reply, the newest one stands for it.
+    """
     recent: list[StoredMessage] = yield StoreCall(
         "messages", (cid,), {"limit": 200, "newest_first": True, "owner": owner}
     )
-    count = 0
+    replies: list[StoredMessage] = []
     for message in recent:
         if message.role == "user":
             break
-        count += message.role == "assistant"
-    return count
+        if message.role == "assistant":
+            replies.append(message)
+    replies.reverse()  # oldest first: index = round
+    for round in range(len(replies) - 1, -1, -1):
+        if call_ids & {c.id for c in replies[round].tool_calls or []}:
+            return round, replies[round].seq
+    return len(replies) - 1, replies[-1].seq if replies else 0
 
 
 def _result(

@@ -424,8 +424,7 @@ class Chat(_ChatBase):
             for chunk in stream:
                 if state.ttfb_ms is None:
                     state.ttfb_ms = _ms(state.start)
-                for event in chunk_events(chunk, effect.round):
-                    yield event
+                yield from chunk_events(chunk, effect.round)
             response = stream.final()
         except APIError as exc:
             return Sent(error=exc, partial=_partial(state), attempts=stats.attempts,

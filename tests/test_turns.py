@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from turns_support import MODEL, Env, env, path  # noqa: F401 - fixtures
+import sqlalchemy as sa
+from turns_support import MODEL, Env, Tap, env, path  # noqa: F401 - fixtures
 
 from convo import (
     ChatProfile,
@@ -102,8 +103,7 @@ async def test_chat_turn_stores_the_message_the_reply_and_the_run(env: Env, path
     assert await env.store.get_run(result.run.id) == result.run
 
 
-@BOTH_PATHS
-@pytest.mark.parametrize("template", ["chatml", "jinja"])
+@pytest.mark.parametrize(("template", "path"), [("chatml", "server"), ("jinja", "transport")])
 async def test_completion_turn_sends_the_flattened_prompt(
     env: Env, path: str, template: str
 ) -> None:
@@ -222,8 +222,9 @@ async def test_extra_body_reaches_the_wire(env: Env) -> None:
 # --- streaming -------------------------------------------------------------------------------
 
 
-@BOTH_PATHS
-@pytest.mark.parametrize("mode", ["chat", "completion"])
+@pytest.mark.parametrize(
+    ("mode", "path"), [("chat", "transport"), ("chat", "server"), ("completion", "server")]
+)
 async def test_a_streamed_turn_delivers_deltas_then_stores_the_reply(
     env: Env, path: str, mode: str
 ) -> None:
@@ -351,3 +352,34 @@ async def test_the_run_names_the_summary_that_stood_in_for_history(env: Env) -> 
     [sent] = env.model_requests()
     assert result.run.request.encode() == sent.body
     assert "earlier messages" in json.loads(sent.body)["messages"][0]["content"]
+
+
+async def test_no_transaction_is_open_while_the_request_is_in_flight(env: Env) -> None:
+    """Another writer gets the database at once while the model is being asked."""
+    checks: list[bool] = []
+    engine = sa.create_engine(env.store.url, poolclass=sa.NullPool)
+
+    def free() -> None:
+        with engine.connect() as conn:
+            if env.backend == "sqlite":
+                conn.exec_driver_sql("PRAGMA busy_timeout = 0")
+                conn.exec_driver_sql("BEGIN IMMEDIATE")  # fails at once if a writer holds it
+                conn.exec_driver_sql("ROLLBACK")
+                checks.append(True)
+            else:
+                idle = conn.exec_driver_sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND state LIKE 'idle in transaction%%'"
+                ).scalar()
+                checks.append(idle == 0)
+
+    async def afree() -> None:
+        free()
+
+    tap = Tap(env.fake.transport(), before=free, abefore=afree)
+    chat = env.chat(client_options={"transport": tap})
+    conv = await env.store.create_conversation()
+    await chat.send(conv.id, "one", idempotency_key="a")
+    await chat.stream(conv.id, "two", idempotency_key="b").result()
+    engine.dispose()
+    assert checks == [True, True]

@@ -21,6 +21,7 @@ from convo import (
     ConfigurationError,
     ContextBuilder,
     FunctionCall,
+    InvalidMessageError,
     Message,
     TextDelta,
     ToolCall,
@@ -292,3 +293,17 @@ async def test_tool_turns_over_the_wire(env: Env, path: str) -> None:
     assert [m.text for m in tools] == ["12:00 Z1", "12:00 Z2"]
     assert len({m.idempotency_key for m in result.messages}) == len(result.messages)
     await check_runs(env, result)
+
+
+async def test_bad_tool_results_are_refused_before_anything_is_written(env: Env) -> None:
+    chat = env.chat()
+    conv = await env.store.create_conversation()
+    env.fake.reply_tool_calls([("get_time", {"tz": "UTC"}), ("get_time", {"tz": "CET"})])
+    first = await chat.send(conv.id, "Times?")
+    a, _ = first.pending_tool_calls
+    before = env.store.snapshot()
+    with pytest.raises(InvalidMessageError):
+        await chat.continue_turn(
+            conv.id, [Message.tool("noon", tool_call_id=a.id), Message.user("not a result")]
+        )
+    assert env.store.snapshot() == before and len(env.model_requests()) == 1

@@ -11,10 +11,11 @@ transport, or (tests parametrized with ``path="server"``) its loopback server.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from conftest import StoreHandle, _clean_db
 
@@ -36,6 +37,69 @@ COMBOS = [(b, k) for b in ("sqlite", "postgresql") for k in ("sync", "async")]
 
 async def _maybe(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
+
+
+class _Tracked(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A response body that records whether it was closed."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.inner
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for part in self.inner:
+            yield part
+
+    def close(self) -> None:
+        self.closed = True
+        self.inner.close()
+
+    async def aclose(self) -> None:
+        self.closed = True
+        await self.inner.aclose()
+
+
+class Tap(httpx.BaseTransport, httpx.AsyncBaseTransport):
+    """Wraps the fake's transport: runs a hook before each request and tracks bodies.
+
+    ``before`` (sync clients) / ``abefore`` (async clients) can hold requests back,
+    e.g. on a barrier so that two sends are in flight at once.
+    """
+
+    def __init__(
+        self,
+        inner: httpx.MockTransport,
+        *,
+        before: Callable[[], None] | None = None,
+        abefore: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.inner = inner
+        self.before = before
+        self.abefore = abefore
+        self.bodies: list[_Tracked] = []
+
+    def _track(self, response: httpx.Response) -> httpx.Response:
+        body = _Tracked(response.stream)
+        response.stream = body
+        self.bodies.append(body)
+        return response
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self.before is not None:
+            self.before()
+        return self._track(self.inner.handle_request(request))
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.abefore is not None:
+            await self.abefore()
+        return self._track(await self.inner.handle_async_request(request))
+
+    @property
+    def all_closed(self) -> bool:
+        return all(b.closed for b in self.bodies)
 
 
 class StreamHandle:
@@ -116,7 +180,7 @@ class Env:
         options.setdefault("api_key", "sk-test-turns-0123456789")
         options.setdefault("max_retries", 2)
         if self.path == "transport":
-            options["transport"] = self.fake.transport()
+            options.setdefault("transport", self.fake.transport())
         client: OpenAIClient | AsyncOpenAIClient
         if self.is_async:
             async def asleep(seconds: float) -> None:
@@ -202,4 +266,4 @@ async def env(request: pytest.FixtureRequest, tmp_path: Path, path: str) -> Asyn
             server.close()
 
 
-__all__ = ["MODEL", "ChatHandle", "Env", "StreamHandle", "env", "path"]
+__all__ = ["MODEL", "ChatHandle", "Env", "StreamHandle", "Tap", "env", "path"]
