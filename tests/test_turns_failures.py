@@ -157,12 +157,15 @@ async def test_a_stream_cut_midway_keeps_the_partial_text_in_the_run_only(
     with pytest.raises(APIError) as caught:
         while (event := await stream.next()) is not None:
             events.append(event)
-    assert isinstance(caught.value, (APIStreamError, APIConnectionError))
+    # A dropped connection is a transport failure; a body that ends without the
+    # finish is a stream the server left incomplete.
+    expected = (APIConnectionError, "failed") if abort else (APIStreamError, "incomplete")
+    assert type(caught.value) is expected[0]
     partial = "".join(e.text for e in events)
     assert partial and "alpha beta gamma delta epsilon".startswith(partial)
     assert "epsilon" not in partial
     [run] = await env.runs(conv.id)
-    assert run.status in ("failed", "incomplete") and run.error_type == type(caught.value).__name__
+    assert run.status == expected[1] and run.error_type == expected[0].__name__
     assert run.response is not None
     assert run.response["choices"][0]["message"]["content"] == partial
     assert run.ttfb_ms is not None and run.stream
@@ -183,7 +186,8 @@ async def test_a_caller_that_stops_reading_cancels_the_run(env: Env, path: str) 
     await stream.close()
 
     assert "".join(e.text for e in events) == "one two"
-    assert tap.all_closed  # the HTTP response was closed, not left to the garbage collector
+    if path == "transport":  # the HTTP response was closed, not left to the garbage collector
+        assert len(tap.bodies) == 1 and tap.all_closed
     [run] = await env.runs(conv.id)
     assert (run.status, run.reply_message_id) == ("cancelled", None)
     assert run.response is not None
