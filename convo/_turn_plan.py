@@ -234,29 +234,37 @@ def _round_of(message: StoredMessage, key: str) -> int | None:
 
 
 def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
+    wire_params(spec)  # a bad parameter fails before anything is stored
     owner = spec.owner
     cid = spec.conversation_id
     if spec.resolve_branch:
         conversation = yield StoreCall("get_conversation", (cid,), {"owner": owner})
         cid = conversation.current_branch_id or cid
 
+    for result in spec.tool_results:
+        if result.role != "tool" or not result.tool_call_id:
+            raise InvalidMessageError("tool_results must be tool messages with a tool_call_id")
     user: StoredMessage | None = None
     stored: list[StoredMessage] = []
     runs: list[Run] = []
     round = 0
-    anchor: int
+    anchor = 0
     if spec.user is not None:
         user = yield StoreCall(
             "append", (cid, spec.user), {"idempotency_key": spec.key, "owner": owner}
         )
         anchor = user.seq
-    else:
-        tail = yield StoreCall(
-            "messages", (cid,), {"limit": 1, "newest_first": True, "owner": owner}
+    elif spec.tool_results:
+        # A continuation: the results answer a reply of this turn; the next
+        # request is the round after it. (A retried continuation finds what it
+        # stored after that reply, below.)
+        calling_round, anchor = yield from _calling_reply(
+            cid, owner, {r.tool_call_id for r in spec.tool_results}
         )
-        anchor = tail[0].seq if tail else 0
+        round = calling_round + 1
+    results_round = max(round - 1, 0)  # the round of the reply the caller's results answer
 
-    if spec.key is not None and spec.user is not None:
+    if spec.key is not None and (spec.user is not None or spec.tool_results):
         # Resume: what did earlier sends of this turn store?
         later: list[StoredMessage] = yield StoreCall(
             "messages", (cid,), {"after": anchor, "owner": owner}
@@ -274,15 +282,13 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
                     return _result(cid, user, stored, runs, None, done, from_store=True)
 
     for result in spec.tool_results:
-        if result.role != "tool" or not result.tool_call_id:
-            raise InvalidMessageError("tool_results must be tool messages with a tool_call_id")
+        call_id = str(result.tool_call_id)  # checked above
         message = yield StoreCall(
             "append", (cid, result),
-            {"idempotency_key": tool_key(spec.key, round, result.tool_call_id), "owner": owner},
+            {"idempotency_key": tool_key(spec.key, results_round, call_id), "owner": owner},
         )
-        stored.append(message)
-    if spec.user is None and spec.tool_results:
-        round = yield from _current_round(cid, owner)
+        if all(m.id != message.id for m in stored):  # a retry gets the stored one back
+            stored.append(message)
 
     report: ContextReport | None = None
     while True:
@@ -378,7 +384,7 @@ def _after_reply(
         return reply
     if round >= spec.max_tool_rounds:
         return reply  # the caller sees pending_tool_calls
-    answered = {m.tool_call_id for m in stored if m.role == "tool"}
+    answered = _answered(reply, stored)
     for call in calls:
         if call.id in answered:
             continue  # stored by an earlier send of this turn
@@ -392,17 +398,37 @@ def _after_reply(
     return None
 
 
-def _current_round(cid: str, owner: str | None) -> Generator[Effect, Any, int]:
-    """Assistant messages since the last user message: the round a continuation is in."""
+def _answered(reply: StoredMessage, stored: list[StoredMessage]) -> set[str | None]:
+    """The call ids of ``reply`` answered by stored tool results.
+
+    Only results stored after the reply count: servers that number call ids
+    per reply (``call_0``...) repeat them from one round to the next.
+    """
+    return {m.tool_call_id for m in stored if m.role == "tool" and m.seq > reply.seq}
+
+
+def _calling_reply(
+    cid: str, owner: str | None, call_ids: set[str | None]
+) -> Generator[Effect, Any, tuple[int, int]]:
+    """The round and seq of the newest reply (since the last user message) making these calls.
+
+    Rounds count the assistant messages since the last user message; without
+    a matching reply, the newest one stands for it.
+    """
     recent: list[StoredMessage] = yield StoreCall(
         "messages", (cid,), {"limit": 200, "newest_first": True, "owner": owner}
     )
-    count = 0
+    replies: list[StoredMessage] = []
     for message in recent:
         if message.role == "user":
             break
-        count += message.role == "assistant"
-    return count
+        if message.role == "assistant":
+            replies.append(message)
+    replies.reverse()  # oldest first: index = round
+    for round in range(len(replies) - 1, -1, -1):
+        if call_ids & {c.id for c in replies[round].tool_calls or []}:
+            return round, replies[round].seq
+    return len(replies) - 1, replies[-1].seq if replies else 0
 
 
 def _result(
@@ -416,7 +442,7 @@ def _result(
     from_store: bool = False,
     duplicate: bool = False,
 ) -> TurnResult:
-    answered = {m.tool_call_id for m in stored if m.role == "tool"}
+    answered = _answered(reply, stored)
     pending = [c for c in reply.tool_calls or [] if c.id not in answered]
     return TurnResult(
         conversation_id=cid,
@@ -480,31 +506,46 @@ def tool_error_text(name: str, exc: Exception) -> str:
 _MAX_TOKEN_NAMES = ("max_tokens", "max_completion_tokens")
 
 
-def request_body(ctx: Context, spec: TurnSpec) -> str:
-    """The exact JSON text sent (and stored in the run)."""
-    profile = spec.builder.profile
-    allowed = CHAT_KEYS if ctx.mode == "chat" else COMPLETION_KEYS
-    body = ctx.request()
-    if ctx.mode == "completion" and ctx.tools:
-        body.pop("tools", None)  # the template rendered them into the prompt
+def wire_params(spec: TurnSpec) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The turn's parameters under their wire names, and ``extra_body``.
+
+    Raises:
+        ConfigurationError: an unknown parameter, or one the turn sets itself.
+            :func:`plan_turn` checks this before it stores anything.
+    """
+    mode = spec.builder.mode
+    allowed = CHAT_KEYS if mode == "chat" else COMPLETION_KEYS
+    params: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     for key, value in spec.params.items():
         if value is None:
             continue
         if key in _MAX_TOKEN_NAMES:
             # One name for callers; the wire name the server takes.
-            name = profile.max_tokens_param if ctx.mode == "chat" else "max_tokens"
-            body[name] = value
+            params[spec.builder.profile.max_tokens_param if mode == "chat" else "max_tokens"] = (
+                value
+            )
         elif key == "extra_body":
             extra.update(value)
         elif key in ("stream", "messages", "prompt", "model"):
             raise ConfigurationError(f"{key!r} is set by the turn, not a parameter")
         elif key not in allowed:
             raise ConfigurationError(
-                f"unknown {ctx.mode} parameter {key!r} (pass server extras in extra_body=)"
+                f"unknown {mode} parameter {key!r} (pass server extras in extra_body=)"
             )
         else:
-            body[key] = value
+            params[key] = value
+    return params, extra
+
+
+def request_body(ctx: Context, spec: TurnSpec) -> str:
+    """The exact JSON text sent (and stored in the run)."""
+    profile = spec.builder.profile
+    body = ctx.request()
+    if ctx.mode == "completion" and ctx.tools:
+        body.pop("tools", None)  # the template rendered them into the prompt
+    params, extra = wire_params(spec)
+    body.update(params)
     if spec.response_format is not None and ctx.mode == "chat":
         body["response_format"] = spec.response_format
     if spec.stream:

@@ -108,10 +108,11 @@ class _ChatBase:
         resolve_branch: bool = True,
     ) -> TurnSpec:
         merged = {**self.params, **params}
-        # Tool definitions given per call go through the builder (their tokens
-        # count against the budget), next to the registered tools'.
-        extra_tools = merged.pop("tools", None) or []
-        definitions = [t.definition() for t in self.tools.values()] + list(extra_tools) or None
+        definitions = [t.definition() for t in self.tools.values()] or None
+        if isinstance(merged.get("tools"), (list, tuple)):
+            # Definitions passed per call replace the registered ones in the body:
+            # the context is built (and its tokens counted) with what is sent.
+            definitions = [dict(t) for t in merged["tools"]] or None
         return TurnSpec(
             conversation_id=conversation_id,
             user=_as_message(message),
@@ -423,8 +424,7 @@ class Chat(_ChatBase):
             for chunk in stream:
                 if state.ttfb_ms is None:
                     state.ttfb_ms = _ms(state.start)
-                for event in chunk_events(chunk, effect.round):
-                    yield event
+                yield from chunk_events(chunk, effect.round)
             response = stream.final()
         except APIError as exc:
             return Sent(error=exc, partial=_partial(state), attempts=stats.attempts,

@@ -1,0 +1,166 @@
+"""Branches made by turns: regenerate, edit and continue, list, switch; nothing overwritten.
+
+Four ways each (SQLite / PostgreSQL x sync / async).
+"""
+
+# ruff: noqa: F811 - the env/path fixtures are imported, then named as test arguments
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from turns_support import Env, env, path  # noqa: F401 - fixtures
+
+from convo import InvalidMessageError, Message, StoreInputError
+
+
+async def rows(env: Env, conversation_id: str) -> list[Any]:
+    """Every column of a conversation's own message rows (to prove nothing changed)."""
+    return env.store.sql(
+        "SELECT * FROM messages WHERE conversation_id = :cid ORDER BY seq", cid=conversation_id
+    )
+
+
+async def two_turns(env: Env, chat: Any) -> str:
+    conv = await env.store.create_conversation(title="thread")
+    await env.store.append(conv.id, Message.system("Be brief."))
+    env.fake.reply("A1")
+    await chat.send(conv.id, "Q1")
+    env.fake.reply("A2")
+    await chat.send(conv.id, "Q2")
+    return str(conv.id)
+
+
+def sent_texts(env: Env) -> list[str]:
+    return [m["content"] for m in json.loads(env.last_body())["messages"]]
+
+
+async def test_regenerate_keeps_the_old_reply_on_the_root(env: Env) -> None:
+    chat = env.chat()
+    root = await two_turns(env, chat)
+    before = await rows(env, root)
+    root_conv = await env.store.get_conversation(root)
+
+    env.fake.reply("A2 again")
+    result = await chat.regenerate(root, temperature=1.0)
+
+    branch_id = result.conversation_id
+    assert branch_id != root and result.user is None and result.text == "A2 again"
+    assert sent_texts(env) == ["Be brief.", "Q1", "A1", "Q2"]
+    assert json.loads(env.last_body())["temperature"] == 1.0
+    assert [m.content for m in await env.thread(branch_id)] == [
+        "Be brief.", "Q1", "A1", "Q2", "A2 again",
+    ]
+    assert result.reply.seq == 5 and result.reply.conversation_id == branch_id
+    assert result.run.conversation_id == branch_id and result.run.kept_seqs == [1, 2, 3, 4]
+    assert [r.id for r in await env.runs(branch_id)] == [result.run.id]
+    # The original conversation is untouched, row for row.
+    assert await rows(env, root) == before
+    assert [m.content for m in await env.thread(root)][-1] == "A2"
+    after = await env.store.get_conversation(root)
+    assert after.last_seq == root_conv.last_seq and after.current_branch_id == branch_id
+    branch = await env.store.get_conversation(branch_id)
+    assert (branch.branch_kind, branch.branch_of, branch.parent_id, branch.fork_seq) == (
+        "regenerate", root, root, 4,
+    )
+    # The next turn sent to the root id goes to the current branch.
+    env.fake.reply("A3")
+    nxt = await chat.send(root, "Q3")
+    assert nxt.conversation_id == branch_id and nxt.user.seq == 6
+    assert sent_texts(env) == ["Be brief.", "Q1", "A1", "Q2", "A2 again", "Q3"]
+    assert await rows(env, root) == before
+    # A regenerate of a branch branches the thread again (from the current branch).
+    env.fake.reply("A3 again")
+    again = await chat.regenerate(root)
+    assert [m.content for m in await env.thread(again.conversation_id)][-3:] == [
+        "A2 again", "Q3", "A3 again",
+    ]
+    assert [m.content for m in await env.thread(branch_id)][-1] == "A3"
+
+
+async def test_edit_a_past_message_and_continue(env: Env) -> None:
+    chat = env.chat()
+    root = await two_turns(env, chat)
+    before = await rows(env, root)
+
+    env.fake.reply("A1 for the edit")
+    result = await chat.edit(root, 2, "Q1, edited", idempotency_key="e1")
+
+    branch_id = result.conversation_id
+    assert branch_id != root and result.user.seq == 2 and result.user.content == "Q1, edited"
+    assert result.user.idempotency_key == "e1" and result.reply.idempotency_key == "e1#r0"
+    assert sent_texts(env) == ["Be brief.", "Q1, edited"]
+    assert [m.content for m in await env.thread(branch_id)] == [
+        "Be brief.", "Q1, edited", "A1 for the edit",
+    ]
+    branch = await env.store.get_conversation(branch_id)
+    assert (branch.branch_kind, branch.fork_seq) == ("edit", 1)
+    await chat.send(root, "Q2 again")
+    assert sent_texts(env) == ["Be brief.", "Q1, edited", "A1 for the edit", "Q2 again"]
+    assert await env.roles(branch_id) == ["system", "user", "assistant", "user", "assistant"]
+    assert await rows(env, root) == before
+
+    before_bad = env.store.snapshot()
+    with pytest.raises(InvalidMessageError, match="assistant"):
+        await chat.edit(root, 3, "not a user message")
+    assert env.store.snapshot() == before_bad
+
+
+async def test_list_branches_and_switch(env: Env) -> None:
+    chat = env.chat()
+    root = await two_turns(env, chat)
+    env.fake.reply("A2 again")
+    regen = await chat.regenerate(root)
+    env.fake.reply("A1 edited")
+    edit = await chat.edit(root, 2, "Q1 edited")
+
+    branches = await chat.branches(root)
+    assert [b.conversation.id for b in branches] == [root, regen.conversation_id,
+                                                     edit.conversation_id]
+    assert [b.current for b in branches] == [False, False, True]
+    assert [b.last_message.content for b in branches] == ["A2", "A2 again", "A1 edited"]
+    assert [b.conversation.branch_kind for b in branches] == [None, "regenerate", "edit"]
+    # Listing from a branch shows the same thread.
+    assert await chat.branches(regen.conversation_id) == branches
+
+    switched = await chat.switch_branch(root, regen.conversation_id)
+    assert switched.current_branch_id == regen.conversation_id
+    env.fake.reply("on regen")
+    result = await chat.send(root, "Q3")
+    assert result.conversation_id == regen.conversation_id
+    assert sent_texts(env)[-2:] == ["A2 again", "Q3"]
+
+    await chat.switch_branch(root, None)
+    env.fake.reply("on root")
+    result = await chat.send(root, "Q3 on root")
+    assert result.conversation_id == root and result.user.seq == 6
+    assert sent_texts(env) == ["Be brief.", "Q1", "A1", "Q2", "A2", "Q3 on root"]
+    assert [b.current for b in await chat.branches(root)] == [True, False, False]
+    assert [b.last_message.content for b in await chat.branches(root)] == [
+        "on root", "on regen", "A1 edited",
+    ]
+
+    other = await env.store.create_conversation()
+    before = env.store.snapshot()
+    with pytest.raises(StoreInputError):
+        await chat.switch_branch(root, other.id)
+    with pytest.raises(StoreInputError):
+        await chat.switch_branch(regen.conversation_id, root)
+    assert env.store.snapshot() == before
+
+
+async def test_build_shows_the_next_context_without_sending(env: Env) -> None:
+    chat = env.chat()
+    root = await two_turns(env, chat)
+    env.fake.reply("A2 again")
+    regen = await chat.regenerate(root)
+    before = env.store.snapshot()
+    requests = len(env.model_requests())
+    ctx = await chat.build(root)
+    assert ctx.report.conversation_id == regen.conversation_id
+    assert [m.text for m in ctx.messages][-1] == "A2 again"
+    after = env.store.snapshot()
+    after.pop("message_tokens"), before.pop("message_tokens")  # a build caches token counts
+    assert after == before and len(env.model_requests()) == requests

@@ -1,0 +1,331 @@
+"""Idempotent turns and failure injection (issue 7, "Done when").
+
+Every failure leaves the user message stored and a run saying what happened;
+then the same idempotency key completes the turn (one user message, one
+reply), the key again returns it without calling the model, and the next
+send works normally. Four ways each (SQLite / PostgreSQL x sync / async);
+tests taking ``path`` also run over the fake's loopback server.
+"""
+
+# ruff: noqa: F811 - the env/path fixtures are imported, then named as test arguments
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from turns_support import Env, Tap, env, path  # noqa: F401 - fixtures
+
+from convo import (
+    APIConnectionError,
+    APIError,
+    APIStreamError,
+    APITimeoutError,
+    FunctionCall,
+    InternalServerError,
+    Message,
+    ToolCall,
+    TurnCancelled,
+)
+
+BOTH_PATHS = pytest.mark.parametrize("path", ["transport", "server"])
+
+
+class Crash(BaseException):
+    """Stands for the process dying inside a tool (not an Exception: nothing catches it)."""
+
+
+async def complete_after_failure(
+    env: Env, chat: Any, cid: str, key: str, text: str, failed: list[str]
+) -> Any:
+    """The same key completes the turn; again returns it; the next send works.
+
+    ``failed``: the statuses the earlier attempts' runs must have.
+    """
+    assert await env.roles(cid) == ["user"]  # kept, and nothing else
+    runs = await env.runs(cid)
+    assert [r.status for r in runs] == failed
+    assert all(r.reply_message_id is None and r.finished_at is not None for r in runs)
+    requests = len(env.model_requests())
+
+    result = await chat.send(cid, text, idempotency_key=key)
+    assert not result.from_store and result.user.seq == 1 and result.reply.seq == 2
+    assert len(env.model_requests()) == requests + 1
+    assert [m.content for m in await env.thread(cid)] == [text, f"You said: {text}"]
+    assert [r.status for r in await env.runs(cid)] == [*failed, "ok"]
+    assert result.run.request.encode() == env.last_body()
+
+    again = await chat.send(cid, text, idempotency_key=key)
+    assert again.from_store and again.reply == result.reply and again.user == result.user
+    assert again.run == result.run
+    assert len(env.model_requests()) == requests + 1
+
+    nxt = await chat.send(cid, "next")
+    assert nxt.user.seq == 3 and nxt.reply.seq == 4
+    assert await env.roles(cid) == ["user", "assistant", "user", "assistant"]
+    return result
+
+
+@BOTH_PATHS
+async def test_the_same_key_twice_is_one_turn_and_one_model_call(env: Env, path: str) -> None:
+    chat = env.chat()
+    conv = await env.store.create_conversation()
+    first = await chat.send(conv.id, "Hi", idempotency_key="req-1")
+    second = await chat.send(conv.id, "Hi", idempotency_key="req-1")
+    stream = chat.stream(conv.id, "Hi", idempotency_key="req-1")
+    assert await stream.events() == []  # nothing to stream: the turn is stored
+    third = await stream.result()
+
+    assert not first.from_store and second.from_store and third.from_store
+    assert second.reply == first.reply == third.reply and second.user == first.user
+    assert second.run == first.run and second.runs == [first.run]
+    assert not second.duplicate and second.report is None
+    assert len(env.model_requests()) == 1
+    assert [m.content for m in await env.thread(conv.id)] == ["Hi", "You said: Hi"]
+    assert len(await env.runs(conv.id)) == 1
+
+
+async def test_a_failed_first_attempt_is_completed_by_the_retry(env: Env) -> None:
+    chat = env.chat(client_options={"max_retries": 0})
+    conv = await env.store.create_conversation()
+    env.fake.fail(500)
+    with pytest.raises(InternalServerError):
+        await chat.send(conv.id, "Hello", idempotency_key="k")
+    [run] = await env.runs(conv.id)
+    assert (run.status, run.error_type, run.attempts) == ("failed", "InternalServerError", 1)
+    await complete_after_failure(env, chat, conv.id, "k", "Hello", ["failed"])
+
+
+async def test_429_then_success_is_one_run_with_two_attempts(env: Env) -> None:
+    chat = env.chat()
+    conv = await env.store.create_conversation()
+    env.fake.fail(429, headers={"retry-after": "0.01"})
+    result = await chat.send(conv.id, "Hello", idempotency_key="k")
+    assert result.run.status == "ok" and result.run.attempts == 2
+    assert env.sleeps == [0.01]  # the server's Retry-After, honoured
+    first, second = env.model_requests()
+    assert first.body == second.body == result.run.request.encode()
+    assert await env.roles(conv.id) == ["user", "assistant"]
+    assert [r.id for r in await env.runs(conv.id)] == [result.run.id]
+    again = await chat.send(conv.id, "Hello", idempotency_key="k")
+    assert again.from_store and len(env.model_requests()) == 2
+
+
+async def test_500s_until_retries_run_out(env: Env) -> None:
+    chat = env.chat(client_options={"max_retries": 2})
+    conv = await env.store.create_conversation()
+    for _ in range(3):
+        env.fake.fail(500)
+    with pytest.raises(InternalServerError) as caught:
+        await chat.send(conv.id, "Hello", idempotency_key="k")
+    [run] = await env.runs(conv.id)
+    assert (run.status, run.error_type, run.attempts) == ("failed", "InternalServerError", 3)
+    assert run.error_message == str(caught.value)[:4000] and "sk-test" not in run.error_message
+    assert len(env.model_requests()) == 3 and len(env.sleeps) == 2
+    await complete_after_failure(env, chat, conv.id, "k", "Hello", ["failed"])
+
+
+@BOTH_PATHS
+async def test_a_timeout_fails_the_run(env: Env, path: str) -> None:
+    # Over loopback the fake stalls until the client gives up (a short read timeout).
+    chat = env.chat(client_options={"max_retries": 0, "timeout": 0.3})
+    conv = await env.store.create_conversation()
+    env.fake.timeout()
+    with pytest.raises(APITimeoutError):
+        await chat.send(conv.id, "Hello", idempotency_key="k")
+    [run] = await env.runs(conv.id)
+    assert (run.status, run.error_type, run.attempts) == ("failed", "APITimeoutError", 1)
+    assert run.ttfb_ms is None and run.latency_ms is not None
+    await complete_after_failure(env, chat, conv.id, "k", "Hello", ["failed"])
+
+
+@pytest.mark.parametrize(
+    ("path", "abort"),
+    [("transport", True), ("server", True), ("server", False)],
+    ids=["transport-dropped", "server-dropped", "server-unfinished"],
+)
+async def test_a_stream_cut_midway_keeps_the_partial_text_in_the_run_only(
+    env: Env, path: str, abort: bool
+) -> None:
+    chat = env.chat(client_options={"max_retries": 0})
+    conv = await env.store.create_conversation()
+    env.fake.cut_stream(after_chunks=3, text="alpha beta gamma delta epsilon", abort=abort)
+    stream = chat.stream(conv.id, "Hello", idempotency_key="k")
+    events = []
+    with pytest.raises(APIError) as caught:
+        while (event := await stream.next()) is not None:
+            events.append(event)
+    # A dropped connection is a transport failure; a body that ends without the
+    # finish is a stream the server left incomplete.
+    expected = (APIConnectionError, "failed") if abort else (APIStreamError, "incomplete")
+    assert type(caught.value) is expected[0]
+    partial = "".join(e.text for e in events)
+    assert partial and "alpha beta gamma delta epsilon".startswith(partial)
+    assert "epsilon" not in partial
+    [run] = await env.runs(conv.id)
+    assert run.status == expected[1] and run.error_type == expected[0].__name__
+    assert run.response is not None
+    assert run.response["choices"][0]["message"]["content"] == partial
+    assert run.ttfb_ms is not None and run.stream
+    with pytest.raises(TurnCancelled):
+        await stream.result()  # the turn did not finish
+    await complete_after_failure(env, chat, conv.id, "k", "Hello", [run.status])
+
+
+@BOTH_PATHS
+async def test_a_caller_that_stops_reading_cancels_the_run(env: Env, path: str) -> None:
+    tap = Tap(env.fake.transport())
+    options = {"transport": tap} if path == "transport" else {}
+    chat = env.chat(client_options=options)
+    conv = await env.store.create_conversation()
+    env.fake.reply("one two three four five six")
+    stream = chat.stream(conv.id, "Hello", idempotency_key="k")
+    events = await stream.events(2)
+    await stream.close()
+
+    assert "".join(e.text for e in events) == "one two"
+    if path == "transport":  # the HTTP response was closed, not left to the garbage collector
+        assert len(tap.bodies) == 1 and tap.all_closed
+    [run] = await env.runs(conv.id)
+    assert (run.status, run.reply_message_id) == ("cancelled", None)
+    assert run.response is not None
+    assert run.response["choices"][0]["message"]["content"] == "one two"
+    with pytest.raises(TurnCancelled):
+        await stream.result()
+    await complete_after_failure(env, chat, conv.id, "k", "Hello", ["cancelled"])
+
+
+async def test_a_tool_turn_resumes_where_it_stopped(env: Env) -> None:
+    """The request after the tool round failed: the retry does not run the tool again."""
+    log: list[str] = []
+
+    def lookup(q: str) -> str:
+        log.append(q)
+        return f"found {q}"
+
+    chat = env.chat(tools=[lookup], client_options={"max_retries": 0})
+    conv = await env.store.create_conversation()
+    env.fake.reply_tool_calls([("lookup", {"q": "a"}), ("lookup", {"q": "b"})])
+    env.fake.fail(503)
+    with pytest.raises(APIError):
+        await chat.send(conv.id, "Find", idempotency_key="k")
+    assert log == ["a", "b"]
+    assert await env.roles(conv.id) == ["user", "assistant", "tool", "tool"]
+
+    result = await chat.send(conv.id, "Find", idempotency_key="k")
+    assert log == ["a", "b"]  # stored results are not re-run
+    assert result.text == "You said: Find" and not result.from_store
+    assert await env.roles(conv.id) == ["user", "assistant", "tool", "tool", "assistant"]
+    assert [(r.round, r.status) for r in result.runs] == [(0, "ok"), (1, "failed"), (1, "ok")]
+    assert [r.id for r in result.runs] == [r.id for r in await env.runs(conv.id)]
+    sent = json.loads(env.last_body())["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool", "tool"]
+    again = await chat.send(conv.id, "Find", idempotency_key="k")
+    assert again.from_store and again.reply == result.reply and log == ["a", "b"]
+    assert len(env.model_requests()) == 3
+
+
+async def test_a_crash_inside_a_tool_resumes_with_the_tools_not_yet_run(env: Env) -> None:
+    log: list[str] = []
+
+    def lookup(q: str) -> str:
+        log.append(q)
+        if q == "b" and log.count("b") == 1:
+            raise Crash  # the process "dies" after a's result was stored
+        return f"found {q}"
+
+    chat = env.chat(tools=[lookup])
+    conv = await env.store.create_conversation()
+    env.fake.reply_tool_calls([("lookup", {"q": "a"}), ("lookup", {"q": "b"})])
+    with pytest.raises(Crash):
+        await chat.send(conv.id, "Find", idempotency_key="k")
+    assert await env.roles(conv.id) == ["user", "assistant", "tool"]
+
+    result = await chat.send(conv.id, "Find", idempotency_key="k")
+    assert log == ["a", "b", "b"]  # a is not run again; b (never stored) is
+    assert [m.text for m in result.messages if m.role == "tool"] == ["found a", "found b"]
+    assert await env.roles(conv.id) == ["user", "assistant", "tool", "tool", "assistant"]
+    assert len(env.model_requests()) == 2
+
+
+async def test_a_retried_continue_turn_stores_one_reply(env: Env) -> None:
+    chat = env.chat()
+    conv = await env.store.create_conversation()
+    env.fake.reply_tool_calls([("lookup", {"q": "a"})])
+    env.fake.reply_tool_calls([("lookup", {"q": "b"})])
+    first = await chat.send(conv.id, "Find", idempotency_key="k")
+    [call] = first.pending_tool_calls
+    results = [Message.tool("found a", tool_call_id=call.id)]
+    second = await chat.continue_turn(conv.id, results, idempotency_key="k")
+    again = await chat.continue_turn(conv.id, results, idempotency_key="k")
+    assert again.from_store and again.reply == second.reply
+    assert again.pending_tool_calls == second.pending_tool_calls != []
+    [call] = second.pending_tool_calls
+    results = [Message.tool("found b", tool_call_id=call.id)]
+    done = await chat.continue_turn(conv.id, results, idempotency_key="k")
+    again = await chat.continue_turn(conv.id, results, idempotency_key="k")
+    assert again.from_store and again.reply == done.reply and done.pending_tool_calls == []
+    stored = await env.thread(conv.id)
+    assert [m.role for m in stored] == ["user", "assistant", "tool", "assistant", "tool",
+                                        "assistant"]
+    assert [m.idempotency_key for m in stored] == [
+        "k", "k#r0", f"k#t0:{first.reply.tool_calls[0].id}", "k#r1", f"k#t1:{call.id}", "k#r2",
+    ]
+    assert [r.round for r in await env.runs(conv.id)] == [0, 1, 2]
+    assert len(env.model_requests()) == 3
+
+
+async def test_manual_rounds_with_repeated_call_ids(env: Env) -> None:
+    """Servers that number calls per reply (``call_0``) repeat ids across rounds."""
+    chat = env.chat()
+    conv = await env.store.create_conversation()
+    for q in ("a", "b"):
+        env.fake.reply_tool_calls([ToolCall(
+            id="call_0", function=FunctionCall(name="lookup", arguments=json.dumps({"q": q}))
+        )])
+    await chat.send(conv.id, "Find", idempotency_key="k")
+    second = await chat.continue_turn(
+        conv.id, [Message.tool("found a", tool_call_id="call_0")], idempotency_key="k"
+    )
+    assert [c.id for c in second.pending_tool_calls] == ["call_0"]
+    done = await chat.continue_turn(
+        conv.id, [Message.tool("found b", tool_call_id="call_0")], idempotency_key="k"
+    )
+    assert done.pending_tool_calls == [] and done.run.round == 2
+    assert [m.text for m in await env.thread(conv.id) if m.role == "tool"] == [
+        "found a", "found b",
+    ]
+    sent = json.loads(env.last_body())["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool", "assistant", "tool"]
+
+
+async def test_an_interrupted_send_cancels_its_run(env: Env) -> None:
+    """Ctrl-C in a sync send, task cancellation in an async one: run cancelled, message kept."""
+    gate = asyncio.Event()
+    interrupts = [KeyboardInterrupt()]
+
+    def interrupt() -> None:
+        if interrupts:
+            raise interrupts.pop()
+
+    tap = Tap(env.fake.transport(), before=interrupt, abefore=gate.wait)
+    chat = env.chat(client_options={"transport": tap})
+    conv = await env.store.create_conversation()
+    if env.is_async:
+        task = asyncio.ensure_future(chat.send(conv.id, "Hello", idempotency_key="k"))
+        for _ in range(6000):  # bounded: a broken turn fails here instead of hanging
+            if [r for r in await env.runs(conv.id) if r.status == "pending"]:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        gate.set()
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            await chat.send(conv.id, "Hello", idempotency_key="k")
+    [run] = await env.runs(conv.id)
+    assert run.error_type in ("CancelledError", "KeyboardInterrupt")
+    await complete_after_failure(env, chat, conv.id, "k", "Hello", ["cancelled"])
