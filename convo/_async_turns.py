@@ -313,7 +313,7 @@ class AsyncChat(_ChatBase):
         start = time.perf_counter()
         try:
             response = await self.client.send(
-                effect.endpoint, effect.body, stream=False, stats=stats
+                effect.endpoint, effect.body, stream=False, stats=stats, **effect.options
             )
         except APIError as exc:
             return Sent(error=exc, attempts=stats.attempts, latency_ms=_ms(start))
@@ -333,7 +333,7 @@ class AsyncChat(_ChatBase):
         state.start = time.perf_counter()
         try:
             stream = await self.client.send(
-                effect.endpoint, effect.body, stream=True, stats=stats
+                effect.endpoint, effect.body, stream=True, stats=stats, **effect.options
             )
         except APIError as exc:
             yield Sent(error=exc, attempts=stats.attempts, latency_ms=_ms(state.start))

@@ -509,6 +509,13 @@ class Store:
             branches.list_branches(conversation_id, include_replays=include_replays, owner=owner)
         )
 
+    def find_by_key(
+        self, conversation_id: str, idempotency_key: str, *, owner: str | None = None
+    ) -> StoredMessage | None:
+        """The message stored under ``idempotency_key`` in this conversation's view,
+        inherited ones included (a branch sees its thread's keys up to its fork point)."""
+        return self._run(branches.find_by_key(conversation_id, idempotency_key, owner=owner))
+
     # --- replays -------------------------------------------------------------------------
 
     def create_replay(

@@ -28,9 +28,13 @@ from ._store_rows import (
     validate_json_dict,
 )
 
-__all__ = ["BRANCH_KINDS", "Branch", "create_branch", "list_branches", "set_current_branch"]
+__all__ = [
+    "BRANCH_KINDS", "Branch", "create_branch", "find_by_key", "list_branches",
+    "set_current_branch",
+]
 
 C = sql.C
+M = sql.M
 
 #: The kinds convo makes; replays are hidden from :meth:`list_branches` unless asked.
 BRANCH_KINDS: Final = ("regenerate", "edit", "replay", "branch")
@@ -151,3 +155,23 @@ def list_branches(
             last = message_from_row(found[0]) if found else None
         out.append(Branch(conversation=member, last_message=last, current=member.id == current))
     return out
+
+
+def find_by_key(
+    conversation_id: str, key: str, *, owner: str | None
+) -> Plan[StoredMessage | None]:
+    """The message stored under idempotency ``key`` in this conversation's view
+    (its own rows, or an ancestor's up to the fork point)."""
+    lineage = yield from _lineage(conversation_id, owner)
+    for cid, lo, hi in lineage.live():
+        row = yield Op(
+            sa.select(M).where(
+                M.c.conversation_id == cid, M.c.idempotency_key == key,
+                M.c.seq > lo, M.c.seq <= hi,
+            ),
+            None,
+            "first",
+        )
+        if row is not None:
+            return message_from_row(row)
+    return None

@@ -163,6 +163,8 @@ class Send:
     body: str
     stream: bool
     round: int
+    #: per-call client options (timeout, max_retries, extra_headers...): not in the body
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -237,8 +239,10 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
     wire_params(spec)  # a bad parameter fails before anything is stored
     owner = spec.owner
     cid = spec.conversation_id
+    on_branch = False
     if spec.resolve_branch:
         conversation = yield StoreCall("get_conversation", (cid,), {"owner": owner})
+        on_branch = conversation.current_branch_id is not None
         cid = conversation.current_branch_id or cid
 
     for result in spec.tool_results:
@@ -250,9 +254,14 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
     round = 0
     anchor = 0
     if spec.user is not None:
-        user = yield StoreCall(
-            "append", (cid, spec.user), {"idempotency_key": spec.key, "owner": owner}
-        )
+        if on_branch and spec.key is not None:
+            # The turn may have been stored before the branch was made (a retry
+            # after a regenerate): look the key up through the inherited history.
+            user = yield StoreCall("find_by_key", (cid, spec.key), {"owner": owner})
+        if user is None:
+            user = yield StoreCall(
+                "append", (cid, spec.user), {"idempotency_key": spec.key, "owner": owner}
+            )
         anchor = user.seq
     elif spec.tool_results:
         # A continuation: the results answer a reply of this turn; the next
@@ -271,6 +280,11 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
         )
         prefix = spec.key + "#"
         stored = [m for m in later if (m.idempotency_key or "").startswith(prefix)]
+        answer = _answered_elsewhere(later, prefix) if spec.user is not None else None
+        if not stored and answer is not None:
+            # Answered on this branch without this turn's keys (a regenerate
+            # made after the first send): that answer is the turn's reply.
+            return _result(cid, user, [answer], [], None, answer, from_store=True)
         if stored:
             runs = yield StoreCall("turn_runs", (cid, spec.key), {"owner": owner})
             replies = [m for m in stored if m.role == "assistant"]
@@ -317,7 +331,7 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
             "metadata": spec.metadata,
             "owner": owner,
         })
-        sent: Sent = yield Send(endpoint, body, spec.stream, round)
+        sent: Sent = yield Send(endpoint, body, spec.stream, round, client_options(spec))
         timing = {"attempts": sent.attempts, "ttfb_ms": sent.ttfb_ms,
                   "latency_ms": sent.latency_ms}
         if sent.response is None:
@@ -405,6 +419,20 @@ def _answered(reply: StoredMessage, stored: list[StoredMessage]) -> set[str | No
     per reply (``call_0``...) repeat them from one round to the next.
     """
     return {m.tool_call_id for m in stored if m.role == "tool" and m.seq > reply.seq}
+
+
+def _answered_elsewhere(later: list[StoredMessage], prefix: str) -> StoredMessage | None:
+    """The final assistant reply that follows the user message, when none of the
+    turn's own keys are there (else None)."""
+    reply = None
+    for message in later:
+        if message.role == "user":
+            break
+        if (message.idempotency_key or "").startswith(prefix):
+            return None
+        if message.role == "assistant" and not message.tool_calls:
+            reply = message
+    return reply
 
 
 def _calling_reply(
@@ -504,6 +532,17 @@ def tool_error_text(name: str, exc: Exception) -> str:
 # --- the request body --------------------------------------------------------------------
 
 _MAX_TOKEN_NAMES = ("max_tokens", "max_completion_tokens")
+#: Per-call options of the client: they shape how a request is sent, not what
+#: it says, so they go to the client and are not part of the body or the run.
+CLIENT_OPTIONS = frozenset({
+    "timeout", "max_retries", "extra_headers", "extra_query", "stream_idle_timeout",
+    "stream_timeout", "max_response_bytes", "max_event_bytes",
+})
+
+
+def client_options(spec: TurnSpec) -> dict[str, Any]:
+    """The per-call client options among the turn's parameters."""
+    return {k: v for k, v in spec.params.items() if k in CLIENT_OPTIONS and v is not None}
 
 
 def wire_params(spec: TurnSpec) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -518,7 +557,7 @@ def wire_params(spec: TurnSpec) -> tuple[dict[str, Any], dict[str, Any]]:
     params: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     for key, value in spec.params.items():
-        if value is None:
+        if value is None or key in CLIENT_OPTIONS:
             continue
         if key in _MAX_TOKEN_NAMES:
             # One name for callers; the wire name the server takes.

@@ -397,7 +397,8 @@ class Chat(_ChatBase):
         stats = RequestStats()
         start = time.perf_counter()
         try:
-            response = self.client.send(effect.endpoint, effect.body, stream=False, stats=stats)
+            response = self.client.send(effect.endpoint, effect.body, stream=False, stats=stats,
+                                           **effect.options)
         except APIError as exc:
             return Sent(error=exc, attempts=stats.attempts, latency_ms=_ms(start))
         except (KeyboardInterrupt, SystemExit) as exc:
@@ -413,7 +414,8 @@ class Chat(_ChatBase):
         stats = RequestStats()
         state.start = time.perf_counter()
         try:
-            stream = self.client.send(effect.endpoint, effect.body, stream=True, stats=stats)
+            stream = self.client.send(effect.endpoint, effect.body, stream=True, stats=stats,
+                                         **effect.options)
         except APIError as exc:
             return Sent(error=exc, attempts=stats.attempts, latency_ms=_ms(state.start))
         except (KeyboardInterrupt, SystemExit) as exc:

@@ -164,3 +164,23 @@ async def test_build_shows_the_next_context_without_sending(env: Env) -> None:
     after = env.store.snapshot()
     after.pop("message_tokens"), before.pop("message_tokens")  # a build caches token counts
     assert after == before and len(env.model_requests()) == requests
+
+
+async def test_a_key_resent_after_a_regenerate_returns_the_current_reply(env: Env) -> None:
+    """The key's user message is inherited by the branch: no second turn is stored."""
+    chat, store, fake = env.chat(), env.store, env.fake
+    conv = await store.create_conversation()
+    fake.reply("first")
+    await chat.send(conv.id, "Q", idempotency_key="k1")
+    fake.reply("second")
+    regenerated = await chat.regenerate(conv.id)
+    sent = len(fake.requests)
+    again = await chat.send(conv.id, "Q", idempotency_key="k1")
+    assert again.from_store and len(fake.requests) == sent
+    assert again.reply.id == regenerated.reply.id and again.reply.text == "second"
+    assert again.conversation_id == regenerated.conversation_id
+    rows = [(m.role, m.text) for m in await store.messages(regenerated.conversation_id)]
+    assert rows == [("user", "Q"), ("assistant", "second")]
+    fake.reply("third")
+    nxt = await chat.send(conv.id, "Next", idempotency_key="k2")
+    assert nxt.reply.text == "third" and nxt.conversation_id == regenerated.conversation_id

@@ -127,6 +127,21 @@ async def test_500s_until_retries_run_out(env: Env) -> None:
     await complete_after_failure(env, chat, conv.id, "k", "Hello", ["failed"])
 
 
+async def test_per_call_client_options_shape_the_request_not_the_body(env: Env) -> None:
+    """timeout / max_retries / extra_headers given to a turn go to the client."""
+    chat = env.chat(client_options={"max_retries": 2})
+    conv = await env.store.create_conversation()
+    env.fake.fail(500)
+    with pytest.raises(InternalServerError):
+        await chat.send(conv.id, "Hello", max_retries=0, timeout=5.0,
+                        extra_headers={"X-Trace": "t-1"})
+    [run] = await env.runs(conv.id)
+    assert run.attempts == 1  # the per-call max_retries won over the client's 2
+    body = json.loads(run.request)
+    assert not {"max_retries", "timeout", "extra_headers"} & set(body)
+    assert env.fake.requests[-1].headers.get("x-trace") == "t-1"
+
+
 @BOTH_PATHS
 async def test_a_timeout_fails_the_run(env: Env, path: str) -> None:
     # Over loopback the fake stalls until the client gives up (a short read timeout).
