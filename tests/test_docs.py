@@ -39,9 +39,9 @@ def test_ci_runs_the_readme_test_command() -> None:
     readme = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```bash\n(.*?)```", readme, re.DOTALL)
     test_cmd = next(b.strip() for b in blocks if "pytest" in b)
-    main_cmd = next(b.strip() for b in blocks if "examples/quickstart.py" in b)
+    main_cmd = next(b.strip() for b in blocks if "convo demo" in b)
     assert test_cmd in (ROOT / ".ci" / "run").read_text()
-    assert main_cmd.startswith("python3 -m venv .venv && ")
+    assert main_cmd == "python3 -m venv .venv && .venv/bin/pip install . && .venv/bin/convo demo"
 
 
 def test_quickstart_example_runs(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from . import _api, _context, _conversations, _db, _replay, _runs, _turns
+from . import _api, _context, _conversations, _db, _demo, _replay, _runs, _turns
 
 __all__ = ["app", "main"]
 
@@ -44,6 +44,7 @@ _api.register(app)
 _turns.register(app)
 _runs.register(app)
 _replay.register(app)
+_demo.register(app)
 
 
 def main() -> None:
