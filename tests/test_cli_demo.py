@@ -31,7 +31,7 @@ def test_the_demo_runs_offline_and_shows_every_stage(tmp_path: Path) -> None:
 
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'convo-demo.db'}")
     with engine.connect() as conn:
-        count = lambda sql: conn.exec_driver_sql(sql).scalar()  # noqa: E731
+        count = lambda sql: conn.exec_driver_sql(sql).scalar()
         assert count("SELECT count(*) FROM summaries") >= 1
         assert count("SELECT count(*) FROM messages WHERE role = 'tool'") == 1
         assert count("SELECT count(*) FROM runs WHERE endpoint = 'completions'") >= 1

@@ -95,7 +95,7 @@ def _run(url: str, model: str, completion_model: str, arm_text: str, base_url: s
         OpenAIClient,
         Replayer,
         Store,
-        tool,
+        Tool,
     )
 
     with _server(base_url) as (server_url, fake), Store(url) as store, OpenAIClient(
@@ -107,7 +107,7 @@ def _run(url: str, model: str, completion_model: str, arm_text: str, base_url: s
         console.print(f"database: {url}\nserver:   {where}\n", highlight=False)
 
         summarizer = ModelSummarizer(client, model=model)
-        weather = tool(_weather, name="get_weather")
+        weather = Tool.from_function(_weather, name="get_weather")
         chat = Chat(store, client, model=model, budget=budget, summarizer=summarizer,
                     tools=[weather])
         conv = store.create_conversation(title="Lisbon trip (demo)", owner="demo-user")
@@ -180,17 +180,17 @@ def _run(url: str, model: str, completion_model: str, arm_text: str, base_url: s
         console.print(runs)
 
         console.print(Rule("4. replay the thread against a second arm"))
-        report = Replayer(store, client).replay(
+        replayed = Replayer(store, client).replay(
             conv.id, arms=[Arm.parse(arm_text, budget=budget)], owner="demo-user"
         )
         compare = Table("turn", "original", arm_text, "similarity", "kept/dropped")
-        for item in report.items:
+        for item in replayed.items:
             compare.add_row(str(item.turn + 1), _visible(item.original_text, 40),
                             _visible(item.text, 40) if item.status == "ok" else item.status,
                             f"{item.similarity:.2f}" if item.similarity is not None else "-",
                             f"{item.kept}/{item.dropped}")
         console.print(compare)
-        console.print(f"\nreplay {report.replay.id}: `convo replay show {report.replay.id}`; "
+        console.print(f"\nreplay {replayed.replay.id}: `convo replay show {replayed.replay.id}`; "
                       f"the conversation: `convo show {conv.id}`; its runs: "
                       f"`convo runs {conv.id}` (add --db {url} when it is not the default).",
                       highlight=False)
