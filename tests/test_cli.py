@@ -33,7 +33,7 @@ def db(request: pytest.FixtureRequest, make_db: Any) -> str:
 def test_a_session_of_commands(db: str) -> None:
     # never migrated: a clear error that says what to run
     res = run(db, "ls", code=1)
-    assert "convo db upgrade" in res.output
+    assert "has no convo schema: run `convo --db " in res.output and " db upgrade`" in res.output
     assert js(db, "db", "current")["revision"] is None
     up = js(db, "db", "upgrade")
     assert up["revision"] and js(db, "db", "current")["revision"] == up["revision"]

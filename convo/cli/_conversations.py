@@ -6,10 +6,9 @@ import json
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from ._common import console, emit_json, fail, open_store
+from ._common import console, emit_json, fail, open_store, safe, visible
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 OwnerOpt = Annotated[str | None, typer.Option("--owner", help="Scope to this owner.")]
@@ -46,7 +45,7 @@ def register(app: typer.Typer) -> None:
         if json_:
             emit_json(conv)
         else:
-            console.print(conv.id, highlight=False)
+            console.out(visible(conv.id), highlight=False)
 
     @app.command("ls")
     def ls(
@@ -72,15 +71,15 @@ def register(app: typer.Typer) -> None:
         table = Table("id", "title", "owner", "messages", "updated")
         for c in page.items:
             table.add_row(
-                c.id,
-                escape(c.title or ""),
-                escape(c.owner or ""),
+                safe(c.id),
+                safe(c.title or ""),
+                safe(c.owner or ""),
                 str(c.last_seq),
                 c.updated_at.isoformat(timespec="seconds"),
             )
         console.print(table)
         if page.next_cursor:
-            console.print(f"more: convo ls --cursor {page.next_cursor}", highlight=False)
+            console.out(f"more: convo ls --cursor {visible(page.next_cursor)}", highlight=False)
 
     @app.command()
     def show(
@@ -106,9 +105,9 @@ def register(app: typer.Typer) -> None:
         if json_:
             emit_json({"conversation": conv, "messages": msgs})
             return
-        head = f"[bold]{escape(conv.title or conv.id)}[/]  id={conv.id}"
+        head = f"[bold]{safe(conv.title or conv.id)}[/]  id={safe(conv.id)}"
         if conv.parent_id:
-            head += f"  fork of {conv.parent_id} at seq {conv.fork_seq}"
+            head += f"  fork of {safe(conv.parent_id)} at seq {conv.fork_seq}"
         console.print(head, highlight=False)
         for m in msgs:
             body = m.text
@@ -118,7 +117,7 @@ def register(app: typer.Typer) -> None:
                 )
             who = f"{m.role} ({m.name})" if m.name else m.role
             console.print(
-                f"[dim]{m.seq:>5}[/] [bold]{escape(who)}[/]: {escape(body)}", highlight=False
+                f"[dim]{m.seq:>5}[/] [bold]{safe(who)}[/]: {safe(body)}", highlight=False
             )
 
     @app.command()
@@ -155,7 +154,7 @@ def register(app: typer.Typer) -> None:
         if json_:
             emit_json(stored)
         else:
-            console.print(f"{conversation_id} seq {stored.seq}", highlight=False)
+            console.out(f"{visible(stored.conversation_id)} seq {stored.seq}", highlight=False)
 
     @app.command()
     def fork(
@@ -174,7 +173,7 @@ def register(app: typer.Typer) -> None:
         if json_:
             emit_json(conv)
         else:
-            console.print(conv.id, highlight=False)
+            console.out(visible(conv.id), highlight=False)
 
     @app.command()
     def search(
@@ -195,5 +194,5 @@ def register(app: typer.Typer) -> None:
             return
         table = Table("conversation", "seq", "role", "text")
         for m in hits:
-            table.add_row(m.conversation_id, str(m.seq), m.role, escape(m.text[:120]))
+            table.add_row(safe(m.conversation_id), str(m.seq), safe(m.role), safe(m.text[:120]))
         console.print(table)
