@@ -15,9 +15,9 @@ The rules:
 * text: a ``str`` without NUL characters (PostgreSQL cannot store them) and
   without lone surrogates (no UTF-8 spelling exists); short columns hold at
   most 255 characters, encodings 64, a search string 10,000;
-* integers (seq, limit, at, after, before, ...): an ``int`` (or anything with
-  ``__index__``, such as numpy integers), never a ``bool`` or a float, within
-  signed 64 bits; limits are at least 1;
+* integers (seq, limit, offset, at, after, before, ...): an ``int`` (or anything
+  with ``__index__``, such as numpy integers), never a ``bool`` or a float,
+  within signed 64 bits; limits are at least 1, offsets at least 0;
 * JSON (metadata, usage, content parts, tool calls): objects with string
   keys, arrays, strings and numbers as above, finite floats only (no NaN or
   Infinity, which are not JSON), integers within signed 64 bits (SQLite's
@@ -74,8 +74,6 @@ INT32_MAX: Final = 2**31 - 1
 """The largest value of an INTEGER column on PostgreSQL (token counts, seqs)."""
 JSON_DEPTH_MAX: Final = 100
 
-# NUL (PostgreSQL text cannot hold it) and the surrogate range (no UTF-8 spelling).
-_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -84,17 +82,30 @@ R = TypeVar("R")
 # --- values ----------------------------------------------------------------------------
 
 
+def _bad_index(value: str) -> int:
+    """Index of the first NUL (PostgreSQL text cannot hold it) or lone surrogate (no
+    UTF-8 spelling) in ``value``, or -1. ASCII text, the common case, costs a memchr."""
+    nul = value.find("\x00")
+    if value.isascii():  # O(1): CPython keeps the flag
+        return nul
+    try:
+        value.encode("utf-8")  # several times faster than a regex over wide text
+    except UnicodeEncodeError as exc:
+        return exc.start if nul < 0 else min(nul, exc.start)
+    return nul
+
+
 def check_text(value: Any, field: str, *, max_len: int | None = None) -> str:
     """``value`` if it is a storable string; raises :class:`StoreInputError` otherwise."""
     if not isinstance(value, str):
         raise StoreInputError(f"{field} must be a string, not {type(value).__name__}")
-    bad = _BAD_TEXT.search(value)
-    if bad is not None:
-        if bad.group() == "\x00":
+    bad = _bad_index(value)
+    if bad >= 0:
+        if value[bad] == "\x00":
             why = "a NUL character, which PostgreSQL cannot store (refused on every database)"
         else:
-            why = f"a lone surrogate ({bad.group()!r}), which has no UTF-8 encoding"
-        raise StoreInputError(f"{field} contains {why}, at index {bad.start()}")
+            why = f"a lone surrogate ({value[bad]!r}), which has no UTF-8 encoding"
+        raise StoreInputError(f"{field} contains {why}, at index {bad}")
     if max_len is not None and len(value) > max_len:
         raise StoreInputError(
             f"{field} is {len(value)} characters long; at most {max_len} are allowed"
@@ -152,59 +163,70 @@ def check_json(value: Any, field: str) -> Any:
     return _json(value, field, [])
 
 
-def _where(field: str, path: list[str]) -> str:
-    where = field + "".join(path)
+def _where(field: str, path: list[str | int]) -> str:
+    where = field + "".join(f"[{p}]" if isinstance(p, int) else f".{p[:40]}" for p in path)
     return where if len(where) <= 120 else where[:60] + "..." + where[-57:]
 
 
-def _json(value: Any, field: str, path: list[str]) -> Any:
-    # ``path`` is a stack of ".key" / "[i]" parts, formatted only for an error.
-    # bool before int (a bool is an int); subclasses (str and int enums...) are
-    # stored as their plain value, as json.dumps would write them.
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        if _BAD_TEXT.search(value) is not None:
+def _json(value: Any, field: str, path: list[str | int]) -> Any:
+    # ``path`` is a stack of keys and indexes, formatted only for an error message.
+    # Exact types first (the common case, and cheap); then subclasses (str and
+    # int enums...), stored as their plain value, as json.dumps would write them.
+    kind = type(value)
+    if kind is str:
+        if _bad_index(value) >= 0:
             check_text(value, _where(field, path))
-        return str.__str__(value)
-    if isinstance(value, int):
+        return value
+    if value is None or kind is bool:
+        return value
+    if kind is int:
         if not INT_MIN <= value <= INT_MAX:
             raise StoreInputError(
                 f"{_where(field, path)} is an integer beyond 64 bits ({value}): "
                 "store it as a string"
             )
-        return int(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
+        return value
+    if kind is float:
+        if value - value != 0.0:  # NaN or an infinity (cheaper than math.isfinite)
             raise StoreInputError(
                 f"{_where(field, path)} is {value!r}, which is not a JSON number"
             )
-        return float(value)
-    if len(path) >= JSON_DEPTH_MAX:
-        raise StoreInputError(
-            f"{_where(field, path)} is nested more than {JSON_DEPTH_MAX} levels deep"
-        )
-    if isinstance(value, dict):
+        return value
+    if kind is dict or kind is list:
+        if len(path) >= JSON_DEPTH_MAX:
+            raise StoreInputError(
+                f"{_where(field, path)} is nested more than {JSON_DEPTH_MAX} levels deep"
+            )
+        if kind is list:
+            items = []
+            for i, item in enumerate(value):
+                path.append(i)
+                items.append(_json(item, field, path))
+                path.pop()
+            return items
         out = {}
         for key, item in value.items():
-            if not isinstance(key, str):
-                raise StoreInputError(
-                    f"{_where(field, path)} must be a JSON object with string keys "
-                    f"(got key {key!r:.40})"
-                )
-            if _BAD_TEXT.search(key) is not None:
+            if type(key) is not str:
+                if not isinstance(key, str):
+                    raise StoreInputError(
+                        f"{_where(field, path)} must be a JSON object with string keys "
+                        f"(got key {key!r:.40})"
+                    )
+                key = str.__str__(key)
+            if _bad_index(key) >= 0:
                 check_text(key, f"a key of {_where(field, path)}")
-            path.append(f".{key[:40]}")
-            out[str.__str__(key)] = _json(item, field, path)
+            path.append(key)
+            out[key] = _json(item, field, path)
             path.pop()
         return out
-    if isinstance(value, list):
-        items = []
-        for i, item in enumerate(value):
-            path.append(f"[{i}]")
-            items.append(_json(item, field, path))
-            path.pop()
-        return items
+    # subclasses: normalized to the plain type, then checked as above
+    if isinstance(value, bool):
+        return bool(value)
+    for base in (str, int, float):
+        if isinstance(value, base):
+            return _json(base(value) if base is not str else str.__str__(value), field, path)
+    if isinstance(value, (dict, list)):
+        return _json(dict(value) if isinstance(value, dict) else list(value), field, path)
     raise StoreInputError(f"{_where(field, path)} is not a JSON value (got {type(value).__name__})")
 
 
@@ -213,12 +235,19 @@ def check_values(values: Mapping[str, Any], what: str) -> None:
 
     The one check on the write path: whatever a plan writes (a message, a
     conversation, a summary) passes here, so a new column cannot skip it.
+    Runs on every append, so the common cases (None, plain str) come first.
     """
     for column, value in values.items():
-        if isinstance(value, str):
-            check_text(value, f"{what} {column}")
-        elif isinstance(value, (dict, list)):
+        if value is None or value is True or value is False:
+            continue
+        kind = type(value)
+        if kind is str:
+            if _bad_index(value) >= 0:
+                check_text(value, f"{what} {column}")
+        elif kind is dict or kind is list:
             _json(value, f"{what} {column}", [])
+        elif isinstance(value, str):
+            check_text(value, f"{what} {column}")
         elif isinstance(value, int) and not isinstance(value, bool):
             check_int(value, f"{what} {column}")
         elif isinstance(value, float) and not math.isfinite(value):
@@ -272,6 +301,10 @@ def _limit(value: Any, name: str) -> int:
     return check_int(value, name, minimum=1)
 
 
+def _offset(value: Any, name: str) -> int:
+    return check_int(value, name, minimum=0)
+
+
 def _bool(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
         raise StoreInputError(f"{name} must be True or False, not {type(value).__name__}")
@@ -323,6 +356,7 @@ ARGUMENTS: dict[str, Callable[[Any, str], Any]] = {
     "end_seq": _int,
     "up_to_seq": _int,
     "limit": _limit,
+    "offset": _offset,
     "newest_first": _bool,
     "cascade_forks": _bool,
     "text": _search,

@@ -246,3 +246,30 @@ def test_migrate_to_a_bad_revision_is_a_configuration_error(backend, revision, m
             store.migrate(revision)  # type: ignore[arg-type]
         assert store.current_revision() is None
         assert not TABLES & _tables(url)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_async_migrate_takes_the_same_lock(backend, make_db):
+    from convo import AsyncStore
+
+    url = make_db(backend, migrated=False)
+    store = AsyncStore(url)
+    try:
+        await store.migrate()
+        await store.migrate()  # idempotent, and the lock was released
+        assert await store.current_revision() == SCHEMA_REVISION
+        conv = await store.create_conversation()
+        assert conv.last_seq == 0
+        if backend == "postgresql":
+            # the pooled connection that migrated holds no advisory lock any more
+            engine = sa.create_engine(url, poolclass=sa.NullPool)
+            try:
+                with engine.connect() as conn:
+                    held = conn.exec_driver_sql(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                    ).scalar()
+            finally:
+                engine.dispose()
+            assert held == 0
+    finally:
+        await store.close()
