@@ -291,3 +291,29 @@ def test_unknown_model_advice_names_cli_flags(db: str, tmp_path: Path) -> None:
     f.write_text('[{"role": "user", "content": "hi"}]')
     res = runner.invoke(app, ["tokens", str(f), "--model", "llama-3-8b"])
     assert res.exit_code == 1 and "--encoding" in res.stderr and "--budget" not in res.stderr
+
+
+def test_the_next_page_hint_repeats_the_listing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "80")
+    db = "sqlite:///pages.db"
+    run(db, "db", "upgrade")
+    ids = {js(db, "new", "--owner", "ann b", "--meta", "k=1")["id"] for _ in range(3)}
+    js(db, "new", "--owner", "someone else")
+    out = run(db, "ls", "--owner", "ann b", "--meta", "k=1", "--limit", "2").stdout
+    seen = {i for i in ids if i in out}  # whole ids: the id column is never cut
+    assert len(seen) == 2
+    hint = out.strip().splitlines()[-1]
+    assert hint.startswith("more: convo --db sqlite:///pages.db ls --owner 'ann b' --meta k=1 --limit 2 --cursor ")
+    rest = runner.invoke(app, shlex.split(hint.removeprefix("more: "))[1:])
+    assert rest.exit_code == 0 and ids - seen == {i for i in ids if i in rest.stdout}
+    assert "more:" not in rest.stdout
+
+
+def test_tokens_reads_stdin_bytes(tmp_path: Path) -> None:
+    ok = runner.invoke(app, ["tokens", "-", "--model", "gpt-4o"], input=b'[{"role": "user", "content": "caf\xc3\xa9"}]')
+    assert ok.exit_code == 0 and "prompt tokens" in ok.stdout
+    bad = runner.invoke(app, ["tokens", "-", "--model", "gpt-4o"], input=b'[{"role": "user", "content": "caf\xe9"}]')
+    assert bad.exit_code == 1 and bad.stderr.startswith("error: stdin is not UTF-8 text")

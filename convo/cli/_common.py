@@ -36,6 +36,7 @@ from .._exceptions import ConvoError, NotMigratedError
 __all__ = [
     "DEFAULT_DB",
     "ConvoGroup",
+    "command_line",
     "console",
     "db_url",
     "emit_json",
@@ -123,10 +124,17 @@ def _advice(ctx: typer.Context, exc: ConvoError) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def upgrade_command(ctx: typer.Context) -> str:
-    """The command that migrates the database this invocation uses, with the ``--db`` it was given."""
+def command_line(ctx: typer.Context, *args: str) -> str:
+    """``convo ARGS`` for the user to run next, with the ``--db`` this invocation was
+    given (password masked), quoted for a POSIX shell."""
     flag = _db_flag(ctx)
-    return f"convo --db {shlex.quote(shown_url(flag))} db upgrade" if flag else "convo db upgrade"
+    words = ["convo", *(["--db", shown_url(flag)] if flag else []), *args]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def upgrade_command(ctx: typer.Context) -> str:
+    """The command that migrates the database this invocation uses."""
+    return command_line(ctx, "db", "upgrade")
 
 
 def shown_url(url: str) -> str:

@@ -6,9 +6,9 @@ import json
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
-from ._common import console, emit_json, fail, open_store, safe, visible
+from ._common import command_line, console, emit_json, fail, open_store, safe, visible
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 OwnerOpt = Annotated[str | None, typer.Option("--owner", help="Scope to this owner.")]
@@ -25,6 +25,11 @@ def _meta(pairs: list[str] | None) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+def _id_column(header: str) -> Column:
+    # ids are what a user copies into the next command: never cut or wrapped
+    return Column(header, no_wrap=True, min_width=32)
 
 
 def register(app: typer.Typer) -> None:
@@ -68,7 +73,8 @@ def register(app: typer.Typer) -> None:
         if json_:
             emit_json({"items": page.items, "next_cursor": page.next_cursor})
             return
-        table = Table("id", "title", "owner", "messages", "updated")
+        table = Table("title", "owner", "messages", "updated")
+        table.columns.insert(0, _id_column("id"))
         for c in page.items:
             table.add_row(
                 safe(c.id),
@@ -79,7 +85,14 @@ def register(app: typer.Typer) -> None:
             )
         console.print(table)
         if page.next_cursor:
-            console.out(f"more: convo ls --cursor {visible(page.next_cursor)}", highlight=False)
+            # the same listing's next page: same database and filters
+            args = ["ls", *(["--owner", owner] if owner is not None else [])]
+            for pair in meta or []:
+                args += ["--meta", pair]
+            if limit != 20:
+                args += ["--limit", str(limit)]
+            more = command_line(ctx, *args, "--cursor", page.next_cursor)
+            console.out(f"more: {visible(more)}", highlight=False)
 
     @app.command()
     def show(
@@ -192,7 +205,8 @@ def register(app: typer.Typer) -> None:
         if json_:
             emit_json(hits)
             return
-        table = Table("conversation", "seq", "role", "text")
+        table = Table("seq", "role", "text")
+        table.columns.insert(0, _id_column("conversation"))
         for m in hits:
             table.add_row(safe(m.conversation_id), str(m.seq), safe(m.role), safe(m.text[:120]))
         console.print(table)
