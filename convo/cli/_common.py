@@ -157,8 +157,8 @@ def report_errors(ctx: typer.Context) -> Iterator[None]:
     except ConvoError as exc:
         raise fail(_advice(ctx, exc)) from None
     except Exception as exc:  # the CLI promises no tracebacks
-        if _usage_or_exit(exc):
-            raise
+        if _usage_or_exit(exc) or isinstance(exc, BrokenPipeError):
+            raise  # typer's own: usage errors, exits; a closed pipe (`| head`) ends quietly
         if isinstance(exc, OSError):
             raise fail(f"{type(exc).__name__}: {exc}") from None
         raise fail(
