@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, Literal, Self, TypeVar
 
 from sqlalchemy.engine import URL, Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import _migrate
@@ -92,7 +92,8 @@ class AsyncStore:
     # --- schema ------------------------------------------------------------------------
 
     async def migrate(self, revision: str = "head") -> None:
-        """Upgrade the database schema to ``revision`` (default: the newest)."""
+        """Upgrade the database schema to ``revision`` (default: the newest); see
+        :meth:`Store.migrate`."""
         try:
             async with self._engines["write"].connect() as conn:
                 await conn.run_sync(_migrate.upgrade, revision)
@@ -613,7 +614,7 @@ async def _drive(conn: AsyncConnection, plan: Plan[T]) -> T:
                         value = driver.process(prepared, raw.all())
                     else:
                         value = fetch(await conn.execute(op.stmt, op.params), op.fetch)
-            except IntegrityError as exc:
+            except DBAPIError as exc:  # the plan may recover (see _store_core)
                 op = plan.throw(exc)
                 continue
             op = plan.send(value)

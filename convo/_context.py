@@ -68,6 +68,14 @@ class _BuilderBase:
         summarizing: bool,
         as_of: int | None,
     ) -> BuildConfig:
+        if tools is not None and not isinstance(tools, list):
+            raise ConfigurationError(
+                f"tools must be a list of tool definitions, not {type(tools).__name__}"
+            )
+        if response_format is not None and not isinstance(response_format, dict):
+            raise ConfigurationError(
+                f"response_format must be a dict, not {type(response_format).__name__}"
+            )
         return BuildConfig(
             conversation_id=conversation_id,
             model=self.model,
@@ -166,6 +174,12 @@ class _Builder(_BuilderBase, Generic[StoreT, SummarizerT]):
 
         if mode not in ("chat", "completion"):
             raise ConfigurationError(f"mode must be 'chat' or 'completion', not {mode!r}")
+        _check_options(
+            model=model, budget=budget, reserve=reserve, margin=margin,
+            max_messages=max_messages, max_history_tokens=max_history_tokens, truncate=truncate,
+            summary_max_tokens=summary_max_tokens, summary_role=summary_role,
+            page_size=page_size, template=template,
+        )
         self.store = store
         self.summarizer = summarizer
         self.model = model
@@ -334,3 +348,50 @@ class AsyncContextBuilder(_Builder[AsyncStore, AsyncSummarizer]):
             return await getattr(targets[target], method)(*args, **kwargs)
 
         return await run_async(plan_build(cfg), handle)
+
+
+def _check_options(
+    *,
+    model: Any,
+    budget: Any,
+    reserve: Any,
+    margin: Any,
+    max_messages: Any,
+    max_history_tokens: Any,
+    truncate: Any,
+    summary_max_tokens: Any,
+    summary_role: Any,
+    page_size: Any,
+    template: Any,
+) -> None:
+    """Refuse builder options of the wrong type or range up front, with a
+    ConfigurationError (a float budget or a negative cap would otherwise be
+    used as is, or silently mean "no cap")."""
+    if not isinstance(model, str) or not model:
+        raise ConfigurationError(f"model must be a non-empty string, not {model!r:.60}")
+    ints = (
+        ("budget", budget, None), ("reserve", reserve, None), ("margin", margin, None),
+        ("max_messages", max_messages, 1), ("max_history_tokens", max_history_tokens, 0),
+        ("summary_max_tokens", summary_max_tokens, 1), ("page_size", page_size, 0),
+    )
+    for name, value, low in ints:
+        if value is None and name not in ("summary_max_tokens", "page_size"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigurationError(f"{name} must be an int, not {value!r:.60}")
+        if not -(2**63) <= value < 2**63 or (low is not None and value < low):
+            floor = f"at least {low}" if low is not None else "within 64 bits"
+            raise ConfigurationError(f"{name} must be {floor} (got {value})")
+    if truncate is not None and truncate not in ("head", "tail", "middle"):
+        raise ConfigurationError(f"truncate must be 'head', 'tail' or 'middle', not {truncate!r:.60}")
+    if summary_role not in ("system", "developer", "user"):
+        raise ConfigurationError(
+            f"summary_role must be 'system', 'developer' or 'user', not {summary_role!r:.60}"
+        )
+    if template is not None and not isinstance(template, str) and not callable(
+        getattr(template, "render", None)
+    ):
+        raise ConfigurationError(
+            "template must be a name, a file path or a PromptTemplate, "
+            f"not {type(template).__name__}"
+        )

@@ -6,13 +6,13 @@ Every error convo raises on purpose derives from :class:`ConvoError`::
     ├── ConfigurationError            bad settings: database URL, API key, model registry entry
     ├── InvalidMessageError           a message (or list) that breaks OpenAI's rules  (also ValueError)
     ├── StoreError                    the SQL store
-    │   ├── NotMigratedError          the database has no (or an old) convo schema: run `convo db upgrade`
+    │   ├── NotMigratedError          no, an older or a newer convo schema: run `convo db upgrade` / upgrade convo
     │   ├── ConversationNotFound      no such conversation (or not visible to this owner)  (also KeyError)
     │   ├── MessageNotFound           no such message in the conversation  (also KeyError)
     │   ├── RunNotFound               no such run record (or not visible to this owner)  (also KeyError)
     │   ├── ReplayNotFound            no such replay (or not visible to this owner)  (also KeyError)
     │   ├── ForkConflictError         an operation that would orphan or break a fork lineage
-    │   └── StoreInputError           a store argument it refuses: non-JSON metadata, bad cursor or range  (also ValueError)
+    │   └── StoreInputError           refused before any write: non-JSON (NaN) values, NUL/surrogates, bad ints or cursors  (also ValueError)
     ├── TokenizerError
     │   ├── UnknownModelError         a model name that maps to no encoding: pass `encoding=`
     │   └── EncodingUnavailableError  an encoding whose data cannot be loaded offline or online
@@ -102,7 +102,18 @@ class StoreError(ConvoError):
 
 
 class NotMigratedError(StoreError):
-    """The database has no convo schema, or an older one than this convo needs."""
+    """The database has no convo schema, an older one than this convo needs, or a newer one.
+
+    Attributes:
+        revision: the database's schema revision (None when it has no convo schema).
+        newer: True when a newer convo migrated the database (its revision is
+            unknown here): upgrade convo, not the database.
+    """
+
+    def __init__(self, message: str, *, revision: str | None = None, newer: bool = False) -> None:
+        super().__init__(message)
+        self.revision = revision
+        self.newer = newer
 
 
 class ConversationNotFound(StoreError, KeyError):
@@ -144,7 +155,12 @@ class ForkConflictError(StoreError):
 
 
 class StoreInputError(StoreError, ValueError):
-    """An argument the store refuses: non-JSON metadata, a bad cursor, limit or seq range."""
+    """An argument or value the store refuses, before writing anything, alike on every database.
+
+    Non-JSON values (NaN, Infinity, sets, integers beyond 64 bits), text with NUL
+    characters or lone surrogates, a seq or limit that is not an int (or a bool,
+    or out of range), a crafted cursor, an over-long short text or search string.
+    """
 
 
 class TurnCancelled(ConvoError):

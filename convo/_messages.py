@@ -15,7 +15,7 @@ returns. Validation follows OpenAI's spec (``ChatCompletionRequestMessage``):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import (
@@ -230,12 +230,16 @@ _WIRE_FIELDS = {"role", "content", "name", "tool_calls", "refusal", "tool_call_i
 _MESSAGE_LIST: TypeAdapter[list[Message]] = TypeAdapter(list[Message])
 
 
-def parse_message(value: Message | dict[str, Any]) -> Message:
+def parse_message(value: Message | Mapping[str, Any]) -> Message:
     """A :class:`Message` from a message or a dict; raises :class:`InvalidMessageError`."""
     if isinstance(value, Message):
         return value
+    if not isinstance(value, Mapping):
+        raise InvalidMessageError(
+            f"a message must be a Message or a dict, not {type(value).__name__}"
+        )
     try:
-        return Message.model_validate(value)
+        return Message.model_validate(dict(value))
     except ValidationError as exc:
         raise InvalidMessageError(_explain(exc)) from exc
 
@@ -245,6 +249,10 @@ def load_messages(data: str | bytes | Iterable[Message | dict[str, Any]]) -> lis
     try:
         if isinstance(data, (str, bytes)):
             return _MESSAGE_LIST.validate_json(data)
+        if isinstance(data, (Mapping, Message)) or not isinstance(data, Iterable):
+            raise InvalidMessageError(
+                f"expected JSON text or a list of messages, not {type(data).__name__}"
+            )
         return [parse_message(m) for m in data]
     except ValidationError as exc:
         raise InvalidMessageError(_explain(exc)) from exc

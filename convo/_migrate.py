@@ -5,17 +5,28 @@ inside the wheel as ``convo/_migrations``; :func:`script_location` finds the
 installed copy first, else the checkout's (editable installs, tests).
 Migrations run on a connection handed to ``env.py`` through
 ``config.attributes["connection"]`` (Alembic cookbook, "Sharing a Connection").
+
+Concurrent migrations serialize (:func:`serialized`): app servers that all
+call ``Store.migrate()`` at start-up would otherwise race to create the same
+tables (PostgreSQL answers the loser with a unique violation). PostgreSQL
+takes an advisory lock on a fixed key; SQLite takes its write lock up front
+(``BEGIN IMMEDIATE``). Whoever waits then finds the schema migrated and has
+nothing left to do.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from ._exceptions import ConfigurationError
+from ._engine import WRITE_OPTION, safe_url
+from ._exceptions import ConfigurationError, NotMigratedError
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -24,13 +35,21 @@ if TYPE_CHECKING:
 # it, only migrating does.
 
 __all__ = [
+    "MIGRATION_LOCK_KEY",
     "alembic_config",
     "current_revision",
     "downgrade",
     "head_revision",
+    "is_known",
+    "newer_schema",
     "script_location",
+    "serialized",
     "upgrade",
 ]
+
+#: The PostgreSQL advisory lock every convo migration holds (``"convo_db"`` as
+#: a big-endian int64): fixed, so all processes and versions of convo agree.
+MIGRATION_LOCK_KEY = int.from_bytes(b"convo_db", "big")
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -76,20 +95,108 @@ def current_revision(connection: sa.Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
+@cache
+def _known_revisions() -> frozenset[str]:
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config())
+    return frozenset(rev.revision for rev in script.walk_revisions())
+
+
+def is_known(revision: str) -> bool:
+    """Whether ``revision`` is one of this convo's migrations (else a newer convo wrote it)."""
+    return revision in _known_revisions()
+
+
+def newer_schema(url: str, revision: str) -> NotMigratedError:
+    """The error for a database that a newer convo migrated (its revision is unknown here)."""
+    return NotMigratedError(
+        f"database {url} was migrated by a newer convo (revision {revision!r}); this convo "
+        f"knows revisions up to {head_revision()!r}: upgrade convo (pip install -U convo), "
+        "or point it at another database",
+        revision=revision,
+        newer=True,
+    )
+
+
 def upgrade(connection: sa.Connection, revision: str = "head") -> None:
-    """Upgrade the database behind ``connection`` to ``revision`` and commit."""
+    """Upgrade the database behind ``connection`` to ``revision`` and commit.
+
+    Raises:
+        ConfigurationError: ``revision`` is not a revision (or ``head``) of convo's scripts.
+        NotMigratedError: the database was migrated by a newer convo.
+    """
     from alembic import command
 
-    with _foreign_keys_off(connection):
-        command.upgrade(alembic_config(connection), revision)
+    _migrate(command.upgrade, connection, revision)
 
 
 def downgrade(connection: sa.Connection, revision: str) -> None:
     """Downgrade the database behind ``connection`` to ``revision`` and commit."""
     from alembic import command
 
-    with _foreign_keys_off(connection):
-        command.downgrade(alembic_config(connection), revision)
+    _migrate(command.downgrade, connection, revision)
+
+
+def _migrate(
+    run: Callable[[Config, str], None], connection: sa.Connection, revision: str
+) -> None:
+    from alembic.script.revision import RevisionError
+    from alembic.util.exc import CommandError
+
+    if not isinstance(revision, str) or not revision.strip():
+        raise ConfigurationError(
+            f"a migration revision must be a non-empty string such as 'head', not {revision!r}"
+        )
+    with serialized(connection), _foreign_keys_off(connection):
+        # Read under the lock: a database another process just migrated is current now.
+        found = current_revision(connection)
+        if found is not None and not is_known(found):
+            raise newer_schema(safe_url(connection.engine.url), found)
+        try:
+            run(alembic_config(connection), revision)
+        except (CommandError, RevisionError) as exc:
+            raise ConfigurationError(f"cannot migrate to revision {revision!r}: {exc}") from None
+
+
+@contextmanager
+def serialized(connection: sa.Connection) -> Iterator[None]:
+    """Hold convo's migration lock on ``connection`` for the block.
+
+    PostgreSQL: a session-level advisory lock on :data:`MIGRATION_LOCK_KEY`,
+    taken and committed before the block so the migration runs (and commits)
+    in its own transaction, released after it; inside a transaction the caller
+    already opened, a transaction-level lock held until the caller commits.
+    SQLite: the migration's transaction begins ``IMMEDIATE`` (the write lock,
+    waited for under the busy timeout).
+    """
+    if connection.dialect.name != "postgresql":
+        if not connection.in_transaction():
+            connection.execution_options(**{WRITE_OPTION: True})
+        yield
+        return
+    key = {"key": MIGRATION_LOCK_KEY}
+    if connection.in_transaction():
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), key)
+        yield
+        return
+    connection.execute(sa.text("SELECT pg_advisory_lock(:key)"), key)
+    connection.commit()
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        try:
+            if connection.in_transaction():  # the block failed midway
+                connection.rollback()
+            connection.execute(sa.text("SELECT pg_advisory_unlock(:key)"), key)
+            connection.commit()
+        except sa.exc.DBAPIError:
+            # The connection broke (and with its session the lock is gone):
+            # report the block's own error, not this one.
+            if not failed:
+                raise
 
 
 class _foreign_keys_off:  # used like a function

@@ -13,7 +13,7 @@ from typing import Any, Literal, Self, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, Result
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import _migrate
@@ -58,10 +58,14 @@ def database_error(exc: DBAPIError) -> StoreError:
 
 
 def not_migrated(url: str, found: str | None) -> NotMigratedError:
+    """The error for a database whose revision ``found`` is not :data:`SCHEMA_REVISION`."""
+    if found is not None and not _migrate.is_known(found):
+        return _migrate.newer_schema(url, found)
     state = f"is at revision {found!r}" if found else "has no convo schema"
     return NotMigratedError(
         f"database {url} {state}; this convo needs revision {SCHEMA_REVISION!r}: "
-        "run `convo db upgrade` (or Store.migrate())"
+        "run `convo db upgrade` (or Store.migrate())",
+        revision=found,
     )
 
 
@@ -123,7 +127,16 @@ class Store:
     # --- schema ------------------------------------------------------------------------
 
     def migrate(self, revision: str = "head") -> None:
-        """Upgrade the database schema to ``revision`` (default: the newest)."""
+        """Upgrade the database schema to ``revision`` (default: the newest).
+
+        Safe to call from many processes at once (app servers starting
+        together): migrations serialize on a lock, and whoever waited finds the
+        work done.
+
+        Raises:
+            ConfigurationError: ``revision`` is not one of convo's revisions.
+            NotMigratedError: a newer convo migrated the database (``newer`` is True).
+        """
         try:
             with self._engines["write"].connect() as conn:
                 _migrate.upgrade(conn, revision)
@@ -702,7 +715,7 @@ def _drive(conn: Connection, plan: Plan[T]) -> T:
                         value = _driver_fetch(conn, op)
                     else:
                         value = fetch(conn.execute(op.stmt, op.params), op.fetch)
-            except IntegrityError as exc:
+            except DBAPIError as exc:  # the plan may recover (see _store_core)
                 op = plan.throw(exc)
                 continue
             op = plan.send(value)

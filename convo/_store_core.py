@@ -32,18 +32,20 @@ from typing import Any, Final, Literal, TypeAlias, TypeVar
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.sql import Executable
 
 from . import _store_sql as sql
 from ._exceptions import (
     ConversationNotFound,
     ForkConflictError,
+    InvalidMessageError,
     MessageNotFound,
     StoreInputError,
 )
 from ._messages import Message, parse_message
 from ._records import Conversation, ReplyInfo, StoredMessage, Summary
+from ._store_input import INT32_MAX, check_int, check_values, checked
 from ._store_rows import (
     check_pinnable,
     check_short,
@@ -122,11 +124,6 @@ class ConversationPage(BaseModel):
 
 def now() -> datetime:
     return datetime.now(UTC)
-
-
-def _positive(value: int | None, what: str) -> None:
-    if value is not None and value < 1:
-        raise StoreInputError(f"{what} must be >= 1 (got {value})")
 
 
 def _scope(params: dict[str, Any], owner: str | None) -> bool:
@@ -210,6 +207,7 @@ def _read_segments(
 # --- conversations ---------------------------------------------------------------------
 
 
+@checked
 def create_conversation(
     *, title: str | None, owner: str | None, metadata: Mapping[str, Any] | None
 ) -> Plan[Conversation]:
@@ -221,10 +219,12 @@ def create_conversation(
         "created_at": stamp, "updated_at": stamp, "parent_id": None, "fork_seq": None,
         "last_seq": 0, "branch_kind": None, "branch_of": None, "current_branch_id": None,
     }
+    check_values(values, "conversation")
     yield Op(sql.INSERT_CONVERSATION, values, "none")
     return construct(Conversation, {**values, "metadata": meta or {}})
 
 
+@checked
 def get_conversation(conversation_id: str, *, owner: str | None) -> Plan[Conversation]:
     params = {"cid": conversation_id}
     row = yield Op(sql.select_conversation(_scope(params, owner)), params, "first")
@@ -233,6 +233,7 @@ def get_conversation(conversation_id: str, *, owner: str | None) -> Plan[Convers
     return conversation_from_row(row)
 
 
+@checked
 def update_conversation(
     conversation_id: str,
     *,
@@ -245,6 +246,7 @@ def update_conversation(
         values["title"] = title
     if metadata is not UNSET:
         values["metadata"] = validate_json_dict(metadata, "conversation metadata")
+    check_values(values, "conversation")
     stmt = sa.update(C).where(C.c.id == conversation_id).values(values).returning(*C.c)
     if owner is not None:
         stmt = stmt.where(C.c.owner == owner)
@@ -254,6 +256,7 @@ def update_conversation(
     return conversation_from_row(row)
 
 
+@checked
 def delete_conversation(
     conversation_id: str, *, owner: str | None, cascade_forks: bool
 ) -> Plan[None]:
@@ -279,6 +282,7 @@ def delete_conversation(
         ) from exc
 
 
+@checked
 def list_conversations(
     *,
     dialect: str,
@@ -291,7 +295,6 @@ def list_conversations(
     limit: int,
     cursor: str | None,
 ) -> Plan[ConversationPage]:
-    _positive(limit, "limit")
     stmt = sa.select(C)
     if owner is not None:
         stmt = stmt.where(C.c.owner == owner)
@@ -310,7 +313,9 @@ def list_conversations(
         stmt = stmt.where(sa.tuple_(C.c.updated_at, C.c.id) < sa.tuple_(
             sa.literal(stamp, C.c.updated_at.type), sa.literal(last_id, C.c.id.type)
         ))
-    stmt = stmt.order_by(C.c.updated_at.desc(), C.c.id.desc()).limit(limit + 1)
+    # One row more than asked tells whether there is a next page; a limit that
+    # large means "all" anyway, and limit + 1 must still fit in 64 bits.
+    stmt = stmt.order_by(C.c.updated_at.desc(), C.c.id.desc()).limit(min(limit, 2**62) + 1)
     rows = yield Op(stmt)
     items = [conversation_from_row(r) for r in rows[:limit]]
     next_cursor = (
@@ -327,6 +332,7 @@ def append_mode(idempotency_key: str | None) -> Mode:
     return "single" if idempotency_key is None else "write"
 
 
+@checked
 def append(
     conversation_id: str,
     message: Message | Mapping[str, Any],
@@ -337,7 +343,7 @@ def append(
     owner: str | None,
     dialect: str,
 ) -> Plan[StoredMessage]:
-    msg = parse_message(message if isinstance(message, Message) else dict(message))
+    msg = parse_message(message)
     values = message_params(msg, pinned=pinned, idempotency_key=idempotency_key, reply=reply)
     stamp = now()
     params = {"cid": conversation_id, "n": 1, "now": stamp}
@@ -375,13 +381,18 @@ def append(
                           seq=seq, created_at=stamp)
 
 
+@checked
 def append_many(
     conversation_id: str,
     messages: Iterable[Message | Mapping[str, Any]],
     *,
     owner: str | None,
 ) -> Plan[list[StoredMessage]]:
-    msgs = [parse_message(m if isinstance(m, Message) else dict(m)) for m in messages]
+    if isinstance(messages, (str, bytes, Mapping, Message)) or not isinstance(messages, Iterable):
+        raise InvalidMessageError(
+            f"messages must be a list of messages (Message or dict), not {type(messages).__name__}"
+        )
+    msgs = [parse_message(m) for m in messages]
     rows = [message_params(m, pinned=None, idempotency_key=None, reply=None) for m in msgs]
     if not rows:
         yield from get_conversation(conversation_id, owner=owner)  # still say "not found"
@@ -406,6 +417,7 @@ def append_many(
     ]
 
 
+@checked
 def messages(
     conversation_id: str,
     *,
@@ -415,7 +427,6 @@ def messages(
     newest_first: bool,
     owner: str | None,
 ) -> Plan[list[StoredMessage]]:
-    _positive(limit, "limit")
     lineage = yield from _lineage(conversation_id, owner)
     rows = yield from _read_segments(
         lineage, after=after, before=before, limit=limit, newest_first=newest_first
@@ -423,6 +434,7 @@ def messages(
     return [message_from_row(r) for r in rows]
 
 
+@checked
 def get_message(conversation_id: str, seq: int, *, owner: str | None) -> Plan[StoredMessage]:
     lineage = yield from _lineage(conversation_id, owner)
     rows = yield from _read_segments(
@@ -433,12 +445,14 @@ def get_message(conversation_id: str, seq: int, *, owner: str | None) -> Plan[St
     return message_from_row(rows[0])
 
 
+@checked
 def count_messages(conversation_id: str, *, owner: str | None) -> Plan[int]:
     # last_seq counts the lineage: a fork's counter starts at its fork point.
     conversation = yield from get_conversation(conversation_id, owner=owner)
     return conversation.last_seq
 
 
+@checked
 def fork(
     conversation_id: str,
     *,
@@ -471,6 +485,7 @@ def fork(
         "branch_of": None,
         "current_branch_id": None,
     }
+    check_values(values, "conversation")
     try:
         yield Op(sql.INSERT_CONVERSATION, values, "none")
     except IntegrityError as exc:  # the source was deleted meanwhile
@@ -481,6 +496,7 @@ def fork(
 _SEARCH_ESCAPE = "\\"
 
 
+@checked
 def search(
     text: str,
     *,
@@ -489,7 +505,6 @@ def search(
     conversation_id: str | None,
     limit: int,
 ) -> Plan[list[StoredMessage]]:
-    _positive(limit, "limit")
     pattern = "%" + (
         text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     ) + "%"
@@ -513,10 +528,10 @@ def search(
 # --- context builder support ------------------------------------------------------------
 
 
+@checked
 def tail(
     conversation_id: str, *, encoding: str, before: int | None, limit: int, owner: str | None
 ) -> Plan[list[tuple[StoredMessage, int | None]]]:
-    _positive(limit, "limit")
     lineage = yield from _lineage(conversation_id, owner)
     rows = yield from _read_segments(
         lineage, after=None, before=before, limit=limit, newest_first=True, encoding=encoding
@@ -524,6 +539,7 @@ def tail(
     return [tokens_from_row(r) for r in rows]
 
 
+@checked
 def context_start(
     conversation_id: str, *, encoding: str, limit: int, owner: str | None,
     before: int | None = None,
@@ -531,7 +547,6 @@ def context_start(
     """The opening reads of a context build on one connection: the lineage once,
     then its pinned messages (oldest first) and its newest ``limit`` messages,
     both limited to ``seq < before`` when given (a build "as of" a past seq)."""
-    _positive(limit, "limit")
     lineage = yield from _lineage(conversation_id, owner)
     pinned_rows = yield from _read_segments(
         lineage, after=None, before=before, limit=None, newest_first=False,
@@ -543,6 +558,7 @@ def context_start(
     return [tokens_from_row(r) for r in pinned_rows], [tokens_from_row(r) for r in tail_rows]
 
 
+@checked
 def pinned(
     conversation_id: str, *, encoding: str, owner: str | None
 ) -> Plan[list[tuple[StoredMessage, int | None]]]:
@@ -554,6 +570,7 @@ def pinned(
     return [tokens_from_row(r) for r in rows]
 
 
+@checked
 def set_pinned(conversation_id: str, seq: int, value: bool, *, owner: str | None) -> Plan[None]:
     lineage = yield from _lineage(conversation_id, owner)
     holder = lineage.owner_of(seq)
@@ -580,14 +597,27 @@ def set_pinned(conversation_id: str, seq: int, value: bool, *, owner: str | None
         raise MessageNotFound(f"conversation {conversation_id!r} has no message {seq}")
 
 
+@checked
 def save_token_counts(encoding: str, counts: Mapping[int, int], *, dialect: str) -> Plan[None]:
-    if not counts:
-        return
+    """Store token counts; a cache, so on a read-only database it stores nothing.
+
+    A context build counts what it reads and saves the counts for the next
+    build; reading from a read-only database (a SQLite file opened with
+    ``mode=ro`` or without write permission, a PostgreSQL standby or
+    read-only transaction) must still build, so a write the database refuses
+    as read-only is skipped, not raised.
+    """
+    if not isinstance(counts, Mapping):
+        raise StoreInputError("counts must be a mapping of message id to token count")
     rows = []
     for message_id, tokens in counts.items():
-        if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
-            raise StoreInputError(f"token count for message {message_id} must be an int >= 0")
+        message_id = check_int(message_id, "a message id of counts")
+        tokens = check_int(
+            tokens, f"token count for message {message_id}", minimum=0, maximum=INT32_MAX
+        )
         rows.append({"message_id": message_id, "encoding": encoding, "tokens": tokens})
+    if not rows:
+        return
     # Counts are deterministic per (message, encoding): a concurrent writer
     # stored the same number, so DO NOTHING is exact.
     insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(TK)
@@ -595,8 +625,28 @@ def save_token_counts(encoding: str, counts: Mapping[int, int], *, dialect: str)
         yield Op(insert.on_conflict_do_nothing(), rows, "none")
     except IntegrityError as exc:
         raise MessageNotFound(f"token counts given for unknown message ids: {exc.orig}") from exc
+    except DBAPIError as exc:
+        if not read_only(exc):
+            raise
+        yield ROLLBACK
 
 
+def read_only(exc: DBAPIError) -> bool:
+    """Whether the database refused a write because it is read-only (not full, not broken)."""
+    for orig in (exc.orig, getattr(exc.orig, "__cause__", None)):
+        code = getattr(orig, "sqlite_errorcode", None)
+        if code is not None:
+            return bool(code & 0xFF == _SQLITE_READONLY)  # and its extended codes
+        if getattr(orig, "sqlstate", None) == _PG_READ_ONLY_TRANSACTION:
+            return True
+    return False
+
+
+_SQLITE_READONLY = 8
+_PG_READ_ONLY_TRANSACTION = "25006"
+
+
+@checked
 def add_summary(
     conversation_id: str,
     *,
@@ -607,8 +657,6 @@ def add_summary(
     owner: str | None,
 ) -> Plan[Summary]:
     meta = validate_json_dict(metadata, "summary metadata")
-    if not isinstance(content, str):
-        raise StoreInputError("summary content must be a string")
     conversation = yield from get_conversation(conversation_id, owner=owner)
     if not 1 <= start_seq <= end_seq <= conversation.last_seq:
         raise StoreInputError(
@@ -620,10 +668,12 @@ def add_summary(
         "conversation_id": conversation_id, "start_seq": start_seq, "end_seq": end_seq,
         "content": content, "metadata": meta, "created_at": stamp,
     }
+    check_values(values, "summary")
     summary_id = yield Op(sql.INSERT_SUMMARY, values, "scalar")
     return construct(Summary, {**values, "id": summary_id, "metadata": meta or {}})
 
 
+@checked
 def latest_summary(
     conversation_id: str, *, up_to_seq: int | None, owner: str | None
 ) -> Plan[Summary | None]:

@@ -1,7 +1,7 @@
 """Row <-> value conversion for the store: the one place SQL rows meet pydantic values.
 
 Writes are validated (messages through :func:`convo._messages.parse_message`,
-metadata as JSON); reads trust the database, which only ever received
+every column value through :func:`convo._store_input.check_values`); reads trust the database, which only ever received
 validated values, and build the values without a second validation (see
 :func:`construct`: the hot read path). Content parts and tool calls, the only
 nested models, are rebuilt through their type adapters.
@@ -10,21 +10,26 @@ nested models, are rebuilt through their type adapters.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import os
+import re
 import time
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, JsonValue, TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter
 
-from ._exceptions import InvalidMessageError, StoreInputError
+from ._exceptions import StoreInputError
 from ._messages import ContentPart, Message, ToolCall
 from ._records import Conversation, ReplyInfo, StoredMessage, Summary
 from ._schema import MessageRow
+from ._store_input import SHORT_TEXT_MAX, check_json, check_short, check_values
 
 __all__ = [
+    "SHORT_TEXT_MAX",
+    "check_short",
     "construct",
     "conversation_from_row",
     "decode_cursor",
@@ -39,7 +44,6 @@ __all__ = [
 
 _PARTS: TypeAdapter[list[ContentPart]] = TypeAdapter(list[ContentPart])
 _TOOL_CALLS: TypeAdapter[list[ToolCall]] = TypeAdapter(list[ToolCall])
-_JSON_DICT: TypeAdapter[dict[str, JsonValue]] = TypeAdapter(dict[str, JsonValue])
 
 
 _setattr = object.__setattr__
@@ -74,13 +78,13 @@ def new_conversation_id() -> str:
 
 
 def validate_json_dict(value: Mapping[str, Any] | None, what: str) -> dict[str, Any] | None:
-    """``value`` as a JSON object (None when empty); raises :class:`StoreInputError` if it is not JSON."""
+    """``value`` as a JSON object (None when empty); raises :class:`StoreInputError` if it is
+    not storable JSON (see :func:`convo._store_input.check_json`)."""
+    if value is not None and not isinstance(value, Mapping):
+        raise StoreInputError(f"{what} must be a JSON object (a dict), not {type(value).__name__}")
     if not value:
         return None
-    try:
-        return _JSON_DICT.validate_python(dict(value))
-    except (ValidationError, TypeError, ValueError) as exc:
-        raise StoreInputError(f"{what} must be a JSON object with string keys: {exc}") from exc
+    return check_json(dict(value), what)  # type: ignore[no-any-return]
 
 
 # --- conversations -------------------------------------------------------------
@@ -104,19 +108,6 @@ def conversation_from_row(row: Any) -> Conversation:
 
 
 # --- messages --------------------------------------------------------------------
-
-
-SHORT_TEXT_MAX = 255
-"""Length limit of the short text columns (owner, name, tool_call_id, idempotency_key...)."""
-
-
-def check_short(value: str | None, field: str) -> None:
-    """Refuse over-long short texts up front: PostgreSQL would reject them mid-write
-    and SQLite would silently store them, so both databases behave alike."""
-    if value is not None and len(value) > SHORT_TEXT_MAX:
-        raise StoreInputError(
-            f"{field} is {len(value)} characters long; at most {SHORT_TEXT_MAX} are allowed"
-        )
 
 
 def check_pinnable(role: str, has_tool_calls: bool, seq: int | None = None) -> None:
@@ -150,10 +141,7 @@ def message_params(
         content = message.text  # what search reads; parts stay the source of truth
     usage = None
     if reply is not None and reply.usage is not None:
-        try:
-            usage = json.loads(json.dumps(reply.usage))
-        except (TypeError, ValueError) as exc:
-            raise InvalidMessageError(f"reply usage must be JSON: {exc}") from exc
+        usage = check_json(reply.usage, "reply usage")
     if pinned:
         check_pinnable(message.role, bool(message.tool_calls))
     for field, value in (
@@ -164,7 +152,7 @@ def message_params(
         ("reply system_fingerprint", reply.system_fingerprint if reply else None),
     ):
         check_short(value, field)
-    return {
+    values = {
         "role": message.role,
         "content": content,
         "parts": parts,
@@ -186,6 +174,9 @@ def message_params(
         "system_fingerprint": reply.system_fingerprint if reply else None,
         "seed": reply.seed if reply else None,
     }
+    # Every text, number and JSON value of the row, whatever field it came from.
+    check_values(values, "message")
+    return values
 
 
 # The column order of the messages table: reads select ``messages.*`` (plus
@@ -306,13 +297,32 @@ def encode_cursor(updated_at: datetime, conversation_id: str) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
+_CURSOR_MAX = 200  # an encoded cursor is ~90 characters
+_CONVERSATION_ID = re.compile(r"[0-9a-f]{32}")
+
+
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (updated_at, id) of a cursor from :func:`encode_cursor`.
+
+    A cursor comes back from the caller, so anything can arrive: every field is
+    checked to be what :func:`encode_cursor` writes (an aware timestamp that
+    converts to UTC, a conversation id) before it reaches a statement.
+    """
     try:
+        if not isinstance(cursor, str) or len(cursor) > _CURSOR_MAX:
+            raise ValueError("not a cursor")
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         stamp, conversation_id = json.loads(raw)
+        if not isinstance(stamp, str) or not isinstance(conversation_id, str):
+            raise TypeError("bad cursor fields")
+        if not _CONVERSATION_ID.fullmatch(conversation_id):
+            raise ValueError("bad conversation id")
         when = datetime.fromisoformat(stamp)
-        if not isinstance(conversation_id, str) or when.tzinfo is None:
-            raise ValueError("bad cursor fields")
-    except (ValueError, TypeError) as exc:
-        raise StoreInputError("invalid cursor: pass a next_cursor returned by list_conversations") from exc
+        if when.tzinfo is None:
+            raise ValueError("naive timestamp")
+        when = when.astimezone(UTC)
+    except (ValueError, TypeError, OverflowError, binascii.Error) as exc:
+        raise StoreInputError(
+            "invalid cursor: pass a next_cursor returned by list_conversations"
+        ) from exc
     return when, conversation_id

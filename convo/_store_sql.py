@@ -15,6 +15,7 @@ from sqlalchemy.dialects import postgresql
 
 from ._exceptions import StoreInputError
 from ._schema import ConversationRow, MessageRow, MessageTokenRow, SummaryRow
+from ._store_input import check_json, check_text
 
 C = cast(sa.Table, ConversationRow.__table__)
 M = cast(sa.Table, MessageRow.__table__)
@@ -122,28 +123,40 @@ INSERT_SUMMARY = sa.insert(S).returning(S.c.id)
 
 
 def json_equals(dialect: str, column: Any, key: str, value: Any) -> Any:
-    """``column[key] == value`` with JSON semantics (type-exact: 1 != "1", true != 1)."""
+    """``column[key] == value`` with JSON semantics (type-exact: 1 != "1", true != 1).
+
+    Raises:
+        StoreInputError: a key or value that could not have been stored
+            (see :func:`convo._store_input.check_json`).
+    """
     if not isinstance(key, str):
         raise StoreInputError("metadata filter keys must be strings")
-    try:
-        text = json.dumps(value, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise StoreInputError(f"metadata filter value for {key!r} is not JSON: {exc}") from exc
+    check_text(key, "metadata filter key")
+    value = check_json(value, f"metadata filter value for {key[:40]!r}")
+    text = json.dumps(value, separators=(",", ":"))
     if dialect == "postgresql":
         # JSONB equality is semantic (key order, number spelling don't matter).
         return column.op("->")(sa.literal(key, sa.Text)) == sa.cast(
             sa.literal(text, sa.Text), postgresql.JSONB
         )
-    path = sa.literal('$."' + key.replace('"', '\\"') + '"', sa.Text)
-    kind = sa.func.json_type(column, path)
+    # SQLite: json_each yields each top-level member with its decoded key, so
+    # any key matches (a JSON path cannot spell every key: quotes, backslashes,
+    # and before SQLite 3.45 any non-ASCII key, stored \u-escaped).
+    each = sa.func.json_each(column).table_valued("key", "type", "value").alias()
     if value is None:
-        return kind == "null"
-    if isinstance(value, bool):
-        return kind == ("true" if value else "false")
-    extracted = sa.func.json_extract(column, path)
-    if isinstance(value, (int, float)):
-        return kind.in_(["integer", "real"]) & (extracted == value)
-    if isinstance(value, str):
-        return (kind == "text") & (extracted == value)
-    # Arrays and objects: compare SQLite's minified text of both sides.
-    return kind.in_(["array", "object"]) & (extracted == sa.func.json(sa.literal(text, sa.Text)))
+        match = each.c.type == "null"
+    elif isinstance(value, bool):
+        match = each.c.type == ("true" if value else "false")
+    elif isinstance(value, (int, float)):
+        match = each.c.type.in_(["integer", "real"]) & (each.c.value == value)
+    elif isinstance(value, str):
+        match = (each.c.type == "text") & (each.c.value == value)
+    else:
+        # Arrays and objects: compare SQLite's minified text of both sides.
+        match = each.c.type.in_(["array", "object"]) & (
+            each.c.value == sa.func.json(sa.literal(text, sa.Text))
+        )
+    found = sa.exists().where(each.c.key == sa.literal(key, sa.Text), match)
+    # Rows written before convo refused NaN hold text SQLite calls malformed
+    # JSON; json_each would fail the whole listing on them, so they never match.
+    return sa.case((sa.func.json_valid(column) == 1, found), else_=sa.false())

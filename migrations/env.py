@@ -22,6 +22,7 @@ from alembic import context
 from sqlalchemy import Connection, pool
 
 from convo._engine import create_engine, database_url, resolve_url
+from convo._migrate import serialized
 from convo._schema import metadata as target_metadata
 
 config = context.config
@@ -74,7 +75,9 @@ def run_migrations_online() -> None:
         with engine.connect() as connection:
             connection = connection.execution_options(convo_write=True)
             _configure(connection)
-            with context.begin_transaction():
+            # The lock Store.migrate() holds too (its connection arrives above,
+            # already serialized), so `alembic upgrade` never races a store.
+            with serialized(connection), context.begin_transaction():
                 context.run_migrations()
     finally:
         engine.dispose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def db(request: pytest.FixtureRequest, make_db: Any) -> str:
 def test_a_session_of_commands(db: str) -> None:
     # never migrated: a clear error that says what to run
     res = run(db, "ls", code=1)
-    assert "convo db upgrade" in res.output
+    assert "has no convo schema: run `convo --db " in res.output and " db upgrade`" in res.output
     assert js(db, "db", "current")["revision"] is None
     up = js(db, "db", "upgrade")
     assert up["revision"] and js(db, "db", "current")["revision"] == up["revision"]
@@ -165,3 +166,154 @@ def test_serve_fake_serves_until_interrupted() -> None:
             if proc.stderr:
                 proc.stderr.close()
     assert code == 0
+
+
+# --- terminal output: stored and remote text cannot drive the terminal -----------------------
+
+# OSC 52 (writes the clipboard), cursor up, erase line, carriage return, a
+# one-byte C1 CSI, bell, and a right-to-left override.
+HOSTILE = "ok\x1b]52;c;ZXZpbA==\x07 \x1b[1A\x1b[2K\rfake prompt $ \x9b31m red \u202egnp.exe"
+RAW = ["\x1b", "\x07", "\r", "\x9b", "\u202e"]
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+
+
+def _no_raw_controls(text: str) -> None:
+    for char in RAW:
+        assert char not in text, (char, text)
+
+
+@pytest.fixture
+def hostile_db(make_db: Any) -> tuple[str, str]:
+    from convo import Store
+
+    url = make_db("sqlite")
+    with Store(url) as store:
+        conv = store.create_conversation(title=HOSTILE, owner="own\x1b[2Ker")
+        store.append(conv.id, {"role": "user", "content": HOSTILE, "name": "n\x1b[1Ame"})
+        store.append(conv.id, {"role": "assistant", "tool_calls": [
+            {"id": "c1", "function": {"name": "f", "arguments": '{"q": "' + HOSTILE.replace("\\", "") + '"}'}}
+        ]})
+        store.append(conv.id, {"role": "tool", "content": HOSTILE, "tool_call_id": "c1"})
+    return url.render_as_string(hide_password=False), conv.id
+
+
+def test_stored_text_is_shown_not_obeyed(
+    hostile_db: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db, cid = hostile_db
+    monkeypatch.setenv("COLUMNS", "1000")  # no table cell wraps inside an escape
+    for args in (["show", cid], ["ls"], ["search", "fake prompt"], ["context", cid, "--model", "gpt-4o-mini"],
+                 ["context", cid, "--model", "gpt-4o-mini", "--mode", "completion", "--template", "chatml"]):
+        out = run(db, *args).stdout
+        _no_raw_controls(out)
+        assert "\\x1b]52;c;ZXZpbA==\\x07" in out or "\\\\x1b]52" in out, (args, out)
+    shown = run(db, "show", cid).stdout
+    assert "\\x1b[1A\\x1b[2K\\x0dfake prompt" in shown and "\\x9b31m" in shown and "\\u202egnp" in shown
+    # --json stays exact JSON (the same text comes back) with the controls \u-escaped
+    for args in (["show", cid], ["ls"], ["search", "fake prompt"], ["context", cid, "--model", "gpt-4o-mini"]):
+        raw = run(db, *args, "--json").stdout
+        _no_raw_controls(raw)
+        assert any(HOSTILE in text for text in _strings(json.loads(raw))), args
+    assert js(db, "show", cid)["messages"][0]["content"] == HOSTILE
+
+
+def test_remote_text_is_shown_not_obeyed(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeBackend()
+    with fake.serve() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-cli-test")
+        for extra in ([], ["--stream"], ["--mode", "completion"]):
+            fake.reply(HOSTILE)
+            res = runner.invoke(app, ["complete", "--model", "gpt-4o-mini", *extra, "hi"])
+            assert res.exit_code == 0, res.output
+            _no_raw_controls(res.output)
+            assert "\\x1b]52;c;ZXZpbA==\\x07" in res.stdout
+        fake.fail(400, message=HOSTILE)  # an error message is remote text too
+        res = runner.invoke(app, ["complete", "--model", "gpt-4o-mini", "hi"])
+        assert res.exit_code == 1
+        _no_raw_controls(res.output)
+        assert res.stderr.startswith("error: ") and "\\x1b]52" in res.stderr
+
+
+# --- advice names the flags the user gave ------------------------------------------------------
+
+
+def test_not_migrated_advice_repeats_the_db_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["--db", "sqlite:///x.db", "new"])
+    assert res.exit_code == 1
+    assert res.stderr == (
+        "error: database sqlite:///x.db has no convo schema: "
+        "run `convo --db sqlite:///x.db db upgrade`\n"
+    )
+    advice = res.stderr.split("`")[1]
+    assert runner.invoke(app, shlex.split(advice)[1:]).exit_code == 0  # follow it literally
+    assert runner.invoke(app, ["--db", "sqlite:///x.db", "new"]).exit_code == 0
+    assert not (tmp_path / "convo.db").exists()  # it migrated x.db, not another file
+    # a URL that needs quoting is quoted; a password is never printed
+    res = runner.invoke(app, ["--db", "sqlite:///file:y.db?mode=rwc&uri=true", "ls"])
+    assert "run `convo --db 'sqlite:///file:y.db?mode=rwc&uri=true' db upgrade`" in res.stderr
+    res = runner.invoke(app, ["--db", "postgresql://ann:s3cret-pw@127.0.0.1:1/db", "ls"])
+    assert res.exit_code == 1 and "s3cret-pw" not in res.output
+    # without --db (the environment chose the database) the plain command is right
+    monkeypatch.setenv("CONVO_DATABASE_URL", "sqlite:///z.db")
+    res = runner.invoke(app, ["ls"])
+    assert "run `convo db upgrade`" in res.stderr
+    assert "none (run: convo db upgrade)" in runner.invoke(app, ["db", "current"]).stdout
+    res = runner.invoke(app, ["--db", "sqlite:///w.db", "db", "current"])
+    assert "none (run: convo --db sqlite:///w.db db upgrade)" in res.stdout
+
+
+def test_unknown_model_advice_names_cli_flags(db: str, tmp_path: Path) -> None:
+    run(db, "db", "upgrade")
+    cid = js(db, "new")["id"]
+    run(db, "add", cid, "hello")
+    res = run(db, "context", cid, "--model", "llama-3-8b", code=1)
+    assert "--encoding" in res.stderr and "--budget" in res.stderr
+    assert "encoding=" not in res.stderr and "convo.models" not in res.stderr
+    res = run(db, "context", cid, "--model", "llama-3-8b", "--encoding", "o200k_base", code=1)
+    assert "pass --budget N" in res.stderr and "convo.models" not in res.stderr
+    ok = js(db, "context", cid, "--model", "llama-3-8b", "--encoding", "o200k_base", "--budget", "500")
+    assert ok["report"]["prompt_tokens"] > 0
+    f = tmp_path / "m.json"
+    f.write_text('[{"role": "user", "content": "hi"}]')
+    res = runner.invoke(app, ["tokens", str(f), "--model", "llama-3-8b"])
+    assert res.exit_code == 1 and "--encoding" in res.stderr and "--budget" not in res.stderr
+
+
+def test_the_next_page_hint_repeats_the_listing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "80")
+    db = "sqlite:///pages.db"
+    run(db, "db", "upgrade")
+    ids = {js(db, "new", "--owner", "ann b", "--meta", "k=1")["id"] for _ in range(3)}
+    js(db, "new", "--owner", "someone else")
+    out = run(db, "ls", "--owner", "ann b", "--meta", "k=1", "--limit", "2").stdout
+    seen = {i for i in ids if i in out}  # whole ids: the id column is never cut
+    assert len(seen) == 2
+    hint = out.strip().splitlines()[-1]
+    assert hint.startswith("more: convo --db sqlite:///pages.db ls --owner 'ann b' --meta k=1 --limit 2 --cursor ")
+    rest = runner.invoke(app, shlex.split(hint.removeprefix("more: "))[1:])
+    assert rest.exit_code == 0 and ids - seen == {i for i in ids if i in rest.stdout}
+    assert "more:" not in rest.stdout
+
+
+def test_tokens_reads_stdin_bytes(tmp_path: Path) -> None:
+    ok = runner.invoke(app, ["tokens", "-", "--model", "gpt-4o"], input=b'[{"role": "user", "content": "caf\xc3\xa9"}]')
+    assert ok.exit_code == 0 and "prompt tokens" in ok.stdout
+    bad = runner.invoke(app, ["tokens", "-", "--model", "gpt-4o"], input=b'[{"role": "user", "content": "caf\xe9"}]')
+    assert bad.exit_code == 1 and bad.stderr.startswith("error: stdin is not UTF-8 text")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,168 @@ def test_upgrading_a_0001_database_with_data_keeps_every_row(backend, make_db):
         assert after == before
     finally:
         engine.dispose()
+
+
+# --- concurrency, foreign revisions, bad arguments ----------------------------------------
+
+_MIGRATE_WHEN_TOLD = """
+import os, sys, time
+from pathlib import Path
+from convo import Store
+from convo import _migrate
+
+url, ready, go = sys.argv[1:4]
+_migrate.head_revision()  # alembic imported and scripts read: all start from the same line
+store = Store(url)
+Path(ready, str(os.getpid())).touch()
+while not Path(go).exists():
+    time.sleep(0.002)
+store.migrate()
+print(store.current_revision())
+"""
+
+
+def _migrate_together(url: sa.URL, workdir: Path, n: int) -> list[subprocess.CompletedProcess[str]]:
+    """Start ``n`` processes, let them all reach ``Store.migrate()``, then release them at once."""
+    ready, go = workdir / "ready", workdir / "go"
+    ready.mkdir()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _MIGRATE_WHEN_TOLD,
+             url.render_as_string(hide_password=False), str(ready), str(go)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for _ in range(n)
+    ]
+    results = []
+    try:
+        while len(list(ready.iterdir())) < n:
+            if any(p.poll() is not None for p in procs):
+                break  # one died before the start line: its output says why
+            time.sleep(0.01)
+        go.touch()
+        for p in procs:
+            out, err = p.communicate(timeout=300)
+            results.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    return results
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_six_processes_migrating_a_fresh_database_all_succeed(backend, make_db, tmp_path):
+    # The docs' FastAPI example migrates in every worker at start-up: without the
+    # migration lock, PostgreSQL failed some of them with UniqueViolation (in most rounds).
+    for round_ in range(2):
+        url = make_db(backend, migrated=False)
+        work = tmp_path / f"round{round_}"
+        work.mkdir()
+        results = _migrate_together(url, work, 6)
+        for r in results:
+            assert r.returncode == 0, r.stderr[-3000:]
+            assert r.stdout.strip() == SCHEMA_REVISION
+        engine = sa.create_engine(url, poolclass=sa.NullPool)
+        try:
+            with engine.connect() as conn:
+                versions = conn.exec_driver_sql("SELECT version_num FROM alembic_version").all()
+        finally:
+            engine.dispose()
+        assert versions == [(SCHEMA_REVISION,)]
+
+
+def _set_revision(url: sa.URL, revision: str) -> None:
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_a_database_migrated_by_a_newer_convo_says_so(backend, make_db):
+    from convo import AsyncStore, NotMigratedError
+
+    url = make_db(backend)
+    _set_revision(url, "0042_from_the_future")
+    with Store(url) as store:
+        with pytest.raises(NotMigratedError) as found:
+            store.list_conversations()
+        assert found.value.newer and found.value.revision == "0042_from_the_future"
+        text = str(found.value)
+        assert "migrated by a newer convo (revision '0042_from_the_future')" in text
+        assert "db upgrade" not in text  # upgrading the database cannot help
+        # migrating is refused the same way, not with alembic's "Can't locate revision"
+        with pytest.raises(NotMigratedError, match="migrated by a newer convo"):
+            store.migrate()
+        assert store.current_revision() == "0042_from_the_future"  # left as it was
+    async_store = AsyncStore(url)
+    try:
+        with pytest.raises(NotMigratedError, match="newer convo"):
+            await async_store.get_conversation("0" * 32)
+        with pytest.raises(NotMigratedError, match="newer convo"):
+            await async_store.migrate()
+    finally:
+        await async_store.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_database_migrated_by_a_newer_convo_in_the_cli(backend, make_db):
+    from typer.testing import CliRunner
+
+    from convo.cli import app
+
+    url = make_db(backend)
+    _set_revision(url, "0042_from_the_future")
+    db = url.render_as_string(hide_password=False)
+    runner = CliRunner()
+    for args in (["ls"], ["db", "upgrade"], ["new"]):
+        res = runner.invoke(app, ["--db", db, *args])
+        assert res.exit_code == 1, res.output
+        assert "migrated by a newer convo (revision '0042_from_the_future')" in res.output
+        assert "Traceback" not in res.output and "db upgrade`" not in res.output
+    res = runner.invoke(app, ["--db", db, "db", "current"])
+    assert res.exit_code == 0 and "0042_from_the_future (migrated by a newer convo" in res.output
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("revision", ["", "   ", None, 7, "no_such_revision"])
+def test_migrate_to_a_bad_revision_is_a_configuration_error(backend, revision, make_db):
+    from convo import ConfigurationError
+
+    url = make_db(backend, migrated=False)
+    with Store(url) as store:
+        with pytest.raises(ConfigurationError):
+            store.migrate(revision)  # type: ignore[arg-type]
+        assert store.current_revision() is None
+        assert not TABLES & _tables(url)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_async_migrate_takes_the_same_lock(backend, make_db):
+    from convo import AsyncStore
+
+    url = make_db(backend, migrated=False)
+    store = AsyncStore(url)
+    try:
+        await store.migrate()
+        await store.migrate()  # idempotent, and the lock was released
+        assert await store.current_revision() == SCHEMA_REVISION
+        conv = await store.create_conversation()
+        assert conv.last_seq == 0
+        if backend == "postgresql":
+            # the pooled connection that migrated holds no advisory lock any more
+            engine = sa.create_engine(url, poolclass=sa.NullPool)
+            try:
+                with engine.connect() as conn:
+                    held = conn.exec_driver_sql(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                    ).scalar()
+            finally:
+                engine.dispose()
+            assert held == 0
+    finally:
+        await store.close()

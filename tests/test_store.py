@@ -392,7 +392,7 @@ async def test_bad_input_elsewhere_writes_nothing(store):
         await store.create_conversation(metadata={"when": datetime.now()})
     with pytest.raises(StoreInputError):
         await store.update_conversation(conv.id, metadata={"f": object()})
-    with pytest.raises(InvalidMessageError):
+    with pytest.raises(StoreInputError):
         await store.append(conv.id, user("x"), reply=ReplyInfo(usage={"x": object()}))
     with pytest.raises(StoreInputError):
         await store.add_summary(conv.id, start_seq=1, end_seq=1, content="s", metadata={"x": {1}})

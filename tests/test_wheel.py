@@ -61,7 +61,7 @@ def test_fresh_venv_runs_db_upgrade_and_new(wheel: Path, tmp_path: Path) -> None
         return subprocess.run([str(convo), "--db", db, *args], cwd=work, env=env, capture_output=True, text=True)
 
     never = cli("new")
-    assert never.returncode == 1 and "convo db upgrade" in never.stderr
+    assert never.returncode == 1 and f"run `convo --db {db} db upgrade`" in never.stderr
     up = cli("db", "upgrade", "--json")
     assert up.returncode == 0, up.stderr
     assert json.loads(up.stdout)["revision"]

@@ -10,10 +10,12 @@ from typing import Annotated
 import typer
 
 from . import _api, _context, _conversations, _db, _demo, _replay, _runs, _turns
+from ._common import ConvoGroup
 
 __all__ = ["app", "main"]
 
 app = typer.Typer(
+    cls=ConvoGroup,  # every command's errors: one line on stderr, never a traceback
     name="convo",
     help="LLM conversations in SQL: store, build token-budgeted contexts, send.",
     no_args_is_help=True,

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ._common import console, emit_json, fail, guard
+from ._common import console, emit_json, fail, visible
 
 if TYPE_CHECKING:
     from .._client import OpenAIClient
@@ -42,12 +42,13 @@ def register(app: typer.Typer) -> None:
 
         if mode not in ("chat", "completion"):
             raise fail(f"--mode must be chat or completion, not {mode!r}")
+        # A reply is remote text: its control characters are shown, not obeyed.
         show = (
             (lambda piece: None)
             if json_
-            else (lambda piece: console.out(piece, end="", highlight=False))
+            else (lambda piece: console.out(visible(piece), end="", highlight=False))
         )
-        with guard(), OpenAIClient(base_url=base_url) as client:
+        with OpenAIClient(base_url=base_url) as client:
             result: ChatCompletion | Completion
             if mode == "chat":
                 result = _chat(client, model, text, stream, max_tokens, show)
@@ -56,7 +57,7 @@ def register(app: typer.Typer) -> None:
         if json_:
             emit_json(result)
             return
-        console.out("" if stream else result.text, highlight=False)
+        console.out("" if stream else visible(result.text), highlight=False)
         u = result.usage
         if u is not None:
             console.print(
@@ -68,21 +69,25 @@ def register(app: typer.Typer) -> None:
     @app.command("serve-fake")
     def serve_fake(
         host: Annotated[str, typer.Option("--host", help="Interface to bind.")] = "127.0.0.1",
-        port: Annotated[int, typer.Option("--port", help="Port (0 picks a free one).")] = 8000,
+        port: Annotated[
+            int, typer.Option("--port", min=0, max=65535, help="Port (0 picks a free one).")
+        ] = 8000,
     ) -> None:
         """Run convo's fake OpenAI-compatible backend on loopback (API under /v1)."""
         from ..testing import FakeServer, serve_forever
 
         def ready(server: FakeServer) -> None:
             # the real port (--port 0 picks one), flushed so a parent process can read it
-            console.print(
-                f"fake OpenAI-compatible backend on {server.base_url} (Ctrl-C stops)",
+            console.out(
+                f"fake OpenAI-compatible backend on {visible(server.base_url)} (Ctrl-C stops)",
                 highlight=False,
             )
             console.file.flush()
 
-        with guard():
+        try:
             serve_forever(host=host, port=port, on_ready=ready)
+        except OSError as exc:  # unknown host, port taken, no permission
+            raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def _chat(

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from ._common import console, emit_json, fail, guard, open_store
+from .._exceptions import UnknownModelError
+from ._common import console, emit_json, fail, open_store, safe, visible_data
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
@@ -43,7 +46,7 @@ def register(app: typer.Typer) -> None:
 
         if mode not in ("chat", "completion"):
             raise fail(f"--mode must be chat or completion, not {mode!r}")
-        with open_store(ctx) as store, guard():
+        with open_store(ctx) as store, _model_advice(model, encoding, budget):
             builder = ContextBuilder(
                 store,
                 model=model,
@@ -58,7 +61,7 @@ def register(app: typer.Typer) -> None:
         if json_:
             emit_json({"request": body, "report": built.report})
             return
-        console.print_json(json.dumps(body, ensure_ascii=False))
+        console.print_json(data=visible_data(body))
         console.print(_report_table(built.report))
 
     @app.command()
@@ -79,10 +82,10 @@ def register(app: typer.Typer) -> None:
         from .._messages import load_messages
         from .._tokens import count_tokens
 
-        with guard():
-            raw = sys.stdin.read() if str(file) == "-" else _read(file)
-            messages = load_messages(raw)
-            tool_defs = json.loads(_read(tools)) if tools else None
+        raw = _decode(sys.stdin.buffer.read(), "stdin") if str(file) == "-" else _read(file)
+        messages = load_messages(raw)
+        tool_defs = _tools(tools) if tools else None
+        with _model_advice(model, encoding, budget=0):
             n = count_tokens(messages, model=model, tools=tool_defs, encoding=encoding)
         if json_:
             emit_json({"model": model, "messages": len(messages), "prompt_tokens": n})
@@ -92,11 +95,46 @@ def register(app: typer.Typer) -> None:
             )
 
 
+@contextmanager
+def _model_advice(model: str, encoding: str | None, budget: int | None) -> Iterator[None]:
+    """An unknown model, answered with the flags that fix it (not the Python arguments)."""
+    try:
+        yield
+    except UnknownModelError:
+        needs = []
+        if encoding is None:
+            needs.append("--encoding ENCODING (e.g. --encoding o200k_base)")
+        if budget is None:
+            needs.append("--budget N (its prompt token budget)")
+        fix = " and ".join(needs) or "--encoding and --budget"
+        raise fail(f"convo does not know the model {model!r}: pass {fix}") from None
+
+
 def _read(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise fail(f"cannot read {path}: {exc.strerror}") from None
+    return _decode(data, str(path))
+
+
+def _decode(data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise fail(f"{where} is not UTF-8 text (byte {exc.start}): {exc.reason}") from None
+
+
+def _tools(path: Path) -> list[dict[str, Any]]:
+    try:
+        tools = json.loads(_read(path))
+    except ValueError as exc:  # JSONDecodeError, or a number too long to convert
+        raise fail(f"{path} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise fail(f"{path} is not valid JSON: nested too deeply") from None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise fail(f"{path} must hold a JSON list of tool definitions (objects)")
+    return tools
 
 
 def _report_table(report: Any) -> Table:
@@ -136,5 +174,5 @@ def _report_table(report: Any) -> Table:
         ("rows read", str(report.rows_read)),
     ]
     for k, v in rows:
-        t.add_row(k, v)
+        t.add_row(k, safe(v))
     return t

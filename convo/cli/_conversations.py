@@ -6,10 +6,9 @@ import json
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
-from ._common import console, emit_json, fail, open_store
+from ._common import command_line, console, emit_json, fail, open_store, safe, visible
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 OwnerOpt = Annotated[str | None, typer.Option("--owner", help="Scope to this owner.")]
@@ -26,6 +25,11 @@ def _meta(pairs: list[str] | None) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+def _id_column(header: str) -> Column:
+    # ids are what a user copies into the next command: never cut or wrapped
+    return Column(header, no_wrap=True, min_width=32)
 
 
 def register(app: typer.Typer) -> None:
@@ -46,7 +50,7 @@ def register(app: typer.Typer) -> None:
         if json_:
             emit_json(conv)
         else:
-            console.print(conv.id, highlight=False)
+            console.out(visible(conv.id), highlight=False)
 
     @app.command("ls")
     def ls(
@@ -69,18 +73,26 @@ def register(app: typer.Typer) -> None:
         if json_:
             emit_json({"items": page.items, "next_cursor": page.next_cursor})
             return
-        table = Table("id", "title", "owner", "messages", "updated")
+        table = Table("title", "owner", "messages", "updated")
+        table.columns.insert(0, _id_column("id"))
         for c in page.items:
             table.add_row(
-                c.id,
-                escape(c.title or ""),
-                escape(c.owner or ""),
+                safe(c.id),
+                safe(c.title or ""),
+                safe(c.owner or ""),
                 str(c.last_seq),
                 c.updated_at.isoformat(timespec="seconds"),
             )
         console.print(table)
         if page.next_cursor:
-            console.print(f"more: convo ls --cursor {page.next_cursor}", highlight=False)
+            # the same listing's next page: same database and filters
+            args = ["ls", *(["--owner", owner] if owner is not None else [])]
+            for pair in meta or []:
+                args += ["--meta", pair]
+            if limit != 20:
+                args += ["--limit", str(limit)]
+            more = command_line(ctx, *args, "--cursor", page.next_cursor)
+            console.out(f"more: {visible(more)}", highlight=False)
 
     @app.command()
     def show(
@@ -106,9 +118,9 @@ def register(app: typer.Typer) -> None:
         if json_:
             emit_json({"conversation": conv, "messages": msgs})
             return
-        head = f"[bold]{escape(conv.title or conv.id)}[/]  id={conv.id}"
+        head = f"[bold]{safe(conv.title or conv.id)}[/]  id={safe(conv.id)}"
         if conv.parent_id:
-            head += f"  fork of {conv.parent_id} at seq {conv.fork_seq}"
+            head += f"  fork of {safe(conv.parent_id)} at seq {conv.fork_seq}"
         console.print(head, highlight=False)
         for m in msgs:
             body = m.text
@@ -118,7 +130,7 @@ def register(app: typer.Typer) -> None:
                 )
             who = f"{m.role} ({m.name})" if m.name else m.role
             console.print(
-                f"[dim]{m.seq:>5}[/] [bold]{escape(who)}[/]: {escape(body)}", highlight=False
+                f"[dim]{m.seq:>5}[/] [bold]{safe(who)}[/]: {safe(body)}", highlight=False
             )
 
     @app.command()
@@ -155,7 +167,7 @@ def register(app: typer.Typer) -> None:
         if json_:
             emit_json(stored)
         else:
-            console.print(f"{conversation_id} seq {stored.seq}", highlight=False)
+            console.out(f"{visible(stored.conversation_id)} seq {stored.seq}", highlight=False)
 
     @app.command()
     def fork(
@@ -174,7 +186,7 @@ def register(app: typer.Typer) -> None:
         if json_:
             emit_json(conv)
         else:
-            console.print(conv.id, highlight=False)
+            console.out(visible(conv.id), highlight=False)
 
     @app.command()
     def search(
@@ -193,7 +205,8 @@ def register(app: typer.Typer) -> None:
         if json_:
             emit_json(hits)
             return
-        table = Table("conversation", "seq", "role", "text")
+        table = Table("seq", "role", "text")
+        table.columns.insert(0, _id_column("conversation"))
         for m in hits:
-            table.add_row(m.conversation_id, str(m.seq), m.role, escape(m.text[:120]))
+            table.add_row(safe(m.conversation_id), str(m.seq), safe(m.role), safe(m.text[:120]))
         console.print(table)

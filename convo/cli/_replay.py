@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ._common import console, db_url, emit_json, fail, guard, open_store
+from ._common import console, db_url, emit_json, fail, open_store, visible
 
 if TYPE_CHECKING:
     from .._replay_plan import ReplayReport
@@ -28,10 +28,7 @@ def _visible(text: str | None, limit: int = 80) -> str:
     """Stored or remote text for a table cell: control characters shown, not obeyed."""
     if text is None:
         return "-"
-    shown = "".join(
-        c if c.isprintable() or c == " " else ("\\n" if c == "\n" else f"\\x{ord(c):02x}")
-        for c in text
-    )
+    shown = visible(text).replace("\n", "\\n")
     if len(shown) > limit:
         shown = shown[: limit - 1] + "…"
     return escape(shown)
@@ -106,7 +103,7 @@ def register(app: typer.Typer) -> None:
         from .._client import OpenAIClient
         from .._replayer import Replayer
 
-        with open_store(ctx) as store, guard(), OpenAIClient(base_url=base_url) as client:
+        with open_store(ctx) as store, OpenAIClient(base_url=base_url) as client:
             rep = Replayer(store, client).reproduce(run_id, owner=owner)
         if json_:
             emit_json(rep)
@@ -278,5 +275,4 @@ def _run_replay(
         finally:
             await store.close()
 
-    with guard():
-        return asyncio.run(go())
+    return asyncio.run(go())
