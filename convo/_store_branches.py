@@ -20,6 +20,7 @@ from . import _store_sql as sql
 from ._exceptions import ConversationNotFound, MessageNotFound, StoreInputError
 from ._records import Conversation, StoredMessage
 from ._store_core import Op, Plan, _lineage, _read_segments, get_conversation, now
+from ._store_input import check_values
 from ._store_rows import (
     construct,
     conversation_from_row,
@@ -92,6 +93,7 @@ def create_branch(
         "branch_of": root,
         "current_branch_id": None,
     }
+    check_values(values, "branch")
     try:
         yield Op(sql.INSERT_CONVERSATION, values, "none")
     except sa.exc.IntegrityError as exc:  # the source was deleted meanwhile

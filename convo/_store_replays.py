@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from ._exceptions import ReplayNotFound, StoreInputError
 from ._schema import ReplayItemRow, ReplayRow
 from ._store_core import Op, Plan, now
+from ._store_input import check_values
 from ._store_rows import check_short, construct, decode_cursor, encode_cursor
 
 __all__ = [
@@ -126,6 +127,7 @@ def create_replay(
         "id": replay_id, "owner": owner, "mode": mode, "status": "running",
         "spec": _strict_json(dict(spec), "replay spec"), "created_at": stamp, "updated_at": stamp,
     }
+    check_values(values, "replay")
     yield Op(sa.insert(RP), values, "none")
     return construct(Replay, values)
 
@@ -196,6 +198,7 @@ def save_replay_item(item: ReplayItem) -> Plan[ReplayItem]:
     values["created_at"] = now()
     if not values["arm"] or len(values["arm"]) > 64:
         raise StoreInputError("an arm name is 1..64 characters")
+    check_values(values, "replay item")
     same = (RI.c.replay_id == item.replay_id) & (RI.c.conversation_id == item.conversation_id) & (
         RI.c.turn == item.turn
     ) & (RI.c.arm == item.arm)

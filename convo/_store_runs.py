@@ -30,6 +30,7 @@ from ._messages import Message, parse_message
 from ._records import ReplyInfo, Run, RunPage, StoredMessage
 from ._schema import RunRow
 from ._store_core import ROLLBACK, Op, Plan, get_conversation, now
+from ._store_input import check_values
 from ._store_rows import (
     check_short,
     construct,
@@ -238,6 +239,7 @@ def start_run(
         "created_at": now(),
         "finished_at": None,
     }
+    check_values(values, "run")
     conversation = yield from get_conversation(conversation_id, owner=owner)
     values["owner"] = conversation.owner
     try:
@@ -324,6 +326,7 @@ def finish_run(
         raise StoreInputError(f"a finished run's status must be one of {FINAL_STATUSES}")
     values = _outcome(outcome)
     values.update(status=status, finished_at=now())
+    check_values(values, "run")
     msg = params = None
     if reply is not None:
         msg = parse_message(reply if isinstance(reply, Message) else dict(reply))

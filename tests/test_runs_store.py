@@ -248,3 +248,22 @@ def test_run_json_columns_round_trip(db_url):
         got = s.get_run(run.id)
         assert got.settings["nested"] == {"a": [1, None, True]}
         assert json.loads(got.request)["stop"] == ["\n"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"model": "m\x00"}, {"base_url": "http://x/\ud800"}, {"idempotency_key": "k\x00"},
+     {"metadata": {"k": "v\x00"}}],
+    ids=lambda bad: next(iter(bad)),
+)
+async def test_text_no_database_stores_alike_is_refused(store, bad):
+    """NUL and lone surrogates: refused up front on both databases, nothing written."""
+    conv = await store.create_conversation()
+    before = store.snapshot()
+    with pytest.raises(StoreInputError):
+        await _start(store, conv.id, **bad)
+    assert store.snapshot() == before
+    run = await _start(store, conv.id)
+    with pytest.raises(StoreInputError):
+        await store.finish_run(run.id, status="failed", error_message="boom\x00")
+    assert (await store.get_run(run.id)).status == "pending"
