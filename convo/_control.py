@@ -147,7 +147,16 @@ class ControlStrings:
             (after optional spaces and tabs), or start the text.
     """
 
-    __slots__ = ("_pattern", "anchored", "anywhere", "families")
+    __slots__ = (
+        "_label_starts",
+        "_labels",
+        "_may_hold",
+        "_pattern",
+        "_tokens",
+        "anchored",
+        "anywhere",
+        "families",
+    )
 
     def __init__(
         self,
@@ -165,14 +174,29 @@ class ControlStrings:
             if families is None
             else tuple(families)
         )
-        parts = []
-        if self.anywhere:
-            # listed strings first: a family match must not cut a longer listed one short
-            parts.append(_trie(self.anywhere))
-        parts.extend(self.families)
-        if self.anchored:
-            parts.append(f"(?:^|(?<=[{_LINE_BREAKS}]))[ \\t]*{_trie(self.anchored)}")
-        self._pattern = re.compile("|".join(parts)) if parts else None
+        tokens = [_trie(self.anywhere)] if self.anywhere else []
+        # (listed strings first: a family match must not cut a longer listed one short)
+        tokens.extend(self.families)
+        labels = (
+            f"(?:^|(?<=[{_LINE_BREAKS}]))[ \\t]*{_trie(self.anchored)}" if self.anchored else ""
+        )
+        # Two patterns for speed: tokens start with a few characters ("<", "[")
+        # that the regex engine scans for quickly; labels start anywhere a line
+        # does, so they are looked for only in text that holds one somewhere.
+        self._tokens = re.compile("|".join(tokens)) if tokens else None
+        self._labels = re.compile(labels) if labels else None
+        self._pattern = (
+            re.compile("|".join([*tokens, labels] if labels else tokens))
+            if (tokens or labels)
+            else None
+        )
+        # Cheap tests that skip the regexes for most text (a `c in text` is a
+        # memchr): a character some token starts with; a line break, or a label
+        # at the very start.
+        firsts = {s[0] for s in self.anywhere}
+        firsts.update(f.removeprefix("\\")[0] for f in self.families)
+        self._may_hold = tuple(sorted(firsts))
+        self._label_starts = tuple(self.anchored)
 
     @property
     def strings(self) -> tuple[str, ...]:
@@ -187,14 +211,20 @@ class ControlStrings:
 
     def clean(self, text: str) -> str:
         """``text`` with every control string broken by a zero-width space."""
-        pattern = self._pattern
-        if pattern is None:
-            return text
-        # A second pass catches a control string hidden inside a longer one
-        # that the first pass broke at its start.
+        # Repeat until nothing is found: breaking a long control string at its
+        # start can leave a shorter one inside it whole.
         while True:
-            text, n = pattern.subn(_break, text)
-            if n == 0:
+            found = 0
+            if self._tokens is not None and any(c in text for c in self._may_hold):
+                text, n = self._tokens.subn(_break, text)
+                found += n
+            if self._labels is not None and (
+                any(c in text for c in _LINE_BREAKS)
+                or text.lstrip(" \t").startswith(self._label_starts)
+            ):
+                text, n = self._labels.subn(_break, text)
+                found += n
+            if not found:
                 return text
 
     def count(self, text: str) -> Counter[str]:

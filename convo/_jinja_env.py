@@ -91,10 +91,11 @@ class RenderLimits:
 
 
 class _Budget:
-    __slots__ = ("deadline", "limits", "ticks")
+    __slots__ = ("deadline", "limits", "max_chars", "ticks")
 
     def __init__(self, limits: RenderLimits) -> None:
         self.limits = limits
+        self.max_chars = limits.max_chars
         self.deadline = time.monotonic() + limits.timeout if limits.timeout is not None else None
         self.ticks = 0
 
@@ -106,34 +107,45 @@ _BUDGET: ContextVar[_Budget | None] = ContextVar("convo_template_budget", defaul
 _DEFAULT_BUDGET = _Budget(RenderLimits(timeout=None))
 
 
-def _budget() -> _Budget:
-    return _BUDGET.get() or _DEFAULT_BUDGET
+def _max_chars() -> int | None:
+    return (_BUDGET.get() or _DEFAULT_BUDGET).max_chars
 
 
 def _tick() -> None:
     budget = _BUDGET.get()
-    if budget is None or budget.deadline is None:
-        return
-    budget.ticks += 1
-    if budget.ticks % _CLOCK_EVERY == 0 and time.monotonic() > budget.deadline:
+    if budget is not None:
+        budget.ticks += 1
+        if not budget.ticks % _CLOCK_EVERY:
+            _check_clock(budget)
+
+
+def _check_clock(budget: _Budget) -> None:
+    if budget.deadline is not None and time.monotonic() > budget.deadline:
         raise RenderLimitError(
             f"rendering took longer than {budget.limits.timeout:g} s (the render_timeout limit)"
         )
 
 
 def _too_big(size: int, what: str) -> None:
-    limit = _budget().limits.max_chars
+    limit = _max_chars()
     if limit is not None and size > limit:
-        raise RenderLimitError(
-            f"{what} would hold {size:,} characters (or items), over the "
-            f"max_prompt_chars limit of {limit:,}"
-        )
+        raise _over(size, what, limit)
+
+
+def _over(size: int, what: str, limit: int) -> RenderLimitError:
+    return RenderLimitError(
+        f"{what} would hold {size:,} characters (or items), over the "
+        f"max_prompt_chars limit of {limit:,}"
+    )
 
 
 def _check_result(value: Any) -> Any:
+    # (called on every call, filter and operator result: keep the common path short)
     if isinstance(value, (str, list, tuple, dict)):
-        _too_big(len(value), f"a {type(value).__name__}")
-    elif isinstance(value, int) and value.bit_length() > _MAX_INT_BITS:
+        limit = _max_chars()
+        if limit is not None and len(value) > limit:
+            raise _over(len(value), f"a {type(value).__name__}", limit)
+    elif type(value) is int and value.bit_length() > _MAX_INT_BITS:
         raise RenderLimitError(f"an integer of {value.bit_length():,} bits is too large")
     return value
 
@@ -326,12 +338,14 @@ def render_bounded(template: jinja2.Template, context: dict[str, Any], limits: R
         Exception: whatever the template raised.
     """
     token = _BUDGET.set(_Budget(limits))
+    limit = limits.max_chars
     try:
         parts: list[str] = []
         total = 0
         for chunk in template.generate(**context):
             total += len(chunk)
-            _too_big(total, "the prompt")
+            if limit is not None and total > limit:
+                raise _over(total, "the prompt", limit)
             parts.append(chunk)
         return "".join(parts)
     finally:
@@ -448,20 +462,40 @@ def _environment() -> jinja2.Environment:
             result = ImmutableSandboxedEnvironment.call(self, context, obj, *args, **kwargs)
             return _check_result(result)
 
+        # The three hooks below run for nearly every step of a template: the
+        # time check is inlined (a counter; the clock every _CLOCK_EVERY steps).
+
         def getattr(self, obj: Any, attribute: str) -> Any:
-            _tick()
-            return super().getattr(obj, attribute)
+            budget = _BUDGET.get()
+            if budget is not None:
+                budget.ticks += 1
+                if not budget.ticks % _CLOCK_EVERY:
+                    _check_clock(budget)
+            return ImmutableSandboxedEnvironment.getattr(self, obj, attribute)
 
         def getitem(self, obj: Any, argument: Any) -> Any:
-            _tick()
-            return super().getitem(obj, argument)
+            budget = _BUDGET.get()
+            if budget is not None:
+                budget.ticks += 1
+                if not budget.ticks % _CLOCK_EVERY:
+                    _check_clock(budget)
+            return ImmutableSandboxedEnvironment.getitem(self, obj, argument)
 
         def call_binop(
             self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any
         ) -> Any:
-            _tick()
-            _check_binop(operator, left, right)
-            return _check_result(super().call_binop(context, operator, left, right))
+            budget = _BUDGET.get() or _DEFAULT_BUDGET
+            budget.ticks += 1
+            if not budget.ticks % _CLOCK_EVERY:
+                _check_clock(budget)
+            if operator == "+" and type(left) is str and type(right) is str:  # most of them
+                limit = budget.max_chars
+                if limit is not None and len(left) + len(right) > limit:
+                    raise _over(len(left) + len(right), "a concatenation", limit)
+                return left + right
+            _check_binop(operator, left, right)  # sizes are checked before, not after
+            result = self.binop_table[operator](left, right)
+            return _check_result(result) if operator == "%" else result
 
     env = BoundedSandbox(
         trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTag, jinja2.ext.loopcontrols]
