@@ -462,23 +462,14 @@ def _environment() -> jinja2.Environment:
             result = ImmutableSandboxedEnvironment.call(self, context, obj, *args, **kwargs)
             return _check_result(result)
 
-        # The three hooks below run for nearly every step of a template: the
-        # time check is inlined (a counter; the clock every _CLOCK_EVERY steps).
+        # These hooks run for nearly every step of a template: keep them short.
 
         def getattr(self, obj: Any, attribute: str) -> Any:
-            budget = _BUDGET.get()
-            if budget is not None:
-                budget.ticks += 1
-                if not budget.ticks % _CLOCK_EVERY:
-                    _check_clock(budget)
+            _tick()
             return ImmutableSandboxedEnvironment.getattr(self, obj, attribute)
 
         def getitem(self, obj: Any, argument: Any) -> Any:
-            budget = _BUDGET.get()
-            if budget is not None:
-                budget.ticks += 1
-                if not budget.ticks % _CLOCK_EVERY:
-                    _check_clock(budget)
+            _tick()
             return ImmutableSandboxedEnvironment.getitem(self, obj, argument)
 
         def call_binop(

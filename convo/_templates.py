@@ -78,6 +78,11 @@ __all__ = ["BUILTIN_TEMPLATES", "PromptTemplate", "get_template"]
 class PromptTemplate(Protocol):
     """Anything that flattens messages into a completion prompt.
 
+    convo's templates break control strings in message text themselves; for
+    any other implementation, the context builder hands ``render`` messages
+    and tool definitions with the template's ``markers`` (an optional
+    attribute), stop sequences, bos/eos and rendered structure already broken.
+
     Attributes:
         name: how the template is named in errors and in run records.
         stop: stop sequences for the completion request (at most 4, the API's limit).
