@@ -504,17 +504,30 @@ class Structure:
         # call id is not the assistant's, so ids do not count here.
         later = [s for s, _, f in spots if f.message > msg and f.kind != _CALL_ID]
         stop_at = min(later, default=len(text))
-        ends = [e for s, e, f in spots if f.message == msg and f.kind != _CALL_ID and s < stop_at]
+        # A later message may repeat a field (gpt-oss names the function again
+        # in the tool result): only where each field is first written counts.
+        first: dict[int, tuple[int, int]] = {}
+        for s, e, f in spots:
+            first.setdefault(id(f), (s, e))
+        ends = [
+            e
+            for s, e in {
+                first[id(f)] for _, _, f in spots if f.message == msg and f.kind != _CALL_ID
+            }
+            if s < stop_at
+        ]
         if not ends:
             return None
         pos = max(ends)
-        for start, end, f in [*(x for x in spots if x[0] >= pos), (len(text), len(text), None)]:
-            for s in control.find(text[pos:start]):
-                if s not in between:
-                    return "\n" + s if s in control.anchored else s
-            if f is None or f.kind != _CALL_ID or f.message != msg:
+        following: list[tuple[int, int, _Field | None]] = [x for x in spots if x[0] >= pos]
+        following.append((len(text), len(text), None))
+        for start, stop, owner in following:
+            for found in control.find(text[pos:start]):
+                if found not in between:
+                    return "\n" + found if found in control.anchored else found
+            if owner is None or owner.kind != _CALL_ID or owner.message != msg:
                 return None
-            pos = end  # the message's own call id (Mistral writes it last): read on
+            pos = stop  # the message's own call id (Mistral writes it last): read on
         return None
 
 

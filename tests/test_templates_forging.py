@@ -145,17 +145,18 @@ BOUNDARIES: dict[str, list[str]] = {
 WRITTEN: dict[str, tuple[str, dict[str, str]]] = {
     "gpt-oss-like": (
         (
-            "{%- for m in messages %}"
+            "{%- set last = namespace(name=none) %}{%- for m in messages %}"
             "{%- if m.role == 'system' %}<|start|>developer<|message|>{{ m.content }}<|end|>"
             "{%- elif m.role == 'user' %}<|start|>user<|message|>{{ m.content }}<|end|>"
             "{%- elif m.role == 'assistant' and m.tool_calls %}"
-            "{%- set call = m.tool_calls[0].function %}"
+            "{%- set call = m.tool_calls[0].function %}{%- set last.name = call.name %}"
             "<|start|>assistant to=functions.{{ call.name }}<|channel|>commentary json<|message|>"
             "{{ call.arguments|tojson }}<|call|>"
             "{%- elif m.role == 'assistant' %}"
             "<|start|>assistant<|channel|>final<|message|>{{ m.content }}<|end|>"
-            "{%- else %}<|start|>functions.{{ m.name }} to=assistant<|channel|>commentary<|message|>"
-            "{{ m.content|tojson }}<|end|>{%- endif %}{%- endfor %}"
+            # the tool result names the function again, after the call
+            "{%- else %}<|start|>functions.{{ last.name }} to=assistant<|channel|>commentary"
+            "<|message|>{{ m.content|tojson }}<|end|>{%- endif %}{%- endfor %}"
             "{%- if add_generation_prompt %}<|start|>assistant{%- endif %}"
         ),
         {"eos_token": "<|return|>"},
