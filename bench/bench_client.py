@@ -25,6 +25,12 @@ Run::
 
     /work/venv/bin/python bench/bench_client.py                  # 1,000 requests per cell
     /work/venv/bin/python bench/bench_client.py --server fake -n 300
+    /work/venv/bin/python bench/bench_client.py --sse            # SSE decoder on long lines
+
+``--sse`` times the SSE decoder alone on one long ``data:`` line (4 to 32 MB)
+arriving in 64 KB pieces, as httpx delivers a body: the time should double
+with the size (linear), not quadruple (the decoder before was quadratic:
+0.12 / 0.42 / 1.66 / 7.5 s).
 """
 
 from __future__ import annotations
@@ -381,6 +387,33 @@ def time_async(make: Any, base_url: str, stream: bool, n: int) -> Timing:
     return asyncio.run(_time_async(make, base_url, stream, n))
 
 
+def bench_sse(rounds: int) -> None:
+    """The SSE decoder on one long line: seconds per size, median of ``rounds``."""
+    from convo._sse import SSEDecoder
+
+    piece = 64 * 1024
+    print("## SSE decoder: one long data line in 64 KB pieces\n")
+    print("| line | seconds | MB/s |")
+    print("|---:|---:|---:|")
+    for mb in (4, 8, 16, 32):
+        size = mb * 1024 * 1024
+        body = b"x" * piece
+        times = []
+        for _ in range(rounds):
+            decoder = SSEDecoder()
+            started = time.perf_counter()
+            decoder.feed(b"data: " + body[6:])
+            for _ in range(size // piece - 1):
+                decoder.feed(body)
+            (event,) = decoder.feed(b"\n\n")
+            times.append(time.perf_counter() - started)
+            assert len(event.data) == size - 6
+        seconds = statistics.median(times)
+        print(f"| {mb} MB | {seconds:.3f} | {mb / seconds:.0f} |")
+    command = " ".join(["python bench/bench_client.py", *sys.argv[1:]])
+    print(f"\nCommand: `{command}`")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -391,7 +424,11 @@ def main() -> None:
     )
     parser.add_argument("--server", choices=["canned", "fake"], default="canned")
     parser.add_argument("--serve", choices=["canned", "fake"], help=argparse.SUPPRESS)
+    parser.add_argument("--sse", action="store_true", help="time the SSE decoder on long lines")
     args = parser.parse_args()
+    if args.sse:
+        bench_sse(args.rounds)
+        return
     if args.serve == "canned":
         asyncio.run(_serve_canned())
         return

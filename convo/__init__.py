@@ -11,8 +11,15 @@ from ._async_client import (
     AsyncCompletionStream,
     AsyncOpenAIClient,
 )
+from ._async_replayer import (
+    AsyncReplayer,
+)
 from ._async_store import (
     AsyncStore,
+)
+from ._async_turns import (
+    AsyncChat,
+    AsyncTurnStream,
 )
 from ._chat_render import (
     ChatProfile,
@@ -22,6 +29,10 @@ from ._client import (
     ChatCompletionStream,
     CompletionStream,
     OpenAIClient,
+)
+from ._client_core import (
+    Endpoint,
+    RequestStats,
 )
 from ._context import (
     AsyncContextBuilder,
@@ -40,6 +51,7 @@ from ._encodings import (
 from ._exceptions import (
     APIConnectionError,
     APIError,
+    APIResponseTooLargeError,
     APIResponseValidationError,
     APIStatusError,
     APIStreamError,
@@ -61,10 +73,13 @@ from ._exceptions import (
     NotMigratedError,
     PermissionDeniedError,
     RateLimitError,
+    ReplayNotFound,
+    RunNotFound,
     StoreError,
     StoreInputError,
     TemplateError,
     TokenizerError,
+    TurnCancelled,
     UnknownModelError,
     UnprocessableEntityError,
 )
@@ -95,14 +110,40 @@ from ._models import (
 from ._records import (
     Conversation,
     ReplyInfo,
+    Run,
+    RunPage,
+    RunStatus,
     StoredMessage,
     Summary,
+)
+from ._replay_plan import (
+    Arm,
+    ArmSummary,
+    ReplayProgress,
+    ReplayReport,
+)
+from ._replayer import (
+    Replayer,
+)
+from ._reproduce import (
+    Reproduction,
 )
 from ._store import (
     Store,
 )
+from ._store_branches import (
+    Branch,
+)
 from ._store_core import (
     ConversationPage,
+)
+from ._store_replays import (
+    Replay,
+    ReplayItem,
+    ReplayPage,
+)
+from ._store_runs import (
+    FinishedRun,
 )
 from ._summary import (
     AsyncModelSummarizer,
@@ -120,6 +161,22 @@ from ._tokens import (
     count_tokens,
     encoding_for_model,
 )
+from ._tools import (
+    Tool,
+    ToolArgumentsError,
+    tool,
+)
+from ._turn_plan import (
+    TextDelta,
+    ToolCallDelta,
+    ToolResultEvent,
+    TurnEvent,
+    TurnResult,
+)
+from ._turns import (
+    Chat,
+    TurnStream,
+)
 from ._types import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -134,19 +191,27 @@ __all__ = [
     "BUILTIN_TEMPLATES",
     "APIConnectionError",
     "APIError",
+    "APIResponseTooLargeError",
     "APIResponseValidationError",
     "APIStatusError",
     "APIStreamError",
     "APITimeoutError",
+    "Arm",
+    "ArmSummary",
+    "AsyncChat",
     "AsyncChatCompletionStream",
     "AsyncCompletionStream",
     "AsyncContextBuilder",
     "AsyncModelSummarizer",
     "AsyncOpenAIClient",
+    "AsyncReplayer",
     "AsyncStore",
     "AsyncSummarizer",
+    "AsyncTurnStream",
     "AuthenticationError",
     "BadRequestError",
+    "Branch",
+    "Chat",
     "ChatCompletion",
     "ChatCompletionChunk",
     "ChatCompletionStream",
@@ -167,6 +232,8 @@ __all__ = [
     "ConversationPage",
     "ConvoError",
     "EncodingUnavailableError",
+    "Endpoint",
+    "FinishedRun",
     "ForkConflictError",
     "FunctionCall",
     "ImagePart",
@@ -188,8 +255,21 @@ __all__ = [
     "PromptTemplate",
     "RateLimitError",
     "RefusalPart",
+    "Replay",
+    "ReplayItem",
+    "ReplayNotFound",
+    "ReplayPage",
+    "ReplayProgress",
+    "ReplayReport",
+    "Replayer",
     "ReplyInfo",
+    "Reproduction",
+    "RequestStats",
     "Role",
+    "Run",
+    "RunNotFound",
+    "RunPage",
+    "RunStatus",
     "Store",
     "StoreError",
     "StoreInputError",
@@ -198,11 +278,20 @@ __all__ = [
     "Summary",
     "SummaryUse",
     "TemplateError",
+    "TextDelta",
     "TextPart",
     "TokenCounter",
     "TokenizerError",
+    "Tool",
+    "ToolArgumentsError",
     "ToolCall",
+    "ToolCallDelta",
+    "ToolResultEvent",
     "TruncationReport",
+    "TurnCancelled",
+    "TurnEvent",
+    "TurnResult",
+    "TurnStream",
     "UnknownModelError",
     "UnprocessableEntityError",
     "Usage",
@@ -217,4 +306,5 @@ __all__ = [
     "models",
     "register_encoding",
     "render_chat",
+    "tool",
 ]

@@ -8,15 +8,26 @@ awaited); everything but I/O is the shared pure core (``_client_core.py``,
 from __future__ import annotations
 
 import asyncio
+import functools
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Generic, Self, Unpack
+from typing import Any, Generic, Literal, Self, Unpack, overload
 
 import httpx
 
-from ._client_core import ClientCore, RequestSpec
+from ._client_core import (
+    BodyBuffer,
+    ClientCore,
+    Deadline,
+    Endpoint,
+    RequestSpec,
+    RequestStats,
+    earliest,
+)
 from ._client_params import ChatParams, CompletionParams, TimeoutTypes
 from ._client_pool import pooled_async_transport
+from ._client_redact import in_flight
 from ._client_stream import (
     Accumulator,
     ChatAccumulator,
@@ -25,12 +36,85 @@ from ._client_stream import (
     ResultT,
     StreamCore,
 )
-from ._constants import DEFAULT_CONNECTION_LIMITS, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
+from ._constants import (
+    DEFAULT_CONNECTION_LIMITS,
+    DEFAULT_MAX_EVENT_BYTES,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+)
 from ._exceptions import APIError, APIStreamError, ConfigurationError
 from ._messages import Message
 from ._types import ChatCompletion, ChatCompletionChunk, Completion, CompletionChunk
 
 __all__ = ["AsyncChatCompletionStream", "AsyncCompletionStream", "AsyncOpenAIClient"]
+
+
+class _Watchdog:
+    """Cancels a task whose attempt or stream read outlives its deadline; one timer for all.
+
+    ``asyncio.timeout`` arms and cancels a timer each time it is entered: per
+    request that cost more than a quarter of the client's own time, per
+    stream chunk as much as parsing the chunk. Here each waiting task is
+    registered with its deadline (a dict entry), and a single timer is armed
+    for the earliest one; it is moved only when a deadline comes earlier, and
+    when it fires it cancels the tasks whose deadline has passed and re-arms
+    for the next. A task is only registered while it awaits convo's own I/O,
+    so the CancelledError always arrives there, where :meth:`fired` tells it
+    apart from a cancellation by someone else.
+    """
+
+    __slots__ = ("_fired", "_handle", "_handle_at", "_waiting")
+
+    def __init__(self) -> None:
+        self._waiting: dict[asyncio.Task[Any], tuple[float, int]] = {}
+        self._fired: dict[asyncio.Task[Any], int] = {}
+        self._handle: asyncio.TimerHandle | None = None
+        self._handle_at = 0.0
+
+    def watch(self, at: float | None) -> asyncio.Task[Any] | None:
+        """The current task must be done awaiting by ``at`` (monotonic time); its token."""
+        if at is None:
+            return None
+        task = asyncio.current_task()
+        if task is None:
+            return None
+        self._waiting[task] = (at, task.cancelling())
+        if self._handle is None or at < self._handle_at:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._arm(at)
+        return task
+
+    def unwatch(self, task: asyncio.Task[Any] | None) -> None:
+        if task is not None:
+            self._waiting.pop(task, None)
+
+    def fired(self, task: asyncio.Task[Any] | None) -> bool:
+        """A CancelledError reached ``task``: True if it was this watchdog's doing."""
+        if task is None or task not in self._fired:
+            return False
+        base = self._fired.pop(task)
+        return task.uncancel() <= base  # another cancellation too: that one wins
+
+    def _arm(self, at: float) -> None:
+        self._handle_at = at
+        delay = max(0.0, at - time.monotonic())
+        self._handle = asyncio.get_running_loop().call_later(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        now = time.monotonic()
+        soonest: float | None = None
+        for task, (at, base) in list(self._waiting.items()):
+            if at <= now:
+                del self._waiting[task]
+                self._fired[task] = base
+                task.cancel()
+            elif soonest is None or at < soonest:
+                soonest = at
+        if soonest is not None:
+            self._arm(soonest)
 
 
 class _AsyncStream(Generic[ChunkT, ResultT]):
@@ -40,34 +124,76 @@ class _AsyncStream(Generic[ChunkT, ResultT]):
         response: httpx.Response,
         chunk_type: type[ChunkT],
         accumulator: Accumulator[ChunkT, ResultT],
+        spec: RequestSpec,
+        started: float,
+        watchdog: _Watchdog,
     ) -> None:
         self.response = response
         self.error: APIError | None = None  # what broke the stream, if something did
         self._core = core
-        self._state = StreamCore(core, response, chunk_type, accumulator)
+        self._spec = spec
+        self._state = StreamCore(core, response, chunk_type, accumulator, spec.limits)
+        self._total = spec.stream_deadline(started)
+        self._watchdog = watchdog
         self._iterator = self._iterate()
 
     async def _iterate(self) -> AsyncGenerator[ChunkT, None]:
         state = self._state
         response = self.response
+        spec = self._spec
+        raw = response.aiter_bytes()
+        waiting: Deadline | None = None
+        failure: httpx.RequestError | None = None
         try:
             try:
-                async for data in response.aiter_bytes():
-                    chunks = state.feed(data)
-                    if chunks:
-                        for chunk in chunks:
-                            yield chunk
+                while True:
+                    # The idle clock starts when the caller asks for more (see the sync twin).
+                    waiting = earliest(spec.idle_deadline(time.monotonic()), self._total)
+                    chunks = await self._next_chunks(raw, waiting)
+                    if chunks is None:
+                        break
+                    for chunk in chunks:
+                        yield chunk
                 tail = state.finish()
             except httpx.RequestError as exc:
-                self.error = self._core.transport_error(exc, response.request)
-                raise self.error from exc
+                failure = exc
             except APIError as exc:
                 self.error = exc
                 raise
+            if failure is not None:  # raised here: the httpx error holds the request
+                self.error = self._core.transport_error(failure, response.request, waiting)
+                raise self.error
             for chunk in tail:
                 yield chunk
         finally:
             await response.aclose()
+
+    async def _next_chunks(
+        self, raw: AsyncIterator[bytes], waiting: Deadline | None
+    ) -> list[ChunkT] | None:
+        """The chunks of the next data event(s); None at the end of the body."""
+        state = self._state
+        watchdog = self._watchdog
+        while True:
+            # (No log filter here: httpx and httpcore log nothing of a body.)
+            watched = watchdog.watch(None if waiting is None else waiting.at)
+            timed_out = False
+            try:
+                data = await anext(raw, None)
+            except asyncio.CancelledError:
+                if not watchdog.fired(watched):
+                    raise  # cancelled by someone else: theirs to handle
+                timed_out = True
+            finally:
+                watchdog.unwatch(watched)
+            if timed_out:  # raised out of the except block: nothing chained
+                assert waiting is not None
+                raise self._core.timeout_error(self.response.request, waiting)
+            if data is None:
+                return None
+            chunks = state.take(data, waiting)
+            if chunks is not None:
+                return chunks
 
     def __aiter__(self) -> AsyncIterator[ChunkT]:
         return self._iterator
@@ -155,6 +281,9 @@ class AsyncOpenAIClient:
         transport: an ``httpx.AsyncBaseTransport`` for the client convo creates
             (``httpx.MockTransport``, ``convo.testing.FakeBackend().transport()``).
         sleep: how to wait between retries (default ``asyncio.sleep``; inject for tests).
+        stream_idle_timeout, stream_timeout, max_response_bytes, max_event_bytes:
+            as for :class:`~convo.OpenAIClient`. A deadline cancels the attempt
+            (or the read) that passes it, whatever the transport.
 
     Example::
 
@@ -177,6 +306,10 @@ class AsyncOpenAIClient:
         http_client: httpx.AsyncClient | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        stream_idle_timeout: float | None = None,
+        stream_timeout: float | None = None,
+        max_response_bytes: int | None = DEFAULT_MAX_RESPONSE_BYTES,
+        max_event_bytes: int | None = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         if http_client is not None and transport is not None:
             raise ConfigurationError("pass http_client or transport, not both")
@@ -193,6 +326,10 @@ class AsyncOpenAIClient:
             max_retries=max_retries,
             default_headers=default_headers,
             default_query=default_query,
+            stream_idle_timeout=stream_idle_timeout,
+            stream_timeout=stream_timeout,
+            max_response_bytes=max_response_bytes,
+            max_event_bytes=max_event_bytes,
         )
         self._owns_http = http_client is None
         if http_client is None and transport is None:
@@ -203,6 +340,7 @@ class AsyncOpenAIClient:
         if self._owns_http:
             self._core.own_client(self._http)
         self._sleep = sleep or asyncio.sleep
+        self._watchdog = _Watchdog()  # enforces every deadline of this client's requests
 
     @property
     def base_url(self) -> str:
@@ -257,7 +395,8 @@ class AsyncOpenAIClient:
             APIResponseValidationError: the answer is not a chat completion.
         """
         spec = self._core.chat_request(model, messages, params, stream=False)
-        return self._core.parse(ChatCompletion, await self._send(spec))
+        response, content, _ = await self._send(spec)
+        return self._core.parse(ChatCompletion, content, response)
 
     async def chat_stream(
         self,
@@ -272,8 +411,9 @@ class AsyncOpenAIClient:
         Retries happen only before the first byte of the answer.
         """
         spec = self._core.chat_request(model, messages, params, stream=True)
+        response, _, started = await self._send(spec)
         return AsyncChatCompletionStream(
-            self._core, await self._send(spec), ChatCompletionChunk, ChatAccumulator()
+            self._core, response, ChatCompletionChunk, ChatAccumulator(), spec, started, self._watchdog
         )
 
     async def complete(
@@ -284,45 +424,157 @@ class AsyncOpenAIClient:
         Raises the same errors as :meth:`chat`.
         """
         spec = self._core.completion_request(model, prompt, params, stream=False)
-        return self._core.parse(Completion, await self._send(spec))
+        response, content, _ = await self._send(spec)
+        return self._core.parse(Completion, content, response)
 
     async def complete_stream(
         self, *, model: str, prompt: str | Sequence[str], **params: Unpack[CompletionParams]
     ) -> AsyncCompletionStream:
         """``POST /completions`` with ``stream: true``; same arguments as :meth:`complete`."""
         spec = self._core.completion_request(model, prompt, params, stream=True)
+        response, _, started = await self._send(spec)
         return AsyncCompletionStream(
-            self._core, await self._send(spec), CompletionChunk, CompletionAccumulator()
+            self._core, response, CompletionChunk, CompletionAccumulator(), spec, started, self._watchdog
         )
+
+    # -- a recorded body, byte for byte --------------------------------------------------
+
+    @overload
+    async def send(
+        self, endpoint: Literal["chat.completions"], body: bytes | str | Mapping[str, Any], *,
+        stream: Literal[False] = False, stats: RequestStats | None = None, **options: Any,
+    ) -> ChatCompletion: ...
+    @overload
+    async def send(
+        self, endpoint: Literal["chat.completions"], body: bytes | str | Mapping[str, Any], *,
+        stream: Literal[True], stats: RequestStats | None = None, **options: Any,
+    ) -> AsyncChatCompletionStream: ...
+    @overload
+    async def send(
+        self, endpoint: Literal["completions"], body: bytes | str | Mapping[str, Any], *,
+        stream: Literal[False] = False, stats: RequestStats | None = None, **options: Any,
+    ) -> Completion: ...
+    @overload
+    async def send(
+        self, endpoint: Literal["completions"], body: bytes | str | Mapping[str, Any], *,
+        stream: Literal[True], stats: RequestStats | None = None, **options: Any,
+    ) -> AsyncCompletionStream: ...
+    @overload
+    async def send(
+        self, endpoint: Endpoint, body: bytes | str | Mapping[str, Any], *,
+        stream: Literal[False] = False, stats: RequestStats | None = None, **options: Any,
+    ) -> ChatCompletion | Completion: ...
+    @overload
+    async def send(
+        self, endpoint: Endpoint, body: bytes | str | Mapping[str, Any], *,
+        stream: Literal[True], stats: RequestStats | None = None, **options: Any,
+    ) -> AsyncChatCompletionStream | AsyncCompletionStream: ...
+    @overload
+    async def send(
+        self, endpoint: Endpoint, body: bytes | str | Mapping[str, Any], *,
+        stream: bool = False, stats: RequestStats | None = None, **options: Any,
+    ) -> ChatCompletion | Completion | AsyncChatCompletionStream | AsyncCompletionStream: ...
+
+    async def send(
+        self,
+        endpoint: Endpoint,
+        body: bytes | str | Mapping[str, Any],
+        *,
+        stream: bool = False,
+        stats: RequestStats | None = None,
+        **options: Any,
+    ) -> ChatCompletion | Completion | AsyncChatCompletionStream | AsyncCompletionStream:
+        """Send a request body as is to ``endpoint`` (what turns and reproductions use).
+
+        Unlike :meth:`chat` / :meth:`complete`, nothing is added to the body:
+        the bytes given are the bytes sent (a run's ``request`` re-sent
+        exactly). Retries, deadlines, limits, errors and streams behave as in
+        :meth:`chat`.
+
+        Args:
+            endpoint: ``"chat.completions"`` or ``"completions"``.
+            body: JSON text or bytes (sent byte for byte) or a mapping.
+            stream: the body asks for a stream (``"stream": true``).
+            stats: filled with the attempts made and the time to the headers.
+            **options: per-call options: ``timeout``, ``max_retries``,
+                ``extra_headers``, ``extra_query``, ``stream_idle_timeout``,
+                ``stream_timeout``, ``max_response_bytes``, ``max_event_bytes``.
+        """
+        spec = self._core.body_request(endpoint, body, options, stream=stream)
+        start = time.perf_counter()
+        try:
+            response, content, started = await self._send(spec)
+        finally:
+            if stats is not None:
+                stats.attempts = spec.attempts
+        if stats is not None:
+            stats.headers_ms = (time.perf_counter() - start) * 1000
+        if endpoint == "chat.completions":
+            if stream:
+                return AsyncChatCompletionStream(
+                    self._core, response, ChatCompletionChunk, ChatAccumulator(), spec, started,
+                    self._watchdog,
+                )
+            return self._core.parse(ChatCompletion, content, response)
+        if stream:
+            return AsyncCompletionStream(
+                self._core, response, CompletionChunk, CompletionAccumulator(), spec, started,
+                self._watchdog,
+            )
+        return self._core.parse(Completion, content, response)
 
     # -- the one place that sends ---------------------------------------------------------
 
-    async def _send(self, spec: RequestSpec) -> httpx.Response:
+    async def _send(self, spec: RequestSpec) -> tuple[httpx.Response, bytes, float]:
+        """Send with retries: the response, its body (not read for a stream) and when the
+        successful attempt started."""
+        request = self._core.build(self._http, spec)
+        # What httpx and httpcore log meanwhile is masked with this request's secrets.
+        token = in_flight.set(functools.partial(self._core.redactor, request))
+        try:
+            return await self._attempts(spec, request)
+        finally:
+            in_flight.reset(token)
+
+    async def _attempts(
+        self, spec: RequestSpec, request: httpx.Request
+    ) -> tuple[httpx.Response, bytes, float]:
+        """Each attempt runs under its deadline (the client's :class:`_Watchdog`)."""
         core = self._core
-        request = core.build(self._http, spec)
         retries = 0
         while True:
+            spec.attempts += 1
+            start = time.monotonic()
+            deadline = spec.attempt_deadline(start)
+            response: httpx.Response | None = None
+            body: BodyBuffer | None = None
+            failure: httpx.RequestError | None = None
+            watched = self._watchdog.watch(None if deadline is None else deadline.at)
             try:
-                response = await self._http.send(request, stream=spec.stream)
-            except httpx.RequestError as exc:
-                delay = core.retry_after_error(exc, retries, spec)
-                if delay is None:
-                    raise core.transport_error(exc, request) from exc
-                core.log_retry(request, type(exc).__name__, retries, delay)
-            else:
+                response = await self._http.send(request, stream=True)
                 core.log_response(request, response, retries)
-                if response.status_code < 300:
-                    return response
+                if spec.stream and response.status_code < 300:
+                    return response, b"", start
                 try:
-                    if spec.stream:
-                        await response.aread()
-                except httpx.RequestError:
-                    pass  # the status alone still says what happened
+                    body = core.body(response, spec)
+                    async for data in response.aiter_bytes():
+                        if not body.add(data):
+                            break
                 finally:
                     await response.aclose()
-                delay = core.retry_after_status(response, retries, spec)
-                if delay is None:
-                    raise core.status_error(response)
-                core.log_retry(request, f"status {response.status_code}", retries, delay)
+            except httpx.RequestError as exc:
+                if response is None or response.status_code < 300:
+                    failure = exc
+                # else: the error body broke off; the status still speaks
+            except asyncio.CancelledError:
+                if not self._watchdog.fired(watched):
+                    raise  # cancelled by someone else: theirs to handle
+                if response is None or response.status_code < 300:
+                    failure = httpx.ReadTimeout("the deadline passed")
+            finally:
+                self._watchdog.unwatch(watched)
+            if failure is None and response is not None and response.status_code < 300:
+                return response, b"" if body is None else body.content(), start
+            delay = core.settle(request, spec, retries, deadline, failure, response, body)
             await self._sleep(delay)
             retries += 1

@@ -8,15 +8,26 @@ SSE decoding, stream assembly) is the pure core in ``_client_core.py``,
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Generic, Self, Unpack
+from typing import Any, Generic, Literal, Self, Unpack, overload
 
 import httpx
 
-from ._client_core import ClientCore, RequestSpec
+from ._client_core import (
+    BodyBuffer,
+    ClientCore,
+    Deadline,
+    Endpoint,
+    RequestSpec,
+    RequestStats,
+    earliest,
+)
+from ._client_deadline import deadline_transport, until
 from ._client_params import ChatParams, CompletionParams, TimeoutTypes
+from ._client_redact import in_flight
 from ._client_stream import (
     Accumulator,
     ChatAccumulator,
@@ -25,7 +36,13 @@ from ._client_stream import (
     ResultT,
     StreamCore,
 )
-from ._constants import DEFAULT_CONNECTION_LIMITS, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
+from ._constants import (
+    DEFAULT_CONNECTION_LIMITS,
+    DEFAULT_MAX_EVENT_BYTES,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+)
 from ._exceptions import APIError, APIStreamError, ConfigurationError
 from ._messages import Message
 from ._types import ChatCompletion, ChatCompletionChunk, Completion, CompletionChunk
@@ -40,32 +57,66 @@ class _Stream(Generic[ChunkT, ResultT]):
         response: httpx.Response,
         chunk_type: type[ChunkT],
         accumulator: Accumulator[ChunkT, ResultT],
+        spec: RequestSpec,
+        started: float,
     ) -> None:
         self.response = response
         self.error: APIError | None = None  # what broke the stream, if something did
         self._core = core
-        self._state = StreamCore(core, response, chunk_type, accumulator)
+        self._spec = spec
+        self._state = StreamCore(core, response, chunk_type, accumulator, spec.limits)
+        self._total = spec.stream_deadline(started)
         self._iterator = self._iterate()
 
     def _iterate(self) -> Generator[ChunkT, None, None]:
         state = self._state
         response = self.response
+        spec = self._spec
+        raw = response.iter_bytes()
+        waiting: Deadline | None = None
+        failure: httpx.RequestError | None = None
         try:
             try:
-                for data in response.iter_bytes():
-                    chunks = state.feed(data)
-                    if chunks:
-                        yield from chunks
+                while True:
+                    # The idle clock starts when the caller asks for more, not when
+                    # the last chunk arrived: a slow consumer is not a silent server.
+                    waiting = earliest(spec.idle_deadline(time.monotonic()), self._total)
+                    chunks = self._next_chunks(raw, waiting)
+                    if chunks is None:
+                        break
+                    yield from chunks
                 tail = state.finish()
             except httpx.RequestError as exc:
-                self.error = self._core.transport_error(exc, response.request)
-                raise self.error from exc
+                failure = exc
             except APIError as exc:
                 self.error = exc
                 raise
+            if failure is not None:  # raised here: the httpx error holds the request
+                self.error = self._core.transport_error(failure, response.request, waiting)
+                raise self.error
             yield from tail
         finally:
             response.close()
+
+    def _next_chunks(
+        self, raw: Iterator[bytes], waiting: Deadline | None
+    ) -> list[ChunkT] | None:
+        """The chunks of the next data event(s); None at the end of the body."""
+        state = self._state
+        at = None if waiting is None else waiting.at
+        while True:
+            # convo's own transport bounds each socket read by it. (No log filter here:
+            # httpx and httpcore log nothing of a body.)
+            token = until.set(at)
+            try:
+                data = next(raw, None)
+            finally:
+                until.reset(token)
+            if data is None:
+                return None
+            chunks = state.take(data, waiting)
+            if chunks is not None:
+                return chunks
 
     def __iter__(self) -> Iterator[ChunkT]:
         return self._iterator
@@ -151,14 +202,25 @@ class OpenAIClient:
         organization: ``OpenAI-Organization`` header; defaults to ``$OPENAI_ORG_ID``.
         project: ``OpenAI-Project`` header; defaults to ``$OPENAI_PROJECT_ID``.
         timeout: seconds or an ``httpx.Timeout`` (default 600 s, 5 s to connect).
+            Its largest value is a wall-clock deadline per attempt: connect,
+            headers and the whole body (see docs/client.md for streams).
         max_retries: retries after a retryable failure (default 2); per call too.
         default_headers: sent with every request (override convo's own).
-        default_query: query parameters of every request (``{"api-version": ...}``).
+        default_query: query parameters of every request (``{"api-version": ...}``);
+            a query in ``base_url`` is kept too.
         http_client: an ``httpx.Client`` to use; it stays yours (``close()``
             does not close it).
         transport: an ``httpx.BaseTransport`` for the client convo creates
             (``httpx.MockTransport``, ``convo.testing.FakeBackend().transport()``).
         sleep: how to wait between retries (default ``time.sleep``; inject for tests).
+        stream_idle_timeout: streams: the longest wait for the next data event
+            (keep-alive comments and pings do not count); default: the
+            timeout's read value.
+        stream_timeout: streams: a deadline for the whole stream (default none).
+        max_response_bytes: the largest body, or streamed answer, accepted
+            (default 64 MiB; None: no limit); past it, APIResponseTooLargeError.
+        max_event_bytes: the largest server-sent event or line accepted
+            (default 16 MiB; None: no limit).
 
     Example::
 
@@ -181,6 +243,10 @@ class OpenAIClient:
         http_client: httpx.Client | None = None,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] | None = None,
+        stream_idle_timeout: float | None = None,
+        stream_timeout: float | None = None,
+        max_response_bytes: int | None = DEFAULT_MAX_RESPONSE_BYTES,
+        max_event_bytes: int | None = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         if http_client is not None and transport is not None:
             raise ConfigurationError("pass http_client or transport, not both")
@@ -197,8 +263,14 @@ class OpenAIClient:
             max_retries=max_retries,
             default_headers=default_headers,
             default_query=default_query,
+            stream_idle_timeout=stream_idle_timeout,
+            stream_timeout=stream_timeout,
+            max_response_bytes=max_response_bytes,
+            max_event_bytes=max_event_bytes,
         )
         self._owns_http = http_client is None
+        if http_client is None and transport is None:
+            transport = deadline_transport(DEFAULT_CONNECTION_LIMITS)
         self._http = http_client or httpx.Client(
             transport=transport, timeout=timeout, limits=DEFAULT_CONNECTION_LIMITS
         )
@@ -261,7 +333,8 @@ class OpenAIClient:
             APIResponseValidationError: the answer is not a chat completion.
         """
         spec = self._core.chat_request(model, messages, params, stream=False)
-        return self._core.parse(ChatCompletion, self._send(spec))
+        response, content, _ = self._send(spec)
+        return self._core.parse(ChatCompletion, content, response)
 
     def chat_stream(
         self,
@@ -276,8 +349,9 @@ class OpenAIClient:
         Retries happen only before the first byte of the answer.
         """
         spec = self._core.chat_request(model, messages, params, stream=True)
+        response, _, started = self._send(spec)
         return ChatCompletionStream(
-            self._core, self._send(spec), ChatCompletionChunk, ChatAccumulator()
+            self._core, response, ChatCompletionChunk, ChatAccumulator(), spec, started
         )
 
     def complete(
@@ -288,45 +362,153 @@ class OpenAIClient:
         Raises the same errors as :meth:`chat`.
         """
         spec = self._core.completion_request(model, prompt, params, stream=False)
-        return self._core.parse(Completion, self._send(spec))
+        response, content, _ = self._send(spec)
+        return self._core.parse(Completion, content, response)
 
     def complete_stream(
         self, *, model: str, prompt: str | Sequence[str], **params: Unpack[CompletionParams]
     ) -> CompletionStream:
         """``POST /completions`` with ``stream: true``; same arguments as :meth:`complete`."""
         spec = self._core.completion_request(model, prompt, params, stream=True)
+        response, _, started = self._send(spec)
         return CompletionStream(
-            self._core, self._send(spec), CompletionChunk, CompletionAccumulator()
+            self._core, response, CompletionChunk, CompletionAccumulator(), spec, started
         )
+
+    # -- a recorded body, byte for byte --------------------------------------------------
+
+    @overload
+    def send(
+        self, endpoint: Literal["chat.completions"], body: bytes | str | Mapping[str, Any], *,
+        stream: Literal[False] = False, stats: RequestStats | None = None, **options: Any,
+    ) -> ChatCompletion: ...
+    @overload
+    def send(
+        self, endpoint: Literal["chat.completions"], body: bytes | str | Mapping[str, Any], *,
+        stream: Literal[True], stats: RequestStats | None = None, **options: Any,
+    ) -> ChatCompletionStream: ...
+    @overload
+    def send(
+        self, endpoint: Literal["completions"], body: bytes | str | Mapping[str, Any], *,
+        stream: Literal[False] = False, stats: RequestStats | None = None, **options: Any,
+    ) -> Completion: ...
+    @overload
+    def send(
+        self, endpoint: Literal["completions"], body: bytes | str | Mapping[str, Any], *,
+        stream: Literal[True], stats: RequestStats | None = None, **options: Any,
+    ) -> CompletionStream: ...
+    @overload
+    def send(
+        self, endpoint: Endpoint, body: bytes | str | Mapping[str, Any], *,
+        stream: Literal[False] = False, stats: RequestStats | None = None, **options: Any,
+    ) -> ChatCompletion | Completion: ...
+    @overload
+    def send(
+        self, endpoint: Endpoint, body: bytes | str | Mapping[str, Any], *,
+        stream: Literal[True], stats: RequestStats | None = None, **options: Any,
+    ) -> ChatCompletionStream | CompletionStream: ...
+    @overload
+    def send(
+        self, endpoint: Endpoint, body: bytes | str | Mapping[str, Any], *,
+        stream: bool = False, stats: RequestStats | None = None, **options: Any,
+    ) -> ChatCompletion | Completion | ChatCompletionStream | CompletionStream: ...
+
+    def send(
+        self,
+        endpoint: Endpoint,
+        body: bytes | str | Mapping[str, Any],
+        *,
+        stream: bool = False,
+        stats: RequestStats | None = None,
+        **options: Any,
+    ) -> ChatCompletion | Completion | ChatCompletionStream | CompletionStream:
+        """Send a request body as is to ``endpoint`` (what turns and reproductions use).
+
+        Unlike :meth:`chat` / :meth:`complete`, nothing is added to the body:
+        the bytes given are the bytes sent (a run's ``request`` re-sent
+        exactly). Retries, deadlines, limits, errors and streams behave as in
+        :meth:`chat`.
+
+        Args:
+            endpoint: ``"chat.completions"`` or ``"completions"``.
+            body: JSON text or bytes (sent byte for byte) or a mapping.
+            stream: the body asks for a stream (``"stream": true``).
+            stats: filled with the attempts made and the time to the headers.
+            **options: per-call options: ``timeout``, ``max_retries``,
+                ``extra_headers``, ``extra_query``, ``stream_idle_timeout``,
+                ``stream_timeout``, ``max_response_bytes``, ``max_event_bytes``.
+        """
+        spec = self._core.body_request(endpoint, body, options, stream=stream)
+        start = time.perf_counter()
+        try:
+            response, content, started = self._send(spec)
+        finally:
+            if stats is not None:
+                stats.attempts = spec.attempts
+        if stats is not None:
+            stats.headers_ms = (time.perf_counter() - start) * 1000
+        if endpoint == "chat.completions":
+            if stream:
+                return ChatCompletionStream(
+                    self._core, response, ChatCompletionChunk, ChatAccumulator(), spec, started
+                )
+            return self._core.parse(ChatCompletion, content, response)
+        if stream:
+            return CompletionStream(
+                self._core, response, CompletionChunk, CompletionAccumulator(), spec, started
+            )
+        return self._core.parse(Completion, content, response)
 
     # -- the one place that sends ---------------------------------------------------------
 
-    def _send(self, spec: RequestSpec) -> httpx.Response:
+    def _send(self, spec: RequestSpec) -> tuple[httpx.Response, bytes, float]:
+        """Send with retries: the response, its body (not read for a stream) and when the
+        successful attempt started."""
+        request = self._core.build(self._http, spec)
+        # What httpx and httpcore log meanwhile is masked with this request's secrets.
+        token = in_flight.set(functools.partial(self._core.redactor, request))
+        try:
+            return self._attempts(spec, request)
+        finally:
+            in_flight.reset(token)
+
+    def _attempts(
+        self, spec: RequestSpec, request: httpx.Request
+    ) -> tuple[httpx.Response, bytes, float]:
+        """Each attempt has its own deadline (see ``_client_deadline``)."""
         core = self._core
-        request = core.build(self._http, spec)
         retries = 0
         while True:
+            spec.attempts += 1
+            start = time.monotonic()
+            deadline = spec.attempt_deadline(start)
+            response: httpx.Response | None = None
+            body: BodyBuffer | None = None
+            failure: httpx.RequestError | None = None
+            token = until.set(None if deadline is None else deadline.at)
             try:
-                response = self._http.send(request, stream=spec.stream)
-            except httpx.RequestError as exc:
-                delay = core.retry_after_error(exc, retries, spec)
-                if delay is None:
-                    raise core.transport_error(exc, request) from exc
-                core.log_retry(request, type(exc).__name__, retries, delay)
-            else:
+                response = self._http.send(request, stream=True)
                 core.log_response(request, response, retries)
-                if response.status_code < 300:
-                    return response
+                if spec.stream and response.status_code < 300:
+                    return response, b"", start
                 try:
-                    if spec.stream:
-                        response.read()
-                except httpx.RequestError:
-                    pass  # the status alone still says what happened
+                    body = core.body(response, spec)
+                    for data in response.iter_bytes():
+                        if not body.add(data):
+                            break
+                        # What a transport convo did not build cannot bound its reads.
+                        if deadline is not None and deadline.expired():
+                            raise httpx.ReadTimeout("the deadline passed")
                 finally:
                     response.close()
-                delay = core.retry_after_status(response, retries, spec)
-                if delay is None:
-                    raise core.status_error(response)
-                core.log_retry(request, f"status {response.status_code}", retries, delay)
+            except httpx.RequestError as exc:
+                if response is None or response.status_code < 300:
+                    failure = exc
+                # else: the error body broke off; the status still speaks
+            finally:
+                until.reset(token)
+            if failure is None and response is not None and response.status_code < 300:
+                return response, b"" if body is None else body.content(), start
+            delay = core.settle(request, spec, retries, deadline, failure, response, body)
             self._sleep(delay)
             retries += 1

@@ -22,10 +22,10 @@ from typing import Any, Generic, Protocol, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from ._client_core import ClientCore
-from ._client_errors import safe_url
-from ._exceptions import APIResponseValidationError, APIStreamError
-from ._sse import ServerSentEvent, SSEDecoder
+from ._client_core import ClientCore, Deadline, Limits
+from ._client_errors import describe
+from ._exceptions import APIError
+from ._sse import EventTooLarge, ServerSentEvent, SSEDecoder
 from ._types import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -259,9 +259,20 @@ class StreamCore(Generic[ChunkT, ResultT]):
         response: the streamed response (for the URL and request id in errors).
         chunk_type: the chunk model to parse each event's data into.
         accumulator: assembles the chunks into the final result.
+        limits: the request's limits (the stream's total size, one event's size).
     """
 
-    __slots__ = ("_acc", "_core", "_decoder", "_parse", "_response", "_what", "done")
+    __slots__ = (
+        "_acc",
+        "_core",
+        "_decoder",
+        "_max_body",
+        "_parse",
+        "_response",
+        "_size",
+        "_what",
+        "done",
+    )
 
     def __init__(
         self,
@@ -269,6 +280,7 @@ class StreamCore(Generic[ChunkT, ResultT]):
         response: httpx.Response,
         chunk_type: type[ChunkT],
         accumulator: Accumulator[ChunkT, ResultT],
+        limits: Limits,
     ) -> None:
         self._core = core
         self._response = response
@@ -276,7 +288,9 @@ class StreamCore(Generic[ChunkT, ResultT]):
         self._parse: Callable[[str], ChunkT] = chunk_type.__pydantic_validator__.validate_json
         self._what = chunk_type.__name__
         self._acc = accumulator
-        self._decoder = SSEDecoder()
+        self._decoder = SSEDecoder(limits.max_event)
+        self._max_body = limits.max_body
+        self._size = 0
         self.done = False  # [DONE] received
 
     @property
@@ -285,16 +299,40 @@ class StreamCore(Generic[ChunkT, ResultT]):
         return self.done or self._acc.finished
 
     def feed(self, data: bytes) -> list[ChunkT]:
-        """The chunks completed by ``data``; raises on an error event or a malformed one."""
+        """The chunks completed by ``data``; raises on an error event or a malformed one.
+
+        Errors are raised outside the ``except`` blocks that detect them: a
+        decode or validation error quotes the raw bytes, which must not stay
+        attached to the exception convo raises.
+        """
+        limit = self._max_body
+        if limit is not None:
+            self._size += len(data)
+            if self._size > limit:
+                raise self._core.too_large("the stream", limit, self._response)
         try:
             events = self._decoder.feed(data)
         except UnicodeDecodeError as exc:
-            raise APIResponseValidationError(
-                f"the stream from {safe_url(self._response.request.url)} is not valid UTF-8: {exc}",
-                status_code=self._response.status_code,
-                request_id=self._response.headers.get("x-request-id"),
-            ) from exc
-        return self._handle(events) if events else []
+            error: APIError = self._core.decode_error(exc, self._response)
+        except EventTooLarge as exc:
+            error = self._core.too_large("a server-sent event", exc.limit, self._response)
+        else:
+            return self._handle(events) if events else []
+        raise error
+
+    def take(self, data: bytes, waiting: Deadline | None) -> list[ChunkT] | None:
+        """The chunks of ``data``, or None when it held no data event (read on).
+
+        Keep-alive comments and pings keep bytes coming without data: when
+        ``waiting`` (the idle or total deadline) has passed meanwhile, that is
+        APITimeoutError.
+        """
+        chunks = self.feed(data)
+        if chunks or self.done:
+            return chunks
+        if waiting is not None and waiting.expired():
+            raise self._core.timeout_error(self._response.request, waiting)
+        return None
 
     def _handle(self, events: list[ServerSentEvent]) -> list[ChunkT]:
         chunks: list[ChunkT] = []
@@ -313,23 +351,22 @@ class StreamCore(Generic[ChunkT, ResultT]):
             try:
                 chunk = self._parse(text)
             except ValidationError as exc:
-                raise self._core.validation_error(self._what, exc, self._response, text) from exc
-            extra = chunk.__pydantic_extra__
-            if extra and "error" in extra:
-                raise self._core.stream_error(text, self._response)
-            self._acc.add(chunk)
-            chunks.append(chunk)
+                problems = describe(exc)
+            else:
+                extra = chunk.__pydantic_extra__
+                if extra and "error" in extra:
+                    raise self._core.stream_error(text, self._response)
+                self._acc.add(chunk)
+                chunks.append(chunk)
+                continue
+            raise self._core.validation_error(self._what, problems, text, self._response)
         return chunks
 
     def finish(self) -> list[ChunkT]:
         """End of the body: the last chunks, or APIStreamError if it ended too early."""
         chunks = self._handle(self._decoder.flush())
         if not self.complete:
-            raise APIStreamError(
-                f"stream from {safe_url(self._response.request.url)} ended before the response "
-                "was complete (no finish reason, no [DONE])",
-                request_id=self._response.headers.get("x-request-id"),
-            )
+            raise self._core.stream_cut_error(self._response)
         return chunks
 
     def result(self) -> ResultT:

@@ -9,6 +9,8 @@ import httpx
 __all__ = [
     "DEFAULT_BASE_URL",
     "DEFAULT_CONNECTION_LIMITS",
+    "DEFAULT_MAX_EVENT_BYTES",
+    "DEFAULT_MAX_RESPONSE_BYTES",
     "DEFAULT_MAX_RETRIES",
     "DEFAULT_TIMEOUT",
     "ENV_API_KEY",
@@ -17,9 +19,11 @@ __all__ = [
     "ENV_PROJECT_ID",
     "ERROR_EXCERPT_CHARS",
     "INITIAL_RETRY_DELAY",
+    "MAX_ERROR_BODY_BYTES",
     "MAX_RETRY_AFTER",
     "MAX_RETRY_DELAY",
     "POOL_SHARDS",
+    "REQUEST_ID_CHARS",
     "RETRY_JITTER",
 ]
 
@@ -32,7 +36,9 @@ ENV_ORG_ID: Final = "OPENAI_ORG_ID"
 ENV_PROJECT_ID: Final = "OPENAI_PROJECT_ID"
 
 # Ten minutes in total, like the SDK: long completions are slow, but a server
-# that does not accept the connection within 5 s is not going to.
+# that does not accept the connection within 5 s is not going to. The total is
+# a wall-clock deadline per attempt (connect, headers and the whole body); for
+# streams its read value is the longest wait for the next data event.
 DEFAULT_TIMEOUT: Final = httpx.Timeout(timeout=600.0, connect=5.0)
 DEFAULT_MAX_RETRIES: Final = 2
 # Many concurrent requests to one host are normal for a chatbot backend.
@@ -51,3 +57,14 @@ MAX_RETRY_AFTER: Final = 60.0
 
 # How much of an unexpected body goes into an error message.
 ERROR_EXCERPT_CHARS: Final = 200
+# A request id longer than this is not one; it is cut in messages.
+REQUEST_ID_CHARS: Final = 200
+
+# What a server may make the client hold in memory. A chat completion is
+# kilobytes; 64 MiB leaves room for n > 1 with logprobs on long replies. One
+# server-sent event is one delta (bytes to kilobytes); 16 MiB leaves room for
+# servers that send a whole reply in one event.
+DEFAULT_MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
+DEFAULT_MAX_EVENT_BYTES: Final = 16 * 1024 * 1024
+# An error body is read only for its message: at most this much of it.
+MAX_ERROR_BODY_BYTES: Final = 1024 * 1024

@@ -9,100 +9,55 @@ HTTP call.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
+from ._async_store import AsyncStore
 from ._context_plan import BuildConfig, plan_build, run_async, run_sync, store_call
 from ._context_report import Context
-from ._exceptions import ConfigurationError
+from ._exceptions import ConfigurationError, StoreInputError
 from ._messages import Message
 from ._selection import TruncateMode
+from ._store import Store
+from ._summary import AsyncSummarizer, Summarizer
 
 if TYPE_CHECKING:
-    from ._async_store import AsyncStore
     from ._chat_render import ChatProfile
     from ._models import ModelRegistry
-    from ._store import Store
-    from ._summary import AsyncSummarizer, Summarizer
     from ._templates import PromptTemplate
+    from ._tokens import TokenCounter
 
 __all__ = ["AsyncContextBuilder", "ContextBuilder"]
 
 Mode = Literal["chat", "completion"]
 
+DEFAULT_LOW_WATER = 0.5
+"""After an overflow, keep half of the history budget (summaries with hysteresis)."""
+
+
+StoreT = TypeVar("StoreT")
+SummarizerT = TypeVar("SummarizerT")
+
 
 class _BuilderBase:
-    """Configuration shared by both builders (pure: resolves models, budgets, renderers)."""
+    """What every builder holds: its resolved configuration (pure), and a build's config."""
 
-    def __init__(
-        self,
-        *,
-        model: str,
-        mode: Mode = "chat",
-        encoding: str | None = None,
-        template: PromptTemplate | str | None = None,
-        profile: ChatProfile | None = None,
-        budget: int | None = None,
-        reserve: int | None = None,
-        margin: int | None = None,
-        max_messages: int | None = None,
-        max_history_tokens: int | None = None,
-        truncate: TruncateMode | None = None,
-        summary_max_tokens: int = 512,
-        summary_role: Literal["system", "developer", "user"] = "system",
-        registry: ModelRegistry | None = None,
-        page_size: int = 0,
-    ) -> None:
-        from ._encodings import get_encoding
-        from ._models import DEFAULT_MARGIN, budget_for
-        from ._models import models as default_registry
-        from ._tokens import TokenCounter
-
-        if mode not in ("chat", "completion"):
-            raise ConfigurationError(f"mode must be 'chat' or 'completion', not {mode!r}")
-        self.model = model
-        self.mode: Mode = mode
-        reg = registry if registry is not None else default_registry
-        self._counter = TokenCounter.for_model(model, encoding=encoding, registry=reg)
-        # registered tokenizers need only encode(); truncation needs decode too
-        self._decode = getattr(get_encoding(self._counter.encoding_name), "decode", None)
-        if budget is not None:
-            if reserve is not None or margin is not None:
-                raise ConfigurationError("give either budget= or reserve=/margin=, not both")
-            self.budget, self.reply_reserve = budget, None
-        else:
-            kw: dict[str, Any] = {"registry": reg}
-            if reserve is not None:
-                kw["reserve"] = reserve
-            if margin is not None:
-                kw["margin"] = margin
-            self.budget = budget_for(model, **kw)
-            # what budget_for held back for the reply (its default depends on the model)
-            used_margin = margin if margin is not None else DEFAULT_MARGIN
-            self.reply_reserve = reg.get(model).context_window - used_margin - self.budget
-        self._template: Any = None
-        if mode == "completion":
-            from ._templates import get_template
-
-            tpl = template if template is not None else "transcript"
-            self._template = get_template(tpl) if isinstance(tpl, str) else tpl
-        elif template is not None:
-            raise ConfigurationError("template= only applies to mode='completion'")
-        from ._chat_render import ChatProfile, render_chat
-
-        prof = profile if profile is not None else ChatProfile.openai()
-        # Stored counts are of the messages as OpenAI takes them; a profile that
-        # rewrites messages (names dropped, parts flattened...) is counted again
-        # on what it renders, so the reported tokens stay exact.
-        self._recount = mode == "completion" or prof != ChatProfile.openai()
-        self._render_chat: Callable[[Sequence[Message]], list[dict[str, Any]]] = lambda msgs: (
-            render_chat(msgs, prof)
-        )
-        self.max_messages = max_messages
-        self.max_history_tokens = max_history_tokens
-        self.truncate = truncate
-        self.summary_max_tokens = summary_max_tokens
-        self.summary_role = summary_role
-        self.page_size = page_size
+    model: str
+    mode: Mode
+    budget: int
+    reply_reserve: int | None
+    profile: ChatProfile
+    max_messages: int | None
+    max_history_tokens: int | None
+    truncate: TruncateMode | None
+    summary_max_tokens: int
+    summary_role: Literal["system", "developer", "user"]
+    low_water: float | None
+    page_size: int
+    _counter: TokenCounter
+    _decode: Callable[[list[int]], str] | None
+    _template: Any
+    _recount: bool
+    _render_chat: Callable[[Sequence[Message]], list[dict[str, Any]]]
 
     def _config(
         self,
@@ -111,6 +66,7 @@ class _BuilderBase:
         tools: list[dict[str, Any]] | None,
         response_format: dict[str, Any] | None,
         summarizing: bool,
+        as_of: int | None,
     ) -> BuildConfig:
         return BuildConfig(
             conversation_id=conversation_id,
@@ -132,27 +88,160 @@ class _BuilderBase:
             summary_role=self.summary_role,
             page_size=self.page_size,
             decode=self._decode,
+            low_water=self.low_water,
+            as_of=_check_as_of(as_of),
         )
 
 
-class ContextBuilder(_BuilderBase):
+class _Builder(_BuilderBase, Generic[StoreT, SummarizerT]):
+    """The constructor both builders share: every setting is an explicit keyword."""
+
+    def __init__(
+        self,
+        store: StoreT,
+        *,
+        model: str,
+        summarizer: SummarizerT | None = None,
+        mode: Mode = "chat",
+        encoding: str | None = None,
+        template: PromptTemplate | str | None = None,
+        profile: ChatProfile | None = None,
+        budget: int | None = None,
+        reserve: int | None = None,
+        margin: int | None = None,
+        max_messages: int | None = None,
+        max_history_tokens: int | None = None,
+        truncate: TruncateMode | None = None,
+        summary_max_tokens: int = 512,
+        summary_role: Literal["system", "developer", "user"] = "system",
+        low_water: float | None = DEFAULT_LOW_WATER,
+        registry: ModelRegistry | None = None,
+        page_size: int = 0,
+    ) -> None:
+        """Configure the builder; it reads ``store`` on each ``build()``.
+
+        Args:
+            store: the store to read (a :class:`~convo.Store`, or an
+                :class:`~convo.AsyncStore` for :class:`~convo.AsyncContextBuilder`).
+            model: the model the context is for (its encoding and window come from
+                the registry; pass ``encoding=`` for models it does not know).
+            summarizer: summarizes dropped history; summaries are stored and reused
+                (a :class:`~convo.Summarizer`, or an :class:`~convo.AsyncSummarizer`
+                for the async builder). None: dropped history is left out.
+            mode: ``"chat"`` (a message list) or ``"completion"`` (one flattened prompt).
+            encoding: the tokenizer encoding, overriding the registry's.
+            template: the completion template: a built-in name, a .jinja file, a
+                tokenizer_config.json, or a :class:`~convo.PromptTemplate`
+                (``mode="completion"`` only; default ``"transcript"``).
+            profile: the chat capability profile of the target server (default
+                :meth:`~convo.ChatProfile.openai`).
+            budget: an explicit prompt token budget; otherwise the model's window
+                minus ``reserve`` minus ``margin``.
+            reserve: tokens held back for the reply (default: from the model).
+            margin: safety margin in tokens (default 64).
+            max_messages: cap on history messages (pinned ones not counted).
+            max_history_tokens: cap on history tokens (pinned ones not counted).
+            truncate: allow shortening an over-long newest user message
+                (``"head"``, ``"tail"`` or ``"middle"`` is what is kept).
+            summary_max_tokens: room held for the summary, and its length limit.
+            summary_role: the role of the summary message.
+            low_water: summaries that last (with a summarizer only): when history
+                overflows, keep only this much of it and summarize the rest, so
+                that one summary serves the next turns. A float in [0, 1] is a
+                fraction of the history budget (the budget minus the pinned
+                messages, the request overhead and ``summary_max_tokens``), an int
+                a number of tokens. ``None`` turns hysteresis off: the summary is
+                rolled forward whenever the window moves.
+            registry: the model registry (default :data:`convo.models`).
+            page_size: rows per store read (0: derived from the budget).
+
+        Raises:
+            ConfigurationError: contradictory or invalid settings.
+            UnknownModelError: a model whose encoding is unknown, without ``encoding=``.
+        """
+        from ._encodings import get_encoding
+        from ._models import DEFAULT_MARGIN, budget_for
+        from ._models import models as default_registry
+        from ._tokens import TokenCounter
+
+        if mode not in ("chat", "completion"):
+            raise ConfigurationError(f"mode must be 'chat' or 'completion', not {mode!r}")
+        self.store = store
+        self.summarizer = summarizer
+        self.model = model
+        self.mode: Mode = mode
+        reg = registry if registry is not None else default_registry
+        self._counter = TokenCounter.for_model(model, encoding=encoding, registry=reg)
+        # registered tokenizers need only encode(); truncation needs decode too
+        self._decode = getattr(get_encoding(self._counter.encoding_name), "decode", None)
+        if budget is not None:
+            if reserve is not None or margin is not None:
+                raise ConfigurationError("give either budget= or reserve=/margin=, not both")
+            self.budget, self.reply_reserve = budget, None
+        else:
+            kw: dict[str, Any] = {"registry": reg}
+            if reserve is not None:
+                kw["reserve"] = reserve
+            if margin is not None:
+                kw["margin"] = margin
+            self.budget = budget_for(model, **kw)
+            # what budget_for held back for the reply (its default depends on the model)
+            used_margin = margin if margin is not None else DEFAULT_MARGIN
+            self.reply_reserve = reg.get(model).context_window - used_margin - self.budget
+        self._template = None
+        if mode == "completion":
+            from ._templates import get_template
+
+            tpl = template if template is not None else "transcript"
+            self._template = get_template(tpl) if isinstance(tpl, str) else tpl
+        elif template is not None:
+            raise ConfigurationError("template= only applies to mode='completion'")
+        from ._chat_render import ChatProfile, render_chat
+
+        prof = profile if profile is not None else ChatProfile.openai()
+        self.profile = prof
+        # Stored counts are of the messages as OpenAI takes them; a profile that
+        # rewrites messages (names dropped, parts flattened...) is counted again
+        # on what it renders, so the reported tokens stay exact.
+        self._recount = mode == "completion" or prof != ChatProfile.openai()
+        self._render_chat = lambda msgs: render_chat(msgs, prof)
+        self.max_messages = max_messages
+        self.max_history_tokens = max_history_tokens
+        self.truncate = truncate
+        self.summary_max_tokens = summary_max_tokens
+        self.summary_role = summary_role
+        self.low_water = _check_low_water(low_water)
+        self.page_size = page_size
+
+
+def _check_low_water(value: float | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(
+            f"low_water must be a fraction (float), a token count (int) or None, not {value!r}"
+        )
+    if isinstance(value, float) and not 0.0 <= value <= 1.0:
+        raise ConfigurationError(
+            f"low_water={value!r}: a fraction of the history budget is between 0.0 and 1.0 "
+            "(an int is a token count)"
+        )
+    if value < 0:
+        raise ConfigurationError(f"low_water={value!r}: a token count is >= 0")
+    return value
+
+
+def _check_as_of(as_of: int | None) -> int | None:
+    if as_of is not None and (isinstance(as_of, bool) or not isinstance(as_of, int) or as_of < 1):
+        raise StoreInputError(f"as_of must be a message seq (an int >= 1), not {as_of!r}")
+    return as_of
+
+
+class ContextBuilder(_Builder[Store, Summarizer]):
     """Builds the context of a stored conversation for one model (sync).
 
-    Args:
-        store: the :class:`~convo.Store` to read from.
-        model: the model the context is for (its encoding and window come from
-            the registry; pass ``encoding=`` for models it does not know).
-        mode: ``"chat"`` (a message list) or ``"completion"`` (one flattened prompt).
-        template: the completion template: a built-in name, a .jinja file,
-            a tokenizer_config.json, or a :class:`~convo.PromptTemplate`.
-        profile: the chat capability profile of the target server.
-        budget: an explicit prompt token budget; otherwise the model's window
-            minus ``reserve`` (reply tokens) minus ``margin``.
-        max_messages / max_history_tokens: optional caps on history.
-        truncate: allow shortening an over-long newest user message
-            (``"head"``, ``"tail"`` or ``"middle"`` is what is kept).
-        summarizer: summarizes dropped history; summaries are stored and reused.
-        summary_max_tokens: room held for the summary, and its length limit.
+    The settings are those of :meth:`__init__`; a builder holds configuration
+    only and is safe to share between requests.
 
     Example::
 
@@ -162,13 +251,6 @@ class ContextBuilder(_BuilderBase):
         ctx.report.dropped_count
     """
 
-    def __init__(
-        self, store: Store, *, summarizer: Summarizer | None = None, **options: Any
-    ) -> None:
-        super().__init__(**options)
-        self.store = store
-        self.summarizer = summarizer
-
     def build(
         self,
         conversation_id: str,
@@ -176,13 +258,32 @@ class ContextBuilder(_BuilderBase):
         tools: list[dict[str, Any]] | None = None,
         response_format: dict[str, Any] | None = None,
         owner: str | None = None,
+        as_of: int | None = None,
     ) -> Context:
-        """Build the context of ``conversation_id``; see :class:`~convo.ContextReport`."""
+        """Build the context of ``conversation_id``; see :class:`~convo.ContextReport`.
+
+        Args:
+            conversation_id: the conversation (or fork) to build.
+            tools: tool definitions to send; counted in the budget.
+            response_format: the response format to be sent (JSON mode needs a
+                message that mentions JSON; the build makes sure one is kept).
+            owner: build only if the conversation belongs to this owner.
+            as_of: build the context as it was with messages ``1..as_of`` only:
+                nothing newer is read, only summaries ending at or before it are
+                used, and nothing is written but token counts (a summary this
+                needs is made and sent, not stored).
+
+        Raises:
+            ContextOverflowError: what must be kept does not fit the budget.
+            ConversationNotFound: no such conversation (for this owner).
+            MessageNotFound: ``as_of`` is past the conversation's last message.
+        """
         cfg = self._config(
             conversation_id,
             tools=tools,
             response_format=response_format,
             summarizing=self.summarizer is not None,
+            as_of=as_of,
         )
 
         targets = {"store": self.store, "summarizer": self.summarizer}
@@ -195,15 +296,17 @@ class ContextBuilder(_BuilderBase):
         return run_sync(plan_build(cfg), handle)
 
 
-class AsyncContextBuilder(_BuilderBase):
-    """:class:`ContextBuilder` over an :class:`~convo.AsyncStore`; ``build`` is awaited."""
+class AsyncContextBuilder(_Builder[AsyncStore, AsyncSummarizer]):
+    """:class:`ContextBuilder` over an :class:`~convo.AsyncStore`; ``build`` is awaited.
 
-    def __init__(
-        self, store: AsyncStore, *, summarizer: AsyncSummarizer | None = None, **options: Any
-    ) -> None:
-        super().__init__(**options)
-        self.store = store
-        self.summarizer = summarizer
+    The settings are those of :meth:`__init__` (the summarizer is an
+    :class:`~convo.AsyncSummarizer`).
+
+    Example::
+
+        builder = AsyncContextBuilder(async_store, model="gpt-4o-mini")
+        ctx = await builder.build(conversation_id)
+    """
 
     async def build(
         self,
@@ -212,13 +315,15 @@ class AsyncContextBuilder(_BuilderBase):
         tools: list[dict[str, Any]] | None = None,
         response_format: dict[str, Any] | None = None,
         owner: str | None = None,
+        as_of: int | None = None,
     ) -> Context:
-        """Build the context of ``conversation_id``; see :class:`~convo.ContextReport`."""
+        """Build the context of ``conversation_id``; see :meth:`ContextBuilder.build`."""
         cfg = self._config(
             conversation_id,
             tools=tools,
             response_format=response_format,
             summarizing=self.summarizer is not None,
+            as_of=as_of,
         )
 
         targets = {"store": self.store, "summarizer": self.summarizer}

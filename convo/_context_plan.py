@@ -5,185 +5,52 @@ A build is written once, as a generator that *yields* the I/O it needs
 builder answers with :class:`~convo.Store` calls, the async builder awaits
 :class:`~convo.AsyncStore` calls: one algorithm, two thin shells, no drift
 (the "sans-I/O" style of h11 and httpx's core).
+
+The operations, the configuration and the cost models are in
+:mod:`convo._context_ops`; summaries (made, reused, kept with hysteresis) in
+:mod:`convo._context_summaries`.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Generator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any
 
+from ._context_ops import (
+    AddSummary,
+    BuildConfig,
+    LatestSummary,
+    Op,
+    Plan,
+    Range,
+    SaveCounts,
+    Start,
+    Summarize,
+    Tail,
+    drop_oldest_turn,
+    make_selector,
+    message_cost,
+    request_overhead,
+)
 from ._context_report import Context, ContextReport, SummaryUse, TruncationReport
-from ._control import render_prompt
-from ._exceptions import ContextError, ContextOverflowError, TemplateError
+from ._context_summaries import (
+    LOOKUP,
+    History,
+    Sent,
+    Tally,
+    hysteresis,
+    low_water_tokens,
+    summarize,
+    summary_parts,
+)
+from ._control import control_markers, render_prompt
+from ._exceptions import ContextError, MessageNotFound
 from ._messages import Message
-from ._records import StoredMessage, Summary
-from ._selection import Item, Selection, Selector, TruncateMode
+from ._records import StoredMessage
+from ._selection import Item, Selection
 
-__all__ = ["BuildConfig", "Plan", "plan_build"]
-
-# ---- the I/O a build asks for -------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Start:
-    """-> (pinned, newest page): lists of (StoredMessage, cached tokens | None); the
-    pinned messages of the whole lineage oldest first, then the newest ``limit``
-    messages newest first. Raises ConversationNotFound for a missing / foreign one."""
-
-    limit: int
-
-
-@dataclass(frozen=True, slots=True)
-class Tail:
-    """-> list[(StoredMessage, cached tokens | None)], newest first, seq < before."""
-
-    before: int | None
-    limit: int
-
-
-@dataclass(frozen=True, slots=True)
-class Range:
-    """-> list[StoredMessage], oldest first, after < seq < before."""
-
-    after: int
-    before: int
-    limit: int
-
-
-@dataclass(frozen=True, slots=True)
-class LatestSummary:
-    """-> Summary | None: the newest summary of the lineage ending at or before ``up_to_seq``."""
-
-    up_to_seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class Summarize:
-    """-> str: the summarizer's text."""
-
-    messages: Sequence[Message]
-    previous: str | None
-    max_tokens: int
-
-
-@dataclass(frozen=True, slots=True)
-class AddSummary:
-    """-> Summary (stored)."""
-
-    start_seq: int
-    end_seq: int
-    content: str
-
-
-@dataclass(frozen=True, slots=True)
-class SaveCounts:
-    """-> None: store token counts computed during this build."""
-
-    encoding: str
-    counts: dict[int, int]
-
-
-Op = Start | Tail | Range | LatestSummary | Summarize | AddSummary | SaveCounts
-Plan = Generator[Op, Any, Context]
-
-
-# ---- configuration ------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class BuildConfig:
-    """Everything a build needs that is not in the database (resolved by the builder)."""
-
-    conversation_id: str
-    model: str
-    mode: Literal["chat", "completion"]
-    counter: Any  # TokenCounter
-    budget: int
-    reply_reserve: int | None
-    render_chat: Any  # Callable[[Sequence[Message]], list[dict]]
-    template: Any = None  # PromptTemplate in completion mode
-    tools: list[dict[str, Any]] | None = None
-    json_mode: bool = False
-    max_messages: int | None = None
-    max_history_tokens: int | None = None
-    truncate: TruncateMode | None = None
-    summarizing: bool = False
-    summary_max_tokens: int = 512
-    summary_role: Literal["system", "developer", "user"] = "system"
-    summary_prefix: str = "Summary of the earlier conversation:\n"
-    summary_chunk: int = 200
-    page_size: int = 0  # 0: derived from the budget
-    recount: bool = False  # count the rendered request itself (completion mode, rewriting profiles)
-    decode: Any = None  # Callable[[list[int]], str], for truncation
-    _template_costs: tuple[int, int] | None = field(default=None, repr=False)
-
-
-# ---- cost models ----------------------------------------------------------------
-
-
-def _template_costs(cfg: BuildConfig) -> tuple[int, int]:
-    """(fixed overhead, per-message framing) of the completion template, measured once.
-
-    Estimates only: selection uses them, then the exact flattened prompt is
-    counted and adjusted.
-    """
-    if cfg._template_costs is None:
-        count = cfg.counter.count
-        tpl = cfg.template
-        try:
-            u, a = Message(role="user", content="x"), Message(role="assistant", content="y")
-            one = count(tpl.render([u], add_generation_prompt=True))
-            three = count(tpl.render([u, a, u], add_generation_prompt=True))
-            per = max(0, math.ceil((three - one - count("y") - count("x")) / 2))
-            fixed = max(0, one - per - count("x"))
-        except TemplateError:
-            per, fixed = 6, 8
-        cfg._template_costs = (fixed, per)
-    return cfg._template_costs
-
-
-def _overhead(cfg: BuildConfig) -> int:
-    if cfg.mode == "chat":
-        return 3 + (cfg.counter.tools_tokens(cfg.tools) if cfg.tools else 0)
-    return _template_costs(cfg)[0]
-
-
-def _cost(cfg: BuildConfig, chat_cost: int) -> int:
-    """Cost of a message in the target format, from its (cached) chat cost."""
-    if cfg.mode == "chat":
-        return chat_cost
-    # chat cost = 3 per message + role + content; the template's framing replaces the 4
-    return max(1, chat_cost - 4 + _template_costs(cfg)[1])
-
-
-def _truncator(cfg: BuildConfig) -> Any:
-    def truncate(msg: Message, max_cost: int, mode: TruncateMode) -> tuple[Message, int] | None:
-        if not isinstance(msg.content, str) or cfg.decode is None:
-            return None
-        counter = cfg.counter
-        empty = msg.model_copy(update={"content": ""})
-        frame = _cost(cfg, counter.message_tokens(empty))
-        room = max_cost - frame - 1  # 1 token for the ellipsis of middle mode / slack
-        ids = counter.encode(msg.content)
-        while room > 0:
-            if mode == "head":
-                text = cfg.decode(ids[:room])
-            elif mode == "tail":
-                text = cfg.decode(ids[-room:])
-            else:
-                half = room // 2
-                text = cfg.decode(ids[:half]) + "…" + cfg.decode(ids[len(ids) - (room - half) :])
-            short = msg.model_copy(update={"content": text})
-            cost = _cost(cfg, counter.message_tokens(short))
-            if cost <= max_cost:
-                return short, cost
-            room -= cost - max_cost
-        return None
-
-    return truncate
-
+__all__ = ["BuildConfig", "Plan", "control_markers", "plan_build", "store_call"]
 
 # ---- the plan ---------------------------------------------------------------------
 
@@ -201,56 +68,34 @@ def plan_build(cfg: BuildConfig) -> Plan:
         elif cached is None:
             cached = counter.message_tokens(row)
             misses[row.id] = cached
-        return Item(row, row.seq, _cost(cfg, cached), counter.is_exact(row))
+        return Item(row, row.seq, message_cost(cfg, cached), counter.is_exact(row))
 
     # first page sized for ~160-token messages; later pages double
     page = cfg.page_size or max(16, min(256, cfg.budget // 160))
     # one store call for the lineage, the pinned messages and the newest page
-    pinned_rows, first_page = yield Start(page)
+    pinned_rows, first_page = yield Start(page, None if cfg.as_of is None else cfg.as_of + 1)
+    if cfg.as_of is not None and (not first_page or first_page[0][0].seq != cfg.as_of):
+        # seqs of a lineage are contiguous from 1: the newest one read is as_of if it exists
+        raise MessageNotFound(
+            f"conversation {cfg.conversation_id!r} has no message {cfg.as_of} to build as of"
+        )
     pinned = [item(r, c) for r, c in pinned_rows]
     extra_pinned: list[Item] = []
-    overhead = _overhead(cfg)
+    overhead = request_overhead(cfg)
+    tally = Tally()
     while True:
-        selector = Selector(
-            budget=cfg.budget,
-            overhead=overhead,
-            pinned=pinned + extra_pinned,
-            max_messages=cfg.max_messages,
-            max_history_tokens=cfg.max_history_tokens,
-            summary_reserve=cfg.summary_max_tokens if cfg.summarizing else 0,
-            truncate=cfg.truncate,
-            truncator=_truncator(cfg) if cfg.truncate else None,
-        )
-        rows, size = first_page, page
-        while True:
-            selector.feed([item(r, c) for r, c in rows], exhausted=len(rows) < size)
-            if selector.done:
-                break
-            size = min(size * 2, 1024)
-            rows = yield Tail(rows[-1][0].seq, size)
-        sel = selector.result()
-        if not cfg.json_mode or _mentions_json(sel):
-            break
-        found = yield from _find_json_instruction(sel, item)
-        if found is None:
-            raise ContextError(
-                "response_format json_object requires a message that mentions JSON, and no "
-                f"message of conversation {cfg.conversation_id!r} does: add one (e.g. in the "
-                "system prompt)"
-            )
-        extra_pinned.append(found)
-
-    summary_use: SummaryUse | None = None
-    summary_msg: Message | None = None
-    while True:
-        if cfg.summarizing and sel.dropped_through is not None:
-            # rolls forward from the newest stored summary, so a repeat is incremental
-            sel, summary_msg, summary_use = yield from _summarize(cfg, sel)
-        rendered = _render(cfg, sel, summary_msg, summary_use)
-        if rendered.prompt_tokens <= cfg.budget:
-            break
-        # the estimates were low (completion mode, a rewriting profile): drop a turn, recount
-        sel = _drop_oldest_turn(sel, rendered.prompt_tokens, "the rendered request")
+        history = History([], False, item)
+        sel = yield from _select(cfg, overhead, pinned + extra_pinned, first_page, page, history)
+        if cfg.json_mode and not _mentions_json(sel):
+            extra_pinned.append((yield from _json_instruction(cfg, sel, item)))
+            continue
+        sel, sent, rendered, low_water = yield from _fit(cfg, sel, history, tally)
+        if cfg.json_mode and not _mentions_json(sel):
+            # dropping down to the low-water mark (or an exact recount) left it out
+            extra_pinned.append((yield from _json_instruction(cfg, sel, item)))
+            continue
+        break
+    summary_msg, summary_use = summary_parts(sent, tally.calls)
     if cfg.mode == "completion":
         exact = True  # counted on the very string that is sent
     else:
@@ -261,7 +106,77 @@ def plan_build(cfg: BuildConfig) -> Plan:
     if misses:
         yield SaveCounts(counter.encoding_name, misses)
 
-    return _finish(cfg, sel, rendered, summary_use, exact, len(misses))
+    return _finish(cfg, sel, rendered, summary_use, exact, len(misses), low_water)
+
+
+def _select(
+    cfg: BuildConfig,
+    overhead: int,
+    pinned: list[Item],
+    first_page: list[Any],
+    page: int,
+    history: History,
+) -> Generator[Op, Any, Selection]:
+    """As much history as fits (by the estimates), read newest first, page by page;
+    every row read is kept in ``history`` (hysteresis selects again from it)."""
+    selector = make_selector(cfg, overhead, pinned)
+    rows, size = first_page, page
+    while True:
+        fed = [history.item(r, c) for r, c in rows]
+        history.seen += fed
+        history.exhausted = len(rows) < size
+        selector.feed(fed, exhausted=history.exhausted)
+        if selector.done:
+            return selector.result()
+        size = min(size * 2, 1024)
+        rows = yield Tail(rows[-1][0].seq, size)
+
+
+def _fit(
+    cfg: BuildConfig, sel: Selection, history: History, tally: Tally
+) -> Generator[Op, Any, tuple[Selection, Sent | None, _Rendered, int | None]]:
+    """The summary for what ``sel`` drops, and the request rendered within the budget.
+
+    Returns the final selection, the summary sent, the rendered request and the
+    low-water mark in effect (None without hysteresis).
+    """
+    lasting = cfg.summarizing and cfg.low_water is not None  # summaries with hysteresis
+    low_water = low_water_tokens(cfg, sel) if lasting else None
+    sent: Sent | None = None
+    rendered: _Rendered | None = None
+    if cfg.summarizing and sel.dropped_through is not None:
+        if low_water is not None:
+            sel, sent, rendered = yield from hysteresis(cfg, sel, history, low_water, tally, _render)
+        else:
+            # rolls forward from the newest stored summary, so a repeat is incremental
+            sel, sent = yield from summarize(cfg, sel, tally, LOOKUP)
+    if rendered is None:
+        rendered = _render(cfg, sel, *summary_parts(sent))
+    while rendered.prompt_tokens > cfg.budget:
+        # the estimates were low (completion mode, a rewriting profile): drop a turn, recount
+        sel = drop_oldest_turn(sel, rendered.prompt_tokens, "the rendered request")
+        rendered = None
+        if low_water is not None and sent is None:
+            # an overflow that only the exact count showed: handled as any other
+            sel, sent, rendered = yield from hysteresis(cfg, sel, history, low_water, tally, _render)
+        elif cfg.summarizing:
+            base = sent.summary if sent is not None else LOOKUP
+            sel, sent = yield from summarize(cfg, sel, tally, base)
+        if rendered is None:
+            rendered = _render(cfg, sel, *summary_parts(sent))
+    return sel, sent, rendered, low_water
+
+
+def _json_instruction(cfg: BuildConfig, sel: Selection, item: Any) -> Generator[Op, Any, Item]:
+    """The newest dropped message that mentions JSON, to pin; an error if there is none."""
+    found = yield from _find_json_instruction(sel, item)
+    if found is None:
+        raise ContextError(
+            "response_format json_object requires a message that mentions JSON, and no "
+            f"message of conversation {cfg.conversation_id!r} does: add one (e.g. in the "
+            "system prompt)"
+        )
+    return found
 
 
 def _has_media(parts: list[Any]) -> bool:
@@ -286,85 +201,6 @@ def _find_json_instruction(sel: Selection, item: Any) -> Generator[Op, Any, Item
         if len(rows) < 256:
             return None
         before = rows[-1][0].seq
-
-
-def _drop_oldest_turn(sel: Selection, required: int, what: str) -> Selection:
-    """The selection without its oldest turn; the newest turn is never dropped.
-
-    ``required`` is what the current selection needs (``what`` says what that
-    includes), for the error when nothing more can go.
-    """
-    window = sel.window
-    starts = [i for i, it in enumerate(window) if it.message.role == "user"]
-    nxt = next((s for s in starts if s > 0), None)
-    if nxt is None:
-        raise ContextOverflowError(
-            f"{what} needs {required} tokens but the budget is {sel.budget}, and only the "
-            "pinned messages and the newest turn are left: raise the budget",
-            budget=sel.budget,
-            required=required,
-            part="newest",
-        )
-    dropped = window[:nxt]
-    sel.window = window[nxt:]
-    sel.dropped_through = dropped[-1].seq
-    sel.dropped_count += len(dropped)
-    sel.stop_reason = "budget"
-    return sel
-
-
-def _summarize(
-    cfg: BuildConfig, sel: Selection
-) -> Generator[Op, Any, tuple[Selection, Message, SummaryUse]]:
-    """Reuse or roll forward the summary of everything up to ``sel.dropped_through``."""
-    counter = cfg.counter
-    pinned_seqs = {i.seq for i in sel.pinned}
-    stored: Summary | None = yield LatestSummary(sel.dropped_through or 0)
-    if stored is not None and stored.start_seq > 1:
-        # it would leave the messages before its start uncovered: start afresh
-        stored = None
-    for _ in range(4):
-        end = sel.dropped_through
-        assert end is not None
-        reused = stored is not None and stored.end_seq == end
-        if not reused:
-            text = stored.content if stored else None
-            start = stored.start_seq if stored else 1
-            cursor = stored.end_seq if stored else 0
-            while cursor < end:
-                rows: list[StoredMessage] = yield Range(cursor, end + 1, cfg.summary_chunk)
-                if not rows:
-                    break
-                fresh = [r for r in rows if r.seq not in pinned_seqs]  # pinned ones are sent anyway
-                if fresh:
-                    text = yield Summarize(fresh, text, cfg.summary_max_tokens)
-                cursor = rows[-1].seq
-            if not text or not text.strip():
-                raise ContextError(
-                    f"the summarizer returned no text for messages {start}..{end} of "
-                    f"conversation {cfg.conversation_id!r}; nothing was stored (an empty "
-                    "summary would stand in for that history forever)"
-                )
-            stored = yield AddSummary(start, end, text)
-        assert stored is not None
-        msg = Message(role=cfg.summary_role, content=cfg.summary_prefix + stored.content)
-        cost = _cost(cfg, counter.message_tokens(msg))
-        free = cfg.budget - sel.overhead - sel.pinned_tokens - sel.history_tokens
-        if cost <= free:
-            use = SummaryUse(
-                id=stored.id,
-                start_seq=stored.start_seq,
-                end_seq=stored.end_seq,
-                tokens=cost,
-                reused=reused,
-            )
-            return sel, msg, use
-        while (need := sel.overhead + sel.pinned_tokens + sel.history_tokens + cost) > cfg.budget:
-            sel = _drop_oldest_turn(sel, need, f"the context with a {cost}-token summary")
-    raise ContextError(
-        f"the summary of conversation {cfg.conversation_id!r} does not fit the budget of "
-        f"{cfg.budget} tokens; lower summary_max_tokens or raise the budget"
-    )
 
 
 def _assemble(sel: Selection, summary_msg: Message | None) -> tuple[list[Message], list[int]]:
@@ -411,6 +247,7 @@ def _finish(
     summary_use: SummaryUse | None,
     exact: bool,
     counted: int,
+    low_water: int | None = None,
 ) -> Context:
     counter = cfg.counter
     summary_tokens = summary_use.tokens if summary_use else 0
@@ -449,6 +286,8 @@ def _finish(
         stop_reason=sel.stop_reason,
         rows_read=sel.rows_read,
         counted=counted,
+        low_water=low_water,
+        as_of=cfg.as_of,
     )
     return Context.model_construct(
         mode=cfg.mode,
@@ -472,8 +311,9 @@ def store_call(
     """
     cid, scope = conversation_id, {"owner": owner}
     match op:
-        case Start(limit):
-            return "store", "context_start", (cid,), {"encoding": encoding, "limit": limit, **scope}
+        case Start(limit, before):
+            kw = {"encoding": encoding, "limit": limit, "before": before, **scope}
+            return "store", "context_start", (cid,), kw
         case Tail(before, limit):
             kw = {"encoding": encoding, "before": before, "limit": limit, **scope}
             return "store", "tail", (cid,), kw

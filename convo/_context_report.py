@@ -14,15 +14,25 @@ Mode = Literal["chat", "completion"]
 
 
 class SummaryUse(BaseModel):
-    """The summary that stood in for dropped history."""
+    """The summary that stood in for dropped history (messages ``start_seq..end_seq``)."""
 
     model_config = ConfigDict(frozen=True)
 
-    id: int
+    id: int | None = Field(
+        description="the stored summary's id; None when it was made for an as-of build "
+        "and not stored"
+    )
     start_seq: int
     end_seq: int
     tokens: int
     reused: bool = Field(description="True when a stored summary was reused as is")
+    created: bool = Field(
+        default=False, description="True when this build made it (the summarizer was called)"
+    )
+    calls: int = Field(default=0, description="summarizer calls made during this build")
+    stored: bool = Field(
+        default=True, description="False for a summary an as-of build made and did not store"
+    )
 
 
 class TruncationReport(BaseModel):
@@ -68,6 +78,14 @@ class ContextReport(BaseModel):
     stop_reason: str
     rows_read: int
     counted: int = Field(description="messages tokenized during this build (cache misses)")
+    low_water: int | None = Field(
+        default=None,
+        description="history tokens kept after an overflow (summaries with hysteresis); "
+        "None when the builder has no summarizer or low_water=None",
+    )
+    as_of: int | None = Field(
+        default=None, description="the build saw messages 1..as_of only (None: all of them)"
+    )
 
 
 class Context(BaseModel):

@@ -9,11 +9,14 @@ Every error convo raises on purpose derives from :class:`ConvoError`::
     │   ├── NotMigratedError          the database has no (or an old) convo schema: run `convo db upgrade`
     │   ├── ConversationNotFound      no such conversation (or not visible to this owner)  (also KeyError)
     │   ├── MessageNotFound           no such message in the conversation  (also KeyError)
+    │   ├── RunNotFound               no such run record (or not visible to this owner)  (also KeyError)
+    │   ├── ReplayNotFound            no such replay (or not visible to this owner)  (also KeyError)
     │   ├── ForkConflictError         an operation that would orphan or break a fork lineage
     │   └── StoreInputError           a store argument it refuses: non-JSON metadata, bad cursor or range  (also ValueError)
     ├── TokenizerError
     │   ├── UnknownModelError         a model name that maps to no encoding: pass `encoding=`
     │   └── EncodingUnavailableError  an encoding whose data cannot be loaded offline or online
+    ├── TurnCancelled                 a streamed turn was closed before it finished (its run: cancelled)
     ├── ContextError                  building a context
     │   ├── ContextOverflowError      what must be kept does not fit: carries the numbers
     │   └── TemplateError             a chat template that fails to load or render
@@ -21,6 +24,7 @@ Every error convo raises on purpose derives from :class:`ConvoError`::
         ├── APIConnectionError        could not connect / connection dropped
         │   └── APITimeoutError
         ├── APIResponseValidationError  the server answered something that is not the API's format
+        ├── APIResponseTooLargeError  an answer over the client's size limits (body, stream, SSE event)
         ├── APIStreamError            an SSE stream that reported an error or broke midway
         └── APIStatusError            a 4xx/5xx answer; `.status_code`, `.body`, `.request_id`
             ├── BadRequestError              400
@@ -44,6 +48,7 @@ from typing import Any
 __all__ = [
     "APIConnectionError",
     "APIError",
+    "APIResponseTooLargeError",
     "APIResponseValidationError",
     "APIStatusError",
     "APIStreamError",
@@ -65,10 +70,13 @@ __all__ = [
     "NotMigratedError",
     "PermissionDeniedError",
     "RateLimitError",
+    "ReplayNotFound",
+    "RunNotFound",
     "StoreError",
     "StoreInputError",
     "TemplateError",
     "TokenizerError",
+    "TurnCancelled",
     "UnknownModelError",
     "UnprocessableEntityError",
 ]
@@ -79,7 +87,7 @@ class ConvoError(Exception):
 
 
 class ConfigurationError(ConvoError):
-    """Invalid configuration: a database URL, an API key, a registry entry."""
+    """Invalid configuration: a database URL, an API key, a registry entry, a request option."""
 
 
 class InvalidMessageError(ConvoError, ValueError):
@@ -117,12 +125,34 @@ class MessageNotFound(StoreError, KeyError):
         return str(self.args[0])
 
 
+class RunNotFound(StoreError, KeyError):
+    """No run record with this id (or none that the given owner may see)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ReplayNotFound(StoreError, KeyError):
+    """No replay with this id (or none that the given owner may see)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class ForkConflictError(StoreError):
     """An operation that would break a fork lineage (e.g. deleting a parent of live forks)."""
 
 
 class StoreInputError(StoreError, ValueError):
     """An argument the store refuses: non-JSON metadata, a bad cursor, limit or seq range."""
+
+
+class TurnCancelled(ConvoError):
+    """A turn stopped before it finished: a stream closed early, or an interrupt.
+
+    The user message stays stored and the run is recorded as ``cancelled``;
+    sending again (with the same idempotency key) completes the turn.
+    """
 
 
 # --- tokens ----------------------------------------------------------------
@@ -194,6 +224,30 @@ class APIResponseValidationError(APIError):
         self, message: str, *, status_code: int | None = None, request_id: str | None = None
     ) -> None:
         super().__init__(message, request_id=request_id)
+        self.status_code = status_code
+
+
+class APIResponseTooLargeError(APIError):
+    """The server's answer is larger than a limit of the client.
+
+    The limits are ``max_response_bytes`` (a body, or a whole stream) and
+    ``max_event_bytes`` (one server-sent event or line); reading stops there.
+
+    Attributes:
+        limit: the limit that was exceeded, in bytes.
+        status_code: the HTTP status of the answer.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit: int,
+        status_code: int | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message, request_id=request_id)
+        self.limit = limit
         self.status_code = status_code
 
 

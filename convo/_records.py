@@ -1,4 +1,4 @@
-"""Values the store returns: conversations, stored messages, summaries.
+"""Values the store returns: conversations, stored messages, summaries, runs.
 
 Identity (ids, sequence numbers, timestamps) is a storage concern, so it lives
 here and not on :class:`~convo.Message`. A :class:`StoredMessage` *is a*
@@ -8,14 +8,15 @@ model replies, what the server said about it.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from ._messages import Message
 
-__all__ = ["Conversation", "ReplyInfo", "StoredMessage", "Summary"]
+__all__ = ["Conversation", "ReplyInfo", "Run", "RunPage", "RunStatus", "StoredMessage", "Summary"]
 
 
 class Conversation(BaseModel):
@@ -23,7 +24,10 @@ class Conversation(BaseModel):
 
     ``parent_id`` / ``fork_seq``: a fork inherits its parent's messages with
     ``seq <= fork_seq`` (without copying them); its own messages continue at
-    ``fork_seq + 1``.
+    ``fork_seq + 1``. A *branch* is a fork made by regenerating or editing a
+    turn (or by a replay): ``branch_kind`` says which, ``branch_of`` names
+    the thread's root, and the root's ``current_branch_id`` the branch that
+    is current.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -37,6 +41,13 @@ class Conversation(BaseModel):
     parent_id: str | None = None
     fork_seq: int | None = None
     last_seq: int = 0
+    branch_kind: str | None = Field(
+        default=None, description="'regenerate', 'edit', 'replay'... when this is a branch"
+    )
+    branch_of: str | None = Field(default=None, description="the thread this branches (its root)")
+    current_branch_id: str | None = Field(
+        default=None, description="on a thread's root: the branch new turns go to"
+    )
 
 
 class ReplyInfo(BaseModel):
@@ -85,3 +96,75 @@ class Summary(BaseModel):
     content: str
     created_at: datetime
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+#: ``pending`` until the request ends; then ``ok`` (a reply was stored),
+#: ``failed`` (an error, see ``error_type``), ``cancelled`` (the caller stopped
+#: it, or another send with the same idempotency key stored its reply first),
+#: or ``incomplete`` (the reply was cut short: a stream that broke after text
+#: arrived; what arrived is in ``response``).
+RunStatus = Literal["pending", "ok", "failed", "cancelled", "incomplete"]
+
+
+class Run(BaseModel):
+    """The record of one request sent to a model: what was sent, why, and what came back.
+
+    It answers "why did the bot say (or forget) that?" without guessing, and
+    holds what a reproduction needs to re-send the request byte for byte:
+    ``request`` is the JSON body exactly as sent (no headers, so no secrets).
+    ``settings`` are the context builder's settings (budget, reserve, template
+    name and source hash, profile...); ``kept_seqs`` / ``summary_id`` what it
+    kept; ``input_seq`` the newest message sent.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    conversation_id: str
+    owner: str | None = None
+    endpoint: Literal["chat.completions", "completions"]
+    mode: Literal["chat", "completion"]
+    model: str
+    base_url: str | None = None
+    stream: bool = False
+    request: str = Field(description="the request body exactly as sent (JSON text)")
+    settings: dict[str, JsonValue] = Field(default_factory=dict)
+    kept_seqs: list[int] = Field(default_factory=list)
+    summary_id: int | None = None
+    input_seq: int | None = None
+    idempotency_key: str | None = Field(default=None, description="the turn's key")
+    round: int = Field(default=0, description="tool round within the turn (0: first request)")
+    estimated_prompt_tokens: int | None = None
+    reported_prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    usage: dict[str, Any] | None = None
+    reply_message_id: int | None = None
+    status: RunStatus = "pending"
+    error_type: str | None = None
+    error_message: str | None = None
+    attempts: int = 0
+    ttfb_ms: float | None = None
+    latency_ms: float | None = None
+    finish_reason: str | None = None
+    system_fingerprint: str | None = None
+    seed: int | None = None
+    response: dict[str, Any] | None = None
+    reproduces_id: str | None = None
+    replays_id: str | None = None
+    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+    created_at: datetime
+    finished_at: datetime | None = None
+
+    def body(self) -> dict[str, Any]:
+        """The request body, parsed."""
+        value: dict[str, Any] = json.loads(self.request)
+        return value
+
+
+class RunPage(BaseModel):
+    """One page of :meth:`~convo.Store.list_runs`, newest first; pass ``next_cursor`` back."""
+
+    model_config = ConfigDict(frozen=True)
+
+    items: list[Run]
+    next_cursor: str | None = None

@@ -8,10 +8,16 @@ checks that models and migrations never drift.
 Tables::
 
     conversations   id (time-ordered hex), title, owner, metadata, timestamps,
-                    parent_id / fork_seq (fork lineage), last_seq (sequence counter)
+                    parent_id / fork_seq (fork lineage), last_seq (sequence counter),
+                    branch_kind / branch_of / current_branch_id (branches of a thread)
     messages        one row per message; UNIQUE(conversation_id, seq)
     message_tokens  (message_id, encoding) -> tokens, filled by the context builder
     summaries       text standing in for messages start_seq..end_seq
+    runs            one row per request sent to a model: the exact body, what the
+                    context builder decided, status, timings, the reply's id
+    replays         a replay of stored conversations against "arms" (its spec, status)
+    replay_items    one (conversation, turn, arm) of a replay: the new reply's run,
+                    the comparison with the original, the judge's verdict
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ __all__ = [
     "ConversationRow",
     "MessageRow",
     "MessageTokenRow",
+    "ReplayItemRow",
+    "ReplayRow",
+    "RunRow",
     "SummaryRow",
     "UTCDateTime",
     "metadata",
@@ -38,7 +47,7 @@ __all__ = [
 
 #: The Alembic revision this code expects the database to be at (the head of
 #: ``migrations/versions``; a test keeps the two equal).
-SCHEMA_REVISION = "0001_initial"
+SCHEMA_REVISION = "0003_replays"
 
 # Stable constraint names on both databases, so migrations can refer to them.
 NAMING_CONVENTION = {
@@ -119,6 +128,12 @@ class ConversationRow(Base):
     # The per-conversation sequence counter: appends take the next value with
     # UPDATE ... SET last_seq = last_seq + 1 RETURNING last_seq (row lock = ordering).
     last_seq: Mapped[int] = mapped_column(server_default=sa.text("0"))
+    # Branches (regenerate, edit-and-continue, replays) are forks marked with
+    # their kind and the conversation they branch (the thread's root); the
+    # root points at the branch that is current, where new turns go.
+    branch_kind: Mapped[str | None] = mapped_column(sa.String(16))
+    branch_of: Mapped[str | None] = mapped_column(sa.String(32), index=True)
+    current_branch_id: Mapped[str | None] = mapped_column(sa.String(32))
 
     __table_args__ = (
         # Listing newest first, per owner, with a stable keyset (updated_at, id).
@@ -202,3 +217,106 @@ class SummaryRow(Base):
     created_at: Mapped[Timestamp]
 
     __table_args__ = (sa.Index("ix_summaries_conversation_id_end_seq", "conversation_id", "end_seq"),)
+
+
+class RunRow(Base):
+    """The record of one request to a model (see :class:`convo.Run`)."""
+
+    __tablename__ = "runs"
+
+    # Time-ordered hex (like conversation ids): sortable, and assigned by the
+    # app, so a run can be referred to before its row exists elsewhere.
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    conversation_id: Mapped[ConversationID] = mapped_column(
+        sa.ForeignKey("conversations.id", ondelete="CASCADE")
+    )
+    owner: Mapped[ShortText]
+    endpoint: Mapped[str] = mapped_column(sa.String(32))
+    mode: Mapped[str] = mapped_column(sa.String(16))
+    model: Mapped[str] = mapped_column(sa.String(255))
+    base_url: Mapped[str | None] = mapped_column(sa.Text)
+    stream: Mapped[bool] = mapped_column(server_default=sa.false())
+    # The body exactly as sent (JSON text, not JSONB: key order and spelling
+    # are kept, so a reproduction re-sends the same bytes).
+    request: Mapped[str] = mapped_column(sa.Text)
+    settings: Mapped[JSONDict]
+    kept_seqs: Mapped[list[Any] | None] = mapped_column(JSONType)
+    summary_id: Mapped[int | None] = mapped_column(sa.BigInteger)
+    input_seq: Mapped[int | None]
+    idempotency_key: Mapped[ShortText]
+    round: Mapped[int] = mapped_column(server_default=sa.text("0"))
+    estimated_prompt_tokens: Mapped[int | None]
+    reported_prompt_tokens: Mapped[int | None]
+    completion_tokens: Mapped[int | None]
+    usage: Mapped[JSONDict]
+    reply_message_id: Mapped[int | None] = mapped_column(sa.BigInteger)
+    status: Mapped[str] = mapped_column(sa.String(16))
+    error_type: Mapped[ShortText]
+    error_message: Mapped[str | None] = mapped_column(sa.Text)
+    attempts: Mapped[int] = mapped_column(server_default=sa.text("0"))
+    ttfb_ms: Mapped[float | None] = mapped_column(sa.Float)
+    latency_ms: Mapped[float | None] = mapped_column(sa.Float)
+    finish_reason: Mapped[str | None] = mapped_column(sa.String(64))
+    system_fingerprint: Mapped[ShortText]
+    seed: Mapped[int | None] = mapped_column(sa.BigInteger)
+    # What came back: the assembled response, or what a broken stream delivered.
+    response: Mapped[JSONDict]
+    reproduces_id: Mapped[str | None] = mapped_column(sa.String(32), index=True)
+    replays_id: Mapped[str | None] = mapped_column(sa.String(32), index=True)
+    meta: Mapped[JSONDict] = mapped_column("metadata")
+    created_at: Mapped[Timestamp]
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        # Newest first per conversation, keyset (created_at, id).
+        sa.Index("ix_runs_conversation_id_created_at", "conversation_id", "created_at", "id"),
+        # "Which run produced this reply?" (replays link to the original turn's run).
+        sa.Index("ix_runs_reply_message_id", "reply_message_id"),
+    )
+
+
+class ReplayRow(Base):
+    """A replay: stored conversations re-run against one or more arms."""
+
+    __tablename__ = "replays"
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    owner: Mapped[ShortText]
+    mode: Mapped[str] = mapped_column(sa.String(32))
+    status: Mapped[str] = mapped_column(sa.String(16))
+    spec: Mapped[JSONDict]
+    created_at: Mapped[Timestamp]
+    updated_at: Mapped[Timestamp]
+
+    __table_args__ = (sa.Index("ix_replays_owner_created_at", "owner", "created_at", "id"),)
+
+
+class ReplayItemRow(Base):
+    """One (conversation, user turn, arm) of a replay; its key is what a resumed replay skips."""
+
+    __tablename__ = "replay_items"
+
+    replay_id: Mapped[str] = mapped_column(
+        sa.String(32), sa.ForeignKey("replays.id", ondelete="CASCADE"), primary_key=True
+    )
+    conversation_id: Mapped[ConversationID] = mapped_column(primary_key=True)
+    turn: Mapped[int] = mapped_column(primary_key=True)
+    arm: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(sa.String(16))
+    branch_id: Mapped[str | None] = mapped_column(sa.String(32))
+    run_id: Mapped[str | None] = mapped_column(sa.String(32))
+    original_run_id: Mapped[str | None] = mapped_column(sa.String(32))
+    user_seq: Mapped[int]
+    original_text: Mapped[str | None] = mapped_column(sa.Text)
+    text: Mapped[str | None] = mapped_column(sa.Text)
+    similarity: Mapped[float | None] = mapped_column(sa.Float)
+    prompt_tokens: Mapped[int | None]
+    completion_tokens: Mapped[int | None]
+    kept: Mapped[int | None]
+    dropped: Mapped[int | None]
+    summarized: Mapped[int | None]
+    latency_ms: Mapped[float | None] = mapped_column(sa.Float)
+    finish_reason: Mapped[str | None] = mapped_column(sa.String(64))
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    verdict: Mapped[JSONDict]
+    created_at: Mapped[Timestamp]

@@ -14,7 +14,10 @@ at once:
    kept; if it alone does not fit, the build fails unless truncation inside
    the newest user message was allowed;
 4. optional caps on history messages and history tokens;
-5. room reserved for a summary of what was dropped (the builder fills it).
+5. room reserved for a summary of what was dropped (the builder fills it);
+6. an optional low-water mark: keep older turns only while the history stays
+   within it (summaries with hysteresis: after an overflow the builder drops
+   down to it, so the next turns fit without a new summary).
 
 The sync and async builders drive the same :class:`Selector`: they read a
 page, :meth:`Selector.feed` it, and stop when :attr:`Selector.done`.
@@ -105,6 +108,9 @@ class Selector:
             always kept.
         max_history_tokens: cap on history tokens; the current turn is always kept.
         summary_reserve: tokens held back for a summary of what gets dropped.
+        low_water: keep older turns only while the history (current turn
+            included) stays within this many tokens; the current turn is
+            always kept.
         truncate: allow shortening the newest user message in this mode.
         truncator: how to shorten a message (needed when ``truncate`` is set).
     """
@@ -118,6 +124,7 @@ class Selector:
         max_messages: int | None = None,
         max_history_tokens: int | None = None,
         summary_reserve: int = 0,
+        low_water: int | None = None,
         truncate: TruncateMode | None = None,
         truncator: Truncator | None = None,
     ) -> None:
@@ -154,6 +161,7 @@ class Selector:
         self._max_messages = max_messages
         self._max_history_tokens = max_history_tokens
         self._summary_reserve = summary_reserve
+        self._low_water = low_water
         self._truncate = truncate
         self._truncator = truncator
         self._window: list[list[Item]] = []  # kept turns, newest first
@@ -223,6 +231,9 @@ class Selector:
             and self._kept_tokens + turn.cost > self._max_history_tokens
         ):
             self._finish(turn.items[-1].seq, "max_history_tokens")
+            return False
+        if self._low_water is not None and self._kept_tokens + turn.cost > self._low_water:
+            self._finish(turn.items[-1].seq, "low water")
             return False
         # Room for the summary is held back while older history may still be
         # dropped; the turn that starts the history needs none.

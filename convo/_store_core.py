@@ -219,7 +219,7 @@ def create_conversation(
     values = {
         "id": new_conversation_id(), "title": title, "owner": owner, "metadata": meta,
         "created_at": stamp, "updated_at": stamp, "parent_id": None, "fork_seq": None,
-        "last_seq": 0,
+        "last_seq": 0, "branch_kind": None, "branch_of": None, "current_branch_id": None,
     }
     yield Op(sql.INSERT_CONVERSATION, values, "none")
     return construct(Conversation, {**values, "metadata": meta or {}})
@@ -467,6 +467,9 @@ def fork(
         "parent_id": source.id,
         "fork_seq": point,
         "last_seq": point,
+        "branch_kind": None,
+        "branch_of": None,
+        "current_branch_id": None,
     }
     try:
         yield Op(sql.INSERT_CONVERSATION, values, "none")
@@ -522,18 +525,20 @@ def tail(
 
 
 def context_start(
-    conversation_id: str, *, encoding: str, limit: int, owner: str | None
+    conversation_id: str, *, encoding: str, limit: int, owner: str | None,
+    before: int | None = None,
 ) -> Plan[tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]]]]:
     """The opening reads of a context build on one connection: the lineage once,
-    then its pinned messages (oldest first) and its newest ``limit`` messages."""
+    then its pinned messages (oldest first) and its newest ``limit`` messages,
+    both limited to ``seq < before`` when given (a build "as of" a past seq)."""
     _positive(limit, "limit")
     lineage = yield from _lineage(conversation_id, owner)
     pinned_rows = yield from _read_segments(
-        lineage, after=None, before=None, limit=None, newest_first=False,
+        lineage, after=None, before=before, limit=None, newest_first=False,
         encoding=encoding, pinned_only=True,
     )
     tail_rows = yield from _read_segments(
-        lineage, after=None, before=None, limit=limit, newest_first=True, encoding=encoding
+        lineage, after=None, before=before, limit=limit, newest_first=True, encoding=encoding
     )
     return [tokens_from_row(r) for r in pinned_rows], [tokens_from_row(r) for r in tail_rows]
 

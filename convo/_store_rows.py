@@ -97,6 +97,9 @@ def conversation_from_row(row: Any) -> Conversation:
         "parent_id": row.parent_id,
         "fork_seq": row.fork_seq,
         "last_seq": row.last_seq,
+        "branch_kind": row.branch_kind,
+        "branch_of": row.branch_of,
+        "current_branch_id": row.current_branch_id,
     })
 
 

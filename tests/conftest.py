@@ -78,9 +78,10 @@ class PgCluster:
         with engine.begin() as conn:
             # Cascades to messages, message_tokens and summaries.
             conn.exec_driver_sql("DELETE FROM conversations")
+            conn.exec_driver_sql("DELETE FROM replays")
             left = conn.exec_driver_sql(
                 "SELECT (SELECT count(*) FROM messages) + (SELECT count(*) FROM summaries)"
-                " + (SELECT count(*) FROM message_tokens)"
+                " + (SELECT count(*) FROM message_tokens) + (SELECT count(*) FROM runs)"
             ).scalar()
             assert left == 0
         engine.dispose()
@@ -263,6 +264,7 @@ class StoreHandle:
             "messages": self.count("messages"),
             "message_tokens": self.count("message_tokens"),
             "summaries": self.count("summaries"),
+            "runs": self.sql("SELECT id, status, reply_message_id FROM runs ORDER BY id"),
         }
 
     @contextmanager

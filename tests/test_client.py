@@ -149,6 +149,57 @@ async def test_azure_style_deployment(kind: str) -> None:
     assert "authorization" not in request.headers
 
 
+@pytest.mark.parametrize("passed_client", [False, True], ids=["own client", "passed client"])
+async def test_a_query_in_the_base_url_stays_a_query(kind: str, passed_client: bool) -> None:
+    # Before: "...v1?api-version=2024-06-01/chat/completions" (the path glued to the query).
+    server = Server()
+    settings: dict[str, Any] = {
+        "base_url": "https://gw.test/openai/v1/?api-version=2024-06-01&tag=a&tag=b",
+        "default_query": {"tenant": "t1"},
+    }
+    if passed_client:
+        settings["http_client"] = (httpx.Client if kind == "sync" else httpx.AsyncClient)(
+            transport=httpx.MockTransport(server)
+        )
+    api = Api(kind, server=server, **settings)
+    assert api.client.base_url == "https://gw.test/openai/v1"
+    await api.call("chat", model="m", messages=[Message.user("Hi")])
+    await api.call("complete", model="m", prompt="Hi", extra_query={"debug": "1"})
+    chat, complete = api.server.requests
+    assert chat.url.path == "/openai/v1/chat/completions"
+    assert complete.url.path == "/openai/v1/completions"
+    assert chat.url.params.multi_items() == [
+        ("api-version", "2024-06-01"), ("tag", "a"), ("tag", "b"), ("tenant", "t1")
+    ]
+    assert dict(complete.url.params) == {
+        "api-version": "2024-06-01", "tag": "a", "tenant": "t1", "debug": "1"
+    }
+    if passed_client:
+        await api.do(settings["http_client"], "close" if kind == "sync" else "aclose")
+
+
+async def test_default_and_extra_query_win_over_the_base_url_query(kind: str) -> None:
+    api = Api(
+        kind,
+        base_url="https://gw.test/v1?api-version=1",
+        default_query={"api-version": "2"},
+    )
+    await api.call("chat", model="m", messages=[Message.user("Hi")])
+    await api.call("chat", model="m", messages=[Message.user("Hi")], extra_query={"api-version": "3"})
+    assert [r.url.params["api-version"] for r in api.server.requests] == ["2", "3"]
+
+
+def test_a_fragment_or_a_malformed_base_url_is_a_configuration_error(kind: str) -> None:
+    cls = OpenAIClient if kind == "sync" else AsyncOpenAIClient
+    with pytest.raises(ConfigurationError, match="fragment"):
+        cls(base_url="https://gw.test/openai/v1?api-version=1#x")
+    with pytest.raises(ConfigurationError, match="not a valid URL"):
+        cls(base_url="http://[::1/v1")  # httpx.InvalidURL before
+    with pytest.raises(ConfigurationError) as info:
+        cls(base_url="ftp://user:hunter2@gw.test/v1?api-key=abc123")
+    assert "hunter2" not in str(info.value) and "abc123" not in str(info.value)
+
+
 async def test_extra_headers_none_removes_a_header(kind: str) -> None:
     api = Api(kind, api_key=SECRET)
     await api.call(

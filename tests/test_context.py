@@ -199,7 +199,9 @@ class Recorder:
 def test_summary_is_stored_reused_and_rolled_forward(store: Any) -> None:
     cid = _long(store, 30)
     rec = Recorder()
-    builder = ContextBuilder(store, model=MODEL, budget=1200, summarizer=rec, summary_max_tokens=100)
+    # without hysteresis: every build that drops more history rolls the summary forward
+    builder = ContextBuilder(store, model=MODEL, budget=1200, summarizer=rec, summary_max_tokens=100,
+                             low_water=None)
     first = builder.build(cid)
     assert first.report.summary is not None and not first.report.summary.reused
     end = first.report.dropped_through
@@ -421,3 +423,17 @@ async def test_async_builder_summarizes_through_the_async_client(store: Any) -> 
     sent = fake.last_request.json
     assert sent["max_completion_tokens"] == 512 and sent["temperature"] == 0
     assert store.latest_summary(cid, up_to_seq=10_000) is not None
+
+
+@pytest.mark.parametrize("builder", [ContextBuilder, AsyncContextBuilder])
+def test_builder_options_are_explicit_documented_keywords(builder: type) -> None:
+    import inspect
+
+    params = inspect.signature(builder).parameters
+    assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())  # no **options
+    options = [name for name, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    assert {"model", "summarizer", "mode", "budget", "reserve", "template", "low_water"} <= set(options)
+    doc = inspect.getdoc(builder.__init__) or ""
+    assert all(f"\n    {name}:" in "\n" + doc.split("Args:")[1] for name in options), doc
+    with pytest.raises(TypeError, match="budgte"):
+        builder(None, model=MODEL, budgte=100)

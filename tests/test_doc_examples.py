@@ -46,7 +46,7 @@ DOC_FILES = sorted(p for p in DOCS.glob("*.md") if python_blocks(p))
 
 def test_the_user_guides_have_examples() -> None:
     names = {p.name for p in DOC_FILES}
-    assert {"store.md", "context.md", "client.md", "testing.md"} <= names
+    assert {"store.md", "context.md", "client.md", "testing.md", "turns.md"} <= names
 
 
 @pytest.fixture

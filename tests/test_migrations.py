@@ -19,7 +19,9 @@ from convo._schema import SCHEMA_REVISION, metadata
 from convo._store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
-TABLES = {"conversations", "messages", "message_tokens", "summaries"}
+TABLES = {
+    "conversations", "messages", "message_tokens", "summaries", "runs", "replays", "replay_items",
+}
 
 
 def _tables(url: sa.URL) -> set[str]:
@@ -107,3 +109,88 @@ def test_alembic_offline_sql(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "CREATE TABLE messages" in result.stdout
     assert "WHERE pinned" in result.stdout and "JSONB" in result.stdout
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_upgrading_a_0001_database_with_data_keeps_every_row(backend, make_db):
+    """0001 -> head on a database that holds conversations, forks, messages, counts, summaries."""
+    url = make_db(backend, migrated=False)
+    engine = create_engine(url)
+    tables = ["conversations", "messages", "message_tokens", "summaries"]
+    try:
+        with engine.connect() as conn:
+            _migrate.upgrade(conn, "0001_initial")
+            conn.commit()
+        # Rows written as a 0001 database holds them (raw SQL: today's store
+        # writes today's columns).
+        stamp = "2026-11-22 10:00:00.000000" if backend == "sqlite" else "2026-11-22T10:00:00+00"
+        conv_id, fork_id = "0" * 31 + "1", "0" * 31 + "2"
+        statements = [
+            "INSERT INTO conversations (id, title, owner, metadata, created_at, updated_at,"
+            " parent_id, fork_seq, last_seq) VALUES"
+            f" ('{conv_id}', 'old', 'o', '{{\"k\": [1, \"x\"]}}', '{stamp}', '{stamp}',"
+            " NULL, NULL, 4)",
+            "INSERT INTO conversations (id, title, owner, metadata, created_at, updated_at,"
+            " parent_id, fork_seq, last_seq) VALUES"
+            f" ('{fork_id}', 'old', 'o', NULL, '{stamp}', '{stamp}', '{conv_id}', 2, 3)",
+        ]
+        rows = [
+            (1, conv_id, 1, "system", "Be brief.", "NULL", "NULL", "true", "NULL"),
+            (2, conv_id, 2, "user", "Hi", "'ann'", "NULL", "false", "'key-1'"),
+            (3, conv_id, 3, "assistant", None, "NULL",
+             "'[{\"id\": \"c1\", \"type\": \"function\", \"function\": "
+             "{\"name\": \"f\", \"arguments\": \"{}\"}}]'", "false", "NULL"),
+            (4, conv_id, 4, "tool", "42", "NULL", "NULL", "false", "NULL"),
+            (5, fork_id, 3, "assistant", "Hello", "NULL", "NULL", "false", "NULL"),
+        ]
+        for mid, cid, seq, role, content, name, calls, pinned, key in rows:
+            text = "NULL" if content is None else f"'{content}'"
+            if backend == "sqlite":
+                pinned = "1" if pinned == "true" else "0"
+            statements.append(
+                "INSERT INTO messages (id, conversation_id, seq, role, content, name, tool_calls,"
+                f" pinned, idempotency_key, created_at) VALUES ({mid}, '{cid}', {seq}, '{role}',"
+                f" {text}, {name}, {calls}, {pinned}, {key}, '{stamp}')"
+            )
+        statements += [
+            "INSERT INTO message_tokens (message_id, encoding, tokens) VALUES (1, 'o200k_base', 5)",
+            "INSERT INTO message_tokens (message_id, encoding, tokens) VALUES (2, 'o200k_base', 9)",
+            "INSERT INTO summaries (id, conversation_id, start_seq, end_seq, content,"
+            f" created_at) VALUES (1, '{conv_id}', 1, 2, 'sum', '{stamp}')",
+        ]
+        with engine.begin() as conn:
+            for statement in statements:
+                conn.exec_driver_sql(statement)
+
+        def dump() -> dict[str, list[tuple[object, ...]]]:
+            with engine.connect() as conn:
+                return {
+                    t: sorted(tuple(r) for r in conn.exec_driver_sql(f"SELECT * FROM {t}"))
+                    for t in tables
+                }
+
+        before = dump()
+        assert sum(len(rows) for rows in before.values()) == 2 + 5 + 2 + 1
+        with Store(url) as store:
+            assert store.current_revision() == "0001_initial"
+            store.migrate()
+            assert store.current_revision() == SCHEMA_REVISION
+            assert [m.content for m in store.messages(fork_id)] == ["Be brief.", "Hi", "Hello"]
+            assert store.get_conversation(fork_id).branch_kind is None
+            assert store.messages(conv_id)[2].tool_calls is not None
+            # the new table works on the upgraded database
+            run = store.start_run(conv_id, endpoint="chat.completions", mode="chat",
+                                  model="m", request={"model": "m", "messages": []})
+            assert store.get_run(run.id).owner == "o"
+        after = dump()
+        # every old row and value is still there; the new columns are empty
+        conv_cols = ("branch_kind", "branch_of", "current_branch_id")
+        with engine.connect() as conn:
+            new = conn.exec_driver_sql(
+                f"SELECT {', '.join(conv_cols)} FROM conversations"
+            ).all()
+        assert all(tuple(r) == (None, None, None) for r in new)
+        after["conversations"] = [r[:-3] for r in after["conversations"]]
+        assert after == before
+    finally:
+        engine.dispose()

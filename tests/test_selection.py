@@ -93,6 +93,7 @@ def _check_invariants(items: list[Item], res: Selection, budget: int, overhead: 
     max_messages=st.none() | st.integers(1, 20),
     max_history_tokens=st.none() | st.integers(1, 1000),
     reserve=st.sampled_from([0, 0, 50]),
+    low_water=st.none() | st.integers(0, 800),
     data=st.data(),
 )
 def test_invariants_hold_on_every_build(
@@ -103,6 +104,7 @@ def test_invariants_hold_on_every_build(
     max_messages: int | None,
     max_history_tokens: int | None,
     reserve: int,
+    low_water: int | None,
     data: st.DataObject,
 ) -> None:
     user_seqs = [i.seq for i in items if i.message.role == "user"]
@@ -110,7 +112,7 @@ def test_invariants_hold_on_every_build(
     try:
         res = _run(
             items, extra, page, budget=budget, overhead=overhead, max_messages=max_messages,
-            max_history_tokens=max_history_tokens, summary_reserve=reserve,
+            max_history_tokens=max_history_tokens, summary_reserve=reserve, low_water=low_water,
         )
     except ContextOverflowError as exc:
         # only legitimate when what must be kept does not fit, and the numbers say so
@@ -130,6 +132,21 @@ def test_invariants_hold_on_every_build(
         assert res.window == current
     if max_history_tokens is not None and res.history_tokens > max_history_tokens:
         assert res.window == current
+    # 6. the low-water mark binds the same way, and says so when it stopped the selection
+    if low_water is not None and res.history_tokens > low_water:
+        assert res.window == current
+    if res.stop_reason == "low water":
+        assert low_water is not None and res.dropped_count > 0
+        assert res.history_tokens <= low_water or res.window == current
+    # the low-water window is the newest part of the window kept without it
+    if low_water is not None:
+        without = _run(
+            items, extra, page, budget=budget, overhead=overhead, max_messages=max_messages,
+            max_history_tokens=max_history_tokens, summary_reserve=reserve,
+        )
+        assert [i.seq for i in without.window[len(without.window) - len(res.window):]] == [
+            i.seq for i in res.window
+        ]
 
 
 def test_newest_turn_too_big_names_the_numbers() -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import tracemalloc
+from typing import Any
 
 import pytest
 
-from convo._sse import ServerSentEvent, SSEDecoder
+from convo._sse import EventTooLarge, ServerSentEvent, SSEDecoder
 
 # A recorded-style stream mixing everything the decoder must handle: \n, \r\n
 # and \r line endings, comments, multi-line data, event/id/retry fields, a
@@ -95,3 +97,151 @@ def test_field_details() -> None:
 def test_invalid_utf8_line_raises() -> None:
     with pytest.raises(UnicodeDecodeError):
         decode(b"data: \xff\xfe\n\n")
+
+
+# --- linear work and limits ---------------------------------------------------------
+
+
+class Counted(bytes):
+    """Bytes that count what the decoder's byte operations on them touch.
+
+    Every method the decoder can call on a chunk (or on a slice or sum of
+    chunks: those stay Counted) adds the bytes it scans or copies to
+    ``Counted.work``. A decoder that prepends what it holds to each new
+    chunk, or searches it again, touches the held bytes once per chunk:
+    quadratic. (``b"".join(parts)`` copies without calling a method on the
+    parts; the tracemalloc check below sees a join repeated per chunk.)
+    """
+
+    work = 0
+
+    def __add__(self, other: bytes) -> Counted:  # type: ignore[override]
+        Counted.work += len(self) + len(other)
+        return Counted(bytes(self) + bytes(other))
+
+    def __radd__(self, other: bytes) -> Counted:
+        Counted.work += len(self) + len(other)
+        return Counted(bytes(other) + bytes(self))
+
+    def __getitem__(self, key: Any) -> Any:
+        item = bytes.__getitem__(self, key)
+        if isinstance(key, slice):
+            Counted.work += len(item)
+            return Counted(item)
+        return item
+
+    def _scan(self) -> None:
+        Counted.work += len(self)
+
+    def splitlines(self, keepends: bool = False) -> list[Counted]:  # type: ignore[override]
+        self._scan()
+        return [Counted(line) for line in bytes.splitlines(self, keepends)]
+
+    def find(self, sub: Any, start: int = 0, end: int | None = None) -> int:  # type: ignore[override]
+        # Counts what it really scans: up to the match, or the whole range.
+        found = bytes.find(self, sub, start, end)
+        stop = len(self) if end is None else min(end, len(self))
+        Counted.work += (found + len(sub) if found >= 0 else stop) - start
+        return found
+
+    def index(self, *args: Any) -> int:  # type: ignore[override]
+        self._scan()
+        return bytes.index(self, *args)
+
+    def rfind(self, *args: Any) -> int:  # type: ignore[override]
+        self._scan()
+        return bytes.rfind(self, *args)
+
+    def __contains__(self, item: Any) -> bool:
+        self._scan()
+        return bytes.__contains__(self, item)
+
+    def partition(self, sep: Any) -> tuple[bytes, bytes, bytes]:  # type: ignore[override]
+        self._scan()
+        return tuple(Counted(p) for p in bytes.partition(self, sep))  # type: ignore[return-value]
+
+    def split(self, *args: Any, **kwargs: Any) -> list[bytes]:  # type: ignore[override]
+        self._scan()
+        return [Counted(p) for p in bytes.split(self, *args, **kwargs)]
+
+    def decode(self, *args: Any, **kwargs: Any) -> str:
+        self._scan()
+        return bytes.decode(self, *args, **kwargs)
+
+
+def test_a_32_mb_line_costs_linear_work() -> None:
+    # 32 MB arriving in 64 KB chunks took 7.5 s before (bench/bench_client.py --sse).
+    size, piece = 32 * 1024 * 1024, 64 * 1024
+    decoder = SSEDecoder()
+    Counted.work = 0
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        decoder.feed(Counted(b"data: " + b"x" * (piece - 6)))
+        for _ in range(size // piece - 1):
+            decoder.feed(Counted(b"x" * piece))
+        held_peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    feeding = Counted.work
+    (event,) = decoder.feed(Counted(b"\n\n"))
+    assert len(event.data) == size - 6
+    # Each byte is searched once when it arrives: about `size`, not size**2 / piece.
+    assert feeding <= 3 * size, f"{feeding / size:.1f} passes over the line"
+    assert Counted.work <= 6 * size
+    # What is held is the chunks themselves, never a growing copy of them.
+    assert held_peak <= size + 8 * piece + 1024 * 1024, held_peak
+
+
+def test_many_small_events_cost_linear_work() -> None:
+    events = b"".join(b'data: {"n": %d}\n\n' % i for i in range(20000))
+    decoder = SSEDecoder()
+    Counted.work = 0
+    got = []
+    for i in range(0, len(events), 1000):  # chunk boundaries fall anywhere in events
+        got += decoder.feed(Counted(events[i : i + 1000]))
+    assert len(got) == 20000 and got[-1].data == '{"n": 19999}'
+    # A constant number of passes (search, split, slice, decode), whatever the length.
+    assert Counted.work <= 8 * len(events)
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [
+        b"data: " + b"x" * 101 + b"\n\n",  # one long data line
+        b"data: " + b"x" * 60 + b"\ndata: " + b"y" * 60 + b"\n\n",  # an event of two lines
+        b": " + b"c" * 200 + b"\n\ndata: ok\n\n",  # a long comment
+        b"event: " + b"e" * 200 + b"\ndata: ok\n\n",  # a long field
+        b"data:" + b"z" * 101 + b"\n\n",  # data without the space
+        b"data: " + b"x" * 500,  # a line that never ends
+    ],
+)
+def test_a_line_or_event_over_the_limit_raises(stream: bytes) -> None:
+    for i in range(len(stream) + 1):  # wherever the chunks split
+        decoder = SSEDecoder(max_event_bytes=100)
+        with pytest.raises(EventTooLarge) as info:
+            decoder.feed(stream[:i])
+            decoder.feed(stream[i:])
+            decoder.feed(b"\n\n")
+        assert info.value.limit == 100
+
+
+def test_the_limit_counts_one_event_at_a_time() -> None:
+    stream = b"".join(b"data: " + b"x" * 90 + b"\n\n" for _ in range(50))
+    decoder = SSEDecoder(max_event_bytes=100)
+    assert len(decoder.feed(stream)) == 50
+    exactly = b"data: " + b"x" * 50 + b"\ndata:" + b"y" * 50 + b"\n\n"  # 100 bytes of data
+    for i, j in itertools.combinations(range(len(exactly) + 1), 2):  # split anywhere, twice
+        decoder = SSEDecoder(max_event_bytes=100)
+        pieces = (exactly[:i], exactly[i:j], exactly[j:])
+        (event,) = [e for piece in pieces for e in decoder.feed(piece)]
+        assert event.data == "x" * 50 + "\n" + "y" * 50
+
+
+def test_split_anywhere_with_a_limit() -> None:
+    biggest = max(len(e.data.encode()) for e in EXPECTED)
+    for i in range(len(RECORDED) + 1):
+        decoder = SSEDecoder(max_event_bytes=biggest + 8)
+        got = decoder.feed(RECORDED[:i]) + decoder.feed(RECORDED[i:]) + decoder.flush()
+        assert got == EXPECTED, f"split at {i}"

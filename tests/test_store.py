@@ -24,6 +24,7 @@ from convo._exceptions import (
 )
 from convo._messages import FunctionCall, ImagePart, ImageURL, TextPart, ToolCall
 from convo._records import ReplyInfo
+from convo._schema import SCHEMA_REVISION
 from convo._store import Store
 
 
@@ -479,7 +480,7 @@ async def test_store_kind_and_repr(store):
     assert isinstance(store.raw, AsyncStore if store.is_async else Store)
     assert repr(store.raw).startswith(("Store('", "AsyncStore('"))
     assert store.backend in repr(store.raw)
-    assert await store.current_revision() == "0001_initial"
+    assert await store.current_revision() == SCHEMA_REVISION
     assert await store.is_migrated()
 
 

@@ -34,12 +34,22 @@ def test_wheel_ships_migrations_and_type_marker(wheel: Path) -> None:
     assert not any(n.startswith("tests/") for n in names)
 
 
+def test_the_cli_needs_no_extra(wheel: Path) -> None:
+    (meta,) = [n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".dist-info/METADATA")]
+    lines = zipfile.ZipFile(wheel).read(meta).decode().splitlines()
+    required = [line.split(":", 1)[1].strip() for line in lines if line.startswith("Requires-Dist:")]
+    # typer and rich come with a plain install; `convo[cli]` stays a valid (empty) extra
+    assert any(r.startswith("typer") and "extra" not in r for r in required)
+    assert any(r.startswith("rich") and "extra" not in r for r in required)
+    assert "Provides-Extra: cli" in lines and not any("extra == 'cli'" in r for r in required)
+
+
 def test_fresh_venv_runs_db_upgrade_and_new(wheel: Path, tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py, convo = venv / "bin" / "python", venv / "bin" / "convo"
-    pip = subprocess.run(
-        [str(py), "-m", "pip", "install", "-q", f"{wheel}[cli]"], capture_output=True, text=True
+    pip = subprocess.run(  # a plain install, no extra: the `convo` command must work
+        [str(py), "-m", "pip", "install", "-q", str(wheel)], capture_output=True, text=True
     )
     assert pip.returncode == 0, pip.stderr[-2000:]
     work = tmp_path / "elsewhere"  # not the checkout: only the installed package can be used

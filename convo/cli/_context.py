@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
             builder = ContextBuilder(
                 store,
                 model=model,
-                mode=mode,
+                mode="completion" if mode == "completion" else "chat",
                 template=template,
                 budget=budget,
                 reserve=reserve,

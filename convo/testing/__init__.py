@@ -18,12 +18,16 @@ request validation and error objects, and failures on demand::
 
     fake.requests[0].json["messages"]                   # what was sent
 
+``TricklingServer`` answers slowly (headers or body one byte at a time, a
+stream of keep-alive pings), for testing deadlines and idle timeouts.
+
 Without a scripted reply, chat answers ``"You said: <last user text>"`` and
 completions ``" You said: <last prompt line>"``.
 """
 
 from ._backend import FakeBackend, FinishReason, RecordedRequest, ToolCallSpec
 from ._server import FakeServer, serve_forever
+from ._trickle import TricklingServer
 
 __all__ = [
     "FakeBackend",
@@ -31,5 +35,6 @@ __all__ = [
     "FinishReason",
     "RecordedRequest",
     "ToolCallSpec",
+    "TricklingServer",
     "serve_forever",
 ]

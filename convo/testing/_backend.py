@@ -46,6 +46,7 @@ from ._wire import Meta, encode_json
 if TYPE_CHECKING:
     import httpx
 
+    from .._models import ModelRegistry
     from ._server import FakeServer
 
 __all__ = ["FakeBackend", "FinishReason", "RecordedRequest", "ToolCallSpec"]
@@ -141,9 +142,17 @@ class FakeBackend:
         client.post("/chat/completions", json={"model": "gpt-4o", "messages": [...]})
         assert fake.requests[0].json["model"] == "gpt-4o"
 
+    Usage is counted with the tokenizer of the requested model, found as
+    :class:`~convo.ContextBuilder` finds it, so ``usage.prompt_tokens`` equals the
+    builder's ``report.prompt_tokens`` (chat: OpenAI's billing rules, tools
+    included; completions: the prompt string as sent).
+
     Args:
-        encoding: the tokenizer encoding for models neither convo's registry nor
+        encoding: the tokenizer encoding for models neither the registry nor
             tiktoken knows (local models, made-up names in tests).
+        registry: the model registry whose encodings count usage (default
+            :data:`convo.models`); pass the one your builder uses for models
+            you registered.
         models: the model ids ``GET /v1/models`` lists; None lists convo's
             registry. Requests may name any model.
         api_key: when set, requests must carry ``Authorization: Bearer <api_key>``
@@ -164,8 +173,10 @@ class FakeBackend:
         strict: bool = True,
         created: int | None = None,
         system_fingerprint: str = "fp_convofake",
+        registry: ModelRegistry | None = None,
     ) -> None:
         self.encoding = encoding
+        self.registry = registry
         self.strict = strict
         self.created = created
         self.system_fingerprint = system_fingerprint
@@ -515,6 +526,7 @@ class FakeBackend:
                 base,
                 encoding=self.encoding,
                 new_call_id=lambda: f"call_fake_{self._next_id('call')}",
+                registry=self.registry,
             )
         else:
             meta = Meta(
@@ -523,7 +535,9 @@ class FakeBackend:
                 request.model,
                 self.system_fingerprint,
             )
-            outcome = answer_completion(request, reply, meta, base, encoding=self.encoding)
+            outcome = answer_completion(
+                request, reply, meta, base, encoding=self.encoding, registry=self.registry
+            )
         if isinstance(item, Cut):
             apply_cut(outcome, item)
         return outcome

@@ -35,6 +35,7 @@ from ._wire import (
 )
 
 if TYPE_CHECKING:
+    from .._models import ModelRegistry
     from .._tokens import TokenCounter
 
 __all__ = [
@@ -116,16 +117,17 @@ Item: TypeAlias = "Reply | Cut | Fail | Stall | Malformed"
 class _LazyCounter:
     """Loads the tokenizer only when a number is actually needed."""
 
-    __slots__ = ("_counter", "_encoding", "_model")
+    __slots__ = ("_counter", "_encoding", "_model", "_registry")
 
-    def __init__(self, model: str, encoding: str) -> None:
+    def __init__(self, model: str, encoding: str, registry: ModelRegistry | None) -> None:
         self._model = model
         self._encoding = encoding
+        self._registry = registry
         self._counter: TokenCounter | None = None
 
     def get(self) -> TokenCounter:
         if self._counter is None:
-            self._counter = counter_for(self._model, self._encoding)
+            self._counter = counter_for(self._model, self._encoding, self._registry)
         return self._counter
 
 
@@ -137,6 +139,7 @@ def answer_chat(
     *,
     encoding: str,
     new_call_id: Callable[[], str],
+    registry: ModelRegistry | None = None,
 ) -> Outcome:
     """The answer to a valid chat request: ``reply``, or the default one when None."""
     if reply is None:
@@ -145,7 +148,7 @@ def answer_chat(
             reply = Reply(content=default_json(fmt, req.messages))
         else:
             reply = Reply(content=default_chat_text(req.messages))
-    counter = _LazyCounter(req.model, encoding)
+    counter = _LazyCounter(req.model, encoding, registry)
     choices = []
     for _ in range(req.n):
         content, finish = _finish_text(reply, req.stop, req.max_tokens, counter)
@@ -173,7 +176,13 @@ def answer_chat(
 
 
 def answer_completion(
-    req: CompletionRequest, reply: Reply | None, meta: Meta, headers: Headers, *, encoding: str
+    req: CompletionRequest,
+    reply: Reply | None,
+    meta: Meta,
+    headers: Headers,
+    *,
+    encoding: str,
+    registry: ModelRegistry | None = None,
 ) -> Outcome:
     """The answer to a valid completion request: ``reply``, or the default one when None."""
     if reply is not None and (reply.tool_calls or reply.refusal is not None):
@@ -181,7 +190,7 @@ def answer_completion(
             "convo.testing: a scripted tool-call or refusal reply cannot answer a "
             "/completions request (script it with reply() instead)"
         )
-    counter = _LazyCounter(req.model, encoding)
+    counter = _LazyCounter(req.model, encoding, registry)
     choices = []
     for prompt in req.prompts:
         for _ in range(req.n):

@@ -1,8 +1,14 @@
 """Usage numbers of the fake, computed with convo's own token counting.
 
+Every number is counted with the tokenizer of the requested model, found as
+:class:`~convo.ContextBuilder` finds it (the model registry, then tiktoken's
+model names), so the fake's ``usage.prompt_tokens`` is the builder's
+``report.prompt_tokens`` without configuration. A model neither knows is
+counted with the backend's fallback encoding.
+
 Prompt tokens of a chat request are :meth:`convo.TokenCounter.request_tokens`
-(OpenAI's billing rules); a model the registry and tiktoken do not know is
-counted with the backend's fallback encoding. Completion tokens are the
+(OpenAI's billing rules, tool definitions included); of a completion request,
+the tokens of the prompt string as sent. Completion tokens are the
 tokens of the generated text (tool calls: name + arguments). A request that
 OpenAI accepts but convo's message values cannot represent (the deprecated
 ``function`` role, file parts, ...) is counted by the plain rule: 3 per
@@ -13,20 +19,26 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._exceptions import InvalidMessageError, UnknownModelError
 from .._tokens import TokenCounter
 
+if TYPE_CHECKING:
+    from .._models import ModelRegistry
+
 __all__ = ["chat_prompt_tokens", "counter_for", "usage_dict"]
 
 
-def counter_for(model: str, fallback_encoding: str) -> TokenCounter:
-    """The counter of ``model``, or of ``fallback_encoding`` for a model nobody knows."""
+def counter_for(
+    model: str, fallback_encoding: str, registry: ModelRegistry | None = None
+) -> TokenCounter:
+    """The counter of ``model`` (looked up in ``registry``, default :data:`convo.models`),
+    or of ``fallback_encoding`` for a model nobody knows."""
     try:
-        return TokenCounter.for_model(model)
+        return TokenCounter.for_model(model, registry=registry)
     except UnknownModelError:
-        return TokenCounter.for_model(model, encoding=fallback_encoding)
+        return TokenCounter.for_model(model, encoding=fallback_encoding, registry=registry)
 
 
 def chat_prompt_tokens(

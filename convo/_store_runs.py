@@ -1,0 +1,408 @@
+"""Store plans for run records (the ``runs`` table), shared by both store shells.
+
+Same contract as :mod:`convo._store_core`: each function is a plan that
+yields statements and never touches a connection.
+
+A run is written twice: :func:`start_run` inserts it as ``pending`` before
+the request is sent (its own short transaction, so a crash mid-request
+leaves a trace), and :func:`finish_run` records the outcome, together with
+the reply message when there is one, in one transaction: a reply is never
+stored without its run saying ``ok``, nor the other way round.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, cast
+
+import pydantic_core
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict
+
+from . import _store_sql as sql
+from ._exceptions import ConversationNotFound, RunNotFound, StoreInputError
+from ._messages import Message, parse_message
+from ._records import ReplyInfo, Run, RunPage, StoredMessage
+from ._schema import RunRow
+from ._store_core import ROLLBACK, Op, Plan, get_conversation, now
+from ._store_rows import (
+    check_short,
+    construct,
+    decode_cursor,
+    encode_cursor,
+    message_from_row,
+    message_params,
+    stored_message,
+    validate_json_dict,
+)
+
+__all__ = [
+    "FinishedRun", "finish_run", "get_run", "list_runs", "new_run_id", "runs_for_replies",
+    "start_run", "turn_runs",
+]
+
+R = cast(sa.Table, RunRow.__table__)
+_B = sa.bindparam
+
+ENDPOINTS: Final = ("chat.completions", "completions")
+MODES: Final = ("chat", "completion")
+FINAL_STATUSES: Final = ("ok", "failed", "cancelled", "incomplete")
+
+_last_ms = 0
+_counter = 0
+_lock = threading.Lock()
+
+
+def new_run_id() -> str:
+    """32 hex digits that sort by creation: 48-bit ms clock, a 16-bit counter, 64 random bits.
+
+    The counter keeps runs created in the same millisecond by one process in
+    order (a turn's tool rounds), which a random tail alone would not.
+    """
+    global _last_ms, _counter
+    with _lock:
+        ms = time.time_ns() // 1_000_000
+        if ms <= _last_ms:
+            ms = _last_ms
+            _counter += 1
+            if _counter > 0xFFFF:  # 65,536 runs in one ms: borrow the next ms
+                ms, _counter = ms + 1, 0
+        else:
+            _counter = 0
+        _last_ms = ms
+        return f"{ms:012x}{_counter:04x}{os.urandom(8).hex()}"
+
+
+class FinishedRun(BaseModel):
+    """What :meth:`~convo.Store.finish_run` wrote.
+
+    ``reply`` is the stored reply (when one was given); ``duplicate`` is True
+    when a reply with the same idempotency key was already stored (a
+    concurrent send of the same turn won): ``reply`` is that stored message
+    then, and the run is recorded as ``cancelled``.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    run: Run
+    reply: StoredMessage | None = None
+    duplicate: bool = False
+
+
+_RUN_COLUMNS = tuple(c.name for c in R.c)
+
+
+def run_from_row(row: Any) -> Run:
+    values = dict(zip(_RUN_COLUMNS, row, strict=True))
+    values["settings"] = values["settings"] or {}
+    values["metadata"] = values["metadata"] or {}
+    values["kept_seqs"] = values["kept_seqs"] or []
+    values["stream"] = bool(values["stream"])
+    return construct(Run, values)
+
+
+assert not Run.__private_attributes__ and not Run.__pydantic_post_init__
+assert set(_RUN_COLUMNS) == set(Run.model_fields), set(_RUN_COLUMNS) ^ set(Run.model_fields)
+
+
+def _int(value: Any, what: str, *, minimum: int = 0, optional: bool = True) -> int | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value < 2**63:
+        raise StoreInputError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _ms(value: Any, what: str) -> float | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise StoreInputError(f"{what} must be a finite number of milliseconds >= 0")
+    return float(value)
+
+
+def _json_object(value: Mapping[str, Any] | None, what: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        # Round trip through strict JSON: NaN/Infinity and non-JSON values are refused.
+        out: dict[str, Any] = json.loads(json.dumps(dict(value), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise StoreInputError(f"{what} must be a JSON object: {exc}") from None
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def request_text(request: str | bytes | Mapping[str, Any]) -> str:
+    """The body as JSON text: given text is kept byte for byte (it is what was sent)."""
+    if isinstance(request, Mapping):
+        try:
+            request = pydantic_core.to_json(dict(request)).decode()
+        except pydantic_core.PydanticSerializationError as exc:
+            raise StoreInputError(f"run request is not JSON-serializable: {exc}") from None
+    if isinstance(request, bytes):
+        try:
+            request = request.decode()
+        except UnicodeDecodeError:
+            raise StoreInputError("run request is not UTF-8 JSON text") from None
+    if not isinstance(request, str):
+        raise StoreInputError("run request must be JSON text, bytes or a mapping")
+    try:
+        parsed = json.loads(request, parse_constant=_no_constant)
+    except ValueError:
+        raise StoreInputError("run request is not valid JSON text") from None
+    if not isinstance(parsed, dict):
+        raise StoreInputError("run request must be a JSON object")
+    return request
+
+
+def start_run(
+    conversation_id: str,
+    *,
+    endpoint: str,
+    mode: str,
+    model: str,
+    request: str | bytes | Mapping[str, Any],
+    base_url: str | None,
+    stream: bool,
+    settings: Mapping[str, Any] | None,
+    kept_seqs: Sequence[int],
+    summary_id: int | None,
+    input_seq: int | None,
+    idempotency_key: str | None,
+    round: int,
+    estimated_prompt_tokens: int | None,
+    reproduces_id: str | None,
+    replays_id: str | None,
+    metadata: Mapping[str, Any] | None,
+    owner: str | None,
+) -> Plan[Run]:
+    if endpoint not in ENDPOINTS:
+        raise StoreInputError(f"run endpoint must be one of {ENDPOINTS}, got {endpoint!r}")
+    if mode not in MODES:
+        raise StoreInputError(f"run mode must be one of {MODES}, got {mode!r}")
+    if not isinstance(model, str) or not model:
+        raise StoreInputError("run model must be a non-empty string")
+    check_short(model, "run model")
+    check_short(idempotency_key, "run idempotency_key")
+    for link, what in ((reproduces_id, "reproduces_id"), (replays_id, "replays_id")):
+        if link is not None and (not isinstance(link, str) or len(link) > 32):
+            raise StoreInputError(f"{what} must be a run id")
+    seqs = [cast(int, _int(s, "kept seq", minimum=1, optional=False)) for s in kept_seqs]
+    values: dict[str, Any] = {
+        "id": new_run_id(),
+        "conversation_id": conversation_id,
+        "endpoint": endpoint,
+        "mode": mode,
+        "model": model,
+        "base_url": base_url,
+        "stream": bool(stream),
+        "request": request_text(request),
+        "settings": _json_object(settings, "run settings") or None,
+        "kept_seqs": seqs,
+        "summary_id": _int(summary_id, "summary_id", minimum=1),
+        "input_seq": _int(input_seq, "input_seq", minimum=0),
+        "idempotency_key": idempotency_key,
+        "round": _int(round, "round", optional=False),
+        "estimated_prompt_tokens": _int(estimated_prompt_tokens, "estimated_prompt_tokens"),
+        "reported_prompt_tokens": None,
+        "completion_tokens": None,
+        "usage": None,
+        "reply_message_id": None,
+        "status": "pending",
+        "error_type": None,
+        "error_message": None,
+        "attempts": 0,
+        "ttfb_ms": None,
+        "latency_ms": None,
+        "finish_reason": None,
+        "system_fingerprint": None,
+        "seed": None,
+        "response": None,
+        "reproduces_id": reproduces_id,
+        "replays_id": replays_id,
+        "metadata": validate_json_dict(metadata, "run metadata"),
+        "created_at": now(),
+        "finished_at": None,
+    }
+    conversation = yield from get_conversation(conversation_id, owner=owner)
+    values["owner"] = conversation.owner
+    try:
+        yield Op(sa.insert(R), values, "none")
+    except sa.exc.IntegrityError as exc:  # the conversation was deleted meanwhile
+        raise ConversationNotFound(conversation_id, owner=owner) from exc
+    return run_from_row(tuple(values[c] for c in _RUN_COLUMNS))
+
+
+def _select_run(run_id: str, owner: str | None) -> Plan[Any]:
+    if not isinstance(run_id, str):
+        raise StoreInputError("run id must be a string")
+    stmt = sa.select(R).where(R.c.id == run_id)
+    if owner is not None:
+        stmt = stmt.where(R.c.owner == owner)
+    row = yield Op(stmt, None, "first")
+    if row is None:
+        scope = f" for owner {owner!r}" if owner is not None else ""
+        raise RunNotFound(f"run {run_id!r} not found{scope}")
+    return row
+
+
+def get_run(run_id: str, *, owner: str | None) -> Plan[Run]:
+    row = yield from _select_run(run_id, owner)
+    return run_from_row(row)
+
+
+def list_runs(
+    conversation_id: str, *, owner: str | None, limit: int, cursor: str | None
+) -> Plan[RunPage]:
+    _int(limit, "limit", minimum=1, optional=False)
+    yield from get_conversation(conversation_id, owner=owner)
+    stmt = sa.select(R).where(R.c.conversation_id == conversation_id)
+    if cursor is not None:
+        stamp, last_id = decode_cursor(cursor)
+        stmt = stmt.where(sa.tuple_(R.c.created_at, R.c.id) < sa.tuple_(
+            sa.literal(stamp, R.c.created_at.type), sa.literal(last_id, R.c.id.type)
+        ))
+    stmt = stmt.order_by(R.c.created_at.desc(), R.c.id.desc()).limit(limit + 1)
+    rows = yield Op(stmt)
+    items = [run_from_row(r) for r in rows[:limit]]
+    next_cursor = (
+        encode_cursor(items[-1].created_at, items[-1].id) if len(rows) > limit else None
+    )
+    return RunPage(items=items, next_cursor=next_cursor)
+
+
+def turn_runs(conversation_id: str, idempotency_key: str, *, owner: str | None) -> Plan[list[Run]]:
+    """The runs of one turn (its idempotency key), oldest first."""
+    check_short(idempotency_key, "idempotency_key")
+    yield from get_conversation(conversation_id, owner=owner)
+    rows = yield Op(
+        sa.select(R)
+        .where(R.c.conversation_id == conversation_id, R.c.idempotency_key == idempotency_key)
+        .order_by(R.c.created_at, R.c.id)
+    )
+    return [run_from_row(r) for r in rows]
+
+
+def runs_for_replies(
+    conversation_id: str, message_ids: Sequence[int], *, owner: str | None
+) -> Plan[dict[int, Run]]:
+    """The run that produced each of these reply messages (those that have one)."""
+    yield from get_conversation(conversation_id, owner=owner)
+    ids = [i for i in message_ids if isinstance(i, int) and not isinstance(i, bool)]
+    if not ids:
+        return {}
+    rows = yield Op(sa.select(R).where(R.c.reply_message_id.in_(ids), R.c.status == "ok"))
+    return {row.reply_message_id: run_from_row(row) for row in rows}
+
+
+def finish_run(
+    run_id: str,
+    *,
+    status: str,
+    reply: Message | Mapping[str, Any] | None,
+    reply_info: ReplyInfo | None,
+    reply_key: str | None,
+    outcome: Mapping[str, Any],
+    owner: str | None,
+) -> Plan[FinishedRun]:
+    """Record a run's outcome; with ``reply``, append it in the same transaction."""
+    if status not in FINAL_STATUSES:
+        raise StoreInputError(f"a finished run's status must be one of {FINAL_STATUSES}")
+    values = _outcome(outcome)
+    values.update(status=status, finished_at=now())
+    msg = params = None
+    if reply is not None:
+        msg = parse_message(reply if isinstance(reply, Message) else dict(reply))
+        params = message_params(msg, pinned=None, idempotency_key=reply_key, reply=reply_info)
+    row = yield from _select_run(run_id, owner)
+    if row.status != "pending":
+        raise StoreInputError(f"run {run_id!r} is already finished ({row.status})")
+    cid = row.conversation_id
+    stored: StoredMessage | None = None
+    duplicate = False
+    if msg is not None and params is not None:
+        stamp = now()
+        bump = {"cid": cid, "n": 1, "now": stamp}
+        seq = yield Op(sql.bump_seq(False), bump, "scalar")  # the conversation's write lock
+        if seq is None:
+            raise ConversationNotFound(cid)
+        existing = None
+        if reply_key is not None:
+            existing = yield Op(sql.BY_KEY, {"cid": cid, "key": reply_key}, "first")
+        if existing is not None:
+            # A concurrent send of the same turn stored its reply first: keep
+            # that one, and say so on this run.
+            yield ROLLBACK
+            stored, duplicate = message_from_row(existing), True
+            values.update(
+                status="cancelled",
+                error_type="DuplicateTurn",
+                error_message=(
+                    f"a reply with idempotency key {reply_key!r} was already stored "
+                    f"(message {existing.id}); this reply was not stored"
+                ),
+            )
+        else:
+            params.update(conversation_id=cid, seq=seq, created_at=stamp)
+            message_id = yield Op(sql.INSERT_MESSAGE, params, "scalar")
+            stored = stored_message(msg, params, id=message_id, conversation_id=cid,
+                                    seq=seq, created_at=stamp)
+            values["reply_message_id"] = message_id
+    if duplicate and stored is not None:
+        values["reply_message_id"] = stored.id
+    updated = yield Op(
+        sa.update(R).where(R.c.id == run_id, R.c.status == "pending").values(values)
+        .returning(*R.c),
+        None,
+        "first",
+    )
+    if updated is None:  # finished by someone else between our read and write
+        yield ROLLBACK
+        raise StoreInputError(f"run {run_id!r} was finished concurrently")
+    return FinishedRun(run=run_from_row(updated), reply=stored, duplicate=duplicate)
+
+
+_OUTCOME_INTS = (
+    "reported_prompt_tokens", "completion_tokens", "attempts", "seed",
+)
+
+
+def _outcome(outcome: Mapping[str, Any]) -> dict[str, Any]:
+    allowed = {
+        *_OUTCOME_INTS, "usage", "error_type", "error_message", "ttfb_ms", "latency_ms",
+        "finish_reason", "system_fingerprint", "response", "reply_message_id",
+    }
+    unknown = set(outcome) - allowed
+    if unknown:
+        raise StoreInputError(f"unknown run fields: {sorted(unknown)}")
+    values: dict[str, Any] = {}
+    for key, value in outcome.items():
+        if key in _OUTCOME_INTS:
+            values[key] = _int(value, key, minimum=-(2**63) if key == "seed" else 0)
+        elif key in ("ttfb_ms", "latency_ms"):
+            values[key] = _ms(value, key)
+        elif key in ("usage", "response"):
+            values[key] = _json_object(value, f"run {key}")
+        elif key == "reply_message_id":
+            values[key] = _int(value, key, minimum=1)
+        else:
+            if value is not None and not isinstance(value, str):
+                raise StoreInputError(f"run {key} must be a string")
+            if key in ("error_type", "finish_reason", "system_fingerprint") and value:
+                check_short(value, f"run {key}")
+            values[key] = value
+    return values

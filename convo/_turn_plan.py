@@ -1,0 +1,548 @@
+"""The pure core of a turn, shared by :class:`~convo.Chat` and :class:`~convo.AsyncChat`.
+
+A turn is a small state machine; each step is persisted in its own short
+transaction, so any step can be the last one before a crash::
+
+    user message stored ─► run pending ─► request sent ─► reply stored + run ok
+                                                     └──► run failed / cancelled / incomplete
+    (tool calls: results stored, next round: run pending ─► ...)
+
+:func:`plan_turn` is a generator that yields *effects* (a store call, a
+context build, a request to send, a tool to run, an event for a streaming
+caller) and receives their results. It never does I/O, so the sync and async
+shells run the same logic and only differ in ``await``; no database
+transaction is open while a request is in flight.
+
+Idempotency: with a key, the user message is stored under the key, each
+reply under ``key#r<round>`` and each tool result under
+``key#t<round>:<call id>``. A send that finds them stored continues from
+there (or returns the stored reply without calling the model), so a turn
+yields one user message and one reply whatever happens. Two concurrent sends
+of one key may both call the model; only the first reply is stored, and the
+other caller gets it back with ``duplicate=True`` (its run says
+``cancelled``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+
+import pydantic_core
+from pydantic import BaseModel, ConfigDict, Field
+
+from ._client_params import CHAT_KEYS, COMPLETION_KEYS
+from ._context_report import Context, ContextReport
+from ._exceptions import APIStreamError, ConfigurationError, InvalidMessageError, TurnCancelled
+from ._messages import Message, ToolCall
+from ._records import Run, StoredMessage
+from ._tools import Tool, ToolArgumentsError
+from ._types import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    Completion,
+    CompletionChoice,
+    CompletionChunk,
+)
+
+if TYPE_CHECKING:
+    from ._context import _BuilderBase
+
+__all__ = [
+    "Build",
+    "CallTool",
+    "Emit",
+    "Send",
+    "Sent",
+    "StoreCall",
+    "TextDelta",
+    "ToolCallDelta",
+    "ToolResultEvent",
+    "TurnCancelled",
+    "TurnEvent",
+    "TurnResult",
+    "TurnSpec",
+    "plan_turn",
+]
+
+
+# --- what a streaming caller sees --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """A fragment of the reply's text (completion text in completion mode)."""
+
+    text: str
+    round: int = 0
+    type: Literal["text"] = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A fragment of a tool call: its id and name arrive first, then argument pieces."""
+
+    index: int
+    id: str | None
+    name: str | None
+    arguments: str
+    round: int = 0
+    type: Literal["tool_call"] = "tool_call"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResultEvent:
+    """A tool the turn ran for the model, and the stored result message."""
+
+    message: StoredMessage
+    round: int = 0
+    type: Literal["tool_result"] = "tool_result"
+
+
+TurnEvent: TypeAlias = TextDelta | ToolCallDelta | ToolResultEvent
+
+
+class TurnResult(BaseModel):
+    """What a turn stored and sent.
+
+    ``reply`` is the final assistant message; ``messages`` everything the
+    turn stored after the user message (tool calls, tool results, the
+    reply); ``run`` the last request's record and ``runs`` all of the turn's
+    requests in order; ``report`` the last context build's report.
+    ``from_store``: an earlier send with the same idempotency key had
+    finished the turn, so nothing was sent. ``duplicate``: a concurrent send
+    with the same key stored its reply first; ``reply`` is that one.
+    ``pending_tool_calls``: tool calls waiting for results from the caller
+    (no registered tool for them, or the round limit was reached); append
+    them with :meth:`~convo.Chat.continue_turn`.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    conversation_id: str = Field(description="the conversation (branch) the turn ran on")
+    user: StoredMessage | None = None
+    reply: StoredMessage
+    messages: list[StoredMessage] = Field(default_factory=list)
+    run: Run | None = None
+    runs: list[Run] = Field(default_factory=list)
+    report: ContextReport | None = None
+    from_store: bool = False
+    duplicate: bool = False
+    pending_tool_calls: list[ToolCall] = Field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        """The reply's text."""
+        return self.reply.text
+
+
+# --- effects -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoreCall:
+    method: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Build:
+    conversation_id: str
+    tools: list[dict[str, Any]] | None
+    response_format: dict[str, Any] | None
+    owner: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    endpoint: Literal["chat.completions", "completions"]
+    body: str
+    stream: bool
+    round: int
+
+
+@dataclass(slots=True)
+class Sent:
+    """What a shell reports back for a :class:`Send`."""
+
+    response: ChatCompletion | Completion | None = None
+    error: BaseException | None = None
+    cancelled: bool = False
+    partial: dict[str, Any] | None = None
+    attempts: int = 0
+    ttfb_ms: float | None = None
+    latency_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallTool:
+    call: ToolCall
+    tool: Tool | None
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    event: TurnEvent
+
+
+Effect: TypeAlias = StoreCall | Build | Send | CallTool | Emit
+
+
+# --- the turn ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class TurnSpec:
+    conversation_id: str
+    user: Message | None
+    tool_results: Sequence[Message]
+    key: str | None
+    owner: str | None
+    params: dict[str, Any]
+    response_format: dict[str, Any] | None
+    stream: bool
+    tools: Mapping[str, Tool]
+    tool_definitions: list[dict[str, Any]] | None
+    max_tool_rounds: int
+    builder: _BuilderBase
+    base_url: str | None
+    resolve_branch: bool = True
+    replays_id: str | None = None
+    metadata: dict[str, Any] | None = field(default=None)
+
+
+def reply_key(key: str | None, round: int) -> str | None:
+    return None if key is None else f"{key}#r{round}"
+
+
+def tool_key(key: str | None, round: int, call_id: str) -> str | None:
+    return None if key is None else f"{key}#t{round}:{call_id}"
+
+
+def _round_of(message: StoredMessage, key: str) -> int | None:
+    k = message.idempotency_key or ""
+    if k.startswith(f"{key}#r"):
+        try:
+            return int(k[len(key) + 2:])
+        except ValueError:
+            return None
+    return None
+
+
+def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
+    owner = spec.owner
+    cid = spec.conversation_id
+    if spec.resolve_branch:
+        conversation = yield StoreCall("get_conversation", (cid,), {"owner": owner})
+        cid = conversation.current_branch_id or cid
+
+    user: StoredMessage | None = None
+    stored: list[StoredMessage] = []
+    runs: list[Run] = []
+    round = 0
+    anchor: int
+    if spec.user is not None:
+        user = yield StoreCall(
+            "append", (cid, spec.user), {"idempotency_key": spec.key, "owner": owner}
+        )
+        anchor = user.seq
+    else:
+        tail = yield StoreCall(
+            "messages", (cid,), {"limit": 1, "newest_first": True, "owner": owner}
+        )
+        anchor = tail[0].seq if tail else 0
+
+    if spec.key is not None and spec.user is not None:
+        # Resume: what did earlier sends of this turn store?
+        later: list[StoredMessage] = yield StoreCall(
+            "messages", (cid,), {"after": anchor, "owner": owner}
+        )
+        prefix = spec.key + "#"
+        stored = [m for m in later if (m.idempotency_key or "").startswith(prefix)]
+        if stored:
+            runs = yield StoreCall("turn_runs", (cid, spec.key), {"owner": owner})
+            replies = [m for m in stored if m.role == "assistant"]
+            last_reply = replies[-1] if replies else None
+            if last_reply is not None:
+                round = (_round_of(last_reply, spec.key) or 0) + 1
+                done = yield from _after_reply(spec, cid, last_reply, round - 1, stored)
+                if done is not None:
+                    return _result(cid, user, stored, runs, None, done, from_store=True)
+
+    for result in spec.tool_results:
+        if result.role != "tool" or not result.tool_call_id:
+            raise InvalidMessageError("tool_results must be tool messages with a tool_call_id")
+        message = yield StoreCall(
+            "append", (cid, result),
+            {"idempotency_key": tool_key(spec.key, round, result.tool_call_id), "owner": owner},
+        )
+        stored.append(message)
+    if spec.user is None and spec.tool_results:
+        round = yield from _current_round(cid, owner)
+
+    report: ContextReport | None = None
+    while True:
+        ctx: Context = yield Build(cid, spec.tool_definitions, spec.response_format, owner)
+        report = ctx.report
+        body = request_body(ctx, spec)
+        endpoint: Literal["chat.completions", "completions"] = (
+            "chat.completions" if ctx.mode == "chat" else "completions"
+        )
+        kept = report.kept_seqs
+        run: Run = yield StoreCall("start_run", (cid,), {
+            "endpoint": endpoint,
+            "mode": ctx.mode,
+            "model": ctx.model,
+            "request": body,
+            "base_url": spec.base_url,
+            "stream": spec.stream,
+            "settings": builder_settings(spec.builder),
+            "kept_seqs": kept,
+            "summary_id": report.summary.id if report.summary else None,
+            "input_seq": max(kept) if kept else None,
+            "idempotency_key": spec.key,
+            "round": round,
+            "estimated_prompt_tokens": report.prompt_tokens,
+            "replays_id": spec.replays_id,
+            "metadata": spec.metadata,
+            "owner": owner,
+        })
+        sent: Sent = yield Send(endpoint, body, spec.stream, round)
+        timing = {"attempts": sent.attempts, "ttfb_ms": sent.ttfb_ms,
+                  "latency_ms": sent.latency_ms}
+        if sent.response is None:
+            error = sent.error
+            if sent.cancelled:
+                status = "cancelled"
+            elif isinstance(error, APIStreamError) and sent.partial is not None:
+                status = "incomplete"  # the server stopped without finishing the reply
+            else:
+                status = "failed"
+            finished = yield StoreCall("finish_run", (run.id,), {
+                "status": status,
+                "error_type": type(error).__name__ if error is not None else None,
+                "error_message": str(error)[:4000] if error is not None else None,
+                "response": sent.partial,
+                "owner": owner,
+                **timing,
+            })
+            runs.append(finished.run)
+            if sent.cancelled or error is None:
+                raise TurnCancelled("the turn was cancelled")
+            raise error
+        response = sent.response
+        reply_message = response.to_message()
+        seed = spec.params.get("seed")
+        info = response.reply_info(seed=seed if isinstance(seed, int) else None)
+        usage = response.usage
+        finished = yield StoreCall("finish_run", (run.id,), {
+            "status": "ok",
+            "reply": reply_message,
+            "reply_info": info,
+            "reply_key": reply_key(spec.key, round),
+            "reported_prompt_tokens": usage.prompt_tokens if usage else None,
+            "completion_tokens": usage.completion_tokens if usage else None,
+            "usage": info.usage,
+            "finish_reason": info.finish_reason,
+            "system_fingerprint": response.system_fingerprint,
+            "seed": info.seed,
+            "response": response.model_dump(mode="json", exclude_none=True),
+            "owner": owner,
+            **timing,
+        })
+        runs.append(finished.run)
+        reply: StoredMessage = finished.reply
+        stored.append(reply)
+        if finished.duplicate:
+            return _result(cid, user, stored, runs, report, reply, duplicate=True)
+        done = yield from _after_reply(spec, cid, reply, round, stored)
+        if done is not None:
+            return _result(cid, user, stored, runs, report, done)
+        round += 1
+
+
+def _after_reply(
+    spec: TurnSpec,
+    cid: str,
+    reply: StoredMessage,
+    round: int,
+    stored: list[StoredMessage],
+) -> Generator[Effect, Any, StoredMessage | None]:
+    """Run the tools a reply calls; the reply itself when the turn is done (None: go on)."""
+    calls = reply.tool_calls or []
+    if not calls or not spec.tools or reply.role != "assistant":
+        return reply
+    if round >= spec.max_tool_rounds:
+        return reply  # the caller sees pending_tool_calls
+    answered = {m.tool_call_id for m in stored if m.role == "tool"}
+    for call in calls:
+        if call.id in answered:
+            continue  # stored by an earlier send of this turn
+        text = yield CallTool(call, spec.tools.get(call.function.name))
+        message = yield StoreCall(
+            "append", (cid, Message.tool(text, tool_call_id=call.id)),
+            {"idempotency_key": tool_key(spec.key, round, call.id), "owner": spec.owner},
+        )
+        stored.append(message)
+        yield Emit(ToolResultEvent(message, round))
+    return None
+
+
+def _current_round(cid: str, owner: str | None) -> Generator[Effect, Any, int]:
+    """Assistant messages since the last user message: the round a continuation is in."""
+    recent: list[StoredMessage] = yield StoreCall(
+        "messages", (cid,), {"limit": 200, "newest_first": True, "owner": owner}
+    )
+    count = 0
+    for message in recent:
+        if message.role == "user":
+            break
+        count += message.role == "assistant"
+    return count
+
+
+def _result(
+    cid: str,
+    user: StoredMessage | None,
+    stored: list[StoredMessage],
+    runs: list[Run],
+    report: ContextReport | None,
+    reply: StoredMessage,
+    *,
+    from_store: bool = False,
+    duplicate: bool = False,
+) -> TurnResult:
+    answered = {m.tool_call_id for m in stored if m.role == "tool"}
+    pending = [c for c in reply.tool_calls or [] if c.id not in answered]
+    return TurnResult(
+        conversation_id=cid,
+        user=user,
+        reply=reply,
+        messages=stored,
+        run=runs[-1] if runs else None,
+        runs=runs,
+        report=report,
+        from_store=from_store,
+        duplicate=duplicate,
+        pending_tool_calls=pending,
+    )
+
+
+def chunk_events(chunk: ChatCompletionChunk | CompletionChunk, round: int) -> list[TurnEvent]:
+    """The caller's events in one streamed chunk (the first choice; turns ask for one)."""
+    if not chunk.choices:
+        return []
+    choice = chunk.choices[0]
+    if isinstance(choice, CompletionChoice):
+        return [TextDelta(choice.text, round)] if choice.text else []
+    events: list[TurnEvent] = []
+    delta = choice.delta
+    if delta.content:
+        events.append(TextDelta(delta.content, round))
+    for call in delta.tool_calls or ():
+        fn = call.function
+        events.append(ToolCallDelta(
+            call.index, call.id, fn.name if fn else None, (fn.arguments or "") if fn else "", round
+        ))
+    return events
+
+
+def partial_response(snapshot: Any) -> dict[str, Any] | None:
+    """What a broken or stopped stream delivered, for the run record."""
+    try:
+        value: dict[str, Any] = snapshot().model_dump(mode="json", exclude_none=True)
+    except Exception:  # noqa: BLE001 - nothing usable arrived
+        return None
+    return value
+
+
+def run_tool_sync(effect: CallTool) -> tuple[str, Any]:
+    """Validate a call's arguments: ``("ok", kwargs)`` or ``("error", message text)``."""
+    if effect.tool is None:
+        return "error", f"error: no tool named {effect.call.function.name!r}"
+    try:
+        return "ok", effect.tool.parse_arguments(effect.call.function.arguments)
+    except ToolArgumentsError as exc:
+        return "error", f"error: invalid arguments for {effect.tool.name}: {exc}"
+
+
+def tool_error_text(name: str, exc: Exception) -> str:
+    """What the model reads when a tool raised (it may retry or answer without it)."""
+    return f"error: {name} raised {type(exc).__name__}: {exc}"
+
+
+# --- the request body --------------------------------------------------------------------
+
+_MAX_TOKEN_NAMES = ("max_tokens", "max_completion_tokens")
+
+
+def request_body(ctx: Context, spec: TurnSpec) -> str:
+    """The exact JSON text sent (and stored in the run)."""
+    profile = spec.builder.profile
+    allowed = CHAT_KEYS if ctx.mode == "chat" else COMPLETION_KEYS
+    body = ctx.request()
+    if ctx.mode == "completion" and ctx.tools:
+        body.pop("tools", None)  # the template rendered them into the prompt
+    extra: dict[str, Any] = {}
+    for key, value in spec.params.items():
+        if value is None:
+            continue
+        if key in _MAX_TOKEN_NAMES:
+            # One name for callers; the wire name the server takes.
+            name = profile.max_tokens_param if ctx.mode == "chat" else "max_tokens"
+            body[name] = value
+        elif key == "extra_body":
+            extra.update(value)
+        elif key in ("stream", "messages", "prompt", "model"):
+            raise ConfigurationError(f"{key!r} is set by the turn, not a parameter")
+        elif key not in allowed:
+            raise ConfigurationError(
+                f"unknown {ctx.mode} parameter {key!r} (pass server extras in extra_body=)"
+            )
+        else:
+            body[key] = value
+    if spec.response_format is not None and ctx.mode == "chat":
+        body["response_format"] = spec.response_format
+    if spec.stream:
+        body["stream"] = True
+        if profile.supports_stream_usage and "stream_options" not in body:
+            body["stream_options"] = {"include_usage": True}
+    body.update(extra)
+    try:
+        return pydantic_core.to_json(body).decode()
+    except pydantic_core.PydanticSerializationError as exc:
+        raise InvalidMessageError(f"the request body is not JSON-serializable: {exc}") from None
+
+
+def builder_settings(builder: _BuilderBase) -> dict[str, Any]:
+    """What a run records of the builder: enough to rebuild the same context."""
+    template = builder._template
+    template_name = None
+    template_hash = None
+    if template is not None:
+        template_name = getattr(template, "name", type(template).__name__)
+        source = getattr(template, "source", None)
+        if not isinstance(source, str):
+            source = f"builtin:{template_name}"
+        template_hash = hashlib.sha256(source.encode()).hexdigest()
+    settings: dict[str, Any] = json.loads(json.dumps({
+        "model": builder.model,
+        "mode": builder.mode,
+        "encoding": builder._counter.encoding_name,
+        "budget": builder.budget,
+        "reply_reserve": builder.reply_reserve,
+        "template": template_name,
+        "template_sha256": template_hash,
+        "profile": asdict(builder.profile),
+        "max_messages": builder.max_messages,
+        "max_history_tokens": builder.max_history_tokens,
+        "truncate": builder.truncate,
+        "summary_max_tokens": builder.summary_max_tokens,
+        "summary_role": builder.summary_role,
+        "low_water": builder.low_water,
+    }, default=str))
+    return settings

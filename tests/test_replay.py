@@ -1,0 +1,266 @@
+"""Replays: stored threads re-run against arms, in both modes, resumable, judged, exported.
+
+Every test runs four times: SQLite / PostgreSQL x sync / async (conftest ``store``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+import pytest
+
+from convo import (
+    Arm,
+    AsyncChat,
+    AsyncOpenAIClient,
+    AsyncReplayer,
+    Chat,
+    ConfigurationError,
+    ConversationNotFound,
+    Message,
+    OpenAIClient,
+    Replayer,
+    ReplayNotFound,
+    tool,
+)
+from convo.testing import FakeBackend
+
+CALLS: list[str] = []
+
+
+@tool
+def get_weather(city: str) -> dict[str, Any]:
+    """The weather in a city."""
+    CALLS.append(city)
+    return {"city": city, "temp": 21}
+
+
+class Harness:
+    def __init__(self, store: Any, fake: FakeBackend, *, retries: int = 0) -> None:
+        self.store = store
+        self.fake = fake
+        make = AsyncOpenAIClient if store.is_async else OpenAIClient
+        self.client = make(base_url="http://fake/v1", api_key="sk-test", max_retries=retries,
+                           transport=fake.transport())
+        chat_cls = AsyncChat if store.is_async else Chat
+        self.chat = chat_cls(store.raw, self.client, model="gpt-4o-mini", tools=[get_weather])
+        self.replayer = (AsyncReplayer if store.is_async else Replayer)(store.raw, self.client)
+
+    async def call(self, obj: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+        value = getattr(obj, name)(*args, **kwargs)
+        return await value if self.store.is_async else value
+
+    async def send(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.call(self.chat, "send", *args, **kwargs)
+
+    async def replay(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.call(self.replayer, "replay", *args, **kwargs)
+
+    async def thread(self, owner: str | None = None) -> str:
+        """System prompt, a plain turn, a turn with a tool round, a plain turn."""
+        conv = await self.store.create_conversation(owner=owner)
+        await self.store.append(conv.id, Message.system("Be brief."), owner=owner)
+        self.fake.reply("Hello! How can I help?")
+        await self.send(conv.id, "Hi", owner=owner)
+        self.fake.reply_tool_calls([("get_weather", {"city": "Paris"})])
+        self.fake.reply("It is 21C in Paris.")
+        await self.send(conv.id, "Weather in Paris?", owner=owner)
+        self.fake.reply("You are welcome.")
+        await self.send(conv.id, "Thanks", owner=owner)
+        return conv.id
+
+
+ARMS = [Arm("gpt-4o-mini", name="chat-arm"),
+        Arm("gpt-3.5-turbo-instruct", mode="completion", template="chatml", name="flat-arm",
+            budget=3000)]
+
+
+def _bodies(fake: FakeBackend, start: int) -> list[dict[str, Any]]:
+    return [r.json for r in fake.requests[start:]]
+
+
+async def test_continue_mode_two_arms_with_a_tool_round(store):
+    h = Harness(store, FakeBackend())
+    cid = await h.thread()
+    original_runs = {r.reply_message_id: r for r in (await store.list_runs(cid)).items}
+    CALLS.clear()
+    sent_before = len(h.fake.requests)
+    # chat arm turn 1 calls the tool again (answered from the record), then answers
+    h.fake.reply("Hi there.")                                   # chat-arm turn 0
+    h.fake.reply("Hey.")                                        # flat-arm turn 0
+    h.fake.reply_tool_calls([("get_weather", {"city": "Paris"})])  # chat-arm turn 1
+    h.fake.reply("Sunny, 21C.")                                 # chat-arm turn 1, round 2
+    report = await h.replay(cid, arms=ARMS, mode="continue")
+
+    assert CALLS == []  # no tool executed twice
+    assert report.replay.status == "done" and report.replay.mode == "continue"
+    assert [(i.turn, i.arm, i.status) for i in report.items] == [
+        (t, a, "ok") for t in range(3) for a in ("chat-arm", "flat-arm")
+    ]
+    by = {(i.turn, i.arm): i for i in report.items}
+    assert by[(0, "chat-arm")].text == "Hi there." and by[(1, "chat-arm")].text == "Sunny, 21C."
+    assert by[(0, "chat-arm")].original_text == "Hello! How can I help?"
+    assert by[(1, "chat-arm")].original_text == "It is 21C in Paris."
+    assert 0 <= by[(1, "chat-arm")].similarity < 1
+    # the tool result sent back is the recorded one
+    bodies = _bodies(h.fake, sent_before)
+    tool_msgs = [m for b in bodies for m in b.get("messages", []) if m["role"] == "tool"]
+    assert any(json.loads(m["content"]) == {"city": "Paris", "temp": 21} for m in tool_msgs)
+    # each arm keeps one branch, with its own replies feeding the next turn
+    branches = {i.arm: i.branch_id for i in report.items}
+    for arm, branch in branches.items():
+        assert all(i.branch_id == branch for i in report.items if i.arm == arm)
+        roles = [m.role for m in await store.messages(branch)]
+        assert roles[0] == "system" and roles.count("user") == 3
+    flat_prompts = [b["prompt"] for b in bodies if "prompt" in b]
+    assert "Hey." in flat_prompts[-1] and "Hello! How can I help?" not in flat_prompts[-1]
+    # replay branches are marked and hidden from the user's branches
+    listed = await store.list_branches(cid)
+    assert [b.conversation.id for b in listed] == [cid]
+    hidden = await store.list_branches(cid, include_replays=True)
+    assert {b.conversation.branch_kind for b in hidden[1:]} == {"replay"}
+    assert all(not b.current for b in hidden[1:])
+    # every new run links to the original turn's run
+    for item in report.items:
+        run = await store.get_run(item.run_id)
+        assert run.replays_id is not None
+        assert run.replays_id == item.original_run_id
+    first_reply = next(m for m in await store.messages(cid) if m.role == "assistant")
+    assert by[(0, "chat-arm")].original_run_id == original_runs[first_reply.id].id
+    assert by[(0, "flat-arm")].kept is not None and by[(2, "flat-arm")].prompt_tokens > 0
+
+
+async def test_teacher_forcing_answers_the_original_history(store):
+    h = Harness(store, FakeBackend())
+    cid = await h.thread()
+    start = len(h.fake.requests)
+    report = await h.replay(cid, arms=ARMS, mode="teacher-forcing")
+    assert [i.status for i in report.items] == ["ok"] * 6
+    assert len({i.branch_id for i in report.items}) == 6  # one branch per turn and arm
+    bodies = _bodies(h.fake, start)
+    last = bodies[-2]["messages"]  # chat-arm, last turn (flat-arm answers after it)
+    flat_last = bodies[-1]["prompt"]
+    assert "It is 21C in Paris." in flat_last and flat_last.rstrip().endswith("assistant")
+    # the last turn saw the original replies, not the arm's own
+    assert [m.get("content") for m in last if m["role"] == "assistant"][-1] == "It is 21C in Paris."
+    assert last[-1] == {"role": "user", "content": "Thanks"}
+    for item in report.items:
+        branch = await store.get_conversation(item.branch_id)
+        assert branch.branch_kind == "replay" and branch.fork_seq == item.user_seq
+
+
+async def test_resume_skips_what_is_done(store):
+    h = Harness(store, FakeBackend())
+    cid = await h.thread()
+    h.fake.reply("one")                   # chat-arm turn 0
+    h.fake.fail(500)                      # chat-arm turn 1 fails: the arm's later turns skip
+    report = await h.replay(cid, arms=[ARMS[0]], mode="continue")
+    assert [i.status for i in report.items] == ["ok", "failed", "skipped"]
+    assert "InternalServerError" in report.items[1].error
+    sent = len(h.fake.requests)
+    again = await h.replay(replay_id=report.replay.id)
+    assert again.replay.id == report.replay.id and again.replay.status == "done"
+    assert [i.status for i in again.items] == ["ok"] * 3
+    assert len(h.fake.requests) - sent == 2  # only the two unfinished turns were sent
+    assert again.items[0].text == "one"
+    branch = again.items[0].branch_id
+    users = [m.text for m in await store.messages(branch) if m.role == "user"]
+    assert users == ["Hi", "Weather in Paris?", "Thanks"]  # the retried turn stored once
+
+
+async def test_judge_verdicts_are_stored(store):
+    h = Harness(store, FakeBackend())
+    cid = await h.thread()
+    for _ in range(3):  # each turn: the arm's reply, then the judge's verdict
+        h.fake.reply("arm reply")
+        h.fake.reply_json({"winner": "chat-arm", "scores": {"chat-arm": 8}, "reason": "ok"})
+    report = await h.replay(cid, arms=[ARMS[0]], judge="gpt-4o")
+    assert all(i.verdict["winner"] == "chat-arm" for i in report.items)
+    assert all(i.verdict["model"] == "gpt-4o" for i in report.items)
+    judged = [r.json for r in h.fake.requests if r.json.get("model") == "gpt-4o"]
+    assert len(judged) == 3 and judged[0]["response_format"] == {"type": "json_object"}
+    assert report.arms()[0].wins == 3
+    stored = await h.call(h.replayer, "report", report.replay.id)
+    assert stored.items == report.items
+
+
+async def test_reports_export_to_json_and_csv(store):
+    h = Harness(store, FakeBackend())
+    cid = await h.thread()
+    report = await h.replay(cid, arms=ARMS)
+    doc = json.loads(report.to_json())
+    assert doc["replay"]["id"] == report.replay.id and len(doc["items"]) == 6
+    assert [a["arm"] for a in doc["arms"]] == ["chat-arm", "flat-arm"]
+    rows = list(csv.DictReader(io.StringIO(report.to_csv())))
+    assert len(rows) == 6 and {r["arm"] for r in rows} == {"chat-arm", "flat-arm"}
+    assert rows[0]["original_text"] == "Hello! How can I help?"
+    page = await store.list_replays()
+    assert [r.id for r in page.items] == [report.replay.id]
+
+
+async def test_many_conversations_by_filter_with_progress(store):
+    h = Harness(store, FakeBackend())
+    mine = [await h.thread(owner="team-a") for _ in range(3)]
+    await h.thread(owner="team-b")
+    seen: list[Any] = []
+    kwargs: dict[str, Any] = {"concurrency": 2} if store.is_async else {}
+    report = await h.replay(where={"owner": "team-a"}, arms=[ARMS[0]], owner="team-a",
+                            on_progress=seen.append, **kwargs)
+    assert {i.conversation_id for i in report.items} == set(mine)
+    assert len(report.items) == 9 and all(i.status == "ok" for i in report.items)
+    assert sorted(p.done for p in seen) == [1, 2, 3] and {p.total for p in seen} == {3}
+
+
+async def test_bad_replays_are_refused_and_nothing_is_written(store):
+    h = Harness(store, FakeBackend())
+    cid = await h.thread(owner="alice")
+    before = store.snapshot()
+    with pytest.raises(ConfigurationError):
+        await h.replay(cid, arms=[])
+    with pytest.raises(ConfigurationError):
+        await h.replay(cid, arms=["m", "m"])
+    with pytest.raises(ConfigurationError):
+        await h.replay(cid, arms=["m:sideways"])
+    with pytest.raises(ConversationNotFound):
+        await h.replay(cid, arms=["gpt-4o-mini"], owner="bob")
+    with pytest.raises(ReplayNotFound):
+        await h.replay(replay_id="0" * 32)
+    assert store.snapshot() == before
+    assert (await store.list_replays()).items == []
+
+
+def test_arm_parsing():
+    assert Arm.parse("gpt-4o").label == "gpt-4o"
+    arm = Arm.parse("llama-3-8b:completion:llama3")
+    assert (arm.model, arm.mode, arm.template, arm.label) == (
+        "llama-3-8b", "completion", "llama3", "llama-3-8b:completion:llama3"
+    )
+    assert Arm.parse("m:completion").template == "transcript"
+    with pytest.raises(ConfigurationError):
+        Arm("m", template="chatml")
+
+
+async def test_replay_of_a_long_thread_with_summaries(store):
+    """An arm with a small budget drops and summarizes history; the report says how much."""
+    from convo import AsyncModelSummarizer, ModelSummarizer
+
+    h = Harness(store, FakeBackend())
+    conv = await store.create_conversation()
+    await store.append(conv.id, Message.system("Be brief."))
+    for n in range(8):
+        h.fake.reply(f"Answer {n}: " + "details " * 40)
+        await h.send(conv.id, f"Question {n}: " + "context " * 40)
+    summarizer_cls = AsyncModelSummarizer if store.is_async else ModelSummarizer
+    arm = Arm("gpt-4o-mini", name="tight", budget=700,
+              summarizer=summarizer_cls(h.client, model="gpt-4o-mini"))
+    report = await h.replay(conv.id, arms=[arm], mode="teacher-forcing")
+    assert [i.status for i in report.items] == ["ok"] * 8
+    late = report.items[-1]
+    assert late.dropped > 0 and late.summarized > 0 and late.summarized <= late.dropped
+    assert report.items[0].dropped == 0 and report.items[0].summarized == 0
+    run = await store.get_run(late.run_id)
+    assert run.summary_id is not None
+    assert run.estimated_prompt_tokens <= 700

@@ -1,0 +1,250 @@
+"""Run records in the store: start, finish (with the reply, atomically), read, page, scope.
+
+Every test runs four times: SQLite / PostgreSQL x sync / async (see conftest ``store``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from convo import ConversationNotFound, ReplyInfo, RunNotFound, StoreInputError
+
+BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}], "seed": 7}
+
+
+async def _start(store: Any, cid: str, **kw: Any) -> Any:
+    args: dict[str, Any] = {
+        "endpoint": "chat.completions", "mode": "chat", "model": "gpt-4o-mini", "request": BODY,
+    }
+    args.update(kw)
+    return await store.start_run(cid, **args)
+
+
+async def test_a_run_is_pending_then_ok_with_its_reply(store):
+    conv = await store.create_conversation(owner="alice")
+    user = await store.append(conv.id, {"role": "user", "content": "Hi"})
+    run = await _start(
+        store, conv.id, kept_seqs=[user.seq], input_seq=user.seq, idempotency_key="k1",
+        settings={"budget": 1000, "template": None}, estimated_prompt_tokens=9,
+        base_url="http://fake/v1", stream=True,
+    )
+    assert run.status == "pending" and run.owner == "alice" and run.finished_at is None
+    assert run.body() == BODY and run.kept_seqs == [1] and run.stream is True
+    assert (await store.get_run(run.id)) == run
+
+    info = ReplyInfo(model="gpt-4o-mini-2024", finish_reason="stop", seed=7,
+                     usage={"prompt_tokens": 9, "completion_tokens": 2}, system_fingerprint="fp")
+    done = await store.finish_run(
+        run.id, status="ok", reply={"role": "assistant", "content": "Hello"}, reply_info=info,
+        reply_key="k1#0", attempts=2, ttfb_ms=1.5, latency_ms=4.25, reported_prompt_tokens=9,
+        completion_tokens=2, usage={"prompt_tokens": 9, "completion_tokens": 2},
+        finish_reason="stop", system_fingerprint="fp", seed=7,
+        response={"id": "chatcmpl-1", "object": "chat.completion"},
+    )
+    assert not done.duplicate
+    assert done.reply is not None and done.reply.seq == 2 and done.reply.reply == info
+    got = await store.get_run(run.id)
+    assert got == done.run
+    assert (got.status, got.reply_message_id, got.attempts) == ("ok", done.reply.id, 2)
+    assert (got.ttfb_ms, got.latency_ms, got.reported_prompt_tokens) == (1.5, 4.25, 9)
+    assert got.response == {"id": "chatcmpl-1", "object": "chat.completion"}
+    assert got.finished_at is not None and got.finished_at >= got.created_at
+    stored = await store.get_message(conv.id, 2)
+    assert stored.content == "Hello" and stored.idempotency_key == "k1#0"
+
+
+async def test_the_request_text_is_kept_byte_for_byte(store):
+    conv = await store.create_conversation()
+    text = '{"messages": [{"role":"user","content":"caf\\u00e9"}],   "model": "m"}'
+    run = await _start(store, conv.id, request=text)
+    assert (await store.get_run(run.id)).request == text
+    raw = b'{"model":"m","prompt":"x"}'
+    run2 = await _start(store, conv.id, request=raw, endpoint="completions", mode="completion")
+    assert (await store.get_run(run2.id)).request == raw.decode()
+
+
+async def test_failed_run_keeps_the_error_and_stores_no_message(store):
+    conv = await store.create_conversation()
+    await store.append(conv.id, {"role": "user", "content": "Hi"})
+    run = await _start(store, conv.id)
+    done = await store.finish_run(
+        run.id, status="failed", error_type="RateLimitError", error_message="429 slow down",
+        attempts=3, latency_ms=12.0,
+    )
+    assert done.reply is None and done.run.status == "failed"
+    assert (done.run.error_type, done.run.attempts) == ("RateLimitError", 3)
+    assert await store.count_messages(conv.id) == 1
+
+
+async def test_a_finished_run_cannot_be_finished_again(store):
+    conv = await store.create_conversation()
+    run = await _start(store, conv.id)
+    await store.finish_run(run.id, status="cancelled")
+    before = store.snapshot()
+    with pytest.raises(StoreInputError, match="already finished"):
+        await store.finish_run(run.id, status="ok", reply={"role": "assistant", "content": "x"})
+    assert store.snapshot() == before
+
+
+async def test_a_duplicate_reply_key_keeps_the_first_reply(store):
+    """Two sends of one turn: the second reply is not stored, its run says so."""
+    conv = await store.create_conversation()
+    await store.append(conv.id, {"role": "user", "content": "Hi"}, idempotency_key="t")
+    first, second = await _start(store, conv.id), await _start(store, conv.id)
+    a = await store.finish_run(first.id, status="ok", reply={"role": "assistant", "content": "A"},
+                               reply_key="t#0")
+    b = await store.finish_run(second.id, status="ok", reply={"role": "assistant", "content": "B"},
+                               reply_key="t#0")
+    assert not a.duplicate and b.duplicate
+    assert b.reply is not None and b.reply.id == a.reply.id and b.reply.content == "A"
+    assert b.run.status == "cancelled" and b.run.error_type == "DuplicateTurn"
+    assert b.run.reply_message_id == a.reply.id
+    assert [m.content for m in await store.messages(conv.id)] == ["Hi", "A"]
+    conv_after = await store.get_conversation(conv.id)
+    assert conv_after.last_seq == 2  # the losing bump was rolled back
+
+
+async def test_list_runs_newest_first_with_keyset_paging(store):
+    conv = await store.create_conversation()
+    other = await store.create_conversation()
+    ids = [(await _start(store, conv.id, round=i)).id for i in range(7)]
+    await _start(store, other.id)
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = await store.list_runs(conv.id, limit=3, cursor=cursor)
+        seen.extend(r.id for r in page.items)
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == ids[::-1]
+    assert [r.round for r in (await store.list_runs(conv.id, limit=2)).items] == [6, 5]
+
+
+async def test_runs_are_owner_scoped(store):
+    conv = await store.create_conversation(owner="alice")
+    run = await _start(store, conv.id, owner="alice")
+    with pytest.raises(ConversationNotFound):
+        await _start(store, conv.id, owner="bob")
+    with pytest.raises(RunNotFound):
+        await store.get_run(run.id, owner="bob")
+    with pytest.raises(ConversationNotFound):
+        await store.list_runs(conv.id, owner="bob")
+    with pytest.raises(RunNotFound):
+        await store.finish_run(run.id, status="ok", owner="bob")
+    assert (await store.get_run(run.id, owner="alice")).id == run.id
+    assert (await store.get_run(run.id, owner="alice")).status == "pending"
+
+
+async def test_runs_go_with_their_conversation(store):
+    conv = await store.create_conversation()
+    run = await _start(store, conv.id)
+    await store.delete_conversation(conv.id)
+    with pytest.raises(RunNotFound):
+        await store.get_run(run.id)
+    assert store.count("runs") == 0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"endpoint": "embeddings"},
+        {"mode": "flat"},
+        {"model": ""},
+        {"model": "m" * 300},
+        {"request": "not json"},
+        {"request": "[1, 2]"},
+        {"request": {"x": float("nan")}},
+        {"request": b"\xff\xfe"},
+        {"kept_seqs": [1, "2"]},
+        {"kept_seqs": [True]},
+        {"kept_seqs": [0]},
+        {"summary_id": 1.5},
+        {"round": -1},
+        {"estimated_prompt_tokens": 2**70},
+        {"settings": {"x": object()}},
+        {"settings": {"x": float("inf")}},
+        {"metadata": {"x": {1, 2}}},
+        {"idempotency_key": "k" * 300},
+        {"reproduces_id": "r" * 40},
+    ],
+    ids=lambda bad: next(iter(bad)),
+)
+async def test_bad_run_fields_are_refused_and_nothing_is_written(store, bad):
+    conv = await store.create_conversation()
+    before = store.snapshot()
+    with pytest.raises(StoreInputError):
+        await _start(store, conv.id, **bad)
+    assert store.snapshot() == before
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"status": "pending"},
+        {"status": "done"},
+        {"attempts": -1},
+        {"attempts": "3"},
+        {"latency_ms": float("nan")},
+        {"ttfb_ms": -1.0},
+        {"usage": {"x": float("nan")}},
+        {"error_type": 5},
+        {"surprise": 1},
+        {"reply": {"role": "wizard", "content": "x"}},
+    ],
+    ids=lambda bad: next(iter(bad)),
+)
+async def test_bad_outcomes_are_refused_and_nothing_is_written(store, bad):
+    conv = await store.create_conversation()
+    run = await _start(store, conv.id)
+    before = store.snapshot()
+    args = {"status": "ok", **bad}
+    with pytest.raises((StoreInputError, ValueError)):
+        await store.finish_run(run.id, **args)
+    assert store.snapshot() == before
+    assert (await store.get_run(run.id)).status == "pending"
+
+
+async def test_concurrent_finishes_of_one_turn_store_one_reply(store):
+    """Eight writers race to store the reply of one turn: exactly one reply lands."""
+    conv = await store.create_conversation()
+    await store.append(conv.id, {"role": "user", "content": "Hi"}, idempotency_key="t")
+    starts = [await _start(store, conv.id) for _ in range(8)]
+
+    async def finish(i: int) -> Any:
+        if store.is_async:
+            return await store.finish_run(
+                starts[i].id, status="ok", reply={"role": "assistant", "content": f"r{i}"},
+                reply_key="t#0",
+            )
+        return await asyncio.to_thread(
+            store.raw.finish_run, starts[i].id, status="ok",
+            reply={"role": "assistant", "content": f"r{i}"}, reply_key="t#0",
+        )
+
+    results = await asyncio.gather(*(finish(i) for i in range(8)))
+    winners = [r for r in results if not r.duplicate]
+    assert len(winners) == 1
+    assert {r.reply.id for r in results} == {winners[0].reply.id}
+    rows = store.sql("SELECT seq, role FROM messages ORDER BY seq")
+    assert [tuple(r) for r in rows] == [(1, "user"), (2, "assistant")]
+    statuses = sorted(r[0] for r in store.sql("SELECT status FROM runs"))
+    assert statuses == ["cancelled"] * 7 + ["ok"]
+
+
+def test_run_json_columns_round_trip(db_url):
+    from convo import Store
+
+    with Store(db_url) as s:
+        conv = s.create_conversation()
+        run = s.start_run(conv.id, endpoint="completions", mode="completion", model="m",
+                          request={"model": "m", "prompt": "p", "stop": ["\n"]},
+                          settings={"template": "chatml", "template_sha256": "ab" * 32,
+                                    "budget": 100, "nested": {"a": [1, None, True]}})
+        got = s.get_run(run.id)
+        assert got.settings["nested"] == {"a": [1, None, True]}
+        assert json.loads(got.request)["stop"] == ["\n"]
