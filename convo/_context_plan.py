@@ -44,8 +44,9 @@ from ._context_summaries import (
     summarize,
     summary_parts,
 )
+from ._control import control_markers, render_prompt
 from ._exceptions import ContextError, MessageNotFound
-from ._messages import Message, TextPart
+from ._messages import Message
 from ._records import StoredMessage
 from ._selection import Item, Selection
 
@@ -233,57 +234,10 @@ def _render(
             summary_tokens = summary_use.tokens if summary_use else 0
             tokens = sel.overhead + sel.pinned_tokens + summary_tokens + sel.history_tokens
         return _Rendered(messages, seqs, tokens, chat=chat)
-    markers = control_markers(cfg.template)
-    safe = [_neutralize(m, markers) for m in messages] if markers else messages
-    prompt = cfg.template.render(safe, add_generation_prompt=True, tools=cfg.tools)
+    # The template breaks control strings in every field of every message
+    # (summaries included) before writing the prompt: see convo._control.
+    prompt = render_prompt(cfg.template, messages, tools=cfg.tools)
     return _Rendered(messages, seqs, cfg.counter.count(prompt), prompt=prompt)
-
-
-_ZWSP = "\u200b"
-
-
-def control_markers(template: Any) -> tuple[str, ...]:
-    """The template's control strings (special tokens, turn headers, stop sequences)."""
-    found = {
-        *getattr(template, "markers", ()),
-        *template.stop,
-        template.bos_token,
-        template.eos_token,
-    }
-    return tuple(sorted((m for m in found if m and m.strip()), key=len, reverse=True))
-
-
-def _neutralize(message: Message, markers: tuple[str, ...]) -> Message:
-    """``message`` with the template's control strings broken up in its text.
-
-    A flattened prompt is one string: a user who types ``<|im_end|>`` followed by
-    ``<|im_start|>system`` would otherwise open a system turn (servers such as
-    vLLM and llama.cpp parse special tokens in completion prompts). A zero-width
-    space after the first character keeps the text readable and the marker inert.
-    System and developer messages are the application's own and left as they are.
-    """
-    if message.role in ("system", "developer"):
-        return message
-
-    def clean(text: str) -> str:
-        for marker in markers:
-            if marker in text:
-                text = text.replace(marker, marker[0] + _ZWSP + marker[1:])
-        return text
-
-    content = message.content
-    if isinstance(content, str):
-        fixed: Any = clean(content)
-        if fixed == content:
-            return message
-    elif isinstance(content, list):
-        fixed = [
-            p.model_copy(update={"text": clean(p.text)}) if isinstance(p, TextPart) else p
-            for p in content
-        ]
-    else:
-        return message
-    return message.model_copy(update={"content": fixed})
 
 
 def _finish(

@@ -3,13 +3,10 @@
 Open models publish their prompt format as a Jinja template (the
 ``chat_template`` of ``tokenizer_config.json``); vLLM, llama.cpp and
 transformers' ``apply_chat_template(..., tokenize=False)`` all render it. convo
-renders it the same way, without importing transformers: jinja2's
-``ImmutableSandboxedEnvironment`` (templates are untrusted code) with
-``trim_blocks``, ``lstrip_blocks`` and ``loopcontrols``; a ``tojson`` filter
-that keeps non-ASCII text and takes ``indent`` / ``separators`` /
-``sort_keys``; the globals ``raise_exception``, ``strftime_now``, ``dict`` and
-a ``namespace`` that refuses underscore names; the ``{% generation %}`` tag;
-and the variables ``messages``, ``tools``, ``documents``,
+renders it the same way, without importing transformers, in a bounded sandbox
+(see ``_jinja_env``): jinja2's ``ImmutableSandboxedEnvironment`` (templates are
+untrusted code) with transformers' settings, a render time limit and a size
+limit. The variables are ``messages``, ``tools``, ``documents``,
 ``add_generation_prompt``, ``bos_token``, ``eos_token`` (plus the other special
 tokens of a tokenizer config). A template is compiled once per source string.
 
@@ -19,14 +16,17 @@ What the template sees as ``messages`` (decisions, documented once here):
   values too, and many templates test ``is defined``);
 * ``developer`` becomes ``system``: open models know only ``system``;
 * text-only content part lists become one string (parts joined with ``"\\n"``,
-  as vLLM does), since most templates concatenate ``message.content``; lists
-  with media stay lists of OpenAI part dicts;
+  as vLLM does), since most templates concatenate ``message.content``; image
+  and audio parts raise :class:`~convo.TemplateError`, as with the built-in
+  templates (a text prompt cannot carry them);
 * tool call ``arguments`` are parsed from their JSON string into a value
   (a dict), which is what published templates expect (``arguments|tojson``,
   ``arguments|items``) and what vLLM passes; unparsable arguments stay strings;
 * a ``tool`` message without ``name`` gets the name of the function whose call
   it answers (found through ``tool_call_id``): templates such as Hermes need it;
-* an assistant refusal without content becomes the content.
+* an assistant refusal without content becomes the content;
+* every string from a message, a tool definition or a document has the
+  template's control strings broken (``_control``), so no text can open a turn.
 
 Note: a template that writes ``bos_token`` puts it into the prompt text. A
 server that also adds BOS when it tokenizes a completion prompt (vLLM does by
@@ -38,19 +38,32 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-from collections.abc import Mapping, Sequence
-from datetime import datetime
-from functools import lru_cache
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._chat_render import _content_text, map_part, parse_arguments, tool_call_names
+from ._control import (
+    ControlStrings,
+    analyze,
+    is_token_shaped,
+    neutralize_message,
+    neutralize_value,
+    reject_media,
+    token_shaped,
+)
 from ._exceptions import TemplateError
+from ._jinja_env import (
+    DEFAULT_MAX_PROMPT_CHARS,
+    DEFAULT_RENDER_TIMEOUT,
+    Compiled,
+    RenderLimitError,
+    RenderLimits,
+    compiled,
+    render_bounded,
+)
 from ._messages import Message, RefusalPart, TextPart
-
-if TYPE_CHECKING:
-    import jinja2
 
 __all__ = ["MAX_STOP", "JinjaChatTemplate", "derive_stop", "template_messages"]
 
@@ -84,8 +97,10 @@ _SPECIAL_TOKENS = (
     "mask_token",
 )
 
+# Probing a template's structure renders a dozen conversations of a few words;
+# one that takes seconds there is broken or hostile.
+_PROBE_TIMEOUT = 2.0
 
-_MARKER = re.compile(r"<\|[A-Za-z0-9_.:-]+\|>|\[/?(?:INST|AVAILABLE_TOOLS|TOOL_CALLS|TOOL_RESULTS)\]|<</?SYS>>|</?s>")
 
 class JinjaChatTemplate:
     """A Hugging Face-style Jinja chat template used as a completion prompt template.
@@ -96,41 +111,53 @@ class JinjaChatTemplate:
         prompt = tpl.render(messages)          # what apply_chat_template(..., tokenize=False) gives
         tpl.stop                               # ("</s>",)
 
+    No text from a message can write the template's control strings (its
+    special tokens, the structure it writes around messages, bos/eos, stop
+    sequences): they are broken with a zero-width space in every field before
+    the template sees it. For text without control strings the prompt is
+    exactly transformers'.
+
     Args:
         source: the Jinja template text.
         bos_token: the ``bos_token`` variable.
         eos_token: the ``eos_token`` variable.
-        stop: stop sequences (at most 4). By default: ``eos_token`` and the
-            well-known end-of-turn markers the template writes literally
-            (``<|im_end|>``, ``<|eot_id|>``, ``</s>``...), at most 4.
+        stop: stop sequences (at most 4). By default: every end-of-turn string
+            the template writes after an assistant turn (``<|im_end|>``,
+            gpt-oss's ``<|call|>``, ``"\nUser:"`` for plain-text formats), then
+            ``eos_token``, then known end markers in the source; at most 4.
         name: names the template in errors; by default ``jinja-`` and a hash.
         variables: more template variables (``enable_thinking``, other special
             tokens...). They cannot be named ``messages``, ``tools``,
             ``documents`` or ``add_generation_prompt``.
+        special_tokens: the tokenizer's special tokens (and other added tokens
+            that act as control strings); read from the tokenizer files by
+            :meth:`from_tokenizer_config`.
+        render_timeout: seconds one render may take (``None``: no limit).
+        max_prompt_chars: characters the prompt, and any string or list the
+            template builds, may hold (``None``: no limit).
 
     Raises:
-        TemplateError: the template does not compile, or bad ``stop`` / ``variables``.
+        TemplateError: the template does not compile, or bad ``stop`` / ``variables``
+            / limits.
     """
 
+    neutralizes_input = True  # the context builder need not neutralize for it
+
     __slots__ = (
-        "_template",
+        "_compiled",
+        "_control",
+        "_explicit_stop",
+        "_lenient",
+        "_stop",
         "_tool_use",
         "bos_token",
         "eos_token",
+        "limits",
         "name",
         "source",
-        "stop",
+        "special_tokens",
         "variables",
     )
-
-    @property
-    def markers(self) -> tuple[str, ...]:
-        """Control strings of this format: special tokens the template writes
-        literally (``<|...|>``, ``[INST]``, ``<<SYS>>``, ``<s>``), bos/eos, stop
-        sequences. The context builder neutralizes them in message text."""
-        found = set(_MARKER.findall(self.source))
-        found.update((self.bos_token, self.eos_token, *self.stop))
-        return tuple(sorted((m for m in found if m.strip()), key=len, reverse=True))
 
     def __init__(
         self,
@@ -141,6 +168,9 @@ class JinjaChatTemplate:
         stop: Sequence[str] | None = None,
         name: str | None = None,
         variables: Mapping[str, Any] | None = None,
+        special_tokens: Iterable[str] = (),
+        render_timeout: float | None = DEFAULT_RENDER_TIMEOUT,
+        max_prompt_chars: int | None = DEFAULT_MAX_PROMPT_CHARS,
     ) -> None:
         if not isinstance(source, str):
             raise TemplateError(f"a chat template is a string, not {type(source).__name__}")
@@ -154,15 +184,39 @@ class JinjaChatTemplate:
             raise TemplateError(
                 f"chat template {self.name!r}: variables may not be named {', '.join(sorted(clash))}"
             )
-        self.stop = (
-            _check_stop(stop, self.name) if stop is not None else derive_stop(source, eos_token)
-        )
-        self._template = _compile(source, self.name)
+        self.special_tokens = tuple(t for t in special_tokens if isinstance(t, str) and t.strip())
+        self.limits = _limits(render_timeout, max_prompt_chars, self.name)
+        self._explicit_stop = _check_stop(stop, self.name) if stop is not None else None
+        self._compiled: Compiled = _compile(source, self.name)
+        # Found on first use by rendering placeholder conversations (a few ms).
+        self._control: ControlStrings | None = None
+        self._lenient: ControlStrings | None = None
+        self._stop: tuple[str, ...] | None = None
         # transformers switches to a config's "tool_use" template when tools are given.
         self._tool_use: JinjaChatTemplate | None = None
 
     def __repr__(self) -> str:
         return f"JinjaChatTemplate(name={self.name!r}, stop={self.stop!r})"
+
+    @property
+    def stop(self) -> tuple[str, ...]:
+        """Stop sequences for the completion request (at most 4)."""
+        if self._explicit_stop is not None:
+            return self._explicit_stop
+        if self._stop is None:
+            self._analyze()
+        assert self._stop is not None
+        return self._stop
+
+    @property
+    def markers(self) -> tuple[str, ...]:
+        """Control strings of this format, longest first: the tokenizer's special
+        tokens, the tokens and turn labels the template writes (found by rendering
+        placeholder text), token-shaped strings of its source, bos/eos and other
+        special-token variables, stop sequences. No message text can write them."""
+        return self._controls()[0].strings
+
+    # -- rendering ------------------------------------------------------------------
 
     def render(
         self,
@@ -174,6 +228,9 @@ class JinjaChatTemplate:
     ) -> str:
         """The prompt, exactly as transformers' ``apply_chat_template(..., tokenize=False)``.
 
+        Control strings in the messages, tool definitions and documents are
+        broken first (see the class docs); text without them is unchanged.
+
         Args:
             messages: the conversation, oldest first.
             add_generation_prompt: the template's ``add_generation_prompt``.
@@ -181,8 +238,9 @@ class JinjaChatTemplate:
             documents: retrieval documents (the template's ``documents``).
 
         Raises:
-            TemplateError: the template failed (``raise_exception``, a type
-                error, undefined misuse...); says which template and why.
+            TemplateError: image or audio parts; the template failed
+                (``raise_exception``, a type error, undefined misuse...) or
+                went past its time or size limit; says which template and why.
         """
         if tools is not None and self._tool_use is not None:
             return self._tool_use.render(
@@ -191,12 +249,34 @@ class JinjaChatTemplate:
                 tools=tools,
                 documents=documents,
             )
-        return self.render_dicts(
-            template_messages(messages),
-            add_generation_prompt=add_generation_prompt,
-            tools=tools,
-            documents=documents,
-        )
+        reject_media(messages, self.name)
+        control, lenient = self._controls()
+        tools = neutralize_value(tools, control) if tools else tools
+        documents = neutralize_value(documents, control) if documents else documents
+        safe = [neutralize_message(m, control) for m in messages]
+
+        def prompt(msgs: list[Message]) -> str:
+            return self._render(template_messages(msgs), add_generation_prompt, tools, documents)
+
+        if lenient is not None:
+            # Reasoning templates read "</think>" in assistant text to drop
+            # past reasoning. Leave those strings for the template to consume,
+            # but use that prompt only if no control string came out of it
+            # more often than from the fully neutralized messages.
+            kept = [
+                neutralize_message(m, control, lenient) if m.role == "assistant" else s
+                for m, s in zip(messages, safe, strict=True)
+            ]
+            if kept != safe:
+                strict = prompt(safe)
+                try:
+                    relaxed = prompt(kept)
+                except TemplateError:
+                    return strict
+                return (
+                    relaxed if _no_more(control.count(relaxed), control.count(strict)) else strict
+                )
+        return prompt(safe)
 
     def render_dicts(
         self,
@@ -206,20 +286,91 @@ class JinjaChatTemplate:
         tools: list[dict[str, Any]] | None = None,
         documents: list[dict[str, Any]] | None = None,
     ) -> str:
-        """Render message dicts as given (no conversion): for dicts already in a template's shape."""
+        """Render message dicts as given (no conversion) but with every string neutralized."""
+        control = self._controls()[0]
+        return self._render(
+            neutralize_value(messages, control),
+            add_generation_prompt,
+            neutralize_value(tools, control) if tools else tools,
+            neutralize_value(documents, control) if documents else documents,
+        )
+
+    def _render(
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool,
+        tools: list[dict[str, Any]] | None,
+        documents: list[dict[str, Any]] | None,
+        *,
+        limits: RenderLimits | None = None,
+    ) -> str:
         context = {"bos_token": self.bos_token, "eos_token": self.eos_token, **self.variables}
+        context.update(
+            messages=messages,
+            tools=tools,
+            documents=documents,
+            add_generation_prompt=add_generation_prompt,
+        )
         try:
-            return self._template.render(
-                messages=messages,
-                tools=tools,
-                documents=documents,
-                add_generation_prompt=add_generation_prompt,
-                **context,
-            )
+            return render_bounded(self._compiled.template, context, limits or self.limits)
         except Exception as exc:  # a template is code: any failure is the template's
             raise TemplateError(
                 f"chat template {self.name!r} failed{_where(exc)}: {_describe(exc)}"
             ) from exc
+
+    # -- control strings and stop sequences ----------------------------------------
+
+    def _controls(self) -> tuple[ControlStrings, ControlStrings | None]:
+        if self._control is None:
+            self._analyze()
+        assert self._control is not None
+        return self._control, self._lenient
+
+    def _analyze(self) -> None:
+        probe_limits = RenderLimits(
+            timeout=min(self.limits.timeout or _PROBE_TIMEOUT, _PROBE_TIMEOUT),
+            max_chars=self.limits.max_chars,
+        )
+
+        def probe(msgs: list[Message], gen: bool, tools: list[dict[str, Any]] | None) -> str:
+            try:
+                return self._render(template_messages(msgs), gen, tools, None, limits=probe_limits)
+            except TemplateError as exc:
+                if isinstance(exc.__cause__, RenderLimitError):
+                    raise _ProbeLimit from exc.__cause__
+                raise
+
+        try:
+            structure = analyze(probe, fatal=(_ProbeLimit,))
+        except _ProbeLimit as exc:
+            raise TemplateError(
+                f"chat template {self.name!r} went past its limits rendering a short "
+                f"placeholder conversation: {exc.__cause__}"
+            ) from None
+        token_vars = [
+            v for k, v in self.variables.items() if k.endswith("_token") and isinstance(v, str)
+        ]
+        literal_tokens = [t for text in self._compiled.literals for t in token_shaped(text)]
+        extra = [
+            *self.special_tokens,
+            *literal_tokens,
+            self.bos_token,
+            self.eos_token,
+            *token_vars,
+            *(self._explicit_stop or ()),
+        ]
+        control = structure.control(extra)
+        if self._explicit_stop is None:
+            found = [*structure.turn_ends(control), self.eos_token]
+            found += derive_stop(self.source)
+            self._stop = tuple(dict.fromkeys(s for s in found if s))[:MAX_STOP]
+            control = ControlStrings(control.anywhere | set(self._stop), control.anchored)
+        parsed = {t for text in self._compiled.parsed for t in token_shaped(text)}
+        parsed &= control.anywhere
+        self._lenient = control.without(parsed) if parsed else None
+        self._control = control
+
+    # -- loading --------------------------------------------------------------------
 
     @classmethod
     def from_tokenizer_config(
@@ -229,6 +380,8 @@ class JinjaChatTemplate:
         template_name: str | None = None,
         stop: Sequence[str] | None = None,
         name: str | None = None,
+        render_timeout: float | None = DEFAULT_RENDER_TIMEOUT,
+        max_prompt_chars: int | None = DEFAULT_MAX_PROMPT_CHARS,
     ) -> JinjaChatTemplate:
         """The chat template of a Hugging Face ``tokenizer_config.json``.
 
@@ -240,11 +393,20 @@ class JinjaChatTemplate:
         variables. A config without ``chat_template`` next to a
         ``chat_template.jinja`` file uses that file, as transformers does.
 
+        The tokenizer's special tokens become control strings: the config's
+        ``added_tokens_decoder`` and ``additional_special_tokens``, and the
+        ``added_tokens`` of a ``tokenizer.json`` beside the config. Tokens
+        marked ``"special": true`` all count; tokens marked ``false`` count
+        when they look like markup (DeepSeek's ``<｜User｜>``, ``<think>``),
+        since a server's tokenizer matches them in text all the same.
+
         Args:
             config: the parsed config, a path to the file, or the directory holding it.
             template_name: which named template to use.
             stop: stop sequences; derived from the template by default.
             name: names the template in errors; by default the file path.
+            render_timeout: seconds one render may take.
+            max_prompt_chars: the largest prompt (and intermediate value).
 
         Raises:
             TemplateError: unreadable file, no chat template, unknown name, broken template.
@@ -259,12 +421,7 @@ class JinjaChatTemplate:
                 path = path / "tokenizer_config.json"
             base_dir = path.parent
             label = name or str(path)
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise TemplateError(f"cannot read tokenizer config {str(path)!r}: {exc}") from exc
-            if not isinstance(data, dict):
-                raise TemplateError(f"tokenizer config {str(path)!r} is not a JSON object")
+            data = _read_json(path, "tokenizer config")
         raw = data.get("chat_template")
         if raw is None and base_dir is not None and (base_dir / "chat_template.jinja").is_file():
             raw = (base_dir / "chat_template.jinja").read_text(encoding="utf-8")
@@ -282,6 +439,7 @@ class JinjaChatTemplate:
         }
         bos = tokens.pop("bos_token", "")
         eos = tokens.pop("eos_token", "")
+        special = _added_tokens(data, label, base_dir)
         suffix = f":{chosen}" if len(templates) > 1 else ""
         template = cls(
             templates[chosen],
@@ -290,17 +448,81 @@ class JinjaChatTemplate:
             stop=stop,
             name=label + suffix,
             variables=tokens,
+            special_tokens=special,
+            render_timeout=render_timeout,
+            max_prompt_chars=max_prompt_chars,
         )
         if template_name is None and "tool_use" in templates:
             template._tool_use = cls(
                 templates["tool_use"],
                 bos_token=bos,
                 eos_token=eos,
-                stop=template.stop,
+                stop=stop,
                 name=label + ":tool_use",
                 variables=tokens,
+                special_tokens=special,
+                render_timeout=render_timeout,
+                max_prompt_chars=max_prompt_chars,
             )
         return template
+
+
+class _ProbeLimit(Exception):
+    """A probe render went past a limit (its cause says which)."""
+
+
+def _no_more(counts: Counter[str], reference: Counter[str]) -> bool:
+    return all(n <= reference[s] for s, n in counts.items())
+
+
+def _limits(timeout: float | None, max_chars: int | None, name: str) -> RenderLimits:
+    if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
+        raise TemplateError(
+            f"chat template {name!r}: render_timeout must be a positive number of seconds or None"
+        )
+    if max_chars is not None and (
+        isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars <= 0
+    ):
+        raise TemplateError(
+            f"chat template {name!r}: max_prompt_chars must be a positive integer or None"
+        )
+    return RenderLimits(timeout=timeout, max_chars=max_chars)
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TemplateError(f"cannot read {what} {str(path)!r}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise TemplateError(f"{what} {str(path)!r} is not a JSON object")
+    return data
+
+
+def _added_tokens(data: Mapping[str, Any], label: str, base_dir: Path | None) -> list[str]:
+    """The tokenizer's added tokens that act as control strings (see from_tokenizer_config)."""
+    entries: list[Any] = []
+    decoder = data.get("added_tokens_decoder")
+    if isinstance(decoder, Mapping):
+        entries += decoder.values()
+    extra = data.get("additional_special_tokens")
+    if isinstance(extra, list):
+        entries += [
+            {"content": _token_text(t, "additional_special_tokens", label), "special": True}
+            for t in extra
+        ]
+    if base_dir is not None and (base_dir / "tokenizer.json").is_file():
+        added = _read_json(base_dir / "tokenizer.json", "tokenizer").get("added_tokens")
+        if isinstance(added, list):
+            entries += added
+    found: list[str] = []
+    for entry in entries:
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("content"), str):
+            continue
+        content = entry["content"]
+        if entry.get("special") is True or is_token_shaped(content):
+            found.append(content)
+    return list(dict.fromkeys(found))
 
 
 def template_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
@@ -400,104 +622,15 @@ def _token_text(value: Any, key: str, label: str) -> str:
     raise TemplateError(f"tokenizer config {label!r}: {key} must be a string or a token dict")
 
 
-# --- the Jinja environment ----------------------------------------------------------
-
-
-def _compile(source: str, name: str) -> jinja2.Template:
+def _compile(source: str, name: str) -> Compiled:
     import jinja2
 
     try:
-        return _compiled(source)
+        return compiled(source)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(
             f"chat template {name!r} has a syntax error at line {exc.lineno}: {exc.message}"
         ) from exc
-
-
-@lru_cache(maxsize=128)
-def _compiled(source: str) -> jinja2.Template:
-    return _environment().from_string(source)
-
-
-@lru_cache(maxsize=1)
-def _environment() -> jinja2.Environment:
-    # jinja2 costs ~35 ms to import: only callers of Jinja templates pay it.
-    import jinja2
-    import jinja2.ext
-    import jinja2.nodes
-    import jinja2.parser
-    import jinja2.utils
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    class GenerationTag(jinja2.ext.Extension):
-        """``{% generation %}…{% endgeneration %}`` renders its body (transformers marks assistant text with it)."""
-
-        tags = {"generation"}  # noqa: RUF012 - jinja2 declares it this way
-
-        def parse(self, parser: jinja2.parser.Parser) -> jinja2.nodes.Node:
-            lineno = next(parser.stream).lineno
-            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-            call = self.call_method("_body")
-            return jinja2.nodes.CallBlock(call, [], [], body).set_lineno(lineno)
-
-        def _body(self, caller: Any) -> str:
-            return str(caller())
-
-    def raise_exception(message: str) -> None:
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(
-        x: Any,
-        ensure_ascii: bool = False,
-        indent: int | str | None = None,
-        separators: tuple[str, str] | None = None,
-        sort_keys: bool = False,
-    ) -> str:
-        # Jinja's own tojson escapes HTML characters; transformers' keeps text as is.
-        return json.dumps(
-            x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
-        )
-
-    def strftime_now(format: str) -> str:
-        return datetime.now().strftime(format)
-
-    class TemplateDict:
-        # `dict(...)` and `dict.fromkeys(...)` without handing templates the type itself.
-        def __call__(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
-            return dict(*args, **kwargs)
-
-        def fromkeys(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
-            return dict.fromkeys(*args, **kwargs)
-
-    class TemplateNamespace(jinja2.utils.Namespace):
-        # Underscore names could reach CPython internals; transformers refuses them too.
-        def __init__(*args: Any, **kwargs: Any) -> None:  # self in *args, as Namespace does
-            self, rest = args[0], args[1:]
-            attrs = dict(*rest, **kwargs)
-            for key in attrs:
-                TemplateNamespace._check_name(key)
-            jinja2.utils.Namespace.__init__(self, attrs)
-
-        def __setitem__(self, key: str, value: Any) -> None:
-            TemplateNamespace._check_name(key)
-            jinja2.utils.Namespace.__setitem__(self, key, value)
-
-        @staticmethod
-        def _check_name(key: Any) -> None:
-            if isinstance(key, str) and key.startswith("_"):
-                raise jinja2.exceptions.SecurityError(
-                    f"chat templates cannot store underscore-prefixed attributes on a namespace ({key!r})"
-                )
-
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTag, jinja2.ext.loopcontrols]
-    )
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = strftime_now
-    env.globals["dict"] = TemplateDict()
-    env.globals["namespace"] = TemplateNamespace
-    return env
 
 
 def _describe(exc: BaseException) -> str:
@@ -505,6 +638,8 @@ def _describe(exc: BaseException) -> str:
 
     if isinstance(exc, jinja2.TemplateError) and type(exc) is jinja2.TemplateError:
         return str(exc)  # raise_exception(...): the template's own words
+    if isinstance(exc, RenderLimitError):
+        return str(exc)
     return f"{type(exc).__name__}: {exc}"
 
 

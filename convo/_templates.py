@@ -27,6 +27,11 @@ in a row), the built-ins decide, the same way in every template:
 * ``developer`` messages are system messages.
 * ``name`` is shown only by ``transcript`` (``User (alice): …``); the token
   formats have no place for it.
+* No text from a message (content, refusal, name, tool calls and results)
+  or a tool definition can write the format's control strings (its tokens,
+  and the transcript's line-opening labels ``User:``, ``System:``...): they
+  are broken with a zero-width space (see ``_control``), so the prompt holds
+  exactly the turns the template wrote.
 * ``[INST]`` formats (``llama2``, ``mistral``) have two sides: leading system
   messages become the system prompt, later ones and tool results are written
   on the user side, consecutive messages of one side are joined with a blank
@@ -55,9 +60,16 @@ from ._chat_render import (
     tool_call_text,
     tool_result_text,
 )
+from ._control import (
+    ControlStrings,
+    analyze,
+    neutralize_message,
+    neutralize_value,
+    reject_media,
+)
 from ._exceptions import TemplateError
 from ._jinja import JinjaChatTemplate
-from ._messages import ImagePart, InputAudioPart, Message
+from ._messages import Message
 
 __all__ = ["BUILTIN_TEMPLATES", "PromptTemplate", "get_template"]
 
@@ -65,6 +77,11 @@ __all__ = ["BUILTIN_TEMPLATES", "PromptTemplate", "get_template"]
 @runtime_checkable
 class PromptTemplate(Protocol):
     """Anything that flattens messages into a completion prompt.
+
+    convo's templates break control strings in message text themselves; for
+    any other implementation, the context builder hands ``render`` messages
+    and tool definitions with the template's ``markers`` (an optional
+    attribute), stop sequences, bos/eos and rendered structure already broken.
 
     Attributes:
         name: how the template is named in errors and in run records.
@@ -106,6 +123,9 @@ class PromptTemplate(Protocol):
         ...
 
 
+_CONTROL: dict[str, ControlStrings] = {}
+
+
 class _Builtin:
     """Shared plumbing of the hand-written templates."""
 
@@ -115,12 +135,32 @@ class _Builtin:
     bos_token: str = ""
     eos_token: str = ""
     call_hint: str = ""
-    #: the format's control strings; a message's text containing one could open a
-    #: turn of another role, so the context builder neutralizes them in message text
-    markers: tuple[str, ...] = ()
+    #: the format's control tokens, broken wherever they occur in message text
+    tokens: tuple[str, ...] = ()
+    #: plain-text labels that open a turn, broken where they start a line
+    labels: tuple[str, ...] = ()
+    neutralizes_input = True  # the context builder need not neutralize for it
 
     def __repr__(self) -> str:
         return f"<PromptTemplate {self.name!r} stop={self.stop!r}>"
+
+    @property
+    def markers(self) -> tuple[str, ...]:
+        """The format's control strings, longest first: no message text can write them."""
+        return self._control().strings
+
+    def _control(self) -> ControlStrings:
+        control = _CONTROL.get(self.name)
+        if control is None:
+            # The declared strings, plus whatever else the format writes around
+            # messages (found by rendering placeholders: the same analysis as
+            # for Jinja templates, so nothing the code writes is missed).
+            structure = analyze(lambda msgs, gen, tools: self._render(msgs, gen, tools))
+            declared = (*self.tokens, *self.stop, self.bos_token, self.eos_token)
+            found = structure.control(declared)
+            control = ControlStrings(found.anywhere, {*found.anchored, *self.labels})
+            _CONTROL[self.name] = control
+        return control
 
     def render(
         self,
@@ -128,6 +168,17 @@ class _Builtin:
         *,
         add_generation_prompt: bool = True,
         tools: list[dict[str, Any]] | None = None,
+    ) -> str:
+        reject_media(messages, self.name)
+        control = self._control()
+        safe = [neutralize_message(m, control) for m in messages]
+        return self._render(safe, add_generation_prompt, neutralize_value(tools, control))
+
+    def _render(
+        self,
+        messages: Sequence[Message],
+        add_generation_prompt: bool,
+        tools: list[dict[str, Any]] | None,
     ) -> str:
         raise NotImplementedError
 
@@ -138,12 +189,6 @@ class _Builtin:
             return m.refusal or ""
         if isinstance(content, str):
             return content
-        for part in content:
-            if isinstance(part, (ImagePart, InputAudioPart)):
-                raise TemplateError(
-                    f"template {self.name!r} cannot put {part.type} content parts into a "
-                    f"text prompt ({m.role} message); use the chat endpoint for media"
-                )
         return _content_text(content)
 
     def _tools_text(self, tools: list[dict[str, Any]]) -> str:
@@ -178,16 +223,18 @@ def _tool_names(messages: Sequence[Message]) -> dict[str, str] | None:
 class _Transcript(_Builtin):
     __slots__ = ()
     name = "transcript"
-    stop = ("\n\nUser:", "\n\nUser (", "\n\nSystem:")
-    markers = ("\n\nUser", "\n\nAssistant", "\n\nSystem", "\n\nTool")
+    stop = ("\nUser:", "\nUser (", "\nSystem:", "\nTool result (")
+    labels = (
+        "User:", "User (", "Assistant:", "Assistant (", "System:", "System (",
+        "Tool result (", "Tool call:",
+    )  # fmt: skip
     call_hint = 'write a line "Tool call: <name>(<arguments as a JSON object>)".'
 
-    def render(
+    def _render(
         self,
         messages: Sequence[Message],
-        *,
-        add_generation_prompt: bool = True,
-        tools: list[dict[str, Any]] | None = None,
+        add_generation_prompt: bool,
+        tools: list[dict[str, Any]] | None,
     ) -> str:
         names = _tool_names(messages)
         blocks: list[str] = []
@@ -239,16 +286,18 @@ _QWEN_TOOLS_TAIL = (
 class _ChatML(_Builtin):
     __slots__ = ()
     name = "chatml"
-    markers = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
+    tokens = (
+        "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<tool_call>", "</tool_call>",
+        "<tool_response>", "</tool_response>", "<tools>", "</tools>",
+    )  # fmt: skip
     stop = ("<|im_end|>", "<|endoftext|>")
     eos_token = "<|im_end|>"
 
-    def render(
+    def _render(
         self,
         messages: Sequence[Message],
-        *,
-        add_generation_prompt: bool = True,
-        tools: list[dict[str, Any]] | None = None,
+        add_generation_prompt: bool,
+        tools: list[dict[str, Any]] | None,
     ) -> str:
         out: list[str] = []
         start = 0
@@ -301,9 +350,14 @@ class _ChatML(_Builtin):
 class _Llama3(_Builtin):
     __slots__ = ()
     name = "llama3"
-    markers = (
-        "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
-        "<|eom_id|>", "<|end_of_text|>", "<|python_tag|>",
+    tokens = (
+        "<|begin_of_text|>",
+        "<|start_header_id|>",
+        "<|end_header_id|>",
+        "<|eot_id|>",
+        "<|eom_id|>",
+        "<|end_of_text|>",
+        "<|python_tag|>",
     )
     stop = ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>")
     bos_token = "<|begin_of_text|>"
@@ -313,12 +367,11 @@ class _Llama3(_Builtin):
         '"parameters": <arguments as a JSON object>}.'
     )
 
-    def render(
+    def _render(
         self,
         messages: Sequence[Message],
-        *,
-        add_generation_prompt: bool = True,
-        tools: list[dict[str, Any]] | None = None,
+        add_generation_prompt: bool,
+        tools: list[dict[str, Any]] | None,
     ) -> str:
         out = [self.bos_token]
         start = 0
@@ -362,7 +415,8 @@ class _Inst(_Builtin):
     """Two-sided ``[INST]`` formats: a system prompt, then user / assistant turns."""
 
     __slots__ = ()
-    markers = ("<s>", "</s>", "[INST]", "[/INST]", "<<SYS>>", "<</SYS>>")
+    tokens = ("<s>", "</s>", "[INST]", "[/INST]", "<<SYS>>", "<</SYS>>")
+    labels = ("Tool result (",)
     stop = ("</s>", "[INST]")
     bos_token = "<s>"
     eos_token = "</s>"
@@ -414,12 +468,11 @@ class _Llama2(_Inst):
     __slots__ = ()
     name = "llama2"
 
-    def render(
+    def _render(
         self,
         messages: Sequence[Message],
-        *,
-        add_generation_prompt: bool = True,
-        tools: list[dict[str, Any]] | None = None,
+        add_generation_prompt: bool,
+        tools: list[dict[str, Any]] | None,
     ) -> str:
         system, turns = self._turns(messages, tools)
         out: list[str] = []
@@ -437,12 +490,11 @@ class _Mistral(_Inst):
     __slots__ = ()
     name = "mistral"
 
-    def render(
+    def _render(
         self,
         messages: Sequence[Message],
-        *,
-        add_generation_prompt: bool = True,
-        tools: list[dict[str, Any]] | None = None,
+        add_generation_prompt: bool,
+        tools: list[dict[str, Any]] | None,
     ) -> str:
         system, turns = self._turns(messages, tools)
         out = ["<s>"]

@@ -116,7 +116,7 @@ PLAIN_EXPECTED = {
 }
 
 STOPS = {
-    "transcript": ("\n\nUser:", "\n\nUser (", "\n\nSystem:"),
+    "transcript": ("\nUser:", "\nUser (", "\nSystem:", "\nTool result ("),
     "chatml": ("<|im_end|>", "<|endoftext|>"),
     "llama3": ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"),
     "llama2": ("</s>", "[INST]"),
@@ -307,7 +307,9 @@ def test_get_template_from_files(tmp_path: Path) -> None:
     for target in (str(model), str(model / "tokenizer_config.json")):
         tpl = get_template(target)
         assert isinstance(tpl, JinjaChatTemplate)
-        assert (tpl.bos_token, tpl.eos_token, tpl.stop) == ("<s>", "</s>", ("</s>",))
+        # No end-of-turn token: the next turn's opener ends the assistant's turn.
+        stops = ("<user>", "<system>", "<tool>", "</s>")
+        assert (tpl.bos_token, tpl.eos_token, tpl.stop) == ("<s>", "</s>", stops)
         assert tpl.render(CONV[1:2]) == "<user>Hello</s>"
     rag = JinjaChatTemplate.from_tokenizer_config(config, template_name="rag")
     assert rag.render(CONV, documents=[{"title": "t", "text": "doc text"}]) == "doc text"
@@ -322,7 +324,7 @@ def test_get_template_from_files(tmp_path: Path) -> None:
     (split / "tokenizer_config.json").write_text('{"eos_token": "<|im_end|>"}', encoding="utf-8")
     (split / "chat_template.jinja").write_text(source, encoding="utf-8")
     tpl = get_template(str(split))
-    assert tpl.stop == ("<|im_end|>",)
+    assert tpl.stop == ("<user>", "<system>", "<tool>", "<|im_end|>")
     assert tpl.render(CONV[1:2]) == "<user>Hello<|im_end|>"
 
     assert get_template(tpl) is tpl
@@ -351,9 +353,10 @@ def test_stop_sequences() -> None:
         "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
     )
     assert JinjaChatTemplate(chatml).stop == ("<|im_end|>",)
+    # The end of a turn first, then the end of the text.
     assert JinjaChatTemplate(chatml, eos_token="<|endoftext|>").stop == (
-        "<|endoftext|>",
         "<|im_end|>",
+        "<|endoftext|>",
     )
     assert JinjaChatTemplate(chatml, stop=["\nUser:"]).stop == ("\nUser:",)
     assert JinjaChatTemplate("{{ messages|length }}").stop == ()
@@ -442,7 +445,7 @@ def test_jinja_environment_features() -> None:
 def test_compiled_once_per_source() -> None:
     a = JinjaChatTemplate("{{ messages|length }}", name="a")
     b = JinjaChatTemplate("{{ messages|length }}", name="b")
-    assert a._template is b._template
+    assert a._compiled is b._compiled
 
 
 def test_template_messages_shape() -> None:

@@ -450,3 +450,75 @@ def test_tokenizer_config_with_single_template_and_special_tokens(tmp_path: Path
     ours = JinjaChatTemplate.from_tokenizer_config(model_dir / "tokenizer_config.json")
     assert ours.render(NO_SYSTEM, add_generation_prompt=False) == expected
     assert "[UNK]" in expected
+
+
+# --- the published templates with their tokenizers' special tokens (more/) ---------------
+
+MORE = sorted(p.name for p in (REFERENCE / "more").glob("*.jinja")) if REFERENCE.is_dir() else []
+
+REASONING = [
+    Message.user("What is 2+2?"),
+    Message.assistant("<think>\nAdd them.\n</think>\n\nIt is 4."),
+    Message.user("And 3+3?"),
+    Message.assistant("<think>\nAgain.\n</think>\n\n6."),
+    Message.user("Thanks"),
+]
+
+
+def _more(name: str) -> tuple[str, JinjaChatTemplate, dict[str, str]]:
+    source = (REFERENCE / "more" / name).read_text(encoding="utf-8")
+    meta = json.loads((REFERENCE / "more" / name).with_suffix(".json").read_text(encoding="utf-8"))
+    tokens = {k: meta[k] for k in ("bos_token", "eos_token") if meta.get(k)}
+    specials = (meta.get("special_tokens") or []) + (meta.get("added_tokens_not_special") or [])
+    return source, JinjaChatTemplate(source, name=name, special_tokens=specials, **tokens), tokens
+
+
+def test_more_templates_are_all_here() -> None:
+    # CI runs with ../shared beside the checkout: the list below must not be empty
+    assert len(MORE) == 14, REFERENCE
+
+
+
+@pytest.mark.parametrize("conv", ["plain", "no_system", "with_tools", "reasoning"])
+@pytest.mark.parametrize("name", MORE)
+def test_published_template_with_special_tokens_matches_transformers(name: str, conv: str) -> None:
+    """Neutralization leaves text without control strings as transformers renders it.
+
+    The reasoning conversation holds ``<think>…</think>`` in assistant text:
+    templates that read it (QwQ, GLM-4.5) must drop past reasoning as they do
+    in transformers, although ``<think>`` is one of their control strings;
+    templates that write it as is get it broken by zero-width spaces, and
+    nothing else changes.
+    """
+    source, template, tokens = _more(name)
+    messages = {**CONVERSATIONS, "reasoning": REASONING}[conv]
+    tools = TOOLS if conv == "with_tools" else None
+    try:
+        expected = hf_render(source, messages, gen=True, tools=tools, **tokens)
+    except Exception as hf_error:  # noqa: BLE001 - whatever transformers raises, convo must raise
+        with pytest.raises(TemplateError) as ours:
+            template.render(messages, tools=tools)
+        assert str(hf_error) in str(ours.value) or type(hf_error).__name__ in str(ours.value)
+        return
+    ours = template.render(messages, tools=tools)
+    if conv == "reasoning" and name not in ("qwq-32b.jinja", "glm-4.5.jinja"):
+        assert ours.replace("\u200b", "") == expected
+        assert (ours != expected) == ("<think>" in template.markers)
+    else:
+        assert ours == expected
+
+
+def test_reasoning_is_left_to_the_template_only_when_it_consumes_it() -> None:
+    _, qwq, _ = _more("qwq-32b.jinja")
+    out = qwq.render(REASONING)
+    assert "Add them." not in out and "It is 4." in out  # dropped, as the template wants
+    # a template that reads "</think>" but writes the text anyway gets it neutralized
+    echo = JinjaChatTemplate(
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n"
+        "{% if '</think>' in m.content %}{{ m.content }}{% else %}{{ m.content }}{% endif %}"
+        "<|im_end|>\n{% endfor %}<|im_start|>assistant\n<think>\n",
+        special_tokens=["</think>"],
+    )
+    out = echo.render(REASONING)
+    assert out.count("<think>") == 1 and out.count("</think>") == 0
+    assert "Add them." in out
