@@ -323,13 +323,19 @@ class Chat(_ChatBase):
         *,
         owner: str | None = None,
         response_format: dict[str, Any] | None = None,
+        as_of: int | None = None,
     ) -> Context:
-        """The context the next turn would send (on the current branch), without sending."""
+        """The context the next turn would send (on the current branch), without sending.
+
+        With ``as_of``, the context as it was with messages up to that seq
+        only (no fork is made; see :meth:`~convo.ContextBuilder.build`).
+        """
         current = self._current(conversation_id, owner)
         definitions = [t.definition() for t in self.tools.values()] or None
         builder: Any = self.builder
         ctx: Context = builder.build(
-            current, tools=definitions, response_format=response_format, owner=owner
+            current, tools=definitions, response_format=response_format, owner=owner,
+            as_of=as_of,
         )
         return ctx
 

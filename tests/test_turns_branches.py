@@ -184,3 +184,15 @@ async def test_a_key_resent_after_a_regenerate_returns_the_current_reply(env: En
     fake.reply("third")
     nxt = await chat.send(conv.id, "Next", idempotency_key="k2")
     assert nxt.reply.text == "third" and nxt.conversation_id == regenerated.conversation_id
+
+
+async def test_build_as_of_a_past_seq_makes_no_fork(env: Env) -> None:
+    chat = env.chat()
+    root = await two_turns(env, chat)
+    conversations = env.store.count("conversations")
+    past = await chat.build(root, as_of=3)
+    assert [m.content for m in past.messages] == ["Be brief.", "Q1", "A1"]
+    assert past.report.as_of == 3
+    now = await chat.build(root)
+    assert [m.content for m in now.messages][-1] == "A2"
+    assert env.store.count("conversations") == conversations
