@@ -12,6 +12,7 @@ Every error convo raises on purpose derives from :class:`ConvoError`::
     │   ├── RunNotFound               no such run record (or not visible to this owner)  (also KeyError)
     │   ├── ForkConflictError         an operation that would orphan or break a fork lineage
     │   └── StoreInputError           a store argument it refuses: non-JSON metadata, bad cursor or range  (also ValueError)
+    │       └── ImportValidationError an import file with errors (``.errors``: line numbers); nothing written
     ├── TokenizerError
     │   ├── UnknownModelError         a model name that maps to no encoding: pass `encoding=`
     │   └── EncodingUnavailableError  an encoding whose data cannot be loaded offline or online
@@ -60,6 +61,7 @@ __all__ = [
     "ConvoError",
     "EncodingUnavailableError",
     "ForkConflictError",
+    "ImportValidationError",
     "InternalServerError",
     "InvalidMessageError",
     "MessageNotFound",
@@ -134,6 +136,27 @@ class ForkConflictError(StoreError):
 
 class StoreInputError(StoreError, ValueError):
     """An argument the store refuses: non-JSON metadata, a bad cursor, limit or seq range."""
+
+
+class ImportValidationError(StoreInputError):
+    """An import file that cannot be imported; nothing was written.
+
+    ``errors`` lists ``(line number, message)`` pairs, 1-based, in file order
+    (line 0: the file as a whole). Validation stops after a bounded number of
+    errors, so a wholly wrong file still fails fast.
+    """
+
+    def __init__(self, errors: list[tuple[int, str]], *, more: bool = False) -> None:
+        self.errors = errors
+        shown = "\n".join(
+            f"  line {line}: {message}" if line else f"  {message}" for line, message in errors[:20]
+        )
+        rest = len(errors) - 20
+        tail = f"\n  ... {rest} more" if rest > 0 else ""
+        if more:
+            tail += "\n  (validation stopped here: too many errors)"
+        count = f"{len(errors)}{'+' if more else ''} error{'s' if len(errors) != 1 else ''}"
+        super().__init__(f"the import file has {count}; nothing was written:\n{shown}{tail}")
 
 
 class TurnCancelled(ConvoError):

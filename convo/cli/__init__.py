@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from . import _api, _context, _conversations, _db
+from . import _api, _context, _conversations, _db, _export
 
 __all__ = ["app", "main"]
 
@@ -41,6 +41,7 @@ app.add_typer(_db.app, name="db")
 _conversations.register(app)
 _context.register(app)
 _api.register(app)
+_export.register(app)
 
 
 def main() -> None:
