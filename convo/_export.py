@@ -417,7 +417,8 @@ def _tools_stmt(dialect: str) -> sa.Select[Any]:
     """The distinct ``tools`` / ``parallel_tool_calls`` of a conversation's chat runs
     up to a seq, oldest first (the database extracts them: bodies can be large)."""
     if dialect == "postgresql":
-        body = sa.cast(R.c.request, postgresql.JSONB)
+        # json, not jsonb: the definitions come back as sent (key order kept)
+        body = sa.cast(R.c.request, postgresql.JSON)
         tools: Any = sa.cast(body.op("->")(sa.literal("tools")), sa.Text)
         parallel: Any = sa.cast(body.op("->")(sa.literal("parallel_tool_calls")), sa.Text)
     else:
@@ -649,7 +650,10 @@ def _output(out: str | os.PathLike[str] | TextIO) -> Iterator[Callable[[str], No
     it and renamed at the end, so a failed export never leaves half a file there."""
     if not isinstance(out, (str, os.PathLike)):
         stream = out
-        yield lambda line: stream.write(line + "\n")
+        def write_stream(line: str) -> None:
+            stream.write(line + "\n")
+
+        yield write_stream
         return
     path = os.fspath(out)
     tmp = f"{path}.{os.getpid()}.tmp"
@@ -658,8 +662,11 @@ def _output(out: str | os.PathLike[str] | TextIO) -> Iterator[Callable[[str], No
     except OSError as exc:
         raise StoreInputError(f"cannot write {path!r}: {exc.strerror}") from None
     try:
+        def write_file(line: str) -> None:
+            handle.write(line + "\n")
+
         with handle:
-            yield lambda line: handle.write(line + "\n")
+            yield write_file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -140,7 +140,7 @@ class _Index:
             "SELECT new, owner, last_seq, parent, fork_seq, first_turn FROM conv WHERE old = ?",
             (old,),
         ).fetchone()
-        return None if found is None else tuple(found)  # type: ignore[return-value]
+        return None if found is None else tuple(found)
 
     def new_conversation_id(self, old: str | None) -> str | None:
         if old is None:
@@ -340,7 +340,7 @@ class Importer:
                               f"version {native.VERSION}")
             return None
         kind = obj.get("type")
-        allowed = {"conversation": _CONVERSATION_KEYS, "part": _PART_KEYS}.get(kind)
+        allowed = {"conversation": _CONVERSATION_KEYS, "part": _PART_KEYS}.get(str(kind))
         if allowed is None:
             self._error(line, "type must be 'conversation' or 'part'")
             return None
@@ -397,12 +397,12 @@ class Importer:
     def _items(self, line: int, obj: dict[str, Any], conv: _Conv) -> Plan[None]:
         if conv.damaged and not conv.id:
             return
-        lists = [obj.get(k) for k in _SECTIONS]
-        if not all(isinstance(v, list) for v in lists):
+        messages, summaries, runs = (obj.get(k) for k in _SECTIONS)
+        if not (isinstance(messages, list) and isinstance(summaries, list)
+                and isinstance(runs, list)):
             self._error(line, "messages, summaries and runs must be lists")
             conv.damaged = True
             return
-        messages, summaries, runs = lists
         ids: list[tuple[Any, ...]] = []
         for item in messages:
             yield from self._message(line, item, conv, ids)
