@@ -258,6 +258,10 @@ _EXISTS = {
     "run": _exists_stmt(R, R.c.id),
 }
 _PARENT = sa.select(C.c.owner, C.c.last_seq).where(C.c.id == sa.bindparam("cid"))
+# One cached statement whatever the number of pairs (an expanding parameter).
+_MESSAGE_IDS = sa.select(M.c.conversation_id, M.c.seq, M.c.id).where(
+    sa.tuple_(M.c.conversation_id, M.c.seq).in_(sa.bindparam("pairs", expanding=True))
+)
 
 
 class Importer:
@@ -616,7 +620,7 @@ class Importer:
     def _stage(self, line: int, obj: dict[str, Any], cid: str, new_cid: str, batch: _Batch,
                stats: dict[str, int]) -> None:
         for item in obj["messages"]:
-            cols, tokens = native.message_columns(item)
+            cols, tokens = native.message_row(item)
             cols["conversation_id"] = new_cid
             seq = cols["seq"]
             if self.new_ids:
@@ -655,10 +659,7 @@ class Importer:
                 pairs = sorted(wanted)
                 for start in range(0, len(pairs), _CHECK_BATCH):
                     chunk = pairs[start:start + _CHECK_BATCH]
-                    stmt = sa.select(M.c.conversation_id, M.c.seq, M.c.id).where(
-                        sa.tuple_(M.c.conversation_id, M.c.seq).in_(chunk)
-                    )
-                    for row in (yield Op(stmt)):
+                    for row in (yield Op(_MESSAGE_IDS, {"pairs": chunk})):
                         ids[(row[0], row[1])] = row[2]
             if batch.tokens:
                 rows = [{"message_id": ids[(c, s)] if self.new_ids else mid, "encoding": e,

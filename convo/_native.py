@@ -56,6 +56,7 @@ __all__ = [
     "dumps",
     "message_columns",
     "message_json",
+    "message_row",
     "run_columns",
     "run_json",
     "summary_columns",
@@ -331,6 +332,37 @@ def message_columns(obj: Any) -> tuple[dict[str, Any], dict[str, int]]:
     ):
         raise RecordError(f"{what}: tokens must map encoding names to counts >= 0")
     return columns, tokens
+
+
+def message_row(obj: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
+    """:func:`message_columns` for a message that already passed it (the import's
+    write pass, over bytes it checked): plain messages skip the validation, the
+    rest (content parts, tool calls: canonicalized by their models) take it again.
+    A test keeps both paths equal."""
+    if obj.get("parts") is not None or obj.get("tool_calls") is not None:
+        return message_columns(obj)
+    role = obj["role"]
+    pinned = obj.get("pinned")
+    return {
+        "role": role,
+        "content": obj.get("content"),
+        "parts": None,
+        "name": obj.get("name"),
+        "tool_calls": None,
+        "refusal": obj.get("refusal"),
+        "tool_call_id": obj.get("tool_call_id"),
+        "metadata": obj.get("metadata") or None,
+        "pinned": pinned if pinned is not None else role in ("system", "developer"),
+        "idempotency_key": obj.get("idempotency_key"),
+        "model": obj.get("model"),
+        "finish_reason": obj.get("finish_reason"),
+        "usage": obj.get("usage"),
+        "system_fingerprint": obj.get("system_fingerprint"),
+        "seed": obj.get("seed"),
+        "id": obj["id"],
+        "seq": obj["seq"],
+        "created_at": datetime.fromisoformat(obj["created_at"]).astimezone(UTC),
+    }, obj.get("tokens") or {}
 
 
 _SUMMARY_KEYS = frozenset(SUMMARY_FIELDS)

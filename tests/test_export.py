@@ -555,6 +555,13 @@ def _tool_without_call(lines: list[Any]) -> tuple[int, str]:
     return i + 1, "a tool message needs its call"
 
 
+def _inherited_tool_without_call(lines: list[Any]) -> tuple[int, str]:
+    # a fork made between a call and its result: the call is in its parent's record
+    i = next(i for i, r in enumerate(lines) if r["messages"] and r["messages"][0]["role"] == "tool")
+    lines[i]["messages"][0]["tool_call_id"] = "call_nope"
+    return i + 1, "a tool message needs its call"
+
+
 def _duplicate_message(lines: list[Any]) -> tuple[int, str]:
     lines[1]["messages"][0]["id"] = lines[0]["messages"][0]["id"]
     return 2, "duplicate message id"
@@ -595,7 +602,7 @@ def _stray_part(lines: list[Any]) -> tuple[int, str]:
     return 3, "a part record must directly follow its conversation"
 
 
-BAD = [_broken, _unknown_role, _tool_without_call, _duplicate_message, _duplicate_conversation,
+BAD = [_broken, _unknown_role, _tool_without_call, _inherited_tool_without_call, _duplicate_message, _duplicate_conversation,
        _missing_parent, _seq_gap, _cut, _bad_version, _stray_part]
 
 
@@ -724,3 +731,44 @@ def test_cli_export_and_import(seeded: tuple[Any, dict[str, str]], make_db: Any,
         res = runner.invoke(app, ["--db", target, *args])
         assert res.exit_code == 1 and res.stderr.startswith("error: "), args
         assert "Traceback" not in res.output
+
+
+def test_the_write_pass_reads_messages_as_the_checks_do(
+    seeded: tuple[Any, dict[str, str]], tmp_path: Path
+) -> None:
+    url, _ids = seeded
+    path = tmp_path / "all.jsonl"
+    export_at(url, path)
+    messages = [m for r in lines_of(path) for m in r["messages"]]
+    messages += [  # hand-written: defaults left out
+        {"id": 1, "seq": 1, "role": "system", "content": "s", "created_at": "2025-01-01T00:00:00Z"},
+        {"id": 2, "seq": 2, "role": "user", "content": "u", "metadata": {},
+         "created_at": "2025-01-01T01:00:00+01:00", "tokens": {"o200k_base": 1}},
+    ]
+    assert {m["role"] for m in messages} == {"system", "developer", "user", "assistant", "tool"}
+    for m in messages:
+        assert native.message_row(m) == native.message_columns(m)
+
+
+async def test_a_fork_of_a_stored_conversation_imports_alone(
+    seeded: tuple[Any, dict[str, str]], tmp_path: Path
+) -> None:
+    url, ids = seeded
+    path = tmp_path / "all.jsonl"
+    export_at(url, path)
+    (fork,) = [r for r in lines_of(path) if r["conversation"]["id"] == ids["fork"]]
+    # its first own message answers a tool call its parent (in the database) made
+    assert fork["messages"][0]["role"] == "tool"
+    one = tmp_path / "fork.jsonl"
+    _write(one, [fork])
+    result = import_at(url, one, new_ids=True)
+    copy = result.id_map[ids["fork"]]
+    with Store(url) as store:
+        assert store.get_conversation(copy).parent_id == ids["a"]
+        assert [m.text for m in store.messages(copy)] == [m.text for m in store.messages(ids["fork"])]
+    fork["messages"][0]["tool_call_id"] = "call_other"
+    _write(one, [fork])
+    before = dump(url)
+    with pytest.raises(ImportValidationError, match="a tool message needs its call"):
+        import_at(url, one, new_ids=True)
+    assert dump(url) == before
