@@ -772,3 +772,25 @@ async def test_a_fork_of_a_stored_conversation_imports_alone(
     with pytest.raises(ImportValidationError, match="a tool message needs its call"):
         import_at(url, one, new_ids=True)
     assert dump(url) == before
+
+
+def test_cli_export_into_a_closed_pipe_stops_quietly(db_url: Any) -> None:
+    """`convo export | head`: no traceback (click turns EPIPE into a quiet exit 1)."""
+    import subprocess
+    import sys
+
+    with Store(db_url) as store:
+        conv = store.create_conversation()
+        store.append_many(conv.id, [{"role": "user", "content": "x" * 200}] * 2000)
+    db = db_url.render_as_string(hide_password=False)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from convo.cli import main; main()", "--db", db, "export"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(100).startswith(b'{"format":"convo.native"')
+    proc.stdout.close()  # like `| head`: the reader goes away mid-export
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 1
+    assert "Traceback" not in err and "Exception ignored" not in err, err
