@@ -13,6 +13,7 @@ Every error convo raises on purpose derives from :class:`ConvoError`::
     │   ├── ReplayNotFound            no such replay (or not visible to this owner)  (also KeyError)
     │   ├── ForkConflictError         an operation that would orphan or break a fork lineage
     │   └── StoreInputError           refused before any write: non-JSON (NaN) values, NUL/surrogates, bad ints or cursors  (also ValueError)
+    │       └── ImportValidationError an import file with errors (``.errors``: line numbers); nothing written
     ├── TokenizerError
     │   ├── UnknownModelError         a model name that maps to no encoding: pass `encoding=`
     │   └── EncodingUnavailableError  an encoding whose data cannot be loaded offline or online
@@ -63,6 +64,7 @@ __all__ = [
     "ConvoError",
     "EncodingUnavailableError",
     "ForkConflictError",
+    "ImportValidationError",
     "InternalServerError",
     "InvalidMessageError",
     "MessageNotFound",
@@ -161,6 +163,27 @@ class StoreInputError(StoreError, ValueError):
     characters or lone surrogates, a seq or limit that is not an int (or a bool,
     or out of range), a crafted cursor, an over-long short text or search string.
     """
+
+
+class ImportValidationError(StoreInputError):
+    """An import file that cannot be imported; nothing was written.
+
+    ``errors`` lists ``(line number, message)`` pairs, 1-based, in file order
+    (line 0: the file as a whole). Validation stops after a bounded number of
+    errors, so a wholly wrong file still fails fast.
+    """
+
+    def __init__(self, errors: list[tuple[int, str]], *, more: bool = False) -> None:
+        self.errors = errors
+        shown = "\n".join(
+            f"  line {line}: {message}" if line else f"  {message}" for line, message in errors[:20]
+        )
+        rest = len(errors) - 20
+        tail = f"\n  ... {rest} more" if rest > 0 else ""
+        if more:
+            tail += "\n  (validation stopped here: too many errors)"
+        count = f"{len(errors)}{'+' if more else ''} error{'s' if len(errors) != 1 else ''}"
+        super().__init__(f"the import file has {count}; nothing was written:\n{shown}{tail}")
 
 
 class TurnCancelled(ConvoError):

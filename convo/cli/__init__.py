@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from . import _api, _context, _conversations, _db, _demo, _replay, _runs, _turns
+from . import _api, _context, _conversations, _db, _demo, _export, _replay, _runs, _turns
 from ._common import ConvoGroup
 
 __all__ = ["app", "main"]
@@ -47,6 +47,7 @@ _turns.register(app)
 _runs.register(app)
 _replay.register(app)
 _demo.register(app)
+_export.register(app)
 
 
 def main() -> None:
