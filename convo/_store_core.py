@@ -308,20 +308,42 @@ def list_conversations(
             stmt = stmt.where(op(bound))
     for key, value in (metadata or {}).items():
         stmt = stmt.where(sql.json_equals(dialect, C.c.metadata, key, value))
-    if cursor is not None:
-        stamp, last_id = decode_cursor(cursor)
-        stmt = stmt.where(sa.tuple_(C.c.updated_at, C.c.id) < sa.tuple_(
-            sa.literal(stamp, C.c.updated_at.type), sa.literal(last_id, C.c.id.type)
-        ))
-    # One row more than asked tells whether there is a next page; a limit that
-    # large means "all" anyway, and limit + 1 must still fit in 64 bits.
-    stmt = stmt.order_by(C.c.updated_at.desc(), C.c.id.desc()).limit(min(limit, 2**62) + 1)
-    rows = yield Op(stmt)
-    items = [conversation_from_row(r) for r in rows[:limit]]
-    next_cursor = (
-        encode_cursor(items[-1].updated_at, items[-1].id) if len(rows) > limit else None
+    items, next_cursor = yield from newest_first(
+        stmt, C.c.updated_at, C.c.id, cursor, limit, conversation_from_row, "updated_at"
     )
     return ConversationPage(items=items, next_cursor=next_cursor)
+
+
+def newest_first(
+    stmt: sa.Select[Any],
+    stamp_col: Any,
+    id_col: Any,
+    cursor: str | None,
+    limit: int,
+    from_row: Any,
+    stamp_attr: str,
+) -> Plan[tuple[list[Any], str | None]]:
+    """One keyset page of ``stmt``, newest first by (``stamp_col``, ``id_col``).
+
+    The cursor is the (stamp, id) of the previous page's last item; one row
+    more than asked says whether there is a next page (a limit that large
+    means "all" anyway, and limit + 1 must still fit in 64 bits).
+    """
+    if cursor is not None:
+        stamp, last_id = decode_cursor(cursor)
+        stmt = stmt.where(sa.tuple_(stamp_col, id_col) < sa.tuple_(
+            sa.literal(stamp, stamp_col.type), sa.literal(last_id, id_col.type)
+        ))
+    stmt = stmt.order_by(stamp_col.desc(), id_col.desc()).limit(min(limit, 2**62) + 1)
+    rows = yield Op(stmt)
+    items = [from_row(r) for r in rows[:limit]]
+    last = items[-1] if items else None
+    next_cursor = (
+        encode_cursor(getattr(last, stamp_attr), last.id)
+        if last is not None and len(rows) > limit
+        else None
+    )
+    return items, next_cursor
 
 
 # --- messages -----------------------------------------------------------------------------

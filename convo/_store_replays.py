@@ -17,9 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from ._exceptions import ReplayNotFound, StoreInputError
 from ._schema import ReplayItemRow, ReplayRow
-from ._store_core import Op, Plan, now
+from ._store_core import Op, Plan, newest_first, now
 from ._store_input import check_values
-from ._store_rows import check_short, construct, decode_cursor, encode_cursor
+from ._store_rows import check_short, construct
 
 __all__ = [
     "Replay",
@@ -162,15 +162,8 @@ def list_replays(*, owner: str | None, limit: int, cursor: str | None) -> Plan[R
     stmt = sa.select(RP)
     if owner is not None:
         stmt = stmt.where(RP.c.owner == owner)
-    if cursor is not None:
-        stamp, last_id = decode_cursor(cursor)
-        stmt = stmt.where(sa.tuple_(RP.c.created_at, RP.c.id) < sa.tuple_(
-            sa.literal(stamp, RP.c.created_at.type), sa.literal(last_id, RP.c.id.type)
-        ))
-    rows = yield Op(stmt.order_by(RP.c.created_at.desc(), RP.c.id.desc()).limit(limit + 1))
-    items = [_replay(r) for r in rows[:limit]]
-    next_cursor = (
-        encode_cursor(items[-1].created_at, items[-1].id) if len(rows) > limit else None
+    items, next_cursor = yield from newest_first(
+        stmt, RP.c.created_at, RP.c.id, cursor, limit, _replay, "created_at"
     )
     return ReplayPage(items=items, next_cursor=next_cursor)
 

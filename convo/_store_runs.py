@@ -29,13 +29,11 @@ from ._exceptions import ConversationNotFound, RunNotFound, StoreInputError
 from ._messages import Message, parse_message
 from ._records import ReplyInfo, Run, RunPage, StoredMessage
 from ._schema import RunRow
-from ._store_core import ROLLBACK, Op, Plan, get_conversation, now
+from ._store_core import ROLLBACK, Op, Plan, get_conversation, newest_first, now
 from ._store_input import check_values
 from ._store_rows import (
     check_short,
     construct,
-    decode_cursor,
-    encode_cursor,
     message_from_row,
     message_params,
     stored_message,
@@ -273,16 +271,8 @@ def list_runs(
     _int(limit, "limit", minimum=1, optional=False)
     yield from get_conversation(conversation_id, owner=owner)
     stmt = sa.select(R).where(R.c.conversation_id == conversation_id)
-    if cursor is not None:
-        stamp, last_id = decode_cursor(cursor)
-        stmt = stmt.where(sa.tuple_(R.c.created_at, R.c.id) < sa.tuple_(
-            sa.literal(stamp, R.c.created_at.type), sa.literal(last_id, R.c.id.type)
-        ))
-    stmt = stmt.order_by(R.c.created_at.desc(), R.c.id.desc()).limit(limit + 1)
-    rows = yield Op(stmt)
-    items = [run_from_row(r) for r in rows[:limit]]
-    next_cursor = (
-        encode_cursor(items[-1].created_at, items[-1].id) if len(rows) > limit else None
+    items, next_cursor = yield from newest_first(
+        stmt, R.c.created_at, R.c.id, cursor, limit, run_from_row, "created_at"
     )
     return RunPage(items=items, next_cursor=next_cursor)
 
