@@ -5,13 +5,20 @@ namespace (a throwaway module) and a fresh temporary directory, with no
 ``OPENAI_*`` variables; SQLite files and convo's FakeBackend stand in for real
 servers. Its imports and setup must be inside it.
 
-Two info strings change that:
+Three info strings change that:
 
 * ``python continued`` runs after the block before it in the same file, in
   that block's namespace and directory. The docs use it sparingly, where a
   page walks through one object step by step and repeating the setup would
   bury the point; the first block of such a chain still runs alone.
 * ``python skip`` is not run (configuration for a real server).
+* ``python title="app.py"`` is a file of a small project the page builds
+  (MkDocs shows the name above the block): every such block of a page is
+  written into one fresh directory, which must contain tests
+  (``test_*.py``), and pytest runs them there in a subprocess, as the reader
+  would. ``DATABASE_URL`` points at a brand-new, unmigrated PostgreSQL
+  database (pgserver), so a page's project runs on the database it is about;
+  its own fixtures do the deploy step (migrations).
 
 Any other info string on a python fence fails the test, so a typo cannot
 silently turn a block off. Tracebacks point at the doc's own line numbers.
@@ -19,12 +26,15 @@ silently turn a block off. Tracebacks point at the doc's own line numbers.
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,14 +48,17 @@ _FENCE = re.compile(
     r"^```(?P<lang>py\w*)(?P<info>[^\n]*)\n(?P<code>.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL
 )
 _KINDS = {"": "alone", "continued": "continued", "skip": "skip"}
+_TEST_FUNCTION = re.compile(r"^(?:async )?def test_\w+\(", re.MULTILINE)
+_TITLE = re.compile(r'title="(?P<name>[A-Za-z_][\w/]*\.py)"')
 
 
 @dataclass(frozen=True)
 class Block:
     path: Path
     line: int  # the first line of the code, 1-based
-    kind: str  # "alone", "continued" or "skip"
+    kind: str  # "alone", "continued", "skip" or "file"
     code: str
+    name: str = ""  # the file name of a "file" block
 
 
 def blocks(path: Path) -> list[Block]:
@@ -55,12 +68,27 @@ def blocks(path: Path) -> list[Block]:
     for match in _FENCE.finditer(text):
         line = text.count("\n", 0, match.start("code")) + 1
         info = match["info"].strip()
+        title = _TITLE.fullmatch(info)
+        if match["lang"] == "python" and title:
+            out.append(Block(path, line, "file", match["code"], title["name"]))
+            continue
         if match["lang"] != "python" or info not in _KINDS:
             raise AssertionError(
                 f"{path.name}:{line}: fence ```{match['lang']}{match['info']}: use ```python,"
-                " ```python continued or ```python skip"
+                ' ```python continued, ```python skip or ```python title="name.py"'
             )
         out.append(Block(path, line, _KINDS[info], match["code"]))
+    return out
+
+
+def files(path: Path) -> dict[str, Block]:
+    """The ``title="..."`` blocks of ``path`` by file name (a name used twice fails)."""
+    out: dict[str, Block] = {}
+    for block in blocks(path):
+        if block.kind == "file":
+            if block.name in out:
+                raise AssertionError(f"{path.name}:{block.line}: {block.name} is already a block")
+            out[block.name] = block
     return out
 
 
@@ -72,7 +100,7 @@ def chains(path: Path) -> list[list[Block]]:
         if block.kind == "alone":
             out.append([block])
         elif block.kind == "continued":
-            if previous is None or previous.kind == "skip":
+            if previous is None or previous.kind in ("skip", "file"):
                 raise AssertionError(
                     f"{path.name}:{block.line}: a continued block must follow a runnable block"
                 )
@@ -81,7 +109,9 @@ def chains(path: Path) -> list[list[Block]]:
     return out
 
 
-CHAINS = [chain for path in sorted(DOCS.glob("*.md")) for chain in chains(path)]
+PAGES = sorted(DOCS.glob("*.md"))
+CHAINS = [chain for path in PAGES for chain in chains(path)]
+PROJECTS = [path for path in PAGES if files(path)]
 
 
 def _chain_id(chain: list[Block]) -> str:
@@ -112,6 +142,14 @@ def test_fences_are_checked(tmp_path: Path) -> None:
         chains(page)
     page.write_text("```python\na = 1\n```\n\n```python continued\nb = a\n```\n\n```python\nc\n```\n")
     assert [[b.line for b in chain] for chain in chains(page)] == [[2, 6], [10]]
+    page.write_text('```python title="app.py"\nx\n```\n\n```python continued\ny\n```\n')
+    with pytest.raises(AssertionError, match="must follow a runnable block"):
+        chains(page)
+    page.write_text('```python title="app.py"\nx\n```\n\n```python title="app.py"\ny\n```\n')
+    with pytest.raises(AssertionError, match="app.py is already a block"):
+        files(page)
+    page.write_text('```python title="app.py"\nx\n```\n\n```python\ny\n```\n')
+    assert list(files(page)) == ["app.py"] and [[b.line for b in c] for c in chains(page)] == [[6]]
 
 
 @pytest.fixture
@@ -149,3 +187,24 @@ def test_doc_block_runs_alone(
     chain: list[Block], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run_chain(chain, tmp_path, monkeypatch)
+
+
+@pytest.mark.parametrize("path", PROJECTS, ids=lambda p: p.name)
+def test_doc_project_tests_pass(path: Path, tmp_path: Path, make_db: Callable[..., Any]) -> None:
+    project = files(path)
+    tests = [name for name in project if Path(name).name.startswith("test_")]
+    assert tests, f"{path.name}: its files have no test_*.py to run them"
+    for name, block in project.items():
+        target = tmp_path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Blank lines first: pytest's tracebacks then give the doc's line numbers.
+        target.write_text("\n" * (block.line - 1) + block.code, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PYTEST_"))}
+    env["DATABASE_URL"] = make_db("postgresql", migrated=False).render_as_string(hide_password=False)
+    env.pop("CONVO_DATABASE_URL", None)
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, f"{path.name}: its project's tests failed\n{out.stdout}\n{out.stderr}"
+    assert f"{sum(1 for _ in _TEST_FUNCTION.finditer(chr(10).join(project[t].code for t in tests)))} passed" in out.stdout
