@@ -5,13 +5,15 @@ namespace (a throwaway module) and a fresh temporary directory, with no
 ``OPENAI_*`` variables; SQLite files and convo's FakeBackend stand in for real
 servers. Its imports and setup must be inside it.
 
-Three info strings change that:
+Three info strings change that (the braces are the attribute syntax of
+pymdownx.superfences: a bare word after the language, ```` ```python skip ````,
+would make MkDocs render the block as a paragraph):
 
-* ``python continued`` runs after the block before it in the same file, in
+* ``python {.continued}`` runs after the block before it in the same file, in
   that block's namespace and directory. The docs use it sparingly, where a
   page walks through one object step by step and repeating the setup would
   bury the point; the first block of such a chain still runs alone.
-* ``python skip`` is not run (configuration for a real server).
+* ``python {.skip}`` is not run (configuration for a real server).
 * ``python title="app.py"`` is a file of a small project the page builds
   (MkDocs shows the name above the block): every such block of a page is
   written into one fresh directory, which must contain tests
@@ -47,7 +49,7 @@ DOCS = ROOT / "docs"
 _FENCE = re.compile(
     r"^```(?P<lang>py\w*)(?P<info>[^\n]*)\n(?P<code>.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL
 )
-_KINDS = {"": "alone", "continued": "continued", "skip": "skip"}
+_KINDS = {"": "alone", "{.continued}": "continued", "{.skip}": "skip"}
 _TEST_FUNCTION = re.compile(r"^(?:async )?def test_\w+\(", re.MULTILINE)
 _TITLE = re.compile(r'title="(?P<name>[A-Za-z_][\w/]*\.py)"')
 
@@ -68,6 +70,8 @@ def blocks(path: Path) -> list[Block]:
     for match in _FENCE.finditer(text):
         line = text.count("\n", 0, match.start("code")) + 1
         info = match["info"].strip()
+        if info.startswith("{"):
+            info = info.replace(" ", "")
         title = _TITLE.fullmatch(info)
         if match["lang"] == "python" and title:
             out.append(Block(path, line, "file", match["code"], title["name"]))
@@ -75,7 +79,7 @@ def blocks(path: Path) -> list[Block]:
         if match["lang"] != "python" or info not in _KINDS:
             raise AssertionError(
                 f"{path.name}:{line}: fence ```{match['lang']}{match['info']}: use ```python,"
-                ' ```python continued, ```python skip or ```python title="name.py"'
+                ' ```python {.continued}, ```python {.skip} or ```python title="name.py"'
             )
         out.append(Block(path, line, _KINDS[info], match["code"]))
     return out
@@ -131,18 +135,18 @@ def test_the_user_guides_have_examples() -> None:
 
 def test_fences_are_checked(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
-    page.write_text("```python skip\nx\n```\n\n```python continued\ny\n```\n")
+    page.write_text("```python {.skip}\nx\n```\n\n```python { .continued }\ny\n```\n")
     with pytest.raises(AssertionError, match="must follow a runnable block"):
         chains(page)
-    page.write_text("```python skpi\nx\n```\n")
+    page.write_text("```python skip\nx\n```\n")  # MkDocs would render a paragraph
     with pytest.raises(AssertionError, match="page.md:2"):
         chains(page)
     page.write_text("```py\nx\n```\n")
     with pytest.raises(AssertionError, match="use ```python"):
         chains(page)
-    page.write_text("```python\na = 1\n```\n\n```python continued\nb = a\n```\n\n```python\nc\n```\n")
+    page.write_text("```python\na = 1\n```\n\n```python {.continued}\nb = a\n```\n\n```python\nc\n```\n")
     assert [[b.line for b in chain] for chain in chains(page)] == [[2, 6], [10]]
-    page.write_text('```python title="app.py"\nx\n```\n\n```python continued\ny\n```\n')
+    page.write_text('```python title="app.py"\nx\n```\n\n```python {.continued}\ny\n```\n')
     with pytest.raises(AssertionError, match="must follow a runnable block"):
         chains(page)
     page.write_text('```python title="app.py"\nx\n```\n\n```python title="app.py"\ny\n```\n')
