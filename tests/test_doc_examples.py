@@ -85,15 +85,27 @@ def blocks(path: Path) -> list[Block]:
     return out
 
 
-def files(path: Path) -> dict[str, Block]:
-    """The ``title="..."`` blocks of ``path`` by file name (a name used twice fails)."""
-    out: dict[str, Block] = {}
+def files(path: Path) -> dict[str, list[Block]]:
+    """The ``title="..."`` blocks of ``path`` by file name: a file may come in several
+    blocks (a walkthrough shows it part by part); they are its parts, in page order."""
+    out: dict[str, list[Block]] = {}
     for block in blocks(path):
         if block.kind == "file":
-            if block.name in out:
-                raise AssertionError(f"{path.name}:{block.line}: {block.name} is already a block")
-            out[block.name] = block
+            out.setdefault(block.name, []).append(block)
     return out
+
+
+def file_text(parts: list[Block], *, padded: bool = False) -> str:
+    """A file from its blocks, two blank lines between parts (PEP 8's between definitions).
+
+    ``padded``: blank lines first, so that its line numbers are the page's (for tracebacks).
+    """
+    if not padded:
+        return "\n\n".join(part.code for part in parts)
+    text = ""
+    for part in parts:
+        text += "\n" * (part.line - 1 - text.count("\n")) + part.code
+    return text
 
 
 def chains(path: Path) -> list[list[Block]]:
@@ -149,9 +161,10 @@ def test_fences_are_checked(tmp_path: Path) -> None:
     page.write_text('```python title="app.py"\nx\n```\n\n```python {.continued}\ny\n```\n')
     with pytest.raises(AssertionError, match="must follow a runnable block"):
         chains(page)
-    page.write_text('```python title="app.py"\nx\n```\n\n```python title="app.py"\ny\n```\n')
-    with pytest.raises(AssertionError, match="app.py is already a block"):
-        files(page)
+    page.write_text('```python title="app.py"\nx = 1\n```\n\n```python title="app.py"\ny = 2\n```\n')
+    (parts,) = files(page).values()
+    assert file_text(parts) == "x = 1\n\n\ny = 2\n"
+    assert file_text(parts, padded=True) == "\nx = 1\n\n\n\ny = 2\n"  # lines 2 and 6, as in the page
     page.write_text('```python title="app.py"\nx\n```\n\n```python\ny\n```\n')
     assert list(files(page)) == ["app.py"] and [[b.line for b in c] for c in chains(page)] == [[6]]
 
@@ -198,11 +211,10 @@ def test_doc_project_tests_pass(path: Path, tmp_path: Path, make_db: Callable[..
     project = files(path)
     tests = [name for name in project if Path(name).name.startswith("test_")]
     assert tests, f"{path.name}: its files have no test_*.py to run them"
-    for name, block in project.items():
+    for name, parts in project.items():
         target = tmp_path / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        # Blank lines first: pytest's tracebacks then give the doc's line numbers.
-        target.write_text("\n" * (block.line - 1) + block.code, encoding="utf-8")
+        target.write_text(file_text(parts, padded=True), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PYTEST_"))}
     env["DATABASE_URL"] = make_db("postgresql", migrated=False).render_as_string(hide_password=False)
     env.pop("CONVO_DATABASE_URL", None)
@@ -211,4 +223,15 @@ def test_doc_project_tests_pass(path: Path, tmp_path: Path, make_db: Callable[..
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )
     assert out.returncode == 0, f"{path.name}: its project's tests failed\n{out.stdout}\n{out.stderr}"
-    assert f"{sum(1 for _ in _TEST_FUNCTION.finditer(chr(10).join(project[t].code for t in tests)))} passed" in out.stdout
+    wanted = sum(len(_TEST_FUNCTION.findall(file_text(project[name]))) for name in tests)
+    assert f"{wanted} passed" in out.stdout, out.stdout
+
+
+def test_the_fastapi_page_is_the_fastapi_example() -> None:
+    """docs/fastapi.md walks through examples/fastapi_app/ file by file: the same code."""
+    project = files(DOCS / "fastapi.md")
+    example = ROOT / "examples" / "fastapi_app"
+    shown = {name: file_text(parts) for name, parts in project.items() if (example / name).exists()}
+    assert sorted(shown) == sorted(p.name for p in example.glob("*.py"))
+    for name, text in shown.items():
+        assert text == (example / name).read_text(encoding="utf-8"), f"docs/fastapi.md's {name} differs"

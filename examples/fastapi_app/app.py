@@ -40,8 +40,6 @@ from convo import (
 
 SYSTEM_PROMPT = "You are a helpful, concise assistant."
 
-# --- request values and dependencies ------------------------------------------------------
-
 
 class NewConversation(BaseModel):
     title: str | None = None
@@ -60,8 +58,6 @@ User = Annotated[str, Header(alias="X-User")]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 
 router = APIRouter()
-
-# --- conversations ------------------------------------------------------------------------
 
 
 @router.post("/conversations", status_code=201)
@@ -86,9 +82,6 @@ async def list_messages(cid: str, chat: Chat, user: User) -> list[dict[str, Any]
         for m in reversed(newest)
         if m.role in ("user", "assistant") and m.text
     ]
-
-
-# --- turns: one user message in, one stored reply out -------------------------------------
 
 
 def turn_json(result: TurnResult) -> dict[str, Any]:
@@ -150,8 +143,6 @@ async def server_sent_events(stream: AsyncTurnStream, first: TurnEvent | None) -
         yield sse("done", turn_json(result))
 
 
-# --- errors: convo's exceptions as HTTP answers -------------------------------------------
-
 ERRORS: list[tuple[type[ConvoError], int, str]] = [
     (ConversationNotFound, 404, "no such conversation"),  # other users' too: ids do not leak
     (ContextOverflowError, 413, "the message is too long"),
@@ -166,9 +157,6 @@ async def convo_error(request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, error):
             return JSONResponse({"detail": detail}, status_code=status)
     raise exc
-
-
-# --- the app --------------------------------------------------------------------------------
 
 
 def create_app(
