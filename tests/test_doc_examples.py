@@ -220,7 +220,7 @@ def test_doc_project_tests_pass(path: Path, tmp_path: Path, make_db: Callable[..
     env.pop("CONVO_DATABASE_URL", None)
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=False, timeout=600,
     )
     assert out.returncode == 0, f"{path.name}: its project's tests failed\n{out.stdout}\n{out.stderr}"
     wanted = sum(len(_TEST_FUNCTION.findall(file_text(project[name]))) for name in tests)

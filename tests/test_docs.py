@@ -79,7 +79,7 @@ def _undocumented_options(doc: str) -> tuple[int, list[str]]:
         for option in options:
             checked += 1
             if not re.search(re.escape(option) + r"(?![\w-])", sections[command]):
-                missing.append(" ".join(["convo", command, option]).replace("  ", " "))
+                missing.append(f"convo {command} {option}".replace("convo  ", "convo "))
     return checked, missing
 
 
@@ -151,7 +151,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     done = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=300,
     )
     assert done.returncode == 0, f"mkdocs build --strict failed:\n{done.stderr}"
     return out
@@ -246,7 +246,7 @@ def test_quickstart_example_runs(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "TIKTOKEN_"))}
     out = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "quickstart.py"), f"sqlite:///{tmp_path / 'q.db'}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=False, timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert "completion prompt:" in out.stdout and "<|im_start|>assistant" in out.stdout

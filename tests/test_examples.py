@@ -141,7 +141,7 @@ def uvicorn_server(tmp_path: Path) -> Iterator[tuple[str, FakeBackend]]:
             OPENAI_API_KEY="sk-test",
         )
         migrated = subprocess.run([sys.executable, "migrate.py"], cwd=FASTAPI_APP, env=env,
-                                  capture_output=True, text=True, timeout=120)
+                                  capture_output=True, text=True, check=False, timeout=120)
         assert migrated.returncode == 0, migrated.stderr
         assert "schema at" in migrated.stdout
         server = subprocess.Popen(
@@ -206,3 +206,62 @@ def test_fastapi_app_streams_from_a_real_uvicorn_server(uvicorn_server: tuple[st
         assert len(fake.requests) == 1
         history = http.get(f"/conversations/{cid}/messages").json()
         assert [m["role"] for m in history] == ["user", "assistant"]
+
+
+# --- the command-line examples ----------------------------------------------------------------
+
+
+def _run_example(path: Path, tmp_path: Path, *args: str) -> str:
+    out = subprocess.run([sys.executable, str(path), *args], cwd=tmp_path, env=_env(),
+                         capture_output=True, text=True, check=False, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_long_thread_stays_in_budget_with_few_summaries(tmp_path: Path) -> None:
+    out = _run_example(EXAMPLES / "long_thread.py", tmp_path, "60", f"sqlite:///{tmp_path / 'l.db'}")
+    totals = re.search(r"summarizer calls over 60 turns: (\d+) with the low-water mark, (\d+) without", out)
+    assert totals, out
+    with_mark, without = int(totals[1]), int(totals[2])
+    assert 1 <= with_mark <= 6 and without > 5 * with_mark  # hysteresis: one summary serves many turns
+    for used, budget in re.findall(r"^ +\d+ +(\d+) / *(\d+)", out, flags=re.MULTILINE):
+        assert int(used) <= int(budget)
+
+
+def test_replay_compares_two_models(tmp_path: Path) -> None:
+    out = _run_example(EXAMPLES / "replay_compare.py", tmp_path, f"sqlite:///{tmp_path / 'r.db'}")
+    assert "3 conversations, 12 replies (teacher-forcing)" in out
+    arms = dict(re.findall(r"^(newer|local) +6 +([\d.]+)", out, flags=re.MULTILINE))
+    assert float(arms["newer"]) == 1.0 and float(arms["local"]) < 0.5, out
+    assert "not in the suite" not in out
+    with Store(f"sqlite:///{tmp_path / 'r.db'}") as store:  # replies on branches; originals untouched
+        convs = store.list_conversations(owner="support", limit=100).items
+        assert sorted(c.branch_kind or "original" for c in convs) == ["original"] * 4 + ["replay"] * 12
+        for conv in convs:
+            if conv.branch_kind is None and conv.title != "not in the suite":
+                assert [m.role for m in store.messages(conv.id)] == ["system", *["user", "assistant"] * 2]
+
+
+def test_hf_template_drives_a_completion_model(tmp_path: Path) -> None:
+    out = _run_example(EXAMPLES / "hf_template" / "run.py", tmp_path, f"sqlite:///{tmp_path / 'h.db'}")
+    assert "stop sequences ['<|end|>']" in out
+    prompt = out.split("prompt:\n", 1)[1].split("\nstop:", 1)[0]
+    assert prompt.startswith("<s><|system|>\nYou are a friendly baking assistant.<|end|>\n")
+    assert prompt.endswith("<|assistant|>\n") and prompt.count("<|system|>") == 1
+    assert "Thanks!<\u200b|end|>\n<\u200b|system|>" in prompt  # the forged turn is plain text
+    assert "POST /v1/completions" in out and "stop ['<|end|>']" in out
+    assert "stored reply (seq 6): \"You're welcome! Happy baking.\"" in out  # cut at the stop
+
+
+def test_every_example_has_a_readme_line_and_a_test() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Examples", 1)[1].split("\n## ", 1)[0]
+    programs = sorted(p.relative_to(EXAMPLES).as_posix() for p in EXAMPLES.rglob("*.py")
+                      if p.name != "migrate.py" and "__pycache__" not in p.parts)
+    assert len(programs) >= 5
+    for program in programs:
+        assert f"(examples/{program})" in table, f"add examples/{program} to the README's table"
+    tested = Path(__file__).read_text(encoding="utf-8") + (ROOT / "tests" / "test_docs.py").read_text()
+    for program in programs:
+        stem = Path(program).stem if Path(program).stem not in ("run", "app") else Path(program).parent.name
+        assert stem in tested, f"no test runs examples/{program}"
