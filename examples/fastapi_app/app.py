@@ -50,7 +50,8 @@ class UserMessage(BaseModel):
 
 
 def get_chat(request: Request) -> AsyncChat:
-    return request.app.state.chat  # made once per worker, in the lifespan below
+    chat: AsyncChat = request.app.state.chat  # made once per worker, in the lifespan below
+    return chat
 
 
 Chat = Annotated[AsyncChat, Depends(get_chat)]

@@ -49,6 +49,7 @@ def main() -> None:
         builder = ContextBuilder(store, model="tiny-chat", encoding="cl100k_base", budget=3_000,
                                  mode="completion", template=str(TEMPLATE))
         ctx = builder.build(conv.id)
+        assert ctx.prompt is not None  # completion mode: one string, not a message list
         print("prompt:\n" + ctx.prompt)
         print(f"stop: {ctx.stop}; {ctx.report.prompt_tokens} prompt tokens, exact: {ctx.report.exact}\n")
         assert ctx.prompt.count("<|system|>") == 1  # the user's "<|system|>" is not a turn
