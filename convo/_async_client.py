@@ -281,9 +281,14 @@ class AsyncOpenAIClient:
         transport: an ``httpx.AsyncBaseTransport`` for the client convo creates
             (``httpx.MockTransport``, ``convo.testing.FakeBackend().transport()``).
         sleep: how to wait between retries (default ``asyncio.sleep``; inject for tests).
-        stream_idle_timeout, stream_timeout, max_response_bytes, max_event_bytes:
-            as for :class:`~convo.OpenAIClient`. A deadline cancels the attempt
-            (or the read) that passes it, whatever the transport.
+        stream_idle_timeout: streams: the longest wait for the next data event
+            (as for :class:`~convo.OpenAIClient`). A deadline cancels the
+            attempt (or the read) that passes it, whatever the transport.
+        stream_timeout: streams: a deadline for the whole stream (default none).
+        max_response_bytes: the largest body, or streamed answer, accepted
+            (default 64 MiB; None: no limit); past it, APIResponseTooLargeError.
+        max_event_bytes: the largest server-sent event or line accepted
+            (default 16 MiB; None: no limit).
 
     Example::
 
