@@ -721,8 +721,9 @@ def export_conversations(
         train_on: chat / completion: ``"all"`` assistant messages, or only each
             conversation's ``"last"`` (chat: the others get ``weight`` 0).
         template: completion: a template name, file or object (default ``transcript``).
-        model / budget: completion: cut prompts to ``budget`` tokens of
-            ``model``'s tokenizer (default budget: the model's prompt budget).
+        model: completion: cut prompts to fit this model's tokenizer and prompt
+            budget (or ``budget`` tokens).
+        budget: completion: the prompt token budget (default: the model's).
 
     Returns:
         What was written.
