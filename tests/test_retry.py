@@ -148,3 +148,14 @@ def test_the_client_sleeps_the_documented_backoff() -> None:
     assert len(sleeps) == 6 and len(fake.requests) == 7
     for slept, documented in zip(sleeps, DOCUMENTED_BACKOFF, strict=False):
         assert 0.75 * documented <= slept <= documented
+
+
+def test_http_date_retry_after_is_measured_from_the_clock_by_default() -> None:
+    # Without ``now`` the wait is the date minus the current time: a date 30 s ahead
+    # (formatted to the second) reads as at most 30 s, and more than 0 unless the
+    # machine stalls for half a minute between the two lines.
+    import time
+
+    ahead = email.utils.formatdate(time.time() + 30, usegmt=True)
+    wait = parse_retry_after(httpx.Headers({"retry-after": ahead}))
+    assert wait is not None and 0.0 < wait <= 30.0

@@ -1,0 +1,325 @@
+"""Mutation testing of convo's core modules with mutmut, one module at a time.
+
+Run it through ``.ci/mutation`` (see docs/testing.md, "Mutation testing"):
+
+    .ci/mutation                     # every module of MODULES, one after the other
+    .ci/mutation _selection _retry   # some of them
+    .ci/mutation --list              # the modules and the test files each is run against
+    .ci/mutation --report            # the table of the last runs (build/mutation/*/summary.json)
+    .ci/mutation --survivors _retry  # after adding tests: re-run only the last run's survivors
+
+Each module is mutated in a scratch copy of the working tree (``build/mutation/<module>/``)
+and every mutant is run against the module's own fast test files only, on SQLite only
+(``-k "not postgresql"``: the parametrized PostgreSQL cases start a server, too slow to
+repeat per mutant; the default test run covers PostgreSQL). Hypothesis runs with a fixed
+seed so two runs of the same code report the same numbers.
+
+Score = killed / (mutants - equivalent). A timeout (the mutant loops forever) counts as
+killed. Mutants that no mapped test reaches count as not killed. Equivalent mutants (no
+test could tell them apart from the code) are listed in EQUIVALENT with a reason each,
+keyed by the function and the mutated line, so they survive renumbering.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "build" / "mutation"
+MIN_SCORE = 90.0
+
+#: module -> the test files its mutants run against (fast ones, the module's own)
+MODULES: dict[str, list[str]] = {
+    "_selection": ["test_selection.py", "test_context_edges.py", "test_context.py"],
+    "_context_plan": ["test_context.py", "test_context_edges.py"],
+    "_tokens": ["test_tokens.py"],
+    "_media_tokens": ["test_tokens.py"],
+    "_templates": ["test_templates.py", "test_templates_hf.py"],
+    "_jinja": ["test_templates_hf.py", "test_templates.py"],
+    "_retry": ["test_retry.py"],
+    "_sse": ["test_sse.py", "test_client_stream.py"],
+    "_client_stream": ["test_client_stream.py"],
+    "_client_errors": ["test_client.py", "test_client_stream.py"],
+    "_store_core": ["test_store.py", "test_store_fork.py", "test_store_edges.py"],
+    "_store_sql": ["test_store.py", "test_store_fork.py", "test_store_edges.py"],
+}
+
+#: module -> [(function, mutated line as mutmut writes it, why no test can tell)]
+EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
+    "_retry": [
+        ("parse_retry_after", 'value = headers.get("RETRY-AFTER-MS")',
+         "headers are case-insensitive (httpx.Headers, the documented argument)"),
+        ("parse_retry_after", 'value = headers.get("RETRY-AFTER")',
+         "headers are case-insensitive (httpx.Headers, the documented argument)"),
+        ("should_retry_status", 'override = headers.get("X-SHOULD-RETRY")',
+         "headers are case-insensitive (httpx.Headers, the documented argument)"),
+        ("backoff_delay",
+         "base = min(INITIAL_RETRY_DELAY * 2.0 ** min(retry, 65), MAX_RETRY_DELAY)",
+         "the exponent bound only avoids float overflow; 2**64 and 2**65 are both far past the cap"),
+    ],
+}
+
+# mutmut's exit codes (mutmut/stats.py), folded into the states this report uses
+KILLED_CODES = {1, 3, 37}
+TIMEOUT_CODES = {36, -24, 24, 152, 255}
+SURVIVED_CODES = {0}
+NO_TESTS_CODES = {5, 33}
+
+
+@dataclass
+class Mutant:
+    name: str
+    status: str
+    function: str = ""
+    diff: list[str] = field(default_factory=list)
+    equivalent: str = ""  # the reason, when it is a listed equivalent
+
+
+@dataclass
+class Summary:
+    module: str
+    tests: list[str]
+    total: int
+    killed: int
+    timeout: int
+    survived: int
+    no_tests: int
+    other: int
+    equivalent: int
+    seconds: float
+    commit: str
+    date: str
+    mutants: list[Mutant]
+
+    @property
+    def score(self) -> float:
+        real = self.total - self.equivalent
+        return 100.0 * (self.killed + self.timeout) / real if real else 100.0
+
+
+def function_of(name: str) -> str:
+    """``convo._x.xǁClassǁmethod__mutmut_3`` -> ``Class.method``; ``x_func__mutmut_3`` -> ``func``."""
+    base = name.rsplit("__mutmut_", 1)[0].rsplit(".", 1)[-1]
+    if base.startswith("xǁ"):
+        return ".".join(part for part in base[2:].split("ǁ") if part)
+    return base.removeprefix("x_")
+
+
+def mutmut(workdir: Path, *args: str, log: Path | None = None) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).with_name("mutmut")
+    cmd = [str(exe), *args]
+    if log is not None:
+        with log.open("w") as out:
+            return subprocess.run(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
+                                  text=True, check=False)
+    return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, check=False)
+
+
+def prepare(module: str, tests: list[str], workdir: Path) -> None:
+    """A scratch copy of the working tree with a mutmut configuration for ``module``."""
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
+    for name in ("convo", "tests", "migrations"):
+        shutil.copytree(ROOT / name, workdir / name, ignore=ignore)
+    for name in ("pyproject.toml", "alembic.ini"):
+        shutil.copy2(ROOT / name, workdir / name)
+    selection = ", ".join(json.dumps(f"tests/{t}") for t in tests)
+    config = f"""
+
+[tool.mutmut]
+source_paths = ["convo"]
+only_mutate = ["convo/{module}.py"]
+also_copy = ["migrations", "alembic.ini"]
+pytest_add_cli_args_test_selection = [{selection}]
+pytest_add_cli_args = ["-k", "not postgresql", "--hypothesis-seed=0", "-W", "ignore::DeprecationWarning"]
+use_git_change_detection = false
+"""
+    with (workdir / "pyproject.toml").open("a") as f:
+        f.write(config)
+
+
+def diff_lines(workdir: Path, name: str) -> list[str]:
+    shown = mutmut(workdir, "show", name).stdout.splitlines()
+    return [
+        line for line in shown
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    ]
+
+
+def is_equivalent(module: str, mutant: Mutant) -> str:
+    added = [line[1:].strip() for line in mutant.diff if line.startswith("+")]
+    for function, code, reason in EQUIVALENT.get(module, []):
+        if function == mutant.function and code.strip() in added:
+            return reason
+    return ""
+
+
+def status_of(code: int | None) -> str:
+    if code in KILLED_CODES:
+        return "killed"
+    if code in TIMEOUT_CODES:
+        return "timeout"
+    if code in SURVIVED_CODES:
+        return "survived"
+    if code in NO_TESTS_CODES:
+        return "no tests"
+    return "not checked" if code is None else f"other ({code})"
+
+
+def git_commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                         text=True, check=False).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "convo", "tests"], cwd=ROOT,
+                           capture_output=True, text=True, check=False).stdout.strip()
+    return out + ("+changes" if dirty else "")
+
+
+def run_module(module: str, jobs: int, *, survivors: bool) -> Summary:
+    tests = MODULES[module]
+    workdir = WORK / module
+    names: list[str] = []
+    previous = load(module) if survivors else None
+    if previous is None:
+        prepare(module, tests, workdir)
+    else:
+        # the source is as it was mutated; only the tests are new
+        shutil.copytree(ROOT / "tests", workdir / "tests", dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        names = [m.name for m in previous.mutants if m.status not in ("killed", "timeout")]
+        if not names:
+            return previous
+    started = time.monotonic()
+    print(f"== {module}: mutating convo/{module}.py against {', '.join(tests)}"
+          + (f" ({len(names)} survivors again)" if names else ""), flush=True)
+    proc = mutmut(workdir, "run", "--max-children", str(jobs), *names, log=workdir / "run.log")
+    seconds = time.monotonic() - started
+    meta = workdir / "mutants" / "convo" / f"{module}.py.meta"
+    if proc.returncode != 0 or not meta.exists():
+        tail = (workdir / "run.log").read_text(errors="replace")[-3000:]
+        raise SystemExit(f"mutmut failed for {module} (exit {proc.returncode}):\n{tail}")
+    codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
+    mutants = [Mutant(name, status_of(code), function_of(name)) for name, code in codes.items()]
+    for m in mutants:
+        if m.status not in ("killed", "timeout"):
+            m.diff = diff_lines(workdir, m.name)
+            m.equivalent = is_equivalent(module, m)
+    count = {s: sum(1 for m in mutants if m.status == s) for s in
+             ("killed", "timeout", "survived", "no tests")}
+    summary = Summary(
+        module=module,
+        tests=tests,
+        total=len(mutants),
+        killed=count["killed"],
+        timeout=count["timeout"],
+        survived=count["survived"],
+        no_tests=count["no tests"],
+        other=len(mutants) - sum(count.values()),
+        equivalent=sum(1 for m in mutants if m.equivalent),
+        seconds=round(seconds, 1),
+        commit=git_commit(),
+        date=time.strftime("%Y-%m-%d"),
+        mutants=mutants,
+    )
+    (workdir / "summary.json").write_text(json.dumps(asdict(summary), indent=1, ensure_ascii=False))
+    return summary
+
+
+def load(module: str) -> Summary | None:
+    path = WORK / module / "summary.json"
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    data["mutants"] = [Mutant(**m) for m in data["mutants"]]
+    return Summary(**data)
+
+
+def print_survivors(summary: Summary) -> None:
+    live = [m for m in summary.mutants if m.status not in ("killed", "timeout") and not m.equivalent]
+    for m in live:
+        print(f"  {m.status}: {m.name}")
+        for line in m.diff:
+            print(f"      {line}")
+    for m in summary.mutants:
+        if m.equivalent and m.status in ("killed", "timeout"):
+            print(f"  note: {m.name} is listed as equivalent but was killed: remove it from EQUIVALENT")
+
+
+def table(summaries: list[Summary]) -> str:
+    rows = [
+        "| module | test files | mutants | equivalent | killed (+timeout) | not killed | score |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for s in summaries:
+        real = s.total - s.equivalent
+        done = s.killed + s.timeout
+        rows.append(
+            f"| `{s.module}` | {', '.join(s.tests)} | {s.total} | {s.equivalent} | "
+            f"{s.killed} (+{s.timeout}) | {real - done} | {done}/{real} = {s.score:.1f}% |"
+        )
+    return "\n".join(rows)
+
+
+def equivalents_markdown(summaries: list[Summary]) -> str:
+    lines = []
+    for s in summaries:
+        for m in s.mutants:
+            if m.equivalent:
+                added = " / ".join(line[1:].strip() for line in m.diff if line.startswith("+"))
+                lines.append(f"- `{s.module}` `{m.function}`: `{added}`: {m.equivalent}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("modules", nargs="*", help="modules to mutate (default: all of MODULES)")
+    parser.add_argument("--jobs", type=int, default=2, help="mutants run at once (default 2)")
+    parser.add_argument("--list", action="store_true", help="show the module -> tests mapping")
+    parser.add_argument("--report", action="store_true", help="print the table of the last runs")
+    parser.add_argument("--survivors", action="store_true",
+                        help="re-run only the last run's surviving mutants, with the current tests")
+    parser.add_argument("--min-score", type=float, default=MIN_SCORE,
+                        help=f"exit 1 when a module scores lower (default {MIN_SCORE})")
+    args = parser.parse_args(argv)
+    unknown = [m for m in args.modules if m not in MODULES]
+    if unknown:
+        parser.error(f"unknown module(s) {unknown}; known: {', '.join(MODULES)}")
+    modules = args.modules or list(MODULES)
+    if args.list:
+        for module, tests in MODULES.items():
+            print(f"{module:16} {' '.join(tests)}")
+        return 0
+    if args.report:
+        done = [s for s in map(load, modules) if s is not None]
+        print(table(done))
+        print()
+        print(equivalents_markdown(done))
+        return 0
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    summaries = []
+    for module in modules:
+        summary = run_module(module, args.jobs, survivors=args.survivors)
+        print_survivors(summary)
+        print(table([summary]).splitlines()[-1], f"({summary.seconds:.0f} s)", flush=True)
+        summaries.append(summary)
+    print()
+    print(table(summaries))
+    low = [s.module for s in summaries if s.score < args.min_score]
+    if low:
+        print(f"below {args.min_score:.0f}%: {', '.join(low)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
