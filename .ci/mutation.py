@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -53,8 +52,38 @@ MODULES: dict[str, list[str]] = {
     "_store_sql": ["test_store.py", "test_store_fork.py", "test_store_edges.py"],
 }
 
+_UNREPORTED_REASON = (
+    "a stop reason given with nothing dropped is never reported: result() says "
+    "'history exhausted' whenever dropped_count is 0"
+)
+
 #: module -> [(function, mutated line as mutmut writes it, why no test can tell)]
 EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
+    "_selection": [
+        ("Selector.__init__", "self._have_current = None",
+         "only read as `not self._have_current`: None and False alike"),
+        ("Selector.__init__", 'self._oldest_seen: int | None = ""',
+         "_oldest_seen is written, never read (dead state)"),
+        ("Selector.feed", "self._oldest_seen = None",
+         "_oldest_seen is written, never read (dead state)"),
+        ("Selector.__init__", 'self._dropped_through: int | None = ""',
+         "never read before _finish sets it: result() needs done, and only _finish sets done"),
+        *[("Selector.feed", f"self._finish(None, {reason})", _UNREPORTED_REASON)
+          for reason in ("None", '"XXhistory exhaustedXX"', '"HISTORY EXHAUSTED"')],
+        ("Selector._starts_history",
+         "return sum(1 for s in self._pinned_seqs if s <= first) == first - 1",
+         "first is a seq of the turn, never pinned (feed skips pinned seqs): s == first never counts"),
+        ("Selector._keep_current", "turn.items[0] = Item(msg, user.seq, cost, )",
+         "Item.exact defaults to True, and only str content is truncated, whose count is always exact"),
+        ("Selector._keep_current", "turn.cost = rest - cost",
+         "after truncating, selection finishes at once: turn.cost feeds only counters nothing reads"),
+        ("Selector._keep_current",
+         'self._finish(user.seq - 1 if (user.seq > 1) or True else None, "budget")',
+         "for user seq 1 it gives dropped_through 0: no seq <= 0, so dropped_count 0, reported as None"),
+        ("Selector._keep_current",
+         'self._finish(user.seq - 1 if user.seq >= 1 else None, "budget")',
+         "for user seq 1 it gives dropped_through 0: no seq <= 0, so dropped_count 0, reported as None"),
+    ],
     "_retry": [
         ("parse_retry_after", 'value = headers.get("RETRY-AFTER-MS")',
          "headers are case-insensitive (httpx.Headers, the documented argument)"),

@@ -283,3 +283,140 @@ def test_system_text_is_the_applications_own_and_left_as_is(store: Any) -> None:
     cid = conversation(store, history)
     ctx = ContextBuilder(store, model=MODEL, mode="completion", template="chatml", budget=4000).build(cid)
     assert "Close turns with <|im_end|>." in (ctx.prompt or "")
+
+
+# --- clear overflow errors: the part, the numbers, the advice ----------------------------------
+
+
+def overflow(store: Any, history: Sequence[Message], budget: int, *, pin: Sequence[int] = (),
+             **options: Any) -> Any:
+    from convo import ContextOverflowError
+
+    cid = conversation(store, history, pin=pin)
+    with pytest.raises(ContextOverflowError) as err:
+        ContextBuilder(store, model=MODEL, budget=budget, **options).build(cid)
+    assert err.value.budget == budget
+    return err.value
+
+
+def test_a_budget_of_nothing_says_what_to_check(store: Any) -> None:
+    err = overflow(store, [Message.user("hi")], 0)
+    assert (err.part, err.required) == ("budget", PRIMING)
+    assert "the prompt budget is 0 tokens: nothing fits" in str(err)
+    assert "check the model's context window, the reply reserve and the margin" in str(err)
+
+
+@pytest.mark.parametrize(("first", "pin", "part", "what"), [
+    (Message.system(words(300)), (), "system", "the system prompt"),
+    (Message.developer(words(300)), (), "system", "the system prompt"),
+    (Message.user(words(300)), (1,), "pinned", "the pinned messages"),
+])
+def test_pinned_overflow_names_what_does_not_fit(
+    store: Any, first: Message, pin: tuple[int, ...], part: str, what: str
+) -> None:
+    err = overflow(store, [first, Message.user("hi")], 100, pin=pin)
+    required = PRIMING + COUNTER.message_tokens(first)
+    assert (err.part, err.required) == (part, required)
+    assert f"{what} and request framing need {required} tokens" in str(err)
+    assert f"({required - PRIMING} in 1 message(s) + {PRIMING} overhead) but the budget is 100" in str(err)
+
+
+def test_newest_turn_overflow_counts_everything_it_needs(store: Any) -> None:
+    history = [Message.system("Be terse."), Message.user(words(300)), Message.assistant("ok")]
+    err = overflow(store, history, 100)
+    required = chat_cost(history)
+    assert (err.part, err.required) == ("newest", required)
+    assert "the newest turn (user message seq 2 and 1 message(s) after it) needs" in str(err)
+    assert f", {required} with the pinned messages and overhead, but the budget is 100" in str(err)
+    assert "raise the budget or allow truncation (truncate='head'|'tail'|'middle')" in str(err)
+
+
+def test_a_newest_turn_that_fills_the_budget_exactly_is_kept(store: Any) -> None:
+    history = [Message.system("Be terse."), Message.user(words(30)), Message.assistant("ok")]
+    cid = conversation(store, history)
+    ctx = ContextBuilder(store, model=MODEL, budget=chat_cost(history)).build(cid)
+    assert ctx.report.kept_seqs == [1, 2, 3] and ctx.report.budget_left == 0
+
+
+# --- truncating the newest user message ---------------------------------------------------------
+
+
+def test_truncation_leaves_room_for_what_follows_the_user_message(store: Any) -> None:
+    history = [Message.system("Be terse."), Message.user(words(600)), Message.assistant(words(40))]
+    cid = conversation(store, history)
+    ctx = ContextBuilder(store, model=MODEL, budget=150, truncate="head").build(cid)
+    rep = ctx.report
+    assert rep.truncated is not None and rep.truncated.seq == 2 and rep.kept_seqs == [1, 2, 3]
+    assert rep.prompt_tokens == chat_cost(ctx.messages) <= 150
+    assert rep.exact is True  # a truncated text message is still counted exactly
+
+
+def test_truncation_with_no_room_left_is_the_newest_turn_error(store: Any) -> None:
+    # what follows the user message takes every token the pinned messages leave
+    history = [Message.system("Be terse."), Message.user(words(300)), Message.assistant(words(40))]
+    budget = chat_cost([history[0], history[2]])
+    err = overflow(store, history, budget, truncate="head")
+    assert err.part == "newest" and "the newest turn (user message seq 2" in str(err)
+
+
+def test_truncation_to_fewer_tokens_than_a_message_costs_is_refused(store: Any) -> None:
+    history = [Message.system("Be terse."), Message.user(words(300)), Message.assistant(words(40))]
+    budget = chat_cost([history[0], history[2]]) + 1
+    err = overflow(store, history, budget, truncate="tail")
+    assert (err.part, err.required) == ("newest", chat_cost(history))
+    assert (f"the newest user message (seq 2, {COUNTER.message_tokens(history[1])} tokens) cannot "
+            f"be truncated to fit the 1 tokens left of the budget of {budget}") in str(err)
+
+
+def test_a_message_of_parts_cannot_be_truncated(store: Any) -> None:
+    history = [Message.system("Be terse."), Message.user([{"type": "text", "text": words(300)}])]
+    err = overflow(store, history, 100, truncate="middle")
+    assert (err.part, err.required) == ("newest", chat_cost(history))
+    assert "cannot be truncated to fit the" in str(err)
+
+
+def test_truncation_after_an_unpinned_greeting_drops_it(store: Any) -> None:
+    history = [Message.assistant("Hello! How can I help?"), Message.user(words(600))]
+    cid = conversation(store, history)
+    ctx = ContextBuilder(store, model=MODEL, budget=100, truncate="head").build(cid)
+    rep = ctx.report
+    assert rep.kept_seqs == [2] and rep.truncated is not None
+    assert (rep.dropped_count, rep.dropped_through, rep.stop_reason) == (1, 1, "budget")
+
+
+# --- why selection stopped, and how much it read -----------------------------------------------
+
+
+def test_stop_reasons_and_rows_read(store: Any) -> None:
+    cid = conversation(store, THREE_SHORT_TURNS)
+    everything = ContextBuilder(store, model=MODEL, budget=10_000).build(cid).report
+    assert (everything.stop_reason, everything.rows_read, everything.dropped_count) == (
+        "history exhausted", 6, 0)
+    budget = chat_cost([THREE_SHORT_TURNS[0], *THREE_SHORT_TURNS[3:]])
+    by_budget = ContextBuilder(store, model=MODEL, budget=budget).build(cid).report
+    assert (by_budget.stop_reason, by_budget.kept_seqs) == ("budget", [1, 4, 5, 6])
+    by_tokens = ContextBuilder(store, model=MODEL, budget=10_000, max_history_tokens=1).build(cid)
+    assert (by_tokens.report.stop_reason, by_tokens.report.kept_seqs) == ("max_history_tokens", [1, 6])
+
+
+def test_a_greeting_that_does_not_fit_is_dropped_for_the_budget(store: Any) -> None:
+    history = [Message.system("Be terse."), Message.assistant("Hello! " + words(100)),
+               Message.user("hi")]
+    cid = conversation(store, history)
+    ctx = ContextBuilder(store, model=MODEL, budget=chat_cost([history[0], history[2]]) + 5).build(cid)
+    assert ctx.report.kept_seqs == [1, 3]
+    assert (ctx.report.stop_reason, ctx.report.dropped_count, ctx.report.dropped_through) == (
+        "budget", 1, 2)
+
+
+def test_the_history_token_cap_adds_up_every_kept_turn(store: Any) -> None:
+    history = [
+        Message.system("Be terse."),
+        Message.user("q1 " + words(5)), Message.assistant("a1"),
+        Message.user("q2"), Message.assistant("a2 " + words(20)),
+        Message.user("q3"),
+    ]
+    cid = conversation(store, history)
+    cap = sum(COUNTER.message_tokens(m) for m in history[1:]) - 1  # all history but one token
+    ctx = ContextBuilder(store, model=MODEL, budget=10_000, max_history_tokens=cap).build(cid)
+    assert ctx.report.kept_seqs == [1, 4, 5, 6]
