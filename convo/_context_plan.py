@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from ._context_report import Context, ContextReport, SummaryUse, TruncationReport
 from ._exceptions import ContextError, ContextOverflowError, TemplateError
-from ._messages import Message, TextPart
+from ._messages import Message, RefusalPart, TextPart
 from ._records import StoredMessage, Summary
 from ._selection import Item, Selection, Selector, TruncateMode
 
@@ -435,19 +435,32 @@ def _neutralize(message: Message, markers: tuple[str, ...]) -> Message:
                 text = text.replace(marker, marker[0] + _ZWSP + marker[1:])
         return text
 
+    update: dict[str, Any] = {}
     content = message.content
     if isinstance(content, str):
-        fixed: Any = clean(content)
-        if fixed == content:
-            return message
+        update["content"] = clean(content)
     elif isinstance(content, list):
-        fixed = [
-            p.model_copy(update={"text": clean(p.text)}) if isinstance(p, TextPart) else p
+        update["content"] = [
+            p.model_copy(update={"text": clean(p.text)})
+            if isinstance(p, TextPart)
+            else p.model_copy(update={"refusal": clean(p.refusal)})
+            if isinstance(p, RefusalPart)
+            else p
             for p in content
         ]
-    else:
+    # refusals and tool-call arguments are written into the prompt too
+    if message.refusal is not None:
+        update["refusal"] = clean(message.refusal)
+    if message.tool_calls:
+        update["tool_calls"] = [
+            c.model_copy(update={"function": c.function.model_copy(
+                update={"arguments": clean(c.function.arguments)}
+            )})
+            for c in message.tool_calls
+        ]
+    if all(getattr(message, k) == v for k, v in update.items()):
         return message
-    return message.model_copy(update={"content": fixed})
+    return message.model_copy(update=update)
 
 
 def _finish(
