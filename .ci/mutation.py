@@ -39,11 +39,36 @@ MIN_SCORE = 90.0
 #: module -> the test files its mutants run against (fast ones, the module's own)
 MODULES: dict[str, list[str]] = {
     "_selection": ["test_selection.py", "test_context_edges.py", "test_context.py"],
-    "_context_plan": ["test_context.py", "test_context_edges.py"],
+    "_context_plan": ["test_context.py", "test_context_edges.py", "test_context_paths.py"],
     "_tokens": ["test_tokens.py"],
     "_media_tokens": ["test_tokens.py"],
     "_templates": ["test_templates.py", "test_templates_hf.py"],
     "_jinja": ["test_templates_hf.py", "test_templates.py"],
+    "_sse": [
+        *[(f"SSEDecoder.{function}", code, "only tested for truth: None and the empty value alike")
+          for function, code in [
+              ("__init__", "self._pending = None"), ("feed", "self._pending = None"),
+              ("flush", "self._pending = None"), ("__init__", "self._skip_lf = None"),
+              ("feed", "self._skip_lf = None"), ("flush", "self._skip_lf = None"),
+          ]],
+        *[(f"SSEDecoder.{function}", "self._skip_lf = True",
+           "a dropped leading \\n is a blank line before any data: it dispatches nothing either way")
+          for function in ("__init__", "flush")],
+        *[("SSEDecoder.feed", f'if line[:{n}] == b"{prefix}":',
+           "only skips the fast path: _field parses 'data: ...' lines the same way")
+          for n, prefix in [(7, "data: "), (6, "XXdata: XX"), (6, "DATA: ")]],
+        ("SSEDecoder.feed", 'data.append(line[6:].decode("UTF-8"))', "codec names are case-insensitive"),
+        *[("SSEDecoder._field", f'{target} = value.decode("UTF-8")', "codec names are case-insensitive")
+          for target in ("self._event", "self._last_id")],
+        ("SSEDecoder._field", 'self._data.append(value.decode("UTF-8"))',
+         "codec names are case-insensitive"),
+        ("SSEDecoder.feed", 'data[0] if (len(data) == 1) and False else "\\n".join(data),',
+         "joining one line gives that line"),
+        ("SSEDecoder._dispatch", 'data=data[0] if (len(data) == 1) and False else "\\n".join(data),',
+         "joining one line gives that line"),
+        ("SSEDecoder._field", "if line[0] == 59:  # \":\" starts a comment (servers send them as keep-alives)",
+         "a ';' line skipped as a comment names no known field: it is ignored either way"),
+    ],
     "_retry": ["test_retry.py"],
     "_sse": ["test_sse.py", "test_client_stream.py"],
     "_client_stream": ["test_client_stream.py"],
@@ -83,6 +108,31 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
         ("Selector._keep_current",
          'self._finish(user.seq - 1 if user.seq >= 1 else None, "budget")',
          "for user seq 1 it gives dropped_through 0: no seq <= 0, so dropped_count 0, reported as None"),
+    ],
+    "_sse": [
+        *[(f"SSEDecoder.{function}", code, "only tested for truth: None and the empty value alike")
+          for function, code in [
+              ("__init__", "self._pending = None"), ("feed", "self._pending = None"),
+              ("flush", "self._pending = None"), ("__init__", "self._skip_lf = None"),
+              ("feed", "self._skip_lf = None"), ("flush", "self._skip_lf = None"),
+          ]],
+        *[(f"SSEDecoder.{function}", "self._skip_lf = True",
+           "a dropped leading \\n is a blank line before any data: it dispatches nothing either way")
+          for function in ("__init__", "flush")],
+        *[("SSEDecoder.feed", f'if line[:{n}] == b"{prefix}":',
+           "only skips the fast path: _field parses 'data: ...' lines the same way")
+          for n, prefix in [(7, "data: "), (6, "XXdata: XX"), (6, "DATA: ")]],
+        ("SSEDecoder.feed", 'data.append(line[6:].decode("UTF-8"))', "codec names are case-insensitive"),
+        *[("SSEDecoder._field", f'{target} = value.decode("UTF-8")', "codec names are case-insensitive")
+          for target in ("self._event", "self._last_id")],
+        ("SSEDecoder._field", 'self._data.append(value.decode("UTF-8"))',
+         "codec names are case-insensitive"),
+        ("SSEDecoder.feed", 'data[0] if (len(data) == 1) and False else "\\n".join(data),',
+         "joining one line gives that line"),
+        ("SSEDecoder._dispatch", 'data=data[0] if (len(data) == 1) and False else "\\n".join(data),',
+         "joining one line gives that line"),
+        ("SSEDecoder._field", "if line[0] == 59:  # \":\" starts a comment (servers send them as keep-alives)",
+         "a ';' line skipped as a comment names no known field: it is ignored either way"),
     ],
     "_retry": [
         ("parse_retry_after", 'value = headers.get("RETRY-AFTER-MS")',
@@ -163,6 +213,10 @@ def prepare(module: str, tests: list[str], workdir: Path) -> None:
         shutil.copytree(ROOT / name, workdir / name, ignore=ignore)
     for name in ("pyproject.toml", "alembic.ini"):
         shutil.copy2(ROOT / name, workdir / name)
+    write_config(module, tests, workdir)
+
+
+def write_config(module: str, tests: list[str], workdir: Path) -> None:
     selection = ", ".join(json.dumps(f"tests/{t}") for t in tests)
     config = f"""
 
@@ -187,9 +241,10 @@ def diff_lines(workdir: Path, name: str) -> list[str]:
 
 
 def is_equivalent(module: str, mutant: Mutant) -> str:
-    added = [line[1:].strip() for line in mutant.diff if line.startswith("+")]
+    # the mutated lines, without a trailing comment
+    added = [line[1:].split("  #")[0].strip() for line in mutant.diff if line.startswith("+")]
     for function, code, reason in EQUIVALENT.get(module, []):
-        if function == mutant.function and code.strip() in added:
+        if function == mutant.function and code.split("  #")[0].strip() in added:
             return reason
     return ""
 
@@ -222,9 +277,11 @@ def run_module(module: str, jobs: int, *, survivors: bool) -> Summary:
     if previous is None:
         prepare(module, tests, workdir)
     else:
-        # the source is as it was mutated; only the tests are new
+        # the source is as it was mutated; only the tests (and maybe the mapping) are new
         shutil.copytree(ROOT / "tests", workdir / "tests", dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copy2(ROOT / "pyproject.toml", workdir / "pyproject.toml")
+        write_config(module, tests, workdir)
         names = [m.name for m in previous.mutants if m.status not in ("killed", "timeout")]
         if not names:
             return previous
@@ -238,6 +295,13 @@ def run_module(module: str, jobs: int, *, survivors: bool) -> Summary:
         tail = (workdir / "run.log").read_text(errors="replace")[-3000:]
         raise SystemExit(f"mutmut failed for {module} (exit {proc.returncode}):\n{tail}")
     codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
+    if previous is not None:
+        # a changed test mapping makes mutmut forget every result: keep the earlier kills
+        rerun = set(names)
+        earlier = {m.name: m.status for m in previous.mutants}
+        codes = {n: c if n in rerun else (1 if earlier.get(n) == "killed" else
+                                          36 if earlier.get(n) == "timeout" else c)
+                 for n, c in codes.items()}
     mutants = [Mutant(name, status_of(code), function_of(name)) for name, code in codes.items()]
     for m in mutants:
         if m.status not in ("killed", "timeout"):

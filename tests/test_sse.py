@@ -95,3 +95,25 @@ def test_field_details() -> None:
 def test_invalid_utf8_line_raises() -> None:
     with pytest.raises(UnicodeDecodeError):
         decode(b"data: \xff\xfe\n\n")
+
+
+def test_flush_dispatches_an_unterminated_event_with_all_its_fields() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"event: note\nid: 9\nretry: 20\ndata: one\ndata: two\n") == []
+    assert decoder.flush() == [ServerSentEvent(data="one\ntwo", event="note", id="9", retry=20)]
+    assert decoder.feed(b"data: alone\n") == [] and decoder.flush() == [
+        ServerSentEvent(data="alone", id="9")]
+
+
+@pytest.mark.parametrize("ending", [b"", b"data: cut", b"event: x\n", b"data: half\r"])
+def test_a_decoder_is_clean_after_flush(ending: bytes) -> None:
+    # whatever a stream left behind, the next one starts from nothing (the id stays)
+    decoder = SSEDecoder()
+    decoder.feed(b"id: 1\n\n" + ending)
+    decoder.flush()
+    assert decoder.feed(b"data: next\n\n") == [ServerSentEvent(data="next", id="1")]
+
+
+def test_a_bare_colon_is_a_comment() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b":\ndata: x\n:\n\n") == [ServerSentEvent(data="x")]
