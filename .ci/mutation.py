@@ -44,31 +44,6 @@ MODULES: dict[str, list[str]] = {
     "_media_tokens": ["test_tokens.py"],
     "_templates": ["test_templates.py", "test_templates_hf.py"],
     "_jinja": ["test_templates_hf.py", "test_templates.py"],
-    "_sse": [
-        *[(f"SSEDecoder.{function}", code, "only tested for truth: None and the empty value alike")
-          for function, code in [
-              ("__init__", "self._pending = None"), ("feed", "self._pending = None"),
-              ("flush", "self._pending = None"), ("__init__", "self._skip_lf = None"),
-              ("feed", "self._skip_lf = None"), ("flush", "self._skip_lf = None"),
-          ]],
-        *[(f"SSEDecoder.{function}", "self._skip_lf = True",
-           "a dropped leading \\n is a blank line before any data: it dispatches nothing either way")
-          for function in ("__init__", "flush")],
-        *[("SSEDecoder.feed", f'if line[:{n}] == b"{prefix}":',
-           "only skips the fast path: _field parses 'data: ...' lines the same way")
-          for n, prefix in [(7, "data: "), (6, "XXdata: XX"), (6, "DATA: ")]],
-        ("SSEDecoder.feed", 'data.append(line[6:].decode("UTF-8"))', "codec names are case-insensitive"),
-        *[("SSEDecoder._field", f'{target} = value.decode("UTF-8")', "codec names are case-insensitive")
-          for target in ("self._event", "self._last_id")],
-        ("SSEDecoder._field", 'self._data.append(value.decode("UTF-8"))',
-         "codec names are case-insensitive"),
-        ("SSEDecoder.feed", 'data[0] if (len(data) == 1) and False else "\\n".join(data),',
-         "joining one line gives that line"),
-        ("SSEDecoder._dispatch", 'data=data[0] if (len(data) == 1) and False else "\\n".join(data),',
-         "joining one line gives that line"),
-        ("SSEDecoder._field", "if line[0] == 59:  # \":\" starts a comment (servers send them as keep-alives)",
-         "a ';' line skipped as a comment names no known field: it is ignored either way"),
-    ],
     "_retry": ["test_retry.py"],
     "_sse": ["test_sse.py", "test_client_stream.py"],
     "_client_stream": ["test_client_stream.py"],

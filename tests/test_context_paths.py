@@ -19,7 +19,6 @@ from test_context_edges import (
     chat_cost,
     conversation,
     overflow,
-    store,  # noqa: F401  (the fixture: both databases)
     words,
 )
 
@@ -35,6 +34,13 @@ from convo import (
     get_template,
 )
 from convo._messages import FunctionCall, ToolCall
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, make_db: Any) -> Any:
+    s = convo.Store(make_db(request.param))
+    yield s
+    s.close()
+
 
 SUMMARY_PREFIX = "Summary of the earlier conversation:\n"
 
