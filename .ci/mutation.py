@@ -47,11 +47,12 @@ MODULES: dict[str, list[str]] = {
     "_retry": ["test_retry.py"],
     "_sse": ["test_sse.py", "test_client_stream.py"],
     "_client_stream": ["test_client_stream.py"],
-    "_client_errors": ["test_client.py", "test_client_stream.py"],
+    "_client_errors": ["test_client_errors.py", "test_client.py", "test_client_stream.py"],
     "_store_core": ["test_store.py", "test_store_fork.py", "test_store_edges.py"],
     "_store_sql": ["test_store.py", "test_store_fork.py", "test_store_edges.py"],
 }
 
+_CASELESS_HEADERS = "httpx.Headers are case-insensitive"
 _UNREPORTED_REASON = (
     "a stop reason given with nothing dropped is never reported: result() says "
     "'history exhausted' whenever dropped_count is 0"
@@ -108,6 +109,24 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
          "joining one line gives that line"),
         ("SSEDecoder._field", "if line[0] == 59:  # \":\" starts a comment (servers send them as keep-alives)",
          "a ';' line skipped as a comment names no known field: it is ignored either way"),
+    ],
+    "_client_errors": [
+        *[("safe_url", f"return f\"{{url.scheme}}://{{url.netloc.decode({args})}}{{url.path}}\"",
+           "httpx keeps netloc ASCII (IDNA, percent-encoding): no decode error to handle")
+          for args in ("'ascii', ", "'ASCII', 'replace'", "'ascii', 'XXreplaceXX'", "'ascii', 'REPLACE'")],
+        ("validation_error", "for err in exc.errors(include_url=True)[:3]:",
+         "only adds a 'url' key, and only 'loc' and 'msg' are read"),
+        *[(function, f'{target}=response.headers.get("X-REQUEST-ID"),', _CASELESS_HEADERS)
+          for function, target in (("validation_error", "request_id"), ("stream_error", "request_id"))],
+        ("status_error", 'request_id = response.headers.get("X-REQUEST-ID")', _CASELESS_HEADERS),
+        ("validation_error",
+         'raw = data if data is not None else response.content.decode("UTF-8", "replace")',
+         "codec names are case-insensitive"),
+        ("status_error", 'text = redact(raw.decode("UTF-8", "replace"))',
+         "codec names are case-insensitive"),
+        *[("stream_error", f'detail = _error_detail({{"error": err}}) or "{text}"',
+           "_error_detail of a dict is never empty (it falls back to the JSON): the default is dead")
+          for text in ("XXan error occurred during streamingXX", "AN ERROR OCCURRED DURING STREAMING")],
     ],
     "_retry": [
         ("parse_retry_after", 'value = headers.get("RETRY-AFTER-MS")',
