@@ -46,20 +46,21 @@ MODULES: dict[str, list[str]] = {
     "_jinja": ["test_templates_hf.py", "test_templates.py"],
     "_retry": ["test_retry.py"],
     "_sse": ["test_sse.py", "test_client_stream.py"],
-    "_client_stream": ["test_client_stream.py"],
+    "_client_stream": ["test_stream_assembly.py", "test_client_stream.py"],
     "_client_errors": ["test_client_errors.py", "test_client.py", "test_client_stream.py"],
     "_store_core": ["test_store.py", "test_store_fork.py", "test_store_edges.py"],
     "_store_sql": ["test_store.py", "test_store_fork.py", "test_store_edges.py"],
 }
 
 _CASELESS_HEADERS = "httpx.Headers are case-insensitive"
+_TRUTH = "only tested for truth: None and False alike"
 _UNREPORTED_REASON = (
     "a stop reason given with nothing dropped is never reported: result() says "
     "'history exhausted' whenever dropped_count is 0"
 )
 
-#: module -> [(function, mutated line as mutmut writes it, why no test can tell)]
-EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
+#: module -> [(function, mutated line as mutmut writes it, why no test can tell[, original line])]
+EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
     "_selection": [
         ("Selector.__init__", "self._have_current = None",
          "only read as `not self._have_current`: None and False alike"),
@@ -127,6 +128,23 @@ EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {
         *[("stream_error", f'detail = _error_detail({{"error": err}}) or "{text}"',
            "_error_detail of a dict is never empty (it falls back to the JSON): the default is dead")
           for text in ("XXan error occurred during streamingXX", "AN ERROR OCCURRED DURING STREAMING")],
+    ],
+    "_client_stream": [
+        ("_ChatChoice.__init__", "self.saw_content = None", _TRUTH),
+        ("ChatAccumulator.__init__", "self.finished = None", _TRUTH),
+        ("CompletionAccumulator.__init__", "self.finished = None", _TRUTH),
+        ("StreamCore.__init__", "self.done = None", _TRUTH),
+        *[("StreamCore." + function, 'request_id=self._response.headers.get("X-REQUEST-ID"),',
+           _CASELESS_HEADERS) for function in ("feed", "finish")],
+        ("StreamCore.feed", "return self._handle(events) if (events) or True else []",
+         "_handle([]) is []"),
+        ("StreamCore._handle", "break  # nothing after [DONE] counts",
+         "after [DONE] every later event is skipped anyway"),
+        ("StreamCore._handle", "break", "after [DONE] every later event is skipped anyway",
+         "continue"),
+        *[("StreamCore._handle", f'if text == "{done}" or text.startswith("[DONE]"):',
+           "the startswith test accepts an exact [DONE] too")
+          for done in ("XX[DONE]XX", "[done]")],
     ],
     "_retry": [
         ("parse_retry_after", 'value = headers.get("RETRY-AFTER-MS")',
@@ -235,10 +253,20 @@ def diff_lines(workdir: Path, name: str) -> list[str]:
 
 
 def is_equivalent(module: str, mutant: Mutant) -> str:
-    # the mutated lines, without a trailing comment
-    added = [line[1:].split("  #")[0].strip() for line in mutant.diff if line.startswith("+")]
-    for function, code, reason in EQUIVALENT.get(module, []):
-        if function == mutant.function and code.split("  #")[0].strip() in added:
+    """The reason listed for ``mutant`` in EQUIVALENT, or "".
+
+    An entry names the function and the mutated line (a trailing comment may be left
+    out); an optional fourth item, the original line in full, tells apart two
+    mutants that write the same line in one function.
+    """
+    added = [line[1:].strip() for line in mutant.diff if line.startswith("+")]
+    removed = [line[1:].strip() for line in mutant.diff if line.startswith("-")]
+    for function, code, reason, *original in EQUIVALENT.get(module, []):
+        if function != mutant.function:
+            continue
+        if original and original[0] not in removed:
+            continue
+        if code in added or code in [a.split("  #")[0].strip() for a in added]:
             return reason
     return ""
 
