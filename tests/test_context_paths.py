@@ -434,9 +434,12 @@ def test_a_long_dropped_history_is_summarized_in_chunks_of_200(store: Any) -> No
     history = [Message.system("Be terse."), *_alternating(260), Message.user("now")]
     cid = conversation(store, history)
     rec = Fixed()
-    rep = ContextBuilder(store, model=MODEL, budget=200, summarizer=rec,
+    counting = Counting(store)
+    rep = ContextBuilder(counting, model=MODEL, budget=200, summarizer=rec,
                          summary_max_tokens=40).build(cid).report
     assert rep.summary is not None
+    reads = [kw for name, kw in counting.calls if name == "messages"]
+    assert [(kw["after"], kw["limit"]) for kw in reads] == [(0, 200), (200, 200)]
     # seq 1 is the system prompt, sent anyway: 199 of the first 200 rows are summarized
     assert [len(c) for c in rec.calls] == [199, rep.summary.end_seq - 200]
 
