@@ -160,8 +160,8 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "Range(cursor, end + 1) is never empty while cursor < end: a lineage's seqs are contiguous",
          "break"),
         ("_assemble", "entries.append((sel.dropped_through - 0.5, summary_msg))",
-         "differs only when dropped_through is a sent (pinned) seq, which only truncation gives, "
-         "and truncation leaves no room for a summary (see docs/testing.md)"),
+         ("differs only when dropped_through is a sent (pinned) seq, which only truncation "
+          "gives, and truncation leaves no room for a summary (see docs/testing.md)")),
         ("_assemble", "entries.sort(key=None)",
          "the first items (seqs, the summary at .5) are distinct: tuples sort by them alone"),
         ("_render", "safe = [_neutralize(m, markers) for m in messages] if (markers) or True else messages",

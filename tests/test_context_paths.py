@@ -35,6 +35,7 @@ from convo import (
 )
 from convo._messages import FunctionCall, ToolCall
 
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, make_db: Any) -> Any:
     s = convo.Store(make_db(request.param))
