@@ -41,7 +41,7 @@ MODULES: dict[str, list[str]] = {
     "_selection": ["test_selection.py", "test_context_edges.py", "test_context.py"],
     "_context_plan": ["test_context.py", "test_context_edges.py", "test_context_paths.py"],
     "_tokens": ["test_tokens.py"],
-    "_media_tokens": ["test_tokens.py"],
+    "_media_tokens": ["test_media_tokens.py", "test_tokens.py"],
     "_templates": ["test_templates.py", "test_templates_hf.py"],
     "_jinja": ["test_templates_hf.py", "test_templates.py"],
     "_retry": ["test_retry.py"],
@@ -175,6 +175,38 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
               "return tuple(sorted((m for m in found if m and m.strip()), key=len, reverse=False))",
           )],
         ("store_call", "raise AssertionError(None)", "unreachable: the match covers every Op"),
+    ],
+    "_media_tokens": [
+        *[("image_rule_for_model", f'model = model[3:].split(":", {n})[0]',
+           "the first piece is the same whatever the number of splits") for n in ("", "2")],
+        ("image_tokens", 'size = image_size(url) if (url.startswith("data:")) or True else None',
+         "image_size of a URL that is not a data: URL is None"),
+        ("_tiles", "if max(w, h) >= 2048:", "at exactly 2048 the scale is 2048 / 2048 = 1"),
+        ("_tiles", "if min(w, h) >= 768:", "at exactly 768 the scale is 768 / 768 = 1"),
+        *[(function, code, "int.from_bytes is big-endian by default (Python >= 3.11)")
+          for function, code in (
+              ("image_size", 'size = int.from_bytes(data[16:20], ), int.from_bytes(data[20:24], "big")'),
+              ("image_size", 'size = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], )'),
+              ("_jpeg_size", "length = int.from_bytes(data[i + 2 : i + 4], )"),
+              ("_jpeg_size", "height = int.from_bytes(data[i + 5 : i + 7], )"),
+              ("_jpeg_size", "width = int.from_bytes(data[i + 7 : i + 9], )"),
+          )],
+        *[("_webp_size", code, "the extra byte lands above the bits the mask or the two 14-bit fields keep")
+          for code in (
+              'int.from_bytes(data[26:29], "little") & 0x3FFF,',
+              'int.from_bytes(data[28:31], "little") & 0x3FFF,',
+              'bits = int.from_bytes(data[21:26], "little")',
+          )],
+        *[("_jpeg_size", code, "a frame needs i + 9 <= n, so this bound never decides a result")
+          for code in ("while i + 5 <= n:", "while i + 4 < n:")],
+        ("_jpeg_size", "if marker in (0x01, *range(0xD0, 217)):  # markers without a length",
+         "FF D8 (start of image) is at offset 0 only, before the loop starts"),
+        ("audio_tokens", 'raw = b"XXXX"', "4 bytes of audio cost 1 token, like none"),
+        *[("audio_tokens", code, "a 44-byte WAV holds no samples: 1 token either way")
+          for code in (
+              'if fmt == "wav" and raw[:4] == b"RIFF" and raw[8:12] == b"WAVE" and len(raw) > 44:',
+              'if fmt == "wav" and raw[:4] == b"RIFF" and raw[8:12] == b"WAVE" and len(raw) >= 45:',
+          )],
     ],
     "_client_stream": [
         ("_ChatChoice.__init__", "self.saw_content = None", _TRUTH),
