@@ -212,6 +212,8 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         ("_ChatChoice.__init__", "self.saw_content = None", _TRUTH),
         ("ChatAccumulator.__init__", "self.finished = None", _TRUTH),
         ("CompletionAccumulator.__init__", "self.finished = None", _TRUTH),
+        ("ChatAccumulator.add", "self.finished = None", _TRUTH),
+        ("CompletionAccumulator.add", "self.finished = None", _TRUTH),
         ("StreamCore.__init__", "self.done = None", _TRUTH),
         *[("StreamCore." + function, 'request_id=self._response.headers.get("X-REQUEST-ID"),',
            _CASELESS_HEADERS) for function in ("feed", "finish")],

@@ -215,3 +215,10 @@ def test_named_events_are_skipped_without_losing_their_neighbours() -> None:
 def test_unknown_top_level_fields_are_not_errors() -> None:
     result = chat(sse(chunk({"content": "a"}, finish="stop", provider="local")))
     assert result.choices[0].message.content == "a"
+
+
+def test_an_empty_stream_is_incomplete() -> None:
+    with pytest.raises(APIStreamError, match="ended before the response was complete"):
+        chat("")
+    with pytest.raises(APIStreamError, match="ended before the response was complete"):
+        complete(": just a keep-alive comment\n\n")
