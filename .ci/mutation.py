@@ -40,7 +40,7 @@ MIN_SCORE = 90.0
 MODULES: dict[str, list[str]] = {
     "_selection": ["test_selection.py", "test_context_edges.py", "test_context.py"],
     "_context_plan": ["test_context.py", "test_context_edges.py", "test_context_paths.py"],
-    "_tokens": ["test_tokens.py"],
+    "_tokens": ["test_tokens_rules.py", "test_tokens.py"],
     "_media_tokens": ["test_media_tokens.py", "test_tokens.py"],
     "_templates": ["test_templates.py", "test_templates_hf.py"],
     "_jinja": ["test_templates_hf.py", "test_templates.py"],
@@ -175,6 +175,15 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
               "return tuple(sorted((m for m in found if m and m.strip()), key=len, reverse=False))",
           )],
         ("store_call", "raise AssertionError(None)", "unreachable: the match covers every Op"),
+    ],
+    "_tokens": [
+        *[("TokenCounter._measure", code,
+           "_measure's exactness flag is never read (is_exact decides exactness): dead result")
+          for code in ("exact = None", "exact = False", "exact = True", "texts = 1", "texts -= 1",
+                       "texts += 2", "exact = exact or ok", "if texts >= 1:", "if texts > 2:")],
+        ("TokenCounter.request_tokens",
+         "n += measure(message if (isinstance(message, Message)) and False else _as_message(message))[0]",
+         "_as_message returns a Message as it is"),
     ],
     "_media_tokens": [
         *[("image_rule_for_model", f'model = model[3:].split(":", {n})[0]',
