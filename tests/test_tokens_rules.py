@@ -9,6 +9,7 @@ func_end once. Expected numbers here are written from that rule, not from convo'
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
@@ -72,12 +73,13 @@ def test_counters_are_shared_per_encoding_and_image_rule() -> None:
         def encode(self, text: str) -> list[int]:
             return [ord(c) for c in text]
 
-    convo.register_encoding("test_chars_cached", Chars())
-    first = TokenCounter.for_encoding("test_chars_cached")
-    assert TokenCounter.for_encoding("test_chars_cached") is first
-    assert (first.encoding_name, first.image_rule, first.count("ab")) == ("test_chars_cached", DEFAULT_IMAGE_RULE, 2)
-    mini = TokenCounter.for_model("gpt-4o-mini", encoding="test_chars_cached")
-    assert mini is TokenCounter.for_model("gpt-4o-mini", encoding="test_chars_cached")
+    name = f"test_chars_{uuid.uuid4().hex}"  # a name no earlier test cached
+    convo.register_encoding(name, Chars())
+    first = TokenCounter.for_encoding(name)
+    assert TokenCounter.for_encoding(name) is first
+    assert (first.encoding_name, first.image_rule, first.count("ab")) == (name, DEFAULT_IMAGE_RULE, 2)
+    mini = TokenCounter.for_model("gpt-4o-mini", encoding=name)
+    assert mini is TokenCounter.for_model("gpt-4o-mini", encoding=name)
     assert mini is not first and mini.image_rule.base == 2833 and mini.count("ab") == 2
 
 
@@ -147,10 +149,12 @@ def test_properties_after_a_bare_schema_are_counted() -> None:
 
 def test_enums_count_their_json_values() -> None:
     props = {"unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-             "flag": {"type": "boolean", "enum": [True, 1.5]}}
+             "flag": {"type": "boolean", "enum": [True, 1.5]},
+             "pick": {"enum": [{"name": "café"}]}}
     expected = (fn_cost() + PROP_INIT
                 + PROP_KEY + ENUM_INIT + 2 * ENUM_ITEM + C("celsius") + C("fahrenheit") + C("unit:string:")
                 + PROP_KEY + ENUM_INIT + 2 * ENUM_ITEM + C("true") + C("1.5") + C("flag:boolean:")
+                + PROP_KEY + ENUM_INIT + ENUM_ITEM + C('{"name": "caf\\u00e9"}') + C("pick::")
                 + FUNC_END)
     assert O200K.tools_tokens([tool(properties=props)]) == expected
 
@@ -161,12 +165,14 @@ def test_nested_objects_and_arrays_are_counted_by_the_same_rule() -> None:
         "tags": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}},
                                             "enum": ["x", "y"]}},
         "plain": {"type": "array", "items": {"type": "string"}},
+        "odd": {"type": "object", "properties": ["x"], "items": {"properties": ["y"]}},
     }
     expected = (fn_cost() + PROP_INIT
                 + PROP_KEY + C("place:object:") + PROP_INIT + PROP_KEY + C("city:string:") + PROP_KEY + C("zip:string:")
                 + PROP_KEY + C("tags:array:") + PROP_INIT + PROP_KEY + C("name:string:")
                 + ENUM_INIT + 2 * ENUM_ITEM + C("x") + C("y")
                 + PROP_KEY + C("plain:array:")
+                + PROP_KEY + C("odd:object:")  # properties that are not a mapping: none
                 + FUNC_END)
     assert O200K.tools_tokens([tool(properties=props)]) == expected
 
@@ -174,3 +180,4 @@ def test_nested_objects_and_arrays_are_counted_by_the_same_rule() -> None:
 def test_a_description_that_is_not_text_is_counted_as_python_writes_it() -> None:
     # str(), as the cookbook's f-string does; only enum values are written as JSON
     assert O200K.tools_tokens([tool("f", description=False)]) == fn_cost("f", "False") + FUNC_END
+    assert O200K.tools_tokens([tool("f", description=123456789)]) == fn_cost("f", "123456789") + FUNC_END
