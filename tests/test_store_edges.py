@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from convo._exceptions import ConversationNotFound, ForkConflictError
+from convo._exceptions import ConversationNotFound, ForkConflictError, StoreInputError
 
 
 def user(text: str) -> dict[str, Any]:
@@ -57,3 +57,39 @@ async def test_refusal_names_every_descendant(store):
     with pytest.raises(ForkConflictError, match=r"has 3 fork\(s\)"):
         await store.delete_conversation(root.id)
     assert store.snapshot() == before
+
+
+# --- metadata filters: JSON equality, type-exact ------------------------------------------
+
+
+async def test_metadata_filters_compare_json_values_exactly(store):
+    a = await store.create_conversation(metadata={
+        "none": None, "no": False, "n": 1, "topic": "x", "cfg": {"a": 1, "b": [1, 2]},
+        "a.b c": "q", "tags": ["a"],
+    })
+    b = await store.create_conversation(metadata={
+        "none": 0, "no": 0, "n": 2, "topic": "y", "cfg": {"a": 2}, "a.b c": "r", "tags": ["b"],
+    })
+
+    async def ids(**filters: Any) -> set[str]:
+        return {c.id for c in (await store.list_conversations(metadata=filters)).items}
+
+    assert await ids(none=None) == {a.id}
+    assert await ids(no=False) == {a.id} and await ids(no=True) == set()
+    assert await ids(n=2) == {b.id} and await ids(n=3) == set()
+    assert await ids(topic="y") == {b.id} and await ids(topic="z") == set()
+    # (same key order: SQLite compares minified text, so {"b":..., "a":...} would not match
+    # there while PostgreSQL's JSONB would: see docs/testing.md, "found by mutation testing")
+    assert await ids(cfg={"a": 1, "b": [1, 2]}) == {a.id}
+    assert await ids(cfg={"a": 3}) == set()
+    assert await ids(tags=["b"]) == {b.id} and await ids(tags=["c"]) == set()
+    assert await ids(**{"a.b c": "q"}) == {a.id}  # a key that needs quoting in a JSON path
+
+
+async def test_metadata_filters_that_are_not_json_say_so(store):
+    with pytest.raises(StoreInputError) as err:
+        await store.list_conversations(metadata={1: "x"})
+    assert str(err.value) == "metadata filter keys must be strings"
+    with pytest.raises(StoreInputError) as err:
+        await store.list_conversations(metadata={"when": {1, 2}})
+    assert str(err.value).startswith("metadata filter value for 'when' is not JSON: ")
