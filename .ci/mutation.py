@@ -130,8 +130,8 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
           )],
         *[("json_equals", code, "both backends normalize the JSON text (JSONB, SQLite's json())")
           for code in ("text = json.dumps(value, separators=None)", "text = json.dumps(value, )")],
-        *[("json_equals", code, "SQLite's JSON path has no escape for '\"': such keys never match "
-           "there either way (a known gap, docs/testing.md)")
+        *[("json_equals", code, ("SQLite's JSON path has no escape for '\"': such keys never "
+                                 "match there either way (a known gap, docs/testing.md)"))
           for code in ("path = sa.literal('$.\"' + key.replace('XX\"XX', '\\\\\"') + '\"', sa.Text)",
                        "path = sa.literal('$.\"' + key.replace('\"', 'XX\\\\\"XX') + '\"', sa.Text)")],
     ],
