@@ -388,6 +388,11 @@ def prepare(module: str, tests: list[str], workdir: Path) -> None:
         shutil.copytree(ROOT / name, workdir / name, ignore=ignore)
     for name in ("pyproject.toml", "alembic.ini"):
         shutil.copy2(ROOT / name, workdir / name)
+    # mutmut's trampolines add attributes to the classes they transform, which breaks
+    # isinstance() on runtime-checkable protocols: leave protocol classes (no logic) alone
+    source = workdir / "convo" / f"{module}.py"
+    source.write_text(re.sub(r"^(class \w+\(.*Protocol.*\):)$", r"\1  # pragma: no mutate class",
+                             source.read_text(), flags=re.MULTILINE))
     write_config(module, tests, workdir)
 
 
