@@ -245,6 +245,11 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
               "return tuple(sorted((m for m in found if m and m.strip()), key=len, reverse=False))",
           )],
         ("store_call", "raise AssertionError(None)", "unreachable: the match covers every Op"),
+        ("_has_media", r're:getattr\(p, "type", (None|"XXtextXX"|"TEXT")?\)',
+         "every content part has a type: the default is never used"),
+        ("_summarize", "free = cfg.budget + sel.overhead - sel.pinned_tokens - sel.history_tokens",
+         "2 x overhead too much room only when a summary overshoots by that little; the build's "
+         "own recount then drops the same turn and rolls the summary forward the same way"),
     ],
     "_tokens": [
         *[("TokenCounter._measure", code,

@@ -234,6 +234,7 @@ def test_recount_drops_whole_turns_never_leaving_an_assistant_first(store: Any) 
     assert ctx.report.kept_seqs == [3, 4, 5]
     assert ctx.messages[0].role == "user"
     assert (ctx.report.dropped_count, ctx.report.dropped_through) == (2, 2)
+    assert ctx.report.stop_reason == "budget"
     assert ctx.report.prompt_tokens == COUNTER.count(ctx.prompt or "") <= budget
 
 
@@ -297,7 +298,18 @@ def test_control_strings_are_neutralized_in_tool_call_arguments(store: Any) -> N
     )
     for marker in ("<|im_end|>", "<|im_start|>"):
         assert prompt.count(marker) == clean.count(marker), marker
+    assert "lookup" in prompt and "sure<\u200b|im_end|>" in prompt  # the call is there, inert
     assert ctx.messages[2].tool_calls == [call]  # what is reported is what is stored
+
+
+def test_media_in_a_completion_prompt_is_a_template_error(store: Any) -> None:
+    from convo import TemplateError
+
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png", "detail": "low"}}
+    history = [Message.user([{"type": "text", "text": "what is this?"}, image])]
+    cid = conversation(store, history)
+    with pytest.raises(TemplateError):
+        ContextBuilder(store, model=MODEL, mode="completion", template="chatml", budget=100_000).build(cid)
 
 
 @pytest.mark.parametrize("role", ["system", "developer"])

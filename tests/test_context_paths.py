@@ -242,9 +242,11 @@ def test_pages_grow_to_1024_rows_at_most(store: Any) -> None:
 @pytest.mark.parametrize(("mode", "left"), [("head", 1), ("tail", 1), ("middle", 0)])
 def test_truncation_keeps_the_right_part_and_fills_the_room(store: Any, mode: str, left: int) -> None:
     text = "start " + " ".join(f"w{k}" for k in range(300)) + " end"
+    allowed = set("startw0123456789 end…")
     cid = conversation(store, [Message.system("Be terse."), Message.user(text)])
     ctx = ContextBuilder(store, model=MODEL, budget=120, truncate=mode).build(cid)
     kept = ctx.messages[-1].text
+    assert set(kept) <= allowed  # pieces of the text, and "…" in middle mode
     assert ctx.report.budget_left == left  # one token of slack; middle spends it on "…"
     assert ctx.report.truncated is not None
     assert ctx.report.truncated.kept_tokens == COUNTER.message_tokens(ctx.messages[-1])
@@ -296,8 +298,9 @@ def test_truncation_shrinks_until_the_recounted_text_fits(store: Any, mode: str)
 
 
 def test_recount_drops_a_lone_user_message_alone(store: Any) -> None:
-    history = [Message.user("q0 " + words(120)), Message.user("q1"), Message.assistant("a1"),
-               Message.user("q2")]
+    # estimates (each text once) keep everything; the prompt (each text twice) fits 2-4
+    history = [Message.user("q0 " + words(50)), Message.user("q1 " + words(60)),
+               Message.assistant("a1 " + words(60)), Message.user("q2 " + words(60))]
     cid = conversation(store, history)
     tpl = EchoTemplate()
     budget = COUNTER.count(tpl.render(history[1:]))
@@ -386,6 +389,34 @@ class Growing(Fixed):
     def summarize(self, messages: Sequence[Any], *, previous: str | None, max_tokens: int) -> str:
         super().summarize(messages, previous=previous, max_tokens=max_tokens)
         return words(40 * len(self.calls), "talk")
+
+
+def test_a_long_system_prompt_leaves_less_room_for_the_summary(store: Any) -> None:
+    system = Message.system("Rules: " + words(150, "rule"))
+    text = "earlier " + words(60, "talk")
+    turns = _turns(6, 8)  # seqs 2-13
+    history = [system, *turns, Message.user("now")]  # seq 14
+    cid = conversation(store, history)
+    budget = chat_cost([system, *turns[-2:], history[-1]]) + summary_cost(text)
+    rec = Fixed(text)
+    ctx = ContextBuilder(store, model=MODEL, budget=budget, summarizer=rec,
+                         summary_max_tokens=5).build(cid)
+    assert ctx.report.kept_seqs == [1, 12, 13, 14] and ctx.report.budget_left == 0
+    assert len(rec.calls) == 2  # dropped what the summary needs at once, rolled forward once
+
+
+def test_a_summary_that_cannot_fit_beside_the_newest_turn_names_the_numbers(store: Any) -> None:
+    text = "earlier " + words(200, "talk")
+    cost = summary_cost(text)
+    history = [Message.system("Be terse."), *_turns(3, 8), Message.user("now " + words(20))]
+    cid = conversation(store, history)
+    budget = chat_cost([history[0], history[-1]]) + 20
+    with pytest.raises(ContextOverflowError) as err:
+        ContextBuilder(store, model=MODEL, budget=budget, summarizer=Fixed(text),
+                       summary_max_tokens=5).build(cid)
+    required = chat_cost([history[0], history[-1]]) + cost
+    assert (err.value.part, err.value.required) == ("newest", required)
+    assert str(err.value).startswith(f"the context with a {cost}-token summary needs {required} tokens")
 
 
 def test_a_summary_that_never_fits_gives_up_after_four_tries(store: Any) -> None:
