@@ -248,8 +248,8 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         ("_has_media", r're:getattr\(p, "type", (None|"XXtextXX"|"TEXT")?\)',
          "every content part has a type: the default is never used"),
         ("_summarize", "free = cfg.budget + sel.overhead - sel.pinned_tokens - sel.history_tokens",
-         "2 x overhead too much room only when a summary overshoots by that little; the build's "
-         "own recount then drops the same turn and rolls the summary forward the same way"),
+         ("2 x overhead too much room only when a summary overshoots by that little; the "
+          "build's own recount then drops the same turn and rolls the summary forward alike")),
     ],
     "_tokens": [
         *[("TokenCounter._measure", code,
@@ -481,6 +481,8 @@ def run_module(module: str, jobs: int, *, survivors: bool) -> Summary:
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         shutil.copy2(ROOT / "pyproject.toml", workdir / "pyproject.toml")
         write_config(module, tests, workdir)
+        # changed tests cover other functions now: have mutmut map tests to functions anew
+        (workdir / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
         names = [m.name for m in previous.mutants if m.status not in ("killed", "timeout")]
         if not names:
             return previous
