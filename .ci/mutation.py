@@ -396,7 +396,9 @@ def prepare(module: str, tests: list[str], workdir: Path) -> None:
     # mutmut's trampolines add attributes to the classes they transform, which breaks
     # isinstance() on runtime-checkable protocols: leave protocol classes (no logic) alone
     source = workdir / "convo" / f"{module}.py"
-    source.write_text(re.sub(r"^(class \w+\(.*Protocol.*\):)$", r"\1  # pragma: no mutate class",
+    source.write_text(re.sub(r"^((@runtime_checkable\n)?)(class \w+\(.*Protocol.*\):)$",
+                             lambda m: (m[1].rstrip("\n") + "  # pragma: no mutate block\n" if m[1] else "")
+                             + m[3] + "  # pragma: no mutate block",
                              source.read_text(), flags=re.MULTILINE))
     write_config(module, tests, workdir)
 
