@@ -45,7 +45,7 @@ MODULES: dict[str, list[str]] = {
     "_tokens": ["test_tokens_rules.py", "test_tokens.py"],
     "_media_tokens": ["test_media_tokens.py", "test_tokens.py"],
     "_templates": ["test_templates.py", "test_templates_hf.py"],
-    "_jinja": ["test_templates_hf.py", "test_templates.py"],
+    "_jinja": ["test_jinja_config.py", "test_templates_hf.py", "test_templates.py"],
     "_retry": ["test_retry.py"],
     "_sse": ["test_sse.py", "test_client_stream.py"],
     "_client_stream": ["test_stream_assembly.py", "test_client_stream.py"],
@@ -122,6 +122,13 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "joining one line gives that line"),
         ("SSEDecoder._field", "if line[0] == 59:  # \":\" starts a comment (servers send them as keep-alives)",
          "a ';' line skipped as a comment names no known field: it is ignored either way"),
+    ],
+    "_jinja": [
+        *[("JinjaChatTemplate.from_tokenizer_config", code, "codec names are case-insensitive")
+          for code in ('data = json.loads(path.read_text(encoding="UTF-8"))',
+                       'raw = (base_dir / "chat_template.jinja").read_text(encoding="UTF-8")')],
+        ("JinjaChatTemplate.from_tokenizer_config", 'base_dir: Path | None = ""',
+         "always set before it is read when a path is given; with a mapping, '' and None are falsy"),
     ],
     "_store_core": [
         ("*", r're:yield Op\(.*, (None|"XXnoneXX"|"NONE")\)$',
