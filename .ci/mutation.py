@@ -44,7 +44,7 @@ MODULES: dict[str, list[str]] = {
     "_context_plan": ["test_context.py", "test_context_edges.py", "test_context_paths.py"],
     "_tokens": ["test_tokens_rules.py", "test_tokens.py"],
     "_media_tokens": ["test_media_tokens.py", "test_tokens.py"],
-    "_templates": ["test_templates.py", "test_templates_hf.py"],
+    "_templates": ["test_templates_edges.py", "test_templates.py", "test_templates_hf.py"],
     "_jinja": ["test_jinja_config.py", "test_templates_hf.py", "test_templates.py"],
     "_retry": ["test_retry.py"],
     "_sse": ["test_sse.py", "test_client_stream.py"],
@@ -122,6 +122,26 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "joining one line gives that line"),
         ("SSEDecoder._field", "if line[0] == 59:  # \":\" starts a comment (servers send them as keep-alives)",
          "a ';' line skipped as a comment names no known field: it is ignored either way"),
+    ],
+    "_templates": [
+        *[(f"_{cls}.render", "add_generation_prompt: bool = False,",
+           "[INST] formats end on [/INST] whatever add_generation_prompt says")
+          for cls in ("Llama2", "Mistral")],
+        ("_Builtin.render", "add_generation_prompt: bool = False,",
+         "an abstract method every template overrides: its default is never used"),
+        *[(f"_{cls}.render", "start = None", "messages[None:] is messages[0:]", "start = 0")
+          for cls in ("Transcript", "Llama3")],
+        ("_Transcript.render",
+         "lines = [self._text(m)] if (m.content is not None or m.refusal) or True else []",
+         "empty lines are dropped when the lines are joined"),
+        ("_Llama3.render", 'system: str | None = ""', "_join treats '' and None alike"),
+        *[("_Inst._turns", f"turns = [(s, \"\\n\\n\".join(t)) for s, t in zip(sides, texts, {arg})]",
+           "both lists have one entry per turn by construction")
+          for arg in ("strict=None", "", "strict=False")],
+        *[("_tool_names", code, "building the call-id -> name map when no tool message needs it changes nothing")
+          for code in ('if any(m.role == "tool" or not m.name for m in messages):',
+                       'if any(m.role != "tool" and not m.name for m in messages):')],
+        ("get_template", 'source = path.read_text(encoding="UTF-8")', "codec names are case-insensitive"),
     ],
     "_jinja": [
         *[("JinjaChatTemplate.from_tokenizer_config", code, "codec names are case-insensitive")
