@@ -154,3 +154,24 @@ def test_tool_results_are_named_after_their_call_and_parts_become_text() -> None
                 Message.assistant(tool_calls=[call]), Message.tool("r", tool_call_id="call_1"),
                 Message.tool("orphan", tool_call_id="call_9")]
     assert tpl.render(messages, add_generation_prompt=False) == "[user]a\nb[assistant][tool:lookup]r[tool]orphan"
+
+
+def test_documents_and_the_generation_prompt_reach_every_template() -> None:
+    docs = "{% for d in documents or [] %}<{{ d.title }}>{% endfor %}{% if add_generation_prompt %}+{% endif %}"
+    tpl = JinjaChatTemplate(docs)
+    assert tpl.render(HI, documents=[{"title": "a"}]) == "<a>+"
+    assert tpl.render_dicts([{"role": "user", "content": "hi"}]) == "+"  # on by default
+    config = {"chat_template": [{"name": "default", "template": ECHO},
+                                {"name": "tool_use", "template": "T" + docs}]}
+    switched = JinjaChatTemplate.from_tokenizer_config(config)
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    assert switched.render(HI, tools=tools, documents=[{"title": "b"}]) == "T<b>+"
+
+
+def test_a_failing_tool_use_template_is_named_as_such() -> None:
+    config = {"chat_template": [{"name": "default", "template": ECHO},
+                                {"name": "tool_use", "template": "{{ raise_exception('no tools here') }}"}]}
+    tpl = JinjaChatTemplate.from_tokenizer_config(config, name="cfg")
+    with pytest.raises(TemplateError) as err:
+        tpl.render(HI, tools=[{"type": "function", "function": {"name": "f"}}])
+    assert str(err.value) == "chat template 'cfg:tool_use' failed at line 1: no tools here"
