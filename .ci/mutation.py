@@ -142,6 +142,10 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
           for code in ('if any(m.role == "tool" or not m.name for m in messages):',
                        'if any(m.role != "tool" and not m.name for m in messages):')],
         ("get_template", 'source = path.read_text(encoding="UTF-8")', "codec names are case-insensitive"),
+        ("get_template", "source = path.read_text(encoding=None)",
+         "the machine's locale encoding is UTF-8 here (not killable on such a machine)"),
+        ("*", "re:ensure_ascii=None\\)", "json.dumps tests ensure_ascii for truth: None and False alike"),
+        ("_tool_name", 'call_id = m.tool_call_id or "XXXX"', "a tool message always has a tool_call_id"),
     ],
     "_jinja": [
         *[("JinjaChatTemplate.from_tokenizer_config", code, "codec names are case-insensitive")

@@ -46,12 +46,19 @@ def test_transcript_tools_without_a_system_prompt_open_with_a_system_block() -> 
 
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("role", ["system", "developer"])
-def test_a_leading_system_or_developer_prompt_is_the_system_prompt(name: str, role: str) -> None:
+@pytest.mark.parametrize("tools", [None, TOOLS], ids=["no-tools", "tools"])
+def test_a_leading_system_or_developer_prompt_is_the_system_prompt(
+    name: str, role: str, tools: list[dict[str, object]] | None
+) -> None:
     tpl = get_template(name)
-    prompt = tpl.render([Message(role=role, content="RULES"), Message.user("u")])
+    prompt = tpl.render([Message(role=role, content="RULES"), Message.user("u")], tools=tools)
     assert prompt.count("RULES") == 1
-    user_only = tpl.render([Message.user("u")])
-    with_system = tpl.render([Message.system("RULES"), Message.user("u")])
+    if name == "transcript":
+        assert prompt.count("System:") == 1
+    if name in ("chatml", "llama3"):
+        assert prompt.count("system") == 1  # one system turn, tools included
+    user_only = tpl.render([Message.user("u")], tools=tools)
+    with_system = tpl.render([Message.system("RULES"), Message.user("u")], tools=tools)
     assert prompt == with_system != user_only
     assert prompt.index("RULES") < prompt.index("u", prompt.index("RULES"))
 
@@ -85,6 +92,7 @@ def test_text_and_tool_calls_of_one_reply_are_on_separate_lines(name: str) -> No
 def test_an_empty_conversation_renders(name: str) -> None:
     tpl = get_template(name)
     assert tpl.render([]) == tpl.render([], add_generation_prompt=True)
+    assert "first_tool" in tpl.render([], tools=TOOLS)
 
 
 def test_chatml_wraps_consecutive_tool_results_once() -> None:
@@ -97,6 +105,9 @@ def test_chatml_wraps_consecutive_tool_results_once() -> None:
     lone = tpl.render([Message.tool("r0", tool_call_id="x"), Message.tool("r1", tool_call_id="x")],
                       add_generation_prompt=False)
     assert lone.count("<|im_start|>user") == 1 and lone.count("<|im_end|>") == 1
+    first = tpl.render([Message.tool("r0", tool_call_id="x"), Message.tool("r1", tool_call_id="x"),
+                        Message.user("u")], add_generation_prompt=False)
+    assert first.count("<|im_start|>user") == 2  # the two results, then the user's turn
 
 
 def test_a_tool_result_without_its_call_is_labelled_with_its_id() -> None:
