@@ -298,9 +298,12 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
            "_measure's exactness flag is never read (is_exact decides exactness): dead result")
           for code in ("exact = None", "exact = False", "exact = True", "texts = 1", "texts -= 1",
                        "texts += 2", "exact = exact or ok", "if texts >= 1:", "if texts > 2:")],
-        *[("TokenCounter._cached", code, "the unlocked read is a fast path: the locked path finds the same counter")
-          for code in ("counter = None", "counter = _counters.get(None)")
-          ][:0],
+        ("TokenCounter._cached", "counter = None",
+         "the unlocked read is a fast path (the locked one finds the same counter); the locked "
+         "re-read matters only when two threads race on a key's first counter"),
+        ("TokenCounter._cached", "counter = _counters.get(None)",
+         "the unlocked read is a fast path (the locked one finds the same counter); the locked "
+         "re-read matters only when two threads race on a key's first counter"),
         ("TokenCounter.request_tokens",
          "n += measure(message if (isinstance(message, Message)) and False else _as_message(message))[0]",
          "_as_message returns a Message as it is"),
@@ -598,15 +601,16 @@ def print_survivors(summary: Summary) -> None:
 
 def table(summaries: list[Summary]) -> str:
     rows = [
-        "| module | test files | mutants | equivalent | killed (+timeout) | not killed | score |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| module | test files | mutants | equivalent | killed (+timeout) | not killed | score | run on |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for s in summaries:
         real = s.total - s.equivalent
         done = s.killed + s.timeout
         rows.append(
             f"| `{s.module}` | {', '.join(s.tests)} | {s.total} | {s.equivalent} | "
-            f"{s.killed} (+{s.timeout}) | {real - done} | {done}/{real} = {s.score:.1f}% |"
+            f"{s.killed} (+{s.timeout}) | {real - done} | {done}/{real} = {s.score:.1f}% | "
+            f"{s.date} `{s.commit}` |"
         )
     return "\n".join(rows)
 
