@@ -61,6 +61,10 @@ _REDUNDANT_KEY_CHECK = (
     "safety net): either one alone returns the stored message"
 )
 _RACE = "only a concurrent fork or delete between two statements reaches it: no deterministic test"
+_DOUBLE_CHECK = (
+    "the unlocked read is a fast path (the locked one finds the same counter); the locked "
+    "re-read matters only when two threads race on a key's first counter"
+)
 _TRUTH = "only tested for truth: None and False alike"
 _UNREPORTED_REASON = (
     "a stop reason given with nothing dropped is never reported: result() says "
@@ -298,12 +302,8 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
            "_measure's exactness flag is never read (is_exact decides exactness): dead result")
           for code in ("exact = None", "exact = False", "exact = True", "texts = 1", "texts -= 1",
                        "texts += 2", "exact = exact or ok", "if texts >= 1:", "if texts > 2:")],
-        ("TokenCounter._cached", "counter = None",
-         "the unlocked read is a fast path (the locked one finds the same counter); the locked "
-         "re-read matters only when two threads race on a key's first counter"),
-        ("TokenCounter._cached", "counter = _counters.get(None)",
-         "the unlocked read is a fast path (the locked one finds the same counter); the locked "
-         "re-read matters only when two threads race on a key's first counter"),
+        *[("TokenCounter._cached", code, _DOUBLE_CHECK)
+          for code in ("counter = None", "counter = _counters.get(None)")],
         ("TokenCounter.request_tokens",
          "n += measure(message if (isinstance(message, Message)) and False else _as_message(message))[0]",
          "_as_message returns a Message as it is"),
