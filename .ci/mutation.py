@@ -616,12 +616,20 @@ def table(summaries: list[Summary]) -> str:
 
 
 def equivalents_markdown(summaries: list[Summary]) -> str:
+    """The equivalent mutants, per module and reason: ``function: mutated line`` each."""
     lines = []
     for s in summaries:
+        by_reason: dict[str, list[str]] = {}
         for m in s.mutants:
             if m.equivalent:
                 added = " / ".join(line[1:].strip() for line in m.diff if line.startswith("+"))
-                lines.append(f"- `{s.module}` `{m.function}`: `{added}`: {m.equivalent}")
+                by_reason.setdefault(m.equivalent, []).append(
+                    f"`{m.function}`: `{added or '(line deleted)'}`")
+        if not by_reason:
+            continue
+        lines.append(f"- `{s.module}` ({sum(map(len, by_reason.values()))}):")
+        for reason, mutants in by_reason.items():
+            lines.append(f"  - {reason} ({len(mutants)}): " + "; ".join(mutants))
     return "\n".join(lines)
 
 
