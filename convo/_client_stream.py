@@ -125,6 +125,7 @@ class ChatAccumulator:
             acc = self._choices.get(choice.index)
             if acc is None:
                 acc = self._choices[choice.index] = _ChatChoice()
+                self.finished = False  # a choice that starts now has not finished
             delta = choice.delta
             if delta.role:
                 acc.role = delta.role
@@ -223,6 +224,7 @@ class CompletionAccumulator:
             acc = self._choices.get(choice.index)
             if acc is None:
                 acc = self._choices[choice.index] = _TextChoice()
+                self.finished = False  # a choice that starts now has not finished
             if choice.text:
                 acc.text.append(choice.text)
             lp = choice.logprobs

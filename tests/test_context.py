@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from convo import (
@@ -105,7 +105,22 @@ def _check(ctx: Any, store: Any, conv_id: str, budget: int) -> None:
     assert rep.budget_left == budget - rep.prompt_tokens
 
 
+def _call(call_id: str) -> Message:
+    return Message.assistant(tool_calls=[ToolCall(id=call_id, function=FunctionCall(name="lookup", arguments='{"q": "0"}'))])
+
+
+# Found by hypothesis against a mutant whose recount (completion mode, estimates too low)
+# cut the window to an assistant message; random runs found it only sometimes.
+RECOUNT_CUTS_WHOLE_TURNS = [
+    (Message.user("?"), True), (Message.assistant("?"), True), (Message.developer("Be precise. ?"), False),
+    (Message.user("?"), True), (_call("call_1_0_0"), False), (Message.tool("?", tool_call_id="call_1_0_0"), False),
+    (_call("call_1_1_0"), False), (Message.tool("?", tool_call_id="call_1_1_0"), False),
+    (Message.developer("Be precise. ?"), False), (Message.user("?"), True), (Message.user("?"), False),
+]
+
+
 @settings(max_examples=int(__import__("os").environ.get("CONVO_PROP_EXAMPLES", "80")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(history=RECOUNT_CUTS_WHOLE_TURNS, budget=211, mode="completion", template="chatml", fork=None, summarize=False)
 @given(
     history=histories(),
     budget=st.integers(60, 2500),

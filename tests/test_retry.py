@@ -115,3 +115,47 @@ def test_parse_retry_after_absent_and_forms() -> None:
 )
 def test_should_retry_status(status: int, headers: dict[str, str], expected: bool) -> None:
     assert should_retry_status(status, httpx.Headers(headers)) is expected
+
+
+# The documented numbers themselves (docs/client.md, OpenAI's SDK): 0.5 s doubling, capped
+# at 8 s, minus up to 25% jitter. Literals on purpose: a test that compares against the
+# constants cannot notice the constants changing.
+DOCUMENTED_BACKOFF = [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+
+
+def test_backoff_follows_the_documented_numbers() -> None:
+    assert [backoff_delay(n, rand=no_jitter) for n in range(7)] == DOCUMENTED_BACKOFF
+    assert backoff_delay(1000, rand=no_jitter) == 8.0
+    assert [backoff_delay(n, rand=full_jitter) for n in range(7)] == pytest.approx(
+        [0.75 * d for d in DOCUMENTED_BACKOFF]
+    )
+    assert backoff_delay(2, rand=lambda: 0.5) == pytest.approx(2.0 * 0.875)
+    assert (INITIAL_RETRY_DELAY, MAX_RETRY_DELAY, RETRY_JITTER, MAX_RETRY_AFTER) == (0.5, 8.0, 0.25, 60.0)
+
+
+def test_the_client_sleeps_the_documented_backoff() -> None:
+    from convo import InternalServerError, Message, OpenAIClient
+    from convo.testing import FakeBackend
+
+    fake = FakeBackend()
+    for _ in range(7):
+        fake.fail(500)
+    sleeps: list[float] = []
+    client = OpenAIClient(base_url="http://fake/v1", api_key="k", transport=fake.transport(),
+                          max_retries=6, sleep=sleeps.append)
+    with client, pytest.raises(InternalServerError):
+        client.chat(model="gpt-4o-mini", messages=[Message.user("hi")])
+    assert len(sleeps) == 6 and len(fake.requests) == 7
+    for slept, documented in zip(sleeps, DOCUMENTED_BACKOFF, strict=False):
+        assert 0.75 * documented <= slept <= documented
+
+
+def test_http_date_retry_after_is_measured_from_the_clock_by_default() -> None:
+    # Without ``now`` the wait is the date minus the current time: a date 30 s ahead
+    # (formatted to the second) reads as at most 30 s, and more than 0 unless the
+    # machine stalls for half a minute between the two lines.
+    import time
+
+    ahead = email.utils.formatdate(time.time() + 30, usegmt=True)
+    wait = parse_retry_after(httpx.Headers({"retry-after": ahead}))
+    assert wait is not None and 0.0 < wait <= 30.0

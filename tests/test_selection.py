@@ -190,3 +190,43 @@ def test_reads_only_the_pages_it_needs() -> None:
     res = _run(items, set(), 16, budget=1000, overhead=3)
     assert res.rows_read <= 16
     assert len(res.window) == 8 and res.dropped_count == 1000 - 8
+
+
+def _turns(*costs: int) -> list[Item]:
+    """user, assistant, user, ... with these costs, seqs from 1."""
+    roles = ["user", "assistant"]
+    return [Item(Message(role=roles[k % 2], content=f"m{k}"), k + 1, c) for k, c in enumerate(costs)]
+
+
+def test_an_orphan_tool_result_before_the_first_user_message_is_dropped() -> None:
+    items = [Item(Message.tool("r", tool_call_id="c1"), 1, 5), Item(Message.user("u"), 2, 5)]
+    res = _run(items, set(), 8, budget=100, overhead=3)
+    assert [i.seq for i in res.window] == [2]
+    assert (res.dropped_count, res.dropped_through, res.stop_reason) == (1, 1, "history exhausted")
+
+
+def test_result_is_only_available_once_selection_is_done() -> None:
+    sel = Selector(budget=100, overhead=3, pinned=[])
+    assert sel.done is False
+    with pytest.raises(RuntimeError, match=r"^selection is not finished: feed more pages$"):
+        sel.result()
+    sel.feed(_turns(5), exhausted=True)
+    assert sel.done is True and sel.result().truncation is None
+
+
+def test_the_summary_reserve_is_zero_by_default_and_reported_when_used() -> None:
+    items = _turns(15, 10, 10, 10, 10)
+    # seqs 3-5 fit exactly: with no reserve asked for, nothing is held back
+    res = _run(items, set(), 8, budget=33, overhead=3)
+    assert [i.seq for i in res.window] == [3, 4, 5] and res.summary_reserve == 0
+    res = _run(items, set(), 8, budget=53, overhead=3, summary_reserve=20)
+    assert [i.seq for i in res.window] == [3, 4, 5] and res.summary_reserve == 20
+    res = _run(items, set(), 8, budget=1000, overhead=3, summary_reserve=20)
+    assert res.dropped_count == 0 and res.summary_reserve == 0  # nothing to summarize
+
+
+def test_truncation_needs_a_truncator() -> None:
+    items = [Item(Message.user("x" * 100), 1, 500)]
+    with pytest.raises(ContextOverflowError) as err:
+        _run(items, set(), 8, budget=100, overhead=3, truncate="head")
+    assert err.value.part == "newest"

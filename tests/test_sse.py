@@ -245,3 +245,25 @@ def test_split_anywhere_with_a_limit() -> None:
         decoder = SSEDecoder(max_event_bytes=biggest + 8)
         got = decoder.feed(RECORDED[:i]) + decoder.feed(RECORDED[i:]) + decoder.flush()
         assert got == EXPECTED, f"split at {i}"
+
+
+def test_flush_dispatches_an_unterminated_event_with_all_its_fields() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"event: note\nid: 9\nretry: 20\ndata: one\ndata: two\n") == []
+    assert decoder.flush() == [ServerSentEvent(data="one\ntwo", event="note", id="9", retry=20)]
+    assert decoder.feed(b"data: alone\n") == [] and decoder.flush() == [
+        ServerSentEvent(data="alone", id="9")]
+
+
+@pytest.mark.parametrize("ending", [b"", b"data: cut", b"event: x\n", b"data: half\r"])
+def test_a_decoder_is_clean_after_flush(ending: bytes) -> None:
+    # whatever a stream left behind, the next one starts from nothing (the id stays)
+    decoder = SSEDecoder()
+    decoder.feed(b"id: 1\n\n" + ending)
+    decoder.flush()
+    assert decoder.feed(b"data: next\n\n") == [ServerSentEvent(data="next", id="1")]
+
+
+def test_a_bare_colon_is_a_comment() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b":\ndata: x\n:\n\n") == [ServerSentEvent(data="x")]

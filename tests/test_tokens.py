@@ -503,6 +503,26 @@ def test_tools_edge_cases() -> None:
     assert TokenCounter.for_model("gpt-4").tools_tokens(minimal) == 10 + c.count("ping:") + 12
 
 
+def test_tools_rule_drops_one_trailing_period_of_descriptions() -> None:
+    # The cookbook's rule counts "name:description" with the description's final "."
+    # removed, for the function and for each property alike.
+    c = TokenCounter.for_model("gpt-4o")
+
+    def tool(fn_desc: str, prop_desc: str) -> list[dict[str, Any]]:
+        prop = {"type": "string", "description": prop_desc}
+        params = {"type": "object", "properties": {"q": prop}}
+        return [{"type": "function", "function": {"name": "lookup", "description": fn_desc,
+                                                  "parameters": params}}]
+
+    base = c.tools_tokens(tool("Look a word up", "The word"))
+    assert c.tools_tokens(tool("Look a word up.", "The word")) == base
+    assert c.tools_tokens(tool("Look a word up", "The word.")) == base
+    assert base == 7 + c.count("lookup:Look a word up") + 3 + 3 + c.count("q:string:The word") + 12
+    # only one period goes, and only at the end
+    assert c.tools_tokens(tool("Look a word up..", "The word")) > base
+    assert c.tools_tokens(tool("Look. A word up", "The word")) > base
+
+
 # --- model -> encoding ---------------------------------------------------------------------
 
 

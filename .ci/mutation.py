@@ -1,0 +1,678 @@
+"""Mutation testing of convo's core modules with mutmut, one module at a time.
+
+Run it through ``.ci/mutation`` (see docs/testing.md, "Mutation testing"):
+
+    .ci/mutation                     # every module of MODULES, one after the other
+    .ci/mutation _selection _retry   # some of them
+    .ci/mutation --list              # the modules and the test files each is run against
+    .ci/mutation --report            # the table of the last runs (build/mutation/*/summary.json)
+    .ci/mutation --survivors _retry  # after adding tests: re-run only the last run's survivors
+
+Each module is mutated in a scratch copy of the working tree (``build/mutation/<module>/``)
+and every mutant is run against the module's own fast test files only, on SQLite only
+(``-k "not postgresql"``: the parametrized PostgreSQL cases start a server, too slow to
+repeat per mutant; the default test run covers PostgreSQL), except the modules in
+WITH_POSTGRESQL, whose dialect-specific SQL only PostgreSQL runs. Hypothesis runs with a fixed
+seed so two runs of the same code report the same numbers.
+
+Score = killed / (mutants - equivalent). A timeout (the mutant loops forever) counts as
+killed. Mutants that no mapped test reaches count as not killed. Equivalent mutants (no
+test could tell them apart from the code) are listed in EQUIVALENT with a reason each,
+keyed by the function and the mutated line, so they survive renumbering.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "build" / "mutation"
+MIN_SCORE = 90.0
+
+#: module -> the test files its mutants run against (fast ones, the module's own)
+MODULES: dict[str, list[str]] = {
+    "_selection": ["test_selection.py", "test_context_edges.py", "test_context.py"],
+    "_context_plan": ["test_context.py", "test_context_edges.py", "test_context_paths.py"],
+    "_tokens": ["test_tokens_rules.py", "test_tokens.py"],
+    "_media_tokens": ["test_media_tokens.py", "test_tokens.py"],
+    "_templates": ["test_templates_edges.py", "test_templates.py", "test_templates_hf.py"],
+    "_jinja": ["test_jinja_config.py", "test_templates_hf.py", "test_templates.py"],
+    "_retry": ["test_retry.py"],
+    "_sse": ["test_sse.py", "test_client_stream.py"],
+    "_client_stream": ["test_stream_assembly.py", "test_client_stream.py"],
+    "_client_errors": ["test_client_errors.py", "test_client.py", "test_client_stream.py"],
+    "_store_core": ["test_store.py", "test_store_fork.py", "test_store_edges.py",
+                    "test_context_edges.py"],
+    "_store_sql": ["test_store.py", "test_store_fork.py", "test_store_edges.py"],
+}
+
+_CASELESS_HEADERS = "httpx.Headers are case-insensitive"
+_REDUNDANT_KEY_CHECK = (
+    "the two idempotency checks cover for each other (the key lookup, and the unique-key "
+    "safety net): either one alone returns the stored message"
+)
+_RACE = "only a concurrent fork or delete between two statements reaches it: no deterministic test"
+_DOUBLE_CHECK = (
+    "the unlocked read is a fast path (the locked one finds the same counter); the locked "
+    "re-read matters only when two threads race on a key's first counter"
+)
+_TRUTH = "only tested for truth: None and False alike"
+_UNREPORTED_REASON = (
+    "a stop reason given with nothing dropped is never reported: result() says "
+    "'history exhausted' whenever dropped_count is 0"
+)
+
+#: modules whose mutants also run the PostgreSQL cases (dialect-specific SQL); each forked
+#: test run then starts its own pgserver, a few seconds a mutant, so only where it matters
+WITH_POSTGRESQL = {"_store_sql", "_store_core"}
+
+#: module -> [(function, mutated line as mutmut writes it, why no test can tell[, original line])]
+EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
+    "_selection": [
+        ("Selector.__init__", "self._have_current = None",
+         "only read as `not self._have_current`: None and False alike"),
+        ("Selector.__init__", 'self._oldest_seen: int | None = ""',
+         "_oldest_seen is written, never read (dead state)"),
+        ("Selector.feed", "self._oldest_seen = None",
+         "_oldest_seen is written, never read (dead state)"),
+        ("Selector.__init__", 'self._dropped_through: int | None = ""',
+         "never read before _finish sets it: result() needs done, and only _finish sets done"),
+        *[("Selector.feed", f"self._finish(None, {reason})", _UNREPORTED_REASON)
+          for reason in ("None", '"XXhistory exhaustedXX"', '"HISTORY EXHAUSTED"')],
+        ("Selector._starts_history",
+         "return sum(1 for s in self._pinned_seqs if s <= first) == first - 1",
+         "first is a seq of the turn, never pinned (feed skips pinned seqs): s == first never counts"),
+        ("Selector._keep_current", "turn.items[0] = Item(msg, user.seq, cost, )",
+         "Item.exact defaults to True, and only str content is truncated, whose count is always exact"),
+        ("Selector._keep_current", "turn.cost = rest - cost",
+         "after truncating, selection finishes at once: turn.cost feeds only counters nothing reads"),
+        ("Selector._keep_current",
+         'self._finish(user.seq - 1 if (user.seq > 1) or True else None, "budget")',
+         "for user seq 1 it gives dropped_through 0: no seq <= 0, so dropped_count 0, reported as None"),
+        ("Selector._keep_current",
+         'self._finish(user.seq - 1 if user.seq >= 1 else None, "budget")',
+         "for user seq 1 it gives dropped_through 0: no seq <= 0, so dropped_count 0, reported as None"),
+    ],
+    "_sse": [
+        *[(f"SSEDecoder.{function}", code, "only tested for truth: None and the empty value alike")
+          for function, code in [
+              ("__init__", "self._pending = None"), ("feed", "self._pending = None"),
+              ("flush", "self._pending = None"), ("__init__", "self._skip_lf = None"),
+              ("feed", "self._skip_lf = None"), ("flush", "self._skip_lf = None"),
+          ]],
+        *[(f"SSEDecoder.{function}", "self._skip_lf = True",
+           "a dropped leading \\n is a blank line before any data: it dispatches nothing either way")
+          for function in ("__init__", "flush")],
+        *[("SSEDecoder.feed", f'if line[:{n}] == b"{prefix}":',
+           "only skips the fast path: _field parses 'data: ...' lines the same way")
+          for n, prefix in [(7, "data: "), (6, "XXdata: XX"), (6, "DATA: ")]],
+        ("SSEDecoder.feed", 'data.append(line[6:].decode("UTF-8"))', "codec names are case-insensitive"),
+        *[("SSEDecoder._field", f'{target} = value.decode("UTF-8")', "codec names are case-insensitive")
+          for target in ("self._event", "self._last_id")],
+        ("SSEDecoder._field", 'self._data.append(value.decode("UTF-8"))',
+         "codec names are case-insensitive"),
+        ("SSEDecoder.feed", 'data[0] if (len(data) == 1) and False else "\\n".join(data),',
+         "joining one line gives that line"),
+        ("SSEDecoder._dispatch", 'data=data[0] if (len(data) == 1) and False else "\\n".join(data),',
+         "joining one line gives that line"),
+        ("SSEDecoder._field", "if line[0] == 59:  # \":\" starts a comment (servers send them as keep-alives)",
+         "a ';' line skipped as a comment names no known field: it is ignored either way"),
+    ],
+    "_templates": [
+        *[(f"_{cls}.render", "add_generation_prompt: bool = False,",
+           "[INST] formats end on [/INST] whatever add_generation_prompt says")
+          for cls in ("Llama2", "Mistral")],
+        ("_Builtin.render", "add_generation_prompt: bool = False,",
+         "an abstract method every template overrides: its default is never used"),
+        *[(f"_{cls}.render", "start = None", "messages[None:] is messages[0:]", "start = 0")
+          for cls in ("Transcript", "Llama3")],
+        ("_Transcript.render",
+         "lines = [self._text(m)] if (m.content is not None or m.refusal) or True else []",
+         "empty lines are dropped when the lines are joined"),
+        ("_Llama3.render", 'system: str | None = ""', "_join treats '' and None alike"),
+        *[("_Inst._turns", f"turns = [(s, \"\\n\\n\".join(t)) for s, t in zip(sides, texts, {arg})]",
+           "both lists have one entry per turn by construction")
+          for arg in ("strict=None", "", "strict=False")],
+        *[("_tool_names", code, "building the call-id -> name map when no tool message needs it changes nothing")
+          for code in ('if any(m.role == "tool" or not m.name for m in messages):',
+                       'if any(m.role != "tool" and not m.name for m in messages):')],
+        ("get_template", 'source = path.read_text(encoding="UTF-8")', "codec names are case-insensitive"),
+        ("get_template", "source = path.read_text(encoding=None)",
+         "the machine's locale encoding is UTF-8 here (not killable on such a machine)"),
+        ("*", "re:ensure_ascii=None\\)", "json.dumps tests ensure_ascii for truth: None and False alike"),
+        ("_tool_name", 'call_id = m.tool_call_id or "XXXX"', "a tool message always has a tool_call_id"),
+    ],
+    "_jinja": [
+        *[("JinjaChatTemplate.from_tokenizer_config", code, "codec names are case-insensitive")
+          for code in ('data = json.loads(path.read_text(encoding="UTF-8"))',
+                       'raw = (base_dir / "chat_template.jinja").read_text(encoding="UTF-8")')],
+        *[("JinjaChatTemplate.from_tokenizer_config", code,
+           "the machine's locale encoding is UTF-8 here (not killable on such a machine)")
+          for code in ('data = json.loads(path.read_text(encoding=None))',
+                       'raw = (base_dir / "chat_template.jinja").read_text(encoding=None)')],
+        *[("JinjaChatTemplate.from_tokenizer_config", code,
+           "the tool_use template's stop is never read: only its render is used", "stop=template.stop,")
+          for code in ("stop=None,", "")],
+        ("template_messages", 'found = names.get(m.tool_call_id or "XXXX")',
+         "a tool message always has a tool_call_id"),
+        ("derive_stop", 'def derive_stop(source: str, eos_token: str = "XXXX") -> tuple[str, ...]:',
+         "every caller passes eos_token"),
+        ("JinjaChatTemplate.from_tokenizer_config", 'base_dir: Path | None = ""',
+         "always set before it is read when a path is given; with a mapping, '' and None are falsy"),
+    ],
+    "_store_core": [
+        ("*", r're:yield Op\(.*, (None|"XXnoneXX"|"NONE")\)$',
+         "a statement whose result is not read: every unknown fetch mode returns None"),
+        ("*", r"re:driver=(None|False)\)|(\{\"cid\": conversation_id\}|params), \)+$",
+         "the DBAPI fast path is an optimization: SQLAlchemy rows read by position the same"),
+        ("list_conversations", r"re:sa\.literal\((stamp|last_id), (None)?\)",
+         "SQLAlchemy infers the type from the value"),
+        ("list_conversations", r"re:\.limit\((None|limit \+ 2)\)$",
+         "reading one more row (or all) gives the same page and cursor"),
+        ("get_message", r"re:limit=(None|2), newest_first=False|limit=1, newest_first=(None|True)",
+         "the range seq - 1 < s < seq + 1 holds one row at most"),
+        ("messages", "lineage, after=None, before=None, limit=None, newest_first=None,",
+         "None and False alike"),
+        ("_read_segments", "if hi < lo:", "a segment with hi == lo reads no rows either way"),
+        ("append_many", r"re:parse_message\(m if \(isinstance\(m, Message\)\) (and False|or True)",
+         "parse_message gives an equal Message from a Message or from its fields"),
+        ("append", r"re:parse_message\(message if \(isinstance\(message, Message\)\) (and False|or True)",
+         "parse_message gives an equal Message from a Message or from its fields"),
+        ("append_many", r"re:zip\(msgs, rows, ids, (strict=(None|False))?\)",
+         "the three lists have the same length by construction"),
+        ("append", r"re:^existing = ", _REDUNDANT_KEY_CHECK),
+        ("append", "if idempotency_key is None:", _REDUNDANT_KEY_CHECK, "if idempotency_key is not None:"),
+        ("append", "if idempotency_key is not None:", _REDUNDANT_KEY_CHECK, "if idempotency_key is None:"),
+        ("append", "if existing is not None:", _REDUNDANT_KEY_CHECK, "if existing is None:"),
+        ("append", "return message_from_row(None)", _REDUNDANT_KEY_CHECK),
+        ("delete_conversation", r're:\.cte\((None, |"XXtreeXX", |"TREE", )?recursive=True\)',
+         "the CTE's name is not observable"),
+        ("delete_conversation", r"re:join\(tree, (None)?\)",
+         "SQLAlchemy infers the same join from the parent_id foreign key"),
+        ("search", r"re:stmt\.join\(C, (None)?\)",
+         "SQLAlchemy infers the same join from the conversation_id foreign key"),
+        ("search", "(M.c.conversation_id == cid) & (M.c.seq >= lo) & (M.c.seq <= hi)",
+         "lo is 0 or a fork point, and a conversation's own rows start after its fork point"),
+        ("delete_conversation", "None", _RACE),
+        ("fork", r"re:raise ConversationNotFound\(.*\) from exc", _RACE),
+        ("latest_summary", r"re:\.limit\((None|2)\)", "the first row is read either way"),
+        ("_lineage", r"re:return Lineage\((None, last_seq|conversation_id, None)",
+         "Lineage.conversation_id and .last_seq are never read (dead fields)"),
+    ],
+    "_store_sql": [
+        *[("json_equals", code, "SQLAlchemy infers the string type of a str literal")
+          for code in (
+              "return column.op(\"->\")(sa.literal(key, None)) == sa.cast(",
+              "return column.op(\"->\")(sa.literal(key, )) == sa.cast(",
+              "sa.literal(text, None), postgresql.JSONB",
+              "sa.literal(text, ), postgresql.JSONB",
+              "path = sa.literal('$.\"' + key.replace('\"', '\\\\\"') + '\"', None)",
+              "path = sa.literal('$.\"' + key.replace('\"', '\\\\\"') + '\"', )",
+              "return kind.in_([\"array\", \"object\"]) & (extracted == sa.func.json(sa.literal(text, None)))",
+              "return kind.in_([\"array\", \"object\"]) & (extracted == sa.func.json(sa.literal(text, )))",
+          )],
+        *[("json_equals", code, "both backends normalize the JSON text (JSONB, SQLite's json())")
+          for code in ("text = json.dumps(value, separators=None)", "text = json.dumps(value, )")],
+        *[("json_equals", code, ("SQLite's JSON path has no escape for '\"': such keys never "
+                                 "match there either way (a known gap, docs/testing.md)"))
+          for code in ("path = sa.literal('$.\"' + key.replace('XX\"XX', '\\\\\"') + '\"', sa.Text)",
+                       "path = sa.literal('$.\"' + key.replace('\"', 'XX\\\\\"XX') + '\"', sa.Text)")],
+    ],
+    "_client_errors": [
+        *[("safe_url", f"return f\"{{url.scheme}}://{{url.netloc.decode({args})}}{{url.path}}\"",
+           "httpx keeps netloc ASCII (IDNA, percent-encoding): no decode error to handle")
+          for args in ("'ascii', ", "'ASCII', 'replace'", "'ascii', 'XXreplaceXX'", "'ascii', 'REPLACE'")],
+        ("validation_error", "for err in exc.errors(include_url=True)[:3]:",
+         "only adds a 'url' key, and only 'loc' and 'msg' are read"),
+        *[(function, f'{target}=response.headers.get("X-REQUEST-ID"),', _CASELESS_HEADERS)
+          for function, target in (("validation_error", "request_id"), ("stream_error", "request_id"))],
+        ("status_error", 'request_id = response.headers.get("X-REQUEST-ID")', _CASELESS_HEADERS),
+        ("validation_error",
+         'raw = data if data is not None else response.content.decode("UTF-8", "replace")',
+         "codec names are case-insensitive"),
+        ("status_error", 'text = redact(raw.decode("UTF-8", "replace"))',
+         "codec names are case-insensitive"),
+        *[("stream_error", f'detail = _error_detail({{"error": err}}) or "{text}"',
+           "_error_detail of a dict is never empty (it falls back to the JSON): the default is dead")
+          for text in ("XXan error occurred during streamingXX", "AN ERROR OCCURRED DURING STREAMING")],
+    ],
+    "_context_plan": [
+        *[("_template_costs", code, "x and X, y and Y are one token each, alone and in the templates")
+          for code in (
+              'u, a = Message(role="user", content="X"), Message(role="assistant", content="y")',
+              'u, a = Message(role="user", content="x"), Message(role="assistant", content="Y")',
+              'per = max(0, math.ceil((three - one - count("Y") - count("x")) / 2))',
+              'per = max(0, math.ceil((three - one - count("y") - count("X")) / 2))',
+              'fixed = max(0, one - per - count("X"))',
+          )],
+        *[(function, code, "add_generation_prompt defaults to True in the PromptTemplate protocol")
+          for function, code in (
+              ("_template_costs", "one = count(tpl.render([u], ))"),
+              ("_template_costs", "three = count(tpl.render([u, a, u], ))"),
+              ("_render", "prompt = cfg.template.render(safe, tools=cfg.tools)"),
+          )],
+        ("_overhead",
+         "return 3 + (cfg.counter.tools_tokens(cfg.tools) if (cfg.tools) or True else 0)",
+         "tools_tokens(None) and tools_tokens([]) are 0"),
+        ("plan_build", "truncator=_truncator(cfg) if (cfg.truncate) or True else None,",
+         "the selector calls the truncator only when truncate is set"),
+        ("_find_json_instruction",
+         "before = sel.dropped_through + 2 if sel.dropped_through is not None else None",
+         "seq dropped_through + 1 is sent and does not mention JSON (else no search): skipped either way"),
+        ("_summarize", "stored: Summary | None = yield LatestSummary(sel.dropped_through or 1)",
+         "dropped_through is set (>= 1) whenever a summary is made"),
+        ("_summarize", "start = stored.start_seq if (stored) and False else 1",
+         "a stored summary that does not start at seq 1 was discarded just above"),
+        ("_summarize", "return",
+         "Range(cursor, end + 1) is never empty while cursor < end: a lineage's seqs are contiguous",
+         "break"),
+        ("_assemble", "entries.append((sel.dropped_through - 0.5, summary_msg))",
+         ("differs only when dropped_through is a sent (pinned) seq, which only truncation "
+          "gives, and truncation leaves no room for a summary (see docs/testing.md)")),
+        ("_assemble", "entries.sort(key=None)",
+         "the first items (seqs, the summary at .5) are distinct: tuples sort by them alone"),
+        ("_render", "safe = [_neutralize(m, markers) for m in messages] if (markers) or True else messages",
+         "_neutralize with no markers returns each message as it is"),
+        *[("control_markers", code,
+           "every marker is broken either way; the order only moves where the zero-width space lands")
+          for code in (
+              "return tuple(sorted((m for m in found if m and m.strip()), key=None, reverse=True))",
+              "return tuple(sorted((m for m in found if m and m.strip()), reverse=True))",
+              "return tuple(sorted((m for m in found if m and m.strip()), key=len, ))",
+              "return tuple(sorted((m for m in found if m and m.strip()), key=len, reverse=False))",
+          )],
+        ("store_call", "raise AssertionError(None)", "unreachable: the match covers every Op"),
+        ("_has_media", r're:getattr\(p, "type", (None|"XXtextXX"|"TEXT")?\)',
+         "every content part has a type: the default is never used"),
+        ("_summarize", "free = cfg.budget + sel.overhead - sel.pinned_tokens - sel.history_tokens",
+         ("2 x overhead too much room only when a summary overshoots by that little; the "
+          "build's own recount then drops the same turn and rolls the summary forward alike")),
+    ],
+    "_tokens": [
+        *[("TokenCounter._measure", code,
+           "_measure's exactness flag is never read (is_exact decides exactness): dead result")
+          for code in ("exact = None", "exact = False", "exact = True", "texts = 1", "texts -= 1",
+                       "texts += 2", "exact = exact or ok", "if texts >= 1:", "if texts > 2:")],
+        *[("TokenCounter._cached", code, _DOUBLE_CHECK)
+          for code in ("counter = None", "counter = _counters.get(None)")],
+        ("TokenCounter.request_tokens",
+         "n += measure(message if (isinstance(message, Message)) and False else _as_message(message))[0]",
+         "_as_message returns a Message as it is"),
+    ],
+    "_media_tokens": [
+        *[("image_rule_for_model", f'model = model[3:].split(":", {n})[0]',
+           "the first piece is the same whatever the number of splits") for n in ("", "2")],
+        ("image_tokens", 'size = image_size(url) if (url.startswith("data:")) or True else None',
+         "image_size of a URL that is not a data: URL is None"),
+        ("_tiles", "if max(w, h) >= 2048:", "at exactly 2048 the scale is 2048 / 2048 = 1"),
+        ("_tiles", "if min(w, h) >= 768:", "at exactly 768 the scale is 768 / 768 = 1"),
+        *[(function, code, "int.from_bytes is big-endian by default (Python >= 3.11)")
+          for function, code in (
+              ("image_size", 'size = int.from_bytes(data[16:20], ), int.from_bytes(data[20:24], "big")'),
+              ("image_size", 'size = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], )'),
+              ("_jpeg_size", "length = int.from_bytes(data[i + 2 : i + 4], )"),
+              ("_jpeg_size", "height = int.from_bytes(data[i + 5 : i + 7], )"),
+              ("_jpeg_size", "width = int.from_bytes(data[i + 7 : i + 9], )"),
+          )],
+        *[("_webp_size", code, "the extra byte lands above the bits the mask or the two 14-bit fields keep")
+          for code in (
+              'int.from_bytes(data[26:29], "little") & 0x3FFF,',
+              'int.from_bytes(data[28:31], "little") & 0x3FFF,',
+              'bits = int.from_bytes(data[21:26], "little")',
+          )],
+        *[("_jpeg_size", code, "a frame needs i + 9 <= n, so this bound never decides a result")
+          for code in ("while i + 5 <= n:", "while i + 4 < n:")],
+        ("_jpeg_size", "if marker in (0x01, *range(0xD0, 217)):  # markers without a length",
+         "FF D8 (start of image) is at offset 0 only, before the loop starts"),
+        ("audio_tokens", 'raw = b"XXXX"', "4 bytes of audio cost 1 token, like none"),
+        *[("audio_tokens", code, "a 44-byte WAV holds no samples: 1 token either way")
+          for code in (
+              'if fmt == "wav" and raw[:4] == b"RIFF" and raw[8:12] == b"WAVE" and len(raw) > 44:',
+              'if fmt == "wav" and raw[:4] == b"RIFF" and raw[8:12] == b"WAVE" and len(raw) >= 45:',
+          )],
+    ],
+    "_client_stream": [
+        ("_ChatChoice.__init__", "self.saw_content = None", _TRUTH),
+        ("ChatAccumulator.__init__", "self.finished = None", _TRUTH),
+        ("CompletionAccumulator.__init__", "self.finished = None", _TRUTH),
+        ("ChatAccumulator.add", "self.finished = None", _TRUTH),
+        ("CompletionAccumulator.add", "self.finished = None", _TRUTH),
+        ("StreamCore.__init__", "self.done = None", _TRUTH),
+        *[("StreamCore." + function, 'request_id=self._response.headers.get("X-REQUEST-ID"),',
+           _CASELESS_HEADERS) for function in ("feed", "finish")],
+        ("StreamCore.feed", "return self._handle(events) if (events) or True else []",
+         "_handle([]) is []"),
+        ("StreamCore._handle", "break  # nothing after [DONE] counts",
+         "after [DONE] every later event is skipped anyway"),
+        ("StreamCore._handle", "break", "after [DONE] every later event is skipped anyway",
+         "continue"),
+        *[("StreamCore._handle", f'if text == "{done}" or text.startswith("[DONE]"):',
+           "the startswith test accepts an exact [DONE] too")
+          for done in ("XX[DONE]XX", "[done]")],
+    ],
+    "_retry": [
+        ("parse_retry_after", 'value = headers.get("RETRY-AFTER-MS")',
+         "headers are case-insensitive (httpx.Headers, the documented argument)"),
+        ("parse_retry_after", 'value = headers.get("RETRY-AFTER")',
+         "headers are case-insensitive (httpx.Headers, the documented argument)"),
+        ("should_retry_status", 'override = headers.get("X-SHOULD-RETRY")',
+         "headers are case-insensitive (httpx.Headers, the documented argument)"),
+        ("backoff_delay",
+         "base = min(INITIAL_RETRY_DELAY * 2.0 ** min(retry, 65), MAX_RETRY_DELAY)",
+         "the exponent bound only avoids float overflow; 2**64 and 2**65 are both far past the cap"),
+    ],
+}
+
+# mutmut's exit codes (mutmut/stats.py), folded into the states this report uses
+KILLED_CODES = {1, 3, 37}
+TIMEOUT_CODES = {36, -24, 24, 152, 255}
+SURVIVED_CODES = {0}
+NO_TESTS_CODES = {5, 33}
+
+
+@dataclass
+class Mutant:
+    name: str
+    status: str
+    function: str = ""
+    diff: list[str] = field(default_factory=list)
+    equivalent: str = ""  # the reason, when it is a listed equivalent
+
+
+@dataclass
+class Summary:
+    module: str
+    tests: list[str]
+    total: int
+    killed: int
+    timeout: int
+    survived: int
+    no_tests: int
+    other: int
+    equivalent: int
+    seconds: float
+    commit: str
+    date: str
+    mutants: list[Mutant]
+
+    @property
+    def score(self) -> float:
+        real = self.total - self.equivalent
+        return 100.0 * (self.killed + self.timeout) / real if real else 100.0
+
+
+def function_of(name: str) -> str:
+    """``convo._x.xǁClassǁmethod__mutmut_3`` -> ``Class.method``; ``x_func__mutmut_3`` -> ``func``."""
+    base = name.rsplit("__mutmut_", 1)[0].rsplit(".", 1)[-1]
+    if base.startswith("xǁ"):
+        return ".".join(part for part in base[2:].split("ǁ") if part)
+    return base.removeprefix("x_")
+
+
+def mutmut(workdir: Path, *args: str, log: Path | None = None) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).with_name("mutmut")
+    cmd = [str(exe), *args]
+    if log is not None:
+        with log.open("w") as out:
+            return subprocess.run(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
+                                  text=True, check=False)
+    return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, check=False)
+
+
+def prepare(module: str, tests: list[str], workdir: Path) -> None:
+    """A scratch copy of the working tree with a mutmut configuration for ``module``."""
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
+    for name in ("convo", "tests", "migrations"):
+        shutil.copytree(ROOT / name, workdir / name, ignore=ignore)
+    for name in ("pyproject.toml", "alembic.ini"):
+        shutil.copy2(ROOT / name, workdir / name)
+    # mutmut's trampolines add attributes to the classes they transform, which breaks
+    # isinstance() on runtime-checkable protocols: leave protocol classes (no logic) alone
+    source = workdir / "convo" / f"{module}.py"
+    source.write_text(re.sub(r"^((@runtime_checkable\n)?)(class \w+\(.*Protocol.*\):)$",
+                             lambda m: (m[1].rstrip("\n") + "  # pragma: no mutate block\n" if m[1] else "")
+                             + m[3] + "  # pragma: no mutate block",
+                             source.read_text(), flags=re.MULTILINE))
+    write_config(module, tests, workdir)
+
+
+def write_config(module: str, tests: list[str], workdir: Path) -> None:
+    selection = ", ".join(json.dumps(f"tests/{t}") for t in tests)
+    only_sqlite = '"-k", "not postgresql", ' if module not in WITH_POSTGRESQL else ""
+    config = f"""
+
+[tool.mutmut]
+source_paths = ["convo"]
+only_mutate = ["convo/{module}.py"]
+also_copy = ["migrations", "alembic.ini"]
+pytest_add_cli_args_test_selection = [{selection}]
+pytest_add_cli_args = [{only_sqlite}"--hypothesis-seed=0", "-W", "ignore::DeprecationWarning"]
+use_git_change_detection = false
+"""
+    with (workdir / "pyproject.toml").open("a") as f:
+        f.write(config)
+
+
+def diff_lines(workdir: Path, name: str) -> list[str]:
+    shown = mutmut(workdir, "show", name).stdout.splitlines()
+    return [
+        line for line in shown
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    ]
+
+
+def is_equivalent(module: str, mutant: Mutant) -> str:
+    """The reason listed for ``mutant`` in EQUIVALENT, or "".
+
+    An entry names the function and the mutated line (a trailing comment may be left
+    out); an optional fourth item, the original line in full, tells apart two
+    mutants that write the same line in one function.
+    """
+    added = [line[1:].strip() for line in mutant.diff if line.startswith("+")]
+    removed = [line[1:].strip() for line in mutant.diff if line.startswith("-")]
+    for function, code, reason, *original in EQUIVALENT.get(module, []):
+        if function not in ("*", mutant.function):
+            continue
+        if original and original[0] not in removed:
+            continue
+        if code == "":  # a mutant that only deletes the original line
+            if not added:
+                return reason
+        elif code.startswith("re:"):
+            if any(re.search(code[3:], a) for a in added):
+                return reason
+        elif code in added or code in [a.split("  #")[0].strip() for a in added]:
+            return reason
+    return ""
+
+
+def status_of(code: int | None) -> str:
+    if code in KILLED_CODES:
+        return "killed"
+    if code in TIMEOUT_CODES:
+        return "timeout"
+    if code in SURVIVED_CODES:
+        return "survived"
+    if code in NO_TESTS_CODES:
+        return "no tests"
+    return "not checked" if code is None else f"other ({code})"
+
+
+def git_commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                         text=True, check=False).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "convo", "tests"], cwd=ROOT,
+                           capture_output=True, text=True, check=False).stdout.strip()
+    return out + ("+changes" if dirty else "")
+
+
+def run_module(module: str, jobs: int, *, survivors: bool) -> Summary:
+    tests = MODULES[module]
+    workdir = WORK / module
+    names: list[str] = []
+    previous = load(module) if survivors else None
+    if previous is None:
+        prepare(module, tests, workdir)
+    else:
+        # the source is as it was mutated; only the tests (and maybe the mapping) are new
+        shutil.copytree(ROOT / "tests", workdir / "tests", dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copy2(ROOT / "pyproject.toml", workdir / "pyproject.toml")
+        write_config(module, tests, workdir)
+        # changed tests cover other functions now: have mutmut map tests to functions anew
+        (workdir / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+        names = [m.name for m in previous.mutants if m.status not in ("killed", "timeout")]
+        if not names:
+            return previous
+    started = time.monotonic()
+    print(f"== {module}: mutating convo/{module}.py against {', '.join(tests)}"
+          + (f" ({len(names)} survivors again)" if names else ""), flush=True)
+    proc = mutmut(workdir, "run", "--max-children", str(jobs), *names, log=workdir / "run.log")
+    seconds = time.monotonic() - started
+    meta = workdir / "mutants" / "convo" / f"{module}.py.meta"
+    if proc.returncode != 0 or not meta.exists():
+        tail = (workdir / "run.log").read_text(errors="replace")[-3000:]
+        raise SystemExit(f"mutmut failed for {module} (exit {proc.returncode}):\n{tail}")
+    codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
+    if previous is not None:
+        # a changed test mapping makes mutmut forget every result: keep the earlier kills
+        rerun = set(names)
+        earlier = {m.name: m.status for m in previous.mutants}
+        codes = {n: c if n in rerun else (1 if earlier.get(n) == "killed" else
+                                          36 if earlier.get(n) == "timeout" else c)
+                 for n, c in codes.items()}
+    mutants = [Mutant(name, status_of(code), function_of(name)) for name, code in codes.items()]
+    for m in mutants:
+        if m.status not in ("killed", "timeout"):
+            m.diff = diff_lines(workdir, m.name)
+            m.equivalent = is_equivalent(module, m)
+    count = {s: sum(1 for m in mutants if m.status == s) for s in
+             ("killed", "timeout", "survived", "no tests")}
+    summary = Summary(
+        module=module,
+        tests=tests,
+        total=len(mutants),
+        killed=count["killed"],
+        timeout=count["timeout"],
+        survived=count["survived"],
+        no_tests=count["no tests"],
+        other=len(mutants) - sum(count.values()),
+        equivalent=sum(1 for m in mutants if m.equivalent),
+        seconds=round(seconds, 1),
+        commit=git_commit(),
+        date=time.strftime("%Y-%m-%d"),
+        mutants=mutants,
+    )
+    (workdir / "summary.json").write_text(json.dumps(asdict(summary), indent=1, ensure_ascii=False))
+    return summary
+
+
+def load(module: str) -> Summary | None:
+    path = WORK / module / "summary.json"
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    data["mutants"] = [Mutant(**m) for m in data["mutants"]]
+    return Summary(**data)
+
+
+def print_survivors(summary: Summary) -> None:
+    live = [m for m in summary.mutants if m.status not in ("killed", "timeout") and not m.equivalent]
+    for m in live:
+        print(f"  {m.status}: {m.name}")
+        for line in m.diff:
+            print(f"      {line}")
+    for m in summary.mutants:
+        if m.equivalent and m.status in ("killed", "timeout"):
+            print(f"  note: {m.name} is listed as equivalent but was killed: remove it from EQUIVALENT")
+
+
+def table(summaries: list[Summary]) -> str:
+    rows = [
+        "| module | test files | mutants | equivalent | killed (+timeout) | not killed | score | run on |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for s in summaries:
+        real = s.total - s.equivalent
+        done = s.killed + s.timeout
+        rows.append(
+            f"| `{s.module}` | {', '.join(s.tests)} | {s.total} | {s.equivalent} | "
+            f"{s.killed} (+{s.timeout}) | {real - done} | {done}/{real} = {s.score:.1f}% | "
+            f"{s.date} `{s.commit}` |"
+        )
+    return "\n".join(rows)
+
+
+def equivalents_markdown(summaries: list[Summary]) -> str:
+    """The equivalent mutants, per module and reason: ``function: mutated line`` each."""
+    lines = []
+    for s in summaries:
+        by_reason: dict[str, list[str]] = {}
+        for m in s.mutants:
+            if m.equivalent:
+                added = " / ".join(line[1:].strip() for line in m.diff if line.startswith("+"))
+                by_reason.setdefault(m.equivalent, []).append(
+                    f"`{m.function}`: `{added or '(line deleted)'}`")
+        if not by_reason:
+            continue
+        lines.append(f"- `{s.module}` ({sum(map(len, by_reason.values()))}):")
+        for reason, mutants in by_reason.items():
+            lines.append(f"  - {reason} ({len(mutants)}): " + "; ".join(mutants))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("modules", nargs="*", help="modules to mutate (default: all of MODULES)")
+    parser.add_argument("--jobs", type=int, default=2, help="mutants run at once (default 2)")
+    parser.add_argument("--list", action="store_true", help="show the module -> tests mapping")
+    parser.add_argument("--report", action="store_true", help="print the table of the last runs")
+    parser.add_argument("--survivors", action="store_true",
+                        help="re-run only the last run's surviving mutants, with the current tests")
+    parser.add_argument("--min-score", type=float, default=MIN_SCORE,
+                        help=f"exit 1 when a module scores lower (default {MIN_SCORE})")
+    args = parser.parse_args(argv)
+    unknown = [m for m in args.modules if m not in MODULES]
+    if unknown:
+        parser.error(f"unknown module(s) {unknown}; known: {', '.join(MODULES)}")
+    modules = args.modules or list(MODULES)
+    if args.list:
+        for module, tests in MODULES.items():
+            print(f"{module:16} {' '.join(tests)}")
+        return 0
+    if args.report:
+        done = [s for s in map(load, modules) if s is not None]
+        print(table(done))
+        print()
+        print(equivalents_markdown(done))
+        return 0
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    summaries = []
+    for module in modules:
+        summary = run_module(module, args.jobs, survivors=args.survivors)
+        print_survivors(summary)
+        print(table([summary]).splitlines()[-1], f"({summary.seconds:.0f} s)", flush=True)
+        summaries.append(summary)
+    print()
+    print(table(summaries))
+    low = [s.module for s in summaries if s.score < args.min_score]
+    if low:
+        print(f"below {args.min_score:.0f}%: {', '.join(low)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,570 @@
+"""The build plan's less travelled paths: estimates of completion templates, truncation
+text, summaries that do not fit, JSON instructions far back, the report's every field.
+
+Each test pins down a behaviour that a plausible one-token slip in convo/_context_plan.py
+would change (found by mutation testing, docs/testing.md). Helpers: test_context_edges.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from test_context_edges import (
+    COUNTER,
+    MODEL,
+    PRIMING,
+    EchoTemplate,
+    chat_cost,
+    conversation,
+    overflow,
+    words,
+)
+
+import convo
+from convo import (
+    ChatProfile,
+    ContextBuilder,
+    ContextError,
+    ContextOverflowError,
+    Message,
+    TemplateError,
+    count_tokens,
+    get_template,
+)
+from convo._messages import FunctionCall, ToolCall
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, make_db: Any) -> Any:
+    s = convo.Store(make_db(request.param))
+    yield s
+    s.close()
+
+
+SUMMARY_PREFIX = "Summary of the earlier conversation:\n"
+
+
+class Fixed:
+    """A summarizer answering with a fixed text, recording the seqs of each call."""
+
+    def __init__(self, text: str = "earlier talk") -> None:
+        self.text = text
+        self.calls: list[list[int]] = []
+
+    def summarize(self, messages: Sequence[Any], *, previous: str | None, max_tokens: int) -> str:
+        self.calls.append([m.seq for m in messages])
+        return self.text
+
+
+def summary_cost(text: str) -> int:
+    return COUNTER.message_tokens(Message.system(SUMMARY_PREFIX + text))
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+
+def test_the_report_describes_the_build(store: Any) -> None:
+    history = [Message.system("Be terse."), Message.user("q1"), Message.assistant("a1"),
+               Message.user("hi")]
+    cid = conversation(store, history)
+    ctx = ContextBuilder(store, model=MODEL, budget=500).build(cid)
+    rep = ctx.report
+    assert (rep.conversation_id, rep.model, rep.mode, rep.encoding, rep.template) == (
+        cid, MODEL, "chat", "o200k_base", None)
+    assert (rep.budget, rep.reply_reserve, rep.overhead_tokens, rep.summary_tokens) == (
+        500, None, PRIMING, 0)
+    assert (rep.pinned_seqs, rep.pinned_tokens) == ([1], COUNTER.message_tokens(history[0]))
+    assert rep.history_tokens == sum(COUNTER.message_tokens(m) for m in history[1:])
+    assert rep.prompt_tokens == rep.overhead_tokens + rep.pinned_tokens + rep.history_tokens
+    assert (ctx.model, ctx.mode, ctx.stop) == (MODEL, "chat", [])
+
+    comp = ContextBuilder(store, model=MODEL, mode="completion", template="chatml",
+                          reserve=1000).build(cid)
+    assert (comp.report.mode, comp.report.template, comp.mode, comp.model) == (
+        "completion", "chatml", "completion", MODEL)
+    assert comp.stop == list(get_template("chatml").stop)
+    assert comp.report.reply_reserve == 1000
+    assert comp.report.exact is True
+
+
+@pytest.mark.parametrize("template", ["chatml", "llama3", "transcript"])
+def test_template_estimates_are_close_and_never_low(store: Any, template: str) -> None:
+    # These templates frame every message the same way, so the costs measured on a probe
+    # add up to the exact prompt, give or take the rounding up of the per-message framing.
+    history = [Message.system("Be terse."), Message.user("q1 " + words(20)),
+               Message.assistant("a1 " + words(10)), Message.user("hi")]
+    cid = conversation(store, history)
+    rep = ContextBuilder(store, model=MODEL, mode="completion", template=template,
+                         budget=1000).build(cid).report
+    estimate = rep.overhead_tokens + rep.pinned_tokens + rep.history_tokens
+    assert 0 <= estimate - rep.prompt_tokens <= 2
+
+
+class Concat:
+    """A template with no framing at all: the messages' text, one after the other."""
+
+    name = "concat"
+    stop = ("\n",)
+    bos_token = ""
+    eos_token = ""
+
+    def render(self, messages: Sequence[Message], *, add_generation_prompt: bool = True,
+               tools: list[dict[str, Any]] | None = None) -> str:
+        return "".join(m.text for m in messages)
+
+
+class NeedsSystem(Concat):
+    """A template that refuses conversations without a system prompt first."""
+
+    name = "needs-system"
+
+    def render(self, messages: Sequence[Message], *, add_generation_prompt: bool = True,
+               tools: list[dict[str, Any]] | None = None) -> str:
+        if not messages or messages[0].role != "system":
+            raise TemplateError("a system prompt must come first")
+        return "".join(f"[{m.role}] {m.text}\n" for m in messages)
+
+
+def test_a_template_without_framing_costs_its_text_and_at_least_one_token(store: Any) -> None:
+    history = [Message.user("a"), Message.assistant("b"), Message.user("c")]
+    cid = conversation(store, history)
+    rep = ContextBuilder(store, model=MODEL, mode="completion", template=Concat(),
+                         budget=100).build(cid).report
+    assert (rep.overhead_tokens, rep.history_tokens, rep.prompt_tokens) == (0, 3, 1)
+
+
+def test_a_template_that_refuses_the_probe_gets_default_estimates(store: Any) -> None:
+    history = [Message.system("Be terse."), Message.user("q1"), Message.user("hi")]
+    cid = conversation(store, history)
+    rep = ContextBuilder(store, model=MODEL, mode="completion", template=NeedsSystem(),
+                         budget=1000).build(cid).report
+    assert rep.overhead_tokens == 8  # 8 fixed and 6 per message when the probe fails
+    assert rep.history_tokens == sum(COUNTER.message_tokens(m) - 4 + 6 for m in history[1:])
+
+
+def test_tools_are_rendered_into_the_completion_prompt(store: Any) -> None:
+    tools = [{"type": "function", "function": {"name": "lookup_weather", "parameters": {}}}]
+    cid = conversation(store, [Message.system("Be terse."), Message.user("hi")])
+    ctx = ContextBuilder(store, model=MODEL, mode="completion", template="chatml",
+                         budget=1000).build(cid, tools=tools)
+    assert "lookup_weather" in (ctx.prompt or "") and ctx.tools == tools
+
+
+def test_a_rewriting_profile_counts_the_tools_it_sends(store: Any) -> None:
+    tools = [{"type": "function", "function": {"name": "lookup", "description": "Look up.",
+              "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}]
+    cid = conversation(store, [Message.developer("Be terse."), Message.user("hi", name="ann")])
+    ctx = ContextBuilder(store, model=MODEL, budget=1000,
+                         profile=ChatProfile.compatible()).build(cid, tools=tools)
+    assert ctx.report.prompt_tokens == count_tokens(ctx.chat or [], model=MODEL, tools=tools)
+
+
+# --- exactness --------------------------------------------------------------------------------
+
+
+def _tool_history() -> list[Message]:
+    call = ToolCall(id="call_1", function=FunctionCall(name="lookup", arguments='{"q": "x"}'))
+    return [Message.system("Be terse."), Message.user("q1 " + words(40)),
+            Message.assistant(tool_calls=[call]), Message.tool("found", tool_call_id="call_1"),
+            Message.assistant("it is x"), Message.user("q2")]
+
+
+def test_tool_calls_make_chat_counts_estimates(store: Any) -> None:
+    cid = conversation(store, _tool_history())
+    assert ContextBuilder(store, model=MODEL, budget=2000).build(cid).report.exact is False
+    comp = ContextBuilder(store, model=MODEL, mode="completion", budget=2000).build(cid)
+    assert comp.report.exact is True  # counted on the prompt string itself
+
+
+def test_a_summary_keeps_the_exactness_of_what_it_joins(store: Any) -> None:
+    history = [Message.system("Be terse."), Message.user("q0 " + words(200)),
+               Message.assistant("a0"), *_tool_history()[1:]]
+    cid = conversation(store, history)
+    budget = chat_cost([history[0], *history[3:]]) + 60
+    estimated = ContextBuilder(store, model=MODEL, budget=budget, low_water=None, summarizer=Fixed(),
+                               summary_max_tokens=40).build(cid).report
+    assert estimated.summary is not None and 4 in estimated.kept_seqs and estimated.exact is False
+    plain = [Message.system("Be terse."), Message.user("q0 " + words(200)), Message.assistant("a0"),
+             Message.user("q1")]
+    cid = conversation(store, plain)
+    exact = ContextBuilder(store, model=MODEL, budget=chat_cost([plain[0], plain[3]]) + 60,
+                           summarizer=Fixed(), summary_max_tokens=40).build(cid).report
+    assert exact.summary is not None and exact.exact is True
+
+
+def test_counts_are_computed_once_and_media_every_time(store: Any) -> None:
+    audio = {"type": "input_audio", "input_audio": {"data": "AAAA" * 50, "format": "wav"}}
+    history = [Message.system("Be terse."),
+               Message.user([{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]),
+               Message.assistant("a1"), Message.user([{"type": "text", "text": "hear"}, audio])]
+    cid = conversation(store, history)
+    builder = ContextBuilder(store, model="gpt-4o-audio-preview", budget=5000)
+    assert builder.build(cid).report.counted == 3  # the audio message is counted, not stored
+    assert builder.build(cid).report.counted == 0
+
+
+# --- pages read ---------------------------------------------------------------------------------
+
+
+def _alternating(n: int) -> list[Message]:
+    return [Message.user(f"q{k}") if k % 2 == 0 else Message.assistant(f"a{k}") for k in range(n)]
+
+
+def page_limits(store: Any, cid: str, **options: Any) -> list[int]:
+    """The ``limit`` of each page the builder asked the store for, in order."""
+    counting = Counting(store)
+    ContextBuilder(counting, model=MODEL, **options).build(cid)
+    return [kw["limit"] for name, kw in counting.calls if name in ("context_start", "tail")]
+
+
+@pytest.mark.parametrize(("budget", "first"), [
+    (1000, 16),      # at least 16 rows
+    (3200, 20),      # budget // 160: room for ~160-token messages
+    (100_000, 256),  # at most 256
+])
+def test_pages_double_from_a_first_page_sized_by_the_budget(store: Any, budget: int, first: int) -> None:
+    cid = conversation(store, _alternating(701))
+    limits = page_limits(store, cid, budget=budget)
+    assert limits[0] == first and len(limits) >= 2
+    assert limits == [first * 2**k for k in range(len(limits))]
+
+
+def test_pages_grow_to_1024_rows_at_most(store: Any) -> None:
+    cid = conversation(store, _alternating(1700))
+    assert page_limits(store, cid, budget=200_000, page_size=300) == [300, 600, 1024]
+
+
+# --- truncating the newest message ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("mode", "left"), [("head", 1), ("tail", 1), ("middle", 0)])
+def test_truncation_keeps_the_right_part_and_fills_the_room(store: Any, mode: str, left: int) -> None:
+    text = "start " + " ".join(f"w{k}" for k in range(300)) + " end"
+    allowed = set("startw0123456789 end…")
+    cid = conversation(store, [Message.system("Be terse."), Message.user(text)])
+    ctx = ContextBuilder(store, model=MODEL, budget=120, truncate=mode).build(cid)
+    kept = ctx.messages[-1].text
+    assert set(kept) <= allowed  # pieces of the text, and "…" in middle mode
+    assert ctx.report.budget_left == left  # one token of slack; middle spends it on "…"
+    assert ctx.report.truncated is not None
+    assert ctx.report.truncated.kept_tokens == COUNTER.message_tokens(ctx.messages[-1])
+    if mode == "head":
+        assert kept.startswith("start w0 w1") and not kept.endswith("end")
+    elif mode == "tail":
+        assert kept.endswith("w299 end") and "start" not in kept
+    else:
+        head, tail = kept.split("…")
+        assert head.startswith("start w0") and tail.endswith("w299 end")
+        assert abs(COUNTER.count(head) - COUNTER.count(tail)) <= 2  # halves
+
+
+@pytest.mark.parametrize(("extra", "ok"), [(1, False), (2, True)])
+def test_truncation_down_to_a_single_token(store: Any, extra: int, ok: bool) -> None:
+    history = [Message.system("Be terse."), Message.user(words(300))]
+    frame = COUNTER.message_tokens(Message.user(""))
+    budget = chat_cost([history[0]]) + frame + extra  # room for `extra - 1` tokens of text
+    cid = conversation(store, history)
+    builder = ContextBuilder(store, model=MODEL, budget=budget, truncate="head")
+    if ok:
+        assert builder.build(cid).messages[-1].text == "word"
+    else:
+        with pytest.raises(ContextOverflowError, match="cannot be truncated"):
+            builder.build(cid)
+
+
+class Unstable:
+    """One token per character, but "#" decodes to "##": a cut text re-encodes longer."""
+
+    def encode(self, text: str) -> list[int]:
+        return [ord(c) for c in text]
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join("##" if i == ord("#") else chr(i) for i in ids)
+
+
+@pytest.mark.parametrize("mode", ["head", "tail", "middle"])
+def test_truncation_shrinks_until_the_recounted_text_fits(store: Any, mode: str) -> None:
+    convo.register_encoding("test_unstable", Unstable())
+    cid = conversation(store, [Message.user("ab#" * 100)])
+    ctx = ContextBuilder(store, model="unstable-model", encoding="test_unstable", budget=60,
+                         truncate=mode).build(cid)
+    # the first cut re-encodes a third longer; shrinking by the overshoot lands close
+    assert ctx.report.truncated is not None and 0 <= ctx.report.budget_left <= 8
+
+
+# --- the recount in completion mode ----------------------------------------------------------------
+
+
+def test_recount_drops_a_lone_user_message_alone(store: Any) -> None:
+    # estimates (each text once) keep everything; the prompt (each text twice) fits 2-4
+    history = [Message.user("q0 " + words(50)), Message.user("q1 " + words(60)),
+               Message.assistant("a1 " + words(60)), Message.user("q2 " + words(60))]
+    cid = conversation(store, history)
+    tpl = EchoTemplate()
+    budget = COUNTER.count(tpl.render(history[1:]))
+    ctx = ContextBuilder(store, model=MODEL, mode="completion", template=tpl, budget=budget).build(cid)
+    assert ctx.report.kept_seqs == [2, 3, 4]
+    assert (ctx.report.dropped_count, ctx.report.dropped_through, ctx.report.stop_reason) == (
+        1, 1, "budget")
+
+
+def test_recount_adds_to_what_selection_dropped(store: Any) -> None:
+    call = ToolCall(id="call_1", function=FunctionCall(name="f", arguments="{}"))
+    history = [
+        Message.user("q0 " + words(300)), Message.assistant("a0"),                       # 1-2
+        Message.user("q1 " + words(60)), Message.assistant(tool_calls=[call]),           # 3-4
+        Message.tool("r", tool_call_id="call_1"),                                         # 5
+        Message.user("q2 " + words(60)), Message.assistant("a2 " + words(30)),           # 6-7
+        Message.user("q3"),                                                               # 8
+    ]
+    cid = conversation(store, history)
+    tpl = EchoTemplate()
+    budget = COUNTER.count(tpl.render(history[5:]))  # estimates keep 3-8, the prompt fits 6-8
+    ctx = ContextBuilder(store, model=MODEL, mode="completion", template=tpl, budget=budget).build(cid)
+    assert ctx.report.kept_seqs == [6, 7, 8]
+    assert (ctx.report.dropped_count, ctx.report.dropped_through) == (5, 5)
+
+
+def test_recount_overflow_names_the_rendered_request(store: Any) -> None:
+    history = [Message.user("q1 " + words(50)), Message.assistant("a1"), Message.user(words(300))]
+    tpl = EchoTemplate()
+    budget = COUNTER.count(tpl.render(history[2:])) - 1
+    err = overflow(store, history, budget, mode="completion", template=tpl)
+    required = COUNTER.count(tpl.render(history[2:]))
+    assert (err.part, err.required) == ("newest", required)
+    assert (f"the rendered request needs {required} tokens but the budget is {budget}, and only "
+            "the pinned messages and the newest turn are left: raise the budget") in str(err)
+
+
+# --- summaries --------------------------------------------------------------------------------------
+
+
+def _turns(n: int, size: int = 10) -> list[Message]:
+    out = []
+    for k in range(n):
+        out += [Message.user(f"q{k} " + words(size)), Message.assistant(f"a{k} " + words(size))]
+    return out
+
+
+def test_a_summary_that_fills_the_room_exactly_is_used_as_is(store: Any) -> None:
+    # The reserve is the summary's exact cost: once turns 1-2 are dropped, the summary
+    # fits to the token. Then an oversized summary: the middle turn makes way for it.
+    system = Message.system("Be terse.")
+    small, big, last = _turns(1, 10), _turns(1, 100), _turns(1, 10)
+    text = "earlier " + words(60, "talk")
+    cost = summary_cost(text)
+    history = [system, *big, *small, *last, Message.user("now")]
+    cid = conversation(store, history)
+    budget = chat_cost([system, *small, *last, history[-1]]) + cost
+    rec = Fixed(text)
+    ctx = ContextBuilder(store, model=MODEL, budget=budget, low_water=None, summarizer=rec,
+                         summary_max_tokens=cost).build(cid)
+    assert ctx.report.kept_seqs == [1, 4, 5, 6, 7, 8] and ctx.report.budget_left == 0
+    assert ctx.report.summary_tokens == cost and rec.calls == [[2, 3]]
+
+
+def test_an_oversized_summary_drops_turns_until_it_fits(store: Any) -> None:
+    system = Message.system("Be terse.")
+    text = "earlier " + words(80, "talk")
+    cost = summary_cost(text)
+    turns = _turns(5, 8)  # seqs 2-11
+    history = [system, *turns, Message.user("now")]  # seq 12
+    cid = conversation(store, history)
+    # room for the newest turn, the summary, and nothing between: exactly
+    budget = chat_cost([system, *turns[-2:], history[-1]]) + cost
+    rec = Fixed(text)
+    ctx = ContextBuilder(store, model=MODEL, budget=budget, low_water=None, summarizer=rec,
+                         summary_max_tokens=5).build(cid)  # the reserve is far too small
+    assert ctx.report.kept_seqs == [1, 10, 11, 12] and ctx.report.budget_left == 0
+    assert ctx.report.summary is not None and ctx.report.summary.end_seq == 9
+    assert len(rec.calls) == 2  # the first summary, then rolled forward over what made way
+    assert rec.calls[-1][-1] == 9
+
+
+class Growing(Fixed):
+    """Each summary is longer than the last, so none ever fits."""
+
+    def summarize(self, messages: Sequence[Any], *, previous: str | None, max_tokens: int) -> str:
+        super().summarize(messages, previous=previous, max_tokens=max_tokens)
+        return words(40 * len(self.calls), "talk")
+
+
+def test_a_long_system_prompt_leaves_less_room_for_the_summary(store: Any) -> None:
+    system = Message.system("Rules: " + words(150, "rule"))
+    text = "earlier " + words(60, "talk")
+    turns = _turns(6, 8)  # seqs 2-13
+    history = [system, *turns, Message.user("now")]  # seq 14
+    cid = conversation(store, history)
+    budget = chat_cost([system, *turns[-2:], history[-1]]) + summary_cost(text)
+    rec = Fixed(text)
+    ctx = ContextBuilder(store, model=MODEL, budget=budget, low_water=None, summarizer=rec,
+                         summary_max_tokens=5).build(cid)
+    assert ctx.report.kept_seqs == [1, 12, 13, 14] and ctx.report.budget_left == 0
+    assert len(rec.calls) == 2  # dropped what the summary needs at once, rolled forward once
+
+
+def test_a_summary_that_cannot_fit_beside_the_newest_turn_names_the_numbers(store: Any) -> None:
+    text = "earlier " + words(200, "talk")
+    cost = summary_cost(text)
+    history = [Message.system("Be terse."), *_turns(3, 8), Message.user("now " + words(20))]
+    cid = conversation(store, history)
+    budget = chat_cost([history[0], history[-1]]) + 20
+    with pytest.raises(ContextOverflowError) as err:
+        ContextBuilder(store, model=MODEL, budget=budget, low_water=None, summarizer=Fixed(text),
+                       summary_max_tokens=5).build(cid)
+    required = chat_cost([history[0], history[-1]]) + cost
+    assert (err.value.part, err.value.required) == ("newest", required)
+    assert str(err.value).startswith(f"the context with a {cost}-token summary needs {required} tokens")
+
+
+def test_a_summary_that_never_fits_gives_up_after_four_tries(store: Any) -> None:
+    history = [Message.system("Be terse."), *_turns(30, 10), Message.user("now")]
+    cid = conversation(store, history)
+    rec = Growing()
+    budget = 600
+    with pytest.raises(ContextError) as err:
+        ContextBuilder(store, model=MODEL, budget=budget, low_water=None, summarizer=rec,
+                       summary_max_tokens=5).build(cid)
+    assert len(rec.calls) == 4
+    assert str(err.value) == (f"the summary of conversation {cid!r} does not fit the budget of "
+                              f"{budget} tokens; lower summary_max_tokens or raise the budget")
+
+
+def test_a_summary_covers_the_first_message_when_it_is_not_pinned(store: Any) -> None:
+    history = [*_turns(6, 30), Message.user("now")]
+    cid = conversation(store, history)
+    rec = Fixed()
+    ctx = ContextBuilder(store, model=MODEL, budget=250, low_water=None, summarizer=rec).build(cid)
+    assert ctx.report.summary is not None and rec.calls[0][0] == 1
+
+
+def test_a_summary_newer_than_what_is_dropped_is_not_used(store: Any) -> None:
+    history = [Message.system("Be terse."), *_turns(10, 30), Message.user("now")]
+    cid = conversation(store, history)
+    rec = Fixed()
+    narrow = ContextBuilder(store, model=MODEL, budget=300, low_water=None, summarizer=rec).build(cid).report
+    wide = ContextBuilder(store, model=MODEL, budget=700, low_water=None, summarizer=rec).build(cid).report
+    assert narrow.summary is not None and wide.summary is not None
+    assert wide.dropped_through is not None and narrow.dropped_through is not None
+    assert wide.dropped_through < narrow.dropped_through
+    assert wide.summary.end_seq == wide.dropped_through and not wide.summary.reused
+    assert rec.calls[-1] == list(range(2, wide.dropped_through + 1))  # from the start again
+
+
+def test_a_summary_starting_after_seq_1_is_not_reused(store: Any) -> None:
+    history = [Message.system("Be terse."), *_turns(10, 30), Message.user("now")]
+    cid = conversation(store, history)
+    store.add_summary(cid, start_seq=2, end_seq=15, content="from seq 2")
+    rec = Fixed()
+    rep = ContextBuilder(store, model=MODEL, budget=400, low_water=None, summarizer=rec).build(cid).report
+    assert rep.summary is not None and rep.summary.start_seq == 1 and rec.calls[0][0] == 2
+
+
+def test_a_long_dropped_history_is_summarized_in_chunks_of_200(store: Any) -> None:
+    history = [Message.system("Be terse."), *_alternating(260), Message.user("now")]
+    cid = conversation(store, history)
+    rec = Fixed()
+    counting = Counting(store)
+    rep = ContextBuilder(counting, model=MODEL, budget=200, low_water=None, summarizer=rec,
+                         summary_max_tokens=40).build(cid).report
+    assert rep.summary is not None
+    reads = [kw for name, kw in counting.calls if name == "messages"]
+    assert [(kw["after"], kw["limit"]) for kw in reads] == [(0, 200), (200, 200)]
+    # seq 1 is the system prompt, sent anyway: 199 of the first 200 rows are summarized
+    assert [len(c) for c in rec.calls] == [199, rep.summary.end_seq - 200]
+
+
+def test_an_empty_summary_names_the_range_and_the_reason(store: Any) -> None:
+    history = [Message.system("Be terse."), *_turns(10, 30), Message.user("now")]
+    cid = conversation(store, history)
+    with pytest.raises(ContextError) as err:
+        ContextBuilder(store, model=MODEL, budget=300, low_water=None, summarizer=Fixed(" ")).build(cid)
+    assert str(err.value).startswith("the summarizer returned no text for messages 1..")
+    assert str(err.value).endswith(f"of conversation {cid!r}; nothing was stored (an empty "
+                                   "summary would stand in for that history forever)")
+
+
+# --- JSON mode: the instruction that mentions JSON -------------------------------------------------
+
+
+class Counting:
+    """A store that counts the calls the builder makes (delegates everything)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append((name, kwargs))
+            return attr(*args, **kwargs)
+
+        return call
+
+
+def test_json_instruction_far_back_is_found_page_by_page(store: Any) -> None:
+    history = [Message.system("Be terse."), Message.user("Answer in JSON."), Message.assistant("{}"),
+               *_alternating(600), Message.user("now")]
+    cid = conversation(store, history)
+    counting = Counting(store)
+    ctx = ContextBuilder(counting, model=MODEL, budget=300).build(
+        cid, response_format={"type": "json_object"})
+    assert 2 in ctx.report.kept_seqs
+    tails = [kw for name, kw in counting.calls if name == "tail"]
+    searched = [kw for kw in tails if kw["limit"] == 256]
+    assert len(searched) == 3  # 256 + 256 + the rest, each page below the last
+    assert [kw["before"] for kw in searched][1:] == [
+        searched[0]["before"] - 256, searched[0]["before"] - 512]
+    again = ContextBuilder(store, model=MODEL, budget=300).build(
+        cid, response_format={"type": "json_object"})
+    assert again.report.counted == 0  # the instruction's count was stored the first time
+
+
+def test_json_instruction_right_before_the_window_is_found(store: Any) -> None:
+    history = [Message.system("Be terse."), *_turns(5, 30), Message.user("Answer in JSON, please."),
+               Message.assistant("{} " + words(100)), Message.user("now " + words(150))]
+    cid = conversation(store, history)
+    budget = chat_cost([history[0], history[-3], history[-1]]) + 2
+    ctx = ContextBuilder(store, model=MODEL, budget=budget).build(
+        cid, response_format={"type": "json_object"})
+    plain = ContextBuilder(store, model=MODEL, budget=budget).build(cid)
+    assert plain.report.dropped_through == 13 and 12 not in plain.report.kept_seqs
+    assert 12 in ctx.report.kept_seqs
+
+
+def test_json_mode_skips_tool_messages_that_mention_json(store: Any) -> None:
+    call = ToolCall(id="call_1", function=FunctionCall(name="f", arguments='{"json": 1}'))
+    history = [Message.system("Be terse."), Message.user("Reply in JSON."), Message.assistant("{}"),
+               Message.user("look up"), Message.assistant(tool_calls=[call]),
+               Message.tool("the JSON result", tool_call_id="call_1"), Message.assistant("done"),
+               Message.user("now " + words(200))]
+    cid = conversation(store, history)
+    budget = chat_cost([history[0], history[-1]]) + 30
+    ctx = ContextBuilder(store, model=MODEL, budget=budget).build(
+        cid, response_format={"type": "json_object"})
+    assert 2 in ctx.report.kept_seqs and 6 not in ctx.report.kept_seqs
+
+
+def test_json_mode_without_an_instruction_says_how_to_fix_it(store: Any) -> None:
+    cid = conversation(store, [Message.system("Be terse."), Message.user("hi")])
+    with pytest.raises(ContextError) as err:
+        ContextBuilder(store, model=MODEL, budget=500).build(
+            cid, response_format={"type": "json_object"})
+    assert str(err.value) == (
+        "response_format json_object requires a message that mentions JSON, and no message of "
+        f"conversation {cid!r} does: add one (e.g. in the system prompt)")
+
+
+# --- control strings ----------------------------------------------------------------------------------
+
+
+def test_whitespace_stop_sequences_leave_text_alone(store: Any) -> None:
+    history = [Message.user("line one\nline two"), Message.assistant("a\n\nb"), Message.user("c")]
+    cid = conversation(store, history)
+    ctx = ContextBuilder(store, model=MODEL, mode="completion", template=Concat(),
+                         budget=500).build(cid)
+    assert ctx.prompt == "line one\nline twoa\n\nbc"

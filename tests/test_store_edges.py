@@ -1,0 +1,252 @@
+"""Store edge cases that one plausible slip in the store core would get wrong.
+
+Every test runs four times: SQLite / PostgreSQL x sync / async (see conftest ``store``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from convo._exceptions import (
+    ConversationNotFound,
+    ForkConflictError,
+    MessageNotFound,
+    StoreInputError,
+)
+
+
+def user(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": text}
+
+
+async def test_cascading_delete_takes_forks_of_forks(store):
+    root = await store.create_conversation()
+    await store.append_many(root.id, [user("1"), user("2")])
+    child = await store.fork(root.id)
+    await store.append(child.id, user("child 3"))
+    grandchild = await store.fork(child.id)
+    await store.append(grandchild.id, user("grandchild 4"))
+    great = await store.fork(grandchild.id, at=2)
+    sibling = await store.fork(root.id, at=1)
+    other = await store.create_conversation()
+    await store.append(other.id, user("unrelated"))
+    await store.delete_conversation(root.id, cascade_forks=True)
+    for gone in (root, child, grandchild, great, sibling):
+        with pytest.raises(ConversationNotFound):
+            await store.get_conversation(gone.id)
+    assert (await store.get_conversation(other.id)).last_seq == 1
+    assert (store.count("conversations"), store.count("messages")) == (1, 1)
+
+
+async def test_cascading_delete_of_a_fork_leaves_its_ancestors(store):
+    root = await store.create_conversation()
+    await store.append_many(root.id, [user("1"), user("2")])
+    child = await store.fork(root.id)
+    grandchild = await store.fork(child.id)
+    await store.append(grandchild.id, user("3"))
+    await store.delete_conversation(child.id, cascade_forks=True)
+    assert [m.text for m in await store.messages(root.id)] == ["1", "2"]
+    with pytest.raises(ConversationNotFound):
+        await store.get_conversation(grandchild.id)
+
+
+async def test_refusal_names_every_descendant(store):
+    root = await store.create_conversation()
+    await store.append(root.id, user("1"))
+    child = await store.fork(root.id)
+    await store.fork(child.id)
+    await store.fork(root.id)
+    before = store.snapshot()
+    with pytest.raises(ForkConflictError) as err:
+        await store.delete_conversation(root.id)
+    assert str(err.value) == (f"conversation {root.id!r} has 3 fork(s) that share its messages; "
+                              "delete them first or pass cascade_forks=True")
+    assert store.snapshot() == before
+
+
+# --- metadata filters: JSON equality, type-exact ------------------------------------------
+
+
+async def test_metadata_filters_compare_json_values_exactly(store):
+    a = await store.create_conversation(metadata={
+        "none": None, "no": False, "n": 1, "topic": "x", "cfg": {"a": 1, "b": [1, 2]},
+        "a.b c": "q", "tags": ["a"],
+    })
+    b = await store.create_conversation(metadata={
+        "none": 0, "no": 0, "n": 2, "topic": "y", "cfg": {"a": 2}, "a.b c": "r", "tags": ["b"],
+    })
+
+    async def ids(**filters: Any) -> set[str]:
+        return {c.id for c in (await store.list_conversations(metadata=filters)).items}
+
+    assert await ids(none=None) == {a.id}
+    assert await ids(no=False) == {a.id} and await ids(no=True) == set()
+    assert await ids(n=2) == {b.id} and await ids(n=3) == set()
+    assert await ids(topic="y") == {b.id} and await ids(topic="z") == set()
+    # (same key order: SQLite compares minified text, so {"b":..., "a":...} would not match
+    # there while PostgreSQL's JSONB would: see docs/testing.md, "found by mutation testing")
+    assert await ids(cfg={"a": 1, "b": [1, 2]}) == {a.id}
+    assert await ids(cfg={"a": 3}) == set()
+    assert await ids(tags=["b"]) == {b.id} and await ids(tags=["c"]) == set()
+    assert await ids(**{"a.b c": "q"}) == {a.id}  # a key that needs quoting in a JSON path
+
+
+async def test_metadata_filters_that_are_not_json_say_so(store):
+    with pytest.raises(StoreInputError) as err:
+        await store.list_conversations(metadata={1: "x"})
+    assert str(err.value) == "metadata must be a JSON object with string keys (got key 1)"
+    with pytest.raises(StoreInputError) as err:
+        await store.list_conversations(metadata={"when": {1, 2}})
+    assert str(err.value) == "metadata.when is not a JSON value (got set)"
+
+
+# --- scoping, limits and the words of errors ------------------------------------------------
+
+
+async def test_owner_scoping_of_reads_and_writes(store):
+    conv = await store.create_conversation(owner="alice")
+    await store.append_many(conv.id, [user("1"), user("2")])
+    assert [m.text for m in await store.messages(conv.id, owner="alice")] == ["1", "2"]
+    for call in (
+        store.messages(conv.id, owner="bob"),
+        store.append_many(conv.id, [], owner="bob"),
+        store.update_conversation(conv.id, title="t", owner="bob"),
+        store.fork(conv.id, owner="bob"),
+    ):
+        with pytest.raises(ConversationNotFound) as err:
+            await call
+        assert str(err.value) == f"conversation {conv.id!r} not found for owner 'bob'"
+    assert (await store.get_conversation(conv.id)).title is None
+
+
+@pytest.mark.parametrize("call", ["list", "messages", "tail", "search"])
+async def test_limits_must_be_positive(store, call):
+    conv = await store.create_conversation()
+    calls = {
+        "list": lambda: store.list_conversations(limit=0),
+        "messages": lambda: store.messages(conv.id, limit=0),
+        "tail": lambda: store.tail(conv.id, encoding="o200k_base", limit=0),
+        "search": lambda: store.search("x", limit=0),
+    }
+    with pytest.raises(StoreInputError) as err:
+        await calls[call]()
+    assert str(err.value) == "limit must be between 1 and 2**63-1 (got 0)"
+
+
+async def test_pages_of_conversations_chain_by_the_last_item(store):
+    convs = [await store.create_conversation(title=str(i)) for i in range(7)]
+    newest_first = [c.id for c in reversed(convs)]
+    page = await store.list_conversations(limit=3)
+    seen = [c.id for c in page.items]
+    while page.next_cursor is not None:
+        page = await store.list_conversations(limit=3, cursor=page.next_cursor)
+        seen += [c.id for c in page.items]
+    assert seen == newest_first
+    exact = await store.list_conversations(limit=7)
+    assert len(exact.items) == 7 and exact.next_cursor is None  # no empty page after a full one
+
+
+async def test_pinning_touches_one_conversation_only(store):
+    a = await store.create_conversation()
+    b = await store.create_conversation()
+    await store.append_many(a.id, [user("a1")])
+    await store.append_many(b.id, [user("b1")])
+    await store.set_pinned(a.id, 1, True)
+    assert (await store.get_message(a.id, 1)).pinned is True
+    assert (await store.get_message(b.id, 1)).pinned is False
+    with pytest.raises(MessageNotFound) as err:
+        await store.set_pinned(a.id, 9, True)
+    assert str(err.value) == f"conversation {a.id!r} has no message 9"
+    with pytest.raises(MessageNotFound) as err:
+        await store.get_message(a.id, 9)
+    assert str(err.value) == f"conversation {a.id!r} has no message 9"
+
+
+async def test_pinning_an_inherited_message_is_refused_with_the_reason(store):
+    parent = await store.create_conversation()
+    await store.append_many(parent.id, [user("1"), user("2")])
+    fork = await store.fork(parent.id)
+    with pytest.raises(ForkConflictError) as err:
+        await store.set_pinned(fork.id, 2, True)
+    assert str(err.value).startswith(f"message 2 of {fork.id!r} is inherited from {parent.id!r}; ")
+    assert str(err.value).endswith("pinning it would change that conversation and its other forks")
+
+
+async def test_a_fork_keeps_its_metadata_and_refuses_a_point_past_the_end(store):
+    parent = await store.create_conversation()
+    await store.append_many(parent.id, [user("1"), user("2")])
+    fork = await store.fork(parent.id, metadata={"x": 1})
+    assert (await store.get_conversation(fork.id)).metadata == {"x": 1}
+    with pytest.raises(MessageNotFound) as err:
+        await store.fork(parent.id, at=5)
+    assert str(err.value).startswith(f"cannot fork conversation {parent.id!r} at 5: it has messages 1..2")
+
+
+@pytest.mark.parametrize("what", ["create", "update", "fork", "summary"])
+async def test_metadata_that_is_not_json_names_what_it_belongs_to(store, what):
+    conv = await store.create_conversation()
+    await store.append(conv.id, user("1"))
+    bad = {"x": object()}
+    calls = {
+        "create": lambda: store.create_conversation(metadata=bad),
+        "update": lambda: store.update_conversation(conv.id, metadata=bad),
+        "fork": lambda: store.fork(conv.id, metadata=bad),
+        "summary": lambda: store.add_summary(conv.id, start_seq=1, end_seq=1, content="s", metadata=bad),
+    }
+    with pytest.raises(StoreInputError) as err:
+        await calls[what]()
+    assert "metadata" in str(err.value) and "not a JSON value" in str(err.value)
+
+
+async def test_token_counts_accept_zero_and_refuse_the_rest(store):
+    conv = await store.create_conversation()
+    (msg,) = await store.append_many(conv.id, [user("")])
+    await store.save_token_counts("enc", {msg.id: 0})
+    assert [t for _, t in await store.tail(conv.id, encoding="enc")] == [0]
+    for bad in (-1, True, "3"):
+        with pytest.raises(StoreInputError) as err:
+            await store.save_token_counts("enc", {msg.id: bad})
+        assert str(err.value).startswith(f"token count for message {msg.id} must be ")
+    with pytest.raises(MessageNotFound) as err:
+        await store.save_token_counts("enc", {10**9: 1})
+    assert str(err.value).startswith("token counts given for unknown message ids: ")
+
+
+async def test_summaries_of_one_message_and_the_newest_one_first(store):
+    conv = await store.create_conversation()
+    await store.append_many(conv.id, [user(str(i)) for i in range(1, 11)])
+    await store.add_summary(conv.id, start_seq=1, end_seq=1, content="one")
+    await store.add_summary(conv.id, start_seq=1, end_seq=8, content="to 8")
+    await store.add_summary(conv.id, start_seq=1, end_seq=5, content="to 5, older")
+    await store.add_summary(conv.id, start_seq=1, end_seq=5, content="to 5, newer")
+    assert (await store.latest_summary(conv.id, up_to_seq=8)).content == "to 8"
+    assert (await store.latest_summary(conv.id, up_to_seq=7)).content == "to 5, newer"
+    assert (await store.latest_summary(conv.id, up_to_seq=1)).content == "one"
+    with pytest.raises(StoreInputError) as err:
+        await store.add_summary(conv.id, start_seq=3, end_seq=11, content="x")
+    assert str(err.value) == f"summary range 3..11 is not within messages 1..10 of {conv.id!r}"
+    with pytest.raises(StoreInputError) as err:
+        await store.add_summary(conv.id, start_seq=1, end_seq=2, content=5)
+    assert str(err.value) == "content must be a string, not int"
+
+
+async def test_a_limited_read_across_a_fork_returns_exactly_the_limit(store):
+    parent = await store.create_conversation()
+    await store.append_many(parent.id, [user(f"p{i}") for i in range(1, 4)])
+    fork = await store.fork(parent.id)
+    await store.append_many(fork.id, [user(f"f{i}") for i in range(4, 7)])
+    newest = await store.messages(fork.id, limit=3, newest_first=True)
+    assert [m.text for m in newest] == ["f6", "f5", "f4"]
+    tail = await store.tail(fork.id, encoding="enc", limit=3)
+    assert [m.text for m, _ in tail] == ["f6", "f5", "f4"]
+    assert [m.text for m, _ in await store.tail(fork.id, encoding="enc", limit=4)] == ["f6", "f5", "f4", "p3"]
+
+
+async def test_search_matches_backslashes_literally(store):
+    conv = await store.create_conversation()
+    await store.append_many(conv.id, [user(r"C:\temp\x"), user("C:tempx"), user("100% sure_ok")])
+    assert [m.text for m in await store.search("\\temp\\")] == [r"C:\temp\x"]
+    assert [m.text for m in await store.search("0% s")] == ["100% sure_ok"]
+    assert [m.text for m in await store.search("e_o")] == ["100% sure_ok"]
