@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -240,6 +241,9 @@ def spawn_chat(db: str, base_url: str, *args: str) -> pexpect.spawn:
     child = pexpect.spawn(
         sys.executable, ["-c", "from convo.cli import main; main()", "--db", db, "chat", *args],
         env=env, encoding="utf-8", timeout=60, dimensions=(40, 200),
+        # A terminal's Ctrl-C must reach the session even when this test runs as a
+        # background job of a non-interactive shell (CI), which inherits SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     child.expect("you> ")
     return child
