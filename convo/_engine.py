@@ -29,6 +29,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ._exceptions import ConfigurationError
+from ._store_driver import raw_execute
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
@@ -170,9 +171,9 @@ def _sqlite_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
 def _sqlite_begin(conn: Connection) -> None:
     options = conn.get_execution_options()
     if options.get(WRITE_OPTION):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        raw_execute(conn, "BEGIN IMMEDIATE")
     elif not options.get(READ_OPTION):
-        conn.exec_driver_sql("BEGIN")
+        raw_execute(conn, "BEGIN")
 
 
 _E = TypeVar("_E", Engine, AsyncEngine)

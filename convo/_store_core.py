@@ -31,7 +31,6 @@ from typing import Any, Final, Literal, TypeAlias, TypeVar
 
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.sql import Executable
 
@@ -45,7 +44,7 @@ from ._exceptions import (
 )
 from ._messages import Message, parse_message
 from ._records import Conversation, ReplyInfo, StoredMessage, Summary
-from ._store_input import INT32_MAX, check_int, check_values, checked
+from ._store_input import ENCODING_MAX, INT32_MAX, check_int, check_text, check_values, checked
 from ._store_rows import (
     check_pinnable,
     check_short,
@@ -86,8 +85,9 @@ class Op:
     stmt: Executable
     params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None
     fetch: Fetch = "all"
-    #: run on the DBAPI cursor (the hot read path, see ``_store_driver``); rows are
-    #: plain tuples then, read by position; only with ``fetch="all"``
+    #: run on the DBAPI cursor (the hot path, see ``_store_driver``): only for
+    #: long-lived statements (module-level or cached by their builder), whose
+    #: compiled form is kept; rows are plain tuples then, read by position
     driver: bool = False
 
 
@@ -227,7 +227,7 @@ def create_conversation(
 @checked
 def get_conversation(conversation_id: str, *, owner: str | None) -> Plan[Conversation]:
     params = {"cid": conversation_id}
-    row = yield Op(sql.select_conversation(_scope(params, owner)), params, "first")
+    row = yield Op(sql.select_conversation(_scope(params, owner)), params, "first", driver=True)
     if row is None:
         raise ConversationNotFound(conversation_id, owner=owner)
     return conversation_from_row(row)
@@ -350,24 +350,29 @@ def append(
     if idempotency_key is None and dialect == "postgresql":
         single = {f"m_{k}": v for k, v in values.items()}
         single.update(params)
-        row = yield Op(sql.append_returning_seq(_scope(single, owner)), single, "first")
+        row = yield Op(
+            sql.append_returning_seq(_scope(single, owner)), single, "first", driver=True
+        )
         if row is None:
             raise ConversationNotFound(conversation_id, owner=owner)
-        return stored_message(msg, values, id=row.id, conversation_id=conversation_id,
-                              seq=row.seq, created_at=stamp)
+        message_id, seq = row
+        return stored_message(msg, values, id=message_id, conversation_id=conversation_id,
+                              seq=seq, created_at=stamp)
     # The counter update takes the conversation's row lock (SQLite: the write
     # lock, via BEGIN IMMEDIATE) so the key check below cannot race.
-    seq = yield Op(sql.bump_seq(_scope(params, owner)), params, "scalar")
+    seq = yield Op(sql.bump_seq(_scope(params, owner)), params, "scalar", driver=True)
     if seq is None:
         raise ConversationNotFound(conversation_id, owner=owner)
     if idempotency_key is not None:
-        existing = yield Op(sql.BY_KEY, {"cid": conversation_id, "key": idempotency_key}, "first")
+        existing = yield Op(
+            sql.BY_KEY, {"cid": conversation_id, "key": idempotency_key}, "first", driver=True
+        )
         if existing is not None:
             yield ROLLBACK  # undo the counter bump: a retried append writes nothing
             return message_from_row(existing)
     values.update(conversation_id=conversation_id, seq=seq, created_at=stamp)
     try:
-        message_id = yield Op(sql.INSERT_MESSAGE, values, "scalar")
+        message_id = yield Op(sql.INSERT_MESSAGE, values, "scalar", driver=True)
     except IntegrityError:
         # Safety net (the lock makes this unreachable among convo writers).
         if idempotency_key is None:
@@ -539,14 +544,10 @@ def tail(
     return [tokens_from_row(r) for r in rows]
 
 
-@checked
-def context_start(
-    conversation_id: str, *, encoding: str, limit: int, owner: str | None,
-    before: int | None = None,
-) -> Plan[tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]]]]:
-    """The opening reads of a context build on one connection: the lineage once,
-    then its pinned messages (oldest first) and its newest ``limit`` messages,
-    both limited to ``seq < before`` when given (a build "as of" a past seq)."""
+def _open(
+    conversation_id: str, encoding: str, limit: int, owner: str | None, before: int | None
+) -> Plan[tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]],
+                Lineage]]:
     lineage = yield from _lineage(conversation_id, owner)
     pinned_rows = yield from _read_segments(
         lineage, after=None, before=before, limit=None, newest_first=False,
@@ -555,7 +556,53 @@ def context_start(
     tail_rows = yield from _read_segments(
         lineage, after=None, before=before, limit=limit, newest_first=True, encoding=encoding
     )
-    return [tokens_from_row(r) for r in pinned_rows], [tokens_from_row(r) for r in tail_rows]
+    return (
+        [tokens_from_row(r) for r in pinned_rows], [tokens_from_row(r) for r in tail_rows], lineage
+    )
+
+
+@checked
+def context_start(
+    conversation_id: str, *, encoding: str, limit: int, owner: str | None,
+    before: int | None = None,
+) -> Plan[tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]]]]:
+    """The opening reads of a context build on one connection: the lineage once,
+    then its pinned messages (oldest first) and its newest ``limit`` messages,
+    both limited to ``seq < before`` when given (a build "as of" a past seq)."""
+    pinned_rows, tail_rows, _ = yield from _open(conversation_id, encoding, limit, owner, before)
+    return pinned_rows, tail_rows
+
+
+@checked
+def context_open(
+    conversation_id: str, *, encoding: str, limit: int, owner: str | None,
+    before: int | None = None,
+) -> Plan[tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]],
+                Lineage]]:
+    """:func:`context_start`, and the lineage it resolved, for :func:`tail_of`."""
+    return (yield from _open(conversation_id, encoding, limit, owner, before))
+
+
+@checked
+def tail_of(
+    lineage: Lineage, *, encoding: str, before: int, limit: int, owner: str | None
+) -> Plan[list[tuple[StoredMessage, int | None]]]:
+    """:func:`tail` on a lineage resolved earlier in the same build (one lineage
+    query a build, not one a page).
+
+    A lineage never changes below its newest seq (messages are only appended,
+    and a fork point is fixed), so reading older rows with it is exact. Seqs are
+    contiguous from 1, so fewer rows than the lineage holds below ``before``
+    means the conversation was deleted meanwhile: resolving the lineage again
+    then raises :class:`~convo.ConversationNotFound`, as :func:`tail` would.
+    """
+    rows = yield from _read_segments(
+        lineage, after=None, before=before, limit=limit, newest_first=True, encoding=encoding
+    )
+    held = sum(max(0, min(hi, before - 1) - lo) for _cid, lo, hi in lineage.live())
+    if len(rows) < min(limit, held):
+        yield from _lineage(lineage.conversation_id, owner)
+    return [tokens_from_row(r) for r in rows]
 
 
 @checked
@@ -597,6 +644,21 @@ def set_pinned(conversation_id: str, seq: int, value: bool, *, owner: str | None
         raise MessageNotFound(f"conversation {conversation_id!r} has no message {seq}")
 
 
+def token_rows(encoding: str, counts: Mapping[int, int]) -> list[dict[str, Any]]:
+    """The ``message_tokens`` rows of ``counts`` (message id -> tokens), checked."""
+    check_text(encoding, "encoding", max_len=ENCODING_MAX)
+    if not isinstance(counts, Mapping):
+        raise StoreInputError("counts must be a mapping of message id to token count")
+    rows = []
+    for message_id, tokens in counts.items():
+        message_id = check_int(message_id, "a message id of counts")
+        tokens = check_int(
+            tokens, f"token count for message {message_id}", minimum=0, maximum=INT32_MAX
+        )
+        rows.append({"message_id": message_id, "encoding": encoding, "tokens": tokens})
+    return rows
+
+
 @checked
 def save_token_counts(encoding: str, counts: Mapping[int, int], *, dialect: str) -> Plan[None]:
     """Store token counts; a cache, so on a read-only database it stores nothing.
@@ -607,22 +669,11 @@ def save_token_counts(encoding: str, counts: Mapping[int, int], *, dialect: str)
     read-only transaction) must still build, so a write the database refuses
     as read-only is skipped, not raised.
     """
-    if not isinstance(counts, Mapping):
-        raise StoreInputError("counts must be a mapping of message id to token count")
-    rows = []
-    for message_id, tokens in counts.items():
-        message_id = check_int(message_id, "a message id of counts")
-        tokens = check_int(
-            tokens, f"token count for message {message_id}", minimum=0, maximum=INT32_MAX
-        )
-        rows.append({"message_id": message_id, "encoding": encoding, "tokens": tokens})
+    rows = token_rows(encoding, counts)
     if not rows:
         return
-    # Counts are deterministic per (message, encoding): a concurrent writer
-    # stored the same number, so DO NOTHING is exact.
-    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(TK)
     try:
-        yield Op(insert.on_conflict_do_nothing(), rows, "none")
+        yield Op(sql.insert_token_counts(dialect), rows, "none", driver=True)
     except IntegrityError as exc:
         raise MessageNotFound(f"token counts given for unknown message ids: {exc.orig}") from exc
     except DBAPIError as exc:

@@ -11,7 +11,7 @@ from functools import cache
 from typing import Any, cast
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import postgresql, sqlite
 
 from ._exceptions import StoreInputError
 from ._schema import ConversationRow, MessageRow, MessageTokenRow, SummaryRow
@@ -107,6 +107,14 @@ def append_returning_seq(scoped: bool) -> sa.Insert:
         .returning(M.c.id, M.c.seq)
         .add_cte(bump)
     )
+
+
+@cache
+def insert_token_counts(dialect: str) -> sa.Insert:
+    """Token counts, keeping existing ones: counts are deterministic per (message,
+    encoding), so a concurrent writer stored the same number and DO NOTHING is exact."""
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(TK)
+    return insert.on_conflict_do_nothing()
 
 
 BY_KEY = sa.select(M).where(M.c.conversation_id == _B("cid"), M.c.idempotency_key == _B("key"))

@@ -151,6 +151,8 @@ class StoreCall:
 
 @dataclass(frozen=True, slots=True)
 class Build:
+    """-> (Context, token counts the build left to the turn, or None)."""
+
     conversation_id: str
     tools: list[dict[str, Any]] | None
     response_format: dict[str, Any] | None
@@ -306,7 +308,10 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
 
     report: ContextReport | None = None
     while True:
-        ctx: Context = yield Build(cid, spec.tool_definitions, spec.response_format, owner)
+        built: tuple[Context, Any] = yield Build(
+            cid, spec.tool_definitions, spec.response_format, owner
+        )
+        ctx, token_counts = built
         report = ctx.report
         body = request_body(ctx, spec)
         endpoint: Literal["chat.completions", "completions"] = (
@@ -330,6 +335,8 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
             "replays_id": spec.replays_id,
             "metadata": spec.metadata,
             "owner": owner,
+            # the build's new token counts: written with the run, not on their own
+            "token_counts": token_counts,
         })
         sent: Sent = yield Send(endpoint, body, spec.stream, round, client_options(spec))
         timing = {"attempts": sent.attempts, "ttfb_ms": sent.ttfb_ms,
