@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from ._async_store import AsyncStore
-from ._context_plan import BuildConfig, BuildIO, plan_build, run_async, run_sync
+from ._context_plan import BuildConfig, BuildIO, plan_build, rows_hint, run_async, run_sync
 from ._context_report import Context
 from ._exceptions import ConfigurationError, StoreInputError
 from ._messages import Message
@@ -32,6 +32,9 @@ Mode = Literal["chat", "completion"]
 
 DEFAULT_LOW_WATER = 0.5
 """After an overflow, keep half of the history budget (summaries with hysteresis)."""
+
+ROWS_REMEMBERED = 4096
+"""Conversations whose last build's row count a builder keeps as a paging hint."""
 
 
 StoreT = TypeVar("StoreT")
@@ -53,6 +56,8 @@ class _BuilderBase:
     summary_role: Literal["system", "developer", "user"]
     low_water: float | None
     page_size: int
+    #: conversation id -> rows its next build reads first (from its last build)
+    _rows_needed: dict[str, int]
     _counter: TokenCounter
     _decode: Callable[[list[int]], str] | None
     _template: Any
@@ -98,7 +103,17 @@ class _BuilderBase:
             decode=self._decode,
             low_water=self.low_water,
             as_of=_check_as_of(as_of),
+            rows_hint=self._rows_needed.get(conversation_id) if as_of is None else None,
         )
+
+    def _remember(self, cfg: BuildConfig, ctx: Context, io: BuildIO) -> None:
+        """Note how many rows the next build of the conversation should read first
+        (see ``BuildConfig.rows_hint``)."""
+        if cfg.as_of is not None:
+            return
+        if len(self._rows_needed) >= ROWS_REMEMBERED:
+            self._rows_needed.clear()  # a cache of hints: starting over is harmless
+        self._rows_needed[cfg.conversation_id] = rows_hint(ctx.report.rows_read, io.rows)
 
     def _turn_config(
         self,
@@ -241,6 +256,7 @@ class _Builder(_BuilderBase, Generic[StoreT, SummarizerT]):
         self.summary_role = summary_role
         self.low_water = _check_low_water(low_water)
         self.page_size = page_size
+        self._rows_needed = {}
 
 
 def _check_low_water(value: float | None) -> float | None:
@@ -327,7 +343,9 @@ class ContextBuilder(_Builder[Store, Summarizer]):
             target, method, args, kwargs = call
             return io.result(op, getattr(targets[target], method)(*args, **kwargs))
 
-        return run_sync(plan_build(cfg), handle)
+        ctx = run_sync(plan_build(cfg), handle)
+        self._remember(cfg, ctx, io)
+        return ctx
 
     def _build_for_turn(
         self,
@@ -384,7 +402,9 @@ class AsyncContextBuilder(_Builder[AsyncStore, AsyncSummarizer]):
             target, method, args, kwargs = call
             return io.result(op, await getattr(targets[target], method)(*args, **kwargs))
 
-        return await run_async(plan_build(cfg), handle)
+        ctx = await run_async(plan_build(cfg), handle)
+        self._remember(cfg, ctx, io)
+        return ctx
 
     async def _build_for_turn(
         self,

@@ -50,9 +50,24 @@ from ._messages import Message
 from ._records import StoredMessage
 from ._selection import Item, Selection
 
-__all__ = ["BuildConfig", "BuildIO", "Plan", "control_markers", "plan_build", "store_call"]
+__all__ = [
+    "BuildConfig", "BuildIO", "Plan", "control_markers", "plan_build", "rows_hint", "store_call",
+]
 
 # ---- the plan ---------------------------------------------------------------------
+
+#: Rows read beyond what the previous build of a conversation needed (see
+#: ``BuildConfig.rows_hint``): a turn's new messages and room for a shorter window.
+ROWS_SLACK = 6
+
+
+def rows_hint(rows_needed: int, rows_fetched: int) -> int:
+    """The first page of the next build of a conversation whose last build needed
+    ``rows_needed`` rows and fetched ``rows_fetched``: what it needed and some
+    slack, but never more than it fetched (older rows than those have no token
+    counts yet, and a build counts every row it reads)."""
+    return min(rows_needed + ROWS_SLACK, rows_fetched)
+
 
 
 def plan_build(cfg: BuildConfig) -> Plan:
@@ -72,6 +87,8 @@ def plan_build(cfg: BuildConfig) -> Plan:
 
     # first page sized for ~160-token messages; later pages double
     page = cfg.page_size or max(16, min(256, cfg.budget // 160))
+    if not cfg.page_size and cfg.rows_hint is not None:
+        page = max(page, min(1024, cfg.rows_hint))
     # one store call for the lineage, the pinned messages and the newest page
     pinned_rows, first_page = yield Start(page, None if cfg.as_of is None else cfg.as_of + 1)
     if cfg.as_of is not None and (not first_page or first_page[0][0].seq != cfg.as_of):
@@ -356,7 +373,9 @@ class BuildIO:
     transaction (a turn stores them with its run).
     """
 
-    __slots__ = ("conversation_id", "defer_counts", "encoding", "lineage", "owner", "token_counts")
+    __slots__ = (
+        "conversation_id", "defer_counts", "encoding", "lineage", "owner", "rows", "token_counts",
+    )
 
     def __init__(
         self, conversation_id: str, owner: str | None, encoding: str, *, defer_counts: bool = False
@@ -367,6 +386,7 @@ class BuildIO:
         self.lineage: Any = None
         self.defer_counts = defer_counts
         self.token_counts: tuple[str, dict[int, int]] | None = None
+        self.rows = 0  # history rows fetched (pinned ones aside)
 
     def call(self, op: Op) -> tuple[str, str, tuple[Any, ...], dict[str, Any]] | None:
         """The call that answers ``op``; None when there is nothing to call (deferred counts)."""
@@ -379,7 +399,10 @@ class BuildIO:
         """What the plan receives for ``op``, given the call's ``value``."""
         if isinstance(op, Start):
             pinned, page, self.lineage = value
+            self.rows += len(page)
             return pinned, page
+        if isinstance(op, Tail):
+            self.rows += len(value)
         return value
 
 

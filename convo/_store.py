@@ -7,6 +7,7 @@ with ``await``.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal, Self, TypeVar
@@ -104,6 +105,7 @@ class Store:
         self._engines = mode_engines(self._engine)
         self._dialect = self._engine.dialect.name
         self._schema_ok = False
+        self._held = threading.local()  # see _hold
 
     @property
     def engine(self) -> Engine:
@@ -176,19 +178,48 @@ class Store:
         if not self._schema_ok:
             self.check_schema()
         try:
-            if direct and self._dialect == "sqlite" and driver.direct_ok(
-                self._engine, _sqlite_begin
-            ):
-                value: T = driver.run_direct(
-                    self._engine, plan, writes=mode != "read", rollback=ROLLBACK
-                )
-                return value
+            if direct:
+                held = getattr(self._held, "connection", None)
+                if held is not None and held.is_valid:
+                    value: T = driver.run_direct(
+                        self._engine, plan, writes=mode != "read", rollback=ROLLBACK, held=held
+                    )
+                    return value
+                if self._dialect == "sqlite" and driver.direct_ok(self._engine, _sqlite_begin):
+                    value = driver.run_direct(
+                        self._engine, plan, writes=mode != "read", rollback=ROLLBACK
+                    )
+                    return value
             with self._engines[mode].connect() as conn:
                 value = _drive(conn, plan, writes=mode != "read")
                 conn.commit()
                 return value
         except DBAPIError as exc:
             raise database_error(exc) from exc
+
+    def _hold(self) -> Any:
+        """Keep one pooled connection for this thread's direct store calls until
+        :meth:`_release` (a turn's steps up to its request: one checkout instead of
+        one a call). Returns the token to release, or None when nothing was taken
+        (not SQLite, statements observed, or already held)."""
+        if (
+            self._dialect != "sqlite"
+            or getattr(self._held, "connection", None) is not None
+            or not driver.direct_ok(self._engine, _sqlite_begin)
+        ):
+            return None
+        try:
+            connection = self._engine.raw_connection()
+        except DBAPIError as exc:
+            raise database_error(exc) from exc
+        self._held.connection = connection
+        return connection
+
+    def _release(self, token: Any) -> None:
+        """Return the connection :meth:`_hold` took (``token``) to the pool."""
+        if token is not None and getattr(self._held, "connection", None) is token:
+            self._held.connection = None
+            token.close()
 
     # --- conversations -------------------------------------------------------------------
 

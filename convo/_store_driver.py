@@ -21,13 +21,14 @@ there; only the statements in between skip the ``Connection`` machinery.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.sql import Executable
+from sqlalchemy.sql import Executable, sqltypes
 from sqlalchemy.sql.dml import UpdateBase
 
 __all__ = [
@@ -166,9 +167,22 @@ _LAZY: Any = object()
 
 def _result_processor(dialect: Dialect, type_: Any) -> Any:
     try:
-        return type_._cached_result_processor(dialect, None)
+        proc = type_._cached_result_processor(dialect, None)
     except Exception:  # noqa: BLE001 - it needs the driver's type code (psycopg numerics)
         return _LAZY
+    if proc is not None and dialect.name == "sqlite" and isinstance(
+        type_.dialect_impl(dialect), sqltypes.JSON
+    ):
+        # JSON text decoded in one call rather than through SQLAlchemy's three
+        # wrappers (the same json_deserializer; other values take their route)
+        loads = getattr(dialect, "_json_deserializer", None) or json.loads
+        general = proc
+
+        def decode(value: Any) -> Any:
+            return loads(value) if type(value) is str else general(value)
+
+        return decode
+    return proc
 
 
 def process(
@@ -342,13 +356,17 @@ def direct_ok(engine: Any, begin_hook: Callable[..., Any]) -> bool:
     return len(begin) == 1 and begin[0] is begin_hook
 
 
-def run_direct(engine: Any, plan: Any, *, writes: bool, rollback: Any) -> Any:
+def run_direct(
+    engine: Any, plan: Any, *, writes: bool, rollback: Any, held: Any = None
+) -> Any:
     """Run a plan of ``driver=True`` statements on a pooled DBAPI connection: what
     ``Store._run`` does through a ``Connection`` (``BEGIN IMMEDIATE`` before the first
     statement of a write, ``COMMIT`` at the end, a rollback on error), at the cost of
-    the driver calls alone. ``rollback`` is the plans' ROLLBACK marker."""
+    the driver calls alone. ``rollback`` is the plans' ROLLBACK marker. ``held``: a
+    pooled connection checked out by the caller (kept open afterwards), else one is
+    checked out for this plan and returned at the end."""
     dialect = engine.dialect
-    fairy = engine.raw_connection()  # the pool's checkout events still run
+    fairy = held if held is not None else engine.raw_connection()  # pool events still run
     dbapi_conn = fairy.dbapi_connection
     in_tx = False
     try:
@@ -393,4 +411,5 @@ def run_direct(engine: Any, plan: Any, *, writes: bool, rollback: Any) -> Any:
                 dbapi_conn.rollback()
             except dialect.loaded_dbapi.Error:  # gone: the pool's reset deals with it
                 pass
-        fairy.close()
+        if held is None:
+            fairy.close()

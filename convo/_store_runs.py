@@ -31,7 +31,7 @@ from ._messages import Message, parse_message
 from ._records import ReplyInfo, Run, RunPage, StoredMessage
 from ._schema import RunRow
 from ._store_core import ROLLBACK, Op, Plan, get_conversation, now, token_rows
-from ._store_input import check_text, check_values
+from ._store_input import check_json, check_text, check_values
 from ._store_rows import (
     check_short,
     construct,
@@ -44,8 +44,8 @@ from ._store_rows import (
 )
 
 __all__ = [
-    "FinishedRun", "finish_run", "get_run", "list_runs", "new_run_id", "runs_for_replies",
-    "start_run", "turn_runs",
+    "FinishedRun", "SerializedRequest", "finish_run", "get_run", "list_runs", "new_run_id",
+    "runs_for_replies", "start_run", "turn_runs",
 ]
 
 R = cast(sa.Table, RunRow.__table__)
@@ -138,6 +138,14 @@ def _ms(value: Any, what: str) -> float | None:
 def _json_object(value: Mapping[str, Any] | None, what: str) -> dict[str, Any] | None:
     if value is None:
         return None
+    if isinstance(value, dict):
+        try:
+            # Plain JSON (the common case) comes back as the same plain copy the
+            # round trip below would make, without serializing it.
+            checked: dict[str, Any] = check_json(value, what)
+            return checked
+        except StoreInputError:
+            pass  # e.g. tuples or int keys, which the round trip turns into JSON
     try:
         # Round trip through strict JSON: NaN/Infinity and non-JSON values are refused.
         out: dict[str, Any] = json.loads(json.dumps(dict(value), allow_nan=False))
@@ -150,8 +158,22 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+class SerializedRequest(str):
+    """Request text convo serialized itself from a dict (``pydantic_core.to_json``,
+    as the turn does): a JSON object by construction, except for the ``NaN`` and
+    ``Infinity`` constants ``to_json`` writes for such floats, so only text that
+    contains one of them is parsed again."""
+
+    __slots__ = ()
+
+
 def request_text(request: str | bytes | Mapping[str, Any]) -> str:
     """The body as JSON text: given text is kept byte for byte (it is what was sent)."""
+    if type(request) is SerializedRequest:
+        text = str.__str__(request)
+        if "NaN" not in text and "Infinity" not in text:
+            return text
+        request = text
     if isinstance(request, Mapping):
         try:
             request = pydantic_core.to_json(dict(request)).decode()
@@ -377,7 +399,9 @@ def _update_run(columns: tuple[str, ...], scoped: bool) -> sa.Update:
     stmt = sa.update(R).where(R.c.id == _B("run_id"), R.c.status == "pending")
     if scoped:
         stmt = stmt.where(R.c.owner == _B("b_owner"))
-    return stmt.values({R.c[c]: _B(f"v_{c}", type_=R.c[c].type) for c in columns}).returning(*R.c)
+    stmt = stmt.values({R.c[c]: _B(f"v_{c}", type_=R.c[c].type) for c in columns})
+    # the columns it does not write: what it writes is known (and needs no decoding)
+    return stmt.returning(*(c for c in R.c if c.name not in columns))
 
 
 def finish_run(
@@ -451,7 +475,10 @@ def finish_run(
     if updated is None:
         yield ROLLBACK
         yield from _unfinishable(run_id, owner)
-    return FinishedRun(run=run_from_row(updated), reply=stored, duplicate=duplicate)
+    row = dict(zip((c for c in _RUN_COLUMNS if c not in values), updated, strict=True))
+    row.update(values)
+    run = run_from_row(tuple(row[c] for c in _RUN_COLUMNS))
+    return FinishedRun(run=run, reply=stored, duplicate=duplicate)
 
 
 def _unfinishable(run_id: str, owner: str | None) -> Plan[NoReturn]:

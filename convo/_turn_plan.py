@@ -39,6 +39,7 @@ from ._context_report import Context, ContextReport
 from ._exceptions import APIStreamError, ConfigurationError, InvalidMessageError, TurnCancelled
 from ._messages import Message, ToolCall
 from ._records import Run, StoredMessage
+from ._store_runs import SerializedRequest
 from ._tools import Tool, ToolArgumentsError
 from ._types import (
     ChatCompletion,
@@ -322,7 +323,7 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
             "endpoint": endpoint,
             "mode": ctx.mode,
             "model": ctx.model,
-            "request": body,
+            "request": SerializedRequest(body),  # checked for what to_json may write
             "base_url": spec.base_url,
             "stream": spec.stream,
             "settings": builder_settings(spec.builder),
