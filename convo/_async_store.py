@@ -232,6 +232,22 @@ class AsyncStore:
             core.append_mode(idempotency_key),
         )
 
+    async def _append_current(
+        self,
+        conversation_id: str,
+        message: Message | Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        owner: str | None = None,
+    ) -> tuple[str, StoredMessage]:
+        """:meth:`append` to the thread's current branch, resolved in the same
+        transaction: (the conversation it went to, the message). For turns."""
+        return await self._run(
+            core.append_current(conversation_id, message, idempotency_key=idempotency_key,
+                                owner=owner, dialect=self._dialect),
+            core.append_mode(idempotency_key),
+        )
+
     async def append_many(
         self,
         conversation_id: str,

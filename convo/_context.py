@@ -56,6 +56,7 @@ class _BuilderBase:
     summary_role: Literal["system", "developer", "user"]
     low_water: float | None
     page_size: int
+    summarizer: Any
     #: conversation id -> rows its next build reads first (from its last build)
     _rows_needed: dict[str, int]
     _counter: TokenCounter

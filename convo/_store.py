@@ -208,6 +208,8 @@ class Store:
             or not driver.direct_ok(self._engine, _sqlite_begin)
         ):
             return None
+        if not self._schema_ok:
+            self.check_schema()  # (on a connection of its own: before taking one)
         try:
             connection = self._engine.raw_connection()
         except DBAPIError as exc:
@@ -217,9 +219,11 @@ class Store:
 
     def _release(self, token: Any) -> None:
         """Return the connection :meth:`_hold` took (``token``) to the pool."""
-        if token is not None and getattr(self._held, "connection", None) is token:
+        if token is None:
+            return
+        if getattr(self._held, "connection", None) is token:
             self._held.connection = None
-            token.close()
+        token.close()
 
     # --- conversations -------------------------------------------------------------------
 
@@ -351,6 +355,23 @@ class Store:
         return self._run(
             core.append(conversation_id, message, idempotency_key=idempotency_key,
                         pinned=pinned, reply=reply, owner=owner, dialect=self._dialect),
+            core.append_mode(idempotency_key),
+            direct=True,
+        )
+
+    def _append_current(
+        self,
+        conversation_id: str,
+        message: Message | Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        owner: str | None = None,
+    ) -> tuple[str, StoredMessage]:
+        """:meth:`append` to the thread's current branch, resolved in the same
+        transaction: (the conversation it went to, the message). For turns."""
+        return self._run(
+            core.append_current(conversation_id, message, idempotency_key=idempotency_key,
+                                owner=owner, dialect=self._dialect),
             core.append_mode(idempotency_key),
             direct=True,
         )

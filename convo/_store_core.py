@@ -328,7 +328,8 @@ def list_conversations(
 
 
 def append_mode(idempotency_key: str | None) -> Mode:
-    """How to run :func:`append`: without a key it is a single statement on PostgreSQL."""
+    """How to run :func:`append` and :func:`append_current`: without a key it is a
+    single statement on PostgreSQL (``"single"`` is ``"write"`` on SQLite)."""
     return "single" if idempotency_key is None else "write"
 
 
@@ -370,7 +371,19 @@ def append(
         if existing is not None:
             yield ROLLBACK  # undo the counter bump: a retried append writes nothing
             return message_from_row(existing)
-    values.update(conversation_id=conversation_id, seq=seq, created_at=stamp)
+    return (yield from _insert(conversation_id, seq, msg, values, stamp, idempotency_key))
+
+
+def _insert(
+    cid: str,
+    seq: int,
+    msg: Message,
+    values: dict[str, Any],
+    stamp: datetime,
+    idempotency_key: str | None,
+) -> Plan[StoredMessage]:
+    """Insert a message at ``seq`` (its counter bumped by the caller, in this transaction)."""
+    values.update(conversation_id=cid, seq=seq, created_at=stamp)
     try:
         message_id = yield Op(sql.INSERT_MESSAGE, values, "scalar", driver=True)
     except IntegrityError:
@@ -378,12 +391,70 @@ def append(
         if idempotency_key is None:
             raise
         yield ROLLBACK
-        existing = yield Op(sql.BY_KEY, {"cid": conversation_id, "key": idempotency_key}, "first")
+        existing = yield Op(sql.BY_KEY, {"cid": cid, "key": idempotency_key}, "first",
+                            driver=True)
         if existing is None:
             raise
         return message_from_row(existing)
-    return stored_message(msg, values, id=message_id, conversation_id=conversation_id,
-                          seq=seq, created_at=stamp)
+    return stored_message(msg, values, id=message_id, conversation_id=cid, seq=seq,
+                          created_at=stamp)
+
+
+@checked
+def append_current(
+    conversation_id: str,
+    message: Message | Mapping[str, Any],
+    *,
+    idempotency_key: str | None,
+    owner: str | None,
+    dialect: str,
+) -> Plan[tuple[str, StoredMessage]]:
+    """:func:`append` to the thread's current branch (``conversation_id`` itself when
+    it has none), resolved in the same transaction: the conversation it went to,
+    and the message. With a key already stored in that view (inherited rows of a
+    branch included), the stored message comes back and nothing is written."""
+    msg = parse_message(message)
+    values = message_params(msg, pinned=None, idempotency_key=idempotency_key, reply=None)
+    stamp = now()
+    params: dict[str, Any] = {"cid": conversation_id, "now": stamp}
+    scoped = _scope(params, owner)
+    if idempotency_key is None and dialect == "postgresql":
+        single = {f"m_{k}": v for k, v in values.items()}
+        single.update(params)
+        row = yield Op(sql.append_returning_seq(scoped, True), single, "first", driver=True)
+        if row is None:
+            raise ConversationNotFound(conversation_id, owner=owner)
+        message_id, seq, cid = row
+        return cid, stored_message(msg, values, id=message_id, conversation_id=cid, seq=seq,
+                                   created_at=stamp)
+    # The counter update takes the branch's row lock (SQLite: the write lock) first,
+    # so the key lookup below cannot race with another send of the same turn.
+    row = yield Op(sql.bump_current_seq(scoped), params, "first", driver=True)
+    if row is None:
+        raise ConversationNotFound(conversation_id, owner=owner)
+    cid, seq = row
+    if idempotency_key is not None:
+        existing = None
+        if cid == conversation_id:
+            existing = yield Op(sql.BY_KEY, {"cid": cid, "key": idempotency_key}, "first",
+                                driver=True)
+        else:
+            # On a branch, the turn may have been stored before the branch was made
+            # (a retry after a regenerate): look through the inherited history too.
+            lineage = yield from _lineage(cid, owner)
+            for segment, lo, hi in lineage.live():
+                existing = yield Op(
+                    sql.by_key_in_range(),
+                    {"cid": segment, "key": idempotency_key, "lo": lo, "hi": hi},
+                    "first",
+                    driver=True,
+                )
+                if existing is not None:
+                    break
+        if existing is not None:
+            yield ROLLBACK  # undo the counter bump: a retried send writes nothing
+            return cid, message_from_row(existing)
+    return cid, (yield from _insert(cid, seq, msg, values, stamp, idempotency_key))
 
 
 @checked

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic_core import from_json
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Executable, sqltypes
@@ -174,12 +175,26 @@ def _result_processor(dialect: Dialect, type_: Any) -> Any:
         type_.dialect_impl(dialect), sqltypes.JSON
     ):
         # JSON text decoded in one call rather than through SQLAlchemy's three
-        # wrappers (the same json_deserializer; other values take their route)
-        loads = getattr(dialect, "_json_deserializer", None) or json.loads
+        # wrappers; other values take their route
         general = proc
+        custom = getattr(dialect, "_json_deserializer", None)
+        if custom is not None:
+
+            def decode_with(value: Any) -> Any:
+                return custom(value) if type(value) is str else general(value)
+
+            return decode_with
 
         def decode(value: Any) -> Any:
-            return loads(value) if type(value) is str else general(value)
+            if type(value) is not str:
+                return general(value)
+            try:
+                # several times faster than json.loads on the small objects stored
+                # (usage, metadata); the same values (text it refuses, e.g. a lone
+                # surrogate escape, is left to json.loads)
+                return from_json(value)
+            except ValueError:
+                return json.loads(value)
 
         return decode
     return proc

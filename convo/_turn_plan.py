@@ -242,25 +242,26 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
     wire_params(spec)  # a bad parameter fails before anything is stored
     owner = spec.owner
     cid = spec.conversation_id
-    on_branch = False
-    if spec.resolve_branch:
+    user: StoredMessage | None = None
+    if spec.user is not None and spec.resolve_branch:
+        # The thread's current branch, and the user message stored there (or the
+        # one an earlier send of this turn stored, inherited ones included: a
+        # retry after a regenerate), in one transaction.
+        cid, user = yield StoreCall(
+            "_append_current", (cid, spec.user), {"idempotency_key": spec.key, "owner": owner}
+        )
+    elif spec.resolve_branch:
         conversation = yield StoreCall("get_conversation", (cid,), {"owner": owner})
-        on_branch = conversation.current_branch_id is not None
         cid = conversation.current_branch_id or cid
 
     for result in spec.tool_results:
         if result.role != "tool" or not result.tool_call_id:
             raise InvalidMessageError("tool_results must be tool messages with a tool_call_id")
-    user: StoredMessage | None = None
     stored: list[StoredMessage] = []
     runs: list[Run] = []
     round = 0
     anchor = 0
     if spec.user is not None:
-        if on_branch and spec.key is not None:
-            # The turn may have been stored before the branch was made (a retry
-            # after a regenerate): look the key up through the inherited history.
-            user = yield StoreCall("find_by_key", (cid, spec.key), {"owner": owner})
         if user is None:
             user = yield StoreCall(
                 "append", (cid, spec.user), {"idempotency_key": spec.key, "owner": owner}
@@ -607,7 +608,26 @@ def request_body(ctx: Context, spec: TurnSpec) -> str:
 
 
 def builder_settings(builder: _BuilderBase) -> dict[str, Any]:
-    """What a run records of the builder: enough to rebuild the same context."""
+    """What a run records of the builder: enough to rebuild the same context.
+
+    Kept on the builder for as long as the settings it is made of stay the same;
+    the caller must not change it (``start_run`` stores a copy).
+    """
+    key = (
+        builder.model, builder.mode, builder._counter.encoding_name, builder.budget,
+        builder.reply_reserve, id(builder._template), builder.profile, builder.max_messages,
+        builder.max_history_tokens, builder.truncate, builder.summary_max_tokens,
+        builder.summary_role, builder.low_water,
+    )
+    cached = builder.__dict__.get("_settings_cache")
+    if cached is None or cached[0] != key or cached[1] is not builder._template:
+        cached = (key, builder._template, _builder_settings(builder))
+        builder.__dict__["_settings_cache"] = cached
+    settings: dict[str, Any] = cached[2]
+    return settings
+
+
+def _builder_settings(builder: _BuilderBase) -> dict[str, Any]:
     template = builder._template
     template_name = None
     template_hash = None
