@@ -597,6 +597,7 @@ class AsyncStore:
         reply_info: ReplyInfo | None = None,
         reply_key: str | None = None,
         owner: str | None = None,
+        started: Run | None = None,
         **outcome: Any,
     ) -> FinishedRun:
         """Record how a pending run ended; with ``reply``, store it in the same transaction.
@@ -608,6 +609,9 @@ class AsyncStore:
         already stored under that key (a concurrent send of the same turn) is
         kept instead, and this run is recorded as ``cancelled``
         (``FinishedRun.duplicate``).
+        ``started``: the :class:`~convo.Run` :meth:`start_run` returned for this
+        run; the finished run is built from it and the outcome instead of being
+        read back (a pending run changes nowhere else). The turn layer passes it.
 
         Raises:
             RunNotFound: no such run (for this owner).
@@ -615,7 +619,8 @@ class AsyncStore:
         """
         return await self._run(
             runs.finish_run(run_id, status=status, reply=reply, reply_info=reply_info,
-                            reply_key=reply_key, outcome=outcome, owner=owner),
+                            reply_key=reply_key, outcome=outcome, owner=owner,
+                            started=started, dialect=self._dialect),
             "write",
         )
 

@@ -50,6 +50,8 @@ def fetch(result: Result[Any], how: core.Fetch) -> Any:
         return result.scalar()
     if how == "rowcount":
         return result.rowcount  # type: ignore[attr-defined]
+    if how == "lastrowid":
+        return result.lastrowid  # type: ignore[attr-defined]
     return None
 
 
@@ -754,6 +756,7 @@ class Store:
         reply_info: ReplyInfo | None = None,
         reply_key: str | None = None,
         owner: str | None = None,
+        started: Run | None = None,
         **outcome: Any,
     ) -> FinishedRun:
         """Record how a pending run ended; with ``reply``, store it in the same transaction.
@@ -765,6 +768,9 @@ class Store:
         already stored under that key (a concurrent send of the same turn) is
         kept instead, and this run is recorded as ``cancelled``
         (``FinishedRun.duplicate``).
+        ``started``: the :class:`~convo.Run` :meth:`start_run` returned for this
+        run; the finished run is built from it and the outcome instead of being
+        read back (a pending run changes nowhere else). The turn layer passes it.
 
         Raises:
             RunNotFound: no such run (for this owner).
@@ -772,7 +778,8 @@ class Store:
         """
         return self._run(
             runs.finish_run(run_id, status=status, reply=reply, reply_info=reply_info,
-                            reply_key=reply_key, outcome=outcome, owner=owner),
+                            reply_key=reply_key, outcome=outcome, owner=owner,
+                            started=started, dialect=self._dialect),
             "write",
             direct=True,
         )

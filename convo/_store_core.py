@@ -64,7 +64,7 @@ from ._store_rows import (
 __all__ = ["ROLLBACK", "UNSET", "ConversationPage", "Mode", "Op", "Plan", "Unset"]
 
 T = TypeVar("T")
-Fetch: TypeAlias = Literal["all", "first", "scalar", "rowcount", "none"]
+Fetch: TypeAlias = Literal["all", "first", "scalar", "rowcount", "lastrowid", "none"]
 #: How a shell runs a plan (see :func:`convo._engine.mode_engines`): ``"read"``
 #: without a transaction, ``"write"`` in one, ``"single"`` for a one-statement write.
 Mode: TypeAlias = Literal["read", "write", "single"]
@@ -78,7 +78,7 @@ class Op:
 
     ``fetch``: ``"all"`` -> list of rows, ``"first"`` -> a row or None,
     ``"scalar"`` -> first column of the first row or None, ``"rowcount"`` -> int,
-    ``"none"`` -> None. ``params`` as a list means executemany (rows come back
+    ``"lastrowid"`` -> the rowid an INSERT gave its row (SQLite), ``"none"`` -> None. ``params`` as a list means executemany (rows come back
     in parameter order when the statement returns rows).
     """
 
@@ -371,7 +371,22 @@ def append(
         if existing is not None:
             yield ROLLBACK  # undo the counter bump: a retried append writes nothing
             return message_from_row(existing)
-    return (yield from _insert(conversation_id, seq, msg, values, stamp, idempotency_key))
+    return (
+        yield from _insert(conversation_id, seq, msg, values, stamp, idempotency_key, dialect)
+    )
+
+
+def insert_message(values: dict[str, Any], dialect: str) -> Op:
+    """The INSERT of a message row; its result is the new message's id.
+
+    Only the columns that have a value are listed (the others are NULL anyway, and
+    every bound value costs); SQLite gives the id as the cursor's ``lastrowid``
+    (the rowid alias), PostgreSQL through ``RETURNING``.
+    """
+    given = {k: v for k, v in values.items() if v is not None}
+    if dialect == "sqlite":
+        return Op(sql.INSERT_PLAIN, given, "lastrowid", driver=True)
+    return Op(sql.INSERT_MESSAGE, given, "scalar", driver=True)
 
 
 def _insert(
@@ -381,11 +396,12 @@ def _insert(
     values: dict[str, Any],
     stamp: datetime,
     idempotency_key: str | None,
+    dialect: str,
 ) -> Plan[StoredMessage]:
     """Insert a message at ``seq`` (its counter bumped by the caller, in this transaction)."""
     values.update(conversation_id=cid, seq=seq, created_at=stamp)
     try:
-        message_id = yield Op(sql.INSERT_MESSAGE, values, "scalar", driver=True)
+        message_id = yield insert_message(values, dialect)
     except IntegrityError:
         # Safety net (the lock makes this unreachable among convo writers).
         if idempotency_key is None:
@@ -454,7 +470,7 @@ def append_current(
         if existing is not None:
             yield ROLLBACK  # undo the counter bump: a retried send writes nothing
             return cid, message_from_row(existing)
-    return cid, (yield from _insert(cid, seq, msg, values, stamp, idempotency_key))
+    return cid, (yield from _insert(cid, seq, msg, values, stamp, idempotency_key, dialect))
 
 
 @checked

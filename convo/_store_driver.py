@@ -238,6 +238,8 @@ def from_result(prepared: DriverStatement, result: Any, how: str, dialect: Diale
     """What ``how`` asks for, from an ``exec_driver_sql`` result of ``prepared``."""
     if how == "rowcount":
         return result.rowcount
+    if how == "lastrowid":
+        return result.lastrowid
     if how == "none" or not prepared.returns_rows:
         return None
     procs = None
@@ -285,6 +287,8 @@ def execute_dbapi(dialect: Dialect, dbapi_conn: Any, stmt: Executable, params: A
             cursor.execute(prepared.sql, args)
         if how == "rowcount":
             return cursor.rowcount
+        if how == "lastrowid":
+            return cursor.lastrowid
         if not prepared.returns_rows:
             return None
         rows = cursor.fetchall()  # also what finishes a DML ... RETURNING on SQLite

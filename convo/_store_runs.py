@@ -30,7 +30,9 @@ from ._exceptions import ConversationNotFound, RunNotFound, StoreInputError
 from ._messages import Message, parse_message
 from ._records import ReplyInfo, Run, RunPage, StoredMessage
 from ._schema import RunRow
-from ._store_core import ROLLBACK, Op, Plan, get_conversation, now, token_rows
+from ._store_core import (
+    ROLLBACK, Op, Plan, get_conversation, insert_message, now, token_rows,
+)
 from ._store_input import check_json, check_text, check_values
 from ._store_rows import (
     check_short,
@@ -199,22 +201,19 @@ def request_text(request: str | bytes | Mapping[str, Any]) -> str:
     return request
 
 
-@functools.cache
-def _insert_run(scoped: bool) -> sa.Insert:
-    """``INSERT INTO runs (...) SELECT :values..., owner FROM conversations WHERE id = :cid
-    RETURNING owner``: the run takes its conversation's owner, and the conversation's
-    existence (and owner scope) is checked by the same statement (no row: not found)."""
-    columns = [c for c in R.c if c.name != "owner"]
-    select = sa.select(*(_B(f"r_{c.name}", type_=c.type) for c in columns), C.c.owner).where(
+@functools.lru_cache(maxsize=64)
+def _insert_run(scoped: bool, columns: tuple[str, ...]) -> sa.Insert:
+    """``INSERT INTO runs (columns..., owner) SELECT :values..., owner FROM conversations
+    WHERE id = :cid RETURNING owner``: the run takes its conversation's owner, and the
+    conversation's existence (and owner scope) is checked by the same statement (no
+    row: not found). Only the columns that have a value are listed."""
+    types = {c.name: c.type for c in R.c}
+    select = sa.select(*(_B(f"r_{c}", type_=types[c]) for c in columns), C.c.owner).where(
         C.c.id == _B("cid")
     )
     if scoped:
         select = select.where(C.c.owner == _B("b_owner"))
-    return (
-        sa.insert(R)
-        .from_select([*(c.name for c in columns), "owner"], select)
-        .returning(R.c.owner)
-    )
+    return sa.insert(R).from_select([*columns, "owner"], select).returning(R.c.owner)
 
 
 def start_run(
@@ -297,12 +296,13 @@ def start_run(
     }
     # (settings and metadata passed check_json above, kept_seqs the int check)
     check_values({k: v for k, v in values.items() if k not in _CHECKED_START}, "run")
-    params = {f"r_{k}": v for k, v in values.items()}
+    columns = tuple(k for k, v in values.items() if v is not None)
+    params = {f"r_{k}": values[k] for k in columns}
     params["cid"] = conversation_id
     if owner is not None:
         params["b_owner"] = owner
     try:
-        row = yield Op(_insert_run(owner is not None), params, "first", driver=True)
+        row = yield Op(_insert_run(owner is not None, columns), params, "first", driver=True)
         if row is not None and counts:
             # the build's new token counts, in this transaction rather than one of their own
             yield Op(sql.insert_token_counts(dialect), counts, "none", driver=True)
@@ -399,14 +399,17 @@ def _claim_reply_seq(scoped: bool) -> sa.Update:
 
 
 @functools.lru_cache(maxsize=64)
-def _update_run(columns: tuple[str, ...], scoped: bool) -> sa.Update:
-    """Record an outcome, only on a pending run (the guard against a second finish)."""
+def _update_run(columns: tuple[str, ...], scoped: bool, known: bool = False) -> sa.Update:
+    """Record an outcome, only on a pending run (the guard against a second finish).
+
+    Returns the columns it does not write (what it writes is known and needs no
+    decoding); nothing when the caller knows the started run (``known``).
+    """
     stmt = sa.update(R).where(R.c.id == _B("run_id"), R.c.status == "pending")
     if scoped:
         stmt = stmt.where(R.c.owner == _B("b_owner"))
     stmt = stmt.values({R.c[c]: _B(f"v_{c}", type_=R.c[c].type) for c in columns})
-    # the columns it does not write: what it writes is known (and needs no decoding)
-    return stmt.returning(*(c for c in R.c if c.name not in columns))
+    return stmt if known else stmt.returning(*(c for c in R.c if c.name not in columns))
 
 
 def finish_run(
@@ -418,15 +421,21 @@ def finish_run(
     reply_key: str | None,
     outcome: Mapping[str, Any],
     owner: str | None,
+    started: Run | None = None,
+    dialect: str = "sqlite",
 ) -> Plan[FinishedRun]:
     """Record a run's outcome; with ``reply``, append it in the same transaction.
 
     No read first: the statements themselves only touch a pending run (of this
     owner); when one finds none, the transaction is rolled back and the run is
-    read to say why.
+    read to say why. ``started``: the run as :func:`start_run` returned it; the
+    finished run is then that and the outcome (a pending run changes only here),
+    and nothing is read back.
     """
     if not isinstance(run_id, str):
         raise StoreInputError("run id must be a string")
+    if started is not None and (not isinstance(started, Run) or started.id != run_id):
+        raise StoreInputError("started must be the Run that start_run returned for this run")
     check_short(owner, "owner")
     if status not in FINAL_STATUSES:
         raise StoreInputError(f"a finished run's status must be one of {FINAL_STATUSES}")
@@ -471,17 +480,24 @@ def finish_run(
             )
         else:
             params.update(conversation_id=cid, seq=seq, created_at=stamp)
-            message_id = yield Op(sql.INSERT_MESSAGE, params, "scalar", driver=True)
+            message_id = yield insert_message(params, dialect)
             stored = stored_message(msg, params, id=message_id, conversation_id=cid,
                                     seq=seq, created_at=stamp)
             values["reply_message_id"] = message_id
     columns = tuple(sorted(values))
     scope.update({f"v_{c}": values[c] for c in columns})
-    updated = yield Op(_update_run(columns, owner is not None), scope, "first", driver=True)
-    if updated is None:
+    known = started is not None
+    updated = yield Op(
+        _update_run(columns, owner is not None, known), scope, "rowcount" if known else "first",
+        driver=True,
+    )
+    if not updated:  # no row (None), or none updated (0)
         yield ROLLBACK
         yield from _unfinishable(run_id, owner)
-    row = dict(zip((c for c in _RUN_COLUMNS if c not in values), updated, strict=True))
+    if started is not None:
+        row = dict(started.__dict__)
+    else:
+        row = dict(zip((c for c in _RUN_COLUMNS if c not in values), updated, strict=True))
     row.update(values)
     run = run_from_row(tuple(row[c] for c in _RUN_COLUMNS))
     return FinishedRun(run=run, reply=stored, duplicate=duplicate)

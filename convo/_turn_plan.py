@@ -352,6 +352,7 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
             else:
                 status = "failed"
             finished = yield StoreCall("finish_run", (run.id,), {
+                "started": run,
                 "status": status,
                 "error_type": type(error).__name__ if error is not None else None,
                 "error_message": str(error)[:4000] if error is not None else None,
@@ -369,6 +370,7 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
         info = response.reply_info(seed=seed if isinstance(seed, int) else None)
         usage = response.usage
         finished = yield StoreCall("finish_run", (run.id,), {
+            "started": run,
             "status": "ok",
             "reply": reply_message,
             "reply_info": info,
