@@ -31,7 +31,13 @@ from ._messages import Message, parse_message
 from ._records import ReplyInfo, Run, RunPage, StoredMessage
 from ._schema import RunRow
 from ._store_core import (
-    ROLLBACK, Op, Plan, get_conversation, insert_message, now, token_rows,
+    ROLLBACK,
+    Op,
+    Plan,
+    get_conversation,
+    insert_message,
+    now,
+    token_rows,
 )
 from ._store_input import check_json, check_text, check_values
 from ._store_rows import (
