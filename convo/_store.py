@@ -7,7 +7,10 @@ with ``await``.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal, Self, TypeVar
@@ -107,7 +110,10 @@ class Store:
         self._engines = mode_engines(self._engine)
         self._dialect = self._engine.dialect.name
         self._schema_ok = False
-        self._held = threading.local()  # see _hold
+        # the direct path's connection of each thread (see _thread_connection)
+        self._direct = threading.local()
+        self._direct_all: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._direct_lock = threading.Lock()
 
     @property
     def engine(self) -> Engine:
@@ -126,6 +132,12 @@ class Store:
     def close(self) -> None:
         """Release the connection pool (not when the engine was passed in)."""
         if self._owns_engine:
+            with self._direct_lock:
+                detached, self._direct_all = list(self._direct_all), weakref.WeakSet()
+            self._direct = threading.local()
+            for fairy in detached:
+                with contextlib.suppress(Exception):
+                    fairy.close()  # a detached connection is closed, not pooled
             self._engine.dispose()
 
     # --- schema ------------------------------------------------------------------------
@@ -180,18 +192,21 @@ class Store:
         if not self._schema_ok:
             self.check_schema()
         try:
-            if direct:
-                held = getattr(self._held, "connection", None)
-                if held is not None and held.is_valid:
+            if (
+                direct
+                and self._dialect == "sqlite"
+                and driver.direct_ok(self._engine, _sqlite_begin)
+            ):
+                held = self._thread_connection() if self._owns_engine else None
+                try:
                     value: T = driver.run_direct(
                         self._engine, plan, writes=mode != "read", rollback=ROLLBACK, held=held
                     )
-                    return value
-                if self._dialect == "sqlite" and driver.direct_ok(self._engine, _sqlite_begin):
-                    value = driver.run_direct(
-                        self._engine, plan, writes=mode != "read", rollback=ROLLBACK
-                    )
-                    return value
+                except DBAPIError as exc:
+                    if held is not None and exc.connection_invalidated:
+                        self._drop_thread_connection()
+                    raise
+                return value
             with self._engines[mode].connect() as conn:
                 value = _drive(conn, plan, writes=mode != "read")
                 conn.commit()
@@ -199,33 +214,30 @@ class Store:
         except DBAPIError as exc:
             raise database_error(exc) from exc
 
-    def _hold(self) -> Any:
-        """Keep one pooled connection for this thread's direct store calls until
-        :meth:`_release` (a turn's steps up to its request: one checkout instead of
-        one a call). Returns the token to release, or None when nothing was taken
-        (not SQLite, statements observed, or already held)."""
-        if (
-            self._dialect != "sqlite"
-            or getattr(self._held, "connection", None) is not None
-            or not driver.direct_ok(self._engine, _sqlite_begin)
-        ):
-            return None
-        if not self._schema_ok:
-            self.check_schema()  # (on a connection of its own: before taking one)
-        try:
-            connection = self._engine.raw_connection()
-        except DBAPIError as exc:
-            raise database_error(exc) from exc
-        self._held.connection = connection
-        return connection
+    def _thread_connection(self) -> Any:
+        """This thread's own connection for the direct path (SQLite, an engine the
+        store made): checked out of the pool once and detached from it, so a
+        turn's store calls need no checkout each, and always find the page cache
+        warm (SQLite empties a connection's cache when another one has written).
+        It is closed by :meth:`close`, or when its thread ends."""
+        local = self._direct
+        fairy = getattr(local, "fairy", None)
+        if fairy is not None and local.pid == os.getpid() and fairy.dbapi_connection is not None:
+            return fairy
+        fairy = self._engine.raw_connection()  # the pool's connect/checkout events run
+        fairy.detach()
+        local.fairy, local.pid = fairy, os.getpid()
+        with self._direct_lock:
+            self._direct_all.add(fairy)
+        return fairy
 
-    def _release(self, token: Any) -> None:
-        """Return the connection :meth:`_hold` took (``token``) to the pool."""
-        if token is None:
-            return
-        if getattr(self._held, "connection", None) is token:
-            self._held.connection = None
-        token.close()
+    def _drop_thread_connection(self) -> None:
+        """Forget (and close) this thread's connection: it was lost."""
+        fairy = getattr(self._direct, "fairy", None)
+        self._direct.fairy = None
+        if fairy is not None:
+            with contextlib.suppress(Exception):
+                fairy.close()
 
     # --- conversations -------------------------------------------------------------------
 

@@ -211,18 +211,41 @@ def process(
         procs = prepared.processors
     if not any(procs):
         return [tuple(r) for r in rows]
-    active = [(i, p) for i, p in enumerate(procs) if p is not None]
-    out = []
-    for row in rows:
-        values = list(row)
-        for i, proc in active:
-            value = values[i]
-            # NULL stays None under every processor on this path (JSON, datetimes);
-            # most optional columns are NULL, so skip the call
-            if value is not None:
-                values[i] = proc(value)
-        out.append(tuple(values))
-    return out
+    convert = _converters.get(procs)
+    if convert is None:
+        convert = _converter(procs)
+    return convert(rows)
+
+
+_converters: dict[tuple[Processor | None, ...], Callable[[Any], list[tuple[Any, ...]]]] = {}
+
+
+def _converter(procs: tuple[Processor | None, ...]) -> Callable[[Any], list[tuple[Any, ...]]]:
+    """A function converting rows with ``procs``, written out for their columns.
+
+    Rows are what a context build reads by the dozen, so instead of a loop over
+    the processors per row the columns are unpacked and converted in one
+    expression (as ``dataclasses`` and ``namedtuple`` generate code; the source
+    depends only on the number of columns and which have a processor). NULL stays
+    None under every processor on this path (JSON, datetimes): most optional
+    columns are NULL, so the call is skipped.
+    """
+    names = [f"c{i}" for i in range(len(procs))]
+    values = [
+        name if proc is None else f"(p{i}({name}) if {name} is not None else None)"
+        for i, (name, proc) in enumerate(zip(names, procs, strict=True))
+    ]
+    source = (
+        "def convert(rows):\n"
+        f"    return [({', '.join(values)},) for ({', '.join(names)},) in rows]\n"
+    )
+    namespace: dict[str, Any] = {f"p{i}": p for i, p in enumerate(procs) if p is not None}
+    exec(source, namespace)  # noqa: S102 - generated from column positions only
+    convert: Callable[[Any], list[tuple[Any, ...]]] = namespace["convert"]
+    if len(_converters) >= _CACHE_MAX:
+        _converters.clear()
+    _converters[procs] = convert
+    return convert
 
 
 def rows_as(rows: list[tuple[Any, ...]], how: str) -> Any:
@@ -382,8 +405,8 @@ def run_direct(
     ``Store._run`` does through a ``Connection`` (``BEGIN IMMEDIATE`` before the first
     statement of a write, ``COMMIT`` at the end, a rollback on error), at the cost of
     the driver calls alone. ``rollback`` is the plans' ROLLBACK marker. ``held``: a
-    pooled connection checked out by the caller (kept open afterwards), else one is
-    checked out for this plan and returned at the end."""
+    connection the caller keeps (left open afterwards; on a lost connection the
+    caller drops it), else one is checked out for this plan and returned at the end."""
     dialect = engine.dialect
     fairy = held if held is not None else engine.raw_connection()  # pool events still run
     dbapi_conn = fairy.dbapi_connection
@@ -421,8 +444,9 @@ def run_direct(
             return stop.value
     except DBAPIError as exc:
         if exc.connection_invalidated:
-            fairy.invalidate(exc.orig)
             in_tx = False
+            if held is None:
+                fairy.invalidate(exc.orig)  # (a held one is the caller's to drop)
         raise
     finally:
         if in_tx:

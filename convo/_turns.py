@@ -350,22 +350,9 @@ class Chat(_ChatBase):
     ) -> Generator[TurnEvent, None, TurnResult]:
         sent: Sent | None = None
         value: Any = None
-        # One pooled connection for the store calls between two requests (a
-        # turn's user message, build and pending run): never across a request,
-        # a tool, a summarizer or the caller's own code between events.
-        held = None
-        hold = getattr(self.store, "_hold", None)
         try:
             effect = next(plan)
             while True:
-                local = isinstance(effect, StoreCall) or (
-                    isinstance(effect, Build) and self.builder.summarizer is None
-                )
-                if local and held is None and hold is not None:
-                    held = hold()
-                elif not local and held is not None:
-                    self.store._release(held)
-                    held = None
                 if isinstance(effect, StoreCall):
                     value = getattr(self.store, effect.method)(*effect.args, **effect.kwargs)
                 elif isinstance(effect, Build):
@@ -399,9 +386,6 @@ class Chat(_ChatBase):
             if sent is not None and sent.error is not None:
                 raise sent.error from None
             raise
-        finally:
-            if held is not None:
-                self.store._release(held)
 
     def _build(self, effect: Build) -> tuple[Context, tuple[str, dict[int, int]] | None]:
         """The context, and its new token counts (stored with the run) when convo's
