@@ -41,6 +41,8 @@ __all__ = ["Store"]
 T = TypeVar("T")
 
 _VERSION_QUERY = sa.text("SELECT version_num FROM alembic_version")
+# marks on a thread's own connection (its ``info``): in a call now; to be closed
+_BUSY, _RETIRED = "convo_direct_busy", "convo_direct_retired"
 
 
 def fetch(result: Result[Any], how: core.Fetch) -> Any:
@@ -134,10 +136,14 @@ class Store:
         if self._owns_engine:
             with self._direct_lock:
                 detached, self._direct_all = list(self._direct_all), weakref.WeakSet()
-            self._direct = threading.local()
-            for fairy in detached:
-                with contextlib.suppress(Exception):
-                    fairy.close()  # a detached connection is closed, not pooled
+                self._direct = threading.local()
+                for fairy in detached:
+                    # One in use right now is closed by its thread when its call ends
+                    # (as the pool leaves checked-out connections to their users).
+                    fairy.info[_RETIRED] = True
+                    if not fairy.info.get(_BUSY):
+                        with contextlib.suppress(Exception):
+                            fairy.close()  # a detached connection is closed, not pooled
             self._engine.dispose()
 
     # --- schema ------------------------------------------------------------------------
@@ -197,15 +203,26 @@ class Store:
                 and self._dialect == "sqlite"
                 and driver.direct_ok(self._engine, _sqlite_begin)
             ):
-                held = self._thread_connection() if self._owns_engine else None
-                try:
+                if not self._owns_engine:
                     value: T = driver.run_direct(
+                        self._engine, plan, writes=mode != "read", rollback=ROLLBACK
+                    )
+                    return value
+                held = self._thread_connection()
+                info = held.info
+                info[_BUSY] = True
+                try:
+                    value = driver.run_direct(
                         self._engine, plan, writes=mode != "read", rollback=ROLLBACK, held=held
                     )
                 except DBAPIError as exc:
-                    if held is not None and exc.connection_invalidated:
-                        self._drop_thread_connection()
+                    if exc.connection_invalidated:
+                        info[_RETIRED] = True
                     raise
+                finally:
+                    info[_BUSY] = False
+                    if info.get(_RETIRED):  # lost, or the store was closed meanwhile
+                        self._drop_thread_connection(held)
                 return value
             with self._engines[mode].connect() as conn:
                 value = _drive(conn, plan, writes=mode != "read")
@@ -224,6 +241,7 @@ class Store:
         fairy = getattr(local, "fairy", None)
         if fairy is not None and local.pid == os.getpid() and fairy.dbapi_connection is not None:
             return fairy
+        # (after a fork: the parent's connection is the parent's; just forget it)
         fairy = self._engine.raw_connection()  # the pool's connect/checkout events run
         fairy.detach()
         local.fairy, local.pid = fairy, os.getpid()
@@ -231,13 +249,15 @@ class Store:
             self._direct_all.add(fairy)
         return fairy
 
-    def _drop_thread_connection(self) -> None:
-        """Forget (and close) this thread's connection: it was lost."""
-        fairy = getattr(self._direct, "fairy", None)
-        self._direct.fairy = None
-        if fairy is not None:
-            with contextlib.suppress(Exception):
-                fairy.close()
+    def _drop_thread_connection(self, fairy: Any) -> None:
+        """Close this thread's connection ``fairy`` (lost, or retired by :meth:`close`)
+        and forget it; the next direct call takes a new one."""
+        if getattr(self._direct, "fairy", None) is fairy:
+            self._direct.fairy = None
+        with self._direct_lock:
+            self._direct_all.discard(fairy)
+        with contextlib.suppress(Exception):
+            fairy.close()  # a detached connection is closed, not pooled
 
     # --- conversations -------------------------------------------------------------------
 

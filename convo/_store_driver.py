@@ -98,12 +98,23 @@ def observed(conn: Any) -> bool:
     )
 
 
+def _many(params: Any) -> bool:
+    """Parameter sets for executemany: a list or tuple of mappings (an Op's contract);
+    exact types first, the ABC checks are slow on this path."""
+    kind = type(params)
+    if kind is dict or params is None:
+        return False
+    if kind is list or kind is tuple:
+        return True
+    return isinstance(params, Sequence) and not isinstance(params, Mapping)
+
+
 def _keys(stmt: Executable, params: Any) -> tuple[tuple[str, ...] | None, bool]:
     """What an INSERT / UPDATE is compiled for: the parameter names, executemany or not
     (SQLAlchemy compiles the VALUES / SET clauses from the first parameter set)."""
     if not isinstance(stmt, UpdateBase):
         return None, False
-    many = isinstance(params, Sequence) and not isinstance(params, Mapping)
+    many = _many(params)
     first = params[0] if many else params
     return tuple(sorted(first or ())), many
 
@@ -291,7 +302,7 @@ def execute(conn: Connection, stmt: Executable, params: Any, how: str) -> Any:
 
 def bind_args(prepared: DriverStatement, params: Any) -> Any:
     """The DBAPI parameters of ``params``: one set, or a list of them (executemany)."""
-    if isinstance(params, Sequence) and not isinstance(params, Mapping):
+    if _many(params):
         return [prepared.args(p) for p in params]  # executemany
     return prepared.args(params)
 

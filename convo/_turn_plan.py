@@ -483,7 +483,8 @@ def _result(
 ) -> TurnResult:
     answered = _answered(reply, stored)
     pending = [c for c in reply.tool_calls or [] if c.id not in answered]
-    return TurnResult(
+    # (values the turn built from the store's and the client's own: no re-validation)
+    return TurnResult.model_construct(
         conversation_id=cid,
         user=user,
         reply=reply,

@@ -352,3 +352,29 @@ def test_tool_calls_written_on_the_cursor_path_read_back(make_db: Any) -> None:
         call = ToolCall(id="c1", function=FunctionCall(name="f", arguments='{"x": 1}'))
         stored = store.append(conv.id, Message.assistant(tool_calls=[call]))
         assert store.messages(conv.id) == [stored]
+
+
+def test_closing_the_store_leaves_a_call_in_flight_its_connection(make_db: Any) -> None:
+    """close() closes the threads' idle connections; one in a call at that moment
+    is closed by its thread when the call ends (as the pool leaves checked-out
+    connections alone), and the next call takes a new one."""
+    store = Store(make_db("sqlite"))
+    conv = store.create_conversation()
+    store.append(conv.id, Message.user("hi"))
+    mine = store._direct.fairy
+    closed: list[bool] = []
+
+    def close_once() -> int:
+        # SQLite calls this while it runs a statement of the call below
+        if not closed:
+            closed.append(True)
+            store.close()
+        return 0  # go on
+
+    mine.dbapi_connection.set_progress_handler(close_once, 1)
+    stored = store.append(conv.id, Message.user("in flight"))  # completes
+    assert closed and stored.seq == 2
+    assert mine.dbapi_connection is None  # closed when the call ended
+    assert [m.text for m in store.messages(conv.id)] == ["hi", "in flight"]
+    assert store._direct.fairy is not mine
+    store.close()
