@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, Result
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import QueuePool
 
 from . import _migrate
 from . import _store_branches as branches
@@ -112,7 +113,10 @@ class Store:
         self._engines = mode_engines(self._engine)
         self._dialect = self._engine.dialect.name
         self._schema_ok = False
-        # the direct path's connection of each thread (see _thread_connection)
+        # the direct path's connection of each thread (see _thread_connection): for
+        # a pool of its own only; a pool of one connection per thread or process
+        # (in-memory SQLite) must keep it, and NullPool means no connection is kept
+        self._thread_connections = self._owns_engine and isinstance(self._engine.pool, QueuePool)
         self._direct = threading.local()
         self._direct_all: weakref.WeakSet[Any] = weakref.WeakSet()
         self._direct_lock = threading.Lock()
@@ -203,7 +207,7 @@ class Store:
                 and self._dialect == "sqlite"
                 and driver.direct_ok(self._engine, _sqlite_begin)
             ):
-                if not self._owns_engine:
+                if not self._thread_connections:
                     value: T = driver.run_direct(
                         self._engine, plan, writes=mode != "read", rollback=ROLLBACK
                     )
@@ -232,8 +236,8 @@ class Store:
             raise database_error(exc) from exc
 
     def _thread_connection(self) -> Any:
-        """This thread's own connection for the direct path (SQLite, an engine the
-        store made): checked out of the pool once and detached from it, so a
+        """This thread's own connection for the direct path (SQLite, a pool the store
+        made, of file connections): checked out of the pool once and detached from it, so a
         turn's store calls need no checkout each, and always find the page cache
         warm (SQLite empties a connection's cache when another one has written).
         It is closed by :meth:`close`, or when its thread ends."""

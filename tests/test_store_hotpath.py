@@ -378,3 +378,23 @@ def test_closing_the_store_leaves_a_call_in_flight_its_connection(make_db: Any) 
     assert [m.text for m in store.messages(conv.id)] == ["hi", "in flight"]
     assert store._direct.fairy is not mine
     store.close()
+
+
+def test_an_in_memory_store_keeps_its_one_database() -> None:
+    """In-memory SQLite lives in the pool's one connection per thread: the direct
+    path must not take it away (the rest of the store would see an empty database)."""
+    with Store("sqlite://") as store:
+        store.migrate()
+        conv = store.create_conversation()  # through SQLAlchemy
+        store.append(conv.id, Message.user("hi"))  # the direct path
+        assert [c.id for c in store.list_conversations().items] == [conv.id]  # SQLAlchemy
+        assert [m.text for m in store.messages(conv.id)] == ["hi"]  # the direct path
+        assert getattr(store._direct, "fairy", None) is None
+
+
+def test_a_store_without_pooling_keeps_no_connection(make_db: Any) -> None:
+    with Store(make_db("sqlite"), poolclass=sa.NullPool) as store:
+        conv = store.create_conversation()
+        store.append(conv.id, Message.user("hi"))
+        assert [m.text for m in store.messages(conv.id)] == ["hi"]
+        assert getattr(store._direct, "fairy", None) is None
