@@ -232,6 +232,22 @@ class AsyncStore:
             core.append_mode(idempotency_key),
         )
 
+    async def _append_current(
+        self,
+        conversation_id: str,
+        message: Message | Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        owner: str | None = None,
+    ) -> tuple[str, StoredMessage]:
+        """:meth:`append` to the thread's current branch, resolved in the same
+        transaction: (the conversation it went to, the message). For turns."""
+        return await self._run(
+            core.append_current(conversation_id, message, idempotency_key=idempotency_key,
+                                owner=owner, dialect=self._dialect),
+            core.append_mode(idempotency_key),
+        )
+
     async def append_many(
         self,
         conversation_id: str,
@@ -337,6 +353,37 @@ class AsyncStore:
             core.context_start(
                 conversation_id, encoding=encoding, limit=limit, owner=owner, before=before
             )
+        )
+
+    async def _context_open(
+        self,
+        conversation_id: str,
+        *,
+        encoding: str,
+        limit: int,
+        owner: str | None = None,
+        before: int | None = None,
+    ) -> tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]],
+               core.Lineage]:
+        """:meth:`context_start` and the lineage it read (for :meth:`_tail_of`; builders only)."""
+        return await self._run(
+            core.context_open(
+                conversation_id, encoding=encoding, limit=limit, owner=owner, before=before
+            )
+        )
+
+    async def _tail_of(
+        self,
+        lineage: core.Lineage,
+        *,
+        encoding: str,
+        before: int,
+        limit: int,
+        owner: str | None = None,
+    ) -> list[tuple[StoredMessage, int | None]]:
+        """:meth:`tail` on the lineage a :meth:`_context_open` of the same build read."""
+        return await self._run(
+            core.tail_of(lineage, encoding=encoding, before=before, limit=limit, owner=owner)
         )
 
     async def pinned(
@@ -513,6 +560,7 @@ class AsyncStore:
         replays_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         owner: str | None = None,
+        token_counts: tuple[str, Mapping[int, int]] | None = None,
     ) -> Run:
         """Record a request about to be sent, as a ``pending`` run (its own transaction).
 
@@ -520,6 +568,9 @@ class AsyncStore:
         byte for byte; a mapping is serialized as the client serializes it).
         The turn layer calls this for you; call it yourself to record requests
         you send by other means.
+        ``token_counts``: ``(encoding, {message id: tokens})`` counted by the
+        context build for this request, stored in the same transaction (existing
+        counts are kept), so a turn's build needs no write transaction of its own.
 
         Raises:
             ConversationNotFound: no such conversation (for this owner).
@@ -532,7 +583,7 @@ class AsyncStore:
                 summary_id=summary_id, input_seq=input_seq, idempotency_key=idempotency_key,
                 round=round, estimated_prompt_tokens=estimated_prompt_tokens,
                 reproduces_id=reproduces_id, replays_id=replays_id, metadata=metadata,
-                owner=owner,
+                owner=owner, token_counts=token_counts, dialect=self._dialect,
             ),
             "write",
         )
@@ -546,6 +597,7 @@ class AsyncStore:
         reply_info: ReplyInfo | None = None,
         reply_key: str | None = None,
         owner: str | None = None,
+        started: Run | None = None,
         **outcome: Any,
     ) -> FinishedRun:
         """Record how a pending run ended; with ``reply``, store it in the same transaction.
@@ -557,6 +609,9 @@ class AsyncStore:
         already stored under that key (a concurrent send of the same turn) is
         kept instead, and this run is recorded as ``cancelled``
         (``FinishedRun.duplicate``).
+        ``started``: the :class:`~convo.Run` :meth:`start_run` returned for this
+        run; the finished run is built from it and the outcome instead of being
+        read back (a pending run changes nowhere else). The turn layer passes it.
 
         Raises:
             RunNotFound: no such run (for this owner).
@@ -564,7 +619,8 @@ class AsyncStore:
         """
         return await self._run(
             runs.finish_run(run_id, status=status, reply=reply, reply_info=reply_info,
-                            reply_key=reply_key, outcome=outcome, owner=owner),
+                            reply_key=reply_key, outcome=outcome, owner=owner,
+                            started=started, dialect=self._dialect),
             "write",
         )
 
@@ -609,9 +665,7 @@ async def _drive(conn: AsyncConnection, plan: Plan[T]) -> T:
                 else:
                     assert isinstance(op, Op)
                     if op.driver:
-                        prepared = driver.prepare(conn.dialect, op.stmt)
-                        raw = await conn.exec_driver_sql(prepared.sql, prepared.args(op.params))  # type: ignore[arg-type]
-                        value = driver.process(prepared, raw.all())
+                        value = await _driver_execute(conn, op)
                     else:
                         value = fetch(await conn.execute(op.stmt, op.params), op.fetch)
             except DBAPIError as exc:  # the plan may recover (see _store_core)
@@ -620,3 +674,12 @@ async def _drive(conn: AsyncConnection, plan: Plan[T]) -> T:
             op = plan.send(value)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
+
+
+async def _driver_execute(conn: AsyncConnection, op: Op) -> Any:
+    """A ``driver=True`` statement: the SQL and processing of the sync shell's cursor
+    path, sent with ``exec_driver_sql`` (the async drivers' cursors are SQLAlchemy's)."""
+    prepared = driver.prepare(conn.dialect, op.stmt, op.params)
+    args = driver.bind_args(prepared, op.params)
+    result = await conn.exec_driver_sql(prepared.sql, args)
+    return driver.from_result(prepared, result, op.fetch, conn.dialect)

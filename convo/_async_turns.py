@@ -272,11 +272,7 @@ class AsyncChat(_ChatBase):
                 if isinstance(effect, StoreCall):
                     value = await getattr(self.store, effect.method)(*effect.args, **effect.kwargs)
                 elif isinstance(effect, Build):
-                    builder: Any = self.builder
-                    value = await builder.build(
-                        effect.conversation_id, tools=effect.tools,
-                        response_format=effect.response_format, owner=effect.owner,
-                    )
+                    value = await self._build(effect)
                 elif isinstance(effect, Send):
                     if effect.stream:
                         state = _StreamState()
@@ -311,6 +307,18 @@ class AsyncChat(_ChatBase):
             if sent is not None and sent.error is not None:
                 raise sent.error from None
             raise
+
+    async def _build(self, effect: Build) -> tuple[Context, tuple[str, dict[int, int]] | None]:
+        """See :meth:`Chat._build <convo.Chat>`."""
+        builder: Any = self.builder
+        kw = {"tools": effect.tools, "response_format": effect.response_format,
+              "owner": effect.owner}
+        if type(builder).build is AsyncContextBuilder.build:
+            built: tuple[Context, tuple[str, dict[int, int]] | None] = (
+                await builder._build_for_turn(effect.conversation_id, **kw)
+            )
+            return built
+        return await builder.build(effect.conversation_id, **kw), None
 
     async def _send(self, effect: Send) -> Sent:
         from ._client_core import RequestStats

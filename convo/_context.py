@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from ._async_store import AsyncStore
-from ._context_plan import BuildConfig, plan_build, run_async, run_sync, store_call
+from ._context_plan import BuildConfig, BuildIO, plan_build, rows_hint, run_async, run_sync
 from ._context_report import Context
 from ._exceptions import ConfigurationError, StoreInputError
 from ._messages import Message
@@ -32,6 +32,9 @@ Mode = Literal["chat", "completion"]
 
 DEFAULT_LOW_WATER = 0.5
 """After an overflow, keep half of the history budget (summaries with hysteresis)."""
+
+ROWS_REMEMBERED = 4096
+"""Conversations whose last build's row count a builder keeps as a paging hint."""
 
 
 StoreT = TypeVar("StoreT")
@@ -53,6 +56,9 @@ class _BuilderBase:
     summary_role: Literal["system", "developer", "user"]
     low_water: float | None
     page_size: int
+    summarizer: Any
+    #: conversation id -> rows its next build reads first (from its last build)
+    _rows_needed: dict[str, int]
     _counter: TokenCounter
     _decode: Callable[[list[int]], str] | None
     _template: Any
@@ -98,7 +104,32 @@ class _BuilderBase:
             decode=self._decode,
             low_water=self.low_water,
             as_of=_check_as_of(as_of),
+            rows_hint=self._rows_needed.get(conversation_id) if as_of is None else None,
         )
+
+    def _remember(self, cfg: BuildConfig, ctx: Context, io: BuildIO) -> None:
+        """Note how many rows the next build of the conversation should read first
+        (see ``BuildConfig.rows_hint``)."""
+        if cfg.as_of is not None:
+            return
+        if len(self._rows_needed) >= ROWS_REMEMBERED:
+            self._rows_needed.clear()  # a cache of hints: starting over is harmless
+        self._rows_needed[cfg.conversation_id] = rows_hint(ctx.report.rows_read, io.rows)
+
+    def _turn_config(
+        self,
+        conversation_id: str,
+        tools: list[dict[str, Any]] | None,
+        response_format: dict[str, Any] | None,
+        owner: str | None,
+    ) -> tuple[BuildConfig, BuildIO]:
+        """A turn's build: its config, and I/O that leaves the new token counts to
+        the turn (the run's transaction stores them)."""
+        cfg = self._config(
+            conversation_id, tools=tools, response_format=response_format,
+            summarizing=self.summarizer is not None, as_of=None,
+        )
+        return cfg, BuildIO(conversation_id, owner, cfg.counter.encoding_name, defer_counts=True)
 
 
 class _Builder(_BuilderBase, Generic[StoreT, SummarizerT]):
@@ -226,6 +257,7 @@ class _Builder(_BuilderBase, Generic[StoreT, SummarizerT]):
         self.summary_role = summary_role
         self.low_water = _check_low_water(low_water)
         self.page_size = page_size
+        self._rows_needed = {}
 
 
 def _check_low_water(value: float | None) -> float | None:
@@ -300,14 +332,33 @@ class ContextBuilder(_Builder[Store, Summarizer]):
             as_of=as_of,
         )
 
+        return self._run(cfg, BuildIO(conversation_id, owner, cfg.counter.encoding_name))
+
+    def _run(self, cfg: BuildConfig, io: BuildIO) -> Context:
         targets = {"store": self.store, "summarizer": self.summarizer}
-        enc = cfg.counter.encoding_name
 
         def handle(op: Any) -> Any:
-            target, method, args, kwargs = store_call(op, conversation_id, owner, enc)
-            return getattr(targets[target], method)(*args, **kwargs)
+            call = io.call(op)
+            if call is None:
+                return None
+            target, method, args, kwargs = call
+            return io.result(op, getattr(targets[target], method)(*args, **kwargs))
 
-        return run_sync(plan_build(cfg), handle)
+        ctx = run_sync(plan_build(cfg), handle)
+        self._remember(cfg, ctx, io)
+        return ctx
+
+    def _build_for_turn(
+        self,
+        conversation_id: str,
+        *,
+        tools: list[dict[str, Any]] | None,
+        response_format: dict[str, Any] | None,
+        owner: str | None,
+    ) -> tuple[Context, tuple[str, dict[int, int]] | None]:
+        """:meth:`build`, leaving its new token counts to the turn (stored with its run)."""
+        cfg, io = self._turn_config(conversation_id, tools, response_format, owner)
+        return self._run(cfg, io), io.token_counts
 
 
 class AsyncContextBuilder(_Builder[AsyncStore, AsyncSummarizer]):
@@ -340,14 +391,33 @@ class AsyncContextBuilder(_Builder[AsyncStore, AsyncSummarizer]):
             as_of=as_of,
         )
 
+        return await self._run(cfg, BuildIO(conversation_id, owner, cfg.counter.encoding_name))
+
+    async def _run(self, cfg: BuildConfig, io: BuildIO) -> Context:
         targets = {"store": self.store, "summarizer": self.summarizer}
-        enc = cfg.counter.encoding_name
 
         async def handle(op: Any) -> Any:
-            target, method, args, kwargs = store_call(op, conversation_id, owner, enc)
-            return await getattr(targets[target], method)(*args, **kwargs)
+            call = io.call(op)
+            if call is None:
+                return None
+            target, method, args, kwargs = call
+            return io.result(op, await getattr(targets[target], method)(*args, **kwargs))
 
-        return await run_async(plan_build(cfg), handle)
+        ctx = await run_async(plan_build(cfg), handle)
+        self._remember(cfg, ctx, io)
+        return ctx
+
+    async def _build_for_turn(
+        self,
+        conversation_id: str,
+        *,
+        tools: list[dict[str, Any]] | None,
+        response_format: dict[str, Any] | None,
+        owner: str | None,
+    ) -> tuple[Context, tuple[str, dict[int, int]] | None]:
+        """See :meth:`ContextBuilder._build_for_turn`."""
+        cfg, io = self._turn_config(conversation_id, tools, response_format, owner)
+        return await self._run(cfg, io), io.token_counts
 
 
 def _check_options(

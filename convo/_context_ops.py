@@ -130,6 +130,10 @@ class BuildConfig:
     summary_prefix: str = "Summary of the earlier conversation:\n"
     summary_chunk: int = 200
     page_size: int = 0  # 0: derived from the budget
+    #: rows the previous build of this conversation needed (see ``_BuilderBase``):
+    #: the first page reads that many (and a little more), so a chat's builds
+    #: usually take one page, whatever its messages' sizes
+    rows_hint: int | None = None
     recount: bool = False  # count the rendered request itself (completion mode, rewriting profiles)
     decode: Any = None  # Callable[[list[int]], str], for truncation
     #: summaries with hysteresis: history kept after an overflow, a fraction of the

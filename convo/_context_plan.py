@@ -50,9 +50,24 @@ from ._messages import Message
 from ._records import StoredMessage
 from ._selection import Item, Selection
 
-__all__ = ["BuildConfig", "Plan", "control_markers", "plan_build", "store_call"]
+__all__ = [
+    "BuildConfig", "BuildIO", "Plan", "control_markers", "plan_build", "rows_hint", "store_call",
+]
 
 # ---- the plan ---------------------------------------------------------------------
+
+#: Rows read beyond what the previous build of a conversation needed (see
+#: ``BuildConfig.rows_hint``): a turn's new messages and room for a shorter window.
+ROWS_SLACK = 6
+
+
+def rows_hint(rows_needed: int, rows_fetched: int) -> int:
+    """The first page of the next build of a conversation whose last build needed
+    ``rows_needed`` rows and fetched ``rows_fetched``: what it needed and some
+    slack, but never more than it fetched (older rows than those have no token
+    counts yet, and a build counts every row it reads)."""
+    return min(rows_needed + ROWS_SLACK, rows_fetched)
+
 
 
 def plan_build(cfg: BuildConfig) -> Plan:
@@ -72,6 +87,8 @@ def plan_build(cfg: BuildConfig) -> Plan:
 
     # first page sized for ~160-token messages; later pages double
     page = cfg.page_size or max(16, min(256, cfg.budget // 160))
+    if not cfg.page_size and cfg.rows_hint is not None:
+        page = max(page, min(1024, cfg.rows_hint))
     # one store call for the lineage, the pinned messages and the newest page
     pinned_rows, first_page = yield Start(page, None if cfg.as_of is None else cfg.as_of + 1)
     if cfg.as_of is not None and (not first_page or first_page[0][0].seq != cfg.as_of):
@@ -302,18 +319,22 @@ def _finish(
 
 
 def store_call(
-    op: Op, conversation_id: str, owner: str | None, encoding: str
+    op: Op, conversation_id: str, owner: str | None, encoding: str, lineage: Any = None
 ) -> tuple[str, str, tuple[Any, ...], dict[str, Any]]:
     """How a shell answers ``op``: (``"store"`` or ``"summarizer"``, method, args, kwargs).
 
     The one mapping from plan operations to store / summarizer methods; the sync
     shell calls it, the async shell awaits it, so the two cannot drift.
+    ``lineage``: what the build's ``Start`` read (see :class:`BuildIO`).
     """
     cid, scope = conversation_id, {"owner": owner}
     match op:
         case Start(limit, before):
             kw = {"encoding": encoding, "limit": limit, "before": before, **scope}
-            return "store", "context_start", (cid,), kw
+            return "store", "_context_open", (cid,), kw
+        case Tail(before, limit) if lineage is not None and before is not None:
+            kw = {"encoding": encoding, "before": before, "limit": limit, **scope}
+            return "store", "_tail_of", (lineage,), kw
         case Tail(before, limit):
             kw = {"encoding": encoding, "before": before, "limit": limit, **scope}
             return "store", "tail", (cid,), kw
@@ -339,6 +360,50 @@ def store_call(
                 {"previous": previous, "max_tokens": max_tokens},
             )
     raise AssertionError(op)  # pragma: no cover
+
+
+class BuildIO:
+    """A build's I/O state for its shell: the calls to make (see :func:`store_call`)
+    and what the plan gets back.
+
+    It keeps the fork lineage the opening reads resolved, so every later page of
+    the same build reads with it (one lineage query a build). With
+    ``defer_counts`` the build's new token counts are not written by the build
+    but kept in :attr:`token_counts`, for the caller to store in its own next
+    transaction (a turn stores them with its run).
+    """
+
+    __slots__ = (
+        "conversation_id", "defer_counts", "encoding", "lineage", "owner", "rows", "token_counts",
+    )
+
+    def __init__(
+        self, conversation_id: str, owner: str | None, encoding: str, *, defer_counts: bool = False
+    ) -> None:
+        self.conversation_id = conversation_id
+        self.owner = owner
+        self.encoding = encoding
+        self.lineage: Any = None
+        self.defer_counts = defer_counts
+        self.token_counts: tuple[str, dict[int, int]] | None = None
+        self.rows = 0  # history rows fetched (pinned ones aside)
+
+    def call(self, op: Op) -> tuple[str, str, tuple[Any, ...], dict[str, Any]] | None:
+        """The call that answers ``op``; None when there is nothing to call (deferred counts)."""
+        if self.defer_counts and isinstance(op, SaveCounts):
+            self.token_counts = (op.encoding, op.counts)
+            return None
+        return store_call(op, self.conversation_id, self.owner, self.encoding, self.lineage)
+
+    def result(self, op: Op, value: Any) -> Any:
+        """What the plan receives for ``op``, given the call's ``value``."""
+        if isinstance(op, Start):
+            pinned, page, self.lineage = value
+            self.rows += len(page)
+            return pinned, page
+        if isinstance(op, Tail):
+            self.rows += len(value)
+        return value
 
 
 def run_sync(plan: Plan, handle: Any) -> Context:

@@ -27,8 +27,10 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import QueuePool
 
 from ._exceptions import ConfigurationError
+from ._store_driver import raw_execute
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
@@ -112,6 +114,7 @@ def create_engine(url: str | URL | None = None, **kwargs: Any) -> Engine:
     resolved = resolve_url(url)
     if resolved.get_backend_name() == "sqlite":
         kwargs.setdefault("connect_args", {}).setdefault("timeout", SQLITE_BUSY_TIMEOUT_S)
+        _sqlite_pool_lifo(resolved, kwargs)
     try:
         engine = sa.create_engine(resolved, **kwargs)
     except (ArgumentError, TypeError, ImportError) as exc:
@@ -125,12 +128,34 @@ def create_engine_async(url: str | URL | None = None, **kwargs: Any) -> AsyncEng
     resolved = resolve_url(url, asynchronous=True)
     if resolved.get_backend_name() == "sqlite":
         kwargs.setdefault("connect_args", {}).setdefault("timeout", SQLITE_BUSY_TIMEOUT_S)
+        _sqlite_pool_lifo(resolved, kwargs)
     try:
         engine = create_async_engine(resolved, **kwargs)
     except (ArgumentError, TypeError, ImportError) as exc:
         raise ConfigurationError(f"cannot create an engine for {safe_url(resolved)}: {exc}") from exc
     prepare_engine(engine.sync_engine)
     return engine
+
+
+def _sqlite_pool_lifo(url: URL, kwargs: dict[str, Any]) -> None:
+    """Hand out the most recently used SQLite connection first (``pool_use_lifo``).
+
+    A SQLite connection's page cache is emptied whenever another connection has
+    written: with the pool's default FIFO order, consecutive store calls of one
+    thread alternate between connections and each starts cold (B-tree pages read
+    again); LIFO keeps one thread on one warm connection. File databases only
+    (in-memory ones use pools without an order), and only when the caller chose
+    no pool.
+    """
+    if "poolclass" in kwargs or "pool" in kwargs:
+        return
+    try:
+        dialect_cls: Any = url.get_dialect()
+        pool_class = dialect_cls.get_pool_class(url)
+    except (ArgumentError, ImportError):
+        return
+    if issubclass(pool_class, QueuePool):
+        kwargs.setdefault("pool_use_lifo", True)
 
 
 def prepare_engine(engine: Engine) -> None:
@@ -170,9 +195,9 @@ def _sqlite_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
 def _sqlite_begin(conn: Connection) -> None:
     options = conn.get_execution_options()
     if options.get(WRITE_OPTION):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        raw_execute(conn, "BEGIN IMMEDIATE")
     elif not options.get(READ_OPTION):
-        conn.exec_driver_sql("BEGIN")
+        raw_execute(conn, "BEGIN")
 
 
 _E = TypeVar("_E", Engine, AsyncEngine)

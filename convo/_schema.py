@@ -92,6 +92,43 @@ class UTCDateTime(TypeDecorator[datetime]):
         # psycopg answers in the session's time zone (e.g. ZoneInfo("Etc/UTC")).
         return value if value.tzinfo is UTC else value.astimezone(UTC)
 
+    def bind_processor(self, dialect: Dialect) -> Any:
+        """SQLite: an aware UTC datetime (what the store writes) as SQLAlchemy's DATETIME
+        text in one call (the same format: ISO date, space, microseconds always);
+        anything else takes the general route (:meth:`process_bind_param`, then
+        SQLAlchemy's formatting)."""
+        general = super().bind_processor(dialect)
+        if dialect.name != "sqlite" or general is None:
+            return general
+
+        def process(value: Any) -> Any:
+            if type(value) is datetime and value.tzinfo is UTC:
+                return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+            return general(value)
+
+        return process
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        """SQLite: the stored text parsed and marked UTC in one call (every message
+        read has a timestamp); anything but plain naive ISO text takes the general
+        route (SQLAlchemy's parser, then :meth:`process_result_value`)."""
+        general = super().result_processor(dialect, coltype)
+        if dialect.name != "sqlite" or general is None:
+            return general
+        parse = datetime.fromisoformat
+
+        def process(value: Any) -> datetime | None:
+            if type(value) is str:
+                try:
+                    when = parse(value)
+                except ValueError:
+                    return general(value)
+                if when.tzinfo is None:
+                    return when.replace(tzinfo=UTC)
+            return general(value)
+
+        return process
+
 
 # JSONB on PostgreSQL (indexable, compact, semantic equality); JSON text on SQLite.
 # none_as_null: a Python None is SQL NULL, so "no metadata" costs nothing.

@@ -7,6 +7,10 @@ with ``await``.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal, Self, TypeVar
@@ -15,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, Result
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import QueuePool
 
 from . import _migrate
 from . import _store_branches as branches
@@ -22,7 +27,7 @@ from . import _store_core as core
 from . import _store_driver as driver
 from . import _store_replays as replays
 from . import _store_runs as runs
-from ._engine import create_engine, mode_engines, prepare_engine, safe_url
+from ._engine import _sqlite_begin, create_engine, mode_engines, prepare_engine, safe_url
 from ._exceptions import ConfigurationError, NotMigratedError, StoreError
 from ._messages import Message
 from ._records import Conversation, ReplyInfo, Run, RunPage, StoredMessage, Summary
@@ -37,6 +42,8 @@ __all__ = ["Store"]
 T = TypeVar("T")
 
 _VERSION_QUERY = sa.text("SELECT version_num FROM alembic_version")
+# marks on a thread's own connection (its ``info``): in a call now; to be closed
+_BUSY, _RETIRED = "convo_direct_busy", "convo_direct_retired"
 
 
 def fetch(result: Result[Any], how: core.Fetch) -> Any:
@@ -49,6 +56,8 @@ def fetch(result: Result[Any], how: core.Fetch) -> Any:
         return result.scalar()
     if how == "rowcount":
         return result.rowcount  # type: ignore[attr-defined]
+    if how == "lastrowid":
+        return result.lastrowid  # type: ignore[attr-defined]
     return None
 
 
@@ -104,6 +113,13 @@ class Store:
         self._engines = mode_engines(self._engine)
         self._dialect = self._engine.dialect.name
         self._schema_ok = False
+        # the direct path's connection of each thread (see _thread_connection): for
+        # a pool of its own only; a pool of one connection per thread or process
+        # (in-memory SQLite) must keep it, and NullPool means no connection is kept
+        self._thread_connections = self._owns_engine and isinstance(self._engine.pool, QueuePool)
+        self._direct = threading.local()
+        self._direct_all: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._direct_lock = threading.Lock()
 
     @property
     def engine(self) -> Engine:
@@ -122,6 +138,16 @@ class Store:
     def close(self) -> None:
         """Release the connection pool (not when the engine was passed in)."""
         if self._owns_engine:
+            with self._direct_lock:
+                detached, self._direct_all = list(self._direct_all), weakref.WeakSet()
+                self._direct = threading.local()
+                for fairy in detached:
+                    # One in use right now is closed by its thread when its call ends
+                    # (as the pool leaves checked-out connections to their users).
+                    fairy.info[_RETIRED] = True
+                    if not fairy.info.get(_BUSY):
+                        with contextlib.suppress(Exception):
+                            fairy.close()  # a detached connection is closed, not pooled
             self._engine.dispose()
 
     # --- schema ------------------------------------------------------------------------
@@ -165,16 +191,77 @@ class Store:
 
     # --- the shell -----------------------------------------------------------------------
 
-    def _run(self, plan: Plan[T], mode: Mode = "read") -> T:
+    def _run(self, plan: Plan[T], mode: Mode = "read", *, direct: bool = False) -> T:
+        """Run ``plan`` in one short transaction (none for ``"read"``).
+
+        ``direct``: every statement of the plan is a ``driver=True`` one, so on
+        SQLite, when nothing listens to the engine's statements, the plan runs
+        on a pooled DBAPI connection without a ``Connection`` around it (see
+        :func:`convo._store_driver.run_direct`): the turn's hot path.
+        """
         if not self._schema_ok:
             self.check_schema()
         try:
+            if (
+                direct
+                and self._dialect == "sqlite"
+                and driver.direct_ok(self._engine, _sqlite_begin)
+            ):
+                if not self._thread_connections:
+                    value: T = driver.run_direct(
+                        self._engine, plan, writes=mode != "read", rollback=ROLLBACK
+                    )
+                    return value
+                held = self._thread_connection()
+                info = held.info
+                info[_BUSY] = True
+                try:
+                    value = driver.run_direct(
+                        self._engine, plan, writes=mode != "read", rollback=ROLLBACK, held=held
+                    )
+                except DBAPIError as exc:
+                    if exc.connection_invalidated:
+                        info[_RETIRED] = True
+                    raise
+                finally:
+                    info[_BUSY] = False
+                    if info.get(_RETIRED):  # lost, or the store was closed meanwhile
+                        self._drop_thread_connection(held)
+                return value
             with self._engines[mode].connect() as conn:
-                value = _drive(conn, plan)
+                value = _drive(conn, plan, writes=mode != "read")
                 conn.commit()
                 return value
         except DBAPIError as exc:
             raise database_error(exc) from exc
+
+    def _thread_connection(self) -> Any:
+        """This thread's own connection for the direct path (SQLite, a pool the store
+        made, of file connections): checked out of the pool once and detached from it, so a
+        turn's store calls need no checkout each, and always find the page cache
+        warm (SQLite empties a connection's cache when another one has written).
+        It is closed by :meth:`close`, or when its thread ends."""
+        local = self._direct
+        fairy = getattr(local, "fairy", None)
+        if fairy is not None and local.pid == os.getpid() and fairy.dbapi_connection is not None:
+            return fairy
+        # (after a fork: the parent's connection is the parent's; just forget it)
+        fairy = self._engine.raw_connection()  # the pool's connect/checkout events run
+        fairy.detach()
+        local.fairy, local.pid = fairy, os.getpid()
+        with self._direct_lock:
+            self._direct_all.add(fairy)
+        return fairy
+
+    def _drop_thread_connection(self, fairy: Any) -> None:
+        """Close this thread's connection ``fairy`` (lost, or retired by :meth:`close`)
+        and forget it; the next direct call takes a new one."""
+        if getattr(self._direct, "fairy", None) is fairy:
+            self._direct.fairy = None
+        with self._direct_lock:
+            self._direct_all.discard(fairy)
+        with contextlib.suppress(Exception):
+            fairy.close()  # a detached connection is closed, not pooled
 
     # --- conversations -------------------------------------------------------------------
 
@@ -200,7 +287,7 @@ class Store:
         Raises:
             ConversationNotFound: no such conversation (for this owner).
         """
-        return self._run(core.get_conversation(conversation_id, owner=owner))
+        return self._run(core.get_conversation(conversation_id, owner=owner), direct=True)
 
     def update_conversation(
         self,
@@ -307,6 +394,24 @@ class Store:
             core.append(conversation_id, message, idempotency_key=idempotency_key,
                         pinned=pinned, reply=reply, owner=owner, dialect=self._dialect),
             core.append_mode(idempotency_key),
+            direct=True,
+        )
+
+    def _append_current(
+        self,
+        conversation_id: str,
+        message: Message | Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        owner: str | None = None,
+    ) -> tuple[str, StoredMessage]:
+        """:meth:`append` to the thread's current branch, resolved in the same
+        transaction: (the conversation it went to, the message). For turns."""
+        return self._run(
+            core.append_current(conversation_id, message, idempotency_key=idempotency_key,
+                                owner=owner, dialect=self._dialect),
+            core.append_mode(idempotency_key),
+            direct=True,
         )
 
     def append_many(
@@ -337,7 +442,8 @@ class Store:
         """
         return self._run(
             core.messages(conversation_id, after=after, before=before, limit=limit,
-                          newest_first=newest_first, owner=owner)
+                          newest_first=newest_first, owner=owner),
+            direct=True,
         )
 
     def iter_messages(
@@ -366,11 +472,11 @@ class Store:
         self, conversation_id: str, seq: int, *, owner: str | None = None
     ) -> StoredMessage:
         """The message at ``seq`` (own or inherited). Raises :class:`~convo.MessageNotFound`."""
-        return self._run(core.get_message(conversation_id, seq, owner=owner))
+        return self._run(core.get_message(conversation_id, seq, owner=owner), direct=True)
 
     def count_messages(self, conversation_id: str, *, owner: str | None = None) -> int:
         """How many messages the conversation shows (inherited ones included); O(1)."""
-        return self._run(core.count_messages(conversation_id, owner=owner))
+        return self._run(core.count_messages(conversation_id, owner=owner), direct=True)
 
     def search(
         self,
@@ -407,7 +513,8 @@ class Store:
         """Up to ``limit`` messages with ``seq < before``, newest first, each with its
         stored token count for ``encoding`` (None when not counted yet)."""
         return self._run(
-            core.tail(conversation_id, encoding=encoding, before=before, limit=limit, owner=owner)
+            core.tail(conversation_id, encoding=encoding, before=before, limit=limit, owner=owner),
+            direct=True,
         )
 
     def context_start(
@@ -430,14 +537,50 @@ class Store:
         return self._run(
             core.context_start(
                 conversation_id, encoding=encoding, limit=limit, owner=owner, before=before
-            )
+            ),
+            direct=True,
+        )
+
+    def _context_open(
+        self,
+        conversation_id: str,
+        *,
+        encoding: str,
+        limit: int,
+        owner: str | None = None,
+        before: int | None = None,
+    ) -> tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]],
+               core.Lineage]:
+        """:meth:`context_start` and the lineage it read (for :meth:`_tail_of`; builders only)."""
+        return self._run(
+            core.context_open(
+                conversation_id, encoding=encoding, limit=limit, owner=owner, before=before
+            ),
+            direct=True,
+        )
+
+    def _tail_of(
+        self,
+        lineage: core.Lineage,
+        *,
+        encoding: str,
+        before: int,
+        limit: int,
+        owner: str | None = None,
+    ) -> list[tuple[StoredMessage, int | None]]:
+        """:meth:`tail` on the lineage a :meth:`_context_open` of the same build read."""
+        return self._run(
+            core.tail_of(lineage, encoding=encoding, before=before, limit=limit, owner=owner),
+            direct=True,
         )
 
     def pinned(
         self, conversation_id: str, *, encoding: str, owner: str | None = None
     ) -> list[tuple[StoredMessage, int | None]]:
         """All pinned messages of the lineage, oldest first, with their token counts."""
-        return self._run(core.pinned(conversation_id, encoding=encoding, owner=owner))
+        return self._run(
+            core.pinned(conversation_id, encoding=encoding, owner=owner), direct=True
+        )
 
     def set_pinned(
         self, conversation_id: str, seq: int, pinned: bool, *, owner: str | None = None
@@ -452,7 +595,9 @@ class Store:
 
     def save_token_counts(self, encoding: str, counts: Mapping[int, int]) -> None:
         """Store token counts (message id -> tokens) for ``encoding``; existing ones are kept."""
-        self._run(core.save_token_counts(encoding, counts, dialect=self._dialect), "write")
+        self._run(
+            core.save_token_counts(encoding, counts, dialect=self._dialect), "write", direct=True
+        )
 
     def add_summary(
         self,
@@ -609,6 +754,7 @@ class Store:
         replays_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         owner: str | None = None,
+        token_counts: tuple[str, Mapping[int, int]] | None = None,
     ) -> Run:
         """Record a request about to be sent, as a ``pending`` run (its own transaction).
 
@@ -616,6 +762,9 @@ class Store:
         byte for byte; a mapping is serialized as the client serializes it).
         The turn layer calls this for you; call it yourself to record requests
         you send by other means.
+        ``token_counts``: ``(encoding, {message id: tokens})`` counted by the
+        context build for this request, stored in the same transaction (existing
+        counts are kept), so a turn's build needs no write transaction of its own.
 
         Raises:
             ConversationNotFound: no such conversation (for this owner).
@@ -628,9 +777,10 @@ class Store:
                 summary_id=summary_id, input_seq=input_seq, idempotency_key=idempotency_key,
                 round=round, estimated_prompt_tokens=estimated_prompt_tokens,
                 reproduces_id=reproduces_id, replays_id=replays_id, metadata=metadata,
-                owner=owner,
+                owner=owner, token_counts=token_counts, dialect=self._dialect,
             ),
             "write",
+            direct=True,
         )
 
     def finish_run(
@@ -642,6 +792,7 @@ class Store:
         reply_info: ReplyInfo | None = None,
         reply_key: str | None = None,
         owner: str | None = None,
+        started: Run | None = None,
         **outcome: Any,
     ) -> FinishedRun:
         """Record how a pending run ended; with ``reply``, store it in the same transaction.
@@ -653,6 +804,9 @@ class Store:
         already stored under that key (a concurrent send of the same turn) is
         kept instead, and this run is recorded as ``cancelled``
         (``FinishedRun.duplicate``).
+        ``started``: the :class:`~convo.Run` :meth:`start_run` returned for this
+        run; the finished run is built from it and the outcome instead of being
+        read back (a pending run changes nowhere else). The turn layer passes it.
 
         Raises:
             RunNotFound: no such run (for this owner).
@@ -660,13 +814,15 @@ class Store:
         """
         return self._run(
             runs.finish_run(run_id, status=status, reply=reply, reply_info=reply_info,
-                            reply_key=reply_key, outcome=outcome, owner=owner),
+                            reply_key=reply_key, outcome=outcome, owner=owner,
+                            started=started, dialect=self._dialect),
             "write",
+            direct=True,
         )
 
     def get_run(self, run_id: str, *, owner: str | None = None) -> Run:
         """One run record. Raises :class:`~convo.RunNotFound`."""
-        return self._run(runs.get_run(run_id, owner=owner))
+        return self._run(runs.get_run(run_id, owner=owner), direct=True)
 
     def list_runs(
         self,
@@ -701,7 +857,9 @@ def _current_revision(conn: Connection) -> str | None:
     return str(value) if value is not None else None
 
 
-def _drive(conn: Connection, plan: Plan[T]) -> T:
+def _drive(conn: Connection, plan: Plan[T], *, writes: bool = True) -> T:
+    """Run ``plan`` on ``conn``. ``writes``: the plan runs in a transaction (begun
+    before its first statement, as SQLAlchemy's autobegin would)."""
     try:
         op: Op | object = next(plan)
         while True:
@@ -712,7 +870,9 @@ def _drive(conn: Connection, plan: Plan[T]) -> T:
                 else:
                     assert isinstance(op, Op)
                     if op.driver:
-                        value = _driver_fetch(conn, op)
+                        if writes and not conn.in_transaction():
+                            conn.begin()
+                        value = driver.execute(conn, op.stmt, op.params, op.fetch)
                     else:
                         value = fetch(conn.execute(op.stmt, op.params), op.fetch)
             except DBAPIError as exc:  # the plan may recover (see _store_core)
@@ -721,28 +881,3 @@ def _drive(conn: Connection, plan: Plan[T]) -> T:
             op = plan.send(value)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
-
-
-def _driver_fetch(conn: Connection, op: Op) -> list[tuple[Any, ...]]:
-    prepared = driver.prepare(conn.dialect, op.stmt)
-    if driver.observed(conn):
-        # someone listens to cursor events (tracing, logging): go through SQLAlchemy
-        raw = conn.exec_driver_sql(prepared.sql, prepared.args(op.params))  # type: ignore[arg-type]
-        return driver.process(prepared, raw.all())
-    args = prepared.args(op.params)  # type: ignore[arg-type]
-    dbapi_conn = conn.connection.dbapi_connection
-    assert dbapi_conn is not None
-    cursor = dbapi_conn.cursor()
-    try:
-        cursor.execute(prepared.sql, args)
-        return driver.process(prepared, cursor.fetchall())
-    except conn.dialect.loaded_dbapi.Error as exc:
-        # What SQLAlchemy's execute would do: notice a dropped connection, and wrap
-        # the driver's error so the store translates it into convo's tree.
-        if conn.dialect.is_disconnect(exc, dbapi_conn, cursor):
-            conn.invalidate(exc)
-        raise DBAPIError.instance(
-            prepared.sql, args, exc, conn.dialect.loaded_dbapi.Error
-        ) from exc
-    finally:
-        cursor.close()

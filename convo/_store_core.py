@@ -31,7 +31,6 @@ from typing import Any, Final, Literal, TypeAlias, TypeVar
 
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.sql import Executable
 
@@ -45,7 +44,7 @@ from ._exceptions import (
 )
 from ._messages import Message, parse_message
 from ._records import Conversation, ReplyInfo, StoredMessage, Summary
-from ._store_input import INT32_MAX, check_int, check_values, checked
+from ._store_input import ENCODING_MAX, INT32_MAX, check_int, check_text, check_values, checked
 from ._store_rows import (
     check_pinnable,
     check_short,
@@ -65,7 +64,7 @@ from ._store_rows import (
 __all__ = ["ROLLBACK", "UNSET", "ConversationPage", "Mode", "Op", "Plan", "Unset"]
 
 T = TypeVar("T")
-Fetch: TypeAlias = Literal["all", "first", "scalar", "rowcount", "none"]
+Fetch: TypeAlias = Literal["all", "first", "scalar", "rowcount", "lastrowid", "none"]
 #: How a shell runs a plan (see :func:`convo._engine.mode_engines`): ``"read"``
 #: without a transaction, ``"write"`` in one, ``"single"`` for a one-statement write.
 Mode: TypeAlias = Literal["read", "write", "single"]
@@ -79,15 +78,16 @@ class Op:
 
     ``fetch``: ``"all"`` -> list of rows, ``"first"`` -> a row or None,
     ``"scalar"`` -> first column of the first row or None, ``"rowcount"`` -> int,
-    ``"none"`` -> None. ``params`` as a list means executemany (rows come back
+    ``"lastrowid"`` -> the rowid an INSERT gave its row (SQLite), ``"none"`` -> None. ``params`` as a list means executemany (rows come back
     in parameter order when the statement returns rows).
     """
 
     stmt: Executable
     params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None
     fetch: Fetch = "all"
-    #: run on the DBAPI cursor (the hot read path, see ``_store_driver``); rows are
-    #: plain tuples then, read by position; only with ``fetch="all"``
+    #: run on the DBAPI cursor (the hot path, see ``_store_driver``): only for
+    #: long-lived statements (module-level or cached by their builder), whose
+    #: compiled form is kept; rows are plain tuples then, read by position
     driver: bool = False
 
 
@@ -227,7 +227,7 @@ def create_conversation(
 @checked
 def get_conversation(conversation_id: str, *, owner: str | None) -> Plan[Conversation]:
     params = {"cid": conversation_id}
-    row = yield Op(sql.select_conversation(_scope(params, owner)), params, "first")
+    row = yield Op(sql.select_conversation(_scope(params, owner)), params, "first", driver=True)
     if row is None:
         raise ConversationNotFound(conversation_id, owner=owner)
     return conversation_from_row(row)
@@ -350,7 +350,8 @@ def newest_first(
 
 
 def append_mode(idempotency_key: str | None) -> Mode:
-    """How to run :func:`append`: without a key it is a single statement on PostgreSQL."""
+    """How to run :func:`append` and :func:`append_current`: without a key it is a
+    single statement on PostgreSQL (``"single"`` is ``"write"`` on SQLite)."""
     return "single" if idempotency_key is None else "write"
 
 
@@ -372,35 +373,126 @@ def append(
     if idempotency_key is None and dialect == "postgresql":
         single = {f"m_{k}": v for k, v in values.items()}
         single.update(params)
-        row = yield Op(sql.append_returning_seq(_scope(single, owner)), single, "first")
+        row = yield Op(
+            sql.append_returning_seq(_scope(single, owner)), single, "first", driver=True
+        )
         if row is None:
             raise ConversationNotFound(conversation_id, owner=owner)
-        return stored_message(msg, values, id=row.id, conversation_id=conversation_id,
-                              seq=row.seq, created_at=stamp)
+        message_id, seq = row
+        return stored_message(msg, values, id=message_id, conversation_id=conversation_id,
+                              seq=seq, created_at=stamp)
     # The counter update takes the conversation's row lock (SQLite: the write
     # lock, via BEGIN IMMEDIATE) so the key check below cannot race.
-    seq = yield Op(sql.bump_seq(_scope(params, owner)), params, "scalar")
+    seq = yield Op(sql.bump_seq(_scope(params, owner)), params, "scalar", driver=True)
     if seq is None:
         raise ConversationNotFound(conversation_id, owner=owner)
     if idempotency_key is not None:
-        existing = yield Op(sql.BY_KEY, {"cid": conversation_id, "key": idempotency_key}, "first")
+        existing = yield Op(
+            sql.BY_KEY, {"cid": conversation_id, "key": idempotency_key}, "first", driver=True
+        )
         if existing is not None:
             yield ROLLBACK  # undo the counter bump: a retried append writes nothing
             return message_from_row(existing)
-    values.update(conversation_id=conversation_id, seq=seq, created_at=stamp)
+    return (
+        yield from _insert(conversation_id, seq, msg, values, stamp, idempotency_key, dialect)
+    )
+
+
+def insert_message(values: dict[str, Any], dialect: str) -> Op:
+    """The INSERT of a message row; its result is the new message's id.
+
+    Only the columns that have a value are listed (the others are NULL anyway, and
+    every bound value costs); SQLite gives the id as the cursor's ``lastrowid``
+    (the rowid alias), PostgreSQL through ``RETURNING``.
+    """
+    given = {k: v for k, v in values.items() if v is not None}
+    if dialect == "sqlite":
+        return Op(sql.INSERT_PLAIN, given, "lastrowid", driver=True)
+    return Op(sql.INSERT_MESSAGE, given, "scalar", driver=True)
+
+
+def _insert(
+    cid: str,
+    seq: int,
+    msg: Message,
+    values: dict[str, Any],
+    stamp: datetime,
+    idempotency_key: str | None,
+    dialect: str,
+) -> Plan[StoredMessage]:
+    """Insert a message at ``seq`` (its counter bumped by the caller, in this transaction)."""
+    values.update(conversation_id=cid, seq=seq, created_at=stamp)
     try:
-        message_id = yield Op(sql.INSERT_MESSAGE, values, "scalar")
+        message_id = yield insert_message(values, dialect)
     except IntegrityError:
         # Safety net (the lock makes this unreachable among convo writers).
         if idempotency_key is None:
             raise
         yield ROLLBACK
-        existing = yield Op(sql.BY_KEY, {"cid": conversation_id, "key": idempotency_key}, "first")
+        existing = yield Op(sql.BY_KEY, {"cid": cid, "key": idempotency_key}, "first",
+                            driver=True)
         if existing is None:
             raise
         return message_from_row(existing)
-    return stored_message(msg, values, id=message_id, conversation_id=conversation_id,
-                          seq=seq, created_at=stamp)
+    return stored_message(msg, values, id=message_id, conversation_id=cid, seq=seq,
+                          created_at=stamp)
+
+
+@checked
+def append_current(
+    conversation_id: str,
+    message: Message | Mapping[str, Any],
+    *,
+    idempotency_key: str | None,
+    owner: str | None,
+    dialect: str,
+) -> Plan[tuple[str, StoredMessage]]:
+    """:func:`append` to the thread's current branch (``conversation_id`` itself when
+    it has none), resolved in the same transaction: the conversation it went to,
+    and the message. With a key already stored in that view (inherited rows of a
+    branch included), the stored message comes back and nothing is written."""
+    msg = parse_message(message)
+    values = message_params(msg, pinned=None, idempotency_key=idempotency_key, reply=None)
+    stamp = now()
+    params: dict[str, Any] = {"cid": conversation_id, "now": stamp}
+    scoped = _scope(params, owner)
+    if idempotency_key is None and dialect == "postgresql":
+        single = {f"m_{k}": v for k, v in values.items()}
+        single.update(params)
+        row = yield Op(sql.append_returning_seq(scoped, True), single, "first", driver=True)
+        if row is None:
+            raise ConversationNotFound(conversation_id, owner=owner)
+        message_id, seq, cid = row
+        return cid, stored_message(msg, values, id=message_id, conversation_id=cid, seq=seq,
+                                   created_at=stamp)
+    # The counter update takes the branch's row lock (SQLite: the write lock) first,
+    # so the key lookup below cannot race with another send of the same turn.
+    row = yield Op(sql.bump_current_seq(scoped), params, "first", driver=True)
+    if row is None:
+        raise ConversationNotFound(conversation_id, owner=owner)
+    cid, seq = row
+    if idempotency_key is not None:
+        existing = None
+        if cid == conversation_id:
+            existing = yield Op(sql.BY_KEY, {"cid": cid, "key": idempotency_key}, "first",
+                                driver=True)
+        else:
+            # On a branch, the turn may have been stored before the branch was made
+            # (a retry after a regenerate): look through the inherited history too.
+            lineage = yield from _lineage(cid, owner)
+            for segment, lo, hi in lineage.live():
+                existing = yield Op(
+                    sql.by_key_in_range(),
+                    {"cid": segment, "key": idempotency_key, "lo": lo, "hi": hi},
+                    "first",
+                    driver=True,
+                )
+                if existing is not None:
+                    break
+        if existing is not None:
+            yield ROLLBACK  # undo the counter bump: a retried send writes nothing
+            return cid, message_from_row(existing)
+    return cid, (yield from _insert(cid, seq, msg, values, stamp, idempotency_key, dialect))
 
 
 @checked
@@ -561,14 +653,10 @@ def tail(
     return [tokens_from_row(r) for r in rows]
 
 
-@checked
-def context_start(
-    conversation_id: str, *, encoding: str, limit: int, owner: str | None,
-    before: int | None = None,
-) -> Plan[tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]]]]:
-    """The opening reads of a context build on one connection: the lineage once,
-    then its pinned messages (oldest first) and its newest ``limit`` messages,
-    both limited to ``seq < before`` when given (a build "as of" a past seq)."""
+def _open(
+    conversation_id: str, encoding: str, limit: int, owner: str | None, before: int | None
+) -> Plan[tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]],
+                Lineage]]:
     lineage = yield from _lineage(conversation_id, owner)
     pinned_rows = yield from _read_segments(
         lineage, after=None, before=before, limit=None, newest_first=False,
@@ -577,7 +665,53 @@ def context_start(
     tail_rows = yield from _read_segments(
         lineage, after=None, before=before, limit=limit, newest_first=True, encoding=encoding
     )
-    return [tokens_from_row(r) for r in pinned_rows], [tokens_from_row(r) for r in tail_rows]
+    return (
+        [tokens_from_row(r) for r in pinned_rows], [tokens_from_row(r) for r in tail_rows], lineage
+    )
+
+
+@checked
+def context_start(
+    conversation_id: str, *, encoding: str, limit: int, owner: str | None,
+    before: int | None = None,
+) -> Plan[tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]]]]:
+    """The opening reads of a context build on one connection: the lineage once,
+    then its pinned messages (oldest first) and its newest ``limit`` messages,
+    both limited to ``seq < before`` when given (a build "as of" a past seq)."""
+    pinned_rows, tail_rows, _ = yield from _open(conversation_id, encoding, limit, owner, before)
+    return pinned_rows, tail_rows
+
+
+@checked
+def context_open(
+    conversation_id: str, *, encoding: str, limit: int, owner: str | None,
+    before: int | None = None,
+) -> Plan[tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]],
+                Lineage]]:
+    """:func:`context_start`, and the lineage it resolved, for :func:`tail_of`."""
+    return (yield from _open(conversation_id, encoding, limit, owner, before))
+
+
+@checked
+def tail_of(
+    lineage: Lineage, *, encoding: str, before: int, limit: int, owner: str | None
+) -> Plan[list[tuple[StoredMessage, int | None]]]:
+    """:func:`tail` on a lineage resolved earlier in the same build (one lineage
+    query a build, not one a page).
+
+    A lineage never changes below its newest seq (messages are only appended,
+    and a fork point is fixed), so reading older rows with it is exact. Seqs are
+    contiguous from 1, so fewer rows than the lineage holds below ``before``
+    means the conversation was deleted meanwhile: resolving the lineage again
+    then raises :class:`~convo.ConversationNotFound`, as :func:`tail` would.
+    """
+    rows = yield from _read_segments(
+        lineage, after=None, before=before, limit=limit, newest_first=True, encoding=encoding
+    )
+    held = sum(max(0, min(hi, before - 1) - lo) for _cid, lo, hi in lineage.live())
+    if len(rows) < min(limit, held):
+        yield from _lineage(lineage.conversation_id, owner)
+    return [tokens_from_row(r) for r in rows]
 
 
 @checked
@@ -619,6 +753,21 @@ def set_pinned(conversation_id: str, seq: int, value: bool, *, owner: str | None
         raise MessageNotFound(f"conversation {conversation_id!r} has no message {seq}")
 
 
+def token_rows(encoding: str, counts: Mapping[int, int]) -> list[dict[str, Any]]:
+    """The ``message_tokens`` rows of ``counts`` (message id -> tokens), checked."""
+    check_text(encoding, "encoding", max_len=ENCODING_MAX)
+    if not isinstance(counts, Mapping):
+        raise StoreInputError("counts must be a mapping of message id to token count")
+    rows = []
+    for message_id, tokens in counts.items():
+        message_id = check_int(message_id, "a message id of counts")
+        tokens = check_int(
+            tokens, f"token count for message {message_id}", minimum=0, maximum=INT32_MAX
+        )
+        rows.append({"message_id": message_id, "encoding": encoding, "tokens": tokens})
+    return rows
+
+
 @checked
 def save_token_counts(encoding: str, counts: Mapping[int, int], *, dialect: str) -> Plan[None]:
     """Store token counts; a cache, so on a read-only database it stores nothing.
@@ -629,22 +778,11 @@ def save_token_counts(encoding: str, counts: Mapping[int, int], *, dialect: str)
     read-only transaction) must still build, so a write the database refuses
     as read-only is skipped, not raised.
     """
-    if not isinstance(counts, Mapping):
-        raise StoreInputError("counts must be a mapping of message id to token count")
-    rows = []
-    for message_id, tokens in counts.items():
-        message_id = check_int(message_id, "a message id of counts")
-        tokens = check_int(
-            tokens, f"token count for message {message_id}", minimum=0, maximum=INT32_MAX
-        )
-        rows.append({"message_id": message_id, "encoding": encoding, "tokens": tokens})
+    rows = token_rows(encoding, counts)
     if not rows:
         return
-    # Counts are deterministic per (message, encoding): a concurrent writer
-    # stored the same number, so DO NOTHING is exact.
-    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(TK)
     try:
-        yield Op(insert.on_conflict_do_nothing(), rows, "none")
+        yield Op(sql.insert_token_counts(dialect), rows, "none", driver=True)
     except IntegrityError as exc:
         raise MessageNotFound(f"token counts given for unknown message ids: {exc.orig}") from exc
     except DBAPIError as exc:

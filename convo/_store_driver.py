@@ -1,28 +1,47 @@
-"""The hot read path: selected statements run on the DBAPI cursor.
+"""The hot path: selected statements run on the DBAPI cursor.
 
-Reading the newest messages is what every context build does, so its cost is
-the floor of convo's latency. SQLAlchemy's ``Connection.execute`` spends more
-than the database does on such small reads (compiled-cache lookup, ``Result``
-and ``Row`` objects); for the few statements marked ``driver=True`` the shells
-instead run the SQL that SQLAlchemy compiled for the dialect, once, straight
-on the driver's cursor, then apply the very result processors SQLAlchemy
-would (JSON decoding, UTC datetimes), so the values are the same. Rows come
-back as plain tuples, read by position. When anything listens to the
-engine's cursor events (tracing, query logging, ``echo``), the same SQL goes
-through ``Connection.exec_driver_sql`` instead, so every statement is still
-seen; the async shell always takes that route.
+A turn is a handful of small statements (append a message, read the newest
+messages, insert a run, update it), so their cost is the floor of convo's
+latency. SQLAlchemy's ``Connection.execute`` spends more than the database does
+on such statements (compiled-cache lookup, execution context, ``Result`` and
+``Row`` objects); for the statements a plan marks ``driver=True`` the shells
+instead run the SQL that SQLAlchemy compiled for the dialect, once, straight on
+the driver's cursor: parameters go through the very bind processors
+SQLAlchemy would apply (JSON text, UTC datetimes, booleans), rows through its
+result processors, so what is written and read is the same. Rows come back as
+plain tuples, read by position. When anything listens to the engine's cursor
+events (tracing, query logging, ``echo``), the same SQL goes through
+``Connection.exec_driver_sql`` instead, so every statement is still seen; the
+async shell always takes that route.
+
+Transactions stay SQLAlchemy's: the shell begins them on the ``Connection``
+(so convo's SQLite ``BEGIN IMMEDIATE`` hook runs) and commits or rolls back
+there; only the statements in between skip the ``Connection`` machinery.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.engine import Dialect
-from sqlalchemy.sql import Executable
+from pydantic_core import from_json
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql import Executable, sqltypes
+from sqlalchemy.sql.dml import UpdateBase
 
-__all__ = ["DriverStatement", "observed", "prepare", "process"]
+__all__ = [
+    "DriverStatement", "bind_args", "direct_ok", "execute", "execute_dbapi", "execute_text", "from_result",
+    "observed", "prepare", "process", "raw_execute", "rows_as", "run_direct",
+]
+
+Processor = Callable[[Any], Any]
+
+#: Prepared statements kept per dialect; the statements themselves are module-level
+#: (or cached by their builders), so this stays small; it is emptied if it ever grows.
+_CACHE_MAX = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,15 +50,40 @@ class DriverStatement:
 
     stmt: Executable  # kept so the cache key (its id) stays unique
     sql: str
-    positional: tuple[str, ...] | None  # bind order for qmark/format styles; None: named
+    #: qmark/format styles: (bind name, its processor) in bind order; None: named style
+    positional: tuple[tuple[str, Processor | None], ...] | None
+    binds: tuple[tuple[str, Processor], ...]  # named style: the binds that have processors
     defaults: Mapping[str, Any]
-    processors: tuple[Callable[[Any], Any] | None, ...]
+    processors: tuple[Processor | None, ...]
+    returns_rows: bool
+    #: the result columns' types, for processors that depend on the driver's type
+    #: code of the column (psycopg numbers), resolved from the cursor's description
+    result_types: tuple[Any, ...] = ()
+    lazy: bool = False
+
+    def row_processors(self, dialect: Dialect, description: Any) -> tuple[Processor | None, ...]:
+        """The result processors; those that need the cursor's type codes from ``description``."""
+        if not self.lazy:
+            return self.processors
+        return tuple(
+            p if p is not _LAZY else t._cached_result_processor(dialect, d[1])
+            for p, t, d in zip(self.processors, self.result_types, description, strict=True)
+        )
 
     def args(self, params: Mapping[str, Any] | None) -> tuple[Any, ...] | dict[str, Any]:
-        merged = {**self.defaults, **(params or {})}
-        if self.positional is None:
-            return merged
-        return tuple(merged[name] for name in self.positional)
+        """The DBAPI parameters for ``params`` (processed as SQLAlchemy would)."""
+        given = params or {}
+        if self.positional is not None:
+            defaults = self.defaults
+            out = []
+            for name, proc in self.positional:
+                value = given[name] if name in given else defaults[name]
+                out.append(value if proc is None else proc(value))
+            return tuple(out)
+        merged = {**self.defaults, **given}
+        for name, proc in self.binds:
+            merged[name] = proc(merged[name])
+        return merged
 
 
 def observed(conn: Any) -> bool:
@@ -54,46 +98,372 @@ def observed(conn: Any) -> bool:
     )
 
 
-def prepare(dialect: Dialect, stmt: Executable) -> DriverStatement:
-    """``stmt`` compiled for ``dialect``, cached on the dialect itself (so the cache
-    lives and dies with its engine; the statements here are module-level)."""
-    cache: dict[int, DriverStatement] = dialect.__dict__.setdefault("_convo_driver_cache", {})
-    found = cache.get(id(stmt))
+def _many(params: Any) -> bool:
+    """Parameter sets for executemany: a list or tuple of mappings (an Op's contract);
+    exact types first, the ABC checks are slow on this path."""
+    kind = type(params)
+    if kind is dict or params is None:
+        return False
+    if kind is list or kind is tuple:
+        return True
+    return isinstance(params, Sequence) and not isinstance(params, Mapping)
+
+
+def _keys(stmt: Executable, params: Any) -> tuple[tuple[str, ...] | None, bool]:
+    """What an INSERT / UPDATE is compiled for: the parameter names, executemany or not
+    (SQLAlchemy compiles the VALUES / SET clauses from the first parameter set)."""
+    if not isinstance(stmt, UpdateBase):
+        return None, False
+    many = _many(params)
+    first = params[0] if many else params
+    return tuple(sorted(first or ())), many
+
+
+def prepare(dialect: Dialect, stmt: Executable, params: Any = None) -> DriverStatement:
+    """``stmt`` compiled for ``dialect`` (and, for an INSERT or UPDATE, for the names
+    in ``params``), cached on the dialect itself (so the cache lives and dies with its
+    engine)."""
+    keys, many = _keys(stmt, params)
+    cache: dict[Any, DriverStatement] = dialect.__dict__.setdefault("_convo_driver_cache", {})
+    key = (id(stmt), keys, many)
+    found = cache.get(key)
     if found is not None and found.stmt is stmt:
         return found
-    compiled = stmt.compile(dialect=dialect)  # type: ignore[attr-defined]
-    processors = tuple(
-        col.type._cached_result_processor(dialect, None)
-        for col in compiled._result_columns  # (keyname, name, objects, type) entries
-    )
+    if keys is None:
+        compiled = stmt.compile(dialect=dialect)  # type: ignore[attr-defined]
+    else:
+        compiled = stmt.compile(  # type: ignore[attr-defined]
+            dialect=dialect, column_keys=list(keys), for_executemany=many
+        )
+    if (
+        compiled.insert_prefetch
+        or compiled.update_prefetch
+        or compiled.literal_execute_params
+        or compiled.post_compile_params
+        or compiled.escaped_bind_names
+    ):
+        # Python-side defaults, expanding IN lists, escaped names: SQLAlchemy's job
+        raise TypeError(f"statement not supported on the driver path: {compiled.string[:80]}")
+    bind_procs: dict[str, Any] = dict(compiled._bind_processors)
+    if any(not callable(p) for p in bind_procs.values()):
+        raise TypeError("tuple-typed binds are not supported on the driver path")
+    types = tuple(col.type for col in compiled._result_columns)  # (keyname, name, objects, type)
+    processors = tuple(_result_processor(dialect, t) for t in types)
     prepared = DriverStatement(
         stmt=stmt,
         sql=compiled.string,
-        positional=tuple(compiled.positiontup) if compiled.positional else None,
-        # literal binds (e.g. LIMIT defaults); required ones come with each call
+        positional=(
+            tuple((name, bind_procs.get(name)) for name in compiled.positiontup)
+            if compiled.positional
+            else None
+        ),
+        binds=tuple(bind_procs.items()),
+        # literal binds (e.g. LIMIT defaults, status = 'pending'); required ones come
+        # with each call
         defaults={
             k: bp.value for k, bp in compiled.binds.items() if not bp.required and bp.value is not None
         },
         processors=processors,
+        returns_rows=bool(compiled._result_columns),
+        result_types=types,
+        lazy=any(p is _LAZY for p in processors),
     )
-    cache[id(stmt)] = prepared
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache[key] = prepared
     return prepared
 
 
-def process(prepared: DriverStatement, rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
-    """Apply the columns' result processors to raw driver rows."""
-    procs = prepared.processors
+_LAZY: Any = object()
+
+
+def _result_processor(dialect: Dialect, type_: Any) -> Any:
+    try:
+        proc = type_._cached_result_processor(dialect, None)
+    except Exception:  # noqa: BLE001 - it needs the driver's type code (psycopg numerics)
+        return _LAZY
+    if proc is not None and dialect.name == "sqlite" and isinstance(
+        type_.dialect_impl(dialect), sqltypes.JSON
+    ):
+        # JSON text decoded in one call rather than through SQLAlchemy's three
+        # wrappers; other values take their route
+        general = proc
+        custom = getattr(dialect, "_json_deserializer", None)
+        if custom is not None:
+
+            def decode_with(value: Any) -> Any:
+                return custom(value) if type(value) is str else general(value)
+
+            return decode_with
+
+        def decode(value: Any) -> Any:
+            if type(value) is not str:
+                return general(value)
+            try:
+                # several times faster than json.loads on the small objects stored
+                # (usage, metadata); the same values (text it refuses, e.g. a lone
+                # surrogate escape, is left to json.loads)
+                return from_json(value)
+            except ValueError:
+                return json.loads(value)
+
+        return decode
+    return proc
+
+
+def process(
+    prepared: DriverStatement,
+    rows: Sequence[Sequence[Any]],
+    procs: tuple[Processor | None, ...] | None = None,
+) -> list[tuple[Any, ...]]:
+    """Apply the columns' result processors (``procs``, default: the prepared ones)
+    to raw driver rows."""
+    if procs is None:
+        procs = prepared.processors
     if not any(procs):
         return [tuple(r) for r in rows]
-    active = [(i, p) for i, p in enumerate(procs) if p is not None]
-    out = []
-    for row in rows:
-        values = list(row)
-        for i, proc in active:
-            value = values[i]
-            # NULL stays None under every processor on this path (JSON, datetimes);
-            # most optional columns are NULL, so skip the call
-            if value is not None:
-                values[i] = proc(value)
-        out.append(tuple(values))
-    return out
+    convert = _converters.get(procs)
+    if convert is None:
+        convert = _converter(procs)
+    return convert(rows)
+
+
+_converters: dict[tuple[Processor | None, ...], Callable[[Any], list[tuple[Any, ...]]]] = {}
+
+
+def _converter(procs: tuple[Processor | None, ...]) -> Callable[[Any], list[tuple[Any, ...]]]:
+    """A function converting rows with ``procs``, written out for their columns.
+
+    Rows are what a context build reads by the dozen, so instead of a loop over
+    the processors per row the columns are unpacked and converted in one
+    expression (as ``dataclasses`` and ``namedtuple`` generate code; the source
+    depends only on the number of columns and which have a processor). NULL stays
+    None under every processor on this path (JSON, datetimes): most optional
+    columns are NULL, so the call is skipped.
+    """
+    names = [f"c{i}" for i in range(len(procs))]
+    values = [
+        name if proc is None else f"(p{i}({name}) if {name} is not None else None)"
+        for i, (name, proc) in enumerate(zip(names, procs, strict=True))
+    ]
+    source = (
+        "def convert(rows):\n"
+        f"    return [({', '.join(values)},) for ({', '.join(names)},) in rows]\n"
+    )
+    namespace: dict[str, Any] = {f"p{i}": p for i, p in enumerate(procs) if p is not None}
+    exec(source, namespace)  # noqa: S102 - generated from column positions only
+    convert: Callable[[Any], list[tuple[Any, ...]]] = namespace["convert"]
+    if len(_converters) >= _CACHE_MAX:
+        _converters.clear()
+    _converters[procs] = convert
+    return convert
+
+
+def rows_as(rows: list[tuple[Any, ...]], how: str) -> Any:
+    """Processed rows as an Op's ``fetch`` asks: all, the first row, or its first value."""
+    if how == "all":
+        return rows
+    if how == "first":
+        return rows[0] if rows else None
+    return rows[0][0] if rows else None  # "scalar"
+
+
+def from_result(prepared: DriverStatement, result: Any, how: str, dialect: Dialect) -> Any:
+    """What ``how`` asks for, from an ``exec_driver_sql`` result of ``prepared``."""
+    if how == "rowcount":
+        return result.rowcount
+    if how == "lastrowid":
+        return result.lastrowid
+    if how == "none" or not prepared.returns_rows:
+        return None
+    procs = None
+    if prepared.lazy:
+        procs = prepared.row_processors(dialect, result.cursor.description)
+    return rows_as(process(prepared, result.all(), procs), how)
+
+
+def execute(conn: Connection, stmt: Executable, params: Any, how: str) -> Any:
+    """Run ``stmt`` with ``params`` on ``conn``'s DBAPI cursor; the result fetched as
+    :class:`~convo._store_core.Op` ``how`` says (rows are tuples)."""
+    if observed(conn):
+        # someone listens to cursor events (tracing, logging): go through SQLAlchemy
+        prepared = prepare(conn.dialect, stmt, params)
+        result = conn.exec_driver_sql(prepared.sql, bind_args(prepared, params))
+        return from_result(prepared, result, how, conn.dialect)
+    dbapi_conn = conn.connection.dbapi_connection
+    assert dbapi_conn is not None
+    try:
+        return execute_dbapi(conn.dialect, dbapi_conn, stmt, params, how)
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            conn.invalidate(exc.orig)
+        raise
+
+
+def bind_args(prepared: DriverStatement, params: Any) -> Any:
+    """The DBAPI parameters of ``params``: one set, or a list of them (executemany)."""
+    if _many(params):
+        return [prepared.args(p) for p in params]  # executemany
+    return prepared.args(params)
+
+
+def execute_dbapi(dialect: Dialect, dbapi_conn: Any, stmt: Executable, params: Any, how: str) -> Any:
+    """:func:`execute` on a DBAPI connection. Driver errors are raised wrapped as
+    SQLAlchemy's :class:`~sqlalchemy.exc.DBAPIError` (``connection_invalidated``
+    when the connection is gone: the caller invalidates it)."""
+    prepared = prepare(dialect, stmt, params)
+    args = bind_args(prepared, params)
+    cursor = dbapi_conn.cursor()
+    try:
+        if isinstance(args, list):
+            cursor.executemany(prepared.sql, args)
+        else:
+            cursor.execute(prepared.sql, args)
+        if how == "rowcount":
+            return cursor.rowcount
+        if how == "lastrowid":
+            return cursor.lastrowid
+        if not prepared.returns_rows:
+            return None
+        rows = cursor.fetchall()  # also what finishes a DML ... RETURNING on SQLite
+        if how == "none":
+            return None
+        procs = prepared.row_processors(dialect, cursor.description)
+        return rows_as(process(prepared, rows, procs), how)
+    except dialect.loaded_dbapi.Error as exc:
+        raise _wrapped(dialect, dbapi_conn, cursor, prepared.sql, args, exc) from exc
+    finally:
+        cursor.close()
+
+
+def raw_execute(conn: Connection, sql: str) -> None:
+    """Run one statement without parameters or rows (``BEGIN IMMEDIATE``) on the cursor,
+    or through SQLAlchemy when statements are observed."""
+    if observed(conn):
+        conn.exec_driver_sql(sql)
+        return
+    dbapi_conn = conn.connection.dbapi_connection
+    assert dbapi_conn is not None
+    try:
+        execute_text(conn.dialect, dbapi_conn, sql)
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            conn.invalidate(exc.orig)
+        raise
+
+
+def execute_text(dialect: Dialect, dbapi_conn: Any, sql: str) -> None:
+    """One statement without parameters or rows on a DBAPI connection (errors wrapped
+    as in :func:`execute_dbapi`)."""
+    cursor = dbapi_conn.cursor()
+    try:
+        cursor.execute(sql)
+    except dialect.loaded_dbapi.Error as exc:
+        raise _wrapped(dialect, dbapi_conn, cursor, sql, (), exc) from exc
+    finally:
+        cursor.close()
+
+
+def _wrapped(
+    dialect: Dialect, dbapi_conn: Any, cursor: Any, sql: str, args: Any, exc: Exception
+) -> DBAPIError:
+    """What SQLAlchemy's execute would do with a driver error: wrap it (so the store
+    translates it into convo's tree), noting whether the connection is gone."""
+    wrapped = DBAPIError.instance(
+        sql, args, exc, dialect.loaded_dbapi.Error,
+        connection_invalidated=dialect.is_disconnect(exc, dbapi_conn, cursor),  # type: ignore[arg-type]
+    )
+    assert isinstance(wrapped, DBAPIError)  # (driver errors are DBAPI errors)
+    return wrapped
+
+
+# --- the direct path: plans on a pooled DBAPI connection -------------------------------
+
+#: Engine events the direct path would skip (it runs no ``Connection``): with any of
+#: them listened to, plans run through SQLAlchemy's ``Connection`` as usual.
+_CONNECTION_EVENTS = (
+    "before_execute", "after_execute", "before_cursor_execute", "after_cursor_execute",
+    "engine_connect", "set_connection_execution_options", "commit", "rollback", "savepoint",
+    "rollback_savepoint", "release_savepoint", "begin_twophase", "prepare_twophase",
+    "commit_twophase", "rollback_twophase",
+)
+_DIALECT_EVENTS = ("handle_error", "do_execute", "do_executemany", "do_execute_no_params")
+
+
+def direct_ok(engine: Any, begin_hook: Callable[..., Any]) -> bool:
+    """Whether plans may run on a pooled DBAPI connection of ``engine`` without a
+    SQLAlchemy ``Connection``: SQLite, nothing logged or echoed, and no event
+    listeners on the engine but convo's own ``begin`` hook (whose ``BEGIN
+    IMMEDIATE`` the direct path issues itself)."""
+    if engine.dialect.name != "sqlite" or engine._should_log_info():
+        return False
+    d = engine.dispatch
+    for name in _CONNECTION_EVENTS:
+        if getattr(d, name):
+            return False
+    dd = engine.dialect.dispatch
+    for name in _DIALECT_EVENTS:
+        if getattr(dd, name):
+            return False
+    begin = list(d.begin)
+    return len(begin) == 1 and begin[0] is begin_hook
+
+
+def run_direct(
+    engine: Any, plan: Any, *, writes: bool, rollback: Any, held: Any = None
+) -> Any:
+    """Run a plan of ``driver=True`` statements on a pooled DBAPI connection: what
+    ``Store._run`` does through a ``Connection`` (``BEGIN IMMEDIATE`` before the first
+    statement of a write, ``COMMIT`` at the end, a rollback on error), at the cost of
+    the driver calls alone. ``rollback`` is the plans' ROLLBACK marker. ``held``: a
+    connection the caller keeps (left open afterwards; on a lost connection the
+    caller drops it), else one is checked out for this plan and returned at the end."""
+    dialect = engine.dialect
+    fairy = held if held is not None else engine.raw_connection()  # pool events still run
+    dbapi_conn = fairy.dbapi_connection
+    in_tx = False
+    try:
+        try:
+            op = next(plan)
+            while True:
+                try:
+                    if op is rollback:
+                        if in_tx:
+                            dbapi_conn.rollback()
+                            in_tx = False
+                        value = None
+                    else:
+                        if not op.driver:
+                            raise AssertionError(f"not a driver statement: {op.stmt}")
+                        if writes and not in_tx:
+                            execute_text(dialect, dbapi_conn, "BEGIN IMMEDIATE")
+                            in_tx = True
+                        value = execute_dbapi(dialect, dbapi_conn, op.stmt, op.params, op.fetch)
+                except DBAPIError as exc:  # the plan may recover (see _store_core)
+                    if exc.connection_invalidated:
+                        raise
+                    op = plan.throw(exc)
+                    continue
+                op = plan.send(value)
+        except StopIteration as stop:
+            if in_tx:
+                try:
+                    dbapi_conn.commit()
+                except dialect.loaded_dbapi.Error as exc:
+                    raise _wrapped(dialect, dbapi_conn, None, "COMMIT", (), exc) from exc
+                in_tx = False
+            return stop.value
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            in_tx = False
+            if held is None:
+                fairy.invalidate(exc.orig)  # (a held one is the caller's to drop)
+        raise
+    finally:
+        if in_tx:
+            try:
+                dbapi_conn.rollback()
+            except dialect.loaded_dbapi.Error:  # gone: the pool's reset deals with it
+                pass
+        if held is None:
+            fairy.close()

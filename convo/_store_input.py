@@ -328,6 +328,14 @@ def _reply(value: Any, name: str) -> ReplyInfo:
     raise StoreInputError(f"reply must be a ReplyInfo, not {type(value).__name__}")
 
 
+def _lineage(value: Any, name: str) -> Any:
+    from ._store_core import Lineage  # the plans' own value (imported by then)
+
+    if not isinstance(value, Lineage):
+        raise StoreInputError("lineage must be what context_open read in the same build")
+    return value
+
+
 def _cursor(value: Any, name: str) -> str:
     if not isinstance(value, str):
         raise StoreInputError("cursor must be a string: a next_cursor returned by list_conversations")
@@ -364,6 +372,7 @@ ARGUMENTS: dict[str, Callable[[Any, str], Any]] = {
     "encoding": _encoding,
     "counts": _any,
     "cursor": _cursor,
+    "lineage": _lineage,
     "created_after": check_datetime,
     "created_before": check_datetime,
     "updated_after": check_datetime,

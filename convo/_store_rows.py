@@ -24,7 +24,7 @@ from pydantic import BaseModel, TypeAdapter
 from ._exceptions import StoreInputError
 from ._messages import ContentPart, Message, ToolCall
 from ._records import Conversation, ReplyInfo, StoredMessage, Summary
-from ._schema import MessageRow
+from ._schema import ConversationRow, MessageRow
 from ._store_input import SHORT_TEXT_MAX, check_json, check_short, check_values
 
 __all__ = [
@@ -90,21 +90,19 @@ def validate_json_dict(value: Mapping[str, Any] | None, what: str) -> dict[str, 
 # --- conversations -------------------------------------------------------------
 
 
+# The column order of the conversations table: rows are read by position (the
+# cursor-level path gives plain tuples; SQLAlchemy rows of ``select(C)`` match).
+CONVERSATION_COLUMNS = (
+    "id", "title", "owner", "metadata", "created_at", "updated_at", "parent_id", "fork_seq",
+    "last_seq", "branch_kind", "branch_of", "current_branch_id",
+)
+assert tuple(c.name for c in ConversationRow.__table__.c) == CONVERSATION_COLUMNS
+
+
 def conversation_from_row(row: Any) -> Conversation:
-    return construct(Conversation, {
-        "id": row.id,
-        "title": row.title,
-        "owner": row.owner,
-        "metadata": row.metadata or {},
-        "created_at": row.created_at,
-        "updated_at": row.updated_at,
-        "parent_id": row.parent_id,
-        "fork_seq": row.fork_seq,
-        "last_seq": row.last_seq,
-        "branch_kind": row.branch_kind,
-        "branch_of": row.branch_of,
-        "current_branch_id": row.current_branch_id,
-    })
+    values = dict(zip(CONVERSATION_COLUMNS, row, strict=True))
+    values["metadata"] = values["metadata"] or {}
+    return construct(Conversation, values)
 
 
 # --- messages --------------------------------------------------------------------

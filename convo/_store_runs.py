@@ -12,13 +12,14 @@ stored without its run saying ``ok``, nor the other way round.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, cast
+from typing import Any, Final, NoReturn, cast
 
 import pydantic_core
 import sqlalchemy as sa
@@ -29,8 +30,17 @@ from ._exceptions import ConversationNotFound, RunNotFound, StoreInputError
 from ._messages import Message, parse_message
 from ._records import ReplyInfo, Run, RunPage, StoredMessage
 from ._schema import RunRow
-from ._store_core import ROLLBACK, Op, Plan, get_conversation, newest_first, now
-from ._store_input import check_values
+from ._store_core import (
+    ROLLBACK,
+    Op,
+    Plan,
+    get_conversation,
+    insert_message,
+    newest_first,
+    now,
+    token_rows,
+)
+from ._store_input import check_json, check_text, check_values
 from ._store_rows import (
     check_short,
     construct,
@@ -41,11 +51,12 @@ from ._store_rows import (
 )
 
 __all__ = [
-    "FinishedRun", "finish_run", "get_run", "list_runs", "new_run_id", "runs_for_replies",
-    "start_run", "turn_runs",
+    "FinishedRun", "SerializedRequest", "finish_run", "get_run", "list_runs", "new_run_id",
+    "runs_for_replies", "start_run", "turn_runs",
 ]
 
 R = cast(sa.Table, RunRow.__table__)
+C = sql.C
 _B = sa.bindparam
 
 ENDPOINTS: Final = ("chat.completions", "completions")
@@ -94,6 +105,10 @@ class FinishedRun(BaseModel):
 
 
 _RUN_COLUMNS = tuple(c.name for c in R.c)
+#: JSON values the run plans check in full themselves (check_values needs not walk them again)
+_CHECKED_START = frozenset({"settings", "kept_seqs", "metadata"})
+_CHECKED_OUTCOME = frozenset({"usage", "response"})
+_STATUS = _RUN_COLUMNS.index("status")
 
 
 def run_from_row(row: Any) -> Run:
@@ -133,20 +148,43 @@ def _ms(value: Any, what: str) -> float | None:
 def _json_object(value: Mapping[str, Any] | None, what: str) -> dict[str, Any] | None:
     if value is None:
         return None
+    if isinstance(value, dict):
+        try:
+            # Plain JSON (the common case) comes back as the same plain copy the
+            # round trip below would make, without serializing it.
+            checked: dict[str, Any] = check_json(value, what)
+            return checked
+        except StoreInputError:
+            pass  # e.g. tuples or int keys, which the round trip turns into JSON
     try:
         # Round trip through strict JSON: NaN/Infinity and non-JSON values are refused.
         out: dict[str, Any] = json.loads(json.dumps(dict(value), allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise StoreInputError(f"{what} must be a JSON object: {exc}") from None
-    return out
+    checked = check_json(out, what)  # what JSON allows but the store does not (NUL...)
+    return checked
 
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+class SerializedRequest(str):
+    """Request text convo serialized itself from a dict (``pydantic_core.to_json``,
+    as the turn does): a JSON object by construction, except for the ``NaN`` and
+    ``Infinity`` constants ``to_json`` writes for such floats, so only text that
+    contains one of them is parsed again."""
+
+    __slots__ = ()
+
+
 def request_text(request: str | bytes | Mapping[str, Any]) -> str:
     """The body as JSON text: given text is kept byte for byte (it is what was sent)."""
+    if type(request) is SerializedRequest:
+        text = str.__str__(request)
+        if "NaN" not in text and "Infinity" not in text:
+            return text
+        request = text
     if isinstance(request, Mapping):
         try:
             request = pydantic_core.to_json(dict(request)).decode()
@@ -166,6 +204,21 @@ def request_text(request: str | bytes | Mapping[str, Any]) -> str:
     if not isinstance(parsed, dict):
         raise StoreInputError("run request must be a JSON object")
     return request
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_run(scoped: bool, columns: tuple[str, ...]) -> sa.Insert:
+    """``INSERT INTO runs (columns..., owner) SELECT :values..., owner FROM conversations
+    WHERE id = :cid RETURNING owner``: the run takes its conversation's owner, and the
+    conversation's existence (and owner scope) is checked by the same statement (no
+    row: not found). Only the columns that have a value are listed."""
+    types = {c.name: c.type for c in R.c}
+    select = sa.select(*(_B(f"r_{c}", type_=types[c]) for c in columns), C.c.owner).where(
+        C.c.id == _B("cid")
+    )
+    if scoped:
+        select = select.where(C.c.owner == _B("b_owner"))
+    return sa.insert(R).from_select([*columns, "owner"], select).returning(R.c.owner)
 
 
 def start_run(
@@ -188,7 +241,11 @@ def start_run(
     replays_id: str | None,
     metadata: Mapping[str, Any] | None,
     owner: str | None,
+    token_counts: tuple[str, Mapping[int, int]] | None = None,
+    dialect: str = "sqlite",
 ) -> Plan[Run]:
+    check_text(conversation_id, "conversation_id")
+    check_short(owner, "owner")
     if endpoint not in ENDPOINTS:
         raise StoreInputError(f"run endpoint must be one of {ENDPOINTS}, got {endpoint!r}")
     if mode not in MODES:
@@ -201,6 +258,11 @@ def start_run(
         if link is not None and (not isinstance(link, str) or len(link) > 32):
             raise StoreInputError(f"{what} must be a run id")
     seqs = [cast(int, _int(s, "kept seq", minimum=1, optional=False)) for s in kept_seqs]
+    counts = None
+    if token_counts is not None:
+        if not isinstance(token_counts, tuple) or len(token_counts) != 2:
+            raise StoreInputError("token_counts must be (encoding, {message id: tokens})")
+        counts = token_rows(*token_counts)
     values: dict[str, Any] = {
         "id": new_run_id(),
         "conversation_id": conversation_id,
@@ -237,23 +299,39 @@ def start_run(
         "created_at": now(),
         "finished_at": None,
     }
-    check_values(values, "run")
-    conversation = yield from get_conversation(conversation_id, owner=owner)
-    values["owner"] = conversation.owner
+    # (settings and metadata passed check_json above, kept_seqs the int check)
+    check_values({k: v for k, v in values.items() if k not in _CHECKED_START}, "run")
+    columns = tuple(k for k, v in values.items() if v is not None)
+    params = {f"r_{k}": values[k] for k in columns}
+    params["cid"] = conversation_id
+    if owner is not None:
+        params["b_owner"] = owner
     try:
-        yield Op(sa.insert(R), values, "none")
+        row = yield Op(_insert_run(owner is not None, columns), params, "first", driver=True)
+        if row is not None and counts:
+            # the build's new token counts, in this transaction rather than one of their own
+            yield Op(sql.insert_token_counts(dialect), counts, "none", driver=True)
     except sa.exc.IntegrityError as exc:  # the conversation was deleted meanwhile
         raise ConversationNotFound(conversation_id, owner=owner) from exc
+    if row is None:
+        raise ConversationNotFound(conversation_id, owner=owner)
+    values["owner"] = row[0]
     return run_from_row(tuple(values[c] for c in _RUN_COLUMNS))
+
+
+@functools.cache
+def _select_run_stmt(scoped: bool) -> sa.Select[Any]:
+    stmt = sa.select(R).where(R.c.id == _B("run_id"))
+    return stmt.where(R.c.owner == _B("b_owner")) if scoped else stmt
 
 
 def _select_run(run_id: str, owner: str | None) -> Plan[Any]:
     if not isinstance(run_id, str):
         raise StoreInputError("run id must be a string")
-    stmt = sa.select(R).where(R.c.id == run_id)
+    params = {"run_id": run_id}
     if owner is not None:
-        stmt = stmt.where(R.c.owner == owner)
-    row = yield Op(stmt, None, "first")
+        params["b_owner"] = owner
+    row = yield Op(_select_run_stmt(owner is not None), params, "first", driver=True)
     if row is None:
         scope = f" for owner {owner!r}" if owner is not None else ""
         raise RunNotFound(f"run {run_id!r} not found{scope}")
@@ -301,6 +379,36 @@ def runs_for_replies(
     return {row.reply_message_id: run_from_row(row) for row in rows}
 
 
+@functools.cache
+def _claim_reply_seq(scoped: bool) -> sa.Update:
+    """The reply's seq, taken from the conversation of a *pending* run: the counter
+    update is the conversation's write lock, as in an append (no row: the run is
+    missing, finished, or not this owner's)."""
+    run = sa.select(R.c.conversation_id).where(R.c.id == _B("run_id"), R.c.status == "pending")
+    if scoped:
+        run = run.where(R.c.owner == _B("b_owner"))
+    return (
+        sa.update(C)
+        .where(C.c.id == run.scalar_subquery())
+        .values(last_seq=C.c.last_seq + 1, updated_at=_B("now"))
+        .returning(C.c.id, C.c.last_seq)
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _update_run(columns: tuple[str, ...], scoped: bool, known: bool = False) -> sa.Update:
+    """Record an outcome, only on a pending run (the guard against a second finish).
+
+    Returns the columns it does not write (what it writes is known and needs no
+    decoding); nothing when the caller knows the started run (``known``).
+    """
+    stmt = sa.update(R).where(R.c.id == _B("run_id"), R.c.status == "pending")
+    if scoped:
+        stmt = stmt.where(R.c.owner == _B("b_owner"))
+    stmt = stmt.values({R.c[c]: _B(f"v_{c}", type_=R.c[c].type) for c in columns})
+    return stmt if known else stmt.returning(*(c for c in R.c if c.name not in columns))
+
+
 def finish_run(
     run_id: str,
     *,
@@ -310,32 +418,49 @@ def finish_run(
     reply_key: str | None,
     outcome: Mapping[str, Any],
     owner: str | None,
+    started: Run | None = None,
+    dialect: str = "sqlite",
 ) -> Plan[FinishedRun]:
-    """Record a run's outcome; with ``reply``, append it in the same transaction."""
+    """Record a run's outcome; with ``reply``, append it in the same transaction.
+
+    No read first: the statements themselves only touch a pending run (of this
+    owner); when one finds none, the transaction is rolled back and the run is
+    read to say why. ``started``: the run as :func:`start_run` returned it; the
+    finished run is then that and the outcome (a pending run changes only here),
+    and nothing is read back.
+    """
+    if not isinstance(run_id, str):
+        raise StoreInputError("run id must be a string")
+    if started is not None and (not isinstance(started, Run) or started.id != run_id):
+        raise StoreInputError("started must be the Run that start_run returned for this run")
+    check_short(owner, "owner")
     if status not in FINAL_STATUSES:
         raise StoreInputError(f"a finished run's status must be one of {FINAL_STATUSES}")
     values = _outcome(outcome)
     values.update(status=status, finished_at=now())
-    check_values(values, "run")
+    # (usage and response passed check_json in _outcome)
+    check_values({k: v for k, v in values.items() if k not in _CHECKED_OUTCOME}, "run")
     msg = params = None
     if reply is not None:
         msg = parse_message(reply if isinstance(reply, Message) else dict(reply))
         params = message_params(msg, pinned=None, idempotency_key=reply_key, reply=reply_info)
-    row = yield from _select_run(run_id, owner)
-    if row.status != "pending":
-        raise StoreInputError(f"run {run_id!r} is already finished ({row.status})")
-    cid = row.conversation_id
+    scope: dict[str, Any] = {"run_id": run_id}
+    if owner is not None:
+        scope["b_owner"] = owner
     stored: StoredMessage | None = None
     duplicate = False
     if msg is not None and params is not None:
         stamp = now()
-        bump = {"cid": cid, "n": 1, "now": stamp}
-        seq = yield Op(sql.bump_seq(False), bump, "scalar")  # the conversation's write lock
-        if seq is None:
-            raise ConversationNotFound(cid)
+        claimed = yield Op(
+            _claim_reply_seq(owner is not None), {**scope, "now": stamp}, "first", driver=True
+        )
+        if claimed is None:
+            yield ROLLBACK
+            yield from _unfinishable(run_id, owner)
+        cid, seq = claimed
         existing = None
         if reply_key is not None:
-            existing = yield Op(sql.BY_KEY, {"cid": cid, "key": reply_key}, "first")
+            existing = yield Op(sql.BY_KEY, {"cid": cid, "key": reply_key}, "first", driver=True)
         if existing is not None:
             # A concurrent send of the same turn stored its reply first: keep
             # that one, and say so on this run.
@@ -346,27 +471,43 @@ def finish_run(
                 error_type="DuplicateTurn",
                 error_message=(
                     f"a reply with idempotency key {reply_key!r} was already stored "
-                    f"(message {existing.id}); this reply was not stored"
+                    f"(message {existing[0]}); this reply was not stored"
                 ),
+                reply_message_id=stored.id,
             )
         else:
             params.update(conversation_id=cid, seq=seq, created_at=stamp)
-            message_id = yield Op(sql.INSERT_MESSAGE, params, "scalar")
+            message_id = yield insert_message(params, dialect)
             stored = stored_message(msg, params, id=message_id, conversation_id=cid,
                                     seq=seq, created_at=stamp)
             values["reply_message_id"] = message_id
-    if duplicate and stored is not None:
-        values["reply_message_id"] = stored.id
+    columns = tuple(sorted(values))
+    scope.update({f"v_{c}": values[c] for c in columns})
+    known = started is not None
     updated = yield Op(
-        sa.update(R).where(R.c.id == run_id, R.c.status == "pending").values(values)
-        .returning(*R.c),
-        None,
-        "first",
+        _update_run(columns, owner is not None, known), scope, "rowcount" if known else "first",
+        driver=True,
     )
-    if updated is None:  # finished by someone else between our read and write
+    if not updated:  # no row (None), or none updated (0)
         yield ROLLBACK
-        raise StoreInputError(f"run {run_id!r} was finished concurrently")
-    return FinishedRun(run=run_from_row(updated), reply=stored, duplicate=duplicate)
+        yield from _unfinishable(run_id, owner)
+    if started is not None:
+        row = dict(started.__dict__)
+    else:
+        row = dict(zip((c for c in _RUN_COLUMNS if c not in values), updated, strict=True))
+    row.update(values)
+    run = run_from_row(tuple(row[c] for c in _RUN_COLUMNS))
+    return FinishedRun(run=run, reply=stored, duplicate=duplicate)
+
+
+def _unfinishable(run_id: str, owner: str | None) -> Plan[NoReturn]:
+    """Why a run could not be finished (read after the rollback): it does not exist
+    (for this owner), or it is finished already."""
+    row = yield from _select_run(run_id, owner)
+    status = row[_STATUS]
+    if status == "pending":  # (a race between our statements; nothing was written)
+        raise StoreInputError(f"run {run_id!r} could not be finished; try again")
+    raise StoreInputError(f"run {run_id!r} is already finished ({status})")
 
 
 _OUTCOME_INTS = (

@@ -11,7 +11,7 @@ from functools import cache
 from typing import Any, cast
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import postgresql, sqlite
 
 from ._exceptions import StoreInputError
 from ._schema import ConversationRow, MessageRow, MessageTokenRow, SummaryRow
@@ -81,7 +81,30 @@ def bump_seq(scoped: bool) -> sa.Update:
 
 
 @cache
-def append_returning_seq(scoped: bool) -> sa.Insert:
+def bump_current_seq(scoped: bool) -> sa.Update:
+    """:func:`bump_seq` on the current branch of the thread ``cid`` (``cid`` itself
+    when it has none), in the same statement::
+
+        UPDATE conversations SET last_seq = last_seq + 1 ...
+        WHERE id = COALESCE((SELECT current_branch_id FROM conversations AS root
+                             WHERE root.id = :cid), :cid)
+        RETURNING id, last_seq
+
+    A branch has its thread's owner, so the owner scope is checked on it.
+    """
+    root = C.alias("root")
+    current = sa.select(root.c.current_branch_id).where(root.c.id == _B("cid"))
+    stmt = (
+        sa.update(C)
+        .where(C.c.id == sa.func.coalesce(current.scalar_subquery(), _B("cid")))
+        .values(last_seq=C.c.last_seq + 1, updated_at=_B("now"))
+        .returning(C.c.id, C.c.last_seq)
+    )
+    return stmt.where(C.c.owner == _B("b_owner")) if scoped else stmt
+
+
+@cache
+def append_returning_seq(scoped: bool, current: bool = False) -> sa.Insert:
     """PostgreSQL: bump the counter and insert in ONE statement (one round trip)::
 
         WITH bump AS (UPDATE conversations SET last_seq = last_seq + 1 ... RETURNING last_seq)
@@ -89,24 +112,44 @@ def append_returning_seq(scoped: bool) -> sa.Insert:
 
     The UPDATE takes the row lock exactly as the two-statement form does; with
     no such conversation (or owner) nothing is inserted and no row comes back.
+    ``current``: on the current branch of the thread (see :func:`bump_current_seq`);
+    the row then also says which conversation that is.
     """
-    bump = bump_seq(scoped).cte("bump")
+    bump = (bump_current_seq(scoped) if current else bump_seq(scoped)).cte("bump")
     fixed = ("conversation_id", "seq", "created_at")
     rest = [c for c in M.c if c.name not in fixed and c.name != "id"]
     select = sa.select(
-        _B("cid", type_=M.c.conversation_id.type),
+        bump.c.id if current else _B("cid", type_=M.c.conversation_id.type),
         bump.c.last_seq,
         _B("now", type_=M.c.created_at.type),
         # "m_" prefix: an UPDATE adds a SET for any parameter named like one
         # of its table's columns (here: "metadata").
         *(_B(f"m_{c.name}", type_=c.type) for c in rest),
     ).select_from(bump)
+    returning = (M.c.id, M.c.seq, M.c.conversation_id) if current else (M.c.id, M.c.seq)
     return (
         sa.insert(M)
         .from_select([*fixed, *(c.name for c in rest)], select)
-        .returning(M.c.id, M.c.seq)
+        .returning(*returning)
         .add_cte(bump)
     )
+
+
+@cache
+def by_key_in_range() -> sa.Select[Any]:
+    """The message stored under an idempotency key within one lineage segment."""
+    return sa.select(M).where(
+        M.c.conversation_id == _B("cid"), M.c.idempotency_key == _B("key"),
+        M.c.seq > _B("lo"), M.c.seq <= _B("hi"),
+    )
+
+
+@cache
+def insert_token_counts(dialect: str) -> sa.Insert:
+    """Token counts, keeping existing ones: counts are deterministic per (message,
+    encoding), so a concurrent writer stored the same number and DO NOTHING is exact."""
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(TK)
+    return insert.on_conflict_do_nothing()
 
 
 BY_KEY = sa.select(M).where(M.c.conversation_id == _B("cid"), M.c.idempotency_key == _B("key"))

@@ -39,6 +39,7 @@ from ._context_report import Context, ContextReport
 from ._exceptions import APIStreamError, ConfigurationError, InvalidMessageError, TurnCancelled
 from ._messages import Message, ToolCall
 from ._records import Run, StoredMessage
+from ._store_runs import SerializedRequest
 from ._tools import Tool, ToolArgumentsError
 from ._types import (
     ChatCompletion,
@@ -151,6 +152,8 @@ class StoreCall:
 
 @dataclass(frozen=True, slots=True)
 class Build:
+    """-> (Context, token counts the build left to the turn, or None)."""
+
     conversation_id: str
     tools: list[dict[str, Any]] | None
     response_format: dict[str, Any] | None
@@ -239,25 +242,26 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
     wire_params(spec)  # a bad parameter fails before anything is stored
     owner = spec.owner
     cid = spec.conversation_id
-    on_branch = False
-    if spec.resolve_branch:
+    user: StoredMessage | None = None
+    if spec.user is not None and spec.resolve_branch:
+        # The thread's current branch, and the user message stored there (or the
+        # one an earlier send of this turn stored, inherited ones included: a
+        # retry after a regenerate), in one transaction.
+        cid, user = yield StoreCall(
+            "_append_current", (cid, spec.user), {"idempotency_key": spec.key, "owner": owner}
+        )
+    elif spec.resolve_branch:
         conversation = yield StoreCall("get_conversation", (cid,), {"owner": owner})
-        on_branch = conversation.current_branch_id is not None
         cid = conversation.current_branch_id or cid
 
     for result in spec.tool_results:
         if result.role != "tool" or not result.tool_call_id:
             raise InvalidMessageError("tool_results must be tool messages with a tool_call_id")
-    user: StoredMessage | None = None
     stored: list[StoredMessage] = []
     runs: list[Run] = []
     round = 0
     anchor = 0
     if spec.user is not None:
-        if on_branch and spec.key is not None:
-            # The turn may have been stored before the branch was made (a retry
-            # after a regenerate): look the key up through the inherited history.
-            user = yield StoreCall("find_by_key", (cid, spec.key), {"owner": owner})
         if user is None:
             user = yield StoreCall(
                 "append", (cid, spec.user), {"idempotency_key": spec.key, "owner": owner}
@@ -306,7 +310,10 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
 
     report: ContextReport | None = None
     while True:
-        ctx: Context = yield Build(cid, spec.tool_definitions, spec.response_format, owner)
+        built: tuple[Context, Any] = yield Build(
+            cid, spec.tool_definitions, spec.response_format, owner
+        )
+        ctx, token_counts = built
         report = ctx.report
         body = request_body(ctx, spec)
         endpoint: Literal["chat.completions", "completions"] = (
@@ -317,7 +324,7 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
             "endpoint": endpoint,
             "mode": ctx.mode,
             "model": ctx.model,
-            "request": body,
+            "request": SerializedRequest(body),  # checked for what to_json may write
             "base_url": spec.base_url,
             "stream": spec.stream,
             "settings": builder_settings(spec.builder),
@@ -330,6 +337,8 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
             "replays_id": spec.replays_id,
             "metadata": spec.metadata,
             "owner": owner,
+            # the build's new token counts: written with the run, not on their own
+            "token_counts": token_counts,
         })
         sent: Sent = yield Send(endpoint, body, spec.stream, round, client_options(spec))
         timing = {"attempts": sent.attempts, "ttfb_ms": sent.ttfb_ms,
@@ -343,6 +352,7 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
             else:
                 status = "failed"
             finished = yield StoreCall("finish_run", (run.id,), {
+                "started": run,
                 "status": status,
                 "error_type": type(error).__name__ if error is not None else None,
                 "error_message": str(error)[:4000] if error is not None else None,
@@ -360,6 +370,7 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
         info = response.reply_info(seed=seed if isinstance(seed, int) else None)
         usage = response.usage
         finished = yield StoreCall("finish_run", (run.id,), {
+            "started": run,
             "status": "ok",
             "reply": reply_message,
             "reply_info": info,
@@ -472,7 +483,8 @@ def _result(
 ) -> TurnResult:
     answered = _answered(reply, stored)
     pending = [c for c in reply.tool_calls or [] if c.id not in answered]
-    return TurnResult(
+    # (values the turn built from the store's and the client's own: no re-validation)
+    return TurnResult.model_construct(
         conversation_id=cid,
         user=user,
         reply=reply,
@@ -599,7 +611,26 @@ def request_body(ctx: Context, spec: TurnSpec) -> str:
 
 
 def builder_settings(builder: _BuilderBase) -> dict[str, Any]:
-    """What a run records of the builder: enough to rebuild the same context."""
+    """What a run records of the builder: enough to rebuild the same context.
+
+    Kept on the builder for as long as the settings it is made of stay the same;
+    the caller must not change it (``start_run`` stores a copy).
+    """
+    key = (
+        builder.model, builder.mode, builder._counter.encoding_name, builder.budget,
+        builder.reply_reserve, id(builder._template), builder.profile, builder.max_messages,
+        builder.max_history_tokens, builder.truncate, builder.summary_max_tokens,
+        builder.summary_role, builder.low_water,
+    )
+    cached = builder.__dict__.get("_settings_cache")
+    if cached is None or cached[0] != key or cached[1] is not builder._template:
+        cached = (key, builder._template, _builder_settings(builder))
+        builder.__dict__["_settings_cache"] = cached
+    settings: dict[str, Any] = cached[2]
+    return settings
+
+
+def _builder_settings(builder: _BuilderBase) -> dict[str, Any]:
     template = builder._template
     template_name = None
     template_hash = None

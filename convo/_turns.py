@@ -362,11 +362,7 @@ class Chat(_ChatBase):
                 if isinstance(effect, StoreCall):
                     value = getattr(self.store, effect.method)(*effect.args, **effect.kwargs)
                 elif isinstance(effect, Build):
-                    builder: Any = self.builder
-                    value = builder.build(
-                        effect.conversation_id, tools=effect.tools,
-                        response_format=effect.response_format, owner=effect.owner,
-                    )
+                    value = self._build(effect)
                 elif isinstance(effect, Send):
                     if effect.stream:
                         state = _StreamState()
@@ -396,6 +392,19 @@ class Chat(_ChatBase):
             if sent is not None and sent.error is not None:
                 raise sent.error from None
             raise
+
+    def _build(self, effect: Build) -> tuple[Context, tuple[str, dict[int, int]] | None]:
+        """The context, and its new token counts (stored with the run) when convo's
+        own build made it; a builder that overrides ``build`` stores its own."""
+        builder: Any = self.builder
+        kw = {"tools": effect.tools, "response_format": effect.response_format,
+              "owner": effect.owner}
+        if type(builder).build is ContextBuilder.build:
+            built: tuple[Context, tuple[str, dict[int, int]] | None] = builder._build_for_turn(
+                effect.conversation_id, **kw
+            )
+            return built
+        return builder.build(effect.conversation_id, **kw), None
 
     def _send(self, effect: Send) -> Sent:
         from ._client_core import RequestStats

@@ -1,0 +1,400 @@
+"""The turn's hot path: statements on the DBAPI cursor, the direct SQLite path,
+one lineage query and one page per build, the run's writes folded together.
+
+These pieces trade SQLAlchemy's general machinery for less work per turn; the
+tests check that what is written and read stays exactly what SQLAlchemy would
+write and read, and that nothing the store promised (not found, owner scope,
+no half-written rows, tracing) changed on the way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import threading
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite
+
+from convo import (
+    ContextBuilder,
+    ConversationNotFound,
+    Message,
+    ReplyInfo,
+    StoreInputError,
+)
+from convo import _store_driver as driver
+from convo import _store_sql as sql
+from convo._engine import create_engine
+from convo._messages import FunctionCall, ImagePart, ImageURL, TextPart, ToolCall
+from convo._schema import UTCDateTime
+from convo._store import Store
+from convo._store_rows import message_params
+from convo._store_runs import SerializedRequest
+
+BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}
+
+
+def _start(store: Any, cid: str, **kw: Any) -> Any:
+    args: dict[str, Any] = {
+        "endpoint": "chat.completions", "mode": "chat", "model": "gpt-4o-mini", "request": BODY,
+    }
+    args.update(kw)
+    return store.start_run(cid, **args)
+
+
+# --- the cursor path writes what SQLAlchemy writes ------------------------------------------
+
+
+def test_cursor_writes_store_what_sqlalchemy_stores(db_url: sa.URL) -> None:
+    """One message with every kind of column, inserted through SQLAlchemy Core and
+    through the cursor path: the stored rows are identical, byte for byte."""
+    store = Store(db_url)
+    try:
+        a, b = store.create_conversation(), store.create_conversation()
+        message = Message(
+            role="user",
+            content=[TextPart(text="look: é ✓"), ImagePart(image_url=ImageURL(url="data:,x"))],
+            name="ann",
+            metadata={"k": [1, 2.5, None, {"ü": True}], "big": 2**62},
+        )
+        info = ReplyInfo(model="m", finish_reason="stop", usage={"total_tokens": 3}, seed=-7)
+        values = message_params(message, pinned=True, idempotency_key="key", reply=info)
+        values.update(seq=1, created_at=datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC))
+        engine = store.engine
+        with engine.begin() as conn:
+            conn.execute(sql.INSERT_PLAIN, {**values, "conversation_id": a.id})
+        with engine.begin() as conn:
+            dbapi = conn.connection.dbapi_connection
+            driver.execute_dbapi(engine.dialect, dbapi, sql.INSERT_PLAIN,
+                                 {**values, "conversation_id": b.id}, "none")
+        with engine.begin() as conn:  # (the counters: the inserts above bypassed them)
+            conn.exec_driver_sql("UPDATE conversations SET last_seq = 1")
+        with engine.connect() as conn:
+            rows = {
+                cid: conn.exec_driver_sql(
+                    "SELECT role, content, parts, name, tool_calls, refusal, tool_call_id, "
+                    "metadata, pinned, idempotency_key, model, finish_reason, usage, "
+                    "system_fingerprint, seed, created_at, seq FROM messages "
+                    f"WHERE conversation_id = '{cid}'"
+                ).all()
+                for cid in (a.id, b.id)
+            }
+        assert rows[a.id] == rows[b.id] and len(rows[a.id]) == 1
+        # and both read back as the same values
+        assert store.messages(a.id)[0].model_dump(exclude={"id", "conversation_id"}) == (
+            store.messages(b.id)[0].model_dump(exclude={"id", "conversation_id"})
+        )
+    finally:
+        store.close()
+
+
+async def test_runs_read_back_through_sqlalchemy_as_the_store_returned_them(store: Any) -> None:
+    """start_run and finish_run write on the cursor path (and return values they
+    did not read back): SQLAlchemy's own reading of the rows gives the same runs."""
+    from convo._store_runs import R, run_from_row
+
+    conv = await store.create_conversation(owner="alice")
+    user = await store.append(conv.id, {"role": "user", "content": "Hi"}, owner="alice")
+    run = await store.start_run(
+        conv.id, endpoint="chat.completions", mode="chat", model="gpt-4o-mini",
+        request=json.dumps(BODY), settings={"budget": 1000, "profile": {"a": [1, None]}},
+        kept_seqs=[user.seq], input_seq=user.seq, stream=True, owner="alice",
+        metadata={"trace": "t-1"},
+    )
+    done = await store.finish_run(
+        run.id, status="ok", reply={"role": "assistant", "content": "Hello ✓"},
+        reply_info=ReplyInfo(model="m", usage={"prompt_tokens": 9}), started=run, attempts=2,
+        ttfb_ms=1.25, latency_ms=4.5, usage={"prompt_tokens": 9, "details": {"x": 0}},
+        response={"id": "chatcmpl-1", "choices": [{"index": 0}]}, owner="alice",
+    )
+    plain = sa.create_engine(store.url, poolclass=sa.NullPool)  # SQLAlchemy, not the store
+    with plain.connect() as conn:
+        row = conn.execute(sa.select(R).where(R.c.id == run.id)).one()
+    plain.dispose()
+    assert run_from_row(row) == done.run == await store.get_run(run.id)
+    assert done.run.owner == "alice" and done.run.reply_message_id == done.reply.id
+
+
+# --- processors on SQLite -------------------------------------------------------------------
+
+
+def test_utc_datetime_processors_match_sqlalchemys_general_route() -> None:
+    """The one-call SQLite processors of UTCDateTime give what SQLAlchemy's DATETIME
+    plus process_bind_param / process_result_value give."""
+    dialect = sqlite.dialect()
+    t = UTCDateTime()
+    bind = t._cached_bind_processor(dialect)
+    result = t._cached_result_processor(dialect, None)
+    sa_bind = sqlite.DATETIME().bind_processor(dialect)
+    sa_result = sqlite.DATETIME().result_processor(dialect, None)
+    rng = random.Random(7)
+    for _ in range(2000):
+        value = datetime(
+            rng.randint(1, 9999), rng.randint(1, 12), rng.randint(1, 28), rng.randint(0, 23),
+            rng.randint(0, 59), rng.randint(0, 59), rng.choice([0, rng.randint(0, 999_999)]),
+            tzinfo=rng.choice([UTC, None, timezone(timedelta(hours=-5))]),
+        )
+        text = bind(value)
+        assert text == sa_bind(t.process_bind_param(value, dialect))
+        assert result(text) == t.process_result_value(sa_result(text), dialect)
+    assert bind(None) is None and result(None) is None
+
+
+def test_json_columns_decode_as_json_loads_does() -> None:
+    """The cursor path decodes SQLite JSON text with a faster parser: the values are
+    json.loads' values, text it refuses included (json.loads then decides)."""
+    type_ = sa.JSON(none_as_null=True)
+    decode = driver._result_processor(sqlite.dialect(), type_)
+    texts = [
+        '{"a": 1, "a": 2}', "123456789012345678901234567890", '"\\ud800"', '{"k": "é\\n"}',
+        "-0.0", "[1E-7, 5e-324, 1.7976931348623157e308]", '{"nested": [[], {}, [null]]}',
+    ]
+    for text in texts:
+        assert repr(decode(text)) == repr(json.loads(text)), text
+    nan = decode("[NaN, Infinity]")
+    assert math.isnan(nan[0]) and nan[1] == math.inf
+    with pytest.raises(ValueError):
+        decode("{not json")
+    assert decode(5) == 5  # SQLite hands numbers back as numbers
+
+
+# --- a build's reads ---------------------------------------------------------------------------
+
+
+async def test_a_later_page_of_a_deleted_conversation_is_not_found(store: Any) -> None:
+    """A build reads the lineage once and pages with it; a conversation deleted in
+    between is still reported as not found, as when each page read the lineage."""
+    conv = await store.create_conversation()
+    await store.append_many(conv.id, [Message.user(f"m{i}") for i in range(10)])
+    _pinned, page, lineage = await store._context_open(conv.id, encoding="o200k_base", limit=4)
+    assert [m.seq for m, _ in page] == [10, 9, 8, 7]
+    older = await store._tail_of(lineage, encoding="o200k_base", before=7, limit=4)
+    assert [m.seq for m, _ in older] == [6, 5, 4, 3]
+    await store.delete_conversation(conv.id)
+    with pytest.raises(ConversationNotFound):
+        await store._tail_of(lineage, encoding="o200k_base", before=7, limit=4)
+
+
+async def test_tail_of_takes_only_a_lineage(store: Any) -> None:
+    with pytest.raises(StoreInputError, match="lineage"):
+        await store._tail_of(("c", 0, 3), encoding="o200k_base", before=3, limit=2)
+
+
+def test_the_next_build_of_a_conversation_reads_one_page(make_db: Any) -> None:
+    """The builder remembers how many rows a conversation's build needed: the next
+    build reads them in its first page, and decides the same."""
+    with Store(make_db("sqlite")) as store:
+        conv = store.create_conversation()
+        msgs = [Message.system("Be brief.")]
+        for k in range(40):
+            msgs += [Message.user(f"question {k} " + "w " * 30),
+                     Message.assistant(f"answer {k} " + "t " * 30)]
+        store.append_many(conv.id, msgs)
+        builder = ContextBuilder(store, model="gpt-4o-mini", budget=1500)
+
+        def pages() -> tuple[Any, int]:
+            seen: list[str] = []
+
+            def record(*args: Any) -> None:
+                seen.append(str(args[2]))
+
+            sa.event.listen(store.engine, "before_cursor_execute", record)
+            try:
+                ctx = builder.build(conv.id)
+            finally:
+                sa.event.remove(store.engine, "before_cursor_execute", record)
+            reads = [s for s in seen if "FROM messages" in s and "LIMIT" in s]  # (not pinned)
+            return ctx, len(reads)
+
+        first, first_reads = pages()
+        again, again_reads = pages()
+        fresh = ContextBuilder(store, model="gpt-4o-mini", budget=1500).build(conv.id)
+        assert first_reads == 2 and again_reads == 1
+        assert again.report.kept_seqs == first.report.kept_seqs == fresh.report.kept_seqs
+        assert again.report.counted == 0
+
+
+# --- run records -------------------------------------------------------------------------------
+
+
+async def test_start_run_stores_the_builds_token_counts_with_the_run(store: Any) -> None:
+    conv = await store.create_conversation(owner="alice")
+    m = await store.append(conv.id, {"role": "user", "content": "Hi"}, owner="alice")
+    before = store.snapshot()
+    with pytest.raises(ConversationNotFound):
+        await _start(store, conv.id, owner="bob", token_counts=("o200k_base", {m.id: 5}))
+    with pytest.raises(ConversationNotFound):
+        await _start(store, "0" * 32, token_counts=("o200k_base", {m.id: 5}))
+    with pytest.raises(StoreInputError, match="token_counts"):
+        await _start(store, conv.id, token_counts={m.id: 5})
+    assert store.snapshot() == before  # nothing half-written
+    run = await _start(store, conv.id, owner="alice", token_counts=("o200k_base", {m.id: 5}))
+    assert run.owner == "alice"
+    rows = store.sql("SELECT message_id, encoding, tokens FROM message_tokens")
+    assert [tuple(r) for r in rows] == [(m.id, "o200k_base", 5)]
+
+
+async def test_finish_run_with_the_started_run_is_what_the_store_holds(store: Any) -> None:
+    conv = await store.create_conversation()
+    run, other = await _start(store, conv.id), await _start(store, conv.id)
+    with pytest.raises(StoreInputError, match="started"):
+        await store.finish_run(run.id, status="failed", started=other)
+    done = await store.finish_run(run.id, status="failed", error_type="X", error_message="x",
+                                  latency_ms=3.0, started=run)
+    assert done.run == await store.get_run(run.id)
+    assert (done.run.status, done.run.error_type, done.run.latency_ms) == ("failed", "X", 3.0)
+    with pytest.raises(StoreInputError, match="already finished"):
+        await store.finish_run(run.id, status="ok", started=run)
+
+
+async def test_serialized_request_text_is_checked_for_what_to_json_can_write(store: Any) -> None:
+    conv = await store.create_conversation()
+    text = '{"model":"m","messages":[],"temperature":0.5}'
+    run = await _start(store, conv.id, request=SerializedRequest(text))
+    assert run.request == text and type(run.request) is str
+    assert (await store.get_run(run.id)).request == text
+    with pytest.raises(StoreInputError, match="valid JSON"):
+        await _start(store, conv.id, request=SerializedRequest('{"temperature":NaN}'))
+
+
+# --- the user message on the thread's current branch --------------------------------------------
+
+
+async def test_append_current_goes_to_the_current_branch_in_scope(store: Any) -> None:
+    conv = await store.create_conversation(owner="alice")
+    await store.append(conv.id, {"role": "user", "content": "q"}, idempotency_key="t1",
+                       owner="alice")
+    cid, first = await store._append_current(conv.id, Message.user("a"), owner="alice")
+    assert (cid, first.seq) == (conv.id, 2)
+    branch = await store.create_branch(conv.id, at=1, owner="alice")
+    with pytest.raises(ConversationNotFound):
+        await store._append_current(conv.id, Message.user("x"), owner="bob")
+    with pytest.raises(ConversationNotFound):
+        await store._append_current("0" * 32, Message.user("x"))
+    cid, second = await store._append_current(conv.id, Message.user("b"), owner="alice")
+    assert (cid, second.seq) == (branch.id, 2)
+    # a key stored before the branch was made is found through the inherited rows
+    before = store.snapshot()
+    cid, again = await store._append_current(conv.id, Message.user("q"), idempotency_key="t1",
+                                             owner="alice")
+    assert (cid, again.seq, again.conversation_id) == (branch.id, 1, conv.id)
+    assert store.snapshot() == before
+
+
+# --- the direct path --------------------------------------------------------------------------
+
+
+def test_the_direct_path_steps_aside_when_statements_are_observed(make_db: Any) -> None:
+    """With a cursor listener, every statement goes through SQLAlchemy (and is seen);
+    without one, the same calls run on the thread's own connection and agree."""
+    url = make_db("sqlite")
+    with Store(url) as traced, Store(url) as direct:
+        seen: list[str] = []
+        sa.event.listen(traced.engine, "before_cursor_execute",
+                        lambda c, cur, stmt, *a: seen.append(stmt))
+        conv = traced.create_conversation()
+        traced.append(conv.id, Message.user("hi"))
+        seen.clear()
+        got = traced.messages(conv.id)
+        traced.append(conv.id, Message.assistant("hello"))
+        assert any("FROM messages" in s for s in seen) and "BEGIN IMMEDIATE" in seen
+        assert getattr(traced._direct, "fairy", None) is None  # never took the direct path
+        assert direct.messages(conv.id)[:1] == got
+        assert direct._direct.fairy.dbapi_connection is not None
+
+
+def test_thread_connections_close_with_the_store(make_db: Any) -> None:
+    url = make_db("sqlite")
+    store = Store(url)
+    conv = store.create_conversation()
+    errors: list[BaseException] = []
+
+    def work(k: int) -> None:
+        try:
+            for i in range(5):
+                store.append(conv.id, Message.user(f"{k}-{i}"))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert store.count_messages(conv.id) == 20
+    held = list(store._direct_all)
+    assert held and all(f.dbapi_connection is not None for f in held)
+    store.close()
+    assert all(f.dbapi_connection is None for f in held)
+    assert store.count_messages(conv.id) == 20  # a closed store opens again on use
+    store.close()
+
+
+def test_sqlite_file_pools_hand_out_the_last_used_connection_first(tmp_path: Any) -> None:
+    file_engine = create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    assert file_engine.pool._pool.use_lifo  # type: ignore[attr-defined]
+    memory = create_engine("sqlite://")  # a pool without an order: nothing to set
+    chosen = create_engine(f"sqlite:///{tmp_path / 'y.db'}", poolclass=sa.NullPool)
+    assert isinstance(chosen.pool, sa.NullPool)
+    for engine in (file_engine, memory, chosen):
+        engine.dispose()
+
+
+def test_tool_calls_written_on_the_cursor_path_read_back(make_db: Any) -> None:
+    with Store(make_db("sqlite")) as store:
+        conv = store.create_conversation()
+        call = ToolCall(id="c1", function=FunctionCall(name="f", arguments='{"x": 1}'))
+        stored = store.append(conv.id, Message.assistant(tool_calls=[call]))
+        assert store.messages(conv.id) == [stored]
+
+
+def test_closing_the_store_leaves_a_call_in_flight_its_connection(make_db: Any) -> None:
+    """close() closes the threads' idle connections; one in a call at that moment
+    is closed by its thread when the call ends (as the pool leaves checked-out
+    connections alone), and the next call takes a new one."""
+    store = Store(make_db("sqlite"))
+    conv = store.create_conversation()
+    store.append(conv.id, Message.user("hi"))
+    mine = store._direct.fairy
+    closed: list[bool] = []
+
+    def close_once() -> int:
+        # SQLite calls this while it runs a statement of the call below
+        if not closed:
+            closed.append(True)
+            store.close()
+        return 0  # go on
+
+    mine.dbapi_connection.set_progress_handler(close_once, 1)
+    stored = store.append(conv.id, Message.user("in flight"))  # completes
+    assert closed and stored.seq == 2
+    assert mine.dbapi_connection is None  # closed when the call ended
+    assert [m.text for m in store.messages(conv.id)] == ["hi", "in flight"]
+    assert store._direct.fairy is not mine
+    store.close()
+
+
+def test_an_in_memory_store_keeps_its_one_database() -> None:
+    """In-memory SQLite lives in the pool's one connection per thread: the direct
+    path must not take it away (the rest of the store would see an empty database)."""
+    with Store("sqlite://") as store:
+        store.migrate()
+        conv = store.create_conversation()  # through SQLAlchemy
+        store.append(conv.id, Message.user("hi"))  # the direct path
+        assert [c.id for c in store.list_conversations().items] == [conv.id]  # SQLAlchemy
+        assert [m.text for m in store.messages(conv.id)] == ["hi"]  # the direct path
+        assert getattr(store._direct, "fairy", None) is None
+
+
+def test_a_store_without_pooling_keeps_no_connection(make_db: Any) -> None:
+    with Store(make_db("sqlite"), poolclass=sa.NullPool) as store:
+        conv = store.create_conversation()
+        store.append(conv.id, Message.user("hi"))
+        assert [m.text for m in store.messages(conv.id)] == ["hi"]
+        assert getattr(store._direct, "fairy", None) is None
