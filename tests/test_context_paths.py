@@ -219,23 +219,6 @@ def page_limits(store: Any, cid: str, **options: Any) -> list[int]:
     return [kw["limit"] for name, kw in counting.calls if name in ("context_start", "tail")]
 
 
-@pytest.mark.parametrize(("budget", "first"), [
-    (1000, 16),      # at least 16 rows
-    (3200, 20),      # budget // 160: room for ~160-token messages
-    (100_000, 256),  # at most 256
-])
-def test_pages_double_from_a_first_page_sized_by_the_budget(store: Any, budget: int, first: int) -> None:
-    cid = conversation(store, _alternating(701))
-    limits = page_limits(store, cid, budget=budget)
-    assert limits[0] == first and len(limits) >= 2
-    assert limits == [first * 2**k for k in range(len(limits))]
-
-
-def test_pages_grow_to_1024_rows_at_most(store: Any) -> None:
-    cid = conversation(store, _alternating(1700))
-    assert page_limits(store, cid, budget=200_000, page_size=300) == [300, 600, 1024]
-
-
 # --- truncating the newest message ----------------------------------------------------------------
 
 
@@ -504,24 +487,6 @@ class Counting:
             return attr(*args, **kwargs)
 
         return call
-
-
-def test_json_instruction_far_back_is_found_page_by_page(store: Any) -> None:
-    history = [Message.system("Be terse."), Message.user("Answer in JSON."), Message.assistant("{}"),
-               *_alternating(600), Message.user("now")]
-    cid = conversation(store, history)
-    counting = Counting(store)
-    ctx = ContextBuilder(counting, model=MODEL, budget=300).build(
-        cid, response_format={"type": "json_object"})
-    assert 2 in ctx.report.kept_seqs
-    tails = [kw for name, kw in counting.calls if name == "tail"]
-    searched = [kw for kw in tails if kw["limit"] == 256]
-    assert len(searched) == 3  # 256 + 256 + the rest, each page below the last
-    assert [kw["before"] for kw in searched][1:] == [
-        searched[0]["before"] - 256, searched[0]["before"] - 512]
-    again = ContextBuilder(store, model=MODEL, budget=300).build(
-        cid, response_format={"type": "json_object"})
-    assert again.report.counted == 0  # the instruction's count was stored the first time
 
 
 def test_json_instruction_right_before_the_window_is_found(store: Any) -> None:
