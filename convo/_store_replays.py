@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from ._exceptions import ReplayNotFound, StoreInputError
 from ._schema import ReplayItemRow, ReplayRow
 from ._store_core import Op, Plan, newest_first, now
-from ._store_input import check_values
+from ._store_input import check_text, check_values
 from ._store_rows import check_short, construct
 
 __all__ = [
@@ -133,6 +133,7 @@ def create_replay(
 
 
 def get_replay(replay_id: str, *, owner: str | None) -> Plan[Replay]:
+    check_text(replay_id, "replay id")
     stmt = sa.select(RP).where(RP.c.id == replay_id)
     if owner is not None:
         stmt = stmt.where(RP.c.owner == owner)

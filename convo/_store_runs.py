@@ -328,6 +328,7 @@ def _select_run_stmt(scoped: bool) -> sa.Select[Any]:
 def _select_run(run_id: str, owner: str | None) -> Plan[Any]:
     if not isinstance(run_id, str):
         raise StoreInputError("run id must be a string")
+    check_text(run_id, "run id")
     params = {"run_id": run_id}
     if owner is not None:
         params["b_owner"] = owner

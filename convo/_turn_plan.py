@@ -34,11 +34,12 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._client_params import CHAT_KEYS, COMPLETION_KEYS
+from ._client_params import CHAT_KEYS, COMPLETION_KEYS, check_params
 from ._context_report import Context, ContextReport
 from ._exceptions import APIStreamError, ConfigurationError, InvalidMessageError, TurnCancelled
 from ._messages import Message, ToolCall
 from ._records import Run, StoredMessage
+from ._store_input import check_json
 from ._store_runs import SerializedRequest
 from ._tools import Tool, ToolArgumentsError
 from ._types import (
@@ -239,7 +240,11 @@ def _round_of(message: StoredMessage, key: str) -> int | None:
 
 
 def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
-    wire_params(spec)  # a bad parameter fails before anything is stored
+    # A bad parameter (unknown, or not JSON: NaN, a set...) fails before anything is stored.
+    params, extra = wire_params(spec)
+    check_params(params, spec.builder.mode)  # the client's own type rules (seed=1.5...)
+    for part in (params, extra):
+        check_json(part, "request parameters")
     owner = spec.owner
     cid = spec.conversation_id
     user: StoredMessage | None = None

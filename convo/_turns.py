@@ -57,6 +57,10 @@ def _as_message(message: str | Message | Mapping[str, Any] | None) -> Message | 
         return message
     if isinstance(message, str):
         return Message.user(message)
+    if not isinstance(message, Mapping):
+        raise InvalidMessageError(
+            f"a turn's message is a str, a Message or a dict, not {type(message).__name__}"
+        )
     from ._messages import parse_message
 
     return parse_message(dict(message))

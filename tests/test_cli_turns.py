@@ -207,7 +207,8 @@ def test_errors_are_one_line_and_leave_a_record(db: str, make_db: Any, fake: Fak
     assert "not found" in run(db, "runs", "nope", code=1).stderr
     assert "not found" in run(db, "send", "nope", "hi", "--model", "gpt-4o", code=1).stderr
     unknown = run(db, "send", cid, "hi", "--model", "my-local-model", code=1).stderr
-    assert unknown.startswith("error: UnknownModelError: ") and "--encoding" in unknown
+    assert unknown.startswith("error: convo does not know the model") and "--encoding" in unknown
+    assert "encoding=" not in unknown and "convo.models" not in unknown  # CLI flags, not Python
     assert "--mode must be chat or completion" in run(db, "send", cid, "x", "--mode", "x",
                                                       code=2).stderr
     fresh = new_conversation(db)

@@ -267,3 +267,10 @@ async def test_text_no_database_stores_alike_is_refused(store, bad):
     with pytest.raises(StoreInputError):
         await store.finish_run(run.id, status="failed", error_message="boom\x00")
     assert (await store.get_run(run.id)).status == "pending"
+
+
+async def test_unstorable_ids_are_refused_not_raised_raw(store):
+    with pytest.raises(StoreInputError):
+        await store.get_run("r\ud800")
+    with pytest.raises(StoreInputError):
+        await store.replay_items("r\ud800")

@@ -23,9 +23,11 @@ from convo import (
     ChatProfile,
     ConfigurationError,
     ConversationNotFound,
+    InvalidMessageError,
     JinjaChatTemplate,
     Message,
     RunNotFound,
+    StoreInputError,
     TextDelta,
 )
 
@@ -207,6 +209,31 @@ async def test_a_bad_parameter_is_refused_before_anything_is_written(
         await chat.send(conv.id, "second", **params)
     with pytest.raises(ConfigurationError):
         await chat.stream(conv.id, "second", **params).result()
+    assert env.store.snapshot() == before
+    assert len(env.model_requests()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "params", "error"),
+    [
+        (("second",), {"temperature": float("nan")}, ConfigurationError),
+        (("second",), {"seed": 1.5}, ConfigurationError),
+        (("second",), {"extra_body": {"x": float("inf")}}, StoreInputError),
+        ((5,), {}, InvalidMessageError),
+        (("bad \ud800",), {}, StoreInputError),
+        (("bad \x00",), {}, StoreInputError),
+    ],
+    ids=["nan", "float-seed", "inf-extra", "int-message", "surrogate", "nul"],
+)
+async def test_hostile_turn_input_is_refused_before_anything_is_written(
+    env: Env, args: tuple[Any, ...], params: dict[str, Any], error: type[Exception]
+) -> None:
+    chat = env.chat()
+    conv = await env.store.create_conversation()
+    await chat.send(conv.id, "first")
+    before = env.store.snapshot()
+    with pytest.raises(error):
+        await chat.send(conv.id, *args, **params)
     assert env.store.snapshot() == before
     assert len(env.model_requests()) == 1
 

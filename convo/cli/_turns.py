@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .._exceptions import APIError, ConvoError, NotMigratedError, UnknownModelError
+from .._exceptions import APIError, ConvoError, NotMigratedError
 from ._common import console, emit_json, fail, open_store
 from ._turn_view import tool_calls_text, turn_summary, visible
 
@@ -87,10 +87,14 @@ class TurnSettings:
         if self.max_tokens is not None:
             params["max_tokens"] = self.max_tokens  # sent as the profile's parameter name
         mode: Any = self.mode
-        return Chat(
-            store, client, model=self.model, mode=mode, template=self.template,
-            budget=self.budget, reserve=self.reserve, encoding=self.encoding, params=params,
-        )
+        from ._context import _model_advice
+
+        # An unknown model is answered with the flags that fix it, as `convo context` does.
+        with _model_advice(self.model, self.encoding, self.budget):
+            return Chat(
+                store, client, model=self.model, mode=mode, template=self.template,
+                budget=self.budget, reserve=self.reserve, encoding=self.encoding, params=params,
+            )
 
 
 @contextmanager
@@ -108,8 +112,6 @@ def turn_errors(store: Store | None = None, conversation_id: str | None = None,
     except APIError as exc:
         hint = _run_hint(store, conversation_id, owner)
         raise fail(visible(f"{type(exc).__name__}: {exc}{hint}")) from None
-    except UnknownModelError as exc:
-        raise fail(visible(f"{type(exc).__name__}: {exc} (here: --encoding NAME)")) from None
     except ConvoError as exc:
         raise fail(visible(f"{type(exc).__name__}: {exc}")) from None
     except KeyboardInterrupt:
