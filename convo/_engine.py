@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import time
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -176,6 +177,26 @@ def prepare_engine(engine: Engine) -> None:
     engine._convo_prepared = True  # type: ignore[attr-defined]
 
 
+def _set_wal(cursor: Any) -> None:
+    """``PRAGMA journal_mode=WAL``, waiting while another connection holds the lock.
+
+    Switching a fresh file to WAL needs an exclusive lock, and SQLite answers
+    "database is locked" at once rather than through the busy handler (several
+    processes opening a new database together, e.g. workers migrating at start-up).
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    delay = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except Exception as exc:  # sqlite3 error, or aiosqlite adapted one
+            if "database is locked" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
 def _sqlite_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
     if record.info.get("convo"):
         return
@@ -186,7 +207,7 @@ def _sqlite_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         # The busy timeout first: switching a fresh file to WAL needs a lock that
         # another process (one migrating, say) may hold, and must wait for it.
         cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _set_wal(cursor)
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
     finally:
