@@ -796,7 +796,7 @@ def token_rows_plan(encoding: str, counts: TokenCounts) -> Plan[list[dict[str, A
     for message_id in bare:  # one by one: the statements of the hot path (driver=True)
         home = yield Op(sql.HOME_OF_MESSAGE, {"id": message_id}, "scalar", driver=True)
         if home is None:
-            raise MessageNotFound(f"token counts given for unknown message id {message_id}")
+            raise MessageNotFound(f"token counts given for unknown message ids: {message_id}")
         homes[message_id] = home
     for row in rows:
         if row["conversation_id"] is None:
@@ -820,7 +820,7 @@ def save_token_counts(encoding: str, counts: TokenCounts, *, dialect: str) -> Pl
     try:
         yield Op(sql.insert_token_counts(dialect), rows, "none", driver=True)
     except IntegrityError as exc:
-        raise MessageNotFound(f"token counts given for unknown messages: {exc.orig}") from exc
+        raise MessageNotFound(f"token counts given for unknown message ids: {exc.orig}") from exc
     except DBAPIError as exc:
         if not read_only(exc):
             raise
