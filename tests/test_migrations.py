@@ -193,7 +193,8 @@ def test_upgrading_a_0001_database_with_data_keeps_every_row(backend, make_db):
         assert all(tuple(r) == (None, None, None) for r in new)
         after["conversations"] = [r[:-3] for r in after["conversations"]]
         # 0004: each token count learnt its message's conversation
-        assert after["message_tokens"] == [(1, "o200k_base", 5, conv_id), (2, "o200k_base", 9, conv_id)]
+        assert after["message_tokens"] == [
+            (1, "o200k_base", 5, conv_id), (2, "o200k_base", 9, conv_id)]
         after["message_tokens"] = [r[:-1] for r in after["message_tokens"]]
         assert after == before
     finally:
@@ -246,24 +247,27 @@ def test_upgrading_a_0003_database_with_data_to_shard_keys_keeps_every_row(backe
         for mid, enc, n in [(1, "o200k_base", 5), (1, "cl100k_base", 6), (2, "o200k_base", 9),
                             (4, "o200k_base", 3), (7, "o200k_base", 11)]:
             statements.append(
-                f"INSERT INTO message_tokens (message_id, encoding, tokens) VALUES ({mid}, '{enc}', {n})"
+                "INSERT INTO message_tokens (message_id, encoding, tokens)"
+                f" VALUES ({mid}, '{enc}', {n})"
             )
         statements += [
-            "INSERT INTO summaries (id, conversation_id, start_seq, end_seq, content, created_at)"
-            f" VALUES (1, '{a}', 1, 2, 'sum a', '{stamp}'), (3, '{fork}', 1, 3, 'sum f', '{stamp}')",
-            "INSERT INTO runs (id, conversation_id, owner, endpoint, mode, model, request,"
-            " kept_seqs, summary_id, reply_message_id, status, created_at) VALUES"
-            f" ('r1', '{a}', 'o', 'chat.completions', 'chat', 'm', '{{}}', '[1, 2]', 1, 5, 'ok',"
-            f" '{stamp}'), ('r2', '{fork}', 'o', 'chat.completions', 'chat', 'm', '{{}}', NULL,"
-            f" NULL, 7, 'ok', '{stamp}')",
-            "INSERT INTO replays (id, owner, mode, status, created_at, updated_at) VALUES"
-            f" ('rp', 'o', 'forward', 'done', '{stamp}', '{stamp}')",
-            "INSERT INTO replay_items (replay_id, conversation_id, turn, arm, status, branch_id,"
-            f" run_id, user_seq, created_at) VALUES ('rp', '{a}', 1, 'x', 'ok', '{fork}', 'r2', 2,"
-            f" '{stamp}')",
+            ("INSERT INTO summaries (id, conversation_id, start_seq, end_seq, content, created_at)"
+             f" VALUES (1, '{a}', 1, 2, 'sum a', '{stamp}'), (3, '{fork}', 1, 3, 'sum f',"
+             f" '{stamp}')"),
+            ("INSERT INTO runs (id, conversation_id, owner, endpoint, mode, model, request,"
+             " kept_seqs, summary_id, reply_message_id, status, created_at) VALUES"
+             f" ('r1', '{a}', 'o', 'chat.completions', 'chat', 'm', '{{}}', '[1, 2]', 1, 5, 'ok',"
+             f" '{stamp}'), ('r2', '{fork}', 'o', 'chat.completions', 'chat', 'm', '{{}}', NULL,"
+             f" NULL, 7, 'ok', '{stamp}')"),
+            ("INSERT INTO replays (id, owner, mode, status, created_at, updated_at) VALUES"
+             f" ('rp', 'o', 'forward', 'done', '{stamp}', '{stamp}')"),
+            ("INSERT INTO replay_items (replay_id, conversation_id, turn, arm, status, branch_id,"
+             f" run_id, user_seq, created_at) VALUES ('rp', '{a}', 1, 'x', 'ok', '{fork}', 'r2',"
+             f" 2, '{stamp}')"),
         ]
         if backend == "postgresql":  # the sequences, as the rows' own inserts would have left them
-            statements += ["SELECT setval('messages_id_seq', 7)", "SELECT setval('summaries_id_seq', 3)"]
+            statements += [
+                "SELECT setval('messages_id_seq', 7)", "SELECT setval('summaries_id_seq', 3)"]
         with engine.begin() as conn:
             for statement in statements:
                 conn.exec_driver_sql(statement)
@@ -301,8 +305,8 @@ def test_upgrading_a_0003_database_with_data_to_shard_keys_keeps_every_row(backe
             assert new.id == 8 and new.seq == 2
             assert store.add_summary(b, start_seq=1, end_seq=2, content="s").id == 4
             store.save_token_counts("o200k_base", {new.id: 2, (a, 5): 4})
-            assert dict((m.id, n) for m, n in store.tail(a, encoding="o200k_base", limit=9)) == {
-                5: 4, 2: 9, 1: 5}
+            counts = {m.id: n for m, n in store.tail(a, encoding="o200k_base", limit=9)}
+            assert counts == {5: 4, 2: 9, 1: 5}
     finally:
         engine.dispose()
 
