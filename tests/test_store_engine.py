@@ -195,8 +195,9 @@ def test_hot_reads_use_indexes(db_url):
         unique_index = "uq_messages_conversation_id_seq"
         if sqlite:
             with store.engine.connect() as conn:
+                indexes = conn.exec_driver_sql("PRAGMA index_list(messages)").all()
                 unique_index = next(
-                    name for _, name, unique, *_ in conn.exec_driver_sql("PRAGMA index_list(messages)")
+                    name for _, name, unique, *_ in indexes
                     if unique and [r[2] for r in conn.exec_driver_sql(f"PRAGMA index_info({name})")]
                     == ["conversation_id", "seq"]
                 )
