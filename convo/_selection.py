@@ -248,6 +248,8 @@ class Selector:
         # seqs of a lineage are contiguous from 1: the turn starts the history
         # when every older seq is pinned.
         first = turn.items[0].seq
+        if first - 1 > len(self._pinned_seqs):  # (the usual answer, without the count)
+            return False
         return sum(1 for s in self._pinned_seqs if s < first) == first - 1
 
     def _keep_current(self, turn: _Turn) -> bool:
