@@ -259,6 +259,11 @@ def _find_json_instruction(sel: Selection, item: Any) -> Generator[Op, Any, Item
 
 
 def _assemble(sel: Selection, summary_msg: Message | None) -> tuple[list[Message], list[int]]:
+    pinned, window = sel.pinned, sel.window
+    if summary_msg is None and (not pinned or not window or pinned[-1].seq < window[0].seq):
+        # the usual shape (the system prompt, then the newest turns): already in order
+        items = pinned + window
+        return [i.message for i in items], [i.seq for i in items]
     entries: list[tuple[float, Message]] = [(i.seq, i.message) for i in sel.pinned]
     entries += [(i.seq, i.message) for i in sel.window]
     if summary_msg is not None and sel.dropped_through is not None:

@@ -682,8 +682,11 @@ def _open(
     pinned_rows.sort(key=_seq_of)
     tail_rows.sort(key=_seq_of, reverse=True)
     lineage = Lineage(conversation_id, conv[2], ((conversation_id, 0, conv[2]),))
+    cid = conversation_id
     return (
-        [tokens_from_row(r) for r in pinned_rows], [tokens_from_row(r) for r in tail_rows], lineage
+        [tokens_from_row(r, cid) for r in pinned_rows],
+        [tokens_from_row(r, cid) for r in tail_rows],
+        lineage,
     )
 
 

@@ -80,7 +80,7 @@ OPEN_PINNED, OPEN_NEWEST, OPEN_CONVERSATION = 1, 2, 0
 
 
 @cache
-def open_query(bounded: bool) -> sa.CompoundSelect:
+def open_query(bounded: bool) -> sa.CompoundSelect[Any]:
     """The opening read of a context build, in ONE statement (one round trip, one
     snapshot): the pinned messages of ``:cid``, its newest ``:limit`` messages, and
     its conversation row, each with its count for ``:encoding``; with ``bounded``
@@ -93,7 +93,10 @@ def open_query(bounded: bool) -> sa.CompoundSelect:
     guaranteed order. These are the conversation's own rows only: a fork's
     reader resolves its lineage instead (see ``_store_core._open``).
     """
-    cols: list[Any] = [*_MSG_COLUMNS, TK.c.tokens]
+    # every message row is :cid's, so its id is not read again with each row
+    cols: list[Any] = [
+        *(sa.null() if c.name == "conversation_id" else c for c in _MSG_COLUMNS), TK.c.tokens
+    ]
     mine = M.c.conversation_id == _B("cid")
     if bounded:
         mine = mine & (M.c.seq < _B("before"))
