@@ -246,12 +246,13 @@ RAW_PG_PAGE = 24  # rows per keyset page of the raw psycopg scan (a window here 
 PRIMING = 3  # reply priming, per request, as convo counts it (OpenAI's rule)
 
 
-def raw_tail_sqlite(con: Any, cid: str, enc: str) -> tuple[list[tuple[str, str]], int]:
-    """The newest messages that fit the budget, on an open sqlite3 connection: the
-    cursor steps row by row and stops at the first one that does not fit."""
+def raw_tail_sqlite(con: Any, cid: str, enc: str) -> tuple[list[dict[str, str]], int]:
+    """The request's messages (system prompt, then the newest messages that fit the
+    budget), on an open sqlite3 connection: the cursor steps row by row and stops at
+    the first one that does not fit. -> (messages, rows read)."""
     pinned = con.execute(RAW_PINNED.format(ph="?", true="1"), (enc, cid)).fetchall()
     free = BUDGET - PRIMING - sum(r[3] for r in pinned)
-    kept: list[tuple[str, str]] = []
+    kept: list[dict[str, str]] = []
     read = 0
     for _seq, role, content, tokens, pin in con.execute(
         RAW_TAIL.format(ph="?", before="", limit=""), (enc, cid)
@@ -262,18 +263,18 @@ def raw_tail_sqlite(con: Any, cid: str, enc: str) -> tuple[list[tuple[str, str]]
         if tokens > free:
             break
         free -= tokens
-        kept.append((role, content))
+        kept.append({"role": role, "content": content})
     kept.reverse()
-    return [(r[1], r[2]) for r in pinned] + kept, read
+    return [{"role": r[1], "content": r[2]} for r in pinned] + kept, read
 
 
-def raw_tail_pg(con: Any, cid: str, enc: str) -> tuple[list[tuple[str, str]], int]:
+def raw_tail_pg(con: Any, cid: str, enc: str) -> tuple[list[dict[str, str]], int]:
     """The same on an open psycopg connection (autocommit), in keyset pages of
     ``RAW_PG_PAGE`` rows (a client-side cursor fetches a whole result)."""
     cur = con.cursor()
     pinned = cur.execute(RAW_PINNED.format(ph="%s", true="true"), (enc, cid)).fetchall()
     free = BUDGET - PRIMING - sum(r[3] for r in pinned)
-    kept: list[tuple[str, str]] = []
+    kept: list[dict[str, str]] = []
     read, before = 0, None
     first = RAW_TAIL.format(ph="%s", before="", limit=" LIMIT %s")
     more = RAW_TAIL.format(ph="%s", before=" AND m.seq < %s", limit=" LIMIT %s")
@@ -286,12 +287,12 @@ def raw_tail_pg(con: Any, cid: str, enc: str) -> tuple[list[tuple[str, str]], in
                 continue
             if tokens > free:
                 kept.reverse()
-                return [(r[1], r[2]) for r in pinned] + kept, read
+                return [{"role": r[1], "content": r[2]} for r in pinned] + kept, read
             free -= tokens
-            kept.append((role, content))
+            kept.append({"role": role, "content": content})
         if len(rows) < RAW_PG_PAGE:
             kept.reverse()
-            return [(r[1], r[2]) for r in pinned] + kept, read
+            return [{"role": r[1], "content": r[2]} for r in pinned] + kept, read
         before = rows[-1][0]
 
 
@@ -340,7 +341,7 @@ def equal_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "build_p90_ms": sorted(build_s)[int(0.9 * (len(build_s) - 1))] * 1000,
         "raw_rows_read": raw_read, "raw_kept": len(window),
         "build_rows_read": rep.rows_read, "build_kept": len(ctx.messages),
-        "same_window": [(m.role, m.content) for m in ctx.messages] == window,
+        "same_window": ctx.chat == window,
         "load1": os.getloadavg()[0],
     }
 
@@ -376,7 +377,8 @@ def equal_terms_report(eq: dict[tuple[str, int], list[dict[str, Any]]], args: ar
         "`gc.collect()` between calls. Raw: the pinned system prompt, then the newest rows of "
         "convo's own tables joined with their stored counts (`message_tokens`) until the "
         f"budget ({BUDGET} − {PRIMING} reply priming) is full (sqlite3: one cursor stepped row "
-        f"by row; psycopg: keyset pages of {RAW_PG_PAGE}). Ratio = build median / raw median "
+        f"by row; psycopg: keyset pages of {RAW_PG_PAGE}), returned as the request's message "
+        "dicts (what the build's `chat` holds). Ratio = build median / raw median "
         "of the run; the last column is the median over the runs.\n")
     L.append("| backend | N | run | raw ms (p90) | build ms (p90) | ratio | rows read raw / "
              "build | messages kept raw / build | same window | load avg |")

@@ -59,8 +59,10 @@ __all__ = [
 # ---- the plan ---------------------------------------------------------------------
 
 #: Rows read beyond what the previous build of a conversation needed (see
-#: ``BuildConfig.rows_hint``): a turn's new messages and room for a shorter window.
-ROWS_SLACK = 3
+#: ``BuildConfig.rows_hint``): room for a window of a few more (shorter) messages
+#: than the last one. Each row more costs every build; a page too short costs the
+#: builds that need more a second read.
+ROWS_SLACK = 2
 
 
 #: Tokens per message assumed when nothing better is known (the builder's first build).

@@ -188,15 +188,19 @@ class Selector:
         """
         if self._done:
             return
+        pinned_seqs = self._pinned_seqs
+        pending = self._pending
         for item in page:
             self._rows_read += 1
-            self._oldest_seen = item.seq
-            if item.seq in self._pinned_seqs:
+            seq = item.seq
+            self._oldest_seen = seq
+            if seq in pinned_seqs:
                 continue  # kept anyway, and it does not split turns
-            self._pending.items.append(item)
-            self._pending.cost += item.cost
+            pending.items.append(item)
+            pending.cost += item.cost
             if item.message.role == "user":
-                turn, self._pending = self._pending, _Turn()
+                turn, pending = pending, _Turn()
+                self._pending = pending
                 turn.items.reverse()
                 if not self._offer(turn):
                     return
