@@ -296,6 +296,18 @@ def raw_tail_pg(con: Any, cid: str, enc: str) -> tuple[list[dict[str, str]], int
         before = rows[-1][0]
 
 
+def same_window(chat: Any, raw: list[dict[str, str]]) -> str:
+    """"yes" when the build sent what the raw scan found; "turns" when the raw window
+    only has one more, oldest, assistant message: convo keeps whole turns, so its
+    window never starts on an assistant message; "NO" otherwise."""
+    if chat == raw:
+        return "yes"
+    if (len(raw) == len(chat) + 1 and raw[1]["role"] == "assistant"
+            and raw[:1] + raw[2:] == chat):
+        return "turns"
+    return "NO"
+
+
 def equal_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """One run: ``pairs`` (raw, build) pairs back to back, interleaved, in this process,
     both on connections opened before the timing; no gc.collect between calls."""
@@ -341,7 +353,7 @@ def equal_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "build_p90_ms": sorted(build_s)[int(0.9 * (len(build_s) - 1))] * 1000,
         "raw_rows_read": raw_read, "raw_kept": len(window),
         "build_rows_read": rep.rows_read, "build_kept": len(ctx.messages),
-        "same_window": ctx.chat == window,
+        "same_window": same_window(ctx.chat, window),
         "load1": os.getloadavg()[0],
     }
 
@@ -379,7 +391,9 @@ def equal_terms_report(eq: dict[tuple[str, int], list[dict[str, Any]]], args: ar
         f"budget ({BUDGET} − {PRIMING} reply priming) is full (sqlite3: one cursor stepped row "
         f"by row; psycopg: keyset pages of {RAW_PG_PAGE}), returned as the request's message "
         "dicts (what the build's `chat` holds). Ratio = build median / raw median "
-        "of the run; the last column is the median over the runs.\n")
+        "of the run. Same window: \"yes\", or \"turns\" when the raw window also has the "
+        "assistant message before convo's oldest turn (convo keeps whole turns: a window "
+        "never starts on an assistant message).\n")
     L.append("| backend | N | run | raw ms (p90) | build ms (p90) | ratio | rows read raw / "
              "build | messages kept raw / build | same window | load avg |")
     L.append("|---|---:|---:|---:|---:|---:|---|---|---|---:|")
@@ -388,7 +402,7 @@ def equal_terms_report(eq: dict[tuple[str, int], list[dict[str, Any]]], args: ar
             L.append(f"| {b} | {n:,} | {i} | {r['raw_ms']:.3f} ({r['raw_p90_ms']:.3f}) | "
                      f"{r['build_ms']:.3f} ({r['build_p90_ms']:.3f}) | {r['ratio']:.2f}× | "
                      f"{r['raw_rows_read']} / {r['build_rows_read']} | {r['raw_kept']} / "
-                     f"{r['build_kept']} | {'yes' if r['same_window'] else 'NO'} | "
+                     f"{r['build_kept']} | {r['same_window']} | "
                      f"{r['load1']:.2f} |")
     L.append("")
     L.append("| backend | N | runs | ratio per run | **median ratio** | raw ms median | build ms "
