@@ -56,6 +56,11 @@ __all__ = [
     "rows_hint", "store_call",
 ]
 
+# built with construct() (see _finish): what it needs of the classes
+for _cls in (Context, ContextReport):
+    assert not _cls.__private_attributes__ and not _cls.__pydantic_post_init__, _cls
+    assert _cls.model_config.get("extra") != "allow", _cls
+
 # ---- the plan ---------------------------------------------------------------------
 
 #: Rows read beyond what the previous build of a conversation needed (see
