@@ -36,7 +36,8 @@ Run::
 
 The first run generates the 1,000,000-message thread (~2 min) and fills the
 databases (see the log); later runs reuse them (``--prepare-only`` does just that). A full run with the peers takes
-about 15-25 minutes once everything is cached.
+about 15-25 minutes once everything is cached, plus the equal-terms runs (``--repeat 5``: 20 short
+processes for two sizes on both databases, 5-8 minutes on a busy 2-core machine; ``--repeat 0`` skips them).
 """
 
 from __future__ import annotations
