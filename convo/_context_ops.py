@@ -139,6 +139,9 @@ class BuildConfig:
     #: the first page reads that many (and a little more), so a chat's builds
     #: usually take one page, whatever its messages' sizes
     rows_hint: int | None = None
+    #: stored tokens per history message in the builder's last build (any
+    #: conversation): sizes the first page when there is no ``rows_hint``
+    tokens_hint: int | None = None
     recount: bool = False  # count the rendered request itself (completion mode, rewriting profiles)
     decode: Any = None  # Callable[[list[int]], str], for truncation
     #: summaries with hysteresis: history kept after an overflow, a fraction of the

@@ -143,11 +143,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         def process(value: Any) -> datetime | None:
             if type(value) is str:
                 try:
-                    when = parse(value)
+                    # parsed as UTC: several times faster than .replace(tzinfo=UTC)
+                    # afterwards; text that already carries an offset fails here
+                    return parse(value + "+00:00")
                 except ValueError:
-                    return general(value)
-                if when.tzinfo is None:
-                    return when.replace(tzinfo=UTC)
+                    pass
             return general(value)
 
         return process

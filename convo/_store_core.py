@@ -27,6 +27,7 @@ from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
+from operator import itemgetter
 from typing import Any, Final, Literal, TypeAlias, TypeVar
 
 import sqlalchemy as sa
@@ -653,6 +654,46 @@ def tail(
 
 
 def _open(
+    conversation_id: str, encoding: str, limit: int, owner: str | None, before: int | None
+) -> Plan[tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]],
+                Lineage]]:
+    """The opening reads of a build. A conversation that is not a fork (the common
+    case) is read in one statement: its row, its pinned and its newest messages
+    (:func:`convo._store_sql.open_query`); a fork, whose view includes its
+    ancestors' rows, reads its lineage first (:func:`_open_lineage`)."""
+    params: dict[str, Any] = {"cid": conversation_id, "encoding": encoding, "limit": limit}
+    if before is not None:
+        params["before"] = before
+    rows = yield Op(sql.open_query(before is not None), params, driver=True)
+    pinned_rows, tail_rows, conv = [], [], None
+    for row in rows:
+        part = row[20]
+        if part == sql.OPEN_NEWEST:
+            tail_rows.append(row)
+        elif part == sql.OPEN_PINNED:
+            pinned_rows.append(row)
+        else:
+            conv = row  # parent_id, last_seq and owner in columns 1, 2 and 6
+    if conv is None or (owner is not None and conv[6] != owner):
+        raise ConversationNotFound(conversation_id, owner=owner)
+    if conv[1] is not None:
+        return (yield from _open_lineage(conversation_id, encoding, limit, owner, before))
+    # the parts of a UNION ALL come in no guaranteed order (already sorted: linear)
+    pinned_rows.sort(key=_seq_of)
+    tail_rows.sort(key=_seq_of, reverse=True)
+    lineage = Lineage(conversation_id, conv[2], ((conversation_id, 0, conv[2]),))
+    cid = conversation_id
+    return (
+        [tokens_from_row(r, cid) for r in pinned_rows],
+        [tokens_from_row(r, cid) for r in tail_rows],
+        lineage,
+    )
+
+
+_seq_of = itemgetter(2)  # a row's seq
+
+
+def _open_lineage(
     conversation_id: str, encoding: str, limit: int, owner: str | None, before: int | None
 ) -> Plan[tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]],
                 Lineage]]:

@@ -46,11 +46,10 @@ _PARTS: TypeAdapter[list[ContentPart]] = TypeAdapter(list[ContentPart])
 _TOOL_CALLS: TypeAdapter[list[ToolCall]] = TypeAdapter(list[ToolCall])
 
 
-_setattr = object.__setattr__
 _M = TypeVar("_M", bound=BaseModel)
 
 
-def construct(cls: type[_M], values: dict[str, Any]) -> _M:
+def construct(cls: type[_M], values: dict[str, Any], fields: set[str] | None = None) -> _M:
     """``cls.modelconstruct(**values)`` for values that name every field, ~5x faster.
 
     Reading 50 messages is the context builder's hot path, and pydantic's
@@ -58,13 +57,27 @@ def construct(cls: type[_M], values: dict[str, Any]) -> _M:
     This sets exactly the attributes ``model_construct`` sets; the classes
     used here have no private attributes, extras or ``model_post_init``
     (checked below at import), and a test compares with validated values.
+
+    ``fields``: the set of the keys of ``values``, shared by every row built with
+    the same keys (a frozen model never changes its fields set in place; pydantic's
+    ``model_copy`` copies it before adding to it).
     """
-    obj = cls.__new__(cls)
-    _setattr(obj, "__dict__", values)
-    _setattr(obj, "__pydantic_fields_set__", set(values))
-    _setattr(obj, "__pydantic_extra__", None)
-    _setattr(obj, "__pydantic_private__", None)
+    obj = _new(cls)
+    _set_dict(obj, values)
+    _set_fields(obj, set(values) if fields is None else fields)
+    _set_extra(obj, None)
+    _set_private(obj, None)
     return obj
+
+
+# BaseModel's slots, set through their descriptors (cheaper than object.__setattr__
+# looking each name up); BaseModel defines no __new__ of its own
+_new = object.__new__
+_set_dict = BaseModel.__dict__["__dict__"].__set__
+_set_fields = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
+assert BaseModel.__new__ is object.__new__
 
 
 for _cls in (Conversation, ReplyInfo, StoredMessage, Summary):
@@ -188,12 +201,15 @@ MESSAGE_COLUMNS = (
 assert tuple(c.name for c in MessageRow.__table__.c) == MESSAGE_COLUMNS
 
 
-def message_from_row(row: Any) -> StoredMessage:
+def message_from_row(row: Any, conversation_id: str | None = None) -> StoredMessage:
+    """The message of a row of ``messages.*`` (more columns after them are ignored);
+    ``conversation_id``: the conversation every row read belongs to, when the
+    statement did not select it (see :func:`convo._store_sql.open_query`)."""
     (
-        id_, conversation_id, seq, role, content, parts, name, tool_calls, refusal,
+        id_, cid, seq, role, content, parts, name, tool_calls, refusal,
         tool_call_id, metadata, pinned, idempotency_key, model, finish_reason, usage,
         fingerprint, seed, created_at,
-    ) = row[:19]
+    ) = row if len(row) == 19 else row[:19]
     reply = None
     if (
         model is not None
@@ -208,7 +224,7 @@ def message_from_row(row: Any) -> StoredMessage:
             "usage": usage,
             "system_fingerprint": fingerprint,
             "seed": seed,
-        })
+        }, _REPLY_FIELDS)
     return construct(StoredMessage, {
         "role": role,
         "content": _PARTS.validate_python(parts) if parts is not None else content,
@@ -218,13 +234,23 @@ def message_from_row(row: Any) -> StoredMessage:
         "tool_call_id": tool_call_id,
         "metadata": metadata or {},
         "id": id_,
-        "conversation_id": conversation_id,
+        "conversation_id": cid if conversation_id is None else conversation_id,
         "seq": seq,
         "created_at": created_at,
         "pinned": bool(pinned),
         "idempotency_key": idempotency_key,
         "reply": reply,
-    })
+    }, _STORED_FIELDS)
+
+
+# the fields sets of the values message_from_row builds (see construct)
+_STORED_FIELDS = {
+    "role", "content", "name", "tool_calls", "refusal", "tool_call_id", "metadata", "id",
+    "conversation_id", "seq", "created_at", "pinned", "idempotency_key", "reply",
+}
+_REPLY_FIELDS = {"model", "finish_reason", "usage", "system_fingerprint", "seed"}
+assert _STORED_FIELDS == set(StoredMessage.model_fields)
+assert _REPLY_FIELDS == set(ReplyInfo.model_fields)
 
 
 def stored_message(
@@ -267,8 +293,10 @@ def stored_message(
 _REPLY_COLUMNS = ("model", "finish_reason", "usage", "system_fingerprint", "seed")
 
 
-def tokens_from_row(row: Any) -> tuple[StoredMessage, int | None]:
-    return message_from_row(row), row[19]
+def tokens_from_row(
+    row: Any, conversation_id: str | None = None
+) -> tuple[StoredMessage, int | None]:
+    return message_from_row(row, conversation_id), row[19]
 
 
 # --- summaries ---------------------------------------------------------------------

@@ -47,6 +47,14 @@ def chain_query() -> sa.Select[Any]:
     return sa.select(chain).order_by(chain.c.depth)
 
 
+def _with_tokens() -> Any:
+    """Messages joined with their stored token count for ``:encoding`` (None when
+    not counted yet): the source of every tail read. Joined on conversation_id too:
+    a sharded database keeps the join on one shard."""
+    return M.outerjoin(TK, (TK.c.conversation_id == M.c.conversation_id)
+                       & (TK.c.message_id == M.c.id) & (TK.c.encoding == _B("encoding")))
+
+
 @cache
 def segment_query(
     newest_first: bool, with_tokens: bool, pinned_only: bool, limited: bool
@@ -54,9 +62,7 @@ def segment_query(
     cols: list[Any] = list(_MSG_COLUMNS)
     src: Any = M
     if with_tokens:
-        # on conversation_id too: a sharded database keeps the join on one shard
-        src = M.outerjoin(TK, (TK.c.conversation_id == M.c.conversation_id)
-                          & (TK.c.message_id == M.c.id) & (TK.c.encoding == _B("encoding")))
+        src = _with_tokens()
         cols.append(TK.c.tokens)
     stmt = (
         sa.select(*cols)
@@ -69,6 +75,57 @@ def segment_query(
     if pinned_only:
         stmt = stmt.where(M.c.pinned)
     return stmt
+
+
+#: The part column of :func:`open_query`'s rows (after the messages' columns and the count).
+OPEN_PINNED, OPEN_NEWEST, OPEN_CONVERSATION = 1, 2, 0
+
+
+@cache
+def open_query(bounded: bool) -> sa.CompoundSelect[Any]:
+    """The opening read of a context build, in ONE statement (one round trip, one
+    snapshot): the pinned messages of ``:cid``, its newest ``:limit`` messages, and
+    its conversation row, each with its count for ``:encoding``; with ``bounded``
+    only messages with ``seq < :before``.
+
+    Rows are the message columns, the token count, then the part
+    (:data:`OPEN_PINNED`, :data:`OPEN_NEWEST`, :data:`OPEN_CONVERSATION`); the
+    conversation's row carries parent_id, last_seq and owner in the
+    conversation_id, seq and name columns (the rest NULL). The parts come in no
+    guaranteed order. These are the conversation's own rows only: a fork's
+    reader resolves its lineage instead (see ``_store_core._open``).
+    """
+    # every message row is :cid's, so its id is not read again with each row
+    cols: list[Any] = [
+        *(sa.null() if c.name == "conversation_id" else c for c in _MSG_COLUMNS), TK.c.tokens
+    ]
+    mine = M.c.conversation_id == _B("cid")
+    if bounded:
+        mine = mine & (M.c.seq < _B("before"))
+    pinned = (
+        sa.select(*cols, sa.literal_column(str(OPEN_PINNED), sa.Integer).label("part"))
+        .select_from(_with_tokens())
+        .where(mine, M.c.pinned)
+    )
+    newest = (
+        sa.select(*cols)
+        .select_from(_with_tokens())
+        .where(mine)
+        .order_by(M.c.seq.desc())
+        .limit(_B("limit"))
+        .subquery("newest")
+    )
+    conv_cols = {"conversation_id": C.c.parent_id, "seq": C.c.last_seq, "name": C.c.owner}
+    conversation = sa.select(
+        *(conv_cols.get(c.name, sa.null()) for c in _MSG_COLUMNS),
+        sa.null(),
+        sa.literal_column(str(OPEN_CONVERSATION), sa.Integer),
+    ).where(C.c.id == _B("cid"))
+    return sa.union_all(
+        pinned,
+        sa.select(newest, sa.literal_column(str(OPEN_NEWEST), sa.Integer)),
+        conversation,
+    )
 
 
 @cache
