@@ -22,13 +22,21 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
 from . import _migrate
+from . import _replica as replica
 from . import _store_branches as branches
 from . import _store_core as core
 from . import _store_driver as driver
 from . import _store_replays as replays
 from . import _store_runs as runs
-from ._engine import _sqlite_begin, create_engine, mode_engines, prepare_engine, safe_url
-from ._exceptions import ConfigurationError, NotMigratedError, StoreError
+from ._engine import (
+    _sqlite_begin,
+    create_engine,
+    create_read_engine,
+    mode_engines,
+    prepare_engine,
+    safe_url,
+)
+from ._exceptions import ConfigurationError, NotMigratedError, ReadOnlyStoreError, StoreError
 from ._messages import Message
 from ._records import Conversation, ReplyInfo, Run, RunPage, StoredMessage, Summary
 from ._schema import SCHEMA_REVISION
@@ -63,13 +71,19 @@ def fetch(result: Result[Any], how: core.Fetch) -> Any:
 
 def database_error(exc: DBAPIError) -> StoreError:
     """The one translation of driver errors (connection lost, disk full, ...) into convo's tree."""
+    if replica.refused_write(exc):  # a replica, or a primary demoted to one
+        return ReadOnlyStoreError(f"the database is read-only ({type(exc.orig).__name__}): "
+                                  f"{exc.orig}")
     return StoreError(f"database error ({type(exc.orig).__name__}): {exc.orig}")
 
 
-def not_migrated(url: str, found: str | None) -> NotMigratedError:
-    """The error for a database whose revision ``found`` is not :data:`SCHEMA_REVISION`."""
+def not_migrated(url: str, found: str | None, *, read_only: bool = False) -> NotMigratedError:
+    """The error for a database whose revision ``found`` is not :data:`SCHEMA_REVISION`
+    (``read_only``: a read replica, which follows its primary's migrations)."""
     if found is not None and not _migrate.is_known(found):
         return _migrate.newer_schema(url, found)
+    if read_only:
+        return replica.not_migrated(url, found, SCHEMA_REVISION)
     state = f"is at revision {found!r}" if found else "has no convo schema"
     return NotMigratedError(
         f"database {url} {state}; this convo needs revision {SCHEMA_REVISION!r}: "
@@ -85,7 +99,12 @@ class Store:
         url: a database URL (``sqlite:///convo.db``, ``postgresql://user@host/db``),
             an existing :class:`sqlalchemy.engine.Engine`, or None for
             ``CONVO_DATABASE_URL`` / ``sqlite:///convo.db``.
-        **engine_kwargs: passed to :func:`sqlalchemy.create_engine` (pool size, echo...).
+        read_url: a read replica (URL or :class:`~sqlalchemy.engine.Engine`) for
+            the heavy readers: :meth:`search`, exports and replays read from it
+            (:attr:`reader`); everything else, turns and context builds included,
+            stays on ``url``. With neither given: ``CONVO_READ_DATABASE_URL``.
+        **engine_kwargs: passed to :func:`sqlalchemy.create_engine` (pool size, echo...),
+            for both engines.
 
     Every method that takes ``owner`` scopes by it: with an owner given, the
     conversations of other owners do not exist (:class:`~convo.ConversationNotFound`).
@@ -100,16 +119,29 @@ class Store:
             store.append(conv.id, {"role": "user", "content": "Hi!"}, owner="u1")
     """
 
-    def __init__(self, url: str | URL | Engine | None = None, **engine_kwargs: Any) -> None:
-        if isinstance(url, AsyncEngine):
+    def __init__(
+        self,
+        url: str | URL | Engine | None = None,
+        *,
+        read_url: str | URL | Engine | None = None,
+        **engine_kwargs: Any,
+    ) -> None:
+        if isinstance(url, AsyncEngine) or isinstance(read_url, AsyncEngine):
             raise ConfigurationError("an AsyncEngine needs AsyncStore, not Store")
         if isinstance(url, Engine):
             prepare_engine(url)
-            self._engine = url
-            self._owns_engine = False
+            self._open(url, owns_engine=False)
         else:
-            self._engine = create_engine(url, **engine_kwargs)
-            self._owns_engine = True
+            self._open(create_engine(url, **engine_kwargs), owns_engine=True)
+        self._read_url = replica.read_url(url, read_url)
+        self._read_kwargs = engine_kwargs
+        self._reader: Store | None = None
+        self._reader_lock = threading.Lock()
+
+    def _open(self, engine: Engine, *, owns_engine: bool, read_only: bool = False) -> None:
+        self._engine = engine
+        self._owns_engine = owns_engine
+        self._read_only = read_only
         self._engines = mode_engines(self._engine)
         self._dialect = self._engine.dialect.name
         self._schema_ok = False
@@ -122,12 +154,36 @@ class Store:
         self._direct_lock = threading.Lock()
 
     @property
+    def reader(self) -> Store:
+        """The store the heavy readers use: :meth:`search`, exports and replays' reads
+        of the conversations they replay.
+
+        With ``read_url``, a read-only :class:`Store` on that database (a streaming
+        replica), opened on first use and closed with this store; its writes raise
+        :class:`~convo.ReadOnlyStoreError`. Without, this store itself.
+        """
+        if self._read_url is None:
+            return self
+        with self._reader_lock:
+            if self._reader is None:
+                if isinstance(self._read_url, Engine):
+                    prepare_engine(self._read_url)
+                    engine, owns = self._read_url, False
+                else:
+                    engine, owns = create_read_engine(self._read_url, **self._read_kwargs), True
+                reader = Store.__new__(Store)
+                reader._open(engine, owns_engine=owns, read_only=True)
+                reader._read_url, reader._reader = None, None
+                self._reader = reader
+            return self._reader
+
+    @property
     def engine(self) -> Engine:
         """The SQLAlchemy engine."""
         return self._engine
 
     def __repr__(self) -> str:
-        return f"Store({safe_url(self._engine.url)!r})"
+        return f"Store({replica.describe(self._engine.url, self._read_url)})"
 
     def __enter__(self) -> Self:
         return self
@@ -136,7 +192,11 @@ class Store:
         self.close()
 
     def close(self) -> None:
-        """Release the connection pool (not when the engine was passed in)."""
+        """Release the connection pool (not when the engine was passed in), and the
+        read replica's."""
+        reader, self._reader = getattr(self, "_reader", None), None
+        if reader is not None:
+            reader.close()
         if self._owns_engine:
             with self._direct_lock:
                 detached, self._direct_all = list(self._direct_all), weakref.WeakSet()
@@ -162,7 +222,10 @@ class Store:
         Raises:
             ConfigurationError: ``revision`` is not one of convo's revisions.
             NotMigratedError: a newer convo migrated the database (``newer`` is True).
+            ReadOnlyStoreError: this is a read-only store (:attr:`reader`): migrate the primary.
         """
+        if self._read_only:
+            raise replica.read_only_error("migrate")
         try:
             with self._engines["write"].connect() as conn:
                 _migrate.upgrade(conn, revision)
@@ -186,7 +249,7 @@ class Store:
         """Raise :class:`~convo.NotMigratedError` unless the schema is current."""
         found = self.current_revision()
         if found != SCHEMA_REVISION:
-            raise not_migrated(safe_url(self._engine.url), found)
+            raise not_migrated(safe_url(self._engine.url), found, read_only=self._read_only)
         self._schema_ok = True
 
     # --- the shell -----------------------------------------------------------------------
@@ -199,6 +262,8 @@ class Store:
         on a pooled DBAPI connection without a ``Connection`` around it (see
         :func:`convo._store_driver.run_direct`): the turn's hot path.
         """
+        if mode != "read" and self._read_only:
+            raise replica.read_only_error(plan.__name__)
         if not self._schema_ok:
             self.check_schema()
         try:
@@ -492,9 +557,10 @@ class Store:
         case folding), ``LIKE`` on SQLite (ASCII case folding only), with
         ``%``/``_`` in ``text`` matched literally. It scans rows; a full-text
         index (FTS5 / tsvector) is future work. With ``conversation_id``, the
-        conversation's lineage is searched.
+        conversation's lineage is searched. Runs on the read replica when the
+        store has one (:attr:`reader`).
         """
-        return self._run(
+        return self.reader._run(
             core.search(text, dialect=self._dialect, owner=owner,
                         conversation_id=conversation_id, limit=limit)
         )
