@@ -15,12 +15,19 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import _migrate
+from . import _replica as replica
 from . import _store_branches as branches
 from . import _store_core as core
 from . import _store_driver as driver
 from . import _store_replays as replays
 from . import _store_runs as runs
-from ._engine import create_engine_async, mode_engines, prepare_engine, safe_url
+from ._engine import (
+    create_engine_async,
+    create_read_engine_async,
+    mode_engines,
+    prepare_engine,
+    safe_url,
+)
 from ._exceptions import ConfigurationError
 from ._messages import Message
 from ._records import Conversation, ReplyInfo, Run, RunPage, StoredMessage, Summary
@@ -51,24 +58,54 @@ class AsyncStore:
         url: a database URL, an existing :class:`~sqlalchemy.ext.asyncio.AsyncEngine`,
             or None for ``CONVO_DATABASE_URL`` / ``sqlite:///convo.db``. Plain
             ``sqlite://`` and ``postgresql://`` URLs get aiosqlite / psycopg.
+        read_url: a read replica for the heavy readers (see :class:`~convo.Store`).
         **engine_kwargs: passed to :func:`sqlalchemy.ext.asyncio.create_async_engine`.
     """
 
     def __init__(
-        self, url: str | URL | AsyncEngine | None = None, **engine_kwargs: Any
+        self,
+        url: str | URL | AsyncEngine | None = None,
+        *,
+        read_url: str | URL | AsyncEngine | None = None,
+        **engine_kwargs: Any,
     ) -> None:
-        if isinstance(url, Engine):
+        if isinstance(url, Engine) or isinstance(read_url, Engine):
             raise ConfigurationError("a sync Engine needs Store, not AsyncStore")
         if isinstance(url, AsyncEngine):
             prepare_engine(url.sync_engine)
-            self._engine = url
-            self._owns_engine = False
+            self._open(url, owns_engine=False)
         else:
-            self._engine = create_engine_async(url, **engine_kwargs)
-            self._owns_engine = True
+            self._open(create_engine_async(url, **engine_kwargs), owns_engine=True)
+        self._read_url = read_url if read_url is not None else replica.env_read_url(url)
+        self._read_kwargs = engine_kwargs
+        self._reader: AsyncStore | None = None
+
+    def _open(self, engine: AsyncEngine, *, owns_engine: bool, read_only: bool = False) -> None:
+        self._engine = engine
+        self._owns_engine = owns_engine
+        self._read_only = read_only
         self._engines = mode_engines(self._engine)
         self._dialect = self._engine.dialect.name
         self._schema_ok = False
+
+    @property
+    def reader(self) -> AsyncStore:
+        """The store the heavy readers use (see :attr:`Store.reader`): a read-only
+        :class:`AsyncStore` on ``read_url``, or this store when there is none."""
+        if self._read_url is None:
+            return self
+        if self._reader is None:
+            if isinstance(self._read_url, AsyncEngine):
+                prepare_engine(self._read_url.sync_engine)
+                engine, owns = self._read_url, False
+            else:
+                engine = create_read_engine_async(self._read_url, **self._read_kwargs)
+                owns = True
+            reader = AsyncStore.__new__(AsyncStore)
+            reader._open(engine, owns_engine=owns, read_only=True)
+            reader._read_url, reader._reader = None, None
+            self._reader = reader
+        return self._reader
 
     @property
     def engine(self) -> AsyncEngine:
@@ -76,7 +113,7 @@ class AsyncStore:
         return self._engine
 
     def __repr__(self) -> str:
-        return f"AsyncStore({safe_url(self._engine.url)!r})"
+        return f"AsyncStore({replica.describe(self._engine.url, self._read_url)})"
 
     async def __aenter__(self) -> Self:
         return self
@@ -85,7 +122,11 @@ class AsyncStore:
         await self.close()
 
     async def close(self) -> None:
-        """Release the connection pool (not when the engine was passed in)."""
+        """Release the connection pool (not when the engine was passed in), and the
+        read replica's."""
+        reader, self._reader = getattr(self, "_reader", None), None
+        if reader is not None:
+            await reader.close()
         if self._owns_engine:
             await self._engine.dispose()
 
@@ -94,6 +135,8 @@ class AsyncStore:
     async def migrate(self, revision: str = "head") -> None:
         """Upgrade the database schema to ``revision`` (default: the newest); see
         :meth:`Store.migrate`."""
+        if self._read_only:
+            raise replica.read_only_error("migrate")
         try:
             async with self._engines["write"].connect() as conn:
                 await conn.run_sync(_migrate.upgrade, revision)
@@ -117,12 +160,14 @@ class AsyncStore:
         """Raise :class:`~convo.NotMigratedError` unless the schema is current."""
         found = await self.current_revision()
         if found != SCHEMA_REVISION:
-            raise not_migrated(safe_url(self._engine.url), found)
+            raise not_migrated(safe_url(self._engine.url), found, read_only=self._read_only)
         self._schema_ok = True
 
     # --- the shell -----------------------------------------------------------------------
 
     async def _run(self, plan: Plan[T], mode: Mode = "read") -> T:
+        if mode != "read" and self._read_only:
+            raise replica.read_only_error(plan)
         if not self._schema_ok:
             await self.check_schema()
         try:
@@ -317,8 +362,9 @@ class AsyncStore:
         conversation_id: str | None = None,
         limit: int = 20,
     ) -> list[StoredMessage]:
-        """See :meth:`Store.search` (ILIKE on PostgreSQL, ASCII-case-insensitive LIKE on SQLite)."""
-        return await self._run(
+        """See :meth:`Store.search` (ILIKE on PostgreSQL, ASCII-case-insensitive LIKE on
+        SQLite); on the read replica when the store has one."""
+        return await self.reader._run(
             core.search(text, dialect=self._dialect, owner=owner,
                         conversation_id=conversation_id, limit=limit)
         )

@@ -32,9 +32,9 @@ from ._exceptions import NotMigratedError, ReadOnlyStoreError
 
 __all__ = [
     "describe",
+    "env_read_url",
     "not_migrated",
     "read_only_error",
-    "read_url",
     "refused_write",
 ]
 
@@ -46,15 +46,12 @@ _SQLITE_READONLY = 8
 ReadURL = str | URL | Engine | AsyncEngine
 
 
-def read_url(url: object, given: ReadURL | None) -> ReadURL | None:
-    """The read replica to use: ``given``, else ``CONVO_READ_DATABASE_URL`` when the
-    primary came from the environment too (no ``url``): a replica named in the
-    environment belongs to the primary named there, not to one passed in."""
-    if given is not None:
-        return given
-    if url is None:
-        return os.environ.get(READ_ENV_VAR) or None
-    return None
+def env_read_url(url: object) -> str | None:
+    """The read replica when a store is given none: ``CONVO_READ_DATABASE_URL``, but
+    only when the primary came from the environment too (no ``url``): a replica
+    named in the environment belongs to the primary named there, not to one
+    passed in."""
+    return (os.environ.get(READ_ENV_VAR) or None) if url is None else None
 
 
 def describe(url: URL, read: ReadURL | None) -> str:
@@ -66,8 +63,10 @@ def describe(url: URL, read: ReadURL | None) -> str:
     return f"{safe_url(url)!r}, read_url={safe_url(read)!r}"
 
 
-def read_only_error(operation: str) -> ReadOnlyStoreError:
-    """The error for a write asked of a read-only store."""
+def read_only_error(operation: object) -> ReadOnlyStoreError:
+    """The error for a write (``operation``: its name, or its plan) asked of a read-only store."""
+    if not isinstance(operation, str):
+        operation = getattr(operation, "__name__", "this operation")
     return ReadOnlyStoreError(
         f"{operation} writes, and this store is read-only (a read replica's reader): "
         "write through the primary store"

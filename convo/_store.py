@@ -133,7 +133,7 @@ class Store:
             self._open(url, owns_engine=False)
         else:
             self._open(create_engine(url, **engine_kwargs), owns_engine=True)
-        self._read_url = replica.read_url(url, read_url)
+        self._read_url = read_url if read_url is not None else replica.env_read_url(url)
         self._read_kwargs = engine_kwargs
         self._reader: Store | None = None
         self._reader_lock = threading.Lock()
@@ -263,7 +263,7 @@ class Store:
         :func:`convo._store_driver.run_direct`): the turn's hot path.
         """
         if mode != "read" and self._read_only:
-            raise replica.read_only_error(plan.__name__)
+            raise replica.read_only_error(plan)
         if not self._schema_ok:
             self.check_schema()
         try:
