@@ -79,7 +79,10 @@ def refused_write(exc: DBAPIError) -> bool:
     if getattr(orig, "sqlstate", None) == _PG_READ_ONLY:
         return True
     code = getattr(orig, "sqlite_errorcode", None)
-    return isinstance(code, int) and code & 0xFF == _SQLITE_READONLY
+    if isinstance(code, int):
+        return code & 0xFF == _SQLITE_READONLY
+    # aiosqlite's errors, as SQLAlchemy adapts them, carry only the message
+    return "attempt to write a readonly database" in str(orig)
 
 
 def not_migrated(url: str, found: str | None, needed: str) -> NotMigratedError:
