@@ -38,9 +38,9 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from conftest import PgCluster, PgReplica  # noqa: E402
+from conftest import PgCluster, PgReplica
 
-from convo import Message, Store  # noqa: E402
+from convo import Message, Store
 
 
 def _pct(values: list[float], p: float) -> float:

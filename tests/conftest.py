@@ -174,7 +174,7 @@ class PgReplica:
         import subprocess
 
         done = subprocess.run([str(self._bin / program), *args], capture_output=True, text=True,
-                              timeout=180, **self._as)
+                              timeout=180, check=False, **self._as)
         if done.returncode != 0:
             log = self.dir / "replica.log"
             raise RuntimeError(f"{program} failed: {done.stderr}"

@@ -288,9 +288,9 @@ def test_the_read_url_comes_from_the_environment_with_the_database_url(
 
 
 def test_read_urls_that_cannot_be_replicas_are_refused(tmp_path: Path) -> None:
-    with Store(f"sqlite:///{tmp_path / 'p.db'}", read_url="sqlite://") as store:
-        with pytest.raises(ConfigurationError, match="in-memory"):
-            store.reader  # noqa: B018
+    with (Store(f"sqlite:///{tmp_path / 'p.db'}", read_url="sqlite://") as store,
+          pytest.raises(ConfigurationError, match="in-memory")):
+        store.reader  # noqa: B018
     with pytest.raises(ConfigurationError, match="AsyncStore"):
         Store(f"sqlite:///{tmp_path / 'p.db'}", read_url=AsyncStore("sqlite://").engine)
     with pytest.raises(ConfigurationError, match="sync Engine"):
@@ -346,3 +346,43 @@ def test_the_cli_reads_from_read_url(
     result = runner.invoke(app, ["search", "words"])
     assert result.exit_code == 1
     assert "read database" in result.output and "migrate the primary" in result.output
+
+
+def test_cli_replay_reads_the_conversations_from_read_url(
+    tmp_path: Path, sqlite_template: Path
+) -> None:
+    primary, replica = tmp_path / "p.db", tmp_path / "r.db"
+    shutil.copyfile(sqlite_template, primary)
+    fake = FakeBackend()
+    with fake.serve() as server:
+        with Store(f"sqlite:///{primary}") as store, OpenAIClient(
+            base_url=server.base_url, api_key="sk-test"
+        ) as client:
+            chat = Chat(store, client, model="gpt-4o-mini")
+            old = store.create_conversation(metadata={"team": "a"})
+            chat.send(old.id, "first turn")
+            with store.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            shutil.copyfile(primary, replica)  # the replica: `old` with one turn
+            chat.send(old.id, "second turn")
+            late = store.create_conversation(metadata={"team": "a"})
+            chat.send(late.id, "late turn")
+        db, read = f"sqlite:///{primary}", f"sqlite:///{replica}"
+
+        def replay(*args: str) -> list[tuple[str, int]]:
+            result = CliRunner().invoke(app, [
+                "--db", db, "replay", *args, "--arm", "gpt-4.1-mini",
+                "--base-url", server.base_url, "--json",
+            ], env={"OPENAI_API_KEY": "sk-test"})
+            assert result.exit_code == 0, result.output
+            items = json.loads(result.stdout)["items"]
+            assert {i["status"] for i in items} == {"ok"}
+            return sorted((i["conversation_id"], i["turn"]) for i in items)
+
+        assert replay("--where", "team=a", "--read-url", read) == [(old.id, 0)]
+        assert replay("--where", "team=a") == sorted([(old.id, 0), (old.id, 1), (late.id, 0)])
+    # the replays were written to the primary (the replica is a file nobody wrote to)
+    with Store(db) as store:
+        assert len(store.list_replays().items) == 2
+    with Store(read) as store:
+        assert store.list_replays().items == []
