@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, ClassVar, Literal, Self, TypeVar
 
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import DBAPIError
@@ -62,6 +62,9 @@ class AsyncStore:
         **engine_kwargs: passed to :func:`sqlalchemy.ext.asyncio.create_async_engine`.
     """
 
+    #: True on :attr:`reader`'s store (a read replica): every write is refused.
+    _READ_ONLY: ClassVar[bool] = False
+
     def __init__(
         self,
         url: str | URL | AsyncEngine | None = None,
@@ -73,20 +76,18 @@ class AsyncStore:
             raise ConfigurationError("a sync Engine needs Store, not AsyncStore")
         if isinstance(url, AsyncEngine):
             prepare_engine(url.sync_engine)
-            self._open(url, owns_engine=False)
+            self._engine = url
+            self._owns_engine = False
         else:
-            self._open(create_engine_async(url, **engine_kwargs), owns_engine=True)
-        self._read_url = read_url if read_url is not None else replica.env_read_url(url)
-        self._read_kwargs = engine_kwargs
-        self._reader: AsyncStore | None = None
-
-    def _open(self, engine: AsyncEngine, *, owns_engine: bool, read_only: bool = False) -> None:
-        self._engine = engine
-        self._owns_engine = owns_engine
-        self._read_only = read_only
+            self._engine = create_engine_async(url, **engine_kwargs)
+            self._owns_engine = True
         self._engines = mode_engines(self._engine)
         self._dialect = self._engine.dialect.name
         self._schema_ok = False
+        # the read replica (see reader): opened on first use
+        self._read_url = read_url if read_url is not None else replica.env_read_url(url)
+        self._read_kwargs = engine_kwargs
+        self._reader: AsyncStore | None = None
 
     @property
     def reader(self) -> AsyncStore:
@@ -96,15 +97,10 @@ class AsyncStore:
             return self
         if self._reader is None:
             if isinstance(self._read_url, AsyncEngine):
-                prepare_engine(self._read_url.sync_engine)
-                engine, owns = self._read_url, False
+                self._reader = _ReplicaAsyncStore(self._read_url, owns_engine=False)
             else:
                 engine = create_read_engine_async(self._read_url, **self._read_kwargs)
-                owns = True
-            reader = AsyncStore.__new__(AsyncStore)
-            reader._open(engine, owns_engine=owns, read_only=True)
-            reader._read_url, reader._reader = None, None
-            self._reader = reader
+                self._reader = _ReplicaAsyncStore(engine, owns_engine=True)
         return self._reader
 
     @property
@@ -135,8 +131,6 @@ class AsyncStore:
     async def migrate(self, revision: str = "head") -> None:
         """Upgrade the database schema to ``revision`` (default: the newest); see
         :meth:`Store.migrate`."""
-        if self._read_only:
-            raise replica.read_only_error("migrate")
         try:
             async with self._engines["write"].connect() as conn:
                 await conn.run_sync(_migrate.upgrade, revision)
@@ -160,14 +154,12 @@ class AsyncStore:
         """Raise :class:`~convo.NotMigratedError` unless the schema is current."""
         found = await self.current_revision()
         if found != SCHEMA_REVISION:
-            raise not_migrated(safe_url(self._engine.url), found, read_only=self._read_only)
+            raise not_migrated(safe_url(self._engine.url), found, read_only=self._READ_ONLY)
         self._schema_ok = True
 
     # --- the shell -----------------------------------------------------------------------
 
     async def _run(self, plan: Plan[T], mode: Mode = "read") -> T:
-        if mode != "read" and self._read_only:
-            raise replica.read_only_error(plan)
         if not self._schema_ok:
             await self.check_schema()
         try:
@@ -699,6 +691,26 @@ class AsyncStore:
     ) -> dict[int, Run]:
         """Reply message id -> the ``ok`` run that produced it (replies that have one)."""
         return await self._run(runs.runs_for_replies(conversation_id, message_ids, owner=owner))
+
+class _ReplicaAsyncStore(AsyncStore):
+    """:attr:`AsyncStore.reader` on a read replica: the same reads, every write refused
+    before a connection is opened (:class:`~convo.ReadOnlyStoreError`)."""
+
+    _READ_ONLY = True
+
+    def __init__(self, engine: AsyncEngine, *, owns_engine: bool) -> None:
+        super().__init__(engine)
+        self._owns_engine = owns_engine  # close() disposes the engine it made
+
+    async def migrate(self, revision: str = "head") -> None:
+        raise replica.read_only_error("migrate")
+
+    async def _run(self, plan: Plan[T], mode: Mode = "read") -> T:
+        if mode != "read":
+            plan.close()
+            raise replica.read_only_error(plan)
+        return await super()._run(plan, mode)
+
 
 async def _drive(conn: AsyncConnection, plan: Plan[T]) -> T:
     try:

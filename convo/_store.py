@@ -13,7 +13,7 @@ import threading
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, ClassVar, Literal, Self, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, Result
@@ -119,6 +119,9 @@ class Store:
             store.append(conv.id, {"role": "user", "content": "Hi!"}, owner="u1")
     """
 
+    #: True on :attr:`reader`'s store (a read replica): every write is refused.
+    _READ_ONLY: ClassVar[bool] = False
+
     def __init__(
         self,
         url: str | URL | Engine | None = None,
@@ -130,18 +133,11 @@ class Store:
             raise ConfigurationError("an AsyncEngine needs AsyncStore, not Store")
         if isinstance(url, Engine):
             prepare_engine(url)
-            self._open(url, owns_engine=False)
+            self._engine = url
+            self._owns_engine = False
         else:
-            self._open(create_engine(url, **engine_kwargs), owns_engine=True)
-        self._read_url = read_url if read_url is not None else replica.env_read_url(url)
-        self._read_kwargs = engine_kwargs
-        self._reader: Store | None = None
-        self._reader_lock = threading.Lock()
-
-    def _open(self, engine: Engine, *, owns_engine: bool, read_only: bool = False) -> None:
-        self._engine = engine
-        self._owns_engine = owns_engine
-        self._read_only = read_only
+            self._engine = create_engine(url, **engine_kwargs)
+            self._owns_engine = True
         self._engines = mode_engines(self._engine)
         self._dialect = self._engine.dialect.name
         self._schema_ok = False
@@ -152,6 +148,11 @@ class Store:
         self._direct = threading.local()
         self._direct_all: weakref.WeakSet[Any] = weakref.WeakSet()
         self._direct_lock = threading.Lock()
+        # the read replica (see reader): opened on first use
+        self._read_url = read_url if read_url is not None else replica.env_read_url(url)
+        self._read_kwargs = engine_kwargs
+        self._reader: Store | None = None
+        self._reader_lock = threading.Lock()
 
     @property
     def reader(self) -> Store:
@@ -167,14 +168,10 @@ class Store:
         with self._reader_lock:
             if self._reader is None:
                 if isinstance(self._read_url, Engine):
-                    prepare_engine(self._read_url)
-                    engine, owns = self._read_url, False
+                    self._reader = _ReplicaStore(self._read_url, owns_engine=False)
                 else:
-                    engine, owns = create_read_engine(self._read_url, **self._read_kwargs), True
-                reader = Store.__new__(Store)
-                reader._open(engine, owns_engine=owns, read_only=True)
-                reader._read_url, reader._reader = None, None
-                self._reader = reader
+                    engine = create_read_engine(self._read_url, **self._read_kwargs)
+                    self._reader = _ReplicaStore(engine, owns_engine=True)
             return self._reader
 
     @property
@@ -222,10 +219,8 @@ class Store:
         Raises:
             ConfigurationError: ``revision`` is not one of convo's revisions.
             NotMigratedError: a newer convo migrated the database (``newer`` is True).
-            ReadOnlyStoreError: this is a read-only store (:attr:`reader`): migrate the primary.
+            ReadOnlyStoreError: this is :attr:`reader`'s store: migrate the primary.
         """
-        if self._read_only:
-            raise replica.read_only_error("migrate")
         try:
             with self._engines["write"].connect() as conn:
                 _migrate.upgrade(conn, revision)
@@ -249,7 +244,7 @@ class Store:
         """Raise :class:`~convo.NotMigratedError` unless the schema is current."""
         found = self.current_revision()
         if found != SCHEMA_REVISION:
-            raise not_migrated(safe_url(self._engine.url), found, read_only=self._read_only)
+            raise not_migrated(safe_url(self._engine.url), found, read_only=self._READ_ONLY)
         self._schema_ok = True
 
     # --- the shell -----------------------------------------------------------------------
@@ -262,8 +257,6 @@ class Store:
         on a pooled DBAPI connection without a ``Connection`` around it (see
         :func:`convo._store_driver.run_direct`): the turn's hot path.
         """
-        if mode != "read" and self._read_only:
-            raise replica.read_only_error(plan)
         if not self._schema_ok:
             self.check_schema()
         try:
@@ -915,6 +908,26 @@ class Store:
     ) -> dict[int, Run]:
         """Reply message id -> the ``ok`` run that produced it (replies that have one)."""
         return self._run(runs.runs_for_replies(conversation_id, message_ids, owner=owner))
+
+class _ReplicaStore(Store):
+    """:attr:`Store.reader` on a read replica: the same reads, every write refused
+    before a connection is opened (:class:`~convo.ReadOnlyStoreError`)."""
+
+    _READ_ONLY = True
+
+    def __init__(self, engine: Engine, *, owns_engine: bool) -> None:
+        super().__init__(engine)
+        self._owns_engine = owns_engine  # close() disposes the engine it made
+
+    def migrate(self, revision: str = "head") -> None:
+        raise replica.read_only_error("migrate")
+
+    def _run(self, plan: Plan[T], mode: Mode = "read", *, direct: bool = False) -> T:
+        if mode != "read":
+            plan.close()
+            raise replica.read_only_error(plan)
+        return super()._run(plan, mode, direct=direct)
+
 
 def _current_revision(conn: Connection) -> str | None:
     if not conn.dialect.has_table(conn, "alembic_version"):

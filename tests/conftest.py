@@ -189,7 +189,9 @@ class PgReplica:
         import time
 
         with self.cluster.admin.connect() as conn:
-            target = conn.exec_driver_sql("SELECT pg_current_wal_lsn()").scalar()
+            # the insert position: with synchronous_commit off (the session's server),
+            # a commit returns before its WAL is written, let alone sent
+            target = conn.exec_driver_sql("SELECT pg_current_wal_insert_lsn()").scalar()
         deadline = time.monotonic() + timeout
         with self.admin.connect() as conn:
             while True:
