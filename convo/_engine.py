@@ -8,9 +8,9 @@
 
 A *read engine* (:func:`create_read_engine`, a store's ``read_url``: a
 streaming replica serving the heavy readers) is read-only at the database:
-PostgreSQL connections start with ``default_transaction_read_only=on`` (a
-startup option, no session state: PgBouncer's transaction mode keeps it),
-SQLite files are opened with ``mode=ro``.
+PostgreSQL connections start with ``default_transaction_read_only=on`` (the
+``options`` startup parameter, no ``SET``; docs/store.md says what PgBouncer
+does with it), SQLite files are opened with ``mode=ro``.
 
 SQLite connections get WAL, ``foreign_keys=ON``, a 30 s busy timeout and
 ``synchronous=NORMAL``. pysqlite's own transaction handling is switched off
