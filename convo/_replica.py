@@ -6,15 +6,17 @@ A store given a ``read_url`` keeps a second, read-only store on it (its
 * :meth:`~convo.Store.search`;
 * exports (:func:`~convo.export_conversations`), listing included;
 * replays: listing the conversations to replay and reading their original
-  turns and runs (``SourceRead`` in :mod:`convo._replay_plan`). What a replay writes (branches, runs,
-  items) and every read of it stays on the primary.
+  turns and runs (``SourceRead`` in :mod:`convo._replay_plan`). What a
+  replay writes (branches, runs, items), and every read of it, stays on the
+  primary.
 
 Everything else (turns, appends, context builds) stays on the primary: a
 replica lags its primary, and a build right after an append must see it.
 
 The reader is read-only twice over: at the database (see
-:func:`convo._engine.create_read_engine`), and in the store, which refuses a
-write plan before it opens a connection (:class:`~convo.ReadOnlyStoreError`).
+:func:`convo._engine.create_read_engine`), and in the store (a private
+subclass of the store's class), which refuses a write plan before it opens a
+connection (:class:`~convo.ReadOnlyStoreError`).
 Its schema is checked like the primary's, with advice that fits a replica.
 """
 
