@@ -111,8 +111,15 @@ def _worker_run(index: int, cfg: dict[str, Any], commands: Any, results: Any) ->
 
     kwargs = dict(cfg["engine_kwargs"])
     connect_args = dict(kwargs.pop("connect_args", {}))
-    connect_args["application_name"] = f"bench-w{index}"
+    # per run: PgBouncer's server connections keep the name of the last client they served
+    connect_args["application_name"] = f"bench-{cfg['tag']}-w{index}"
     store = Store(cfg["url"], connect_args=connect_args, **kwargs)
+    checkouts = [0]
+
+    def checked_out(*_: Any) -> None:
+        checkouts[0] += 1
+
+    sa.event.listen(store.engine, "checkout", checked_out)  # a pool event: no statement hooks
     client = OpenAIClient(base_url=cfg["base_url"], api_key="sk-bench", max_retries=0)
     threads = len(cfg["conversations"])
     chats = [Chat(store, client, model=MODEL, budget=cfg["budget"]) for _ in range(threads)]
@@ -163,6 +170,7 @@ def _worker_run(index: int, cfg: dict[str, Any], commands: Any, results: Any) ->
         _, start_at, duration = go
         time.sleep(max(0.0, start_at - time.time()))
         cpu0 = os.times()
+        checkouts[0] = 0
         in_threads(start_at + duration, 0)
         end = time.time()
         cpu1 = os.times()
@@ -171,6 +179,7 @@ def _worker_run(index: int, cfg: dict[str, Any], commands: Any, results: Any) ->
             "latencies": [x for xs in latencies for x in xs],
             "sent": sent,
             "cpu": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system),
+            "checkouts": checkouts[0],
             "errors": errors,
         }))
         close = commands.get()
@@ -234,7 +243,8 @@ class Postgres:
             warnings.simplefilter("ignore")  # platformdirs' XDG_RUNTIME_DIR warning
             import pgserver
 
-            self.server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+            self.server = pgserver.get_server(  # type: ignore[attr-defined]
+                self.pgdata, cleanup_mode="stop")
         base = sa.make_url(self.server.get_uri()).set(drivername="postgresql+psycopg")
         self.socket_dir = base.query["host"]
         self.admin = sa.create_engine(base, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
@@ -370,7 +380,9 @@ class Result:
     app_cpu: float = 0.0
     fake_cpu: float = 0.0
     bouncer_cpu: float = 0.0
+    checkouts: int = 0
     connections: Counter[str] = field(default_factory=Counter)
+    rounds: list[float] = field(default_factory=list)  # turns/s of each round (merged runs)
     load: str = ""
     errors: list[str] = field(default_factory=list)
     checked: str = ""
@@ -378,6 +390,24 @@ class Result:
     @property
     def rate(self) -> float:
         return self.turns / self.wall if self.wall else 0.0
+
+    def merge(self, other: Result) -> None:
+        """Add another round of the same configuration (interleaved runs)."""
+        if not self.rounds:
+            self.rounds = [self.rate]
+        self.rounds.append(other.rate)
+        self.turns += other.turns
+        self.wall += other.wall
+        self.latencies += other.latencies
+        self.db_cpu += other.db_cpu
+        self.app_cpu += other.app_cpu
+        self.fake_cpu += other.fake_cpu
+        self.bouncer_cpu += other.bouncer_cpu
+        self.checkouts += other.checkouts
+        self.connections = max(self.connections, other.connections, key=lambda c: sum(c.values()))
+        self.load += f", {other.load}"
+        self.errors += other.errors
+        self.checked += "; " + other.checked
 
     def pct(self, q: float) -> float:
         xs = sorted(self.latencies)
@@ -467,7 +497,7 @@ class Bench:
             got[index] = payload
         return got
 
-    def run(self, config: Config) -> Result:
+    def run(self, config: Config, duration: float) -> Result:
         assert self.pg is not None and self.fake is not None
         self.runs += 1
         tag = f"r{self.runs}-{uuid.uuid4().hex[:6]}"
@@ -494,19 +524,20 @@ class Bench:
         result.load = open("/proc/loadavg").read().split()[0]
         start_at = time.time() + 0.05 + 0.002 * n
         for w in range(n):
-            self.workers[w][1].put(("go", start_at, self.args.duration))
+            self.workers[w][1].put(("go", start_at, duration))
         time.sleep(max(0.0, start_at - time.time()))
-        cpu0 = (self.pg.cpu(), pid_cpu(self.fake.pid),
-                self.bouncer.cpu() if self.bouncer else 0.0)
-        done = self._collect("done", n, self.args.duration + 300)
-        cpu1 = (self.pg.cpu(), pid_cpu(self.fake.pid),
-                self.bouncer.cpu() if self.bouncer else 0.0)
-        result.connections = self.pg.backends()
+        bouncer = self.bouncer if config.via_pgbouncer else None
+        cpu0 = (self.pg.cpu(), pid_cpu(self.fake.pid), bouncer.cpu() if bouncer else 0.0)
+        done = self._collect("done", n, duration + 300)
+        cpu1 = (self.pg.cpu(), pid_cpu(self.fake.pid), bouncer.cpu() if bouncer else 0.0)
+        result.connections = Counter({k: v for k, v in self.pg.backends().items()
+                                      if k.startswith(f"bench-{tag}-")})
         for w in range(n):
             self.workers[w][1].put("close")
         self._collect("closed", n, 60)
         result.db_cpu, result.fake_cpu, result.bouncer_cpu = (b - a for a, b in zip(cpu0, cpu1))
         result.app_cpu = sum(d["cpu"] for d in done.values())
+        result.checkouts = sum(d["checkouts"] for d in done.values())
         result.wall = max(d["end"] for d in done.values()) - start_at
         result.latencies = [x for d in done.values() for x in d["latencies"]]
         result.turns = len(result.latencies)
@@ -528,7 +559,7 @@ def check(engine: sa.Engine, initial: dict[str, int], sent: dict[str, str]) -> s
     cids = list(initial)
     problems: list[str] = []
     bind = {"cids": cids}
-    expanding = sa.bindparam("cids", expanding=True)
+    expanding: Any = sa.bindparam("cids", expanding=True)
     with engine.connect() as conn:
         per_conv = conn.execute(sa.text(
             "SELECT c.id, c.last_seq, count(m.id), min(m.seq), max(m.seq), count(DISTINCT m.seq) "
@@ -553,7 +584,7 @@ def check(engine: sa.Engine, initial: dict[str, int], sent: dict[str, str]) -> s
         if not (count == distinct == hi == last_seq == want and lo == 1):
             problems.append(f"conversation {cid}: {count} messages, seqs {lo}..{hi} "
                             f"({distinct} distinct), last_seq {last_seq}, expected {want}")
-    user_keys = Counter()
+    user_keys: Counter[str] = Counter()
     for key, cid, k in users:
         user_keys[key] += k
         if sent.get(key) != cid:
@@ -604,24 +635,32 @@ def machine() -> str:
             f"Python {platform.python_version()}")
 
 
-def row(r: Result, first: str) -> str:
+def row(r: Result, first: str, pooler: bool) -> str:
     t = max(r.turns, 1)
-    busy = (r.db_cpu + r.app_cpu + r.fake_cpu + r.bouncer_cpu) / (r.wall * (os.cpu_count() or 1))
-    conns = sum(v for k, v in r.connections.items() if k.startswith("bench-"))
-    cells = [first, f"{r.turns}", f"{r.rate:,.0f}", f"{r.pct(0.5):.1f}", f"{r.pct(0.99):.1f}",
+    cpu = r.db_cpu + r.app_cpu + r.fake_cpu + r.bouncer_cpu
+    busy = cpu / (r.wall * (os.cpu_count() or 1)) if r.wall else 0.0
+    conns = sum(r.connections.values())
+    rate = f"{r.rate:,.0f}"
+    if len(r.rounds) > 1:
+        rate += " (" + ", ".join(f"{x:,.0f}" for x in r.rounds) + ")"
+    cells = [first, f"{r.turns}", rate, f"{r.pct(0.5):.1f}", f"{r.pct(0.99):.1f}",
              f"{r.db_cpu / t * 1000:.2f}", f"{r.app_cpu / t * 1000:.2f}",
-             f"{r.fake_cpu / t * 1000:.2f}", f"{r.wall:.1f}", f"{busy:.0%}",
-             f"{conns or sum(r.connections.values())}", r.load]
+             f"{r.fake_cpu / t * 1000:.2f}"]
+    if pooler:
+        cells.append(f"{r.bouncer_cpu / t * 1000:.2f}" if r.config.via_pgbouncer else "-")
+    cells += [f"{r.checkouts / t:.1f}", f"{r.wall:.1f}", f"{busy:.0%}",
+              f"{conns}", r.load]
     return "| " + " | ".join(cells) + " |"
 
 
-HEAD = ("| turns | turns/s | p50 ms | p99 ms | DB CPU ms/turn | app CPU ms/turn | "
-        "fake CPU ms/turn | wall s | CPU busy | server conns | load 1m |")
-
-
-def table(results: list[Result], first: str) -> list[str]:
-    head = f"| {first} " + HEAD
-    return [head, "|" + "---|" * (head.count("|") - 1), *(row(r, r.config.label) for r in results)]
+def table(results: list[Result], first: str, pooler: bool = False) -> list[str]:
+    head = [first, "turns", "turns/s", "p50 ms", "p99 ms", "DB CPU ms/turn", "app CPU ms/turn",
+            "fake CPU ms/turn", *(["PgBouncer CPU ms/turn"] if pooler else []),
+            "pool checkouts/turn", "wall s", "CPU busy", "server conns", "load 1m"]
+    line = "| " + " | ".join(head) + " |"
+    text = first.count("|") + 1  # the label may be two columns ("workload | processes")
+    return [line, "|" + "---|" * text + "---:|" * (line.count("|") - 1 - text),
+            *(row(r, r.config.label, pooler) for r in results)]
 
 
 def main() -> None:
@@ -635,6 +674,10 @@ def main() -> None:
     parser.add_argument("--synchronous-commit", default="on", help="PostgreSQL setting")
     parser.add_argument("--no-pooling", dest="pooling", action="store_false",
                         help="skip the connection pooling runs")
+    parser.add_argument("--pooling-duration", type=float, default=4.0,
+                        help="timed seconds per pooling run")
+    parser.add_argument("--pooling-rounds", type=int, default=2,
+                        help="interleaved rounds of the pooling runs")
     parser.add_argument("--pgbouncer", default=shutil.which("pgbouncer") or "/usr/sbin/pgbouncer",
                         help="pgbouncer binary for the transaction-mode runs ('' skips them)")
     parser.add_argument("--output", help="also write the markdown report here")
@@ -654,7 +697,7 @@ def main() -> None:
         assert bench.pg is not None
         for workload in workloads:
             for n in procs:
-                r = bench.run(Config(f"{workload} | {n}", workload, n))
+                r = bench.run(Config(f"{workload} | {n}", workload, n), args.duration)
                 print(f"  {workload:8} {n} processes: {r.rate:7.1f} turns/s, p50 {r.pct(.5):.1f} "
                       f"ms, p99 {r.pct(.99):.1f} ms; {r.checked}", file=sys.stderr)
                 main_results.append(r)
@@ -689,11 +732,20 @@ def main() -> None:
                 ]
             else:
                 notes.append(f"PgBouncer runs skipped: no binary at {args.pgbouncer!r}")
-            for config in variants:
-                r = bench.run(config)
-                status = r.checked or f"{len(r.errors)} failed turns: {r.errors[:1]}"
-                print(f"  {config.label}: {r.rate:7.1f} turns/s; {status}", file=sys.stderr)
-                pool_results.append(r)
+            merged: dict[str, Result] = {}
+            for rnd in range(args.pooling_rounds):
+                shift = rnd % len(variants)
+                for config in variants[shift:] + variants[:shift]:
+                    if config.expect_failures and rnd:
+                        continue  # shown once
+                    r = bench.run(config, args.pooling_duration)
+                    status = r.checked or f"{len(r.errors)} failed turn loops: {r.errors[:1]}"
+                    print(f"  {config.label}: {r.rate:7.1f} turns/s; {status}", file=sys.stderr)
+                    if config.label in merged:
+                        merged[config.label].merge(r)
+                    else:
+                        merged[config.label] = r
+            pool_results = [merged[c.label] for c in variants]
     finally:
         bench.close()
     pg = bench.pg
@@ -717,14 +769,19 @@ def main() -> None:
         "`ok` run per user message, no `pending`/`failed` run, no duplicate key.",
     ]
     if pool_results:
-        out += ["", "### Connection pooling", "", *table(pool_results, "configuration")]
+        out += ["", "### Connection pooling", "",
+                f"Each configuration ran {args.pooling_rounds} times for {args.pooling_duration:g} s, "
+                "interleaved (the order rotating every round); turns/s is over all rounds, "
+                "each round's in parentheses.", "",
+                *table(pool_results, "configuration", pooler=bench.bouncer is not None)]
         if bench.bouncer is not None:
             out += ["", f"PgBouncer: {bench.bouncer.version}, pool_mode=transaction, "
                     "default_pool_size=4 (server conns counts the server side)."]
         for r in pool_results:
             if r.errors:
-                out.append(f"\n{r.config.label}: {len(r.errors)} of the workers' turn loops "
-                           f"failed, e.g. `{r.errors[0][:300]}`")
+                out.append(f"\n{r.config.label}: {len(r.errors)} failures in "
+                           f"{r.config.processes * r.config.threads} turn loops (warm-up and "
+                           f"timed; a loop stops at its first), e.g. `{r.errors[0][:300]}`")
     out += [f"\n{n}" for n in notes]
     report = "\n".join(out)
     print(report)
