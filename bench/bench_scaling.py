@@ -61,6 +61,7 @@ import json
 import os
 import platform
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -487,9 +488,14 @@ class Bench:
         deadline = time.time() + timeout
         while len(got) < n:
             try:
-                what, index, payload = self.results.get(timeout=max(0.1, deadline - time.time()))
+                what, index, payload = self.results.get(timeout=1.0)
             except queue.Empty:
-                raise RuntimeError(f"workers did not report {kind!r} in {timeout:.0f} s") from None
+                dead = [i for i, (proc, _) in enumerate(self.workers) if not proc.is_alive()]
+                if dead:
+                    raise RuntimeError(f"worker process(es) {dead} died") from None
+                if time.time() > deadline:
+                    raise RuntimeError(f"workers did not report {kind!r} in {timeout:.0f} s") from None
+                continue
             if what == "error":
                 raise RuntimeError(f"worker {index} failed:\n{payload}")
             if what != kind:
@@ -549,6 +555,71 @@ class Bench:
         if not config.expect_failures:
             result.checked = check(self.pg.engine, initial, sent)
         return result
+
+
+# --- what a turn leaves in the server session (PgBouncer transaction mode) ------------------
+
+# Statements that leave state in the server session, which a transaction-mode pool
+# hands to another client after the transaction (SET LOCAL / SET TRANSACTION and
+# pg_advisory_xact_lock end with the transaction, so they are fine).
+SESSION_STATE = re.compile(
+    r"^\s*(SET\s+(?!LOCAL\b|TRANSACTION\b|SESSION\s+CHARACTERISTICS)|RESET\b|LISTEN\b|UNLISTEN\b|"
+    r"PREPARE\b|DECLARE\b.*\bWITH\s+HOLD\b|CREATE\s+(GLOBAL\s+|LOCAL\s+)?TEMP(ORARY)?\b|"
+    r"LOAD\b|DISCARD\b)|\bpg_(try_)?advisory_lock(_shared)?\s*\(|\bset_config\s*\(.*false\s*\)",
+    re.IGNORECASE | re.DOTALL,
+)
+LOGGED = re.compile(r"\] bench-(?P<tag>[^ ]+)-w\d+ LOG:  (statement|execute (?P<name>[^:]+)): (?P<sql>.*)")
+
+
+def audit_session_state(bench: Bench, duration: float) -> dict[str, Any]:
+    """Log every statement of a 1-process run (connect, warm-up, turns, close) and look
+    for session state and named (server-side) prepared statements."""
+    pg = bench.pg
+    assert pg is not None
+    log = os.path.join(pg.pgdata, "log")
+    with pg.admin.connect() as conn:
+        conn.exec_driver_sql("ALTER SYSTEM SET log_line_prefix = '%%m [%%p] %%a '")
+        conn.exec_driver_sql("SELECT pg_reload_conf()")
+        conn.exec_driver_sql("ALTER DATABASE bench SET log_statement = 'all'")
+        conn.exec_driver_sql("CREATE DATABASE bench_migrate")
+        conn.exec_driver_sql("ALTER DATABASE bench_migrate SET log_statement = 'all'")
+    offset = os.path.getsize(log)
+    try:
+        result = bench.run(Config("session audit", "separate", 1), duration)
+        # and a migration (Store.migrate() / `convo db upgrade`) of an empty database
+        from convo import Store
+
+        url = sa.make_url(pg.url).set(database="bench_migrate")
+        with Store(url, connect_args={"application_name": "bench-migrate-w0"}) as store:
+            store.migrate()
+    finally:
+        with pg.admin.connect() as conn:
+            conn.exec_driver_sql("ALTER DATABASE bench RESET log_statement")
+    time.sleep(0.2)  # the server's log lines of the closing connection
+    kinds: Counter[str] = Counter()
+    named = 0
+    state: list[str] = []
+    migration: list[str] = []
+    with open(log, errors="replace") as f:
+        f.seek(offset)
+        for line in f:
+            m = LOGGED.search(line)
+            if m is None:
+                continue
+            if m["tag"] == "migrate":
+                if SESSION_STATE.search(m["sql"]):
+                    migration.append(m["sql"].strip()[:120])
+                continue
+            sql_text = m["sql"].strip()
+            kinds[sql_text.split(None, 1)[0].upper() if sql_text else "?"] += 1
+            if (m["name"] or "<unnamed>") != "<unnamed>":
+                named += 1
+            if SESSION_STATE.search(sql_text):
+                state.append(sql_text[:120])
+    turns = result.turns + bench.args.warmup
+    return {"turns": turns, "statements": sum(kinds.values()), "kinds": kinds,
+            "named": named, "session_state": state, "migration": migration,
+            "checked": result.checked}
 
 
 # --- nothing lost, nothing duplicated --------------------------------------------------------
@@ -692,6 +763,7 @@ def main() -> None:
     main_results: list[Result] = []
     pool_results: list[Result] = []
     notes: list[str] = []
+    audit: dict[str, Any] = {}
     try:
         bench.start(max(procs + ([4] if args.pooling else [])))
         assert bench.pg is not None
@@ -702,6 +774,10 @@ def main() -> None:
                       f"ms, p99 {r.pct(.99):.1f} ms; {r.checked}", file=sys.stderr)
                 main_results.append(r)
         if args.pooling:
+            audit = audit_session_state(bench, min(args.pooling_duration, 2.0))
+            print(f"  session audit: {audit['statements']} statements, {audit['named']} named, "
+                  f"session state {audit['session_state']}, migration {audit['migration']}",
+                  file=sys.stderr)
             variants = [
                 Config("2 processes, defaults (pool_size=5, pre-ping off, prepare_threshold=5)",
                        "separate", 2),
@@ -768,6 +844,24 @@ def main() -> None:
         "Every run checked: seqs contiguous, one user message per turn sent, one reply and one "
         "`ok` run per user message, no `pending`/`failed` run, no duplicate key.",
     ]
+    if audit:
+        kinds = ", ".join(f"{k} {v}" for k, v in audit["kinds"].most_common())
+        out += ["", "### Session state (PgBouncer transaction mode)", "",
+                f"Every statement the server received from one process running "
+                f"{audit['turns']} turns (connect, warm-up, timed turns, close; "
+                f"`log_statement=all`): {audit['statements']} statements "
+                f"({audit['statements'] / max(audit['turns'], 1):.1f} per turn: {kinds}). "
+                f"Statements that leave state in the session (SET, RESET, LISTEN, PREPARE, "
+                f"DECLARE ... WITH HOLD, CREATE TEMP, session advisory locks, set_config(..., "
+                f"false), DISCARD, LOAD): "
+                + ("**none**" if not audit["session_state"] else
+                   "; ".join(f"`{x}`" for x in audit["session_state"]))
+                + f". Executed as named server-side prepared statements (psycopg's default "
+                f"`prepare_threshold=5`): {audit['named']} of {audit['statements']}. "
+                "A migration (`Store.migrate()` of an empty database) sends: "
+                + ("nothing of that kind" if not audit["migration"] else
+                   "; ".join(f"`{x}`" for x in sorted(set(audit["migration"]))))
+                + "."]
     if pool_results:
         out += ["", "### Connection pooling", "",
                 f"Each configuration ran {args.pooling_rounds} times for {args.pooling_duration:g} s, "
