@@ -844,6 +844,12 @@ def main() -> None:
         "Every run checked: seqs contiguous, one user message per turn sent, one reply and one "
         "`ok` run per user message, no `pending`/`failed` run, no duplicate key.",
     ]
+    cpus = os.cpu_count() or 1
+    if max(procs) > cpus:
+        out += ["", f"This machine has {cpus} CPUs: rows with more than {cpus} processes (and "
+                "the threaded ones) measure contention for the CPUs, not PostgreSQL's limit; "
+                "CPU busy is this benchmark's share of all CPUs (other load on the machine "
+                "is not counted)."]
     if audit:
         kinds = ", ".join(f"{k} {v}" for k, v in audit["kinds"].most_common())
         out += ["", "### Session state (PgBouncer transaction mode)", "",
