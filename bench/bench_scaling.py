@@ -36,7 +36,13 @@ count grew by exactly 2 per turn sent, the user messages are exactly the keys
 sent (one each), one assistant reply per user message (key ``<key>#r0``), one
 ``ok`` run per key pointing at that reply, and no ``pending``/``failed`` run.
 
-Connection pooling section (``--pooling``, default on): the same 2-process
+Session state (with the pooling section): every statement the server receives
+from one worker running turns, and from a migration, is logged
+(``log_statement=all``) and searched for what a transaction-mode pooler cannot
+carry (SET, LISTEN, PREPARE, temporary tables, WITH HOLD cursors, session
+advisory locks...); named (server-side prepared) executions are counted.
+
+Connection pooling section (on unless ``--no-pooling``): the same 2-process
 "separate" run with the pool and driver settings that matter for deployment
 (pool_size 1 vs 5, ``pool_pre_ping`` on, psycopg's server-side prepared
 statements off), a threaded variant (one process, 4 threads, each thread its
@@ -45,7 +51,10 @@ process really holds (``pg_stat_activity``, by ``application_name``), and,
 when a ``pgbouncer`` binary is found (``--pgbouncer``), runs through PgBouncer
 in transaction mode: with ``prepare_threshold=None`` (checked like every run)
 and with psycopg's default (prepared statements after 5 executions), whose
-failures are reported, not raised.
+failures are reported, not raised. PgBouncer is not a Python package: on
+Debian/Ubuntu ``apt-get install pgbouncer`` (the script starts its own
+instance on a free loopback port; as root it runs it as the PostgreSQL
+server's user, since PgBouncer refuses to run as root).
 
 Run (prints a markdown report; ``--output`` also writes it to a file)::
 
