@@ -16,6 +16,7 @@ against the models' own published templates, quoted below with their origin.
 from __future__ import annotations
 
 import copy
+import datetime as _dt
 import json
 from pathlib import Path
 from typing import Any
@@ -465,6 +466,26 @@ REASONING = [
 ]
 
 
+class _FrozenClock(_dt.datetime):
+    """``datetime`` whose ``now()`` never moves: templates that print the date
+    (``strftime_now``) render the same text in both renderers even when the
+    two renders straddle a second."""
+
+    @classmethod
+    def now(cls, tz: Any = None) -> Any:  # type: ignore[override]
+        return _dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=tz)
+
+
+@pytest.fixture(autouse=True)
+def _frozen_strftime_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    import transformers.utils.chat_template_utils as hf_utils
+
+    import convo._jinja_env as ours
+
+    monkeypatch.setattr(ours, "datetime", _FrozenClock)
+    monkeypatch.setattr(hf_utils, "datetime", _FrozenClock)
+
+
 def _more(name: str) -> tuple[str, JinjaChatTemplate, dict[str, str]]:
     source = (REFERENCE / "more" / name).read_text(encoding="utf-8")
     meta = json.loads((REFERENCE / "more" / name).with_suffix(".json").read_text(encoding="utf-8"))
@@ -522,3 +543,13 @@ def test_reasoning_is_left_to_the_template_only_when_it_consumes_it() -> None:
     out = echo.render(REASONING)
     assert out.count("<think>") == 1 and out.count("</think>") == 0
     assert "Add them." in out
+
+
+def test_templates_that_print_the_date_see_the_frozen_clock() -> None:
+    # Hunyuan prints strftime_now(...) with tools: both renderers must read the
+    # fixture's clock, or the comparison above flakes when a second ticks between them
+    source, template, tokens = _more("hunyuan-a13b-instruct.jinja")
+    ours = template.render(CONVERSATIONS["with_tools"], tools=TOOLS)
+    theirs = hf_render(source, CONVERSATIONS["with_tools"], gen=True, tools=TOOLS, **tokens)
+    assert "2026-01-02 03:04:05" in ours
+    assert "2026-01-02 03:04:05" in theirs
