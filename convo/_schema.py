@@ -100,10 +100,17 @@ class UTCDateTime(TypeDecorator[datetime]):
         general = super().bind_processor(dialect)
         if dialect.name != "sqlite" or general is None:
             return general
+        # the last (datetime, text): a bulk insert binds one stamp to every row
+        last: list[tuple[Any, str]] = [(None, "")]
 
         def process(value: Any) -> Any:
             if type(value) is datetime and value.tzinfo is UTC:
-                return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+                seen, text = last[0]  # (one tuple: consistent under threads)
+                if seen is value:
+                    return text
+                text = value.replace(tzinfo=None).isoformat(" ", "microseconds")
+                last[0] = (value, text)
+                return text
             return general(value)
 
         return process

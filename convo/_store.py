@@ -422,7 +422,9 @@ class Store:
         owner: str | None = None,
     ) -> list[StoredMessage]:
         """Append messages with consecutive sequence numbers, in one transaction (all or nothing)."""
-        return self._run(core.append_many(conversation_id, messages, owner=owner), "write")
+        return self._run(
+            core.append_many(conversation_id, messages, owner=owner), "write", direct=True
+        )
 
     def messages(
         self,

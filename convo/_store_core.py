@@ -46,6 +46,7 @@ from ._messages import Message, parse_message
 from ._records import Conversation, ReplyInfo, StoredMessage, Summary
 from ._store_input import ENCODING_MAX, INT32_MAX, check_int, check_text, check_values, checked
 from ._store_rows import (
+    VALUE_COLUMNS,
     check_pinnable,
     check_short,
     construct,
@@ -53,7 +54,7 @@ from ._store_rows import (
     decode_cursor,
     encode_cursor,
     message_from_row,
-    message_params,
+    message_values,
     new_conversation_id,
     stored_message,
     summary_from_row,
@@ -367,12 +368,11 @@ def append(
     dialect: str,
 ) -> Plan[StoredMessage]:
     msg = parse_message(message)
-    values = message_params(msg, pinned=pinned, idempotency_key=idempotency_key, reply=reply)
+    values = message_values(msg, pinned=pinned, idempotency_key=idempotency_key, reply=reply)
     stamp = now()
     params = {"cid": conversation_id, "n": 1, "now": stamp}
     if idempotency_key is None and dialect == "postgresql":
-        single = {f"m_{k}": v for k, v in values.items()}
-        single.update(params)
+        single = _single_params(values, params)
         row = yield Op(
             sql.append_returning_seq(_scope(single, owner)), single, "first", driver=True
         )
@@ -396,6 +396,19 @@ def append(
     return (
         yield from _insert(conversation_id, seq, msg, values, stamp, idempotency_key, dialect)
     )
+
+
+#: :func:`convo._store_sql.append_returning_seq` binds every message column ("m_" names)
+_SINGLE_NULLS = {f"m_{c}": None for c in VALUE_COLUMNS}
+
+
+def _single_params(values: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters of the one-statement append: the counter's, and every column."""
+    single = dict(_SINGLE_NULLS)
+    for k, v in values.items():
+        single[f"m_{k}"] = v
+    single.update(params)
+    return single
 
 
 def insert_message(values: dict[str, Any], dialect: str) -> Op:
@@ -452,13 +465,12 @@ def append_current(
     and the message. With a key already stored in that view (inherited rows of a
     branch included), the stored message comes back and nothing is written."""
     msg = parse_message(message)
-    values = message_params(msg, pinned=None, idempotency_key=idempotency_key, reply=None)
+    values = message_values(msg, pinned=None, idempotency_key=idempotency_key, reply=None)
     stamp = now()
     params: dict[str, Any] = {"cid": conversation_id, "now": stamp}
     scoped = _scope(params, owner)
     if idempotency_key is None and dialect == "postgresql":
-        single = {f"m_{k}": v for k, v in values.items()}
-        single.update(params)
+        single = _single_params(values, params)
         row = yield Op(sql.append_returning_seq(scoped, True), single, "first", driver=True)
         if row is None:
             raise ConversationNotFound(conversation_id, owner=owner)
@@ -507,27 +519,37 @@ def append_many(
             f"messages must be a list of messages (Message or dict), not {type(messages).__name__}"
         )
     msgs = [parse_message(m) for m in messages]
-    rows = [message_params(m, pinned=None, idempotency_key=None, reply=None) for m in msgs]
+    rows = [message_values(m, pinned=None, idempotency_key=None, reply=None) for m in msgs]
     if not rows:
         yield from get_conversation(conversation_id, owner=owner)  # still say "not found"
         return []
     stamp = now()
     params = {"cid": conversation_id, "n": len(rows), "now": stamp}
-    last = yield Op(sql.bump_seq(_scope(params, owner)), params, "scalar")
+    last = yield Op(sql.bump_seq(_scope(params, owner)), params, "scalar", driver=True)
     if last is None:
         raise ConversationNotFound(conversation_id, owner=owner)
     first = last - len(rows) + 1
-    for i, values in enumerate(rows):
-        values.update(conversation_id=conversation_id, seq=first + i, created_at=stamp)
-    # A plain executemany (sqlite3's C loop, psycopg's pipeline), then the ids
-    # of the seq range we hold the counter lock for: several times faster than
-    # INSERT ... RETURNING in batches, whose huge statements psycopg re-parses.
-    yield Op(sql.INSERT_PLAIN, rows, "none")
-    ids = yield Op(sql.IDS_IN_RANGE, {"cid": conversation_id, "lo": first, "hi": last})
+    # One column list for the batch: the columns any of its messages has (a
+    # plain chat: role, content, pinned), NULL where a message has none.
+    given = set().union(*rows)
+    template = {c: None for c in VALUE_COLUMNS if c in given}
+    template.update(conversation_id=conversation_id, seq=0, created_at=stamp)
+    batch = []
+    for seq, values in enumerate(rows, first):
+        row = {**template, **values}
+        row["seq"] = seq
+        batch.append(row)
+    # A plain executemany on the driver (sqlite3's C loop, psycopg's pipeline),
+    # then the ids of the seq range we hold the counter lock for: several times
+    # faster than INSERT ... RETURNING in batches, whose huge statements psycopg
+    # re-parses.
+    yield Op(sql.INSERT_PLAIN, batch, "none", driver=True)
+    ids = yield Op(sql.IDS_IN_RANGE, {"cid": conversation_id, "lo": first, "hi": last},
+                   driver=True)
     return [
-        stored_message(m, v, id=r[0], conversation_id=conversation_id, seq=v["seq"],
+        stored_message(m, v, id=r[0], conversation_id=conversation_id, seq=seq,
                        created_at=stamp)
-        for m, v, r in zip(msgs, rows, ids, strict=True)
+        for seq, (m, v, r) in enumerate(zip(msgs, rows, ids, strict=True), first)
     ]
 
 

@@ -22,6 +22,7 @@ there; only the statements in between skip the ``Connection`` machinery.
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,10 +51,8 @@ class DriverStatement:
 
     stmt: Executable  # kept so the cache key (its id) stays unique
     sql: str
-    #: qmark/format styles: (bind name, its processor) in bind order; None: named style
-    positional: tuple[tuple[str, Processor | None], ...] | None
-    binds: tuple[tuple[str, Processor], ...]  # named style: the binds that have processors
-    defaults: Mapping[str, Any]
+    #: the DBAPI parameters of one parameter set (see :func:`_binder`)
+    bind: Callable[[Mapping[str, Any]], tuple[Any, ...] | dict[str, Any]]
     processors: tuple[Processor | None, ...]
     returns_rows: bool
     #: the result columns' types, for processors that depend on the driver's type
@@ -72,18 +71,65 @@ class DriverStatement:
 
     def args(self, params: Mapping[str, Any] | None) -> tuple[Any, ...] | dict[str, Any]:
         """The DBAPI parameters for ``params`` (processed as SQLAlchemy would)."""
-        given = params or {}
-        if self.positional is not None:
-            defaults = self.defaults
-            out = []
-            for name, proc in self.positional:
-                value = given[name] if name in given else defaults[name]
-                out.append(value if proc is None else proc(value))
-            return tuple(out)
-        merged = {**self.defaults, **given}
-        for name, proc in self.binds:
-            merged[name] = proc(merged[name])
-        return merged
+        return self.bind(params or _EMPTY)
+
+
+_EMPTY: Mapping[str, Any] = {}
+
+
+def _none_to_none(proc: Processor) -> bool:
+    """Whether ``proc`` binds None as None (SQL NULL), so a None can skip the call:
+    the processors of convo's columns (JSON with ``none_as_null``, datetimes,
+    booleans) all do; one that does not (plain JSON writes ``'null'``) is called."""
+    try:
+        return proc(None) is None
+    except Exception:  # noqa: BLE001 - refuses None: leave it to the processor
+        return False
+
+
+def _binder(
+    positional: tuple[str, ...] | None,
+    procs: Mapping[str, Processor],
+    defaults: Mapping[str, Any],
+) -> Callable[[Mapping[str, Any]], Any]:
+    """A function turning one parameter set into the DBAPI's parameters, written out
+    for the statement's binds (as :func:`_converter` is for result rows): per bind,
+    the value given or the statement's literal default, through its bind processor.
+
+    The hot path binds every statement of a turn and every row of a bulk insert;
+    a loop over the binds with a lookup per name cost several times the
+    generated expression. Positional styles (qmark, format) get a tuple in bind
+    order; named styles a dict of the defaults updated with the given values (as
+    SQLAlchemy passes them), the processed binds replaced.
+    """
+    namespace: dict[str, Any] = {}
+
+    def value(i: int, name: str, given: str) -> str:
+        key = repr(name)
+        if given == "p" and name in defaults:
+            namespace[f"d{i}"] = defaults[name]
+            raw = f"p.get({key}, d{i})"
+        else:
+            raw = f"{given}[{key}]"
+        proc = procs.get(name)
+        if proc is None:
+            return raw
+        namespace[f"f{i}"] = proc
+        if _none_to_none(proc):
+            return f"(f{i}(v) if (v := {raw}) is not None else None)"
+        return f"f{i}({raw})"
+
+    if positional is not None:
+        items = [value(i, name, "p") for i, name in enumerate(positional)]
+        body = f"    return ({''.join(item + ', ' for item in items)})\n"
+    else:
+        namespace["defaults"] = dict(defaults)
+        body = "    out = {**defaults, **p}\n" + "".join(
+            f"    out[{name!r}] = {value(i, name, 'out')}\n" for i, name in enumerate(procs)
+        ) + "    return out\n"
+    exec("def bind(p):\n" + body, namespace)  # noqa: S102 - generated from bind names only
+    bind: Callable[[Mapping[str, Any]], Any] = namespace["bind"]
+    return bind
 
 
 def observed(conn: Any) -> bool:
@@ -116,7 +162,9 @@ def _keys(stmt: Executable, params: Any) -> tuple[tuple[str, ...] | None, bool]:
         return None, False
     many = _many(params)
     first = params[0] if many else params
-    return tuple(sorted(first or ())), many
+    # the names in the caller's order: a plan passes its keys in one order, and
+    # sorting them cost more than the rest of the lookup
+    return tuple(first or ()), many
 
 
 def prepare(dialect: Dialect, stmt: Executable, params: Any = None) -> DriverStatement:
@@ -152,17 +200,14 @@ def prepare(dialect: Dialect, stmt: Executable, params: Any = None) -> DriverSta
     prepared = DriverStatement(
         stmt=stmt,
         sql=compiled.string,
-        positional=(
-            tuple((name, bind_procs.get(name)) for name in compiled.positiontup)
-            if compiled.positional
-            else None
+        bind=_binder(
+            tuple(compiled.positiontup) if compiled.positional else None,
+            bind_procs,
+            # literal binds (e.g. LIMIT defaults, status = 'pending'); required ones
+            # come with each call
+            {k: bp.value for k, bp in compiled.binds.items()
+             if not bp.required and bp.value is not None},
         ),
-        binds=tuple(bind_procs.items()),
-        # literal binds (e.g. LIMIT defaults, status = 'pending'); required ones come
-        # with each call
-        defaults={
-            k: bp.value for k, bp in compiled.binds.items() if not bp.required and bp.value is not None
-        },
         processors=processors,
         returns_rows=bool(compiled._result_columns),
         result_types=types,
@@ -302,9 +347,10 @@ def execute(conn: Connection, stmt: Executable, params: Any, how: str) -> Any:
 
 def bind_args(prepared: DriverStatement, params: Any) -> Any:
     """The DBAPI parameters of ``params``: one set, or a list of them (executemany)."""
+    bind = prepared.bind
     if _many(params):
-        return [prepared.args(p) for p in params]  # executemany
-    return prepared.args(params)
+        return [bind(p) for p in params]  # executemany
+    return bind(params or _EMPTY)
 
 
 def execute_dbapi(dialect: Dialect, dbapi_conn: Any, stmt: Executable, params: Any, how: str) -> Any:
@@ -390,23 +436,30 @@ _CONNECTION_EVENTS = (
 _DIALECT_EVENTS = ("handle_error", "do_execute", "do_executemany", "do_execute_no_params")
 
 
+_connection_events = operator.attrgetter(*_CONNECTION_EVENTS)
+_dialect_events = operator.attrgetter(*_DIALECT_EVENTS)
+
+
 def direct_ok(engine: Any, begin_hook: Callable[..., Any]) -> bool:
     """Whether plans may run on a pooled DBAPI connection of ``engine`` without a
     SQLAlchemy ``Connection``: SQLite, nothing logged or echoed, and no event
     listeners on the engine but convo's own ``begin`` hook (whose ``BEGIN
-    IMMEDIATE`` the direct path issues itself)."""
+    IMMEDIATE`` the direct path issues itself).
+
+    Asked before every direct plan (a listener may be added at any time), so the
+    listener collections are fetched in one call each and ``begin`` is read
+    through its two lists rather than iterated."""
     if engine.dialect.name != "sqlite" or engine._should_log_info():
         return False
     d = engine.dispatch
-    for name in _CONNECTION_EVENTS:
-        if getattr(d, name):
-            return False
-    dd = engine.dialect.dispatch
-    for name in _DIALECT_EVENTS:
-        if getattr(dd, name):
-            return False
-    begin = list(d.begin)
-    return len(begin) == 1 and begin[0] is begin_hook
+    if any(_connection_events(d)) or any(_dialect_events(engine.dialect.dispatch)):
+        return False
+    begin = d.begin
+    try:
+        own, inherited = begin.listeners, begin.parent_listeners
+    except AttributeError:  # no instance-level listener at all (not convo's engine)
+        return False
+    return not inherited and len(own) == 1 and own[0] is begin_hook
 
 
 def run_direct(
