@@ -45,6 +45,7 @@ __all__ = [
     "dump_messages",
     "load_messages",
     "parse_message",
+    "parse_messages",
 ]
 
 Role: TypeAlias = Literal["system", "developer", "user", "assistant", "tool"]
@@ -228,10 +229,17 @@ class Message(BaseModel):
 _WIRE_FIELDS = {"role", "content", "name", "tool_calls", "refusal", "tool_call_id"}
 
 _MESSAGE_LIST: TypeAdapter[list[Message]] = TypeAdapter(list[Message])
+# what Message.model_validate runs, without its wrapper (the store's hot path)
+_validate_message = Message.__pydantic_validator__.validate_python
 
 
 def parse_message(value: Message | Mapping[str, Any]) -> Message:
     """A :class:`Message` from a message or a dict; raises :class:`InvalidMessageError`."""
+    if type(value) is dict:  # the common case first (no ABC check, no copy needed)
+        try:
+            return _validate_message(value)  # type: ignore[no-any-return]
+        except ValidationError as exc:
+            raise InvalidMessageError(_explain(exc)) from exc
     if isinstance(value, Message):
         return value
     if not isinstance(value, Mapping):
@@ -242,6 +250,21 @@ def parse_message(value: Message | Mapping[str, Any]) -> Message:
         return Message.model_validate(dict(value))
     except ValidationError as exc:
         raise InvalidMessageError(_explain(exc)) from exc
+
+
+def parse_messages(values: Iterable[Message | Mapping[str, Any]]) -> list[Message]:
+    """:func:`parse_message` of each value (the same messages, the same errors).
+
+    A list of plain dicts, what a bulk append or an import hands over, is
+    validated in one call rather than one call a message; anything else, or a
+    list that fails, goes message by message (so the error names the message).
+    """
+    if type(values) is list and all(type(v) is dict for v in values):
+        try:
+            return _MESSAGE_LIST.validate_python(values)
+        except ValidationError:
+            pass
+    return [parse_message(v) for v in values]
 
 
 def load_messages(data: str | bytes | Iterable[Message | dict[str, Any]]) -> list[Message]:

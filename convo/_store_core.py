@@ -23,7 +23,9 @@ soon as the limit is filled, so reading the tail never loads the thread.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable, Mapping, Sequence
+import gc
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
@@ -42,7 +44,7 @@ from ._exceptions import (
     MessageNotFound,
     StoreInputError,
 )
-from ._messages import Message, parse_message
+from ._messages import Message, parse_message, parse_messages
 from ._records import Conversation, ReplyInfo, StoredMessage, Summary
 from ._store_input import ENCODING_MAX, INT32_MAX, check_int, check_text, check_values, checked
 from ._store_rows import (
@@ -73,7 +75,7 @@ Mode: TypeAlias = Literal["read", "write", "single"]
 C, M, TK, S = sql.C, sql.M, sql.TK, sql.S
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # (not frozen: its __init__ costs twice as much, per statement)
 class Op:
     """One statement for a shell to execute, and what to hand back to the plan.
 
@@ -518,8 +520,9 @@ def append_many(
         raise InvalidMessageError(
             f"messages must be a list of messages (Message or dict), not {type(messages).__name__}"
         )
-    msgs = [parse_message(m) for m in messages]
-    rows = [message_values(m, pinned=None, idempotency_key=None, reply=None) for m in msgs]
+    with _collector_paused():
+        msgs = parse_messages(messages)
+        rows = [message_values(m, pinned=None, idempotency_key=None, reply=None) for m in msgs]
     if not rows:
         yield from get_conversation(conversation_id, owner=owner)  # still say "not found"
         return []
@@ -532,25 +535,50 @@ def append_many(
     # One column list for the batch: the columns any of its messages has (a
     # plain chat: role, content, pinned), NULL where a message has none.
     given = set().union(*rows)
-    template = {c: None for c in VALUE_COLUMNS if c in given}
-    template.update(conversation_id=conversation_id, seq=0, created_at=stamp)
-    batch = []
+    width = len(given)
     for seq, values in enumerate(rows, first):
-        row = {**template, **values}
-        row["seq"] = seq
-        batch.append(row)
+        if len(values) < width:
+            for column in sorted(given.difference(values)):
+                values[column] = None
+        values["conversation_id"] = conversation_id
+        values["seq"] = seq
+        values["created_at"] = stamp
     # A plain executemany on the driver (sqlite3's C loop, psycopg's pipeline),
     # then the ids of the seq range we hold the counter lock for: several times
     # faster than INSERT ... RETURNING in batches, whose huge statements psycopg
     # re-parses.
-    yield Op(sql.INSERT_PLAIN, batch, "none", driver=True)
+    yield Op(sql.INSERT_PLAIN, rows, "none", driver=True)
     ids = yield Op(sql.IDS_IN_RANGE, {"cid": conversation_id, "lo": first, "hi": last},
                    driver=True)
-    return [
-        stored_message(m, v, id=r[0], conversation_id=conversation_id, seq=seq,
-                       created_at=stamp)
-        for seq, (m, v, r) in enumerate(zip(msgs, rows, ids, strict=True), first)
-    ]
+    with _collector_paused():
+        return [
+            stored_message(m, v, id=r[0], conversation_id=conversation_id, seq=v["seq"],
+                           created_at=stamp)
+            for m, v, r in zip(msgs, rows, ids, strict=True)
+        ]
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a bulk append builds its values.
+
+    Building a batch allocates several containers a message (the validated
+    message, its column values, the stored message), all still alive when the
+    collector runs, so each collection traverses them for nothing (they are
+    freed by reference counting; none forms a cycle): with the collector on, a
+    batch of 1,000 messages took ~1.4x as long. Only CPU work runs inside (never
+    a statement: a plan's shell may wait at a yield), and the collector is
+    switched back on only if it was on.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
 
 
 @checked

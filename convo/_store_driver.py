@@ -155,23 +155,27 @@ def _many(params: Any) -> bool:
     return isinstance(params, Sequence) and not isinstance(params, Mapping)
 
 
-def _keys(stmt: Executable, params: Any) -> tuple[tuple[str, ...] | None, bool]:
-    """What an INSERT / UPDATE is compiled for: the parameter names, executemany or not
-    (SQLAlchemy compiles the VALUES / SET clauses from the first parameter set)."""
+def _keys(stmt: Executable, params: Any, many: bool) -> tuple[str, ...] | None:
+    """What an INSERT / UPDATE is compiled for: the parameter names (SQLAlchemy
+    compiles the VALUES / SET clauses from the first parameter set)."""
     if not isinstance(stmt, UpdateBase):
-        return None, False
-    many = _many(params)
+        return None
     first = params[0] if many else params
     # the names in the caller's order: a plan passes its keys in one order, and
     # sorting them cost more than the rest of the lookup
-    return tuple(first or ()), many
+    return tuple(first or ())
 
 
-def prepare(dialect: Dialect, stmt: Executable, params: Any = None) -> DriverStatement:
+def prepare(
+    dialect: Dialect, stmt: Executable, params: Any = None, many: bool | None = None
+) -> DriverStatement:
     """``stmt`` compiled for ``dialect`` (and, for an INSERT or UPDATE, for the names
-    in ``params``), cached on the dialect itself (so the cache lives and dies with its
-    engine)."""
-    keys, many = _keys(stmt, params)
+    in ``params``; ``many``: they are a list of parameter sets, by default as
+    :func:`bind_args` tells), cached on the dialect itself (so the cache lives and
+    dies with its engine)."""
+    if many is None:
+        many = _many(params)
+    keys = _keys(stmt, params, many)
     cache: dict[Any, DriverStatement] = dialect.__dict__.setdefault("_convo_driver_cache", {})
     key = (id(stmt), keys, many)
     found = cache.get(key)
@@ -345,23 +349,30 @@ def execute(conn: Connection, stmt: Executable, params: Any, how: str) -> Any:
         raise
 
 
-def bind_args(prepared: DriverStatement, params: Any) -> Any:
+def bind_args(prepared: DriverStatement, params: Any, many: bool | None = None) -> Any:
     """The DBAPI parameters of ``params``: one set, or a list of them (executemany)."""
     bind = prepared.bind
-    if _many(params):
+    if many if many is not None else _many(params):
         return [bind(p) for p in params]  # executemany
     return bind(params or _EMPTY)
 
 
-def execute_dbapi(dialect: Dialect, dbapi_conn: Any, stmt: Executable, params: Any, how: str) -> Any:
-    """:func:`execute` on a DBAPI connection. Driver errors are raised wrapped as
-    SQLAlchemy's :class:`~sqlalchemy.exc.DBAPIError` (``connection_invalidated``
-    when the connection is gone: the caller invalidates it)."""
-    prepared = prepare(dialect, stmt, params)
-    args = bind_args(prepared, params)
-    cursor = dbapi_conn.cursor()
+def execute_dbapi(
+    dialect: Dialect, dbapi_conn: Any, stmt: Executable, params: Any, how: str,
+    cursor: Any = None,
+) -> Any:
+    """:func:`execute` on a DBAPI connection (on ``cursor``, when given: the caller's
+    to close). Driver errors are raised wrapped as SQLAlchemy's
+    :class:`~sqlalchemy.exc.DBAPIError` (``connection_invalidated`` when the
+    connection is gone: the caller invalidates it)."""
+    many = _many(params)
+    prepared = prepare(dialect, stmt, params, many)
+    args = bind_args(prepared, params, many)
+    own = cursor is None
+    if own:
+        cursor = dbapi_conn.cursor()
     try:
-        if isinstance(args, list):
+        if many:
             cursor.executemany(prepared.sql, args)
         else:
             cursor.execute(prepared.sql, args)
@@ -375,11 +386,17 @@ def execute_dbapi(dialect: Dialect, dbapi_conn: Any, stmt: Executable, params: A
         if how == "none":
             return None
         procs = prepared.row_processors(dialect, cursor.description)
-        return rows_as(process(prepared, rows, procs), how)
+        if how == "scalar":  # (one value: no row conversion)
+            if not rows:
+                return None
+            value, proc = rows[0][0], procs[0]
+            return value if proc is None or value is None else proc(value)
+        return rows_as(process(prepared, rows if how == "all" else rows[:1], procs), how)
     except dialect.loaded_dbapi.Error as exc:
         raise _wrapped(dialect, dbapi_conn, cursor, prepared.sql, args, exc) from exc
     finally:
-        cursor.close()
+        if own:
+            cursor.close()
 
 
 def raw_execute(conn: Connection, sql: str) -> None:
@@ -398,16 +415,19 @@ def raw_execute(conn: Connection, sql: str) -> None:
         raise
 
 
-def execute_text(dialect: Dialect, dbapi_conn: Any, sql: str) -> None:
-    """One statement without parameters or rows on a DBAPI connection (errors wrapped
-    as in :func:`execute_dbapi`)."""
-    cursor = dbapi_conn.cursor()
+def execute_text(dialect: Dialect, dbapi_conn: Any, sql: str, cursor: Any = None) -> None:
+    """One statement without parameters or rows on a DBAPI connection (on ``cursor``,
+    when given; errors wrapped as in :func:`execute_dbapi`)."""
+    own = cursor is None
+    if own:
+        cursor = dbapi_conn.cursor()
     try:
         cursor.execute(sql)
     except dialect.loaded_dbapi.Error as exc:
         raise _wrapped(dialect, dbapi_conn, cursor, sql, (), exc) from exc
     finally:
-        cursor.close()
+        if own:
+            cursor.close()
 
 
 def _wrapped(
@@ -436,23 +456,40 @@ _CONNECTION_EVENTS = (
 _DIALECT_EVENTS = ("handle_error", "do_execute", "do_executemany", "do_execute_no_params")
 
 
-_connection_events = operator.attrgetter(*_CONNECTION_EVENTS)
+_events = operator.attrgetter(*_CONNECTION_EVENTS)
 _dialect_events = operator.attrgetter(*_DIALECT_EVENTS)
+_inherited = operator.attrgetter("parent_listeners")
+try:  # the collection SQLAlchemy keeps for an event nothing listens to on the instance
+    from sqlalchemy.event.attr import _EmptyListener
+
+    _EMPTY_ONLY: set[type] | None = {_EmptyListener}
+except ImportError:  # pragma: no cover - another SQLAlchemy layout: the general check
+    _EMPTY_ONLY = None
+
+
+def _unheard(collections: tuple[Any, ...]) -> bool:
+    """Whether no listener is attached to any of these event ``collections``.
+
+    The same answer as ``not any(collections)``, without a Python-level
+    ``__bool__`` per event: an event nobody listened to on the instance keeps its
+    ``_EmptyListener``, whose truth is that of the class-level listener list it
+    holds, so the lists' lengths say it at C speed (asked before every direct
+    plan, since a listener may be added at any time).
+    """
+    if _EMPTY_ONLY is not None and set(map(type, collections)) == _EMPTY_ONLY:
+        return not any(map(len, map(_inherited, collections)))
+    return not any(collections)
 
 
 def direct_ok(engine: Any, begin_hook: Callable[..., Any]) -> bool:
     """Whether plans may run on a pooled DBAPI connection of ``engine`` without a
     SQLAlchemy ``Connection``: SQLite, nothing logged or echoed, and no event
     listeners on the engine but convo's own ``begin`` hook (whose ``BEGIN
-    IMMEDIATE`` the direct path issues itself).
-
-    Asked before every direct plan (a listener may be added at any time), so the
-    listener collections are fetched in one call each and ``begin`` is read
-    through its two lists rather than iterated."""
+    IMMEDIATE`` the direct path issues itself)."""
     if engine.dialect.name != "sqlite" or engine._should_log_info():
         return False
     d = engine.dispatch
-    if any(_connection_events(d)) or any(_dialect_events(engine.dialect.dispatch)):
+    if not _unheard(_events(d) + _dialect_events(engine.dialect.dispatch)):
         return False
     begin = d.begin
     try:
@@ -475,9 +512,11 @@ def run_direct(
     fairy = held if held is not None else engine.raw_connection()  # pool events still run
     dbapi_conn = fairy.dbapi_connection
     in_tx = False
+    cursor = None
     try:
         try:
             op = next(plan)
+            cursor = dbapi_conn.cursor()  # one for the plan's statements
             while True:
                 try:
                     if op is rollback:
@@ -489,9 +528,11 @@ def run_direct(
                         if not op.driver:
                             raise AssertionError(f"not a driver statement: {op.stmt}")
                         if writes and not in_tx:
-                            execute_text(dialect, dbapi_conn, "BEGIN IMMEDIATE")
+                            execute_text(dialect, dbapi_conn, "BEGIN IMMEDIATE", cursor)
                             in_tx = True
-                        value = execute_dbapi(dialect, dbapi_conn, op.stmt, op.params, op.fetch)
+                        value = execute_dbapi(
+                            dialect, dbapi_conn, op.stmt, op.params, op.fetch, cursor
+                        )
                 except DBAPIError as exc:  # the plan may recover (see _store_core)
                     if exc.connection_invalidated:
                         raise
@@ -513,6 +554,11 @@ def run_direct(
                 fairy.invalidate(exc.orig)  # (a held one is the caller's to drop)
         raise
     finally:
+        if cursor is not None:
+            try:
+                cursor.close()
+            except dialect.loaded_dbapi.Error:  # its connection is gone
+                pass
         if in_tx:
             try:
                 dbapi_conn.rollback()
