@@ -61,6 +61,12 @@ NAMING_CONVENTION = {
 metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 
 
+#: The last datetime bound on SQLite and its text, shared by every column: a write
+#: binds one stamp several times (an append's counter update and its row, every
+#: row of a bulk insert), and datetimes are immutable.
+_LAST_STAMP: list[tuple[Any, str]] = [(None, "")]
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """A timezone-aware UTC timestamp on both databases.
 
@@ -100,8 +106,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         general = super().bind_processor(dialect)
         if dialect.name != "sqlite" or general is None:
             return general
-        # the last (datetime, text): a bulk insert binds one stamp to every row
-        last: list[tuple[Any, str]] = [(None, "")]
+        last = _LAST_STAMP
 
         def process(value: Any) -> Any:
             if type(value) is datetime and value.tzinfo is UTC:

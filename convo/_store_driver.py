@@ -489,7 +489,13 @@ def direct_ok(engine: Any, begin_hook: Callable[..., Any]) -> bool:
     if engine.dialect.name != "sqlite" or engine._should_log_info():
         return False
     d = engine.dispatch
-    if not _unheard(_events(d) + _dialect_events(engine.dialect.dispatch)):
+    collections = _events(d)
+    dialect = engine.dialect
+    # SQLAlchemy marks a dialect (or its class) on the first listener of its
+    # events: unmarked, none of them can have one
+    if getattr(dialect, "_has_events", True):
+        collections += _dialect_events(dialect.dispatch)
+    if not _unheard(collections):
         return False
     begin = d.begin
     try:

@@ -410,9 +410,7 @@ def checked(plan: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(plan)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
         if args:
-            args = tuple(  # type: ignore[assignment]
-                check(name, value) for name, value in zip(names, args, strict=False)
-            )
+            args = tuple(map(check, names, args))  # type: ignore[assignment]
         for name, value in kwargs.items():
             rule, optional = rules[name]
             if rule is not None and (value is not None or not optional):
