@@ -420,7 +420,9 @@ def insert_message(values: dict[str, Any], dialect: str) -> Op:
     every bound value costs); SQLite gives the id as the cursor's ``lastrowid``
     (the rowid alias), PostgreSQL through ``RETURNING``.
     """
-    given = {k: v for k, v in values.items() if v is not None}
+    given = (
+        values if None not in values.values() else {k: v for k, v in values.items() if v is not None}
+    )
     if dialect == "sqlite":
         return Op(sql.INSERT_PLAIN, given, "lastrowid", driver=True)
     return Op(sql.INSERT_MESSAGE, given, "scalar", driver=True)
