@@ -105,3 +105,21 @@ json_values = st.recursive(
 def test_round_trip_property(content: str, name: str | None, metadata: dict) -> None:
     msgs = [Message.user(content, name=name, metadata=metadata), Message.assistant(content or None, refusal=None if content else "r")]
     assert load_messages(dump_messages(msgs)) == msgs
+
+
+def test_parse_messages_is_parse_message_of_each() -> None:
+    """The batch form (one validation call for a list of dicts) gives the same messages
+    and, for a bad one, the same error as parsing each."""
+    from convo._messages import parse_message, parse_messages
+
+    good = [{"role": "user", "content": "a"}, {"role": "assistant", "content": None,
+             "refusal": "no"}, {"role": "tool", "content": "1", "tool_call_id": "c"}]
+    assert parse_messages(good) == [parse_message(m) for m in good]
+    assert parse_messages(iter(good)) == [parse_message(m) for m in good]
+    for bad in ({"role": "robot", "content": "x"}, {"role": "user"}, {"role": "tool", "content": "x"},
+                {"role": "user", "content": "x", "extra": 1}):
+        with pytest.raises(InvalidMessageError) as one:
+            parse_message(bad)
+        with pytest.raises(InvalidMessageError) as many:
+            parse_messages([good[0], bad])
+        assert str(many.value) == str(one.value)
