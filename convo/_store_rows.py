@@ -154,7 +154,7 @@ def message_values(
         "pinned": pinned if pinned is not None else role in ("system", "developer"),
     }
     content = message.content
-    if type(content) is str:
+    if isinstance(content, str):
         values["content"] = content
     elif content is not None:
         values["parts"] = [p.model_dump(mode="json", exclude_none=True) for p in content]
