@@ -376,8 +376,8 @@ def main() -> None:
     parser.add_argument("--db", default="sqlite,postgresql", help="comma-separated: sqlite,postgresql")
     parser.add_argument("--sizes", default="1000,1000000",
                         help="conversation sizes to read from (empty: skip the reads)")
-    parser.add_argument("--appends", type=int, default=4000, help="appends per side and writer setting")
-    parser.add_argument("--rounds", type=int, default=10, help="alternating blocks of the 4-process run")
+    parser.add_argument("--appends", type=int, default=8000, help="appends per side and writer setting")
+    parser.add_argument("--rounds", type=int, default=20, help="alternating blocks of the 4-process run")
     parser.add_argument("--bulk", type=int, default=1000, help="append_many batch of the bulk run")
     parser.add_argument("--bulk-rounds", type=int, default=20, help="batches per side in the bulk run")
     parser.add_argument("--reads", type=int, default=500, help="timed reads per size (median)")
