@@ -651,7 +651,9 @@ class Importer:
             if batch.conversations:
                 yield Op(sql.INSERT_CONVERSATION, batch.conversations, "none")
             if batch.messages:
-                yield Op(sql.INSERT_PLAIN, batch.messages, "none")
+                # the driver's executemany (as Store.append_many writes): SQLAlchemy's
+                # per-row parameter processing cost more than the insert itself
+                yield Op(sql.INSERT_PLAIN, batch.messages, "none", driver=True)
             ids: dict[tuple[str, int], int] = {}
             wanted = {(t[0], t[1]) for t in batch.tokens} if self.new_ids else set()
             wanted |= {(r[1]["conversation_id"], seq) for r in batch.runs if (seq := r[2]) is not None}
