@@ -74,9 +74,10 @@ class RawWriter:
     ``messages`` table, then COMMIT, on a connection opened once (sqlite3 /
     psycopg), with convo's settings: SQLite in WAL mode, ``synchronous=NORMAL``,
     foreign keys on, the same busy timeout and ``BEGIN IMMEDIATE``; PostgreSQL
-    with its defaults. PostgreSQL's INSERT returns the new id (``RETURNING id``,
-    in the same statement), as convo hands it back; SQLite's is the cursor's
-    ``lastrowid``. The bulk baseline: the counter bumped by n, one executemany.
+    with its defaults. The INSERT returns the new id (``RETURNING id``, in the
+    same statement), as convo hands it back; on SQLite the id is ``MAX(id) + 1``,
+    as convo's schema has it assigned there. The bulk baseline: the counter
+    bumped by n, one executemany (SQLite: ids from one ``MAX(id)`` read).
     """
 
     def __init__(self, kind: str, url: str) -> None:
@@ -96,8 +97,16 @@ class RawWriter:
             mark = "%s"
         self.bump = (f"UPDATE conversations SET last_seq = last_seq + {mark}, updated_at = {mark} "
                      f"WHERE id = {mark} RETURNING last_seq")
-        self.insert = ("INSERT INTO messages (conversation_id, seq, role, content, pinned, created_at) "
-                       f"VALUES ({', '.join([mark] * 6)})")
+        if kind == "sqlite":
+            # the id as convo's schema has it assigned on SQLite (messages are keyed by
+            # (conversation_id, id), so there is no rowid alias): MAX(id) + 1 under the
+            # write lock (see convo._store_sql._next_id)
+            self.insert = ("INSERT INTO messages (id, conversation_id, seq, role, content, pinned, "
+                           "created_at) VALUES ((SELECT coalesce(max(messages.id), 0) + 1 "
+                           f"FROM messages), {', '.join([mark] * 6)})")
+        else:
+            self.insert = ("INSERT INTO messages (conversation_id, seq, role, content, pinned, "
+                           f"created_at) VALUES ({', '.join([mark] * 6)})")
 
     def _now(self) -> Any:
         stamp = datetime.now(UTC)
@@ -111,7 +120,8 @@ class RawWriter:
         if self.kind == "sqlite":
             conn.execute("BEGIN IMMEDIATE")
             seq = conn.execute(self.bump, (1, now, cid)).fetchone()[0]
-            message_id = conn.execute(self.insert, (cid, seq, role, content, 0, now)).lastrowid
+            message_id = conn.execute(self.insert + " RETURNING id",
+                                      (cid, seq, role, content, 0, now)).fetchone()[0]
             conn.execute("COMMIT")
         else:
             seq = conn.execute(self.bump, (1, now, cid)).fetchone()[0]
@@ -128,8 +138,19 @@ class RawWriter:
             conn.execute("BEGIN IMMEDIATE")
         last = conn.execute(self.bump, (len(messages), now, cid)).fetchone()[0]
         first = last - len(messages) + 1
-        rows = [(cid, first + i, m["role"], m["content"], pinned, now) for i, m in enumerate(messages)]
-        conn.cursor().executemany(self.insert, rows)
+        if self.kind == "sqlite":  # the ids from one MAX(id) read, under the write lock
+            top = conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
+            rows: list[tuple[Any, ...]] = [
+                (top + 1 + i, cid, first + i, m["role"], m["content"], pinned, now)
+                for i, m in enumerate(messages)
+            ]
+            conn.cursor().executemany(
+                "INSERT INTO messages (id, conversation_id, seq, role, content, pinned, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        else:
+            rows = [(cid, first + i, m["role"], m["content"], pinned, now)
+                    for i, m in enumerate(messages)]
+            conn.cursor().executemany(self.insert, rows)
         conn.commit() if self.kind != "sqlite" else conn.execute("COMMIT")
 
     def close(self) -> None:

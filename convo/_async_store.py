@@ -257,7 +257,7 @@ class AsyncStore:
     ) -> list[StoredMessage]:
         """See :meth:`Store.append_many`."""
         return await self._run(
-            core.append_many(conversation_id, messages, owner=owner), "write"
+            core.append_many(conversation_id, messages, owner=owner, dialect=self._dialect), "write"
         )
 
     async def messages(
@@ -398,7 +398,7 @@ class AsyncStore:
         """See :meth:`Store.set_pinned`."""
         await self._run(core.set_pinned(conversation_id, seq, pinned, owner=owner), "write")
 
-    async def save_token_counts(self, encoding: str, counts: Mapping[int, int]) -> None:
+    async def save_token_counts(self, encoding: str, counts: core.TokenCounts) -> None:
         """See :meth:`Store.save_token_counts`."""
         await self._run(
             core.save_token_counts(encoding, counts, dialect=self._dialect), "write"
@@ -417,7 +417,8 @@ class AsyncStore:
         """See :meth:`Store.add_summary`."""
         return await self._run(
             core.add_summary(conversation_id, start_seq=start_seq, end_seq=end_seq,
-                             content=content, metadata=metadata, owner=owner),
+                             content=content, metadata=metadata, owner=owner,
+                             dialect=self._dialect),
             "write",
         )
 
@@ -560,7 +561,7 @@ class AsyncStore:
         replays_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         owner: str | None = None,
-        token_counts: tuple[str, Mapping[int, int]] | None = None,
+        token_counts: tuple[str, core.TokenCounts] | None = None,
     ) -> Run:
         """Record a request about to be sent, as a ``pending`` run (its own transaction).
 

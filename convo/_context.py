@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from ._async_store import AsyncStore
+from ._context_ops import BuildCounts
 from ._context_plan import BuildConfig, BuildIO, plan_build, rows_hint, run_async, run_sync
 from ._context_report import Context
 from ._exceptions import ConfigurationError, StoreInputError
@@ -355,7 +356,7 @@ class ContextBuilder(_Builder[Store, Summarizer]):
         tools: list[dict[str, Any]] | None,
         response_format: dict[str, Any] | None,
         owner: str | None,
-    ) -> tuple[Context, tuple[str, dict[int, int]] | None]:
+    ) -> tuple[Context, BuildCounts | None]:
         """:meth:`build`, leaving its new token counts to the turn (stored with its run)."""
         cfg, io = self._turn_config(conversation_id, tools, response_format, owner)
         return self._run(cfg, io), io.token_counts
@@ -414,7 +415,7 @@ class AsyncContextBuilder(_Builder[AsyncStore, AsyncSummarizer]):
         tools: list[dict[str, Any]] | None,
         response_format: dict[str, Any] | None,
         owner: str | None,
-    ) -> tuple[Context, tuple[str, dict[int, int]] | None]:
+    ) -> tuple[Context, BuildCounts | None]:
         """See :meth:`ContextBuilder._build_for_turn`."""
         cfg, io = self._turn_config(conversation_id, tools, response_format, owner)
         return await self._run(cfg, io), io.token_counts

@@ -20,6 +20,7 @@ from typing import Any
 from ._context_ops import (
     AddSummary,
     BuildConfig,
+    BuildCounts,
     LatestSummary,
     Op,
     Plan,
@@ -73,7 +74,7 @@ def rows_hint(rows_needed: int, rows_fetched: int) -> int:
 def plan_build(cfg: BuildConfig) -> Plan:
     """The build, as a generator of I/O operations; returns the :class:`Context`."""
     counter = cfg.counter
-    misses: dict[int, int] = {}
+    misses: dict[tuple[str, int], int] = {}
 
     def item(row: StoredMessage, cached: int | None) -> Item:
         if isinstance(row.content, list) and _has_media(row.content):
@@ -82,7 +83,7 @@ def plan_build(cfg: BuildConfig) -> Plan:
             cached = counter.message_tokens(row)
         elif cached is None:
             cached = counter.message_tokens(row)
-            misses[row.id] = cached
+            misses[(row.conversation_id, row.id)] = cached  # the message's shard key too
         return Item(row, row.seq, message_cost(cfg, cached), counter.is_exact(row))
 
     # first page sized for ~160-token messages; later pages double
@@ -385,7 +386,7 @@ class BuildIO:
         self.encoding = encoding
         self.lineage: Any = None
         self.defer_counts = defer_counts
-        self.token_counts: tuple[str, dict[int, int]] | None = None
+        self.token_counts: BuildCounts | None = None
         self.rows = 0  # history rows fetched (pinned ones aside)
 
     def call(self, op: Op) -> tuple[str, str, tuple[Any, ...], dict[str, Any]] | None:

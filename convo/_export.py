@@ -241,7 +241,7 @@ _OWN_MESSAGES = (
 )
 _OWN_TOKENS = (
     sa.select(TK.c.message_id, TK.c.encoding, TK.c.tokens)
-    .join(M, M.c.id == TK.c.message_id)
+    .join(M, (M.c.conversation_id == TK.c.conversation_id) & (M.c.id == TK.c.message_id))
     .where(M.c.conversation_id == sa.bindparam("cid"), M.c.seq > sa.bindparam("lo"),
            M.c.seq <= sa.bindparam("hi"))
     .order_by(TK.c.message_id, TK.c.encoding)

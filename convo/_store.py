@@ -441,7 +441,9 @@ class Store:
     ) -> list[StoredMessage]:
         """Append messages with consecutive sequence numbers, in one transaction (all or nothing)."""
         return self._run(
-            core.append_many(conversation_id, messages, owner=owner), "write", direct=True
+            core.append_many(conversation_id, messages, owner=owner, dialect=self._dialect),
+            "write",
+            direct=True,
         )
 
     def messages(
@@ -613,7 +615,7 @@ class Store:
         """
         self._run(core.set_pinned(conversation_id, seq, pinned, owner=owner), "write")
 
-    def save_token_counts(self, encoding: str, counts: Mapping[int, int]) -> None:
+    def save_token_counts(self, encoding: str, counts: core.TokenCounts) -> None:
         """Store token counts (message id -> tokens) for ``encoding``; existing ones are kept."""
         self._run(
             core.save_token_counts(encoding, counts, dialect=self._dialect), "write", direct=True
@@ -632,7 +634,8 @@ class Store:
         """Store a summary of messages ``start_seq..end_seq`` (inclusive)."""
         return self._run(
             core.add_summary(conversation_id, start_seq=start_seq, end_seq=end_seq,
-                             content=content, metadata=metadata, owner=owner),
+                             content=content, metadata=metadata, owner=owner,
+                             dialect=self._dialect),
             "write",
         )
 
@@ -774,7 +777,7 @@ class Store:
         replays_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         owner: str | None = None,
-        token_counts: tuple[str, Mapping[int, int]] | None = None,
+        token_counts: tuple[str, core.TokenCounts] | None = None,
     ) -> Run:
         """Record a request about to be sent, as a ``pending`` run (its own transaction).
 

@@ -315,7 +315,7 @@ def stored_message(
 #: The values of a message without key or reply (see :func:`stored_message`).
 _PLAIN_KEYS = frozenset((
     "role", "pinned", "content", "parts", "name", "tool_calls", "refusal", "tool_call_id",
-    "metadata", "conversation_id", "seq", "created_at",
+    "metadata", "conversation_id", "seq", "created_at", "id",
 ))
 
 

@@ -54,7 +54,9 @@ def segment_query(
     cols: list[Any] = list(_MSG_COLUMNS)
     src: Any = M
     if with_tokens:
-        src = M.outerjoin(TK, (TK.c.message_id == M.c.id) & (TK.c.encoding == _B("encoding")))
+        # on conversation_id too: a sharded database keeps the join on one shard
+        src = M.outerjoin(TK, (TK.c.conversation_id == M.c.conversation_id)
+                          & (TK.c.message_id == M.c.id) & (TK.c.encoding == _B("encoding")))
         cols.append(TK.c.tokens)
     stmt = (
         sa.select(*cols)
@@ -152,16 +154,43 @@ def insert_token_counts(dialect: str) -> sa.Insert:
     return insert.on_conflict_do_nothing()
 
 
+def _next_id(table: sa.Table) -> Any:
+    """SQLite: the id of a new row, ``MAX(id) + 1`` (on the plain index on ``id``).
+
+    The rowid alias gave these values before the key became (conversation_id, id);
+    every SQLite write runs under ``BEGIN IMMEDIATE``, so no two writers see the
+    same maximum. PostgreSQL takes the column's sequence instead.
+    """
+    return sa.select(sa.func.coalesce(sa.func.max(table.c.id), 0) + 1).scalar_subquery()
+
+
+@cache
+def insert_new_message(dialect: str, returning: bool = True) -> sa.Insert:
+    """The INSERT of a message that has no id yet (the database gives it)."""
+    stmt = sa.insert(M) if dialect == "postgresql" else sa.insert(M).values(id=_next_id(M))
+    return stmt.returning(M.c.id) if returning else stmt
+
+
+@cache
+def insert_summary(dialect: str) -> sa.Insert:
+    """The INSERT of a summary; its result is the new id."""
+    stmt = sa.insert(S) if dialect == "postgresql" else sa.insert(S).values(id=_next_id(S))
+    return stmt.returning(S.c.id)
+
+
+#: The conversation of a message given by id alone (a lookup on every shard).
+HOME_OF_MESSAGE = sa.select(M.c.conversation_id).where(M.c.id == _B("id"))
 BY_KEY = sa.select(M).where(M.c.conversation_id == _B("cid"), M.c.idempotency_key == _B("key"))
-INSERT_MESSAGE = sa.insert(M).returning(M.c.id)
+#: An INSERT of rows whose ids are given (an import keeping ids; a SQLite batch).
 INSERT_PLAIN = sa.insert(M)
+#: SQLite: the largest message id (a batch's ids follow it, see append_many).
+MAX_MESSAGE_ID = sa.select(sa.func.coalesce(sa.func.max(M.c.id), 0))
 IDS_IN_RANGE = (
     sa.select(M.c.id)
     .where(M.c.conversation_id == _B("cid"), M.c.seq >= _B("lo"), M.c.seq <= _B("hi"))
     .order_by(M.c.seq)
 )
 INSERT_CONVERSATION = sa.insert(C)
-INSERT_SUMMARY = sa.insert(S).returning(S.c.id)
 
 
 

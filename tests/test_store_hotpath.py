@@ -67,10 +67,11 @@ def test_cursor_writes_store_what_sqlalchemy_stores(db_url: sa.URL) -> None:
         values.update(seq=1, created_at=datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC))
         engine = store.engine
         with engine.begin() as conn:
-            conn.execute(sql.INSERT_PLAIN, {**values, "conversation_id": a.id})
+            conn.execute(sql.insert_new_message(engine.dialect.name, False),
+                         {**values, "conversation_id": a.id})
         with engine.begin() as conn:
             dbapi = conn.connection.dbapi_connection
-            driver.execute_dbapi(engine.dialect, dbapi, sql.INSERT_PLAIN,
+            driver.execute_dbapi(engine.dialect, dbapi, sql.insert_new_message(engine.dialect.name, False),
                                  {**values, "conversation_id": b.id}, "none")
         with engine.begin() as conn:  # (the counters: the inserts above bypassed them)
             conn.exec_driver_sql("UPDATE conversations SET last_seq = 1")
