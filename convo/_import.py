@@ -653,7 +653,9 @@ class Importer:
             if batch.messages:
                 insert = sql.insert_new_message(self.dialect, False) if self.new_ids else (
                     sql.INSERT_PLAIN)
-                yield Op(insert, batch.messages, "none")
+                # the driver's executemany (as Store.append_many writes): SQLAlchemy's
+                # per-row parameter processing cost more than the insert itself
+                yield Op(insert, batch.messages, "none", driver=True)
             ids: dict[tuple[str, int], int] = {}
             wanted = {(t[0], t[1]) for t in batch.tokens} if self.new_ids else set()
             wanted |= {(r[1]["conversation_id"], seq) for r in batch.runs if (seq := r[2]) is not None}

@@ -45,6 +45,7 @@ __all__ = [
     "dump_messages",
     "load_messages",
     "parse_message",
+    "parse_messages",
 ]
 
 Role: TypeAlias = Literal["system", "developer", "user", "assistant", "tool"]
@@ -228,10 +229,53 @@ class Message(BaseModel):
 _WIRE_FIELDS = {"role", "content", "name", "tool_calls", "refusal", "tool_call_id"}
 
 _MESSAGE_LIST: TypeAdapter[list[Message]] = TypeAdapter(list[Message])
+# what Message.model_validate runs, without its wrapper (the store's hot path)
+_validate_message = Message.__pydantic_validator__.validate_python
+
+
+_PLAIN_KEYS = frozenset(("role", "content"))
+_PLAIN_ROLES = frozenset(("system", "developer", "user", "assistant"))
+_PLAIN_SET = frozenset(("role", "content"))
+_new_message = Message.__new__
+_set = object.__setattr__
+
+
+def _plain(value: dict[str, Any]) -> Message | None:
+    """The message of the commonest dict, ``{"role": ..., "content": "text"}`` with a
+    role other than ``tool``, built without a validation pass; None for anything else.
+
+    Such a dict is valid whatever its text (the only rules it meets: a known role
+    and content), and what validation would build is fixed: the role, the text,
+    every other field at its default, ``role`` and ``content`` set. Bulk appends and
+    imports are mostly such dicts, and validating them cost more than writing them;
+    a test checks this value against validation's.
+    """
+    if value.keys() != _PLAIN_KEYS:
+        return None
+    role, content = value["role"], value["content"]
+    if type(role) is not str or type(content) is not str or role not in _PLAIN_ROLES:
+        return None
+    message = _new_message(Message)
+    _set(message, "__dict__", {
+        "role": role, "content": content, "name": None, "tool_calls": None, "refusal": None,
+        "tool_call_id": None, "metadata": {},
+    })
+    _set(message, "__pydantic_fields_set__", set(_PLAIN_SET))
+    _set(message, "__pydantic_extra__", None)
+    _set(message, "__pydantic_private__", None)
+    return message
 
 
 def parse_message(value: Message | Mapping[str, Any]) -> Message:
     """A :class:`Message` from a message or a dict; raises :class:`InvalidMessageError`."""
+    if type(value) is dict:  # the common case first (no ABC check, no copy needed)
+        plain = _plain(value)
+        if plain is not None:
+            return plain
+        try:
+            return _validate_message(value)  # type: ignore[no-any-return]
+        except ValidationError as exc:
+            raise InvalidMessageError(_explain(exc)) from exc
     if isinstance(value, Message):
         return value
     if not isinstance(value, Mapping):
@@ -242,6 +286,31 @@ def parse_message(value: Message | Mapping[str, Any]) -> Message:
         return Message.model_validate(dict(value))
     except ValidationError as exc:
         raise InvalidMessageError(_explain(exc)) from exc
+
+
+def parse_messages(values: Iterable[Message | Mapping[str, Any]]) -> list[Message]:
+    """:func:`parse_message` of each value (the same messages, the same errors).
+
+    A list of plain dicts, what a bulk append or an import hands over, is
+    built without validation when every dict is a plain text message (see
+    :func:`_plain`), else validated in one call rather than one call a message;
+    anything else, or a list that fails, goes message by message (so the error
+    names the message).
+    """
+    if type(values) is list and all(type(v) is dict for v in values):
+        plain: list[Message] = []
+        for v in values:
+            message = _plain(v)
+            if message is None:
+                break
+            plain.append(message)
+        else:
+            return plain
+        try:
+            return _MESSAGE_LIST.validate_python(values)
+        except ValidationError:
+            pass
+    return [parse_message(v) for v in values]
 
 
 def load_messages(data: str | bytes | Iterable[Message | dict[str, Any]]) -> list[Message]:

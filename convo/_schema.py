@@ -84,6 +84,12 @@ metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 CONVERSATION_CHILDREN = ("messages", "message_tokens", "summaries", "runs", "replay_items")
 
 
+#: The last datetime bound on SQLite and its text, shared by every column: a write
+#: binds one stamp several times (an append's counter update and its row, every
+#: row of a bulk insert), and datetimes are immutable.
+_LAST_STAMP: list[tuple[Any, str]] = [(None, "")]
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """A timezone-aware UTC timestamp on both databases.
 
@@ -123,10 +129,16 @@ class UTCDateTime(TypeDecorator[datetime]):
         general = super().bind_processor(dialect)
         if dialect.name != "sqlite" or general is None:
             return general
+        last = _LAST_STAMP
 
         def process(value: Any) -> Any:
             if type(value) is datetime and value.tzinfo is UTC:
-                return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+                seen, text = last[0]  # (one tuple: consistent under threads)
+                if seen is value:
+                    return text
+                text = value.replace(tzinfo=None).isoformat(" ", "microseconds")
+                last[0] = (value, text)
+                return text
             return general(value)
 
         return process

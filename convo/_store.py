@@ -54,6 +54,20 @@ _VERSION_QUERY = sa.text("SELECT version_num FROM alembic_version")
 _BUSY, _RETIRED = "convo_direct_busy", "convo_direct_retired"
 
 
+#: Bumped in a child process after ``fork()``: a thread's direct-path connection
+#: taken before belongs to the parent (compared on every direct call, where
+#: ``os.getpid()`` would be a system call each time).
+_fork_generation = [0]
+
+
+def _forked() -> None:
+    _fork_generation[0] += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
+
 def fetch(result: Result[Any], how: core.Fetch) -> Any:
     """Materialize ``result`` the way an :class:`~convo._store_core.Op` asked (shared by both shells)."""
     if how == "all":
@@ -301,12 +315,16 @@ class Store:
         It is closed by :meth:`close`, or when its thread ends."""
         local = self._direct
         fairy = getattr(local, "fairy", None)
-        if fairy is not None and local.pid == os.getpid() and fairy.dbapi_connection is not None:
+        if (
+            fairy is not None
+            and local.generation == _fork_generation[0]
+            and fairy.dbapi_connection is not None
+        ):
             return fairy
         # (after a fork: the parent's connection is the parent's; just forget it)
         fairy = self._engine.raw_connection()  # the pool's connect/checkout events run
         fairy.detach()
-        local.fairy, local.pid = fairy, os.getpid()
+        local.fairy, local.generation = fairy, _fork_generation[0]
         with self._direct_lock:
             self._direct_all.add(fairy)
         return fairy
@@ -483,6 +501,7 @@ class Store:
         return self._run(
             core.append_many(conversation_id, messages, owner=owner, dialect=self._dialect),
             "write",
+            direct=True,
         )
 
     def messages(

@@ -43,10 +43,11 @@ from ._exceptions import (
     MessageNotFound,
     StoreInputError,
 )
-from ._messages import Message, parse_message
+from ._messages import Message, parse_message, parse_messages
 from ._records import Conversation, ReplyInfo, StoredMessage, Summary
 from ._store_input import ENCODING_MAX, INT32_MAX, check_int, check_text, check_values, checked
 from ._store_rows import (
+    VALUE_COLUMNS,
     check_pinnable,
     check_short,
     construct,
@@ -54,7 +55,7 @@ from ._store_rows import (
     decode_cursor,
     encode_cursor,
     message_from_row,
-    message_params,
+    message_values,
     new_conversation_id,
     stored_message,
     summary_from_row,
@@ -73,7 +74,7 @@ Mode: TypeAlias = Literal["read", "write", "single"]
 C, M, TK, S = sql.C, sql.M, sql.TK, sql.S
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # (not frozen: its __init__ costs twice as much, per statement)
 class Op:
     """One statement for a shell to execute, and what to hand back to the plan.
 
@@ -368,12 +369,11 @@ def append(
     dialect: str,
 ) -> Plan[StoredMessage]:
     msg = parse_message(message)
-    values = message_params(msg, pinned=pinned, idempotency_key=idempotency_key, reply=reply)
+    values = message_values(msg, pinned=pinned, idempotency_key=idempotency_key, reply=reply)
     stamp = now()
     params = {"cid": conversation_id, "n": 1, "now": stamp}
     if idempotency_key is None and dialect == "postgresql":
-        single = {f"m_{k}": v for k, v in values.items()}
-        single.update(params)
+        single = _single_params(values, params)
         row = yield Op(
             sql.append_returning_seq(_scope(single, owner)), single, "first", driver=True
         )
@@ -399,6 +399,19 @@ def append(
     )
 
 
+#: :func:`convo._store_sql.append_returning_seq` binds every message column ("m_" names)
+_SINGLE_NULLS = {f"m_{c}": None for c in VALUE_COLUMNS}
+
+
+def _single_params(values: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters of the one-statement append: the counter's, and every column."""
+    single = dict(_SINGLE_NULLS)
+    for k, v in values.items():
+        single[f"m_{k}"] = v
+    single.update(params)
+    return single
+
+
 def insert_message(values: dict[str, Any], dialect: str) -> Op:
     """The INSERT of a message row; its result is the new message's id.
 
@@ -406,7 +419,9 @@ def insert_message(values: dict[str, Any], dialect: str) -> Op:
     every bound value costs); the id comes back through ``RETURNING`` (SQLite has
     no rowid alias since the key is (conversation_id, id): see :mod:`convo._schema`).
     """
-    given = {k: v for k, v in values.items() if v is not None}
+    given = (
+        values if None not in values.values() else {k: v for k, v in values.items() if v is not None}
+    )
     return Op(sql.insert_new_message(dialect), given, "scalar", driver=True)
 
 
@@ -451,13 +466,12 @@ def append_current(
     and the message. With a key already stored in that view (inherited rows of a
     branch included), the stored message comes back and nothing is written."""
     msg = parse_message(message)
-    values = message_params(msg, pinned=None, idempotency_key=idempotency_key, reply=None)
+    values = message_values(msg, pinned=None, idempotency_key=idempotency_key, reply=None)
     stamp = now()
     params: dict[str, Any] = {"cid": conversation_id, "now": stamp}
     scoped = _scope(params, owner)
     if idempotency_key is None and dialect == "postgresql":
-        single = {f"m_{k}": v for k, v in values.items()}
-        single.update(params)
+        single = _single_params(values, params)
         row = yield Op(sql.append_returning_seq(scoped, True), single, "first", driver=True)
         if row is None:
             raise ConversationNotFound(conversation_id, owner=owner)
@@ -506,24 +520,45 @@ def append_many(
         raise InvalidMessageError(
             f"messages must be a list of messages (Message or dict), not {type(messages).__name__}"
         )
-    msgs = [parse_message(m) for m in messages]
-    rows = [message_params(m, pinned=None, idempotency_key=None, reply=None) for m in msgs]
+    msgs = parse_messages(messages)
+    rows = [message_values(m, pinned=None, idempotency_key=None, reply=None) for m in msgs]
     if not rows:
         yield from get_conversation(conversation_id, owner=owner)  # still say "not found"
         return []
     stamp = now()
     params = {"cid": conversation_id, "n": len(rows), "now": stamp}
-    last = yield Op(sql.bump_seq(_scope(params, owner)), params, "scalar")
+    last = yield Op(sql.bump_seq(_scope(params, owner)), params, "scalar", driver=True)
     if last is None:
         raise ConversationNotFound(conversation_id, owner=owner)
     first = last - len(rows) + 1
-    for i, values in enumerate(rows):
-        values.update(conversation_id=conversation_id, seq=first + i, created_at=stamp)
-    # A plain executemany (sqlite3's C loop, psycopg's pipeline), then the ids
-    # of the seq range we hold the counter lock for: several times faster than
-    # INSERT ... RETURNING in batches, whose huge statements psycopg re-parses.
-    yield Op(sql.insert_new_message(dialect, False), rows, "none")
-    ids = yield Op(sql.IDS_IN_RANGE, {"cid": conversation_id, "lo": first, "hi": last})
+    # One column list for the batch: the columns any of its messages has (a
+    # plain chat: role, content, pinned), NULL where a message has none.
+    given = set().union(*rows)
+    width = len(given)
+    for seq, values in enumerate(rows, first):
+        if len(values) < width:
+            for column in sorted(given.difference(values)):
+                values[column] = None
+        values["conversation_id"] = conversation_id
+        values["seq"] = seq
+        values["created_at"] = stamp
+    # A plain executemany on the driver (sqlite3's C loop, psycopg's pipeline),
+    # then the ids of the seq range we hold the counter lock for: several times
+    # faster than INSERT ... RETURNING in batches, whose huge statements psycopg
+    # re-parses.
+    if dialect == "sqlite":
+        # The ids the row-at-a-time INSERT would give (MAX(id) + 1 each), from one
+        # read: the write lock is held since the counter update. A MAX(id) subquery
+        # per row ran the batch several times slower.
+        top = yield Op(sql.MAX_MESSAGE_ID, None, "scalar", driver=True)
+        for message_id, values in enumerate(rows, top + 1):
+            values["id"] = message_id
+        yield Op(sql.INSERT_PLAIN, rows, "none", driver=True)
+        ids = [(values["id"],) for values in rows]
+    else:
+        yield Op(sql.insert_new_message(dialect, False), rows, "none", driver=True)
+        ids = yield Op(sql.IDS_IN_RANGE, {"cid": conversation_id, "lo": first, "hi": last},
+                       driver=True)
     return [
         stored_message(m, v, id=r[0], conversation_id=conversation_id, seq=v["seq"],
                        created_at=stamp)

@@ -22,6 +22,7 @@ there; only the statements in between skip the ``Connection`` machinery.
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,10 +51,8 @@ class DriverStatement:
 
     stmt: Executable  # kept so the cache key (its id) stays unique
     sql: str
-    #: qmark/format styles: (bind name, its processor) in bind order; None: named style
-    positional: tuple[tuple[str, Processor | None], ...] | None
-    binds: tuple[tuple[str, Processor], ...]  # named style: the binds that have processors
-    defaults: Mapping[str, Any]
+    #: the DBAPI parameters of one parameter set (see :func:`_binder`)
+    bind: Callable[[Mapping[str, Any]], tuple[Any, ...] | dict[str, Any]]
     processors: tuple[Processor | None, ...]
     returns_rows: bool
     #: the result columns' types, for processors that depend on the driver's type
@@ -72,18 +71,65 @@ class DriverStatement:
 
     def args(self, params: Mapping[str, Any] | None) -> tuple[Any, ...] | dict[str, Any]:
         """The DBAPI parameters for ``params`` (processed as SQLAlchemy would)."""
-        given = params or {}
-        if self.positional is not None:
-            defaults = self.defaults
-            out = []
-            for name, proc in self.positional:
-                value = given[name] if name in given else defaults[name]
-                out.append(value if proc is None else proc(value))
-            return tuple(out)
-        merged = {**self.defaults, **given}
-        for name, proc in self.binds:
-            merged[name] = proc(merged[name])
-        return merged
+        return self.bind(params or _EMPTY)
+
+
+_EMPTY: Mapping[str, Any] = {}
+
+
+def _none_to_none(proc: Processor) -> bool:
+    """Whether ``proc`` binds None as None (SQL NULL), so a None can skip the call:
+    the processors of convo's columns (JSON with ``none_as_null``, datetimes,
+    booleans) all do; one that does not (plain JSON writes ``'null'``) is called."""
+    try:
+        return proc(None) is None
+    except Exception:  # noqa: BLE001 - refuses None: leave it to the processor
+        return False
+
+
+def _binder(
+    positional: tuple[str, ...] | None,
+    procs: Mapping[str, Processor],
+    defaults: Mapping[str, Any],
+) -> Callable[[Mapping[str, Any]], Any]:
+    """A function turning one parameter set into the DBAPI's parameters, written out
+    for the statement's binds (as :func:`_converter` is for result rows): per bind,
+    the value given or the statement's literal default, through its bind processor.
+
+    The hot path binds every statement of a turn and every row of a bulk insert;
+    a loop over the binds with a lookup per name cost several times the
+    generated expression. Positional styles (qmark, format) get a tuple in bind
+    order; named styles a dict of the defaults updated with the given values (as
+    SQLAlchemy passes them), the processed binds replaced.
+    """
+    namespace: dict[str, Any] = {}
+
+    def value(i: int, name: str, given: str) -> str:
+        key = repr(name)
+        if given == "p" and name in defaults:
+            namespace[f"d{i}"] = defaults[name]
+            raw = f"p.get({key}, d{i})"
+        else:
+            raw = f"{given}[{key}]"
+        proc = procs.get(name)
+        if proc is None:
+            return raw
+        namespace[f"f{i}"] = proc
+        if _none_to_none(proc):
+            return f"(f{i}(v) if (v := {raw}) is not None else None)"
+        return f"f{i}({raw})"
+
+    if positional is not None:
+        items = [value(i, name, "p") for i, name in enumerate(positional)]
+        body = f"    return ({''.join(item + ', ' for item in items)})\n"
+    else:
+        namespace["defaults"] = dict(defaults)
+        body = "    out = {**defaults, **p}\n" + "".join(
+            f"    out[{name!r}] = {value(i, name, 'out')}\n" for i, name in enumerate(procs)
+        ) + "    return out\n"
+    exec("def bind(p):\n" + body, namespace)  # noqa: S102 - generated from bind names only
+    bind: Callable[[Mapping[str, Any]], Any] = namespace["bind"]
+    return bind
 
 
 def observed(conn: Any) -> bool:
@@ -109,21 +155,27 @@ def _many(params: Any) -> bool:
     return isinstance(params, Sequence) and not isinstance(params, Mapping)
 
 
-def _keys(stmt: Executable, params: Any) -> tuple[tuple[str, ...] | None, bool]:
-    """What an INSERT / UPDATE is compiled for: the parameter names, executemany or not
-    (SQLAlchemy compiles the VALUES / SET clauses from the first parameter set)."""
+def _keys(stmt: Executable, params: Any, many: bool) -> tuple[str, ...] | None:
+    """What an INSERT / UPDATE is compiled for: the parameter names (SQLAlchemy
+    compiles the VALUES / SET clauses from the first parameter set)."""
     if not isinstance(stmt, UpdateBase):
-        return None, False
-    many = _many(params)
+        return None
     first = params[0] if many else params
-    return tuple(sorted(first or ())), many
+    # the names in the caller's order: a plan passes its keys in one order, and
+    # sorting them cost more than the rest of the lookup
+    return tuple(first or ())
 
 
-def prepare(dialect: Dialect, stmt: Executable, params: Any = None) -> DriverStatement:
+def prepare(
+    dialect: Dialect, stmt: Executable, params: Any = None, many: bool | None = None
+) -> DriverStatement:
     """``stmt`` compiled for ``dialect`` (and, for an INSERT or UPDATE, for the names
-    in ``params``), cached on the dialect itself (so the cache lives and dies with its
-    engine)."""
-    keys, many = _keys(stmt, params)
+    in ``params``; ``many``: they are a list of parameter sets, by default as
+    :func:`bind_args` tells), cached on the dialect itself (so the cache lives and
+    dies with its engine)."""
+    if many is None:
+        many = _many(params)
+    keys = _keys(stmt, params, many)
     cache: dict[Any, DriverStatement] = dialect.__dict__.setdefault("_convo_driver_cache", {})
     key = (id(stmt), keys, many)
     found = cache.get(key)
@@ -152,17 +204,14 @@ def prepare(dialect: Dialect, stmt: Executable, params: Any = None) -> DriverSta
     prepared = DriverStatement(
         stmt=stmt,
         sql=compiled.string,
-        positional=(
-            tuple((name, bind_procs.get(name)) for name in compiled.positiontup)
-            if compiled.positional
-            else None
+        bind=_binder(
+            tuple(compiled.positiontup) if compiled.positional else None,
+            bind_procs,
+            # literal binds (e.g. LIMIT defaults, status = 'pending'); required ones
+            # come with each call
+            {k: bp.value for k, bp in compiled.binds.items()
+             if not bp.required and bp.value is not None},
         ),
-        binds=tuple(bind_procs.items()),
-        # literal binds (e.g. LIMIT defaults, status = 'pending'); required ones come
-        # with each call
-        defaults={
-            k: bp.value for k, bp in compiled.binds.items() if not bp.required and bp.value is not None
-        },
         processors=processors,
         returns_rows=bool(compiled._result_columns),
         result_types=types,
@@ -300,22 +349,30 @@ def execute(conn: Connection, stmt: Executable, params: Any, how: str) -> Any:
         raise
 
 
-def bind_args(prepared: DriverStatement, params: Any) -> Any:
+def bind_args(prepared: DriverStatement, params: Any, many: bool | None = None) -> Any:
     """The DBAPI parameters of ``params``: one set, or a list of them (executemany)."""
-    if _many(params):
-        return [prepared.args(p) for p in params]  # executemany
-    return prepared.args(params)
+    bind = prepared.bind
+    if many if many is not None else _many(params):
+        return [bind(p) for p in params]  # executemany
+    return bind(params or _EMPTY)
 
 
-def execute_dbapi(dialect: Dialect, dbapi_conn: Any, stmt: Executable, params: Any, how: str) -> Any:
-    """:func:`execute` on a DBAPI connection. Driver errors are raised wrapped as
-    SQLAlchemy's :class:`~sqlalchemy.exc.DBAPIError` (``connection_invalidated``
-    when the connection is gone: the caller invalidates it)."""
-    prepared = prepare(dialect, stmt, params)
-    args = bind_args(prepared, params)
-    cursor = dbapi_conn.cursor()
+def execute_dbapi(
+    dialect: Dialect, dbapi_conn: Any, stmt: Executable, params: Any, how: str,
+    cursor: Any = None,
+) -> Any:
+    """:func:`execute` on a DBAPI connection (on ``cursor``, when given: the caller's
+    to close). Driver errors are raised wrapped as SQLAlchemy's
+    :class:`~sqlalchemy.exc.DBAPIError` (``connection_invalidated`` when the
+    connection is gone: the caller invalidates it)."""
+    many = _many(params)
+    prepared = prepare(dialect, stmt, params, many)
+    args = bind_args(prepared, params, many)
+    own = cursor is None
+    if own:
+        cursor = dbapi_conn.cursor()
     try:
-        if isinstance(args, list):
+        if many:
             cursor.executemany(prepared.sql, args)
         else:
             cursor.execute(prepared.sql, args)
@@ -329,11 +386,17 @@ def execute_dbapi(dialect: Dialect, dbapi_conn: Any, stmt: Executable, params: A
         if how == "none":
             return None
         procs = prepared.row_processors(dialect, cursor.description)
-        return rows_as(process(prepared, rows, procs), how)
+        if how == "scalar":  # (one value: no row conversion)
+            if not rows:
+                return None
+            value, proc = rows[0][0], procs[0]
+            return value if proc is None or value is None else proc(value)
+        return rows_as(process(prepared, rows if how == "all" else rows[:1], procs), how)
     except dialect.loaded_dbapi.Error as exc:
         raise _wrapped(dialect, dbapi_conn, cursor, prepared.sql, args, exc) from exc
     finally:
-        cursor.close()
+        if own:
+            cursor.close()
 
 
 def raw_execute(conn: Connection, sql: str) -> None:
@@ -352,16 +415,19 @@ def raw_execute(conn: Connection, sql: str) -> None:
         raise
 
 
-def execute_text(dialect: Dialect, dbapi_conn: Any, sql: str) -> None:
-    """One statement without parameters or rows on a DBAPI connection (errors wrapped
-    as in :func:`execute_dbapi`)."""
-    cursor = dbapi_conn.cursor()
+def execute_text(dialect: Dialect, dbapi_conn: Any, sql: str, cursor: Any = None) -> None:
+    """One statement without parameters or rows on a DBAPI connection (on ``cursor``,
+    when given; errors wrapped as in :func:`execute_dbapi`)."""
+    own = cursor is None
+    if own:
+        cursor = dbapi_conn.cursor()
     try:
         cursor.execute(sql)
     except dialect.loaded_dbapi.Error as exc:
         raise _wrapped(dialect, dbapi_conn, cursor, sql, (), exc) from exc
     finally:
-        cursor.close()
+        if own:
+            cursor.close()
 
 
 def _wrapped(
@@ -390,6 +456,31 @@ _CONNECTION_EVENTS = (
 _DIALECT_EVENTS = ("handle_error", "do_execute", "do_executemany", "do_execute_no_params")
 
 
+_events = operator.attrgetter(*_CONNECTION_EVENTS)
+_dialect_events = operator.attrgetter(*_DIALECT_EVENTS)
+_inherited = operator.attrgetter("parent_listeners")
+try:  # the collection SQLAlchemy keeps for an event nothing listens to on the instance
+    from sqlalchemy.event.attr import _EmptyListener
+
+    _EMPTY_ONLY: set[type] | None = {_EmptyListener}
+except ImportError:  # pragma: no cover - another SQLAlchemy layout: the general check
+    _EMPTY_ONLY = None
+
+
+def _unheard(collections: tuple[Any, ...]) -> bool:
+    """Whether no listener is attached to any of these event ``collections``.
+
+    The same answer as ``not any(collections)``, without a Python-level
+    ``__bool__`` per event: an event nobody listened to on the instance keeps its
+    ``_EmptyListener``, whose truth is that of the class-level listener list it
+    holds, so the lists' lengths say it at C speed (asked before every direct
+    plan, since a listener may be added at any time).
+    """
+    if _EMPTY_ONLY is not None and set(map(type, collections)) == _EMPTY_ONLY:
+        return not any(map(len, map(_inherited, collections)))
+    return not any(collections)
+
+
 def direct_ok(engine: Any, begin_hook: Callable[..., Any]) -> bool:
     """Whether plans may run on a pooled DBAPI connection of ``engine`` without a
     SQLAlchemy ``Connection``: SQLite, nothing logged or echoed, and no event
@@ -398,15 +489,20 @@ def direct_ok(engine: Any, begin_hook: Callable[..., Any]) -> bool:
     if engine.dialect.name != "sqlite" or engine._should_log_info():
         return False
     d = engine.dispatch
-    for name in _CONNECTION_EVENTS:
-        if getattr(d, name):
-            return False
-    dd = engine.dialect.dispatch
-    for name in _DIALECT_EVENTS:
-        if getattr(dd, name):
-            return False
-    begin = list(d.begin)
-    return len(begin) == 1 and begin[0] is begin_hook
+    collections = _events(d)
+    dialect = engine.dialect
+    # SQLAlchemy marks a dialect (or its class) on the first listener of its
+    # events: unmarked, none of them can have one
+    if getattr(dialect, "_has_events", True):
+        collections += _dialect_events(dialect.dispatch)
+    if not _unheard(collections):
+        return False
+    begin = d.begin
+    try:
+        own, inherited = begin.listeners, begin.parent_listeners
+    except AttributeError:  # no instance-level listener at all (not convo's engine)
+        return False
+    return not inherited and len(own) == 1 and own[0] is begin_hook
 
 
 def run_direct(
@@ -422,9 +518,11 @@ def run_direct(
     fairy = held if held is not None else engine.raw_connection()  # pool events still run
     dbapi_conn = fairy.dbapi_connection
     in_tx = False
+    cursor = None
     try:
         try:
             op = next(plan)
+            cursor = dbapi_conn.cursor()  # one for the plan's statements
             while True:
                 try:
                     if op is rollback:
@@ -436,9 +534,11 @@ def run_direct(
                         if not op.driver:
                             raise AssertionError(f"not a driver statement: {op.stmt}")
                         if writes and not in_tx:
-                            execute_text(dialect, dbapi_conn, "BEGIN IMMEDIATE")
+                            execute_text(dialect, dbapi_conn, "BEGIN IMMEDIATE", cursor)
                             in_tx = True
-                        value = execute_dbapi(dialect, dbapi_conn, op.stmt, op.params, op.fetch)
+                        value = execute_dbapi(
+                            dialect, dbapi_conn, op.stmt, op.params, op.fetch, cursor
+                        )
                 except DBAPIError as exc:  # the plan may recover (see _store_core)
                     if exc.connection_invalidated:
                         raise
@@ -460,6 +560,11 @@ def run_direct(
                 fairy.invalidate(exc.orig)  # (a held one is the caller's to drop)
         raise
     finally:
+        if cursor is not None:
+            try:
+                cursor.close()
+            except dialect.loaded_dbapi.Error:  # its connection is gone
+                pass
         if in_tx:
             try:
                 dbapi_conn.rollback()

@@ -261,13 +261,6 @@ def _any(value: Any, name: str) -> Any:
     return value
 
 
-def _optional(check: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
-    def optional(value: Any, name: str) -> Any:
-        return None if value is None else check(value, name)
-
-    return optional
-
-
 def _or_unset(check: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
     def or_unset(value: Any, name: str) -> Any:
         from ._store_core import UNSET  # the sentinel lives with the plans (imported by then)
@@ -396,19 +389,32 @@ def checked(plan: Callable[P, R]) -> Callable[P, R]:
     missing = [n for n in params if n not in ARGUMENTS]
     if missing:
         raise TypeError(f"{plan.__name__}: no input rule for {', '.join(missing)}")
-    rules = {
-        name: _optional(ARGUMENTS[name]) if _NONE.search(str(p.annotation)) else ARGUMENTS[name]
+    # per parameter: its rule, or None when nothing is to check (``_any``), and
+    # whether None passes unchecked; resolved here, not on every call (every
+    # store call goes through this)
+    rules: dict[str, tuple[Callable[[Any, str], Any] | None, bool]] = {
+        name: (
+            None if ARGUMENTS[name] is _any else ARGUMENTS[name],
+            bool(_NONE.search(str(p.annotation))),
+        )
         for name, p in params.items()
     }
     names = list(rules)
 
+    def check(name: str, value: Any) -> Any:
+        rule, optional = rules[name]
+        if rule is None or (value is None and optional):
+            return value
+        return rule(value, name)
+
     @functools.wraps(plan)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        args = tuple(  # type: ignore[assignment]
-            rules[name](value, name) for name, value in zip(names, args, strict=False)
-        )
+        if args:
+            args = tuple(map(check, names, args))  # type: ignore[assignment]
         for name, value in kwargs.items():
-            kwargs[name] = rules[name](value, name)
+            rule, optional = rules[name]
+            if rule is not None and (value is not None or not optional):
+                kwargs[name] = rule(value, name)
         return plan(*args, **kwargs)
 
     return run

@@ -238,8 +238,10 @@ def insert_summary(dialect: str) -> sa.Insert:
 #: The conversation of a message given by id alone (a lookup on every shard).
 HOME_OF_MESSAGE = sa.select(M.c.conversation_id).where(M.c.id == _B("id"))
 BY_KEY = sa.select(M).where(M.c.conversation_id == _B("cid"), M.c.idempotency_key == _B("key"))
-#: An INSERT of rows whose ids are given (an import keeping ids).
+#: An INSERT of rows whose ids are given (an import keeping ids; a SQLite batch).
 INSERT_PLAIN = sa.insert(M)
+#: SQLite: the largest message id (a batch's ids follow it, see append_many).
+MAX_MESSAGE_ID = sa.select(sa.func.coalesce(sa.func.max(M.c.id), 0))
 IDS_IN_RANGE = (
     sa.select(M.c.id)
     .where(M.c.conversation_id == _B("cid"), M.c.seq >= _B("lo"), M.c.seq <= _B("hi"))

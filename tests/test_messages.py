@@ -105,3 +105,54 @@ json_values = st.recursive(
 def test_round_trip_property(content: str, name: str | None, metadata: dict) -> None:
     msgs = [Message.user(content, name=name, metadata=metadata), Message.assistant(content or None, refusal=None if content else "r")]
     assert load_messages(dump_messages(msgs)) == msgs
+
+
+def test_parse_messages_is_parse_message_of_each() -> None:
+    """The batch form (one validation call for a list of dicts) gives the same messages
+    and, for a bad one, the same error as parsing each."""
+    from convo._messages import parse_message, parse_messages
+
+    good = [{"role": "user", "content": "a"}, {"role": "assistant", "content": None,
+             "refusal": "no"}, {"role": "tool", "content": "1", "tool_call_id": "c"}]
+    assert parse_messages(good) == [parse_message(m) for m in good]
+    assert parse_messages(iter(good)) == [parse_message(m) for m in good]
+    for bad in ({"role": "robot", "content": "x"}, {"role": "user"}, {"role": "tool", "content": "x"},
+                {"role": "user", "content": "x", "extra": 1}):
+        with pytest.raises(InvalidMessageError) as one:
+            parse_message(bad)
+        with pytest.raises(InvalidMessageError) as many:
+            parse_messages([good[0], bad])
+        assert str(many.value) == str(one.value)
+
+
+@given(
+    role=st.sampled_from(["system", "developer", "user", "assistant", "tool", "robot", "User"]),
+    content=st.one_of(st.text(), st.none(), st.integers(), st.lists(st.text(), max_size=2)),
+    extra=st.sampled_from([{}, {"name": "n"}, {"metadata": {}}, {"tool_call_id": "c"}]),
+)
+def test_plain_dicts_skip_validation_but_not_its_result(role: object, content: object,
+                                                         extra: dict[str, object]) -> None:
+    """The fast path for ``{"role": ..., "content": "text"}`` builds exactly what
+    validation builds (value, fields set, dump), and every other dict is validated."""
+    from convo._messages import _plain, parse_message
+
+    value = {"role": role, "content": content, **extra}
+    try:
+        validated = Message.model_validate(value)
+    except ValidationError:
+        validated = None
+    fast = _plain(value)
+    if fast is None:
+        assert not (not extra and role in ("system", "developer", "user", "assistant")
+                    and type(content) is str)
+    else:
+        assert validated is not None
+        assert fast == validated and fast.__dict__ == validated.__dict__
+        assert fast.model_fields_set == validated.model_fields_set
+        assert fast.model_dump(exclude_unset=True) == validated.model_dump(exclude_unset=True)
+        assert repr(fast) == repr(validated) and hash(fast.role) == hash(validated.role)
+    if validated is None:
+        with pytest.raises(InvalidMessageError):
+            parse_message(value)
+    else:
+        assert parse_message(value) == validated

@@ -256,6 +256,36 @@ async def test_append_many_is_consecutive_and_one_transaction(store):
         await store.append_many("0" * 32, [])
 
 
+async def test_append_many_of_mixed_messages_returns_what_is_read_back(store):
+    """One batch whose messages fill different columns (one column list for the whole
+    batch, NULL where a message has none), given as dicts and as messages alike."""
+    conv = await store.create_conversation()
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    batch = [
+        {"role": "system", "content": "rules", "metadata": {"v": 1}},
+        user("plain"),
+        {"role": "user", "content": [{"type": "text", "text": "parts"}], "name": "ann"},
+        {"role": "assistant", "tool_calls": [call]},
+        {"role": "tool", "content": "42", "tool_call_id": "c1"},
+        {"role": "assistant", "refusal": "no"},
+        Message.user("a message value", metadata={"k": [1, None]}),
+        user("plain again"),
+    ]
+    stored = await store.append_many(conv.id, batch)
+    assert [m.seq for m in stored] == list(range(1, 9))
+    assert await store.messages(conv.id) == stored
+    assert [m.pinned for m in stored] == [True] + [False] * 7
+    assert stored[1].metadata == {} and stored[1].name is None and stored[1].tool_calls is None
+    assert stored[2].name == "ann" and stored[2].text == "parts"
+    assert stored[3].tool_calls is not None and stored[3].content is None
+    assert stored[6].metadata == {"k": [1, None]}
+    # a bad message among dicts: named, nothing written
+    before = store.snapshot()
+    with pytest.raises(InvalidMessageError, match=r"tool_call_id|tool message"):
+        await store.append_many(conv.id, [user("fine"), {"role": "tool", "content": "x"}])
+    assert store.snapshot() == before
+
+
 async def test_reading_windows(store):
     conv = await store.create_conversation()
     await store.append_many(conv.id, [user(str(i)) for i in range(1, 11)])

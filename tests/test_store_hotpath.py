@@ -29,7 +29,7 @@ from convo import (
 )
 from convo import _store_driver as driver
 from convo import _store_sql as sql
-from convo._engine import create_engine
+from convo._engine import _sqlite_begin, create_engine
 from convo._messages import FunctionCall, ImagePart, ImageURL, TextPart, ToolCall
 from convo._schema import UTCDateTime
 from convo._records import StoredMessage
@@ -308,6 +308,53 @@ def test_the_direct_path_steps_aside_when_statements_are_observed(make_db: Any) 
         assert getattr(traced._direct, "fairy", None) is None  # never took the direct path
         assert direct.messages(conv.id)[:1] == got
         assert direct._direct.fairy.dbapi_connection is not None
+
+
+def test_the_direct_path_sees_listeners_on_the_engine_class(make_db: Any) -> None:
+    """A listener on the Engine class (not on this engine), added after the store took
+    the direct path: its quick check reads SQLAlchemy's class-level lists, so every
+    later statement is seen; once removed, the direct path is taken again."""
+    url = make_db("sqlite")
+    with Store(url) as store:
+        conv = store.create_conversation()
+        store.append(conv.id, Message.user("before"))
+        assert store._direct.fairy.dbapi_connection is not None  # took the direct path
+        seen: list[str] = []
+
+        def record(conn: Any, cursor: Any, stmt: str, *args: Any) -> None:
+            seen.append(stmt)
+
+        sa.event.listen(sa.engine.Engine, "before_cursor_execute", record)
+        try:
+            assert not driver.direct_ok(store.engine, _sqlite_begin)
+            store.append(conv.id, Message.user("after"))
+            store.messages(conv.id)
+        finally:
+            sa.event.remove(sa.engine.Engine, "before_cursor_execute", record)
+        assert any("INSERT INTO messages" in s for s in seen)
+        assert any("FROM messages" in s for s in seen)
+        seen.clear()
+        assert driver.direct_ok(store.engine, _sqlite_begin)
+        store.append(conv.id, Message.user("removed"))
+        assert not seen
+        assert [m.text for m in store.messages(conv.id)] == ["before", "after", "removed"]
+
+
+def test_the_direct_path_steps_aside_for_dialect_listeners(make_db: Any) -> None:
+    """A dialect event listened to on the engine (SQLAlchemy marks the dialect, which
+    the quick check reads first) turns the direct path off, and removing it back on."""
+    with Store(make_db("sqlite")) as store:
+        assert driver.direct_ok(store.engine, _sqlite_begin)
+
+        def fn(cursor: Any, stmt: str, params: Any, context: Any) -> None:
+            pass
+
+        sa.event.listen(store.engine, "do_execute", fn)
+        try:
+            assert not driver.direct_ok(store.engine, _sqlite_begin)
+        finally:
+            sa.event.remove(store.engine, "do_execute", fn)
+        assert driver.direct_ok(store.engine, _sqlite_begin)
 
 
 def test_thread_connections_close_with_the_store(make_db: Any) -> None:
