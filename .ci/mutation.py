@@ -53,6 +53,15 @@ MODULES: dict[str, list[str]] = {
     "_store_core": ["test_store.py", "test_store_fork.py", "test_store_edges.py",
                     "test_context_edges.py"],
     "_store_sql": ["test_store.py", "test_store_fork.py", "test_store_edges.py"],
+    # turns, runs and replays: the pure cores run on SQLite, the store plans on both
+    "_turn_plan": ["test_turns.py", "test_turns_failures.py", "test_turns_tools.py",
+                   "test_turns_branches.py"],
+    "_tools": ["test_turns_tools.py"],
+    "_replay_plan": ["test_replay.py"],
+    "_reproduce": ["test_reproduce.py", "test_cli_replay.py"],
+    "_store_runs": ["test_runs_store.py", "test_store_hotpath.py"],
+    "_store_branches": ["test_turns_branches.py"],
+    "_store_replays": ["test_replay.py"],
 }
 
 _CASELESS_HEADERS = "httpx.Headers are case-insensitive"
@@ -73,7 +82,7 @@ _UNREPORTED_REASON = (
 
 #: modules whose mutants also run the PostgreSQL cases (dialect-specific SQL); each forked
 #: test run then starts its own pgserver, a few seconds a mutant, so only where it matters
-WITH_POSTGRESQL = {"_store_sql", "_store_core"}
+WITH_POSTGRESQL = {"_store_sql", "_store_core", "_store_runs", "_store_branches", "_store_replays"}
 
 #: module -> [(function, mutated line as mutmut writes it, why no test can tell[, original line])]
 EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
