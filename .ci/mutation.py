@@ -12,7 +12,8 @@ Each module is mutated in a scratch copy of the working tree (``build/mutation/<
 and every mutant is run against the module's own fast test files only, on SQLite only
 (``-k "not postgresql"``: the parametrized PostgreSQL cases start a server, too slow to
 repeat per mutant; the default test run covers PostgreSQL), except the modules in
-WITH_POSTGRESQL, whose dialect-specific SQL only PostgreSQL runs. Hypothesis runs with a fixed
+WITH_POSTGRESQL, whose dialect-specific SQL only PostgreSQL runs; the pure cores in
+SYNC_ONLY run the sync SQLite cases only. Hypothesis runs with a fixed
 seed so two runs of the same code report the same numbers.
 
 Score = killed / (mutants - equivalent). A timeout (the mutant loops forever) counts as
@@ -79,6 +80,11 @@ _UNREPORTED_REASON = (
     "a stop reason given with nothing dropped is never reported: result() says "
     "'history exhausted' whenever dropped_count is 0"
 )
+
+#: pure cores that both shells drive alike (the sync and async Chat / Replayer only add or
+#: leave out ``await``): their mutants run the sync SQLite cases only (the ``sqlite-sync``
+#: ids of the ``store`` fixture, over the in-process transport), a quarter of the cases
+SYNC_ONLY = {"_turn_plan", "_tools", "_replay_plan", "_reproduce"}
 
 #: modules whose mutants also run the PostgreSQL cases (dialect-specific SQL); each forked
 #: test run then starts its own pgserver, a few seconds a mutant, so only where it matters
@@ -459,7 +465,10 @@ def prepare(module: str, tests: list[str], workdir: Path) -> None:
 
 def write_config(module: str, tests: list[str], workdir: Path) -> None:
     selection = ", ".join(json.dumps(f"tests/{t}") for t in tests)
-    only_sqlite = '"-k", "not postgresql", ' if module not in WITH_POSTGRESQL else ""
+    if module in SYNC_ONLY:
+        only_sqlite = '"-k", "not postgresql and not sqlite-async and not sync-server", '
+    else:
+        only_sqlite = '"-k", "not postgresql", ' if module not in WITH_POSTGRESQL else ""
     config = f"""
 
 [tool.mutmut]
