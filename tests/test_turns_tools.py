@@ -9,6 +9,7 @@ also run over the fake's loopback server.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import threading
 from typing import Any, Literal
@@ -26,9 +27,12 @@ from convo import (
     TextDelta,
     ToolCall,
     ToolCallDelta,
+    Tool,
+    ToolArgumentsError,
     ToolResultEvent,
     tool,
 )
+from convo._tools import tool_result_text
 
 BOTH_PATHS = pytest.mark.parametrize("path", ["transport", "server"])
 
@@ -307,3 +311,117 @@ async def test_bad_tool_results_are_refused_before_anything_is_written(env: Env)
             conv.id, [Message.tool("noon", tool_call_id=a.id), Message.user("not a result")]
         )
     assert env.store.snapshot() == before and len(env.model_requests()) == 1
+
+
+# --- Tool itself: definitions, argument checks, results (no turn) ------------------------
+
+
+def test_a_tool_definition_comes_from_the_signature_and_the_docstring() -> None:
+    def find_hotel(city: str, nights: int = 1, tags: list[str] | None = None) -> str:
+        """Find a hotel in a city.
+
+        Longer text the model does not need.
+        """
+        return city
+
+    t = tool(find_hotel)
+    assert t.name == "find_hotel" and t.fn is find_hotel and t.is_async is False
+    assert t.description == "Find a hotel in a city."
+    assert t.parameters["required"] == ["city"]
+    assert t.parameters["properties"]["nights"] == {"default": 1, "type": "integer"}
+    assert "title" not in json.dumps(t.parameters)  # pydantic's titles stripped, nested too
+    assert t.parameters["properties"]["tags"]["anyOf"][0] == {"items": {"type": "string"},
+                                                            "type": "array"}
+    assert t.definition() == {"type": "function", "function": {
+        "name": "find_hotel", "description": "Find a hotel in a city.",
+        "parameters": t.parameters}}
+
+
+def test_a_tool_without_a_description_leaves_the_key_out() -> None:
+    def ping() -> str:
+        return "pong"
+
+    t = tool(ping)
+    assert t.description is None and t.parameters["properties"] == {}
+    assert t.definition() == {"type": "function", "function": {"name": "ping",
+                                                               "parameters": t.parameters}}
+    assert tool(description="")(ping).description is None
+    named = tool(name="other-name_2", description="Says pong.")(ping)
+    assert named.name == "other-name_2" and named.description == "Says pong."
+    assert Tool.from_function(ping, description="x").description == "x"
+
+
+def test_an_async_function_is_an_async_tool() -> None:
+    async def later(x: int) -> int:
+        return x
+
+    assert tool(later).is_async is True
+
+
+@pytest.mark.parametrize("name", ["", "has space", "dot.ted", "a" * 65, "é"])
+def test_a_tool_name_must_follow_openais_rule(name: str) -> None:
+    def f() -> None:
+        pass
+
+    with pytest.raises(ConfigurationError, match="1-64 letters"):
+        tool(name=name)(f) if name else Tool.from_function(lambda: None)
+    assert tool(name="a" * 64)(f).name == "a" * 64
+    assert tool(name="A-z_09")(f).name == "A-z_09"
+
+
+def test_what_cannot_be_a_tool_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="must be callable, got int"):
+        Tool.from_function(3)  # type: ignore[arg-type]
+
+    def star(*args: int) -> None:
+        pass
+
+    def stars(**kwargs: int) -> None:
+        pass
+
+    for fn in (star, stars):
+        with pytest.raises(ConfigurationError, match=r"\*args/\*\*kwargs"):
+            tool(fn)
+
+    def unresolvable(x: NoSuchType) -> None:  # type: ignore[name-defined]  # noqa: F821
+        pass
+
+    with pytest.raises(ConfigurationError, match="cannot read its annotations"):
+        tool(unresolvable)
+
+
+def test_parse_arguments_validates_and_fills_defaults() -> None:
+    def book(city: str, nights: int = 2, note=None) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+    t = tool(book)
+    assert t.parse_arguments('{"city": "Oslo"}') == {"city": "Oslo", "nights": 2, "note": None}
+    assert t.parse_arguments('{"city": "Oslo", "nights": 3, "note": [1]}') == {
+        "city": "Oslo", "nights": 3, "note": [1]}
+    with pytest.raises(ToolArgumentsError, match="^arguments are not JSON: "):
+        t.parse_arguments("{city")
+    with pytest.raises(ToolArgumentsError, match="^arguments must be a JSON object$"):
+        t.parse_arguments('["Oslo"]')
+    with pytest.raises(ToolArgumentsError) as info:
+        t.parse_arguments('{"nights": "many", "extra": 1}')
+    assert str(info.value).split("; ") == [
+        "city: Field required",
+        "nights: Input should be a valid integer, unable to parse string as an integer",
+        "extra: Extra inputs are not permitted",
+    ]
+
+    def nothing() -> None:
+        pass
+
+    assert tool(nothing).parse_arguments("") == {}  # no arguments at all: an empty object
+
+
+def test_a_tool_result_becomes_text() -> None:
+    assert tool_result_text("as is") == "as is"
+    assert tool_result_text({"city": "Zürich", "n": [1, 2]}) == '{"city": "Zürich", "n": [1, 2]}'
+    assert tool_result_text(None) == "null" and tool_result_text(3) == "3"
+    day = datetime.date(2026, 1, 2)
+    assert tool_result_text({"day": day}) == '{"day": "2026-01-02"}'  # what JSON lacks, as str
+    loop: list[Any] = []
+    loop.append(loop)
+    assert tool_result_text(loop) == "[[...]]"  # not JSON at all: str()
