@@ -25,6 +25,7 @@ keyed by the function and the mutated line, so they survive renumbering.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -32,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -433,14 +435,30 @@ def function_of(name: str) -> str:
     return base.removeprefix("x_")
 
 
-def mutmut(workdir: Path, *args: str, log: Path | None = None) -> subprocess.CompletedProcess[str]:
+def mutmut(workdir: Path, *args: str, log: Path | None = None,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     exe = Path(sys.executable).with_name("mutmut")
     cmd = [str(exe), *args]
     if log is not None:
         with log.open("w") as out:
             return subprocess.run(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
-                                  text=True, check=False)
-    return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, check=False)
+                                  text=True, check=False, env=env)
+    return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, check=False, env=env)
+
+
+@contextlib.contextmanager
+def shared_postgres(workdir: Path) -> Iterator[dict[str, str]]:
+    """One pgserver for a whole run: each mutant's test session reuses it (and its migrated
+    template database) instead of starting its own, via CONVO_TEST_PGDATA (tests/conftest.py).
+    This process holds a handle, so the sessions' cleanups leave the server running."""
+    import pgserver
+
+    pgdata = workdir / "pgdata"
+    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    try:
+        yield {**os.environ, "CONVO_TEST_PGDATA": str(pgdata)}
+    finally:
+        server.cleanup()
 
 
 def prepare(module: str, tests: list[str], workdir: Path) -> None:
@@ -551,13 +569,17 @@ def run_module(module: str, jobs: int, *, survivors: bool) -> Summary:
         write_config(module, tests, workdir)
         # changed tests cover other functions now: have mutmut map tests to functions anew
         (workdir / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+        shutil.rmtree(workdir / "pgdata", ignore_errors=True)  # a fresh template database
         names = [m.name for m in previous.mutants if m.status not in ("killed", "timeout")]
         if not names:
             return previous
     started = time.monotonic()
     print(f"== {module}: mutating convo/{module}.py against {', '.join(tests)}"
           + (f" ({len(names)} survivors again)" if names else ""), flush=True)
-    proc = mutmut(workdir, "run", "--max-children", str(jobs), *names, log=workdir / "run.log")
+    with (shared_postgres(workdir) if module in WITH_POSTGRESQL
+          else contextlib.nullcontext(None)) as env:
+        proc = mutmut(workdir, "run", "--max-children", str(jobs), *names,
+                      log=workdir / "run.log", env=env)
     seconds = time.monotonic() - started
     meta = workdir / "mutants" / "convo" / f"{module}.py.meta"
     if proc.returncode != 0 or not meta.exists():
