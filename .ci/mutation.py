@@ -376,6 +376,13 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
            "the startswith test accepts an exact [DONE] too")
           for done in ("XX[DONE]XX", "[done]")],
     ],
+    "_reproduce": [
+        ("outcome_of", "info = response.reply_info(seed=None)",
+         "the outcome's seed is the argument itself: reply_info's seed is not read"),
+        *[("outcome_of", f'"response": response.model_dump({mode}exclude_none=True),',
+           "a response parsed from JSON holds JSON types only: python and JSON dumps are equal")
+          for mode in ("mode=None, ", "", 'mode="XXjsonXX", ', 'mode="JSON", ')],
+    ],
     "_retry": [
         ("parse_retry_after", 'value = headers.get("RETRY-AFTER-MS")',
          "headers are case-insensitive (httpx.Headers, the documented argument)"),
@@ -574,6 +581,7 @@ def run_module(module: str, jobs: int, *, survivors: bool) -> Summary:
         if not names:
             return previous
     started = time.monotonic()
+    commit = git_commit()  # what is mutated and tested: the tree as the run starts
     print(f"== {module}: mutating convo/{module}.py against {', '.join(tests)}"
           + (f" ({len(names)} survivors again)" if names else ""), flush=True)
     with (shared_postgres(workdir) if module in WITH_POSTGRESQL
@@ -611,7 +619,7 @@ def run_module(module: str, jobs: int, *, survivors: bool) -> Summary:
         other=len(mutants) - sum(count.values()),
         equivalent=sum(1 for m in mutants if m.equivalent),
         seconds=round(seconds, 1),
-        commit=git_commit(),
+        commit=commit if previous is None else f"{previous.commit}, survivors {commit}",
         date=time.strftime("%Y-%m-%d"),
         mutants=mutants,
     )
