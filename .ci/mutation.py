@@ -60,11 +60,11 @@ MODULES: dict[str, list[str]] = {
     "_turn_plan": ["test_turns.py", "test_turns_failures.py", "test_turns_tools.py",
                    "test_turns_branches.py"],
     "_tools": ["test_turns_tools.py"],
-    "_replay_plan": ["test_replay.py"],
+    "_replay_plan": ["test_replay.py", "test_cli_replay.py"],
     "_reproduce": ["test_reproduce.py", "test_cli_replay.py"],
     "_store_runs": ["test_runs_store.py", "test_store_hotpath.py"],
     "_store_branches": ["test_turns_branches.py"],
-    "_store_replays": ["test_replay.py"],
+    "_store_replays": ["test_replay.py", "test_cli_replay.py"],
 }
 
 _CASELESS_HEADERS = "httpx.Headers are case-insensitive"
