@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import json
 import threading
 from typing import Any, Literal
@@ -425,3 +426,43 @@ def test_a_tool_result_becomes_text() -> None:
     loop: list[Any] = []
     loop.append(loop)
     assert tool_result_text(loop) == "[[...]]"  # not JSON at all: str()
+
+
+def test_the_description_is_the_docstrings_first_paragraph() -> None:
+    def f() -> None:
+        """First paragraph,
+        on two lines.
+
+        Second.
+
+        Third.
+        """
+
+    assert tool(f).description == "First paragraph,\non two lines."
+
+
+def test_tool_takes_a_name_and_description_with_the_function_too() -> None:
+    def f() -> None:
+        """Doc."""
+
+    t = tool(f, name="renamed", description="Said otherwise.")
+    assert (t.name, t.description) == ("renamed", "Said otherwise.")
+
+
+def test_a_callable_without_a_name_needs_one() -> None:
+    def f(x: int) -> int:
+        return x
+
+    with pytest.raises(ConfigurationError, match="1-64 letters"):
+        Tool.from_function(functools.partial(f))
+
+
+def test_argument_errors_name_where_the_problem_is() -> None:
+    def f(tags: list[str]) -> None:
+        pass
+
+    with pytest.raises(ToolArgumentsError, match=r"^tags\.1: Input should be a valid string$"):
+        tool(f).parse_arguments('{"tags": ["a", 2]}')
+    with pytest.raises(ToolArgumentsError) as info:  # a key with no name: the arguments
+        tool(f).parse_arguments('{"tags": [], "": 1}')
+    assert str(info.value) == "arguments: Extra inputs are not permitted"
