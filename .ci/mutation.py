@@ -59,35 +59,8 @@ MODULES: dict[str, list[str]] = {
     # turns, runs and replays: the pure cores run on SQLite, the store plans on both
     "_turn_plan": ["test_turns.py", "test_turns_failures.py", "test_turns_tools.py",
                    "test_turns_branches.py"],
-    "_turn_plan": [
-        ("_round_of", 'k = message.idempotency_key or "XXXX"',
-         "neither '' nor 'XXXX' starts with '<key>#r' (a key is never 'XX...' plus '#r')"),
-        ("_calling_reply", '"messages", (cid,), {"limit": 201, "newest_first": True, "owner": owner}',
-         "the read's page size: it differs only for a turn with over 200 messages after its "
-         "user message (a bound, not a result)"),
-        *[("partial_response",
-           f"value: dict[str, Any] = snapshot().model_dump({mode}exclude_none=True)",
-           "a stream's snapshot holds JSON types only: python and JSON dumps are equal")
-          for mode in ("mode=None, ", "", 'mode="XXjsonXX", ', 'mode="JSON", ')],
-        *[("run_tool_sync", f'return "{status}", {rest}',
-           "the shells only test the status for 'error', and a missing tool also by tool is None")
-          for status, rest in [
-              ("XXerrorXX", 'f"error: no tool named {effect.call.function.name!r}"'),
-              ("ERROR", 'f"error: no tool named {effect.call.function.name!r}"'),
-              ("XXokXX", "effect.tool.parse_arguments(effect.call.function.arguments)"),
-              ("OK", "effect.tool.parse_arguments(effect.call.function.arguments)"),
-          ]],
-    ],
     "_tools": ["test_turns_tools.py"],
     "_replay_plan": ["test_replay.py", "test_cli_replay.py"],
-    "_tools": [
-        ("Tool.from_function", 'c.isascii() and (c.isalnum() or c in "XX_-XX") for c in tool_name',
-         "the same characters pass: X is alphanumeric anyway"),
-        *[("Tool.from_function", f'doc.split("\\n\\n", {n})[0].strip() if doc else None',
-           "the first piece is the same whatever the number of splits") for n in ("", "2")],
-        ("tool_result_text", "return json.dumps(value, ensure_ascii=None, default=str)",
-         "json.dumps tests ensure_ascii for truth: None and False alike"),
-    ],
     "_reproduce": ["test_reproduce.py", "test_cli_replay.py"],
     "_store_runs": ["test_runs_store.py", "test_store_hotpath.py"],
     "_store_branches": ["test_turns_branches.py"],
@@ -402,6 +375,33 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         *[("StreamCore._handle", f'if text == "{done}" or text.startswith("[DONE]"):',
            "the startswith test accepts an exact [DONE] too")
           for done in ("XX[DONE]XX", "[done]")],
+    ],
+    "_turn_plan": [
+        ("_round_of", 'k = message.idempotency_key or "XXXX"',
+         "neither '' nor 'XXXX' starts with '<key>#r' (a key is never 'XX...' plus '#r')"),
+        ("_calling_reply", '"messages", (cid,), {"limit": 201, "newest_first": True, "owner": owner}',
+         "the read's page size: it differs only for a turn with over 200 messages after its "
+         "user message (a bound, not a result)"),
+        *[("partial_response",
+           f"value: dict[str, Any] = snapshot().model_dump({mode}exclude_none=True)",
+           "a stream's snapshot holds JSON types only: python and JSON dumps are equal")
+          for mode in ("mode=None, ", "", 'mode="XXjsonXX", ', 'mode="JSON", ')],
+        *[("run_tool_sync", f'return "{status}", {rest}',
+           "the shells only test the status for 'error', and a missing tool also by tool is None")
+          for status, rest in [
+              ("XXerrorXX", 'f"error: no tool named {effect.call.function.name!r}"'),
+              ("ERROR", 'f"error: no tool named {effect.call.function.name!r}"'),
+              ("XXokXX", "effect.tool.parse_arguments(effect.call.function.arguments)"),
+              ("OK", "effect.tool.parse_arguments(effect.call.function.arguments)"),
+          ]],
+    ],
+    "_tools": [
+        ("Tool.from_function", 'c.isascii() and (c.isalnum() or c in "XX_-XX") for c in tool_name',
+         "the same characters pass: X is alphanumeric anyway"),
+        *[("Tool.from_function", f'doc.split("\\n\\n", {n})[0].strip() if doc else None',
+           "the first piece is the same whatever the number of splits") for n in ("", "2")],
+        ("tool_result_text", "return json.dumps(value, ensure_ascii=None, default=str)",
+         "json.dumps tests ensure_ascii for truth: None and False alike"),
     ],
     "_reproduce": [
         ("outcome_of", "info = response.reply_info(seed=None)",
