@@ -379,6 +379,8 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
     "_turn_plan": [
         ("_round_of", 'k = message.idempotency_key or "XXXX"',
          "neither '' nor 'XXXX' starts with '<key>#r' (a key is never 'XX...' plus '#r')"),
+        ("_answered_elsewhere", 'if (message.idempotency_key or "XXXX").startswith(prefix):',
+         "neither '' nor 'XXXX' starts with '<key>#'"),
         ("_calling_reply", '"messages", (cid,), {"limit": 201, "newest_first": True, "owner": owner}',
          "the read's page size: it differs only for a turn with over 200 messages after its "
          "user message (a bound, not a result)"),

@@ -38,7 +38,15 @@ from convo import (
     ToolCall,
     ToolCallDelta,
 )
-from convo._turn_plan import _calling_reply, _round_of, chunk_events, partial_response
+from convo._turn_plan import (
+    _answered_elsewhere,
+    _calling_reply,
+    _round_of,
+    chunk_events,
+    partial_response,
+    reply_key,
+    tool_key,
+)
 
 BOTH_PATHS = pytest.mark.parametrize("path", ["transport", "server"])
 
@@ -482,6 +490,32 @@ def test_chunk_events_carry_their_round() -> None:
         "content": "Hi", "tool_calls": [{"index": 1, "id": "c1", "function": {"name": "f"}}]}}]})
     assert chunk_events(chat, 2) == [TextDelta("Hi", 2), ToolCallDelta(1, "c1", "f", "", 2)]
     assert chunk_events(ChatCompletionChunk.model_validate({"choices": []}), 2) == []
+    # a call's first fragment may come without its function: no name, no arguments yet
+    bare = ChatCompletionChunk.model_validate({"choices": [{"delta": {
+        "tool_calls": [{"index": 0, "id": "c0"}]}}]})
+    assert chunk_events(bare, 1) == [ToolCallDelta(0, "c0", None, "", 1)]
+
+
+def test_keys_of_replies_and_tool_results() -> None:
+    assert reply_key("turn", 2) == "turn#r2" and reply_key(None, 2) is None
+    assert tool_key("turn", 1, "call_0") == "turn#t1:call_0"
+    # without a turn key there is none: two keyless turns must not share "None#t0:call_0"
+    assert tool_key(None, 0, "call_0") is None
+
+
+def test_a_reply_made_elsewhere_is_the_first_final_answer_after_the_user_message() -> None:
+    calling = _stored(5, "assistant", calls=["a"])
+    result, final = _stored(6, "tool"), _stored(7, "assistant")
+    later_user, later_reply = _stored(8, "user"), _stored(9, "assistant")
+    assert _answered_elsewhere([calling, result, final, later_user, later_reply], "k#") is final
+    # a calling reply and its result are no final answer (and nothing after the next user
+    # message belongs to this turn)
+    assert _answered_elsewhere([calling, result, later_user, later_reply], "k#") is None
+    assert _answered_elsewhere([calling, result], "k#") is None
+    # one of this turn's own keys: the turn resumes from its own messages instead
+    keyed = _stored(7, "assistant", key="k#r0")
+    assert _answered_elsewhere([keyed, final], "k#") is None
+    assert _answered_elsewhere([_stored(7, "assistant", key="other#r0")], "k#") is not None
 
 
 def test_a_partial_response_is_the_snapshot_without_empty_fields() -> None:
