@@ -30,6 +30,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -456,10 +457,12 @@ class Summary:
     commit: str
     date: str
     mutants: list[Mutant]
+    not_run: int = 0  # a run stopped at its time limit (--minutes) checked the others only
 
     @property
     def score(self) -> float:
-        real = self.total - self.equivalent
+        """Of the mutants checked (all but a stopped run's rest), the share killed."""
+        real = self.total - self.equivalent - self.not_run
         return 100.0 * (self.killed + self.timeout) / real if real else 100.0
 
 
@@ -471,15 +474,28 @@ def function_of(name: str) -> str:
     return base.removeprefix("x_")
 
 
-def mutmut(workdir: Path, *args: str, log: Path | None = None,
-           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def mutmut(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     exe = Path(sys.executable).with_name("mutmut")
-    cmd = [str(exe), *args]
-    if log is not None:
-        with log.open("w") as out:
-            return subprocess.run(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
-                                  text=True, check=False, env=env)
-    return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, check=False, env=env)
+    return subprocess.run([str(exe), *args], cwd=workdir, capture_output=True, text=True,
+                          check=False)
+
+
+def mutmut_run(workdir: Path, args: list[str], log: Path, env: dict[str, str] | None,
+               minutes: float | None) -> int | None:
+    """``mutmut run``; stopped after ``minutes`` (None: the exit code is None then).
+
+    mutmut records each mutant's result as it goes, so a stopped run leaves the
+    mutants it checked; the rest are reported as not run."""
+    exe = Path(sys.executable).with_name("mutmut")
+    with log.open("w") as out:
+        proc = subprocess.Popen([str(exe), "run", *args], cwd=workdir, stdout=out,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            return proc.wait(timeout=None if minutes is None else minutes * 60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait()
+            return None
 
 
 @contextlib.contextmanager
@@ -490,7 +506,7 @@ def shared_postgres(workdir: Path) -> Iterator[dict[str, str]]:
     import pgserver
 
     pgdata = workdir / "pgdata"
-    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    server = pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
     try:
         yield {**os.environ, "CONVO_TEST_PGDATA": str(pgdata)}
     finally:
@@ -590,7 +606,7 @@ def git_commit() -> str:
     return out + ("+changes" if dirty else "")
 
 
-def run_module(module: str, jobs: int, *, survivors: bool) -> Summary:
+def run_module(module: str, jobs: int, *, survivors: bool, minutes: float | None = None) -> Summary:
     tests = MODULES[module]
     workdir = WORK / module
     names: list[str] = []
@@ -606,7 +622,7 @@ def run_module(module: str, jobs: int, *, survivors: bool) -> Summary:
         # changed tests cover other functions now: have mutmut map tests to functions anew
         (workdir / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
         shutil.rmtree(workdir / "pgdata", ignore_errors=True)  # a fresh template database
-        names = [m.name for m in previous.mutants if m.status not in ("killed", "timeout")]
+        names = [m.name for m in previous.mutants if m.status in ("survived", "no tests")]
         if not names:
             return previous
     started = time.monotonic()
@@ -615,28 +631,36 @@ def run_module(module: str, jobs: int, *, survivors: bool) -> Summary:
           + (f" ({len(names)} survivors again)" if names else ""), flush=True)
     with (shared_postgres(workdir) if module in WITH_POSTGRESQL
           else contextlib.nullcontext(None)) as env:
-        proc = mutmut(workdir, "run", "--max-children", str(jobs), *names,
-                      log=workdir / "run.log", env=env)
+        code = mutmut_run(workdir, ["--max-children", str(jobs), *names], workdir / "run.log",
+                          env, minutes)
     seconds = time.monotonic() - started
     meta = workdir / "mutants" / "convo" / f"{module}.py.meta"
-    if proc.returncode != 0 or not meta.exists():
+    if code not in (0, None) or not meta.exists():
         tail = (workdir / "run.log").read_text(errors="replace")[-3000:]
-        raise SystemExit(f"mutmut failed for {module} (exit {proc.returncode}):\n{tail}")
+        raise SystemExit(f"mutmut failed for {module} (exit {code}):\n{tail}")
+    return summarize(module, tests, workdir, commit, seconds, previous, names)
+
+
+def summarize(module: str, tests: list[str], workdir: Path, commit: str, seconds: float,
+              previous: Summary | None = None, names: list[str] | None = None) -> Summary:
+    """The summary of a module's run from what mutmut recorded (summary.json)."""
+    meta = workdir / "mutants" / "convo" / f"{module}.py.meta"
     codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
     if previous is not None:
         # a changed test mapping makes mutmut forget every result: keep the earlier kills
-        rerun = set(names)
+        rerun = set(names or [])
         earlier = {m.name: m.status for m in previous.mutants}
         codes = {n: c if n in rerun else (1 if earlier.get(n) == "killed" else
                                           36 if earlier.get(n) == "timeout" else c)
                  for n, c in codes.items()}
     mutants = [Mutant(name, status_of(code), function_of(name)) for name, code in codes.items()]
     for m in mutants:
-        if m.status not in ("killed", "timeout"):
+        if m.status not in ("killed", "timeout", "not checked"):
             m.diff = diff_lines(workdir, m.name)
             m.equivalent = is_equivalent(module, m)
     count = {s: sum(1 for m in mutants if m.status == s) for s in
              ("killed", "timeout", "survived", "no tests")}
+    not_run = sum(1 for m in mutants if m.status == "not checked")
     summary = Summary(
         module=module,
         tests=tests,
@@ -645,7 +669,8 @@ def run_module(module: str, jobs: int, *, survivors: bool) -> Summary:
         timeout=count["timeout"],
         survived=count["survived"],
         no_tests=count["no tests"],
-        other=len(mutants) - sum(count.values()),
+        other=len(mutants) - sum(count.values()) - not_run,
+        not_run=not_run,
         equivalent=sum(1 for m in mutants if m.equivalent),
         seconds=round(seconds, 1),
         commit=commit if previous is None else f"{previous.commit}, survivors {commit}",
@@ -666,7 +691,8 @@ def load(module: str) -> Summary | None:
 
 
 def print_survivors(summary: Summary) -> None:
-    live = [m for m in summary.mutants if m.status not in ("killed", "timeout") and not m.equivalent]
+    live = [m for m in summary.mutants
+            if m.status not in ("killed", "timeout", "not checked") and not m.equivalent]
     for m in live:
         print(f"  {m.status}: {m.name}")
         for line in m.diff:
@@ -682,10 +708,11 @@ def table(summaries: list[Summary]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for s in summaries:
-        real = s.total - s.equivalent
+        real = s.total - s.equivalent - s.not_run
         done = s.killed + s.timeout
+        partial = f" ({s.not_run} not run)" if s.not_run else ""
         rows.append(
-            f"| `{s.module}` | {', '.join(s.tests)} | {s.total} | {s.equivalent} | "
+            f"| `{s.module}` | {', '.join(s.tests)} | {s.total}{partial} | {s.equivalent} | "
             f"{s.killed} (+{s.timeout}) | {real - done} | {done}/{real} = {s.score:.1f}% | "
             f"{s.date} `{s.commit}` |"
         )
@@ -718,6 +745,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="print the table of the last runs")
     parser.add_argument("--survivors", action="store_true",
                         help="re-run only the last run's surviving mutants, with the current tests")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="stop each module's run after this long; the rest count as not run")
+    parser.add_argument("--collect", metavar="COMMIT", default=None,
+                        help="summarize the modules' last (stopped) runs as they are, "
+                             "recording COMMIT as the tree they ran on")
     parser.add_argument("--min-score", type=float, default=MIN_SCORE,
                         help=f"exit 1 when a module scores lower (default {MIN_SCORE})")
     args = parser.parse_args(argv)
@@ -735,10 +767,16 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(equivalents_markdown(done))
         return 0
+    if args.collect:
+        for module in modules:
+            summary = summarize(module, MODULES[module], WORK / module, args.collect, 0.0)
+            print_survivors(summary)
+            print(table([summary]).splitlines()[-1])
+        return 0
     os.environ.setdefault("PYTHONHASHSEED", "0")
     summaries = []
     for module in modules:
-        summary = run_module(module, args.jobs, survivors=args.survivors)
+        summary = run_module(module, args.jobs, survivors=args.survivors, minutes=args.minutes)
         print_survivors(summary)
         print(table([summary]).splitlines()[-1], f"({summary.seconds:.0f} s)", flush=True)
         summaries.append(summary)
