@@ -382,6 +382,8 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "neither '' nor 'XXXX' starts with '<key>#r' (a key is never 'XX...' plus '#r')"),
         ("_answered_elsewhere", 'if (message.idempotency_key or "XXXX").startswith(prefix):',
          "neither '' nor 'XXXX' starts with '<key>#'"),
+        ("_answered", 'return {m.tool_call_id for m in stored if m.role == "tool" and m.seq >= reply.seq}',
+         "the message at the reply's seq is the reply, never a tool result"),
         ("_calling_reply", '"messages", (cid,), {"limit": 201, "newest_first": True, "owner": owner}',
          "the read's page size: it differs only for a turn with over 200 messages after its "
          "user message (a bound, not a result)"),

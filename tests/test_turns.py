@@ -41,6 +41,7 @@ from convo import (
 from convo._turn_plan import (
     _answered_elsewhere,
     _calling_reply,
+    _result,
     _round_of,
     chunk_events,
     partial_response,
@@ -429,6 +430,13 @@ async def test_no_transaction_is_open_while_the_request_is_in_flight(env: Env) -
     assert checks == [True, True]
 
 
+async def test_a_parameter_that_is_not_json_is_named_in_the_error(env: Env) -> None:
+    chat = env.chat()
+    conv = await env.store.create_conversation()
+    with pytest.raises(StoreInputError, match=r"^request parameters\.x is inf, which is not a JSON"):
+        await chat.send(conv.id, "hi", extra_body={"x": float("inf")})
+
+
 # --- pure helpers of the turn core (no store, no model) ---------------------------------
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -529,3 +537,13 @@ def test_a_partial_response_is_the_snapshot_without_empty_fields() -> None:
         raise ValueError("no choices yet")
 
     assert partial_response(nothing) is None
+
+
+def test_a_turn_result_says_whether_it_is_a_duplicate() -> None:
+    user, reply = _stored(1, "user"), _stored(2, "assistant", calls=["a", "b"])
+    answered = _stored(3, "tool")  # answers call "x" (see _stored), not a or b
+    plain = _result("c" * 32, user, [reply, answered], [], None, reply)
+    assert plain.duplicate is False and plain.from_store is False
+    assert [c.id for c in plain.pending_tool_calls] == ["a", "b"]
+    dup = _result("c" * 32, user, [reply], [], None, reply, duplicate=True, from_store=True)
+    assert dup.duplicate is True and dup.from_store is True and dup.run is None

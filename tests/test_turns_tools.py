@@ -246,6 +246,20 @@ async def test_a_streamed_tool_turn_shows_call_deltas_results_and_text(env: Env)
     await check_runs(env, result)
 
 
+async def test_streamed_tool_results_carry_their_round(env: Env) -> None:
+    calls = Calls()
+    chat = env.chat(tools=calls.tools())
+    conv = await env.store.create_conversation()
+    env.fake.reply_tool_calls([("get_time", {"tz": "UTC"})])
+    env.fake.reply_tool_calls([("get_time", {"tz": "CET"})])
+    env.fake.reply("Noon twice")
+    stream = chat.stream(conv.id, "Times?")
+    events = await stream.events()
+    await stream.result()
+    results = [e for e in events if isinstance(e, ToolResultEvent)]
+    assert [(e.round, e.message.content) for e in results] == [(0, "12:00 UTC"), (1, "12:00 CET")]
+
+
 async def test_async_tools_need_an_async_chat(env: Env) -> None:
     if env.is_async:
         env.chat(tools=Calls().tools(use_async=True))  # AsyncChat awaits them
