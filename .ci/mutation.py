@@ -382,6 +382,8 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "neither '' nor 'XXXX' starts with '<key>#r' (a key is never 'XX...' plus '#r')"),
         ("_answered_elsewhere", 'if (message.idempotency_key or "XXXX").startswith(prefix):',
          "neither '' nor 'XXXX' starts with '<key>#'"),
+        ("plan_turn", 'if result.role != "tool" and not result.tool_call_id:',
+         "Message itself refuses a tool message without a tool_call_id and any other with one"),
         ("_answered", 'return {m.tool_call_id for m in stored if m.role == "tool" and m.seq >= reply.seq}',
          "the message at the reply's seq is the reply, never a tool result"),
         ("_calling_reply", '"messages", (cid,), {"limit": 201, "newest_first": True, "owner": owner}',

@@ -321,7 +321,7 @@ async def test_bad_tool_results_are_refused_before_anything_is_written(env: Env)
     first = await chat.send(conv.id, "Times?")
     a, _ = first.pending_tool_calls
     before = env.store.snapshot()
-    with pytest.raises(InvalidMessageError):
+    with pytest.raises(InvalidMessageError, match="^tool_results must be tool messages with a "):
         await chat.continue_turn(
             conv.id, [Message.tool("noon", tool_call_id=a.id), Message.user("not a result")]
         )
