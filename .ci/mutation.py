@@ -384,6 +384,11 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "neither '' nor 'XXXX' starts with '<key>#'"),
         ("plan_turn", 'if result.role != "tool" and not result.tool_call_id:',
          "Message itself refuses a tool message without a tool_call_id and any other with one"),
+        *[("plan_turn", f"anchor = {v}", "read only after a user message or tool results set it")
+          for v in ("None", "1")],
+        ("plan_turn", "cid, None, {r.tool_call_id for r in spec.tool_results}",
+         "a wrong owner fails at the conversation read before this one, or at the append "
+         "after it: this read writes nothing"),
         ("_answered", 'return {m.tool_call_id for m in stored if m.role == "tool" and m.seq >= reply.seq}',
          "the message at the reply's seq is the reply, never a tool result"),
         ("_calling_reply", '"messages", (cid,), {"limit": 201, "newest_first": True, "owner": owner}',
