@@ -274,3 +274,52 @@ async def test_unstorable_ids_are_refused_not_raised_raw(store):
         await store.get_run("r\ud800")
     with pytest.raises(StoreInputError):
         await store.replay_items("r\ud800")
+
+
+async def test_turn_runs_are_one_keys_runs_oldest_first(store):
+    conv = await store.create_conversation(owner="alice")
+    other = await store.create_conversation(owner="alice")
+    first = await _start(store, conv.id, idempotency_key="turn-1", round=0)
+    second = await _start(store, conv.id, idempotency_key="turn-1", round=1)
+    await _start(store, conv.id, idempotency_key="turn-2")
+    await _start(store, conv.id)
+    await _start(store, other.id, idempotency_key="turn-1")
+    runs = await store.turn_runs(conv.id, "turn-1", owner="alice")
+    assert [(r.id, r.round) for r in runs] == [(first.id, 0), (second.id, 1)]
+    assert await store.turn_runs(conv.id, "nothing", owner="alice") == []
+    with pytest.raises(ConversationNotFound):
+        await store.turn_runs(conv.id, "turn-1", owner="bob")
+    with pytest.raises(StoreInputError, match="idempotency_key"):
+        await store.turn_runs(conv.id, "k" * 300, owner="alice")
+
+
+async def test_runs_for_replies_maps_each_reply_to_the_run_that_made_it(store):
+    conv = await store.create_conversation(owner="alice")
+    await store.append(conv.id, {"role": "user", "content": "Hi"})
+    replies, runs = [], []
+    for text in ("one", "two"):
+        run = await _start(store, conv.id)
+        done = await store.finish_run(run.id, status="ok",
+                                      reply={"role": "assistant", "content": text})
+        replies.append(done.reply)
+        runs.append(done.run)
+    failed = await _start(store, conv.id)
+    await store.finish_run(failed.id, status="failed", error_type="X")
+    user_msg = await store.get_message(conv.id, 1)
+    got = await store.runs_for_replies(conv.id, [replies[0].id, replies[1].id, user_msg.id],
+                                       owner="alice")
+    assert got == {replies[0].id: runs[0], replies[1].id: runs[1]}
+    # ids that are no message ids are skipped, not sent to the database
+    assert await store.runs_for_replies(conv.id, [True, "3", None], owner="alice") == {}
+    assert await store.runs_for_replies(conv.id, [], owner="alice") == {}
+    with pytest.raises(ConversationNotFound):
+        await store.runs_for_replies(conv.id, [replies[0].id], owner="bob")
+
+
+@pytest.mark.parametrize("limit", [0, -1, None, True, 2.0, 2**63])
+async def test_list_runs_needs_a_positive_integer_limit(store, limit):
+    conv = await store.create_conversation()
+    with pytest.raises(StoreInputError) as info:
+        await store.list_runs(conv.id, limit=limit)
+    assert str(info.value) == f"limit must be an integer >= 1, got {limit!r}"
+    assert len((await store.list_runs(conv.id, limit=1)).items) == 0
