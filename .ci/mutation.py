@@ -407,6 +407,14 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
               ("OK", "effect.tool.parse_arguments(effect.call.function.arguments)"),
           ]],
     ],
+    "_store_runs": [
+        *[("_unfinishable", code, "only a run finished between finish_run's statements reaches "
+           "it (a race): no deterministic test")
+          for code in ('if status == "XXpendingXX":', 'if status == "PENDING":',
+                       "raise StoreInputError(None)",
+                       'raise StoreInputError(f"XXrun {run_id!r} could not be finished; try againXX")',
+                       'raise StoreInputError(f"RUN {RUN_ID!R} COULD NOT BE FINISHED; TRY AGAIN")')],
+    ],
     "_tools": [
         ("Tool.from_function", 'c.isascii() and (c.isalnum() or c in "XX_-XX") for c in tool_name',
          "the same characters pass: X is alphanumeric anyway"),

@@ -85,7 +85,7 @@ async def test_a_finished_run_cannot_be_finished_again(store):
     run = await _start(store, conv.id)
     await store.finish_run(run.id, status="cancelled")
     before = store.snapshot()
-    with pytest.raises(StoreInputError, match="already finished"):
+    with pytest.raises(StoreInputError, match=r"^run '\w+' is already finished \(cancelled\)$"):
         await store.finish_run(run.id, status="ok", reply={"role": "assistant", "content": "x"})
     assert store.snapshot() == before
 
@@ -323,3 +323,15 @@ async def test_list_runs_needs_a_positive_integer_limit(store, limit):
         await store.list_runs(conv.id, limit=limit)
     assert str(info.value) == f"limit must be an integer >= 1, got {limit!r}"
     assert len((await store.list_runs(conv.id, limit=1)).items) == 0
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -0.5, True, "3"])
+@pytest.mark.parametrize("field", ["ttfb_ms", "latency_ms"])
+async def test_timings_must_be_finite_milliseconds(store, field, value):
+    conv = await store.create_conversation()
+    run = await _start(store, conv.id)
+    with pytest.raises(StoreInputError) as info:
+        await store.finish_run(run.id, status="failed", **{field: value})
+    assert str(info.value) == f"{field} must be a finite number of milliseconds >= 0"
+    done = await store.finish_run(run.id, status="failed", **{field: 0})
+    assert getattr(done.run, field) == 0.0
