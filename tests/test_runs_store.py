@@ -335,3 +335,27 @@ async def test_timings_must_be_finite_milliseconds(store, field, value):
     assert str(info.value) == f"{field} must be a finite number of milliseconds >= 0"
     done = await store.finish_run(run.id, status="failed", **{field: 0})
     assert getattr(done.run, field) == 0.0
+
+
+async def test_outcome_fields_are_checked_by_name(store):
+    conv = await store.create_conversation()
+    run = await _start(store, conv.id)
+    for bad, message in [
+        ({"surprise": 1, "other": "x"}, "unknown run fields: ['other', 'surprise']"),
+        ({"attempts": -1}, "attempts must be an integer >= 0, got -1"),
+        ({"completion_tokens": 1.5}, "completion_tokens must be an integer >= 0, got 1.5"),
+        ({"reply_message_id": 0}, "reply_message_id must be an integer >= 1, got 0"),
+        ({"finish_reason": 3}, "run finish_reason must be a string"),
+    ]:
+        with pytest.raises(StoreInputError) as info:
+            await store.finish_run(run.id, status="failed", **bad)
+        assert str(info.value) == message
+
+
+async def test_an_outcome_may_name_a_stored_reply_and_a_negative_seed(store):
+    conv = await store.create_conversation()
+    reply = await store.append(conv.id, {"role": "assistant", "content": "stored apart"})
+    run = await _start(store, conv.id)
+    done = await store.finish_run(run.id, status="ok", reply_message_id=reply.id, seed=-7)
+    assert done.run.reply_message_id == reply.id and done.run.seed == -7
+    assert (await store.get_run(run.id)).seed == -7
