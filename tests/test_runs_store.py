@@ -361,8 +361,10 @@ async def test_an_outcome_may_name_a_stored_reply_and_a_negative_seed(store):
     assert (await store.get_run(run.id)).seed == -7
     # a seed is any signed 64-bit integer, the column's range
     lowest = await _start(store, conv.id)
-    done = await store.finish_run(lowest.id, status="failed", seed=-(2**63))
+    done = await store.finish_run(lowest.id, status="failed", seed=-(2**63), attempts=0,
+                                  completion_tokens=0)
     assert (await store.get_run(lowest.id)).seed == -(2**63)
+    assert (done.run.attempts, done.run.completion_tokens) == (0, 0)  # counts start at 0
     below = await _start(store, conv.id)
     with pytest.raises(StoreInputError, match=r"^seed must be an integer >= -9223372036854775808"):
         await store.finish_run(below.id, status="failed", seed=-(2**63) - 1)
