@@ -491,12 +491,6 @@ def function_of(name: str) -> str:
     return base.removeprefix("x_")
 
 
-def mutmut(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    exe = Path(sys.executable).with_name("mutmut")
-    return subprocess.run([str(exe), *args], cwd=workdir, capture_output=True, text=True,
-                          check=False)
-
-
 def mutmut_run(workdir: Path, args: list[str], log: Path, env: dict[str, str] | None,
                minutes: float | None) -> int | None:
     """``mutmut run``; stopped after ``minutes`` (None: the exit code is None then).
@@ -570,12 +564,22 @@ use_git_change_detection = false
         f.write(config)
 
 
-def diff_lines(workdir: Path, name: str) -> list[str]:
-    shown = mutmut(workdir, "show", name).stdout.splitlines()
-    return [
-        line for line in shown
-        if line[:1] in "+-" and not line.startswith(("+++", "---"))
-    ]
+def diff_lines(workdir: Path, names: list[str]) -> dict[str, list[str]]:
+    """The changed lines of each mutant (one process for all: ``mutmut show`` is one each)."""
+    script = (
+        "import json, sys\n"
+        "from mutmut.mutation.diff_apply import find_mutant, get_diff_for_mutant\n"
+        "for n in json.load(sys.stdin):\n"
+        "    print(json.dumps([n, get_diff_for_mutant(n, path=find_mutant(n).path)]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=workdir, input=json.dumps(names),
+                         capture_output=True, text=True, check=True).stdout
+    diffs = dict(json.loads(line) for line in out.splitlines() if line.startswith("["))
+    return {
+        name: [line for line in diffs.get(name, "").splitlines()
+               if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+        for name in names
+    }
 
 
 def is_equivalent(module: str, mutant: Mutant) -> str:
@@ -671,10 +675,11 @@ def summarize(module: str, tests: list[str], workdir: Path, commit: str, seconds
                                           36 if earlier.get(n) == "timeout" else c)
                  for n, c in codes.items()}
     mutants = [Mutant(name, status_of(code), function_of(name)) for name, code in codes.items()]
-    for m in mutants:
-        if m.status not in ("killed", "timeout", "not checked"):
-            m.diff = diff_lines(workdir, m.name)
-            m.equivalent = is_equivalent(module, m)
+    live = [m for m in mutants if m.status not in ("killed", "timeout", "not checked")]
+    diffs = diff_lines(workdir, [m.name for m in live]) if live else {}
+    for m in live:
+        m.diff = diffs[m.name]
+        m.equivalent = is_equivalent(module, m)
     count = {s: sum(1 for m in mutants if m.status == s) for s in
              ("killed", "timeout", "survived", "no tests")}
     not_run = sum(1 for m in mutants if m.status == "not checked")
