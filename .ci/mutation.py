@@ -408,6 +408,8 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
           ]],
     ],
     "_store_runs": [
+        ("_no_constant", "raise ValueError(None)",
+         "request_text catches the ValueError and raises its own StoreInputError message"),
         *[("_unfinishable", code, "only a run finished between finish_run's statements reaches "
            "it (a race): no deterministic test")
           for code in ('if status == "XXpendingXX":', 'if status == "PENDING":',
