@@ -426,6 +426,8 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "json.dumps tests ensure_ascii for truth: None and False alike"),
     ],
     "_reproduce": [
+        ("text_similarity", "return difflib.SequenceMatcher(None, a, b, autojunk=None).ratio()",
+         "difflib tests autojunk for truth: None and False alike"),
         ("outcome_of", "info = response.reply_info(seed=None)",
          "the outcome's seed is the argument itself: reply_info's seed is not read"),
         *[("outcome_of", f'"response": response.model_dump({mode}exclude_none=True),',
