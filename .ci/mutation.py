@@ -713,7 +713,13 @@ def load(module: str) -> Summary | None:
         return None
     data = json.loads(path.read_text())
     data["mutants"] = [Mutant(**m) for m in data["mutants"]]
-    return Summary(**data)
+    summary = Summary(**data)
+    # EQUIVALENT may have grown since the run: apply it to the recorded diffs again
+    for m in summary.mutants:
+        if m.diff:
+            m.equivalent = is_equivalent(module, m)
+    summary.equivalent = sum(1 for m in summary.mutants if m.equivalent)
+    return summary
 
 
 def print_survivors(summary: Summary) -> None:
