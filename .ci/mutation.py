@@ -407,6 +407,11 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
               ("OK", "effect.tool.parse_arguments(effect.call.function.arguments)"),
           ]],
     ],
+    "_replay_plan": [
+        ("judge_messages",
+         '{"role": "user", "content": json.dumps(payload, ensure_ascii=None)},',
+         "json.dumps tests ensure_ascii for truth: None and False alike"),
+    ],
     "_store_runs": [
         ("_no_constant", "raise ValueError(None)",
          "request_text catches the ValueError and raises its own StoreInputError message"),

@@ -347,6 +347,9 @@ def test_an_arm_spec_is_what_resumes_it_and_arms_come_back_from_it():
     assert arms_from_spec({"arms": [{"name": "n", "model": "other", "mode": "chat"}]},
                           [given])[0].client == "its client"
     assert arms_from_spec({}, [given]) == []
+    both = arms_from_spec({"arms": [{"name": "n", "model": "m", "mode": "chat"},
+                                    {"name": "k", "model": "m2", "mode": "chat"}]}, [given])
+    assert [(a.label, a.model) for a in both] == [("n", "m"), ("k", "m2")]
     assert replay_spec(["c1"], [arm], "continue", "judge-model") == {
         "conversations": ["c1"], "arms": [spec], "mode": "continue", "judge": "judge-model"}
 
@@ -412,7 +415,10 @@ def test_recorded_results_match_by_tool_and_arguments_then_by_tool():
 def test_the_judge_prompt_and_its_verdict():
     messages = judge_messages(JudgeTurn("¿Qué tal?", "Bien", {"a": "Muy bien", "b": None}))
     assert [m["role"] for m in messages] == ["system", "user"]
-    assert '"winner"' in messages[0]["content"] and '"scores"' in messages[0]["content"]
+    assert messages[0]["content"] == (  # the format parse_verdict and the report rely on
+        "You compare assistant replies to the same user message. Answer with a JSON object: "
+        '{"winner": <a candidate name, "original" or "tie">, "scores": {<name>: <1-10>}, '
+        '"reason": <one sentence>}.')
     assert messages[1]["content"] == (
         '{"user_message": "¿Qué tal?", "original_reply": "Bien", '
         '"candidates": {"a": "Muy bien", "b": null}}')
