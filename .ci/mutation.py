@@ -408,6 +408,17 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
           ]],
     ],
     "_replay_plan": [
+        *[("_canonical", f"return json.dumps(json.loads(arguments), sort_keys=True, {sep})",
+           "both sides of the comparison go through _canonical: any fixed separators compare alike")
+          for sep in ("separators=None", "", 'separators=("XX,XX", ":")', 'separators=(",", "XX:XX")')],
+        ("ReplayReport.to_json", "}, ensure_ascii=None, indent=2)",
+         "json.dumps tests ensure_ascii for truth: None and False alike"),
+        *[("ReplayReport.to_json", f'"arms": [a.model_dump({mode}) for a in self.arms()],',
+           "ArmSummary holds JSON types only: python and JSON dumps are equal")
+          for mode in ("mode=None", 'mode="XXjsonXX"', 'mode="JSON"')],
+        *[("ReplayReport.to_csv", f"row = item.model_dump({mode})",
+           "every CSV column is a JSON type either way (created_at, the datetime, is no column)")
+          for mode in ("mode=None", 'mode="XXjsonXX"', 'mode="JSON"')],
         ("judge_messages",
          '{"role": "user", "content": json.dumps(payload, ensure_ascii=None)},',
          "json.dumps tests ensure_ascii for truth: None and False alike"),

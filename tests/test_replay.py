@@ -472,3 +472,24 @@ def test_a_report_sums_each_arm_in_the_replays_order():
     data = json.loads(report.to_json())
     assert [x["arm"] for x in data["arms"]] == ["b", "a"] and len(data["items"]) == 5
     assert data["replay"]["id"] == "r"
+
+
+def test_recorded_results_compare_arguments_whatever_their_key_order():
+    calls = stored(2, "assistant", None, tool_calls=[
+        call("a", "weather", '{"city": "Rome", "unit": "C"}'),
+        call("b", "weather", '{"city": "Paris", "unit": "C"}'),
+    ])
+    turn = SourceTurn(0, stored(1, "user", "q"), (
+        calls, stored(3, "tool", "Rome: 25", tool_call_id="a"),
+        stored(4, "tool", "Paris: 21", tool_call_id="b")))
+    assert turn.recorded_result(call("x", "weather", '{"unit":"C","city":"Paris"}'), set()) == "Paris: 21"
+
+
+def test_a_report_as_json_is_indented_and_keeps_its_text():
+    replay = Replay(id="r", mode="continue", status="done", created_at=NOW, updated_at=NOW,
+                    spec={"arms": [{"name": "a"}]})
+    item = ReplayItem(replay_id="r", conversation_id="c", turn=0, arm="a", status="ok",
+                      user_seq=1, text="Grüße")
+    text = ReplayReport(replay=replay, items=[item]).to_json()
+    assert '"text": "Grüße"' in text  # not \u-escaped
+    assert text.splitlines()[:3] == ["{", '  "replay": {', '    "id": "r",']
