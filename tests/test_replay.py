@@ -29,6 +29,7 @@ from convo import (
     ReplayItem,
     ReplayNotFound,
     ReplayReport,
+    Run,
     StoredMessage,
     ToolCall,
     tool,
@@ -36,6 +37,7 @@ from convo import (
 from convo._replay_plan import (
     JudgeTurn,
     SourceTurn,
+    _turn_tools,
     arms_from_spec,
     check_arms,
     judge_messages,
@@ -128,6 +130,9 @@ async def test_continue_mode_two_arms_with_a_tool_round(store):
     bodies = _bodies(h.fake, sent_before)
     tool_msgs = [m for b in bodies for m in b.get("messages", []) if m["role"] == "tool"]
     assert any(json.loads(m["content"]) == {"city": "Paris", "temp": 21} for m in tool_msgs)
+    # the chat arm's requests offer the tools the original turns offered
+    original_tools = next(iter(original_runs.values())).body()["tools"]
+    assert all(b["tools"] == original_tools for b in bodies if "messages" in b)
     # each arm keeps one branch, with its own replies feeding the next turn
     branches = {i.arm: i.branch_id for i in report.items}
     for arm, branch in branches.items():
@@ -493,3 +498,16 @@ def test_a_report_as_json_is_indented_and_keeps_its_text():
     text = ReplayReport(replay=replay, items=[item]).to_json()
     assert '"text": "Grüße"' in text  # not \u-escaped
     assert text.splitlines()[:3] == ["{", '  "replay": {', '    "id": "r",']
+
+
+def test_a_replayed_turn_offers_the_tools_its_original_run_offered():
+    def run_with(body: dict[str, Any]) -> Run:
+        return Run(id="r" * 32, conversation_id="c" * 32, endpoint="chat.completions",
+                   mode="chat", model="m", request=json.dumps(body), created_at=NOW)
+
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    assert _turn_tools(run_with({"tools": tools})) == tools
+    assert _turn_tools(run_with({"tools": []})) is None
+    assert _turn_tools(run_with({"tools": {"f": 1}})) is None
+    assert _turn_tools(run_with({"messages": []})) is None
+    assert _turn_tools(None) is None
