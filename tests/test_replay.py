@@ -511,3 +511,20 @@ def test_a_replayed_turn_offers_the_tools_its_original_run_offered():
     assert _turn_tools(run_with({"tools": {"f": 1}})) is None
     assert _turn_tools(run_with({"messages": []})) is None
     assert _turn_tools(None) is None
+
+
+async def test_a_turn_the_original_never_answered_is_replayed_too(store):
+    h = Harness(store, FakeBackend())
+    conv = await store.create_conversation()
+    h.fake.reply("Hello!")
+    await h.send(conv.id, "Hi")
+    await store.append(conv.id, Message.user("Still there?"))  # its reply never came
+    h.fake.reply("Yes.")
+    h.fake.reply("Still here.")
+    report = await h.replay(conv.id, arms=[Arm("gpt-4o-mini", name="a")], mode="teacher-forcing")
+    first, second = report.items
+    assert (first.status, first.original_text, first.text) == ("ok", "Hello!", "Yes.")
+    assert first.original_run_id is not None and first.similarity is not None
+    assert (second.status, second.text) == ("ok", "Still here.")
+    assert second.original_text is None and second.original_run_id is None
+    assert second.similarity is None
