@@ -528,3 +528,36 @@ async def test_a_turn_the_original_never_answered_is_replayed_too(store):
     assert (second.status, second.text) == ("ok", "Still here.")
     assert second.original_text is None and second.original_run_id is None
     assert second.similarity is None
+
+
+async def test_resume_sends_only_the_turns_not_done_in_teacher_forcing(store):
+    h = Harness(store, FakeBackend())
+    cid = await h.thread()
+    h.fake.reply("one")
+    h.fake.fail(500)
+    h.fake.reply("three")
+    report = await h.replay(cid, arms=[ARMS[0]], mode="teacher-forcing")
+    assert [i.status for i in report.items] == ["ok", "failed", "ok"]
+    sent = len(h.fake.requests)
+    h.fake.reply("two")
+    again = await h.replay(replay_id=report.replay.id)
+    assert len(h.fake.requests) - sent == 1  # no key makes a done turn idempotent here
+    assert [i.text for i in again.items] == ["one", "two", "three"]
+    assert again.items[0] == report.items[0]
+
+
+async def test_a_resumed_continue_replay_goes_on_on_the_arms_branch(store):
+    h = Harness(store, FakeBackend())
+    conv = await store.create_conversation()
+    h.fake.reply("Hello!")
+    await h.send(conv.id, "Hi")
+    h.fake.reply("Hi there.")
+    report = await h.replay(conv.id, arms=[ARMS[0]], mode="continue")
+    h.fake.reply("Bye!")
+    await h.send(conv.id, "Bye")  # the thread grew after the replay
+    h.fake.reply("See you.")
+    again = await h.replay(replay_id=report.replay.id)
+    assert [i.text for i in again.items] == ["Hi there.", "See you."]
+    assert again.items[1].branch_id == report.items[0].branch_id
+    roles = [m.role for m in await store.messages(report.items[0].branch_id)]
+    assert roles == ["user", "assistant", "user", "assistant"]
