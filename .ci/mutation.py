@@ -424,6 +424,11 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "json.dumps tests ensure_ascii for truth: None and False alike"),
     ],
     "_store_runs": [
+        ("list_runs", '_int(limit, "limit", minimum=1, optional=None)',
+         "optional is tested for truth: None and False alike"),
+        *[("turn_runs", code, "a run id sorts by creation (new_run_id: ms clock, then a "
+           "counter): created_at and id give the same order")
+          for code in (".order_by(R.c.id)", ".order_by(R.c.created_at, )")],
         ("_no_constant", "raise ValueError(None)",
          "request_text catches the ValueError and raises its own StoreInputError message"),
         *[("_unfinishable", code, "only a run finished between finish_run's statements reaches "

@@ -289,8 +289,9 @@ async def test_turn_runs_are_one_keys_runs_oldest_first(store):
     assert await store.turn_runs(conv.id, "nothing", owner="alice") == []
     with pytest.raises(ConversationNotFound):
         await store.turn_runs(conv.id, "turn-1", owner="bob")
-    with pytest.raises(StoreInputError, match="idempotency_key"):
+    with pytest.raises(StoreInputError) as info:
         await store.turn_runs(conv.id, "k" * 300, owner="alice")
+    assert str(info.value) == "idempotency_key is 300 characters long; at most 255 are allowed"
 
 
 async def test_runs_for_replies_maps_each_reply_to_the_run_that_made_it(store):
@@ -303,12 +304,15 @@ async def test_runs_for_replies_maps_each_reply_to_the_run_that_made_it(store):
                                       reply={"role": "assistant", "content": text})
         replies.append(done.reply)
         runs.append(done.run)
-    failed = await _start(store, conv.id)
-    await store.finish_run(failed.id, status="failed", error_type="X")
+    failed = await _start(store, conv.id)  # a failed run naming a reply does not count
+    await store.finish_run(failed.id, status="failed", error_type="X",
+                           reply_message_id=replies[0].id)
     user_msg = await store.get_message(conv.id, 1)
     got = await store.runs_for_replies(conv.id, [replies[0].id, replies[1].id, user_msg.id],
                                        owner="alice")
     assert got == {replies[0].id: runs[0], replies[1].id: runs[1]}
+    assert await store.runs_for_replies(conv.id, [replies[1].id], owner="alice") == {
+        replies[1].id: runs[1]}  # only the replies asked for
     # ids that are no message ids are skipped, not sent to the database
     assert await store.runs_for_replies(conv.id, [True, "3", None], owner="alice") == {}
     assert await store.runs_for_replies(conv.id, [], owner="alice") == {}
