@@ -696,8 +696,9 @@ def summarize(module: str, tests: list[str], workdir: Path, commit: str, seconds
         # a changed test mapping makes mutmut forget every result: keep the earlier kills
         rerun = set(names or [])
         earlier = {m.name: m.status for m in previous.mutants}
-        codes = {n: c if n in rerun else (1 if earlier.get(n) == "killed" else
-                                          36 if earlier.get(n) == "timeout" else c)
+        back = {"killed": 1, "timeout": 36, "survived": 0, "no tests": 33}
+        # a re-run stopped at its time limit leaves its last survivors as they were
+        codes = {n: c if n in rerun and c is not None else back.get(earlier.get(n, ""), c)
                  for n, c in codes.items()}
     mutants = [Mutant(name, status_of(code), function_of(name)) for name, code in codes.items()]
     live = [m for m in mutants if m.status not in ("killed", "timeout", "not checked")]
