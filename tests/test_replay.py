@@ -533,12 +533,13 @@ async def test_a_turn_the_original_never_answered_is_replayed_too(store):
 async def test_resume_sends_only_the_turns_not_done_in_teacher_forcing(store):
     h = Harness(store, FakeBackend())
     cid = await h.thread()
-    for reply in ("one", "f-one", None, "f-two", "three", "f-three"):  # turn by turn, arm by arm
+    # turn by turn, arm by arm; the second arm's second turn fails (after the first arm's)
+    for reply in ("one", "f-one", "two", None, "three", "f-three"):
         h.fake.reply(reply) if reply else h.fake.fail(500)
     report = await h.replay(cid, arms=ARMS, mode="teacher-forcing")
-    assert [i.status for i in report.items] == ["ok", "ok", "failed", "ok", "ok", "ok"]
+    assert [i.status for i in report.items] == ["ok", "ok", "ok", "failed", "ok", "ok"]
     sent = len(h.fake.requests)
-    h.fake.reply("two")
+    h.fake.reply("f-two")
     again = await h.replay(replay_id=report.replay.id)
     assert len(h.fake.requests) - sent == 1  # no key makes a done turn idempotent here
     assert [i.text for i in again.items] == ["one", "f-one", "two", "f-two", "three", "f-three"]
