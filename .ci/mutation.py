@@ -12,7 +12,8 @@ Each module is mutated in a scratch copy of the working tree (``build/mutation/<
 and every mutant is run against the module's own fast test files only, on SQLite only
 (``-k "not postgresql"``: the parametrized PostgreSQL cases start a server, too slow to
 repeat per mutant; the default test run covers PostgreSQL), except the modules in
-WITH_POSTGRESQL, whose dialect-specific SQL only PostgreSQL runs. Hypothesis runs with a fixed
+WITH_POSTGRESQL, whose dialect-specific SQL only PostgreSQL runs; the pure cores in
+SYNC_ONLY run the sync SQLite cases only. Hypothesis runs with a fixed
 seed so two runs of the same code report the same numbers.
 
 Score = killed / (mutants - equivalent). A timeout (the mutant loops forever) counts as
@@ -24,13 +25,16 @@ keyed by the function and the mutated line, so they survive renumbering.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -53,6 +57,15 @@ MODULES: dict[str, list[str]] = {
     "_store_core": ["test_store.py", "test_store_fork.py", "test_store_edges.py",
                     "test_context_edges.py"],
     "_store_sql": ["test_store.py", "test_store_fork.py", "test_store_edges.py"],
+    # turns, runs and replays: the pure cores run on SQLite, the store plans on both
+    "_turn_plan": ["test_turns.py", "test_turns_failures.py", "test_turns_tools.py",
+                   "test_turns_branches.py"],
+    "_tools": ["test_turns_tools.py"],
+    "_replay_plan": ["test_replay.py", "test_cli_replay.py"],
+    "_reproduce": ["test_reproduce.py", "test_cli_replay.py"],
+    "_store_runs": ["test_runs_store.py", "test_store_hotpath.py"],
+    "_store_branches": ["test_turns_branches.py"],
+    "_store_replays": ["test_replay.py", "test_cli_replay.py"],
 }
 
 _CASELESS_HEADERS = "httpx.Headers are case-insensitive"
@@ -71,9 +84,14 @@ _UNREPORTED_REASON = (
     "'history exhausted' whenever dropped_count is 0"
 )
 
+#: pure cores that both shells drive alike (the sync and async Chat / Replayer only add or
+#: leave out ``await``): their mutants run the sync SQLite cases only (the ``sqlite-sync``
+#: ids of the ``store`` fixture, over the in-process transport), a quarter of the cases
+SYNC_ONLY = {"_turn_plan", "_tools", "_replay_plan", "_reproduce"}
+
 #: modules whose mutants also run the PostgreSQL cases (dialect-specific SQL); each forked
 #: test run then starts its own pgserver, a few seconds a mutant, so only where it matters
-WITH_POSTGRESQL = {"_store_sql", "_store_core"}
+WITH_POSTGRESQL = {"_store_sql", "_store_core", "_store_runs", "_store_branches", "_store_replays"}
 
 #: module -> [(function, mutated line as mutmut writes it, why no test can tell[, original line])]
 EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
@@ -359,6 +377,84 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
            "the startswith test accepts an exact [DONE] too")
           for done in ("XX[DONE]XX", "[done]")],
     ],
+    "_turn_plan": [
+        ("_round_of", 'k = message.idempotency_key or "XXXX"',
+         "neither '' nor 'XXXX' starts with '<key>#r' (a key is never 'XX...' plus '#r')"),
+        ("_answered_elsewhere", 'if (message.idempotency_key or "XXXX").startswith(prefix):',
+         "neither '' nor 'XXXX' starts with '<key>#'"),
+        ("plan_turn", 'if result.role != "tool" and not result.tool_call_id:',
+         "Message itself refuses a tool message without a tool_call_id and any other with one"),
+        *[("plan_turn", f"anchor = {v}", "read only after a user message or tool results set it")
+          for v in ("None", "1")],
+        ("plan_turn", "cid, None, {r.tool_call_id for r in spec.tool_results}",
+         "a wrong owner fails at the conversation read before this one, or at the append "
+         "after it: this read writes nothing"),
+        ("_answered", 'return {m.tool_call_id for m in stored if m.role == "tool" and m.seq >= reply.seq}',
+         "the message at the reply's seq is the reply, never a tool result"),
+        ("_calling_reply", '"messages", (cid,), {"limit": 201, "newest_first": True, "owner": owner}',
+         "the read's page size: it differs only for a turn with over 200 messages after its "
+         "user message (a bound, not a result)"),
+        *[("partial_response",
+           f"value: dict[str, Any] = snapshot().model_dump({mode}exclude_none=True)",
+           "a stream's snapshot holds JSON types only: python and JSON dumps are equal")
+          for mode in ("mode=None, ", "", 'mode="XXjsonXX", ', 'mode="JSON", ')],
+        *[("run_tool_sync", f'return "{status}", {rest}',
+           "the shells only test the status for 'error', and a missing tool also by tool is None")
+          for status, rest in [
+              ("XXerrorXX", 'f"error: no tool named {effect.call.function.name!r}"'),
+              ("ERROR", 'f"error: no tool named {effect.call.function.name!r}"'),
+              ("XXokXX", "effect.tool.parse_arguments(effect.call.function.arguments)"),
+              ("OK", "effect.tool.parse_arguments(effect.call.function.arguments)"),
+          ]],
+    ],
+    "_replay_plan": [
+        *[("_canonical", f"return json.dumps(json.loads(arguments), sort_keys=True, {sep})",
+           "both sides of the comparison go through _canonical: any fixed separators compare alike")
+          for sep in ("separators=None", "", 'separators=("XX,XX", ":")', 'separators=(",", "XX:XX")')],
+        ("ReplayReport.to_json", "}, ensure_ascii=None, indent=2)",
+         "json.dumps tests ensure_ascii for truth: None and False alike"),
+        *[("ReplayReport.to_json", f'"arms": [a.model_dump({mode}) for a in self.arms()],',
+           "ArmSummary holds JSON types only: python and JSON dumps are equal")
+          for mode in ("mode=None", 'mode="XXjsonXX"', 'mode="JSON"')],
+        *[("ReplayReport.to_csv", f"row = item.model_dump({mode})",
+           "every CSV column is a JSON type either way (created_at, the datetime, is no column)")
+          for mode in ("mode=None", 'mode="XXjsonXX"', 'mode="JSON"')],
+        ("judge_messages",
+         '{"role": "user", "content": json.dumps(payload, ensure_ascii=None)},',
+         "json.dumps tests ensure_ascii for truth: None and False alike"),
+    ],
+    "_store_runs": [
+        ("list_runs", '_int(limit, "limit", minimum=1, optional=None)',
+         "optional is tested for truth: None and False alike"),
+        *[("turn_runs", code, "a run id sorts by creation (new_run_id: ms clock, then a "
+           "counter): created_at and id give the same order")
+          for code in (".order_by(R.c.id)", ".order_by(R.c.created_at, )")],
+        ("_no_constant", "raise ValueError(None)",
+         "request_text catches the ValueError and raises its own StoreInputError message"),
+        *[("_unfinishable", code, "only a run finished between finish_run's statements reaches "
+           "it (a race): no deterministic test")
+          for code in ('if status == "XXpendingXX":', 'if status == "PENDING":',
+                       "raise StoreInputError(None)",
+                       'raise StoreInputError(f"XXrun {run_id!r} could not be finished; try againXX")',
+                       'raise StoreInputError(f"RUN {RUN_ID!R} COULD NOT BE FINISHED; TRY AGAIN")')],
+    ],
+    "_tools": [
+        ("Tool.from_function", 'c.isascii() and (c.isalnum() or c in "XX_-XX") for c in tool_name',
+         "the same characters pass: X is alphanumeric anyway"),
+        *[("Tool.from_function", f'doc.split("\\n\\n", {n})[0].strip() if doc else None',
+           "the first piece is the same whatever the number of splits") for n in ("", "2")],
+        ("tool_result_text", "return json.dumps(value, ensure_ascii=None, default=str)",
+         "json.dumps tests ensure_ascii for truth: None and False alike"),
+    ],
+    "_reproduce": [
+        ("text_similarity", "return difflib.SequenceMatcher(None, a, b, autojunk=None).ratio()",
+         "difflib tests autojunk for truth: None and False alike"),
+        ("outcome_of", "info = response.reply_info(seed=None)",
+         "the outcome's seed is the argument itself: reply_info's seed is not read"),
+        *[("outcome_of", f'"response": response.model_dump({mode}exclude_none=True),',
+           "a response parsed from JSON holds JSON types only: python and JSON dumps are equal")
+          for mode in ("mode=None, ", "", 'mode="XXjsonXX", ', 'mode="JSON", ')],
+    ],
     "_retry": [
         ("parse_retry_after", 'value = headers.get("RETRY-AFTER-MS")',
          "headers are case-insensitive (httpx.Headers, the documented argument)"),
@@ -403,10 +499,12 @@ class Summary:
     commit: str
     date: str
     mutants: list[Mutant]
+    not_run: int = 0  # a run stopped at its time limit (--minutes) checked the others only
 
     @property
     def score(self) -> float:
-        real = self.total - self.equivalent
+        """Of the mutants checked (all but a stopped run's rest), the share killed."""
+        real = self.total - self.equivalent - self.not_run
         return 100.0 * (self.killed + self.timeout) / real if real else 100.0
 
 
@@ -418,14 +516,37 @@ def function_of(name: str) -> str:
     return base.removeprefix("x_")
 
 
-def mutmut(workdir: Path, *args: str, log: Path | None = None) -> subprocess.CompletedProcess[str]:
+def mutmut_run(workdir: Path, args: list[str], log: Path, env: dict[str, str] | None,
+               minutes: float | None) -> int | None:
+    """``mutmut run``; stopped after ``minutes`` (None: the exit code is None then).
+
+    mutmut records each mutant's result as it goes, so a stopped run leaves the
+    mutants it checked; the rest are reported as not run."""
     exe = Path(sys.executable).with_name("mutmut")
-    cmd = [str(exe), *args]
-    if log is not None:
-        with log.open("w") as out:
-            return subprocess.run(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
-                                  text=True, check=False)
-    return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, check=False)
+    with log.open("w") as out:
+        proc = subprocess.Popen([str(exe), "run", *args], cwd=workdir, stdout=out,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            return proc.wait(timeout=None if minutes is None else minutes * 60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait()
+            return None
+
+
+@contextlib.contextmanager
+def shared_postgres(workdir: Path) -> Iterator[dict[str, str]]:
+    """One pgserver for a whole run: each mutant's test session reuses it (and its migrated
+    template database) instead of starting its own, via CONVO_TEST_PGDATA (tests/conftest.py).
+    This process holds a handle, so the sessions' cleanups leave the server running."""
+    import pgserver
+
+    pgdata = workdir / "pgdata"
+    server = pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+    try:
+        yield {**os.environ, "CONVO_TEST_PGDATA": str(pgdata)}
+    finally:
+        server.cleanup()
 
 
 def prepare(module: str, tests: list[str], workdir: Path) -> None:
@@ -450,7 +571,10 @@ def prepare(module: str, tests: list[str], workdir: Path) -> None:
 
 def write_config(module: str, tests: list[str], workdir: Path) -> None:
     selection = ", ".join(json.dumps(f"tests/{t}") for t in tests)
-    only_sqlite = '"-k", "not postgresql", ' if module not in WITH_POSTGRESQL else ""
+    if module in SYNC_ONLY:
+        only_sqlite = '"-k", "not postgresql and not sqlite-async and not sync-server", '
+    else:
+        only_sqlite = '"-k", "not postgresql", ' if module not in WITH_POSTGRESQL else ""
     config = f"""
 
 [tool.mutmut]
@@ -465,12 +589,22 @@ use_git_change_detection = false
         f.write(config)
 
 
-def diff_lines(workdir: Path, name: str) -> list[str]:
-    shown = mutmut(workdir, "show", name).stdout.splitlines()
-    return [
-        line for line in shown
-        if line[:1] in "+-" and not line.startswith(("+++", "---"))
-    ]
+def diff_lines(workdir: Path, names: list[str]) -> dict[str, list[str]]:
+    """The changed lines of each mutant (one process for all: ``mutmut show`` is one each)."""
+    script = (
+        "import json, sys\n"
+        "from mutmut.mutation.diff_apply import find_mutant, get_diff_for_mutant\n"
+        "for n in json.load(sys.stdin):\n"
+        "    print(json.dumps([n, get_diff_for_mutant(n, path=find_mutant(n).path)]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=workdir, input=json.dumps(names),
+                         capture_output=True, text=True, check=True).stdout
+    diffs = dict(json.loads(line) for line in out.splitlines() if line.startswith("["))
+    return {
+        name: [line for line in diffs.get(name, "").splitlines()
+               if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+        for name in names
+    }
 
 
 def is_equivalent(module: str, mutant: Mutant) -> str:
@@ -518,7 +652,7 @@ def git_commit() -> str:
     return out + ("+changes" if dirty else "")
 
 
-def run_module(module: str, jobs: int, *, survivors: bool) -> Summary:
+def run_module(module: str, jobs: int, *, survivors: bool, minutes: float | None = None) -> Summary:
     tests = MODULES[module]
     workdir = WORK / module
     names: list[str] = []
@@ -533,33 +667,48 @@ def run_module(module: str, jobs: int, *, survivors: bool) -> Summary:
         write_config(module, tests, workdir)
         # changed tests cover other functions now: have mutmut map tests to functions anew
         (workdir / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
-        names = [m.name for m in previous.mutants if m.status not in ("killed", "timeout")]
+        shutil.rmtree(workdir / "pgdata", ignore_errors=True)  # a fresh template database
+        names = [m.name for m in previous.mutants if m.status in ("survived", "no tests")]
         if not names:
             return previous
     started = time.monotonic()
+    commit = git_commit()  # what is mutated and tested: the tree as the run starts
     print(f"== {module}: mutating convo/{module}.py against {', '.join(tests)}"
           + (f" ({len(names)} survivors again)" if names else ""), flush=True)
-    proc = mutmut(workdir, "run", "--max-children", str(jobs), *names, log=workdir / "run.log")
+    with (shared_postgres(workdir) if module in WITH_POSTGRESQL
+          else contextlib.nullcontext(None)) as env:
+        code = mutmut_run(workdir, ["--max-children", str(jobs), *names], workdir / "run.log",
+                          env, minutes)
     seconds = time.monotonic() - started
     meta = workdir / "mutants" / "convo" / f"{module}.py.meta"
-    if proc.returncode != 0 or not meta.exists():
+    if code not in (0, None) or not meta.exists():
         tail = (workdir / "run.log").read_text(errors="replace")[-3000:]
-        raise SystemExit(f"mutmut failed for {module} (exit {proc.returncode}):\n{tail}")
+        raise SystemExit(f"mutmut failed for {module} (exit {code}):\n{tail}")
+    return summarize(module, tests, workdir, commit, seconds, previous, names)
+
+
+def summarize(module: str, tests: list[str], workdir: Path, commit: str, seconds: float,
+              previous: Summary | None = None, names: list[str] | None = None) -> Summary:
+    """The summary of a module's run from what mutmut recorded (summary.json)."""
+    meta = workdir / "mutants" / "convo" / f"{module}.py.meta"
     codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
     if previous is not None:
         # a changed test mapping makes mutmut forget every result: keep the earlier kills
-        rerun = set(names)
+        rerun = set(names or [])
         earlier = {m.name: m.status for m in previous.mutants}
-        codes = {n: c if n in rerun else (1 if earlier.get(n) == "killed" else
-                                          36 if earlier.get(n) == "timeout" else c)
+        back = {"killed": 1, "timeout": 36, "survived": 0, "no tests": 33}
+        # a re-run stopped at its time limit leaves its last survivors as they were
+        codes = {n: c if n in rerun and c is not None else back.get(earlier.get(n, ""), c)
                  for n, c in codes.items()}
     mutants = [Mutant(name, status_of(code), function_of(name)) for name, code in codes.items()]
-    for m in mutants:
-        if m.status not in ("killed", "timeout"):
-            m.diff = diff_lines(workdir, m.name)
-            m.equivalent = is_equivalent(module, m)
+    live = [m for m in mutants if m.status not in ("killed", "timeout", "not checked")]
+    diffs = diff_lines(workdir, [m.name for m in live]) if live else {}
+    for m in live:
+        m.diff = diffs[m.name]
+        m.equivalent = is_equivalent(module, m)
     count = {s: sum(1 for m in mutants if m.status == s) for s in
              ("killed", "timeout", "survived", "no tests")}
+    not_run = sum(1 for m in mutants if m.status == "not checked")
     summary = Summary(
         module=module,
         tests=tests,
@@ -568,10 +717,11 @@ def run_module(module: str, jobs: int, *, survivors: bool) -> Summary:
         timeout=count["timeout"],
         survived=count["survived"],
         no_tests=count["no tests"],
-        other=len(mutants) - sum(count.values()),
+        other=len(mutants) - sum(count.values()) - not_run,
+        not_run=not_run,
         equivalent=sum(1 for m in mutants if m.equivalent),
         seconds=round(seconds, 1),
-        commit=git_commit(),
+        commit=commit if previous is None else f"{previous.commit}, survivors {commit}",
         date=time.strftime("%Y-%m-%d"),
         mutants=mutants,
     )
@@ -585,11 +735,18 @@ def load(module: str) -> Summary | None:
         return None
     data = json.loads(path.read_text())
     data["mutants"] = [Mutant(**m) for m in data["mutants"]]
-    return Summary(**data)
+    summary = Summary(**data)
+    # EQUIVALENT may have grown since the run: apply it to the recorded diffs again
+    for m in summary.mutants:
+        if m.diff:
+            m.equivalent = is_equivalent(module, m)
+    summary.equivalent = sum(1 for m in summary.mutants if m.equivalent)
+    return summary
 
 
 def print_survivors(summary: Summary) -> None:
-    live = [m for m in summary.mutants if m.status not in ("killed", "timeout") and not m.equivalent]
+    live = [m for m in summary.mutants
+            if m.status not in ("killed", "timeout", "not checked") and not m.equivalent]
     for m in live:
         print(f"  {m.status}: {m.name}")
         for line in m.diff:
@@ -605,10 +762,11 @@ def table(summaries: list[Summary]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for s in summaries:
-        real = s.total - s.equivalent
+        real = s.total - s.equivalent - s.not_run
         done = s.killed + s.timeout
+        partial = f" ({s.not_run} not run)" if s.not_run else ""
         rows.append(
-            f"| `{s.module}` | {', '.join(s.tests)} | {s.total} | {s.equivalent} | "
+            f"| `{s.module}` | {', '.join(s.tests)} | {s.total}{partial} | {s.equivalent} | "
             f"{s.killed} (+{s.timeout}) | {real - done} | {done}/{real} = {s.score:.1f}% | "
             f"{s.date} `{s.commit}` |"
         )
@@ -641,6 +799,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="print the table of the last runs")
     parser.add_argument("--survivors", action="store_true",
                         help="re-run only the last run's surviving mutants, with the current tests")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="stop each module's run after this long; the rest count as not run")
+    parser.add_argument("--collect", metavar="COMMIT", default=None,
+                        help="summarize the modules' last (stopped) runs as they are, "
+                             "recording COMMIT as the tree they ran on")
     parser.add_argument("--min-score", type=float, default=MIN_SCORE,
                         help=f"exit 1 when a module scores lower (default {MIN_SCORE})")
     args = parser.parse_args(argv)
@@ -658,10 +821,16 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(equivalents_markdown(done))
         return 0
+    if args.collect:
+        for module in modules:
+            summary = summarize(module, MODULES[module], WORK / module, args.collect, 0.0)
+            print_survivors(summary)
+            print(table([summary]).splitlines()[-1])
+        return 0
     os.environ.setdefault("PYTHONHASHSEED", "0")
     summaries = []
     for module in modules:
-        summary = run_module(module, args.jobs, survivors=args.survivors)
+        summary = run_module(module, args.jobs, survivors=args.survivors, minutes=args.minutes)
         print_survivors(summary)
         print(table([summary]).splitlines()[-1], f"({summary.seconds:.0f} s)", flush=True)
         summaries.append(summary)

@@ -66,9 +66,10 @@ class Tool:
         if not callable(fn):
             raise ConfigurationError(f"a tool must be callable, got {type(fn).__name__}")
         tool_name = name or getattr(fn, "__name__", None)
-        if not tool_name or not all(c.isalnum() or c in "_-" for c in tool_name) or len(
-            tool_name
-        ) > 64:
+        # OpenAI's rule is ^[a-zA-Z0-9_-]{1,64}$: str.isalnum() alone also takes "é"
+        if not tool_name or not all(
+            c.isascii() and (c.isalnum() or c in "_-") for c in tool_name
+        ) or len(tool_name) > 64:
             raise ConfigurationError(
                 f"tool name {tool_name!r} must be 1-64 letters, digits, '_' or '-' (OpenAI's rule)"
             )

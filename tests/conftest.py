@@ -47,6 +47,12 @@ def _hermetic_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 # --- PostgreSQL ------------------------------------------------------------------------
 
 
+#: A pgserver data directory whose server outlives each test session (kept running by the
+#: process that set it: .ci/mutation runs hundreds of short pytest sessions); unset: a fresh
+#: server per session.
+SHARED_PGDATA = os.environ.get("CONVO_TEST_PGDATA")
+
+
 class PgCluster:
     """A pgserver instance: makes and drops databases for tests."""
 
@@ -67,6 +73,20 @@ class PgCluster:
             # FILE_COPY: faster than WAL_LOG for tiny databases (create + drop).
             conn.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE {template} STRATEGY FILE_COPY')
         return self.url(name)
+
+    def _exists(self, name: str) -> bool:
+        with self.admin.connect() as conn:
+            return conn.exec_driver_sql(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (name,)).first() is not None
+
+    def drop_own(self) -> None:
+        """Drop the databases this process made (a shared server outlives the session)."""
+        with self.admin.connect() as conn:
+            names = conn.exec_driver_sql(
+                "SELECT datname FROM pg_database WHERE datname LIKE %s",
+                (f"t{os.getpid()}\\_%",)).scalars().all()
+            for name in names:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     def drop(self, url: sa.URL) -> None:
         with self.admin.connect() as conn:
@@ -93,6 +113,9 @@ class PgCluster:
     def template(self) -> str:
         if self._template is None:
             name = "convo_template"
+            if SHARED_PGDATA and self._exists(name):
+                self._template = name  # made by an earlier session on this server
+                return name
             with self.admin.connect() as conn:
                 conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
                 conn.exec_driver_sql(f"CREATE DATABASE {name}")
@@ -116,7 +139,7 @@ def pg_cluster() -> Iterator[PgCluster]:
         pytest.skip("pgserver is not installed (pip install 'convo[test]')")
     # Not under pytest's basetemp: concurrent pytest runs prune and chmod old
     # numbered directories, which crashes a server living there.
-    pgdata = Path(tempfile.mkdtemp(prefix="convo-pg-"))
+    pgdata = Path(SHARED_PGDATA or tempfile.mkdtemp(prefix="convo-pg-"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         server = pgserver.get_server(pgdata, cleanup_mode="stop")
@@ -131,9 +154,12 @@ def pg_cluster() -> Iterator[PgCluster]:
     try:
         yield cluster
     finally:
+        if SHARED_PGDATA:
+            cluster.drop_own()
         cluster.admin.dispose()
-        server.cleanup()
-        shutil.rmtree(pgdata, ignore_errors=True)
+        server.cleanup()  # stops it unless another process holds it (pgserver counts them)
+        if not SHARED_PGDATA:
+            shutil.rmtree(pgdata, ignore_errors=True)
 
 
 class PgReplica:

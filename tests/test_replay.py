@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -20,13 +21,33 @@ from convo import (
     Chat,
     ConfigurationError,
     ConversationNotFound,
+    FunctionCall,
     Message,
     OpenAIClient,
+    Replay,
     Replayer,
+    ReplayItem,
     ReplayNotFound,
+    ReplayReport,
+    Run,
+    StoredMessage,
+    ToolCall,
     tool,
 )
+from convo._replay_plan import (
+    JudgeTurn,
+    SourceTurn,
+    _turn_tools,
+    arms_from_spec,
+    check_arms,
+    judge_messages,
+    parse_verdict,
+    replay_spec,
+    split_turns,
+)
 from convo.testing import FakeBackend
+
+NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 CALLS: list[str] = []
 
@@ -109,6 +130,9 @@ async def test_continue_mode_two_arms_with_a_tool_round(store):
     bodies = _bodies(h.fake, sent_before)
     tool_msgs = [m for b in bodies for m in b.get("messages", []) if m["role"] == "tool"]
     assert any(json.loads(m["content"]) == {"city": "Paris", "temp": 21} for m in tool_msgs)
+    # the chat arm's requests offer the tools the original turns offered
+    original_tools = next(iter(original_runs.values())).body()["tools"]
+    assert all(b["tools"] == original_tools for b in bodies if "messages" in b)
     # each arm keeps one branch, with its own replies feeding the next turn
     branches = {i.arm: i.branch_id for i in report.items}
     for arm, branch in branches.items():
@@ -264,3 +288,276 @@ async def test_replay_of_a_long_thread_with_summaries(store):
     run = await store.get_run(late.run_id)
     assert run.summary_id is not None
     assert run.estimated_prompt_tokens <= 700
+
+
+# --- the pure part: arms, turns, recorded tool results, the judge, the report ------------
+
+
+def stored(seq: int, role: str, content: str | None = "", **fields: Any) -> StoredMessage:
+    return StoredMessage(id=100 + seq, conversation_id="c" * 32, seq=seq, role=role,
+                         content=content, created_at=NOW, **fields)
+
+
+def call(call_id: str, name: str, arguments: str) -> ToolCall:
+    return ToolCall(id=call_id, function=FunctionCall(name=name, arguments=arguments))
+
+
+def test_an_arm_label_names_model_mode_and_template():
+    assert Arm("m").label == "m"
+    assert Arm("m", mode="completion").label == "m:completion"
+    assert Arm("m", mode="completion", template="chatml").label == "m:completion:chatml"
+    assert Arm("m", mode="completion", template="chatml", name="mine").label == "mine"
+    assert Arm("m", name="x" * 64).label == "x" * 64
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"model": "m", "mode": "flat"}, "arm mode must be 'chat' or 'completion', not 'flat'"),
+    ({"model": "m", "template": "chatml"}, "an arm's template only applies to mode='completion'"),
+    ({"model": "m", "name": "x" * 65}, "an arm's name must be 1..64 characters"),
+    ({"model": ""}, "an arm's name must be 1..64 characters"),
+    ({"model": "m" * 65}, "an arm's name must be 1..64 characters"),
+])
+def test_bad_arms_are_refused(kwargs, message):
+    with pytest.raises(ConfigurationError) as info:
+        Arm(**kwargs)
+    assert str(info.value) == message
+
+
+def test_arm_parse_takes_model_mode_and_template():
+    chat = Arm.parse("gpt-4o:chat", budget=500)
+    assert (chat.model, chat.mode, chat.template, chat.budget) == ("gpt-4o", "chat", None, 500)
+    odd = Arm.parse("a:completion:b:c")
+    assert (odd.model, odd.template) == ("a", "b:c")
+    for text, message in [(":chat", "expected MODEL[:mode[:template]]"),
+                          ("m:flat", "mode must be chat or completion")]:
+        with pytest.raises(ConfigurationError) as info:
+            Arm.parse(text)
+        assert str(info.value) == f"arm {text!r}: {message}"
+
+
+def test_an_arm_spec_is_what_resumes_it_and_arms_come_back_from_it():
+    arm = Arm("m", mode="completion", template="chatml", params={"temperature": 0},
+              budget=900, encoding="cl100k_base", client=object())
+    spec = arm.spec()
+    assert spec == {"name": "m:completion:chatml", "model": "m", "mode": "completion",
+                    "template": "chatml", "params": {"temperature": 0}, "budget": 900,
+                    "encoding": "cl100k_base"}
+    back = arms_from_spec({"arms": [{**spec, "name": "renamed"}]}, [])
+    assert back == [Arm("m", mode="completion", template="chatml", name="renamed",
+                        params={"temperature": 0}, budget=900, encoding="cl100k_base")]
+    minimal = arms_from_spec({"arms": [{"name": "n", "model": "m", "mode": "chat"}]}, [])
+    assert minimal == [Arm("m", name="n")] and minimal[0].params == {}
+    # an arm given again by name keeps its client (never stored)
+    given = Arm("m", name="n", client="its client")
+    assert arms_from_spec({"arms": [{"name": "n", "model": "other", "mode": "chat"}]},
+                          [given])[0].client == "its client"
+    assert arms_from_spec({}, [given]) == []
+    both = arms_from_spec({"arms": [{"name": "n", "model": "m", "mode": "chat"},
+                                    {"name": "k", "model": "m2", "mode": "chat"}]}, [given])
+    assert [(a.label, a.model) for a in both] == [("n", "m"), ("k", "m2")]
+    assert replay_spec(["c1"], [arm], "continue", "judge-model") == {
+        "conversations": ["c1"], "arms": [spec], "mode": "continue", "judge": "judge-model"}
+
+
+def test_check_arms():
+    assert [a.label for a in check_arms(["m", Arm("m", name="two")])] == ["m", "two"]
+    with pytest.raises(ConfigurationError, match="at least one arm"):
+        check_arms([])
+    with pytest.raises(ConfigurationError, match=r"arm names must differ: \['m', 'm'\]"):
+        check_arms(["m", Arm("m")])
+
+
+def test_split_turns_groups_each_user_message_with_what_answered_it():
+    system, u1, a1 = stored(1, "system", "Be brief."), stored(2, "user", "Hi"), stored(3, "assistant", "Hello")
+    u2, a2 = stored(4, "user", "Again"), stored(5, "assistant", "Sure")
+    turns = split_turns([system, u1, a1, u2, a2])
+    assert [(t.index, t.user.seq, [m.seq for m in t.responses]) for t in turns] == [
+        (0, 2, [3]), (1, 4, [5])]
+    assert split_turns([system]) == [] and split_turns([]) == []
+    last = split_turns([u1])
+    assert len(last) == 1 and last[0].responses == () and last[0].reply is None
+
+
+def test_a_turns_reply_is_its_last_assistant_message():
+    calling = stored(2, "assistant", None, tool_calls=[call("c1", "f", "{}")])
+    result = stored(3, "tool", "r", tool_call_id="c1")
+    final = stored(4, "assistant", "done")
+    turn = SourceTurn(0, stored(1, "user", "q"), (calling, result, final))
+    assert turn.reply is final
+    assert SourceTurn(0, stored(1, "user", "q"), (calling, result)).reply is calling
+    assert SourceTurn(0, stored(1, "user", "q"), (result,)).reply is None
+
+
+def test_recorded_results_match_by_tool_and_arguments_then_by_tool():
+    calls = stored(2, "assistant", None, tool_calls=[
+        call("a", "weather", '{"city": "Paris", "unit": "C"}'),
+        call("b", "weather", '{"city": "Rome"}'),
+        call("c", "time", "not json"),
+        call("d", "unanswered", "{}"),
+    ])
+    turn = SourceTurn(0, stored(1, "user", "q"), (
+        calls, stored(3, "tool", "Paris: 21", tool_call_id="a"),
+        stored(4, "tool", "Rome: 25", tool_call_id="b"), stored(5, "tool", "noon", tool_call_id="c"),
+    ))
+    used: set[int] = set()
+    # same tool, same arguments (whatever their key order and spacing) first
+    assert turn.recorded_result(call("x", "weather", '{"city":"Rome"}'), used) == "Rome: 25"
+    assert turn.recorded_result(call("y", "weather", '{"unit":"C","city":"Paris"}'), used) == "Paris: 21"
+    assert used == {104, 103}
+    # each result once; then none left for the tool
+    assert turn.recorded_result(call("z", "weather", '{"city":"Rome"}'), used).startswith(
+        "error: the replayed conversation has no recorded result for weather")
+    fresh: set[int] = set()
+    # other arguments: the tool's results in order
+    assert turn.recorded_result(call("x", "weather", '{"city":"Oslo"}'), fresh) == "Paris: 21"
+    assert turn.recorded_result(call("x", "weather", '{"city":"Oslo"}'), fresh) == "Rome: 25"
+    assert turn.recorded_result(call("t", "time", "not json"), set()) == "noon"  # compared as text
+    assert turn.recorded_result(call("u", "unanswered", "{}"), set()) == (
+        "error: the replayed conversation has no recorded result for unanswered; "
+        "replays do not execute tools")
+
+
+def test_the_judge_prompt_and_its_verdict():
+    messages = judge_messages(JudgeTurn("¿Qué tal?", "Bien", {"a": "Muy bien", "b": None}))
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert messages[0]["content"] == (  # the format parse_verdict and the report rely on
+        "You compare assistant replies to the same user message. Answer with a JSON object: "
+        '{"winner": <a candidate name, "original" or "tie">, "scores": {<name>: <1-10>}, '
+        '"reason": <one sentence>}.')
+    assert messages[1]["content"] == (
+        '{"user_message": "¿Qué tal?", "original_reply": "Bien", '
+        '"candidates": {"a": "Muy bien", "b": null}}')
+    assert parse_verdict('{"winner": "a", "reason": "r"}', "judge") == {
+        "model": "judge", "winner": "a", "reason": "r"}
+    assert parse_verdict("[1]", "judge") == {
+        "model": "judge", "error": "the judge's answer is not a JSON object"}
+    long = "x" * 3000
+    assert parse_verdict(long, "judge") == {
+        "model": "judge", "error": "the judge's answer is not JSON", "raw": "x" * 2000}
+
+
+def test_a_report_sums_each_arm_in_the_replays_order():
+    replay = Replay(id="r", mode="continue", status="done", created_at=NOW, updated_at=NOW,
+                    spec={"arms": [{"name": "b"}, {"name": "a"}, "junk", {"name": 3}]})
+
+    def item(arm: str, status: str, turn: int, **fields: Any) -> ReplayItem:
+        return ReplayItem(replay_id="r", conversation_id="c", turn=turn, arm=arm,
+                          status=status, user_seq=turn * 2 + 1, **fields)
+
+    items = [
+        item("a", "ok", 0, similarity=0.5, prompt_tokens=10, completion_tokens=2, latency_ms=100.0,
+             verdict={"winner": "a"}),
+        item("a", "ok", 1, similarity=1.0, prompt_tokens=20, latency_ms=300.0,
+             verdict={"winner": "b"}),
+        item("a", "failed", 2, prompt_tokens=1000, completion_tokens=1000, similarity=0.0,
+             latency_ms=9.0, verdict={"winner": "a"}),
+        item("b", "skipped", 0),
+        item("b", "ok", 1, verdict={"winner": "b"}),
+    ]
+    report = ReplayReport(replay=replay, items=items)
+    b, a = report.arms()
+    assert (a.arm, a.turns, a.ok, a.failed, a.skipped) == ("a", 3, 2, 1, 0)
+    assert a.mean_similarity == 0.75 and a.mean_latency_ms == 200.0
+    assert (a.prompt_tokens, a.completion_tokens, a.wins) == (30, 2, 1)
+    assert (b.arm, b.turns, b.ok, b.failed, b.skipped, b.wins) == ("b", 2, 1, 0, 1, 1)
+    assert b.mean_similarity is None and b.mean_latency_ms is None
+    assert (b.prompt_tokens, b.completion_tokens) == (0, 0)
+    # no arm names in the spec: the items' arms, sorted
+    bare = ReplayReport(replay=replay.model_copy(update={"spec": {}}), items=items)
+    assert [s.arm for s in bare.arms()] == ["a", "b"]
+    assert [s.arm for s in ReplayReport(replay=replay.model_copy(update={"spec": {"arms": "x"}}),
+                                        items=items).arms()] == ["a", "b"]
+
+    rows = list(csv.DictReader(io.StringIO(report.to_csv())))
+    assert len(rows) == 5 and rows[0]["verdict"] == '{"winner": "a"}' and rows[3]["verdict"] == ""
+    assert rows[0]["similarity"] == "0.5" and rows[3]["status"] == "skipped"
+    assert report.to_csv().splitlines()[0].split(",")[:4] == ["replay_id", "conversation_id",
+                                                              "turn", "arm"]
+    assert "\r" not in report.to_csv()
+    data = json.loads(report.to_json())
+    assert [x["arm"] for x in data["arms"]] == ["b", "a"] and len(data["items"]) == 5
+    assert data["replay"]["id"] == "r"
+
+
+def test_recorded_results_compare_arguments_whatever_their_key_order():
+    calls = stored(2, "assistant", None, tool_calls=[
+        call("a", "weather", '{"city": "Rome", "unit": "C"}'),
+        call("b", "weather", '{"city": "Paris", "unit": "C"}'),
+    ])
+    turn = SourceTurn(0, stored(1, "user", "q"), (
+        calls, stored(3, "tool", "Rome: 25", tool_call_id="a"),
+        stored(4, "tool", "Paris: 21", tool_call_id="b")))
+    assert turn.recorded_result(call("x", "weather", '{"unit":"C","city":"Paris"}'), set()) == "Paris: 21"
+
+
+def test_a_report_as_json_is_indented_and_keeps_its_text():
+    replay = Replay(id="r", mode="continue", status="done", created_at=NOW, updated_at=NOW,
+                    spec={"arms": [{"name": "a"}]})
+    item = ReplayItem(replay_id="r", conversation_id="c", turn=0, arm="a", status="ok",
+                      user_seq=1, text="Grüße")
+    text = ReplayReport(replay=replay, items=[item]).to_json()
+    assert '"text": "Grüße"' in text  # not \u-escaped
+    assert text.splitlines()[:3] == ["{", '  "replay": {', '    "id": "r",']
+
+
+def test_a_replayed_turn_offers_the_tools_its_original_run_offered():
+    def run_with(body: dict[str, Any]) -> Run:
+        return Run(id="r" * 32, conversation_id="c" * 32, endpoint="chat.completions",
+                   mode="chat", model="m", request=json.dumps(body), created_at=NOW)
+
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    assert _turn_tools(run_with({"tools": tools})) == tools
+    assert _turn_tools(run_with({"tools": []})) is None
+    assert _turn_tools(run_with({"tools": {"f": 1}})) is None
+    assert _turn_tools(run_with({"messages": []})) is None
+    assert _turn_tools(None) is None
+
+
+async def test_a_turn_the_original_never_answered_is_replayed_too(store):
+    h = Harness(store, FakeBackend())
+    conv = await store.create_conversation()
+    h.fake.reply("Hello!")
+    await h.send(conv.id, "Hi")
+    await store.append(conv.id, Message.user("Still there?"))  # its reply never came
+    h.fake.reply("Yes.")
+    h.fake.reply("Still here.")
+    report = await h.replay(conv.id, arms=[Arm("gpt-4o-mini", name="a")], mode="teacher-forcing")
+    first, second = report.items
+    assert (first.status, first.original_text, first.text) == ("ok", "Hello!", "Yes.")
+    assert first.original_run_id is not None and first.similarity is not None
+    assert (second.status, second.text) == ("ok", "Still here.")
+    assert second.original_text is None and second.original_run_id is None
+    assert second.similarity is None
+
+
+async def test_resume_sends_only_the_turns_not_done_in_teacher_forcing(store):
+    h = Harness(store, FakeBackend())
+    cid = await h.thread()
+    # turn by turn, arm by arm; the second arm's second turn fails (after the first arm's)
+    for reply in ("one", "f-one", "two", None, "three", "f-three"):
+        h.fake.reply(reply) if reply else h.fake.fail(500)
+    report = await h.replay(cid, arms=ARMS, mode="teacher-forcing")
+    assert [i.status for i in report.items] == ["ok", "ok", "ok", "failed", "ok", "ok"]
+    sent = len(h.fake.requests)
+    h.fake.reply("f-two")
+    again = await h.replay(replay_id=report.replay.id)
+    assert len(h.fake.requests) - sent == 1  # no key makes a done turn idempotent here
+    assert [i.text for i in again.items] == ["one", "f-one", "two", "f-two", "three", "f-three"]
+    assert again.items[:2] == report.items[:2]
+
+
+async def test_a_resumed_continue_replay_goes_on_on_the_arms_branch(store):
+    h = Harness(store, FakeBackend())
+    conv = await store.create_conversation()
+    h.fake.reply("Hello!")
+    await h.send(conv.id, "Hi")
+    h.fake.reply("Hi there.")
+    report = await h.replay(conv.id, arms=[ARMS[0]], mode="continue")
+    h.fake.reply("Bye!")
+    await h.send(conv.id, "Bye")  # the thread grew after the replay
+    h.fake.reply("See you.")
+    again = await h.replay(replay_id=report.replay.id)
+    assert [i.text for i in again.items] == ["Hi there.", "See you."]
+    assert again.items[1].branch_id == report.items[0].branch_id
+    roles = [m.role for m in await store.messages(report.items[0].branch_id)]
+    assert roles == ["user", "assistant", "user", "assistant"]

@@ -5,6 +5,7 @@ Every test runs four times: SQLite / PostgreSQL x sync / async (conftest ``store
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -14,11 +15,14 @@ from convo import (
     AsyncOpenAIClient,
     AsyncReplayer,
     Chat,
+    ChatCompletion,
     InternalServerError,
     OpenAIClient,
     Replayer,
+    Run,
     RunNotFound,
 )
+from convo._reproduce import compare_runs, outcome_of, run_text, text_similarity
 from convo.testing import FakeBackend
 
 
@@ -147,3 +151,134 @@ async def test_a_recorded_body_is_resent_exactly_as_stored(store):
     rep = await h.reproduce(run.id)
     assert fake.requests[0].body == text.encode()
     assert rep.same_text and rep.run.request == text
+
+
+# --- the pure part: reply texts, similarity, outcome, comparison (no store) -------------
+
+
+def make_run(response: dict[str, Any] | None = None, *, endpoint: str = "chat.completions",
+             request: str = "{}", **fields: Any) -> Run:
+    return Run(id="r" * 32, conversation_id="c" * 32, endpoint=endpoint,  # type: ignore[arg-type]
+               mode="chat" if endpoint == "chat.completions" else "completion",
+               model="m", request=request, response=response,
+               created_at=datetime(2026, 1, 1, tzinfo=timezone.utc), **fields)
+
+
+def chat_response(message: dict[str, Any] | None, *more: dict[str, Any]) -> dict[str, Any]:
+    first: dict[str, Any] = {} if message is None else {"message": message}
+    return {"choices": [first, *({"message": m} for m in more)]}
+
+
+def test_run_text_is_none_without_a_response_or_choices():
+    assert run_text(make_run(None)) is None
+    assert run_text(make_run({})) is None
+    assert run_text(make_run({"choices": []})) is None
+    assert run_text(make_run({"id": "x"})) is None
+    assert run_text(make_run(chat_response(None))) is None  # a choice without a message
+
+
+def test_run_text_reads_the_first_choice():
+    assert run_text(make_run(chat_response({"content": "one"}, {"content": "two"}))) == "one"
+    completion = {"choices": [{"text": "first"}, {"text": "second"}]}
+    assert run_text(make_run(completion, endpoint="completions")) == "first"
+
+
+def test_run_text_of_a_completion_run_is_its_text_only():
+    assert run_text(make_run({"choices": [{"text": ""}]}, endpoint="completions")) == ""
+    # a completions run never reads a chat message, and a non-str text is no text
+    odd = {"choices": [{"text": 3, "message": {"content": "chat"}}]}
+    assert run_text(make_run(odd, endpoint="completions")) is None
+    assert run_text(make_run({"choices": [{"message": {"content": "chat"}}]},
+                             endpoint="completions")) is None
+
+
+def test_run_text_of_tool_calls_is_their_functions_as_compact_sorted_json():
+    calls = [
+        {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Oslo"}'}},
+        {"id": "c2", "type": "function", "function": {"name": "time", "arguments": "{}"}},
+    ]
+    expected = ('[{"arguments":"{\\"city\\": \\"Oslo\\"}","name":"weather"},'
+                '{"arguments":"{}","name":"time"}]')
+    assert run_text(make_run(chat_response({"content": None, "tool_calls": calls}))) == expected
+    # an empty content is no text either: the calls stand for the reply
+    assert run_text(make_run(chat_response({"content": "", "tool_calls": calls}))) == expected
+    # text wins over calls
+    assert run_text(make_run(chat_response({"content": "hi", "tool_calls": calls}))) == "hi"
+
+
+def test_run_text_falls_back_to_the_refusal_then_to_the_empty_content():
+    assert run_text(make_run(chat_response({"content": None, "refusal": "I can't"}))) == "I can't"
+    assert run_text(make_run(chat_response({"content": "", "refusal": "no"}))) == "no"
+    assert run_text(make_run(chat_response({"content": "", "tool_calls": []}))) == ""
+    assert run_text(make_run(chat_response({"content": None, "refusal": None}))) is None
+    assert run_text(make_run(chat_response({"content": ["parts"]}))) is None
+
+
+def test_text_similarity():
+    assert text_similarity(None, None) == 1.0
+    assert text_similarity(None, "a") == 0.0 and text_similarity("a", None) == 0.0
+    assert text_similarity("", "") == 1.0 and text_similarity("same", "same") == 1.0
+    assert text_similarity("abc", "abd") == pytest.approx(4 / 6)
+    assert text_similarity("", "x") == 0.0
+    # long texts: no character is junk however often it occurs (difflib's autojunk off)
+    # (with difflib's default, "a" and "b" are junk in 300 characters: similarity 0.0)
+    a, b = "ab" * 150, "ba" * 150
+    assert text_similarity(a, b) == pytest.approx(598 / 600)
+
+
+def test_outcome_of_records_usage_finish_reason_fingerprint_seed_and_response():
+    response = ChatCompletion.model_validate({
+        "id": "cmpl-1", "model": "gpt-4o-mini", "system_fingerprint": "fp_1",
+        "choices": [{"index": 0, "finish_reason": "length",
+                     "message": {"role": "assistant", "content": "hi"}}],
+        "usage": {"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13},
+    })
+    out = outcome_of(response, 7)
+    assert out["reported_prompt_tokens"] == 11 and out["completion_tokens"] == 2
+    assert out["usage"] == {"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13}
+    assert out["finish_reason"] == "length" and out["system_fingerprint"] == "fp_1"
+    assert out["seed"] == 7
+    assert out["response"] == response.model_dump(mode="json", exclude_none=True)
+    assert "system_fingerprint" in out["response"] and "refusal" not in str(out["response"])
+
+    bare = ChatCompletion.model_validate({
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": "hi"}}]})
+    out = outcome_of(bare, None)
+    assert out["reported_prompt_tokens"] is None and out["completion_tokens"] is None
+    assert out["usage"] is None and out["system_fingerprint"] is None and out["seed"] is None
+    assert set(out) == {"reported_prompt_tokens", "completion_tokens", "usage", "finish_reason",
+                        "system_fingerprint", "seed", "response"}
+
+
+def test_compare_runs_side_by_side():
+    a = make_run(chat_response({"content": "Paris"}), request='{"seed": 5}',
+                 system_fingerprint="fp", finish_reason="stop")
+    b = make_run(chat_response({"content": "Paris!"}), system_fingerprint="fp",
+                 finish_reason="length")
+    rep = compare_runs(a, b)
+    assert rep.original is a and rep.run is b
+    assert (rep.original_text, rep.text) == ("Paris", "Paris!")
+    assert rep.same_text is False and rep.similarity == pytest.approx(10 / 11)
+    assert rep.same_finish_reason is False and rep.same_fingerprint is True and rep.seed == 5
+    same = compare_runs(a, a)
+    assert same.same_text is True and same.same_finish_reason is True and same.similarity == 1.0
+
+
+def test_compare_runs_fingerprint_is_unknown_when_either_run_has_none():
+    with_fp = make_run(chat_response({"content": "x"}), system_fingerprint="fp_a")
+    other_fp = make_run(chat_response({"content": "x"}), system_fingerprint="fp_b")
+    without = make_run(chat_response({"content": "x"}))
+    assert compare_runs(with_fp, other_fp).same_fingerprint is False
+    assert compare_runs(with_fp, without).same_fingerprint is None
+    assert compare_runs(without, with_fp).same_fingerprint is None
+    assert compare_runs(without, without).same_fingerprint is None
+
+
+@pytest.mark.parametrize(("request_text", "seed"), [
+    ('{"seed": 0}', 0), ('{"seed": 12}', 12), ('{"seed": true}', None), ('{"seed": "3"}', None),
+    ('{"seed": 1.0}', None), ("{}", None),
+])
+def test_compare_runs_reports_only_an_integer_seed(request_text, seed):
+    run = make_run(chat_response({"content": "x"}), request=request_text)
+    assert compare_runs(run, run).seed == seed

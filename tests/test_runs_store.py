@@ -85,7 +85,7 @@ async def test_a_finished_run_cannot_be_finished_again(store):
     run = await _start(store, conv.id)
     await store.finish_run(run.id, status="cancelled")
     before = store.snapshot()
-    with pytest.raises(StoreInputError, match="already finished"):
+    with pytest.raises(StoreInputError, match=r"^run '\w+' is already finished \(cancelled\)$"):
         await store.finish_run(run.id, status="ok", reply={"role": "assistant", "content": "x"})
     assert store.snapshot() == before
 
@@ -274,3 +274,101 @@ async def test_unstorable_ids_are_refused_not_raised_raw(store):
         await store.get_run("r\ud800")
     with pytest.raises(StoreInputError):
         await store.replay_items("r\ud800")
+
+
+async def test_turn_runs_are_one_keys_runs_oldest_first(store):
+    conv = await store.create_conversation(owner="alice")
+    other = await store.create_conversation(owner="alice")
+    first = await _start(store, conv.id, idempotency_key="turn-1", round=0)
+    second = await _start(store, conv.id, idempotency_key="turn-1", round=1)
+    await _start(store, conv.id, idempotency_key="turn-2")
+    await _start(store, conv.id)
+    await _start(store, other.id, idempotency_key="turn-1")
+    runs = await store.turn_runs(conv.id, "turn-1", owner="alice")
+    assert [(r.id, r.round) for r in runs] == [(first.id, 0), (second.id, 1)]
+    assert await store.turn_runs(conv.id, "nothing", owner="alice") == []
+    with pytest.raises(ConversationNotFound):
+        await store.turn_runs(conv.id, "turn-1", owner="bob")
+    with pytest.raises(StoreInputError) as info:
+        await store.turn_runs(conv.id, "k" * 300, owner="alice")
+    assert str(info.value) == "idempotency_key is 300 characters long; at most 255 are allowed"
+
+
+async def test_runs_for_replies_maps_each_reply_to_the_run_that_made_it(store):
+    conv = await store.create_conversation(owner="alice")
+    await store.append(conv.id, {"role": "user", "content": "Hi"})
+    replies, runs = [], []
+    for text in ("one", "two"):
+        run = await _start(store, conv.id)
+        done = await store.finish_run(run.id, status="ok",
+                                      reply={"role": "assistant", "content": text})
+        replies.append(done.reply)
+        runs.append(done.run)
+    failed = await _start(store, conv.id)  # a failed run naming a reply does not count
+    await store.finish_run(failed.id, status="failed", error_type="X",
+                           reply_message_id=replies[0].id)
+    user_msg = await store.get_message(conv.id, 1)
+    got = await store.runs_for_replies(conv.id, [replies[0].id, replies[1].id, user_msg.id],
+                                       owner="alice")
+    assert got == {replies[0].id: runs[0], replies[1].id: runs[1]}
+    assert await store.runs_for_replies(conv.id, [replies[1].id], owner="alice") == {
+        replies[1].id: runs[1]}  # only the replies asked for
+    # ids that are no message ids are skipped, not sent to the database
+    assert await store.runs_for_replies(conv.id, [True, "3", None], owner="alice") == {}
+    assert await store.runs_for_replies(conv.id, [], owner="alice") == {}
+    with pytest.raises(ConversationNotFound):
+        await store.runs_for_replies(conv.id, [replies[0].id], owner="bob")
+
+
+@pytest.mark.parametrize("limit", [0, -1, None, True, 2.0, 2**63])
+async def test_list_runs_needs_a_positive_integer_limit(store, limit):
+    conv = await store.create_conversation()
+    with pytest.raises(StoreInputError) as info:
+        await store.list_runs(conv.id, limit=limit)
+    assert str(info.value) == f"limit must be an integer >= 1, got {limit!r}"
+    assert len((await store.list_runs(conv.id, limit=1)).items) == 0
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -0.5, True, "3"])
+@pytest.mark.parametrize("field", ["ttfb_ms", "latency_ms"])
+async def test_timings_must_be_finite_milliseconds(store, field, value):
+    conv = await store.create_conversation()
+    run = await _start(store, conv.id)
+    with pytest.raises(StoreInputError) as info:
+        await store.finish_run(run.id, status="failed", **{field: value})
+    assert str(info.value) == f"{field} must be a finite number of milliseconds >= 0"
+    done = await store.finish_run(run.id, status="failed", **{field: 0})
+    assert getattr(done.run, field) == 0.0
+
+
+async def test_outcome_fields_are_checked_by_name(store):
+    conv = await store.create_conversation()
+    run = await _start(store, conv.id)
+    for bad, message in [
+        ({"surprise": 1, "other": "x"}, "unknown run fields: ['other', 'surprise']"),
+        ({"attempts": -1}, "attempts must be an integer >= 0, got -1"),
+        ({"completion_tokens": 1.5}, "completion_tokens must be an integer >= 0, got 1.5"),
+        ({"reply_message_id": 0}, "reply_message_id must be an integer >= 1, got 0"),
+        ({"finish_reason": 3}, "run finish_reason must be a string"),
+    ]:
+        with pytest.raises(StoreInputError) as info:
+            await store.finish_run(run.id, status="failed", **bad)
+        assert str(info.value) == message
+
+
+async def test_an_outcome_may_name_a_stored_reply_and_a_negative_seed(store):
+    conv = await store.create_conversation()
+    reply = await store.append(conv.id, {"role": "assistant", "content": "stored apart"})
+    run = await _start(store, conv.id)
+    done = await store.finish_run(run.id, status="ok", reply_message_id=reply.id, seed=-7)
+    assert done.run.reply_message_id == reply.id and done.run.seed == -7
+    assert (await store.get_run(run.id)).seed == -7
+    # a seed is any signed 64-bit integer, the column's range
+    lowest = await _start(store, conv.id)
+    done = await store.finish_run(lowest.id, status="failed", seed=-(2**63), attempts=0,
+                                  completion_tokens=0)
+    assert (await store.get_run(lowest.id)).seed == -(2**63)
+    assert (done.run.attempts, done.run.completion_tokens) == (0, 0)  # counts start at 0
+    below = await _start(store, conv.id)
+    with pytest.raises(StoreInputError, match=r"^seed must be an integer >= -9223372036854775808"):
+        await store.finish_run(below.id, status="failed", seed=-(2**63) - 1)

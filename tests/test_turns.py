@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -20,15 +21,32 @@ import sqlalchemy as sa
 from turns_support import MODEL, Env, Tap, env, path  # noqa: F401 - fixtures
 
 from convo import (
+    ChatCompletion,
+    ChatCompletionChunk,
     ChatProfile,
+    CompletionChunk,
     ConfigurationError,
     ConversationNotFound,
+    FunctionCall,
     InvalidMessageError,
     JinjaChatTemplate,
     Message,
     RunNotFound,
+    StoredMessage,
     StoreInputError,
     TextDelta,
+    ToolCall,
+    ToolCallDelta,
+)
+from convo._turn_plan import (
+    _answered_elsewhere,
+    _calling_reply,
+    _result,
+    _round_of,
+    chunk_events,
+    partial_response,
+    reply_key,
+    tool_key,
 )
 
 BOTH_PATHS = pytest.mark.parametrize("path", ["transport", "server"])
@@ -410,3 +428,122 @@ async def test_no_transaction_is_open_while_the_request_is_in_flight(env: Env) -
     await chat.stream(conv.id, "two", idempotency_key="b").result()
     engine.dispose()
     assert checks == [True, True]
+
+
+async def test_a_parameter_that_is_not_json_is_named_in_the_error(env: Env) -> None:
+    chat = env.chat()
+    conv = await env.store.create_conversation()
+    with pytest.raises(StoreInputError, match=r"^request parameters\.x is inf, which is not a JSON"):
+        await chat.send(conv.id, "hi", extra_body={"x": float("inf")})
+
+
+# --- pure helpers of the turn core (no store, no model) ---------------------------------
+
+NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def _stored(seq: int, role: str, *, key: str | None = None,
+            calls: Sequence[str] = ()) -> StoredMessage:
+    tool_calls = [ToolCall(id=c, function=FunctionCall(name="f", arguments="{}")) for c in calls]
+    return StoredMessage(id=seq, conversation_id="c" * 32, seq=seq, role=role,
+                         content=None if calls else "text", tool_calls=tool_calls or None,
+                         tool_call_id="x" if role == "tool" else None,
+                         idempotency_key=key, created_at=NOW)
+
+
+@pytest.mark.parametrize(("stored_key", "round"), [
+    ("turn#r0", 0), ("turn#r2", 2), ("turn#r12", 12), ("turn#rx", None),
+    ("turn#t1:call_1", None), ("other#r1", None), ("turn", None), (None, None),
+])
+def test_the_round_of_a_stored_reply_comes_from_its_key(stored_key: str | None,
+                                                        round: int | None) -> None:
+    assert _round_of(_stored(5, "assistant", key=stored_key), "turn") == round
+
+
+def _calling(newest_first: list[StoredMessage], call_ids: set[str | None]) -> tuple[int, int]:
+    """Drive _calling_reply with these stored messages as its read."""
+    plan = _calling_reply("c" * 32, None, call_ids)
+    next(plan)
+    with pytest.raises(StopIteration) as done:
+        plan.send(newest_first)
+    value: tuple[int, int] = done.value.value
+    return value
+
+
+def test_results_continue_the_round_of_the_reply_that_made_the_calls() -> None:
+    # newest first: round 2 calls b, round 1 calls a, round 0 calls a too (an older turn's
+    # reply before the user message must not count)
+    messages = [
+        _stored(9, "assistant", calls=["b"]), _stored(8, "tool"),
+        _stored(7, "assistant", calls=["a"]), _stored(6, "tool"),
+        _stored(5, "assistant", calls=["a"]), _stored(4, "user"),
+        _stored(3, "assistant", calls=["a", "b"]), _stored(2, "user"),
+    ]
+    assert _calling(messages, {"b"}) == (2, 9)
+    assert _calling(messages, {"a"}) == (1, 7)  # the newest reply making the call
+    assert _calling(messages, {"a", "zz"}) == (1, 7)
+    # no reply makes these calls: the newest one stands for it
+    assert _calling(messages, {"zz"}) == (2, 9)
+    assert _calling(messages[:2], {"zz"}) == (0, 9)
+    # no reply at all since the user message
+    assert _calling([_stored(4, "user"), _stored(3, "assistant", calls=["a"])], {"a"}) == (-1, 0)
+    assert _calling([], {"a"}) == (-1, 0)
+
+
+def test_chunk_events_carry_their_round() -> None:
+    text = CompletionChunk.model_validate({"choices": [{"text": "Hel"}]})
+    assert chunk_events(text, 3) == [TextDelta("Hel", 3)]
+    assert chunk_events(CompletionChunk.model_validate({"choices": [{"text": ""}]}), 3) == []
+    chat = ChatCompletionChunk.model_validate({"choices": [{"delta": {
+        "content": "Hi", "tool_calls": [{"index": 1, "id": "c1", "function": {"name": "f"}}]}}]})
+    assert chunk_events(chat, 2) == [TextDelta("Hi", 2), ToolCallDelta(1, "c1", "f", "", 2)]
+    assert chunk_events(ChatCompletionChunk.model_validate({"choices": []}), 2) == []
+    # a call's first fragment may come without its function: no name, no arguments yet
+    bare = ChatCompletionChunk.model_validate({"choices": [{"delta": {
+        "tool_calls": [{"index": 0, "id": "c0"}]}}]})
+    assert chunk_events(bare, 1) == [ToolCallDelta(0, "c0", None, "", 1)]
+
+
+def test_keys_of_replies_and_tool_results() -> None:
+    assert reply_key("turn", 2) == "turn#r2" and reply_key(None, 2) is None
+    assert tool_key("turn", 1, "call_0") == "turn#t1:call_0"
+    # without a turn key there is none: two keyless turns must not share "None#t0:call_0"
+    assert tool_key(None, 0, "call_0") is None
+
+
+def test_a_reply_made_elsewhere_is_the_first_final_answer_after_the_user_message() -> None:
+    calling = _stored(5, "assistant", calls=["a"])
+    result, final = _stored(6, "tool"), _stored(7, "assistant")
+    later_user, later_reply = _stored(8, "user"), _stored(9, "assistant")
+    assert _answered_elsewhere([calling, result, final, later_user, later_reply], "k#") is final
+    # a calling reply and its result are no final answer (and nothing after the next user
+    # message belongs to this turn)
+    assert _answered_elsewhere([calling, result, later_user, later_reply], "k#") is None
+    assert _answered_elsewhere([calling, result], "k#") is None
+    # one of this turn's own keys: the turn resumes from its own messages instead
+    keyed = _stored(7, "assistant", key="k#r0")
+    assert _answered_elsewhere([keyed, final], "k#") is None
+    assert _answered_elsewhere([_stored(7, "assistant", key="other#r0")], "k#") is not None
+
+
+def test_a_partial_response_is_the_snapshot_without_empty_fields() -> None:
+    snapshot = ChatCompletion.model_validate({"id": "x", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "Hal"}}]})
+    value = partial_response(lambda: snapshot)
+    assert value == snapshot.model_dump(mode="json", exclude_none=True)
+    assert "null" not in json.dumps(value) and value["choices"][0]["message"]["content"] == "Hal"
+
+    def nothing() -> Any:
+        raise ValueError("no choices yet")
+
+    assert partial_response(nothing) is None
+
+
+def test_a_turn_result_says_whether_it_is_a_duplicate() -> None:
+    user, reply = _stored(1, "user"), _stored(2, "assistant", calls=["a", "b"])
+    answered = _stored(3, "tool")  # answers call "x" (see _stored), not a or b
+    plain = _result("c" * 32, user, [reply, answered], [], None, reply)
+    assert plain.duplicate is False and plain.from_store is False
+    assert [c.id for c in plain.pending_tool_calls] == ["a", "b"]
+    dup = _result("c" * 32, user, [reply], [], None, reply, duplicate=True, from_store=True)
+    assert dup.duplicate is True and dup.from_store is True and dup.run is None

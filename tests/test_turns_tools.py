@@ -9,6 +9,8 @@ also run over the fake's loopback server.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import functools
 import json
 import threading
 from typing import Any, Literal
@@ -26,9 +28,12 @@ from convo import (
     TextDelta,
     ToolCall,
     ToolCallDelta,
+    Tool,
+    ToolArgumentsError,
     ToolResultEvent,
     tool,
 )
+from convo._tools import tool_result_text
 
 BOTH_PATHS = pytest.mark.parametrize("path", ["transport", "server"])
 
@@ -241,6 +246,20 @@ async def test_a_streamed_tool_turn_shows_call_deltas_results_and_text(env: Env)
     await check_runs(env, result)
 
 
+async def test_streamed_tool_results_carry_their_round(env: Env) -> None:
+    calls = Calls()
+    chat = env.chat(tools=calls.tools())
+    conv = await env.store.create_conversation()
+    env.fake.reply_tool_calls([("get_time", {"tz": "UTC"})])
+    env.fake.reply_tool_calls([("get_time", {"tz": "CET"})])
+    env.fake.reply("Noon twice")
+    stream = chat.stream(conv.id, "Times?")
+    events = await stream.events()
+    await stream.result()
+    results = [e for e in events if isinstance(e, ToolResultEvent)]
+    assert [(e.round, e.message.content) for e in results] == [(0, "12:00 UTC"), (1, "12:00 CET")]
+
+
 async def test_async_tools_need_an_async_chat(env: Env) -> None:
     if env.is_async:
         env.chat(tools=Calls().tools(use_async=True))  # AsyncChat awaits them
@@ -302,8 +321,162 @@ async def test_bad_tool_results_are_refused_before_anything_is_written(env: Env)
     first = await chat.send(conv.id, "Times?")
     a, _ = first.pending_tool_calls
     before = env.store.snapshot()
-    with pytest.raises(InvalidMessageError):
+    with pytest.raises(InvalidMessageError, match="^tool_results must be tool messages with a "):
         await chat.continue_turn(
             conv.id, [Message.tool("noon", tool_call_id=a.id), Message.user("not a result")]
         )
     assert env.store.snapshot() == before and len(env.model_requests()) == 1
+
+
+# --- Tool itself: definitions, argument checks, results (no turn) ------------------------
+
+
+def test_a_tool_definition_comes_from_the_signature_and_the_docstring() -> None:
+    def find_hotel(city: str, nights: int = 1, tags: list[str] | None = None) -> str:
+        """Find a hotel in a city.
+
+        Longer text the model does not need.
+        """
+        return city
+
+    t = tool(find_hotel)
+    assert t.name == "find_hotel" and t.fn is find_hotel and t.is_async is False
+    assert t.description == "Find a hotel in a city."
+    assert t.parameters["required"] == ["city"]
+    assert t.parameters["properties"]["nights"] == {"default": 1, "type": "integer"}
+    assert "title" not in json.dumps(t.parameters)  # pydantic's titles stripped, nested too
+    assert t.parameters["properties"]["tags"]["anyOf"][0] == {"items": {"type": "string"},
+                                                            "type": "array"}
+    assert t.definition() == {"type": "function", "function": {
+        "name": "find_hotel", "description": "Find a hotel in a city.",
+        "parameters": t.parameters}}
+
+
+def test_a_tool_without_a_description_leaves_the_key_out() -> None:
+    def ping() -> str:
+        return "pong"
+
+    t = tool(ping)
+    assert t.description is None and t.parameters["properties"] == {}
+    assert t.definition() == {"type": "function", "function": {"name": "ping",
+                                                               "parameters": t.parameters}}
+    assert tool(description="")(ping).description is None
+    named = tool(name="other-name_2", description="Says pong.")(ping)
+    assert named.name == "other-name_2" and named.description == "Says pong."
+    assert Tool.from_function(ping, description="x").description == "x"
+
+
+def test_an_async_function_is_an_async_tool() -> None:
+    async def later(x: int) -> int:
+        return x
+
+    assert tool(later).is_async is True
+
+
+@pytest.mark.parametrize("name", ["", "has space", "dot.ted", "a" * 65, "é"])
+def test_a_tool_name_must_follow_openais_rule(name: str) -> None:
+    def f() -> None:
+        pass
+
+    with pytest.raises(ConfigurationError, match="1-64 letters"):
+        tool(name=name)(f) if name else Tool.from_function(lambda: None)
+    assert tool(name="a" * 64)(f).name == "a" * 64
+    assert tool(name="A-z_09")(f).name == "A-z_09"
+
+
+def test_what_cannot_be_a_tool_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="must be callable, got int"):
+        Tool.from_function(3)  # type: ignore[arg-type]
+
+    def star(*args: int) -> None:
+        pass
+
+    def stars(**kwargs: int) -> None:
+        pass
+
+    for fn in (star, stars):
+        with pytest.raises(ConfigurationError, match=r"\*args/\*\*kwargs"):
+            tool(fn)
+
+    def unresolvable(x: NoSuchType) -> None:  # type: ignore[name-defined]  # noqa: F821
+        pass
+
+    with pytest.raises(ConfigurationError, match="cannot read its annotations"):
+        tool(unresolvable)
+
+
+def test_parse_arguments_validates_and_fills_defaults() -> None:
+    def book(city: str, nights: int = 2, note=None) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+    t = tool(book)
+    assert t.parse_arguments('{"city": "Oslo"}') == {"city": "Oslo", "nights": 2, "note": None}
+    assert t.parse_arguments('{"city": "Oslo", "nights": 3, "note": [1]}') == {
+        "city": "Oslo", "nights": 3, "note": [1]}
+    with pytest.raises(ToolArgumentsError, match="^arguments are not JSON: "):
+        t.parse_arguments("{city")
+    with pytest.raises(ToolArgumentsError, match="^arguments must be a JSON object$"):
+        t.parse_arguments('["Oslo"]')
+    with pytest.raises(ToolArgumentsError) as info:
+        t.parse_arguments('{"nights": "many", "extra": 1}')
+    assert str(info.value).split("; ") == [
+        "city: Field required",
+        "nights: Input should be a valid integer, unable to parse string as an integer",
+        "extra: Extra inputs are not permitted",
+    ]
+
+    def nothing() -> None:
+        pass
+
+    assert tool(nothing).parse_arguments("") == {}  # no arguments at all: an empty object
+
+
+def test_a_tool_result_becomes_text() -> None:
+    assert tool_result_text("as is") == "as is"
+    assert tool_result_text({"city": "Zürich", "n": [1, 2]}) == '{"city": "Zürich", "n": [1, 2]}'
+    assert tool_result_text(None) == "null" and tool_result_text(3) == "3"
+    day = datetime.date(2026, 1, 2)
+    assert tool_result_text({"day": day}) == '{"day": "2026-01-02"}'  # what JSON lacks, as str
+    loop: list[Any] = []
+    loop.append(loop)
+    assert tool_result_text(loop) == "[[...]]"  # not JSON at all: str()
+
+
+def test_the_description_is_the_docstrings_first_paragraph() -> None:
+    def f() -> None:
+        """First paragraph,
+        on two lines.
+
+        Second.
+
+        Third.
+        """
+
+    assert tool(f).description == "First paragraph,\non two lines."
+
+
+def test_tool_takes_a_name_and_description_with_the_function_too() -> None:
+    def f() -> None:
+        """Doc."""
+
+    t = tool(f, name="renamed", description="Said otherwise.")
+    assert (t.name, t.description) == ("renamed", "Said otherwise.")
+
+
+def test_a_callable_without_a_name_needs_one() -> None:
+    def f(x: int) -> int:
+        return x
+
+    with pytest.raises(ConfigurationError, match="1-64 letters"):
+        Tool.from_function(functools.partial(f))
+
+
+def test_argument_errors_name_where_the_problem_is() -> None:
+    def f(tags: list[str]) -> None:
+        pass
+
+    with pytest.raises(ToolArgumentsError, match=r"^tags\.1: Input should be a valid string$"):
+        tool(f).parse_arguments('{"tags": ["a", 2]}')
+    with pytest.raises(ToolArgumentsError) as info:  # a key with no name: the arguments
+        tool(f).parse_arguments('{"tags": [], "": 1}')
+    assert str(info.value) == "arguments: Extra inputs are not permitted"
