@@ -188,10 +188,13 @@ class RequestStats:
     ``attempts``: requests sent, retries included (also when the call
     finally failed). ``headers_ms``: milliseconds from the first attempt to
     the response headers of the last one (retries and their waits included).
+    ``content``: the body of a non-streamed answer, as received (what the
+    result was parsed from; a turn records it in its run).
     """
 
     attempts: int = 0
     headers_ms: float | None = None
+    content: bytes | None = None
 
 
 class BodyBuffer:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
+from ._client_core import RequestStats
 from ._context import ContextBuilder, _BuilderBase
 from ._exceptions import APIError, ConfigurationError, InvalidMessageError, MessageNotFound
 from ._messages import Message
@@ -411,8 +412,6 @@ class Chat(_ChatBase):
         return builder.build(effect.conversation_id, **kw), None
 
     def _send(self, effect: Send) -> Sent:
-        from ._client_core import RequestStats
-
         stats = RequestStats()
         start = time.perf_counter()
         try:
@@ -424,12 +423,10 @@ class Chat(_ChatBase):
             return Sent(error=exc, cancelled=True, attempts=stats.attempts,
                         latency_ms=_ms(start))
         latency = _ms(start)
-        return Sent(response=response, attempts=stats.attempts, ttfb_ms=stats.headers_ms,
-                    latency_ms=latency)
+        return Sent(response=response, body=stats.content, attempts=stats.attempts,
+                    ttfb_ms=stats.headers_ms, latency_ms=latency)
 
     def _stream(self, effect: Send, state: _StreamState) -> Generator[TurnEvent, None, Sent]:
-        from ._client_core import RequestStats
-
         stats = RequestStats()
         state.start = time.perf_counter()
         try:
