@@ -48,22 +48,23 @@ from ._records import ReplyInfo
 
 __all__ = [
     "ENCODING_MAX",
-    "CheckedJSON",
     "INT32_MAX",
     "INT_MAX",
     "INT_MIN",
     "JSON_DEPTH_MAX",
     "SEARCH_MAX",
     "SHORT_TEXT_MAX",
+    "CheckedJSON",
     "check_datetime",
     "check_int",
     "check_json",
-    "checked_json",
-    "checked_json_text",
     "check_short",
     "check_text",
     "check_values",
     "checked",
+    "checked_json",
+    "checked_json_text",
+    "json_text",
 ]
 
 SHORT_TEXT_MAX: Final = 255
@@ -263,7 +264,7 @@ class CheckedJSON:
         return parsed
 
 
-def _json_text(value: Any) -> str:
+def json_text(value: Any) -> str:
     """JSON text of a value :func:`check_json` returned (plain JSON types, finite floats,
     text without NUL or lone surrogates): ``to_json`` writes it as is, several times
     faster than ``json.dumps``."""
@@ -274,7 +275,7 @@ def checked_json(value: Mapping[str, Any], field: str) -> CheckedJSON:
     """``value`` (a JSON object) checked by :func:`check_json`, as :class:`CheckedJSON`."""
     if not isinstance(value, Mapping):
         raise StoreInputError(f"{field} must be a JSON object (a dict), not {type(value).__name__}")
-    return CheckedJSON(_json_text(check_json(dict(value), field)))
+    return CheckedJSON(json_text(check_json(dict(value), field)))
 
 
 #: What can make received JSON text unstorable although it parses: NaN and

@@ -42,10 +42,10 @@ from ._store_core import (
 )
 from ._store_input import (
     CheckedJSON,
-    _json_text,
     check_json,
     check_text,
     check_values,
+    json_text,
 )
 from ._store_rows import (
     check_short,
@@ -55,6 +55,7 @@ from ._store_rows import (
     stored_message,
     validate_json_dict,
 )
+from ._types import SerializedRequest
 
 __all__ = [
     "FinishedRun", "SerializedRequest", "finish_run", "get_run", "list_runs", "new_run_id",
@@ -180,15 +181,6 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-class SerializedRequest(str):
-    """Request text convo serialized itself from a dict (``pydantic_core.to_json``,
-    as the turn does): a JSON object by construction, except for the ``NaN`` and
-    ``Infinity`` constants ``to_json`` writes for such floats, so only text that
-    contains one of them is parsed again."""
-
-    __slots__ = ()
-
-
 def request_text(request: str | bytes | Mapping[str, Any]) -> str:
     """The body as JSON text: given text is kept byte for byte (it is what was sent)."""
     if type(request) is SerializedRequest:
@@ -230,7 +222,7 @@ def _json_binds(params: dict[str, Any], prefix: str, values: Mapping[str, Any],
     for column in _JSON_COLUMNS:
         key = prefix + column
         if params.get(key) is not None:
-            params[key] = texts[column] if column in texts else _json_text(values[column])
+            params[key] = texts[column] if column in texts else json_text(values[column])
 
 
 @functools.lru_cache(maxsize=64)

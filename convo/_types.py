@@ -44,6 +44,17 @@ __all__ = [
 FinishReason: TypeAlias = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
 
 
+class SerializedRequest(str):
+    """Request text convo serialized itself from a dict (``pydantic_core.to_json``,
+    as the turn does): a JSON object by construction, except for the ``NaN`` and
+    ``Infinity`` constants ``to_json`` writes for such floats, so only text that
+    contains one of them is parsed again (by the store), and a body whose first
+    key is a string ``"model"`` and that has no ``"stream"`` is sent without
+    being parsed again (by the client)."""
+
+    __slots__ = ()
+
+
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="allow")
 
