@@ -57,7 +57,8 @@ def _as_message(message: str | Message | Mapping[str, Any] | None) -> Message | 
     if message is None or isinstance(message, Message):
         return message
     if isinstance(message, str):
-        return Message.user(message)
+        # (a user message with text keeps every rule of Message: no validation to run)
+        return Message.model_construct(role="user", content=str.__str__(message))
     if not isinstance(message, Mapping):
         raise InvalidMessageError(
             f"a turn's message is a str, a Message or a dict, not {type(message).__name__}"

@@ -185,17 +185,15 @@ class ChatCompletion(_Wire):
         content = msg.content
         if content is None and calls is None and msg.refusal is None:
             content = ""
-        return Message(role="assistant", content=content, tool_calls=calls, refusal=msg.refusal)
+        # (typed values that keep Message's rules: an assistant message with text, tool
+        # calls or a refusal; built without validating them again)
+        return Message.model_construct(
+            role="assistant", content=content, tool_calls=calls, refusal=msg.refusal
+        )
 
     def reply_info(self, index: int = 0, *, seed: int | None = None) -> ReplyInfo:
         """What the server said about choice ``index``, in the store's :class:`~convo.ReplyInfo`."""
-        return ReplyInfo(
-            model=self.model or None,
-            finish_reason=self.choices[index].finish_reason,
-            usage=self.usage.model_dump(exclude_none=True) if self.usage else None,
-            system_fingerprint=self.system_fingerprint,
-            seed=seed,
-        )
+        return _reply_info(self, self.choices[index].finish_reason, seed)
 
 
 # --- chat stream ---------------------------------------------------------------
@@ -295,13 +293,7 @@ class Completion(_Wire):
 
     def reply_info(self, index: int = 0, *, seed: int | None = None) -> ReplyInfo:
         """What the server said about choice ``index``, in the store's :class:`~convo.ReplyInfo`."""
-        return ReplyInfo(
-            model=self.model or None,
-            finish_reason=self.choices[index].finish_reason,
-            usage=self.usage.model_dump(exclude_none=True) if self.usage else None,
-            system_fingerprint=self.system_fingerprint,
-            seed=seed,
-        )
+        return _reply_info(self, self.choices[index].finish_reason, seed)
 
 
 class CompletionChunk(_Wire):
@@ -319,3 +311,17 @@ class CompletionChunk(_Wire):
     def text(self) -> str:
         """The text fragment of the first choice."""
         return self.choices[0].text if self.choices else ""
+
+
+def _reply_info(
+    answer: ChatCompletion | Completion, finish_reason: str | None, seed: int | None
+) -> ReplyInfo:
+    model = answer.model or None
+    usage = answer.usage.model_dump(exclude_none=True) if answer.usage else None
+    fingerprint = answer.system_fingerprint
+    if seed is not None and type(seed) is not int:  # the caller's seed, validated
+        return ReplyInfo(model=model, finish_reason=finish_reason, usage=usage,
+                         system_fingerprint=fingerprint, seed=seed)
+    # (the answer's own values are typed already)
+    return ReplyInfo.model_construct(model=model, finish_reason=finish_reason, usage=usage,
+                                     system_fingerprint=fingerprint, seed=seed)
