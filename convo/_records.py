@@ -10,13 +10,39 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from ._messages import Message
 
-__all__ = ["Conversation", "ReplyInfo", "Run", "RunPage", "RunStatus", "StoredMessage", "Summary"]
+__all__ = [
+    "Conversation", "ReplyInfo", "Run", "RunPage", "RunStatus", "StoredMessage", "Summary",
+    "construct",
+]
+
+_setattr = object.__setattr__
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def construct(cls: type[_M], values: dict[str, Any]) -> _M:
+    """``cls.model_construct(**values)`` for values that name every field, ~5x faster.
+
+    For values convo built from values already validated (rows the store wrote,
+    a validated answer's fields): reading 50 messages is the context builder's
+    hot path, and pydantic's ``model_construct`` (default handling, field-by-field
+    copies) dominated it; it is even slower than validating when fields are left
+    to their defaults. This sets exactly the attributes ``model_construct`` sets;
+    the classes used here have no private attributes, extras or
+    ``model_post_init`` (checked at import where they are used), and a test
+    compares with validated values.
+    """
+    obj = cls.__new__(cls)
+    _setattr(obj, "__dict__", values)
+    _setattr(obj, "__pydantic_fields_set__", set(values))
+    _setattr(obj, "__pydantic_extra__", None)
+    _setattr(obj, "__pydantic_private__", None)
+    return obj
 
 
 class Conversation(BaseModel):
@@ -168,3 +194,16 @@ class RunPage(BaseModel):
 
     items: list[Run]
     next_cursor: str | None = None
+
+
+# construct() callers outside the store name every field of these (turns and answers
+# build messages and reply info from validated values): they must stay plain.
+assert tuple(Message.model_fields) == (
+    "role", "content", "name", "tool_calls", "refusal", "tool_call_id", "metadata"
+)
+assert tuple(ReplyInfo.model_fields) == (
+    "model", "finish_reason", "usage", "system_fingerprint", "seed"
+)
+for _cls in (Message, ReplyInfo):
+    assert not _cls.__private_attributes__ and not _cls.__pydantic_post_init__, _cls
+    assert _cls.model_config.get("extra") != "allow", _cls

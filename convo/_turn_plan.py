@@ -38,9 +38,8 @@ from ._client_params import CHAT_KEYS, COMPLETION_KEYS, check_params
 from ._context_report import Context, ContextReport
 from ._exceptions import APIStreamError, ConfigurationError, InvalidMessageError, TurnCancelled
 from ._messages import Message, ToolCall
-from ._records import Run, StoredMessage
+from ._records import Run, StoredMessage, construct
 from ._store_input import CheckedJSON, check_json, checked_json, checked_json_text
-from ._store_rows import construct
 from ._store_runs import SerializedRequest
 from ._tools import Tool, ToolArgumentsError
 from ._types import (

@@ -19,7 +19,7 @@ from ._client_core import RequestStats
 from ._context import ContextBuilder, _BuilderBase
 from ._exceptions import APIError, ConfigurationError, InvalidMessageError, MessageNotFound
 from ._messages import Message
-from ._records import Conversation
+from ._records import Conversation, construct
 from ._store_branches import Branch
 from ._tools import Tool, tool_result_text
 from ._turn_plan import (
@@ -58,7 +58,10 @@ def _as_message(message: str | Message | Mapping[str, Any] | None) -> Message | 
         return message
     if isinstance(message, str):
         # (a user message with text keeps every rule of Message: no validation to run)
-        return Message.model_construct(role="user", content=str.__str__(message))
+        return construct(Message, {
+            "role": "user", "content": str.__str__(message), "name": None, "tool_calls": None,
+            "refusal": None, "tool_call_id": None, "metadata": {},
+        })
     if not isinstance(message, Mapping):
         raise InvalidMessageError(
             f"a turn's message is a str, a Message or a dict, not {type(message).__name__}"

@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeAlias
 from pydantic import BaseModel, ConfigDict
 
 from ._messages import FunctionCall, Message, ToolCall
-from ._records import ReplyInfo
+from ._records import ReplyInfo, construct
 
 __all__ = [
     "ChatCompletion",
@@ -187,9 +187,10 @@ class ChatCompletion(_Wire):
             content = ""
         # (typed values that keep Message's rules: an assistant message with text, tool
         # calls or a refusal; built without validating them again)
-        return Message.model_construct(
-            role="assistant", content=content, tool_calls=calls, refusal=msg.refusal
-        )
+        return construct(Message, {
+            "role": "assistant", "content": content, "name": None, "tool_calls": calls,
+            "refusal": msg.refusal, "tool_call_id": None, "metadata": {},
+        })
 
     def reply_info(self, index: int = 0, *, seed: int | None = None) -> ReplyInfo:
         """What the server said about choice ``index``, in the store's :class:`~convo.ReplyInfo`."""
@@ -323,5 +324,7 @@ def _reply_info(
         return ReplyInfo(model=model, finish_reason=finish_reason, usage=usage,
                          system_fingerprint=fingerprint, seed=seed)
     # (the answer's own values are typed already)
-    return ReplyInfo.model_construct(model=model, finish_reason=finish_reason, usage=usage,
-                                     system_fingerprint=fingerprint, seed=seed)
+    return construct(ReplyInfo, {
+        "model": model, "finish_reason": finish_reason, "usage": usage,
+        "system_fingerprint": fingerprint, "seed": seed,
+    })
