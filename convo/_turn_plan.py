@@ -36,7 +36,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ._client_params import CHAT_KEYS, COMPLETION_KEYS, check_params
 from ._context_report import Context, ContextReport
-from ._exceptions import APIStreamError, ConfigurationError, InvalidMessageError, TurnCancelled
+from ._exceptions import (
+    APIStreamError,
+    ConfigurationError,
+    InvalidMessageError,
+    StoreInputError,
+    TurnCancelled,
+)
 from ._messages import Message, ToolCall
 from ._records import Run, StoredMessage, construct
 from ._store_input import CheckedJSON, check_json, checked_json, checked_json_text
@@ -395,11 +401,7 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
             "finish_reason": info.finish_reason,
             "system_fingerprint": response.system_fingerprint,
             "seed": info.seed,
-            "response": (
-                checked_json_text(sent.body, "run response")
-                if sent.body is not None
-                else response.model_dump(mode="json", exclude_none=True)
-            ),
+            "response": _answer_json(sent, response),
             "owner": owner,
             **timing,
         })
@@ -412,6 +414,18 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
         if done is not None:
             return _result(cid, user, stored, runs, report, done)
         round += 1
+
+
+def _answer_json(sent: Sent, response: ChatCompletion | Completion) -> CheckedJSON | dict[str, Any]:
+    """The answer for the run: the body as the server sent it, when it is storable as it
+    is; else (a stream, or NaN, integers beyond 64 bits... in the body) the answer as
+    its model dumps it (NaN becomes null), checked by the store as before."""
+    if sent.body is not None:
+        try:
+            return checked_json_text(sent.body, "run response")
+        except StoreInputError:
+            pass
+    return response.model_dump(mode="json", exclude_none=True)
 
 
 def _after_reply(

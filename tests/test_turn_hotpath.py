@@ -85,15 +85,18 @@ def test_received_text_that_is_not_a_json_object_is_refused(raw: bytes) -> None:
 
 
 class _Reshape(httpx.BaseTransport, httpx.AsyncBaseTransport):
-    """The fake's answers, respelled (spacing, a null field) and kept as sent."""
+    """The fake's answers, respelled (spacing, a null field, ``extra`` fields) and kept
+    as sent."""
 
-    def __init__(self, inner: httpx.MockTransport) -> None:
+    def __init__(self, inner: httpx.MockTransport, **extra: Any) -> None:
         self.inner = inner
+        self.extra = extra
         self.sent: list[bytes] = []
 
     def _respell(self, response: httpx.Response) -> httpx.Response:
         value = json.loads(response.content)
         value["x_nothing"] = None
+        value.update(self.extra)
         body = json.dumps(value, indent=1).encode()
         self.sent.append(body)
         headers = [(k, v) for k, v in response.headers.items() if k.lower() != "content-length"]
@@ -125,6 +128,21 @@ async def test_a_turns_run_records_the_answer_as_received(env: Env, path: str) -
     if env.backend == "sqlite":
         ((text,),) = env.store.sql("SELECT response FROM runs WHERE id = :id", id=run.id)
         assert text == transport.sent[-1].decode()
+
+
+async def test_an_answer_that_cannot_be_stored_as_sent_is_recorded_as_dumped(env: Env) -> None:
+    """NaN in an answer (some servers' extras): the run keeps the answer as its model
+    dumps it (NaN as null, other nulls dropped), as before, and the turn ends."""
+    transport = _Reshape(env.fake.transport(), x_score=float("nan"), x_ok=1)
+    chat = env.chat(client_options={"transport": transport})
+    conv = await env.store.create_conversation()
+    result = await chat.send(conv.id, "Hello")
+    run = result.run
+    assert run is not None and run.status == "ok" and run.response is not None
+    assert b"NaN" in transport.sent[-1]
+    assert run.response["x_score"] is None and "x_nothing" not in run.response
+    assert run.response["x_ok"] == 1
+    assert (await env.store.get_run(run.id)).response == run.response
 
 
 # --- settings checked once ------------------------------------------------------------------
