@@ -234,7 +234,7 @@ def fill(url: str, thread: list[tuple[str, str, int]], counts: list[int] | None,
                 chunk = counts[i:i + BATCH]
             new_counts += chunk
             store.save_token_counts(counter.encoding_name,
-                                    {s.id: k for s, k in zip(stored, chunk, strict=True)})
+                                    {(conv.id, s.id): k for s, k in zip(stored, chunk, strict=True)})
             done = i + len(msgs)
             if done % 100_000 == 0 or done == len(thread):
                 log(f"data: {label}: {done:,}/{len(thread):,} messages "

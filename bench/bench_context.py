@@ -19,16 +19,25 @@ peers (LangChain, LlamaIndex, OpenAI Agents SDK, raw sqlite3) at 1,000 /
   that open a new Store per call (like the peers, which open their store in
   every call). Peak RSS growth per call with the peers' own method (gc +
   malloc_trim, clear_refs, VmHWM).
+* Equal terms (``--equal-terms`` alone, and in every full run): a build against
+  the least a hand-written backend does for the same window on convo's own
+  tables (the pinned system prompt, then the newest rows joined with their
+  stored counts until the budget is full), raw sqlite3 / psycopg, both on a
+  connection opened before the timing, interleaved pair by pair in one
+  process, no ``gc.collect()`` in between; ``--repeat`` runs (fresh processes)
+  per (backend, N), every run and the median reported.
 
 Run::
 
     /work/venv/bin/python bench/bench_context.py --output /tmp/context.md
     /work/venv/bin/python bench/bench_context.py --ns 1000,100000 --no-peers
     /work/venv/bin/python bench/bench_context.py --profile 100000   # cProfile, 200 builds, SQLite
+    /work/venv/bin/python bench/bench_context.py --equal-terms --ns 1000,1000000 --repeat 5
 
 The first run generates the 1,000,000-message thread (~2 min) and fills the
 databases (see the log); later runs reuse them (``--prepare-only`` does just that). A full run with the peers takes
-about 15-25 minutes once everything is cached.
+about 15-25 minutes once everything is cached, plus the equal-terms runs (``--repeat 5``: 20 short
+processes for two sizes on both databases, 5-8 minutes on a busy 2-core machine; ``--repeat 0`` skips them).
 """
 
 from __future__ import annotations
@@ -101,7 +110,7 @@ def forget_tail_counts(store: Any, cid: str, encoding: str, keep_below: int) -> 
     import sqlalchemy as sa
 
     q = sa.text(
-        "DELETE FROM message_tokens WHERE encoding = :enc AND message_id IN "
+        "DELETE FROM message_tokens WHERE encoding = :enc AND conversation_id = :cid AND message_id IN "
         "(SELECT id FROM messages WHERE conversation_id = :cid AND (seq = 1 OR seq > :lo))"
     )
     with store.engine.begin() as conn:
@@ -216,6 +225,216 @@ def profile_worker(spec: dict[str, Any]) -> None:
         out.truncate()
         st.sort_stats(key).print_stats(35)
         print(f"\n## sorted by {key}\n" + out.getvalue())
+
+
+# ====================================================================================
+# Equal terms: a build vs the raw tail scan, both on an already-open connection
+# ====================================================================================
+
+#: the raw side's statements, over convo's own tables (the pinned system prompt, then
+#: the newest rows joined with their stored counts); ``{ph}`` is the driver's placeholder
+RAW_PINNED = (
+    "SELECT m.seq, m.role, m.content, t.tokens FROM messages m "
+    "LEFT JOIN message_tokens t ON t.conversation_id = m.conversation_id AND t.message_id = m.id "
+    "AND t.encoding = {ph} "
+    "WHERE m.conversation_id = {ph} AND m.pinned = {true} ORDER BY m.seq"
+)
+RAW_TAIL = (
+    "SELECT m.seq, m.role, m.content, t.tokens, m.pinned FROM messages m "
+    "JOIN message_tokens t ON t.conversation_id = m.conversation_id AND t.message_id = m.id "
+    "AND t.encoding = {ph} "
+    "WHERE m.conversation_id = {ph}{before} ORDER BY m.seq DESC{limit}"
+)
+RAW_PG_PAGE = 24  # rows per keyset page of the raw psycopg scan (a window here is ~20 rows)
+PRIMING = 3  # reply priming, per request, as convo counts it (OpenAI's rule)
+
+
+def raw_tail_sqlite(con: Any, cid: str, enc: str) -> tuple[list[dict[str, str]], int]:
+    """The request's messages (system prompt, then the newest messages that fit the
+    budget), on an open sqlite3 connection: the cursor steps row by row and stops at
+    the first one that does not fit. -> (messages, rows read)."""
+    pinned = con.execute(RAW_PINNED.format(ph="?", true="1"), (enc, cid)).fetchall()
+    free = BUDGET - PRIMING - sum(r[3] for r in pinned)
+    kept: list[dict[str, str]] = []
+    read = 0
+    for _seq, role, content, tokens, pin in con.execute(
+        RAW_TAIL.format(ph="?", before="", limit=""), (enc, cid)
+    ):
+        read += 1
+        if pin:
+            continue  # already counted with the pinned ones
+        if tokens > free:
+            break
+        free -= tokens
+        kept.append({"role": role, "content": content})
+    kept.reverse()
+    return [{"role": r[1], "content": r[2]} for r in pinned] + kept, read
+
+
+def raw_tail_pg(con: Any, cid: str, enc: str) -> tuple[list[dict[str, str]], int]:
+    """The same on an open psycopg connection (autocommit), in keyset pages of
+    ``RAW_PG_PAGE`` rows (a client-side cursor fetches a whole result)."""
+    cur = con.cursor()
+    pinned = cur.execute(RAW_PINNED.format(ph="%s", true="true"), (enc, cid)).fetchall()
+    free = BUDGET - PRIMING - sum(r[3] for r in pinned)
+    kept: list[dict[str, str]] = []
+    read, before = 0, None
+    first = RAW_TAIL.format(ph="%s", before="", limit=" LIMIT %s")
+    more = RAW_TAIL.format(ph="%s", before=" AND m.seq < %s", limit=" LIMIT %s")
+    while True:
+        rows = (cur.execute(first, (enc, cid, RAW_PG_PAGE)) if before is None
+                else cur.execute(more, (enc, cid, before, RAW_PG_PAGE))).fetchall()
+        for seq, role, content, tokens, pin in rows:
+            read += 1
+            if pin:
+                continue
+            if tokens > free:
+                kept.reverse()
+                return [{"role": r[1], "content": r[2]} for r in pinned] + kept, read
+            free -= tokens
+            kept.append({"role": role, "content": content})
+        if len(rows) < RAW_PG_PAGE:
+            kept.reverse()
+            return [{"role": r[1], "content": r[2]} for r in pinned] + kept, read
+        before = rows[-1][0]
+
+
+def same_window(chat: Any, raw: list[dict[str, str]]) -> str:
+    """"yes" when the build sent what the raw scan found; "turns" when the raw window
+    only has one more, oldest, assistant message: convo keeps whole turns, so its
+    window never starts on an assistant message; "NO" otherwise."""
+    if chat == raw:
+        return "yes"
+    if (len(raw) == len(chat) + 1 and raw[1]["role"] == "assistant"
+            and raw[:1] + raw[2:] == chat):
+        return "turns"
+    return "NO"
+
+
+def equal_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """One run: ``pairs`` (raw, build) pairs back to back, interleaved, in this process,
+    both on connections opened before the timing; no gc.collect between calls."""
+    from convo import ContextBuilder, Store
+
+    url, cid = spec["url"], spec["conversation_id"]
+    store = Store(url)
+    builder = ContextBuilder(store, model=data.MODEL, budget=BUDGET)
+    enc = builder._counter.encoding_name
+    if spec["backend"] == "sqlite":
+        con = sqlite3.connect(url[len("sqlite:///"):])
+        raw = lambda: raw_tail_sqlite(con, cid, enc)  # noqa: E731
+    else:
+        import psycopg
+
+        con = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://", 1),
+                              autocommit=True)
+        raw = lambda: raw_tail_pg(con, cid, enc)  # noqa: E731
+    build = lambda: builder.build(cid)  # noqa: E731
+    for _ in range(spec["warmup"]):  # both connections warm, statements prepared
+        raw()
+        build()
+    clock = time.perf_counter
+    raw_s, build_s = [], []
+    for _ in range(spec["pairs"]):
+        t0 = clock()
+        raw()
+        t1 = clock()
+        build()
+        t2 = clock()
+        raw_s.append(t1 - t0)
+        build_s.append(t2 - t1)
+    window, raw_read = raw()
+    ctx = build()
+    rep = ctx.report
+    con.close()
+    store.close()
+    rm, bm = statistics.median(raw_s) * 1000, statistics.median(build_s) * 1000
+    return {
+        "backend": spec["backend"], "n": spec["n"], "pairs": spec["pairs"],
+        "raw_ms": rm, "build_ms": bm, "ratio": bm / rm,
+        "raw_p90_ms": sorted(raw_s)[int(0.9 * (len(raw_s) - 1))] * 1000,
+        "build_p90_ms": sorted(build_s)[int(0.9 * (len(build_s) - 1))] * 1000,
+        "raw_rows_read": raw_read, "raw_kept": len(window),
+        "build_rows_read": rep.rows_read, "build_kept": len(ctx.messages),
+        "same_window": same_window(ctx.chat, window),
+        "load1": os.getloadavg()[0],
+    }
+
+
+def run_equal_terms(args: argparse.Namespace, ns: list[int], backends: list[str],
+                    mans: dict[tuple[str, int], dict[str, Any]], log: Any,
+                    ) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """``--repeat`` runs of :func:`equal_worker` per (backend, N), each a fresh process;
+    the repeats go round the (backend, N) cells so that a busy moment hits them all."""
+    out: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for rep in range(args.repeat):
+        for n in ns:
+            for b in backends:
+                m = mans[(b, n)]
+                spec = {"url": m["url"], "conversation_id": m["conversation_id"], "n": n,
+                        "backend": b, "pairs": args.pairs, "warmup": 50}
+                r = run_json(["--worker-equal", json.dumps(spec)])
+                out.setdefault((b, n), []).append(r)
+                log(f"equal terms {b} N={n:,} run {rep + 1}/{args.repeat}: raw "
+                    f"{r['raw_ms']:.3f} ms, build {r['build_ms']:.3f} ms = {r['ratio']:.2f}x "
+                    f"(rows read {r['raw_rows_read']} / {r['build_rows_read']}, load "
+                    f"{r['load1']:.2f})")
+    return out
+
+
+def equal_terms_report(eq: dict[tuple[str, int], list[dict[str, Any]]], args: argparse.Namespace,
+                       ) -> list[str]:
+    L = ["### Equal terms: a build vs the raw tail scan on an open connection\n"]
+    L.append(
+        f"One process per run: {args.pairs} pairs, each the raw scan then "
+        f"`ContextBuilder(store, model=\"gpt-4\", budget={BUDGET}).build(cid)`, back to back, "
+        "after 50 warm-up pairs, both on connections opened before the timing, no "
+        "`gc.collect()` between calls. Raw: the pinned system prompt, then the newest rows of "
+        "convo's own tables joined with their stored counts (`message_tokens`) until the "
+        f"budget ({BUDGET} − {PRIMING} reply priming) is full (sqlite3: one cursor stepped row "
+        f"by row; psycopg: keyset pages of {RAW_PG_PAGE}), returned as the request's message "
+        "dicts (what the build's `chat` holds). Ratio = build median / raw median "
+        "of the run. Same window: \"yes\", or \"turns\" when the raw window also has the "
+        "assistant message before convo's oldest turn (convo keeps whole turns: a window "
+        "never starts on an assistant message).\n")
+    L.append("| backend | N | run | raw ms (p90) | build ms (p90) | ratio | rows read raw / "
+             "build | messages kept raw / build | same window | load avg |")
+    L.append("|---|---:|---:|---:|---:|---:|---|---|---|---:|")
+    for (b, n), runs in eq.items():
+        for i, r in enumerate(runs, 1):
+            L.append(f"| {b} | {n:,} | {i} | {r['raw_ms']:.3f} ({r['raw_p90_ms']:.3f}) | "
+                     f"{r['build_ms']:.3f} ({r['build_p90_ms']:.3f}) | {r['ratio']:.2f}× | "
+                     f"{r['raw_rows_read']} / {r['build_rows_read']} | {r['raw_kept']} / "
+                     f"{r['build_kept']} | {r['same_window']} | "
+                     f"{r['load1']:.2f} |")
+    L.append("")
+    L.append("| backend | N | runs | ratio per run | **median ratio** | raw ms median | build ms "
+             "median | within 3× |")
+    L.append("|---|---:|---:|---|---:|---:|---:|---|")
+    for (b, n), runs in eq.items():
+        ratios = [r["ratio"] for r in runs]
+        med = statistics.median(ratios)
+        L.append(f"| {b} | {n:,} | {len(runs)} | {', '.join(f'{x:.2f}' for x in ratios)} | "
+                 f"**{med:.2f}×** | {statistics.median(r['raw_ms'] for r in runs):.3f} | "
+                 f"{statistics.median(r['build_ms'] for r in runs):.3f} | "
+                 f"{'yes' if med <= TARGETS['vs_C'] else 'NO'} |")
+    L.append("")
+    return L
+
+
+def equal_terms_section(args: argparse.Namespace, eq: dict[tuple[str, int], list[dict[str, Any]]],
+                        started: datetime.datetime, pg_version: str | None,
+                        loads: dict[str, float]) -> str:
+    """The markdown of an ``--equal-terms`` run (the same tables as in the full report)."""
+    L = [f"- date: {started.strftime('%Y-%m-%d %H:%M UTC')}; machine: {machine()}",
+         f"- python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}"
+         + (f", PostgreSQL {pg_version} (pgserver, Unix socket, psycopg 3)" if pg_version else "")
+         + f"; convo {convo_revision()}",
+         f"- command: `{os.path.basename(sys.executable)} bench/bench_context.py "
+         + " ".join(sys.argv[1:]) + "`",
+         "- 1-minute load average: " + ", ".join(f"{v:.2f} ({k})" for k, v in loads.items()),
+         ""]
+    return "\n".join(L + equal_terms_report(eq, args)) + "\n"
 
 
 # ====================================================================================
@@ -397,6 +616,18 @@ def main_orchestrate(args: argparse.Namespace) -> None:
             subprocess.run([sys.executable, os.path.abspath(__file__), "--worker-profile",
                             json.dumps(spec)], check=True)
             return
+        if args.equal_terms:
+            eq = run_equal_terms(args, ns, backends, mans, log)
+            loads["end"] = os.getloadavg()[0]
+            text = equal_terms_section(args, eq, started, pg_version, loads)
+            print(text)
+            if args.output:
+                with open(args.output, "w") as fh:
+                    fh.write(text)
+            if args.json:
+                with open(args.json, "w") as fh:
+                    json.dump({f"{b}:{n}": r for (b, n), r in eq.items()}, fh, indent=1)
+            return
         results: dict[tuple[str, int], dict[str, Any]] = {}
         for n in ns:
             for b in backends:
@@ -409,6 +640,7 @@ def main_orchestrate(args: argparse.Namespace) -> None:
                 log(f"convo {b} N={n:,}: median {fmt_ms(r['median_ms'])} ms (new Store per "
                     f"call {fmt_ms(r['open_median_ms'])} ms), cold {fmt_ms(r['cold_ms'])} ms, "
                     f"peak {r['peak_mb']:.2f} MB")
+        eq = run_equal_terms(args, ns, backends, mans, log) if args.repeat else {}
     finally:
         if pg is not None:
             pg.close()
@@ -424,7 +656,7 @@ def main_orchestrate(args: argparse.Namespace) -> None:
     loads["end"] = os.getloadavg()[0]
     args.loads = ", ".join(f"{v:.1f} ({k})" for k, v in loads.items())
     report = make_report(args, ns, backends, results, mans, peers, checks, started, pg_version,
-                         time.perf_counter() - t_start, t_data)
+                         time.perf_counter() - t_start, t_data, eq)
     print(report)
     if args.output:
         with open(args.output, "w") as fh:
@@ -433,7 +665,8 @@ def main_orchestrate(args: argparse.Namespace) -> None:
     if args.json:
         dump = {"results": {f"{b}:{n}": r for (b, n), r in results.items()},
                 "peers": {f"{k[0]}:{k[1]}": v for k, v in (peers or {}).get("builds", {}).items()},
-                "checks": checks}
+                "checks": checks,
+                "equal_terms": {f"{b}:{n}": r for (b, n), r in eq.items()}}
         with open(args.json, "w") as fh:
             json.dump(dump, fh, indent=1)
         log(f"wrote {args.json}")
@@ -448,7 +681,8 @@ def make_report(args: argparse.Namespace, ns: list[int], backends: list[str],
                 results: dict[tuple[str, int], dict[str, Any]],
                 mans: dict[tuple[str, int], dict[str, Any]], peers: dict[str, Any] | None,
                 checks: dict[int, Any], started: datetime.datetime, pg_version: str | None,
-                wall_s: float, data_s: float) -> str:
+                wall_s: float, data_s: float,
+                eq: dict[tuple[str, int], list[dict[str, Any]]] | None = None) -> str:
     import sqlalchemy
 
     L: list[str] = []
@@ -507,6 +741,9 @@ def make_report(args: argparse.Namespace, ns: list[int], backends: list[str],
                 L.append(f"| {p['name']} | {med} | {p['peak_mb']:.1f} | {p['runs']} | "
                          f"{fmt_x(ratio(p['median_ms'], ref)) if ref else '—'} | {note} |")
         L.append("")
+
+    if eq:
+        L += equal_terms_report(eq, args)
 
     # --- convo scaling
     L.append("### convo from 1,000 to 1,000,000 messages\n")
@@ -661,6 +898,9 @@ def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--worker":
         print(json.dumps(worker(json.loads(sys.argv[2]))))
         return
+    if len(sys.argv) > 2 and sys.argv[1] == "--worker-equal":
+        print(json.dumps(equal_worker(json.loads(sys.argv[2]))))
+        return
     if len(sys.argv) > 2 and sys.argv[1] == "--worker-profile":
         profile_worker(json.loads(sys.argv[2]))
         return
@@ -686,9 +926,19 @@ def main() -> None:
     ap.add_argument("--profile", type=int, metavar="N",
                     help="only cProfile --profile-calls builds at N on SQLite, print the top")
     ap.add_argument("--profile-calls", type=int, default=200)
+    ap.add_argument("--equal-terms", action="store_true",
+                    help="only the equal-terms comparison (build vs raw tail scan, both on an "
+                         "open connection, interleaved in one process)")
+    ap.add_argument("--repeat", type=int, default=5,
+                    help="equal-terms runs per (backend, N), each a fresh process; 0 skips "
+                         "them in the full run (default %(default)s)")
+    ap.add_argument("--pairs", type=int, default=300,
+                    help="timed (raw, build) pairs per equal-terms run (default %(default)s)")
     args = ap.parse_args()
-    if args.reps < 1:
-        raise SystemExit("--reps must be >= 1")
+    if args.reps < 1 or args.pairs < 1 or args.repeat < 0:
+        raise SystemExit("--reps and --pairs must be >= 1, --repeat >= 0")
+    if args.equal_terms and args.repeat < 1:
+        raise SystemExit("--equal-terms needs --repeat >= 1")
     main_orchestrate(args)
 
 

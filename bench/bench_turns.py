@@ -138,14 +138,17 @@ class HandTurn:
             "RETURNING last_seq", (now, self.cid),
         ).fetchone()[0]
         cols = ["conversation_id", "seq", "role", "content", "pinned", "created_at", *extra]
+        # the key is (conversation_id, id): no rowid alias, the id is MAX(id) + 1
         mid = self.db.execute(
-            f"INSERT INTO messages ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+            f"INSERT INTO messages (id, {', '.join(cols)}) VALUES "
+            f"((SELECT IFNULL(MAX(id), 0) + 1 FROM messages), {', '.join('?' * len(cols))}) "
+            "RETURNING id",
             (self.cid, seq, role, content, 0, now, *extra.values()),
-        ).lastrowid
-        assert mid is not None
+        ).fetchone()[0]
         self.db.execute(
-            "INSERT INTO message_tokens (message_id, encoding, tokens) VALUES (?, ?, ?)",
-            (mid, ENCODING, len(self.enc.encode(content))),
+            "INSERT INTO message_tokens (conversation_id, message_id, encoding, tokens)"
+            " VALUES (?, ?, ?, ?)",
+            (self.cid, mid, ENCODING, len(self.enc.encode(content))),
         )
         return seq, mid
 
@@ -159,7 +162,8 @@ class HandTurn:
         # the context: system prompt + newest messages until the budget is full
         # (OpenAI's chat billing: 3 tokens per message, 3 to prime the reply)
         select = ("SELECT m.seq, m.role, m.content, t.tokens FROM messages m "
-                  "LEFT JOIN message_tokens t ON t.message_id = m.id AND t.encoding = ? "
+                  "LEFT JOIN message_tokens t ON t.conversation_id = m.conversation_id"
+                  " AND t.message_id = m.id AND t.encoding = ? "
                   "WHERE m.conversation_id = ? ")
         system = db.execute(select + "AND m.seq = 1", (ENCODING, self.cid)).fetchone()
         used = 3 + 3 + system[3]

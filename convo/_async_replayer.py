@@ -22,6 +22,7 @@ from ._replay_plan import (
     ReplayProgress,
     ReplayReport,
     RunTurn,
+    SourceRead,
     arms_from_spec,
     check_arms,
     judge_messages,
@@ -216,14 +217,14 @@ class AsyncReplayer:
         if conversations is not None:
             ids = [conversations] if isinstance(conversations, str) else list(conversations)
             for cid in ids:
-                await self.store.get_conversation(cid, owner=owner)  # exists, and visible
+                await self.store.reader.get_conversation(cid, owner=owner)  # exists, visible
             return ids
         filters = dict(where or {})
         if owner is not None:
             filters.setdefault("owner", owner)
         ids, cursor = [], None
         while True:
-            page = await self.store.list_conversations(limit=500, cursor=cursor, **filters)
+            page = await self.store.reader.list_conversations(limit=500, cursor=cursor, **filters)
             ids.extend(c.id for c in page.items if c.branch_kind is None)
             if page.next_cursor is None:
                 return ids[::-1]  # oldest first
@@ -249,7 +250,9 @@ class AsyncReplayer:
             effect = plan.send(None)
             while True:
                 if isinstance(effect, StoreCall):
-                    value = await getattr(self.store, effect.method)(*effect.args, **effect.kwargs)
+                    # the replayed conversation's own reads: from the replica, if any
+                    store = self.store.reader if isinstance(effect, SourceRead) else self.store
+                    value = await getattr(store, effect.method)(*effect.args, **effect.kwargs)
                 elif isinstance(effect, RunTurn):
                     value = await self._run_turn(chats[effect.arm], effect, owner)
                 elif isinstance(effect, JudgeTurn):

@@ -8,19 +8,26 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, ClassVar, Literal, Self, TypeVar
 
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import _migrate
+from . import _replica as replica
 from . import _store_branches as branches
 from . import _store_core as core
 from . import _store_driver as driver
 from . import _store_replays as replays
 from . import _store_runs as runs
-from ._engine import create_engine_async, mode_engines, prepare_engine, safe_url
+from ._engine import (
+    create_engine_async,
+    create_read_engine_async,
+    mode_engines,
+    prepare_engine,
+    safe_url,
+)
 from ._exceptions import ConfigurationError
 from ._messages import Message
 from ._records import Conversation, ReplyInfo, Run, RunPage, StoredMessage, Summary
@@ -51,13 +58,21 @@ class AsyncStore:
         url: a database URL, an existing :class:`~sqlalchemy.ext.asyncio.AsyncEngine`,
             or None for ``CONVO_DATABASE_URL`` / ``sqlite:///convo.db``. Plain
             ``sqlite://`` and ``postgresql://`` URLs get aiosqlite / psycopg.
+        read_url: a read replica for the heavy readers (see :class:`~convo.Store`).
         **engine_kwargs: passed to :func:`sqlalchemy.ext.asyncio.create_async_engine`.
     """
 
+    #: True on :attr:`reader`'s store (a read replica): every write is refused.
+    _READ_ONLY: ClassVar[bool] = False
+
     def __init__(
-        self, url: str | URL | AsyncEngine | None = None, **engine_kwargs: Any
+        self,
+        url: str | URL | AsyncEngine | None = None,
+        *,
+        read_url: str | URL | AsyncEngine | None = None,
+        **engine_kwargs: Any,
     ) -> None:
-        if isinstance(url, Engine):
+        if isinstance(url, Engine) or isinstance(read_url, Engine):
             raise ConfigurationError("a sync Engine needs Store, not AsyncStore")
         if isinstance(url, AsyncEngine):
             prepare_engine(url.sync_engine)
@@ -69,6 +84,24 @@ class AsyncStore:
         self._engines = mode_engines(self._engine)
         self._dialect = self._engine.dialect.name
         self._schema_ok = False
+        # the read replica (see reader): opened on first use
+        self._read_url = read_url if read_url is not None else replica.env_read_url(url)
+        self._read_kwargs = engine_kwargs
+        self._reader: AsyncStore | None = None
+
+    @property
+    def reader(self) -> AsyncStore:
+        """The store the heavy readers use (see :attr:`Store.reader`): a read-only
+        :class:`AsyncStore` on ``read_url``, or this store when there is none."""
+        if self._read_url is None:
+            return self
+        if self._reader is None:
+            if isinstance(self._read_url, AsyncEngine):
+                self._reader = _ReplicaAsyncStore(self._read_url, owns_engine=False)
+            else:
+                engine = create_read_engine_async(self._read_url, **self._read_kwargs)
+                self._reader = _ReplicaAsyncStore(engine, owns_engine=True)
+        return self._reader
 
     @property
     def engine(self) -> AsyncEngine:
@@ -76,7 +109,7 @@ class AsyncStore:
         return self._engine
 
     def __repr__(self) -> str:
-        return f"AsyncStore({safe_url(self._engine.url)!r})"
+        return f"AsyncStore({replica.describe(self._engine.url, self._read_url)})"
 
     async def __aenter__(self) -> Self:
         return self
@@ -85,7 +118,11 @@ class AsyncStore:
         await self.close()
 
     async def close(self) -> None:
-        """Release the connection pool (not when the engine was passed in)."""
+        """Release the connection pool (not when the engine was passed in), and the
+        read replica's."""
+        reader, self._reader = getattr(self, "_reader", None), None
+        if reader is not None:
+            await reader.close()
         if self._owns_engine:
             await self._engine.dispose()
 
@@ -117,7 +154,7 @@ class AsyncStore:
         """Raise :class:`~convo.NotMigratedError` unless the schema is current."""
         found = await self.current_revision()
         if found != SCHEMA_REVISION:
-            raise not_migrated(safe_url(self._engine.url), found)
+            raise not_migrated(safe_url(self._engine.url), found, read_only=self._READ_ONLY)
         self._schema_ok = True
 
     # --- the shell -----------------------------------------------------------------------
@@ -257,7 +294,7 @@ class AsyncStore:
     ) -> list[StoredMessage]:
         """See :meth:`Store.append_many`."""
         return await self._run(
-            core.append_many(conversation_id, messages, owner=owner), "write"
+            core.append_many(conversation_id, messages, owner=owner, dialect=self._dialect), "write"
         )
 
     async def messages(
@@ -317,8 +354,9 @@ class AsyncStore:
         conversation_id: str | None = None,
         limit: int = 20,
     ) -> list[StoredMessage]:
-        """See :meth:`Store.search` (ILIKE on PostgreSQL, ASCII-case-insensitive LIKE on SQLite)."""
-        return await self._run(
+        """See :meth:`Store.search` (ILIKE on PostgreSQL, ASCII-case-insensitive LIKE on
+        SQLite); on the read replica when the store has one."""
+        return await self.reader._run(
             core.search(text, dialect=self._dialect, owner=owner,
                         conversation_id=conversation_id, limit=limit)
         )
@@ -398,7 +436,7 @@ class AsyncStore:
         """See :meth:`Store.set_pinned`."""
         await self._run(core.set_pinned(conversation_id, seq, pinned, owner=owner), "write")
 
-    async def save_token_counts(self, encoding: str, counts: Mapping[int, int]) -> None:
+    async def save_token_counts(self, encoding: str, counts: core.TokenCounts) -> None:
         """See :meth:`Store.save_token_counts`."""
         await self._run(
             core.save_token_counts(encoding, counts, dialect=self._dialect), "write"
@@ -417,7 +455,8 @@ class AsyncStore:
         """See :meth:`Store.add_summary`."""
         return await self._run(
             core.add_summary(conversation_id, start_seq=start_seq, end_seq=end_seq,
-                             content=content, metadata=metadata, owner=owner),
+                             content=content, metadata=metadata, owner=owner,
+                             dialect=self._dialect),
             "write",
         )
 
@@ -560,7 +599,7 @@ class AsyncStore:
         replays_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         owner: str | None = None,
-        token_counts: tuple[str, Mapping[int, int]] | None = None,
+        token_counts: tuple[str, core.TokenCounts] | None = None,
     ) -> Run:
         """Record a request about to be sent, as a ``pending`` run (its own transaction).
 
@@ -653,6 +692,26 @@ class AsyncStore:
     ) -> dict[int, Run]:
         """Reply message id -> the ``ok`` run that produced it (replies that have one)."""
         return await self._run(runs.runs_for_replies(conversation_id, message_ids, owner=owner))
+
+class _ReplicaAsyncStore(AsyncStore):
+    """:attr:`AsyncStore.reader` on a read replica: the same reads, every write refused
+    before a connection is opened (:class:`~convo.ReadOnlyStoreError`)."""
+
+    _READ_ONLY = True
+
+    def __init__(self, engine: AsyncEngine, *, owns_engine: bool) -> None:
+        super().__init__(engine)
+        self._owns_engine = owns_engine  # close() disposes the engine it made
+
+    async def migrate(self, revision: str = "head") -> None:
+        raise replica.read_only_error("migrate")
+
+    async def _run(self, plan: Plan[T], mode: Mode = "read") -> T:
+        if mode != "read":
+            plan.close()
+            raise replica.read_only_error(plan)
+        return await super()._run(plan, mode)
+
 
 async def _drive(conn: AsyncConnection, plan: Plan[T]) -> T:
     try:

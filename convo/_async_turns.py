@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from ._async_client import AsyncOpenAIClient
     from ._async_store import AsyncStore
     from ._chat_render import ChatProfile
+    from ._context_ops import BuildCounts
     from ._context_report import Context
     from ._summary import AsyncSummarizer
     from ._templates import PromptTemplate
@@ -309,13 +310,13 @@ class AsyncChat(_ChatBase):
                 raise sent.error from None
             raise
 
-    async def _build(self, effect: Build) -> tuple[Context, tuple[str, dict[int, int]] | None]:
+    async def _build(self, effect: Build) -> tuple[Context, BuildCounts | None]:
         """See :meth:`Chat._build <convo.Chat>`."""
         builder: Any = self.builder
         kw = {"tools": effect.tools, "response_format": effect.response_format,
               "owner": effect.owner}
         if type(builder).build is AsyncContextBuilder.build:
-            built: tuple[Context, tuple[str, dict[int, int]] | None] = (
+            built: tuple[Context, BuildCounts | None] = (
                 await builder._build_for_turn(effect.conversation_id, **kw)
             )
             return built

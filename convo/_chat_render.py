@@ -142,7 +142,24 @@ def render_chat(messages: Sequence[Message], profile: ChatProfile = OPENAI) -> l
     tool_names: dict[str, str] | None = None
     if not profile.supports_tool_role:
         tool_names = tool_call_names(messages)
-    return [_map_message(m, profile, tool_names) for m in messages]
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if (
+            m.role in _PLAIN_ROLES
+            and type(m.content) is str
+            and m.name is None
+            and m.tool_calls is None
+            and m.refusal is None
+        ):
+            # plain text from a system, user or assistant message: what _map_message
+            # writes for it under every profile, without the dispatch
+            out.append({"role": m.role, "content": m.content})
+        else:
+            out.append(_map_message(m, profile, tool_names))
+    return out
+
+
+_PLAIN_ROLES = frozenset(("system", "user", "assistant"))
 
 
 def _map_message(

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from ._async_store import AsyncStore
+from ._context_ops import BuildCounts
 from ._context_plan import BuildConfig, BuildIO, plan_build, rows_hint, run_async, run_sync
 from ._context_report import Context
 from ._exceptions import ConfigurationError, StoreInputError
@@ -59,6 +60,8 @@ class _BuilderBase:
     summarizer: Any
     #: conversation id -> rows its next build reads first (from its last build)
     _rows_needed: dict[str, int]
+    #: stored tokens per history message in the last build (sizes a first page)
+    _tokens_per_row: int | None
     _counter: TokenCounter
     _decode: Callable[[list[int]], str] | None
     _template: Any
@@ -105,16 +108,23 @@ class _BuilderBase:
             low_water=self.low_water,
             as_of=_check_as_of(as_of),
             rows_hint=self._rows_needed.get(conversation_id) if as_of is None else None,
+            tokens_hint=self._tokens_per_row,
         )
 
     def _remember(self, cfg: BuildConfig, ctx: Context, io: BuildIO) -> None:
         """Note how many rows the next build of the conversation should read first
         (see ``BuildConfig.rows_hint``)."""
+        report = ctx.report
+        if report.history_tokens and len(report.kept_seqs) > len(report.pinned_seqs):
+            kept = len(report.kept_seqs) - len(report.pinned_seqs)
+            self._tokens_per_row = max(1, report.history_tokens // kept)
         if cfg.as_of is not None:
             return
         if len(self._rows_needed) >= ROWS_REMEMBERED:
             self._rows_needed.clear()  # a cache of hints: starting over is harmless
-        self._rows_needed[cfg.conversation_id] = rows_hint(ctx.report.rows_read, io.rows)
+        self._rows_needed[cfg.conversation_id] = rows_hint(
+            report.rows_read, io.rows, read_all=report.dropped_count == 0
+        )
 
     def _turn_config(
         self,
@@ -258,6 +268,7 @@ class _Builder(_BuilderBase, Generic[StoreT, SummarizerT]):
         self.low_water = _check_low_water(low_water)
         self.page_size = page_size
         self._rows_needed = {}
+        self._tokens_per_row = None
 
 
 def _check_low_water(value: float | None) -> float | None:
@@ -355,7 +366,7 @@ class ContextBuilder(_Builder[Store, Summarizer]):
         tools: list[dict[str, Any]] | None,
         response_format: dict[str, Any] | None,
         owner: str | None,
-    ) -> tuple[Context, tuple[str, dict[int, int]] | None]:
+    ) -> tuple[Context, BuildCounts | None]:
         """:meth:`build`, leaving its new token counts to the turn (stored with its run)."""
         cfg, io = self._turn_config(conversation_id, tools, response_format, owner)
         return self._run(cfg, io), io.token_counts
@@ -414,7 +425,7 @@ class AsyncContextBuilder(_Builder[AsyncStore, AsyncSummarizer]):
         tools: list[dict[str, Any]] | None,
         response_format: dict[str, Any] | None,
         owner: str | None,
-    ) -> tuple[Context, tuple[str, dict[int, int]] | None]:
+    ) -> tuple[Context, BuildCounts | None]:
         """See :meth:`ContextBuilder._build_for_turn`."""
         cfg, io = self._turn_config(conversation_id, tools, response_format, owner)
         return await self._run(cfg, io), io.token_counts

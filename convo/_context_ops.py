@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 from ._context_report import Context
 from ._exceptions import ContextOverflowError, TemplateError
@@ -20,6 +20,7 @@ from ._selection import Item, Selection, Selector, TruncateMode
 __all__ = [
     "AddSummary",
     "BuildConfig",
+    "BuildCounts",
     "LatestSummary",
     "Op",
     "Plan",
@@ -94,13 +95,17 @@ class AddSummary:
 
 @dataclass(frozen=True, slots=True)
 class SaveCounts:
-    """-> None: store token counts computed during this build."""
+    """-> None: store token counts computed during this build ((conversation id,
+    message id) -> tokens)."""
 
     encoding: str
-    counts: dict[int, int]
+    counts: dict[tuple[str, int], int]
 
 
 Op = Start | Tail | Range | LatestSummary | Summarize | AddSummary | SaveCounts
+
+#: A build's new token counts, kept for the caller: (encoding, :attr:`SaveCounts.counts`).
+BuildCounts: TypeAlias = tuple[str, dict[tuple[str, int], int]]
 Plan = Generator[Op, Any, Context]
 
 
@@ -134,6 +139,9 @@ class BuildConfig:
     #: the first page reads that many (and a little more), so a chat's builds
     #: usually take one page, whatever its messages' sizes
     rows_hint: int | None = None
+    #: stored tokens per history message in the builder's last build (any
+    #: conversation): sizes the first page when there is no ``rows_hint``
+    tokens_hint: int | None = None
     recount: bool = False  # count the rendered request itself (completion mode, rewriting profiles)
     decode: Any = None  # Callable[[list[int]], str], for truncation
     #: summaries with hysteresis: history kept after an overflow, a fraction of the

@@ -20,6 +20,7 @@ from typing import Any
 from ._context_ops import (
     AddSummary,
     BuildConfig,
+    BuildCounts,
     LatestSummary,
     Op,
     Plan,
@@ -48,47 +49,92 @@ from ._control import control_markers, render_prompt
 from ._exceptions import ContextError, MessageNotFound
 from ._messages import Message
 from ._records import StoredMessage
+from ._store_rows import construct
 from ._selection import Item, Selection
 
 __all__ = [
-    "BuildConfig", "BuildIO", "Plan", "control_markers", "plan_build", "rows_hint", "store_call",
+    "BuildConfig", "BuildIO", "Plan", "control_markers", "first_page_size", "plan_build",
+    "rows_hint", "store_call",
 ]
+
+# built with construct() (see _finish): what it needs of the classes
+for _cls in (Context, ContextReport):
+    assert not _cls.__private_attributes__ and not _cls.__pydantic_post_init__, _cls
+    assert _cls.model_config.get("extra") != "allow", _cls
 
 # ---- the plan ---------------------------------------------------------------------
 
 #: Rows read beyond what the previous build of a conversation needed (see
-#: ``BuildConfig.rows_hint``): a turn's new messages and room for a shorter window.
-ROWS_SLACK = 6
+#: ``BuildConfig.rows_hint``): room for a window of a few more (shorter) messages
+#: than the last one. Each row more costs every build; a page too short costs the
+#: builds that need more a second read.
+ROWS_SLACK = 2
 
 
-def rows_hint(rows_needed: int, rows_fetched: int) -> int:
+#: Tokens per message assumed when nothing better is known (the builder's first build).
+DEFAULT_MESSAGE_TOKENS = 160
+#: The smallest first page without a ``rows_hint`` (a guess: reading a few rows more
+#: costs less than a second round trip)
+FIRST_PAGE_MIN = 16
+
+
+def rows_hint(rows_needed: int, rows_fetched: int, read_all: bool = False) -> int:
     """The first page of the next build of a conversation whose last build needed
     ``rows_needed`` rows and fetched ``rows_fetched``: what it needed and some
     slack, but never more than it fetched (older rows than those have no token
-    counts yet, and a build counts every row it reads)."""
+    counts yet, and a build counts every row it reads), unless it read the whole
+    history (``read_all``: there are no older rows)."""
+    if read_all:
+        return rows_needed + ROWS_SLACK
     return min(rows_needed + ROWS_SLACK, rows_fetched)
+
+
+def first_page_size(cfg: BuildConfig) -> int:
+    """Rows the opening read of a build asks for (later pages double).
+
+    ``page_size`` when the builder was given one; else what the last build of
+    this conversation needed (``rows_hint``), so that a chat's builds take one
+    page that is barely larger than the window; else the budget divided by the
+    stored tokens per message of the builder's earlier builds (``tokens_hint``;
+    160 when it has made none), plus the slack, at least ``FIRST_PAGE_MIN``.
+    """
+    if cfg.page_size:
+        return cfg.page_size
+    if cfg.rows_hint is not None:
+        return max(1, min(1024, cfg.rows_hint))
+    per = cfg.tokens_hint or DEFAULT_MESSAGE_TOKENS
+    return max(FIRST_PAGE_MIN, min(256, -(-cfg.budget // per) + ROWS_SLACK))
 
 
 
 def plan_build(cfg: BuildConfig) -> Plan:
     """The build, as a generator of I/O operations; returns the :class:`Context`."""
     counter = cfg.counter
-    misses: dict[int, int] = {}
+    misses: dict[tuple[str, int], int] = {}
+    chat = cfg.mode == "chat"
 
     def item(row: StoredMessage, cached: int | None) -> Item:
-        if isinstance(row.content, list) and _has_media(row.content):
+        content = row.content
+        if (
+            cached is not None
+            and type(content) is str
+            and row.tool_calls is None
+            and row.refusal is None
+            and row.tool_call_id is None
+        ):
+            # the common row, read with its stored count: text only, so the count is
+            # exact (what counter.is_exact says of it), without the calls
+            return Item(row, row.seq, cached if chat else message_cost(cfg, cached), True)
+        if isinstance(content, list) and _has_media(content):
             # Image and audio costs depend on the model family, not only on the
             # encoding the cache is keyed by: count them for this model every time.
             cached = counter.message_tokens(row)
         elif cached is None:
             cached = counter.message_tokens(row)
-            misses[row.id] = cached
+            misses[(row.conversation_id, row.id)] = cached  # the message's shard key too
         return Item(row, row.seq, message_cost(cfg, cached), counter.is_exact(row))
 
-    # first page sized for ~160-token messages; later pages double
-    page = cfg.page_size or max(16, min(256, cfg.budget // 160))
-    if not cfg.page_size and cfg.rows_hint is not None:
-        page = max(page, min(1024, cfg.rows_hint))
+    page = first_page_size(cfg)
     # one store call for the lineage, the pinned messages and the newest page
     pinned_rows, first_page = yield Start(page, None if cfg.as_of is None else cfg.as_of + 1)
     if cfg.as_of is not None and (not first_page or first_page[0][0].seq != cfg.as_of):
@@ -221,6 +267,11 @@ def _find_json_instruction(sel: Selection, item: Any) -> Generator[Op, Any, Item
 
 
 def _assemble(sel: Selection, summary_msg: Message | None) -> tuple[list[Message], list[int]]:
+    pinned, window = sel.pinned, sel.window
+    if summary_msg is None and (not pinned or not window or pinned[-1].seq < window[0].seq):
+        # the usual shape (the system prompt, then the newest turns): already in order
+        items = pinned + window
+        return [i.message for i in items], [i.seq for i in items]
     entries: list[tuple[float, Message]] = [(i.seq, i.message) for i in sel.pinned]
     entries += [(i.seq, i.message) for i in sel.window]
     if summary_msg is not None and sel.dropped_through is not None:
@@ -271,8 +322,9 @@ def _finish(
     prompt_tokens = rendered.prompt_tokens
     seqs = rendered.seqs
     trunc = sel.truncation
-    # Our own values, built from checked parts: skip re-validation on the hot path.
-    report = ContextReport.model_construct(
+    # Our own values, built from checked parts, every field named: no re-validation
+    # (and not pydantic's model_construct, which fills defaults field by field).
+    report = construct(ContextReport, dict(
         conversation_id=cfg.conversation_id,
         model=cfg.model,
         mode=cfg.mode,
@@ -305,8 +357,8 @@ def _finish(
         counted=counted,
         low_water=low_water,
         as_of=cfg.as_of,
-    )
-    return Context.model_construct(
+    ))
+    return construct(Context, dict(
         mode=cfg.mode,
         model=cfg.model,
         messages=rendered.messages,
@@ -315,7 +367,7 @@ def _finish(
         prompt=rendered.prompt,
         stop=list(cfg.template.stop) if cfg.mode == "completion" else [],
         tools=cfg.tools,
-    )
+    ))
 
 
 def store_call(
@@ -385,7 +437,7 @@ class BuildIO:
         self.encoding = encoding
         self.lineage: Any = None
         self.defer_counts = defer_counts
-        self.token_counts: tuple[str, dict[int, int]] | None = None
+        self.token_counts: BuildCounts | None = None
         self.rows = 0  # history rows fetched (pinned ones aside)
 
     def call(self, op: Op) -> tuple[str, str, tuple[Any, ...], dict[str, Any]] | None:

@@ -6,6 +6,12 @@
   PostgreSQL database; psycopg 3 serves both stores.
 * No URL: ``CONVO_DATABASE_URL``, else the SQLite file ``convo.db``.
 
+A *read engine* (:func:`create_read_engine`, a store's ``read_url``: a
+streaming replica serving the heavy readers) is read-only at the database:
+PostgreSQL connections start with ``default_transaction_read_only=on`` (the
+``options`` startup parameter, no ``SET``; docs/store.md says what PgBouncer
+does with it), SQLite files are opened with ``mode=ro``.
+
 SQLite connections get WAL, ``foreign_keys=ON``, a 30 s busy timeout and
 ``synchronous=NORMAL``. pysqlite's own transaction handling is switched off
 (it begins lazily, so two writers that both read first deadlock into
@@ -21,6 +27,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
+import urllib.parse
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -39,6 +46,8 @@ __all__ = [
     "WRITE_OPTION",
     "create_engine",
     "create_engine_async",
+    "create_read_engine",
+    "create_read_engine_async",
     "database_url",
     "mode_engines",
     "prepare_engine",
@@ -48,6 +57,9 @@ __all__ = [
 
 DEFAULT_DATABASE_URL = "sqlite:///convo.db"
 ENV_VAR = "CONVO_DATABASE_URL"
+#: The read replica's URL when a store is given no URL at all (see ``read_url``).
+READ_ENV_VAR = "CONVO_READ_DATABASE_URL"
+_PG_READ_ONLY = "-c default_transaction_read_only=on"
 
 #: Execution option marking a connection whose transactions write
 #: (SQLite: ``BEGIN IMMEDIATE`` instead of ``BEGIN``).
@@ -138,6 +150,44 @@ def create_engine_async(url: str | URL | None = None, **kwargs: Any) -> AsyncEng
     return engine
 
 
+def create_read_engine(url: str | URL, **kwargs: Any) -> Engine:
+    """A read-only sync engine for ``url`` (a replica; see the module docs)."""
+    resolved, kwargs = _read_only(resolve_url(url), kwargs)
+    return create_engine(resolved, **kwargs)
+
+
+def create_read_engine_async(url: str | URL, **kwargs: Any) -> AsyncEngine:
+    """A read-only async engine for ``url`` (a replica; see the module docs)."""
+    resolved, kwargs = _read_only(resolve_url(url, asynchronous=True), kwargs)
+    return create_engine_async(resolved, **kwargs)
+
+
+def _read_only(url: URL, kwargs: dict[str, Any]) -> tuple[URL, dict[str, Any]]:
+    """``url`` and engine ``kwargs`` that make every connection read-only.
+
+    PostgreSQL: the ``options`` startup parameter (any ``options`` the caller
+    gave are kept). SQLite: a ``file:`` URI with ``mode=ro`` (an in-memory
+    database cannot be a replica of anything: refused).
+    """
+    kwargs = {**kwargs, "connect_args": dict(kwargs.get("connect_args") or {})}
+    connect_args = kwargs["connect_args"]
+    if url.get_backend_name() == "postgresql":
+        given = connect_args.get("options") or url.query.get("options")
+        if isinstance(given, tuple):
+            given = " ".join(given)
+        connect_args["options"] = f"{given} {_PG_READ_ONLY}" if given else _PG_READ_ONLY
+        return url, kwargs
+    path = url.database or ""
+    if path in ("", ":memory:") or url.query.get("mode") == "memory":
+        raise ConfigurationError(
+            f"read URL {safe_url(url)}: an in-memory SQLite database cannot be a read replica"
+        )
+    if not (path.startswith("file:") and url.query.get("uri") == "true"):
+        # a file name, not a URI: escape what a URI would read as syntax (?, #, %)
+        path = f"file:{urllib.parse.quote(path, safe='/')}"
+    return url.set(database=path).update_query_dict({"mode": "ro", "uri": "true"}), kwargs
+
+
 def _sqlite_pool_lifo(url: URL, kwargs: dict[str, Any]) -> None:
     """Hand out the most recently used SQLite connection first (``pool_use_lifo``).
 
@@ -183,6 +233,8 @@ def _set_wal(cursor: Any) -> None:
     Switching a fresh file to WAL needs an exclusive lock, and SQLite answers
     "database is locked" at once rather than through the busy handler (several
     processes opening a new database together, e.g. workers migrating at start-up).
+    A read-only connection cannot switch a file that is not in WAL mode yet, and
+    need not: it is left in the file's mode.
     """
     deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
     delay = 0.005
@@ -191,6 +243,8 @@ def _set_wal(cursor: Any) -> None:
             cursor.execute("PRAGMA journal_mode=WAL")
             return
         except Exception as exc:  # sqlite3 error, or aiosqlite adapted one
+            if "readonly database" in str(exc):
+                return  # a read-only connection (a read URL) reads in the file's own mode
             if "database is locked" not in str(exc) or time.monotonic() + delay > deadline:
                 raise
         time.sleep(delay)

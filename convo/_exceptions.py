@@ -12,6 +12,7 @@ Every error convo raises on purpose derives from :class:`ConvoError`::
     │   ├── RunNotFound               no such run record (or not visible to this owner)  (also KeyError)
     │   ├── ReplayNotFound            no such replay (or not visible to this owner)  (also KeyError)
     │   ├── ForkConflictError         an operation that would orphan or break a fork lineage
+    │   ├── ReadOnlyStoreError        a write through a read replica's store (or the database refused it as read-only)
     │   └── StoreInputError           refused before any write: non-JSON (NaN) values, NUL/surrogates, bad ints or cursors  (also ValueError)
     │       └── ImportValidationError an import file with errors (``.errors``: line numbers); nothing written
     ├── TokenizerError
@@ -72,6 +73,7 @@ __all__ = [
     "NotMigratedError",
     "PermissionDeniedError",
     "RateLimitError",
+    "ReadOnlyStoreError",
     "ReplayNotFound",
     "RunNotFound",
     "StoreError",
@@ -110,12 +112,28 @@ class NotMigratedError(StoreError):
         revision: the database's schema revision (None when it has no convo schema).
         newer: True when a newer convo migrated the database (its revision is
             unknown here): upgrade convo, not the database.
+        replica: True when the database is a store's read replica (``read_url``):
+            migrate its primary, not the replica.
     """
 
-    def __init__(self, message: str, *, revision: str | None = None, newer: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        revision: str | None = None,
+        newer: bool = False,
+        replica: bool = False,
+    ) -> None:
         super().__init__(message)
         self.revision = revision
         self.newer = newer
+        self.replica = replica
+
+
+class ReadOnlyStoreError(StoreError):
+    """A write through a read-only store (a store's ``reader`` on its read replica),
+    refused before anything was written; or a write the database refused because
+    it is read-only (a hot standby, a read-only transaction)."""
 
 
 class ConversationNotFound(StoreError, KeyError):

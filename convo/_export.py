@@ -18,7 +18,8 @@ database snapshot (PostgreSQL: a REPEATABLE READ transaction; SQLite: one
 read transaction, which in WAL mode blocks no writer), so a conversation
 written to meanwhile is exported as it was when the export began. Reads are
 keyset pages: memory stays flat whatever the number of conversations; a
-chat or completion example holds one conversation at a time.
+chat or completion example holds one conversation at a time. A store with a
+read replica (``read_url``) is exported from the replica (``store.reader``).
 """
 
 from __future__ import annotations
@@ -241,7 +242,7 @@ _OWN_MESSAGES = (
 )
 _OWN_TOKENS = (
     sa.select(TK.c.message_id, TK.c.encoding, TK.c.tokens)
-    .join(M, M.c.id == TK.c.message_id)
+    .join(M, (M.c.conversation_id == TK.c.conversation_id) & (M.c.id == TK.c.message_id))
     .where(M.c.conversation_id == sa.bindparam("cid"), M.c.seq > sa.bindparam("lo"),
            M.c.seq <= sa.bindparam("hi"))
     .order_by(TK.c.message_id, TK.c.encoding)
@@ -706,7 +707,7 @@ def export_conversations(
     """Write conversations to ``out`` (a path or a text stream) as JSON Lines.
 
     Args:
-        store: the store to read.
+        store: the store to read (its read replica, when it has one).
         out: a file path, or an open text stream (written to, not closed).
         format: ``"native"`` (lossless, for :func:`~convo.import_conversations`),
             ``"chat"`` (OpenAI chat fine-tuning lines) or ``"completion"``
@@ -737,8 +738,9 @@ def export_conversations(
                    budget=budget)
     from ._store import _drive, database_error
 
-    store.check_schema()
-    engine = _snapshot(store.engine)
+    reader = store.reader  # the read replica, when the store has one
+    reader.check_schema()
+    engine = _snapshot(reader.engine)
     with _output(out) as emit:
         try:
             with engine.connect() as conn:
@@ -773,8 +775,9 @@ async def export_conversations_async(
     from ._async_store import _drive
     from ._store import database_error
 
-    await store.check_schema()
-    engine = _snapshot(store.engine)
+    reader = store.reader
+    await reader.check_schema()
+    engine = _snapshot(reader.engine)
     with _output(out) as emit:
         try:
             async with engine.connect() as conn:

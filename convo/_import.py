@@ -651,7 +651,9 @@ class Importer:
             if batch.conversations:
                 yield Op(sql.INSERT_CONVERSATION, batch.conversations, "none")
             if batch.messages:
-                yield Op(sql.INSERT_PLAIN, batch.messages, "none")
+                insert = sql.insert_new_message(self.dialect, False) if self.new_ids else (
+                    sql.INSERT_PLAIN)
+                yield Op(insert, batch.messages, "none")
             ids: dict[tuple[str, int], int] = {}
             wanted = {(t[0], t[1]) for t in batch.tokens} if self.new_ids else set()
             wanted |= {(r[1]["conversation_id"], seq) for r in batch.runs if (seq := r[2]) is not None}
@@ -662,14 +664,15 @@ class Importer:
                     for row in (yield Op(_MESSAGE_IDS, {"pairs": chunk})):
                         ids[(row[0], row[1])] = row[2]
             if batch.tokens:
-                rows = [{"message_id": ids[(c, s)] if self.new_ids else mid, "encoding": e,
-                         "tokens": n} for c, s, mid, e, n in batch.tokens]
+                rows = [{"conversation_id": c, "message_id": ids[(c, s)] if self.new_ids else mid,
+                         "encoding": e, "tokens": n} for c, s, mid, e, n in batch.tokens]
                 yield Op(sa.insert(TK), rows, "none")
             for cols in batch.summaries:
                 old = cols["id"]
                 if self.new_ids:
                     del cols["id"]
-                    self.index.set_summary(old, (yield Op(sql.INSERT_SUMMARY, cols, "scalar")))
+                    new = yield Op(sql.insert_summary(self.dialect), cols, "scalar")
+                    self.index.set_summary(old, new)
                 else:
                     yield Op(sa.insert(S), cols, "none")
             runs = []

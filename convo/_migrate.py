@@ -39,6 +39,7 @@ __all__ = [
     "alembic_config",
     "current_revision",
     "downgrade",
+    "foreign_keys_off",
     "head_revision",
     "is_known",
     "newer_schema",
@@ -148,7 +149,7 @@ def _migrate(
         raise ConfigurationError(
             f"a migration revision must be a non-empty string such as 'head', not {revision!r}"
         )
-    with serialized(connection), _foreign_keys_off(connection):
+    with serialized(connection), foreign_keys_off(connection):
         # Read under the lock: a database another process just migrated is current now.
         found = current_revision(connection)
         if found is not None and not is_known(found):
@@ -199,7 +200,7 @@ def serialized(connection: sa.Connection) -> Iterator[None]:
                 raise
 
 
-class _foreign_keys_off:  # used like a function
+class foreign_keys_off:  # used like a function
     """On SQLite, switch foreign keys off around a migration.
 
     Batch migrations rebuild tables (copy, drop, rename); with foreign keys on,

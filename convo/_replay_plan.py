@@ -18,6 +18,10 @@ and arguments, then by name in order): no tool is executed twice. Each new
 run links to the original turn's run (``replays_id``). Every (conversation,
 turn, arm) is stored as a :class:`~convo.ReplayItem` as soon as it is done,
 so re-running an interrupted replay skips what is already ``ok``.
+
+With a store that has a read replica, the conversations to replay are listed
+and read there (:class:`SourceRead`); the branches, runs and items the replay
+writes go to the primary, where its turns read them back.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ __all__ = [
     "ReplayProgress",
     "ReplayReport",
     "RunTurn",
+    "SourceRead",
     "SourceTurn",
     "plan_replay",
     "split_turns",
@@ -54,6 +59,13 @@ __all__ = [
 ReplayMode = Literal["continue", "teacher-forcing"]
 #: Tool rounds a replayed turn may take (each answered from the recorded results).
 MAX_REPLAY_ROUNDS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRead(StoreCall):
+    """A read of what the replay replays (the conversation's turns, their runs): the
+    shells send it to the store's ``reader`` (its read replica, when it has one).
+    What the replay writes, and reads back, goes to the primary (plain :class:`StoreCall`)."""
 
 
 @dataclass(frozen=True)
@@ -259,7 +271,7 @@ def plan_replay(
     owner: str | None,
 ) -> Generator[Any, Any, list[ReplayItem]]:
     """Replay one conversation against ``arms``; returns its items (old and new)."""
-    messages: list[StoredMessage] = yield StoreCall(
+    messages: list[StoredMessage] = yield SourceRead(
         "messages", (conversation_id,), {"owner": owner}
     )
     turns = split_turns(messages)
@@ -272,7 +284,7 @@ def plan_replay(
         ))
     }
     replies = [t.reply.id for t in turns if t.reply is not None]
-    originals: dict[int, Run] = yield StoreCall(
+    originals: dict[int, Run] = yield SourceRead(
         "runs_for_replies", (conversation_id, replies), {"owner": owner}
     )
     branches: dict[str, str] = {}

@@ -20,6 +20,7 @@ from ._replay_plan import (
     ReplayProgress,
     ReplayReport,
     RunTurn,
+    SourceRead,
     arms_from_spec,
     check_arms,
     judge_messages,
@@ -192,14 +193,14 @@ class Replayer:
         if conversations is not None:
             ids = [conversations] if isinstance(conversations, str) else list(conversations)
             for cid in ids:
-                self.store.get_conversation(cid, owner=owner)  # exists, and visible
+                self.store.reader.get_conversation(cid, owner=owner)  # exists, visible
             return ids
         filters = dict(where or {})
         if owner is not None:
             filters.setdefault("owner", owner)
         ids, cursor = [], None
         while True:
-            page = self.store.list_conversations(limit=500, cursor=cursor, **filters)
+            page = self.store.reader.list_conversations(limit=500, cursor=cursor, **filters)
             ids.extend(c.id for c in page.items if c.branch_kind is None)
             if page.next_cursor is None:
                 return ids[::-1]  # oldest first
@@ -225,7 +226,9 @@ class Replayer:
             effect = plan.send(None)
             while True:
                 if isinstance(effect, StoreCall):
-                    value = getattr(self.store, effect.method)(*effect.args, **effect.kwargs)
+                    # the replayed conversation's own reads: from the replica, if any
+                    store = self.store.reader if isinstance(effect, SourceRead) else self.store
+                    value = getattr(store, effect.method)(*effect.args, **effect.kwargs)
                 elif isinstance(effect, RunTurn):
                     value = self._run_turn(chats[effect.arm], effect, owner)
                 elif isinstance(effect, JudgeTurn):

@@ -11,13 +11,31 @@ Tables::
                     parent_id / fork_seq (fork lineage), last_seq (sequence counter),
                     branch_kind / branch_of / current_branch_id (branches of a thread)
     messages        one row per message; UNIQUE(conversation_id, seq)
-    message_tokens  (message_id, encoding) -> tokens, filled by the context builder
+    message_tokens  (conversation_id, message_id, encoding) -> tokens, filled by the
+                    context builder
     summaries       text standing in for messages start_seq..end_seq
     runs            one row per request sent to a model: the exact body, what the
                     context builder decided, status, timings, the reply's id
     replays         a replay of stored conversations against "arms" (its spec, status)
     replay_items    one (conversation, turn, arm) of a replay: the new reply's run,
                     the comparison with the original, the judge's verdict
+
+Ready to shard by conversation (Citus distributes tables by a column and
+co-locates the rows that share its value; see docs/scaling.md): every table
+that hangs off a conversation (:data:`CONVERSATION_CHILDREN`) carries
+``conversation_id``, and its primary key, every unique key and every foreign
+key between those tables include it. ``tests/test_shard_ready.py`` keeps it so.
+
+Ids stay global (message and summary ids are public: ``StoredMessage.id``,
+``Run.reply_message_id``, ``Run.summary_id``) but the database no longer
+enforces their uniqueness alone (a sharded database cannot: a unique key must
+hold the distribution column). They come from one source: PostgreSQL, the
+column's sequence (``BIGSERIAL``); SQLite, ``MAX(id) + 1`` in the INSERT itself
+(on the plain ``id`` index: O(log n); SQLite writes are serialized by ``BEGIN
+IMMEDIATE``), the same values the rowid alias gave before revision 0004 (no
+AUTOINCREMENT: the id of a deleted newest row is given again). The plain
+indexes on ``id`` serve the lookups by id alone (a run by its id, an import's
+existence checks), which a sharded database answers by asking every shard.
 """
 
 from __future__ import annotations
@@ -32,6 +50,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 __all__ = [
+    "CONVERSATION_CHILDREN",
     "SCHEMA_REVISION",
     "Base",
     "ConversationRow",
@@ -47,7 +66,7 @@ __all__ = [
 
 #: The Alembic revision this code expects the database to be at (the head of
 #: ``migrations/versions``; a test keeps the two equal).
-SCHEMA_REVISION = "0003_replays"
+SCHEMA_REVISION = "0004_shard_keys"
 
 # Stable constraint names on both databases, so migrations can refer to them.
 NAMING_CONVENTION = {
@@ -59,6 +78,10 @@ NAMING_CONVENTION = {
 }
 
 metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+#: The tables that hang off a conversation: distributed by ``conversation_id`` in a
+#: sharded database (``conversations`` by its ``id``; ``replays`` is a reference table).
+CONVERSATION_CHILDREN = ("messages", "message_tokens", "summaries", "runs", "replay_items")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -120,11 +143,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         def process(value: Any) -> datetime | None:
             if type(value) is str:
                 try:
-                    when = parse(value)
+                    # parsed as UTC: several times faster than .replace(tzinfo=UTC)
+                    # afterwards; text that already carries an offset fails here
+                    return parse(value + "+00:00")
                 except ValueError:
-                    return general(value)
-                if when.tzinfo is None:
-                    return when.replace(tzinfo=UTC)
+                    pass
             return general(value)
 
         return process
@@ -135,7 +158,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 JSONType = sa.JSON(none_as_null=True).with_variant(
     postgresql.JSONB(none_as_null=True), "postgresql"
 )
-# INTEGER PRIMARY KEY is SQLite's rowid alias (fast, autoincrementing); BIGINT elsewhere.
+# BIGINT (BIGSERIAL: the sequence gives ids) on PostgreSQL; INTEGER on SQLite (a
+# 64-bit integer there too), where the INSERT gives the id (see the module docstring).
 BigID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 ConversationID = Annotated[str, mapped_column(sa.String(32))]
@@ -181,7 +205,9 @@ class ConversationRow(Base):
 class MessageRow(Base):
     __tablename__ = "messages"
 
-    id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)
+    # Key (conversation_id, id): see __table_args__ and the module docstring. The
+    # sequence is the one BIGSERIAL made (PostgreSQL only; SQLite ignores it).
+    id: Mapped[int] = mapped_column(BigID, sa.Sequence("messages_id_seq"), index=True)
     conversation_id: Mapped[ConversationID] = mapped_column(
         sa.ForeignKey("conversations.id", ondelete="CASCADE")
     )
@@ -206,6 +232,8 @@ class MessageRow(Base):
     created_at: Mapped[Timestamp]
 
     __table_args__ = (
+        # The distribution column first: a sharded database keys rows by it.
+        sa.PrimaryKeyConstraint("conversation_id", "id"),
         # Also the index of every keyset read (newest first or oldest first).
         sa.UniqueConstraint("conversation_id", "seq"),
         # Partial: most messages carry no key, so the index stays small.
@@ -233,17 +261,26 @@ class MessageRow(Base):
 class MessageTokenRow(Base):
     __tablename__ = "message_tokens"
 
-    message_id: Mapped[int] = mapped_column(
-        BigID, sa.ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
-    )
-    encoding: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    message_id: Mapped[int] = mapped_column(BigID)
+    encoding: Mapped[str] = mapped_column(sa.String(64))
     tokens: Mapped[int]
+    # The message's conversation (its rows live on the same shard).
+    conversation_id: Mapped[ConversationID]
+
+    __table_args__ = (
+        sa.PrimaryKeyConstraint("conversation_id", "message_id", "encoding"),
+        sa.ForeignKeyConstraint(
+            ["conversation_id", "message_id"],
+            ["messages.conversation_id", "messages.id"],
+            ondelete="CASCADE",
+        ),
+    )
 
 
 class SummaryRow(Base):
     __tablename__ = "summaries"
 
-    id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigID, sa.Sequence("summaries_id_seq"), index=True)
     conversation_id: Mapped[ConversationID] = mapped_column(
         sa.ForeignKey("conversations.id", ondelete="CASCADE")
     )
@@ -253,7 +290,10 @@ class SummaryRow(Base):
     meta: Mapped[JSONDict] = mapped_column("metadata")
     created_at: Mapped[Timestamp]
 
-    __table_args__ = (sa.Index("ix_summaries_conversation_id_end_seq", "conversation_id", "end_seq"),)
+    __table_args__ = (
+        sa.PrimaryKeyConstraint("conversation_id", "id"),
+        sa.Index("ix_summaries_conversation_id_end_seq", "conversation_id", "end_seq"),
+    )
 
 
 class RunRow(Base):
@@ -262,8 +302,9 @@ class RunRow(Base):
     __tablename__ = "runs"
 
     # Time-ordered hex (like conversation ids): sortable, and assigned by the
-    # app, so a run can be referred to before its row exists elsewhere.
-    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    # app, so a run can be referred to before its row exists elsewhere. Key
+    # (conversation_id, id); the plain index on id serves get_run(run_id).
+    id: Mapped[str] = mapped_column(sa.String(32), index=True)
     conversation_id: Mapped[ConversationID] = mapped_column(
         sa.ForeignKey("conversations.id", ondelete="CASCADE")
     )
@@ -305,6 +346,7 @@ class RunRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (
+        sa.PrimaryKeyConstraint("conversation_id", "id"),
         # Newest first per conversation, keyset (created_at, id).
         sa.Index("ix_runs_conversation_id_created_at", "conversation_id", "created_at", "id"),
         # "Which run produced this reply?" (replays link to the original turn's run).

@@ -188,15 +188,19 @@ class Selector:
         """
         if self._done:
             return
+        pinned_seqs = self._pinned_seqs
+        pending = self._pending
         for item in page:
             self._rows_read += 1
-            self._oldest_seen = item.seq
-            if item.seq in self._pinned_seqs:
+            seq = item.seq
+            self._oldest_seen = seq
+            if seq in pinned_seqs:
                 continue  # kept anyway, and it does not split turns
-            self._pending.items.append(item)
-            self._pending.cost += item.cost
+            pending.items.append(item)
+            pending.cost += item.cost
             if item.message.role == "user":
-                turn, self._pending = self._pending, _Turn()
+                turn, pending = pending, _Turn()
+                self._pending = pending
                 turn.items.reverse()
                 if not self._offer(turn):
                     return
@@ -248,6 +252,8 @@ class Selector:
         # seqs of a lineage are contiguous from 1: the turn starts the history
         # when every older seq is pinned.
         first = turn.items[0].seq
+        if first - 1 > len(self._pinned_seqs):  # (the usual answer, without the count)
+            return False
         return sum(1 for s in self._pinned_seqs if s < first) == first - 1
 
     def _keep_current(self, turn: _Turn) -> bool:

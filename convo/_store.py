@@ -13,7 +13,7 @@ import threading
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, ClassVar, Literal, Self, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, Result
@@ -22,13 +22,21 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
 from . import _migrate
+from . import _replica as replica
 from . import _store_branches as branches
 from . import _store_core as core
 from . import _store_driver as driver
 from . import _store_replays as replays
 from . import _store_runs as runs
-from ._engine import _sqlite_begin, create_engine, mode_engines, prepare_engine, safe_url
-from ._exceptions import ConfigurationError, NotMigratedError, StoreError
+from ._engine import (
+    _sqlite_begin,
+    create_engine,
+    create_read_engine,
+    mode_engines,
+    prepare_engine,
+    safe_url,
+)
+from ._exceptions import ConfigurationError, NotMigratedError, ReadOnlyStoreError, StoreError
 from ._messages import Message
 from ._records import Conversation, ReplyInfo, Run, RunPage, StoredMessage, Summary
 from ._schema import SCHEMA_REVISION
@@ -63,13 +71,19 @@ def fetch(result: Result[Any], how: core.Fetch) -> Any:
 
 def database_error(exc: DBAPIError) -> StoreError:
     """The one translation of driver errors (connection lost, disk full, ...) into convo's tree."""
+    if replica.refused_write(exc):  # a replica, or a primary demoted to one
+        return ReadOnlyStoreError(f"the database is read-only ({type(exc.orig).__name__}): "
+                                  f"{exc.orig}")
     return StoreError(f"database error ({type(exc.orig).__name__}): {exc.orig}")
 
 
-def not_migrated(url: str, found: str | None) -> NotMigratedError:
-    """The error for a database whose revision ``found`` is not :data:`SCHEMA_REVISION`."""
+def not_migrated(url: str, found: str | None, *, read_only: bool = False) -> NotMigratedError:
+    """The error for a database whose revision ``found`` is not :data:`SCHEMA_REVISION`
+    (``read_only``: a read replica, which follows its primary's migrations)."""
     if found is not None and not _migrate.is_known(found):
         return _migrate.newer_schema(url, found)
+    if read_only:
+        return replica.not_migrated(url, found, SCHEMA_REVISION)
     state = f"is at revision {found!r}" if found else "has no convo schema"
     return NotMigratedError(
         f"database {url} {state}; this convo needs revision {SCHEMA_REVISION!r}: "
@@ -85,7 +99,12 @@ class Store:
         url: a database URL (``sqlite:///convo.db``, ``postgresql://user@host/db``),
             an existing :class:`sqlalchemy.engine.Engine`, or None for
             ``CONVO_DATABASE_URL`` / ``sqlite:///convo.db``.
-        **engine_kwargs: passed to :func:`sqlalchemy.create_engine` (pool size, echo...).
+        read_url: a read replica (URL or :class:`~sqlalchemy.engine.Engine`) for
+            the heavy readers: :meth:`search`, exports and replays read from it
+            (:attr:`reader`); everything else, turns and context builds included,
+            stays on ``url``. With neither given: ``CONVO_READ_DATABASE_URL``.
+        **engine_kwargs: passed to :func:`sqlalchemy.create_engine` (pool size, echo...),
+            for both engines.
 
     Every method that takes ``owner`` scopes by it: with an owner given, the
     conversations of other owners do not exist (:class:`~convo.ConversationNotFound`).
@@ -100,8 +119,17 @@ class Store:
             store.append(conv.id, {"role": "user", "content": "Hi!"}, owner="u1")
     """
 
-    def __init__(self, url: str | URL | Engine | None = None, **engine_kwargs: Any) -> None:
-        if isinstance(url, AsyncEngine):
+    #: True on :attr:`reader`'s store (a read replica): every write is refused.
+    _READ_ONLY: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        url: str | URL | Engine | None = None,
+        *,
+        read_url: str | URL | Engine | None = None,
+        **engine_kwargs: Any,
+    ) -> None:
+        if isinstance(url, AsyncEngine) or isinstance(read_url, AsyncEngine):
             raise ConfigurationError("an AsyncEngine needs AsyncStore, not Store")
         if isinstance(url, Engine):
             prepare_engine(url)
@@ -120,6 +148,31 @@ class Store:
         self._direct = threading.local()
         self._direct_all: weakref.WeakSet[Any] = weakref.WeakSet()
         self._direct_lock = threading.Lock()
+        # the read replica (see reader): opened on first use
+        self._read_url = read_url if read_url is not None else replica.env_read_url(url)
+        self._read_kwargs = engine_kwargs
+        self._reader: Store | None = None
+        self._reader_lock = threading.Lock()
+
+    @property
+    def reader(self) -> Store:
+        """The store the heavy readers use: :meth:`search`, exports and replays' reads
+        of the conversations they replay.
+
+        With ``read_url``, a read-only :class:`Store` on that database (a streaming
+        replica), opened on first use and closed with this store; its writes raise
+        :class:`~convo.ReadOnlyStoreError`. Without, this store itself.
+        """
+        if self._read_url is None:
+            return self
+        with self._reader_lock:
+            if self._reader is None:
+                if isinstance(self._read_url, Engine):
+                    self._reader = _ReplicaStore(self._read_url, owns_engine=False)
+                else:
+                    engine = create_read_engine(self._read_url, **self._read_kwargs)
+                    self._reader = _ReplicaStore(engine, owns_engine=True)
+            return self._reader
 
     @property
     def engine(self) -> Engine:
@@ -127,7 +180,7 @@ class Store:
         return self._engine
 
     def __repr__(self) -> str:
-        return f"Store({safe_url(self._engine.url)!r})"
+        return f"Store({replica.describe(self._engine.url, self._read_url)})"
 
     def __enter__(self) -> Self:
         return self
@@ -136,7 +189,11 @@ class Store:
         self.close()
 
     def close(self) -> None:
-        """Release the connection pool (not when the engine was passed in)."""
+        """Release the connection pool (not when the engine was passed in), and the
+        read replica's."""
+        reader, self._reader = getattr(self, "_reader", None), None
+        if reader is not None:
+            reader.close()
         if self._owns_engine:
             with self._direct_lock:
                 detached, self._direct_all = list(self._direct_all), weakref.WeakSet()
@@ -162,6 +219,7 @@ class Store:
         Raises:
             ConfigurationError: ``revision`` is not one of convo's revisions.
             NotMigratedError: a newer convo migrated the database (``newer`` is True).
+            ReadOnlyStoreError: this is :attr:`reader`'s store: migrate the primary.
         """
         try:
             with self._engines["write"].connect() as conn:
@@ -186,7 +244,7 @@ class Store:
         """Raise :class:`~convo.NotMigratedError` unless the schema is current."""
         found = self.current_revision()
         if found != SCHEMA_REVISION:
-            raise not_migrated(safe_url(self._engine.url), found)
+            raise not_migrated(safe_url(self._engine.url), found, read_only=self._READ_ONLY)
         self._schema_ok = True
 
     # --- the shell -----------------------------------------------------------------------
@@ -422,7 +480,10 @@ class Store:
         owner: str | None = None,
     ) -> list[StoredMessage]:
         """Append messages with consecutive sequence numbers, in one transaction (all or nothing)."""
-        return self._run(core.append_many(conversation_id, messages, owner=owner), "write")
+        return self._run(
+            core.append_many(conversation_id, messages, owner=owner, dialect=self._dialect),
+            "write",
+        )
 
     def messages(
         self,
@@ -492,9 +553,10 @@ class Store:
         case folding), ``LIKE`` on SQLite (ASCII case folding only), with
         ``%``/``_`` in ``text`` matched literally. It scans rows; a full-text
         index (FTS5 / tsvector) is future work. With ``conversation_id``, the
-        conversation's lineage is searched.
+        conversation's lineage is searched. Runs on the read replica when the
+        store has one (:attr:`reader`).
         """
-        return self._run(
+        return self.reader._run(
             core.search(text, dialect=self._dialect, owner=owner,
                         conversation_id=conversation_id, limit=limit)
         )
@@ -593,7 +655,7 @@ class Store:
         """
         self._run(core.set_pinned(conversation_id, seq, pinned, owner=owner), "write")
 
-    def save_token_counts(self, encoding: str, counts: Mapping[int, int]) -> None:
+    def save_token_counts(self, encoding: str, counts: core.TokenCounts) -> None:
         """Store token counts (message id -> tokens) for ``encoding``; existing ones are kept."""
         self._run(
             core.save_token_counts(encoding, counts, dialect=self._dialect), "write", direct=True
@@ -612,7 +674,8 @@ class Store:
         """Store a summary of messages ``start_seq..end_seq`` (inclusive)."""
         return self._run(
             core.add_summary(conversation_id, start_seq=start_seq, end_seq=end_seq,
-                             content=content, metadata=metadata, owner=owner),
+                             content=content, metadata=metadata, owner=owner,
+                             dialect=self._dialect),
             "write",
         )
 
@@ -754,7 +817,7 @@ class Store:
         replays_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         owner: str | None = None,
-        token_counts: tuple[str, Mapping[int, int]] | None = None,
+        token_counts: tuple[str, core.TokenCounts] | None = None,
     ) -> Run:
         """Record a request about to be sent, as a ``pending`` run (its own transaction).
 
@@ -849,6 +912,26 @@ class Store:
     ) -> dict[int, Run]:
         """Reply message id -> the ``ok`` run that produced it (replies that have one)."""
         return self._run(runs.runs_for_replies(conversation_id, message_ids, owner=owner))
+
+class _ReplicaStore(Store):
+    """:attr:`Store.reader` on a read replica: the same reads, every write refused
+    before a connection is opened (:class:`~convo.ReadOnlyStoreError`)."""
+
+    _READ_ONLY = True
+
+    def __init__(self, engine: Engine, *, owns_engine: bool) -> None:
+        super().__init__(engine)
+        self._owns_engine = owns_engine  # close() disposes the engine it made
+
+    def migrate(self, revision: str = "head") -> None:
+        raise replica.read_only_error("migrate")
+
+    def _run(self, plan: Plan[T], mode: Mode = "read", *, direct: bool = False) -> T:
+        if mode != "read":
+            plan.close()
+            raise replica.read_only_error(plan)
+        return super()._run(plan, mode, direct=direct)
+
 
 def _current_revision(conn: Connection) -> str | None:
     if not conn.dialect.has_table(conn, "alembic_version"):

@@ -27,6 +27,7 @@ from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
+from operator import itemgetter
 from typing import Any, Final, Literal, TypeAlias, TypeVar
 
 import sqlalchemy as sa
@@ -61,7 +62,7 @@ from ._store_rows import (
     validate_json_dict,
 )
 
-__all__ = ["ROLLBACK", "UNSET", "ConversationPage", "Mode", "Op", "Plan", "Unset"]
+__all__ = ["ROLLBACK", "UNSET", "ConversationPage", "Mode", "Op", "Plan", "TokenCounts", "Unset"]
 
 T = TypeVar("T")
 Fetch: TypeAlias = Literal["all", "first", "scalar", "rowcount", "lastrowid", "none"]
@@ -402,13 +403,11 @@ def insert_message(values: dict[str, Any], dialect: str) -> Op:
     """The INSERT of a message row; its result is the new message's id.
 
     Only the columns that have a value are listed (the others are NULL anyway, and
-    every bound value costs); SQLite gives the id as the cursor's ``lastrowid``
-    (the rowid alias), PostgreSQL through ``RETURNING``.
+    every bound value costs); the id comes back through ``RETURNING`` (SQLite has
+    no rowid alias since the key is (conversation_id, id): see :mod:`convo._schema`).
     """
     given = {k: v for k, v in values.items() if v is not None}
-    if dialect == "sqlite":
-        return Op(sql.INSERT_PLAIN, given, "lastrowid", driver=True)
-    return Op(sql.INSERT_MESSAGE, given, "scalar", driver=True)
+    return Op(sql.insert_new_message(dialect), given, "scalar", driver=True)
 
 
 def _insert(
@@ -501,6 +500,7 @@ def append_many(
     messages: Iterable[Message | Mapping[str, Any]],
     *,
     owner: str | None,
+    dialect: str,
 ) -> Plan[list[StoredMessage]]:
     if isinstance(messages, (str, bytes, Mapping, Message)) or not isinstance(messages, Iterable):
         raise InvalidMessageError(
@@ -522,7 +522,7 @@ def append_many(
     # A plain executemany (sqlite3's C loop, psycopg's pipeline), then the ids
     # of the seq range we hold the counter lock for: several times faster than
     # INSERT ... RETURNING in batches, whose huge statements psycopg re-parses.
-    yield Op(sql.INSERT_PLAIN, rows, "none")
+    yield Op(sql.insert_new_message(dialect, False), rows, "none")
     ids = yield Op(sql.IDS_IN_RANGE, {"cid": conversation_id, "lo": first, "hi": last})
     return [
         stored_message(m, v, id=r[0], conversation_id=conversation_id, seq=v["seq"],
@@ -657,6 +657,46 @@ def _open(
     conversation_id: str, encoding: str, limit: int, owner: str | None, before: int | None
 ) -> Plan[tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]],
                 Lineage]]:
+    """The opening reads of a build. A conversation that is not a fork (the common
+    case) is read in one statement: its row, its pinned and its newest messages
+    (:func:`convo._store_sql.open_query`); a fork, whose view includes its
+    ancestors' rows, reads its lineage first (:func:`_open_lineage`)."""
+    params: dict[str, Any] = {"cid": conversation_id, "encoding": encoding, "limit": limit}
+    if before is not None:
+        params["before"] = before
+    rows = yield Op(sql.open_query(before is not None), params, driver=True)
+    pinned_rows, tail_rows, conv = [], [], None
+    for row in rows:
+        part = row[20]
+        if part == sql.OPEN_NEWEST:
+            tail_rows.append(row)
+        elif part == sql.OPEN_PINNED:
+            pinned_rows.append(row)
+        else:
+            conv = row  # parent_id, last_seq and owner in columns 1, 2 and 6
+    if conv is None or (owner is not None and conv[6] != owner):
+        raise ConversationNotFound(conversation_id, owner=owner)
+    if conv[1] is not None:
+        return (yield from _open_lineage(conversation_id, encoding, limit, owner, before))
+    # the parts of a UNION ALL come in no guaranteed order (already sorted: linear)
+    pinned_rows.sort(key=_seq_of)
+    tail_rows.sort(key=_seq_of, reverse=True)
+    lineage = Lineage(conversation_id, conv[2], ((conversation_id, 0, conv[2]),))
+    cid = conversation_id
+    return (
+        [tokens_from_row(r, cid) for r in pinned_rows],
+        [tokens_from_row(r, cid) for r in tail_rows],
+        lineage,
+    )
+
+
+_seq_of = itemgetter(2)  # a row's seq
+
+
+def _open_lineage(
+    conversation_id: str, encoding: str, limit: int, owner: str | None, before: int | None
+) -> Plan[tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]],
+                Lineage]]:
     lineage = yield from _lineage(conversation_id, owner)
     pinned_rows = yield from _read_segments(
         lineage, after=None, before=before, limit=None, newest_first=False,
@@ -753,23 +793,60 @@ def set_pinned(conversation_id: str, seq: int, value: bool, *, owner: str | None
         raise MessageNotFound(f"conversation {conversation_id!r} has no message {seq}")
 
 
-def token_rows(encoding: str, counts: Mapping[int, int]) -> list[dict[str, Any]]:
-    """The ``message_tokens`` rows of ``counts`` (message id -> tokens), checked."""
+#: Token counts as the store takes them: tokens by ``(conversation_id, message_id)``
+#: (what a context build gives; one shard each in a sharded database), or by
+#: message id alone (each message's conversation is looked up first).
+TokenCounts: TypeAlias = Mapping[tuple[str, int], int] | Mapping[int, int]
+
+
+def token_rows(encoding: str, counts: TokenCounts) -> tuple[list[dict[str, Any]], list[int]]:
+    """The ``message_tokens`` rows of ``counts``, checked; the rows given by message id
+    alone still lack their ``conversation_id`` (see :func:`token_rows_plan`), and
+    their ids come second."""
     check_text(encoding, "encoding", max_len=ENCODING_MAX)
     if not isinstance(counts, Mapping):
         raise StoreInputError("counts must be a mapping of message id to token count")
-    rows = []
-    for message_id, tokens in counts.items():
-        message_id = check_int(message_id, "a message id of counts")
+    rows, bare = [], []
+    for key, tokens in counts.items():
+        cid = None
+        if type(key) is tuple and len(key) == 2:
+            cid = check_text(key[0], "a conversation id of counts", max_len=32)
+            key = key[1]
+        message_id = check_int(key, "a message id of counts")
         tokens = check_int(
             tokens, f"token count for message {message_id}", minimum=0, maximum=INT32_MAX
         )
-        rows.append({"message_id": message_id, "encoding": encoding, "tokens": tokens})
+        if cid is None:
+            bare.append(message_id)
+        rows.append(
+            {"conversation_id": cid, "message_id": message_id, "encoding": encoding,
+             "tokens": tokens}
+        )
+    return rows, bare
+
+
+def token_rows_plan(encoding: str, counts: TokenCounts) -> Plan[list[dict[str, Any]]]:
+    """:func:`token_rows`, with the conversation of each message given by id alone
+    looked up (a read on every shard of a sharded database).
+
+    Raises:
+        MessageNotFound: a message id that no message has.
+    """
+    rows, bare = token_rows(encoding, counts)
+    homes: dict[int, str] = {}
+    for message_id in bare:  # one by one: the statements of the hot path (driver=True)
+        home = yield Op(sql.HOME_OF_MESSAGE, {"id": message_id}, "scalar", driver=True)
+        if home is None:
+            raise MessageNotFound(f"token counts given for unknown message ids: {message_id}")
+        homes[message_id] = home
+    for row in rows:
+        if row["conversation_id"] is None:
+            row["conversation_id"] = homes[row["message_id"]]
     return rows
 
 
 @checked
-def save_token_counts(encoding: str, counts: Mapping[int, int], *, dialect: str) -> Plan[None]:
+def save_token_counts(encoding: str, counts: TokenCounts, *, dialect: str) -> Plan[None]:
     """Store token counts; a cache, so on a read-only database it stores nothing.
 
     A context build counts what it reads and saves the counts for the next
@@ -778,7 +855,7 @@ def save_token_counts(encoding: str, counts: Mapping[int, int], *, dialect: str)
     read-only transaction) must still build, so a write the database refuses
     as read-only is skipped, not raised.
     """
-    rows = token_rows(encoding, counts)
+    rows = yield from token_rows_plan(encoding, counts)
     if not rows:
         return
     try:
@@ -815,6 +892,7 @@ def add_summary(
     content: str,
     metadata: Mapping[str, Any] | None,
     owner: str | None,
+    dialect: str,
 ) -> Plan[Summary]:
     meta = validate_json_dict(metadata, "summary metadata")
     conversation = yield from get_conversation(conversation_id, owner=owner)
@@ -829,7 +907,7 @@ def add_summary(
         "content": content, "metadata": meta, "created_at": stamp,
     }
     check_values(values, "summary")
-    summary_id = yield Op(sql.INSERT_SUMMARY, values, "scalar")
+    summary_id = yield Op(sql.insert_summary(dialect), values, "scalar")
     return construct(Summary, {**values, "id": summary_id, "metadata": meta or {}})
 
 

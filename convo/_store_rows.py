@@ -167,12 +167,15 @@ MESSAGE_COLUMNS = (
 assert tuple(c.name for c in MessageRow.__table__.c) == MESSAGE_COLUMNS
 
 
-def message_from_row(row: Any) -> StoredMessage:
+def message_from_row(row: Any, conversation_id: str | None = None) -> StoredMessage:
+    """The message of a row of ``messages.*`` (more columns after them are ignored);
+    ``conversation_id``: the conversation every row read belongs to, when the
+    statement did not select it (see :func:`convo._store_sql.open_query`)."""
     (
-        id_, conversation_id, seq, role, content, parts, name, tool_calls, refusal,
+        id_, cid, seq, role, content, parts, name, tool_calls, refusal,
         tool_call_id, metadata, pinned, idempotency_key, model, finish_reason, usage,
         fingerprint, seed, created_at,
-    ) = row[:19]
+    ) = row if len(row) == 19 else row[:19]
     reply = None
     if (
         model is not None
@@ -187,7 +190,7 @@ def message_from_row(row: Any) -> StoredMessage:
             "usage": usage,
             "system_fingerprint": fingerprint,
             "seed": seed,
-        })
+        }, _REPLY_FIELDS)
     return construct(StoredMessage, {
         "role": role,
         "content": _PARTS.validate_python(parts) if parts is not None else content,
@@ -197,13 +200,23 @@ def message_from_row(row: Any) -> StoredMessage:
         "tool_call_id": tool_call_id,
         "metadata": metadata or {},
         "id": id_,
-        "conversation_id": conversation_id,
+        "conversation_id": cid if conversation_id is None else conversation_id,
         "seq": seq,
         "created_at": created_at,
         "pinned": bool(pinned),
         "idempotency_key": idempotency_key,
         "reply": reply,
-    })
+    }, _STORED_FIELDS)
+
+
+# the fields sets of the values message_from_row builds (see construct)
+_STORED_FIELDS = {
+    "role", "content", "name", "tool_calls", "refusal", "tool_call_id", "metadata", "id",
+    "conversation_id", "seq", "created_at", "pinned", "idempotency_key", "reply",
+}
+_REPLY_FIELDS = {"model", "finish_reason", "usage", "system_fingerprint", "seed"}
+assert _STORED_FIELDS == set(StoredMessage.model_fields)
+assert _REPLY_FIELDS == set(ReplyInfo.model_fields)
 
 
 def stored_message(
@@ -246,8 +259,10 @@ def stored_message(
 _REPLY_COLUMNS = ("model", "finish_reason", "usage", "system_fingerprint", "seed")
 
 
-def tokens_from_row(row: Any) -> tuple[StoredMessage, int | None]:
-    return message_from_row(row), row[19]
+def tokens_from_row(
+    row: Any, conversation_id: str | None = None
+) -> tuple[StoredMessage, int | None]:
+    return message_from_row(row, conversation_id), row[19]
 
 
 # --- summaries ---------------------------------------------------------------------

@@ -34,11 +34,13 @@ from ._store_core import (
     ROLLBACK,
     Op,
     Plan,
+    TokenCounts,
     get_conversation,
     insert_message,
     newest_first,
     now,
     token_rows,
+    token_rows_plan,
 )
 from ._store_input import (
     CheckedJSON,
@@ -260,7 +262,7 @@ def start_run(
     replays_id: str | None,
     metadata: Mapping[str, Any] | None,
     owner: str | None,
-    token_counts: tuple[str, Mapping[int, int]] | None = None,
+    token_counts: tuple[str, TokenCounts] | None = None,
     dialect: str = "sqlite",
 ) -> Plan[Run]:
     check_text(conversation_id, "conversation_id")
@@ -283,11 +285,10 @@ def start_run(
         texts["settings"] = settings.text
     else:
         settings_value = _json_object(settings, "run settings") or None
-    counts = None
     if token_counts is not None:
         if not isinstance(token_counts, tuple) or len(token_counts) != 2:
             raise StoreInputError("token_counts must be (encoding, {message id: tokens})")
-        counts = token_rows(*token_counts)
+        token_rows(*token_counts)  # checked before anything is read or written
     # (in the column order: the dict becomes the Run's own, see below)
     values: dict[str, Any] = {
         "id": new_run_id(),
@@ -336,6 +337,7 @@ def start_run(
     params["cid"] = conversation_id
     if owner is not None:
         params["b_owner"] = owner
+    counts = None if token_counts is None else (yield from token_rows_plan(*token_counts))
     try:
         row = yield Op(
             _insert_run(owner is not None, columns, json_text), params, "first", driver=True
@@ -423,16 +425,22 @@ def runs_for_replies(
 
 
 @functools.cache
-def _claim_reply_seq(scoped: bool) -> sa.Update:
+def _claim_reply_seq(scoped: bool, known: bool = False) -> sa.Update:
     """The reply's seq, taken from the conversation of a *pending* run: the counter
     update is the conversation's write lock, as in an append (no row: the run is
-    missing, finished, or not this owner's)."""
+    missing, finished, or not this owner's). ``known``: the run's conversation is
+    given (``run_cid``), so both tables are read by it (one shard when sharded)."""
     run = sa.select(R.c.conversation_id).where(R.c.id == _B("run_id"), R.c.status == "pending")
     if scoped:
         run = run.where(R.c.owner == _B("b_owner"))
+    if known:
+        run = run.where(R.c.conversation_id == _B("run_cid"))
+        where: Any = (C.c.id == _B("run_cid")) & run.exists()
+    else:
+        where = C.c.id == run.scalar_subquery()
     return (
         sa.update(C)
-        .where(C.c.id == run.scalar_subquery())
+        .where(where)
         .values(last_seq=C.c.last_seq + 1, updated_at=_B("now"))
         .returning(C.c.id, C.c.last_seq)
     )
@@ -445,9 +453,12 @@ def _update_run(
     """Record an outcome, only on a pending run (the guard against a second finish).
 
     Returns the columns it does not write (what it writes is known and needs no
-    decoding); nothing when the caller knows the started run (``known``).
+    decoding); nothing when the caller knows the started run (``known``), whose
+    conversation (``run_cid``) then narrows the update to its key.
     """
     stmt = sa.update(R).where(R.c.id == _B("run_id"), R.c.status == "pending")
+    if known:
+        stmt = stmt.where(R.c.conversation_id == _B("run_cid"))
     if scoped:
         stmt = stmt.where(R.c.owner == _B("b_owner"))
     types = _bind_types(json_text)
@@ -491,6 +502,8 @@ def finish_run(
         msg = parse_message(reply if isinstance(reply, Message) else dict(reply))
         params = message_params(msg, pinned=None, idempotency_key=reply_key, reply=reply_info)
     scope: dict[str, Any] = {"run_id": run_id}
+    if started is not None:
+        scope["run_cid"] = started.conversation_id
     if owner is not None:
         scope["b_owner"] = owner
     stored: StoredMessage | None = None
@@ -498,7 +511,8 @@ def finish_run(
     if msg is not None and params is not None:
         stamp = now()
         claimed = yield Op(
-            _claim_reply_seq(owner is not None), {**scope, "now": stamp}, "first", driver=True
+            _claim_reply_seq(owner is not None, started is not None), {**scope, "now": stamp},
+            "first", driver=True,
         )
         if claimed is None:
             yield ROLLBACK

@@ -47,6 +47,14 @@ def chain_query() -> sa.Select[Any]:
     return sa.select(chain).order_by(chain.c.depth)
 
 
+def _with_tokens() -> Any:
+    """Messages joined with their stored token count for ``:encoding`` (None when
+    not counted yet): the source of every tail read. Joined on conversation_id too:
+    a sharded database keeps the join on one shard."""
+    return M.outerjoin(TK, (TK.c.conversation_id == M.c.conversation_id)
+                       & (TK.c.message_id == M.c.id) & (TK.c.encoding == _B("encoding")))
+
+
 @cache
 def segment_query(
     newest_first: bool, with_tokens: bool, pinned_only: bool, limited: bool
@@ -54,7 +62,7 @@ def segment_query(
     cols: list[Any] = list(_MSG_COLUMNS)
     src: Any = M
     if with_tokens:
-        src = M.outerjoin(TK, (TK.c.message_id == M.c.id) & (TK.c.encoding == _B("encoding")))
+        src = _with_tokens()
         cols.append(TK.c.tokens)
     stmt = (
         sa.select(*cols)
@@ -67,6 +75,57 @@ def segment_query(
     if pinned_only:
         stmt = stmt.where(M.c.pinned)
     return stmt
+
+
+#: The part column of :func:`open_query`'s rows (after the messages' columns and the count).
+OPEN_PINNED, OPEN_NEWEST, OPEN_CONVERSATION = 1, 2, 0
+
+
+@cache
+def open_query(bounded: bool) -> sa.CompoundSelect[Any]:
+    """The opening read of a context build, in ONE statement (one round trip, one
+    snapshot): the pinned messages of ``:cid``, its newest ``:limit`` messages, and
+    its conversation row, each with its count for ``:encoding``; with ``bounded``
+    only messages with ``seq < :before``.
+
+    Rows are the message columns, the token count, then the part
+    (:data:`OPEN_PINNED`, :data:`OPEN_NEWEST`, :data:`OPEN_CONVERSATION`); the
+    conversation's row carries parent_id, last_seq and owner in the
+    conversation_id, seq and name columns (the rest NULL). The parts come in no
+    guaranteed order. These are the conversation's own rows only: a fork's
+    reader resolves its lineage instead (see ``_store_core._open``).
+    """
+    # every message row is :cid's, so its id is not read again with each row
+    cols: list[Any] = [
+        *(sa.null() if c.name == "conversation_id" else c for c in _MSG_COLUMNS), TK.c.tokens
+    ]
+    mine = M.c.conversation_id == _B("cid")
+    if bounded:
+        mine = mine & (M.c.seq < _B("before"))
+    pinned = (
+        sa.select(*cols, sa.literal_column(str(OPEN_PINNED), sa.Integer).label("part"))
+        .select_from(_with_tokens())
+        .where(mine, M.c.pinned)
+    )
+    newest = (
+        sa.select(*cols)
+        .select_from(_with_tokens())
+        .where(mine)
+        .order_by(M.c.seq.desc())
+        .limit(_B("limit"))
+        .subquery("newest")
+    )
+    conv_cols = {"conversation_id": C.c.parent_id, "seq": C.c.last_seq, "name": C.c.owner}
+    conversation = sa.select(
+        *(conv_cols.get(c.name, sa.null()) for c in _MSG_COLUMNS),
+        sa.null(),
+        sa.literal_column(str(OPEN_CONVERSATION), sa.Integer),
+    ).where(C.c.id == _B("cid"))
+    return sa.union_all(
+        pinned,
+        sa.select(newest, sa.literal_column(str(OPEN_NEWEST), sa.Integer)),
+        conversation,
+    )
 
 
 @cache
@@ -152,8 +211,34 @@ def insert_token_counts(dialect: str) -> sa.Insert:
     return insert.on_conflict_do_nothing()
 
 
+def _next_id(table: sa.Table) -> Any:
+    """SQLite: the id of a new row, ``MAX(id) + 1`` (on the plain index on ``id``).
+
+    The rowid alias gave these values before the key became (conversation_id, id);
+    every SQLite write runs under ``BEGIN IMMEDIATE``, so no two writers see the
+    same maximum. PostgreSQL takes the column's sequence instead.
+    """
+    return sa.select(sa.func.coalesce(sa.func.max(table.c.id), 0) + 1).scalar_subquery()
+
+
+@cache
+def insert_new_message(dialect: str, returning: bool = True) -> sa.Insert:
+    """The INSERT of a message that has no id yet (the database gives it)."""
+    stmt = sa.insert(M) if dialect == "postgresql" else sa.insert(M).values(id=_next_id(M))
+    return stmt.returning(M.c.id) if returning else stmt
+
+
+@cache
+def insert_summary(dialect: str) -> sa.Insert:
+    """The INSERT of a summary; its result is the new id."""
+    stmt = sa.insert(S) if dialect == "postgresql" else sa.insert(S).values(id=_next_id(S))
+    return stmt.returning(S.c.id)
+
+
+#: The conversation of a message given by id alone (a lookup on every shard).
+HOME_OF_MESSAGE = sa.select(M.c.conversation_id).where(M.c.id == _B("id"))
 BY_KEY = sa.select(M).where(M.c.conversation_id == _B("cid"), M.c.idempotency_key == _B("key"))
-INSERT_MESSAGE = sa.insert(M).returning(M.c.id)
+#: An INSERT of rows whose ids are given (an import keeping ids).
 INSERT_PLAIN = sa.insert(M)
 IDS_IN_RANGE = (
     sa.select(M.c.id)
@@ -161,7 +246,6 @@ IDS_IN_RANGE = (
     .order_by(M.c.seq)
 )
 INSERT_CONVERSATION = sa.insert(C)
-INSERT_SUMMARY = sa.insert(S).returning(S.c.id)
 
 
 

@@ -304,7 +304,12 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
         )
         prefix = spec.key + "#"
         stored = [m for m in later if (m.idempotency_key or "").startswith(prefix)]
-        answer = _answered_elsewhere(later, prefix) if spec.user is not None else None
+        # An answer without this turn's keys counts only on a branch made after the user
+        # message was stored (a regenerate: the message is inherited). On the message's
+        # own conversation such a reply is another turn's (turns interleaved on one
+        # conversation: B's user message, A's, then B's reply).
+        inherited = user is not None and user.conversation_id != cid
+        answer = _answered_elsewhere(later, prefix) if inherited else None
         if not stored and answer is not None:
             # Answered on this branch without this turn's keys (a regenerate
             # made after the first send): that answer is the turn's reply.

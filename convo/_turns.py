@@ -43,6 +43,7 @@ from ._turn_plan import (
 if TYPE_CHECKING:
     from ._chat_render import ChatProfile
     from ._client import OpenAIClient
+    from ._context_ops import BuildCounts
     from ._context_report import Context
     from ._store import Store
     from ._summary import Summarizer
@@ -402,14 +403,14 @@ class Chat(_ChatBase):
                 raise sent.error from None
             raise
 
-    def _build(self, effect: Build) -> tuple[Context, tuple[str, dict[int, int]] | None]:
+    def _build(self, effect: Build) -> tuple[Context, BuildCounts | None]:
         """The context, and its new token counts (stored with the run) when convo's
         own build made it; a builder that overrides ``build`` stores its own."""
         builder: Any = self.builder
         kw = {"tools": effect.tools, "response_format": effect.response_format,
               "owner": effect.owner}
         if type(builder).build is ContextBuilder.build:
-            built: tuple[Context, tuple[str, dict[int, int]] | None] = builder._build_for_turn(
+            built: tuple[Context, BuildCounts | None] = builder._build_for_turn(
                 effect.conversation_id, **kw
             )
             return built

@@ -22,7 +22,7 @@ from alembic import context
 from sqlalchemy import Connection, pool
 
 from convo._engine import create_engine, database_url, resolve_url
-from convo._migrate import serialized
+from convo._migrate import foreign_keys_off, serialized
 from convo._schema import metadata as target_metadata
 
 config = context.config
@@ -76,8 +76,11 @@ def run_migrations_online() -> None:
             connection = connection.execution_options(convo_write=True)
             _configure(connection)
             # The lock Store.migrate() holds too (its connection arrives above,
-            # already serialized), so `alembic upgrade` never races a store.
-            with serialized(connection), context.begin_transaction():
+            # already serialized), so `alembic upgrade` never races a store; and,
+            # as there, SQLite's foreign keys off, or a batch rebuild's DROP TABLE
+            # would cascade to the rows that reference the table.
+            with serialized(connection), foreign_keys_off(connection), \
+                    context.begin_transaction():
                 context.run_migrations()
     finally:
         engine.dispose()

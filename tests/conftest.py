@@ -7,6 +7,8 @@
   PostgreSQL database with every row deleted. PostgreSQL is one pgserver
   started once per session. ``make_db(backend, migrated=...)`` makes a
   brand-new database instead (PostgreSQL: cloned from a migrated template).
+* ``pg_replica``: a streaming replica of the session's PostgreSQL (``pg_basebackup``),
+  started on first use, only by the tests that ask for it.
 * ``store`` is parametrized over [sqlite, postgresql] x [sync, async] and
   yields a :class:`StoreHandle`: ``await store.append(...)`` calls the sync
   ``Store`` directly or awaits the ``AsyncStore``, so one test body covers all four.
@@ -39,6 +41,7 @@ def _hermetic_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if name.startswith("OPENAI_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("CONVO_DATABASE_URL", f"sqlite:///{tmp_path / 'convo-env.db'}")
+    monkeypatch.delenv("CONVO_READ_DATABASE_URL", raising=False)
 
 
 # --- PostgreSQL ------------------------------------------------------------------------
@@ -131,6 +134,110 @@ def pg_cluster() -> Iterator[PgCluster]:
         cluster.admin.dispose()
         server.cleanup()
         shutil.rmtree(pgdata, ignore_errors=True)
+
+
+class PgReplica:
+    """A hot standby streaming from the session's pgserver (same binaries): made with
+    ``pg_basebackup -R`` and started with ``pg_ctl`` on its own socket directory."""
+
+    def __init__(self, cluster: PgCluster) -> None:
+        import pgserver
+
+        self.cluster = cluster
+        self._bin = Path(pgserver.__file__).parent / "pginstall" / "bin"
+        self.dir = Path(tempfile.mkdtemp(prefix="convo-pg-replica-"))
+        # pgserver runs postgres as the user "pgserver" when we are root (postgres
+        # refuses root); the replica's files and server must belong to it too
+        self._as: dict[str, Any] = {}
+        if os.geteuid() == 0:
+            import pwd
+
+            user = pwd.getpwnam("pgserver")
+            os.chown(self.dir, user.pw_uid, user.pw_gid)
+            self._as = {"user": "pgserver"}
+        primary_host = str(cluster.base_url.query["host"])
+        try:
+            self._pg("pg_basebackup", "-h", primary_host, "-U", "postgres", "-D", str(self.dir),
+                     "-R", "-X", "stream", "-c", "fast")
+            # copied from the primary's directory (its socket lives there): not ours
+            (self.dir / ".s.PGSQL.5432.lock").unlink(missing_ok=True)
+            self._pg("pg_ctl", "-D", str(self.dir), "-w", "-t", "120",
+                     "-l", str(self.dir / "replica.log"),
+                     "-o", f"-k {self.dir} -c listen_addresses=''", "start")
+        except BaseException:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
+        self.admin = sa.create_engine(self.url(cluster.base_url), isolation_level="AUTOCOMMIT",
+                                      poolclass=sa.NullPool)
+
+    def _pg(self, program: str, *args: str) -> None:
+        import subprocess
+
+        done = subprocess.run([str(self._bin / program), *args], capture_output=True, text=True,
+                              timeout=180, check=False, **self._as)
+        if done.returncode != 0:
+            log = self.dir / "replica.log"
+            raise RuntimeError(f"{program} failed: {done.stderr}"
+                               + (log.read_text() if log.exists() else ""))
+
+    def url(self, primary: sa.URL) -> sa.URL:
+        """The replica's URL for the primary's database ``primary``."""
+        return primary.update_query_dict({"host": str(self.dir)})
+
+    def catch_up(self, timeout: float = 60.0) -> None:
+        """Wait until the replica has replayed everything the primary has written."""
+        import time
+
+        with self.cluster.admin.connect() as conn:
+            # the insert position: with synchronous_commit off (the session's server),
+            # a commit returns before its WAL is written, let alone sent
+            target = conn.exec_driver_sql("SELECT pg_current_wal_insert_lsn()").scalar()
+        deadline = time.monotonic() + timeout
+        with self.admin.connect() as conn:
+            while True:
+                behind = conn.exec_driver_sql(
+                    "SELECT pg_wal_lsn_diff(%(t)s::pg_lsn, pg_last_wal_replay_lsn())", {"t": target}
+                ).scalar()
+                if behind is not None and behind <= 0:
+                    return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"replica still {behind} bytes behind")
+                time.sleep(0.02)
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Replay stopped: the replica lags the primary until the block ends (and catches up)."""
+        import time
+
+        with self.admin.connect() as conn:
+            conn.exec_driver_sql("SELECT pg_wal_replay_pause()")
+            while conn.exec_driver_sql("SELECT pg_get_wal_replay_pause_state()").scalar() != "paused":
+                time.sleep(0.01)
+        try:
+            yield
+        finally:
+            with self.admin.connect() as conn:
+                conn.exec_driver_sql("SELECT pg_wal_replay_resume()")
+            self.catch_up()
+
+    def stop(self) -> None:
+        self.admin.dispose()
+        try:
+            self._pg("pg_ctl", "-D", str(self.dir), "-m", "immediate", "-w", "stop")
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_replica(pg_cluster: PgCluster) -> Iterator[PgReplica]:
+    replica = PgReplica(pg_cluster)
+    try:
+        replica.catch_up()
+        with replica.admin.connect() as conn:
+            assert conn.exec_driver_sql("SELECT pg_is_in_recovery()").scalar() is True
+        yield replica
+    finally:
+        replica.stop()
 
 
 # --- SQLite -----------------------------------------------------------------------------

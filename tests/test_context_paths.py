@@ -533,3 +533,59 @@ def test_whitespace_stop_sequences_leave_text_alone(store: Any) -> None:
     ctx = ContextBuilder(store, model=MODEL, mode="completion", template=Concat(),
                          budget=500).build(cid)
     assert ctx.prompt == "line one\nline twoa\n\nbc"
+
+
+def test_the_first_page_is_sized_from_what_earlier_builds_read() -> None:
+    """The opening read asks for what the last build of the conversation needed (plus
+    a little slack), else for the budget over the stored tokens per message of the
+    builder's last build, else a default guess; page_size overrides them all."""
+    from convo._context_ops import BuildConfig
+    from convo._context_plan import ROWS_SLACK, first_page_size, rows_hint
+
+    def cfg(**kw: Any) -> BuildConfig:
+        return BuildConfig(conversation_id="c", model="m", mode="chat", counter=None,
+                           budget=4000, reply_reserve=None, render_chat=None, **kw)
+
+    assert first_page_size(cfg()) == 4000 // 160 + ROWS_SLACK
+    assert first_page_size(cfg(tokens_hint=400)) == 16  # 10 + slack, at least 16
+    assert first_page_size(cfg(tokens_hint=40)) == 100 + ROWS_SLACK
+    assert first_page_size(cfg(tokens_hint=1)) == 256
+    assert first_page_size(cfg(rows_hint=7, tokens_hint=40)) == 7
+    assert first_page_size(cfg(rows_hint=7, page_size=50)) == 50
+    # the next build's page: what was needed plus the slack, within what was read...
+    assert rows_hint(20, 21) == 21 and rows_hint(20, 30) == 20 + ROWS_SLACK
+    # ... unless the whole history was read (there is nothing older)
+    assert rows_hint(5, 5, read_all=True) == 5 + ROWS_SLACK
+
+
+def test_a_builders_first_build_of_a_conversation_reads_a_page_sized_from_its_last_build(
+    store: Any,
+) -> None:
+    """A builder that built one conversation sizes the first read of another from the
+    stored tokens per message it saw: long messages, a short page."""
+    from convo._context_plan import ROWS_SLACK
+
+    builder = ContextBuilder(store, model="gpt-4o-mini", budget=8000)
+    cids = []
+    for _ in range(2):
+        conv = store.create_conversation()
+        store.append_many(conv.id, [
+            m for k in range(30)
+            for m in (Message.user(f"q{k} " + "w " * 200), Message.assistant(f"a{k} " + "t " * 200))
+        ])
+        cids.append(conv.id)
+    first = builder.build(cids[0])
+    per = builder._tokens_per_row
+    assert per is not None and 150 < per < 300
+    seen: list[Any] = []
+    real = store._context_open
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs["limit"])
+        return real(*args, **kwargs)
+
+    store._context_open = spy
+    second = builder.build(cids[1])
+    # the budget over ~200 tokens a message, not over the 160 guessed without a build
+    assert seen == [-(-8000 // per) + ROWS_SLACK] and seen[0] < 8000 // 160 + ROWS_SLACK
+    assert len(second.report.kept_seqs) == len(first.report.kept_seqs)

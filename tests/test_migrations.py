@@ -192,7 +192,121 @@ def test_upgrading_a_0001_database_with_data_keeps_every_row(backend, make_db):
             ).all()
         assert all(tuple(r) == (None, None, None) for r in new)
         after["conversations"] = [r[:-3] for r in after["conversations"]]
+        # 0004: each token count learnt its message's conversation
+        assert after["message_tokens"] == [
+            (1, "o200k_base", 5, conv_id), (2, "o200k_base", 9, conv_id)]
+        after["message_tokens"] = [r[:-1] for r in after["message_tokens"]]
         assert after == before
+    finally:
+        engine.dispose()
+
+
+def _dump(engine: sa.Engine, tables: list[str]) -> dict[str, list[dict[str, object]]]:
+    """Every row of ``tables`` as {column: value}, in a stable order (column order may change)."""
+    with engine.connect() as conn:
+        return {
+            t: sorted(
+                (dict(r) for r in conn.exec_driver_sql(f"SELECT * FROM {t}").mappings()),
+                key=repr,
+            )
+            for t in tables
+        }
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_upgrading_a_0003_database_with_data_to_shard_keys_keeps_every_row(backend, make_db):
+    """0003 -> 0004 (keys with conversation_id) on a database holding a thread and its
+    fork, token counts of both, summaries, runs and a replay: every row and value
+    survives, each token count gets its message's conversation, reads through the new
+    keys find everything, and the downgrade gives the 0003 rows back."""
+    url = make_db(backend, migrated=False)
+    engine = create_engine(url)
+    tables = sorted(TABLES)
+    try:
+        with engine.connect() as conn:
+            _migrate.upgrade(conn, "0003_replays")
+        stamp = "2026-11-22 10:00:00.000000" if backend == "sqlite" else "2026-11-22T10:00:00+00"
+        true, false = ("1", "0") if backend == "sqlite" else ("true", "false")
+        a, fork, b = "0" * 31 + "a", "0" * 31 + "f", "0" * 31 + "b"
+        conv = ("INSERT INTO conversations (id, title, owner, created_at, updated_at, parent_id,"
+                " fork_seq, last_seq, branch_kind, branch_of) VALUES ")
+        statements = [
+            conv + f"('{a}', 'a', 'o', '{stamp}', '{stamp}', NULL, NULL, 3, NULL, NULL)",
+            conv + f"('{fork}', 'f', 'o', '{stamp}', '{stamp}', '{a}', 2, 3, 'regenerate', '{a}')",
+            conv + f"('{b}', 'b', 'p', '{stamp}', '{stamp}', NULL, NULL, 1, NULL, NULL)",
+        ]
+        # ids interleave across conversations and have gaps, as a busy database's do
+        for mid, cid, seq, role, pinned in [
+            (1, a, 1, "system", true), (2, a, 2, "user", false), (4, b, 1, "user", false),
+            (5, a, 3, "assistant", false), (7, fork, 3, "assistant", false),
+        ]:
+            statements.append(
+                "INSERT INTO messages (id, conversation_id, seq, role, content, pinned, created_at)"
+                f" VALUES ({mid}, '{cid}', {seq}, '{role}', 'm{mid}', {pinned}, '{stamp}')"
+            )
+        for mid, enc, n in [(1, "o200k_base", 5), (1, "cl100k_base", 6), (2, "o200k_base", 9),
+                            (4, "o200k_base", 3), (7, "o200k_base", 11)]:
+            statements.append(
+                "INSERT INTO message_tokens (message_id, encoding, tokens)"
+                f" VALUES ({mid}, '{enc}', {n})"
+            )
+        statements += [
+            ("INSERT INTO summaries (id, conversation_id, start_seq, end_seq, content, created_at)"
+             f" VALUES (1, '{a}', 1, 2, 'sum a', '{stamp}'), (3, '{fork}', 1, 3, 'sum f',"
+             f" '{stamp}')"),
+            ("INSERT INTO runs (id, conversation_id, owner, endpoint, mode, model, request,"
+             " kept_seqs, summary_id, reply_message_id, status, created_at) VALUES"
+             f" ('r1', '{a}', 'o', 'chat.completions', 'chat', 'm', '{{}}', '[1, 2]', 1, 5, 'ok',"
+             f" '{stamp}'), ('r2', '{fork}', 'o', 'chat.completions', 'chat', 'm', '{{}}', NULL,"
+             f" NULL, 7, 'ok', '{stamp}')"),
+            ("INSERT INTO replays (id, owner, mode, status, created_at, updated_at) VALUES"
+             f" ('rp', 'o', 'forward', 'done', '{stamp}', '{stamp}')"),
+            ("INSERT INTO replay_items (replay_id, conversation_id, turn, arm, status, branch_id,"
+             f" run_id, user_seq, created_at) VALUES ('rp', '{a}', 1, 'x', 'ok', '{fork}', 'r2',"
+             f" 2, '{stamp}')"),
+        ]
+        if backend == "postgresql":  # the sequences, as the rows' own inserts would have left them
+            statements += [
+                "SELECT setval('messages_id_seq', 7)", "SELECT setval('summaries_id_seq', 3)"]
+        with engine.begin() as conn:
+            for statement in statements:
+                conn.exec_driver_sql(statement)
+        before = _dump(engine, tables)
+        assert {t: len(rows) for t, rows in before.items()} == {
+            "conversations": 3, "messages": 5, "message_tokens": 5, "summaries": 2, "runs": 2,
+            "replays": 1, "replay_items": 1,
+        }
+
+        with Store(url) as store:
+            store.migrate()
+            assert store.current_revision() == SCHEMA_REVISION
+        after = _dump(engine, tables)
+        home = {1: a, 2: a, 4: b, 7: fork}
+        for row in after["message_tokens"]:
+            assert row.pop("conversation_id") == home[row["message_id"]]  # type: ignore[index]
+        assert after == before
+
+        with engine.connect() as conn:  # and back: the 0003 rows, exactly
+            _migrate.downgrade(conn, "0003_replays")
+        assert _dump(engine, tables) == before
+        with engine.connect() as conn:
+            _migrate.upgrade(conn, "head")
+
+        with Store(url) as store:
+            # the fork reads its inherited rows and their counts through the new keys
+            view = store.tail(fork, encoding="o200k_base", limit=10)
+            assert [(m.id, m.conversation_id, n) for m, n in view] == [
+                (7, fork, 11), (2, a, 9), (1, a, 5)]
+            assert store.latest_summary(fork).content == "sum f"
+            assert store.get_run("r2").reply_message_id == 7
+            assert store.list_runs(a).items[0].summary_id == 1
+            # new ids continue after the highest one (SQLite: MAX(id) + 1; PostgreSQL: the sequence)
+            new = store.append(b, {"role": "user", "content": "new"})
+            assert new.id == 8 and new.seq == 2
+            assert store.add_summary(b, start_seq=1, end_seq=2, content="s").id == 4
+            store.save_token_counts("o200k_base", {new.id: 2, (a, 5): 4})
+            counts = {m.id: n for m, n in store.tail(a, encoding="o200k_base", limit=9)}
+            assert counts == {5: 4, 2: 9, 1: 5}
     finally:
         engine.dispose()
 

@@ -233,3 +233,27 @@ def test_profiles() -> None:
 def test_profile_rejects_bad_values(field: str, value: object) -> None:
     with pytest.raises(ConfigurationError, match=f"ChatProfile.{field}"):
         ChatProfile(**{field: value})  # type: ignore[arg-type]
+
+
+def test_plain_text_messages_render_as_their_mapping_under_every_profile() -> None:
+    """render_chat writes plain text system / user / assistant messages without the
+    per-role mapping: the dicts must be the mapping's, whatever the profile."""
+    from convo._chat_render import _map_message
+
+    messages = [
+        Message.system("Be brief."),
+        Message.developer("Use metric units."),
+        Message.user("Hi"),
+        Message.assistant("Hello"),
+        Message.user("Who?", name="bob"),
+        Message.assistant(None, refusal="No."),
+        Message.assistant("", tool_calls=[CALL]),
+        Message.tool("22C", tool_call_id="call_1"),
+        Message.user([TextPart(text="a"), TextPart(text="b")]),
+    ]
+    for profile in (ChatProfile.openai(), ChatProfile.compatible(),
+                    ChatProfile.compatible(supports_name=False, developer_role="system")):
+        names = None if profile.supports_tool_role else {"call_1": "get_weather"}
+        assert render_chat(messages, profile) == [
+            _map_message(m, profile, names) for m in messages
+        ]

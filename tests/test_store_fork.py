@@ -136,8 +136,9 @@ def _bulk_fill(store: Any, conversation_id: str, n: int) -> None:
     else:
         store.sql(
             "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < :n) "
-            "INSERT INTO messages (conversation_id, seq, role, content, pinned, created_at) "
-            "SELECT :cid, i, 'user', 'm' || i, 0, '2024-01-01 00:00:00.000000' FROM s",
+            "INSERT INTO messages (id, conversation_id, seq, role, content, pinned, created_at) "
+            "SELECT (SELECT IFNULL(MAX(id), 0) FROM messages) + i, :cid, i, 'user', 'm' || i, 0,"
+            " '2024-01-01 00:00:00.000000' FROM s",
             cid=conversation_id, n=n,
         )
     store.sql("UPDATE conversations SET last_seq = :n WHERE id = :cid", cid=conversation_id, n=n)
@@ -170,6 +171,28 @@ async def test_tail_with_token_counts(store):
     assert store.snapshot() == before
     with pytest.raises(StoreInputError):
         await store.tail(conv.id, encoding="x", limit=0)
+
+
+async def test_token_counts_keyed_by_conversation_and_message(store):
+    """Counts keyed (conversation_id, message_id), what a context build gives (no lookup
+    by id alone); a fork's counts of inherited messages belong to the ancestor."""
+    conv = await store.create_conversation()
+    base = await store.append_many(conv.id, [user("a"), user("b")])
+    fork = await store.fork(conv.id)
+    (own,) = await store.append_many(fork.id, [user("c")])
+    await store.save_token_counts("e", {(conv.id, base[0].id): 5, (fork.id, own.id): 7,
+                                        base[1].id: 6})  # the two forms mix
+    tail = await store.tail(fork.id, encoding="e", limit=5)
+    assert [(m.conversation_id, t) for m, t in tail] == [
+        (fork.id, 7), (conv.id, 6), (conv.id, 5)]
+    before = store.snapshot()
+    for wrong in ((fork.id, base[0].id), ("0" * 32, own.id)):  # not that message's conversation
+        with pytest.raises(MessageNotFound):
+            await store.save_token_counts("e2", {wrong: 1})
+    for bad in (("x" * 33, own.id), (conv.id, "1"), (conv.id,), (conv.id, own.id, 1)):
+        with pytest.raises(StoreInputError):
+            await store.save_token_counts("e2", {bad: 1})
+    assert store.snapshot() == before
 
 
 async def test_tail_and_pinned_across_forks(store):

@@ -32,6 +32,7 @@ from convo import _store_sql as sql
 from convo._engine import create_engine
 from convo._messages import FunctionCall, ImagePart, ImageURL, TextPart, ToolCall
 from convo._schema import UTCDateTime
+from convo._records import StoredMessage
 from convo._store import Store
 from convo._store_rows import message_params
 from convo._store_runs import SerializedRequest
@@ -67,10 +68,11 @@ def test_cursor_writes_store_what_sqlalchemy_stores(db_url: sa.URL) -> None:
         values.update(seq=1, created_at=datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC))
         engine = store.engine
         with engine.begin() as conn:
-            conn.execute(sql.INSERT_PLAIN, {**values, "conversation_id": a.id})
+            conn.execute(sql.insert_new_message(engine.dialect.name, False),
+                         {**values, "conversation_id": a.id})
         with engine.begin() as conn:
             dbapi = conn.connection.dbapi_connection
-            driver.execute_dbapi(engine.dialect, dbapi, sql.INSERT_PLAIN,
+            driver.execute_dbapi(engine.dialect, dbapi, sql.insert_new_message(engine.dialect.name, False),
                                  {**values, "conversation_id": b.id}, "none")
         with engine.begin() as conn:  # (the counters: the inserts above bypassed them)
             conn.exec_driver_sql("UPDATE conversations SET last_seq = 1")
@@ -398,3 +400,65 @@ def test_a_store_without_pooling_keeps_no_connection(make_db: Any) -> None:
         store.append(conv.id, Message.user("hi"))
         assert [m.text for m in store.messages(conv.id)] == ["hi"]
         assert getattr(store._direct, "fairy", None) is None
+
+
+# --- the opening read of a build -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_build_opens_with_one_statement_unless_the_conversation_is_a_fork(
+    make_db: Any, backend: str
+) -> None:
+    """A conversation that is not a fork is read in one statement (its row, its pinned
+    and its newest messages); a fork reads its lineage first and sees its parent's
+    pinned system prompt; a wrong owner is refused on both paths."""
+    with Store(make_db(backend)) as store:
+        conv = store.create_conversation(owner="alice")
+        msgs = [Message.system("Be brief.")]
+        for k in range(6):  # 13 messages: all in the first page of a build
+            msgs += [Message.user(f"question {k}"), Message.assistant(f"answer {k}")]
+        store.append_many(conv.id, msgs, owner="alice")
+        fork = store.fork(conv.id, at=9, owner="alice")
+        store.append(fork.id, Message.user("a fork question"), owner="alice")
+
+        def build(cid: str) -> tuple[Any, list[str]]:
+            seen: list[str] = []
+
+            def record(*args: Any) -> None:
+                seen.append(str(args[2]))
+
+            sa.event.listen(store.engine, "before_cursor_execute", record)
+            try:
+                ctx = ContextBuilder(store, model="gpt-4o-mini", budget=1500).build(
+                    cid, owner="alice"
+                )
+            finally:
+                sa.event.remove(store.engine, "before_cursor_execute", record)
+            return ctx, [s for s in seen if s.lstrip().upper().startswith(("SELECT", "WITH"))]
+
+        ctx, reads = build(conv.id)
+        assert len(reads) == 1, reads
+        assert ctx.report.kept_seqs == list(range(1, 14)) and ctx.messages[0].role == "system"
+        fork_ctx, fork_reads = build(fork.id)
+        assert len(fork_reads) > 1
+        assert fork_ctx.report.kept_seqs == list(range(1, 11))
+        assert [m.content for m in fork_ctx.messages][:1] == ["Be brief."]
+        assert fork_ctx.messages[-1].content == "a fork question"
+        for cid in (conv.id, fork.id):
+            with pytest.raises(ConversationNotFound):
+                ContextBuilder(store, model="gpt-4o-mini", budget=1500).build(cid, owner="bob")
+
+
+def test_rows_read_share_one_fields_set_that_model_copy_leaves_alone(make_db: Any) -> None:
+    """Messages read from the store share one pydantic fields set (see
+    ``_store_rows.construct``): copying one with an update must not change the others'."""
+    with Store(make_db("sqlite")) as store:
+        conv = store.create_conversation()
+        store.append_many(conv.id, [Message.user("a"), Message.assistant("b")])
+        (b, _), (a, _) = store.tail(conv.id, encoding="o200k_base")
+        before = set(a.model_fields_set)
+        assert a.model_fields_set is b.model_fields_set  # (what the test is about)
+        copied = b.model_copy(update={"content": "c"})
+        assert copied.content == "c" and b.content == "b"
+        assert a.model_fields_set == before == b.model_fields_set
+        assert a == StoredMessage.model_validate(a.model_dump())

@@ -125,3 +125,21 @@ async def test_two_sends_of_one_key_at_once_store_one_reply(env: Env) -> None:
     again = await chat.send(conv.id, "Hi", idempotency_key="same")
     assert again.from_store and again.reply == winner.reply
     assert len(env.model_requests()) == 2
+
+
+async def test_another_turns_reply_after_a_keyed_user_message_is_not_its_answer(env: Env) -> None:
+    """Two keyed turns interleaved on one conversation: B's user message, A's user
+    message, B's reply. A's send (first or retried) must call the model for its own
+    reply, not take B's reply as its answer (that shortcut is for a regenerate's
+    branch, where the user message is inherited)."""
+    chat = env.chat()
+    conv = await env.store.create_conversation()
+    await env.store.append(conv.id, {"role": "user", "content": "from B"}, idempotency_key="kB")
+    await env.store.append(conv.id, {"role": "user", "content": "from A"}, idempotency_key="kA")
+    b = await chat.send(conv.id, "from B", idempotency_key="kB")  # B's retry: its reply at seq 3
+    assert b.reply.seq == 3 and not b.from_store
+    a = await chat.send(conv.id, "from A", idempotency_key="kA")
+    assert not a.from_store and a.run is not None and a.run.status == "ok"
+    assert a.reply.id != b.reply.id and a.reply.idempotency_key == "kA#r0"
+    assert len(env.model_requests()) == 2
+    assert [m.idempotency_key for m in await env.thread(conv.id)] == ["kB", "kA", "kB#r0", "kA#r0"]

@@ -23,7 +23,7 @@ import shlex
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from pydantic import BaseModel
@@ -36,12 +36,14 @@ from .._exceptions import ConvoError, NotMigratedError
 __all__ = [
     "DEFAULT_DB",
     "ConvoGroup",
+    "ReadUrlOpt",
     "command_line",
     "console",
     "db_url",
     "emit_json",
     "fail",
     "open_store",
+    "read_db_url",
     "report_errors",
     "safe",
     "shown_url",
@@ -51,7 +53,19 @@ __all__ = [
 ]
 
 DEFAULT_DB = "sqlite:///convo.db"
+READ_ENV = "CONVO_READ_DATABASE_URL"
 console = Console()
+
+#: ``--read-url``: the heavy readers' read replica (export, search, replay).
+ReadUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--read-url",
+        help="Read from this replica of the database (default: $CONVO_READ_DATABASE_URL "
+             "when --db is not given).",
+        show_default=False,
+    ),
+]
 
 # C0 controls but tab and newline, DEL, C1 controls (U+009B is a one-character
 # CSI to many terminals), and the invisible bidi overrides and isolates that
@@ -95,6 +109,15 @@ def db_url(ctx: typer.Context) -> str:
     return url or os.environ.get("CONVO_DATABASE_URL") or DEFAULT_DB
 
 
+def read_db_url(ctx: typer.Context, flag: str | None) -> str | None:
+    """The read replica's URL: ``--read-url``, else ``CONVO_READ_DATABASE_URL`` when the
+    database is not named by ``--db`` either (the environment's replica belongs to the
+    environment's database), else None (read from the database itself)."""
+    if flag:
+        return flag
+    return None if _db_flag(ctx) else os.environ.get(READ_ENV) or None
+
+
 def _db_flag(ctx: typer.Context) -> str | None:
     root = ctx.find_root()
     return (root.obj or {}).get("db") if root.obj else None
@@ -117,7 +140,7 @@ def _usage_or_exit(exc: BaseException) -> bool:
 def _advice(ctx: typer.Context, exc: ConvoError) -> str:
     """The message for ``exc``, with advice in CLI terms (flags, not Python arguments)."""
     if isinstance(exc, NotMigratedError):
-        if exc.newer:
+        if exc.newer or exc.replica:  # advice about convo itself, or about the replica
             return str(exc)
         state = f"is at revision {exc.revision!r}" if exc.revision else "has no convo schema"
         return f"database {shown_url(db_url(ctx))} {state}: run `{upgrade_command(ctx)}`"
@@ -175,10 +198,12 @@ class ConvoGroup(TyperGroup):
 
 
 @contextmanager
-def open_store(ctx: typer.Context) -> Iterator[Any]:
+def open_store(ctx: typer.Context, read_url: str | None = None) -> Iterator[Any]:
+    """The command's :class:`~convo.Store`; ``read_url``: its ``--read-url`` flag (the
+    commands that take one)."""
     from .._store import Store
 
-    store = Store(db_url(ctx))
+    store = Store(db_url(ctx), read_url=read_db_url(ctx, read_url))
     try:
         yield store
     finally:

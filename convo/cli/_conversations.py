@@ -8,7 +8,16 @@ from typing import Annotated, Any
 import typer
 from rich.table import Column, Table
 
-from ._common import command_line, console, emit_json, fail, open_store, safe, visible
+from ._common import (
+    ReadUrlOpt,
+    command_line,
+    console,
+    emit_json,
+    fail,
+    open_store,
+    safe,
+    visible,
+)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 OwnerOpt = Annotated[str | None, typer.Option("--owner", help="Scope to this owner.")]
@@ -197,10 +206,11 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option("--conversation", help="Only in this conversation.")
         ] = None,
         limit: Annotated[int, typer.Option("--limit", help="At most this many.")] = 20,
+        read_url: ReadUrlOpt = None,
         json_: JsonOpt = False,
     ) -> None:
         """Find messages whose text contains TEXT."""
-        with open_store(ctx) as store:
+        with open_store(ctx, read_url) as store:
             hits = store.search(text, owner=owner, conversation_id=conversation, limit=limit)
         if json_:
             emit_json(hits)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ._common import emit_json, fail, open_store
+from ._common import ReadUrlOpt, emit_json, fail, open_store
 
 
 def _report(text: str) -> None:
@@ -51,13 +51,14 @@ def register(app: typer.Typer) -> None:
         tokens: Annotated[
             bool, typer.Option("--tokens/--no-tokens", help="native: stored token counts.")
         ] = True,
+        read_url: ReadUrlOpt = None,
         json_: Annotated[bool, typer.Option("--json", help="Print the stats as JSON.")] = False,
     ) -> None:
         """Write conversations as JSON Lines: native (lossless), or chat / completion
         fine-tuning data."""
         from .._export import export_conversations
 
-        with open_store(ctx) as store:
+        with open_store(ctx, read_url) as store:
             stats = export_conversations(
                 store, output if output is not None else sys.stdout, format=format_,  # type: ignore[arg-type]
                 ids=ids or None, owner=owner, include_replays=include_replays, tokens=tokens,

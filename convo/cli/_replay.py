@@ -12,7 +12,16 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ._common import console, db_url, emit_json, fail, open_store, visible
+from ._common import (
+    ReadUrlOpt,
+    console,
+    db_url,
+    emit_json,
+    fail,
+    open_store,
+    read_db_url,
+    visible,
+)
 
 if TYPE_CHECKING:
     from .._replay_plan import ReplayReport
@@ -167,6 +176,7 @@ def register(app: typer.Typer) -> None:
         csv_out: Annotated[
             Path | None, typer.Option("--csv", help="Also write the report as CSV here.")
         ] = None,
+        read_url: ReadUrlOpt = None,
         json_: JsonOpt = False,
     ) -> None:
         """Replay stored conversations against arms (``convo replay show ID`` shows one)."""
@@ -186,7 +196,8 @@ def register(app: typer.Typer) -> None:
             raise fail("give conversation ids, --where KEY=VALUE, --created-after/--before or "
                        "--owner", 2)
         report = _run_replay(ctx, args, arm or [], filters, owner, teacher_forcing,
-                             concurrency, judge, resume, base_url, quiet=json_)
+                             concurrency, judge, resume, base_url, quiet=json_,
+                             read_url=read_db_url(ctx, read_url))
         if csv_out is not None:
             csv_out.write_text(report.to_csv(), encoding="utf-8")
         if json_:
@@ -248,6 +259,7 @@ def _run_replay(
     base_url: str | None,
     *,
     quiet: bool,
+    read_url: str | None = None,
 ) -> ReplayReport:
     from rich.progress import Progress
 
@@ -256,7 +268,7 @@ def _run_replay(
     from .._async_store import AsyncStore
 
     async def go() -> ReplayReport:
-        store = AsyncStore(_async_url(db_url(ctx)))
+        store = AsyncStore(_async_url(db_url(ctx)), read_url=read_url)
         try:
             async with AsyncOpenAIClient(base_url=base_url) as client:
                 replayer = AsyncReplayer(store, client)

@@ -9,12 +9,12 @@ recolour the screen, retitle the window or write the clipboard.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from rich.markup import escape
 from rich.table import Table
+
+from ._common import safe, visible
 
 if TYPE_CHECKING:
     from .._records import Run
@@ -24,27 +24,6 @@ __all__ = [
     "body_text", "reply_text", "run_line", "run_table", "safe", "seq_ranges", "tool_calls_text",
     "turn_summary", "visible",
 ]
-
-# C0 controls except tab and newline, DEL and the C1 block (U+009B alone is a
-# CSI to many terminals), and the bidi controls that reorder how a line reads.
-# (A sibling helper for show/ls/search may land in _common.py; one of the two
-# should then go.)
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def _escaped(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
-
-
-def visible(text: str) -> str:
-    """``text`` with terminal control characters written as ``\\x1b``-style escapes."""
-    return _UNSAFE.sub(_escaped, text)
-
-
-def safe(text: str) -> str:
-    """:func:`visible`, escaped for rich markup (table cells, markup strings)."""
-    return escape(visible(text))
 
 
 def seq_ranges(seqs: Iterable[int]) -> str:
