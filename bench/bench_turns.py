@@ -30,7 +30,10 @@ on loopback, so its CPU time does not share this process's GIL. The three
 measurements are interleaved, their order rotating every iteration; both
 conversations start with the same ``--history`` messages (token counts
 stored) and grow by two messages per turn, the budget keeping the context at
-the same size.
+the same size. Each measurement is also taken in CPU time of this thread
+(``time.thread_time``, the server's CPU excluded as before): on a loaded
+machine, wall time includes waiting for a core, which falls unevenly on the
+longer turn; the CPU-time ratio stays put.
 
 Run::
 
@@ -271,14 +274,17 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             for _, fn in steps:
                 fn(i)
         times: dict[str, list[float]] = {name: [] for name, _ in steps}
+        cpu: dict[str, list[float]] = {name: [] for name, _ in steps}
         for i in range(args.turns):
             # convo first, so `bare` sends the body convo just built; then rotate the rest
             order = [steps[0], *(steps[1:] if i % 2 == 0 else steps[:0:-1])]
             for name, fn in order:
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.thread_time()
                 fn(args.warmup + i)
                 times[name].append((time.perf_counter() - start) * 1000)
+                cpu[name].append((time.thread_time() - start_cpu) * 1000)
         report = stats(times)
+        report["cpu"] = stats(cpu)
         report["kept"] = len(store.list_runs(cid, limit=1).items[0].kept_seqs)
         report["body_bytes"] = len(last_body[0])
         report["statements"] = statements_per_turn(chat, hand, cid)
@@ -381,6 +387,11 @@ def render(r: dict[str, Any], args: argparse.Namespace) -> str:
     ratio = (f"ratio convo own / hand-written own: **{r['ratio_median']:.2f}x** median, "
              f"{r['ratio_p90']:.2f}x p90 (goal <= {GOAL}x: {verdict}); totals: "
              f"{r['ratio_total']:.2f}x")
+    c = r["cpu"]
+    cpu = (f"CPU time of this process (thread_time; the server's is not in it, so a busy "
+           f"machine's waits are not either): convo own {c['convo_own']['median']:.2f} ms, "
+           f"hand-written own {c['hand_own']['median']:.2f} ms, ratio "
+           f"**{c['ratio_median']:.2f}x** median ({c['ratio_p90']:.2f}x p90)")
     return "\n".join([
         setup,
         "",
@@ -393,6 +404,8 @@ def render(r: dict[str, Any], args: argparse.Namespace) -> str:
         row("**hand-written own** (total - bare, same iteration)", "hand_own"),
         "",
         ratio,
+        "",
+        cpu,
     ])
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
+from ._client_core import RequestStats
 from ._context import AsyncContextBuilder
 from ._exceptions import APIError, ConfigurationError, InvalidMessageError, MessageNotFound
 from ._messages import Message
@@ -322,8 +323,6 @@ class AsyncChat(_ChatBase):
         return await builder.build(effect.conversation_id, **kw), None
 
     async def _send(self, effect: Send) -> Sent:
-        from ._client_core import RequestStats
-
         stats = RequestStats()
         start = time.perf_counter()
         try:
@@ -336,14 +335,12 @@ class AsyncChat(_ChatBase):
             return Sent(error=exc, cancelled=True, attempts=stats.attempts,
                         latency_ms=_ms(start))
         latency = _ms(start)
-        return Sent(response=response, attempts=stats.attempts, ttfb_ms=stats.headers_ms,
-                    latency_ms=latency)
+        return Sent(response=response, body=stats.content, attempts=stats.attempts,
+                    ttfb_ms=stats.headers_ms, latency_ms=latency)
 
     async def _stream(
         self, effect: Send, state: _StreamState
     ) -> AsyncGenerator[TurnEvent | Sent, None]:
-        from ._client_core import RequestStats
-
         stats = RequestStats()
         state.start = time.perf_counter()
         try:

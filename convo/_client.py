@@ -433,7 +433,8 @@ class OpenAIClient:
             endpoint: ``"chat.completions"`` or ``"completions"``.
             body: JSON text or bytes (sent byte for byte) or a mapping.
             stream: the body asks for a stream (``"stream": true``).
-            stats: filled with the attempts made and the time to the headers.
+            stats: filled with the attempts made, the time to the headers and
+                (not streamed) the body received.
             **options: per-call options: ``timeout``, ``max_retries``,
                 ``extra_headers``, ``extra_query``, ``stream_idle_timeout``,
                 ``stream_timeout``, ``max_response_bytes``, ``max_event_bytes``.
@@ -447,6 +448,8 @@ class OpenAIClient:
                 stats.attempts = spec.attempts
         if stats is not None:
             stats.headers_ms = (time.perf_counter() - start) * 1000
+            if not stream:
+                stats.content = content
         if endpoint == "chat.completions":
             if stream:
                 return ChatCompletionStream(

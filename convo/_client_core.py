@@ -70,6 +70,7 @@ from ._exceptions import (
     InvalidMessageError,
 )
 from ._messages import Message
+from ._types import SerializedRequest
 
 __all__ = [
     "BodyBuffer", "ClientCore", "Deadline", "Endpoint", "Limits", "RequestSpec", "RequestStats",
@@ -188,10 +189,13 @@ class RequestStats:
     ``attempts``: requests sent, retries included (also when the call
     finally failed). ``headers_ms``: milliseconds from the first attempt to
     the response headers of the last one (retries and their waits included).
+    ``content``: the body of a non-streamed answer, as received (what the
+    result was parsed from; a turn records it in its run).
     """
 
     attempts: int = 0
     headers_ms: float | None = None
+    content: bytes | None = None
 
 
 class BodyBuffer:
@@ -239,6 +243,18 @@ class BodyBuffer:
 
 def _env(name: str) -> str | None:
     return os.environ.get(name) or None
+
+
+class _Cookies(httpx.Cookies):
+    """The cookie jar of convo's own httpx client: httpx hands every response to
+    ``extract_cookies``, which builds urllib compatibility objects of the request and
+    the response (about 15 us) even when the response sets no cookie. Here that is
+    skipped when it sets none (an API's usual answer); cookies a response does set
+    are kept as before. (The client sends none back either way: see ``own_client``.)"""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        if "set-cookie" in response.headers:
+            super().extract_cookies(response)
 
 
 class ClientCore:
@@ -410,16 +426,27 @@ class ClientCore:
             content = body
         else:
             raise InvalidMessageError("body must be bytes, str or a mapping")
-        try:
-            parsed = pydantic_core.from_json(content)
-        except ValueError:
-            raise InvalidMessageError("the request body is not JSON") from None
-        if not isinstance(parsed, dict) or not isinstance(parsed.get("model"), str):
-            raise InvalidMessageError("the request body must be a JSON object with a model")
-        if bool(parsed.get("stream")) != stream:
-            raise InvalidMessageError(
-                f"the body says stream={bool(parsed.get('stream'))} but stream={stream} was asked"
-            )
+        if not (
+            # A dict convo serialized itself (a turn's body), with a string model first
+            # and no "stream" anywhere, is what the checks below look for: a JSON object
+            # with a model that asks for no stream. (A string "stream" inside it only
+            # costs the parse.)
+            type(body) is SerializedRequest
+            and not stream
+            and content.startswith(b'{"model":"')
+            and b'"stream"' not in content
+        ):
+            try:
+                parsed = pydantic_core.from_json(content)
+            except ValueError:
+                raise InvalidMessageError("the request body is not JSON") from None
+            if not isinstance(parsed, dict) or not isinstance(parsed.get("model"), str):
+                raise InvalidMessageError("the request body must be a JSON object with a model")
+            if bool(parsed.get("stream")) != stream:
+                raise InvalidMessageError(
+                    f"the body says stream={bool(parsed.get('stream'))} but stream={stream} "
+                    "was asked"
+                )
         if "extra_body" in options:
             raise ConfigurationError("send() takes the body as is: no extra_body")
         spec = self._spec(url, {}, options, frozenset(), stream, "send")
@@ -495,6 +522,8 @@ class ClientCore:
             for url in (self._chat_url, self._completions_url)
         }
         self._timeout_ext = httpx.Timeout(self._timeout).as_dict()
+        if type(getattr(http, "_cookies", None)) is httpx.Cookies:
+            http._cookies = _Cookies(http._cookies)
 
     def build(self, http: httpx.Client | httpx.AsyncClient, spec: RequestSpec) -> httpx.Request:
         """The ``httpx.Request`` of a spec (building needs the client, not I/O)."""

@@ -10,13 +10,52 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from ._messages import Message
 
-__all__ = ["Conversation", "ReplyInfo", "Run", "RunPage", "RunStatus", "StoredMessage", "Summary"]
+__all__ = [
+    "Conversation", "ReplyInfo", "Run", "RunPage", "RunStatus", "StoredMessage", "Summary",
+    "construct",
+]
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def construct(cls: type[_M], values: dict[str, Any], fields: set[str] | None = None) -> _M:
+    """``cls.model_construct(**values)`` for values that name every field, ~5x faster.
+
+    For values convo built from values already validated (rows the store wrote,
+    a validated answer's fields): reading 50 messages is the context builder's
+    hot path, and pydantic's ``model_construct`` (default handling, field-by-field
+    copies) dominated it; it is even slower than validating when fields are left
+    to their defaults. This sets exactly the attributes ``model_construct`` sets;
+    the classes used here have no private attributes, extras or
+    ``model_post_init`` (checked at import where they are used), and a test
+    compares with validated values.
+
+    ``fields``: the set of the keys of ``values``, shared by every row built with
+    the same keys (a frozen model never changes its fields set in place; pydantic's
+    ``model_copy`` copies it before adding to it).
+    """
+    obj = _new(cls)
+    _set_dict(obj, values)
+    _set_fields(obj, set(values) if fields is None else fields)
+    _set_extra(obj, None)
+    _set_private(obj, None)
+    return obj
+
+
+# BaseModel's slots, set through their descriptors (cheaper than object.__setattr__
+# looking each name up); BaseModel defines no __new__ of its own
+_new = object.__new__
+_set_dict = BaseModel.__dict__["__dict__"].__set__
+_set_fields = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
+assert BaseModel.__new__ is object.__new__
 
 
 class Conversation(BaseModel):
@@ -168,3 +207,16 @@ class RunPage(BaseModel):
 
     items: list[Run]
     next_cursor: str | None = None
+
+
+# construct() callers outside the store name every field of these (turns and answers
+# build messages and reply info from validated values): they must stay plain.
+assert tuple(Message.model_fields) == (
+    "role", "content", "name", "tool_calls", "refusal", "tool_call_id", "metadata"
+)
+assert tuple(ReplyInfo.model_fields) == (
+    "model", "finish_reason", "usage", "system_fingerprint", "seed"
+)
+for _cls in (Message, ReplyInfo):
+    assert not _cls.__private_attributes__ and not _cls.__pydantic_post_init__, _cls
+    assert _cls.model_config.get("extra") != "allow", _cls

@@ -40,6 +40,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, ParamSpec, TypeVar
 
+import pydantic_core
 from pydantic import ValidationError
 
 from ._exceptions import StoreInputError
@@ -53,6 +54,7 @@ __all__ = [
     "JSON_DEPTH_MAX",
     "SEARCH_MAX",
     "SHORT_TEXT_MAX",
+    "CheckedJSON",
     "check_datetime",
     "check_int",
     "check_json",
@@ -60,6 +62,9 @@ __all__ = [
     "check_text",
     "check_values",
     "checked",
+    "checked_json",
+    "checked_json_text",
+    "json_text",
 ]
 
 SHORT_TEXT_MAX: Final = 255
@@ -228,6 +233,93 @@ def _json(value: Any, field: str, path: list[str | int]) -> Any:
     if isinstance(value, (dict, list)):
         return _json(dict(value) if isinstance(value, dict) else list(value), field, path)
     raise StoreInputError(f"{_where(field, path)} is not a JSON value (got {type(value).__name__})")
+
+
+class CheckedJSON:
+    """The JSON text of an object whose value passed :func:`check_json`.
+
+    Only the text is kept, so the value cannot change after the check: the
+    store writes the text as is and parses it for the value it returns (a
+    fresh copy each time). Made by :func:`checked_json` (from a value, e.g. a
+    context builder's settings, checked once for many runs) or
+    :func:`checked_json_text` (from JSON text received, e.g. a model's answer).
+    """
+
+    __slots__ = ("_fresh", "text")
+
+    def __init__(self, text: str, fresh: dict[str, Any] | None = None) -> None:
+        self.text = text  # (checked by the functions that make one)
+        self._fresh = fresh  # the parsed value, when the maker has it: handed out once
+
+    def __repr__(self) -> str:
+        return f"CheckedJSON({self.text[:60]!r})"
+
+    def value(self) -> dict[str, Any]:
+        """A fresh copy of the object (nobody else holds it)."""
+        value = self._fresh
+        if value is not None:
+            self._fresh = None
+            return value
+        parsed: dict[str, Any] = pydantic_core.from_json(self.text)
+        return parsed
+
+
+def json_text(value: Any) -> str:
+    """JSON text of a value :func:`check_json` returned (plain JSON types, finite floats,
+    text without NUL or lone surrogates): ``to_json`` writes it as is, several times
+    faster than ``json.dumps``."""
+    return pydantic_core.to_json(value).decode()
+
+
+def checked_json(value: Mapping[str, Any], field: str) -> CheckedJSON:
+    """``value`` (a JSON object) checked by :func:`check_json`, as :class:`CheckedJSON`."""
+    if not isinstance(value, Mapping):
+        raise StoreInputError(f"{field} must be a JSON object (a dict), not {type(value).__name__}")
+    return CheckedJSON(json_text(check_json(dict(value), field)))
+
+
+#: What can make received JSON text unstorable although it parses: NaN and
+#: infinities (a literal, or a float beyond range: a 3-digit exponent), integers
+#: beyond 64 bits (19 digits or more), NUL and surrogate escapes, nesting beyond
+#: JSON_DEPTH_MAX. The scan maps digits to "0", "E" to "e" and "+" to "-", then
+#: looks for each of these as a plain substring (a regex over the text costs more
+#: than the walk it saves). Text without any holds only values check_json accepts;
+#: a find inside a string is a false alarm, which only costs the walk.
+_SCAN = bytes.maketrans(b"0123456789E+", b"0000000000e-")
+_SUSPECT = (b"0" * 19, b"e000", b"e-000", b"NaN", b"Infinity", b"\\u", b"\x00")
+
+
+def _suspect(raw: bytes) -> bool:
+    scanned = raw.translate(_SCAN)
+    if scanned.count(b"{") + scanned.count(b"[") > JSON_DEPTH_MAX:
+        return True
+    return any(s in scanned for s in _SUSPECT)
+
+
+def checked_json_text(raw: bytes | str, field: str) -> CheckedJSON:
+    """JSON text received (e.g. a model's answer) checked as :func:`check_json` checks
+    its value: the text is kept as it came.
+
+    A scan of the text stands in for walking the value when it finds nothing
+    suspect (see ``_SCAN``); otherwise the parsed value is walked.
+
+    Raises:
+        StoreInputError: not UTF-8 JSON text of an object, or a value
+            :func:`check_json` refuses.
+    """
+    try:
+        if isinstance(raw, bytes):
+            data, text = raw, raw.decode()
+        else:
+            data, text = raw.encode(), raw
+        value = pydantic_core.from_json(data)
+    except ValueError:  # (UnicodeError is one)
+        raise StoreInputError(f"{field} is not UTF-8 JSON text") from None
+    if type(value) is not dict:
+        raise StoreInputError(f"{field} must be a JSON object")
+    if _suspect(data):
+        check_json(value, field)  # raises what it finds
+    return CheckedJSON(text, value)
 
 
 def check_values(values: Mapping[str, Any], what: str) -> None:

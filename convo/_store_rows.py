@@ -17,13 +17,13 @@ import re
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import BaseModel, TypeAdapter
+from pydantic import TypeAdapter
 
 from ._exceptions import StoreInputError
 from ._messages import ContentPart, Message, ToolCall
-from ._records import Conversation, ReplyInfo, StoredMessage, Summary
+from ._records import Conversation, ReplyInfo, StoredMessage, Summary, construct
 from ._schema import ConversationRow, MessageRow
 from ._store_input import SHORT_TEXT_MAX, check_json, check_short, check_text, check_values
 
@@ -46,40 +46,6 @@ __all__ = [
 
 _PARTS: TypeAdapter[list[ContentPart]] = TypeAdapter(list[ContentPart])
 _TOOL_CALLS: TypeAdapter[list[ToolCall]] = TypeAdapter(list[ToolCall])
-
-
-_M = TypeVar("_M", bound=BaseModel)
-
-
-def construct(cls: type[_M], values: dict[str, Any], fields: set[str] | None = None) -> _M:
-    """``cls.modelconstruct(**values)`` for values that name every field, ~5x faster.
-
-    Reading 50 messages is the context builder's hot path, and pydantic's
-    ``model_construct`` (default handling, field-by-field copies) dominated it.
-    This sets exactly the attributes ``model_construct`` sets; the classes
-    used here have no private attributes, extras or ``model_post_init``
-    (checked below at import), and a test compares with validated values.
-
-    ``fields``: the set of the keys of ``values``, shared by every row built with
-    the same keys (a frozen model never changes its fields set in place; pydantic's
-    ``model_copy`` copies it before adding to it).
-    """
-    obj = _new(cls)
-    _set_dict(obj, values)
-    _set_fields(obj, set(values) if fields is None else fields)
-    _set_extra(obj, None)
-    _set_private(obj, None)
-    return obj
-
-
-# BaseModel's slots, set through their descriptors (cheaper than object.__setattr__
-# looking each name up); BaseModel defines no __new__ of its own
-_new = object.__new__
-_set_dict = BaseModel.__dict__["__dict__"].__set__
-_set_fields = BaseModel.__dict__["__pydantic_fields_set__"].__set__
-_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
-_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
-assert BaseModel.__new__ is object.__new__
 
 
 for _cls in (Conversation, ReplyInfo, StoredMessage, Summary):

@@ -42,7 +42,13 @@ from ._store_core import (
     token_rows,
     token_rows_plan,
 )
-from ._store_input import check_json, check_text, check_values
+from ._store_input import (
+    CheckedJSON,
+    check_json,
+    check_text,
+    check_values,
+    json_text,
+)
 from ._store_rows import (
     check_short,
     construct,
@@ -51,6 +57,7 @@ from ._store_rows import (
     stored_message,
     validate_json_dict,
 )
+from ._types import SerializedRequest
 
 __all__ = [
     "FinishedRun", "SerializedRequest", "finish_run", "get_run", "list_runs", "new_run_id",
@@ -107,6 +114,10 @@ class FinishedRun(BaseModel):
 
 
 _RUN_COLUMNS = tuple(c.name for c in R.c)
+#: JSON columns: on SQLite the plans bind them as the JSON text they write themselves
+#: (``to_json`` of checked values, or :class:`CheckedJSON` text as it is), instead of
+#: SQLAlchemy's ``json.dumps`` of the value; PostgreSQL binds the values (JSONB).
+_JSON_COLUMNS = frozenset(c.name for c in R.c if isinstance(c.type, sa.JSON))
 #: JSON values the run plans check in full themselves (check_values needs not walk them again)
 _CHECKED_START = frozenset({"settings", "kept_seqs", "metadata"})
 _CHECKED_OUTCOME = frozenset({"usage", "response"})
@@ -123,7 +134,8 @@ def run_from_row(row: Any) -> Run:
 
 
 assert not Run.__private_attributes__ and not Run.__pydantic_post_init__
-assert set(_RUN_COLUMNS) == set(Run.model_fields), set(_RUN_COLUMNS) ^ set(Run.model_fields)
+assert tuple(Run.model_fields) == _RUN_COLUMNS, set(_RUN_COLUMNS) ^ set(Run.model_fields)
+assert not FinishedRun.__private_attributes__ and not FinishedRun.__pydantic_post_init__
 
 
 def _int(value: Any, what: str, *, minimum: int = 0, optional: bool = True) -> int | None:
@@ -171,15 +183,6 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-class SerializedRequest(str):
-    """Request text convo serialized itself from a dict (``pydantic_core.to_json``,
-    as the turn does): a JSON object by construction, except for the ``NaN`` and
-    ``Infinity`` constants ``to_json`` writes for such floats, so only text that
-    contains one of them is parsed again."""
-
-    __slots__ = ()
-
-
 def request_text(request: str | bytes | Mapping[str, Any]) -> str:
     """The body as JSON text: given text is kept byte for byte (it is what was sent)."""
     if type(request) is SerializedRequest:
@@ -208,13 +211,29 @@ def request_text(request: str | bytes | Mapping[str, Any]) -> str:
     return request
 
 
+@functools.cache
+def _bind_types(json_text: bool) -> dict[str, Any]:
+    """The bind type of each runs column: its own, or text for JSON written as text."""
+    return {c.name: sa.Text() if json_text and c.name in _JSON_COLUMNS else c.type for c in R.c}
+
+
+def _json_binds(params: dict[str, Any], prefix: str, values: Mapping[str, Any],
+                texts: Mapping[str, str]) -> None:
+    """On SQLite: the JSON columns among ``params`` as their JSON text (``texts`` holds the
+    text of :class:`CheckedJSON` values; the others are checked values)."""
+    for column in _JSON_COLUMNS:
+        key = prefix + column
+        if params.get(key) is not None:
+            params[key] = texts[column] if column in texts else json_text(values[column])
+
+
 @functools.lru_cache(maxsize=64)
-def _insert_run(scoped: bool, columns: tuple[str, ...]) -> sa.Insert:
+def _insert_run(scoped: bool, columns: tuple[str, ...], json_text: bool = False) -> sa.Insert:
     """``INSERT INTO runs (columns..., owner) SELECT :values..., owner FROM conversations
     WHERE id = :cid RETURNING owner``: the run takes its conversation's owner, and the
     conversation's existence (and owner scope) is checked by the same statement (no
     row: not found). Only the columns that have a value are listed."""
-    types = {c.name: c.type for c in R.c}
+    types = _bind_types(json_text)
     select = sa.select(*(_B(f"r_{c}", type_=types[c]) for c in columns), C.c.owner).where(
         C.c.id == _B("cid")
     )
@@ -232,7 +251,7 @@ def start_run(
     request: str | bytes | Mapping[str, Any],
     base_url: str | None,
     stream: bool,
-    settings: Mapping[str, Any] | None,
+    settings: Mapping[str, Any] | CheckedJSON | None,
     kept_seqs: Sequence[int],
     summary_id: int | None,
     input_seq: int | None,
@@ -259,21 +278,29 @@ def start_run(
     for link, what in ((reproduces_id, "reproduces_id"), (replays_id, "replays_id")):
         if link is not None and (not isinstance(link, str) or len(link) > 32):
             raise StoreInputError(f"{what} must be a run id")
-    seqs = [cast(int, _int(s, "kept seq", minimum=1, optional=False)) for s in kept_seqs]
+    seqs = _kept_seqs(kept_seqs)
+    texts: dict[str, str] = {}  # JSON text already written (CheckedJSON)
+    if isinstance(settings, CheckedJSON):
+        settings_value = settings.value() or None
+        texts["settings"] = settings.text
+    else:
+        settings_value = _json_object(settings, "run settings") or None
     if token_counts is not None:
         if not isinstance(token_counts, tuple) or len(token_counts) != 2:
             raise StoreInputError("token_counts must be (encoding, {message id: tokens})")
         token_rows(*token_counts)  # checked before anything is read or written
+    # (in the column order: the dict becomes the Run's own, see below)
     values: dict[str, Any] = {
         "id": new_run_id(),
         "conversation_id": conversation_id,
+        "owner": None,  # the conversation's, from the INSERT's SELECT
         "endpoint": endpoint,
         "mode": mode,
         "model": model,
         "base_url": base_url,
         "stream": bool(stream),
         "request": request_text(request),
-        "settings": _json_object(settings, "run settings") or None,
+        "settings": settings_value,
         "kept_seqs": seqs,
         "summary_id": _int(summary_id, "summary_id", minimum=1),
         "input_seq": _int(input_seq, "input_seq", minimum=0),
@@ -304,12 +331,17 @@ def start_run(
     check_values({k: v for k, v in values.items() if k not in _CHECKED_START}, "run")
     columns = tuple(k for k, v in values.items() if v is not None)
     params = {f"r_{k}": values[k] for k in columns}
+    json_text = dialect == "sqlite"
+    if json_text:
+        _json_binds(params, "r_", values, texts)
     params["cid"] = conversation_id
     if owner is not None:
         params["b_owner"] = owner
     counts = None if token_counts is None else (yield from token_rows_plan(*token_counts))
     try:
-        row = yield Op(_insert_run(owner is not None, columns), params, "first", driver=True)
+        row = yield Op(
+            _insert_run(owner is not None, columns, json_text), params, "first", driver=True
+        )
         if row is not None and counts:
             # the build's new token counts, in this transaction rather than one of their own
             yield Op(sql.insert_token_counts(dialect), counts, "none", driver=True)
@@ -318,7 +350,17 @@ def start_run(
     if row is None:
         raise ConversationNotFound(conversation_id, owner=owner)
     values["owner"] = row[0]
-    return run_from_row(tuple(values[c] for c in _RUN_COLUMNS))
+    values["settings"] = values["settings"] or {}
+    values["metadata"] = values["metadata"] or {}
+    return construct(Run, values)  # (what run_from_row makes of the row just written)
+
+
+def _kept_seqs(kept_seqs: Sequence[int]) -> list[int]:
+    """The kept seqs, each an int >= 1 within 64 bits (exact ints checked in bulk)."""
+    seqs = list(kept_seqs)
+    if not seqs or (set(map(type, seqs)) == {int} and min(seqs) >= 1 and max(seqs) < 2**63):
+        return seqs
+    return [cast(int, _int(s, "kept seq", minimum=1, optional=False)) for s in seqs]
 
 
 @functools.cache
@@ -405,7 +447,9 @@ def _claim_reply_seq(scoped: bool, known: bool = False) -> sa.Update:
 
 
 @functools.lru_cache(maxsize=64)
-def _update_run(columns: tuple[str, ...], scoped: bool, known: bool = False) -> sa.Update:
+def _update_run(
+    columns: tuple[str, ...], scoped: bool, known: bool = False, json_text: bool = False
+) -> sa.Update:
     """Record an outcome, only on a pending run (the guard against a second finish).
 
     Returns the columns it does not write (what it writes is known and needs no
@@ -417,7 +461,8 @@ def _update_run(columns: tuple[str, ...], scoped: bool, known: bool = False) -> 
         stmt = stmt.where(R.c.conversation_id == _B("run_cid"))
     if scoped:
         stmt = stmt.where(R.c.owner == _B("b_owner"))
-    stmt = stmt.values({R.c[c]: _B(f"v_{c}", type_=R.c[c].type) for c in columns})
+    types = _bind_types(json_text)
+    stmt = stmt.values({R.c[c]: _B(f"v_{c}", type_=types[c]) for c in columns})
     return stmt if known else stmt.returning(*(c for c in R.c if c.name not in columns))
 
 
@@ -448,7 +493,7 @@ def finish_run(
     check_short(owner, "owner")
     if status not in FINAL_STATUSES:
         raise StoreInputError(f"a finished run's status must be one of {FINAL_STATUSES}")
-    values = _outcome(outcome)
+    values, texts = _outcome(outcome)
     values.update(status=status, finished_at=now())
     # (usage and response passed check_json in _outcome)
     check_values({k: v for k, v in values.items() if k not in _CHECKED_OUTCOME}, "run")
@@ -498,21 +543,26 @@ def finish_run(
             values["reply_message_id"] = message_id
     columns = tuple(sorted(values))
     scope.update({f"v_{c}": values[c] for c in columns})
+    json_text = dialect == "sqlite"
+    if json_text:
+        _json_binds(scope, "v_", values, texts)
     known = started is not None
     updated = yield Op(
-        _update_run(columns, owner is not None, known), scope, "rowcount" if known else "first",
-        driver=True,
+        _update_run(columns, owner is not None, known, json_text), scope,
+        "rowcount" if known else "first", driver=True,
     )
     if not updated:  # no row (None), or none updated (0)
         yield ROLLBACK
         yield from _unfinishable(run_id, owner)
     if started is not None:
-        row = dict(started.__dict__)
+        row = dict(started.__dict__)  # a Run's fields, in order
+        row.update(values)
+        run = construct(Run, row)
     else:
         row = dict(zip((c for c in _RUN_COLUMNS if c not in values), updated, strict=True))
-    row.update(values)
-    run = run_from_row(tuple(row[c] for c in _RUN_COLUMNS))
-    return FinishedRun(run=run, reply=stored, duplicate=duplicate)
+        row.update(values)
+        run = run_from_row(tuple(row[c] for c in _RUN_COLUMNS))
+    return construct(FinishedRun, {"run": run, "reply": stored, "duplicate": duplicate})
 
 
 def _unfinishable(run_id: str, owner: str | None) -> Plan[NoReturn]:
@@ -530,7 +580,9 @@ _OUTCOME_INTS = (
 )
 
 
-def _outcome(outcome: Mapping[str, Any]) -> dict[str, Any]:
+def _outcome(outcome: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The outcome's column values, checked; and the JSON text of those given as
+    :class:`CheckedJSON` (``usage``, ``response``)."""
     allowed = {
         *_OUTCOME_INTS, "usage", "error_type", "error_message", "ttfb_ms", "latency_ms",
         "finish_reason", "system_fingerprint", "response", "reply_message_id",
@@ -539,13 +591,17 @@ def _outcome(outcome: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise StoreInputError(f"unknown run fields: {sorted(unknown)}")
     values: dict[str, Any] = {}
+    texts: dict[str, str] = {}
     for key, value in outcome.items():
         if key in _OUTCOME_INTS:
             values[key] = _int(value, key, minimum=-(2**63) if key == "seed" else 0)
         elif key in ("ttfb_ms", "latency_ms"):
             values[key] = _ms(value, key)
         elif key in ("usage", "response"):
-            values[key] = _json_object(value, f"run {key}")
+            if isinstance(value, CheckedJSON):
+                values[key], texts[key] = value.value(), value.text
+            else:
+                values[key] = _json_object(value, f"run {key}")
         elif key == "reply_message_id":
             values[key] = _int(value, key, minimum=1)
         else:
@@ -554,4 +610,4 @@ def _outcome(outcome: Mapping[str, Any]) -> dict[str, Any]:
             if key in ("error_type", "finish_reason", "system_fingerprint") and value:
                 check_short(value, f"run {key}")
             values[key] = value
-    return values
+    return values, texts

@@ -36,10 +36,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ._client_params import CHAT_KEYS, COMPLETION_KEYS, check_params
 from ._context_report import Context, ContextReport
-from ._exceptions import APIStreamError, ConfigurationError, InvalidMessageError, TurnCancelled
+from ._exceptions import (
+    APIStreamError,
+    ConfigurationError,
+    InvalidMessageError,
+    StoreInputError,
+    TurnCancelled,
+)
 from ._messages import Message, ToolCall
-from ._records import Run, StoredMessage
-from ._store_input import check_json
+from ._records import Run, StoredMessage, construct
+from ._store_input import CheckedJSON, check_json, checked_json, checked_json_text
 from ._store_runs import SerializedRequest
 from ._tools import Tool, ToolArgumentsError
 from ._types import (
@@ -141,6 +147,13 @@ class TurnResult(BaseModel):
         return self.reply.text
 
 
+assert tuple(TurnResult.model_fields) == (
+    "conversation_id", "user", "reply", "messages", "run", "runs", "report", "from_store",
+    "duplicate", "pending_tool_calls",
+)  # (every field given to construct() in _result)
+assert not TurnResult.__private_attributes__ and not TurnResult.__pydantic_post_init__
+
+
 # --- effects -----------------------------------------------------------------------------
 
 
@@ -176,6 +189,8 @@ class Sent:
     """What a shell reports back for a :class:`Send`."""
 
     response: ChatCompletion | Completion | None = None
+    #: the body ``response`` was parsed from (not streamed): recorded as it came
+    body: bytes | None = None
     error: BaseException | None = None
     cancelled: bool = False
     partial: dict[str, Any] | None = None
@@ -337,7 +352,7 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
             "request": SerializedRequest(body),  # checked for what to_json may write
             "base_url": spec.base_url,
             "stream": spec.stream,
-            "settings": builder_settings(spec.builder),
+            "settings": checked_settings(spec.builder),
             "kept_seqs": kept,
             "summary_id": report.summary.id if report.summary else None,
             "input_seq": max(kept) if kept else None,
@@ -391,7 +406,7 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
             "finish_reason": info.finish_reason,
             "system_fingerprint": response.system_fingerprint,
             "seed": info.seed,
-            "response": response.model_dump(mode="json", exclude_none=True),
+            "response": _answer_json(sent, response),
             "owner": owner,
             **timing,
         })
@@ -404,6 +419,18 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
         if done is not None:
             return _result(cid, user, stored, runs, report, done)
         round += 1
+
+
+def _answer_json(sent: Sent, response: ChatCompletion | Completion) -> CheckedJSON | dict[str, Any]:
+    """The answer for the run: the body as the server sent it, when it is storable as it
+    is; else (a stream, or NaN, integers beyond 64 bits... in the body) the answer as
+    its model dumps it (NaN becomes null), checked by the store as before."""
+    if sent.body is not None:
+        try:
+            return checked_json_text(sent.body, "run response")
+        except StoreInputError:
+            pass
+    return response.model_dump(mode="json", exclude_none=True)
 
 
 def _after_reply(
@@ -494,18 +521,18 @@ def _result(
     answered = _answered(reply, stored)
     pending = [c for c in reply.tool_calls or [] if c.id not in answered]
     # (values the turn built from the store's and the client's own: no re-validation)
-    return TurnResult.model_construct(
-        conversation_id=cid,
-        user=user,
-        reply=reply,
-        messages=stored,
-        run=runs[-1] if runs else None,
-        runs=runs,
-        report=report,
-        from_store=from_store,
-        duplicate=duplicate,
-        pending_tool_calls=pending,
-    )
+    return construct(TurnResult, {
+        "conversation_id": cid,
+        "user": user,
+        "reply": reply,
+        "messages": stored,
+        "run": runs[-1] if runs else None,
+        "runs": runs,
+        "report": report,
+        "from_store": from_store,
+        "duplicate": duplicate,
+        "pending_tool_calls": pending,
+    })
 
 
 def chunk_events(chunk: ChatCompletionChunk | CompletionChunk, round: int) -> list[TurnEvent]:
@@ -634,10 +661,18 @@ def builder_settings(builder: _BuilderBase) -> dict[str, Any]:
     )
     cached = builder.__dict__.get("_settings_cache")
     if cached is None or cached[0] != key or cached[1] is not builder._template:
-        cached = (key, builder._template, _builder_settings(builder))
+        settings = _builder_settings(builder)
+        cached = (key, builder._template, settings, checked_json(settings, "run settings"))
         builder.__dict__["_settings_cache"] = cached
-    settings: dict[str, Any] = cached[2]
-    return settings
+    value: dict[str, Any] = cached[2]
+    return value
+
+
+def checked_settings(builder: _BuilderBase) -> CheckedJSON:
+    """:func:`builder_settings` checked and serialized once, for every run it goes into."""
+    builder_settings(builder)
+    checked: CheckedJSON = builder.__dict__["_settings_cache"][3]
+    return checked
 
 
 def _builder_settings(builder: _BuilderBase) -> dict[str, Any]:

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
+from ._client_core import RequestStats
 from ._context import ContextBuilder, _BuilderBase
 from ._exceptions import APIError, ConfigurationError, InvalidMessageError, MessageNotFound
 from ._messages import Message
-from ._records import Conversation
+from ._records import Conversation, construct
 from ._store_branches import Branch
 from ._tools import Tool, tool_result_text
 from ._turn_plan import (
@@ -57,7 +58,11 @@ def _as_message(message: str | Message | Mapping[str, Any] | None) -> Message | 
     if message is None or isinstance(message, Message):
         return message
     if isinstance(message, str):
-        return Message.user(message)
+        # (a user message with text keeps every rule of Message: no validation to run)
+        return construct(Message, {
+            "role": "user", "content": str.__str__(message), "name": None, "tool_calls": None,
+            "refusal": None, "tool_call_id": None, "metadata": {},
+        })
     if not isinstance(message, Mapping):
         raise InvalidMessageError(
             f"a turn's message is a str, a Message or a dict, not {type(message).__name__}"
@@ -412,8 +417,6 @@ class Chat(_ChatBase):
         return builder.build(effect.conversation_id, **kw), None
 
     def _send(self, effect: Send) -> Sent:
-        from ._client_core import RequestStats
-
         stats = RequestStats()
         start = time.perf_counter()
         try:
@@ -425,12 +428,10 @@ class Chat(_ChatBase):
             return Sent(error=exc, cancelled=True, attempts=stats.attempts,
                         latency_ms=_ms(start))
         latency = _ms(start)
-        return Sent(response=response, attempts=stats.attempts, ttfb_ms=stats.headers_ms,
-                    latency_ms=latency)
+        return Sent(response=response, body=stats.content, attempts=stats.attempts,
+                    ttfb_ms=stats.headers_ms, latency_ms=latency)
 
     def _stream(self, effect: Send, state: _StreamState) -> Generator[TurnEvent, None, Sent]:
-        from ._client_core import RequestStats
-
         stats = RequestStats()
         state.start = time.perf_counter()
         try:

@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeAlias
 from pydantic import BaseModel, ConfigDict
 
 from ._messages import FunctionCall, Message, ToolCall
-from ._records import ReplyInfo
+from ._records import ReplyInfo, construct
 
 __all__ = [
     "ChatCompletion",
@@ -42,6 +42,17 @@ __all__ = [
 #: The finish reasons of OpenAI's spec. Fields are typed ``str`` because
 #: compatible servers send others (``"abort"``, ``"eos"``); compare against these.
 FinishReason: TypeAlias = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
+
+
+class SerializedRequest(str):
+    """Request text convo serialized itself from a dict (``pydantic_core.to_json``,
+    as the turn does): a JSON object by construction, except for the ``NaN`` and
+    ``Infinity`` constants ``to_json`` writes for such floats, so only text that
+    contains one of them is parsed again (by the store), and a body whose first
+    key is a string ``"model"`` and that has no ``"stream"`` is sent without
+    being parsed again (by the client)."""
+
+    __slots__ = ()
 
 
 class _Wire(BaseModel):
@@ -174,17 +185,16 @@ class ChatCompletion(_Wire):
         content = msg.content
         if content is None and calls is None and msg.refusal is None:
             content = ""
-        return Message(role="assistant", content=content, tool_calls=calls, refusal=msg.refusal)
+        # (typed values that keep Message's rules: an assistant message with text, tool
+        # calls or a refusal; built without validating them again)
+        return construct(Message, {
+            "role": "assistant", "content": content, "name": None, "tool_calls": calls,
+            "refusal": msg.refusal, "tool_call_id": None, "metadata": {},
+        })
 
     def reply_info(self, index: int = 0, *, seed: int | None = None) -> ReplyInfo:
         """What the server said about choice ``index``, in the store's :class:`~convo.ReplyInfo`."""
-        return ReplyInfo(
-            model=self.model or None,
-            finish_reason=self.choices[index].finish_reason,
-            usage=self.usage.model_dump(exclude_none=True) if self.usage else None,
-            system_fingerprint=self.system_fingerprint,
-            seed=seed,
-        )
+        return _reply_info(self, self.choices[index].finish_reason, seed)
 
 
 # --- chat stream ---------------------------------------------------------------
@@ -284,13 +294,7 @@ class Completion(_Wire):
 
     def reply_info(self, index: int = 0, *, seed: int | None = None) -> ReplyInfo:
         """What the server said about choice ``index``, in the store's :class:`~convo.ReplyInfo`."""
-        return ReplyInfo(
-            model=self.model or None,
-            finish_reason=self.choices[index].finish_reason,
-            usage=self.usage.model_dump(exclude_none=True) if self.usage else None,
-            system_fingerprint=self.system_fingerprint,
-            seed=seed,
-        )
+        return _reply_info(self, self.choices[index].finish_reason, seed)
 
 
 class CompletionChunk(_Wire):
@@ -308,3 +312,19 @@ class CompletionChunk(_Wire):
     def text(self) -> str:
         """The text fragment of the first choice."""
         return self.choices[0].text if self.choices else ""
+
+
+def _reply_info(
+    answer: ChatCompletion | Completion, finish_reason: str | None, seed: int | None
+) -> ReplyInfo:
+    model = answer.model or None
+    usage = answer.usage.model_dump(exclude_none=True) if answer.usage else None
+    fingerprint = answer.system_fingerprint
+    if seed is not None and type(seed) is not int:  # the caller's seed, validated
+        return ReplyInfo(model=model, finish_reason=finish_reason, usage=usage,
+                         system_fingerprint=fingerprint, seed=seed)
+    # (the answer's own values are typed already)
+    return construct(ReplyInfo, {
+        "model": model, "finish_reason": finish_reason, "usage": usage,
+        "system_fingerprint": fingerprint, "seed": seed,
+    })
