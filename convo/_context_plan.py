@@ -49,8 +49,8 @@ from ._control import control_markers, render_prompt
 from ._exceptions import ContextError, MessageNotFound
 from ._messages import Message
 from ._records import StoredMessage
-from ._store_rows import construct
 from ._selection import Item, Selection
+from ._store_rows import construct
 
 __all__ = [
     "BuildConfig", "BuildIO", "Plan", "control_markers", "first_page_size", "plan_build",
@@ -324,26 +324,26 @@ def _finish(
     trunc = sel.truncation
     # Our own values, built from checked parts, every field named: no re-validation
     # (and not pydantic's model_construct, which fills defaults field by field).
-    report = construct(ContextReport, dict(
-        conversation_id=cfg.conversation_id,
-        model=cfg.model,
-        mode=cfg.mode,
-        encoding=counter.encoding_name,
-        template=getattr(cfg.template, "name", None),
-        budget=cfg.budget,
-        prompt_tokens=prompt_tokens,
-        budget_left=cfg.budget - prompt_tokens,
-        reply_reserve=cfg.reply_reserve,
-        overhead_tokens=sel.overhead,
-        pinned_tokens=sel.pinned_tokens,
-        summary_tokens=summary_tokens,
-        history_tokens=sel.history_tokens,
-        kept_seqs=seqs,
-        pinned_seqs=[i.seq for i in sel.pinned],
-        dropped_count=sel.dropped_count,
-        dropped_through=sel.dropped_through,
-        summary=summary_use,
-        truncated=TruncationReport(
+    report = construct(ContextReport, {
+        "conversation_id": cfg.conversation_id,
+        "model": cfg.model,
+        "mode": cfg.mode,
+        "encoding": counter.encoding_name,
+        "template": getattr(cfg.template, "name", None),
+        "budget": cfg.budget,
+        "prompt_tokens": prompt_tokens,
+        "budget_left": cfg.budget - prompt_tokens,
+        "reply_reserve": cfg.reply_reserve,
+        "overhead_tokens": sel.overhead,
+        "pinned_tokens": sel.pinned_tokens,
+        "summary_tokens": summary_tokens,
+        "history_tokens": sel.history_tokens,
+        "kept_seqs": seqs,
+        "pinned_seqs": [i.seq for i in sel.pinned],
+        "dropped_count": sel.dropped_count,
+        "dropped_through": sel.dropped_through,
+        "summary": summary_use,
+        "truncated": TruncationReport(
             seq=trunc.seq,
             mode=trunc.mode,
             original_tokens=trunc.original_tokens,
@@ -351,23 +351,23 @@ def _finish(
         )
         if trunc
         else None,
-        exact=exact,
-        stop_reason=sel.stop_reason,
-        rows_read=sel.rows_read,
-        counted=counted,
-        low_water=low_water,
-        as_of=cfg.as_of,
-    ))
-    return construct(Context, dict(
-        mode=cfg.mode,
-        model=cfg.model,
-        messages=rendered.messages,
-        report=report,
-        chat=rendered.chat,
-        prompt=rendered.prompt,
-        stop=list(cfg.template.stop) if cfg.mode == "completion" else [],
-        tools=cfg.tools,
-    ))
+        "exact": exact,
+        "stop_reason": sel.stop_reason,
+        "rows_read": sel.rows_read,
+        "counted": counted,
+        "low_water": low_water,
+        "as_of": cfg.as_of,
+    })
+    return construct(Context, {
+        "mode": cfg.mode,
+        "model": cfg.model,
+        "messages": rendered.messages,
+        "report": report,
+        "chat": rendered.chat,
+        "prompt": rendered.prompt,
+        "stop": list(cfg.template.stop) if cfg.mode == "completion" else [],
+        "tools": cfg.tools,
+    })
 
 
 def store_call(
