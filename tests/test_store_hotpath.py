@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
+from turns_support import RUN_BODY as BODY
+from turns_support import start_run as _start
 
 from convo import (
     ContextBuilder,
@@ -31,22 +33,11 @@ from convo import _store_driver as driver
 from convo import _store_sql as sql
 from convo._engine import _sqlite_begin, create_engine
 from convo._messages import FunctionCall, ImagePart, ImageURL, TextPart, ToolCall
-from convo._schema import UTCDateTime
 from convo._records import StoredMessage
+from convo._schema import UTCDateTime
 from convo._store import Store
 from convo._store_rows import message_params
 from convo._store_runs import SerializedRequest
-
-BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}
-
-
-def _start(store: Any, cid: str, **kw: Any) -> Any:
-    args: dict[str, Any] = {
-        "endpoint": "chat.completions", "mode": "chat", "model": "gpt-4o-mini", "request": BODY,
-    }
-    args.update(kw)
-    return store.start_run(cid, **args)
-
 
 # --- the cursor path writes what SQLAlchemy writes ------------------------------------------
 

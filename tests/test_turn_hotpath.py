@@ -18,7 +18,9 @@ from typing import Any
 import httpx
 import pydantic_core
 import pytest
+from turns_support import RUN_BODY as BODY
 from turns_support import Env, env, path  # noqa: F401 - fixtures
+from turns_support import start_run as _start
 
 from convo import (
     InvalidMessageError,
@@ -32,17 +34,6 @@ from convo._turn_plan import builder_settings, checked_settings
 from convo._turns import _as_message
 from convo._types import ChatCompletion, Completion, SerializedRequest
 from convo.testing import FakeBackend
-
-BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}
-
-
-def _start(store: Any, cid: str, **kw: Any) -> Any:
-    args: dict[str, Any] = {
-        "endpoint": "chat.completions", "mode": "chat", "model": "gpt-4o-mini", "request": BODY,
-    }
-    args.update(kw)
-    return store.start_run(cid, **args)
-
 
 # --- received JSON: a scan instead of a walk --------------------------------------------
 

@@ -267,3 +267,16 @@ async def env(request: pytest.FixtureRequest, tmp_path: Path, path: str) -> Asyn
 
 
 __all__ = ["MODEL", "ChatHandle", "Env", "StreamHandle", "Tap", "env", "path"]
+
+
+#: A minimal chat body, for tests that start runs by hand.
+RUN_BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}
+
+
+def start_run(store: Any, cid: str, **kw: Any) -> Any:
+    """``store.start_run`` of a chat request with :data:`RUN_BODY`, ``kw`` overriding."""
+    args: dict[str, Any] = {
+        "endpoint": "chat.completions", "mode": "chat", "model": "gpt-4o-mini", "request": RUN_BODY,
+    }
+    args.update(kw)
+    return store.start_run(cid, **args)
