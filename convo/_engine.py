@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import time
 import urllib.parse
 from typing import Any, TypeVar
@@ -91,6 +92,18 @@ def safe_url(url: URL | str) -> str:
         return "<unparseable database URL>"
 
 
+_UNUSABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _unusable(url: URL) -> bool:
+    """Whether a part of ``url`` holds a NUL or a lone surrogate."""
+    parts: list[Any] = [url.drivername, url.username, url.password, url.host, url.database]
+    for key, value in url.query.items():
+        parts.append(key)
+        parts.extend(value if isinstance(value, tuple) else (value,))
+    return any(isinstance(p, str) and _UNUSABLE.search(p) for p in parts)
+
+
 def resolve_url(url: str | URL | None = None, *, asynchronous: bool = False) -> URL:
     """Parse a database URL and pick convo's driver for it.
 
@@ -105,6 +118,12 @@ def resolve_url(url: str | URL | None = None, *, asynchronous: bool = False) -> 
         raise ConfigurationError(
             "invalid database URL: expected sqlite:///path or postgresql://user@host/db"
         ) from exc
+    if _unusable(parsed):
+        # No driver takes these (a file name or a connection string cannot hold
+        # them); said here, not as an encoding error from deep in the driver.
+        raise ConfigurationError(
+            "invalid database URL: it holds a NUL byte or a lone surrogate"
+        )
     backend = parsed.get_backend_name()
     if backend == "postgres":
         backend = "postgresql"

@@ -51,6 +51,28 @@ def test_bad_urls_are_configuration_errors(url, monkeypatch):
         assert "hunter2" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite:///a\x00b.db", "sqlite:///\ud800.db", "postgresql://u:hunter2@h/d\x00b",
+     "postgresql://u:hunter2\udc80@h/db"],
+)
+def test_urls_no_driver_can_take_are_configuration_errors(url, tmp_path):
+    # a NUL or a lone surrogate: refused where the URL is parsed, for the primary
+    # and for a read replica alike, without the password in the message
+    for make in (Store, AsyncStore):
+        with pytest.raises(ConfigurationError) as info:
+            make(url)
+        assert "hunter2" not in str(info.value)
+    store = Store(f"sqlite:///{tmp_path}/p.db", read_url=url)
+    try:
+        store.migrate()
+        with pytest.raises(ConfigurationError) as info:
+            store.search("x")
+        assert "hunter2" not in str(info.value)
+    finally:
+        store.close()
+
+
 def test_default_url_comes_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("CONVO_DATABASE_URL", f"sqlite:///{tmp_path}/env.db")
     assert resolve_url().database == f"{tmp_path}/env.db"
