@@ -23,7 +23,6 @@ Its schema is checked like the primary's, with advice that fits a replica.
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import DBAPIError
@@ -76,15 +75,17 @@ def read_only_error(operation: object) -> ReadOnlyStoreError:
 
 
 def refused_write(exc: DBAPIError) -> bool:
-    """Whether the database refused ``exc``'s statement because it is read-only."""
-    orig: Any = exc.orig
-    if getattr(orig, "sqlstate", None) == _PG_READ_ONLY:
-        return True
-    code = getattr(orig, "sqlite_errorcode", None)
-    if isinstance(code, int):
-        return code & 0xFF == _SQLITE_READONLY
-    # aiosqlite's errors, as SQLAlchemy adapts them, carry only the message
-    return "attempt to write a readonly database" in str(orig)
+    """Whether the database refused ``exc``'s statement because it is read-only
+    (a replica, a read-only transaction or file; not a full or broken database)."""
+    # the driver's error, or (async drivers, as SQLAlchemy adapts them) its cause
+    for orig in (exc.orig, getattr(exc.orig, "__cause__", None)):
+        if getattr(orig, "sqlstate", None) == _PG_READ_ONLY:
+            return True
+        code = getattr(orig, "sqlite_errorcode", None)
+        if isinstance(code, int):
+            return code & 0xFF == _SQLITE_READONLY  # and its extended codes
+    # aiosqlite's errors, as SQLAlchemy adapts them, may carry only the message
+    return "attempt to write a readonly database" in str(exc.orig)
 
 
 def not_migrated(url: str, found: str | None, needed: str) -> NotMigratedError:

@@ -45,6 +45,7 @@ from ._exceptions import (
 )
 from ._messages import Message, parse_message, parse_messages
 from ._records import Conversation, ReplyInfo, StoredMessage, Summary
+from ._replica import refused_write
 from ._store_input import ENCODING_MAX, INT32_MAX, check_int, check_text, check_values, checked
 from ._store_rows import (
     VALUE_COLUMNS,
@@ -898,24 +899,9 @@ def save_token_counts(encoding: str, counts: TokenCounts, *, dialect: str) -> Pl
     except IntegrityError as exc:
         raise MessageNotFound(f"token counts given for unknown message ids: {exc.orig}") from exc
     except DBAPIError as exc:
-        if not read_only(exc):
+        if not refused_write(exc):
             raise
         yield ROLLBACK
-
-
-def read_only(exc: DBAPIError) -> bool:
-    """Whether the database refused a write because it is read-only (not full, not broken)."""
-    for orig in (exc.orig, getattr(exc.orig, "__cause__", None)):
-        code = getattr(orig, "sqlite_errorcode", None)
-        if code is not None:
-            return bool(code & 0xFF == _SQLITE_READONLY)  # and its extended codes
-        if getattr(orig, "sqlstate", None) == _PG_READ_ONLY_TRANSACTION:
-            return True
-    return False
-
-
-_SQLITE_READONLY = 8
-_PG_READ_ONLY_TRANSACTION = "25006"
 
 
 @checked
