@@ -121,12 +121,8 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "for user seq 1 it gives dropped_through 0: no seq <= 0, so dropped_count 0, reported as None"),
     ],
     "_sse": [
-        *[(f"SSEDecoder.{function}", code, "only tested for truth: None and the empty value alike")
-          for function, code in [
-              ("__init__", "self._pending = None"), ("feed", "self._pending = None"),
-              ("flush", "self._pending = None"), ("__init__", "self._skip_lf = None"),
-              ("feed", "self._skip_lf = None"), ("flush", "self._skip_lf = None"),
-          ]],
+        *[(f"SSEDecoder.{function}", "self._skip_lf = None", _TRUTH)
+          for function in ("__init__", "feed", "flush")],
         *[(f"SSEDecoder.{function}", "self._skip_lf = True",
            "a dropped leading \\n is a blank line before any data: it dispatches nothing either way")
           for function in ("__init__", "flush")],
