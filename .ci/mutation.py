@@ -368,8 +368,6 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         ("ChatAccumulator.add", "self.finished = None", _TRUTH),
         ("CompletionAccumulator.add", "self.finished = None", _TRUTH),
         ("StreamCore.__init__", "self.done = None", _TRUTH),
-        *[("StreamCore." + function, 'request_id=self._response.headers.get("X-REQUEST-ID"),',
-           _CASELESS_HEADERS) for function in ("feed", "finish")],
         ("StreamCore.feed", "return self._handle(events) if (events) or True else []",
          "_handle([]) is []"),
         ("StreamCore._handle", "break  # nothing after [DONE] counts",
