@@ -125,6 +125,17 @@ async def test_a_stream_stops_at_the_total_limit(kind: str) -> None:
     assert len(stream.snapshot().text) == 200 * len(received)
 
 
+async def too_large(api: Api, what: str, limit: int) -> None:
+    """A stream from ``api`` ends in the error for ``what`` over ``limit``, said in full."""
+    stream = await api.call("chat_stream", model="m", messages=HI)
+    with pytest.raises(APIResponseTooLargeError) as info:
+        await api.chunks(stream)
+    assert str(info.value) == (
+        f"{what} from http://fake.test/v1/chat/completions is larger than {limit} bytes; "
+        "reading stopped (raise the limit if this answer is legitimate)")
+    assert (info.value.limit, info.value.status_code) == (limit, 200)
+
+
 class Pieces(httpx.SyncByteStream, httpx.AsyncByteStream):
     """A body of these pieces, with no declared length (so the stream itself is counted)."""
 
@@ -149,25 +160,13 @@ async def test_a_stream_of_exactly_the_limit_is_read_and_one_byte_more_is_not(ki
     assert len(await api.chunks(stream)) == 3
     api = Api(kind, server=Server(httpx.Response(200, stream=Pieces(*pieces))),
               max_response_bytes=size - 1)
-    stream = await api.call("chat_stream", model="m", messages=HI)
-    with pytest.raises(APIResponseTooLargeError) as info:
-        await api.chunks(stream)
-    assert str(info.value) == (
-        f"the stream from http://fake.test/v1/chat/completions is larger than {size - 1} bytes; "
-        "reading stopped (raise the limit if this answer is legitimate)")
-    assert (info.value.limit, info.value.status_code) == (size - 1, 200)
+    await too_large(api, "the stream", size - 1)
 
 
 async def test_one_event_over_the_event_limit(kind: str) -> None:
     body = Endless(event(CHUNK), b"data: " + b"z" * PIECE)  # a line that never ends
     api = Api(kind, server=Server(httpx.Response(200, stream=body)), max_event_bytes=PIECE * 2)
-    stream = await api.call("chat_stream", model="m", messages=HI)
-    with pytest.raises(APIResponseTooLargeError) as info:
-        await api.chunks(stream)
-    assert str(info.value) == (
-        f"a server-sent event from http://fake.test/v1/chat/completions is larger than {PIECE * 2} "
-        "bytes; reading stopped (raise the limit if this answer is legitimate)")
-    assert (info.value.limit, info.value.status_code) == (PIECE * 2, 200)
+    await too_large(api, "a server-sent event", PIECE * 2)
     assert body.read <= PIECE * 4
 
 
