@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -52,8 +53,11 @@ MODULES: dict[str, list[str]] = {
     "_jinja": ["test_jinja_config.py", "test_templates_hf.py", "test_templates.py"],
     "_retry": ["test_retry.py"],
     "_sse": ["test_sse.py", "test_client_stream.py"],
-    "_client_stream": ["test_stream_assembly.py", "test_client_stream.py"],
-    "_client_errors": ["test_client_errors.py", "test_client.py", "test_client_stream.py"],
+    "_client_stream": ["test_stream_assembly.py", "test_client_stream.py", "test_client_limits.py",
+                       "test_client_deadlines.py"],
+    "_client_errors": ["test_client_errors.py", "test_client.py", "test_client_stream.py",
+                       "test_client_secrets.py", "test_client_limits.py", "test_client_hostile.py",
+                       "test_client_deadlines.py"],
     "_store_core": ["test_store.py", "test_store_fork.py", "test_store_edges.py",
                     "test_context_edges.py"],
     "_store_sql": ["test_store.py", "test_store_fork.py", "test_store_edges.py"],
@@ -121,12 +125,8 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "for user seq 1 it gives dropped_through 0: no seq <= 0, so dropped_count 0, reported as None"),
     ],
     "_sse": [
-        *[(f"SSEDecoder.{function}", code, "only tested for truth: None and the empty value alike")
-          for function, code in [
-              ("__init__", "self._pending = None"), ("feed", "self._pending = None"),
-              ("flush", "self._pending = None"), ("__init__", "self._skip_lf = None"),
-              ("feed", "self._skip_lf = None"), ("flush", "self._skip_lf = None"),
-          ]],
+        *[(f"SSEDecoder.{function}", "self._skip_lf = None", _TRUTH)
+          for function in ("__init__", "feed", "flush")],
         *[(f"SSEDecoder.{function}", "self._skip_lf = True",
            "a dropped leading \\n is a blank line before any data: it dispatches nothing either way")
           for function in ("__init__", "flush")],
@@ -249,15 +249,18 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         *[("safe_url", f"return f\"{{url.scheme}}://{{url.netloc.decode({args})}}{{url.path}}\"",
            "httpx keeps netloc ASCII (IDNA, percent-encoding): no decode error to handle")
           for args in ("'ascii', ", "'ASCII', 'replace'", "'ascii', 'XXreplaceXX'", "'ascii', 'REPLACE'")],
-        ("validation_error", "for err in exc.errors(include_url=True)[:3]:",
-         "only adds a 'url' key, and only 'loc' and 'msg' are read"),
-        *[(function, f'{target}=response.headers.get("X-REQUEST-ID"),', _CASELESS_HEADERS)
-          for function, target in (("validation_error", "request_id"), ("stream_error", "request_id"))],
-        ("status_error", 'request_id = response.headers.get("X-REQUEST-ID")', _CASELESS_HEADERS),
-        ("validation_error",
-         'raw = data if data is not None else response.content.decode("UTF-8", "replace")',
+        ("describe", r"re:for err in exc\.errors\(.*\)\[:3\]:$",
+         "only 'loc' and 'msg' are read: the url, input and context keys change nothing"),
+        ("request_id", 'value = response.headers.get("X-REQUEST-ID")', _CASELESS_HEADERS),
+        ("request_id", "return redact(excerpt(redact(value), ))",
+         "REQUEST_ID_CHARS and excerpt's default (ERROR_EXCERPT_CHARS) are both 200"),
+        ("visible", (r're:c\.encode\("unicode_escape", (|"XXbackslashreplaceXX"|"BACKSLASHREPLACE")\)'
+                    r'\.decode\("ascii"\)$'),
+         "the unicode_escape codec escapes every character: no error to handle"),
+        ("visible", (r're:c\.encode\("(UNICODE_ESCAPE", "backslashreplace"\)\.decode\("ascii'
+                    r'|unicode_escape", "backslashreplace"\)\.decode\("ASCII)"\)$'),
          "codec names are case-insensitive"),
-        ("status_error", 'text = redact(raw.decode("UTF-8", "replace"))',
+        ("status_error", 'body = _decoded(content.decode("UTF-8", "replace"), redact)',
          "codec names are case-insensitive"),
         *[("stream_error", f'detail = _error_detail({{"error": err}}) or "{text}"',
            "_error_detail of a dict is never empty (it falls back to the JSON): the default is dead")
@@ -365,8 +368,6 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         ("ChatAccumulator.add", "self.finished = None", _TRUTH),
         ("CompletionAccumulator.add", "self.finished = None", _TRUTH),
         ("StreamCore.__init__", "self.done = None", _TRUTH),
-        *[("StreamCore." + function, 'request_id=self._response.headers.get("X-REQUEST-ID"),',
-           _CASELESS_HEADERS) for function in ("feed", "finish")],
         ("StreamCore.feed", "return self._handle(events) if (events) or True else []",
          "_handle([]) is []"),
         ("StreamCore._handle", "break  # nothing after [DONE] counts",
@@ -387,13 +388,13 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         *[("plan_turn", f"anchor = {v}", "read only after a user message or tool results set it")
           for v in ("None", "1")],
         ("plan_turn", "cid, None, {r.tool_call_id for r in spec.tool_results}",
-         "a wrong owner fails at the conversation read before this one, or at the append "
-         "after it: this read writes nothing"),
+         ("a wrong owner fails at the conversation read before this one, or at the append "
+          "after it: this read writes nothing")),
         ("_answered", 'return {m.tool_call_id for m in stored if m.role == "tool" and m.seq >= reply.seq}',
          "the message at the reply's seq is the reply, never a tool result"),
         ("_calling_reply", '"messages", (cid,), {"limit": 201, "newest_first": True, "owner": owner}',
-         "the read's page size: it differs only for a turn with over 200 messages after its "
-         "user message (a bound, not a result)"),
+         ("the read's page size: it differs only for a turn with over 200 messages after its "
+          "user message (a bound, not a result)")),
         *[("partial_response",
            f"value: dict[str, Any] = snapshot().model_dump({mode}exclude_none=True)",
            "a stream's snapshot holds JSON types only: python and JSON dumps are equal")
@@ -426,13 +427,13 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
     "_store_runs": [
         ("list_runs", '_int(limit, "limit", minimum=1, optional=None)',
          "optional is tested for truth: None and False alike"),
-        *[("turn_runs", code, "a run id sorts by creation (new_run_id: ms clock, then a "
-           "counter): created_at and id give the same order")
+        *[("turn_runs", code, ("a run id sorts by creation (new_run_id: ms clock, then a "
+                               "counter): created_at and id give the same order"))
           for code in (".order_by(R.c.id)", ".order_by(R.c.created_at, )")],
         ("_no_constant", "raise ValueError(None)",
          "request_text catches the ValueError and raises its own StoreInputError message"),
-        *[("_unfinishable", code, "only a run finished between finish_run's statements reaches "
-           "it (a race): no deterministic test")
+        *[("_unfinishable", code, ("only a run finished between finish_run's statements "
+                                   "reaches it (a race): no deterministic test"))
           for code in ('if status == "XXpendingXX":', 'if status == "PENDING":',
                        "raise StoreInputError(None)",
                        'raise StoreInputError(f"XXrun {run_id!r} could not be finished; try againXX")',
@@ -516,6 +517,12 @@ def function_of(name: str) -> str:
     return base.removeprefix("x_")
 
 
+#: the address space each mutmut process (and the mutants it forks) may use: a mutant that
+#: disables a size limit turns the limit tests' endless bodies into endless reads, and would
+#: take the shared machine's memory until its CPU-time limit fired (MemoryError kills it)
+MEMORY_LIMIT = 6 * 1024**3
+
+
 def mutmut_run(workdir: Path, args: list[str], log: Path, env: dict[str, str] | None,
                minutes: float | None) -> int | None:
     """``mutmut run``; stopped after ``minutes`` (None: the exit code is None then).
@@ -526,6 +533,8 @@ def mutmut_run(workdir: Path, args: list[str], log: Path, env: dict[str, str] | 
     with log.open("w") as out:
         proc = subprocess.Popen([str(exe), "run", *args], cwd=workdir, stdout=out,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        # before mutmut forks its workers (it first runs the clean tests): they inherit it
+        resource.prlimit(proc.pid, resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
         try:
             return proc.wait(timeout=None if minutes is None else minutes * 60)
         except subprocess.TimeoutExpired:
@@ -614,22 +623,34 @@ def is_equivalent(module: str, mutant: Mutant) -> str:
     out); an optional fourth item, the original line in full, tells apart two
     mutants that write the same line in one function.
     """
-    added = [line[1:].strip() for line in mutant.diff if line.startswith("+")]
-    removed = [line[1:].strip() for line in mutant.diff if line.startswith("-")]
-    for function, code, reason, *original in EQUIVALENT.get(module, []):
-        if function not in ("*", mutant.function):
-            continue
-        if original and original[0] not in removed:
-            continue
-        if code == "":  # a mutant that only deletes the original line
-            if not added:
-                return reason
-        elif code.startswith("re:"):
-            if any(re.search(code[3:], a) for a in added):
-                return reason
-        elif code in added or code in [a.split("  #")[0].strip() for a in added]:
-            return reason
+    for entry in EQUIVALENT.get(module, []):
+        if _matches(entry, mutant):
+            return entry[2]
     return ""
+
+
+def _matches(entry: tuple[str, ...], mutant: Mutant) -> bool:
+    function, code, _reason, *original = entry
+    if function not in ("*", mutant.function):
+        return False
+    added = [line[1:].strip() for line in mutant.diff if line.startswith("+")]
+    if original and original[0] not in [line[1:].strip() for line in mutant.diff
+                                        if line.startswith("-")]:
+        return False
+    if code == "":  # a mutant that only deletes the original line
+        return not added
+    if code.startswith("re:"):
+        return any(re.search(code[3:], a) for a in added)
+    return code in added or code in [a.split("  #")[0].strip() for a in added]
+
+
+def unused_equivalents(summary: Summary) -> list[tuple[str, ...]]:
+    """The EQUIVALENT entries of a complete run that no surviving mutant matches: the
+    code changed, or a test kills that mutant now; either way the entry is stale."""
+    if summary.not_run:
+        return []
+    live = [m for m in summary.mutants if m.status not in ("killed", "timeout", "not checked")]
+    return [e for e in EQUIVALENT.get(summary.module, []) if not any(_matches(e, m) for m in live)]
 
 
 def status_of(code: int | None) -> str:
@@ -751,9 +772,9 @@ def print_survivors(summary: Summary) -> None:
         print(f"  {m.status}: {m.name}")
         for line in m.diff:
             print(f"      {line}")
-    for m in summary.mutants:
-        if m.equivalent and m.status in ("killed", "timeout"):
-            print(f"  note: {m.name} is listed as equivalent but was killed: remove it from EQUIVALENT")
+    for function, code, *_ in unused_equivalents(summary):
+        print(f"  note: EQUIVALENT entry ({function!r}, {code!r}) matches no surviving mutant: "
+              "remove it")
 
 
 def table(summaries: list[Summary]) -> str:

@@ -160,6 +160,18 @@ def test_a_passed_sync_client_is_bounded_between_chunks() -> None:
     assert isinstance(exc, APITimeoutError) and "deadline of an attempt" in str(exc)
 
 
+def test_a_passed_sync_client_is_bounded_between_pings() -> None:
+    # Keep-alive pings arrive before any socket deadline of convo's own could fire; with a
+    # client convo did not build there is none: only the check after each piece of the
+    # stream sees that no data event came in time.
+    with TricklingServer.pings(interval=0.1) as trickle, httpx.Client() as http:
+        exc = outcome("sync", trickle, "chat_stream",
+                      {"timeout": 60.0, "stream_idle_timeout": 0.5, "http_client": http}, {})
+        url = f"{trickle.base_url}/chat/completions"
+    assert isinstance(exc, APITimeoutError), repr(exc)
+    assert str(exc).startswith(f"timeout on POST {url}: ") and "no data event" in str(exc)
+
+
 def test_the_sync_client_bounds_its_own_sockets() -> None:
     # The socket-level deadline rests on httpx/httpcore internals: an upgrade that
     # moves them must fail here, not silently lose the deadline on trickled headers.

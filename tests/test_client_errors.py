@@ -11,10 +11,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
+import pydantic
 import pytest
 
 from convo import (
     APIConnectionError,
+    APIError,
     APIResponseValidationError,
     APIStatusError,
     APIStreamError,
@@ -23,6 +25,7 @@ from convo import (
     Message,
     OpenAIClient,
 )
+from convo._client_errors import _error_detail, describe
 
 URL = "http://fake.test/v1"
 HI = [Message.user("hi")]
@@ -151,6 +154,31 @@ def test_transport_failures_say_what_and_where(exc: Exception, kind: type, messa
     assert str(err.value) == message
 
 
+class TwoArgs(httpx.TransportError):
+    def __init__(self, message: str, extra: int) -> None:
+        super().__init__(message)
+
+
+class TwoArgsDecoding(httpx.DecodingError):  # a RequestError, not a TransportError
+    def __init__(self, message: str, extra: int) -> None:
+        super().__init__(message)
+
+
+@pytest.mark.parametrize(("exc", "cause_type"), [
+    (httpx.ConnectError("refused"), httpx.ConnectError),
+    (TwoArgs("refused", 1), httpx.TransportError),  # another signature: the family is kept
+    (TwoArgsDecoding("refused", 1), httpx.RequestError),
+])
+def test_a_transport_failure_is_chained_to_a_clean_copy_holding_only_its_text(
+    exc: Exception, cause_type: type
+) -> None:
+    with failing(exc) as api, pytest.raises(APIError) as err:
+        api.chat(model="m", messages=HI)
+    cause = err.value.__cause__
+    assert type(cause) is cause_type and str(cause) == "refused"
+    assert cause.__cause__ is cause.__context__ is None and cause.__traceback__ is None
+
+
 # --- bodies that are not what the API promised -----------------------------------------------------
 
 
@@ -210,3 +238,68 @@ def test_an_error_event_says_what_the_server_said(data: str, detail: str) -> Non
     err = stream_error(f"event: error\ndata: {data}\n\n", **{"x-request-id": "req_s"})
     assert str(err) == f"stream error from {URL}/chat/completions: {detail}"
     assert err.request_id == "req_s"
+
+
+# --- what every error carries ----------------------------------------------------------------------
+
+
+def test_control_and_bidi_characters_are_shown_as_escapes() -> None:
+    # an ESC sequence could rewrite a terminal, a bidi override reorder what is read
+    err = status_error(400, {"error": "red \x1b[31mtext\u202e and é"})
+    assert str(err) == "400 Bad Request: red \\x1b[31mtext\\u202e and é"
+
+
+def test_a_long_reason_phrase_is_cut_to_60_characters() -> None:
+    reason = b"R" * 61
+    api = client(lambda request: httpx.Response(503, extensions={"reason_phrase": reason}))
+    with api, pytest.raises(APIStatusError) as err:
+        api.chat(model="m", messages=HI)
+    assert str(err.value) == "503 " + "R" * 57 + "..."
+
+
+def test_an_error_is_raised_without_the_exception_it_was_made_in() -> None:
+    err = status_error(500, {"error": {"message": "oops"}})
+    assert err.__suppress_context__ and err.__cause__ is None  # no chained traceback
+
+
+def test_a_stream_that_is_not_utf8_says_where_with_its_status_and_request_id() -> None:
+    events = b"data: \xff\n\n"
+    api = answer(200, events, {"content-type": "text/event-stream", "x-request-id": "req_u"})
+    with api, pytest.raises(APIResponseValidationError) as err, api.chat_stream(
+        model="m", messages=HI
+    ) as stream:
+        for _ in stream:
+            pass
+    assert str(err.value) == (f"the stream from {URL}/chat/completions is not valid UTF-8 "
+                              "(UnicodeDecodeError: invalid start byte at byte 0 of a line)")
+    assert (err.value.status_code, err.value.request_id) == (200, "req_u")
+    assert err.value.__suppress_context__ and err.value.__cause__ is None
+
+
+def test_a_cut_stream_names_its_request_id() -> None:
+    api = answer(200, 'data: {"id": "c", "object": "chat.completion.chunk", "created": 1, '
+                      '"model": "m", "choices": [{"index": 0, "delta": {"content": "Hi"}}]}\n\n',
+                 {"content-type": "text/event-stream", "x-request-id": "req_c"})
+    with api, pytest.raises(APIStreamError) as err, api.chat_stream(model="m", messages=HI) as s:
+        for _ in s:
+            pass
+    assert str(err.value) == (f"stream from {URL}/chat/completions ended before the response "
+                              "was complete (no finish reason, no [DONE])")
+    assert err.value.request_id == "req_c"
+
+
+def test_an_error_body_too_deep_to_show_says_so() -> None:
+    deep: list[Any] = []
+    for _ in range(100_000):  # deeper than json.dumps recurses
+        deep = [deep]
+    assert _error_detail({"error": deep}) == "(JSON nested too deep to show)"
+
+
+def test_up_to_400_characters_of_problems_are_named() -> None:
+    fields = {name * 150: (int, ...) for name in "abc"}
+    model = pydantic.create_model("Wide", **fields)  # type: ignore[call-overload]
+    with pytest.raises(pydantic.ValidationError) as exc:
+        model.model_validate({})
+    text = describe(exc.value)
+    assert len(text) == 400 and text.startswith("a" * 150 + ": Field required; ")
+    assert text.endswith("...")

@@ -87,7 +87,8 @@ async def test_a_declared_length_over_the_limit_is_refused_unread(kind: str) -> 
         await api.call("chat", model="m", messages=HI)
     exc = info.value
     assert (exc.limit, exc.status_code, exc.request_id) == (PIECE, 200, "req_1")
-    assert "the body from http://fake.test/v1/chat/completions is larger than 65536 bytes" in str(exc)
+    assert str(exc) == ("the body from http://fake.test/v1/chat/completions is larger than 65536 "
+                        "bytes; reading stopped (raise the limit if this answer is legitimate)")
     assert body.read == 0
     assert len(api.server.requests) == 1  # not retried
 
@@ -124,13 +125,48 @@ async def test_a_stream_stops_at_the_total_limit(kind: str) -> None:
     assert len(stream.snapshot().text) == 200 * len(received)
 
 
+async def too_large(api: Api, what: str, limit: int) -> None:
+    """A stream from ``api`` ends in the error for ``what`` over ``limit``, said in full."""
+    stream = await api.call("chat_stream", model="m", messages=HI)
+    with pytest.raises(APIResponseTooLargeError) as info:
+        await api.chunks(stream)
+    assert str(info.value) == (
+        f"{what} from http://fake.test/v1/chat/completions is larger than {limit} bytes; "
+        "reading stopped (raise the limit if this answer is legitimate)")
+    assert (info.value.limit, info.value.status_code) == (limit, 200)
+
+
+class Pieces(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A body of these pieces, with no declared length (so the stream itself is counted)."""
+
+    def __init__(self, *pieces: bytes) -> None:
+        self.pieces = pieces
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.pieces
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for piece in self.pieces:
+            yield piece
+
+
+async def test_a_stream_of_exactly_the_limit_is_read_and_one_byte_more_is_not(kind: str) -> None:
+    last = {**CHUNK, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    pieces = (event(CHUNK), event(CHUNK), event(last))  # counted across reads
+    size = sum(map(len, pieces))
+    api = Api(kind, server=Server(httpx.Response(200, stream=Pieces(*pieces))),
+              max_response_bytes=size)
+    stream = await api.call("chat_stream", model="m", messages=HI)
+    assert len(await api.chunks(stream)) == 3
+    api = Api(kind, server=Server(httpx.Response(200, stream=Pieces(*pieces))),
+              max_response_bytes=size - 1)
+    await too_large(api, "the stream", size - 1)
+
+
 async def test_one_event_over_the_event_limit(kind: str) -> None:
     body = Endless(event(CHUNK), b"data: " + b"z" * PIECE)  # a line that never ends
     api = Api(kind, server=Server(httpx.Response(200, stream=body)), max_event_bytes=PIECE * 2)
-    stream = await api.call("chat_stream", model="m", messages=HI)
-    with pytest.raises(APIResponseTooLargeError, match="a server-sent event") as info:
-        await api.chunks(stream)
-    assert info.value.limit == PIECE * 2
+    await too_large(api, "a server-sent event", PIECE * 2)
     assert body.read <= PIECE * 4
 
 

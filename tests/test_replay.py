@@ -11,6 +11,7 @@ import json
 from datetime import datetime, timezone
 from typing import Any
 
+import httpx
 import pytest
 
 from convo import (
@@ -561,3 +562,36 @@ async def test_a_resumed_continue_replay_goes_on_on_the_arms_branch(store):
     assert again.items[1].branch_id == report.items[0].branch_id
     roles = [m.role for m in await store.messages(report.items[0].branch_id)]
     assert roles == ["user", "assistant", "user", "assistant"]
+
+
+async def test_a_judged_replay_resumed_after_a_crash_judges_the_turn_its_arms_finished(store):
+    """The process dies between a turn's saved items and its verdict: the resume sends no
+    arm again and judges the turn with every arm's stored reply."""
+    h = Harness(store, FakeBackend())
+    conv = await store.create_conversation()
+    h.fake.reply("Hello!")
+    await h.send(conv.id, "Hi")
+
+    def crash(request: httpx.Request) -> httpx.Response:
+        raise RuntimeError("the machine went down")
+
+    make = AsyncOpenAIClient if store.is_async else OpenAIClient
+    dying = make(base_url="http://fake/v1", api_key="sk-test", max_retries=0,
+                 transport=httpx.MockTransport(crash))
+    h.fake.reply("Hi there.")  # chat-arm
+    h.fake.reply("Hey.")       # flat-arm
+    with pytest.raises((RuntimeError, ExceptionGroup)) as crashed:  # async: in a task group
+        await h.replay(conv.id, arms=ARMS, judge="gpt-4o", judge_client=dying)
+    assert "went down" in repr(crashed.value.exceptions if store.is_async else crashed.value)
+    [replay] = (await store.list_replays()).items
+    assert replay.status == "interrupted"
+    sent = len(h.fake.requests)
+    h.fake.reply_json({"winner": "flat-arm", "reason": "shorter"})
+    again = await h.replay(replay_id=replay.id)
+    [judged] = _bodies(h.fake, sent)  # the judge only: both arms' replies were stored
+    assert judged["model"] == "gpt-4o"
+    payload = json.loads(judged["messages"][-1]["content"])
+    assert payload["candidates"] == {"chat-arm": "Hi there.", "flat-arm": "Hey."}
+    assert again.replay.status == "done"
+    assert [(i.arm, i.text, i.verdict["winner"]) for i in again.items] == [
+        ("chat-arm", "Hi there.", "flat-arm"), ("flat-arm", "Hey.", "flat-arm")]

@@ -239,6 +239,50 @@ def test_the_limit_counts_one_event_at_a_time() -> None:
         assert event.data == "x" * 50 + "\n" + "y" * 50
 
 
+def test_the_limit_is_inclusive_for_lines_pending_lines_and_events() -> None:
+    """A line, an unfinished line and an event of exactly ``max_event_bytes`` pass; one
+    byte more raises, with the limit in the error."""
+    decoder = SSEDecoder(max_event_bytes=100)
+    assert decoder.feed(b"event: " + b"e" * 93 + b"\n") == []  # a 100-byte line
+    assert decoder.feed(b"data: " + b"x" * 94) == []  # 100 bytes pending, no line end yet
+    (event,) = decoder.feed(b"\n\n")
+    assert event == ServerSentEvent(data="x" * 94, event="e" * 93)
+    for stream in (b"event: " + b"e" * 94 + b"\n", b"data: " + b"x" * 95):
+        with pytest.raises(EventTooLarge) as info:
+            SSEDecoder(max_event_bytes=100).feed(stream)
+        assert info.value.limit == 100
+        assert str(info.value) == "a server-sent event or line is larger than 100 bytes"
+
+
+@pytest.mark.parametrize("prefix", [b"data: ", b"data:"])  # the fast path, and _field's
+def test_an_events_data_is_counted_line_by_line_and_anew_for_each_event(prefix: bytes) -> None:
+    exactly = prefix + b"x" * 60 + b"\n" + prefix + b"y" * 40 + b"\n"  # 100 bytes of data
+    decoder = SSEDecoder(max_event_bytes=100)
+    for _ in range(3):  # the count starts from nothing after each event
+        (event,) = decoder.feed(exactly + b"\n")
+        assert event.data == "x" * 60 + "\n" + "y" * 40
+    assert decoder.feed(exactly) == [] and decoder.flush()[0].data.endswith("y" * 40)
+    assert decoder.feed(exactly) == [] and decoder.flush() != []  # and after a flushed one
+    with pytest.raises(EventTooLarge) as info:
+        SSEDecoder(max_event_bytes=100).feed(exactly + prefix + b"z\n")
+    assert info.value.limit == 100
+
+
+def test_an_unfinished_line_is_counted_across_chunks_and_anew_after_each_line() -> None:
+    decoder = SSEDecoder(max_event_bytes=100)
+    for _ in range(10):  # 100 bytes pending in ten chunks: within the limit
+        assert decoder.feed(b"data: xxxx") == []
+    with pytest.raises(EventTooLarge):  # raised before more is kept, not at the line end
+        decoder.feed(b"x")
+    decoder = SSEDecoder(max_event_bytes=100)
+    decoder.feed(b"data: " + b"x" * 50)
+    decoder.flush()  # a cut line is dropped, and so is its count
+    assert decoder.feed(b"data: " + b"x" * 94) == []
+    assert decoder.feed(b"\n\n") != []
+    assert decoder.feed(b"data: " + b"y" * 94) == []  # after a finished line too
+    assert decoder.feed(b"\n\n")[0].data == "y" * 94
+
+
 def test_split_anywhere_with_a_limit() -> None:
     biggest = max(len(e.data.encode()) for e in EXPECTED)
     for i in range(len(RECORDED) + 1):

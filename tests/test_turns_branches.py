@@ -13,7 +13,13 @@ from typing import Any
 import pytest
 from turns_support import Env, env, path  # noqa: F401 - fixtures
 
-from convo import InvalidMessageError, Message, StoreInputError
+from convo import (
+    ConversationNotFound,
+    InvalidMessageError,
+    Message,
+    MessageNotFound,
+    StoreInputError,
+)
 
 
 async def rows(env: Env, conversation_id: str) -> list[Any]:
@@ -196,3 +202,62 @@ async def test_build_as_of_a_past_seq_makes_no_fork(env: Env) -> None:
     now = await chat.build(root)
     assert [m.content for m in now.messages][-1] == "A2"
     assert env.store.count("conversations") == conversations
+
+
+async def test_the_store_branch_calls_check_their_input_and_write_nothing(env: Env) -> None:
+    store = env.store
+    conv = await store.create_conversation(title="t", owner="alice")
+    await store.append(conv.id, Message.user("one"), owner="alice")
+    other = await store.create_conversation(owner="alice")
+    before = store.snapshot()
+    bad: list[tuple[dict[str, Any], type[Exception], str]] = [
+        ({"at": 1, "kind": "fork"}, StoreInputError,
+         "branch kind must be one of ('regenerate', 'edit', 'replay', 'branch'), got 'fork'"),
+        ({"at": True}, StoreInputError, "at must be an integer, got True"),
+        ({"at": "1"}, StoreInputError, "at must be an integer, got '1'"),
+        ({"at": -1}, MessageNotFound,
+         f"cannot branch conversation {conv.id!r} at -1: it has messages 1..1"),
+        ({"at": 2}, MessageNotFound,
+         f"cannot branch conversation {conv.id!r} at 2: it has messages 1..1"),
+        ({"at": 1, "metadata": {"k": object()}}, StoreInputError, "metadata"),
+    ]
+    for kwargs, error, text in bad:
+        with pytest.raises(error) as info:
+            await store.create_branch(conv.id, owner="alice", **kwargs)
+        assert text in str(info.value)
+    with pytest.raises(ConversationNotFound):
+        await store.create_branch(conv.id, at=1, owner="bob")
+    assert store.snapshot() == before
+
+    at0 = await store.create_branch(conv.id, at=0, kind="edit", make_current=False,
+                                    owner="alice")
+    at1 = await store.create_branch(conv.id, at=1, title="mine", metadata={"k": 1},
+                                    owner="alice")
+    assert (at0.title, at0.owner, at0.fork_seq, at0.last_seq, at0.branch_kind) == (
+        "t", "alice", 0, 0, "edit")
+    assert (at1.title, at1.metadata, at1.parent_id, at1.branch_of) == (
+        "mine", {"k": 1}, conv.id, conv.id)
+    assert (await store.get_conversation(conv.id)).current_branch_id == at1.id
+    # a branch of a branch belongs to the same thread, its root's
+    nested = await store.create_branch(at1.id, at=1, make_current=False, owner="alice")
+    assert (nested.parent_id, nested.branch_of) == (at1.id, conv.id)
+
+    before = store.snapshot()
+    with pytest.raises(StoreInputError) as info:
+        await store.set_current_branch(at1.id, at0.id, owner="alice")
+    assert str(info.value) == f"{at1.id!r} is a branch of {conv.id!r}; set the current branch on the root"
+    with pytest.raises(StoreInputError) as info:
+        await store.set_current_branch(conv.id, other.id, owner="alice")
+    assert str(info.value) == f"{other.id!r} is not a branch of {conv.id!r}"
+    with pytest.raises(ConversationNotFound):
+        await store.set_current_branch(conv.id, at0.id, owner="bob")
+    assert store.snapshot() == before
+    assert (await store.set_current_branch(conv.id, nested.id, owner="alice")).current_branch_id \
+        == nested.id
+    assert (await store.set_current_branch(conv.id, conv.id, owner="alice")).current_branch_id \
+        is None
+    listed = await store.list_branches(nested.id, owner="alice")
+    assert [(b.conversation.id, b.current) for b in listed] == [
+        (conv.id, True), (at0.id, False), (at1.id, False), (nested.id, False)]
+    assert [b.last_message.text if b.last_message else None for b in listed] == [
+        "one", None, "one", "one"]
