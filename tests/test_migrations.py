@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -190,8 +191,12 @@ def test_upgrading_a_0001_database_with_data_keeps_every_row(backend, make_db):
             new = conn.exec_driver_sql(
                 f"SELECT {', '.join(conv_cols)} FROM conversations"
             ).all()
+            lineages = dict(conn.exec_driver_sql("SELECT id, lineage FROM conversations").all())
         assert all(tuple(r) == (None, None, None) for r in new)
-        after["conversations"] = [r[:-3] for r in after["conversations"]]
+        # 0005: the fork's ancestor chain, on its row
+        assert {k: _json(v) for k, v in lineages.items()} == {
+            conv_id: None, fork_id: [[conv_id, 2]]}
+        after["conversations"] = [r[:-4] for r in after["conversations"]]
         # 0004: each token count learnt its message's conversation
         assert after["message_tokens"] == [
             (1, "o200k_base", 5, conv_id), (2, "o200k_base", 9, conv_id)]
@@ -199,6 +204,11 @@ def test_upgrading_a_0001_database_with_data_keeps_every_row(backend, make_db):
         assert after == before
     finally:
         engine.dispose()
+
+
+def _json(value: object) -> object:
+    """A JSON column's value as read by the driver (SQLite: its text)."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def _dump(engine: sa.Engine, tables: list[str]) -> dict[str, list[dict[str, object]]]:
@@ -281,6 +291,8 @@ def test_upgrading_a_0003_database_with_data_to_shard_keys_keeps_every_row(backe
             store.migrate()
             assert store.current_revision() == SCHEMA_REVISION
         after = _dump(engine, tables)
+        lineages = {r["id"]: _json(r.pop("lineage")) for r in after["conversations"]}
+        assert lineages == {a: None, b: None, fork: [[a, 2]]}  # 0005
         home = {1: a, 2: a, 4: b, 7: fork}
         for row in after["message_tokens"]:
             assert row.pop("conversation_id") == home[row["message_id"]]  # type: ignore[index]
