@@ -15,7 +15,8 @@ Reads then resolve a fork from its own row (one statement, no ancestor row
 read: :func:`segments`), and the fork trees *below* conversations (delete with
 ``cascade_forks``, the native export) are walked level by level with
 ``parent_id IN (...)`` (:data:`FORKS_OF`). No statement is recursive: a
-sharded PostgreSQL (Citus) runs ``WITH RECURSIVE`` only inside one shard.
+sharded PostgreSQL (Citus) runs a recursive common table expression only
+inside one shard.
 
 Only convo writes conversations; a fork that something else inserted without
 a lineage is still read correctly, its ancestors' rows read one statement each

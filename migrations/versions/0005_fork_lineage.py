@@ -60,8 +60,8 @@ def chains(forks: dict[str, tuple[str, int]]) -> dict[str, list[list[object]]]:
         while node in forks:  # up to the root (a conversation that is no fork)
             parent, fork_seq = forks[node]
             chain.append([parent, fork_seq])
-            if parent in seen:
-                raise RuntimeError(f"conversation {cid!r}: its parents form a cycle")
+            if parent in seen:  # a cycle: only a hand-edited database has one
+                break
             seen.add(parent)
             node = parent
         out[cid] = chain
