@@ -164,10 +164,14 @@ def _migrate(
 def serialized(connection: sa.Connection) -> Iterator[None]:
     """Hold convo's migration lock on ``connection`` for the block.
 
-    PostgreSQL: a session-level advisory lock on :data:`MIGRATION_LOCK_KEY`,
-    taken and committed before the block so the migration runs (and commits)
-    in its own transaction, released after it; inside a transaction the caller
-    already opened, a transaction-level lock held until the caller commits.
+    PostgreSQL: a transaction-level advisory lock on :data:`MIGRATION_LOCK_KEY`
+    (``pg_advisory_xact_lock``), taken in the transaction the migration runs in
+    (begun here if none is open) and released by the server when that
+    transaction commits or rolls back. Nothing outlives the transaction, so a
+    migration leaves no state in the server session: it is safe through a
+    transaction-mode pooler such as PgBouncer, and a connection that breaks
+    midway cannot leave the lock behind. The caller commits (Alembic's
+    transaction, or :class:`foreign_keys_off` on leaving).
     SQLite: the migration's transaction begins ``IMMEDIATE`` (the write lock,
     waited for under the busy timeout).
     """
@@ -176,28 +180,8 @@ def serialized(connection: sa.Connection) -> Iterator[None]:
             connection.execution_options(**{WRITE_OPTION: True})
         yield
         return
-    key = {"key": MIGRATION_LOCK_KEY}
-    if connection.in_transaction():
-        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), key)
-        yield
-        return
-    connection.execute(sa.text("SELECT pg_advisory_lock(:key)"), key)
-    connection.commit()
-    failed = True
-    try:
-        yield
-        failed = False
-    finally:
-        try:
-            if connection.in_transaction():  # the block failed midway
-                connection.rollback()
-            connection.execute(sa.text("SELECT pg_advisory_unlock(:key)"), key)
-            connection.commit()
-        except sa.exc.DBAPIError:
-            # The connection broke (and with its session the lock is gone):
-            # report the block's own error, not this one.
-            if not failed:
-                raise
+    connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    yield
 
 
 class foreign_keys_off:  # used like a function

@@ -570,3 +570,59 @@ async def test_async_migrate_takes_the_same_lock(backend, make_db):
             assert held == 0
     finally:
         await store.close()
+
+
+_SESSION_STATE = ("pg_advisory_lock", "pg_advisory_unlock", "prepare ", "listen ", "declare ",
+                  "create temp", "discard ", "set_config(")
+
+
+def test_a_migration_leaves_no_state_in_the_server_session(make_db):
+    """Every statement of an upgrade and a downgrade is transaction-scoped: the migration
+    lock is ``pg_advisory_xact_lock`` (released by COMMIT or ROLLBACK), never a session
+    lock, so migrating through a transaction-mode pooler (PgBouncer) cannot leave a lock
+    held by a pooled server connection, and a connection broken midway holds nothing."""
+    url = make_db("postgresql", migrated=False)
+    engine = create_engine(url)
+    sent: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute",
+                    lambda conn, cursor, statement, *rest: sent.append(statement.lower()))
+    try:
+        with Store(engine) as store:
+            store.migrate()
+            with engine.connect() as conn:
+                _migrate.downgrade(conn, "0003_replays")
+            store.migrate()
+            assert store.current_revision() == SCHEMA_REVISION
+        locks = [s for s in sent if "advisory" in s]
+        assert locks and all("pg_advisory_xact_lock" in s for s in locks), locks
+        assert not [s for s in sent if any(bad in s for bad in _SESSION_STATE)]
+        # and the lock serializes: held by another transaction, a migration waits for it
+        with engine.connect() as holder:
+            holder.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"),
+                           {"k": _migrate.MIGRATION_LOCK_KEY})
+            import threading
+
+            done = threading.Event()
+
+            def migrate() -> None:
+                with engine.connect() as conn:
+                    _migrate.downgrade(conn, "0003_replays")
+                done.set()
+
+            worker = threading.Thread(target=migrate)
+            worker.start()
+            deadline = time.monotonic() + 30
+            waiting = 0
+            while not waiting and time.monotonic() < deadline:
+                waiting = holder.exec_driver_sql(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                ).scalar()
+                time.sleep(0.01)
+            assert waiting == 1 and not done.is_set()
+            holder.commit()  # releases the lock: the migration goes on
+            worker.join(30)
+            assert done.is_set()
+        with Store(engine) as store:
+            assert store.current_revision() == "0003_replays"
+    finally:
+        engine.dispose()
