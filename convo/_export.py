@@ -41,8 +41,8 @@ from ._control import _custom_control, neutralize_message
 from ._exceptions import ConfigurationError, ConversationNotFound, StoreInputError, TemplateError
 from ._messages import InputAudioPart, Message
 from ._records import StoredMessage
-from ._store_core import Lineage, Op, Plan, _lineage, _read_segments, forks_below
-from ._store_lineage import tree_order
+from ._store_core import Lineage, Op, Plan, _lineage, _read_segments
+from ._store_lineage import forks_below, tree_order
 from ._store_rows import message_from_row
 from ._store_runs import R
 

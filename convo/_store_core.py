@@ -170,24 +170,8 @@ def _lineage(conversation_id: str, owner: str | None) -> Plan[Lineage]:
         raise ConversationNotFound(conversation_id, owner=owner)
     chain = row[4]
     if chain is None and row[0] is not None:
-        chain = yield from _chain(row[0], row[1])
+        chain = yield from lineages.walk_up(row[0], row[1])
     return Lineage(conversation_id, row[2], lineages.segments(conversation_id, row[2], chain or ()))
-
-
-def _chain(parent_id: str, fork_seq: int) -> Plan[list[list[Any]]]:
-    """The lineage of a fork whose row has none (inserted by something other than
-    convo, or by an offline migration): its ancestors' rows, one statement each,
-    up to a root or an ancestor that has its lineage."""
-    chain: list[list[Any]] = [[parent_id, fork_seq]]
-    while True:
-        row = yield Op(lineages.LINEAGE_ROW, {"cid": chain[-1][0]}, "first", driver=True)
-        if row is None or row[0] is None:
-            return chain
-        if row[4] is not None:
-            return [*chain, *row[4]]
-        if any(row[0] == ancestor for ancestor, _ in chain):
-            return chain  # a cycle (only a hand-edited database has one) ends the chain
-        chain.append([row[0], row[1]])
 
 
 def _fork_source(conversation_id: str, owner: str | None) -> Plan[tuple[Conversation, list[Any]]]:
@@ -200,29 +184,8 @@ def _fork_source(conversation_id: str, owner: str | None) -> Plan[tuple[Conversa
     source = conversation_from_row(row)
     chain = row[-1]  # the lineage column comes last
     if chain is None and source.parent_id is not None:
-        chain = yield from _chain(source.parent_id, source.fork_seq or 0)
+        chain = yield from lineages.walk_up(source.parent_id, source.fork_seq or 0)
     return source, chain or []
-
-
-def forks_below(ids: Sequence[str], *, full: bool) -> Plan[list[list[Any]]]:
-    """Every fork below the conversations ``ids``, one list per depth (children,
-    grandchildren, ...): a walk down ``parent_id IN (...)``, not a recursive query.
-    Rows: whole conversation rows with ``full``, else (id, parent_id)."""
-    stmt, chunk = lineages.forks_of(full), lineages.FORKS_CHUNK
-    levels: list[list[Any]] = []
-    seen = set(ids)
-    level = list(ids)
-    while level:
-        found = []
-        for start in range(0, len(level), chunk):
-            found += (yield Op(stmt, {"ids": level[start:start + chunk]}))
-        found = [r for r in found if r.id not in seen]  # a cycle: only in a hand-edited database
-        if not found:
-            break
-        seen.update(r.id for r in found)
-        levels.append(found)
-        level = [r.id for r in found]
-    return levels
 
 
 def _read_segments(
@@ -319,7 +282,7 @@ def delete_conversation(
     if row is None:
         raise ConversationNotFound(conversation_id, owner=owner)
     # The conversation and every fork below it (forks of forks too).
-    levels = yield from forks_below([conversation_id], full=False)
+    levels = yield from lineages.forks_below([conversation_id], full=False)
     ids = [conversation_id, *(r.id for level in levels for r in level)]
     if len(ids) > 1 and not cascade_forks:
         raise ForkConflictError(

@@ -20,25 +20,28 @@ inside one shard.
 
 Only convo writes conversations; a fork that something else inserted without
 a lineage is still read correctly, its ancestors' rows read one statement each
-(``_store_core._chain``).
+(:func:`walk_up`).
 
-The plans that run these statements live in :mod:`convo._store_core` (which
-this module must not import: the core imports it).
+The plans here yield :class:`convo._store_core.Op`, imported when they run:
+the core imports this module.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cache
-from typing import Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import sqlalchemy as sa
 
 from ._store_sql import C
 
+if TYPE_CHECKING:
+    from ._store_core import Plan
+
 __all__ = [
-    "FORKS_CHUNK", "LINEAGE_ROW", "Chain", "Segment", "extend", "forks_of", "segments",
-    "tree_order",
+    "FORKS_CHUNK", "LINEAGE_ROW", "Chain", "Segment", "extend", "forks_below", "forks_of",
+    "segments", "tree_order", "walk_up",
 ]
 
 #: (conversation_id, lo, hi): the messages of ``conversation_id`` with seq in (lo, hi].
@@ -97,3 +100,47 @@ def tree_order(roots: Sequence[Any], levels: Sequence[Sequence[Any]]) -> list[An
             ordered.append((tree, depth, row.id, row))
     ordered.sort(key=lambda t: t[:3])
     return [t[3] for t in ordered]
+
+
+# --- plans ---------------------------------------------------------------------------------
+
+
+def walk_up(parent_id: str, fork_seq: int) -> Plan[list[list[Any]]]:
+    """The lineage of a fork whose row has none (inserted by something other than
+    convo, or left by an offline migration): its ancestors' rows, one statement
+    each, up to a root or an ancestor that has its lineage."""
+    from ._store_core import Op  # the core imports this module (loaded by now)
+
+    chain: list[list[Any]] = [[parent_id, fork_seq]]
+    while True:
+        row = yield Op(LINEAGE_ROW, {"cid": chain[-1][0]}, "first", driver=True)
+        if row is None or row[0] is None:
+            return chain
+        if row[4] is not None:
+            return [*chain, *row[4]]
+        if any(row[0] == ancestor for ancestor, _ in chain):
+            return chain  # a cycle (only a hand-edited database has one) ends the chain
+        chain.append([row[0], row[1]])
+
+
+def forks_below(ids: Sequence[str], *, full: bool) -> Plan[list[list[Any]]]:
+    """Every fork below the conversations ``ids``, one list per depth (children,
+    grandchildren, ...): a walk down ``parent_id IN (...)``, not a recursive query.
+    Rows: whole conversation rows with ``full``, else (id, parent_id)."""
+    from ._store_core import Op  # the core imports this module (loaded by now)
+
+    stmt = forks_of(full)
+    levels: list[list[Any]] = []
+    seen = set(ids)
+    level = list(ids)
+    while level:
+        found = []
+        for start in range(0, len(level), FORKS_CHUNK):
+            found += (yield Op(stmt, {"ids": level[start:start + FORKS_CHUNK]}))
+        found = [r for r in found if r.id not in seen]  # a cycle: only in a hand-edited database
+        if not found:
+            break
+        seen.update(r.id for r in found)
+        levels.append(found)
+        level = [r.id for r in found]
+    return levels
