@@ -42,6 +42,7 @@ from ._exceptions import ConfigurationError, ConversationNotFound, StoreInputErr
 from ._messages import InputAudioPart, Message
 from ._records import StoredMessage
 from ._store_core import Lineage, Op, Plan, _lineage, _read_segments
+from ._store_lineage import forks_below, tree_order
 from ._store_rows import message_from_row
 from ._store_runs import R
 
@@ -183,7 +184,7 @@ def export_plan(opts: ExportOptions, emit: Callable[[str], None], *, dialect: st
 
 # Conversations with no parent (thread roots and plain conversations), by id.
 def _roots_stmt(scoped: bool) -> sa.Select[Any]:
-    stmt = sa.select(C.c.id).where(C.c.parent_id.is_(None), C.c.id > sa.bindparam("after"))
+    stmt = sa.select(C).where(C.c.parent_id.is_(None), C.c.id > sa.bindparam("after"))
     if scoped:
         stmt = stmt.where(C.c.owner == sa.bindparam("owner"))
     return stmt.order_by(C.c.id).limit(sa.bindparam("limit"))
@@ -192,21 +193,13 @@ def _roots_stmt(scoped: bool) -> sa.Select[Any]:
 _ROOTS = {scoped: _roots_stmt(scoped) for scoped in (False, True)}
 
 
-def _tree_stmt(scoped: bool) -> sa.Select[Any]:
-    """Every conversation of the given roots' fork trees, parents before children."""
-    tree = sa.select(
-        C.c.id, C.c.id.label("root"), sa.literal(0, sa.Integer).label("depth")
-    ).where(C.c.id.in_(sa.bindparam("roots", expanding=True))).cte("tree", recursive=True)
-    tree = tree.union_all(
-        sa.select(C.c.id, tree.c.root, tree.c.depth + 1).join(tree, C.c.parent_id == tree.c.id)
-    )
-    stmt = sa.select(C).join(tree, C.c.id == tree.c.id)
-    if scoped:
-        stmt = stmt.where(C.c.owner == sa.bindparam("owner"))
-    return stmt.order_by(tree.c.root, tree.c.depth, C.c.id)
-
-
-_TREE = {scoped: _tree_stmt(scoped) for scoped in (False, True)}
+def _trees(roots: list[Any], owner: str | None) -> Plan[list[Any]]:
+    """Every conversation of the fork trees of ``roots`` (rows), tree by tree, parents
+    before children (walked down level by level: no recursive query); with
+    ``owner``, only that owner's."""
+    levels = yield from forks_below([r.id for r in roots], full=True)
+    rows = tree_order(roots, levels)
+    return rows if owner is None else [r for r in rows if r.owner == owner]
 
 
 def _scoped(params: dict[str, Any], owner: str | None) -> bool:
@@ -224,9 +217,8 @@ def _tree_of(cid: str, owner: str | None, seen: set[str]) -> Plan[list[Any]]:
     if root in seen:
         return []
     seen.add(root)
-    params: dict[str, Any] = {"roots": [root]}
-    rows: list[Any] = yield Op(_TREE[_scoped(params, owner)], params)
-    return rows
+    row = yield Op(sql.select_conversation(False), {"cid": root}, "first")
+    return [] if row is None else (yield from _trees([row], owner))
 
 
 # --- native ---------------------------------------------------------------------------------
@@ -321,8 +313,7 @@ def _native_export(opts: ExportOptions, emit: Callable[[str], None], tally: _Tal
         roots = yield Op(_ROOTS[_scoped(params, opts.owner)], params)
         if not roots:
             return
-        tree: dict[str, Any] = {"roots": [r.id for r in roots]}
-        for row in (yield Op(_TREE[_scoped(tree, opts.owner)], tree)):
+        for row in (yield from _trees(roots, opts.owner)):
             yield from _native_conversation(row, opts, emit, tally)
         if len(roots) < _ROOT_PAGE:
             return

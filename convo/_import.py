@@ -46,6 +46,7 @@ from . import _native as native
 from . import _store_sql as sql
 from ._exceptions import ImportValidationError, StoreInputError
 from ._store_core import Op, Plan, _lineage, _read_segments
+from ._store_lineage import extend, walk_up
 from ._store_rows import new_conversation_id
 from ._store_runs import R, new_run_id
 
@@ -100,7 +101,8 @@ class _Index:
         self.db.executescript("""
             CREATE TABLE conv (old TEXT PRIMARY KEY, new TEXT NOT NULL, owner TEXT,
                                last_seq INTEGER NOT NULL, parent TEXT, fork_seq INTEGER,
-                               first_turn INTEGER, line INTEGER NOT NULL) WITHOUT ROWID;
+                               first_turn INTEGER, lineage TEXT, line INTEGER NOT NULL)
+                               WITHOUT ROWID;
             CREATE TABLE msg (id INTEGER PRIMARY KEY, line INTEGER NOT NULL);
             CREATE TABLE summ (id INTEGER PRIMARY KEY, cid TEXT NOT NULL, new INTEGER,
                                line INTEGER NOT NULL);
@@ -141,6 +143,11 @@ class _Index:
             (old,),
         ).fetchone()
         return None if found is None else tuple(found)
+
+    def lineage(self, old: str) -> list[Any] | None:
+        """The lineage to store for a conversation of the file (in new ids)."""
+        found = self.db.execute("SELECT lineage FROM conv WHERE old = ?", (old,)).fetchone()
+        return None if found is None or found[0] is None else list(json.loads(found[0]))
 
     def new_conversation_id(self, old: str | None) -> str | None:
         if old is None:
@@ -257,7 +264,8 @@ _EXISTS = {
     "summary": _exists_stmt(S, S.c.id),
     "run": _exists_stmt(R, R.c.id),
 }
-_PARENT = sa.select(C.c.owner, C.c.last_seq).where(C.c.id == sa.bindparam("cid"))
+_PARENT = sa.select(C.c.owner, C.c.last_seq, C.c.parent_id, C.c.fork_seq, C.c.lineage).where(
+    C.c.id == sa.bindparam("cid"))
 # One cached statement whatever the number of pairs (an expanding parameter).
 _MESSAGE_IDS = sa.select(M.c.conversation_id, M.c.seq, M.c.id).where(
     sa.tuple_(M.c.conversation_id, M.c.seq).in_(sa.bindparam("pairs", expanding=True))
@@ -369,10 +377,12 @@ class Importer:
         conv = _Conv(id=cid, line=line, fork_seq=fork_seq or 0, last_seq=cols["last_seq"],
                      counts=counts, next_seq=(fork_seq or 0) + 1)
         conv.open_calls = None if fork_seq else set()
+        chain = None
         if parent is not None:
             found = self.index.conversation(parent)
             if found is not None:
                 parent_owner, parent_last = found[1], found[2]
+                chain = extend(found[0], fork_seq, self.index.lineage(parent) or ())
             else:
                 row = yield Op(_PARENT, {"cid": parent}, "first")
                 if row is None:
@@ -382,6 +392,10 @@ class Importer:
                     parent_owner, parent_last = cols["owner"], fork_seq
                 else:
                     parent_owner, parent_last = row.owner, row.last_seq
+                    up = row.lineage
+                    if up is None and row.parent_id is not None:
+                        up = yield from walk_up(row.parent_id, row.fork_seq)
+                    chain = extend(parent, fork_seq, up or ())
             if fork_seq > parent_last:
                 self._error(line, f"conversation {cid!r}: fork_seq {fork_seq} is past its "
                                   f"parent's last message ({parent_last})")
@@ -390,7 +404,8 @@ class Importer:
                                   f"({parent_owner!r}), not {cols['owner']!r}")
         new = new_conversation_id() if self.new_ids else cid
         for dup, first in self.index.add(
-            "conv", [(cid, new, cols["owner"], cols["last_seq"], parent, fork_seq, None, line)]
+            "conv", [(cid, new, cols["owner"], cols["last_seq"], parent, fork_seq, None,
+                      None if chain is None else json.dumps(chain), line)]
         ):
             self._error(line, f"duplicate conversation id {dup!r} (first on line {first})")
             conv.damaged = True
@@ -600,6 +615,7 @@ class Importer:
                     cols["id"] = new_cid
                     for key in ("parent_id", "branch_of", "current_branch_id"):
                         cols[key] = self.index.new_conversation_id(cols[key])
+                    cols["lineage"] = self.index.lineage(cid)
                     batch.conversations.append(cols)
                     stats["conversations"] += 1
                 self._stage(number, obj, cid, new_cid, batch, stats)

@@ -9,7 +9,8 @@ Tables::
 
     conversations   id (time-ordered hex), title, owner, metadata, timestamps,
                     parent_id / fork_seq (fork lineage), last_seq (sequence counter),
-                    branch_kind / branch_of / current_branch_id (branches of a thread)
+                    branch_kind / branch_of / current_branch_id (branches of a thread),
+                    lineage (a fork's ancestors and fork points, fixed when it is made)
     messages        one row per message; UNIQUE(conversation_id, seq)
     message_tokens  (conversation_id, message_id, encoding) -> tokens, filled by the
                     context builder
@@ -66,7 +67,7 @@ __all__ = [
 
 #: The Alembic revision this code expects the database to be at (the head of
 #: ``migrations/versions``; a test keeps the two equal).
-SCHEMA_REVISION = "0004_shard_keys"
+SCHEMA_REVISION = "0005_fork_lineage"
 
 # Stable constraint names on both databases, so migrations can refer to them.
 NAMING_CONVENTION = {
@@ -207,6 +208,11 @@ class ConversationRow(Base):
     branch_kind: Mapped[str | None] = mapped_column(sa.String(16))
     branch_of: Mapped[str | None] = mapped_column(sa.String(32), index=True)
     current_branch_id: Mapped[str | None] = mapped_column(sa.String(32))
+    # A fork's ancestors, nearest first: [[parent_id, fork_seq], [grandparent_id,
+    # the parent's fork_seq], ...]; NULL on a conversation that is no fork. Fixed
+    # when the fork is made (a fork point never changes), so reads resolve the
+    # ancestor chain from this row alone (see convo._store_lineage).
+    lineage: Mapped[list[Any] | None] = mapped_column(JSONType)
 
     __table_args__ = (
         # Listing newest first, per owner, with a stable keyset (updated_at, id).

@@ -19,8 +19,9 @@ from pydantic import BaseModel, ConfigDict
 from . import _store_sql as sql
 from ._exceptions import ConversationNotFound, MessageNotFound, StoreInputError
 from ._records import Conversation, StoredMessage
-from ._store_core import Op, Plan, _lineage, _read_segments, get_conversation, now
+from ._store_core import Op, Plan, _fork_source, _lineage, _read_segments, get_conversation, now
 from ._store_input import check_values
+from ._store_lineage import extend
 from ._store_rows import (
     construct,
     conversation_from_row,
@@ -71,7 +72,7 @@ def create_branch(
     if not isinstance(at, int) or isinstance(at, bool):
         raise StoreInputError(f"at must be an integer, got {at!r}")
     meta = validate_json_dict(metadata, "conversation metadata")
-    source = yield from get_conversation(conversation_id, owner=owner)
+    source, chain = yield from _fork_source(conversation_id, owner)
     if not 0 <= at <= source.last_seq:
         raise MessageNotFound(
             f"cannot branch conversation {conversation_id!r} at {at}: "
@@ -93,9 +94,10 @@ def create_branch(
         "branch_of": root,
         "current_branch_id": None,
     }
-    check_values(values, "branch")
+    row = {**values, "lineage": extend(source.id, at, chain)}
+    check_values(row, "branch")
     try:
-        yield Op(sql.INSERT_CONVERSATION, values, "none")
+        yield Op(sql.INSERT_CONVERSATION, row, "none")
     except sa.exc.IntegrityError as exc:  # the source was deleted meanwhile
         raise ConversationNotFound(conversation_id, owner=owner) from exc
     if make_current:

@@ -15,8 +15,9 @@ A database error raised by a statement is thrown into the plan
 (``plan.throw``), so a plan can recover (roll back, read, return).
 
 Fork lineage: a conversation's view is its ancestors' messages up to each fork
-point, then its own. :func:`_lineage` resolves the ancestor chain in one
-recursive query into segments ``(conversation_id, lo, hi)`` (seq in ``(lo, hi]``),
+point, then its own. :func:`_lineage` resolves it from the conversation's own
+row, which stores its ancestor chain (:mod:`convo._store_lineage`: no recursive
+query), into segments ``(conversation_id, lo, hi)`` (seq in ``(lo, hi]``),
 newest first; reads then query segment by segment with ``LIMIT`` and stop as
 soon as the limit is filled, so reading the tail never loads the thread.
 """
@@ -35,6 +36,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.sql import Executable
 
+from . import _store_lineage as lineages
 from . import _store_sql as sql
 from ._exceptions import (
     ConversationNotFound,
@@ -138,7 +140,7 @@ def _scope(params: dict[str, Any], owner: str | None) -> bool:
 
 # --- lineage -----------------------------------------------------------------------------
 
-Segment: TypeAlias = tuple[str, int, int]  # (conversation_id, lo, hi): seq in (lo, hi]
+Segment: TypeAlias = lineages.Segment  # (conversation_id, lo, hi): seq in (lo, hi]
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,17 +163,29 @@ class Lineage:
 
 
 def _lineage(conversation_id: str, owner: str | None) -> Plan[Lineage]:
-    rows = yield Op(sql.chain_query(), {"cid": conversation_id}, driver=True)
-    # columns: id, parent_id, fork_seq, last_seq, owner, depth
-    if not rows or (owner is not None and rows[0][4] != owner):
+    """The view of a conversation, from its row alone (one statement)."""
+    row = yield Op(lineages.LINEAGE_ROW, {"cid": conversation_id}, "first", driver=True)
+    # columns: parent_id, fork_seq, last_seq, owner, lineage
+    if row is None or (owner is not None and row[3] != owner):
         raise ConversationNotFound(conversation_id, owner=owner)
-    segments = []
-    last_seq = cap = rows[0][3]
-    for cid, _parent, fork_seq, _last, _owner, _depth in rows:
-        lo = fork_seq or 0
-        segments.append((cid, lo, cap))
-        cap = min(cap, lo)
-    return Lineage(conversation_id, last_seq, tuple(segments))
+    chain = row[4]
+    if chain is None and row[0] is not None:
+        chain = yield from lineages.walk_up(row[0], row[1])
+    return Lineage(conversation_id, row[2], lineages.segments(conversation_id, row[2], chain or ()))
+
+
+def _fork_source(conversation_id: str, owner: str | None) -> Plan[tuple[Conversation, list[Any]]]:
+    """The conversation a fork or branch is made of, and its lineage (the new
+    fork's is this one with the source in front: :func:`convo._store_lineage.extend`)."""
+    params = {"cid": conversation_id}
+    row = yield Op(sql.select_conversation(_scope(params, owner)), params, "first", driver=True)
+    if row is None:
+        raise ConversationNotFound(conversation_id, owner=owner)
+    source = conversation_from_row(row)
+    chain = row[-1]  # the lineage column comes last
+    if chain is None and source.parent_id is not None:
+        chain = yield from lineages.walk_up(source.parent_id, source.fork_seq or 0)
+    return source, chain or []
 
 
 def _read_segments(
@@ -268,9 +282,8 @@ def delete_conversation(
     if row is None:
         raise ConversationNotFound(conversation_id, owner=owner)
     # The conversation and every fork below it (forks of forks too).
-    tree = sa.select(C.c.id).where(C.c.id == conversation_id).cte("tree", recursive=True)
-    tree = tree.union_all(sa.select(C.c.id).join(tree, C.c.parent_id == tree.c.id))
-    ids = [r.id for r in (yield Op(sa.select(tree.c.id)))]
+    levels = yield from lineages.forks_below([conversation_id], full=False)
+    ids = [conversation_id, *(r.id for level in levels for r in level)]
     if len(ids) > 1 and not cascade_forks:
         raise ForkConflictError(
             f"conversation {conversation_id!r} has {len(ids) - 1} fork(s) that share its "
@@ -612,7 +625,7 @@ def fork(
     metadata: Mapping[str, Any] | None,
 ) -> Plan[Conversation]:
     meta = validate_json_dict(metadata, "conversation metadata")
-    source = yield from get_conversation(conversation_id, owner=owner)
+    source, chain = yield from _fork_source(conversation_id, owner)
     point = source.last_seq if at is None else at
     if not 0 <= point <= source.last_seq:
         raise MessageNotFound(
@@ -635,9 +648,10 @@ def fork(
         "branch_of": None,
         "current_branch_id": None,
     }
-    check_values(values, "conversation")
+    row = {**values, "lineage": lineages.extend(source.id, point, chain)}
+    check_values(row, "conversation")
     try:
-        yield Op(sql.INSERT_CONVERSATION, values, "none")
+        yield Op(sql.INSERT_CONVERSATION, row, "none")
     except IntegrityError as exc:  # the source was deleted meanwhile
         raise ConversationNotFound(conversation_id, owner=owner) from exc
     return construct(Conversation, {**values, "metadata": meta or {}})

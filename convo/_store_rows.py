@@ -80,13 +80,16 @@ def validate_json_dict(value: Mapping[str, Any] | None, what: str) -> dict[str, 
 # cursor-level path gives plain tuples; SQLAlchemy rows of ``select(C)`` match).
 CONVERSATION_COLUMNS = (
     "id", "title", "owner", "metadata", "created_at", "updated_at", "parent_id", "fork_seq",
-    "last_seq", "branch_kind", "branch_of", "current_branch_id",
+    "last_seq", "branch_kind", "branch_of", "current_branch_id", "lineage",
 )
 assert tuple(c.name for c in ConversationRow.__table__.c) == CONVERSATION_COLUMNS
 
 
 def conversation_from_row(row: Any) -> Conversation:
+    """A conversation row as the public value (its stored lineage, the last column,
+    is the store's own: see :mod:`convo._store_lineage`)."""
     values = dict(zip(CONVERSATION_COLUMNS, row, strict=True))
+    del values["lineage"]
     values["metadata"] = values["metadata"] or {}
     return construct(Conversation, values)
 

@@ -32,21 +32,6 @@ def select_conversation(scoped: bool) -> sa.Select[Any]:
     return stmt.where(C.c.owner == _B("b_owner")) if scoped else stmt
 
 
-@cache
-def chain_query() -> sa.Select[Any]:
-    # The conversation and its ancestors, nearest first, in one round trip.
-    base = sa.select(
-        C.c.id, C.c.parent_id, C.c.fork_seq, C.c.last_seq, C.c.owner,
-        sa.literal(0, sa.Integer).label("depth"),
-    ).where(C.c.id == _B("cid"))
-    chain = base.cte("chain", recursive=True)
-    parent = sa.select(
-        C.c.id, C.c.parent_id, C.c.fork_seq, C.c.last_seq, C.c.owner, chain.c.depth + 1
-    ).join(chain, C.c.id == chain.c.parent_id)
-    chain = chain.union_all(parent)
-    return sa.select(chain).order_by(chain.c.depth)
-
-
 def _with_tokens() -> Any:
     """Messages joined with their stored token count for ``:encoding`` (None when
     not counted yet): the source of every tail read. Joined on conversation_id too:

@@ -267,7 +267,8 @@ def assert_copy(before: dict[str, list[dict[str, Any]]], after: dict[str, list[d
         new = copies[id_map[old_id]]
         expected = {**old, "id": id_map[old_id], "parent_id": conv(old["parent_id"]),
                     "branch_of": conv(old["branch_of"]),
-                    "current_branch_id": conv(old["current_branch_id"])}
+                    "current_branch_id": conv(old["current_branch_id"]),
+                    "lineage": old["lineage"] and [[conv(a), n] for a, n in old["lineage"]]}
         assert new == expected
 
     old_msgs = {m["id"]: m for m in before["messages"]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -190,8 +191,12 @@ def test_upgrading_a_0001_database_with_data_keeps_every_row(backend, make_db):
             new = conn.exec_driver_sql(
                 f"SELECT {', '.join(conv_cols)} FROM conversations"
             ).all()
+            lineages = dict(conn.exec_driver_sql("SELECT id, lineage FROM conversations").all())
         assert all(tuple(r) == (None, None, None) for r in new)
-        after["conversations"] = [r[:-3] for r in after["conversations"]]
+        # 0005: the fork's ancestor chain, on its row
+        assert {k: _json(v) for k, v in lineages.items()} == {
+            conv_id: None, fork_id: [[conv_id, 2]]}
+        after["conversations"] = [r[:-4] for r in after["conversations"]]
         # 0004: each token count learnt its message's conversation
         assert after["message_tokens"] == [
             (1, "o200k_base", 5, conv_id), (2, "o200k_base", 9, conv_id)]
@@ -199,6 +204,11 @@ def test_upgrading_a_0001_database_with_data_keeps_every_row(backend, make_db):
         assert after == before
     finally:
         engine.dispose()
+
+
+def _json(value: object) -> object:
+    """A JSON column's value as read by the driver (SQLite: its text)."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def _dump(engine: sa.Engine, tables: list[str]) -> dict[str, list[dict[str, object]]]:
@@ -281,6 +291,8 @@ def test_upgrading_a_0003_database_with_data_to_shard_keys_keeps_every_row(backe
             store.migrate()
             assert store.current_revision() == SCHEMA_REVISION
         after = _dump(engine, tables)
+        lineages = {r["id"]: _json(r.pop("lineage")) for r in after["conversations"]}
+        assert lineages == {a: None, b: None, fork: [[a, 2]]}  # 0005
         home = {1: a, 2: a, 4: b, 7: fork}
         for row in after["message_tokens"]:
             assert row.pop("conversation_id") == home[row["message_id"]]  # type: ignore[index]
@@ -307,6 +319,90 @@ def test_upgrading_a_0003_database_with_data_to_shard_keys_keeps_every_row(backe
             store.save_token_counts("o200k_base", {new.id: 2, (a, 5): 4})
             counts = {m.id: n for m, n in store.tail(a, encoding="o200k_base", limit=9)}
             assert counts == {5: 4, 2: 9, 1: 5}
+    finally:
+        engine.dispose()
+
+
+#: How convo resolved a fork's ancestors before revision 0005 (the oracle of the backfill).
+_OLD_CHAIN = """
+WITH RECURSIVE chain(id, parent_id, fork_seq, depth) AS (
+    SELECT id, parent_id, fork_seq, 0 FROM conversations WHERE id = :cid
+    UNION ALL
+    SELECT c.id, c.parent_id, c.fork_seq, chain.depth + 1
+    FROM conversations c JOIN chain ON c.id = chain.parent_id
+)
+SELECT id, fork_seq FROM chain ORDER BY depth
+"""
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_upgrading_a_0004_database_stores_each_forks_chain_as_the_recursive_query_found_it(
+    backend, make_db
+):
+    """0004 -> 0005 on forks of forks (a fork inside its parent's inherited part, a
+    fork at 0, a branch, two trees): every lineage equals the chain the recursive
+    query gave, reads see the same views, and a downgrade and upgrade again agree."""
+    url = make_db(backend, migrated=False)
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            _migrate.upgrade(conn, "0004_shard_keys")
+        stamp = "2026-11-22 10:00:00.000000" if backend == "sqlite" else "2026-11-22T10:00:00+00"
+        r, a, b, c, d, s, t, u = (f"{'0' * 31}{k}" for k in "12345678")
+        # (id, parent, fork_seq, last_seq, branch_kind, branch_of), parents first
+        convs = [(r, None, None, 5, None, None), (a, r, 3, 6, None, None),
+                 (b, a, 5, 7, None, None), (c, b, 2, 4, None, None), (d, c, 4, 5, None, None),
+                 (s, r, 0, 0, None, None), (t, None, None, 1, None, None),
+                 (u, t, 1, 2, "regenerate", t)]
+        own = {r: range(1, 6), a: range(4, 7), b: range(6, 8), c: range(3, 5), d: [5],
+               t: [1], u: [2]}
+
+        def sql(v: object) -> str:
+            return "NULL" if v is None else f"'{v}'" if isinstance(v, str) else str(v)
+
+        statements = [
+            "INSERT INTO conversations (id, owner, created_at, updated_at, parent_id, fork_seq,"
+            f" last_seq, branch_kind, branch_of) VALUES ('{cid}', 'o', '{stamp}', '{stamp}',"
+            f" {sql(parent)}, {sql(seq)}, {last}, {sql(kind)}, {sql(of)})"
+            for cid, parent, seq, last, kind, of in convs
+        ]
+        statements += [
+            "INSERT INTO messages (id, conversation_id, seq, role, content, created_at) VALUES"
+            f" ({i}, '{cid}', {seq}, 'user', '{cid[-1]}{seq}', '{stamp}')"
+            for i, (cid, seq) in enumerate(
+                ((cid, seq) for cid, seqs in own.items() for seq in seqs), 1)
+        ]
+        if backend == "postgresql":
+            statements.append(f"SELECT setval('messages_id_seq', {len(statements)})")
+        with engine.begin() as conn:
+            for statement in statements:
+                conn.exec_driver_sql(statement)
+            oracle = {}
+            for cid, *_ in convs:
+                chain = conn.execute(sa.text(_OLD_CHAIN), {"cid": cid}).all()
+                oracle[cid] = [[up[0], below[1]] for below, up in zip(chain, chain[1:])] or None
+        assert oracle[d] == [[c, 4], [b, 2], [a, 5], [r, 3]] and oracle[r] is None
+
+        def lineages() -> dict[str, object]:
+            with engine.connect() as conn:
+                rows = conn.exec_driver_sql("SELECT id, lineage FROM conversations").all()
+            return {cid: _json(value) for cid, value in rows}
+
+        with Store(url) as store:
+            store.migrate()
+            assert lineages() == oracle
+            views = {cid: [m.text for m in store.messages(cid)] for cid, *_ in convs}
+            assert views[d] == ["11", "12", "43", "44", "55"]
+            assert views[b] == ["11", "12", "13", "24", "25", "36", "37"]
+            assert views[s] == [] and views[u] == ["71", "82"]
+            with store.engine.connect() as conn:
+                _migrate.downgrade(conn, "0004_shard_keys")
+            with engine.connect() as conn:
+                columns = conn.exec_driver_sql("SELECT * FROM conversations").keys()
+            assert "lineage" not in columns
+            store.migrate()
+            assert lineages() == oracle
+            assert {cid: [m.text for m in store.messages(cid)] for cid, *_ in convs} == views
     finally:
         engine.dispose()
 
