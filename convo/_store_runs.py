@@ -47,6 +47,7 @@ from ._store_input import (
     check_json,
     check_text,
     check_values,
+    contains,
     json_text,
 )
 from ._store_rows import (
@@ -187,7 +188,7 @@ def request_text(request: str | bytes | Mapping[str, Any]) -> str:
     """The body as JSON text: given text is kept byte for byte (it is what was sent)."""
     if type(request) is SerializedRequest:
         text = str.__str__(request)
-        if "NaN" not in text and "Infinity" not in text:
+        if not contains(text, "NaN") and not contains(text, "Infinity"):
             return text
         request = text
     if isinstance(request, Mapping):
@@ -327,9 +328,10 @@ def start_run(
         "created_at": now(),
         "finished_at": None,
     }
-    # (settings and metadata passed check_json above, kept_seqs the int check)
-    check_values({k: v for k, v in values.items() if k not in _CHECKED_START}, "run")
     columns = tuple(k for k, v in values.items() if v is not None)
+    # (settings and metadata passed check_json above, kept_seqs the int check; a
+    # None is never refused)
+    check_values({k: values[k] for k in columns if k not in _CHECKED_START}, "run")
     params = {f"r_{k}": values[k] for k in columns}
     json_text = dialect == "sqlite"
     if json_text:
