@@ -383,10 +383,11 @@ async def test_a_usage_shared_by_the_reply_and_the_run_is_checked_and_kept_apart
     run = await _start(store, conv.id)
     bad = {"prompt_tokens": 9, "details": {"x": float("nan")}}
     before = store.snapshot()
+    bad_info = ReplyInfo(usage=bad)
     with pytest.raises(StoreInputError):
         await store.finish_run(
             run.id, status="ok", reply={"role": "assistant", "content": "Hello"},
-            reply_info=ReplyInfo(usage=bad), usage=bad,
+            reply_info=bad_info, usage=bad_info.usage,
         )
     assert store.snapshot() == before
     usage = {"prompt_tokens": 9, "completion_tokens": 2, "details": {"cached_tokens": 0}}
