@@ -744,7 +744,10 @@ def _to_json(body: dict[str, Any]) -> bytes:
     # pydantic writes NaN and Infinity as bare words, which is not JSON: a server
     # would reject the request or misread it. The check costs a scan of the bytes;
     # a second serialization happens only when the words appear (in text, usually).
-    if (b"NaN" in content or b"Infinity" in content) and content != pydantic_core.to_json(
+    # (find, not ``in``: bytes' ``in`` formats a TypeError before it searches)
+    if (
+        content.find(b"NaN") >= 0 or content.find(b"Infinity") >= 0
+    ) and content != pydantic_core.to_json(
         body, inf_nan_mode="null"
     ):
         raise InvalidMessageError("the request body holds a NaN or infinite number (not JSON)")

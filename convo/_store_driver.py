@@ -481,6 +481,33 @@ def _unheard(collections: tuple[Any, ...]) -> bool:
     return not any(collections)
 
 
+def _collections(engine: Any) -> tuple[Any, ...]:
+    collections: tuple[Any, ...] = _events(engine.dispatch)
+    dialect = engine.dialect
+    # SQLAlchemy marks a dialect (or its class) on the first listener of its
+    # events: unmarked, none of them can have one
+    if getattr(dialect, "_has_events", True):
+        collections += _dialect_events(dialect.dispatch)
+    return collections
+
+
+def _still_quiet(engine: Any, collections: tuple[Any, ...]) -> bool:
+    """Whether ``collections`` are the very ones found unheard last time on
+    ``engine``, still without a listener: a listener added to the instance
+    replaces its event's collection (a new object), one added to a class joins
+    the class-level list the collection holds (its length)."""
+    known = engine.__dict__.get(_QUIET)
+    return (
+        known is not None
+        and known[0] == collections  # (identity first: a replaced one differs)
+        and not any(map(len, known[1]))
+    )
+
+
+#: on an engine: (its event collections last found unheard, their class-level lists)
+_QUIET = "_convo_unheard"
+
+
 def direct_ok(engine: Any, begin_hook: Callable[..., Any]) -> bool:
     """Whether plans may run on a pooled DBAPI connection of ``engine`` without a
     SQLAlchemy ``Connection``: SQLite, nothing logged or echoed, and no event
@@ -489,14 +516,12 @@ def direct_ok(engine: Any, begin_hook: Callable[..., Any]) -> bool:
     if engine.dialect.name != "sqlite" or engine._should_log_info():
         return False
     d = engine.dispatch
-    collections = _events(d)
-    dialect = engine.dialect
-    # SQLAlchemy marks a dialect (or its class) on the first listener of its
-    # events: unmarked, none of them can have one
-    if getattr(dialect, "_has_events", True):
-        collections += _dialect_events(dialect.dispatch)
-    if not _unheard(collections):
-        return False
+    collections = _collections(engine)
+    if not _still_quiet(engine, collections):
+        if not _unheard(collections):
+            return False
+        if _EMPTY_ONLY is not None and set(map(type, collections)) == _EMPTY_ONLY:
+            engine.__dict__[_QUIET] = (collections, tuple(map(_inherited, collections)))
     begin = d.begin
     try:
         own, inherited = begin.listeners, begin.parent_listeners

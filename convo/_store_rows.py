@@ -158,8 +158,6 @@ def message_values(
             values["model"] = check_short_text(reply.model, "reply model")
         if reply.finish_reason is not None:
             values["finish_reason"] = reply.finish_reason
-        if reply.usage is not None:
-            values["usage"] = check_json(reply.usage, "reply usage")
         if reply.system_fingerprint is not None:
             values["system_fingerprint"] = check_short_text(
                 reply.system_fingerprint, "reply system_fingerprint"
@@ -168,6 +166,9 @@ def message_values(
             values["seed"] = reply.seed
     # Every text, number and JSON value of the row, whatever field it came from.
     check_values(values, "message")
+    if reply is not None and reply.usage is not None:
+        # (after check_values: check_json checks it, and its copy needs no second walk)
+        values["usage"] = check_json(reply.usage, "reply usage")
     return values
 
 

@@ -47,6 +47,7 @@ from ._store_input import (
     check_json,
     check_text,
     check_values,
+    contains,
     json_text,
 )
 from ._store_rows import (
@@ -187,7 +188,7 @@ def request_text(request: str | bytes | Mapping[str, Any]) -> str:
     """The body as JSON text: given text is kept byte for byte (it is what was sent)."""
     if type(request) is SerializedRequest:
         text = str.__str__(request)
-        if "NaN" not in text and "Infinity" not in text:
+        if not contains(text, "NaN") and not contains(text, "Infinity"):
             return text
         request = text
     if isinstance(request, Mapping):
@@ -327,9 +328,10 @@ def start_run(
         "created_at": now(),
         "finished_at": None,
     }
-    # (settings and metadata passed check_json above, kept_seqs the int check)
-    check_values({k: v for k, v in values.items() if k not in _CHECKED_START}, "run")
     columns = tuple(k for k, v in values.items() if v is not None)
+    # (settings and metadata passed check_json above, kept_seqs the int check; a
+    # None is never refused)
+    check_values({k: values[k] for k in columns if k not in _CHECKED_START}, "run")
     params = {f"r_{k}": values[k] for k in columns}
     json_text = dialect == "sqlite"
     if json_text:
@@ -493,14 +495,23 @@ def finish_run(
     check_short(owner, "owner")
     if status not in FINAL_STATUSES:
         raise StoreInputError(f"a finished run's status must be one of {FINAL_STATUSES}")
-    values, texts = _outcome(outcome)
-    values.update(status=status, finished_at=now())
-    # (usage and response passed check_json in _outcome)
-    check_values({k: v for k, v in values.items() if k not in _CHECKED_OUTCOME}, "run")
     msg = params = None
+    checked: dict[str, CheckedJSON] = {}
     if reply is not None:
         msg = parse_message(reply if isinstance(reply, Message) else dict(reply))
         params = message_params(msg, pinned=None, idempotency_key=reply_key, reply=reply_info)
+        if (
+            reply_info is not None
+            and reply_info.usage is not None
+            and outcome.get("usage") is reply_info.usage
+        ):
+            # the run's usage is the reply's (a turn passes the same object): checked
+            # once, by message_params; the run gets a copy of its own from the text
+            checked["usage"] = CheckedJSON(json_text(params["usage"]))
+    values, texts = _outcome(outcome, checked)
+    values.update(status=status, finished_at=now())
+    # (usage and response passed check_json in _outcome)
+    check_values({k: v for k, v in values.items() if k not in _CHECKED_OUTCOME}, "run")
     scope: dict[str, Any] = {"run_id": run_id}
     if started is not None:
         scope["run_cid"] = started.conversation_id
@@ -543,12 +554,12 @@ def finish_run(
             values["reply_message_id"] = message_id
     columns = tuple(sorted(values))
     scope.update({f"v_{c}": values[c] for c in columns})
-    json_text = dialect == "sqlite"
-    if json_text:
+    as_text = dialect == "sqlite"
+    if as_text:
         _json_binds(scope, "v_", values, texts)
     known = started is not None
     updated = yield Op(
-        _update_run(columns, owner is not None, known, json_text), scope,
+        _update_run(columns, owner is not None, known, as_text), scope,
         "rowcount" if known else "first", driver=True,
     )
     if not updated:  # no row (None), or none updated (0)
@@ -580,9 +591,12 @@ _OUTCOME_INTS = (
 )
 
 
-def _outcome(outcome: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+def _outcome(
+    outcome: Mapping[str, Any], checked: Mapping[str, CheckedJSON]
+) -> tuple[dict[str, Any], dict[str, str]]:
     """The outcome's column values, checked; and the JSON text of those given as
-    :class:`CheckedJSON` (``usage``, ``response``)."""
+    :class:`CheckedJSON` (``usage``, ``response``). ``checked``: fields whose value
+    the caller checked already, as :class:`CheckedJSON` (used instead)."""
     allowed = {
         *_OUTCOME_INTS, "usage", "error_type", "error_message", "ttfb_ms", "latency_ms",
         "finish_reason", "system_fingerprint", "response", "reply_message_id",
@@ -598,6 +612,8 @@ def _outcome(outcome: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]
         elif key in ("ttfb_ms", "latency_ms"):
             values[key] = _ms(value, key)
         elif key in ("usage", "response"):
+            if key in checked:
+                value = checked[key]
             if isinstance(value, CheckedJSON):
                 values[key], texts[key] = value.value(), value.text
             else:

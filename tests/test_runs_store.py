@@ -372,3 +372,33 @@ async def test_an_outcome_may_name_a_stored_reply_and_a_negative_seed(store):
     below = await _start(store, conv.id)
     with pytest.raises(StoreInputError, match=r"^seed must be an integer >= -9223372036854775808"):
         await store.finish_run(below.id, status="failed", seed=-(2**63) - 1)
+
+
+async def test_a_usage_shared_by_the_reply_and_the_run_is_checked_and_kept_apart(store):
+    """A turn passes one usage object as the reply's and the run's: it is checked once,
+    refused when unstorable (nothing written), and the run and the reply each get their
+    own copy (changing one does not change the other, nor what was passed)."""
+    conv = await store.create_conversation()
+    await store.append(conv.id, {"role": "user", "content": "Hi"})
+    run = await _start(store, conv.id)
+    bad = {"prompt_tokens": 9, "details": {"x": float("nan")}}
+    before = store.snapshot()
+    bad_info = ReplyInfo(usage=bad)
+    with pytest.raises(StoreInputError):
+        await store.finish_run(
+            run.id, status="ok", reply={"role": "assistant", "content": "Hello"},
+            reply_info=bad_info, usage=bad_info.usage,
+        )
+    assert store.snapshot() == before
+    usage = {"prompt_tokens": 9, "completion_tokens": 2, "details": {"cached_tokens": 0}}
+    info = ReplyInfo(model="m", finish_reason="stop", usage=usage)
+    done = await store.finish_run(
+        run.id, status="ok", reply={"role": "assistant", "content": "Hello"}, reply_info=info,
+        usage=info.usage, started=run,
+    )
+    assert done.run.usage == usage and done.reply.reply.usage == usage
+    done.run.usage["details"]["cached_tokens"] = 5
+    assert done.reply.reply.usage == usage and info.usage == usage
+    assert usage["details"] == {"cached_tokens": 0}
+    assert (await store.get_run(run.id)).usage == usage
+    assert (await store.get_message(conv.id, 2)).reply.usage == usage

@@ -331,6 +331,37 @@ def test_the_direct_path_sees_listeners_on_the_engine_class(make_db: Any) -> Non
         assert [m.text for m in store.messages(conv.id)] == ["before", "after", "removed"]
 
 
+def test_the_direct_path_sees_a_listener_added_to_the_engine_after_it_was_taken(
+    make_db: Any,
+) -> None:
+    """The quick check remembers the engine's event collections it found unheard; a
+    listener added to this engine afterwards replaces its event's collection, so the
+    next call sees it (and every statement goes through SQLAlchemy), and once it is
+    removed the direct path is taken again."""
+    with Store(make_db("sqlite")) as store:
+        conv = store.create_conversation()
+        store.append(conv.id, Message.user("before"))
+        store.append(conv.id, Message.user("again"))  # (the check's memory in use)
+        assert driver.direct_ok(store.engine, _sqlite_begin)
+        seen: list[Any] = []
+
+        def record(*args: Any) -> None:
+            seen.append(args)
+
+        for event in ("before_cursor_execute", "after_cursor_execute", "commit"):
+            sa.event.listen(store.engine, event, record)
+            try:
+                assert not driver.direct_ok(store.engine, _sqlite_begin), event
+                store.append(conv.id, Message.user(event))
+            finally:
+                sa.event.remove(store.engine, event, record)
+            assert seen, event
+            seen.clear()
+            assert driver.direct_ok(store.engine, _sqlite_begin), event
+            store.append(conv.id, Message.user("direct"))
+            assert not seen, event
+
+
 def test_the_direct_path_steps_aside_for_dialect_listeners(make_db: Any) -> None:
     """A dialect event listened to on the engine (SQLAlchemy marks the dialect, which
     the quick check reads first) turns the direct path off, and removing it back on."""

@@ -29,7 +29,13 @@ from convo import (
     ReplyInfo,
     StoreInputError,
 )
-from convo._store_input import JSON_DEPTH_MAX, check_json, checked_json, checked_json_text
+from convo._store_input import (
+    JSON_DEPTH_MAX,
+    check_json,
+    checked_json,
+    checked_json_text,
+    contains,
+)
 from convo._turn_plan import builder_settings, checked_settings
 from convo._turns import _as_message
 from convo._types import ChatCompletion, Completion, SerializedRequest
@@ -67,6 +73,32 @@ def test_received_json_is_kept_as_it_came(text: str) -> None:
     assert checked.text == text
     assert checked.value() == pydantic_core.from_json(text)
     assert checked.value() == pydantic_core.from_json(text)  # a fresh copy each time
+
+
+def test_contains_answers_what_in_answers() -> None:
+    """The scans' search (from the occurrences of the word's first character, then the
+    general search past a few of them) agrees with ``in``, for text and bytes."""
+    import random
+
+    rng = random.Random(7)
+    letters = "NaIinfty0e-\\u x"
+    for _ in range(3000):
+        text = "".join(rng.choice(letters) for _ in range(rng.randint(0, 60)))
+        for word in ("NaN", "Infinity", "N", "e000", "\\u"):
+            assert contains(text, word) == (word in text), (text, word)
+            assert contains(text.encode(), word.encode()) == (word.encode() in text.encode())
+    for many in (15, 16, 17, 40):  # the word after that many of its first character
+        assert contains("N" * many + "aN", "NaN") and contains("x N" * many + "NaN", "NaN")
+        assert not contains("N" * many + "a", "NaN")
+
+
+@pytest.mark.parametrize("text", [
+    '{"a": "' + "Nope " * 30 + '", "b": NaN}',
+    '{"a": "' + "I " * 30 + '", "b": [-Infinity]}',
+])
+def test_received_json_is_refused_after_many_false_starts(text: str) -> None:
+    with pytest.raises(StoreInputError):
+        checked_json_text(text.encode(), "run response")
 
 
 @pytest.mark.parametrize("raw", [b"[1, 2]", b'"text"', b"\xff\xfe{}", b"{", b""])
