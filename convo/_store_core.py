@@ -24,7 +24,7 @@ soon as the limit is filled, so reading the tail never loads the thread.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
@@ -48,7 +48,15 @@ from ._exceptions import (
 from ._messages import Message, parse_message, parse_messages
 from ._records import Conversation, ReplyInfo, StoredMessage, Summary
 from ._replica import refused_write
-from ._store_input import ENCODING_MAX, INT32_MAX, check_int, check_text, check_values, checked
+from ._store_input import (
+    ENCODING_MAX,
+    INT32_MAX,
+    check_int,
+    check_json,
+    check_text,
+    check_values,
+    checked,
+)
 from ._store_rows import (
     VALUE_COLUMNS,
     check_pinnable,
@@ -322,10 +330,18 @@ def list_conversations(
     ):
         if bound is not None:
             stmt = stmt.where(op(bound))
+    recheck = []
     for key, value in (metadata or {}).items():
         stmt = stmt.where(sql.json_equals(dialect, C.c.metadata, key, value))
+        if sql.needs_recheck(dialect, value):  # SQLite, an object or array value
+            recheck.append((key, check_json(value, "metadata filter value")))
+
+    def keep(conv: Conversation) -> bool:
+        return all(k in conv.metadata and sql.json_same(conv.metadata[k], v) for k, v in recheck)
+
     items, next_cursor = yield from newest_first(
-        stmt, C.c.updated_at, C.c.id, cursor, limit, conversation_from_row, "updated_at"
+        stmt, C.c.updated_at, C.c.id, cursor, limit, conversation_from_row, "updated_at",
+        keep=keep if recheck else None,
     )
     return ConversationPage(items=items, next_cursor=next_cursor)
 
@@ -338,27 +354,40 @@ def newest_first(
     limit: int,
     from_row: Any,
     stamp_attr: str,
+    *,
+    keep: Callable[[Any], bool] | None = None,
 ) -> Plan[tuple[list[Any], str | None]]:
     """One keyset page of ``stmt``, newest first by (``stamp_col``, ``id_col``).
 
     The cursor is the (stamp, id) of the previous page's last item; one row
     more than asked says whether there is a next page (a limit that large
     means "all" anyway, and limit + 1 must still fit in 64 bits).
+
+    ``keep``: a check in Python of each item the statement returns (a filter the
+    database can only approximate); the page then reads on, a page of rows at a
+    time, until it has ``limit + 1`` kept items or the rows run out, so pages
+    stay full and the cursor stays exact.
     """
-    if cursor is not None:
-        stamp, last_id = decode_cursor(cursor)
-        stmt = stmt.where(sa.tuple_(stamp_col, id_col) < sa.tuple_(
-            sa.literal(stamp, stamp_col.type), sa.literal(last_id, id_col.type)
-        ))
-    stmt = stmt.order_by(stamp_col.desc(), id_col.desc()).limit(min(limit, 2**62) + 1)
-    rows = yield Op(stmt)
-    items = [from_row(r) for r in rows[:limit]]
+    want = min(limit, 2**62) + 1
+    ordered = stmt.order_by(stamp_col.desc(), id_col.desc()).limit(want)
+    items: list[Any] = []
+    after = decode_cursor(cursor) if cursor is not None else None
+    while True:
+        page = ordered
+        if after is not None:
+            page = page.where(sa.tuple_(stamp_col, id_col) < sa.tuple_(
+                sa.literal(after[0], stamp_col.type), sa.literal(after[1], id_col.type)
+            ))
+        rows = yield Op(page)
+        read = [from_row(r) for r in rows]
+        items += read if keep is None else [item for item in read if keep(item)]
+        if keep is None or len(items) >= want or len(rows) < want:
+            break
+        after = (getattr(read[-1], stamp_attr), read[-1].id)
+    more = len(items) > limit
+    items = items[:limit]
     last = items[-1] if items else None
-    next_cursor = (
-        encode_cursor(getattr(last, stamp_attr), last.id)
-        if last is not None and len(rows) > limit
-        else None
-    )
+    next_cursor = encode_cursor(getattr(last, stamp_attr), last.id) if more and last else None
     return items, next_cursor
 
 

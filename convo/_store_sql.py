@@ -237,7 +237,14 @@ INSERT_CONVERSATION = sa.insert(C)
 
 
 def json_equals(dialect: str, column: Any, key: str, value: Any) -> Any:
-    """``column[key] == value`` with JSON semantics (type-exact: 1 != "1", true != 1).
+    """``column[key] == value`` with JSON semantics (type-exact: 1 != "1", true != 1;
+    numbers by value: 1 == 1.0; objects whatever their key order; arrays in order).
+
+    On PostgreSQL the clause is exact (JSONB equality). On SQLite it is exact for
+    scalars; for an object or an array it only checks the member's type, and the
+    caller re-checks the rows it returns with :func:`json_same` (SQLite keeps an
+    object's keys in the order they were written, and has no canonical form to
+    compare: see :func:`needs_recheck`).
 
     Raises:
         StoreInputError: a key or value that could not have been stored
@@ -247,9 +254,9 @@ def json_equals(dialect: str, column: Any, key: str, value: Any) -> Any:
         raise StoreInputError("metadata filter keys must be strings")
     check_text(key, "metadata filter key")
     value = check_json(value, f"metadata filter value for {key[:40]!r}")
-    text = json.dumps(value, separators=(",", ":"))
     if dialect == "postgresql":
         # JSONB equality is semantic (key order, number spelling don't matter).
+        text = json.dumps(value, separators=(",", ":"))
         return column.op("->")(sa.literal(key, sa.Text)) == sa.cast(
             sa.literal(text, sa.Text), postgresql.JSONB
         )
@@ -265,12 +272,31 @@ def json_equals(dialect: str, column: Any, key: str, value: Any) -> Any:
         match = each.c.type.in_(["integer", "real"]) & (each.c.value == value)
     elif isinstance(value, str):
         match = (each.c.type == "text") & (each.c.value == value)
-    else:
-        # Arrays and objects: compare SQLite's minified text of both sides.
-        match = each.c.type.in_(["array", "object"]) & (
-            each.c.value == sa.func.json(sa.literal(text, sa.Text))
-        )
+    else:  # an object or an array: its type here, its members by json_same
+        match = each.c.type == ("object" if isinstance(value, dict) else "array")
     found = sa.exists().where(each.c.key == sa.literal(key, sa.Text), match)
     # Rows written before convo refused NaN hold text SQLite calls malformed
     # JSON; json_each would fail the whole listing on them, so they never match.
     return sa.case((sa.func.json_valid(column) == 1, found), else_=sa.false())
+
+
+def needs_recheck(dialect: str, value: Any) -> bool:
+    """Whether :func:`json_equals`'s clause for ``value`` is only a pre-filter."""
+    return dialect != "postgresql" and isinstance(value, (dict, list))
+
+
+def json_same(a: Any, b: Any) -> bool:
+    """Two decoded JSON values are equal as PostgreSQL's JSONB compares them:
+    type-exact (``true != 1``, ``1 != "1"``), numbers by value (``1 == 1.0``),
+    objects whatever their key order, arrays element by element."""
+    if type(a) is bool or type(b) is bool:
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    if isinstance(a, dict):
+        return (isinstance(b, dict) and a.keys() == b.keys()
+                and all(json_same(v, b[k]) for k, v in a.items()))
+    if isinstance(a, list):
+        return (isinstance(b, list) and len(a) == len(b)
+                and all(json_same(x, y) for x, y in zip(a, b, strict=True)))
+    return type(a) is type(b) and a == b

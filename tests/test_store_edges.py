@@ -85,12 +85,66 @@ async def test_metadata_filters_compare_json_values_exactly(store):
     assert await ids(no=False) == {a.id} and await ids(no=True) == set()
     assert await ids(n=2) == {b.id} and await ids(n=3) == set()
     assert await ids(topic="y") == {b.id} and await ids(topic="z") == set()
-    # (same key order: SQLite compares minified text, so {"b":..., "a":...} would not match
-    # there while PostgreSQL's JSONB would: see docs/testing.md, "found by mutation testing")
     assert await ids(cfg={"a": 1, "b": [1, 2]}) == {a.id}
     assert await ids(cfg={"a": 3}) == set()
     assert await ids(tags=["b"]) == {b.id} and await ids(tags=["c"]) == set()
     assert await ids(**{"a.b c": "q"}) == {a.id}  # a key that needs quoting in a JSON path
+
+
+async def test_metadata_filters_compare_objects_and_arrays_as_jsonb_does(store):
+    # Both databases answer alike: objects whatever their key order (SQLite keeps the
+    # order they were written in), arrays in order, numbers by value, types exactly.
+    stored = {"cfg": {"a": 1, "b": [1, {"x": 2.0, "y": None}], "c": {"d": True}}}
+    a = await store.create_conversation(metadata=stored)
+    await store.create_conversation(metadata={"cfg": {"a": 1}})
+
+    async def ids(value: Any) -> set[str]:
+        return {c.id for c in (await store.list_conversations(metadata={"cfg": value})).items}
+
+    same = [
+        {"c": {"d": True}, "b": [1, {"y": None, "x": 2}], "a": 1},
+        {"b": [1.0, {"x": 2, "y": None}], "a": 1.0, "c": {"d": True}},
+    ]
+    for value in same:
+        assert await ids(value) == {a.id}, value
+    different = [
+        {"a": 1, "b": [{"x": 2, "y": None}, 1], "c": {"d": True}},  # array order
+        {"a": 1, "b": [1, {"x": 2, "y": None}], "c": {"d": 1}},  # true is not 1
+        {"a": 1, "b": [1, {"x": "2", "y": None}], "c": {"d": True}},  # "2" is not 2
+        {"a": 1, "b": [1, {"x": 2}], "c": {"d": True}},  # a key missing
+        {"a": 1, "b": [1, {"x": 2, "y": None, "z": 0}], "c": {"d": True}},  # one more
+        {"a": 1, "b": [1, {"x": 2, "y": None}], "c": {"d": True}, "e": None},
+        {"a": 1, "b": [1, {"x": 2, "y": None}, 3], "c": {"d": True}},
+        {"a": 1, "b": [1, {"x": 2, "y": False}], "c": {"d": True}},  # null is not false
+        [1], {},
+    ]
+    for value in different:
+        assert await ids(value) == set(), value
+    assert await ids({"a": 1}) != {a.id}  # the other conversation's
+
+
+async def test_metadata_filter_pages_stay_full_when_sqlite_rechecks_rows(store):
+    # Conversations whose value has the right type but other members come between
+    # the matches: every page still holds `limit` matches, and the cursors walk each
+    # match exactly once, newest first.
+    want = []
+    for i in range(24):
+        match = i % 3 == 0
+        conv = await store.create_conversation(
+            metadata={"tags": {"y": 1, "x": [i % 2]} if match else {"x": [9], "y": 1}, "n": i})
+        if match:
+            want.append(conv.id)
+    seen, cursor = [], None
+    while True:
+        page = await store.list_conversations(
+            metadata={"tags": {"x": [0], "y": 1}}, limit=2, cursor=cursor)
+        assert len(page.items) == 2 or page.next_cursor is None
+        seen += [c.id for c in page.items]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    expected = [c for c in want if want.index(c) % 2 == 0]  # i % 2 == 0 among i % 3 == 0
+    assert seen == list(reversed(expected))
 
 
 async def test_metadata_filters_that_are_not_json_say_so(store):
