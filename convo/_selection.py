@@ -263,6 +263,12 @@ class Selector:
         user = turn.items[0]
         rest = turn.cost - user.cost
         room = self._free - rest
+        # Truncating leaves nothing older in the window: hold back the summary's
+        # room when there is older history to summarize (and the message still
+        # gets some room), or the summary would not fit beside it.
+        reserve = 0 if self._starts_history(turn) else self._summary_reserve
+        if room - reserve > 0:
+            room -= reserve
         if self._truncate is None or self._truncator is None or room <= 0:
             required = self._budget - self._free + turn.cost
             raise ContextOverflowError(

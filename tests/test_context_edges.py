@@ -90,6 +90,26 @@ def test_truncating_the_first_user_message_drops_nothing(store: Any) -> None:
     assert rep.stop_reason == "history exhausted"
 
 
+@pytest.mark.parametrize("mode", ["head", "tail", "middle"])
+def test_truncation_leaves_room_for_the_summary_of_older_history(store: Any, mode: str) -> None:
+    # An over-long newest user message with older history and a summarizer: the
+    # message is truncated to what is left after the summary's reserve, so the older
+    # turns are summarized into that room instead of the build failing with
+    # ContextOverflowError. (Found by mutation testing: truncation took the whole budget.)
+    system = Message.system("You are terse.")
+    older = [Message.user("q0 " + words(40)), Message.assistant("a0 " + words(40))]
+    history = [system, *older, Message.user("start " + words(900, "long") + " end")]
+    cid = conversation(store, history)
+    rec = Recorder()
+    ctx = ContextBuilder(store, model=MODEL, budget=400, summary_max_tokens=60,
+                         summarizer=rec, truncate=mode).build(cid)
+    rep = ctx.report
+    assert rep.truncated is not None and rep.truncated.seq == 4
+    assert rep.kept_seqs == [1, 4]
+    assert rep.summary is not None and rep.summary.end_seq == 3 and len(rec.calls) == 1
+    assert rep.prompt_tokens <= 400
+
+
 # --- the summary reserve ------------------------------------------------------------------
 
 
