@@ -51,6 +51,7 @@ from ._store_rows import (
     VALUE_COLUMNS,
     check_pinnable,
     check_short,
+    compact_message,
     construct,
     conversation_from_row,
     decode_cursor,
@@ -690,16 +691,20 @@ def tail(
 
 
 def _open(
-    conversation_id: str, encoding: str, limit: int, owner: str | None, before: int | None
+    conversation_id: str, encoding: str, limit: int, owner: str | None, before: int | None,
+    compact: bool = False,
 ) -> Plan[tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]],
                 Lineage]]:
     """The opening reads of a build. A conversation that is not a fork (the common
     case) is read in one statement: its row, its pinned and its newest messages
-    (:func:`convo._store_sql.open_query`); a fork, whose view includes its
-    ancestors' rows, reads its lineage first (:func:`_open_lineage`)."""
+    (:func:`convo._store_sql.open_query`, or with ``compact`` (SQLite) its
+    8-column form :func:`convo._store_sql.compact_query`); a fork, whose view
+    includes its ancestors' rows, reads its lineage first (:func:`_open_lineage`)."""
     params: dict[str, Any] = {"cid": conversation_id, "encoding": encoding, "limit": limit}
     if before is not None:
         params["before"] = before
+    if compact:
+        return (yield from _open_compact(conversation_id, encoding, limit, owner, before, params))
     rows = yield Op(sql.open_query(before is not None), params, driver=True)
     pinned_rows, tail_rows, conv = [], [], None
     for row in rows:
@@ -729,6 +734,49 @@ def _open(
 _seq_of = itemgetter(2)  # a row's seq
 
 
+def _open_compact(
+    conversation_id: str, encoding: str, limit: int, owner: str | None, before: int | None,
+    params: dict[str, Any],
+) -> Plan[tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]],
+                Lineage]]:
+    """:func:`_open` with :func:`convo._store_sql.compact_query` (see there)."""
+    rows = yield Op(sql.compact_query(before is not None), params, driver=True)
+    pinned_rows, tail_rows, conv = [], [], None
+    for row in rows:
+        flag = row[4]
+        if flag == sql.COMPACT_PINNED:
+            pinned_rows.append(row)
+        elif flag == sql.COMPACT_CONVERSATION:
+            conv = row  # parent_id, last_seq and owner in columns 0, 1 and 2
+        else:
+            tail_rows.append(row)
+    if conv is None or (owner is not None and conv[2] != owner):
+        raise ConversationNotFound(conversation_id, owner=owner)
+    if conv[0] is not None:
+        return (yield from _open_lineage(conversation_id, encoding, limit, owner, before))
+    # the parts of a UNION ALL come in no guaranteed order (already sorted: linear)
+    pinned_rows.sort(key=_compact_seq)
+    tail_rows.sort(key=_compact_seq, reverse=True)
+    lineage = Lineage(conversation_id, conv[1], ((conversation_id, 0, conv[1]),))
+    cid = conversation_id
+    return (
+        [compact_message(r, cid) for r in pinned_rows],
+        [compact_message(r, cid) for r in tail_rows],
+        lineage,
+    )
+
+
+_compact_seq = itemgetter(1)
+
+
+def context_dialect(dialect: Any) -> str | None:
+    """The ``dialect`` a store gives its context reads (:func:`context_open`): the
+    dialect's name, or None when its engine decodes JSON with a deserializer of
+    its own, which SQLite's compact read (decoding the JSON it packs itself)
+    would bypass: the full columns are read then."""
+    return None if getattr(dialect, "_json_deserializer", None) is not None else str(dialect.name)
+
+
 def _open_lineage(
     conversation_id: str, encoding: str, limit: int, owner: str | None, before: int | None
 ) -> Plan[tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]],
@@ -749,23 +797,26 @@ def _open_lineage(
 @checked
 def context_start(
     conversation_id: str, *, encoding: str, limit: int, owner: str | None,
-    before: int | None = None,
+    before: int | None = None, dialect: str | None = None,
 ) -> Plan[tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]]]]:
     """The opening reads of a context build on one connection: the lineage once,
     then its pinned messages (oldest first) and its newest ``limit`` messages,
-    both limited to ``seq < before`` when given (a build "as of" a past seq)."""
-    pinned_rows, tail_rows, _ = yield from _open(conversation_id, encoding, limit, owner, before)
+    both limited to ``seq < before`` when given (a build "as of" a past seq).
+    ``dialect``: ``"sqlite"`` reads the compact form (see :func:`_open`)."""
+    pinned_rows, tail_rows, _ = yield from _open(
+        conversation_id, encoding, limit, owner, before, dialect == "sqlite"
+    )
     return pinned_rows, tail_rows
 
 
 @checked
 def context_open(
     conversation_id: str, *, encoding: str, limit: int, owner: str | None,
-    before: int | None = None,
+    before: int | None = None, dialect: str | None = None,
 ) -> Plan[tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]],
                 Lineage]]:
     """:func:`context_start`, and the lineage it resolved, for :func:`tail_of`."""
-    return (yield from _open(conversation_id, encoding, limit, owner, before))
+    return (yield from _open(conversation_id, encoding, limit, owner, before, dialect == "sqlite"))
 
 
 @checked

@@ -25,12 +25,15 @@ from ._exceptions import StoreInputError
 from ._messages import ContentPart, Message, ToolCall
 from ._records import Conversation, ReplyInfo, StoredMessage, Summary, construct
 from ._schema import ConversationRow, MessageRow
+from ._store_driver import json_text
 from ._store_input import SHORT_TEXT_MAX, check_json, check_short, check_text, check_values
+from ._store_sql import RARE_COLUMNS
 
 __all__ = [
     "SHORT_TEXT_MAX",
     "VALUE_COLUMNS",
     "check_short",
+    "compact_message",
     "construct",
     "conversation_from_row",
     "decode_cursor",
@@ -315,6 +318,45 @@ def tokens_from_row(
     row: Any, conversation_id: str | None = None
 ) -> tuple[StoredMessage, int | None]:
     return message_from_row(row, conversation_id), row[19]
+
+
+# the rare columns are the message columns compact_query does not select, in order
+assert RARE_COLUMNS == tuple(c for c in MESSAGE_COLUMNS if c not in (
+    "id", "conversation_id", "seq", "role", "content", "pinned", "created_at"))
+#: Where :data:`convo._store_sql.RARE_COLUMNS` has its JSON columns (stored as JSON text).
+_RARE_JSON = tuple(i for i, name in enumerate(RARE_COLUMNS)
+                   if name in ("parts", "tool_calls", "metadata", "usage"))
+
+
+def compact_message(row: Any, conversation_id: str) -> tuple[StoredMessage, int | None]:
+    """The message and stored count of a message row of
+    :func:`convo._store_sql.compact_query` (``id, seq, role, content, flag,
+    created_at, tokens, rare``; a flag other than 0 means pinned).
+
+    A plain text message (``rare`` NULL) is built here directly; any other row is
+    unpacked into the full column layout and built by :func:`message_from_row`,
+    the JSON columns decoded as the driver path decodes them
+    (:func:`convo._store_driver.json_text`).
+    """
+    id_, seq, role, content, flag, created_at, tokens, rare = row
+    if rare is None:
+        return construct(StoredMessage, {
+            "role": role, "content": content, "name": None, "tool_calls": None,
+            "refusal": None, "tool_call_id": None, "metadata": {}, "id": id_,
+            "conversation_id": conversation_id, "seq": seq, "created_at": created_at,
+            "pinned": flag != 0, "idempotency_key": None, "reply": None,
+        }, _STORED_FIELDS), tokens
+    values = json_text(rare)  # SQLite's json_array of the columns: text as JSON strings
+    for i in _RARE_JSON:
+        if type(values[i]) is str:
+            values[i] = json_text(values[i])
+    (parts, name, tool_calls, refusal, tool_call_id, metadata, key, model, finish_reason,
+     usage, fingerprint, seed) = values
+    return message_from_row((
+        id_, conversation_id, seq, role, content, parts, name, tool_calls, refusal,
+        tool_call_id, metadata, flag != 0, key, model, finish_reason, usage, fingerprint, seed,
+        created_at,
+    )), tokens
 
 
 # --- summaries ---------------------------------------------------------------------
