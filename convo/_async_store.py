@@ -37,6 +37,7 @@ from ._store_branches import Branch
 from ._store_core import ROLLBACK, UNSET, ConversationPage, Mode, Op, Plan, Unset
 from ._store_replays import Replay, ReplayItem, ReplayPage
 from ._store_runs import FinishedRun
+from ._store_sql import context_dialect
 
 __all__ = ["AsyncStore"]
 
@@ -83,7 +84,7 @@ class AsyncStore:
             self._owns_engine = True
         self._engines = mode_engines(self._engine)
         self._dialect = self._engine.dialect.name
-        self._context_dialect = core.context_dialect(self._engine.dialect)
+        self._context_dialect = context_dialect(self._engine.dialect)
         self._schema_ok = False
         # the read replica (see reader): opened on first use
         self._read_url = read_url if read_url is not None else replica.env_read_url(url)

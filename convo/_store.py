@@ -44,6 +44,7 @@ from ._store_branches import Branch
 from ._store_core import ROLLBACK, UNSET, ConversationPage, Mode, Op, Plan, Unset
 from ._store_replays import Replay, ReplayItem, ReplayPage
 from ._store_runs import FinishedRun
+from ._store_sql import context_dialect
 
 __all__ = ["Store"]
 
@@ -154,7 +155,7 @@ class Store:
             self._owns_engine = True
         self._engines = mode_engines(self._engine)
         self._dialect = self._engine.dialect.name
-        self._context_dialect = core.context_dialect(self._engine.dialect)
+        self._context_dialect = context_dialect(self._engine.dialect)
         self._schema_ok = False
         # the direct path's connection of each thread (see _thread_connection): for
         # a pool of its own only; a pool of one connection per thread or process

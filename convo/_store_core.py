@@ -769,14 +769,6 @@ def _open_compact(
 _compact_seq = itemgetter(1)
 
 
-def context_dialect(dialect: Any) -> str | None:
-    """The ``dialect`` a store gives its context reads (:func:`context_open`): the
-    dialect's name, or None when its engine decodes JSON with a deserializer of
-    its own, which SQLite's compact read (decoding the JSON it packs itself)
-    would bypass: the full columns are read then."""
-    return None if getattr(dialect, "_json_deserializer", None) is not None else str(dialect.name)
-
-
 def _open_lineage(
     conversation_id: str, encoding: str, limit: int, owner: str | None, before: int | None
 ) -> Plan[tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]],

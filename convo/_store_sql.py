@@ -143,6 +143,14 @@ def compact_query(bounded: bool) -> sa.CompoundSelect[Any]:
     return sa.union_all(pinned, sa.select(newest), conversation)
 
 
+def context_dialect(dialect: Any) -> str | None:
+    """The ``dialect`` a store gives its context reads (``_store_core.context_open``):
+    the dialect's name, or None when its engine decodes JSON with a deserializer of
+    its own, which SQLite's compact read (decoding the JSON it packs itself) would
+    bypass: the full columns are read then."""
+    return None if getattr(dialect, "_json_deserializer", None) is not None else str(dialect.name)
+
+
 @cache
 def open_query(bounded: bool) -> sa.CompoundSelect[Any]:
     """The opening read of a context build, in ONE statement (one round trip, one
