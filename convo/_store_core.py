@@ -51,7 +51,7 @@ from ._store_rows import (
     VALUE_COLUMNS,
     check_pinnable,
     check_short,
-    compact_message,
+    compact_messages,
     construct,
     conversation_from_row,
     decode_cursor,
@@ -759,11 +759,7 @@ def _open_compact(
     tail_rows.sort(key=_compact_seq, reverse=True)
     lineage = Lineage(conversation_id, conv[1], ((conversation_id, 0, conv[1]),))
     cid = conversation_id
-    return (
-        [compact_message(r, cid) for r in pinned_rows],
-        [compact_message(r, cid) for r in tail_rows],
-        lineage,
-    )
+    return compact_messages(pinned_rows, cid), compact_messages(tail_rows, cid), lineage
 
 
 _compact_seq = itemgetter(1)

@@ -23,7 +23,18 @@ from pydantic import TypeAdapter
 
 from ._exceptions import StoreInputError
 from ._messages import ContentPart, Message, ToolCall
-from ._records import Conversation, ReplyInfo, StoredMessage, Summary, construct
+from ._records import (
+    Conversation,
+    ReplyInfo,
+    StoredMessage,
+    Summary,
+    _new,
+    _set_dict,
+    _set_extra,
+    _set_fields,
+    _set_private,
+    construct,
+)
 from ._schema import ConversationRow, MessageRow
 from ._store_driver import json_text
 from ._store_input import SHORT_TEXT_MAX, check_json, check_short, check_text, check_values
@@ -33,7 +44,7 @@ __all__ = [
     "SHORT_TEXT_MAX",
     "VALUE_COLUMNS",
     "check_short",
-    "compact_message",
+    "compact_messages",
     "construct",
     "conversation_from_row",
     "decode_cursor",
@@ -328,24 +339,43 @@ _RARE_JSON = tuple(i for i, name in enumerate(RARE_COLUMNS)
                    if name in ("parts", "tool_calls", "metadata", "usage"))
 
 
-def compact_message(row: Any, conversation_id: str) -> tuple[StoredMessage, int | None]:
-    """The message and stored count of a message row of
+def compact_messages(rows: Any, conversation_id: str) -> list[tuple[StoredMessage, int | None]]:
+    """The messages and stored counts of message rows of
     :func:`convo._store_sql.compact_query` (``id, seq, role, content, flag,
     created_at, tokens, rare``; a flag other than 0 means pinned).
 
-    A plain text message (``rare`` NULL) is built here directly; any other row is
-    unpacked into the full column layout and built by :func:`message_from_row`,
-    the JSON columns decoded as the driver path decodes them
+    A plain text message (``rare`` NULL: the rows a build reads by the dozen) is
+    built here, in one loop (what :func:`construct` does, inline); any other row
+    is unpacked into the full column layout and built by :func:`message_from_row`,
+    its JSON columns decoded as the driver path decodes them
     (:func:`convo._store_driver.json_text`).
     """
-    id_, seq, role, content, flag, created_at, tokens, rare = row
-    if rare is None:
-        return construct(StoredMessage, {
+    out: list[tuple[StoredMessage, int | None]] = []
+    append, new, cls, fields = out.append, _new, StoredMessage, _STORED_FIELDS
+    set_dict, set_fields, set_extra, set_private = _set_dict, _set_fields, _set_extra, _set_private
+    for id_, seq, role, content, flag, created_at, tokens, rare in rows:
+        if rare is not None:
+            append((_rare_message(id_, conversation_id, seq, role, content, flag, created_at,
+                                  rare), tokens))
+            continue
+        msg = new(cls)
+        set_dict(msg, {
             "role": role, "content": content, "name": None, "tool_calls": None,
             "refusal": None, "tool_call_id": None, "metadata": {}, "id": id_,
             "conversation_id": conversation_id, "seq": seq, "created_at": created_at,
             "pinned": flag != 0, "idempotency_key": None, "reply": None,
-        }, _STORED_FIELDS), tokens
+        })
+        set_fields(msg, fields)
+        set_extra(msg, None)
+        set_private(msg, None)
+        append((msg, tokens))
+    return out
+
+
+def _rare_message(
+    id_: int, conversation_id: str, seq: int, role: str, content: str | None, flag: int,
+    created_at: datetime, rare: str,
+) -> StoredMessage:
     values = json_text(rare)  # SQLite's json_array of the columns: text as JSON strings
     for i in _RARE_JSON:
         if type(values[i]) is str:
@@ -356,7 +386,7 @@ def compact_message(row: Any, conversation_id: str) -> tuple[StoredMessage, int 
         id_, conversation_id, seq, role, content, parts, name, tool_calls, refusal,
         tool_call_id, metadata, flag != 0, key, model, finish_reason, usage, fingerprint, seed,
         created_at,
-    )), tokens
+    ))
 
 
 # --- summaries ---------------------------------------------------------------------
