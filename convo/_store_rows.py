@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import TypeAdapter
+from sqlalchemy.dialects import sqlite
 
 from ._exceptions import StoreInputError
 from ._messages import ContentPart, Message, ToolCall
@@ -35,7 +36,7 @@ from ._records import (
     _set_private,
     construct,
 )
-from ._schema import ConversationRow, MessageRow
+from ._schema import ConversationRow, MessageRow, UTCDateTime
 from ._store_driver import json_text
 from ._store_input import SHORT_TEXT_MAX, check_json, check_short, check_text, check_values
 from ._store_sql import RARE_COLUMNS
@@ -344,6 +345,8 @@ def compact_messages(rows: Any, conversation_id: str) -> list[tuple[StoredMessag
     :func:`convo._store_sql.compact_query` (``id, seq, role, content, flag,
     created_at, tokens, rare``; a flag other than 0 means pinned).
 
+    ``created_at`` comes as the stored text, parsed here as the column's type
+    parses it on SQLite (:class:`convo._schema.UTCDateTime`).
     A plain text message (``rare`` NULL: the rows a build reads by the dozen) is
     built here, in one loop (what :func:`construct` does, inline); any other row
     is unpacked into the full column layout and built by :func:`message_from_row`,
@@ -353,7 +356,9 @@ def compact_messages(rows: Any, conversation_id: str) -> list[tuple[StoredMessag
     out: list[tuple[StoredMessage, int | None]] = []
     append, new, cls, fields = out.append, _new, StoredMessage, _STORED_FIELDS
     set_dict, set_fields, set_extra, set_private = _set_dict, _set_fields, _set_extra, _set_private
-    for id_, seq, role, content, flag, created_at, tokens, rare in rows:
+    stamp = _SQLITE_STAMP
+    for id_, seq, role, content, flag, text, tokens, rare in rows:
+        created_at = stamp(text)
         if rare is not None:
             append((_rare_message(id_, conversation_id, seq, role, content, flag, created_at,
                                   rare), tokens))
@@ -370,6 +375,10 @@ def compact_messages(rows: Any, conversation_id: str) -> list[tuple[StoredMessag
         set_private(msg, None)
         append((msg, tokens))
     return out
+
+
+#: What the created_at column's type makes of its stored text on SQLite.
+_SQLITE_STAMP = UTCDateTime().result_processor(sqlite.dialect(), None)
 
 
 def _rare_message(

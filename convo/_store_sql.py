@@ -97,6 +97,7 @@ def compact_query(bounded: bool) -> sa.CompoundSelect[Any]:
     """:func:`open_query` for SQLite, in 8 columns instead of 21: ``id, seq, role,
     content, flag, created_at, tokens, rare``.
 
+    ``created_at`` is the stored text (see ``_store_rows.compact_messages``);
     ``rare`` is NULL when all of :data:`RARE_COLUMNS` are (a plain text message),
     else their values as one JSON array (``json_array``: text columns, JSON ones
     included, as JSON strings, ``seed`` as a number): an exact encoding that
@@ -115,8 +116,10 @@ def compact_query(bounded: bool) -> sa.CompoundSelect[Any]:
     )
 
     def message_cols(flag: Any) -> list[Any]:
-        return [M.c.id, M.c.seq, M.c.role, M.c.content, flag, M.c.created_at, TK.c.tokens,
-                packed]
+        # created_at as its stored text: parsed where the row becomes a value (one
+        # pass over the rows instead of the driver's processing pass, then that one)
+        return [M.c.id, M.c.seq, M.c.role, M.c.content, flag,
+                sa.type_coerce(M.c.created_at, sa.Text), TK.c.tokens, packed]
 
     mine = M.c.conversation_id == _B("cid")
     if bounded:
