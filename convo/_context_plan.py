@@ -188,7 +188,8 @@ def _select(
     selector = make_selector(cfg, overhead, pinned)
     rows, size = first_page, page
     while True:
-        fed = [history.item(r, c) for r, c in rows]
+        make = history.item
+        fed = [make(r, c) for r, c in rows]
         history.seen += fed
         history.exhausted = len(rows) < size
         selector.feed(fed, exhausted=history.exhausted)
