@@ -356,9 +356,12 @@ def compact_messages(rows: Any, conversation_id: str) -> list[tuple[StoredMessag
     out: list[tuple[StoredMessage, int | None]] = []
     append, new, cls, fields = out.append, _new, StoredMessage, _STORED_FIELDS
     set_dict, set_fields, set_extra, set_private = _set_dict, _set_fields, _set_extra, _set_private
-    stamp = _SQLITE_STAMP
+    parse, stamp = datetime.fromisoformat, _SQLITE_STAMP
     for id_, seq, role, content, flag, text, tokens, rare in rows:
-        created_at = stamp(text)
+        try:
+            created_at = parse(text + "+00:00")  # what the column's type makes of UTC text
+        except (TypeError, ValueError):
+            created_at = stamp(text)  # anything else: the type's own route
         if rare is not None:
             append((_rare_message(id_, conversation_id, seq, role, content, flag, created_at,
                                   rare), tokens))

@@ -123,3 +123,22 @@ def test_compact_rows_of_messages_with_only_nulls_are_plain(make_db: Any) -> Non
         by_seq = {r[1]: r for r in rows if r[4] != sql.COMPACT_CONVERSATION}
         assert by_seq[1][7] is None
         assert json.loads(by_seq[2][7])[1] == "n"
+
+
+def test_timestamps_stored_in_another_form_read_as_the_full_columns_read_them(
+    make_db: Any,
+) -> None:
+    """created_at text that is not convo's own form (written by another tool: a 'T',
+    no seconds) reads the same on the compact read as on the full columns."""
+    with Store(make_db("sqlite")) as store:
+        conv = store.create_conversation()
+        store.append_many(conv.id, [Message.user("a"), Message.assistant("b")])
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql(
+                "UPDATE messages SET created_at = '2026-01-02T03:04:05.5' WHERE seq = 1")
+            conn.exec_driver_sql(
+                "UPDATE messages SET created_at = '2026-01-02 03:04' WHERE seq = 2")
+        _pinned, page = store.context_start(conv.id, encoding=ENC, limit=5)
+        assert page == store.tail(conv.id, encoding=ENC)
+        assert [m.created_at.isoformat() for m, _ in page] == [
+            "2026-01-02T03:04:00+00:00", "2026-01-02T03:04:05.500000+00:00"]
