@@ -37,6 +37,7 @@ from ._store_branches import Branch
 from ._store_core import ROLLBACK, UNSET, ConversationPage, Mode, Op, Plan, Unset
 from ._store_replays import Replay, ReplayItem, ReplayPage
 from ._store_runs import FinishedRun
+from ._store_sql import context_dialect
 
 __all__ = ["AsyncStore"]
 
@@ -83,6 +84,7 @@ class AsyncStore:
             self._owns_engine = True
         self._engines = mode_engines(self._engine)
         self._dialect = self._engine.dialect.name
+        self._context_dialect = context_dialect(self._engine.dialect)
         self._schema_ok = False
         # the read replica (see reader): opened on first use
         self._read_url = read_url if read_url is not None else replica.env_read_url(url)
@@ -389,7 +391,8 @@ class AsyncStore:
         """See :meth:`Store.context_start`."""
         return await self._run(
             core.context_start(
-                conversation_id, encoding=encoding, limit=limit, owner=owner, before=before
+                conversation_id, encoding=encoding, limit=limit, owner=owner, before=before,
+                dialect=self._context_dialect,
             )
         )
 
@@ -406,7 +409,8 @@ class AsyncStore:
         """:meth:`context_start` and the lineage it read (for :meth:`_tail_of`; builders only)."""
         return await self._run(
             core.context_open(
-                conversation_id, encoding=encoding, limit=limit, owner=owner, before=before
+                conversation_id, encoding=encoding, limit=limit, owner=owner, before=before,
+                dialect=self._context_dialect,
             )
         )
 

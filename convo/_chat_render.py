@@ -144,16 +144,20 @@ def render_chat(messages: Sequence[Message], profile: ChatProfile = OPENAI) -> l
         tool_names = tool_call_names(messages)
     out: list[dict[str, Any]] = []
     for m in messages:
+        # the fields read from the model's __dict__: an attribute of a pydantic model
+        # goes through its __getattr__ hook, several times slower
+        fields = m.__dict__
+        role, content = fields["role"], fields["content"]
         if (
-            m.role in _PLAIN_ROLES
-            and type(m.content) is str
-            and m.name is None
-            and m.tool_calls is None
-            and m.refusal is None
+            role in _PLAIN_ROLES
+            and type(content) is str
+            and fields["name"] is None
+            and fields["tool_calls"] is None
+            and fields["refusal"] is None
         ):
             # plain text from a system, user or assistant message: what _map_message
             # writes for it under every profile, without the dispatch
-            out.append({"role": m.role, "content": m.content})
+            out.append({"role": role, "content": content})
         else:
             out.append(_map_message(m, profile, tool_names))
     return out

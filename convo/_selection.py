@@ -75,11 +75,11 @@ class Selection:
 
     @property
     def pinned_tokens(self) -> int:
-        return sum(i.cost for i in self.pinned)
+        return sum([i.cost for i in self.pinned])  # (a list: faster than a generator)
 
     @property
     def history_tokens(self) -> int:
-        return sum(i.cost for i in self.window)
+        return sum([i.cost for i in self.window])
 
     @property
     def window_start(self) -> int | None:
@@ -173,7 +173,6 @@ class Selector:
         self._stop_reason = "history exhausted"
         self._rows_read = 0
         self._truncation: Truncation | None = None
-        self._oldest_seen: int | None = None
         self._dropped_through: int | None = None
 
     @property
@@ -190,20 +189,21 @@ class Selector:
             return
         pinned_seqs = self._pinned_seqs
         pending = self._pending
-        for item in page:
-            self._rows_read += 1
-            seq = item.seq
-            self._oldest_seen = seq
-            if seq in pinned_seqs:
+        items = pending.items
+        for n, item in enumerate(page, 1):
+            if item.seq in pinned_seqs:
                 continue  # kept anyway, and it does not split turns
-            pending.items.append(item)
+            items.append(item)
             pending.cost += item.cost
             if item.message.role == "user":
                 turn, pending = pending, _Turn()
                 self._pending = pending
-                turn.items.reverse()
+                items.reverse()  # the turn's, oldest first
+                items = pending.items
                 if not self._offer(turn):
+                    self._rows_read += n
                     return
+        self._rows_read += len(page)
         if exhausted:
             # What is left before the oldest user message is the conversation's
             # preamble (e.g. an assistant greeting): keep it only whole, and only

@@ -44,6 +44,7 @@ from ._store_branches import Branch
 from ._store_core import ROLLBACK, UNSET, ConversationPage, Mode, Op, Plan, Unset
 from ._store_replays import Replay, ReplayItem, ReplayPage
 from ._store_runs import FinishedRun
+from ._store_sql import context_dialect
 
 __all__ = ["Store"]
 
@@ -154,6 +155,7 @@ class Store:
             self._owns_engine = True
         self._engines = mode_engines(self._engine)
         self._dialect = self._engine.dialect.name
+        self._context_dialect = context_dialect(self._engine.dialect)
         self._schema_ok = False
         # the direct path's connection of each thread (see _thread_connection): for
         # a pool of its own only; a pool of one connection per thread or process
@@ -617,7 +619,8 @@ class Store:
         """
         return self._run(
             core.context_start(
-                conversation_id, encoding=encoding, limit=limit, owner=owner, before=before
+                conversation_id, encoding=encoding, limit=limit, owner=owner, before=before,
+                dialect=self._context_dialect,
             ),
             direct=True,
         )
@@ -635,7 +638,8 @@ class Store:
         """:meth:`context_start` and the lineage it read (for :meth:`_tail_of`; builders only)."""
         return self._run(
             core.context_open(
-                conversation_id, encoding=encoding, limit=limit, owner=owner, before=before
+                conversation_id, encoding=encoding, limit=limit, owner=owner, before=before,
+                dialect=self._context_dialect,
             ),
             direct=True,
         )

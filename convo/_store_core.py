@@ -61,6 +61,7 @@ from ._store_rows import (
     VALUE_COLUMNS,
     check_pinnable,
     check_short,
+    compact_messages,
     construct,
     conversation_from_row,
     decode_cursor,
@@ -733,43 +734,58 @@ def tail(
 
 
 def _open(
-    conversation_id: str, encoding: str, limit: int, owner: str | None, before: int | None
+    conversation_id: str, encoding: str, limit: int, owner: str | None, before: int | None,
+    compact: bool = False,
 ) -> Plan[tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]],
                 Lineage]]:
     """The opening reads of a build. A conversation that is not a fork (the common
     case) is read in one statement: its row, its pinned and its newest messages
-    (:func:`convo._store_sql.open_query`); a fork, whose view includes its
-    ancestors' rows, reads its lineage first (:func:`_open_lineage`)."""
+    (:func:`convo._store_sql.open_query`, or with ``compact`` (SQLite) its
+    8-column form :func:`convo._store_sql.compact_query`); a fork, whose view
+    includes its ancestors' rows, reads its lineage first (:func:`_open_lineage`)."""
     params: dict[str, Any] = {"cid": conversation_id, "encoding": encoding, "limit": limit}
     if before is not None:
         params["before"] = before
-    rows = yield Op(sql.open_query(before is not None), params, driver=True)
+    query, part_col, pinned_part, conv_part, conv_cols, seq_col, values = _OPEN_FORMS[compact]
+    rows = yield Op(query(before is not None), params, driver=True)
     pinned_rows, tail_rows, conv = [], [], None
     for row in rows:
-        part = row[20]
-        if part == sql.OPEN_NEWEST:
-            tail_rows.append(row)
-        elif part == sql.OPEN_PINNED:
+        part = row[part_col]
+        if part == pinned_part:
             pinned_rows.append(row)
+        elif part == conv_part:
+            conv = row
         else:
-            conv = row  # parent_id, last_seq and owner in columns 1, 2 and 6
-    if conv is None or (owner is not None and conv[6] != owner):
+            tail_rows.append(row)
+    if conv is None:
         raise ConversationNotFound(conversation_id, owner=owner)
-    if conv[1] is not None:
+    parent_id, last_seq, conv_owner = (conv[i] for i in conv_cols)
+    if owner is not None and conv_owner != owner:
+        raise ConversationNotFound(conversation_id, owner=owner)
+    if parent_id is not None:
         return (yield from _open_lineage(conversation_id, encoding, limit, owner, before))
     # the parts of a UNION ALL come in no guaranteed order (already sorted: linear)
-    pinned_rows.sort(key=_seq_of)
-    tail_rows.sort(key=_seq_of, reverse=True)
-    lineage = Lineage(conversation_id, conv[2], ((conversation_id, 0, conv[2]),))
-    cid = conversation_id
-    return (
-        [tokens_from_row(r, cid) for r in pinned_rows],
-        [tokens_from_row(r, cid) for r in tail_rows],
-        lineage,
-    )
+    seq_of = itemgetter(seq_col)
+    pinned_rows.sort(key=seq_of)
+    tail_rows.sort(key=seq_of, reverse=True)
+    lineage = Lineage(conversation_id, last_seq, ((conversation_id, 0, last_seq),))
+    return values(pinned_rows, conversation_id), values(tail_rows, conversation_id), lineage
 
 
-_seq_of = itemgetter(2)  # a row's seq
+def _full_rows(rows: list[Any], conversation_id: str) -> list[tuple[StoredMessage, int | None]]:
+    return [tokens_from_row(r, conversation_id) for r in rows]
+
+
+#: The two forms of the opening read (see :func:`_open`), by ``compact``: the
+#: statement, the column telling a row's part and its value on the pinned
+#: messages' rows and on the conversation's row, the conversation row's columns
+#: holding parent_id, last_seq and owner, the seq column, rows -> values.
+_OPEN_FORMS: dict[bool, tuple[Any, int, int, int, tuple[int, int, int], int, Any]] = {
+    False: (sql.open_query, 20, sql.OPEN_PINNED, sql.OPEN_CONVERSATION, (1, 2, 6), 2,
+            _full_rows),
+    True: (sql.compact_query, 4, sql.COMPACT_PINNED, sql.COMPACT_CONVERSATION, (0, 1, 2), 1,
+           compact_messages),
+}
 
 
 def _open_lineage(
@@ -792,23 +808,26 @@ def _open_lineage(
 @checked
 def context_start(
     conversation_id: str, *, encoding: str, limit: int, owner: str | None,
-    before: int | None = None,
+    before: int | None = None, dialect: str | None = None,
 ) -> Plan[tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]]]]:
     """The opening reads of a context build on one connection: the lineage once,
     then its pinned messages (oldest first) and its newest ``limit`` messages,
-    both limited to ``seq < before`` when given (a build "as of" a past seq)."""
-    pinned_rows, tail_rows, _ = yield from _open(conversation_id, encoding, limit, owner, before)
+    both limited to ``seq < before`` when given (a build "as of" a past seq).
+    ``dialect``: ``"sqlite"`` reads the compact form (see :func:`_open`)."""
+    pinned_rows, tail_rows, _ = yield from _open(
+        conversation_id, encoding, limit, owner, before, dialect == "sqlite"
+    )
     return pinned_rows, tail_rows
 
 
 @checked
 def context_open(
     conversation_id: str, *, encoding: str, limit: int, owner: str | None,
-    before: int | None = None,
+    before: int | None = None, dialect: str | None = None,
 ) -> Plan[tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]],
                 Lineage]]:
     """:func:`context_start`, and the lineage it resolved, for :func:`tail_of`."""
-    return (yield from _open(conversation_id, encoding, limit, owner, before))
+    return (yield from _open(conversation_id, encoding, limit, owner, before, dialect == "sqlite"))
 
 
 @checked

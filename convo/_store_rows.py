@@ -20,17 +20,32 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import TypeAdapter
+from sqlalchemy.dialects import sqlite
 
 from ._exceptions import StoreInputError
 from ._messages import ContentPart, Message, ToolCall
-from ._records import Conversation, ReplyInfo, StoredMessage, Summary, construct
-from ._schema import ConversationRow, MessageRow
+from ._records import (
+    Conversation,
+    ReplyInfo,
+    StoredMessage,
+    Summary,
+    _new,
+    _set_dict,
+    _set_extra,
+    _set_fields,
+    _set_private,
+    construct,
+)
+from ._schema import ConversationRow, MessageRow, UTCDateTime
+from ._store_driver import json_text
 from ._store_input import SHORT_TEXT_MAX, check_json, check_short, check_text, check_values
+from ._store_sql import RARE_COLUMNS
 
 __all__ = [
     "SHORT_TEXT_MAX",
     "VALUE_COLUMNS",
     "check_short",
+    "compact_messages",
     "construct",
     "conversation_from_row",
     "decode_cursor",
@@ -319,6 +334,75 @@ def tokens_from_row(
     row: Any, conversation_id: str | None = None
 ) -> tuple[StoredMessage, int | None]:
     return message_from_row(row, conversation_id), row[19]
+
+
+# the rare columns are the message columns compact_query does not select, in order
+assert RARE_COLUMNS == tuple(c for c in MESSAGE_COLUMNS if c not in (
+    "id", "conversation_id", "seq", "role", "content", "pinned", "created_at"))
+#: Where :data:`convo._store_sql.RARE_COLUMNS` has its JSON columns (stored as JSON text).
+_RARE_JSON = tuple(i for i, name in enumerate(RARE_COLUMNS)
+                   if name in ("parts", "tool_calls", "metadata", "usage"))
+
+
+def compact_messages(rows: Any, conversation_id: str) -> list[tuple[StoredMessage, int | None]]:
+    """The messages and stored counts of message rows of
+    :func:`convo._store_sql.compact_query` (``id, seq, role, content, flag,
+    created_at, tokens, rare``; a flag other than 0 means pinned).
+
+    ``created_at`` comes as the stored text, parsed here as the column's type
+    parses it on SQLite (:class:`convo._schema.UTCDateTime`).
+    A plain text message (``rare`` NULL: the rows a build reads by the dozen) is
+    built here, in one loop (what :func:`construct` does, inline); any other row
+    is unpacked into the full column layout and built by :func:`message_from_row`,
+    its JSON columns decoded as the driver path decodes them
+    (:func:`convo._store_driver.json_text`).
+    """
+    out: list[tuple[StoredMessage, int | None]] = []
+    append, new, cls, fields = out.append, _new, StoredMessage, _STORED_FIELDS
+    set_dict, set_fields, set_extra, set_private = _set_dict, _set_fields, _set_extra, _set_private
+    parse, stamp = datetime.fromisoformat, _SQLITE_STAMP
+    for id_, seq, role, content, flag, text, tokens, rare in rows:
+        try:
+            created_at = parse(text + "+00:00")  # what the column's type makes of UTC text
+        except (TypeError, ValueError):
+            created_at = stamp(text)  # anything else: the type's own route
+        if rare is not None:
+            append((_rare_message(id_, conversation_id, seq, role, content, flag, created_at,
+                                  rare), tokens))
+            continue
+        msg = new(cls)
+        set_dict(msg, {
+            "role": role, "content": content, "name": None, "tool_calls": None,
+            "refusal": None, "tool_call_id": None, "metadata": {}, "id": id_,
+            "conversation_id": conversation_id, "seq": seq, "created_at": created_at,
+            "pinned": flag != 0, "idempotency_key": None, "reply": None,
+        })
+        set_fields(msg, fields)
+        set_extra(msg, None)
+        set_private(msg, None)
+        append((msg, tokens))
+    return out
+
+
+#: What the created_at column's type makes of its stored text on SQLite.
+_SQLITE_STAMP = UTCDateTime().result_processor(sqlite.dialect(), None)
+
+
+def _rare_message(
+    id_: int, conversation_id: str, seq: int, role: str, content: str | None, flag: int,
+    created_at: datetime, rare: str,
+) -> StoredMessage:
+    values = json_text(rare)  # SQLite's json_array of the columns: text as JSON strings
+    for i in _RARE_JSON:
+        if type(values[i]) is str:
+            values[i] = json_text(values[i])
+    (parts, name, tool_calls, refusal, tool_call_id, metadata, key, model, finish_reason,
+     usage, fingerprint, seed) = values
+    return message_from_row((
+        id_, conversation_id, seq, role, content, parts, name, tool_calls, refusal,
+        tool_call_id, metadata, flag != 0, key, model, finish_reason, usage, fingerprint, seed,
+        created_at,
+    ))
 
 
 # --- summaries ---------------------------------------------------------------------

@@ -66,6 +66,79 @@ def segment_query(
 OPEN_PINNED, OPEN_NEWEST, OPEN_CONVERSATION = 1, 2, 0
 
 
+#: The message columns that are NULL in most rows (everything but a plain text
+#: message's), in the order :func:`compact_query` packs them.
+RARE_COLUMNS = (
+    "parts", "name", "tool_calls", "refusal", "tool_call_id", "metadata", "idempotency_key",
+    "model", "finish_reason", "usage", "system_fingerprint", "seed",
+)
+#: The flag column of :func:`compact_query`'s rows: the message's ``pinned`` (0 or 1)
+#: on a newest-page row, else one of these
+COMPACT_PINNED, COMPACT_CONVERSATION = 2, -1
+
+
+@cache
+def compact_query(bounded: bool) -> sa.CompoundSelect[Any]:
+    """:func:`open_query` for SQLite, in 8 columns instead of 21: ``id, seq, role,
+    content, flag, created_at, tokens, rare``.
+
+    ``created_at`` is the stored text (see ``_store_rows.compact_messages``);
+    ``rare`` is NULL when all of :data:`RARE_COLUMNS` are (a plain text message),
+    else their values as one JSON array (``json_array``: text columns, JSON ones
+    included, as JSON strings, ``seed`` as a number): an exact encoding that
+    ``_store_rows.compact_message`` decodes. ``flag`` is the message's ``pinned``
+    on the newest page's rows, :data:`COMPACT_PINNED` on the pinned messages' rows,
+    :data:`COMPACT_CONVERSATION` on the conversation's row, which carries
+    parent_id, last_seq and owner in the id, seq and role columns.
+
+    Why: Python's sqlite3 module (3.11) releases and takes back the GIL for every
+    column of every row it fetches, which made the 13 mostly-NULL columns and the
+    part column of :func:`open_query` cost a context build more than its SQL.
+    """
+    rare = [M.c[name] for name in RARE_COLUMNS]
+    packed = sa.case(
+        (sa.func.coalesce(*rare).is_(None), sa.null()), else_=sa.func.json_array(*rare)
+    )
+
+    def message_cols(flag: Any) -> list[Any]:
+        # created_at as its stored text: parsed where the row becomes a value (one
+        # pass over the rows instead of the driver's processing pass, then that one)
+        return [M.c.id, M.c.seq, M.c.role, M.c.content, flag,
+                sa.type_coerce(M.c.created_at, sa.Text), TK.c.tokens, packed]
+
+    mine = M.c.conversation_id == _B("cid")
+    if bounded:
+        mine = mine & (M.c.seq < _B("before"))
+    pinned = (
+        # the first SELECT gives the columns their types: the flag is a plain integer
+        sa.select(*message_cols(sa.literal_column(str(COMPACT_PINNED), sa.Integer)))
+        .select_from(_with_tokens())
+        .where(mine, M.c.pinned)
+    )
+    newest = (
+        sa.select(*message_cols(sa.type_coerce(M.c.pinned, sa.Integer)))
+        .select_from(_with_tokens())
+        .where(mine)
+        .order_by(M.c.seq.desc())
+        .limit(_B("limit"))
+        .subquery("newest")
+    )
+    conversation = sa.select(
+        C.c.parent_id, C.c.last_seq, C.c.owner, sa.null(),
+        sa.literal_column(str(COMPACT_CONVERSATION), sa.Integer),
+        sa.null(), sa.null(), sa.null(),
+    ).where(C.c.id == _B("cid"))
+    return sa.union_all(pinned, sa.select(newest), conversation)
+
+
+def context_dialect(dialect: Any) -> str | None:
+    """The ``dialect`` a store gives its context reads (``_store_core.context_open``):
+    the dialect's name, or None when its engine decodes JSON with a deserializer of
+    its own, which SQLite's compact read (decoding the JSON it packs itself) would
+    bypass: the full columns are read then."""
+    return None if getattr(dialect, "_json_deserializer", None) is not None else str(dialect.name)
+
+
 @cache
 def open_query(bounded: bool) -> sa.CompoundSelect[Any]:
     """The opening read of a context build, in ONE statement (one round trip, one
