@@ -261,3 +261,23 @@ async def test_the_store_branch_calls_check_their_input_and_write_nothing(env: E
         (conv.id, True), (at0.id, False), (at1.id, False), (nested.id, False)]
     assert [b.last_message.text if b.last_message else None for b in listed] == [
         "one", None, "one", "one"]
+
+
+async def test_find_by_key_sees_the_threads_keys_up_to_the_fork_point(env: Env) -> None:
+    store = env.store
+    conv = await store.create_conversation(owner="alice")
+    first = await store.append(conv.id, Message.user("one"), idempotency_key="k1", owner="alice")
+    await store.append(conv.id, Message.user("two"), idempotency_key="k2", owner="alice")
+    branch = await store.create_branch(conv.id, at=1, owner="alice")
+    mine = await store.append(branch.id, Message.user("three"), idempotency_key="k3",
+                              owner="alice")
+    found = await store.find_by_key(branch.id, "k1", owner="alice")  # inherited
+    assert (found.id, found.seq, found.text) == (first.id, 1, "one")
+    assert await store.find_by_key(branch.id, "k2", owner="alice") is None  # after the fork
+    found = await store.find_by_key(branch.id, "k3", owner="alice")
+    assert (found.id, found.seq, found.conversation_id) == (mine.id, 2, branch.id)
+    assert await store.find_by_key(conv.id, "k3", owner="alice") is None  # not the root's
+    assert (await store.find_by_key(conv.id, "k2")).text == "two"
+    assert await store.find_by_key(branch.id, "nope") is None
+    with pytest.raises(ConversationNotFound):
+        await store.find_by_key(branch.id, "k1", owner="bob")
