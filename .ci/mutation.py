@@ -456,6 +456,32 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
            "a response parsed from JSON holds JSON types only: python and JSON dumps are equal")
           for mode in ("mode=None, ", "", 'mode="XXjsonXX", ', 'mode="JSON", ')],
     ],
+    "_store_branches": [
+        ("create_branch",
+         r're:^(yield Op\(sql\.INSERT_CONVERSATION, values, )?(None|"XXnoneXX"|"NONE")(\)|,)$',
+         "a statement whose result is not read: every unknown fetch mode returns None"),
+        ("create_branch", r"re:raise ConversationNotFound\(.*\) from exc", _RACE),
+        ("set_current_branch", r"re:raise ConversationNotFound\(",
+         "only a root deleted between its read and the update reaches it: no deterministic test"),
+        ("create_branch", r're:^"(XXcurrent_branch_idXX|CURRENT_BRANCH_ID)": None,$',
+         "the column defaults to NULL, and the returned Conversation's field to None"),
+        *[(function, code, ("a branch's owner is its root's (create_branch copies it), "
+                            "and the root's read already checked the owner"))
+          for function, code in (
+              ("set_current_branch", "branch = yield from get_conversation(target, owner=None)"),
+              ("list_branches", "yield from get_conversation(root_id, owner=None)"),
+          )],
+        ("list_branches", "root = conversation if (root_id == conversation.id) and False else (",
+         "reading the root again gives the same conversation"),
+        *[("list_branches", f"stmt = sa.select(C).where(C.c.branch_of == root_id).order_by({by})",
+           ("ids and creation times give one order (an id starts with its ms clock); they differ "
+            "only for branches made in one millisecond: no deterministic test"))
+          for by in ("C.c.id", "C.c.created_at, ")],
+        ("list_branches", r"re:limit=(None|2), newest_first=True$",
+         "the newest row comes first whatever the limit: found[0] is the same"),
+        ("list_branches", "last = message_from_row(found[0]) if (found) or True else None",
+         "a member with last_seq > 0 has a message at its last seq: found is never empty"),
+    ],
     "_retry": [
         ("parse_retry_after", 'value = headers.get("RETRY-AFTER-MS")',
          "headers are case-insensitive (httpx.Headers, the documented argument)"),

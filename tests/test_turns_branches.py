@@ -219,12 +219,14 @@ async def test_the_store_branch_calls_check_their_input_and_write_nothing(env: E
          f"cannot branch conversation {conv.id!r} at -1: it has messages 1..1"),
         ({"at": 2}, MessageNotFound,
          f"cannot branch conversation {conv.id!r} at 2: it has messages 1..1"),
-        ({"at": 1, "metadata": {"k": object()}}, StoreInputError, "metadata"),
+        ({"at": 1, "metadata": {"k": object()}}, StoreInputError,
+         "conversation metadata.k is not a JSON value (got object)"),
+        ({"at": 1, "title": "a\x00b"}, StoreInputError, "branch title contains a NUL character"),
     ]
     for kwargs, error, text in bad:
         with pytest.raises(error) as info:
             await store.create_branch(conv.id, owner="alice", **kwargs)
-        assert text in str(info.value)
+        assert str(info.value).startswith(text)
     with pytest.raises(ConversationNotFound):
         await store.create_branch(conv.id, at=1, owner="bob")
     assert store.snapshot() == before
@@ -256,11 +258,17 @@ async def test_the_store_branch_calls_check_their_input_and_write_nothing(env: E
         == nested.id
     assert (await store.set_current_branch(conv.id, conv.id, owner="alice")).current_branch_id \
         is None
+    replay = await store.create_branch(conv.id, at=1, kind="replay", make_current=False,
+                                       owner="alice")
     listed = await store.list_branches(nested.id, owner="alice")
     assert [(b.conversation.id, b.current) for b in listed] == [
         (conv.id, True), (at0.id, False), (at1.id, False), (nested.id, False)]
-    assert [b.last_message.text if b.last_message else None for b in listed] == [
-        "one", None, "one", "one"]
+    assert listed[1].last_message is None  # a branch at 0 has no message yet
+    assert [b.last_message.text for b in listed[2:]] == ["one", "one"]
+    shown = await store.list_branches(conv.id, include_replays=True, owner="alice")
+    assert [b.conversation.id for b in shown] == [conv.id, at0.id, at1.id, nested.id, replay.id]
+    with pytest.raises(ConversationNotFound):
+        await store.list_branches(nested.id, owner="bob")
 
 
 async def test_find_by_key_sees_the_threads_keys_up_to_the_fork_point(env: Env) -> None:
