@@ -476,11 +476,13 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         *[("list_branches", f"stmt = sa.select(C).where(C.c.branch_of == root_id).order_by({by})",
            ("ids and creation times give one order (an id starts with its ms clock); they differ "
             "only for branches made in one millisecond: no deterministic test"))
-          for by in ("C.c.id", "C.c.created_at, ")],
+          for by in ("C.c.created_at, ",)],
         ("list_branches", r"re:limit=(None|2), newest_first=True$",
          "the newest row comes first whatever the limit: found[0] is the same"),
         ("list_branches", "last = message_from_row(found[0]) if (found) or True else None",
          "a member with last_seq > 0 has a message at its last seq: found is never empty"),
+        ("find_by_key", r"re:^(M\.c\.seq >= lo, )?M\.c\.seq <= hi,$",
+         "lo is 0 or a fork point, and a conversation's own rows start after its fork point"),
     ],
     "_retry": [
         ("parse_retry_after", 'value = headers.get("RETRY-AFTER-MS")',

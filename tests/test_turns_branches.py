@@ -239,6 +239,7 @@ async def test_the_store_branch_calls_check_their_input_and_write_nothing(env: E
         "t", "alice", 0, 0, "edit")
     assert (at1.title, at1.metadata, at1.parent_id, at1.branch_of) == (
         "mine", {"k": 1}, conv.id, conv.id)
+    assert at0.metadata == {} and await store.get_conversation(at1.id) == at1  # as stored
     assert (await store.get_conversation(conv.id)).current_branch_id == at1.id
     # a branch of a branch belongs to the same thread, its root's
     nested = await store.create_branch(at1.id, at=1, make_current=False, owner="alice")
