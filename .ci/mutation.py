@@ -7,6 +7,7 @@ Run it through ``.ci/mutation`` (see docs/testing.md, "Mutation testing"):
     .ci/mutation --list              # the modules and the test files each is run against
     .ci/mutation --report            # the table of the last runs (build/mutation/*/summary.json)
     .ci/mutation --survivors _retry  # after adding tests: re-run only the last run's survivors
+                                     # (and the mutants a run stopped by --minutes did not reach)
 
 Each module is mutated in a scratch copy of the working tree (``build/mutation/<module>/``)
 and every mutant is run against the module's own fast test files only, on SQLite only
@@ -717,13 +718,15 @@ def run_module(module: str, jobs: int, *, survivors: bool, minutes: float | None
         # changed tests cover other functions now: have mutmut map tests to functions anew
         (workdir / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
         shutil.rmtree(workdir / "pgdata", ignore_errors=True)  # a fresh template database
-        names = [m.name for m in previous.mutants if m.status in ("survived", "no tests")]
+        # and the mutants a stopped run (--minutes) did not reach: a stopped run goes on
+        names = [m.name for m in previous.mutants
+                 if m.status in ("survived", "no tests", "not checked")]
         if not names:
             return previous
     started = time.monotonic()
     commit = git_commit()  # what is mutated and tested: the tree as the run starts
     print(f"== {module}: mutating convo/{module}.py against {', '.join(tests)}"
-          + (f" ({len(names)} survivors again)" if names else ""), flush=True)
+          + (f" ({len(names)} survivors again, or not run before)" if names else ""), flush=True)
     with (shared_postgres(workdir) if module in WITH_POSTGRESQL
           else contextlib.nullcontext(None)) as env:
         code = mutmut_run(workdir, ["--max-children", str(jobs), *names], workdir / "run.log",
@@ -847,7 +850,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="show the module -> tests mapping")
     parser.add_argument("--report", action="store_true", help="print the table of the last runs")
     parser.add_argument("--survivors", action="store_true",
-                        help="re-run only the last run's surviving mutants, with the current tests")
+                        help="re-run only the last run's surviving mutants (and those a stopped "
+                             "run did not reach), with the current tests")
     parser.add_argument("--minutes", type=float, default=None,
                         help="stop each module's run after this long; the rest count as not run")
     parser.add_argument("--collect", metavar="COMMIT", default=None,
