@@ -457,6 +457,12 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
            "a response parsed from JSON holds JSON types only: python and JSON dumps are equal")
           for mode in ("mode=None, ", "", 'mode="XXjsonXX", ', 'mode="JSON", ')],
     ],
+    "_store_replays": [
+        ("*", r're:^(yield Op\(.*, )?(None|"XXnoneXX"|"NONE")(\)|,)$',
+         "a statement whose result is not read: every unknown fetch mode returns None"),
+        ("_replay", r"re:zip\(_REPLAY_COLUMNS, row, (strict=None)?\)",
+         "a row has one value per column by construction"),
+    ],
     "_store_branches": [
         ("create_branch",
          r're:^(yield Op\(sql\.INSERT_CONVERSATION, values, )?(None|"XXnoneXX"|"NONE")(\)|,)$',

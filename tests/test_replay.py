@@ -673,9 +673,17 @@ async def test_the_store_replay_calls_check_their_input_and_write_nothing(store)
     assert [(i.turn, i.arm, i.text) for i in items] == [
         (0, "x" * 64, "again"), (1, "a", None), (1, "b", None)]  # replaced, in order
     assert items[0] == saved and items[0].similarity == 0.5
+    second = await store.create_conversation()
+    await store.save_replay_item(item(conversation_id=second.id, turn=1))
+    await store.save_replay_item(item(replay_id=other, turn=1))
+    with pytest.raises(StoreInputError) as info:
+        await store.save_verdict(rid, conv.id, 1, {"x": float("nan")})
+    assert str(info.value) == "verdict must be JSON: Out of range float values are not JSON compliant"
     await store.save_verdict(rid, conv.id, 1, {"winner": "a"})
-    assert [i.verdict for i in await store.replay_items(rid)] == [  # both arms of turn 1
-        None, {"winner": "a"}, {"winner": "a"}]
+    assert [i.verdict for i in await store.replay_items(rid, conversation_id=conv.id)] == [
+        None, {"winner": "a"}, {"winner": "a"}]  # both arms of that turn, no other
+    assert [i.verdict for i in await store.replay_items(rid, conversation_id=second.id)] == [None]
+    assert [i.verdict for i in await store.replay_items(other)] == [None]
     assert await store.replay_items(rid, conversation_id="d" * 32) == []
     with pytest.raises(ReplayNotFound):
         await store.replay_items(rid, owner="bob")
