@@ -252,8 +252,9 @@ async def test_the_store_branch_calls_check_their_input_and_write_nothing(env: E
     with pytest.raises(StoreInputError) as info:
         await store.set_current_branch(conv.id, other.id, owner="alice")
     assert str(info.value) == f"{other.id!r} is not a branch of {conv.id!r}"
-    with pytest.raises(ConversationNotFound):
-        await store.set_current_branch(conv.id, at0.id, owner="bob")
+    for target in (at0.id, None):  # the root's owner is checked, not only the branch's
+        with pytest.raises(ConversationNotFound):
+            await store.set_current_branch(conv.id, target, owner="bob")
     assert store.snapshot() == before
     assert (await store.set_current_branch(conv.id, nested.id, owner="alice")).current_branch_id \
         == nested.id
@@ -268,8 +269,9 @@ async def test_the_store_branch_calls_check_their_input_and_write_nothing(env: E
     assert [b.last_message.text for b in listed[2:]] == ["one", "one"]
     shown = await store.list_branches(conv.id, include_replays=True, owner="alice")
     assert [b.conversation.id for b in shown] == [conv.id, at0.id, at1.id, nested.id, replay.id]
-    with pytest.raises(ConversationNotFound):
-        await store.list_branches(nested.id, owner="bob")
+    for member in (nested.id, conv.id):
+        with pytest.raises(ConversationNotFound):
+            await store.list_branches(member, owner="bob")
 
 
 async def test_find_by_key_sees_the_threads_keys_up_to_the_fork_point(env: Env) -> None:
