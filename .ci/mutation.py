@@ -470,8 +470,6 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         ("create_branch", r"re:raise ConversationNotFound\(.*\) from exc", _RACE),
         ("set_current_branch", r"re:raise ConversationNotFound\(",
          "only a root deleted between its read and the update reaches it: no deterministic test"),
-        ("create_branch", r're:^"(XXcurrent_branch_idXX|CURRENT_BRANCH_ID)": None,$',
-         "the column defaults to NULL, and the returned Conversation's field to None"),
         *[(function, code, ("a branch's owner is its root's (create_branch copies it), "
                             "and the root's read already checked the owner"))
           for function, code in (
