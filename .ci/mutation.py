@@ -460,8 +460,12 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
     "_store_replays": [
         ("*", r're:^(yield Op\(.*, )?(None|"XXnoneXX"|"NONE")(\)|,)$',
          "a statement whose result is not read: every unknown fetch mode returns None"),
-        ("_replay", r"re:zip\(_REPLAY_COLUMNS, row, (strict=None)?\)",
+        ("*", r"re:zip\(_(REPLAY|ITEM)_COLUMNS, row, (strict=(None|False))?\)",
          "a row has one value per column by construction"),
+        ("_replay", r're:^values\["(XXspecXX|SPEC)"\] = values\["spec"\] or \{\}$',
+         "create_replay stores a dict, never NULL: the `or {}` only guards rows written elsewhere"),
+        ("_strict_json", "return json.loads(json.dumps(value, allow_nan=None))",
+         "json.dumps tests allow_nan for truth: None and False alike"),
     ],
     "_store_branches": [
         ("create_branch",

@@ -612,6 +612,11 @@ async def test_the_store_replay_calls_check_their_input_and_write_nothing(store)
         ("list_replays", (), {"limit": 0}, "limit must be an integer in 1..10000"),
         ("list_replays", (), {"limit": True}, "limit must be an integer in 1..10000"),
         ("list_replays", (), {"limit": 10_001}, "limit must be an integer in 1..10000"),
+        ("create_replay", (rid,), {"mode": "continue", "spec": {}, "owner": "x" * 256},
+         "owner is 256 characters long; at most 255 are allowed"),
+        ("create_replay", (rid,), {"mode": "continue", "spec": {"x": "a\x00b"}},
+         "replay spec.x contains a NUL character, which PostgreSQL cannot store (refused on "
+         "every database), at index 1"),
     ]
     for method, args, kwargs, text in bad_calls:
         with pytest.raises(StoreInputError) as info:
@@ -638,9 +643,10 @@ async def test_the_store_replay_calls_check_their_input_and_write_nothing(store)
         await store.set_replay_status(rid, "done", owner="bob")
     done = await store.set_replay_status(rid, "done", owner="alice")
     assert (done.status, done.created_at) == ("done", made.created_at)
-    assert done.updated_at >= made.updated_at
+    assert done.updated_at > made.updated_at  # statements apart: not within a microsecond
     assert (await store.get_replay(other)).status == "running"  # only that one changed
     assert [r.id for r in (await store.list_replays(owner="alice")).items] == [rid]
+    assert len((await store.list_replays(limit=10_000)).items) == 2
     first = await store.list_replays(limit=1)
     assert len(first.items) == 1 and first.next_cursor is not None
     rest = await store.list_replays(limit=1, cursor=first.next_cursor)
@@ -683,6 +689,8 @@ async def test_the_store_replay_calls_check_their_input_and_write_nothing(store)
     assert [i.verdict for i in await store.replay_items(rid, conversation_id=conv.id)] == [
         None, {"winner": "a"}, {"winner": "a"}]  # both arms of that turn, no other
     assert [i.verdict for i in await store.replay_items(rid, conversation_id=second.id)] == [None]
+    assert [(i.conversation_id, i.turn, i.arm) for i in await store.replay_items(rid)] == [
+        (conv.id, 0, "x" * 64), (conv.id, 1, "a"), (conv.id, 1, "b"), (second.id, 1, "a")]
     assert [i.verdict for i in await store.replay_items(other)] == [None]
     assert await store.replay_items(rid, conversation_id="d" * 32) == []
     with pytest.raises(ReplayNotFound):
