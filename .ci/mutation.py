@@ -466,6 +466,12 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "create_replay stores a dict, never NULL: the `or {}` only guards rows written elsewhere"),
         ("_strict_json", "return json.loads(json.dumps(value, allow_nan=None))",
          "json.dumps tests allow_nan for truth: None and False alike"),
+        ("replay_items", "rows = yield Op(stmt.order_by(RI.c.conversation_id, RI.c.turn, ))",
+         ("both databases read the rows through the primary key (replay, conversation, turn, "
+          "arm), in arm order: no test can tell")),
+        ("save_replay_item",
+         'values["XXverdictXX"] = _strict_json(values["verdict"], "verdict")',
+         "a ReplayItem's verdict is JSON already (pydantic): the round trip only checks it"),
     ],
     "_store_branches": [
         ("create_branch",
