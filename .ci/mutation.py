@@ -470,7 +470,7 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          ("both databases read the rows through the primary key (replay, conversation, turn, "
           "arm), in arm order: no test can tell")),
         ("save_replay_item",
-         'values["XXverdictXX"] = _strict_json(values["verdict"], "verdict")',
+         r're:^values\["(XXverdictXX|VERDICT)"\] = _strict_json\(values\["verdict"\], "verdict"\)$',
          "a ReplayItem's verdict is JSON already (pydantic): the round trip only checks it"),
     ],
     "_store_branches": [

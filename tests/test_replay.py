@@ -636,6 +636,9 @@ async def test_the_store_replay_calls_check_their_input_and_write_nothing(store)
         await store.get_replay("c" * 32)
     assert str(info.value) == f"replay {'c' * 32!r} not found"
     with pytest.raises(StoreInputError) as info:
+        await store.get_replay("a\x00b")
+    assert str(info.value).startswith("replay id contains a NUL character")
+    with pytest.raises(StoreInputError) as info:
         await store.set_replay_status(rid, "paused")
     assert str(info.value) == (
         "replay status must be one of ('running', 'done', 'failed', 'interrupted')")
@@ -666,6 +669,8 @@ async def test_the_store_replay_calls_check_their_input_and_write_nothing(store)
          "verdict must be JSON: Out of range float values are not JSON compliant"),
         ({"arm": ""}, "an arm name is 1..64 characters"),
         ({"arm": "x" * 65}, "an arm name is 1..64 characters"),
+        ({"text": "a\x00b"}, "replay item text contains a NUL character, which PostgreSQL "
+                              "cannot store (refused on every database), at index 1"),
     ]:
         with pytest.raises(StoreInputError) as info:
             await store.save_replay_item(item(**kwargs))
