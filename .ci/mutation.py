@@ -7,6 +7,7 @@ Run it through ``.ci/mutation`` (see docs/testing.md, "Mutation testing"):
     .ci/mutation --list              # the modules and the test files each is run against
     .ci/mutation --report            # the table of the last runs (build/mutation/*/summary.json)
     .ci/mutation --survivors _retry  # after adding tests: re-run only the last run's survivors
+                                     # (and the mutants a run stopped by --minutes did not reach)
 
 Each module is mutated in a scratch copy of the working tree (``build/mutation/<module>/``)
 and every mutant is run against the module's own fast test files only, on SQLite only
@@ -456,6 +457,48 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
            "a response parsed from JSON holds JSON types only: python and JSON dumps are equal")
           for mode in ("mode=None, ", "", 'mode="XXjsonXX", ', 'mode="JSON", ')],
     ],
+    "_store_replays": [
+        ("*", r're:^(yield Op\(.*, )?(None|"XXnoneXX"|"NONE")(\)|,)$',
+         "a statement whose result is not read: every unknown fetch mode returns None"),
+        ("*", r"re:zip\(_(REPLAY|ITEM)_COLUMNS, row, (strict=(None|False))?\)",
+         "a row has one value per column by construction"),
+        ("_replay", r're:^values\["(XXspecXX|SPEC)"\] = values\["spec"\] or \{\}$',
+         "create_replay stores a dict, never NULL: the `or {}` only guards rows written elsewhere"),
+        ("_strict_json", "return json.loads(json.dumps(value, allow_nan=None))",
+         "json.dumps tests allow_nan for truth: None and False alike"),
+        ("replay_items", "rows = yield Op(stmt.order_by(RI.c.conversation_id, RI.c.turn, ))",
+         ("both databases read the rows through the primary key (replay, conversation, turn, "
+          "arm), in arm order: no test can tell")),
+        ("save_replay_item",
+         r're:^values\["(XXverdictXX|VERDICT)"\] = _strict_json\(values\["verdict"\], "verdict"\)$',
+         "a ReplayItem's verdict is JSON already (pydantic): the round trip only checks it"),
+    ],
+    "_store_branches": [
+        ("create_branch",
+         r're:^(yield Op\(sql\.INSERT_CONVERSATION, values, )?(None|"XXnoneXX"|"NONE")(\)|,)$',
+         "a statement whose result is not read: every unknown fetch mode returns None"),
+        ("create_branch", r"re:raise ConversationNotFound\(.*\) from exc", _RACE),
+        ("set_current_branch", r"re:raise ConversationNotFound\(",
+         "only a root deleted between its read and the update reaches it: no deterministic test"),
+        *[(function, code, ("a branch's owner is its root's (create_branch copies it), "
+                            "and the root's read already checked the owner"))
+          for function, code in (
+              ("set_current_branch", "branch = yield from get_conversation(target, owner=None)"),
+              ("list_branches", "yield from get_conversation(root_id, owner=None)"),
+          )],
+        ("list_branches", "root = conversation if (root_id == conversation.id) and False else (",
+         "reading the root again gives the same conversation"),
+        *[("list_branches", f"stmt = sa.select(C).where(C.c.branch_of == root_id).order_by({by})",
+           ("ids and creation times give one order (an id starts with its ms clock); they differ "
+            "only for branches made in one millisecond: no deterministic test"))
+          for by in ("C.c.created_at, ",)],
+        ("list_branches", r"re:limit=(None|2), newest_first=True$",
+         "the newest row comes first whatever the limit: found[0] is the same"),
+        ("list_branches", "last = message_from_row(found[0]) if (found) or True else None",
+         "a member with last_seq > 0 has a message at its last seq: found is never empty"),
+        ("find_by_key", r"re:^(M\.c\.seq >= lo, )?M\.c\.seq <= hi,$",
+         "lo is 0 or a fork point, and a conversation's own rows start after its fork point"),
+    ],
     "_retry": [
         ("parse_retry_after", 'value = headers.get("RETRY-AFTER-MS")',
          "headers are case-insensitive (httpx.Headers, the documented argument)"),
@@ -689,13 +732,15 @@ def run_module(module: str, jobs: int, *, survivors: bool, minutes: float | None
         # changed tests cover other functions now: have mutmut map tests to functions anew
         (workdir / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
         shutil.rmtree(workdir / "pgdata", ignore_errors=True)  # a fresh template database
-        names = [m.name for m in previous.mutants if m.status in ("survived", "no tests")]
+        # and the mutants a stopped run (--minutes) did not reach: a stopped run goes on
+        names = [m.name for m in previous.mutants
+                 if m.status in ("survived", "no tests", "not checked")]
         if not names:
             return previous
     started = time.monotonic()
     commit = git_commit()  # what is mutated and tested: the tree as the run starts
     print(f"== {module}: mutating convo/{module}.py against {', '.join(tests)}"
-          + (f" ({len(names)} survivors again)" if names else ""), flush=True)
+          + (f" ({len(names)} survivors again, or not run before)" if names else ""), flush=True)
     with (shared_postgres(workdir) if module in WITH_POSTGRESQL
           else contextlib.nullcontext(None)) as env:
         code = mutmut_run(workdir, ["--max-children", str(jobs), *names], workdir / "run.log",
@@ -819,7 +864,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="show the module -> tests mapping")
     parser.add_argument("--report", action="store_true", help="print the table of the last runs")
     parser.add_argument("--survivors", action="store_true",
-                        help="re-run only the last run's surviving mutants, with the current tests")
+                        help="re-run only the last run's surviving mutants (and those a stopped "
+                             "run did not reach), with the current tests")
     parser.add_argument("--minutes", type=float, default=None,
                         help="stop each module's run after this long; the rest count as not run")
     parser.add_argument("--collect", metavar="COMMIT", default=None,

@@ -32,6 +32,7 @@ from convo import (
     ReplayReport,
     Run,
     StoredMessage,
+    StoreInputError,
     ToolCall,
     tool,
 )
@@ -595,3 +596,107 @@ async def test_a_judged_replay_resumed_after_a_crash_judges_the_turn_its_arms_fi
     assert again.replay.status == "done"
     assert [(i.arm, i.text, i.verdict["winner"]) for i in again.items] == [
         ("chat-arm", "Hi there.", "flat-arm"), ("flat-arm", "Hey.", "flat-arm")]
+
+
+async def test_the_store_replay_calls_check_their_input_and_write_nothing(store):
+    conv = await store.create_conversation()
+    rid, other = "a" * 32, "b" * 32
+    before = store.snapshot()
+    bad_calls: list[tuple[str, tuple[Any, ...], dict[str, Any], str]] = [
+        ("create_replay", (rid,), {"mode": "sideways", "spec": {}},
+         "replay mode must be 'continue' or 'teacher-forcing'"),
+        ("create_replay", (rid,), {"mode": "continue", "spec": {"x": float("nan")}},
+         "replay spec must be JSON: Out of range float values are not JSON compliant"),
+        ("create_replay", (rid,), {"mode": "continue", "spec": {"x": object()}},
+         "replay spec must be JSON: Object of type object is not JSON serializable"),
+        ("list_replays", (), {"limit": 0}, "limit must be an integer in 1..10000"),
+        ("list_replays", (), {"limit": True}, "limit must be an integer in 1..10000"),
+        ("list_replays", (), {"limit": 10_001}, "limit must be an integer in 1..10000"),
+        ("create_replay", (rid,), {"mode": "continue", "spec": {}, "owner": "x" * 256},
+         "owner is 256 characters long; at most 255 are allowed"),
+        ("create_replay", (rid,), {"mode": "continue", "spec": {"x": "a\x00b"}},
+         "replay spec.x contains a NUL character, which PostgreSQL cannot store (refused on "
+         "every database), at index 1"),
+    ]
+    for method, args, kwargs, text in bad_calls:
+        with pytest.raises(StoreInputError) as info:
+            await getattr(store, method)(*args, **kwargs)
+        assert str(info.value) == text
+    assert store.snapshot() == before
+
+    made = await store.create_replay(rid, mode="continue", spec={"arms": [1]}, owner="alice")
+    assert (made.id, made.owner, made.mode, made.status, made.spec) == (
+        rid, "alice", "continue", "running", {"arms": [1]})
+    assert await store.get_replay(rid) == made
+    await store.create_replay(other, mode="teacher-forcing", spec={}, owner="bob")
+    with pytest.raises(ReplayNotFound) as info:
+        await store.get_replay(rid, owner="bob")
+    assert str(info.value) == f"replay {rid!r} not found for owner 'bob'"
+    with pytest.raises(ReplayNotFound) as info:
+        await store.get_replay("c" * 32)
+    assert str(info.value) == f"replay {'c' * 32!r} not found"
+    with pytest.raises(StoreInputError) as info:
+        await store.get_replay("a\x00b")
+    assert str(info.value).startswith("replay id contains a NUL character")
+    with pytest.raises(StoreInputError) as info:
+        await store.set_replay_status(rid, "paused")
+    assert str(info.value) == (
+        "replay status must be one of ('running', 'done', 'failed', 'interrupted')")
+    with pytest.raises(ReplayNotFound):
+        await store.set_replay_status(rid, "done", owner="bob")
+    done = await store.set_replay_status(rid, "done", owner="alice")
+    assert (done.status, done.created_at) == ("done", made.created_at)
+    assert done.updated_at > made.updated_at  # statements apart: not within a microsecond
+    assert (await store.get_replay(other)).status == "running"  # only that one changed
+    assert [r.id for r in (await store.list_replays(owner="alice")).items] == [rid]
+    assert len((await store.list_replays(limit=10_000)).items) == 2
+    first = await store.list_replays(limit=1)
+    assert len(first.items) == 1 and first.next_cursor is not None
+    rest = await store.list_replays(limit=1, cursor=first.next_cursor)
+    assert {first.items[0].id, rest.items[0].id} == {rid, other} and rest.next_cursor is None
+
+    def item(**kwargs: Any) -> ReplayItem:
+        fields = {"replay_id": rid, "conversation_id": conv.id, "turn": 0, "arm": "a",
+                  "status": "ok", "user_seq": 1, **kwargs}
+        return ReplayItem.model_construct(**fields)
+
+    before = store.snapshot()
+    for kwargs, text in [
+        ({"status": "great"}, "replay item status must be one of ('ok', 'failed', 'skipped')"),
+        ({"similarity": float("nan")}, "replay item similarity must be finite"),
+        ({"latency_ms": float("inf")}, "replay item latency_ms must be finite"),
+        ({"verdict": {"x": float("nan")}},
+         "verdict must be JSON: Out of range float values are not JSON compliant"),
+        ({"arm": ""}, "an arm name is 1..64 characters"),
+        ({"arm": "x" * 65}, "an arm name is 1..64 characters"),
+        ({"text": "a\x00b"}, "replay item text contains a NUL character, which PostgreSQL "
+                              "cannot store (refused on every database), at index 1"),
+    ]:
+        with pytest.raises(StoreInputError) as info:
+            await store.save_replay_item(item(**kwargs))
+        assert str(info.value) == text
+    assert store.snapshot() == before
+    await store.save_replay_item(item(arm="x" * 64, text="first"))
+    saved = await store.save_replay_item(item(arm="x" * 64, text="again", similarity=0.5))
+    await store.save_replay_item(item(turn=1, arm="b", latency_ms=2.0))
+    await store.save_replay_item(item(turn=1, arm="a", status="failed", error="e"))
+    items = await store.replay_items(rid)
+    assert [(i.turn, i.arm, i.text) for i in items] == [
+        (0, "x" * 64, "again"), (1, "a", None), (1, "b", None)]  # replaced, in order
+    assert items[0] == saved and items[0].similarity == 0.5
+    second = await store.create_conversation()
+    await store.save_replay_item(item(conversation_id=second.id, turn=1))
+    await store.save_replay_item(item(replay_id=other, turn=1))
+    with pytest.raises(StoreInputError) as info:
+        await store.save_verdict(rid, conv.id, 1, {"x": float("nan")})
+    assert str(info.value) == "verdict must be JSON: Out of range float values are not JSON compliant"
+    await store.save_verdict(rid, conv.id, 1, {"winner": "a"})
+    assert [i.verdict for i in await store.replay_items(rid, conversation_id=conv.id)] == [
+        None, {"winner": "a"}, {"winner": "a"}]  # both arms of that turn, no other
+    assert [i.verdict for i in await store.replay_items(rid, conversation_id=second.id)] == [None]
+    assert [(i.conversation_id, i.turn, i.arm) for i in await store.replay_items(rid)] == [
+        (conv.id, 0, "x" * 64), (conv.id, 1, "a"), (conv.id, 1, "b"), (second.id, 1, "a")]
+    assert [i.verdict for i in await store.replay_items(other)] == [None]
+    assert await store.replay_items(rid, conversation_id="d" * 32) == []
+    with pytest.raises(ReplayNotFound):
+        await store.replay_items(rid, owner="bob")

@@ -219,12 +219,14 @@ async def test_the_store_branch_calls_check_their_input_and_write_nothing(env: E
          f"cannot branch conversation {conv.id!r} at -1: it has messages 1..1"),
         ({"at": 2}, MessageNotFound,
          f"cannot branch conversation {conv.id!r} at 2: it has messages 1..1"),
-        ({"at": 1, "metadata": {"k": object()}}, StoreInputError, "metadata"),
+        ({"at": 1, "metadata": {"k": object()}}, StoreInputError,
+         "conversation metadata.k is not a JSON value (got object)"),
+        ({"at": 1, "title": "a\x00b"}, StoreInputError, "branch title contains a NUL character"),
     ]
     for kwargs, error, text in bad:
         with pytest.raises(error) as info:
             await store.create_branch(conv.id, owner="alice", **kwargs)
-        assert text in str(info.value)
+        assert str(info.value).startswith(text)
     with pytest.raises(ConversationNotFound):
         await store.create_branch(conv.id, at=1, owner="bob")
     assert store.snapshot() == before
@@ -237,6 +239,7 @@ async def test_the_store_branch_calls_check_their_input_and_write_nothing(env: E
         "t", "alice", 0, 0, "edit")
     assert (at1.title, at1.metadata, at1.parent_id, at1.branch_of) == (
         "mine", {"k": 1}, conv.id, conv.id)
+    assert at0.metadata == {} and await store.get_conversation(at1.id) == at1  # as stored
     assert (await store.get_conversation(conv.id)).current_branch_id == at1.id
     # a branch of a branch belongs to the same thread, its root's
     nested = await store.create_branch(at1.id, at=1, make_current=False, owner="alice")
@@ -249,15 +252,43 @@ async def test_the_store_branch_calls_check_their_input_and_write_nothing(env: E
     with pytest.raises(StoreInputError) as info:
         await store.set_current_branch(conv.id, other.id, owner="alice")
     assert str(info.value) == f"{other.id!r} is not a branch of {conv.id!r}"
-    with pytest.raises(ConversationNotFound):
-        await store.set_current_branch(conv.id, at0.id, owner="bob")
+    for target in (at0.id, None):  # the root's owner is checked, not only the branch's
+        with pytest.raises(ConversationNotFound):
+            await store.set_current_branch(conv.id, target, owner="bob")
     assert store.snapshot() == before
     assert (await store.set_current_branch(conv.id, nested.id, owner="alice")).current_branch_id \
         == nested.id
     assert (await store.set_current_branch(conv.id, conv.id, owner="alice")).current_branch_id \
         is None
+    replay = await store.create_branch(conv.id, at=1, kind="replay", make_current=False,
+                                       owner="alice")
     listed = await store.list_branches(nested.id, owner="alice")
     assert [(b.conversation.id, b.current) for b in listed] == [
         (conv.id, True), (at0.id, False), (at1.id, False), (nested.id, False)]
-    assert [b.last_message.text if b.last_message else None for b in listed] == [
-        "one", None, "one", "one"]
+    assert listed[1].last_message is None  # a branch at 0 has no message yet
+    assert [b.last_message.text for b in listed[2:]] == ["one", "one"]
+    shown = await store.list_branches(conv.id, include_replays=True, owner="alice")
+    assert [b.conversation.id for b in shown] == [conv.id, at0.id, at1.id, nested.id, replay.id]
+    for member in (nested.id, conv.id):
+        with pytest.raises(ConversationNotFound):
+            await store.list_branches(member, owner="bob")
+
+
+async def test_find_by_key_sees_the_threads_keys_up_to_the_fork_point(env: Env) -> None:
+    store = env.store
+    conv = await store.create_conversation(owner="alice")
+    first = await store.append(conv.id, Message.user("one"), idempotency_key="k1", owner="alice")
+    await store.append(conv.id, Message.user("two"), idempotency_key="k2", owner="alice")
+    branch = await store.create_branch(conv.id, at=1, owner="alice")
+    mine = await store.append(branch.id, Message.user("three"), idempotency_key="k3",
+                              owner="alice")
+    found = await store.find_by_key(branch.id, "k1", owner="alice")  # inherited
+    assert (found.id, found.seq, found.text) == (first.id, 1, "one")
+    assert await store.find_by_key(branch.id, "k2", owner="alice") is None  # after the fork
+    found = await store.find_by_key(branch.id, "k3", owner="alice")
+    assert (found.id, found.seq, found.conversation_id) == (mine.id, 2, branch.id)
+    assert await store.find_by_key(conv.id, "k3", owner="alice") is None  # not the root's
+    assert (await store.find_by_key(conv.id, "k2")).text == "two"
+    assert await store.find_by_key(branch.id, "nope") is None
+    with pytest.raises(ConversationNotFound):
+        await store.find_by_key(branch.id, "k1", owner="bob")
