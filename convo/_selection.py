@@ -241,7 +241,9 @@ class Selector:
             return False
         # Room for the summary is held back while older history may still be
         # dropped; the turn that starts the history needs none.
-        reserve = 0 if self._starts_history(turn) else self._summary_reserve
+        reserve = self._summary_reserve
+        if reserve and self._starts_history(turn):
+            reserve = 0
         if turn.cost > self._free - reserve:
             self._finish(turn.items[-1].seq, "budget")
             return False
