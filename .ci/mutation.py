@@ -61,6 +61,8 @@ MODULES: dict[str, list[str]] = {
                        "test_client_deadlines.py"],
     "_store_core": ["test_store.py", "test_store_fork.py", "test_store_edges.py",
                     "test_context_edges.py"],
+    "_store_context": ["test_store.py", "test_store_fork.py", "test_context_reads.py",
+                       "test_context_edges.py", "test_store_hotpath.py"],
     "_store_sql": ["test_store.py", "test_store_fork.py", "test_store_edges.py"],
     # turns, runs and replays: the pure cores run on SQLite, the store plans on both
     "_turn_plan": ["test_turns.py", "test_turns_failures.py", "test_turns_tools.py",
@@ -96,7 +98,7 @@ SYNC_ONLY = {"_turn_plan", "_tools", "_replay_plan", "_reproduce"}
 
 #: modules whose mutants also run the PostgreSQL cases (dialect-specific SQL); each forked
 #: test run then starts its own pgserver, a few seconds a mutant, so only where it matters
-WITH_POSTGRESQL = {"_store_sql", "_store_core", "_store_runs", "_store_branches", "_store_replays"}
+WITH_POSTGRESQL = {"_store_sql", "_store_core", "_store_context", "_store_runs", "_store_branches", "_store_replays"}
 
 #: module -> [(function, mutated line as mutmut writes it, why no test can tell[, original line])]
 EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
@@ -223,9 +225,15 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "lo is 0 or a fork point, and a conversation's own rows start after its fork point"),
         ("delete_conversation", "None", _RACE),
         ("fork", r"re:raise ConversationNotFound\(.*\) from exc", _RACE),
-        ("latest_summary", r"re:\.limit\((None|2)\)", "the first row is read either way"),
         ("_lineage", r"re:return Lineage\((None, last_seq|conversation_id, None)",
          "Lineage.conversation_id and .last_seq are never read (dead fields)"),
+    ],
+    "_store_context": [
+        ("*", r're:yield Op\(.*, (None|"XXnoneXX"|"NONE")\)$',
+         "a statement whose result is not read: every unknown fetch mode returns None"),
+        ("*", r"re:driver=(None|False)\)|(\{\"cid\": conversation_id\}|params), \)+$",
+         "the DBAPI fast path is an optimization: SQLAlchemy rows read by position the same"),
+        ("latest_summary", r"re:\.limit\((None|2)\)", "the first row is read either way"),
     ],
     "_store_sql": [
         *[("json_equals", code, "SQLAlchemy infers the string type of a str literal")

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from . import _migrate
 from . import _replica as replica
 from . import _store_branches as branches
+from . import _store_context as context
 from . import _store_core as core
 from . import _store_driver as driver
 from . import _store_replays as replays
@@ -376,7 +377,7 @@ class AsyncStore:
     ) -> list[tuple[StoredMessage, int | None]]:
         """See :meth:`Store.tail`."""
         return await self._run(
-            core.tail(conversation_id, encoding=encoding, before=before, limit=limit, owner=owner)
+            context.tail(conversation_id, encoding=encoding, before=before, limit=limit, owner=owner)
         )
 
     async def context_start(
@@ -390,7 +391,7 @@ class AsyncStore:
     ) -> tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]]]:
         """See :meth:`Store.context_start`."""
         return await self._run(
-            core.context_start(
+            context.context_start(
                 conversation_id, encoding=encoding, limit=limit, owner=owner, before=before,
                 dialect=self._context_dialect,
             )
@@ -408,7 +409,7 @@ class AsyncStore:
                core.Lineage]:
         """:meth:`context_start` and the lineage it read (for :meth:`_tail_of`; builders only)."""
         return await self._run(
-            core.context_open(
+            context.context_open(
                 conversation_id, encoding=encoding, limit=limit, owner=owner, before=before,
                 dialect=self._context_dialect,
             )
@@ -425,14 +426,14 @@ class AsyncStore:
     ) -> list[tuple[StoredMessage, int | None]]:
         """:meth:`tail` on the lineage a :meth:`_context_open` of the same build read."""
         return await self._run(
-            core.tail_of(lineage, encoding=encoding, before=before, limit=limit, owner=owner)
+            context.tail_of(lineage, encoding=encoding, before=before, limit=limit, owner=owner)
         )
 
     async def pinned(
         self, conversation_id: str, *, encoding: str, owner: str | None = None
     ) -> list[tuple[StoredMessage, int | None]]:
         """See :meth:`Store.pinned`."""
-        return await self._run(core.pinned(conversation_id, encoding=encoding, owner=owner))
+        return await self._run(context.pinned(conversation_id, encoding=encoding, owner=owner))
 
     async def set_pinned(
         self, conversation_id: str, seq: int, pinned: bool, *, owner: str | None = None
@@ -440,10 +441,10 @@ class AsyncStore:
         """See :meth:`Store.set_pinned`."""
         await self._run(core.set_pinned(conversation_id, seq, pinned, owner=owner), "write")
 
-    async def save_token_counts(self, encoding: str, counts: core.TokenCounts) -> None:
+    async def save_token_counts(self, encoding: str, counts: context.TokenCounts) -> None:
         """See :meth:`Store.save_token_counts`."""
         await self._run(
-            core.save_token_counts(encoding, counts, dialect=self._dialect), "write"
+            context.save_token_counts(encoding, counts, dialect=self._dialect), "write"
         )
 
     async def add_summary(
@@ -458,7 +459,7 @@ class AsyncStore:
     ) -> Summary:
         """See :meth:`Store.add_summary`."""
         return await self._run(
-            core.add_summary(conversation_id, start_seq=start_seq, end_seq=end_seq,
+            context.add_summary(conversation_id, start_seq=start_seq, end_seq=end_seq,
                              content=content, metadata=metadata, owner=owner,
                              dialect=self._dialect),
             "write",
@@ -469,7 +470,7 @@ class AsyncStore:
     ) -> Summary | None:
         """See :meth:`Store.latest_summary`."""
         return await self._run(
-            core.latest_summary(conversation_id, up_to_seq=up_to_seq, owner=owner)
+            context.latest_summary(conversation_id, up_to_seq=up_to_seq, owner=owner)
         )
 
     # --- branches ------------------------------------------------------------------------
@@ -603,7 +604,7 @@ class AsyncStore:
         replays_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         owner: str | None = None,
-        token_counts: tuple[str, core.TokenCounts] | None = None,
+        token_counts: tuple[str, context.TokenCounts] | None = None,
     ) -> Run:
         """Record a request about to be sent, as a ``pending`` run (its own transaction).
 

@@ -1,7 +1,8 @@
 """The sync SQL store: :class:`Store`.
 
-A thin shell over :mod:`convo._store_core`: it opens a connection, runs a
-plan's statements, commits. :class:`~convo.AsyncStore` is the same shell
+A thin shell over the store's plans (:mod:`convo._store_core`; the context
+builder's in :mod:`convo._store_context`; runs, branches, replays): it opens a
+connection, runs a plan's statements, commits. :class:`~convo.AsyncStore` is the same shell
 with ``await``.
 """
 
@@ -24,6 +25,7 @@ from sqlalchemy.pool import QueuePool
 from . import _migrate
 from . import _replica as replica
 from . import _store_branches as branches
+from . import _store_context as context
 from . import _store_core as core
 from . import _store_driver as driver
 from . import _store_replays as replays
@@ -596,7 +598,7 @@ class Store:
         """Up to ``limit`` messages with ``seq < before``, newest first, each with its
         stored token count for ``encoding`` (None when not counted yet)."""
         return self._run(
-            core.tail(conversation_id, encoding=encoding, before=before, limit=limit, owner=owner),
+            context.tail(conversation_id, encoding=encoding, before=before, limit=limit, owner=owner),
             direct=True,
         )
 
@@ -618,7 +620,7 @@ class Store:
             ConversationNotFound: no such conversation (for this owner).
         """
         return self._run(
-            core.context_start(
+            context.context_start(
                 conversation_id, encoding=encoding, limit=limit, owner=owner, before=before,
                 dialect=self._context_dialect,
             ),
@@ -637,7 +639,7 @@ class Store:
                core.Lineage]:
         """:meth:`context_start` and the lineage it read (for :meth:`_tail_of`; builders only)."""
         return self._run(
-            core.context_open(
+            context.context_open(
                 conversation_id, encoding=encoding, limit=limit, owner=owner, before=before,
                 dialect=self._context_dialect,
             ),
@@ -655,7 +657,7 @@ class Store:
     ) -> list[tuple[StoredMessage, int | None]]:
         """:meth:`tail` on the lineage a :meth:`_context_open` of the same build read."""
         return self._run(
-            core.tail_of(lineage, encoding=encoding, before=before, limit=limit, owner=owner),
+            context.tail_of(lineage, encoding=encoding, before=before, limit=limit, owner=owner),
             direct=True,
         )
 
@@ -664,7 +666,7 @@ class Store:
     ) -> list[tuple[StoredMessage, int | None]]:
         """All pinned messages of the lineage, oldest first, with their token counts."""
         return self._run(
-            core.pinned(conversation_id, encoding=encoding, owner=owner), direct=True
+            context.pinned(conversation_id, encoding=encoding, owner=owner), direct=True
         )
 
     def set_pinned(
@@ -678,10 +680,10 @@ class Store:
         """
         self._run(core.set_pinned(conversation_id, seq, pinned, owner=owner), "write")
 
-    def save_token_counts(self, encoding: str, counts: core.TokenCounts) -> None:
+    def save_token_counts(self, encoding: str, counts: context.TokenCounts) -> None:
         """Store token counts (message id -> tokens) for ``encoding``; existing ones are kept."""
         self._run(
-            core.save_token_counts(encoding, counts, dialect=self._dialect), "write", direct=True
+            context.save_token_counts(encoding, counts, dialect=self._dialect), "write", direct=True
         )
 
     def add_summary(
@@ -696,7 +698,7 @@ class Store:
     ) -> Summary:
         """Store a summary of messages ``start_seq..end_seq`` (inclusive)."""
         return self._run(
-            core.add_summary(conversation_id, start_seq=start_seq, end_seq=end_seq,
+            context.add_summary(conversation_id, start_seq=start_seq, end_seq=end_seq,
                              content=content, metadata=metadata, owner=owner,
                              dialect=self._dialect),
             "write",
@@ -707,7 +709,7 @@ class Store:
     ) -> Summary | None:
         """The summary reaching furthest (``end_seq <= up_to_seq``), own or inherited from
         an ancestor up to the fork point; None if there is none."""
-        return self._run(core.latest_summary(conversation_id, up_to_seq=up_to_seq, owner=owner))
+        return self._run(context.latest_summary(conversation_id, up_to_seq=up_to_seq, owner=owner))
 
     # --- branches ------------------------------------------------------------------------
 
@@ -840,7 +842,7 @@ class Store:
         replays_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         owner: str | None = None,
-        token_counts: tuple[str, core.TokenCounts] | None = None,
+        token_counts: tuple[str, context.TokenCounts] | None = None,
     ) -> Run:
         """Record a request about to be sent, as a ``pending`` run (its own transaction).
 

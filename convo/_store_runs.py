@@ -30,17 +30,15 @@ from ._exceptions import ConversationNotFound, RunNotFound, StoreInputError
 from ._messages import Message, parse_message
 from ._records import ReplyInfo, Run, RunPage, StoredMessage
 from ._schema import RunRow
+from ._store_context import TokenCounts, token_rows, token_rows_plan
 from ._store_core import (
     ROLLBACK,
     Op,
     Plan,
-    TokenCounts,
     get_conversation,
     insert_message,
     newest_first,
     now,
-    token_rows,
-    token_rows_plan,
 )
 from ._store_input import (
     CheckedJSON,

@@ -132,7 +132,7 @@ def compact_query(bounded: bool) -> sa.CompoundSelect[Any]:
 
 
 def context_dialect(dialect: Any) -> str | None:
-    """The ``dialect`` a store gives its context reads (``_store_core.context_open``):
+    """The ``dialect`` a store gives its context reads (``_store_context.context_open``):
     the dialect's name, or None when its engine decodes JSON with a deserializer of
     its own, which SQLite's compact read (decoding the JSON it packs itself) would
     bypass: the full columns are read then."""
@@ -151,7 +151,7 @@ def open_query(bounded: bool) -> sa.CompoundSelect[Any]:
     conversation's row carries parent_id, last_seq and owner in the
     conversation_id, seq and name columns (the rest NULL). The parts come in no
     guaranteed order. These are the conversation's own rows only: a fork's
-    reader resolves its lineage instead (see ``_store_core._open``).
+    reader resolves its lineage instead (see ``_store_context._open``).
     """
     # every message row is :cid's, so its id is not read again with each row
     cols: list[Any] = [

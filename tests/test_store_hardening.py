@@ -19,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from convo import AsyncContextBuilder, ContextBuilder, StoreError, StoreInputError
+from convo import _store_context as context
 from convo import _store_core as core
 from convo._async_store import AsyncStore
 from convo._store import Store
@@ -159,9 +160,20 @@ PLANS = [
 ]
 
 
+#: The modules of the store's plans, by the name the shells import them under.
+PLAN_MODULES = {"core": core, "context": context}
+
+
+def _plan(name):
+    found = [getattr(m, name) for m in PLAN_MODULES.values()
+             if getattr(getattr(m, name, None), "__module__", None) == m.__name__]
+    assert len(found) == 1, f"{name}: defined in {len(found)} plan modules"
+    return found[0]
+
+
 @pytest.mark.parametrize("name", PLANS)
 def test_every_store_plan_checks_its_arguments(name):
-    plan = getattr(core, name)
+    plan = _plan(name)
     assert hasattr(plan, "__wrapped__"), f"{name} is not @checked"
     for param in inspect.signature(plan.__wrapped__).parameters:
         assert param in ARGUMENTS
@@ -173,11 +185,13 @@ def test_every_public_store_method_runs_a_checked_plan(shell):
     found = set()
     for name, method in inspect.getmembers(shell, inspect.isfunction):
         source = inspect.getsource(method)
-        for plan_name in PLANS + [n for n in dir(core) if f"core.{n}(" in source]:
-            if f"core.{plan_name}(" in source and plan_name not in ("append_mode",):
-                plan = getattr(core, plan_name)
+        for alias, module in PLAN_MODULES.items():
+            for plan_name in PLANS + [n for n in dir(module) if f"{alias}.{n}(" in source]:
+                if f"{alias}.{plan_name}(" not in source or plan_name == "append_mode":
+                    continue
+                plan = getattr(module, plan_name)
                 assert hasattr(plan, "__wrapped__"), (
-                    f"{shell.__name__}.{name} runs core.{plan_name}, whose arguments nothing "
+                    f"{shell.__name__}.{name} runs {alias}.{plan_name}, whose arguments nothing "
                     "checks: decorate it with @checked and give each of its parameters a rule "
                     "in convo/_store_input.py ARGUMENTS"
                 )
