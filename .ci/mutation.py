@@ -49,8 +49,10 @@ MODULES: dict[str, list[str]] = {
     "_context_plan": ["test_context.py", "test_context_edges.py", "test_context_paths.py"],
     "_tokens": ["test_tokens_rules.py", "test_tokens.py"],
     "_media_tokens": ["test_media_tokens.py", "test_tokens.py"],
-    "_templates": ["test_templates_edges.py", "test_templates.py", "test_templates_hf.py"],
-    "_jinja": ["test_jinja_config.py", "test_templates_hf.py", "test_templates.py"],
+    "_templates": ["test_templates_edges.py", "test_templates.py", "test_templates_hf.py",
+                   "test_templates_forging.py"],
+    "_jinja": ["test_jinja_config.py", "test_templates_hf.py", "test_templates.py",
+               "test_templates_forging.py", "test_templates_sandbox.py"],
     "_retry": ["test_retry.py"],
     "_sse": ["test_sse.py", "test_client_stream.py"],
     "_client_stream": ["test_stream_assembly.py", "test_client_stream.py", "test_client_limits.py",
@@ -849,6 +851,9 @@ def main(argv: list[str] | None = None) -> int:
             print(table([summary]).splitlines()[-1])
         return 0
     os.environ.setdefault("PYTHONHASHSEED", "0")
+    # the published chat templates the template tests compare with (../shared beside the
+    # checkout): the scratch copies under build/ have no such parent
+    os.environ.setdefault("CONVO_REFERENCE_DIR", str(ROOT.parent / "shared" / "reference"))
     summaries = []
     for module in modules:
         summary = run_module(module, args.jobs, survivors=args.survivors, minutes=args.minutes)

@@ -14,6 +14,7 @@ appear in the hostile prompt exactly as often as in the benign one.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -37,7 +38,10 @@ from convo import (
 )
 from convo._control import ZWSP, ControlStrings
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "chat-templates"
+# ../shared/reference beside the checkout, or CONVO_REFERENCE_DIR (as in test_export.py:
+# the mutation runs test a scratch copy under build/, whose parents hold no shared/)
+_SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference"
+REFERENCE = Path(os.environ.get("CONVO_REFERENCE_DIR", _SHARED)) / "chat-templates"
 
 # The published templates this test covers; a missing file fails the test
 # (CI runs with ../shared beside the checkout), it never shrinks the test.
