@@ -107,6 +107,19 @@ def test_limits_are_configurable_and_documented_defaults_hold_normal_prompts() -
             JinjaChatTemplate(source, **bad)
 
 
+def test_a_prompt_over_the_limit_names_no_template_line() -> None:
+    # The template ran to its end: the size check on its output has no template frame
+    # on its traceback, so the error names no line (one raised inside does: " at line N").
+    source = "{% for m in messages %}{{ m.content }}\n{% endfor %}"
+    tpl = JinjaChatTemplate(source, name="t", max_prompt_chars=1000)
+    with pytest.raises(TemplateError) as err:
+        tpl.render([Message.user("y" * 600), Message.user("z" * 600)])
+    assert str(err.value) == (
+        "chat template 't' failed: the prompt would hold 1,201 characters (or items), "
+        "over the max_prompt_chars limit of 1,000"
+    )
+
+
 def test_loops_behave_as_before_under_the_guard() -> None:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
