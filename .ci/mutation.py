@@ -148,17 +148,17 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "a ';' line skipped as a comment names no known field: it is ignored either way"),
     ],
     "_templates": [
-        *[(f"_{cls}.render", "add_generation_prompt: bool = False,",
-           "[INST] formats end on [/INST] whatever add_generation_prompt says")
-          for cls in ("Llama2", "Mistral")],
-        ("_Builtin.render", "add_generation_prompt: bool = False,",
-         "an abstract method every template overrides: its default is never used"),
-        *[(f"_{cls}.render", "start = None", "messages[None:] is messages[0:]", "start = 0")
+        ("_Builtin._control",
+         "structure = analyze(lambda msgs, gen, tools: self._render(msgs, None, tools))",
+         ("each built-in's generation cue is declared (Assistant:, <|im_start|>, Llama 3's "
+          "header tokens): probes without it find the same control strings")),
+        *[(f"_{cls}._render", "start = None", "messages[None:] is messages[0:]", "start = 0")
           for cls in ("Transcript", "Llama3")],
-        ("_Transcript.render",
+        ("_Transcript._render",
          "lines = [self._text(m)] if (m.content is not None or m.refusal) or True else []",
          "empty lines are dropped when the lines are joined"),
-        ("_Llama3.render", 'system: str | None = ""', "_join treats '' and None alike"),
+        ("_Llama3._render", 'system: str | None = ""',
+         "the blank line _join puts after '' is stripped with the system text"),
         *[("_Inst._turns", f"turns = [(s, \"\\n\\n\".join(t)) for s, t in zip(sides, texts, {arg})]",
            "both lists have one entry per turn by construction")
           for arg in ("strict=None", "", "strict=False")],
