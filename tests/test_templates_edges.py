@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from convo import FunctionCall, Message, TemplateError, ToolCall, get_template
-from convo import _control, _templates
+from convo import _templates as templates_module
+from convo._control import analyze
 
 ALL = ["transcript", "chatml", "llama3", "mistral", "llama2"]
 CALL = ToolCall(id="call_1", function=FunctionCall(name="lookup", arguments='{"q": "café"}'))
@@ -149,14 +150,14 @@ def test_a_builtins_control_strings_are_found_once_and_hold_what_it_declares_and
 ) -> None:
     # From a cold cache (other tests filled it; a fresh process starts empty): the
     # analysis runs once per template, then every render reuses its result.
-    monkeypatch.setattr(_templates, "_CONTROL", {})
+    monkeypatch.setattr(templates_module, "_CONTROL", {})
     calls: list[str] = []
 
     def counted(render: Any, **kwargs: Any) -> Any:
         calls.append("analyze")
-        return _control.analyze(render, **kwargs)
+        return analyze(render, **kwargs)
 
-    monkeypatch.setattr(_templates, "analyze", counted)
+    monkeypatch.setattr(templates_module, "analyze", counted)
     for name in ALL:
         tpl: Any = get_template(name)
         control = tpl._control()
