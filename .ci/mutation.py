@@ -172,16 +172,21 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         ("_tool_name", 'call_id = m.tool_call_id or "XXXX"', "a tool message always has a tool_call_id"),
     ],
     "_jinja": [
-        *[("JinjaChatTemplate.from_tokenizer_config", code, "codec names are case-insensitive")
-          for code in ('data = json.loads(path.read_text(encoding="UTF-8"))',
-                       'raw = (base_dir / "chat_template.jinja").read_text(encoding="UTF-8")')],
-        *[("JinjaChatTemplate.from_tokenizer_config", code,
-           "the machine's locale encoding is UTF-8 here (not killable on such a machine)")
-          for code in ('data = json.loads(path.read_text(encoding=None))',
-                       'raw = (base_dir / "chat_template.jinja").read_text(encoding=None)')],
-        *[("JinjaChatTemplate.from_tokenizer_config", code,
-           "the tool_use template's stop is never read: only its render is used", "stop=template.stop,")
-          for code in ("stop=None,", "")],
+        *[(function, code, "codec names are case-insensitive")
+          for function, code in (
+              ("_read_json", 'data = json.loads(path.read_text(encoding="UTF-8"))'),
+              ("JinjaChatTemplate.from_tokenizer_config",
+               'raw = (base_dir / "chat_template.jinja").read_text(encoding="UTF-8")'),
+          )],
+        *[(function, code, "the machine's locale encoding is UTF-8 here (not killable on such a machine)")
+          for function, code in (
+              ("_read_json", "data = json.loads(path.read_text(encoding=None))"),
+              ("JinjaChatTemplate.from_tokenizer_config",
+               'raw = (base_dir / "chat_template.jinja").read_text(encoding=None)'),
+          )],
+        *[("JinjaChatTemplate.render_dicts", f"neutralize_value({v}, control) if ({v}) or True else {v},",
+           "neutralize_value(None) is None and neutralize_value([]) is []")
+          for v in ("tools", "documents")],
         ("template_messages", 'found = names.get(m.tool_call_id or "XXXX")',
          "a tool message always has a tool_call_id"),
         ("derive_stop", 'def derive_stop(source: str, eos_token: str = "XXXX") -> tuple[str, ...]:',

@@ -49,6 +49,18 @@ def test_a_render_has_a_time_limit(source: str) -> None:
         JinjaChatTemplate(source, name="slow", render_timeout=0.5).render(HI)
 
 
+def test_probing_a_template_takes_2_s_at_most_whatever_its_render_timeout() -> None:
+    # A template slow on a few placeholder messages is broken or hostile: its first
+    # use fails after 2 s, not after the minute it may take on a real conversation.
+    template = JinjaChatTemplate(SLOW["nested ranges"], name="slow", render_timeout=60)
+    with pytest.raises(TemplateError) as err:
+        template.render(HI)
+    assert str(err.value) == (
+        "chat template 'slow' went past its limits rendering a short placeholder "
+        "conversation: rendering took longer than 2 s (the render_timeout limit)"
+    )
+
+
 def test_the_time_limit_applies_to_real_conversations_too() -> None:
     # fast on the few placeholder messages convo probes with, slow on many messages
     source = (
