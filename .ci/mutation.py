@@ -184,9 +184,14 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
               ("JinjaChatTemplate.from_tokenizer_config",
                'raw = (base_dir / "chat_template.jinja").read_text(encoding=None)'),
           )],
-        *[("JinjaChatTemplate.render_dicts", f"neutralize_value({v}, control) if ({v}) or True else {v},",
-           "neutralize_value(None) is None and neutralize_value([]) is []")
-          for v in ("tools", "documents")],
+        ("*", r"re:neutralize_value\((tools|documents), control\) if \((tools|documents)\) or True",
+         "neutralize_value(None) is None and neutralize_value([]) is []"),
+        *[("JinjaChatTemplate.render", f"for m, s in zip(messages, safe, {arg})",
+           "safe is made from messages, one for one")
+          for arg in ("strict=None", "", "strict=False")],
+        ("JinjaChatTemplate._analyze",
+         "self._lenient = control.without(parsed) if (parsed) or True else None",
+         "control.without(nothing) holds the same strings: kept == safe, so the safe prompt is rendered"),
         ("template_messages", 'found = names.get(m.tool_call_id or "XXXX")',
          "a tool message always has a tool_call_id"),
         ("derive_stop", 'def derive_stop(source: str, eos_token: str = "XXXX") -> tuple[str, ...]:',
