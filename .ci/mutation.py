@@ -189,6 +189,8 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         *[("JinjaChatTemplate.render", f"for m, s in zip(messages, safe, {arg})",
            "safe is made from messages, one for one")
           for arg in ("strict=None", "", "strict=False")],
+        ("JinjaChatTemplate.__init__", 'self._lenient: ControlStrings | None = ""',
+         "read only through _controls, after _analyze has set it"),
         ("JinjaChatTemplate._analyze",
          "self._lenient = control.without(parsed) if (parsed) or True else None",
          "control.without(nothing) holds the same strings: kept == safe, so the safe prompt is rendered"),

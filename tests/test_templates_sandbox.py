@@ -117,6 +117,13 @@ def test_limits_are_configurable_and_documented_defaults_hold_normal_prompts() -
                 {"max_prompt_chars": 1.5}, {"render_timeout": True}):  # fmt: skip
         with pytest.raises(TemplateError, match="render_timeout|max_prompt_chars"):
             JinjaChatTemplate(source, **bad)
+    with pytest.raises(TemplateError) as err:
+        JinjaChatTemplate(source, name="t", render_timeout=0)
+    assert str(err.value) == "chat template 't': render_timeout must be a positive number of seconds or None"
+    with pytest.raises(TemplateError) as err:
+        JinjaChatTemplate(source, name="t", max_prompt_chars=0)
+    assert str(err.value) == "chat template 't': max_prompt_chars must be a positive integer or None"
+    assert JinjaChatTemplate(source, max_prompt_chars=1).limits.max_chars == 1  # the smallest
 
 
 def test_a_prompt_over_the_limit_names_no_template_line() -> None:
