@@ -196,10 +196,6 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "control.without(nothing) holds the same strings: kept == safe, so the safe prompt is rendered"),
         ("template_messages", 'found = names.get(m.tool_call_id or "XXXX")',
          "a tool message always has a tool_call_id"),
-        ("derive_stop", 'def derive_stop(source: str, eos_token: str = "XXXX") -> tuple[str, ...]:',
-         "every caller passes eos_token"),
-        ("JinjaChatTemplate.from_tokenizer_config", 'base_dir: Path | None = ""',
-         "always set before it is read when a path is given; with a mapping, '' and None are falsy"),
     ],
     "_store_core": [
         ("*", r're:yield Op\(.*, (None|"XXnoneXX"|"NONE")\)$',
