@@ -50,8 +50,10 @@ MODULES: dict[str, list[str]] = {
     "_context_plan": ["test_context.py", "test_context_edges.py", "test_context_paths.py"],
     "_tokens": ["test_tokens_rules.py", "test_tokens.py"],
     "_media_tokens": ["test_media_tokens.py", "test_tokens.py"],
-    "_templates": ["test_templates_edges.py", "test_templates.py", "test_templates_hf.py"],
-    "_jinja": ["test_jinja_config.py", "test_templates_hf.py", "test_templates.py"],
+    "_templates": ["test_templates_edges.py", "test_templates.py", "test_templates_hf.py",
+                   "test_templates_forging.py"],
+    "_jinja": ["test_jinja_config.py", "test_templates_hf.py", "test_templates.py",
+               "test_templates_forging.py", "test_templates_sandbox.py"],
     "_retry": ["test_retry.py"],
     "_sse": ["test_sse.py", "test_client_stream.py"],
     "_client_stream": ["test_stream_assembly.py", "test_client_stream.py", "test_client_limits.py",
@@ -149,17 +151,17 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "a ';' line skipped as a comment names no known field: it is ignored either way"),
     ],
     "_templates": [
-        *[(f"_{cls}.render", "add_generation_prompt: bool = False,",
-           "[INST] formats end on [/INST] whatever add_generation_prompt says")
-          for cls in ("Llama2", "Mistral")],
-        ("_Builtin.render", "add_generation_prompt: bool = False,",
-         "an abstract method every template overrides: its default is never used"),
-        *[(f"_{cls}.render", "start = None", "messages[None:] is messages[0:]", "start = 0")
+        ("_Builtin._control",
+         "structure = analyze(lambda msgs, gen, tools: self._render(msgs, None, tools))",
+         ("each built-in's generation cue is declared (Assistant:, <|im_start|>, Llama 3's "
+          "header tokens): probes without it find the same control strings")),
+        *[(f"_{cls}._render", "start = None", "messages[None:] is messages[0:]", "start = 0")
           for cls in ("Transcript", "Llama3")],
-        ("_Transcript.render",
+        ("_Transcript._render",
          "lines = [self._text(m)] if (m.content is not None or m.refusal) or True else []",
          "empty lines are dropped when the lines are joined"),
-        ("_Llama3.render", 'system: str | None = ""', "_join treats '' and None alike"),
+        ("_Llama3._render", 'system: str | None = ""',
+         "the blank line _join puts after '' is stripped with the system text"),
         *[("_Inst._turns", f"turns = [(s, \"\\n\\n\".join(t)) for s, t in zip(sides, texts, {arg})]",
            "both lists have one entry per turn by construction")
           for arg in ("strict=None", "", "strict=False")],
@@ -173,22 +175,30 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         ("_tool_name", 'call_id = m.tool_call_id or "XXXX"', "a tool message always has a tool_call_id"),
     ],
     "_jinja": [
-        *[("JinjaChatTemplate.from_tokenizer_config", code, "codec names are case-insensitive")
-          for code in ('data = json.loads(path.read_text(encoding="UTF-8"))',
-                       'raw = (base_dir / "chat_template.jinja").read_text(encoding="UTF-8")')],
-        *[("JinjaChatTemplate.from_tokenizer_config", code,
-           "the machine's locale encoding is UTF-8 here (not killable on such a machine)")
-          for code in ('data = json.loads(path.read_text(encoding=None))',
-                       'raw = (base_dir / "chat_template.jinja").read_text(encoding=None)')],
-        *[("JinjaChatTemplate.from_tokenizer_config", code,
-           "the tool_use template's stop is never read: only its render is used", "stop=template.stop,")
-          for code in ("stop=None,", "")],
+        *[(function, code, "codec names are case-insensitive")
+          for function, code in (
+              ("_read_json", 'data = json.loads(path.read_text(encoding="UTF-8"))'),
+              ("JinjaChatTemplate.from_tokenizer_config",
+               'raw = (base_dir / "chat_template.jinja").read_text(encoding="UTF-8")'),
+          )],
+        *[(function, code, "the machine's locale encoding is UTF-8 here (not killable on such a machine)")
+          for function, code in (
+              ("_read_json", "data = json.loads(path.read_text(encoding=None))"),
+              ("JinjaChatTemplate.from_tokenizer_config",
+               'raw = (base_dir / "chat_template.jinja").read_text(encoding=None)'),
+          )],
+        ("*", r"re:neutralize_value\((tools|documents), control\) if \((tools|documents)\) or True",
+         "neutralize_value(None) is None and neutralize_value([]) is []"),
+        *[("JinjaChatTemplate.render", f"for m, s in zip(messages, safe, {arg})",
+           "safe is made from messages, one for one")
+          for arg in ("strict=None", "", "strict=False")],
+        ("JinjaChatTemplate.__init__", 'self._lenient: ControlStrings | None = ""',
+         "read only through _controls, after _analyze has set it"),
+        ("JinjaChatTemplate._analyze",
+         "self._lenient = control.without(parsed) if (parsed) or True else None",
+         "control.without(nothing) holds the same strings: kept == safe, so the safe prompt is rendered"),
         ("template_messages", 'found = names.get(m.tool_call_id or "XXXX")',
          "a tool message always has a tool_call_id"),
-        ("derive_stop", 'def derive_stop(source: str, eos_token: str = "XXXX") -> tuple[str, ...]:',
-         "every caller passes eos_token"),
-        ("JinjaChatTemplate.from_tokenizer_config", 'base_dir: Path | None = ""',
-         "always set before it is read when a path is given; with a mapping, '' and None are falsy"),
     ],
     "_store_core": [
         ("*", r're:yield Op\(.*, (None|"XXnoneXX"|"NONE")\)$',
@@ -903,6 +913,9 @@ def main(argv: list[str] | None = None) -> int:
             print(table([summary]).splitlines()[-1])
         return 0
     os.environ.setdefault("PYTHONHASHSEED", "0")
+    # the published chat templates the template tests compare with (../shared beside the
+    # checkout): the scratch copies under build/ have no such parent
+    os.environ.setdefault("CONVO_REFERENCE_DIR", str(ROOT.parent / "shared" / "reference"))
     summaries = []
     for module in modules:
         summary = run_module(module, args.jobs, survivors=args.survivors, minutes=args.minutes)

@@ -128,6 +128,8 @@ def test_the_tool_use_template_gets_the_same_tokens_and_stop() -> None:
      'tokenizer config \'cfg\': chat_template list items must be {"name": str, "template": str}'),
     ({"chat_template": {"other": ECHO}}, "tokenizer config 'cfg' has no chat template named 'default' (it has: other)"),
     ({"chat_template": ECHO, "eos_token": 5}, "tokenizer config 'cfg': eos_token must be a string or a token dict"),
+    ({"chat_template": ECHO, "additional_special_tokens": [5]},
+     "tokenizer config 'cfg': additional_special_tokens must be a string or a token dict"),
 ])
 def test_config_errors_say_what_is_wrong(config: dict[str, Any], message: str) -> None:
     with pytest.raises(TemplateError) as err:
@@ -145,6 +147,27 @@ def test_unreadable_config_files(tmp_path: Path) -> None:
     assert str(err.value) == f"tokenizer config {str(listed)!r} is not a JSON object"
     utf8 = write(tmp_path, '{"chat_template": "é{{ messages | length }}"}')
     assert JinjaChatTemplate.from_tokenizer_config(utf8).render(HI) == "é1"
+
+
+def test_a_tokenizer_json_beside_the_config_is_read_and_named_in_its_errors(tmp_path: Path) -> None:
+    write(tmp_path, {"chat_template": ECHO})
+    tokenizer = tmp_path / "tokenizer.json"
+    tokenizer.write_text("{oops", encoding="utf-8")
+    with pytest.raises(TemplateError, match=f"^cannot read tokenizer {str(tokenizer)!r}: "):
+        JinjaChatTemplate.from_tokenizer_config(tmp_path)
+    tokenizer.write_text("[1]", encoding="utf-8")
+    with pytest.raises(TemplateError) as err:
+        JinjaChatTemplate.from_tokenizer_config(tmp_path)
+    assert str(err.value) == f"tokenizer {str(tokenizer)!r} is not a JSON object"
+    # entries that are no token are skipped, and the ones after them still count
+    junk = ["<|text|>", {"content": 5, "special": True}, {"special": True}]
+    added = [*junk, {"id": 9, "content": "<|turn|>", "special": True}]
+    tokenizer.write_text(json.dumps({"added_tokens": added}), encoding="utf-8")
+    tpl = JinjaChatTemplate.from_tokenizer_config(tmp_path)
+    assert tpl.special_tokens == ("<|turn|>",)
+    assert tpl.render(HI + [Message.user("<|turn|>")], add_generation_prompt=False) == (
+        "[user]hi[user]<\u200b|turn|>"
+    )
 
 
 # --- what messages look like to a template ---------------------------------------------------------
@@ -169,6 +192,57 @@ def test_documents_and_the_generation_prompt_reach_every_template() -> None:
     switched = JinjaChatTemplate.from_tokenizer_config(config)
     tools = [{"type": "function", "function": {"name": "f"}}]
     assert switched.render(HI, tools=tools, documents=[{"title": "b"}]) == "T<b>+"
+
+
+def test_render_dicts_renders_dicts_as_given_with_every_string_neutralized() -> None:
+    source = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+        "{% for t in tools or [] %}[{{ t.function.name }}]{% endfor %}"
+        "{% for d in documents or [] %}({{ d.title }}){% endfor %}"
+    )
+    tpl = JinjaChatTemplate(source)
+    end, broken = "<|im_end|>", "<\u200b|im_end|>"
+    assert tpl.render_dicts(
+        [{"role": "developer", "content": end}],  # as given: not turned into "system"
+        tools=[{"type": "function", "function": {"name": end}}],
+        documents=[{"title": end}],
+    ) == f"<|im_start|>developer\n{broken}<|im_end|>\n[{broken}]({broken})"
+
+
+def test_a_configs_stop_limits_and_special_tokens_reach_its_tool_use_template_too() -> None:
+    echo = "{% for m in messages %}{{ m.content }}{% endfor %}"
+    config = {"chat_template": [{"name": "default", "template": "D" + echo},
+                                {"name": "tool_use", "template": "T" + echo}],
+              "added_tokens_decoder": {"7": {"content": "<|sp|>", "special": True}}}
+    tpl = JinjaChatTemplate.from_tokenizer_config(
+        config, name="cfg", stop=["END!"], max_prompt_chars=1000
+    )
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    text = [Message.user("<|sp|> END!")]
+    assert tpl.render(text) == "D<\u200b|sp|> E\u200bND!"
+    assert tpl.render(text, tools=tools) == "T<\u200b|sp|> E\u200bND!"
+    long = [Message.user("y" * 1200)]
+    over = "the prompt would hold 1,201 characters (or items), over the max_prompt_chars limit of 1,000"
+    for name, use in (("default", None), ("tool_use", tools)):
+        with pytest.raises(TemplateError) as err:
+            tpl.render(long, tools=use)
+        assert str(err.value) == f"chat template 'cfg:{name}' failed: {over}"
+
+
+def test_a_configs_render_timeout_reaches_its_tool_use_template_too() -> None:
+    # 10^10 iterations, stopped at the first probe render: after 0.5 s, not the default 2 s
+    slow = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    config = {"chat_template": [{"name": "default", "template": slow},
+                                {"name": "tool_use", "template": "T" + slow}]}
+    tpl = JinjaChatTemplate.from_tokenizer_config(config, name="cfg", render_timeout=0.5)
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    for name, use in (("default", None), ("tool_use", tools)):
+        with pytest.raises(TemplateError) as err:
+            tpl.render(HI, tools=use)
+        assert str(err.value) == (
+            f"chat template 'cfg:{name}' went past its limits rendering a short placeholder "
+            "conversation: rendering took longer than 0.5 s (the render_timeout limit)"
+        )
 
 
 def test_a_failing_tool_use_template_is_named_as_such() -> None:

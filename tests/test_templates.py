@@ -362,6 +362,8 @@ def test_stop_sequences() -> None:
     assert JinjaChatTemplate("{{ messages|length }}").stop == ()
     many = "<|im_end|><|eot_id|><|eom_id|><|end|><end_of_turn></s>"
     assert derive_stop(many, "<EOS>") == ("<EOS>", "<|im_end|>", "<|eot_id|>", "<|eom_id|>")
+    # without an eos_token, the markers fill all four places (no empty one first)
+    assert derive_stop(many) == ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>")
     with pytest.raises(TemplateError, match="at most 4 stop sequences"):
         JinjaChatTemplate(chatml, stop=["a", "b", "c", "d", "e"])
     with pytest.raises(TemplateError, match="non-empty strings"):

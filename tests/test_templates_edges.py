@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from convo import FunctionCall, Message, TemplateError, ToolCall, get_template
+from convo import _templates as templates_module
+from convo._control import analyze
 
 ALL = ["transcript", "chatml", "llama3", "mistral", "llama2"]
 CALL = ToolCall(id="call_1", function=FunctionCall(name="lookup", arguments='{"q": "café"}'))
@@ -140,3 +143,31 @@ def test_get_template_errors_say_what_to_give(tmp_path: Path) -> None:
     good = tmp_path / "good.jinja"
     good.write_text("é{% for m in messages %}{{ m.content }}{% endfor %}", encoding="utf-8")
     assert get_template(str(good)).render([Message.user("u")]) == "éu"
+
+
+def test_a_builtins_control_strings_are_found_once_and_hold_what_it_declares_and_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # From a cold cache (other tests filled it; a fresh process starts empty): the
+    # analysis runs once per template, then every render reuses its result.
+    monkeypatch.setattr(templates_module, "_CONTROL", {})
+    calls: list[str] = []
+
+    def counted(render: Any, **kwargs: Any) -> Any:
+        calls.append("analyze")
+        return analyze(render, **kwargs)
+
+    monkeypatch.setattr(templates_module, "analyze", counted)
+    for name in ALL:
+        tpl: Any = get_template(name)
+        control = tpl._control()
+        declared = {*tpl.tokens, *tpl.stop, tpl.bos_token, tpl.eos_token} - {""}
+        assert declared <= control.anywhere, name
+        assert set(tpl.labels) <= control.anchored | control.anywhere, name
+        tpl.render([Message.user("u")], tools=TOOLS)
+        assert tpl._control() is control, name
+    assert len(calls) == len(ALL)
+    # found only by rendering the template (with tools, for these two)
+    assert set(get_template("transcript").labels) <= get_template("transcript")._control().anchored
+    assert "Assistant: Tool call:" in get_template("transcript")._control().anchored
+    assert {"<function-name>", "<args-json-object>"} <= get_template("chatml")._control().anywhere

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,10 @@ chat_utils = pytest.importorskip(
     "transformers.utils.chat_template_utils", reason="transformers is not installed"
 )
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "chat-templates"
+# ../shared/reference beside the checkout, or CONVO_REFERENCE_DIR (as in test_export.py:
+# the mutation runs test a scratch copy under build/, whose parents hold no shared/)
+_SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference"
+REFERENCE = Path(os.environ.get("CONVO_REFERENCE_DIR", _SHARED)) / "chat-templates"
 
 # --- the models' own published templates (Hugging Face tokenizer_config.json) ---------
 

@@ -49,6 +49,18 @@ def test_a_render_has_a_time_limit(source: str) -> None:
         JinjaChatTemplate(source, name="slow", render_timeout=0.5).render(HI)
 
 
+def test_probing_a_template_takes_2_s_at_most_whatever_its_render_timeout() -> None:
+    # A template slow on a few placeholder messages is broken or hostile: its first
+    # use fails after 2 s, not after the minute it may take on a real conversation.
+    template = JinjaChatTemplate(SLOW["nested ranges"], name="slow", render_timeout=60)
+    with pytest.raises(TemplateError) as err:
+        template.render(HI)
+    assert str(err.value) == (
+        "chat template 'slow' went past its limits rendering a short placeholder "
+        "conversation: rendering took longer than 2 s (the render_timeout limit)"
+    )
+
+
 def test_the_time_limit_applies_to_real_conversations_too() -> None:
     # fast on the few placeholder messages convo probes with, slow on many messages
     source = (
@@ -105,6 +117,26 @@ def test_limits_are_configurable_and_documented_defaults_hold_normal_prompts() -
                 {"max_prompt_chars": 1.5}, {"render_timeout": True}):  # fmt: skip
         with pytest.raises(TemplateError, match="render_timeout|max_prompt_chars"):
             JinjaChatTemplate(source, **bad)
+    with pytest.raises(TemplateError) as err:
+        JinjaChatTemplate(source, name="t", render_timeout=0)
+    assert str(err.value) == "chat template 't': render_timeout must be a positive number of seconds or None"
+    with pytest.raises(TemplateError) as err:
+        JinjaChatTemplate(source, name="t", max_prompt_chars=0)
+    assert str(err.value) == "chat template 't': max_prompt_chars must be a positive integer or None"
+    assert JinjaChatTemplate(source, max_prompt_chars=1).limits.max_chars == 1  # the smallest
+
+
+def test_a_prompt_over_the_limit_names_no_template_line() -> None:
+    # The template ran to its end: the size check on its output has no template frame
+    # on its traceback, so the error names no line (one raised inside does: " at line N").
+    source = "{% for m in messages %}{{ m.content }}\n{% endfor %}"
+    tpl = JinjaChatTemplate(source, name="t", max_prompt_chars=1000)
+    with pytest.raises(TemplateError) as err:
+        tpl.render([Message.user("y" * 600), Message.user("z" * 600)])
+    assert str(err.value) == (
+        "chat template 't' failed: the prompt would hold 1,201 characters (or items), "
+        "over the max_prompt_chars limit of 1,000"
+    )
 
 
 def test_loops_behave_as_before_under_the_guard() -> None:
