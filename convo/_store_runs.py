@@ -16,6 +16,7 @@ import functools
 import json
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -133,6 +134,11 @@ _CHECKED_OUTCOME = frozenset({
     "ttfb_ms", "latency_ms", "reply_message_id", "status", "finished_at",
 })
 _STATUS = _RUN_COLUMNS.index("status")
+#: the bind names of the columns (``r_``: start_run's INSERT, ``v_``: finish_run's
+#: UPDATE), made once: interned, they are the very keys the generated binders look up
+_BIND_NAMES = {
+    prefix: {c: sys.intern(prefix + c) for c in _RUN_COLUMNS} for prefix in ("r_", "v_")
+}
 
 
 def run_from_row(row: Any) -> Run:
@@ -232,8 +238,9 @@ def _json_binds(params: dict[str, Any], prefix: str, values: Mapping[str, Any],
                 texts: Mapping[str, str]) -> None:
     """On SQLite: the JSON columns among ``params`` as their JSON text (``texts`` holds the
     text of :class:`CheckedJSON` values; the others are checked values)."""
+    names = _BIND_NAMES[prefix]
     for column in _JSON_COLUMNS:
-        key = prefix + column
+        key = names[column]
         if params.get(key) is not None:
             params[key] = texts[column] if column in texts else json_text(values[column])
 
@@ -347,7 +354,8 @@ def start_run(
     # (settings and metadata passed check_json above, kept_seqs the int check, the
     # other _CHECKED_START columns their own; a None is never refused)
     check_values({k: values[k] for k in columns if k not in _CHECKED_START}, "run")
-    params = {f"r_{k}": values[k] for k in columns}
+    names = _BIND_NAMES["r_"]
+    params = {names[k]: values[k] for k in columns}
     json_text = dialect == "sqlite"
     if json_text:
         _json_binds(params, "r_", values, texts)
@@ -570,7 +578,8 @@ def finish_run(
                                     seq=seq, created_at=stamp)
             values["reply_message_id"] = message_id
     columns = tuple(sorted(values))
-    scope.update({f"v_{c}": values[c] for c in columns})
+    names = _BIND_NAMES["v_"]
+    scope.update({names[c]: values[c] for c in columns})
     as_text = dialect == "sqlite"
     if as_text:
         _json_binds(scope, "v_", values, texts)
