@@ -16,6 +16,7 @@ import functools
 import json
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -118,9 +119,26 @@ _RUN_COLUMNS = tuple(c.name for c in R.c)
 #: SQLAlchemy's ``json.dumps`` of the value; PostgreSQL binds the values (JSONB).
 _JSON_COLUMNS = frozenset(c.name for c in R.c if isinstance(c.type, sa.JSON))
 #: JSON values the run plans check in full themselves (check_values needs not walk them again)
-_CHECKED_START = frozenset({"settings", "kept_seqs", "metadata"})
-_CHECKED_OUTCOME = frozenset({"usage", "response"})
+#: and values start_run checked as it took them (check_text / check_short, one of a
+#: few constants, _int) or made itself (the id, the clock): check_values takes the rest
+#: (base_url, the request text, the run links) and any column added later
+_CHECKED_START = frozenset({
+    "settings", "kept_seqs", "metadata", "id", "conversation_id", "endpoint", "mode",
+    "model", "idempotency_key", "summary_id", "input_seq", "round",
+    "estimated_prompt_tokens", "status", "attempts", "created_at",
+})
+#: (an outcome's numbers pass _int / _ms in _outcome, its status the FINAL_STATUSES
+#: test, finished_at is the store's clock; its texts go through check_values)
+_CHECKED_OUTCOME = frozenset({
+    "usage", "response", "reported_prompt_tokens", "completion_tokens", "attempts", "seed",
+    "ttfb_ms", "latency_ms", "reply_message_id", "status", "finished_at",
+})
 _STATUS = _RUN_COLUMNS.index("status")
+#: the bind names of the columns (``r_``: start_run's INSERT, ``v_``: finish_run's
+#: UPDATE), made once: interned, they are the very keys the generated binders look up
+_BIND_NAMES = {
+    prefix: {c: sys.intern(prefix + c) for c in _RUN_COLUMNS} for prefix in ("r_", "v_")
+}
 
 
 def run_from_row(row: Any) -> Run:
@@ -220,8 +238,9 @@ def _json_binds(params: dict[str, Any], prefix: str, values: Mapping[str, Any],
                 texts: Mapping[str, str]) -> None:
     """On SQLite: the JSON columns among ``params`` as their JSON text (``texts`` holds the
     text of :class:`CheckedJSON` values; the others are checked values)."""
+    names = _BIND_NAMES[prefix]
     for column in _JSON_COLUMNS:
-        key = prefix + column
+        key = names[column]
         if params.get(key) is not None:
             params[key] = texts[column] if column in texts else json_text(values[column])
 
@@ -284,10 +303,15 @@ def start_run(
         texts["settings"] = settings.text
     else:
         settings_value = _json_object(settings, "run settings") or None
+    rows: list[dict[str, Any]] | None = None
     if token_counts is not None:
         if not isinstance(token_counts, tuple) or len(token_counts) != 2:
             raise StoreInputError("token_counts must be (encoding, {message id: tokens})")
-        token_rows(*token_counts)  # checked before anything is read or written
+        # checked before anything is read or written; counts given by message id
+        # alone (not a build's) have their conversations looked up below
+        rows, bare = token_rows(*token_counts)
+        if bare:
+            rows = None
     # (in the column order: the dict becomes the Run's own, see below)
     values: dict[str, Any] = {
         "id": new_run_id(),
@@ -327,17 +351,20 @@ def start_run(
         "finished_at": None,
     }
     columns = tuple(k for k, v in values.items() if v is not None)
-    # (settings and metadata passed check_json above, kept_seqs the int check; a
-    # None is never refused)
+    # (settings and metadata passed check_json above, kept_seqs the int check, the
+    # other _CHECKED_START columns their own; a None is never refused)
     check_values({k: values[k] for k in columns if k not in _CHECKED_START}, "run")
-    params = {f"r_{k}": values[k] for k in columns}
+    names = _BIND_NAMES["r_"]
+    params = {names[k]: values[k] for k in columns}
     json_text = dialect == "sqlite"
     if json_text:
         _json_binds(params, "r_", values, texts)
     params["cid"] = conversation_id
     if owner is not None:
         params["b_owner"] = owner
-    counts = None if token_counts is None else (yield from token_rows_plan(*token_counts))
+    counts = rows
+    if token_counts is not None and rows is None:
+        counts = yield from token_rows_plan(*token_counts)
     try:
         row = yield Op(
             _insert_run(owner is not None, columns, json_text), params, "first", driver=True
@@ -508,7 +535,7 @@ def finish_run(
             checked["usage"] = CheckedJSON(json_text(params["usage"]))
     values, texts = _outcome(outcome, checked)
     values.update(status=status, finished_at=now())
-    # (usage and response passed check_json in _outcome)
+    # (usage and response passed check_json in _outcome, the numbers its range checks)
     check_values({k: v for k, v in values.items() if k not in _CHECKED_OUTCOME}, "run")
     scope: dict[str, Any] = {"run_id": run_id}
     if started is not None:
@@ -551,7 +578,8 @@ def finish_run(
                                     seq=seq, created_at=stamp)
             values["reply_message_id"] = message_id
     columns = tuple(sorted(values))
-    scope.update({f"v_{c}": values[c] for c in columns})
+    names = _BIND_NAMES["v_"]
+    scope.update({names[c]: values[c] for c in columns})
     as_text = dialect == "sqlite"
     if as_text:
         _json_binds(scope, "v_", values, texts)
@@ -587,6 +615,10 @@ def _unfinishable(run_id: str, owner: str | None) -> Plan[NoReturn]:
 _OUTCOME_INTS = (
     "reported_prompt_tokens", "completion_tokens", "attempts", "seed",
 )
+_OUTCOME_FIELDS = frozenset({
+    *_OUTCOME_INTS, "usage", "error_type", "error_message", "ttfb_ms", "latency_ms",
+    "finish_reason", "system_fingerprint", "response", "reply_message_id",
+})
 
 
 def _outcome(
@@ -595,11 +627,7 @@ def _outcome(
     """The outcome's column values, checked; and the JSON text of those given as
     :class:`CheckedJSON` (``usage``, ``response``). ``checked``: fields whose value
     the caller checked already, as :class:`CheckedJSON` (used instead)."""
-    allowed = {
-        *_OUTCOME_INTS, "usage", "error_type", "error_message", "ttfb_ms", "latency_ms",
-        "finish_reason", "system_fingerprint", "response", "reply_message_id",
-    }
-    unknown = set(outcome) - allowed
+    unknown = outcome.keys() - _OUTCOME_FIELDS
     if unknown:
         raise StoreInputError(f"unknown run fields: {sorted(unknown)}")
     values: dict[str, Any] = {}

@@ -256,7 +256,7 @@ def _round_of(message: StoredMessage, key: str) -> int | None:
 
 def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
     # A bad parameter (unknown, or not JSON: NaN, a set...) fails before anything is stored.
-    params, extra = wire_params(spec)
+    wire = params, extra = wire_params(spec)
     check_params(params, spec.builder.mode)  # the client's own type rules (seed=1.5...)
     for part in (params, extra):
         check_json(part, "request parameters")
@@ -334,13 +334,14 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
             stored.append(message)
 
     report: ContextReport | None = None
+    options = client_options(spec)
     while True:
         built: tuple[Context, Any] = yield Build(
             cid, spec.tool_definitions, spec.response_format, owner
         )
         ctx, token_counts = built
         report = ctx.report
-        body = request_body(ctx, spec)
+        body = request_body(ctx, spec, wire)
         endpoint: Literal["chat.completions", "completions"] = (
             "chat.completions" if ctx.mode == "chat" else "completions"
         )
@@ -365,7 +366,7 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
             # the build's new token counts: written with the run, not on their own
             "token_counts": token_counts,
         })
-        sent: Sent = yield Send(endpoint, body, spec.stream, round, client_options(spec))
+        sent: Sent = yield Send(endpoint, body, spec.stream, round, dict(options))
         timing = {"attempts": sent.attempts, "ttfb_ms": sent.ttfb_ms,
                   "latency_ms": sent.latency_ms}
         if sent.response is None:
@@ -626,13 +627,16 @@ def wire_params(spec: TurnSpec) -> tuple[dict[str, Any], dict[str, Any]]:
     return params, extra
 
 
-def request_body(ctx: Context, spec: TurnSpec) -> str:
-    """The exact JSON text sent (and stored in the run)."""
+def request_body(
+    ctx: Context, spec: TurnSpec, wire: tuple[dict[str, Any], dict[str, Any]] | None = None
+) -> str:
+    """The exact JSON text sent (and stored in the run). ``wire``: what
+    :func:`wire_params` gave for ``spec`` (computed once a turn)."""
     profile = spec.builder.profile
     body = ctx.request()
     if ctx.mode == "completion" and ctx.tools:
         body.pop("tools", None)  # the template rendered them into the prompt
-    params, extra = wire_params(spec)
+    params, extra = wire if wire is not None else wire_params(spec)
     body.update(params)
     if spec.response_format is not None and ctx.mode == "chat":
         body["response_format"] = spec.response_format

@@ -253,7 +253,7 @@ def test_run_json_columns_round_trip(db_url):
 @pytest.mark.parametrize(
     "bad",
     [{"model": "m\x00"}, {"base_url": "http://x/\ud800"}, {"idempotency_key": "k\x00"},
-     {"metadata": {"k": "v\x00"}}],
+     {"metadata": {"k": "v\x00"}}, {"replays_id": "r\x00"}, {"reproduces_id": "\ud800"}],
     ids=lambda bad: next(iter(bad)),
 )
 async def test_text_no_database_stores_alike_is_refused(store, bad):
@@ -264,8 +264,13 @@ async def test_text_no_database_stores_alike_is_refused(store, bad):
         await _start(store, conv.id, **bad)
     assert store.snapshot() == before
     run = await _start(store, conv.id)
-    with pytest.raises(StoreInputError):
-        await store.finish_run(run.id, status="failed", error_message="boom\x00")
+    for field in ("error_message", "error_type", "finish_reason", "system_fingerprint"):
+        with pytest.raises(StoreInputError):
+            await store.finish_run(run.id, status="failed", **{field: "boom\x00"})
+    for field, number in (("attempts", 2**63), ("seed", -(2**63) - 1), ("latency_ms", -1.0),
+                          ("ttfb_ms", float("nan")), ("completion_tokens", True)):
+        with pytest.raises(StoreInputError):
+            await store.finish_run(run.id, status="failed", **{field: number})
     assert (await store.get_run(run.id)).status == "pending"
 
 

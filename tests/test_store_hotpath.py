@@ -232,6 +232,29 @@ async def test_start_run_stores_the_builds_token_counts_with_the_run(store: Any)
     assert [tuple(r) for r in rows] == [(m.id, "o200k_base", 5)]
 
 
+async def test_start_run_takes_counts_by_conversation_and_id_or_by_id_alone(store: Any) -> None:
+    """The build's form ``(conversation id, message id)`` is written as checked (no
+    lookup); ids alone have their conversation looked up; a bad count in either form
+    is refused before anything is written."""
+    conv = await store.create_conversation()
+    a = await store.append(conv.id, {"role": "user", "content": "Hi"})
+    b = await store.append(conv.id, {"role": "assistant", "content": "Hello"})
+    before = store.snapshot()
+    for bad in ({(conv.id, a.id): -1}, {(conv.id, a.id): 2, b.id: 1.5},
+                {("c\x00", a.id): 2}, {(conv.id, "1"): 2}):
+        with pytest.raises(StoreInputError):
+            await _start(store, conv.id, token_counts=("o200k_base", bad))
+    assert store.snapshot() == before
+    await _start(store, conv.id, token_counts=("o200k_base", {(conv.id, a.id): 7}))
+    await _start(store, conv.id, token_counts=("cl100k_base", {(conv.id, a.id): 8, b.id: 9}))
+    rows = store.sql("SELECT conversation_id, message_id, encoding, tokens FROM message_tokens"
+                     " ORDER BY encoding, message_id")
+    assert [tuple(r) for r in rows] == [
+        (conv.id, a.id, "cl100k_base", 8), (conv.id, b.id, "cl100k_base", 9),
+        (conv.id, a.id, "o200k_base", 7),
+    ]
+
+
 async def test_finish_run_with_the_started_run_is_what_the_store_holds(store: Any) -> None:
     conv = await store.create_conversation()
     run, other = await _start(store, conv.id), await _start(store, conv.id)
