@@ -167,7 +167,7 @@ class Selector:
         self._window: list[list[Item]] = []  # kept turns, newest first
         self._kept_msgs = 0
         self._kept_tokens = 0
-        self._pending = _Turn()
+        self._pending = _Turn([])
         self._have_current = False
         self._done = False
         self._stop_reason = "history exhausted"
@@ -196,7 +196,7 @@ class Selector:
             items.append(item)
             pending.cost += item.cost
             if item.message.role == "user":
-                turn, pending = pending, _Turn()
+                turn, pending = pending, _Turn([])
                 self._pending = pending
                 items.reverse()  # the turn's, oldest first
                 items = pending.items
@@ -209,7 +209,7 @@ class Selector:
             # preamble (e.g. an assistant greeting): keep it only whole, and only
             # because nothing precedes it, so it is not an orphan.
             if self._pending.items:
-                turn, self._pending = self._pending, _Turn()
+                turn, self._pending = self._pending, _Turn([])
                 turn.items.reverse()
                 self._have_current = True  # no user message left: the preamble is optional
                 if turn.items[0].message.role != "tool" and self._offer(turn):

@@ -361,6 +361,14 @@ def compact_messages(rows: Any, conversation_id: str) -> list[tuple[StoredMessag
     append, new, cls, fields = out.append, _new, StoredMessage, _STORED_FIELDS
     set_dict, set_fields, set_extra, set_private = _set_dict, _set_fields, _set_extra, _set_private
     parse, stamp = datetime.fromisoformat, _SQLITE_STAMP
+    # a plain message's values, in the fields' order, the per-row ones set below
+    plain: dict[str, Any] = {
+        "role": None, "content": None, "name": None, "tool_calls": None, "refusal": None,
+        "tool_call_id": None, "metadata": None, "id": None,
+        "conversation_id": conversation_id, "seq": None, "created_at": None, "pinned": None,
+        "idempotency_key": None, "reply": None,
+    }
+    copy = dict.copy
     for id_, seq, role, content, flag, text, tokens, rare in rows:
         try:
             created_at = parse(text + "+00:00")  # what the column's type makes of UTC text
@@ -371,12 +379,15 @@ def compact_messages(rows: Any, conversation_id: str) -> list[tuple[StoredMessag
                                   rare), tokens))
             continue
         msg = new(cls)
-        set_dict(msg, {
-            "role": role, "content": content, "name": None, "tool_calls": None,
-            "refusal": None, "tool_call_id": None, "metadata": {}, "id": id_,
-            "conversation_id": conversation_id, "seq": seq, "created_at": created_at,
-            "pinned": flag != 0, "idempotency_key": None, "reply": None,
-        })
+        values = copy(plain)  # (copying a dict of the same keys beats building one)
+        values["role"] = role
+        values["content"] = content
+        values["metadata"] = {}
+        values["id"] = id_
+        values["seq"] = seq
+        values["created_at"] = created_at
+        values["pinned"] = flag != 0
+        set_dict(msg, values)
         set_fields(msg, fields)
         set_extra(msg, None)
         set_private(msg, None)

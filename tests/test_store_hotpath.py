@@ -554,3 +554,25 @@ def test_rows_read_share_one_fields_set_that_model_copy_leaves_alone(make_db: An
         assert copied.content == "c" and b.content == "b"
         assert a.model_fields_set == before == b.model_fields_set
         assert a == StoredMessage.model_validate(a.model_dump())
+
+
+def test_a_builds_messages_each_hold_their_own_values(make_db: Any) -> None:
+    """The compact read copies one dict of a plain message's values per row
+    (``_store_rows.compact_messages``): every message gets its own values, and its
+    own ``metadata`` dict, equal to what validating the message gives."""
+    with Store(make_db("sqlite")) as store:
+        conv = store.create_conversation()
+        store.append_many(conv.id, [
+            Message.system("s"), Message.user("a"), Message.assistant("b"), Message.user("c"),
+        ])
+        ctx = ContextBuilder(store, model="gpt-4o-mini", budget=1500).build(conv.id)
+        msgs = ctx.messages
+        assert [m.content for m in msgs] == ["s", "a", "b", "c"]
+        assert [m.seq for m in msgs] == [1, 2, 3, 4]
+        assert len({m.id for m in msgs}) == 4 and [m.pinned for m in msgs] == [True] + [False] * 3
+        assert len({id(m.metadata) for m in msgs}) == 4  # not one dict shared by all
+        msgs[1].metadata["k"] = "v"
+        assert msgs[2].metadata == {} and msgs[3].metadata == {}
+        for m in msgs:
+            assert m.__dict__ is not msgs[0].__dict__ or m is msgs[0]
+            assert m == StoredMessage.model_validate(m.model_dump())
