@@ -173,6 +173,10 @@ def _lineage(conversation_id: str, owner: str | None) -> Plan[Lineage]:
     return Lineage(conversation_id, row[2], lineages.segments(conversation_id, row[2], chain or ()))
 
 
+#: Where a conversation row (``SELECT conversations.*``) has its lineage.
+_LINEAGE_AT: Final = list(C.c.keys()).index("lineage")
+
+
 def _fork_source(conversation_id: str, owner: str | None) -> Plan[tuple[Conversation, list[Any]]]:
     """The conversation a fork or branch is made of, and its lineage (the new
     fork's is this one with the source in front: :func:`convo._store_lineage.extend`)."""
@@ -181,7 +185,7 @@ def _fork_source(conversation_id: str, owner: str | None) -> Plan[tuple[Conversa
     if row is None:
         raise ConversationNotFound(conversation_id, owner=owner)
     source = conversation_from_row(row)
-    chain = row[-1]  # the lineage column comes last
+    chain = row[_LINEAGE_AT]
     if chain is None and source.parent_id is not None:
         chain = yield from lineages.walk_up(source.parent_id, source.fork_seq or 0)
     return source, chain or []

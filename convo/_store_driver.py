@@ -35,7 +35,7 @@ from sqlalchemy.sql.dml import UpdateBase
 
 __all__ = [
     "DriverStatement", "bind_args", "direct_ok", "execute", "execute_dbapi", "execute_text", "from_result",
-    "json_text",
+    "json_value",
     "observed", "prepare", "process", "raw_execute", "rows_as", "run_direct",
 ]
 
@@ -249,13 +249,13 @@ def _result_processor(dialect: Dialect, type_: Any) -> Any:
         def decode(value: Any) -> Any:
             if type(value) is not str:
                 return general(value)
-            return json_text(value)
+            return json_value(value)
 
         return decode
     return proc
 
 
-def json_text(value: str) -> Any:
+def json_value(value: str) -> Any:
     """The value of JSON text stored by SQLite (what SQLAlchemy's JSON type reads back
     with ``json.loads``): ``pydantic_core.from_json``, several times faster on the
     small objects stored (usage, metadata); the same values (text it refuses, e.g.

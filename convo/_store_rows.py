@@ -37,7 +37,7 @@ from ._records import (
     construct,
 )
 from ._schema import ConversationRow, MessageRow, UTCDateTime
-from ._store_driver import json_text
+from ._store_driver import json_value
 from ._store_input import SHORT_TEXT_MAX, check_json, check_short, check_text, check_values
 from ._store_sql import RARE_COLUMNS
 
@@ -355,7 +355,7 @@ def compact_messages(rows: Any, conversation_id: str) -> list[tuple[StoredMessag
     built here, in one loop (what :func:`construct` does, inline); any other row
     is unpacked into the full column layout and built by :func:`message_from_row`,
     its JSON columns decoded as the driver path decodes them
-    (:func:`convo._store_driver.json_text`).
+    (:func:`convo._store_driver.json_value`).
     """
     out: list[tuple[StoredMessage, int | None]] = []
     append, new, cls, fields = out.append, _new, StoredMessage, _STORED_FIELDS
@@ -403,10 +403,10 @@ def _rare_message(
     id_: int, conversation_id: str, seq: int, role: str, content: str | None, flag: int,
     created_at: datetime, rare: str,
 ) -> StoredMessage:
-    values = json_text(rare)  # SQLite's json_array of the columns: text as JSON strings
+    values = json_value(rare)  # SQLite's json_array of the columns: text as JSON strings
     for i in _RARE_JSON:
         if type(values[i]) is str:
-            values[i] = json_text(values[i])
+            values[i] = json_value(values[i])
     (parts, name, tool_calls, refusal, tool_call_id, metadata, key, model, finish_reason,
      usage, fingerprint, seed) = values
     return message_from_row((
