@@ -46,7 +46,7 @@ from . import _native as native
 from . import _store_sql as sql
 from ._exceptions import ImportValidationError, StoreInputError
 from ._store_core import Op, Plan, _lineage, _read_segments
-from ._store_lineage import extend, walk_up
+from ._store_lineage import Chain, chain_of, extend
 from ._store_rows import new_conversation_id
 from ._store_runs import R, new_run_id
 
@@ -392,10 +392,10 @@ class Importer:
                     parent_owner, parent_last = cols["owner"], fork_seq
                 else:
                     parent_owner, parent_last = row.owner, row.last_seq
-                    up = row.lineage
-                    if up is None and row.parent_id is not None:
-                        up = yield from walk_up(row.parent_id, row.fork_seq)
-                    chain = extend(parent, fork_seq, up or ())
+                    up: Chain = ()
+                    if row.parent_id is not None:
+                        up = yield from chain_of(row.parent_id, row.fork_seq, row.lineage)
+                    chain = extend(parent, fork_seq, up)
             if fork_seq > parent_last:
                 self._error(line, f"conversation {cid!r}: fork_seq {fork_seq} is past its "
                                   f"parent's last message ({parent_last})")

@@ -167,10 +167,10 @@ def _lineage(conversation_id: str, owner: str | None) -> Plan[Lineage]:
     # columns: parent_id, fork_seq, last_seq, owner, lineage
     if row is None or (owner is not None and row[3] != owner):
         raise ConversationNotFound(conversation_id, owner=owner)
-    chain = row[4]
-    if chain is None and row[0] is not None:
-        chain = yield from lineages.walk_up(row[0], row[1])
-    return Lineage(conversation_id, row[2], lineages.segments(conversation_id, row[2], chain or ()))
+    chain: lineages.Chain = ()
+    if row[0] is not None:
+        chain = yield from lineages.chain_of(row[0], row[1], row[4])
+    return Lineage(conversation_id, row[2], lineages.segments(conversation_id, row[2], chain))
 
 
 #: Where a conversation row (``SELECT conversations.*``) has its lineage.
@@ -185,10 +185,10 @@ def _fork_source(conversation_id: str, owner: str | None) -> Plan[tuple[Conversa
     if row is None:
         raise ConversationNotFound(conversation_id, owner=owner)
     source = conversation_from_row(row)
-    chain = row[_LINEAGE_AT]
-    if chain is None and source.parent_id is not None:
-        chain = yield from lineages.walk_up(source.parent_id, source.fork_seq or 0)
-    return source, chain or []
+    chain: lineages.Chain = ()
+    if source.parent_id is not None:
+        chain = yield from lineages.chain_of(source.parent_id, source.fork_seq, row[_LINEAGE_AT])
+    return source, list(chain)
 
 
 def _read_segments(

@@ -19,8 +19,9 @@ sharded PostgreSQL (Citus) runs a recursive common table expression only
 inside one shard.
 
 Only convo writes conversations; a fork that something else inserted without
-a lineage is still read correctly, its ancestors' rows read one statement each
-(:func:`walk_up`).
+a lineage, or whose stored lineage is not the shape convo writes (:func:`usable`),
+is still read correctly, its ancestors' rows read one statement each
+(:func:`walk_up`); a root's stored lineage is ignored.
 
 The plans here yield :class:`convo._store_core.Op`, imported when they run:
 the core imports this module.
@@ -40,8 +41,8 @@ if TYPE_CHECKING:
     from ._store_core import Plan
 
 __all__ = [
-    "FORKS_CHUNK", "LINEAGE_ROW", "Chain", "Segment", "extend", "forks_below", "forks_of",
-    "segments", "tree_order", "walk_up",
+    "FORKS_CHUNK", "LINEAGE_ROW", "Chain", "Segment", "chain_of", "extend", "forks_below", "forks_of",
+    "segments", "tree_order", "usable", "walk_up",
 ]
 
 #: (conversation_id, lo, hi): the messages of ``conversation_id`` with seq in (lo, hi].
@@ -72,6 +73,20 @@ def forks_of(full: bool) -> sa.Select[Any]:
 def extend(parent_id: str, fork_seq: int, parent_chain: Chain) -> list[list[Any]]:
     """The lineage of a new fork of ``parent_id`` at ``fork_seq``, as stored."""
     return [[parent_id, fork_seq], *([a, s] for a, s in parent_chain)]
+
+
+def usable(chain: Any, parent_id: str) -> bool:
+    """Whether a stored lineage has the shape convo writes and starts at the row's
+    parent: ``[[parent_id, fork_seq], ...]``, ids as text, fork points as ints >= 0.
+    A row edited by hand or damaged otherwise is read by walking up instead
+    (:func:`walk_up`), from ``parent_id``, which is what the chain was made of."""
+    if type(chain) is not list or not chain:
+        return False
+    for link in chain:
+        if (type(link) is not list or len(link) != 2 or type(link[0]) is not str
+                or type(link[1]) is not int or link[1] < 0):
+            return False
+    return bool(chain[0][0] == parent_id)
 
 
 def segments(conversation_id: str, last_seq: int, chain: Chain) -> tuple[Segment, ...]:
@@ -116,11 +131,19 @@ def walk_up(parent_id: str, fork_seq: int) -> Plan[list[list[Any]]]:
         row = yield Op(LINEAGE_ROW, {"cid": chain[-1][0]}, "first", driver=True)
         if row is None or row[0] is None:
             return chain
-        if row[4] is not None:
+        if usable(row[4], row[0]):
             return [*chain, *row[4]]
         if any(row[0] == ancestor for ancestor, _ in chain):
             return chain  # a cycle (only a hand-edited database has one) ends the chain
         chain.append([row[0], row[1]])
+
+
+def chain_of(parent_id: str, fork_seq: int | None, stored: Any) -> Plan[Chain]:
+    """The ancestor chain of a fork's row: its stored lineage if :func:`usable`,
+    else walked up from ``parent_id``."""
+    if usable(stored, parent_id):
+        return stored  # type: ignore[no-any-return]
+    return (yield from walk_up(parent_id, fork_seq or 0))
 
 
 def forks_below(ids: Sequence[str], *, full: bool) -> Plan[list[list[Any]]]:

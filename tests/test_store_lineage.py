@@ -76,7 +76,7 @@ async def tree(store: Any) -> dict[str, Any]:
 def stored(store: Any) -> dict[str, Any]:
     """Every conversation's lineage column, as stored."""
     return {
-        cid: json.loads(value) if isinstance(value, str) else value
+        cid: json.loads(value) if isinstance(value, str) and store.backend == "sqlite" else value
         for cid, value in store.sql("SELECT id, lineage FROM conversations")
     }
 
@@ -222,6 +222,44 @@ async def test_a_fork_whose_row_has_no_chain_is_read_through_its_ancestors(store
     assert await view(store, fork.id) == before[g]
     branch = await store.create_branch(fork.id, at=4)
     assert stored(store)[branch.id] == [[fork.id, 4], [g, 5], [c, 4], [r, 2]]
+
+
+#: stored lineages that are not the shape convo writes (``{c}``: the grand fork's parent;
+#: ``{g}``: a conversation that is no one's parent here)
+DAMAGED = {
+    "a string": '"garbage"', "an object": "{{}}", "empty": "[]", "numbers": "[1, 2]",
+    "a short link": '[["{c}"]]', "a null id": "[[null, 4]]", "a text seq": '[["{c}", "4"]]',
+    "a negative seq": '[["{c}", -1]]', "a bool seq": '[["{c}", true]]',
+    "another parent": '[["{g}", 4]]', "a long link": '[["{c}", 4, 1], ["{r}", 2]]',
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGED)
+async def test_a_damaged_stored_chain_is_read_through_the_ancestors(store, damage):
+    """A lineage edited by hand (or damaged) into another shape is not trusted: reads,
+    forks and imports walk up from parent_id instead (no untyped error, the same view);
+    an ancestor's damaged chain is walked past the same way; a root's is ignored."""
+    ids = await tree(store)
+    r, c, g = ids["root"], ids["child"], ids["grand"]
+    before = {cid: await view(store, cid) for cid in ids.values()}
+    bad = DAMAGED[damage].format(c=c, r=r, g=g)
+    store.sql(f"UPDATE conversations SET lineage = '{bad}' WHERE id = '{g}'")
+    store.sql(f"UPDATE conversations SET lineage = '{bad}' WHERE id = '{r}'")  # a root's
+    assert {cid: await view(store, cid) for cid in ids.values()} == before
+    fork = await store.fork(g, at=5)
+    assert stored(store)[fork.id] == [[g, 5], [c, 4], [r, 2]]
+    # an ancestor's damaged chain, reached by a walk up from a fork without one
+    store.sql(f"UPDATE conversations SET lineage = NULL WHERE id = '{fork.id}'")
+    store.sql(f"UPDATE conversations SET lineage = '{bad}' WHERE id = '{c}'")
+    assert await view(store, fork.id) == before[g]
+    branch = await store.create_branch(fork.id, at=4)
+    assert stored(store)[branch.id] == [[fork.id, 4], [g, 5], [c, 4], [r, 2]]
+    out = io.StringIO()  # an import below a parent in the database whose chain is damaged
+    await export(store, out, ids=[fork.id])
+    line = [x for x in out.getvalue().splitlines()
+            if json.loads(x)["conversation"]["id"] == fork.id]
+    copy = (await import_(store, io.StringIO(line[0]), new_ids=True)).id_map[fork.id]
+    assert stored(store)[copy] == [[g, 5], [c, 4], [r, 2]]
 
 
 async def test_a_hand_made_cycle_of_parents_ends_reads_and_deletes(store):
