@@ -318,3 +318,15 @@ def test_a_capped_selection_reads_on_until_its_reason_is_certain() -> None:
     assert (res.stop_reason, res.rows_read) == ("low water", 4)
     res = _run(items, set(), 20, budget=303, overhead=3, low_water=250)
     assert (res.stop_reason, res.rows_read) == ("low water", 3)
+    # a low-water mark above what is free: not certain, and the budget is the reason
+    res = _run(items, set(), 20, budget=303, overhead=3, low_water=1000)
+    assert (res.stop_reason, res.rows_read) == ("budget", 4)
+
+
+def test_a_part_that_fills_the_free_budget_exactly_is_read_on() -> None:
+    # the assistant message takes exactly what is left; its user message costs
+    # nothing (a cost model may say so): the whole turn fits
+    items = [Item(Message.user("u1"), 1, 0), Item(Message.assistant("a1"), 2, 100),
+             Item(Message.user("u2"), 3, 100)]
+    res = _run(items, set(), 20, budget=203, overhead=3)
+    assert [i.seq for i in res.window] == [1, 2, 3]
