@@ -195,9 +195,7 @@ class Selector:
                 continue  # kept anyway, and it does not split turns
             items.append(item)
             pending.cost += item.cost
-            # (the role from the value's __dict__: a pydantic model's attribute goes
-            # through its __getattr__ hook, several times slower, on every row read)
-            if item.message.__dict__["role"] == "user":
+            if item.message.role == "user":
                 turn, pending = pending, _Turn([])
                 self._pending = pending
                 items.reverse()  # the turn's, oldest first
