@@ -363,6 +363,27 @@ def equal_worker(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def instr_worker(spec: dict[str, Any]) -> None:
+    """``--instr``: 50 warm-up (raw, build) pairs as in :func:`equal_worker`, then
+    ``builds`` builds, untimed, in this process: run under ``PYTHONHASHSEED=0 valgrind
+    --tool=callgrind``, (instructions with N builds - with 0) / N is a build's cost,
+    repeatable whatever else the machine runs."""
+    from convo import ContextBuilder, Store
+
+    url, cid = spec["url"], spec["conversation_id"]
+    store = Store(url)
+    builder = ContextBuilder(store, model=data.MODEL, budget=BUDGET)
+    con = sqlite3.connect(url[len("sqlite:///"):])
+    enc = builder._counter.encoding_name
+    for _ in range(50):
+        raw_tail_sqlite(con, cid, enc)
+        builder.build(cid)
+    for _ in range(spec["builds"]):
+        builder.build(cid)
+    con.close()
+    store.close()
+
+
 def run_equal_terms(args: argparse.Namespace, ns: list[int], backends: list[str],
                     mans: dict[tuple[str, int], dict[str, Any]], log: Any,
                     ) -> dict[tuple[str, int], list[dict[str, Any]]]:
@@ -604,6 +625,8 @@ def main_orchestrate(args: argparse.Namespace) -> None:
             raise SystemExit(f"unknown backend {b!r}")
     if args.profile:
         ns, backends = [args.profile], ["sqlite"]
+    if args.instr is not None:
+        ns, backends = ns[:1], ["sqlite"]
     pg = data.PgCluster(args.data_dir, log) if "postgresql" in backends else None
     pg_version = pg.version if pg else None
     try:
@@ -617,6 +640,11 @@ def main_orchestrate(args: argparse.Namespace) -> None:
                     "backend": "sqlite", "calls": args.profile_calls}
             subprocess.run([sys.executable, os.path.abspath(__file__), "--worker-profile",
                             json.dumps(spec)], check=True)
+            return
+        if args.instr is not None:
+            m = mans[("sqlite", ns[0])]
+            instr_worker({"url": m["url"], "conversation_id": m["conversation_id"],
+                          "builds": args.instr})
             return
         if args.equal_terms:
             eq = run_equal_terms(args, ns, backends, mans, log)
@@ -936,9 +964,15 @@ def main() -> None:
                          "them in the full run (default %(default)s)")
     ap.add_argument("--pairs", type=int, default=300,
                     help="timed (raw, build) pairs per equal-terms run (default %(default)s)")
+    ap.add_argument("--instr", type=int, metavar="N",
+                    help="only 50 warm-up (raw, build) pairs then N builds, untimed, in this "
+                         "process, SQLite, the first of --ns: for callgrind (a build's "
+                         "instructions = (count at N - count at 0) / N)")
     args = ap.parse_args()
     if args.reps < 1 or args.pairs < 1 or args.repeat < 0:
         raise SystemExit("--reps and --pairs must be >= 1, --repeat >= 0")
+    if args.instr is not None and args.instr < 0:
+        raise SystemExit("--instr must be >= 0")
     if args.equal_terms and args.repeat < 1:
         raise SystemExit("--equal-terms needs --repeat >= 1")
     main_orchestrate(args)

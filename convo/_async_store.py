@@ -400,13 +400,15 @@ class AsyncStore(AsyncStoreThreads):
         limit: int,
         owner: str | None = None,
         before: int | None = None,
+        after: int | None = None,
     ) -> tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]],
                core.Lineage]:
-        """:meth:`context_start` and the lineage it read (for :meth:`_tail_of`; builders only)."""
+        """:meth:`context_start` and the lineage it read (for :meth:`_tail_of`; builders only);
+        ``after``: the newest page holds only messages with ``seq > after``."""
         return await self._run(
             context.context_open(
                 conversation_id, encoding=encoding, limit=limit, owner=owner, before=before,
-                dialect=self._context_dialect,
+                dialect=self._context_dialect, after=after,
             )
         )
 

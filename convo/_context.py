@@ -58,8 +58,9 @@ class _BuilderBase:
     low_water: float | None
     page_size: int
     summarizer: Any
-    #: conversation id -> rows its next build reads first (from its last build)
-    _rows_needed: dict[str, int]
+    #: conversation id -> rows its next build reads first and the floor of that read
+    #: (``BuildConfig.rows_hint`` and ``floor``, from its last build)
+    _rows_needed: dict[str, tuple[int, int | None]]
     #: stored tokens per history message in the last build (sizes a first page)
     _tokens_per_row: int | None
     _counter: TokenCounter
@@ -85,6 +86,7 @@ class _BuilderBase:
             raise ConfigurationError(
                 f"response_format must be a dict, not {type(response_format).__name__}"
             )
+        hint = self._rows_needed.get(conversation_id) if as_of is None else None
         return BuildConfig(
             conversation_id=conversation_id,
             model=self.model,
@@ -107,13 +109,14 @@ class _BuilderBase:
             decode=self._decode,
             low_water=self.low_water,
             as_of=_check_as_of(as_of),
-            rows_hint=self._rows_needed.get(conversation_id) if as_of is None else None,
+            rows_hint=hint[0] if hint is not None else None,
+            floor=hint[1] if hint is not None else None,
             tokens_hint=self._tokens_per_row,
         )
 
     def _remember(self, cfg: BuildConfig, ctx: Context, io: BuildIO) -> None:
-        """Note how many rows the next build of the conversation should read first
-        (see ``BuildConfig.rows_hint``)."""
+        """Note how many rows the next build of the conversation should read first,
+        and from which seq on (see ``BuildConfig.rows_hint`` and ``floor``)."""
         report = ctx.report
         if report.history_tokens and len(report.kept_seqs) > len(report.pinned_seqs):
             kept = len(report.kept_seqs) - len(report.pinned_seqs)
@@ -122,8 +125,13 @@ class _BuilderBase:
             return
         if len(self._rows_needed) >= ROWS_REMEMBERED:
             self._rows_needed.clear()  # a cache of hints: starting over is harmless
-        self._rows_needed[cfg.conversation_id] = rows_hint(
-            report.rows_read, io.rows, read_all=report.dropped_count == 0
+        floor = None
+        if report.dropped_count and io.newest is not None and not cfg.page_size:
+            # the selection read seqs newest .. floor + 1 (pages are contiguous in seq,
+            # and seqs are contiguous from 1) and needed nothing older
+            floor = io.newest - report.rows_read
+        self._rows_needed[cfg.conversation_id] = (
+            rows_hint(report.rows_read, io.rows, read_all=report.dropped_count == 0), floor
         )
 
     def _turn_config(

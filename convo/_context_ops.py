@@ -44,11 +44,13 @@ __all__ = [
 class Start:
     """-> (pinned, newest page): lists of (StoredMessage, cached tokens | None); the
     pinned messages of the whole lineage oldest first, then the newest ``limit``
-    messages newest first, all with ``seq < before`` when it is set (as-of builds).
-    Raises ConversationNotFound for a missing / foreign one."""
+    messages newest first, all with ``seq < before`` when it is set (as-of builds),
+    the newest ones only with ``seq > after`` when that is set (see
+    ``BuildConfig.floor``). Raises ConversationNotFound for a missing / foreign one."""
 
     limit: int
     before: int | None = None
+    after: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +144,11 @@ class BuildConfig:
     #: stored tokens per history message in the builder's last build (any
     #: conversation): sizes the first page when there is no ``rows_hint``
     tokens_hint: int | None = None
+    #: the newest seq the previous build of this conversation did not need (it read
+    #: back to floor + 1 and stopped there): the first page reads only the rows
+    #: after it (those it needed, and the ones appended since), at most twice the
+    #: ``rows_hint``; a hint only, older rows are read on when the window needs them
+    floor: int | None = None
     recount: bool = False  # count the rendered request itself (completion mode, rewriting profiles)
     decode: Any = None  # Callable[[list[int]], str], for truncation
     #: summaries with hysteresis: history kept after an overflow, a fraction of the

@@ -94,12 +94,16 @@ def first_page_size(cfg: BuildConfig) -> int:
 
     ``page_size`` when the builder was given one; else what the last build of
     this conversation needed (``rows_hint``), so that a chat's builds take one
-    page that is barely larger than the window; else the budget divided by the
+    page that is barely larger than the window (twice that with a ``floor``, which
+    bounds the read: see ``BuildConfig.floor``); else the budget divided by the
     stored tokens per message of the builder's earlier builds (``tokens_hint``;
     160 when it has made none), plus the slack, at least ``FIRST_PAGE_MIN``.
     """
     if cfg.page_size:
         return cfg.page_size
+    if cfg.floor is not None and cfg.rows_hint is not None:
+        # the floor bounds the read; the limit only caps it (many rows appended since)
+        return max(1, min(1024, 2 * cfg.rows_hint))
     if cfg.rows_hint is not None:
         return max(1, min(1024, cfg.rows_hint))
     per = cfg.tokens_hint or DEFAULT_MESSAGE_TOKENS
@@ -139,7 +143,9 @@ def plan_build(cfg: BuildConfig) -> Plan:
 
     page = first_page_size(cfg)
     # one store call for the lineage, the pinned messages and the newest page
-    pinned_rows, first_page = yield Start(page, None if cfg.as_of is None else cfg.as_of + 1)
+    pinned_rows, first_page = yield Start(
+        page, None if cfg.as_of is None else cfg.as_of + 1, cfg.floor
+    )
     if cfg.as_of is not None and (not first_page or first_page[0][0].seq != cfg.as_of):
         # seqs of a lineage are contiguous from 1: the newest one read is as_of if it exists
         raise MessageNotFound(
@@ -184,19 +190,26 @@ def _select(
     history: History,
 ) -> Generator[Op, Any, Selection]:
     """As much history as fits (by the estimates), read newest first, page by page;
-    every row read is kept in ``history`` (hysteresis selects again from it)."""
+    every row read is kept in ``history`` (hysteresis selects again from it).
+
+    A first page read down to a ``floor`` (``BuildConfig.floor``) that ends short of
+    its limit ends at the floor, not at the oldest message: the next page starts
+    below the floor when the window needs more.
+    """
     selector = make_selector(cfg, overhead, pinned)
-    rows, size = first_page, page
+    rows, size, floor = first_page, page, cfg.floor
     while True:
         make = history.item
         fed = [make(r, c) for r, c in rows]
         history.seen += fed
-        history.exhausted = len(rows) < size
+        history.exhausted = len(rows) < size and not floor
         selector.feed(fed, exhausted=history.exhausted)
         if selector.done:
             return selector.result()
-        size = min(size * 2, 1024)
-        rows = yield Tail(rows[-1][0].seq, size)
+        # (no rows and not exhausted: the floor was at or above the newest seq)
+        before = rows[-1][0].seq if rows else (floor or 0) + 1
+        size, floor = min(size * 2, 1024), None
+        rows = yield Tail(before, size)
 
 
 def _fit(
@@ -385,8 +398,8 @@ def store_call(
     """
     cid, scope = conversation_id, {"owner": owner}
     match op:
-        case Start(limit, before):
-            kw = {"encoding": encoding, "limit": limit, "before": before, **scope}
+        case Start(limit, before, after):
+            kw = {"encoding": encoding, "limit": limit, "before": before, "after": after, **scope}
             return "store", "_context_open", (cid,), kw
         case Tail(before, limit) if lineage is not None and before is not None:
             kw = {"encoding": encoding, "before": before, "limit": limit, **scope}
@@ -430,7 +443,8 @@ class BuildIO:
     """
 
     __slots__ = (
-        "conversation_id", "defer_counts", "encoding", "lineage", "owner", "rows", "token_counts",
+        "conversation_id", "defer_counts", "encoding", "lineage", "newest", "owner", "rows",
+        "token_counts",
     )
 
     def __init__(
@@ -443,6 +457,7 @@ class BuildIO:
         self.defer_counts = defer_counts
         self.token_counts: BuildCounts | None = None
         self.rows = 0  # history rows fetched (pinned ones aside)
+        self.newest: int | None = None  # the seq of the newest history row fetched
 
     def call(self, op: Op) -> tuple[str, str, tuple[Any, ...], dict[str, Any]] | None:
         """The call that answers ``op``; None when there is nothing to call (deferred counts)."""
@@ -456,6 +471,8 @@ class BuildIO:
         if isinstance(op, Start):
             pinned, page, self.lineage = value
             self.rows += len(page)
+            if page:
+                self.newest = page[0][0].seq
             return pinned, page
         if isinstance(op, Tail):
             self.rows += len(value)

@@ -203,6 +203,15 @@ class Selector:
                 if not self._offer(turn):
                     self._rows_read += n
                     return
+            elif pending.cost > self._free and self._have_current:
+                # the turn read so far already does not fit: its older rows cannot
+                # make it fit, so it is dropped without reading them (when the
+                # reason it is dropped for is already certain too)
+                reason = self._certain_reason(len(items), pending.cost)
+                if reason is not None:
+                    self._finish(items[0].seq, reason)
+                    self._rows_read += n
+                    return
         self._rows_read += len(page)
         if exhausted:
             # What is left before the oldest user message is the conversation's
@@ -249,6 +258,25 @@ class Selector:
             return False
         self._take(turn)
         return True
+
+    def _certain_reason(self, count: int, cost: int) -> str | None:
+        """Why :meth:`_offer` will drop a turn of which ``count`` messages costing
+        ``cost`` (more than the free budget) are read, or None while its older
+        messages could still change the answer. Its checks in its order: a cap
+        the part already exceeds is the reason; one it does not exceed yet is
+        undecided; past the caps, the budget (the whole turn costs at least the
+        part, and the summary's reserve only lowers what is free)."""
+        if self._max_messages is not None:
+            if self._kept_msgs + count <= self._max_messages:
+                return None
+            return "max_messages"
+        if self._max_history_tokens is not None:
+            if self._kept_tokens + cost <= self._max_history_tokens:
+                return None
+            return "max_history_tokens"
+        if self._low_water is not None:
+            return "low water" if self._kept_tokens + cost > self._low_water else None
+        return "budget"
 
     def _starts_history(self, turn: _Turn) -> bool:
         # seqs of a lineage are contiguous from 1: the turn starts the history

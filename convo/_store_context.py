@@ -196,19 +196,22 @@ def tail(
 
 def _open(
     conversation_id: str, encoding: str, limit: int, owner: str | None, before: int | None,
-    compact: bool = False,
+    compact: bool = False, after: int | None = None,
 ) -> Plan[tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]],
                 Lineage]]:
     """The opening reads of a build. A conversation that is not a fork (the common
     case) is read in one statement: its row, its pinned and its newest messages
     (:func:`convo._store_sql.open_query`, or with ``compact`` (SQLite) its
     8-column form :func:`convo._store_sql.compact_query`); a fork, whose view
-    includes its ancestors' rows, reads its lineage first (:func:`_open_lineage`)."""
+    includes its ancestors' rows, reads its lineage first (:func:`_open_lineage`).
+    ``after``: the newest page holds only messages with ``seq > after``."""
     params: dict[str, Any] = {"cid": conversation_id, "encoding": encoding, "limit": limit}
     if before is not None:
         params["before"] = before
+    if after is not None:
+        params["after"] = after
     query, part_col, pinned_part, conv_part, conv_cols, seq_col, values = _OPEN_FORMS[compact]
-    rows = yield Op(query(before is not None), params, driver=True)
+    rows = yield Op(query(before is not None, after is not None), params, driver=True)
     pinned_rows, tail_rows, conv = [], [], None
     for row in rows:
         part = row[part_col]
@@ -224,7 +227,7 @@ def _open(
     if owner is not None and conv_owner != owner:
         raise ConversationNotFound(conversation_id, owner=owner)
     if parent_id is not None:
-        return (yield from _open_lineage(conversation_id, encoding, limit, owner, before))
+        return (yield from _open_lineage(conversation_id, encoding, limit, owner, before, after))
     # the parts of a UNION ALL come in no guaranteed order (already sorted: linear)
     seq_of = itemgetter(seq_col)
     pinned_rows.sort(key=seq_of)
@@ -250,7 +253,8 @@ _OPEN_FORMS: dict[bool, tuple[Any, int, int, int, tuple[int, int, int], int, Any
 
 
 def _open_lineage(
-    conversation_id: str, encoding: str, limit: int, owner: str | None, before: int | None
+    conversation_id: str, encoding: str, limit: int, owner: str | None, before: int | None,
+    after: int | None = None,
 ) -> Plan[tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]],
                 Lineage]]:
     lineage = yield from _lineage(conversation_id, owner)
@@ -259,7 +263,7 @@ def _open_lineage(
         encoding=encoding, pinned_only=True,
     )
     tail_rows = yield from _read_segments(
-        lineage, after=None, before=before, limit=limit, newest_first=True, encoding=encoding
+        lineage, after=after, before=before, limit=limit, newest_first=True, encoding=encoding
     )
     return (
         [tokens_from_row(r) for r in pinned_rows], [tokens_from_row(r) for r in tail_rows], lineage
@@ -284,11 +288,15 @@ def context_start(
 @checked
 def context_open(
     conversation_id: str, *, encoding: str, limit: int, owner: str | None,
-    before: int | None = None, dialect: str | None = None,
+    before: int | None = None, dialect: str | None = None, after: int | None = None,
 ) -> Plan[tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]],
                 Lineage]]:
-    """:func:`context_start`, and the lineage it resolved, for :func:`tail_of`."""
-    return (yield from _open(conversation_id, encoding, limit, owner, before, dialect == "sqlite"))
+    """:func:`context_start`, and the lineage it resolved, for :func:`tail_of`;
+    ``after``: the newest page holds only messages with ``seq > after`` (at most
+    ``limit`` of them)."""
+    return (yield from _open(
+        conversation_id, encoding, limit, owner, before, dialect == "sqlite", after
+    ))
 
 
 @checked

@@ -276,6 +276,10 @@ def process(
     if procs is None:
         procs = prepared.processors
     if not any(procs):
+        if type(rows) is list and (not rows or type(rows[0]) is tuple):
+            # the driver's own rows (sqlite3, psycopg: tuples; one row factory a
+            # connection): used as fetched, not copied row by row
+            return rows
         return [tuple(r) for r in rows]
     convert = _converters.get(procs)
     if convert is None:

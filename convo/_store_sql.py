@@ -78,7 +78,7 @@ COMPACT_PINNED, COMPACT_CONVERSATION = 2, -1
 
 
 @cache
-def compact_query(bounded: bool) -> sa.CompoundSelect[Any]:
+def compact_query(bounded: bool, floored: bool = False) -> sa.CompoundSelect[Any]:
     """:func:`open_query` for SQLite, in 8 columns instead of 21: ``id, seq, role,
     content, flag, created_at, tokens, rare``.
 
@@ -94,6 +94,9 @@ def compact_query(bounded: bool) -> sa.CompoundSelect[Any]:
     Why: Python's sqlite3 module (3.11) releases and takes back the GIL for every
     column of every row it fetches, which made the 13 mostly-NULL columns and the
     part column of :func:`open_query` cost a context build more than its SQL.
+
+    ``floored``: the newest page holds only messages with ``seq > :after`` (see
+    :func:`open_query`).
     """
     rare = [M.c[name] for name in RARE_COLUMNS]
     packed = sa.case(
@@ -109,6 +112,7 @@ def compact_query(bounded: bool) -> sa.CompoundSelect[Any]:
     mine = M.c.conversation_id == _B("cid")
     if bounded:
         mine = mine & (M.c.seq < _B("before"))
+    newest_only = mine & (M.c.seq > _B("after")) if floored else mine
     pinned = (
         # the first SELECT gives the columns their types: the flag is a plain integer
         sa.select(*message_cols(sa.literal_column(str(COMPACT_PINNED), sa.Integer)))
@@ -118,7 +122,7 @@ def compact_query(bounded: bool) -> sa.CompoundSelect[Any]:
     newest = (
         sa.select(*message_cols(sa.type_coerce(M.c.pinned, sa.Integer)))
         .select_from(_with_tokens())
-        .where(mine)
+        .where(newest_only)
         .order_by(M.c.seq.desc())
         .limit(_B("limit"))
         .subquery("newest")
@@ -140,11 +144,13 @@ def context_dialect(dialect: Any) -> str | None:
 
 
 @cache
-def open_query(bounded: bool) -> sa.CompoundSelect[Any]:
+def open_query(bounded: bool, floored: bool = False) -> sa.CompoundSelect[Any]:
     """The opening read of a context build, in ONE statement (one round trip, one
     snapshot): the pinned messages of ``:cid``, its newest ``:limit`` messages, and
     its conversation row, each with its count for ``:encoding``; with ``bounded``
-    only messages with ``seq < :before``.
+    only messages with ``seq < :before``; with ``floored`` the newest page only
+    with ``seq > :after`` (a builder that knows which rows its last build of the
+    conversation needed reads only those and the ones appended since).
 
     Rows are the message columns, the token count, then the part
     (:data:`OPEN_PINNED`, :data:`OPEN_NEWEST`, :data:`OPEN_CONVERSATION`); the
@@ -160,6 +166,7 @@ def open_query(bounded: bool) -> sa.CompoundSelect[Any]:
     mine = M.c.conversation_id == _B("cid")
     if bounded:
         mine = mine & (M.c.seq < _B("before"))
+    newest_only = mine & (M.c.seq > _B("after")) if floored else mine
     pinned = (
         sa.select(*cols, sa.literal_column(str(OPEN_PINNED), sa.Integer).label("part"))
         .select_from(_with_tokens())
@@ -168,7 +175,7 @@ def open_query(bounded: bool) -> sa.CompoundSelect[Any]:
     newest = (
         sa.select(*cols)
         .select_from(_with_tokens())
-        .where(mine)
+        .where(newest_only)
         .order_by(M.c.seq.desc())
         .limit(_B("limit"))
         .subquery("newest")

@@ -230,3 +230,103 @@ def test_truncation_needs_a_truncator() -> None:
     with pytest.raises(ContextOverflowError) as err:
         _run(items, set(), 8, budget=100, overhead=3, truncate="head")
     assert err.value.part == "newest"
+
+
+class _WholeTurns(Selector):
+    """The selector as it was before it dropped a turn on its part read: every turn
+    is read whole before it is offered (the reference for the early stop)."""
+
+    def _certain_reason(self, count: int, cost: int) -> str | None:
+        return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    items=conversations,
+    budget=st.integers(1, 1500),
+    page=st.integers(1, 7),
+    max_messages=st.none() | st.integers(1, 20),
+    max_history_tokens=st.none() | st.integers(1, 1000),
+    reserve=st.sampled_from([0, 0, 50]),
+    low_water=st.none() | st.integers(0, 800),
+)
+def test_a_turn_dropped_on_its_part_read_is_dropped_as_when_read_whole(
+    items: list[Item], budget: int, page: int, max_messages: int | None,
+    max_history_tokens: int | None, reserve: int, low_water: int | None,
+) -> None:
+    kw = {"budget": budget, "overhead": 3, "max_messages": max_messages,
+          "max_history_tokens": max_history_tokens, "summary_reserve": reserve,
+          "low_water": low_water}
+    outcomes = []
+    for cls in (Selector, _WholeTurns):
+        pinned = [i for i in items if i.message.role in ("system", "developer")]
+        newest_first = list(reversed(items))
+        pos = 0
+        try:
+            sel = cls(pinned=pinned, **kw)  # type: ignore[arg-type]
+            while not sel.done:
+                pos += page
+                sel.feed(newest_first[pos - page : pos], exhausted=pos >= len(newest_first))
+        except ContextOverflowError as exc:
+            outcomes.append((exc.part, exc.required))
+            continue
+        res = sel.result()
+        outcomes.append((
+            [i.seq for i in res.window], res.dropped_through, res.dropped_count, res.stop_reason,
+            res.summary_reserve,
+        ))
+        if cls is Selector:
+            early_rows = res.rows_read
+        else:
+            assert early_rows <= res.rows_read
+    assert outcomes[0] == outcomes[1]
+
+
+def test_a_turn_that_does_not_fit_is_dropped_before_its_older_messages_are_read() -> None:
+    # user / assistant turns of 100 tokens each message; 3 turns fit a budget of 603
+    items = _turns(*[100] * 20)
+    res = _run(items, set(), 20, budget=603, overhead=3)
+    assert [i.seq for i in res.window] == [15, 16, 17, 18, 19, 20]
+    assert (res.dropped_through, res.stop_reason) == (14, "budget")
+    # the assistant message 14 alone is over what is left: its user message 13 is not read
+    assert res.rows_read == 7
+
+
+def test_a_turn_that_exactly_fits_is_read_whole_and_kept() -> None:
+    items = _turns(*[100] * 20)
+    res = _run(items, set(), 20, budget=803, overhead=3)
+    assert [i.seq for i in res.window] == list(range(13, 21))
+    assert res.rows_read == 9  # 8 kept, then the assistant message 12, over the rest
+
+
+def test_a_capped_selection_reads_on_until_its_reason_is_certain() -> None:
+    # the part read (one assistant message of 300) is over the free budget but within
+    # the history cap: the whole turn could still exceed the cap, the reason it
+    # stops for, so the turn is read whole
+    items = _turns(100, 300, 100, 100)
+    res = _run(items, set(), 20, budget=303, overhead=3, max_history_tokens=550)
+    assert [i.seq for i in res.window] == [3, 4]
+    assert (res.stop_reason, res.rows_read) == ("max_history_tokens", 4)
+    # past the cap already: certain at once
+    res = _run(items, set(), 20, budget=303, overhead=3, max_history_tokens=250)
+    assert (res.stop_reason, res.rows_read) == ("max_history_tokens", 3)
+    res = _run(items, set(), 20, budget=303, overhead=3, max_messages=2)
+    assert (res.stop_reason, res.rows_read) == ("max_messages", 3)
+    res = _run(items, set(), 20, budget=303, overhead=3, max_messages=3)
+    assert (res.stop_reason, res.rows_read) == ("max_messages", 4)
+    res = _run(items, set(), 20, budget=1000, overhead=3, low_water=250)
+    assert (res.stop_reason, res.rows_read) == ("low water", 4)
+    res = _run(items, set(), 20, budget=303, overhead=3, low_water=250)
+    assert (res.stop_reason, res.rows_read) == ("low water", 3)
+    # a low-water mark above what is free: not certain, and the budget is the reason
+    res = _run(items, set(), 20, budget=303, overhead=3, low_water=1000)
+    assert (res.stop_reason, res.rows_read) == ("budget", 4)
+
+
+def test_a_part_that_fills_the_free_budget_exactly_is_read_on() -> None:
+    # the assistant message takes exactly what is left; its user message costs
+    # nothing (a cost model may say so): the whole turn fits
+    items = [Item(Message.user("u1"), 1, 0), Item(Message.assistant("a1"), 2, 100),
+             Item(Message.user("u2"), 3, 100)]
+    res = _run(items, set(), 20, budget=203, overhead=3)
+    assert [i.seq for i in res.window] == [1, 2, 3]
