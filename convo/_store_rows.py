@@ -68,6 +68,11 @@ for _cls in (Conversation, ReplyInfo, StoredMessage, Summary):
     assert _cls.model_config.get("extra") != "allow", _cls
 
 
+#: The length of the ``messages.finish_reason`` column (shorter than the other short
+#: texts): a longer one is refused before any write, as PostgreSQL would mid-write.
+FINISH_REASON_MAX: int = getattr(MessageRow.__table__.c.finish_reason.type, "length", 0)
+
+
 def check_short_text(value: str, field: str) -> str:
     """``value`` (a short text column's) if it is storable and at most 255 characters."""
     return check_text(value, field, max_len=SHORT_TEXT_MAX)
@@ -172,7 +177,9 @@ def message_values(
         if reply.model is not None:
             values["model"] = check_short_text(reply.model, "reply model")
         if reply.finish_reason is not None:
-            values["finish_reason"] = reply.finish_reason
+            values["finish_reason"] = check_text(
+                reply.finish_reason, "reply finish_reason", max_len=FINISH_REASON_MAX
+            )
         if reply.system_fingerprint is not None:
             values["system_fingerprint"] = check_short_text(
                 reply.system_fingerprint, "reply system_fingerprint"
