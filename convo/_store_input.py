@@ -508,37 +508,46 @@ def checked(plan: Callable[P, R]) -> Callable[P, R]:
     time if a parameter has no rule, so a plan cannot grow an unchecked
     argument. The plan receives the checked values (``numpy.int64(3)`` arrives
     as ``3``).
+
+    The checking function is written out for the plan's own signature (as
+    :mod:`dataclasses` writes ``__init__``): one line per checked parameter, no
+    loop or lookup per call (every store call goes through it). So it binds its
+    arguments as the plan does: a missing, unknown or repeated argument is the
+    plan's ``TypeError``.
     """
     params = inspect.signature(plan).parameters
     missing = [n for n in params if n not in ARGUMENTS]
     if missing:
         raise TypeError(f"{plan.__name__}: no input rule for {', '.join(missing)}")
-    # per parameter: its rule, or None when nothing is to check (``_any``), and
-    # whether None passes unchecked; resolved here, not on every call (every
-    # store call goes through this)
-    rules: dict[str, tuple[Callable[[Any, str], Any] | None, bool]] = {
-        name: (
-            None if ARGUMENTS[name] is _any else ARGUMENTS[name],
-            bool(_NONE.search(str(p.annotation))),
-        )
-        for name, p in params.items()
-    }
-    names = list(rules)
-
-    def check(name: str, value: Any) -> Any:
-        rule, optional = rules[name]
-        if rule is None or (value is None and optional):
-            return value
-        return rule(value, name)
-
-    @functools.wraps(plan)
-    def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        if args:
-            args = tuple(map(check, names, args))  # type: ignore[assignment]
-        for name, value in kwargs.items():
-            rule, optional = rules[name]
-            if rule is not None and (value is not None or not optional):
-                kwargs[name] = rule(value, name)
-        return plan(*args, **kwargs)
-
+    namespace: dict[str, Any] = {"plan": plan}
+    signature: list[str] = []
+    call: list[str] = []
+    body: list[str] = []
+    star = False
+    for name, p in params.items():
+        if p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            raise TypeError(f"{plan.__name__}: {name} must be a named parameter")
+        if p.kind is p.KEYWORD_ONLY and not star:
+            signature.append("*")
+            star = True
+        if p.default is p.empty:
+            signature.append(name)
+        else:
+            namespace[f"d_{name}"] = p.default
+            signature.append(f"{name}=d_{name}")
+        call.append(name if p.kind is p.POSITIONAL_OR_KEYWORD else f"{name}={name}")
+        rule = ARGUMENTS[name]
+        if rule is _any:  # nothing to check
+            continue
+        namespace[f"r_{name}"] = rule
+        check = f"{name} = r_{name}({name}, {name!r})"
+        if _NONE.search(str(p.annotation)):  # None passes unchecked
+            check = f"if {name} is not None: {check}"
+        body.append(f"    {check}\n")
+    source = (
+        f"def run({', '.join(signature)}):\n{''.join(body)}"
+        f"    return plan({', '.join(call)})\n"
+    )
+    exec(source, namespace)  # noqa: S102 - generated from the plan's parameter names only
+    run: Callable[P, R] = functools.wraps(plan)(namespace["run"])
     return run
