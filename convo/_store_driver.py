@@ -546,6 +546,7 @@ def run_direct(
     connection the caller keeps (left open afterwards; on a lost connection the
     caller drops it), else one is checked out for this plan and returned at the end."""
     dialect = engine.dialect
+    error = dialect.loaded_dbapi.Error
     fairy = held if held is not None else engine.raw_connection()  # pool events still run
     dbapi_conn = fairy.dbapi_connection
     in_tx = False
@@ -565,7 +566,12 @@ def run_direct(
                         if not op.driver:
                             raise AssertionError(f"not a driver statement: {op.stmt}")
                         if writes and not in_tx:
-                            execute_text(dialect, dbapi_conn, "BEGIN IMMEDIATE", cursor)
+                            try:  # (execute_text, inlined: once per write plan)
+                                cursor.execute("BEGIN IMMEDIATE")
+                            except error as exc:
+                                raise _wrapped(
+                                    dialect, dbapi_conn, cursor, "BEGIN IMMEDIATE", (), exc
+                                ) from exc
                             in_tx = True
                         value = execute_dbapi(
                             dialect, dbapi_conn, op.stmt, op.params, op.fetch, cursor
@@ -578,10 +584,13 @@ def run_direct(
                 op = plan.send(value)
         except StopIteration as stop:
             if in_tx:
+                # on the plan's cursor, whose statement cache keeps COMMIT prepared
+                # (the driver's commit() prepares it anew every time)
+                assert cursor is not None  # (the transaction began on it)
                 try:
-                    dbapi_conn.commit()
-                except dialect.loaded_dbapi.Error as exc:
-                    raise _wrapped(dialect, dbapi_conn, None, "COMMIT", (), exc) from exc
+                    cursor.execute("COMMIT")
+                except error as exc:
+                    raise _wrapped(dialect, dbapi_conn, cursor, "COMMIT", (), exc) from exc
                 in_tx = False
             return stop.value
     except DBAPIError as exc:
