@@ -55,6 +55,7 @@ __all__ = [
     "SEARCH_MAX",
     "SHORT_TEXT_MAX",
     "CheckedJSON",
+    "bad_index",
     "check_datetime",
     "check_int",
     "check_json",
@@ -88,7 +89,7 @@ R = TypeVar("R")
 # --- values ----------------------------------------------------------------------------
 
 
-def _bad_index(value: str) -> int:
+def bad_index(value: str) -> int:
     """Index of the first NUL (PostgreSQL text cannot hold it) or lone surrogate (no
     UTF-8 spelling) in ``value``, or -1. ASCII text, the common case, costs a memchr."""
     nul = value.find("\x00")
@@ -105,7 +106,7 @@ def check_text(value: Any, field: str, *, max_len: int | None = None) -> str:
     """``value`` if it is a storable string; raises :class:`StoreInputError` otherwise."""
     if not isinstance(value, str):
         raise StoreInputError(f"{field} must be a string, not {type(value).__name__}")
-    bad = _bad_index(value)
+    bad = bad_index(value)
     if bad >= 0:
         if value[bad] == "\x00":
             why = "a NUL character, which PostgreSQL cannot store (refused on every database)"
@@ -180,7 +181,7 @@ def _json(value: Any, field: str, path: list[str | int]) -> Any:
     # int enums...), stored as their plain value, as json.dumps would write them.
     kind = type(value)
     if kind is str:
-        if _bad_index(value) >= 0:
+        if bad_index(value) >= 0:
             check_text(value, _where(field, path))
         return value
     if value is None or kind is bool:
@@ -219,7 +220,7 @@ def _json(value: Any, field: str, path: list[str | int]) -> Any:
                         f"(got key {key!r:.40})"
                     )
                 key = str.__str__(key)
-            if _bad_index(key) >= 0:
+            if bad_index(key) >= 0:
                 check_text(key, f"a key of {_where(field, path)}")
             path.append(key)
             out[key] = _json(item, field, path)
@@ -366,7 +367,7 @@ def check_values(values: Mapping[str, Any], what: str) -> None:
             continue
         kind = type(value)
         if kind is str:
-            if _bad_index(value) >= 0:
+            if bad_index(value) >= 0:
                 check_text(value, f"{what} {column}")
         elif kind is dict or kind is list:
             _json(value, f"{what} {column}", [])
