@@ -499,6 +499,10 @@ ARGUMENTS: dict[str, Callable[[Any, str], Any]] = {
 }
 
 _NONE = re.compile(r"\bNone\b")
+#: The text rules, by their length limit: what :func:`checked` writes out a shortcut for.
+_TEXT_RULES: dict[Callable[[Any, str], Any], int | None] = {
+    _text: None, _short: SHORT_TEXT_MAX, _encoding: ENCODING_MAX,
+}
 
 
 def checked(plan: Callable[P, R]) -> Callable[P, R]:
@@ -542,8 +546,17 @@ def checked(plan: Callable[P, R]) -> Callable[P, R]:
             continue
         namespace[f"r_{name}"] = rule
         check = f"{name} = r_{name}({name}, {name!r})"
-        if _NONE.search(str(p.annotation)):  # None passes unchecked
-            check = f"if {name} is not None: {check}"
+        # None passes unchecked; text a rule would return as it is (ASCII without
+        # NUL, short enough) skips the call (a conversation id, on every call)
+        skip = [f"{name} is None"] if _NONE.search(str(p.annotation)) else []
+        if rule in _TEXT_RULES:
+            limit = _TEXT_RULES[rule]
+            skip.append(
+                f"(type({name}) is str and {name}.isascii() and '\\x00' not in {name}"
+                + (f" and len({name}) <= {limit})" if limit is not None else ")")
+            )
+        if skip:
+            check = f"if not ({' or '.join(skip)}): {check}"
         body.append(f"    {check}\n")
     source = (
         f"def run({', '.join(signature)}):\n{''.join(body)}"

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from convo import AsyncContextBuilder, ContextBuilder, StoreError, StoreInputError
 from convo import _store_context as context
@@ -242,6 +244,46 @@ def test_checked_binds_and_checks_arguments_as_the_plan_declares_them():
     assert ran == []
     assert inspect.signature(plan) == inspect.signature(plan.__wrapped__)
     assert plan.__name__ == "plan"
+
+
+class Text(str):
+    pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=st.one_of(
+        st.text(st.characters(codec=None, exclude_categories=()), max_size=8),
+        st.text(st.sampled_from("ab\x00é"), min_size=60, max_size=300),
+        st.sampled_from(["a\x00", "\x00" * 70, "x" * 64, "x" * 65, "x" * 255, "x" * 256,
+                         Text("abc"), Text("a\x00"),
+                         b"abc", 3, None, Colour.RED]),
+    ),
+)
+def test_checked_text_shortcut_gives_what_the_rule_gives(value: Any) -> None:
+    """@checked skips the text rules' call for ASCII text without NUL within the
+    limit: every value gets what the rule itself gives, the same value (the very
+    object) or the same error."""
+
+    @checked
+    def plan(conversation_id: str, *, owner: str | None = None, encoding: str = "e",
+             dialect: str) -> tuple[Any, Any, Any]:
+        return conversation_id, owner, encoding
+
+    def outcome(make: Any) -> Any:
+        try:
+            return ("ok", make())
+        except StoreInputError as exc:
+            return ("refused", str(exc))
+
+    for position, name in enumerate(("conversation_id", "owner", "encoding")):
+        args = {"conversation_id": "c", "owner": "o", "encoding": "e", name: value}
+        got = outcome(lambda a=args, i=position: plan(**a, dialect="d")[i])
+        want = ("ok", None) if value is None and name == "owner" else outcome(
+            lambda n=name: ARGUMENTS[n](value, n))
+        assert got == want
+        if got[0] == "ok":
+            assert got[1] is want[1]
 
 
 def test_checked_refuses_a_parameter_it_cannot_check():
