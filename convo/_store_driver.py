@@ -156,17 +156,6 @@ def _many(params: Any) -> bool:
     return isinstance(params, Sequence) and not isinstance(params, Mapping)
 
 
-def _keys(stmt: Executable, params: Any, many: bool) -> tuple[str, ...] | None:
-    """What an INSERT / UPDATE is compiled for: the parameter names (SQLAlchemy
-    compiles the VALUES / SET clauses from the first parameter set)."""
-    if not isinstance(stmt, UpdateBase):
-        return None
-    first = params[0] if many else params
-    # the names in the caller's order: a plan passes its keys in one order, and
-    # sorting them cost more than the rest of the lookup
-    return tuple(first or ())
-
-
 def prepare(
     dialect: Dialect, stmt: Executable, params: Any = None, many: bool | None = None
 ) -> DriverStatement:
@@ -176,7 +165,10 @@ def prepare(
     dies with its engine)."""
     if many is None:
         many = _many(params)
-    keys = _keys(stmt, params, many)
+    # an INSERT / UPDATE is compiled for the parameter names (SQLAlchemy compiles the
+    # VALUES / SET clauses from the first parameter set), in the caller's order: a
+    # plan passes its keys in one order, and sorting them cost more than the lookup
+    keys = tuple((params[0] if many else params) or ()) if isinstance(stmt, UpdateBase) else None
     cache: dict[Any, DriverStatement] = dialect.__dict__.setdefault("_convo_driver_cache", {})
     key = (id(stmt), keys, many)
     found = cache.get(key)
@@ -375,9 +367,10 @@ def execute_dbapi(
     to close). Driver errors are raised wrapped as SQLAlchemy's
     :class:`~sqlalchemy.exc.DBAPIError` (``connection_invalidated`` when the
     connection is gone: the caller invalidates it)."""
-    many = _many(params)
+    many = False if type(params) is dict else _many(params)  # (a dict: the common case)
     prepared = prepare(dialect, stmt, params, many)
-    args = bind_args(prepared, params, many)
+    bind = prepared.bind
+    args = [bind(p) for p in params] if many else bind(params or _EMPTY)  # (bind_args)
     own = cursor is None
     if own:
         cursor = dbapi_conn.cursor()
@@ -395,7 +388,10 @@ def execute_dbapi(
         rows = cursor.fetchall()  # also what finishes a DML ... RETURNING on SQLite
         if how == "none":
             return None
-        procs = prepared.row_processors(dialect, cursor.description)
+        procs = (
+            prepared.row_processors(dialect, cursor.description)
+            if prepared.lazy else prepared.processors
+        )
         if how == "scalar":  # (one value: no row conversion)
             if not rows:
                 return None
@@ -491,29 +487,6 @@ def _unheard(collections: tuple[Any, ...]) -> bool:
     return not any(collections)
 
 
-def _collections(engine: Any) -> tuple[Any, ...]:
-    collections: tuple[Any, ...] = _events(engine.dispatch)
-    dialect = engine.dialect
-    # SQLAlchemy marks a dialect (or its class) on the first listener of its
-    # events: unmarked, none of them can have one
-    if getattr(dialect, "_has_events", True):
-        collections += _dialect_events(dialect.dispatch)
-    return collections
-
-
-def _still_quiet(engine: Any, collections: tuple[Any, ...]) -> bool:
-    """Whether ``collections`` are the very ones found unheard last time on
-    ``engine``, still without a listener: a listener added to the instance
-    replaces its event's collection (a new object), one added to a class joins
-    the class-level list the collection holds (its length)."""
-    known = engine.__dict__.get(_QUIET)
-    return (
-        known is not None
-        and known[0] == collections  # (identity first: a replaced one differs)
-        and not any(map(len, known[1]))
-    )
-
-
 #: on an engine: (its event collections last found unheard, their class-level lists)
 _QUIET = "_convo_unheard"
 
@@ -522,12 +495,26 @@ def direct_ok(engine: Any, begin_hook: Callable[..., Any]) -> bool:
     """Whether plans may run on a pooled DBAPI connection of ``engine`` without a
     SQLAlchemy ``Connection``: SQLite, nothing logged or echoed, and no event
     listeners on the engine but convo's own ``begin`` hook (whose ``BEGIN
-    IMMEDIATE`` the direct path issues itself)."""
-    if engine.dialect.name != "sqlite" or engine._should_log_info():
+    IMMEDIATE`` the direct path issues itself).
+
+    Asked before every direct plan (a listener may be added at any time), so the
+    common answer is read from what the last full check found: the very
+    collections found unheard (a listener added to the instance replaces its
+    event's collection, a new object), their class-level lists still empty (a
+    listener added to a class joins them).
+    """
+    dialect = engine.dialect
+    if dialect.name != "sqlite" or engine._should_log_info():
         return False
     d = engine.dispatch
-    collections = _collections(engine)
-    if not _still_quiet(engine, collections):
+    collections: tuple[Any, ...] = _events(d)
+    # SQLAlchemy marks a dialect (or its class) on the first listener of its
+    # events: unmarked, none of them can have one
+    if getattr(dialect, "_has_events", True):
+        collections += _dialect_events(dialect.dispatch)
+    known = engine.__dict__.get(_QUIET)
+    if known is None or known[0] != collections or any(map(len, known[1])):
+        # (identity first in the comparison: a replaced collection differs)
         if not _unheard(collections):
             return False
         if _EMPTY_ONLY is not None and set(map(type, collections)) == _EMPTY_ONLY:
@@ -550,6 +537,7 @@ def run_direct(
     connection the caller keeps (left open afterwards; on a lost connection the
     caller drops it), else one is checked out for this plan and returned at the end."""
     dialect = engine.dialect
+    error = dialect.loaded_dbapi.Error
     fairy = held if held is not None else engine.raw_connection()  # pool events still run
     dbapi_conn = fairy.dbapi_connection
     in_tx = False
@@ -569,7 +557,12 @@ def run_direct(
                         if not op.driver:
                             raise AssertionError(f"not a driver statement: {op.stmt}")
                         if writes and not in_tx:
-                            execute_text(dialect, dbapi_conn, "BEGIN IMMEDIATE", cursor)
+                            try:  # (execute_text, inlined: once per write plan)
+                                cursor.execute("BEGIN IMMEDIATE")
+                            except error as exc:
+                                raise _wrapped(
+                                    dialect, dbapi_conn, cursor, "BEGIN IMMEDIATE", (), exc
+                                ) from exc
                             in_tx = True
                         value = execute_dbapi(
                             dialect, dbapi_conn, op.stmt, op.params, op.fetch, cursor
@@ -582,10 +575,13 @@ def run_direct(
                 op = plan.send(value)
         except StopIteration as stop:
             if in_tx:
+                # on the plan's cursor, whose statement cache keeps COMMIT prepared
+                # (the driver's commit() prepares it anew every time)
+                assert cursor is not None  # (the transaction began on it)
                 try:
-                    dbapi_conn.commit()
-                except dialect.loaded_dbapi.Error as exc:
-                    raise _wrapped(dialect, dbapi_conn, None, "COMMIT", (), exc) from exc
+                    cursor.execute("COMMIT")
+                except error as exc:
+                    raise _wrapped(dialect, dbapi_conn, cursor, "COMMIT", (), exc) from exc
                 in_tx = False
             return stop.value
     except DBAPIError as exc:

@@ -55,6 +55,7 @@ __all__ = [
     "SEARCH_MAX",
     "SHORT_TEXT_MAX",
     "CheckedJSON",
+    "bad_index",
     "check_datetime",
     "check_int",
     "check_json",
@@ -88,7 +89,7 @@ R = TypeVar("R")
 # --- values ----------------------------------------------------------------------------
 
 
-def _bad_index(value: str) -> int:
+def bad_index(value: str) -> int:
     """Index of the first NUL (PostgreSQL text cannot hold it) or lone surrogate (no
     UTF-8 spelling) in ``value``, or -1. ASCII text, the common case, costs a memchr."""
     nul = value.find("\x00")
@@ -105,7 +106,7 @@ def check_text(value: Any, field: str, *, max_len: int | None = None) -> str:
     """``value`` if it is a storable string; raises :class:`StoreInputError` otherwise."""
     if not isinstance(value, str):
         raise StoreInputError(f"{field} must be a string, not {type(value).__name__}")
-    bad = _bad_index(value)
+    bad = bad_index(value)
     if bad >= 0:
         if value[bad] == "\x00":
             why = "a NUL character, which PostgreSQL cannot store (refused on every database)"
@@ -180,7 +181,7 @@ def _json(value: Any, field: str, path: list[str | int]) -> Any:
     # int enums...), stored as their plain value, as json.dumps would write them.
     kind = type(value)
     if kind is str:
-        if _bad_index(value) >= 0:
+        if bad_index(value) >= 0:
             check_text(value, _where(field, path))
         return value
     if value is None or kind is bool:
@@ -219,7 +220,7 @@ def _json(value: Any, field: str, path: list[str | int]) -> Any:
                         f"(got key {key!r:.40})"
                     )
                 key = str.__str__(key)
-            if _bad_index(key) >= 0:
+            if bad_index(key) >= 0:
                 check_text(key, f"a key of {_where(field, path)}")
             path.append(key)
             out[key] = _json(item, field, path)
@@ -366,7 +367,7 @@ def check_values(values: Mapping[str, Any], what: str) -> None:
             continue
         kind = type(value)
         if kind is str:
-            if _bad_index(value) >= 0:
+            if bad_index(value) >= 0:
                 check_text(value, f"{what} {column}")
         elif kind is dict or kind is list:
             _json(value, f"{what} {column}", [])
@@ -498,6 +499,10 @@ ARGUMENTS: dict[str, Callable[[Any, str], Any]] = {
 }
 
 _NONE = re.compile(r"\bNone\b")
+#: The text rules, by their length limit: what :func:`checked` writes out a shortcut for.
+_TEXT_RULES: dict[Callable[[Any, str], Any], int | None] = {
+    _text: None, _short: SHORT_TEXT_MAX, _encoding: ENCODING_MAX,
+}
 
 
 def checked(plan: Callable[P, R]) -> Callable[P, R]:
@@ -508,37 +513,55 @@ def checked(plan: Callable[P, R]) -> Callable[P, R]:
     time if a parameter has no rule, so a plan cannot grow an unchecked
     argument. The plan receives the checked values (``numpy.int64(3)`` arrives
     as ``3``).
+
+    The checking function is written out for the plan's own signature (as
+    :mod:`dataclasses` writes ``__init__``): one line per checked parameter, no
+    loop or lookup per call (every store call goes through it). So it binds its
+    arguments as the plan does: a missing, unknown or repeated argument is the
+    plan's ``TypeError``.
     """
     params = inspect.signature(plan).parameters
     missing = [n for n in params if n not in ARGUMENTS]
     if missing:
         raise TypeError(f"{plan.__name__}: no input rule for {', '.join(missing)}")
-    # per parameter: its rule, or None when nothing is to check (``_any``), and
-    # whether None passes unchecked; resolved here, not on every call (every
-    # store call goes through this)
-    rules: dict[str, tuple[Callable[[Any, str], Any] | None, bool]] = {
-        name: (
-            None if ARGUMENTS[name] is _any else ARGUMENTS[name],
-            bool(_NONE.search(str(p.annotation))),
-        )
-        for name, p in params.items()
-    }
-    names = list(rules)
-
-    def check(name: str, value: Any) -> Any:
-        rule, optional = rules[name]
-        if rule is None or (value is None and optional):
-            return value
-        return rule(value, name)
-
-    @functools.wraps(plan)
-    def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        if args:
-            args = tuple(map(check, names, args))  # type: ignore[assignment]
-        for name, value in kwargs.items():
-            rule, optional = rules[name]
-            if rule is not None and (value is not None or not optional):
-                kwargs[name] = rule(value, name)
-        return plan(*args, **kwargs)
-
+    namespace: dict[str, Any] = {"plan": plan}
+    signature: list[str] = []
+    call: list[str] = []
+    body: list[str] = []
+    star = False
+    for name, p in params.items():
+        if p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            raise TypeError(f"{plan.__name__}: {name} must be a named parameter")
+        if p.kind is p.KEYWORD_ONLY and not star:
+            signature.append("*")
+            star = True
+        if p.default is p.empty:
+            signature.append(name)
+        else:
+            namespace[f"d_{name}"] = p.default
+            signature.append(f"{name}=d_{name}")
+        call.append(name if p.kind is p.POSITIONAL_OR_KEYWORD else f"{name}={name}")
+        rule = ARGUMENTS[name]
+        if rule is _any:  # nothing to check
+            continue
+        namespace[f"r_{name}"] = rule
+        check = f"{name} = r_{name}({name}, {name!r})"
+        # None passes unchecked; text a rule would return as it is (ASCII without
+        # NUL, short enough) skips the call (a conversation id, on every call)
+        skip = [f"{name} is None"] if _NONE.search(str(p.annotation)) else []
+        if rule in _TEXT_RULES:
+            limit = _TEXT_RULES[rule]
+            skip.append(
+                f"(type({name}) is str and {name}.isascii() and '\\x00' not in {name}"
+                + (f" and len({name}) <= {limit})" if limit is not None else ")")
+            )
+        if skip:
+            check = f"if not ({' or '.join(skip)}): {check}"
+        body.append(f"    {check}\n")
+    source = (
+        f"def run({', '.join(signature)}):\n{''.join(body)}"
+        f"    return plan({', '.join(call)})\n"
+    )
+    exec(source, namespace)  # noqa: S102 - generated from the plan's parameter names only
+    run: Callable[P, R] = functools.wraps(plan)(namespace["run"])
     return run

@@ -38,7 +38,14 @@ from ._records import (
 )
 from ._schema import ConversationRow, MessageRow, UTCDateTime
 from ._store_driver import json_value
-from ._store_input import SHORT_TEXT_MAX, check_json, check_short, check_text, check_values
+from ._store_input import (
+    SHORT_TEXT_MAX,
+    bad_index,
+    check_json,
+    check_short,
+    check_text,
+    check_values,
+)
 from ._store_sql import RARE_COLUMNS
 
 __all__ = [
@@ -66,6 +73,11 @@ _TOOL_CALLS: TypeAdapter[list[ToolCall]] = TypeAdapter(list[ToolCall])
 for _cls in (Conversation, ReplyInfo, StoredMessage, Summary):
     assert not _cls.__private_attributes__ and not _cls.__pydantic_post_init__, _cls
     assert _cls.model_config.get("extra") != "allow", _cls
+
+
+#: The length of the ``messages.finish_reason`` column (shorter than the other short
+#: texts): a longer one is refused before any write, as PostgreSQL would mid-write.
+FINISH_REASON_MAX: int = getattr(MessageRow.__table__.c.finish_reason.type, "length", 0)
 
 
 def check_short_text(value: str, field: str) -> str:
@@ -140,8 +152,54 @@ def message_values(
 
     A plain message has three (role, content, pinned), so building and checking
     only those, instead of all fifteen columns, is most of the write path's
-    Python cost saved; :func:`message_params` gives the full row.
+    Python cost saved; :func:`message_params` gives the full row. A text-only
+    message (no name, tool calls, refusal, tool call id or metadata) with neither
+    key nor reply, what most appends write, takes a shorter route to the same
+    values and the same errors (see :func:`_text_only_values`).
     """
+    if idempotency_key is None and reply is None:
+        values = _text_only_values(message, pinned)
+        if values is not None:
+            return values
+    return _message_values(message, pinned=pinned, idempotency_key=idempotency_key, reply=reply)
+
+
+def _text_only_values(message: Message, pinned: bool | None) -> dict[str, Any] | None:
+    """:func:`message_values` of a text-only message (role, text content, pinned: its
+    only non-NULL columns), checked as :func:`check_values` checks them; None for
+    any other message."""
+    fields = message.__dict__
+    content = fields["content"]
+    if (
+        type(content) is not str
+        or fields["metadata"]
+        or fields["name"] is not None
+        or fields["tool_calls"] is not None
+        or fields["refusal"] is not None
+        or fields["tool_call_id"] is not None
+    ):
+        return None
+    role = fields["role"]
+    if pinned:
+        check_pinnable(role, False)
+    if type(role) is not str or bad_index(role) >= 0 or bad_index(content) >= 0:
+        return None  # (not a valid message: the general route says what is wrong)
+    # the same dict, in the same order, as the general route builds
+    return {
+        "role": role,
+        "pinned": pinned if pinned is not None else role in ("system", "developer"),
+        "content": content,
+    }
+
+
+def _message_values(
+    message: Message,
+    *,
+    pinned: bool | None,
+    idempotency_key: str | None,
+    reply: ReplyInfo | None,
+) -> dict[str, Any]:
+    """:func:`message_values` of any message (the general route)."""
     role = message.role
     if pinned:
         check_pinnable(role, bool(message.tool_calls))
@@ -172,7 +230,9 @@ def message_values(
         if reply.model is not None:
             values["model"] = check_short_text(reply.model, "reply model")
         if reply.finish_reason is not None:
-            values["finish_reason"] = reply.finish_reason
+            values["finish_reason"] = check_text(
+                reply.finish_reason, "reply finish_reason", max_len=FINISH_REASON_MAX
+            )
         if reply.system_fingerprint is not None:
             values["system_fingerprint"] = check_short_text(
                 reply.system_fingerprint, "reply system_fingerprint"
@@ -289,7 +349,8 @@ def stored_message(
         values = dict(message.__dict__)
         values.update(id=id, conversation_id=conversation_id, seq=seq, created_at=created_at,
                       pinned=params["pinned"], idempotency_key=None, reply=None)
-        return construct(StoredMessage, values)
+        # every field given: the fields set is the one every stored message shares
+        return construct(StoredMessage, values, _STORED_FIELDS)
     reply = None
     if (
         get("model") is not None

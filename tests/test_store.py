@@ -529,6 +529,23 @@ async def test_over_long_short_texts_are_refused_alike_on_both_databases(store):
     assert ok.name == "x" * 255
 
 
+async def test_over_long_finish_reason_is_refused_before_any_write(store):
+    """The finish_reason column holds 64 characters (not the 255 of the other short
+    texts): a longer one is a typed error before any write, on both databases."""
+    conv = await store.create_conversation()
+    before = store.snapshot()
+    for call in (
+        lambda r: store.append(conv.id, Message.assistant("a"), reply=r),
+        lambda r: store.append(conv.id, Message.assistant("a"), reply=r, idempotency_key="k"),
+    ):
+        with pytest.raises(StoreInputError, match="finish_reason is 65 characters long; at most 64"):
+            await call(ReplyInfo(model="m", finish_reason="f" * 65))
+    assert store.snapshot() == before
+    ok = await store.append(conv.id, Message.assistant("a"), reply=ReplyInfo(finish_reason="f" * 64))
+    assert ok.reply is not None and ok.reply.finish_reason == "f" * 64
+    assert (await store.messages(conv.id))[-1].reply == ok.reply
+
+
 async def test_hot_read_path_gives_what_sqlalchemy_gives(store):
     """Reads of messages run on the DBAPI cursor unless cursor events are observed;
     both routes must return equal values (JSON, datetimes, reply info, parts)."""

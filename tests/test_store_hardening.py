@@ -17,13 +17,15 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from convo import AsyncContextBuilder, ContextBuilder, StoreError, StoreInputError
 from convo import _store_context as context
 from convo import _store_core as core
 from convo._async_store import AsyncStore
 from convo._store import Store
-from convo._store_input import ARGUMENTS, JSON_DEPTH_MAX, SEARCH_MAX
+from convo._store_input import ARGUMENTS, JSON_DEPTH_MAX, SEARCH_MAX, checked
 
 
 class Colour(enum.StrEnum):
@@ -197,6 +199,106 @@ def test_every_public_store_method_runs_a_checked_plan(shell):
                 )
                 found.add(plan_name)
     assert set(PLANS) <= found
+
+
+def test_checked_binds_and_checks_arguments_as_the_plan_declares_them():
+    """@checked writes the checking function out for the plan's signature: every
+    argument, positional or keyword, given or default, passes its rule before the
+    plan runs; None passes only where the annotation admits it; a missing, unknown
+    or repeated argument is a TypeError and the plan does not run."""
+    ran: list[dict[str, Any]] = []
+
+    @checked
+    def plan(conversation_id: str, message: Any, *, limit: int = 50, owner: str | None = None,
+             seq: int | None = None, dialect: str) -> str:
+        ran.append({"conversation_id": conversation_id, "message": message, "limit": limit,
+                    "owner": owner, "seq": seq, "dialect": dialect})
+        return "ran"
+
+    assert plan("c", {"x": 1}, dialect="d") == "ran"
+    assert ran.pop() == {"conversation_id": "c", "message": {"x": 1}, "limit": 50, "owner": None,
+                         "seq": None, "dialect": "d"}
+    assert plan(conversation_id="c", message=None, limit=Index(3), seq=Index(-4), owner="o",
+                dialect="d") == "ran"
+    got = ran.pop()
+    assert (got["limit"], got["seq"], got["owner"]) == (3, -4, "o")
+    assert type(got["limit"]) is int and type(got["seq"]) is int
+    for bad, match in [
+        ({"conversation_id": "a\x00"}, "conversation_id contains a NUL"),
+        ({"conversation_id": None}, "conversation_id must be a string"),
+        ({"limit": 0}, "limit must be between 1"),
+        ({"limit": None}, "limit must be an integer"),
+        ({"owner": "o" * 256}, "owner is 256 characters"),
+        ({"seq": True}, "seq must be an integer, not a bool"),
+    ]:
+        with pytest.raises(StoreInputError, match=match):
+            plan(**{"conversation_id": "c", "message": None, "dialect": "d", **bad})
+    for args, kwargs in [
+        (("c", None), {}),  # dialect missing
+        (("c", None), {"dialect": "d", "bogus": 1}),
+        (("c", None, 5), {"dialect": "d"}),  # limit is keyword-only
+        (("c", None), {"dialect": "d", "conversation_id": "c"}),
+    ]:
+        with pytest.raises(TypeError):
+            plan(*args, **kwargs)
+    assert ran == []
+    assert inspect.signature(plan) == inspect.signature(plan.__wrapped__)
+    assert plan.__name__ == "plan"
+
+
+class Text(str):
+    pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=st.one_of(
+        st.text(st.characters(codec=None, exclude_categories=()), max_size=8),
+        st.text(st.sampled_from("ab\x00é"), min_size=60, max_size=300),
+        st.sampled_from(["a\x00", "\x00" * 70, "x" * 64, "x" * 65, "x" * 255, "x" * 256,
+                         Text("abc"), Text("a\x00"),
+                         b"abc", 3, None, Colour.RED]),
+    ),
+)
+def test_checked_text_shortcut_gives_what_the_rule_gives(value: Any) -> None:
+    """@checked skips the text rules' call for ASCII text without NUL within the
+    limit: every value gets what the rule itself gives, the same value (the very
+    object) or the same error."""
+
+    @checked
+    def plan(conversation_id: str, *, owner: str | None = None, encoding: str = "e",
+             dialect: str) -> tuple[Any, Any, Any]:
+        return conversation_id, owner, encoding
+
+    def outcome(make: Any) -> Any:
+        try:
+            return ("ok", make())
+        except StoreInputError as exc:
+            return ("refused", str(exc))
+
+    for position, name in enumerate(("conversation_id", "owner", "encoding")):
+        args = {"conversation_id": "c", "owner": "o", "encoding": "e", name: value}
+        got = outcome(lambda a=args, i=position: plan(**a, dialect="d")[i])
+        want = ("ok", None) if value is None and name == "owner" else outcome(
+            lambda n=name: ARGUMENTS[n](value, n))
+        assert got == want
+        if got[0] == "ok":
+            assert got[1] is want[1]
+
+
+def test_checked_refuses_a_parameter_it_cannot_check():
+    with pytest.raises(TypeError, match="no input rule for colour"):
+        checked(lambda conversation_id, colour: None)
+    with pytest.raises(TypeError, match="must be a named parameter"):
+        checked(lambda *message: None)
+    with pytest.raises(TypeError, match="must be a named parameter"):
+        checked(lambda **message: None)
+
+
+def test_a_store_plan_given_an_unknown_argument_raises_type_error():
+    with pytest.raises(TypeError, match="unexpected keyword argument 'bogus'"):
+        core.append("c", {"role": "user", "content": "x"}, idempotency_key=None, pinned=None,
+                    reply=None, owner=None, dialect="sqlite", bogus=1)
 
 
 # --- read-only databases --------------------------------------------------------------------

@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from sqlalchemy.dialects import sqlite
 from turns_support import RUN_BODY as BODY
 from turns_support import start_run as _start
@@ -576,3 +578,91 @@ def test_a_builds_messages_each_hold_their_own_values(make_db: Any) -> None:
         for m in msgs:
             assert m.__dict__ is not msgs[0].__dict__ or m is msgs[0]
             assert m == StoredMessage.model_validate(m.model_dump())
+
+
+# --- the text-only append: fast routes equal the general ones --------------------------------
+
+
+def _outcome(make: Any) -> Any:
+    try:
+        return make()
+    except StoreInputError as exc:
+        return ("refused", str(exc))
+
+
+_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    role=st.sampled_from(["system", "developer", "user", "assistant"]),
+    content=st.one_of(_TEXT, st.sampled_from(["a\x00b", "\ud800", "é\x00", "é\udfff"]),
+                      st.none()),
+    extra=st.sampled_from([{}, {"name": "n"}, {"name": "n" * 256}, {"metadata": {"k": 1}},
+                           {"metadata": {}}, {"refusal": "no"}]),
+    pinned=st.sampled_from([None, False, True]),
+    key=st.sampled_from([None, "k", "k\x00"]),
+    reply=st.sampled_from([None, ReplyInfo(model="m", finish_reason="stop")]),
+)
+def test_text_only_message_values_are_the_general_routes(role: str, content: Any,
+                                                          extra: dict[str, Any], pinned: Any,
+                                                          key: Any, reply: Any) -> None:
+    """``message_values`` of a text-only message without key or reply takes a short
+    route (``_text_only_values``); every message gets the general route's values, in
+    the same order, or its error, and nothing but a text-only message takes the
+    short route."""
+    from convo._store_rows import _message_values, _text_only_values, message_values
+
+    if content is None:  # (a message without content is an assistant's refusal)
+        extra = {**extra, "refusal": "no"}
+    if "refusal" in extra:
+        role = "assistant"
+    message = Message.model_validate({"role": role, "content": content, **extra})
+    kw = {"pinned": pinned, "idempotency_key": key, "reply": reply}
+    fast = _outcome(lambda: message_values(message, **kw))
+    general = _outcome(lambda: _message_values(message, **kw))
+    assert fast == general
+    if isinstance(fast, dict):
+        assert list(fast.items()) == list(general.items())
+    short = _text_only_values(message, pinned)
+    plain = _outcome(lambda: _message_values(message, pinned=pinned, idempotency_key=None,
+                                             reply=None))
+    text_only = type(content) is str and not message.metadata and set(extra) <= {"metadata"}
+    if short is not None:
+        assert text_only and short == plain
+    elif text_only:  # refused text goes the general way, which names the column
+        assert "\x00" in content or any("\ud800" <= c <= "\udfff" for c in content)
+        assert plain[0] == "refused" and "message content" in plain[1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    role=st.sampled_from(["system", "developer", "user", "assistant"]),
+    content=_TEXT,
+    extra=st.sampled_from([{}, {"name": "n"}, {"metadata": {"k": [1]}}]),
+    pinned=st.sampled_from([None, False, True]),
+    key=st.sampled_from([None, "k"]),
+    reply=st.sampled_from([None, ReplyInfo(model="m", usage={"total_tokens": 3}, seed=1)]),
+)
+def test_the_stored_message_of_an_append_is_the_validated_value(
+    role: str, content: str, extra: dict[str, Any], pinned: Any, key: Any, reply: Any
+) -> None:
+    """``stored_message`` (a plain message's short route shares one fields set; the
+    others build theirs) gives what validating the stored row's values gives."""
+    from convo._store_input import bad_index
+    from convo._store_rows import message_values, stored_message
+
+    assume(bad_index(content) < 0)
+    message = Message.model_validate({"role": role, "content": content, **extra})
+    values = message_values(message, pinned=pinned, idempotency_key=key, reply=reply)
+    stamp = datetime.now(UTC)
+    got = stored_message(message, values, id=7, conversation_id="c", seq=3, created_at=stamp)
+    want = StoredMessage.model_validate({
+        **message.model_dump(), "id": 7, "conversation_id": "c", "seq": 3, "created_at": stamp,
+        "pinned": values["pinned"], "idempotency_key": key, "reply": reply,
+    })
+    assert got == want and got.__dict__ == want.__dict__
+    assert got.model_fields_set == want.model_fields_set
+    assert got.model_dump_json() == want.model_dump_json()
+    copied = got.model_copy(update={"content": "other"})  # a shared fields set stays as it was
+    assert got.model_fields_set == want.model_fields_set and copied.content == "other"
