@@ -633,9 +633,7 @@ def request_body(
     """The exact JSON text sent (and stored in the run). ``wire``: what
     :func:`wire_params` gave for ``spec`` (computed once a turn)."""
     profile = spec.builder.profile
-    body = ctx.request()
-    if ctx.mode == "completion" and ctx.tools:
-        body.pop("tools", None)  # the template rendered them into the prompt
+    body = ctx.request()  # in completion mode without tools: the template renders them
     params, extra = wire if wire is not None else wire_params(spec)
     body.update(params)
     if spec.response_format is not None and ctx.mode == "chat":
