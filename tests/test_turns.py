@@ -218,21 +218,31 @@ async def test_response_format_is_sent_and_the_json_reply_stored(env: Env) -> No
 
 
 @pytest.mark.parametrize(
-    "params",
-    [{"temprature": 0.5}, {"stream": True}, {"messages": []}, {"suffix": "x"}],
-    ids=["typo", "stream", "messages", "completion-only"],
+    ("params", "message"),
+    [
+        ({"temprature": 0.5},
+         "unknown chat parameter 'temprature' (pass server extras in extra_body=)"),
+        ({"stream": True}, "'stream' is set by the turn, not a parameter"),
+        ({"messages": []}, "'messages' is set by the turn, not a parameter"),
+        ({"prompt": "x"}, "'prompt' is set by the turn, not a parameter"),
+        ({"model": "gpt-4o"}, "'model' is set by the turn, not a parameter"),
+        ({"suffix": "x"}, "unknown chat parameter 'suffix' (pass server extras in extra_body=)"),
+    ],
+    ids=["typo", "stream", "messages", "prompt", "model", "completion-only"],
 )
 async def test_a_bad_parameter_is_refused_before_anything_is_written(
-    env: Env, params: dict[str, Any]
+    env: Env, params: dict[str, Any], message: str
 ) -> None:
     chat = env.chat()
     conv = await env.store.create_conversation()
     await chat.send(conv.id, "first")
     before = env.store.snapshot()
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError) as caught:
         await chat.send(conv.id, "second", **params)
-    with pytest.raises(ConfigurationError):
+    assert str(caught.value) == message
+    with pytest.raises(ConfigurationError) as caught:
         await chat.stream(conv.id, "second", **params).result()
+    assert str(caught.value) == message
     assert env.store.snapshot() == before
     assert len(env.model_requests()) == 1
 
