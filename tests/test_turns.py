@@ -256,8 +256,14 @@ async def test_a_bad_parameter_is_refused_before_anything_is_written(
         ((5,), {}, InvalidMessageError),
         (("bad \ud800",), {}, StoreInputError),
         (("bad \x00",), {}, StoreInputError),
+        (("second",), {"response_format": "json_object"}, ConfigurationError),
+        (("second",), {"response_format": {"type": "json_schema", "json_schema": object()}},
+         StoreInputError),
+        (("second",), {"response_format": {"type": "json_schema", "x": float("nan")}},
+         StoreInputError),
     ],
-    ids=["nan", "float-seed", "inf-extra", "int-message", "surrogate", "nul"],
+    ids=["nan", "float-seed", "inf-extra", "int-message", "surrogate", "nul",
+         "str-response-format", "object-response-format", "nan-response-format"],
 )
 async def test_hostile_turn_input_is_refused_before_anything_is_written(
     env: Env, args: tuple[Any, ...], params: dict[str, Any], error: type[Exception]
