@@ -467,6 +467,19 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
                        "params, extra = wire if wire is None else wire_params(spec)")],
     ],
     "_replay_plan": [
+        *[("plan_replay", code,
+           ("the items plan_replay returns are only counted (ReplayProgress.items): the report "
+            "reads the stored items, whose verdict save_verdict wrote"))
+          for code in (
+              'i.model_copy(update={"verdict": verdict}) if (i.status == "ok") and False else i',
+              'i.model_copy(update={"verdict": verdict}) if (i.status == "ok") or True else i',
+              'i.model_copy(update=None) if i.status == "ok" else i',
+              'i.model_copy(update={"XXverdictXX": verdict}) if i.status == "ok" else i',
+              'i.model_copy(update={"VERDICT": verdict}) if i.status == "ok" else i',
+              'i.model_copy(update={"verdict": verdict}) if i.status != "ok" else i',
+              'i.model_copy(update={"verdict": verdict}) if i.status == "XXokXX" else i',
+              'i.model_copy(update={"verdict": verdict}) if i.status == "OK" else i',
+          )],
         *[("_canonical", f"return json.dumps(json.loads(arguments), sort_keys=True, {sep})",
            "both sides of the comparison go through _canonical: any fixed separators compare alike")
           for sep in ("separators=None", "", 'separators=("XX,XX", ":")', 'separators=(",", "XX:XX")')],
