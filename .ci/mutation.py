@@ -467,6 +467,8 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
                        "params, extra = wire if wire is None else wire_params(spec)")],
     ],
     "_replay_plan": [
+        ("split_turns", "responses: list[StoredMessage] = None",
+         "a dead store: read only after the first user message sets it"),
         *[("plan_replay", code,
            ("the items plan_replay returns are only counted (ReplayProgress.items): the report "
             "reads the stored items, whose verdict save_verdict wrote"))
