@@ -68,7 +68,7 @@ MODULES: dict[str, list[str]] = {
     "_store_sql": ["test_store.py", "test_store_fork.py", "test_store_edges.py"],
     # turns, runs and replays: the pure cores run on SQLite, the store plans on both
     "_turn_plan": ["test_turns.py", "test_turns_failures.py", "test_turns_tools.py",
-                   "test_turns_branches.py"],
+                   "test_turns_branches.py", "test_turn_hotpath.py"],
     "_tools": ["test_turns_tools.py"],
     "_replay_plan": ["test_replay.py", "test_cli_replay.py"],
     "_reproduce": ["test_reproduce.py", "test_cli_replay.py"],
@@ -88,6 +88,11 @@ _DOUBLE_CHECK = (
     "re-read matters only when two threads race on a key's first counter"
 )
 _TRUTH = "only tested for truth: None and False alike"
+_SHELL_RAISES = (
+    "which of TurnCancelled and the Sent's error the plan raises is not seen: the shells re-raise "
+    "the error instead of TurnCancelled, and a Sent without one (the caller stopped reading a "
+    "stream) is fed in by _unwind, which swallows TurnCancelled"
+)
 _UNREPORTED_REASON = (
     "a stop reason given with nothing dropped is never reported: result() says "
     "'history exhausted' whenever dropped_count is 0"
@@ -402,6 +407,30 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "neither '' nor 'XXXX' starts with '<key>#r' (a key is never 'XX...' plus '#r')"),
         ("_answered_elsewhere", 'if (message.idempotency_key or "XXXX").startswith(prefix):',
          "neither '' nor 'XXXX' starts with '<key>#'"),
+        ("plan_turn", 'stored = [m for m in later if (m.idempotency_key or "XXXX").startswith(prefix)]',
+         "neither '' nor 'XXXX' starts with '<key>#'"),
+        ("plan_turn", 'report: ContextReport | None = ""',
+         "a dead store: the loop sets report before anything reads it"),
+        ("plan_turn", "cid, spec.tool_definitions, spec.response_format, None",
+         ("the owner was checked before the build, by the turn's first store call (the append, "
+          "the conversation or tool-call read) or, for a regenerate, by the shell's create_branch; "
+          "the build's reads only repeat the check")),
+        *[("plan_turn", code,
+           "wire is wire_params(spec), computed once a turn: computing it again gives the same")
+          for code in ("body = request_body(ctx, spec, None)", "body = request_body(ctx, spec, )")],
+        ("plan_turn", '"input_seq": max(kept) if (kept) or True else None,',
+         ("a turn's build keeps at least the message it answers (else it raises): kept is never "
+          "empty")),
+        *[("plan_turn", code, _SHELL_RAISES) for code in (
+            "if sent.cancelled and error is None:", "if sent.cancelled or error is not None:",
+            "raise TurnCancelled(None)", 'raise TurnCancelled("XXthe turn was cancelledXX")',
+            'raise TurnCancelled("THE TURN WAS CANCELLED")')],
+        ("plan_turn", "runs.append(None)",
+         "a dead store: the plan raises right after, and runs is not read again",
+         "runs.append(finished.run)"),
+        ("plan_turn",
+         "info = response.reply_info(seed=seed if (isinstance(seed, int)) or True else None)",
+         "check_params refused a seed that is not an int, and an unset seed is None either way"),
         ("plan_turn", 'if result.role != "tool" and not result.tool_call_id:',
          "Message itself refuses a tool message without a tool_call_id and any other with one"),
         *[("plan_turn", f"anchor = {v}", "read only after a user message or tool results set it")
@@ -426,8 +455,33 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
               ("XXokXX", "effect.tool.parse_arguments(effect.call.function.arguments)"),
               ("OK", "effect.tool.parse_arguments(effect.call.function.arguments)"),
           ]],
+        *[("_answer_json", f"return checked_json_text(sent.body, {name})",
+           "the name goes only into the StoreInputError that _answer_json catches (then dumps)")
+          for name in ("None", '"XXrun responseXX"', '"RUN RESPONSE"')],
+        ("builder_settings", "builder.reply_reserve, id(None), builder.profile, builder.max_messages,",
+         ("a new template also fails `cached[1] is not builder._template` (the cache holds the "
+          "old one, so its id is not reused): the template's id in the key adds nothing")),
+        *[("request_body", code,
+           "wire is wire_params(spec), computed once a turn: computing it again gives the same")
+          for code in ("params, extra = wire if (wire is not None) and False else wire_params(spec)",
+                       "params, extra = wire if wire is None else wire_params(spec)")],
     ],
     "_replay_plan": [
+        ("split_turns", "responses: list[StoredMessage] = None",
+         "a dead store: read only after the first user message sets it"),
+        *[("plan_replay", code,
+           ("the items plan_replay returns are only counted (ReplayProgress.items): the report "
+            "reads the stored items, whose verdict save_verdict wrote"))
+          for code in (
+              'i.model_copy(update={"verdict": verdict}) if (i.status == "ok") and False else i',
+              'i.model_copy(update={"verdict": verdict}) if (i.status == "ok") or True else i',
+              'i.model_copy(update=None) if i.status == "ok" else i',
+              'i.model_copy(update={"XXverdictXX": verdict}) if i.status == "ok" else i',
+              'i.model_copy(update={"VERDICT": verdict}) if i.status == "ok" else i',
+              'i.model_copy(update={"verdict": verdict}) if i.status != "ok" else i',
+              'i.model_copy(update={"verdict": verdict}) if i.status == "XXokXX" else i',
+              'i.model_copy(update={"verdict": verdict}) if i.status == "OK" else i',
+          )],
         *[("_canonical", f"return json.dumps(json.loads(arguments), sort_keys=True, {sep})",
            "both sides of the comparison go through _canonical: any fixed separators compare alike")
           for sep in ("separators=None", "", 'separators=("XX,XX", ":")', 'separators=(",", "XX:XX")')],
@@ -750,9 +804,11 @@ def run_module(module: str, jobs: int, *, survivors: bool, minutes: float | None
         # changed tests cover other functions now: have mutmut map tests to functions anew
         (workdir / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
         shutil.rmtree(workdir / "pgdata", ignore_errors=True)  # a fresh template database
-        # and the mutants a stopped run (--minutes) did not reach: a stopped run goes on
+        # and the mutants a stopped run (--minutes) did not reach: a stopped run goes on;
+        # not those listed in EQUIVALENT (no test can kill them: each would only run every
+        # test that reaches it again)
         names = [m.name for m in previous.mutants
-                 if m.status in ("survived", "no tests", "not checked")]
+                 if m.status in ("survived", "no tests", "not checked") and not m.equivalent]
         if not names:
             return previous
     started = time.monotonic()
@@ -882,8 +938,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="show the module -> tests mapping")
     parser.add_argument("--report", action="store_true", help="print the table of the last runs")
     parser.add_argument("--survivors", action="store_true",
-                        help="re-run only the last run's surviving mutants (and those a stopped "
-                             "run did not reach), with the current tests")
+                        help="re-run only the last run's surviving mutants not listed as "
+                             "equivalent (and those a stopped run did not reach), with the "
+                             "current tests")
     parser.add_argument("--minutes", type=float, default=None,
                         help="stop each module's run after this long; the rest count as not run")
     parser.add_argument("--collect", metavar="COMMIT", default=None,

@@ -260,6 +260,12 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
     check_params(params, spec.builder.mode)  # the client's own type rules (seed=1.5...)
     for part in (params, extra):
         check_json(part, "request parameters")
+    if spec.response_format is not None:  # (the build checks it too: after the append)
+        if not isinstance(spec.response_format, dict):
+            raise ConfigurationError(
+                f"response_format must be a dict, not {type(spec.response_format).__name__}"
+            )
+        check_json(spec.response_format, "response_format")
     owner = spec.owner
     cid = spec.conversation_id
     user: StoredMessage | None = None
@@ -633,9 +639,7 @@ def request_body(
     """The exact JSON text sent (and stored in the run). ``wire``: what
     :func:`wire_params` gave for ``spec`` (computed once a turn)."""
     profile = spec.builder.profile
-    body = ctx.request()
-    if ctx.mode == "completion" and ctx.tools:
-        body.pop("tools", None)  # the template rendered them into the prompt
+    body = ctx.request()  # in completion mode without tools: the template renders them
     params, extra = wire if wire is not None else wire_params(spec)
     body.update(params)
     if spec.response_format is not None and ctx.mode == "chat":

@@ -149,6 +149,11 @@ async def test_continue_mode_two_arms_with_a_tool_round(store):
     hidden = await store.list_branches(cid, include_replays=True)
     assert {b.conversation.branch_kind for b in hidden[1:]} == {"replay"}
     assert all(not b.current for b in hidden[1:])
+    # a turn's messages on the arm's branch carry the turn's key, its tool round's too
+    turn_1 = f"replay:{report.replay.id}:0:1"
+    keys = [m.idempotency_key for m in await store.messages(branches["chat-arm"])][3:]
+    assert keys[:3] == [turn_1, f"{turn_1}#r0", f"{turn_1}#t0:{keys[2].split(':')[-1]}"]
+    assert keys[3] == f"{turn_1}#r1"
     # every new run links to the original turn's run
     for item in report.items:
         run = await store.get_run(item.run_id)
@@ -176,6 +181,11 @@ async def test_teacher_forcing_answers_the_original_history(store):
     for item in report.items:
         branch = await store.get_conversation(item.branch_id)
         assert branch.branch_kind == "replay" and branch.fork_seq == item.user_seq
+        assert branch.metadata == {"replay_id": report.replay.id, "arm": item.arm,
+                                   "turn": item.turn}
+    # the thread's current branch is where the user left it
+    assert (await store.get_conversation(cid)).current_branch_id in (None, cid)
+    assert [b.conversation.id for b in await store.list_branches(cid) if b.current] == [cid]
 
 
 async def test_resume_skips_what_is_done(store):
@@ -211,6 +221,9 @@ async def test_judge_verdicts_are_stored(store):
     assert report.arms()[0].wins == 3
     stored = await h.call(h.replayer, "report", report.replay.id)
     assert stored.items == report.items
+    sent = len(h.fake.requests)
+    again = await h.replay(replay_id=report.replay.id)  # every turn done and judged
+    assert again.items == report.items and len(h.fake.requests) == sent
 
 
 async def test_reports_export_to_json_and_csv(store):
@@ -565,6 +578,73 @@ async def test_a_resumed_continue_replay_goes_on_on_the_arms_branch(store):
     assert roles == ["user", "assistant", "user", "assistant"]
 
 
+async def test_a_failed_arm_skips_its_later_turns_and_its_resume_goes_on_on_its_branch(store):
+    """Continue mode: arm a fails on turn 0, so its turn 1 is skipped while arm b (its own
+    server) answers both turns, each judged; the resume replays a's turns on the branch
+    its failed turn made."""
+    h = Harness(store, FakeBackend())
+    conv = await store.create_conversation()
+    for text in ("Hi", "Bye"):
+        h.fake.reply(f"re: {text}")
+        await h.send(conv.id, text)
+    make = AsyncOpenAIClient if store.is_async else OpenAIClient
+    other, judging = FakeBackend(), FakeBackend()
+    b_client, judge_client = (
+        make(base_url="http://fake/v1", api_key="sk-test", max_retries=0, transport=f.transport())
+        for f in (other, judging)
+    )
+    arms = [Arm("gpt-4o-mini", name="a"), Arm("gpt-4o-mini", name="b", client=b_client)]
+    h.fake.fail(500)
+    other.reply("b0")
+    other.reply("b1")
+    for _ in range(4):
+        judging.reply_json({"winner": "b", "reason": "it answered"})
+    report = await h.replay(conv.id, arms=arms, mode="continue", judge="gpt-4o",
+                            judge_client=judge_client)
+    assert [(i.turn, i.arm, i.status) for i in report.items] == [
+        (0, "a", "failed"), (0, "b", "ok"), (1, "a", "skipped"), (1, "b", "ok")]
+    skipped = report.items[2]
+    assert skipped.error == "an earlier turn of this arm failed" and skipped.branch_id is None
+    assert [i.verdict["winner"] for i in report.items if i.status == "ok"] == ["b", "b"]
+    branch = report.items[0].branch_id
+    assert branch is not None
+    assert (await store.get_conversation(branch)).metadata == {
+        "replay_id": report.replay.id, "arm": "a"}
+
+    h.fake.reply("a0")
+    h.fake.reply("a1")
+    again = await h.replay(replay_id=report.replay.id, judge_client=judge_client)
+    assert [(i.arm, i.status, i.text) for i in again.items] == [
+        ("a", "ok", "a0"), ("b", "ok", "b0"), ("a", "ok", "a1"), ("b", "ok", "b1")]
+    assert [i.branch_id for i in again.items if i.arm == "a"] == [branch, branch]
+    assert [m.text for m in await store.messages(branch) if m.role == "user"] == ["Hi", "Bye"]
+
+
+async def test_a_replayed_turn_takes_up_to_8_tool_rounds(store):
+    h = Harness(store, FakeBackend())
+    conv = await store.create_conversation()
+    h.fake.reply_tool_calls([("get_weather", {"city": "Paris"})])
+    h.fake.reply("21C.")
+    await h.send(conv.id, "Weather?")
+    sent = len(h.fake.requests)
+    for _ in range(8):  # the first answer, then 7 of the 8 rounds call the tool again
+        h.fake.reply_tool_calls([("get_weather", {"city": "Paris"})])
+    h.fake.reply("Still 21C.")
+    [item] = (await h.replay(conv.id, arms=[ARMS[0]])).items
+    assert (item.status, item.text) == ("ok", "Still 21C.")
+    assert len(h.fake.requests) - sent == 9
+    runs = (await store.list_runs(item.branch_id)).items
+    assert len(runs) == 9  # the item counts every round's tokens
+    assert item.prompt_tokens == sum(r.reported_prompt_tokens for r in runs)
+    sent = len(h.fake.requests)
+    for _ in range(9):  # still calling after the 8th round: the replay stops there
+        h.fake.reply_tool_calls([("get_weather", {"city": "Paris"})])
+    h.fake.reply("Never asked for.")
+    [item] = (await h.replay(conv.id, arms=[ARMS[0]])).items
+    assert item.status == "ok" and item.text != "Never asked for."
+    assert len(h.fake.requests) - sent == 9
+
+
 async def test_a_judged_replay_resumed_after_a_crash_judges_the_turn_its_arms_finished(store):
     """The process dies between a turn's saved items and its verdict: the resume sends no
     arm again and judges the turn with every arm's stored reply."""
@@ -593,6 +673,7 @@ async def test_a_judged_replay_resumed_after_a_crash_judges_the_turn_its_arms_fi
     assert judged["model"] == "gpt-4o"
     payload = json.loads(judged["messages"][-1]["content"])
     assert payload["candidates"] == {"chat-arm": "Hi there.", "flat-arm": "Hey."}
+    assert (payload["user_message"], payload["original_reply"]) == ("Hi", "Hello!")
     assert again.replay.status == "done"
     assert [(i.arm, i.text, i.verdict["winner"]) for i in again.items] == [
         ("chat-arm", "Hi there.", "flat-arm"), ("flat-arm", "Hey.", "flat-arm")]

@@ -12,7 +12,10 @@ gives what the long way gave, and refuses what it refused.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import pathlib
 from typing import Any
 
 import httpx
@@ -36,7 +39,7 @@ from convo._store_input import (
     checked_json_text,
     contains,
 )
-from convo._turn_plan import builder_settings, checked_settings
+from convo._turn_plan import builder_settings, checked_settings, request_body, wire_params
 from convo._turns import _as_message
 from convo._types import ChatCompletion, Completion, SerializedRequest
 from convo.testing import FakeBackend
@@ -199,6 +202,59 @@ def test_a_builders_checked_settings_follow_its_settings(make_db: Any) -> None:
     assert checked_settings(builder) is checked_settings(builder)  # checked once
     builder.budget = 800
     assert checked_settings(builder).value()["budget"] == 800 == builder_settings(builder)["budget"]
+    assert builder_settings(builder)["template"] is None
+    assert builder_settings(builder)["template_sha256"] is None
+    # Set by hand past what the constructor allows: the run's settings are refused, by name.
+    builder.budget = 2**64
+    with pytest.raises(StoreInputError, match=r"^run settings\b"):
+        checked_settings(builder)
+    builder.budget = 900
+    assert checked_settings(builder).value()["budget"] == 900
+    store.close()
+
+
+def test_a_run_records_every_setting_of_its_builder_by_name(make_db: Any) -> None:
+    from convo import ChatProfile, ContextBuilder, Store
+
+    store = Store(make_db("sqlite"))
+    builder = ContextBuilder(
+        store, model="gpt-4o-mini", reserve=500, max_messages=40, max_history_tokens=700,
+        truncate="tail", summary_max_tokens=90, summary_role="user", low_water=0.25,
+        profile=ChatProfile.compatible(),
+    )
+    assert builder.reply_reserve == 500
+    assert builder_settings(builder) == {
+        "model": "gpt-4o-mini", "mode": "chat", "encoding": "o200k_base",
+        "budget": builder.budget, "reply_reserve": 500, "template": None,
+        "template_sha256": None, "profile": dataclasses.asdict(ChatProfile.compatible()),
+        "max_messages": 40, "max_history_tokens": 700, "truncate": "tail",
+        "summary_max_tokens": 90, "summary_role": "user", "low_water": 0.25,
+    }
+    store.close()
+
+
+def test_a_template_without_a_name_or_source_is_recorded_by_its_type(make_db: Any) -> None:
+    from convo import ContextBuilder, Store
+
+    class Bare:
+        """Only what the builder requires of a template: render()."""
+
+        def render(self, messages: Any, **kw: Any) -> str:
+            return ""
+
+    class Filed(Bare):
+        name = pathlib.PurePosixPath("templates/mine.jinja")  # not a str: recorded as its str()
+
+    store = Store(make_db("sqlite"))
+    bare, filed = (
+        builder_settings(ContextBuilder(store, model="gpt-4o-mini", budget=1000,
+                                        mode="completion", template=t()))
+        for t in (Bare, Filed)
+    )
+    assert bare["template"] == "Bare"
+    assert bare["template_sha256"] == hashlib.sha256(b"builtin:Bare").hexdigest()
+    assert filed["template"] == "templates/mine.jinja"
+    assert filed["template_sha256"] == hashlib.sha256(b"builtin:templates/mine.jinja").hexdigest()
     store.close()
 
 
@@ -222,6 +278,43 @@ async def test_a_started_run_is_the_run_read_back_field_for_field(store: Any) ->
                                   usage={"prompt_tokens": 3})
     got = await store.get_run(run.id, owner="alice")
     assert done.run == got and done.run.response == {"id": "x", "n": None}  # (JSONB: key order)
+
+
+# --- the request body ------------------------------------------------------------------------
+
+
+def test_a_request_body_takes_the_turns_parameters_computed_or_given(make_db: Any) -> None:
+    """``request_body`` computes the wire parameters when the caller has not (a turn
+    computes them once); a caller's ``stream_options`` are sent as given; a body that is
+    not JSON is refused by name."""
+    from convo import Chat, Store
+
+    store = Store(make_db("sqlite"))
+    client = OpenAIClient(api_key="sk-test", base_url="http://fake/v1",
+                          transport=FakeBackend().transport())
+    chat = Chat(store, client, model="gpt-4o-mini", params={"max_tokens": 9})
+    conv = store.create_conversation()
+    store.append(conv.id, Message.user("Hi"))
+    ctx = chat.builder.build(conv.id)
+
+    def spec(response_format: Any = None, **params: Any) -> Any:
+        return chat._spec(conv.id, None, idempotency_key=None, owner=None, stream=True,
+                          response_format=response_format, params=params)
+
+    plain = spec(extra_body={"user": "u-1"})
+    body = request_body(ctx, plain)
+    assert json.loads(body) == {
+        "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}],
+        "max_completion_tokens": 9, "stream": True, "stream_options": {"include_usage": True},
+        "user": "u-1",
+    }
+    assert body == request_body(ctx, plain, wire_params(plain))
+    mine = spec(stream_options={"include_usage": False})
+    assert json.loads(request_body(ctx, mine))["stream_options"] == {"include_usage": False}
+    with pytest.raises(InvalidMessageError, match="^the request body is not JSON-serializable: "):
+        request_body(ctx, spec({"type": "json_schema", "json_schema": object()}))
+    client.close()
+    store.close()
 
 
 # --- the client: a turn's own body is not parsed again --------------------------------------

@@ -26,6 +26,7 @@ from convo import (
     ChatProfile,
     CompletionChunk,
     ConfigurationError,
+    ContextError,
     ConversationNotFound,
     FunctionCall,
     InvalidMessageError,
@@ -209,24 +210,39 @@ async def test_response_format_is_sent_and_the_json_reply_stored(env: Env) -> No
     assert json.loads(env.last_body())["response_format"] == {"type": "json_object"}
     assert json.loads(result.text) == {"message": "You said: JSON again"}
     assert result.run.body()["response_format"] == {"type": "json_object"}
+    # JSON mode needs a message that mentions JSON: the build is told the response format.
+    other = await env.store.create_conversation()
+    with pytest.raises(ContextError, match="requires a message that mentions JSON"):
+        await chat.send(other.id, "Hello", response_format={"type": "json_object"})
+    assert len(env.model_requests()) == 2
 
 
 @pytest.mark.parametrize(
-    "params",
-    [{"temprature": 0.5}, {"stream": True}, {"messages": []}, {"suffix": "x"}],
-    ids=["typo", "stream", "messages", "completion-only"],
+    ("params", "message"),
+    [
+        ({"temprature": 0.5},
+         "unknown chat parameter 'temprature' (pass server extras in extra_body=)"),
+        ({"stream": True}, "'stream' is set by the turn, not a parameter"),
+        ({"messages": []}, "'messages' is set by the turn, not a parameter"),
+        ({"prompt": "x"}, "'prompt' is set by the turn, not a parameter"),
+        ({"model": "gpt-4o"}, "'model' is set by the turn, not a parameter"),
+        ({"suffix": "x"}, "unknown chat parameter 'suffix' (pass server extras in extra_body=)"),
+    ],
+    ids=["typo", "stream", "messages", "prompt", "model", "completion-only"],
 )
 async def test_a_bad_parameter_is_refused_before_anything_is_written(
-    env: Env, params: dict[str, Any]
+    env: Env, params: dict[str, Any], message: str
 ) -> None:
     chat = env.chat()
     conv = await env.store.create_conversation()
     await chat.send(conv.id, "first")
     before = env.store.snapshot()
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError) as caught:
         await chat.send(conv.id, "second", **params)
-    with pytest.raises(ConfigurationError):
+    assert str(caught.value) == message
+    with pytest.raises(ConfigurationError) as caught:
         await chat.stream(conv.id, "second", **params).result()
+    assert str(caught.value) == message
     assert env.store.snapshot() == before
     assert len(env.model_requests()) == 1
 
@@ -240,8 +256,14 @@ async def test_a_bad_parameter_is_refused_before_anything_is_written(
         ((5,), {}, InvalidMessageError),
         (("bad \ud800",), {}, StoreInputError),
         (("bad \x00",), {}, StoreInputError),
+        (("second",), {"response_format": "json_object"}, ConfigurationError),
+        (("second",), {"response_format": {"type": "json_schema", "json_schema": object()}},
+         StoreInputError),
+        (("second",), {"response_format": {"type": "json_schema", "x": float("nan")}},
+         StoreInputError),
     ],
-    ids=["nan", "float-seed", "inf-extra", "int-message", "surrogate", "nul"],
+    ids=["nan", "float-seed", "inf-extra", "int-message", "surrogate", "nul",
+         "str-response-format", "object-response-format", "nan-response-format"],
 )
 async def test_hostile_turn_input_is_refused_before_anything_is_written(
     env: Env, args: tuple[Any, ...], params: dict[str, Any], error: type[Exception]
@@ -254,6 +276,25 @@ async def test_hostile_turn_input_is_refused_before_anything_is_written(
         await chat.send(conv.id, *args, **params)
     assert env.store.snapshot() == before
     assert len(env.model_requests()) == 1
+
+
+async def test_a_chat_only_parameter_is_refused_in_completion_mode(env: Env) -> None:
+    chat = env.chat(mode="completion")
+    conv = await env.store.create_conversation()
+    before = env.store.snapshot()
+    with pytest.raises(ConfigurationError, match="^unknown completion parameter 'tool_choice'"):
+        await chat.send(conv.id, "Hi", tool_choice="auto")
+    assert env.store.snapshot() == before and env.model_requests() == []
+
+
+async def test_client_options_and_unset_parameters_stay_out_of_the_body(env: Env) -> None:
+    """Each is skipped, and the parameters after it are sent."""
+    chat = env.chat(params={"timeout": 30.0, "top_p": None})
+    conv = await env.store.create_conversation()
+    await chat.send(conv.id, "Hi", max_retries=1, seed=None, temperature=0.5)
+    assert json.loads(env.last_body()) == {
+        "model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "temperature": 0.5,
+    }
 
 
 async def test_extra_body_reaches_the_wire(env: Env) -> None:

@@ -184,6 +184,9 @@ async def test_a_key_resent_after_a_regenerate_returns_the_current_reply(env: En
     again = await chat.send(conv.id, "Q", idempotency_key="k1")
     assert again.from_store and len(fake.requests) == sent
     assert again.reply.id == regenerated.reply.id and again.reply.text == "second"
+    # what this send found: the key's (inherited) user message and the branch's reply, no run
+    assert again.user is not None and (again.user.seq, again.user.text) == (1, "Q")
+    assert again.messages == [again.reply] and again.runs == [] and again.run is None
     assert again.conversation_id == regenerated.conversation_id
     rows = [(m.role, m.text) for m in await store.messages(regenerated.conversation_id)]
     assert rows == [("user", "Q"), ("assistant", "second")]

@@ -1,24 +1,21 @@
-"""Concurrent turns: many conversations at once, many turns on one conversation, one key twice.
+"""Concurrent turns: many conversations at once, many turns on one conversation.
 
 AsyncChat over AsyncStore with asyncio.gather, against the fake's loopback
-server, on PostgreSQL and SQLite; the same-key race four ways (threads for
-the sync Chat, tasks for AsyncChat).
+server, on PostgreSQL and SQLite. (The same-key race, and two keyed turns interleaved on
+one conversation, are in test_turns_failures.py, with the other idempotency tests.)
 """
-
-# ruff: noqa: F811 - the env/path fixtures are imported, then named as test arguments
 
 from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from turns_support import MODEL, Env, Tap, env, path  # noqa: F401 - fixtures
+from turns_support import MODEL
 
 from convo import AsyncChat, AsyncOpenAIClient, AsyncStore
 from convo.testing import FakeBackend
@@ -88,58 +85,3 @@ async def test_20_turns_on_one_conversation_at_once(served: Served) -> None:
         sent = json.loads(result.run.request)["messages"]
         assert result.user.content in [m["content"] for m in sent if m["role"] == "user"]
         assert len(sent) == len(result.run.kept_seqs)
-
-
-async def test_two_sends_of_one_key_at_once_store_one_reply(env: Env) -> None:
-    """Both sends are held until both requests are in flight: two model calls, one reply."""
-    if env.is_async:
-        barrier = asyncio.Barrier(2)
-        tap = Tap(env.fake.transport(), abefore=barrier.wait)
-    else:
-        sync_barrier = threading.Barrier(2, timeout=30)
-        tap = Tap(env.fake.transport(), before=sync_barrier.wait)
-    chat = env.chat(client_options={"transport": tap})
-    conv = await env.store.create_conversation()
-
-    if env.is_async:
-        a, b = await asyncio.gather(*(
-            chat.send(conv.id, "Hi", idempotency_key="same") for _ in range(2)
-        ))
-    else:
-        send = chat.raw.send
-        a, b = await asyncio.gather(*(
-            asyncio.to_thread(send, conv.id, "Hi", idempotency_key="same") for _ in range(2)
-        ))
-
-    assert len(env.model_requests()) == 2
-    winner, loser = (a, b) if not a.duplicate else (b, a)
-    assert not winner.duplicate and loser.duplicate
-    assert loser.reply == winner.reply and loser.user == winner.user
-    assert loser.run.status == "cancelled" and loser.run.error_type == "DuplicateTurn"
-    assert loser.run.reply_message_id == winner.reply.id
-    assert winner.run.status == "ok"
-    assert [m.role for m in await env.thread(conv.id)] == ["user", "assistant"]
-    runs = await env.runs(conv.id)
-    assert sorted(r.status for r in runs) == ["cancelled", "ok"]
-    # Afterwards the key is one finished turn.
-    again = await chat.send(conv.id, "Hi", idempotency_key="same")
-    assert again.from_store and again.reply == winner.reply
-    assert len(env.model_requests()) == 2
-
-
-async def test_another_turns_reply_after_a_keyed_user_message_is_not_its_answer(env: Env) -> None:
-    """Two keyed turns interleaved on one conversation: B's user message, A's user
-    message, B's reply. A's send (first or retried) must call the model for its own
-    reply, not take B's reply as its answer (that shortcut is for a regenerate's
-    branch, where the user message is inherited)."""
-    chat = env.chat()
-    conv = await env.store.create_conversation()
-    await env.store.append(conv.id, {"role": "user", "content": "from B"}, idempotency_key="kB")
-    await env.store.append(conv.id, {"role": "user", "content": "from A"}, idempotency_key="kA")
-    b = await chat.send(conv.id, "from B", idempotency_key="kB")  # B's retry: its reply at seq 3
-    assert b.reply.seq == 3 and not b.from_store
-    a = await chat.send(conv.id, "from A", idempotency_key="kA")
-    assert not a.from_store and a.run is not None and a.run.status == "ok"
-    assert a.reply.id != b.reply.id and a.reply.idempotency_key == "kA#r0"
-    assert len(env.model_requests()) == 2
-    assert [m.idempotency_key for m in await env.thread(conv.id)] == ["kB", "kA", "kB#r0", "kA#r0"]

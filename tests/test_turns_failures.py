@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -59,7 +60,7 @@ async def complete_after_failure(
 
     again = await chat.send(cid, text, idempotency_key=key)
     assert again.from_store and again.reply == result.reply and again.user == result.user
-    assert again.run == result.run
+    assert again.run == result.run and again.conversation_id == cid
     assert len(env.model_requests()) == requests + 1
 
     nxt = await chat.send(cid, "next")
@@ -158,8 +159,8 @@ async def test_a_timeout_fails_the_run(env: Env, path: str) -> None:
 
 @pytest.mark.parametrize(
     ("path", "abort"),
-    [("transport", True), ("server", True), ("server", False)],
-    ids=["transport-dropped", "server-dropped", "server-unfinished"],
+    [("transport", True), ("transport", False), ("server", True), ("server", False)],
+    ids=["transport-dropped", "transport-unfinished", "server-dropped", "server-unfinished"],
 )
 async def test_a_stream_cut_midway_keeps_the_partial_text_in_the_run_only(
     env: Env, path: str, abort: bool
@@ -205,11 +206,52 @@ async def test_a_caller_that_stops_reading_cancels_the_run(env: Env, path: str) 
         assert len(tap.bodies) == 1 and tap.all_closed
     [run] = await env.runs(conv.id)
     assert (run.status, run.reply_message_id) == ("cancelled", None)
+    assert run.error_type is None and run.error_message is None  # no error: the caller stopped
     assert run.response is not None
     assert run.response["choices"][0]["message"]["content"] == "one two"
     with pytest.raises(TurnCancelled):
         await stream.result()
     await complete_after_failure(env, chat, conv.id, "k", "Hello", ["cancelled"])
+
+
+async def test_two_sends_of_one_key_at_once_store_one_reply(env: Env) -> None:
+    """Both sends are held until both requests are in flight: two model calls, one reply."""
+    if env.is_async:
+        barrier = asyncio.Barrier(2)
+        tap = Tap(env.fake.transport(), abefore=barrier.wait)
+    else:
+        sync_barrier = threading.Barrier(2, timeout=30)
+        tap = Tap(env.fake.transport(), before=sync_barrier.wait)
+    chat = env.chat(client_options={"transport": tap})
+    conv = await env.store.create_conversation()
+
+    if env.is_async:
+        a, b = await asyncio.gather(*(
+            chat.send(conv.id, "Hi", idempotency_key="same") for _ in range(2)
+        ))
+    else:
+        send = chat.raw.send
+        a, b = await asyncio.gather(*(
+            asyncio.to_thread(send, conv.id, "Hi", idempotency_key="same") for _ in range(2)
+        ))
+
+    assert len(env.model_requests()) == 2
+    winner, loser = (a, b) if not a.duplicate else (b, a)
+    assert not winner.duplicate and loser.duplicate
+    assert loser.reply == winner.reply and loser.user == winner.user
+    assert loser.conversation_id == conv.id and loser.messages == [loser.reply]
+    assert loser.runs == [loser.run] and loser.report is not None
+    assert loser.report.kept_seqs == [1] and loser.pending_tool_calls == []
+    assert loser.run.status == "cancelled" and loser.run.error_type == "DuplicateTurn"
+    assert loser.run.reply_message_id == winner.reply.id
+    assert winner.run.status == "ok"
+    assert [m.role for m in await env.thread(conv.id)] == ["user", "assistant"]
+    runs = await env.runs(conv.id)
+    assert sorted(r.status for r in runs) == ["cancelled", "ok"]
+    # Afterwards the key is one finished turn.
+    again = await chat.send(conv.id, "Hi", idempotency_key="same")
+    assert again.from_store and again.reply == winner.reply
+    assert len(env.model_requests()) == 2
 
 
 async def test_a_tool_turn_resumes_where_it_stopped(env: Env) -> None:
@@ -239,6 +281,58 @@ async def test_a_tool_turn_resumes_where_it_stopped(env: Env) -> None:
     assert [m["role"] for m in sent] == ["user", "assistant", "tool", "tool"]
     again = await chat.send(conv.id, "Find", idempotency_key="k")
     assert again.from_store and again.reply == result.reply and log == ["a", "b"]
+    assert len(env.model_requests()) == 3
+
+
+async def test_a_crash_in_a_later_tool_round_resumes_in_that_round(env: Env) -> None:
+    """The resume reads the round from the last reply's key: round 1's tool runs under
+    round 1's key and the next request is round 2."""
+    log: list[str] = []
+
+    def lookup(q: str) -> str:
+        log.append(q)
+        if q == "b" and log.count("b") == 1:
+            raise Crash  # dies in round 1, before b's result is stored
+        return f"found {q}"
+
+    chat = env.chat(tools=[lookup])
+    conv = await env.store.create_conversation()
+    env.fake.reply_tool_calls([("lookup", {"q": "a"})])
+    env.fake.reply_tool_calls([("lookup", {"q": "b"})])
+    with pytest.raises(Crash):
+        await chat.send(conv.id, "Find", idempotency_key="k")
+    assert await env.roles(conv.id) == ["user", "assistant", "tool", "assistant"]
+
+    result = await chat.send(conv.id, "Find", idempotency_key="k")
+    assert log == ["a", "b", "b"] and not result.from_store and not result.duplicate
+    assert result.text == "You said: Find" and result.reply.seq == 6
+    assert [(r.round, r.status) for r in result.runs] == [(0, "ok"), (1, "ok"), (2, "ok")]
+    calls = [m.tool_calls[0].id for m in await env.thread(conv.id) if m.tool_calls]
+    assert [m.idempotency_key for m in await env.thread(conv.id)] == [
+        "k", "k#r0", f"k#t0:{calls[0]}", "k#r1", f"k#t1:{calls[1]}", "k#r2",
+    ]
+    assert len(env.model_requests()) == 3
+
+
+async def test_a_failed_continuation_is_completed_by_the_same_key(env: Env) -> None:
+    """A retried continue_turn finds its tool results stored and no reply after them."""
+    chat = env.chat(client_options={"max_retries": 0})
+    conv = await env.store.create_conversation()
+    env.fake.reply_tool_calls([("lookup", {"q": "a"})])
+    first = await chat.send(conv.id, "Find", idempotency_key="k")
+    [call] = first.pending_tool_calls
+    results = [Message.tool("found a", tool_call_id=call.id)]
+    env.fake.fail(500)
+    with pytest.raises(InternalServerError):
+        await chat.continue_turn(conv.id, results, idempotency_key="k")
+    assert await env.roles(conv.id) == ["user", "assistant", "tool"]
+
+    done = await chat.continue_turn(conv.id, results, idempotency_key="k")
+    assert done.text == "You said: Find" and not done.from_store and done.run.round == 1
+    assert [m.role for m in done.messages] == ["tool", "assistant"]
+    assert await env.roles(conv.id) == ["user", "assistant", "tool", "assistant"]
+    again = await chat.continue_turn(conv.id, results, idempotency_key="k")
+    assert again.from_store and again.reply == done.reply
     assert len(env.model_requests()) == 3
 
 
@@ -292,6 +386,24 @@ async def test_a_retried_continue_turn_stores_one_reply(env: Env) -> None:
     assert len(env.model_requests()) == 3
 
 
+async def test_another_turns_reply_after_a_keyed_user_message_is_not_its_answer(env: Env) -> None:
+    """Two keyed turns interleaved on one conversation: B's user message, A's user
+    message, B's reply. A's send (first or retried) must call the model for its own
+    reply, not take B's reply as its answer (that shortcut is for a regenerate's
+    branch, where the user message is inherited)."""
+    chat = env.chat()
+    conv = await env.store.create_conversation()
+    await env.store.append(conv.id, {"role": "user", "content": "from B"}, idempotency_key="kB")
+    await env.store.append(conv.id, {"role": "user", "content": "from A"}, idempotency_key="kA")
+    b = await chat.send(conv.id, "from B", idempotency_key="kB")  # B's retry: its reply at seq 3
+    assert b.reply.seq == 3 and not b.from_store
+    a = await chat.send(conv.id, "from A", idempotency_key="kA")
+    assert not a.from_store and a.run is not None and a.run.status == "ok"
+    assert a.reply.id != b.reply.id and a.reply.idempotency_key == "kA#r0"
+    assert len(env.model_requests()) == 2
+    assert [m.idempotency_key for m in await env.thread(conv.id)] == ["kB", "kA", "kB#r0", "kA#r0"]
+
+
 async def test_manual_rounds_with_repeated_call_ids(env: Env) -> None:
     """Servers that number calls per reply (``call_0``) repeat ids across rounds."""
     chat = env.chat()
@@ -319,7 +431,8 @@ async def test_manual_rounds_with_repeated_call_ids(env: Env) -> None:
 async def test_an_interrupted_send_cancels_its_run(env: Env) -> None:
     """Ctrl-C in a sync send, task cancellation in an async one: run cancelled, message kept."""
     gate = asyncio.Event()
-    interrupts = [KeyboardInterrupt()]
+    long = "x" * 5000  # the run keeps the first 4,000 characters of the error's text
+    interrupts = [KeyboardInterrupt(long)]
 
     def interrupt() -> None:
         if interrupts:
@@ -334,7 +447,7 @@ async def test_an_interrupted_send_cancels_its_run(env: Env) -> None:
             if [r for r in await env.runs(conv.id) if r.status == "pending"]:
                 break
             await asyncio.sleep(0.01)
-        task.cancel()
+        task.cancel(long)
         with pytest.raises(asyncio.CancelledError):
             await task
         gate.set()
@@ -343,4 +456,5 @@ async def test_an_interrupted_send_cancels_its_run(env: Env) -> None:
             await chat.send(conv.id, "Hello", idempotency_key="k")
     [run] = await env.runs(conv.id)
     assert run.error_type in ("CancelledError", "KeyboardInterrupt")
+    assert run.error_message == long[:4000]
     await complete_after_failure(env, chat, conv.id, "k", "Hello", ["cancelled"])

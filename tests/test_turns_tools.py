@@ -480,3 +480,16 @@ def test_argument_errors_name_where_the_problem_is() -> None:
     with pytest.raises(ToolArgumentsError) as info:  # a key with no name: the arguments
         tool(f).parse_arguments('{"tags": [], "": 1}')
     assert str(info.value) == "arguments: Extra inputs are not permitted"
+
+
+async def test_a_completion_turns_tools_are_in_its_prompt_never_in_its_body(env: Env) -> None:
+    chat = env.chat(mode="completion", template="chatml", tools=Calls().tools())
+    conv = await env.store.create_conversation()
+
+    result = await chat.send(conv.id, "Weather in Oslo?")
+
+    body = json.loads(env.last_body())
+    assert "tools" not in body and "messages" not in body
+    assert "get_weather" in body["prompt"] and "get_time" in body["prompt"]
+    assert result.run.request.encode() == env.model_requests()[0].body
+    assert result.run.estimated_prompt_tokens == result.run.reported_prompt_tokens
