@@ -42,6 +42,8 @@ from ._store_core import (
     now,
 )
 from ._store_input import (
+    INT32_MAX,
+    INT_MAX,
     CheckedJSON,
     check_json,
     check_text,
@@ -134,6 +136,14 @@ _CHECKED_OUTCOME = frozenset({
     "ttfb_ms", "latency_ms", "reply_message_id", "status", "finished_at",
 })
 _STATUS = _RUN_COLUMNS.index("status")
+#: the largest value of each integer column: PostgreSQL's INTEGER holds 32 bits, BIGINT 64
+#: (SQLite stores either; both databases refuse alike, before anything is written)
+_INT_MAX = {c.name: INT_MAX if isinstance(c.type, sa.BigInteger) else INT32_MAX
+            for c in R.c if isinstance(c.type, sa.Integer)}
+_NOT_NULL = frozenset(c.name for c in R.c if not c.nullable)
+#: the length of each short text column an outcome writes (finish_reason's is 64)
+_TEXT_MAX = {c: cast(sa.String, R.c[c].type).length
+             for c in ("error_type", "finish_reason", "system_fingerprint")}
 #: the bind names of the columns (``r_``: start_run's INSERT, ``v_``: finish_run's
 #: UPDATE), made once: interned, they are the very keys the generated binders look up
 _BIND_NAMES = {
@@ -155,12 +165,23 @@ assert tuple(Run.model_fields) == _RUN_COLUMNS, set(_RUN_COLUMNS) ^ set(Run.mode
 assert not FinishedRun.__private_attributes__ and not FinishedRun.__pydantic_post_init__
 
 
-def _int(value: Any, what: str, *, minimum: int = 0, optional: bool = True) -> int | None:
+def _int(
+    value: Any, what: str, *, minimum: int = 0, maximum: int = INT_MAX, optional: bool = True
+) -> int | None:
     if value is None and optional:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value < 2**63:
-        raise StoreInputError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
+        # a number is shown, anything else by its type only (a misplaced secret stays out)
+        shown = repr(value) if value is None or isinstance(value, (int, float)) else (
+            f"a {type(value).__name__}")
+        raise StoreInputError(f"{what} must be an integer in {minimum}..{maximum}, got {shown}")
     return value
+
+
+def _column_int(value: Any, column: str, minimum: int = 0) -> int | None:
+    """``value`` for the integer ``column``: within its range, None only where it may be."""
+    return _int(value, column, minimum=minimum, maximum=_INT_MAX[column],
+                optional=column not in _NOT_NULL)
 
 
 def _ms(value: Any, what: str) -> float | None:
@@ -325,11 +346,11 @@ def start_run(
         "request": request_text(request),
         "settings": settings_value,
         "kept_seqs": seqs,
-        "summary_id": _int(summary_id, "summary_id", minimum=1),
-        "input_seq": _int(input_seq, "input_seq", minimum=0),
+        "summary_id": _column_int(summary_id, "summary_id", minimum=1),
+        "input_seq": _column_int(input_seq, "input_seq"),
         "idempotency_key": idempotency_key,
-        "round": _int(round, "round", optional=False),
-        "estimated_prompt_tokens": _int(estimated_prompt_tokens, "estimated_prompt_tokens"),
+        "round": _column_int(round, "round"),
+        "estimated_prompt_tokens": _column_int(estimated_prompt_tokens, "estimated_prompt_tokens"),
         "reported_prompt_tokens": None,
         "completion_tokens": None,
         "usage": None,
@@ -634,7 +655,7 @@ def _outcome(
     texts: dict[str, str] = {}
     for key, value in outcome.items():
         if key in _OUTCOME_INTS:
-            values[key] = _int(value, key, minimum=-(2**63) if key == "seed" else 0)
+            values[key] = _column_int(value, key, minimum=-(2**63) if key == "seed" else 0)
         elif key in ("ttfb_ms", "latency_ms"):
             values[key] = _ms(value, key)
         elif key in ("usage", "response"):
@@ -645,11 +666,11 @@ def _outcome(
             else:
                 values[key] = _json_object(value, f"run {key}")
         elif key == "reply_message_id":
-            values[key] = _int(value, key, minimum=1)
+            values[key] = _column_int(value, key, minimum=1)
         else:
             if value is not None and not isinstance(value, str):
                 raise StoreInputError(f"run {key} must be a string")
-            if key in ("error_type", "finish_reason", "system_fingerprint") and value:
-                check_short(value, f"run {key}")
+            if key in _TEXT_MAX and value:
+                check_text(value, f"run {key}", max_len=_TEXT_MAX[key])
             values[key] = value
     return values, texts

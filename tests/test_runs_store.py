@@ -330,7 +330,7 @@ async def test_list_runs_needs_a_positive_integer_limit(store, limit):
     conv = await store.create_conversation()
     with pytest.raises(StoreInputError) as info:
         await store.list_runs(conv.id, limit=limit)
-    assert str(info.value) == f"limit must be an integer >= 1, got {limit!r}"
+    assert str(info.value) == f"limit must be an integer in 1..{2**63 - 1}, got {limit!r}"
     assert len((await store.list_runs(conv.id, limit=1)).items) == 0
 
 
@@ -351,9 +351,11 @@ async def test_outcome_fields_are_checked_by_name(store):
     run = await _start(store, conv.id)
     for bad, message in [
         ({"surprise": 1, "other": "x"}, "unknown run fields: ['other', 'surprise']"),
-        ({"attempts": -1}, "attempts must be an integer >= 0, got -1"),
-        ({"completion_tokens": 1.5}, "completion_tokens must be an integer >= 0, got 1.5"),
-        ({"reply_message_id": 0}, "reply_message_id must be an integer >= 1, got 0"),
+        ({"attempts": -1}, "attempts must be an integer in 0..2147483647, got -1"),
+        ({"completion_tokens": 1.5}, "completion_tokens must be an integer in 0..2147483647, got 1.5"),
+        # not a number: named by its type only (a secret pasted in the wrong place stays out)
+        ({"seed": "sk-secret"}, f"seed must be an integer in {-(2**63)}..{2**63 - 1}, got a str"),
+        ({"reply_message_id": 0}, f"reply_message_id must be an integer in 1..{2**63 - 1}, got 0"),
         ({"finish_reason": 3}, "run finish_reason must be a string"),
     ]:
         with pytest.raises(StoreInputError) as info:
@@ -375,7 +377,7 @@ async def test_an_outcome_may_name_a_stored_reply_and_a_negative_seed(store):
     assert (await store.get_run(lowest.id)).seed == -(2**63)
     assert (done.run.attempts, done.run.completion_tokens) == (0, 0)  # counts start at 0
     below = await _start(store, conv.id)
-    with pytest.raises(StoreInputError, match=r"^seed must be an integer >= -9223372036854775808"):
+    with pytest.raises(StoreInputError, match=r"^seed must be an integer in -9223372036854775808\.\.9223372036854775807, got "):
         await store.finish_run(below.id, status="failed", seed=-(2**63) - 1)
 
 
@@ -407,3 +409,80 @@ async def test_a_usage_shared_by_the_reply_and_the_run_is_checked_and_kept_apart
     assert usage["details"] == {"cached_tokens": 0}
     assert (await store.get_run(run.id)).usage == usage
     assert (await store.get_message(conv.id, 2)).reply.usage == usage
+
+
+
+# the runs table's INTEGER columns (32 bits on PostgreSQL; BIGINT ones take 64 bits)
+_INT32 = 2**31 - 1
+_START_INTS = ("input_seq", "round", "estimated_prompt_tokens")
+_OUTCOME_INTS = ("reported_prompt_tokens", "completion_tokens", "attempts")
+
+
+async def _refused(store: Any, conv_id: str, message: str, **fields: Any) -> Any:
+    """Start a run with ``fields`` (start_run's) or finish a new one with them and a reply:
+    refused with ``message``, nothing written. Returns the pending run (None for a start)."""
+    starting = not fields.keys() - _START_FIELDS
+    run = None if starting else await _start(store, conv_id)
+    before = store.snapshot()
+    with pytest.raises(StoreInputError) as info:
+        if run is None:
+            await _start(store, conv_id, **fields)
+        else:
+            await store.finish_run(run.id, status="ok", reply={"role": "assistant", "content": "x"},
+                                   reply_key="k#0", **fields)
+    assert str(info.value) == message
+    assert store.snapshot() == before
+    return run
+
+
+_START_FIELDS = {*_START_INTS, "summary_id"}
+
+
+@pytest.mark.parametrize("field", _START_INTS + _OUTCOME_INTS)
+async def test_an_integer_column_takes_its_own_range_on_both_databases(store, field):
+    """PostgreSQL's INTEGER holds 32 bits: one more is refused up front on both databases
+    (not a driver error mid-write, nor stored by SQLite alone), nothing written; the
+    column's largest value is stored and read back."""
+    conv = await store.create_conversation()
+    message = f"{field} must be an integer in 0..{_INT32}, got {_INT32 + 1}"
+    run = await _refused(store, conv.id, message, **{field: _INT32 + 1})
+    if run is None:
+        run = await _start(store, conv.id, **{field: _INT32})
+    else:
+        await store.finish_run(run.id, status="ok", **{field: _INT32})
+    assert getattr(await store.get_run(run.id), field) == _INT32
+
+
+async def test_the_bigint_columns_take_64_bits(store):
+    conv = await store.create_conversation()
+    biggest = 2**63 - 1
+    run = await _start(store, conv.id, summary_id=biggest)
+    await store.finish_run(run.id, status="failed", reply_message_id=biggest, seed=biggest)
+    got = await store.get_run(run.id)
+    assert (got.summary_id, got.reply_message_id, got.seed) == (biggest, biggest, biggest)
+    for field, lowest in (("summary_id", 1), ("reply_message_id", 1), ("seed", -(2**63))):
+        message = f"{field} must be an integer in {lowest}..{biggest}, got {2**63}"
+        await _refused(store, conv.id, message, **{field: 2**63})
+
+
+async def test_a_finish_reason_fits_its_64_character_column(store):
+    conv = await store.create_conversation()
+    run = await _refused(store, conv.id, "run finish_reason is 65 characters long; at most 64 are allowed",
+                         finish_reason="s" * 65)
+    done = await store.finish_run(run.id, status="ok", finish_reason="s" * 64,
+                                  error_type="e" * 255, system_fingerprint="f" * 255)
+    got = await store.get_run(run.id)
+    assert got == done.run
+    assert (got.finish_reason, got.error_type, got.system_fingerprint) == (
+        "s" * 64, "e" * 255, "f" * 255)
+
+
+async def test_attempts_cannot_be_none_its_column_is_not_null(store):
+    conv = await store.create_conversation()
+    run = await _refused(store, conv.id, f"attempts must be an integer in 0..{_INT32}, got None",
+                         attempts=None)
+    assert (await store.get_run(run.id)).status == "pending"
+    # the other counts may be None (not known), and are stored so
+    done = await store.finish_run(run.id, status="failed", completion_tokens=None, seed=None,
+                                  reported_prompt_tokens=None, reply_message_id=None)
+    assert (await store.get_run(run.id)) == done.run and done.run.attempts == 0
