@@ -44,6 +44,7 @@ from ._store_core import (
 from ._store_input import (
     INT32_MAX,
     INT_MAX,
+    INT_MIN,
     CheckedJSON,
     check_json,
     check_text,
@@ -166,7 +167,7 @@ assert not FinishedRun.__private_attributes__ and not FinishedRun.__pydantic_pos
 
 
 def _int(
-    value: Any, what: str, *, minimum: int = 0, maximum: int = INT_MAX, optional: bool = True
+    value: Any, what: str, *, minimum: int, maximum: int = INT_MAX, optional: bool
 ) -> int | None:
     if value is None and optional:
         return None
@@ -418,8 +419,6 @@ def _select_run_stmt(scoped: bool) -> sa.Select[Any]:
 
 
 def _select_run(run_id: str, owner: str | None) -> Plan[Any]:
-    if not isinstance(run_id, str):
-        raise StoreInputError("run id must be a string")
     check_text(run_id, "run id")
     params = {"run_id": run_id}
     if owner is not None:
@@ -432,6 +431,7 @@ def _select_run(run_id: str, owner: str | None) -> Plan[Any]:
 
 
 def get_run(run_id: str, *, owner: str | None) -> Plan[Run]:
+    check_short(owner, "owner")
     row = yield from _select_run(run_id, owner)
     return run_from_row(row)
 
@@ -534,8 +534,7 @@ def finish_run(
     finished run is then that and the outcome (a pending run changes only here),
     and nothing is read back.
     """
-    if not isinstance(run_id, str):
-        raise StoreInputError("run id must be a string")
+    check_text(run_id, "run id")
     if started is not None and (not isinstance(started, Run) or started.id != run_id):
         raise StoreInputError("started must be the Run that start_run returned for this run")
     check_short(owner, "owner")
@@ -655,7 +654,7 @@ def _outcome(
     texts: dict[str, str] = {}
     for key, value in outcome.items():
         if key in _OUTCOME_INTS:
-            values[key] = _column_int(value, key, minimum=-(2**63) if key == "seed" else 0)
+            values[key] = _column_int(value, key, minimum=INT_MIN if key == "seed" else 0)
         elif key in ("ttfb_ms", "latency_ms"):
             values[key] = _ms(value, key)
         elif key in ("usage", "response"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 import pytest
@@ -274,9 +275,34 @@ async def test_text_no_database_stores_alike_is_refused(store, bad):
     assert (await store.get_run(run.id)).status == "pending"
 
 
+_UNSTORABLE = [
+    ("r\ud800", "contains a lone surrogate ('\\ud800'), which has no UTF-8 encoding, at index 1"),
+    ("r\x00", ("contains a NUL character, which PostgreSQL cannot store (refused on every "
+               "database), at index 1")),
+]
+
+
+@pytest.mark.parametrize(("bad", "why"), _UNSTORABLE, ids=["surrogate", "nul"])
+async def test_unstorable_ids_and_owners_are_refused_not_raised_raw(store, bad, why):
+    """Before any statement: the driver would raise its own error (PostgreSQL refuses a
+    NUL, neither driver encodes a lone surrogate)."""
+    conv = await store.create_conversation()
+    for call in (store.get_run(bad), store.finish_run(bad, status="failed")):
+        with pytest.raises(StoreInputError, match=f"^{re.escape('run id ' + why)}$"):
+            await call
+    owner = "o" + bad[1:]
+    for call in (store.get_run("r", owner=owner), store.finish_run("r", status="failed", owner=owner),
+                 store.list_runs(conv.id, owner=owner), store.turn_runs(conv.id, "k", owner=owner),
+                 store.runs_for_replies(conv.id, [1], owner=owner), _start(store, conv.id, owner=owner)):
+        with pytest.raises(StoreInputError, match=f"^{re.escape('owner ' + why)}$"):
+            await call
+
+
 async def test_unstorable_ids_are_refused_not_raised_raw(store):
-    with pytest.raises(StoreInputError):
-        await store.get_run("r\ud800")
+    with pytest.raises(StoreInputError, match="^run id must be a string, not int$"):
+        await store.finish_run(7, status="failed")
+    with pytest.raises(StoreInputError, match="^owner is 256 characters long; at most 255"):
+        await store.get_run("r", owner="o" * 256)
     with pytest.raises(StoreInputError):
         await store.replay_items("r\ud800")
 
