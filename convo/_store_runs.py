@@ -318,6 +318,8 @@ def start_run(
     for link, what in ((reproduces_id, "reproduces_id"), (replays_id, "replays_id")):
         if link is not None and (not isinstance(link, str) or len(link) > 32):
             raise StoreInputError(f"{what} must be a run id")
+    if base_url is not None and not isinstance(base_url, str):
+        raise StoreInputError(f"run base_url must be a string, not {type(base_url).__name__}")
     seqs = _kept_seqs(kept_seqs)
     texts: dict[str, str] = {}  # JSON text already written (CheckedJSON)
     if isinstance(settings, CheckedJSON):
@@ -406,7 +408,12 @@ def start_run(
 
 def _kept_seqs(kept_seqs: Sequence[int]) -> list[int]:
     """The kept seqs, each an int >= 1 within 64 bits (exact ints checked in bulk)."""
-    seqs = list(kept_seqs)
+    try:
+        seqs = list(kept_seqs)
+    except TypeError:
+        raise StoreInputError(
+            f"run kept_seqs must be a sequence of seqs, not {type(kept_seqs).__name__}"
+        ) from None
     if not seqs or (set(map(type, seqs)) == {int} and min(seqs) >= 1 and max(seqs) < 2**63):
         return seqs
     return [cast(int, _int(s, "kept seq", minimum=1, optional=False)) for s in seqs]
@@ -543,6 +550,10 @@ def finish_run(
     msg = params = None
     checked: dict[str, CheckedJSON] = {}
     if reply is not None:
+        if not isinstance(reply, (Message, Mapping)):
+            raise StoreInputError(f"a run's reply must be a message, not {type(reply).__name__}")
+        if reply_info is not None and not isinstance(reply_info, ReplyInfo):
+            raise StoreInputError(f"reply_info must be a ReplyInfo, not {type(reply_info).__name__}")
         msg = parse_message(reply if isinstance(reply, Message) else dict(reply))
         params = message_params(msg, pinned=None, idempotency_key=reply_key, reply=reply_info)
         if (

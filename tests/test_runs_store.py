@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from typing import Any
 
 import pytest
 
 from convo import ConversationNotFound, ReplyInfo, RunNotFound, StoreInputError
+from convo._store_runs import new_run_id
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}], "seed": 7}
 
@@ -104,6 +106,9 @@ async def test_a_duplicate_reply_key_keeps_the_first_reply(store):
     assert b.reply is not None and b.reply.id == a.reply.id and b.reply.content == "A"
     assert b.run.status == "cancelled" and b.run.error_type == "DuplicateTurn"
     assert b.run.reply_message_id == a.reply.id
+    assert b.run.error_message == (f"a reply with idempotency key 't#0' was already stored "
+                                   f"(message {a.reply.id}); this reply was not stored")
+    assert await store.get_run(second.id) == b.run
     assert [m.content for m in await store.messages(conv.id)] == ["Hi", "A"]
     conv_after = await store.get_conversation(conv.id)
     assert conv_after.last_seq == 2  # the losing bump was rolled back
@@ -512,3 +517,157 @@ async def test_attempts_cannot_be_none_its_column_is_not_null(store):
     done = await store.finish_run(run.id, status="failed", completion_tokens=None, seed=None,
                                   reported_prompt_tokens=None, reply_message_id=None)
     assert (await store.get_run(run.id)) == done.run and done.run.attempts == 0
+
+
+def _parts(run_id: str) -> tuple[int, int]:
+    """A run id's millisecond clock and counter (its first 12 and next 4 hex digits)."""
+    assert len(run_id) == 32 and set(run_id) <= set("0123456789abcdef"), run_id
+    return int(run_id[:12], 16), int(run_id[12:16], 16)
+
+
+def test_run_ids_count_the_runs_of_each_millisecond():
+    """A run id is the ms clock, the number of ids made before it in that ms, and 64
+    random bits: ids made one after the other sort in that order, and differ."""
+    before = time.time_ns() // 1_000_000
+    ids = [new_run_id()]
+    while len({i[:12] for i in ids}) < 3 or len(ids) < 100:  # at least two ms changes
+        ids.append(new_run_id())
+    after = time.time_ns() // 1_000_000
+    assert before <= _parts(ids[0])[0] and _parts(ids[-1])[0] <= after
+    for older, newer in zip(map(_parts, ids), map(_parts, ids[1:]), strict=False):
+        ms, count = older
+        assert newer == (ms, count + 1) or (newer[0] > ms and newer[1] == 0), (older, newer)
+    assert len({i[16:] for i in ids}) == len(ids)
+
+
+def test_the_65537th_run_id_of_a_millisecond_borrows_the_next(monkeypatch):
+    """The 16-bit counter cannot overflow: past 0xFFFF ids are counted in the next ms."""
+    import convo._store_runs as runs
+
+    ahead = time.time_ns() // 1_000_000 + 3_600_000  # an hour on: the clock is behind
+    monkeypatch.setattr(runs, "_last_ms", ahead)
+    monkeypatch.setattr(runs, "_counter", 0xFFFE)
+    got = [_parts(new_run_id()) for _ in range(3)]
+    assert got == [(ahead, 0xFFFF), (ahead + 1, 0), (ahead + 1, 1)]
+
+
+_BIG = 2**63 - 1
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"conversation_id": 7}, "conversation_id must be a string, not int"),
+        ({"owner": "o" * 256}, "owner is 256 characters long; at most 255 are allowed"),
+        ({"endpoint": "embeddings"},
+         "run endpoint must be one of ('chat.completions', 'completions'), got 'embeddings'"),
+        ({"mode": "flat"}, "run mode must be one of ('chat', 'completion'), got 'flat'"),
+        ({"model": ""}, "run model must be a non-empty string"),
+        ({"model": 7}, "run model must be a non-empty string"),
+        ({"model": "m" * 256}, "run model is 256 characters long; at most 255 are allowed"),
+        ({"idempotency_key": "k" * 256},
+         "run idempotency_key is 256 characters long; at most 255 are allowed"),
+        ({"reproduces_id": "r" * 33}, "reproduces_id must be a run id"),
+        ({"reproduces_id": 7}, "reproduces_id must be a run id"),
+        ({"replays_id": "r" * 33}, "replays_id must be a run id"),
+        ({"base_url": b"http://x"}, "run base_url must be a string, not bytes"),
+        ({"base_url": "http://x/\x00"},
+         ("run base_url contains a NUL character, which PostgreSQL cannot store (refused on every "
+         "database), at index 9")),
+        ({"kept_seqs": None}, "run kept_seqs must be a sequence of seqs, not NoneType"),
+        ({"kept_seqs": [1, 0]}, f"kept seq must be an integer in 1..{_BIG}, got 0"),
+        ({"kept_seqs": [1, 2**63]}, f"kept seq must be an integer in 1..{_BIG}, got {2**63}"),
+        ({"kept_seqs": [True]}, f"kept seq must be an integer in 1..{_BIG}, got True"),
+        ({"settings": {"x": object()}},
+         "run settings must be a JSON object: Object of type object is not JSON serializable"),
+        ({"settings": {"x": float("nan")}},
+         "run settings must be a JSON object: Out of range float values are not JSON compliant"),
+        ({"settings": {"x": "\x00"}},
+         ("run settings.x contains a NUL character, which PostgreSQL cannot store (refused on "
+         "every database), at index 0")),
+        ({"token_counts": ["o200k_base", {}]},
+         "token_counts must be (encoding, {message id: tokens})"),
+        ({"token_counts": ("o200k_base", {}, 1)},
+         "token_counts must be (encoding, {message id: tokens})"),
+        ({"summary_id": 0}, f"summary_id must be an integer in 1..{_BIG}, got 0"),
+        ({"input_seq": -1}, f"input_seq must be an integer in 0..{_INT32}, got -1"),
+        ({"round": None}, f"round must be an integer in 0..{_INT32}, got None"),
+        ({"estimated_prompt_tokens": "9"},
+         f"estimated_prompt_tokens must be an integer in 0..{_INT32}, got a str"),
+        ({"metadata": [1]}, "run metadata must be a JSON object (a dict), not list"),
+        ({"request": 7}, "run request must be JSON text, bytes or a mapping"),
+        ({"request": b"\xff"}, "run request is not UTF-8 JSON text"),
+        ({"request": "{"}, "run request is not valid JSON text"),
+        ({"request": '{"x": NaN}'}, "run request is not valid JSON text"),
+        ({"request": "[1]"}, "run request must be a JSON object"),
+        ({"request": {"x": object()}}, ("run request is not JSON-serializable: Unable to serialize "
+                                       "unknown type: <class 'object'>")),
+    ],
+    ids=lambda v: next(iter(v)) if isinstance(v, dict) else "",
+)
+async def test_start_run_says_what_it_refuses(store, bad, message):
+    conv = await store.create_conversation()
+    before = store.snapshot()
+    with pytest.raises(StoreInputError) as info:
+        await _start(store, bad.get("conversation_id", conv.id),
+                     **{k: v for k, v in bad.items() if k != "conversation_id"})
+    assert str(info.value) == message
+    assert store.snapshot() == before
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"started": 7}, "started must be the Run that start_run returned for this run"),
+        ({"owner": "o" * 256}, "owner is 256 characters long; at most 255 are allowed"),
+        ({"status": "pending"},
+         "a finished run's status must be one of ('ok', 'failed', 'cancelled', 'incomplete')"),
+        ({"reply": "Hello"}, "a run's reply must be a message, not str"),
+        ({"reply_info": {"model": "m"}}, "reply_info must be a ReplyInfo, not dict"),
+        ({"usage": [1]}, ("run usage must be a JSON object: cannot convert dictionary update "
+                         "sequence element #0 to a sequence")),
+        ({"response": {"x": float("inf")}},
+         "run response must be a JSON object: Out of range float values are not JSON compliant"),
+        ({"error_message": 7}, "run error_message must be a string"),
+        ({"error_message": "\x00"}, ("run error_message contains a NUL character, which PostgreSQL "
+                                    "cannot store (refused on every database), at index 0")),
+        ({"error_type": "e" * 256}, "run error_type is 256 characters long; at most 255 are allowed"),
+        ({"system_fingerprint": "f" * 256},
+         "run system_fingerprint is 256 characters long; at most 255 are allowed"),
+        ({"system_fingerprint": "\ud800"}, ("run system_fingerprint contains a lone surrogate "
+                                           "('\\ud800'), which has no UTF-8 encoding, at index 0")),
+    ],
+    ids=lambda v: next(iter(v)) if isinstance(v, dict) else "",
+)
+async def test_finish_run_says_what_it_refuses(store, bad, message):
+    conv = await store.create_conversation()
+    run = await _start(store, conv.id)
+    before = store.snapshot()
+    args = {"status": "ok", "reply": {"role": "assistant", "content": "x"}, **bad}
+    with pytest.raises(StoreInputError) as info:
+        await store.finish_run(run.id, **args)
+    assert str(info.value) == message
+    assert store.snapshot() == before
+
+
+@pytest.mark.parametrize("reply", [None, {"role": "assistant", "content": "x"}], ids=["bare", "reply"])
+@pytest.mark.parametrize("known", [False, True], ids=["read", "started"])
+async def test_a_run_that_cannot_be_finished_says_why_and_nothing_is_written(store, reply, known):
+    """No run of that id (for that owner), or one finished already: the statements
+    touched nothing, the run is read to say which (whatever path the finish took)."""
+    conv = await store.create_conversation(owner="alice")
+    run, other = await _start(store, conv.id, owner="alice"), await _start(store, conv.id, owner="alice")
+    done = await store.finish_run(run.id, status="failed", owner="alice")
+    before = store.snapshot()
+    args = {"status": "ok", "reply": reply, "owner": "alice"}
+    with pytest.raises(StoreInputError) as info:
+        await store.finish_run(run.id, started=run if known else None, **args)
+    assert str(info.value) == f"run {run.id!r} is already finished (failed)"
+    with pytest.raises(RunNotFound) as missing:
+        await store.finish_run(other.id, started=other if known else None, **{**args, "owner": "bob"})
+    assert str(missing.value) == f"run {other.id!r} not found for owner 'bob'"
+    with pytest.raises(RunNotFound) as missing:
+        await store.finish_run("f" * 32, **{**args, "owner": None})
+    assert str(missing.value) == f"run {'f' * 32!r} not found"
+    assert store.snapshot() == before
+    assert (await store.get_run(run.id)) == done.run
