@@ -19,7 +19,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, NoReturn, cast
 
 import pydantic_core
@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
 
 from . import _store_sql as sql
-from ._exceptions import ConversationNotFound, RunNotFound, StoreInputError
+from ._exceptions import ConversationNotFound, MessageNotFound, RunNotFound, StoreInputError
 from ._messages import Message, parse_message
 from ._records import ReplyInfo, Run, RunPage, StoredMessage
 from ._schema import RunRow
@@ -36,6 +36,7 @@ from ._store_core import (
     ROLLBACK,
     Op,
     Plan,
+    _lineage,
     get_conversation,
     insert_message,
     newest_first,
@@ -389,17 +390,19 @@ def start_run(
     counts = rows
     if token_counts is not None and rows is None:
         counts = yield from token_rows_plan(*token_counts)
-    try:
-        row = yield Op(
-            _insert_run(owner is not None, columns, json_text), params, "first", driver=True
-        )
-        if row is not None and counts:
-            # the build's new token counts, in this transaction rather than one of their own
-            yield Op(sql.insert_token_counts(dialect), counts, "none", driver=True)
-    except sa.exc.IntegrityError as exc:  # the conversation was deleted meanwhile
-        raise ConversationNotFound(conversation_id, owner=owner) from exc
+    row = yield Op(
+        _insert_run(owner is not None, columns, json_text), params, "first", driver=True
+    )
     if row is None:
         raise ConversationNotFound(conversation_id, owner=owner)
+    if counts:
+        # the build's new token counts, in this transaction rather than one of their own
+        try:
+            yield Op(sql.insert_token_counts(dialect), counts, "none", driver=True)
+        except sa.exc.IntegrityError:  # (the store rolls the run back)
+            raise MessageNotFound(
+                "token counts given for a message id its conversation does not hold"
+            ) from None
     values["owner"] = row[0]
     values["settings"] = values["settings"] or {}
     values["metadata"] = values["metadata"] or {}
@@ -470,12 +473,22 @@ def turn_runs(conversation_id: str, idempotency_key: str, *, owner: str | None) 
 def runs_for_replies(
     conversation_id: str, message_ids: Sequence[int], *, owner: str | None
 ) -> Plan[dict[int, Run]]:
-    """The run that produced each of these reply messages (those that have one)."""
-    yield from get_conversation(conversation_id, owner=owner)
-    ids = [i for i in message_ids if isinstance(i, int) and not isinstance(i, bool)]
+    """The run that produced each of these reply messages (those that have one), among
+    the runs of the conversation and of the conversations it was forked from (whose
+    replies it shares); ids that are no message ids have none."""
+    if isinstance(message_ids, (str, bytes)) or not isinstance(message_ids, Iterable):
+        raise StoreInputError("message_ids must be a sequence of message ids")
+    check_text(conversation_id, "conversation_id")
+    check_short(owner, "owner")
+    lineage = yield from _lineage(conversation_id, owner)
+    ids = [i for i in message_ids
+           if isinstance(i, int) and not isinstance(i, bool) and 1 <= i <= INT_MAX]
     if not ids:
         return {}
-    rows = yield Op(sa.select(R).where(R.c.reply_message_id.in_(ids), R.c.status == "ok"))
+    rows = yield Op(sa.select(R).where(
+        R.c.reply_message_id.in_(ids), R.c.status == "ok",
+        R.c.conversation_id.in_([cid for cid, _lo, _hi in lineage.segments]),
+    ))
     return {row.reply_message_id: run_from_row(row) for row in rows}
 
 

@@ -295,6 +295,8 @@ async def test_unstorable_ids_and_owners_are_refused_not_raised_raw(store, bad, 
     for call in (store.get_run(bad), store.finish_run(bad, status="failed")):
         with pytest.raises(StoreInputError, match=f"^{re.escape('run id ' + why)}$"):
             await call
+    with pytest.raises(StoreInputError, match=f"^{re.escape('conversation_id ' + why)}$"):
+        await store.runs_for_replies(bad, [1])
     owner = "o" + bad[1:]
     for call in (store.get_run("r", owner=owner), store.finish_run("r", status="failed", owner=owner),
                  store.list_runs(conv.id, owner=owner), store.turn_runs(conv.id, "k", owner=owner),
@@ -354,6 +356,30 @@ async def test_runs_for_replies_maps_each_reply_to_the_run_that_made_it(store):
     assert await store.runs_for_replies(conv.id, [], owner="alice") == {}
     with pytest.raises(ConversationNotFound):
         await store.runs_for_replies(conv.id, [replies[0].id], owner="bob")
+    # ids no message can have are skipped too (not a driver's overflow error)
+    assert await store.runs_for_replies(conv.id, [0, -(2**70), 2**64, replies[0].id]) == {
+        replies[0].id: runs[0]}
+    with pytest.raises(StoreInputError, match="^message_ids must be a sequence of message ids$"):
+        await store.runs_for_replies(conv.id, None)
+    with pytest.raises(StoreInputError, match="^message_ids must be a sequence of message ids$"):
+        await store.runs_for_replies(conv.id, "12")
+
+
+async def test_runs_for_replies_sees_the_runs_of_its_lineage_only(store):
+    """A fork shares its parent's replies, and so their runs; another conversation's
+    reply ids (another owner's) give nothing, whatever ids the caller tries."""
+    conv = await store.create_conversation(owner="alice")
+    await store.append(conv.id, {"role": "user", "content": "Hi"})
+    run = await _start(store, conv.id)
+    done = await store.finish_run(run.id, status="ok", reply={"role": "assistant", "content": "A"})
+    fork = await store.fork(conv.id, at=2, owner="alice")
+    theirs = await store.create_conversation(owner="bob")
+    other = await _start(store, theirs.id)
+    bobs = await store.finish_run(other.id, status="ok", reply={"role": "assistant", "content": "B"})
+    ids = [done.reply.id, bobs.reply.id]
+    assert await store.runs_for_replies(fork.id, ids, owner="alice") == {done.reply.id: done.run}
+    assert await store.runs_for_replies(conv.id, ids, owner="alice") == {done.reply.id: done.run}
+    assert await store.runs_for_replies(theirs.id, ids, owner="bob") == {bobs.reply.id: bobs.run}
 
 
 @pytest.mark.parametrize("limit", [0, -1, None, True, 2.0, 2**63])
