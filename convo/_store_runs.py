@@ -269,7 +269,7 @@ def _json_binds(params: dict[str, Any], prefix: str, values: Mapping[str, Any],
 
 
 @functools.lru_cache(maxsize=64)
-def _insert_run(scoped: bool, columns: tuple[str, ...], json_text: bool = False) -> sa.Insert:
+def _insert_run(scoped: bool, columns: tuple[str, ...], json_text: bool) -> sa.Insert:
     """``INSERT INTO runs (columns..., owner) SELECT :values..., owner FROM conversations
     WHERE id = :cid RETURNING owner``: the run takes its conversation's owner, and the
     conversation's existence (and owner scope) is checked by the same statement (no
@@ -303,8 +303,8 @@ def start_run(
     replays_id: str | None,
     metadata: Mapping[str, Any] | None,
     owner: str | None,
-    token_counts: tuple[str, TokenCounts] | None = None,
-    dialect: str = "sqlite",
+    token_counts: tuple[str, TokenCounts] | None,
+    dialect: str,
 ) -> Plan[Run]:
     check_text(conversation_id, "conversation_id")
     check_short(owner, "owner")
@@ -493,7 +493,7 @@ def runs_for_replies(
 
 
 @functools.cache
-def _claim_reply_seq(scoped: bool, known: bool = False) -> sa.Update:
+def _claim_reply_seq(scoped: bool, known: bool) -> sa.Update:
     """The reply's seq, taken from the conversation of a *pending* run: the counter
     update is the conversation's write lock, as in an append (no row: the run is
     missing, finished, or not this owner's). ``known``: the run's conversation is
@@ -516,7 +516,7 @@ def _claim_reply_seq(scoped: bool, known: bool = False) -> sa.Update:
 
 @functools.lru_cache(maxsize=64)
 def _update_run(
-    columns: tuple[str, ...], scoped: bool, known: bool = False, json_text: bool = False
+    columns: tuple[str, ...], scoped: bool, known: bool, json_text: bool
 ) -> sa.Update:
     """Record an outcome, only on a pending run (the guard against a second finish).
 
@@ -543,8 +543,8 @@ def finish_run(
     reply_key: str | None,
     outcome: Mapping[str, Any],
     owner: str | None,
-    started: Run | None = None,
-    dialect: str = "sqlite",
+    started: Run | None,
+    dialect: str,
 ) -> Plan[FinishedRun]:
     """Record a run's outcome; with ``reply``, append it in the same transaction.
 

@@ -514,9 +514,13 @@ async def test_the_bigint_columns_take_64_bits(store):
     conv = await store.create_conversation()
     biggest = 2**63 - 1
     run = await _start(store, conv.id, summary_id=biggest)
-    await store.finish_run(run.id, status="failed", reply_message_id=biggest, seed=biggest)
+    await store.finish_run(run.id, status="ok", reply_message_id=biggest, seed=biggest)
     got = await store.get_run(run.id)
     assert (got.summary_id, got.reply_message_id, got.seed) == (biggest, biggest, biggest)
+    # the smallest id too; both are ids runs_for_replies looks for
+    first = await _start(store, conv.id)
+    first = (await store.finish_run(first.id, status="ok", reply_message_id=1)).run
+    assert await store.runs_for_replies(conv.id, [1, biggest]) == {1: first, biggest: got}
     for field, lowest in (("summary_id", 1), ("reply_message_id", 1), ("seed", -(2**63))):
         message = f"{field} must be an integer in {lowest}..{biggest}, got {2**63}"
         await _refused(store, conv.id, message, **{field: 2**63})
@@ -697,3 +701,28 @@ async def test_a_run_that_cannot_be_finished_says_why_and_nothing_is_written(sto
     assert str(missing.value) == f"run {'f' * 32!r} not found"
     assert store.snapshot() == before
     assert (await store.get_run(run.id)) == done.run
+
+
+async def test_json_checked_once_is_written_as_its_text(store):
+    """The turn layer hands over JSON it checked once (CheckedJSON: settings, the
+    response, the usage): the run holds its value, the database the same object, and an
+    empty object is no settings at all (NULL, read back as {})."""
+    from convo._store_input import checked_json, checked_json_text
+
+    conv = await store.create_conversation()
+    settings = {"budget": 10, "nested": {"a": [1, None, 2.5]}, "é": "ü"}
+    run = await _start(store, conv.id, settings=checked_json(settings, "run settings"))
+    assert run.settings == settings
+    body = b'{"id": "x", "choices": [{"text": "\\u00e9", "index": 0}]}'
+    done = await store.finish_run(
+        run.id, status="ok", response=checked_json_text(body, "run response"),
+        usage=checked_json({"prompt_tokens": 1}, "run usage"),
+    )
+    assert done.run.response == {"id": "x", "choices": [{"text": "é", "index": 0}]}
+    assert done.run.usage == {"prompt_tokens": 1}
+    got = await store.get_run(run.id)
+    assert got == done.run and got.settings == settings
+    empty = await _start(store, conv.id, settings=checked_json({}, "run settings"))
+    assert empty.settings == {} == (await store.get_run(empty.id)).settings
+    rows = store.sql("SELECT id FROM runs WHERE settings IS NULL")
+    assert [r[0] for r in rows] == [empty.id]
