@@ -48,7 +48,7 @@ async def test_a_run_is_pending_then_ok_with_its_reply(store):
         finish_reason="stop", system_fingerprint="fp", seed=7,
         response={"id": "chatcmpl-1", "object": "chat.completion"},
     )
-    assert not done.duplicate
+    assert done.duplicate is False
     assert done.reply is not None and done.reply.seq == 2 and done.reply.reply == info
     got = await store.get_run(run.id)
     assert got == done.run
@@ -466,6 +466,14 @@ async def test_a_usage_shared_by_the_reply_and_the_run_is_checked_and_kept_apart
     assert usage["details"] == {"cached_tokens": 0}
     assert (await store.get_run(run.id)).usage == usage
     assert (await store.get_message(conv.id, 2)).reply.usage == usage
+    # a run's usage of its own (another object, other counts) is the run's, not the reply's
+    own = await _start(store, conv.id)
+    done = await store.finish_run(
+        own.id, status="ok", reply={"role": "assistant", "content": "Again"},
+        reply_info=ReplyInfo(usage={"prompt_tokens": 1}), usage={"prompt_tokens": 2},
+    )
+    assert (done.run.usage, done.reply.reply.usage) == ({"prompt_tokens": 2}, {"prompt_tokens": 1})
+    assert (await store.get_run(own.id)).usage == {"prompt_tokens": 2}
 
 
 
@@ -722,7 +730,52 @@ async def test_json_checked_once_is_written_as_its_text(store):
     assert done.run.usage == {"prompt_tokens": 1}
     got = await store.get_run(run.id)
     assert got == done.run and got.settings == settings
+    if store.backend == "sqlite":  # JSON as text: the answer's own text, byte for byte
+        stored = store.sql(f"SELECT response, usage FROM runs WHERE id = '{run.id}'")
+        assert tuple(stored[0]) == (body.decode(), '{"prompt_tokens":1}')
+        text = '{"budget": 10,  "t": "\\u00e9"}'
+        spaced = await _start(store, conv.id, settings=checked_json_text(text, "run settings"))
+        assert spaced.settings == {"budget": 10, "t": "é"}
+        stored = store.sql(f"SELECT settings FROM runs WHERE id = '{spaced.id}'")
+        assert stored[0][0] == text
     empty = await _start(store, conv.id, settings=checked_json({}, "run settings"))
     assert empty.settings == {} == (await store.get_run(empty.id)).settings
     rows = store.sql("SELECT id FROM runs WHERE settings IS NULL")
     assert [r[0] for r in rows] == [empty.id]
+
+
+async def test_json_objects_json_can_write_are_taken_as_json(store):
+    """Settings, metadata-like objects and outcomes given with tuples, int keys or as
+    other mappings are stored as the JSON they write (what is read back), and what JSON
+    allows but the store does not (a NUL) is still refused, with its place named."""
+    import types
+
+    conv = await store.create_conversation()
+    settings = {"stop": ("a", "b"), 7: 1.5, "nested": {"t": (1, None)}}
+    run = await _start(store, conv.id, settings=settings)
+    expected = {"stop": ["a", "b"], "7": 1.5, "nested": {"t": [1, None]}}
+    assert run.settings == expected == (await store.get_run(run.id)).settings
+    proxy = types.MappingProxyType({"budget": 5})
+    done = await store.finish_run(run.id, status="ok", usage=proxy, response={"ids": (1, 2)})
+    assert (done.run.usage, done.run.response) == ({"budget": 5}, {"ids": [1, 2]})
+    assert await store.get_run(run.id) == done.run
+    before = store.snapshot()
+    with pytest.raises(StoreInputError) as info:
+        await _start(store, conv.id, settings={"stop": ("a\x00",)})
+    assert str(info.value) == ("run settings.stop[0] contains a NUL character, which PostgreSQL "
+                               "cannot store (refused on every database), at index 1")
+    assert store.snapshot() == before
+
+
+async def test_a_run_reads_back_with_its_own_types(store):
+    """stream is a bool (SQLite's driver gives 0 or 1), and a row written without JSON
+    objects or kept seqs (an import, an older convo) reads as empty ones, not None."""
+    conv = await store.create_conversation()
+    streamed, plain = await _start(store, conv.id, stream=True), await _start(store, conv.id)
+    await store.finish_run(plain.id, status="failed")
+    store.sql("UPDATE runs SET kept_seqs = NULL, settings = NULL, metadata = NULL")
+    for run, stream in ((streamed, True), (plain, False)):
+        for got in (await store.get_run(run.id), *(await store.list_runs(conv.id, limit=5)).items):
+            if got.id == run.id:
+                assert got.stream is stream
+                assert (got.kept_seqs, got.settings, got.metadata) == ([], {}, {})

@@ -289,8 +289,13 @@ async def test_serialized_request_text_is_checked_for_what_to_json_can_write(sto
     run = await _start(store, conv.id, request=SerializedRequest(text))
     assert run.request == text and type(run.request) is str
     assert (await store.get_run(run.id)).request == text
-    with pytest.raises(StoreInputError, match="valid JSON"):
-        await _start(store, conv.id, request=SerializedRequest('{"temperature":NaN}'))
+    for bad in ('{"temperature":NaN}', '{"temperature":Infinity}', '{"t":[-Infinity]}'):
+        with pytest.raises(StoreInputError, match="^run request is not valid JSON text$"):
+            await _start(store, conv.id, request=SerializedRequest(bad))
+    # the words in a string are no constants: parsed, found fine, kept as given
+    for text in ('{"stop":["NaN"]}', '{"stop":["Infinity"]}'):
+        run = await _start(store, conv.id, request=SerializedRequest(text))
+        assert run.request == text == (await store.get_run(run.id)).request
 
 
 # --- the user message on the thread's current branch --------------------------------------------
