@@ -58,6 +58,7 @@ async def test_a_run_is_pending_then_ok_with_its_reply(store):
     assert got.finished_at is not None and got.finished_at >= got.created_at
     stored = await store.get_message(conv.id, 2)
     assert stored.content == "Hello" and stored.idempotency_key == "k1#0"
+    assert done.reply == stored and done.reply.conversation_id == conv.id  # what was written
 
 
 async def test_the_request_text_is_kept_byte_for_byte(store):
