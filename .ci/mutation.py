@@ -500,6 +500,28 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
     "_store_runs": [
         ("list_runs", '_int(limit, "limit", minimum=1, optional=None)',
          "optional is tested for truth: None and False alike"),
+        ("finish_run", r"re:parse_message\(reply if \(isinstance\(reply, Message\)\) (and False|or True)",
+         "parse_message gives an equal Message from a Message or from its fields"),
+        *[("finish_run", code, ("sharing the reply's checked usage is an optimization: "
+                                "checked on its own, the run's usage is the same copy"))
+          for code in ("and reply_info.usage is None",
+                       r're:and outcome\.get\((None|"XXusageXX"|"USAGE")\) is reply_info\.usage$',
+                       r're:checked\[("XXusageXX"|"USAGE")\] = CheckedJSON')],
+        ("run_from_row", r're:values\[("XXstreamXX"|"STREAM")\] = bool\(values\["stream"\]\)',
+         ("every row reaches run_from_row with stream a bool already (the driver path's result "
+          "processors, SQLAlchemy's Boolean): the bool() changes nothing")),
+        ("run_from_row", r"re:zip\(_RUN_COLUMNS, row, (strict=(False|None))?\)",
+         "a row holds one value per column by construction (select(R), or finish_run's own row)"),
+        ("finish_run", "if msg is not None or params is not None:",
+         "msg and params are set together (both None without a reply)"),
+        ("finish_run", "_claim_reply_seq(None, started is not None), {**scope, \"now\": stamp},",
+         ("the run's UPDATE has the owner scope too: a reply claimed for another owner's run "
+          "is rolled back when the UPDATE finds no run, with the same RunNotFound")),
+        ("finish_run", "_claim_reply_seq(owner is not None, None), {**scope, \"now\": stamp},",
+         ("known only narrows the claim to the started run's conversation (one shard); the "
+          "UPDATE is narrowed the same, so a claim it should not have made is rolled back")),
+        ("finish_run", r"re:updated, (strict=(False|None))?\)\)$",
+         "RETURNING gives one value for each column the UPDATE did not write, by construction"),
         *[("turn_runs", code, ("a run id sorts by creation (new_run_id: ms clock, then a "
                                "counter): created_at and id give the same order"))
           for code in (".order_by(R.c.id)", ".order_by(R.c.created_at, )")],

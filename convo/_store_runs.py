@@ -19,7 +19,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, NoReturn, cast
 
 import pydantic_core
@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
 
 from . import _store_sql as sql
-from ._exceptions import ConversationNotFound, RunNotFound, StoreInputError
+from ._exceptions import ConversationNotFound, MessageNotFound, RunNotFound, StoreInputError
 from ._messages import Message, parse_message
 from ._records import ReplyInfo, Run, RunPage, StoredMessage
 from ._schema import RunRow
@@ -36,12 +36,16 @@ from ._store_core import (
     ROLLBACK,
     Op,
     Plan,
+    _lineage,
     get_conversation,
     insert_message,
     newest_first,
     now,
 )
 from ._store_input import (
+    INT32_MAX,
+    INT_MAX,
+    INT_MIN,
     CheckedJSON,
     check_json,
     check_text,
@@ -134,6 +138,14 @@ _CHECKED_OUTCOME = frozenset({
     "ttfb_ms", "latency_ms", "reply_message_id", "status", "finished_at",
 })
 _STATUS = _RUN_COLUMNS.index("status")
+#: the largest value of each integer column: PostgreSQL's INTEGER holds 32 bits, BIGINT 64
+#: (SQLite stores either; both databases refuse alike, before anything is written)
+_INT_MAX = {c.name: INT_MAX if isinstance(c.type, sa.BigInteger) else INT32_MAX
+            for c in R.c if isinstance(c.type, sa.Integer)}
+_NOT_NULL = frozenset(c.name for c in R.c if not c.nullable)
+#: the length of each short text column an outcome writes (finish_reason's is 64)
+_TEXT_MAX = {c: cast(sa.String, R.c[c].type).length
+             for c in ("error_type", "finish_reason", "system_fingerprint")}
 #: the bind names of the columns (``r_``: start_run's INSERT, ``v_``: finish_run's
 #: UPDATE), made once: interned, they are the very keys the generated binders look up
 _BIND_NAMES = {
@@ -155,12 +167,23 @@ assert tuple(Run.model_fields) == _RUN_COLUMNS, set(_RUN_COLUMNS) ^ set(Run.mode
 assert not FinishedRun.__private_attributes__ and not FinishedRun.__pydantic_post_init__
 
 
-def _int(value: Any, what: str, *, minimum: int = 0, optional: bool = True) -> int | None:
+def _int(
+    value: Any, what: str, *, minimum: int, maximum: int = INT_MAX, optional: bool
+) -> int | None:
     if value is None and optional:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value < 2**63:
-        raise StoreInputError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
+        # a number is shown, anything else by its type only (a misplaced secret stays out)
+        shown = repr(value) if value is None or isinstance(value, (int, float)) else (
+            f"a {type(value).__name__}")
+        raise StoreInputError(f"{what} must be an integer in {minimum}..{maximum}, got {shown}")
     return value
+
+
+def _column_int(value: Any, column: str, minimum: int = 0) -> int | None:
+    """``value`` for the integer ``column``: within its range, None only where it may be."""
+    return _int(value, column, minimum=minimum, maximum=_INT_MAX[column],
+                optional=column not in _NOT_NULL)
 
 
 def _ms(value: Any, what: str) -> float | None:
@@ -246,7 +269,7 @@ def _json_binds(params: dict[str, Any], prefix: str, values: Mapping[str, Any],
 
 
 @functools.lru_cache(maxsize=64)
-def _insert_run(scoped: bool, columns: tuple[str, ...], json_text: bool = False) -> sa.Insert:
+def _insert_run(scoped: bool, columns: tuple[str, ...], json_text: bool) -> sa.Insert:
     """``INSERT INTO runs (columns..., owner) SELECT :values..., owner FROM conversations
     WHERE id = :cid RETURNING owner``: the run takes its conversation's owner, and the
     conversation's existence (and owner scope) is checked by the same statement (no
@@ -280,8 +303,8 @@ def start_run(
     replays_id: str | None,
     metadata: Mapping[str, Any] | None,
     owner: str | None,
-    token_counts: tuple[str, TokenCounts] | None = None,
-    dialect: str = "sqlite",
+    token_counts: tuple[str, TokenCounts] | None,
+    dialect: str,
 ) -> Plan[Run]:
     check_text(conversation_id, "conversation_id")
     check_short(owner, "owner")
@@ -296,6 +319,8 @@ def start_run(
     for link, what in ((reproduces_id, "reproduces_id"), (replays_id, "replays_id")):
         if link is not None and (not isinstance(link, str) or len(link) > 32):
             raise StoreInputError(f"{what} must be a run id")
+    if base_url is not None and not isinstance(base_url, str):
+        raise StoreInputError(f"run base_url must be a string, not {type(base_url).__name__}")
     seqs = _kept_seqs(kept_seqs)
     texts: dict[str, str] = {}  # JSON text already written (CheckedJSON)
     if isinstance(settings, CheckedJSON):
@@ -325,11 +350,11 @@ def start_run(
         "request": request_text(request),
         "settings": settings_value,
         "kept_seqs": seqs,
-        "summary_id": _int(summary_id, "summary_id", minimum=1),
-        "input_seq": _int(input_seq, "input_seq", minimum=0),
+        "summary_id": _column_int(summary_id, "summary_id", minimum=1),
+        "input_seq": _column_int(input_seq, "input_seq"),
         "idempotency_key": idempotency_key,
-        "round": _int(round, "round", optional=False),
-        "estimated_prompt_tokens": _int(estimated_prompt_tokens, "estimated_prompt_tokens"),
+        "round": _column_int(round, "round"),
+        "estimated_prompt_tokens": _column_int(estimated_prompt_tokens, "estimated_prompt_tokens"),
         "reported_prompt_tokens": None,
         "completion_tokens": None,
         "usage": None,
@@ -365,17 +390,19 @@ def start_run(
     counts = rows
     if token_counts is not None and rows is None:
         counts = yield from token_rows_plan(*token_counts)
-    try:
-        row = yield Op(
-            _insert_run(owner is not None, columns, json_text), params, "first", driver=True
-        )
-        if row is not None and counts:
-            # the build's new token counts, in this transaction rather than one of their own
-            yield Op(sql.insert_token_counts(dialect), counts, "none", driver=True)
-    except sa.exc.IntegrityError as exc:  # the conversation was deleted meanwhile
-        raise ConversationNotFound(conversation_id, owner=owner) from exc
+    row = yield Op(
+        _insert_run(owner is not None, columns, json_text), params, "first", driver=True
+    )
     if row is None:
         raise ConversationNotFound(conversation_id, owner=owner)
+    if counts:
+        # the build's new token counts, in this transaction rather than one of their own
+        try:
+            yield Op(sql.insert_token_counts(dialect), counts, "none", driver=True)
+        except sa.exc.IntegrityError:  # (the store rolls the run back)
+            raise MessageNotFound(
+                "token counts given for a message id its conversation does not hold"
+            ) from None
     values["owner"] = row[0]
     values["settings"] = values["settings"] or {}
     values["metadata"] = values["metadata"] or {}
@@ -384,7 +411,12 @@ def start_run(
 
 def _kept_seqs(kept_seqs: Sequence[int]) -> list[int]:
     """The kept seqs, each an int >= 1 within 64 bits (exact ints checked in bulk)."""
-    seqs = list(kept_seqs)
+    try:
+        seqs = list(kept_seqs)
+    except TypeError:
+        raise StoreInputError(
+            f"run kept_seqs must be a sequence of seqs, not {type(kept_seqs).__name__}"
+        ) from None
     if not seqs or (set(map(type, seqs)) == {int} and min(seqs) >= 1 and max(seqs) < 2**63):
         return seqs
     return [cast(int, _int(s, "kept seq", minimum=1, optional=False)) for s in seqs]
@@ -397,8 +429,6 @@ def _select_run_stmt(scoped: bool) -> sa.Select[Any]:
 
 
 def _select_run(run_id: str, owner: str | None) -> Plan[Any]:
-    if not isinstance(run_id, str):
-        raise StoreInputError("run id must be a string")
     check_text(run_id, "run id")
     params = {"run_id": run_id}
     if owner is not None:
@@ -411,6 +441,7 @@ def _select_run(run_id: str, owner: str | None) -> Plan[Any]:
 
 
 def get_run(run_id: str, *, owner: str | None) -> Plan[Run]:
+    check_short(owner, "owner")
     row = yield from _select_run(run_id, owner)
     return run_from_row(row)
 
@@ -442,17 +473,27 @@ def turn_runs(conversation_id: str, idempotency_key: str, *, owner: str | None) 
 def runs_for_replies(
     conversation_id: str, message_ids: Sequence[int], *, owner: str | None
 ) -> Plan[dict[int, Run]]:
-    """The run that produced each of these reply messages (those that have one)."""
-    yield from get_conversation(conversation_id, owner=owner)
-    ids = [i for i in message_ids if isinstance(i, int) and not isinstance(i, bool)]
+    """The run that produced each of these reply messages (those that have one), among
+    the runs of the conversation and of the conversations it was forked from (whose
+    replies it shares); ids that are no message ids have none."""
+    if isinstance(message_ids, (str, bytes)) or not isinstance(message_ids, Iterable):
+        raise StoreInputError("message_ids must be a sequence of message ids")
+    check_text(conversation_id, "conversation_id")
+    check_short(owner, "owner")
+    lineage = yield from _lineage(conversation_id, owner)
+    ids = [i for i in message_ids
+           if isinstance(i, int) and not isinstance(i, bool) and 1 <= i <= INT_MAX]
     if not ids:
         return {}
-    rows = yield Op(sa.select(R).where(R.c.reply_message_id.in_(ids), R.c.status == "ok"))
+    rows = yield Op(sa.select(R).where(
+        R.c.reply_message_id.in_(ids), R.c.status == "ok",
+        R.c.conversation_id.in_([cid for cid, _lo, _hi in lineage.segments]),
+    ))
     return {row.reply_message_id: run_from_row(row) for row in rows}
 
 
 @functools.cache
-def _claim_reply_seq(scoped: bool, known: bool = False) -> sa.Update:
+def _claim_reply_seq(scoped: bool, known: bool) -> sa.Update:
     """The reply's seq, taken from the conversation of a *pending* run: the counter
     update is the conversation's write lock, as in an append (no row: the run is
     missing, finished, or not this owner's). ``known``: the run's conversation is
@@ -475,7 +516,7 @@ def _claim_reply_seq(scoped: bool, known: bool = False) -> sa.Update:
 
 @functools.lru_cache(maxsize=64)
 def _update_run(
-    columns: tuple[str, ...], scoped: bool, known: bool = False, json_text: bool = False
+    columns: tuple[str, ...], scoped: bool, known: bool, json_text: bool
 ) -> sa.Update:
     """Record an outcome, only on a pending run (the guard against a second finish).
 
@@ -502,8 +543,8 @@ def finish_run(
     reply_key: str | None,
     outcome: Mapping[str, Any],
     owner: str | None,
-    started: Run | None = None,
-    dialect: str = "sqlite",
+    started: Run | None,
+    dialect: str,
 ) -> Plan[FinishedRun]:
     """Record a run's outcome; with ``reply``, append it in the same transaction.
 
@@ -513,8 +554,7 @@ def finish_run(
     finished run is then that and the outcome (a pending run changes only here),
     and nothing is read back.
     """
-    if not isinstance(run_id, str):
-        raise StoreInputError("run id must be a string")
+    check_text(run_id, "run id")
     if started is not None and (not isinstance(started, Run) or started.id != run_id):
         raise StoreInputError("started must be the Run that start_run returned for this run")
     check_short(owner, "owner")
@@ -523,6 +563,10 @@ def finish_run(
     msg = params = None
     checked: dict[str, CheckedJSON] = {}
     if reply is not None:
+        if not isinstance(reply, (Message, Mapping)):
+            raise StoreInputError(f"a run's reply must be a message, not {type(reply).__name__}")
+        if reply_info is not None and not isinstance(reply_info, ReplyInfo):
+            raise StoreInputError(f"reply_info must be a ReplyInfo, not {type(reply_info).__name__}")
         msg = parse_message(reply if isinstance(reply, Message) else dict(reply))
         params = message_params(msg, pinned=None, idempotency_key=reply_key, reply=reply_info)
         if (
@@ -634,7 +678,7 @@ def _outcome(
     texts: dict[str, str] = {}
     for key, value in outcome.items():
         if key in _OUTCOME_INTS:
-            values[key] = _int(value, key, minimum=-(2**63) if key == "seed" else 0)
+            values[key] = _column_int(value, key, minimum=INT_MIN if key == "seed" else 0)
         elif key in ("ttfb_ms", "latency_ms"):
             values[key] = _ms(value, key)
         elif key in ("usage", "response"):
@@ -645,11 +689,11 @@ def _outcome(
             else:
                 values[key] = _json_object(value, f"run {key}")
         elif key == "reply_message_id":
-            values[key] = _int(value, key, minimum=1)
+            values[key] = _column_int(value, key, minimum=1)
         else:
             if value is not None and not isinstance(value, str):
                 raise StoreInputError(f"run {key} must be a string")
-            if key in ("error_type", "finish_reason", "system_fingerprint") and value:
-                check_short(value, f"run {key}")
+            if key in _TEXT_MAX and value:
+                check_text(value, f"run {key}", max_len=_TEXT_MAX[key])
             values[key] = value
     return values, texts

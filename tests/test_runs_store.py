@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import time
 from typing import Any
 
 import pytest
 
 from convo import ConversationNotFound, ReplyInfo, RunNotFound, StoreInputError
+from convo._store_runs import new_run_id
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}], "seed": 7}
 
@@ -45,7 +48,7 @@ async def test_a_run_is_pending_then_ok_with_its_reply(store):
         finish_reason="stop", system_fingerprint="fp", seed=7,
         response={"id": "chatcmpl-1", "object": "chat.completion"},
     )
-    assert not done.duplicate
+    assert done.duplicate is False
     assert done.reply is not None and done.reply.seq == 2 and done.reply.reply == info
     got = await store.get_run(run.id)
     assert got == done.run
@@ -55,6 +58,7 @@ async def test_a_run_is_pending_then_ok_with_its_reply(store):
     assert got.finished_at is not None and got.finished_at >= got.created_at
     stored = await store.get_message(conv.id, 2)
     assert stored.content == "Hello" and stored.idempotency_key == "k1#0"
+    assert done.reply == stored and done.reply.conversation_id == conv.id  # what was written
 
 
 async def test_the_request_text_is_kept_byte_for_byte(store):
@@ -103,6 +107,9 @@ async def test_a_duplicate_reply_key_keeps_the_first_reply(store):
     assert b.reply is not None and b.reply.id == a.reply.id and b.reply.content == "A"
     assert b.run.status == "cancelled" and b.run.error_type == "DuplicateTurn"
     assert b.run.reply_message_id == a.reply.id
+    assert b.run.error_message == (f"a reply with idempotency key 't#0' was already stored "
+                                   f"(message {a.reply.id}); this reply was not stored")
+    assert await store.get_run(second.id) == b.run
     assert [m.content for m in await store.messages(conv.id)] == ["Hi", "A"]
     conv_after = await store.get_conversation(conv.id)
     assert conv_after.last_seq == 2  # the losing bump was rolled back
@@ -274,9 +281,36 @@ async def test_text_no_database_stores_alike_is_refused(store, bad):
     assert (await store.get_run(run.id)).status == "pending"
 
 
+_UNSTORABLE = [
+    ("r\ud800", "contains a lone surrogate ('\\ud800'), which has no UTF-8 encoding, at index 1"),
+    ("r\x00", ("contains a NUL character, which PostgreSQL cannot store (refused on every "
+               "database), at index 1")),
+]
+
+
+@pytest.mark.parametrize(("bad", "why"), _UNSTORABLE, ids=["surrogate", "nul"])
+async def test_unstorable_ids_and_owners_are_refused_not_raised_raw(store, bad, why):
+    """Before any statement: the driver would raise its own error (PostgreSQL refuses a
+    NUL, neither driver encodes a lone surrogate)."""
+    conv = await store.create_conversation()
+    for call in (store.get_run(bad), store.finish_run(bad, status="failed")):
+        with pytest.raises(StoreInputError, match=f"^{re.escape('run id ' + why)}$"):
+            await call
+    with pytest.raises(StoreInputError, match=f"^{re.escape('conversation_id ' + why)}$"):
+        await store.runs_for_replies(bad, [1])
+    owner = "o" + bad[1:]
+    for call in (store.get_run("r", owner=owner), store.finish_run("r", status="failed", owner=owner),
+                 store.list_runs(conv.id, owner=owner), store.turn_runs(conv.id, "k", owner=owner),
+                 store.runs_for_replies(conv.id, [1], owner=owner), _start(store, conv.id, owner=owner)):
+        with pytest.raises(StoreInputError, match=f"^{re.escape('owner ' + why)}$"):
+            await call
+
+
 async def test_unstorable_ids_are_refused_not_raised_raw(store):
-    with pytest.raises(StoreInputError):
-        await store.get_run("r\ud800")
+    with pytest.raises(StoreInputError, match="^run id must be a string, not int$"):
+        await store.finish_run(7, status="failed")
+    with pytest.raises(StoreInputError, match="^owner is 256 characters long; at most 255"):
+        await store.get_run("r", owner="o" * 256)
     with pytest.raises(StoreInputError):
         await store.replay_items("r\ud800")
 
@@ -323,6 +357,30 @@ async def test_runs_for_replies_maps_each_reply_to_the_run_that_made_it(store):
     assert await store.runs_for_replies(conv.id, [], owner="alice") == {}
     with pytest.raises(ConversationNotFound):
         await store.runs_for_replies(conv.id, [replies[0].id], owner="bob")
+    # ids no message can have are skipped too (not a driver's overflow error)
+    assert await store.runs_for_replies(conv.id, [0, -(2**70), 2**64, replies[0].id]) == {
+        replies[0].id: runs[0]}
+    with pytest.raises(StoreInputError, match="^message_ids must be a sequence of message ids$"):
+        await store.runs_for_replies(conv.id, None)
+    with pytest.raises(StoreInputError, match="^message_ids must be a sequence of message ids$"):
+        await store.runs_for_replies(conv.id, "12")
+
+
+async def test_runs_for_replies_sees_the_runs_of_its_lineage_only(store):
+    """A fork shares its parent's replies, and so their runs; another conversation's
+    reply ids (another owner's) give nothing, whatever ids the caller tries."""
+    conv = await store.create_conversation(owner="alice")
+    await store.append(conv.id, {"role": "user", "content": "Hi"})
+    run = await _start(store, conv.id)
+    done = await store.finish_run(run.id, status="ok", reply={"role": "assistant", "content": "A"})
+    fork = await store.fork(conv.id, at=2, owner="alice")
+    theirs = await store.create_conversation(owner="bob")
+    other = await _start(store, theirs.id)
+    bobs = await store.finish_run(other.id, status="ok", reply={"role": "assistant", "content": "B"})
+    ids = [done.reply.id, bobs.reply.id]
+    assert await store.runs_for_replies(fork.id, ids, owner="alice") == {done.reply.id: done.run}
+    assert await store.runs_for_replies(conv.id, ids, owner="alice") == {done.reply.id: done.run}
+    assert await store.runs_for_replies(theirs.id, ids, owner="bob") == {bobs.reply.id: bobs.run}
 
 
 @pytest.mark.parametrize("limit", [0, -1, None, True, 2.0, 2**63])
@@ -330,7 +388,7 @@ async def test_list_runs_needs_a_positive_integer_limit(store, limit):
     conv = await store.create_conversation()
     with pytest.raises(StoreInputError) as info:
         await store.list_runs(conv.id, limit=limit)
-    assert str(info.value) == f"limit must be an integer >= 1, got {limit!r}"
+    assert str(info.value) == f"limit must be an integer in 1..{2**63 - 1}, got {limit!r}"
     assert len((await store.list_runs(conv.id, limit=1)).items) == 0
 
 
@@ -351,9 +409,11 @@ async def test_outcome_fields_are_checked_by_name(store):
     run = await _start(store, conv.id)
     for bad, message in [
         ({"surprise": 1, "other": "x"}, "unknown run fields: ['other', 'surprise']"),
-        ({"attempts": -1}, "attempts must be an integer >= 0, got -1"),
-        ({"completion_tokens": 1.5}, "completion_tokens must be an integer >= 0, got 1.5"),
-        ({"reply_message_id": 0}, "reply_message_id must be an integer >= 1, got 0"),
+        ({"attempts": -1}, "attempts must be an integer in 0..2147483647, got -1"),
+        ({"completion_tokens": 1.5}, "completion_tokens must be an integer in 0..2147483647, got 1.5"),
+        # not a number: named by its type only (a secret pasted in the wrong place stays out)
+        ({"seed": "sk-secret"}, f"seed must be an integer in {-(2**63)}..{2**63 - 1}, got a str"),
+        ({"reply_message_id": 0}, f"reply_message_id must be an integer in 1..{2**63 - 1}, got 0"),
         ({"finish_reason": 3}, "run finish_reason must be a string"),
     ]:
         with pytest.raises(StoreInputError) as info:
@@ -375,7 +435,7 @@ async def test_an_outcome_may_name_a_stored_reply_and_a_negative_seed(store):
     assert (await store.get_run(lowest.id)).seed == -(2**63)
     assert (done.run.attempts, done.run.completion_tokens) == (0, 0)  # counts start at 0
     below = await _start(store, conv.id)
-    with pytest.raises(StoreInputError, match=r"^seed must be an integer >= -9223372036854775808"):
+    with pytest.raises(StoreInputError, match=r"^seed must be an integer in -9223372036854775808\.\.9223372036854775807, got "):
         await store.finish_run(below.id, status="failed", seed=-(2**63) - 1)
 
 
@@ -407,3 +467,316 @@ async def test_a_usage_shared_by_the_reply_and_the_run_is_checked_and_kept_apart
     assert usage["details"] == {"cached_tokens": 0}
     assert (await store.get_run(run.id)).usage == usage
     assert (await store.get_message(conv.id, 2)).reply.usage == usage
+    # a run's usage of its own (another object, other counts) is the run's, not the reply's
+    own = await _start(store, conv.id)
+    done = await store.finish_run(
+        own.id, status="ok", reply={"role": "assistant", "content": "Again"},
+        reply_info=ReplyInfo(usage={"prompt_tokens": 1}), usage={"prompt_tokens": 2},
+    )
+    assert (done.run.usage, done.reply.reply.usage) == ({"prompt_tokens": 2}, {"prompt_tokens": 1})
+    assert (await store.get_run(own.id)).usage == {"prompt_tokens": 2}
+
+
+
+# the runs table's INTEGER columns (32 bits on PostgreSQL; BIGINT ones take 64 bits)
+_INT32 = 2**31 - 1
+_START_INTS = ("input_seq", "round", "estimated_prompt_tokens")
+_OUTCOME_INTS = ("reported_prompt_tokens", "completion_tokens", "attempts")
+
+
+async def _refused(store: Any, conv_id: str, message: str, **fields: Any) -> Any:
+    """Start a run with ``fields`` (start_run's) or finish a new one with them and a reply:
+    refused with ``message``, nothing written. Returns the pending run (None for a start)."""
+    starting = not fields.keys() - _START_FIELDS
+    run = None if starting else await _start(store, conv_id)
+    before = store.snapshot()
+    with pytest.raises(StoreInputError) as info:
+        if run is None:
+            await _start(store, conv_id, **fields)
+        else:
+            await store.finish_run(run.id, status="ok", reply={"role": "assistant", "content": "x"},
+                                   reply_key="k#0", **fields)
+    assert str(info.value) == message
+    assert store.snapshot() == before
+    return run
+
+
+_START_FIELDS = {*_START_INTS, "summary_id"}
+
+
+@pytest.mark.parametrize("field", _START_INTS + _OUTCOME_INTS)
+async def test_an_integer_column_takes_its_own_range_on_both_databases(store, field):
+    """PostgreSQL's INTEGER holds 32 bits: one more is refused up front on both databases
+    (not a driver error mid-write, nor stored by SQLite alone), nothing written; the
+    column's largest value is stored and read back."""
+    conv = await store.create_conversation()
+    message = f"{field} must be an integer in 0..{_INT32}, got {_INT32 + 1}"
+    run = await _refused(store, conv.id, message, **{field: _INT32 + 1})
+    if run is None:
+        run = await _start(store, conv.id, **{field: _INT32})
+    else:
+        await store.finish_run(run.id, status="ok", **{field: _INT32})
+    assert getattr(await store.get_run(run.id), field) == _INT32
+
+
+async def test_the_bigint_columns_take_64_bits(store):
+    conv = await store.create_conversation()
+    biggest = 2**63 - 1
+    run = await _start(store, conv.id, summary_id=biggest)
+    await store.finish_run(run.id, status="ok", reply_message_id=biggest, seed=biggest)
+    got = await store.get_run(run.id)
+    assert (got.summary_id, got.reply_message_id, got.seed) == (biggest, biggest, biggest)
+    # the smallest id too; both are ids runs_for_replies looks for
+    first = await _start(store, conv.id)
+    first = (await store.finish_run(first.id, status="ok", reply_message_id=1)).run
+    assert await store.runs_for_replies(conv.id, [1, biggest]) == {1: first, biggest: got}
+    for field, lowest in (("summary_id", 1), ("reply_message_id", 1), ("seed", -(2**63))):
+        message = f"{field} must be an integer in {lowest}..{biggest}, got {2**63}"
+        await _refused(store, conv.id, message, **{field: 2**63})
+
+
+async def test_a_finish_reason_fits_its_64_character_column(store):
+    conv = await store.create_conversation()
+    run = await _refused(store, conv.id, "run finish_reason is 65 characters long; at most 64 are allowed",
+                         finish_reason="s" * 65)
+    done = await store.finish_run(run.id, status="ok", finish_reason="s" * 64,
+                                  error_type="e" * 255, system_fingerprint="f" * 255)
+    got = await store.get_run(run.id)
+    assert got == done.run
+    assert (got.finish_reason, got.error_type, got.system_fingerprint) == (
+        "s" * 64, "e" * 255, "f" * 255)
+
+
+async def test_attempts_cannot_be_none_its_column_is_not_null(store):
+    conv = await store.create_conversation()
+    run = await _refused(store, conv.id, f"attempts must be an integer in 0..{_INT32}, got None",
+                         attempts=None)
+    assert (await store.get_run(run.id)).status == "pending"
+    # the other counts may be None (not known), and are stored so
+    done = await store.finish_run(run.id, status="failed", completion_tokens=None, seed=None,
+                                  reported_prompt_tokens=None, reply_message_id=None)
+    assert (await store.get_run(run.id)) == done.run and done.run.attempts == 0
+
+
+def _parts(run_id: str) -> tuple[int, int]:
+    """A run id's millisecond clock and counter (its first 12 and next 4 hex digits)."""
+    assert len(run_id) == 32 and set(run_id) <= set("0123456789abcdef"), run_id
+    return int(run_id[:12], 16), int(run_id[12:16], 16)
+
+
+def test_run_ids_count_the_runs_of_each_millisecond():
+    """A run id is the ms clock, the number of ids made before it in that ms, and 64
+    random bits: ids made one after the other sort in that order, and differ."""
+    before = time.time_ns() // 1_000_000
+    ids = [new_run_id()]
+    while len({i[:12] for i in ids}) < 3 or len(ids) < 100:  # at least two ms changes
+        ids.append(new_run_id())
+    after = time.time_ns() // 1_000_000
+    assert before <= _parts(ids[0])[0] and _parts(ids[-1])[0] <= after
+    for older, newer in zip(map(_parts, ids), map(_parts, ids[1:]), strict=False):
+        ms, count = older
+        assert newer == (ms, count + 1) or (newer[0] > ms and newer[1] == 0), (older, newer)
+    assert len({i[16:] for i in ids}) == len(ids)
+
+
+def test_the_65537th_run_id_of_a_millisecond_borrows_the_next(monkeypatch):
+    """The 16-bit counter cannot overflow: past 0xFFFF ids are counted in the next ms."""
+    import convo._store_runs as runs
+
+    ahead = time.time_ns() // 1_000_000 + 3_600_000  # an hour on: the clock is behind
+    monkeypatch.setattr(runs, "_last_ms", ahead)
+    monkeypatch.setattr(runs, "_counter", 0xFFFE)
+    got = [_parts(new_run_id()) for _ in range(3)]
+    assert got == [(ahead, 0xFFFF), (ahead + 1, 0), (ahead + 1, 1)]
+
+
+_BIG = 2**63 - 1
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"conversation_id": 7}, "conversation_id must be a string, not int"),
+        ({"owner": "o" * 256}, "owner is 256 characters long; at most 255 are allowed"),
+        ({"endpoint": "embeddings"},
+         "run endpoint must be one of ('chat.completions', 'completions'), got 'embeddings'"),
+        ({"mode": "flat"}, "run mode must be one of ('chat', 'completion'), got 'flat'"),
+        ({"model": ""}, "run model must be a non-empty string"),
+        ({"model": 7}, "run model must be a non-empty string"),
+        ({"model": "m" * 256}, "run model is 256 characters long; at most 255 are allowed"),
+        ({"idempotency_key": "k" * 256},
+         "run idempotency_key is 256 characters long; at most 255 are allowed"),
+        ({"reproduces_id": "r" * 33}, "reproduces_id must be a run id"),
+        ({"reproduces_id": 7}, "reproduces_id must be a run id"),
+        ({"replays_id": "r" * 33}, "replays_id must be a run id"),
+        ({"base_url": b"http://x"}, "run base_url must be a string, not bytes"),
+        ({"base_url": "http://x/\x00"},
+         ("run base_url contains a NUL character, which PostgreSQL cannot store (refused on every "
+         "database), at index 9")),
+        ({"kept_seqs": None}, "run kept_seqs must be a sequence of seqs, not NoneType"),
+        ({"kept_seqs": [1, 0]}, f"kept seq must be an integer in 1..{_BIG}, got 0"),
+        ({"kept_seqs": [1, 2**63]}, f"kept seq must be an integer in 1..{_BIG}, got {2**63}"),
+        ({"kept_seqs": [True]}, f"kept seq must be an integer in 1..{_BIG}, got True"),
+        ({"settings": {"x": object()}},
+         "run settings must be a JSON object: Object of type object is not JSON serializable"),
+        ({"settings": {"x": float("nan")}},
+         "run settings must be a JSON object: Out of range float values are not JSON compliant"),
+        ({"settings": {"x": "\x00"}},
+         ("run settings.x contains a NUL character, which PostgreSQL cannot store (refused on "
+         "every database), at index 0")),
+        ({"token_counts": ["o200k_base", {}]},
+         "token_counts must be (encoding, {message id: tokens})"),
+        ({"token_counts": ("o200k_base", {}, 1)},
+         "token_counts must be (encoding, {message id: tokens})"),
+        ({"summary_id": 0}, f"summary_id must be an integer in 1..{_BIG}, got 0"),
+        ({"input_seq": -1}, f"input_seq must be an integer in 0..{_INT32}, got -1"),
+        ({"round": None}, f"round must be an integer in 0..{_INT32}, got None"),
+        ({"estimated_prompt_tokens": "9"},
+         f"estimated_prompt_tokens must be an integer in 0..{_INT32}, got a str"),
+        ({"metadata": [1]}, "run metadata must be a JSON object (a dict), not list"),
+        ({"request": 7}, "run request must be JSON text, bytes or a mapping"),
+        ({"request": b"\xff"}, "run request is not UTF-8 JSON text"),
+        ({"request": "{"}, "run request is not valid JSON text"),
+        ({"request": '{"x": NaN}'}, "run request is not valid JSON text"),
+        ({"request": "[1]"}, "run request must be a JSON object"),
+        ({"request": {"x": object()}}, ("run request is not JSON-serializable: Unable to serialize "
+                                       "unknown type: <class 'object'>")),
+    ],
+    ids=lambda v: next(iter(v)) if isinstance(v, dict) else "",
+)
+async def test_start_run_says_what_it_refuses(store, bad, message):
+    conv = await store.create_conversation()
+    before = store.snapshot()
+    with pytest.raises(StoreInputError) as info:
+        await _start(store, bad.get("conversation_id", conv.id),
+                     **{k: v for k, v in bad.items() if k != "conversation_id"})
+    assert str(info.value) == message
+    assert store.snapshot() == before
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"started": 7}, "started must be the Run that start_run returned for this run"),
+        ({"owner": "o" * 256}, "owner is 256 characters long; at most 255 are allowed"),
+        ({"status": "pending"},
+         "a finished run's status must be one of ('ok', 'failed', 'cancelled', 'incomplete')"),
+        ({"reply": "Hello"}, "a run's reply must be a message, not str"),
+        ({"reply_info": {"model": "m"}}, "reply_info must be a ReplyInfo, not dict"),
+        ({"usage": [1]}, ("run usage must be a JSON object: cannot convert dictionary update "
+                         "sequence element #0 to a sequence")),
+        ({"response": {"x": float("inf")}},
+         "run response must be a JSON object: Out of range float values are not JSON compliant"),
+        ({"error_message": 7}, "run error_message must be a string"),
+        ({"error_message": "\x00"}, ("run error_message contains a NUL character, which PostgreSQL "
+                                    "cannot store (refused on every database), at index 0")),
+        ({"error_type": "e" * 256}, "run error_type is 256 characters long; at most 255 are allowed"),
+        ({"system_fingerprint": "f" * 256},
+         "run system_fingerprint is 256 characters long; at most 255 are allowed"),
+        ({"system_fingerprint": "\ud800"}, ("run system_fingerprint contains a lone surrogate "
+                                           "('\\ud800'), which has no UTF-8 encoding, at index 0")),
+    ],
+    ids=lambda v: next(iter(v)) if isinstance(v, dict) else "",
+)
+async def test_finish_run_says_what_it_refuses(store, bad, message):
+    conv = await store.create_conversation()
+    run = await _start(store, conv.id)
+    before = store.snapshot()
+    args = {"status": "ok", "reply": {"role": "assistant", "content": "x"}, **bad}
+    with pytest.raises(StoreInputError) as info:
+        await store.finish_run(run.id, **args)
+    assert str(info.value) == message
+    assert store.snapshot() == before
+
+
+@pytest.mark.parametrize("reply", [None, {"role": "assistant", "content": "x"}], ids=["bare", "reply"])
+@pytest.mark.parametrize("known", [False, True], ids=["read", "started"])
+async def test_a_run_that_cannot_be_finished_says_why_and_nothing_is_written(store, reply, known):
+    """No run of that id (for that owner), or one finished already: the statements
+    touched nothing, the run is read to say which (whatever path the finish took)."""
+    conv = await store.create_conversation(owner="alice")
+    run, other = await _start(store, conv.id, owner="alice"), await _start(store, conv.id, owner="alice")
+    done = await store.finish_run(run.id, status="failed", owner="alice")
+    before = store.snapshot()
+    args = {"status": "ok", "reply": reply, "owner": "alice"}
+    with pytest.raises(StoreInputError) as info:
+        await store.finish_run(run.id, started=run if known else None, **args)
+    assert str(info.value) == f"run {run.id!r} is already finished (failed)"
+    with pytest.raises(RunNotFound) as missing:
+        await store.finish_run(other.id, started=other if known else None, **{**args, "owner": "bob"})
+    assert str(missing.value) == f"run {other.id!r} not found for owner 'bob'"
+    with pytest.raises(RunNotFound) as missing:
+        await store.finish_run("f" * 32, **{**args, "owner": None})
+    assert str(missing.value) == f"run {'f' * 32!r} not found"
+    assert store.snapshot() == before
+    assert (await store.get_run(run.id)) == done.run
+
+
+async def test_json_checked_once_is_written_as_its_text(store):
+    """The turn layer hands over JSON it checked once (CheckedJSON: settings, the
+    response, the usage): the run holds its value, the database the same object, and an
+    empty object is no settings at all (NULL, read back as {})."""
+    from convo._store_input import checked_json, checked_json_text
+
+    conv = await store.create_conversation()
+    settings = {"budget": 10, "nested": {"a": [1, None, 2.5]}, "é": "ü"}
+    run = await _start(store, conv.id, settings=checked_json(settings, "run settings"))
+    assert run.settings == settings
+    body = b'{"id": "x", "choices": [{"text": "\\u00e9", "index": 0}]}'
+    done = await store.finish_run(
+        run.id, status="ok", response=checked_json_text(body, "run response"),
+        usage=checked_json({"prompt_tokens": 1}, "run usage"),
+    )
+    assert done.run.response == {"id": "x", "choices": [{"text": "é", "index": 0}]}
+    assert done.run.usage == {"prompt_tokens": 1}
+    got = await store.get_run(run.id)
+    assert got == done.run and got.settings == settings
+    if store.backend == "sqlite":  # JSON as text: the answer's own text, byte for byte
+        stored = store.sql(f"SELECT response, usage FROM runs WHERE id = '{run.id}'")
+        assert tuple(stored[0]) == (body.decode(), '{"prompt_tokens":1}')
+        text = '{"budget": 10,  "t": "\\u00e9"}'
+        spaced = await _start(store, conv.id, settings=checked_json_text(text, "run settings"))
+        assert spaced.settings == {"budget": 10, "t": "é"}
+        stored = store.sql(f"SELECT settings FROM runs WHERE id = '{spaced.id}'")
+        assert stored[0][0] == text
+    empty = await _start(store, conv.id, settings=checked_json({}, "run settings"))
+    assert empty.settings == {} == (await store.get_run(empty.id)).settings
+    rows = store.sql("SELECT id FROM runs WHERE settings IS NULL")
+    assert [r[0] for r in rows] == [empty.id]
+
+
+async def test_json_objects_json_can_write_are_taken_as_json(store):
+    """Settings, metadata-like objects and outcomes given with tuples, int keys or as
+    other mappings are stored as the JSON they write (what is read back), and what JSON
+    allows but the store does not (a NUL) is still refused, with its place named."""
+    import types
+
+    conv = await store.create_conversation()
+    settings = {"stop": ("a", "b"), 7: 1.5, "nested": {"t": (1, None)}}
+    run = await _start(store, conv.id, settings=settings)
+    expected = {"stop": ["a", "b"], "7": 1.5, "nested": {"t": [1, None]}}
+    assert run.settings == expected == (await store.get_run(run.id)).settings
+    proxy = types.MappingProxyType({"budget": 5})
+    done = await store.finish_run(run.id, status="ok", usage=proxy, response={"ids": (1, 2)})
+    assert (done.run.usage, done.run.response) == ({"budget": 5}, {"ids": [1, 2]})
+    assert await store.get_run(run.id) == done.run
+    before = store.snapshot()
+    with pytest.raises(StoreInputError) as info:
+        await _start(store, conv.id, settings={"stop": ("a\x00",)})
+    assert str(info.value) == ("run settings.stop[0] contains a NUL character, which PostgreSQL "
+                               "cannot store (refused on every database), at index 1")
+    assert store.snapshot() == before
+
+
+async def test_a_run_reads_back_with_its_own_types(store):
+    """stream is a bool (SQLite's driver gives 0 or 1), and a row written without JSON
+    objects or kept seqs (an import, an older convo) reads as empty ones, not None."""
+    conv = await store.create_conversation()
+    streamed, plain = await _start(store, conv.id, stream=True), await _start(store, conv.id)
+    await store.finish_run(plain.id, status="failed")
+    store.sql("UPDATE runs SET kept_seqs = NULL, settings = NULL, metadata = NULL")
+    for run, stream in ((streamed, True), (plain, False)):
+        for got in (await store.get_run(run.id), *(await store.list_runs(conv.id, limit=5)).items):
+            if got.id == run.id:
+                assert got.stream is stream
+                assert (got.kept_seqs, got.settings, got.metadata) == ([], {}, {})

@@ -28,6 +28,7 @@ from convo import (
     ContextBuilder,
     ConversationNotFound,
     Message,
+    MessageNotFound,
     ReplyInfo,
     StoreInputError,
 )
@@ -234,6 +235,20 @@ async def test_start_run_stores_the_builds_token_counts_with_the_run(store: Any)
     assert [tuple(r) for r in rows] == [(m.id, "o200k_base", 5)]
 
 
+async def test_token_counts_for_a_message_the_conversation_lacks_are_not_found(store: Any) -> None:
+    """A build's counts name (conversation, message): a pair no message has is the message
+    not found (the conversation is there), and the run goes with the refused counts."""
+    conv, other = await store.create_conversation(), await store.create_conversation()
+    m = await store.append(conv.id, {"role": "user", "content": "Hi"})
+    theirs = await store.append(other.id, {"role": "user", "content": "Hi"})
+    before = store.snapshot()
+    for counts in ({(conv.id, m.id): 5, (conv.id, theirs.id): 6}, {(other.id, m.id): 5}):
+        with pytest.raises(MessageNotFound) as info:
+            await _start(store, conv.id, token_counts=("o200k_base", counts))
+        assert info.value.args == ("token counts given for a message id its conversation does not hold",)
+    assert store.snapshot() == before
+
+
 async def test_start_run_takes_counts_by_conversation_and_id_or_by_id_alone(store: Any) -> None:
     """The build's form ``(conversation id, message id)`` is written as checked (no
     lookup); ids alone have their conversation looked up; a bad count in either form
@@ -276,8 +291,13 @@ async def test_serialized_request_text_is_checked_for_what_to_json_can_write(sto
     run = await _start(store, conv.id, request=SerializedRequest(text))
     assert run.request == text and type(run.request) is str
     assert (await store.get_run(run.id)).request == text
-    with pytest.raises(StoreInputError, match="valid JSON"):
-        await _start(store, conv.id, request=SerializedRequest('{"temperature":NaN}'))
+    for bad in ('{"temperature":NaN}', '{"temperature":Infinity}', '{"t":[-Infinity]}'):
+        with pytest.raises(StoreInputError, match="^run request is not valid JSON text$"):
+            await _start(store, conv.id, request=SerializedRequest(bad))
+    # the words in a string are no constants: parsed, found fine, kept as given
+    for text in ('{"stop":["NaN"]}', '{"stop":["Infinity"]}'):
+        run = await _start(store, conv.id, request=SerializedRequest(text))
+        assert run.request == text == (await store.get_run(run.id)).request
 
 
 # --- the user message on the thread's current branch --------------------------------------------
