@@ -107,10 +107,6 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
     "_selection": [
         ("Selector.__init__", "self._have_current = None",
          "only read as `not self._have_current`: None and False alike"),
-        ("Selector.__init__", 'self._oldest_seen: int | None = ""',
-         "_oldest_seen is written, never read (dead state)"),
-        ("Selector.feed", "self._oldest_seen = None",
-         "_oldest_seen is written, never read (dead state)"),
         ("Selector.__init__", 'self._dropped_through: int | None = ""',
          "never read before _finish sets it: result() needs done, and only _finish sets done"),
         *[("Selector.feed", f"self._finish(None, {reason})", _UNREPORTED_REASON)
@@ -118,6 +114,10 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         ("Selector._starts_history",
          "return sum(1 for s in self._pinned_seqs if s <= first) == first - 1",
          "first is a seq of the turn, never pinned (feed skips pinned seqs): s == first never counts"),
+        ("Selector._starts_history",
+         "if first - 2 > len(self._pinned_seqs):  # (the usual answer, without the count)",
+         ("only a shortcut: with fewer pinned seqs than seqs before first, the count below "
+          "cannot reach first - 1 either, so it answers False too")),
         ("Selector._keep_current", "turn.items[0] = Item(msg, user.seq, cost, )",
          "Item.exact defaults to True, and only str content is truncated, whose count is always exact"),
         ("Selector._keep_current", "turn.cost = rest - cost",

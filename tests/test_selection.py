@@ -330,3 +330,16 @@ def test_a_part_that_fills_the_free_budget_exactly_is_read_on() -> None:
              Item(Message.user("u2"), 3, 100)]
     res = _run(items, set(), 20, budget=203, overhead=3)
     assert [i.seq for i in res.window] == [1, 2, 3]
+
+
+def test_a_part_that_reaches_a_cap_exactly_is_read_on() -> None:
+    # the assistant message (100) is over the 50 tokens left, and with the 100 kept it
+    # is exactly at the history cap or the low-water mark, not over it: its user
+    # message (which costs nothing here) is read before the turn is judged, and the
+    # budget is what drops it
+    items = [Item(Message.user("u1"), 1, 0), Item(Message.assistant("a1"), 2, 100),
+             Item(Message.user("u2"), 3, 100)]
+    for cap in ({"max_history_tokens": 200}, {"low_water": 200}):
+        res = _run(items, set(), 20, budget=153, overhead=3, **cap)
+        assert [i.seq for i in res.window] == [3]
+        assert (res.stop_reason, res.dropped_through, res.rows_read) == ("budget", 2, 3)
