@@ -47,7 +47,8 @@ MIN_SCORE = 90.0
 #: module -> the test files its mutants run against (fast ones, the module's own)
 MODULES: dict[str, list[str]] = {
     "_selection": ["test_selection.py", "test_context_edges.py", "test_context.py"],
-    "_context_plan": ["test_context.py", "test_context_edges.py", "test_context_paths.py"],
+    "_context_plan": ["test_context.py", "test_context_edges.py", "test_context_paths.py",
+                      "test_context_floor.py", "test_context_as_of.py"],
     "_tokens": ["test_tokens_rules.py", "test_tokens.py"],
     "_media_tokens": ["test_media_tokens.py", "test_tokens.py"],
     "_templates": ["test_templates_edges.py", "test_templates.py", "test_templates_hf.py",
