@@ -115,6 +115,8 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         ("Selector._starts_history",
          "return sum(1 for s in self._pinned_seqs if s <= first) == first - 1",
          "first is a seq of the turn, never pinned (feed skips pinned seqs): s == first never counts"),
+        ("Selector.feed", "turn, self._pending = self._pending, _Turn(None)",
+         "the preamble is the last turn: selection finishes right after, the new pending turn is never used"),
         ("Selector._starts_history",
          "if first - 2 > len(self._pinned_seqs):  # (the usual answer, without the count)",
          ("only a shortcut: with fewer pinned seqs than seqs before first, the count below "

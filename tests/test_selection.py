@@ -343,3 +343,16 @@ def test_a_part_that_reaches_a_cap_exactly_is_read_on() -> None:
         res = _run(items, set(), 20, budget=153, overhead=3, **cap)
         assert [i.seq for i in res.window] == [3]
         assert (res.stop_reason, res.dropped_through, res.rows_read) == ("budget", 2, 3)
+
+
+@pytest.mark.parametrize("page", [1, 2, 3, 5])
+def test_rows_read_add_up_across_pages(page: int) -> None:
+    # the same selections as above, fed in short pages: the rows read are counted
+    # over every page, whichever way the selection stops (a part over the free
+    # budget, a whole turn over a cap)
+    items = _turns(*[100] * 20)
+    assert _run(items, set(), page, budget=603, overhead=3).rows_read == 7
+    assert _run(items, set(), page, budget=803, overhead=3).rows_read == 9
+    res = _run(_turns(100, 300, 100, 100), set(), page, budget=303, overhead=3,
+               max_history_tokens=550)
+    assert (res.stop_reason, res.rows_read) == ("max_history_tokens", 4)
