@@ -356,3 +356,36 @@ def test_rows_read_add_up_across_pages(page: int) -> None:
     res = _run(_turns(100, 300, 100, 100), set(), page, budget=303, overhead=3,
                max_history_tokens=550)
     assert (res.stop_reason, res.rows_read) == ("max_history_tokens", 4)
+
+
+def test_a_turn_that_reaches_the_low_water_mark_exactly_is_kept() -> None:
+    res = _run(_turns(100, 100, 100, 100), set(), 20, budget=1000, overhead=3, low_water=400)
+    assert [i.seq for i in res.window] == [1, 2, 3, 4] and res.dropped_count == 0
+    res = _run(_turns(100, 100, 100, 100), set(), 20, budget=1000, overhead=3, low_water=399)
+    assert [i.seq for i in res.window] == [3, 4] and res.stop_reason == "low water"
+
+
+def test_the_summary_reserve_is_held_back_from_every_turn_but_the_first() -> None:
+    # 40 free after the newest turn: turn 3-4 (30) fits only without the reserve of 20,
+    # which it does not start the history to be spared
+    items = _turns(5, 5, 15, 15, 10)
+    res = _run(items, set(), 20, budget=53, overhead=3, summary_reserve=20)
+    assert [i.seq for i in res.window] == [5]
+    assert (res.dropped_through, res.stop_reason, res.summary_reserve) == (4, "budget", 20)
+    # turn 1-2 starts the history: nothing is left to summarize, it may use the reserve
+    res = _run(_turns(15, 15, 10), set(), 20, budget=53, overhead=3, summary_reserve=20)
+    assert [i.seq for i in res.window] == [1, 2, 3] and res.summary_reserve == 0
+
+
+def test_a_truncated_first_message_needs_no_summary_reserve() -> None:
+    def shorten(msg: Message, max_cost: int, mode: str) -> tuple[Message, int]:
+        return msg.model_copy(update={"content": "x"}), max_cost
+
+    # with older history to summarize, the message keeps the budget but the reserve
+    older = [Item(Message.user("u"), 2, 10), Item(Message.assistant("a"), 3, 10)]
+    for history, kept in (([], 87), (older, 67)):
+        items = [Item(Message.system("s"), 1, 10), *history,
+                 Item(Message.user("x" * 100), len(history) + 2, 500)]
+        res = _run(items, set(), 8, budget=100, overhead=3, summary_reserve=20, truncate="tail",
+                   truncator=shorten)
+        assert res.truncation is not None and res.truncation.kept_tokens == kept
