@@ -389,3 +389,9 @@ def test_a_truncated_first_message_needs_no_summary_reserve() -> None:
         res = _run(items, set(), 8, budget=100, overhead=3, summary_reserve=20, truncate="tail",
                    truncator=shorten)
         assert res.truncation is not None and res.truncation.kept_tokens == kept
+    # and only while the message still gets a token: else it takes the whole room
+    items = [Item(Message.system("s"), 1, 10), *older, Item(Message.user("x" * 100), 4, 500)]
+    for reserve, kept in ((86, 1), (87, 87), (100, 87)):
+        res = _run(items, set(), 8, budget=100, overhead=3, summary_reserve=reserve,
+                   truncate="tail", truncator=shorten)
+        assert res.truncation is not None and res.truncation.kept_tokens == kept, reserve
