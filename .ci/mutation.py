@@ -289,56 +289,17 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
           for text in ("XXan error occurred during streamingXX", "AN ERROR OCCURRED DURING STREAMING")],
     ],
     "_context_plan": [
-        *[("_template_costs", code, "x and X, y and Y are one token each, alone and in the templates")
-          for code in (
-              'u, a = Message(role="user", content="X"), Message(role="assistant", content="y")',
-              'u, a = Message(role="user", content="x"), Message(role="assistant", content="Y")',
-              'per = max(0, math.ceil((three - one - count("Y") - count("x")) / 2))',
-              'per = max(0, math.ceil((three - one - count("y") - count("X")) / 2))',
-              'fixed = max(0, one - per - count("X"))',
-          )],
-        *[(function, code, "add_generation_prompt defaults to True in the PromptTemplate protocol")
-          for function, code in (
-              ("_template_costs", "one = count(tpl.render([u], ))"),
-              ("_template_costs", "three = count(tpl.render([u, a, u], ))"),
-              ("_render", "prompt = cfg.template.render(safe, tools=cfg.tools)"),
-          )],
-        ("_overhead",
-         "return 3 + (cfg.counter.tools_tokens(cfg.tools) if (cfg.tools) or True else 0)",
-         "tools_tokens(None) and tools_tokens([]) are 0"),
-        ("plan_build", "truncator=_truncator(cfg) if (cfg.truncate) or True else None,",
-         "the selector calls the truncator only when truncate is set"),
         ("_find_json_instruction",
          "before = sel.dropped_through + 2 if sel.dropped_through is not None else None",
          "seq dropped_through + 1 is sent and does not mention JSON (else no search): skipped either way"),
-        ("_summarize", "stored: Summary | None = yield LatestSummary(sel.dropped_through or 1)",
-         "dropped_through is set (>= 1) whenever a summary is made"),
-        ("_summarize", "start = stored.start_seq if (stored) and False else 1",
-         "a stored summary that does not start at seq 1 was discarded just above"),
-        ("_summarize", "return",
-         "Range(cursor, end + 1) is never empty while cursor < end: a lineage's seqs are contiguous",
-         "break"),
         ("_assemble", "entries.append((sel.dropped_through - 0.5, summary_msg))",
          ("differs only when dropped_through is a sent (pinned) seq, which only truncation "
           "gives, and truncation leaves no room for a summary (see docs/testing.md)")),
         ("_assemble", "entries.sort(key=None)",
          "the first items (seqs, the summary at .5) are distinct: tuples sort by them alone"),
-        ("_render", "safe = [_neutralize(m, markers) for m in messages] if (markers) or True else messages",
-         "_neutralize with no markers returns each message as it is"),
-        *[("control_markers", code,
-           "every marker is broken either way; the order only moves where the zero-width space lands")
-          for code in (
-              "return tuple(sorted((m for m in found if m and m.strip()), key=None, reverse=True))",
-              "return tuple(sorted((m for m in found if m and m.strip()), reverse=True))",
-              "return tuple(sorted((m for m in found if m and m.strip()), key=len, ))",
-              "return tuple(sorted((m for m in found if m and m.strip()), key=len, reverse=False))",
-          )],
         ("store_call", "raise AssertionError(None)", "unreachable: the match covers every Op"),
         ("_has_media", r're:getattr\(p, "type", (None|"XXtextXX"|"TEXT")?\)',
          "every content part has a type: the default is never used"),
-        ("_summarize", "free = cfg.budget + sel.overhead - sel.pinned_tokens - sel.history_tokens",
-         ("2 x overhead too much room only when a summary overshoots by that little; the "
-          "build's own recount then drops the same turn and rolls the summary forward alike")),
     ],
     "_tokens": [
         *[("TokenCounter._measure", code,
