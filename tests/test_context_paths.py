@@ -532,6 +532,24 @@ def test_json_instruction_right_before_the_window_is_found(store: Any) -> None:
     assert 12 in ctx.report.kept_seqs
 
 
+def test_a_json_instruction_far_back_is_read_back_page_by_page(store: Any) -> None:
+    # 600 rows between the instruction (seq 2) and the window: three pages of 256 back
+    history = [Message.system("Be terse."), Message.user("Answer in JSON, please."),
+               Message.assistant("{}"), *_turns(300, 1), Message.user("now " + words(200))]
+    cid = conversation(store, history)
+    budget = chat_cost([history[0], history[1], history[-1]]) + 2
+    counting = Counting(store)
+    builder = ContextBuilder(counting, model=MODEL, budget=budget)
+    first = builder.build(cid, response_format={"type": "json_object"}).report
+    assert first.kept_seqs == [1, 2, 604] and first.dropped_through == 603
+    reads = [(kw["before"], kw["limit"]) for name, kw in counting.calls if name == "_tail_of"]
+    assert reads == [(604, 256), (604 - 256, 256), (604 - 512, 256)]
+    # the instruction's count was stored with the others: a second build counts nothing
+    again = ContextBuilder(store, model=MODEL, budget=budget).build(
+        cid, response_format={"type": "json_object"}).report
+    assert again.kept_seqs == first.kept_seqs and again.counted == 0
+
+
 def test_json_mode_skips_tool_messages_that_mention_json(store: Any) -> None:
     call = ToolCall(id="call_1", function=FunctionCall(name="f", arguments='{"json": 1}'))
     history = [Message.system("Be terse."), Message.user("Reply in JSON."), Message.assistant("{}"),
