@@ -48,7 +48,7 @@ MIN_SCORE = 90.0
 MODULES: dict[str, list[str]] = {
     "_selection": ["test_selection.py", "test_context_edges.py", "test_context.py"],
     "_context_plan": ["test_context.py", "test_context_edges.py", "test_context_paths.py",
-                      "test_context_floor.py", "test_context_as_of.py"],
+                      "test_context_floor.py", "test_context_as_of.py", "test_context_summaries.py"],
     "_tokens": ["test_tokens_rules.py", "test_tokens.py"],
     "_media_tokens": ["test_media_tokens.py", "test_tokens.py"],
     "_templates": ["test_templates_edges.py", "test_templates.py", "test_templates_hf.py",
@@ -295,6 +295,9 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         ("_assemble", "entries.append((sel.dropped_through - 0.5, summary_msg))",
          ("differs only when dropped_through is a sent (pinned) seq, which only truncation "
           "gives, and truncation leaves no room for a summary (see docs/testing.md)")),
+        ("_assemble",
+         "if summary_msg is None and (not pinned or not window or pinned[-1].seq <= window[0].seq):",
+         "a pinned seq is never a window seq (the selector skips pinned rows): never equal"),
         ("_assemble", "entries.sort(key=None)",
          "the first items (seqs, the summary at .5) are distinct: tuples sort by them alone"),
         ("store_call", "raise AssertionError(None)", "unreachable: the match covers every Op"),

@@ -550,6 +550,20 @@ def test_a_json_instruction_far_back_is_read_back_page_by_page(store: Any) -> No
     assert again.kept_seqs == first.kept_seqs and again.counted == 0
 
 
+def test_messages_are_sent_in_seq_order_whatever_is_pinned(store: Any) -> None:
+    # a pinned message inside the window's range goes between its neighbours; a
+    # conversation of pinned messages only sends them alone
+    history = [Message.system("Be terse."), Message.user("q1"), Message.assistant("a1"),
+               Message.user("q2"), Message.assistant("a2")]
+    cid = conversation(store, history, pin=[4])
+    ctx = ContextBuilder(store, model=MODEL, budget=2000).build(cid)
+    assert ctx.report.kept_seqs == [1, 2, 3, 4, 5] and ctx.report.pinned_seqs == [1, 4]
+    assert [m["content"] for m in ctx.chat or []] == [m.content for m in history]
+    only = conversation(store, [Message.system("Be terse.")])
+    ctx = ContextBuilder(store, model=MODEL, budget=2000).build(only)
+    assert ctx.report.kept_seqs == [1] and [m.text for m in ctx.messages] == ["Be terse."]
+
+
 def test_json_mode_skips_tool_messages_that_mention_json(store: Any) -> None:
     call = ToolCall(id="call_1", function=FunctionCall(name="f", arguments='{"json": 1}'))
     history = [Message.system("Be terse."), Message.user("Reply in JSON."), Message.assistant("{}"),
