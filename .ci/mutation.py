@@ -47,7 +47,8 @@ MIN_SCORE = 90.0
 #: module -> the test files its mutants run against (fast ones, the module's own)
 MODULES: dict[str, list[str]] = {
     "_selection": ["test_selection.py", "test_context_edges.py", "test_context.py"],
-    "_context_plan": ["test_context.py", "test_context_edges.py", "test_context_paths.py"],
+    "_context_plan": ["test_context.py", "test_context_edges.py", "test_context_paths.py",
+                      "test_context_floor.py", "test_context_as_of.py", "test_context_summaries.py"],
     "_tokens": ["test_tokens_rules.py", "test_tokens.py"],
     "_media_tokens": ["test_media_tokens.py", "test_tokens.py"],
     "_templates": ["test_templates_edges.py", "test_templates.py", "test_templates_hf.py",
@@ -112,10 +113,6 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
     "_selection": [
         ("Selector.__init__", "self._have_current = None",
          "only read as `not self._have_current`: None and False alike"),
-        ("Selector.__init__", 'self._oldest_seen: int | None = ""',
-         "_oldest_seen is written, never read (dead state)"),
-        ("Selector.feed", "self._oldest_seen = None",
-         "_oldest_seen is written, never read (dead state)"),
         ("Selector.__init__", 'self._dropped_through: int | None = ""',
          "never read before _finish sets it: result() needs done, and only _finish sets done"),
         *[("Selector.feed", f"self._finish(None, {reason})", _UNREPORTED_REASON)
@@ -123,6 +120,12 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         ("Selector._starts_history",
          "return sum(1 for s in self._pinned_seqs if s <= first) == first - 1",
          "first is a seq of the turn, never pinned (feed skips pinned seqs): s == first never counts"),
+        ("Selector.feed", "turn, self._pending = self._pending, _Turn(None)",
+         "the preamble is the last turn: selection finishes right after, the new pending turn is never used"),
+        ("Selector._starts_history",
+         "if first - 2 > len(self._pinned_seqs):  # (the usual answer, without the count)",
+         ("only a shortcut: with fewer pinned seqs than seqs before first, the count below "
+          "cannot reach first - 1 either, so it answers False too")),
         ("Selector._keep_current", "turn.items[0] = Item(msg, user.seq, cost, )",
          "Item.exact defaults to True, and only str content is truncated, whose count is always exact"),
         ("Selector._keep_current", "turn.cost = rest - cost",
@@ -291,56 +294,20 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
           for text in ("XXan error occurred during streamingXX", "AN ERROR OCCURRED DURING STREAMING")],
     ],
     "_context_plan": [
-        *[("_template_costs", code, "x and X, y and Y are one token each, alone and in the templates")
-          for code in (
-              'u, a = Message(role="user", content="X"), Message(role="assistant", content="y")',
-              'u, a = Message(role="user", content="x"), Message(role="assistant", content="Y")',
-              'per = max(0, math.ceil((three - one - count("Y") - count("x")) / 2))',
-              'per = max(0, math.ceil((three - one - count("y") - count("X")) / 2))',
-              'fixed = max(0, one - per - count("X"))',
-          )],
-        *[(function, code, "add_generation_prompt defaults to True in the PromptTemplate protocol")
-          for function, code in (
-              ("_template_costs", "one = count(tpl.render([u], ))"),
-              ("_template_costs", "three = count(tpl.render([u, a, u], ))"),
-              ("_render", "prompt = cfg.template.render(safe, tools=cfg.tools)"),
-          )],
-        ("_overhead",
-         "return 3 + (cfg.counter.tools_tokens(cfg.tools) if (cfg.tools) or True else 0)",
-         "tools_tokens(None) and tools_tokens([]) are 0"),
-        ("plan_build", "truncator=_truncator(cfg) if (cfg.truncate) or True else None,",
-         "the selector calls the truncator only when truncate is set"),
         ("_find_json_instruction",
          "before = sel.dropped_through + 2 if sel.dropped_through is not None else None",
          "seq dropped_through + 1 is sent and does not mention JSON (else no search): skipped either way"),
-        ("_summarize", "stored: Summary | None = yield LatestSummary(sel.dropped_through or 1)",
-         "dropped_through is set (>= 1) whenever a summary is made"),
-        ("_summarize", "start = stored.start_seq if (stored) and False else 1",
-         "a stored summary that does not start at seq 1 was discarded just above"),
-        ("_summarize", "return",
-         "Range(cursor, end + 1) is never empty while cursor < end: a lineage's seqs are contiguous",
-         "break"),
         ("_assemble", "entries.append((sel.dropped_through - 0.5, summary_msg))",
          ("differs only when dropped_through is a sent (pinned) seq, which only truncation "
           "gives, and truncation leaves no room for a summary (see docs/testing.md)")),
+        ("_assemble",
+         "if summary_msg is None and (not pinned or not window or pinned[-1].seq <= window[0].seq):",
+         "a pinned seq is never a window seq (the selector skips pinned rows): never equal"),
         ("_assemble", "entries.sort(key=None)",
          "the first items (seqs, the summary at .5) are distinct: tuples sort by them alone"),
-        ("_render", "safe = [_neutralize(m, markers) for m in messages] if (markers) or True else messages",
-         "_neutralize with no markers returns each message as it is"),
-        *[("control_markers", code,
-           "every marker is broken either way; the order only moves where the zero-width space lands")
-          for code in (
-              "return tuple(sorted((m for m in found if m and m.strip()), key=None, reverse=True))",
-              "return tuple(sorted((m for m in found if m and m.strip()), reverse=True))",
-              "return tuple(sorted((m for m in found if m and m.strip()), key=len, ))",
-              "return tuple(sorted((m for m in found if m and m.strip()), key=len, reverse=False))",
-          )],
         ("store_call", "raise AssertionError(None)", "unreachable: the match covers every Op"),
         ("_has_media", r're:getattr\(p, "type", (None|"XXtextXX"|"TEXT")?\)',
          "every content part has a type: the default is never used"),
-        ("_summarize", "free = cfg.budget + sel.overhead - sel.pinned_tokens - sel.history_tokens",
-         ("2 x overhead too much room only when a summary overshoots by that little; the "
-          "build's own recount then drops the same turn and rolls the summary forward alike")),
     ],
     "_tokens": [
         *[("TokenCounter._measure", code,

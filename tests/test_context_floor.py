@@ -230,5 +230,6 @@ def test_the_first_page_after_a_floor_is_capped_at_twice_the_rows_needed() -> No
 
     assert first_page_size(cfg(rows_hint=7, floor=30)) == 14
     assert first_page_size(cfg(rows_hint=900, floor=30)) == 1024
+    assert first_page_size(cfg(rows_hint=0, floor=30)) == 1  # one row at least
     assert first_page_size(cfg(rows_hint=7, floor=30, page_size=50)) == 50
     assert first_page_size(cfg(rows_hint=7)) == 7

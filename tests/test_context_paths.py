@@ -205,6 +205,37 @@ def test_counts_are_computed_once_and_media_every_time(store: Any) -> None:
     assert builder.build(cid).report.counted == 0
 
 
+def test_a_build_from_stored_counts_reports_what_the_first_build_did(store: Any) -> None:
+    """The second build reads the counts the first one stored, and takes a shortcut for
+    rows of plain text. A text row with tool calls, a tool result, a refusal or content
+    parts is an estimate still, here the only inexact row sent: pinned (the rest of its
+    turn is dropped by max_messages), or, for half a tool-call pair (which cannot be
+    pinned), alone in the newest turn. In completion mode the stored chat count is converted."""
+    call = ToolCall(id="call_1", function=FunctionCall(name="lookup", arguments="{}"))
+    inexact = {
+        "tool calls": Message.assistant("looking", tool_calls=[call]),
+        "tool result": Message.tool("x", tool_call_id="call_1"),
+        "refusal": Message(role="assistant", content="No.", refusal="I will not say."),
+        "parts": Message.user([{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]),
+    }
+    for name, row in [*inexact.items(), ("text", Message.assistant("it is x"))]:
+        history = [Message.system("Be terse."), Message.user("q1 " + words(5)), row,
+                   Message.assistant("a1"), Message.user("q2")]
+        pin, kept = [3], [1, 3, 5]
+        if row.role == "tool" or row.tool_calls:
+            history, pin, kept = [*history[:2], Message.assistant("a1"), Message.user("q2"), row], [], [1, 4, 5]
+        for mode in ("chat", "completion"):
+            cid = conversation(store, history, pin=pin)  # no counts stored yet
+            first, again = (
+                ContextBuilder(store, model=MODEL, mode=mode, budget=2000, max_messages=2,
+                               template="chatml" if mode == "completion" else None).build(cid).report
+                for _ in range(2)
+            )
+            assert first.kept_seqs == kept and again.counted == 0, (name, mode)
+            assert again.model_dump(exclude={"counted"}) == first.model_dump(exclude={"counted"}), (name, mode)
+            assert again.exact is (mode == "completion" or name == "text"), (name, mode)
+
+
 # --- pages read ---------------------------------------------------------------------------------
 
 
@@ -501,6 +532,38 @@ def test_json_instruction_right_before_the_window_is_found(store: Any) -> None:
     assert 12 in ctx.report.kept_seqs
 
 
+def test_a_json_instruction_far_back_is_read_back_page_by_page(store: Any) -> None:
+    # 600 rows between the instruction (seq 2) and the window: three pages of 256 back
+    history = [Message.system("Be terse."), Message.user("Answer in JSON, please."),
+               Message.assistant("{}"), *_turns(300, 1), Message.user("now " + words(200))]
+    cid = conversation(store, history)
+    budget = chat_cost([history[0], history[1], history[-1]]) + 2
+    counting = Counting(store)
+    builder = ContextBuilder(counting, model=MODEL, budget=budget)
+    first = builder.build(cid, response_format={"type": "json_object"}).report
+    assert first.kept_seqs == [1, 2, 604] and first.dropped_through == 603
+    reads = [(kw["before"], kw["limit"]) for name, kw in counting.calls if name == "_tail_of"]
+    assert reads == [(604, 256), (604 - 256, 256), (604 - 512, 256)]
+    # the instruction's count was stored with the others: a second build counts nothing
+    again = ContextBuilder(store, model=MODEL, budget=budget).build(
+        cid, response_format={"type": "json_object"}).report
+    assert again.kept_seqs == first.kept_seqs and again.counted == 0
+
+
+def test_messages_are_sent_in_seq_order_whatever_is_pinned(store: Any) -> None:
+    # a pinned message inside the window's range goes between its neighbours; a
+    # conversation of pinned messages only sends them alone
+    history = [Message.system("Be terse."), Message.user("q1"), Message.assistant("a1"),
+               Message.user("q2"), Message.assistant("a2")]
+    cid = conversation(store, history, pin=[4])
+    ctx = ContextBuilder(store, model=MODEL, budget=2000).build(cid)
+    assert ctx.report.kept_seqs == [1, 2, 3, 4, 5] and ctx.report.pinned_seqs == [1, 4]
+    assert [m["content"] for m in ctx.chat or []] == [m.content for m in history]
+    only = conversation(store, [Message.system("Be terse.")])
+    ctx = ContextBuilder(store, model=MODEL, budget=2000).build(only)
+    assert ctx.report.kept_seqs == [1] and [m.text for m in ctx.messages] == ["Be terse."]
+
+
 def test_json_mode_skips_tool_messages_that_mention_json(store: Any) -> None:
     call = ToolCall(id="call_1", function=FunctionCall(name="f", arguments='{"json": 1}'))
     history = [Message.system("Be terse."), Message.user("Reply in JSON."), Message.assistant("{}"),
@@ -550,8 +613,12 @@ def test_the_first_page_is_sized_from_what_earlier_builds_read() -> None:
     assert first_page_size(cfg(tokens_hint=400)) == 16  # 10 + slack, at least 16
     assert first_page_size(cfg(tokens_hint=40)) == 100 + ROWS_SLACK
     assert first_page_size(cfg(tokens_hint=1)) == 256
+    assert first_page_size(cfg(tokens_hint=30)) == 134 + ROWS_SLACK  # 4000 / 30 rounded up
     assert first_page_size(cfg(rows_hint=7, tokens_hint=40)) == 7
     assert first_page_size(cfg(rows_hint=7, page_size=50)) == 50
+    # one row at least (the last build found no rows), 1024 at most
+    assert first_page_size(cfg(rows_hint=0)) == 1
+    assert first_page_size(cfg(rows_hint=2000)) == 1024
     # the next build's page: what was needed plus the slack, within what was read...
     assert rows_hint(20, 21) == 21 and rows_hint(20, 30) == 20 + ROWS_SLACK
     # ... unless the whole history was read (there is nothing older)

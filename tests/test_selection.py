@@ -330,3 +330,68 @@ def test_a_part_that_fills_the_free_budget_exactly_is_read_on() -> None:
              Item(Message.user("u2"), 3, 100)]
     res = _run(items, set(), 20, budget=203, overhead=3)
     assert [i.seq for i in res.window] == [1, 2, 3]
+
+
+def test_a_part_that_reaches_a_cap_exactly_is_read_on() -> None:
+    # the assistant message (100) is over the 50 tokens left, and with the 100 kept it
+    # is exactly at the history cap or the low-water mark, not over it: its user
+    # message (which costs nothing here) is read before the turn is judged, and the
+    # budget is what drops it
+    items = [Item(Message.user("u1"), 1, 0), Item(Message.assistant("a1"), 2, 100),
+             Item(Message.user("u2"), 3, 100)]
+    for cap in ({"max_history_tokens": 200}, {"low_water": 200}):
+        res = _run(items, set(), 20, budget=153, overhead=3, **cap)
+        assert [i.seq for i in res.window] == [3]
+        assert (res.stop_reason, res.dropped_through, res.rows_read) == ("budget", 2, 3)
+
+
+@pytest.mark.parametrize("page", [1, 2, 3, 5])
+def test_rows_read_add_up_across_pages(page: int) -> None:
+    # the same selections as above, fed in short pages: the rows read are counted
+    # over every page, whichever way the selection stops (a part over the free
+    # budget, a whole turn over a cap)
+    items = _turns(*[100] * 20)
+    assert _run(items, set(), page, budget=603, overhead=3).rows_read == 7
+    assert _run(items, set(), page, budget=803, overhead=3).rows_read == 9
+    res = _run(_turns(100, 300, 100, 100), set(), page, budget=303, overhead=3,
+               max_history_tokens=550)
+    assert (res.stop_reason, res.rows_read) == ("max_history_tokens", 4)
+
+
+def test_a_turn_that_reaches_the_low_water_mark_exactly_is_kept() -> None:
+    res = _run(_turns(100, 100, 100, 100), set(), 20, budget=1000, overhead=3, low_water=400)
+    assert [i.seq for i in res.window] == [1, 2, 3, 4] and res.dropped_count == 0
+    res = _run(_turns(100, 100, 100, 100), set(), 20, budget=1000, overhead=3, low_water=399)
+    assert [i.seq for i in res.window] == [3, 4] and res.stop_reason == "low water"
+
+
+def test_the_summary_reserve_is_held_back_from_every_turn_but_the_first() -> None:
+    # 40 free after the newest turn: turn 3-4 (30) fits only without the reserve of 20,
+    # which it does not start the history to be spared
+    items = _turns(5, 5, 15, 15, 10)
+    res = _run(items, set(), 20, budget=53, overhead=3, summary_reserve=20)
+    assert [i.seq for i in res.window] == [5]
+    assert (res.dropped_through, res.stop_reason, res.summary_reserve) == (4, "budget", 20)
+    # turn 1-2 starts the history: nothing is left to summarize, it may use the reserve
+    res = _run(_turns(15, 15, 10), set(), 20, budget=53, overhead=3, summary_reserve=20)
+    assert [i.seq for i in res.window] == [1, 2, 3] and res.summary_reserve == 0
+
+
+def test_a_truncated_first_message_needs_no_summary_reserve() -> None:
+    def shorten(msg: Message, max_cost: int, mode: str) -> tuple[Message, int]:
+        return msg.model_copy(update={"content": "x"}), max_cost
+
+    # with older history to summarize, the message keeps the budget but the reserve
+    older = [Item(Message.user("u"), 2, 10), Item(Message.assistant("a"), 3, 10)]
+    for history, kept in (([], 87), (older, 67)):
+        items = [Item(Message.system("s"), 1, 10), *history,
+                 Item(Message.user("x" * 100), len(history) + 2, 500)]
+        res = _run(items, set(), 8, budget=100, overhead=3, summary_reserve=20, truncate="tail",
+                   truncator=shorten)
+        assert res.truncation is not None and res.truncation.kept_tokens == kept
+    # and only while the message still gets a token: else it takes the whole room
+    items = [Item(Message.system("s"), 1, 10), *older, Item(Message.user("x" * 100), 4, 500)]
+    for reserve, kept in ((86, 1), (87, 87), (100, 87)):
+        res = _run(items, set(), 8, budget=100, overhead=3, summary_reserve=reserve,
+                   truncate="tail", truncator=shorten)
+        assert res.truncation is not None and res.truncation.kept_tokens == kept, reserve
