@@ -65,7 +65,226 @@ MODULES: dict[str, list[str]] = {
                     "test_context_edges.py"],
     "_store_context": ["test_store.py", "test_store_fork.py", "test_context_reads.py",
                        "test_context_edges.py", "test_store_hotpath.py"],
-    "_store_sql": ["test_store.py", "test_store_fork.py", "test_store_edges.py"],
+    "_store_sql": ["test_store.py", "test_store_fork.py", "test_store_edges.py",
+                   "test_context_reads.py"],
+    # turns, runs and replays: the pure cores run on SQLite, the store plans on both
+    "_turn_plan": ["test_turns.py", "test_turns_failures.py", "test_turns_tools.py",
+                   "test_turns_branches.py"],
+    "_tools": ["test_turns_tools.py"],
+    "_replay_plan": ["test_replay.py", "test_cli_replay.py"],
+    "_reproduce": ["test_reproduce.py", "test_cli_replay.py"],
+    "_store_runs": ["test_runs_store.py", "test_store_hotpath.py"],
+    "_store_branches": ["test_turns_branches.py"],
+    "_store_replays": ["test_replay.py", "test_cli_replay.py"],
+}
+
+_CASELESS_HEADERS = "httpx.Headers are case-insensitive"
+_REDUNDANT_KEY_CHECK = (
+    "the two idempotency checks cover for each other (the key lookup, and the unique-key "
+    "safety net): either one alone returns the stored message"
+)
+_RACE = "only a concurrent fork or delete between two statements reaches it: no deterministic test"
+_DOUBLE_CHECK = (
+    "the unlocked read is a fast path (the locked one finds the same counter); the locked "
+    "re-read matters only when two threads race on a key's first counter"
+)
+_TRUTH = "only tested for truth: None and False alike"
+_UNREPORTED_REASON = (
+    "a stop reason given with nothing dropped is never reported: result() says "
+    "'history exhausted' whenever dropped_count is 0"
+)
+
+#: pure cores that both shells drive alike (the sync and async Chat / Replayer only add or
+#: leave out ``await``): their mutants run the sync SQLite cases only (the ``sqlite-sync``
+#: ids of the ``store`` fixture, over the in-process transport), a quarter of the cases
+SYNC_ONLY = {"_turn_plan", "_tools", "_replay_plan", "_reproduce"}
+
+#: modules whose mutants also run the PostgreSQL cases (dialect-specific SQL); each forked
+#: test run then starts its own pgserver, a few seconds a mutant, so only where it matters
+WITH_POSTGRESQL = {"_store_sql", "_store_core", "_store_context", "_store_runs", "_store_branches", "_store_replays"}
+
+#: module -> [(function, mutated line as mutmut writes it, why no test can tell[, original line])]
+EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
+    "_selection": [
+        ("Selector.__init__", "self._have_current = None",
+         "only read as `not self._have_current`: None and False alike"),
+        ("Selector.__init__", 'self._oldest_seen: int | None = ""',
+         "_oldest_seen is written, never read (dead state)"),
+        ("Selector.feed", "self._oldest_seen = None",
+         "_oldest_seen is written, never read (dead state)"),
+        ("Selector.__init__", 'self._dropped_through: int | None = ""',
+         "never read before _finish sets it: result() needs done, and only _finish sets done"),
+        *[("Selector.feed", f"self._finish(None, {reason})", _UNREPORTED_REASON)
+          for reason in ("None", '"XXhistory exhaustedXX"', '"HISTORY EXHAUSTED"')],
+        ("Selector._starts_history",
+         "return sum(1 for s in self._pinned_seqs if s <= first) == first - 1",
+         "first is a seq of the turn, never pinned (feed skips pinned seqs): s == first never counts"),
+        ("Selector._keep_current", "turn.items[0] = Item(msg, user.seq, cost, )",
+         "Item.exact defaults to True, and only str content is truncated, whose count is always exact"),
+        ("Selector._keep_current", "turn.cost = rest - cost",
+         "after truncating, selection finishes at once: turn.cost feeds only counters nothing reads"),
+        ("Selector._keep_current",
+         'self._finish(user.seq - 1 if (user.seq > 1) or True else None, "budget")',
+         "for user seq 1 it gives dropped_through 0: no seq <= 0, so dropped_count 0, reported as None"),
+        ("Selector._keep_current",
+         'self._finish(user.seq - 1 if user.seq >= 1 else None, "budget")',
+         "for user seq 1 it gives dropped_through 0: no seq <= 0, so dropped_count 0, reported as None"),
+    ],
+    "_sse": [
+        *[(f"SSEDecoder.{function}", "self._skip_lf = None", _TRUTH)
+          for function in ("__init__", "feed", "flush")],
+        *[(f"SSEDecoder.{function}", "self._skip_lf = True",
+           "a dropped leading \\n is a blank line before any data: it dispatches nothing either way")
+          for function in ("__init__", "flush")],
+        *[("SSEDecoder.feed", f'if line[:{n}] == b"{prefix}":',
+           "only skips the fast path: _field parses 'data: ...' lines the same way")
+          for n, prefix in [(7, "data: "), (6, "XXdata: XX"), (6, "DATA: ")]],
+        ("SSEDecoder.feed", 'data.append(line[6:].decode("UTF-8"))', "codec names are case-insensitive"),
+        *[("SSEDecoder._field", f'{target} = value.decode("UTF-8")', "codec names are case-insensitive")
+          for target in ("self._event", "self._last_id")],
+        ("SSEDecoder._field", 'self._data.append(value.decode("UTF-8"))',
+         "codec names are case-insensitive"),
+        ("SSEDecoder.feed", 'data[0] if (len(data) == 1) and False else "\\n".join(data),',
+         "joining one line gives that line"),
+        ("SSEDecoder._dispatch", 'data=data[0] if (len(data) == 1) and False else "\\n".join(data),',
+         "joining one line gives that line"),
+        ("SSEDecoder._field", "if line[0] == 59:  # \":\" starts a comment (servers send them as keep-alives)",
+         "a ';' line skipped as a comment names no known field: it is ignored either way"),
+    ],
+    "_templates": [
+        ("_Builtin._control",
+         "structure = analyze(lambda msgs, gen, tools: self._render(msgs, None, tools))",
+         ("each built-in's generation cue is declared (Assistant:, <|im_start|>, Llama 3's "
+          "header tokens): probes without it find the same control strings")),
+        *[(f"_{cls}._render", "start = None", "messages[None:] is messages[0:]", "start = 0")
+          for cls in ("Transcript", "Llama3")],
+        ("_Transcript._render",
+         "lines = [self._text(m)] if (m.content is not None or m.refusal) or True else []",
+         "empty lines are dropped when the lines are joined"),
+        ("_Llama3._render", 'system: str | None = ""',
+         "the blank line _join puts after '' is stripped with the system text"),
+        *[("_Inst._turns", f"turns = [(s, \"\\n\\n\".join(t)) for s, t in zip(sides, texts, {arg})]",
+           "both lists have one entry per turn by construction")
+          for arg in ("strict=None", "", "strict=False")],
+        *[("_tool_names", code, "building the call-id -> name map when no tool message needs it changes nothing")
+          for code in ('if any(m.role == "tool" or not m.name for m in messages):',
+                       'if any(m.role != "tool" and not m.name for m in messages):')],
+        ("get_template", 'source = path.read_text(encoding="UTF-8")', "codec names are case-insensitive"),
+        ("get_template", "source = path.read_text(encoding=None)",
+         "the machine's locale encoding is UTF-8 here (not killable on such a machine)"),
+        ("*", "re:ensure_ascii=None\\)", "json.dumps tests ensure_ascii for truth: None and False alike"),
+        ("_tool_name", 'call_id = m.tool_call_id or "XXXX"', "a tool message always has a tool_call_id"),
+    ],
+    "_jinja": [
+        *[(function, code, "codec names are case-insensitive")
+          for function, code in (
+              ("_read_json", 'data = json.loads(path.read_text(encoding="UTF-8"))'),
+              ("JinjaChatTemplate.from_tokenizer_config",
+               'raw = (base_dir / "chat_template.jinja").read_text(encoding="UTF-8")'),
+          )],
+        *[(function, code, "the machine's locale encoding is UTF-8 here (not killable on such a machine)")
+          for function, code in (
+              ("_read_json", "data = json.loads(path.read_text(encoding=None))"),
+              ("JinjaChatTemplate.from_tokenizer_config",
+               'raw = (base_dir / "chat_template.jinja").read_text(encoding=None)'),
+          )],
+        ("*", r"re:neutralize_value\((tools|documents), control\) if \((tools|documents)\) or True",
+         "neutralize_value(None) is None and neutralize_value([]) is []"),
+        *[("JinjaChatTemplate.render", f"for m, s in zip(messages, safe, {arg})",
+           "safe is made from messages, one for one")
+          for arg in ("strict=None", "", "strict=False")],
+        ("JinjaChatTemplate.__init__", 'self._lenient: ControlStrings | None = ""',
+         "read only through _controls, after _analyze has set it"),
+        ("JinjaChatTemplate._analyze",
+         "self._lenient = control.without(parsed) if (parsed) or True else None",
+         "control.without(nothing) holds the same strings: kept == safe, so the safe prompt is rendered"),
+        ("template_messages", 'found = names.get(m.tool_call_id or "XXXX")',
+         "a tool message always has a tool_call_id"),
+    ],
+    "_store_core": [
+        ("*", r're:yield Op\(.*, (None|"XXnoneXX"|"NONE")\)$',
+         "a statement whose result is not read: every unknown fetch mode returns None"),
+        ("*", r"re:driver=(None|False)\)|(\{\"cid\": conversation_id\}|params), \)+$",
+         "the DBAPI fast path is an optimization: SQLAlchemy rows read by position the same"),
+        ("list_conversations", r"re:sa\.literal\((stamp|last_id), (None)?\)",
+         "SQLAlchemy infers the type from the value"),
+        ("list_conversations", r"re:\.limit\((None|limit \+ 2)\)$",
+         "reading one more row (or all) gives the same page and cursor"),
+        ("get_message", r"re:limit=(None|2), newest_first=False|limit=1, newest_first=(None|True)",
+         "the range seq - 1 < s < seq + 1 holds one row at most"),
+        ("messages", "lineage, after=None, before=None, limit=None, newest_first=None,",
+         "None and False alike"),
+        ("_read_segments", "if hi < lo:", "a segment with hi == lo reads no rows either way"),
+        ("append_many", r"re:parse_message\(m if \(isinstance\(m, Message\)\) (and False|or True)",
+         "parse_message gives an equal Message from a Message or from its fields"),
+        ("append", r"re:parse_message\(message if \(isinstance\(message, Message\)\) (and False|or True)",
+         "parse_message gives an equal Message from a Message or from its fields"),
+        ("append_many", r"re:zip\(msgs, rows, ids, (strict=(None|False))?\)",
+         "the three lists have the same length by construction"),
+        ("append", r"re:^existing = ", _REDUNDANT_KEY_CHECK),
+        ("append", "if idempotency_key is None:", _REDUNDANT_KEY_CHECK, "if idempotency_key is not None:"),
+        ("append", "if idempotency_key is not None:", _REDUNDANT_KEY_CHECK, "if idempotency_key is None:"),
+        ("append", "if existing is not None:", _REDUNDANT_KEY_CHECK, "if existing is None:"),
+        ("append", "return message_from_row(None)", _REDUNDANT_KEY_CHECK),
+        ("delete_conversation", r're:\.cte\((None, |"XXtreeXX", |"TREE", )?recursive=True\)',
+         "the CTE's name is not observable"),
+        ("delete_conversation", r"re:join\(tree, (None)?\)",
+         "SQLAlchemy infers the same join from the parent_id foreign key"),
+        ("search", r"re:stmt\.join\(C, (None)?\)",
+         "SQLAlchemy infers the same join from the conversation_id foreign key"),
+        ("search", "(M.c.conversation_id == cid) & (M.c.seq >= lo) & (M.c.seq <= hi)",
+         "lo is 0 or a fork point, and a conversation's own rows start after its fork point"),
+        ("delete_conversation", "None", _RACE),
+        ("fork", r"re:raise ConversationNotFound\(.*\) from exc", _RACE),
+        ("_lineage", r"re:return Lineage\((None, last_seq|conversation_id, None)",
+         "Lineage.conversation_id and .last_seq are never read (dead fields)"),
+    ],
+    "_store_context": [
+        ("*", r're:yield Op\(.*, (None|"XXnoneXX"|"NONE")\)$',
+         "a statement whose result is not read: every unknown fetch mode returns None"),
+        ("*", r"re:driver=(None|False)\)|(\{\"cid\": conversation_id\}|params), \)+$",
+         "the DBAPI fast path is an optimization: SQLAlchemy rows read by position the same"),
+        ("latest_summary", r"re:\.limit\((None|2)\)", "the first row is read either way"),
+    ],
+    "_store_sql": [
+        *[("json_equals", code, "SQLAlchemy infers the string type of a str literal")
+          for code in (
+              "return column.op(\"->\")(sa.literal(key, None)) == sa.cast(",
+              "return column.op(\"->\")(sa.literal(key, )) == sa.cast(",
+              "sa.literal(text, None), postgresql.JSONB",
+              "sa.literal(text, ), postgresql.JSONB",
+              "found = sa.exists().where(each.c.key == sa.literal(key, None), match)",
+              "found = sa.exists().where(each.c.key == sa.literal(key, ), match)",
+          )],
+        *[("json_equals", code, "JSONB parses the text: its spacing does not matter")
+          for code in ("text = json.dumps(value, separators=None)", "text = json.dumps(value, )")],
+        *[("json_equals", code,
+           "the clause is only ANDed into a WHERE: a NULL condition selects no row, as false does")
+          for code in ("return sa.case((sa.func.json_valid(column) == 1, found), else_=None)",
+                       "return sa.case((sa.func.json_valid(column) == 1, found), )")],
+        *[("needs_recheck", code,
+           ("the extra recheck re-tests only rows the SQL clause already matched exactly "
+            "(SQLite scalars, every value on PostgreSQL), where json_same agrees with it"))
+          for code in ('return dialect != "postgresql" or isinstance(value, (dict, list))',
+                       'return dialect != "XXpostgresqlXX" and isinstance(value, (dict, list))',
+                       'return dialect != "POSTGRESQL" and isinstance(value, (dict, list))')],
+        ("json_same", "if isinstance(a, (int, float)) or isinstance(b, (int, float)):",
+         "a number equals no value of another JSON type (bools are handled just above)"),
+        ("json_same", r"re:zip\(a, b, (strict=(None|False))?\)\)\)$",
+         "len(a) == len(b) is checked just before"),
+        ("context_dialect",
+         'return None if getattr(dialect, "_json_deserializer", ) is not None else str(dialect.name)',
+         "every SQLAlchemy dialect has the attribute (DefaultDialect sets it): the default is never used"),
+    ],
+    "_client_errors": ["test_client_errors.py", "test_client.py", "test_client_stream.py",
+                       "test_client_secrets.py", "test_client_limits.py", "test_client_hostile.py",
+                       "test_client_deadlines.py"],
+    "_store_core": ["test_store.py", "test_store_fork.py", "test_store_edges.py",
+                    "test_context_edges.py"],
+    "_store_context": ["test_store.py", "test_store_fork.py", "test_context_reads.py",
+                       "test_context_edges.py", "test_store_hotpath.py"],
+    "_store_sql": ["test_store.py", "test_store_fork.py", "test_store_edges.py",
+                   "test_context_reads.py"],
     # turns, runs and replays: the pure cores run on SQLite, the store plans on both
     "_turn_plan": ["test_turns.py", "test_turns_failures.py", "test_turns_tools.py",
                    "test_turns_branches.py"],
