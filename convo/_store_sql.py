@@ -13,9 +13,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ._exceptions import StoreInputError
 from ._schema import ConversationRow, MessageRow, MessageTokenRow, SummaryRow
-from ._store_input import check_json, check_text
 
 C = cast(sa.Table, ConversationRow.__table__)
 M = cast(sa.Table, MessageRow.__table__)
@@ -326,14 +324,10 @@ def json_equals(dialect: str, column: Any, key: str, value: Any) -> Any:
     object's keys in the order they were written, and has no canonical form to
     compare: see :func:`needs_recheck`).
 
-    Raises:
-        StoreInputError: a key or value that could not have been stored
-            (see :func:`convo._store_input.check_json`).
+    ``key`` and ``value`` come checked: the only caller, ``_store_core.list_conversations``,
+    takes its filters through ``@checked``'s ``metadata`` rule (a plain JSON object that
+    could have been stored, see :func:`convo._store_input.check_json`).
     """
-    if not isinstance(key, str):
-        raise StoreInputError("metadata filter keys must be strings")
-    check_text(key, "metadata filter key")
-    value = check_json(value, f"metadata filter value for {key[:40]!r}")
     if dialect == "postgresql":
         # JSONB equality is semantic (key order, number spelling don't matter).
         text = json.dumps(value, separators=(",", ":"))

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from convo import _store_sql as sql
 from convo._exceptions import (
     ConversationNotFound,
     ForkConflictError,
@@ -145,6 +146,20 @@ async def test_metadata_filter_pages_stay_full_when_sqlite_rechecks_rows(store):
             break
     expected = [c for c in want if want.index(c) % 2 == 0]  # i % 2 == 0 among i % 3 == 0
     assert seen == list(reversed(expected))
+
+
+async def test_a_metadata_filter_never_takes_true_for_1_whichever_side_holds_it(store):
+    # JSONB: true is not 1, whether the stored member or the filter's is the bool
+    # (SQLite re-checks objects and arrays member by member: both orders there).
+    one = await store.create_conversation(metadata={"cfg": {"d": 1}, "arr": [1, 0]})
+    true = await store.create_conversation(metadata={"cfg": {"d": True}, "arr": [True, False]})
+
+    async def ids(**filters: Any) -> set[str]:
+        return {c.id for c in (await store.list_conversations(metadata=filters)).items}
+
+    assert await ids(cfg={"d": True}) == {true.id} and await ids(cfg={"d": 1}) == {one.id}
+    assert await ids(arr=[True, False]) == {true.id} and await ids(arr=[1, 0]) == {one.id}
+    assert await ids(arr=[1.0, 0.0]) == {one.id}
 
 
 async def test_metadata_filters_that_are_not_json_say_so(store):
@@ -304,3 +319,55 @@ async def test_search_matches_backslashes_literally(store):
     assert [m.text for m in await store.search("\\temp\\")] == [r"C:\temp\x"]
     assert [m.text for m in await store.search("0% s")] == ["100% sure_ok"]
     assert [m.text for m in await store.search("e_o")] == ["100% sure_ok"]
+
+
+def _build_afresh() -> None:
+    """Empty the caches of the statement builders, so this test's statements are built
+    by the code as it is now (mutation runs fork from a process whose caches are warm)."""
+    for build in (sql.segment_query, sql.open_query, sql.compact_query,
+                  sql.insert_new_message, sql.insert_summary):
+        build.cache_clear()
+
+
+async def test_every_read_joins_a_message_with_its_own_count_for_the_encoding(store):
+    _build_afresh()
+    conv = await store.create_conversation()
+    other = await store.create_conversation()
+    mine = [await store.append(conv.id, user(text)) for text in ("1", "2", "3")]
+    theirs = await store.append(other.id, user("x"))
+    await store.set_pinned(conv.id, 1, True)
+    # "a": no count for seq 2; "b": other numbers for every message
+    await store.save_token_counts("a", {mine[0].id: 10, mine[2].id: 12, theirs.id: 99})
+    await store.save_token_counts("b", {m.id: 20 + i for i, m in enumerate(mine)})
+
+    def seqs(rows: Any) -> list[tuple[int, int | None]]:
+        return [(m.seq, tokens) for m, tokens in rows]
+
+    assert seqs(await store.tail(conv.id, encoding="a")) == [(3, 12), (2, None), (1, 10)]
+    assert seqs(await store.tail(conv.id, encoding="b", limit=2)) == [(3, 22), (2, 21)]
+    assert seqs(await store.pinned(conv.id, encoding="a")) == [(1, 10)]
+    for cid in (conv.id, (await store.fork(conv.id)).id):  # one statement; a fork's lineage
+        pinned, newest = await store.context_start(cid, encoding="a", limit=2)
+        assert (seqs(pinned), seqs(newest)) == ([(1, 10)], [(3, 12), (2, None)])
+        pinned, newest = await store.context_start(cid, encoding="b", limit=5, before=3)
+        assert (seqs(pinned), seqs(newest)) == ([(1, 20)], [(2, 21), (1, 20)])
+    assert seqs(await store.tail(other.id, encoding="a")) == [(1, 99)]
+
+
+async def test_new_ids_follow_the_largest_id(store):
+    # SQLite gives a new message or summary MAX(id) + 1, so an empty database numbers
+    # them 1, 2, 3...; PostgreSQL takes the column's sequence (not reset when the
+    # tests empty the shared database): increasing there
+    _build_afresh()
+    first = await store.create_conversation()
+    second = await store.create_conversation()
+    ids = [(await store.append(cid, user(str(i)))).id
+           for i, cid in enumerate((first.id, first.id, second.id, first.id))]
+    summaries = [(await store.add_summary(first.id, start_seq=1, end_seq=n, content=str(n))).id
+                 for n in (1, 2)]
+    if store.backend == "sqlite":
+        assert (ids, summaries) == ([1, 2, 3, 4], [1, 2])
+    else:
+        assert ids == sorted(set(ids)) and summaries[0] < summaries[1]
+    assert [m.text for m in await store.messages(first.id)] == ["0", "1", "3"]
+    assert (await store.latest_summary(first.id, up_to_seq=3)).content == "2"

@@ -255,3 +255,29 @@ async def test_summaries_across_forks(store):
     assert await store.latest_summary(grandchild.id) is None  # all summaries end after 3
     deeper = await store.fork(fork.id, at=8)
     assert await store.latest_summary(deeper.id) == own
+
+
+async def test_a_forks_opening_read_takes_its_pinned_messages_bound_limit_and_owner(store):
+    # A fork's opening read resolves its lineage (the conversation's one statement does
+    # not): pinned messages oldest first and below `before` only, the newest page
+    # below `before` and of `limit` rows, across the fork point.
+    parent = await store.create_conversation(owner="alice")
+    await store.append_many(parent.id, [user(str(i)) for i in range(1, 5)], owner="alice")
+    for seq in (1, 3):
+        await store.set_pinned(parent.id, seq, True, owner="alice")
+    fork = await store.fork(parent.id, owner="alice")
+    await store.append(fork.id, user("5"), owner="alice")
+
+    async def opening(limit: int, before: int | None) -> tuple[list[int], list[int]]:
+        pinned, newest = await store.context_start(
+            fork.id, encoding="e", limit=limit, before=before, owner="alice")
+        return [m.seq for m, _ in pinned], [m.seq for m, _ in newest]
+
+    assert await opening(2, None) == ([1, 3], [5, 4])
+    assert await opening(2, 5) == ([1, 3], [4, 3])
+    assert await opening(5, 3) == ([1], [2, 1])
+    for cid, owner in ((fork.id, "bob"), ("nope", None), ("nope", "alice")):
+        with pytest.raises(ConversationNotFound) as err:
+            await store.context_start(cid, encoding="e", limit=2, owner=owner)
+        scope = f" for owner {owner!r}" if owner is not None else ""
+        assert str(err.value) == f"conversation {cid!r} not found{scope}"
