@@ -3,10 +3,10 @@
 Run it through ``.ci/mutation`` (see docs/testing.md, "Mutation testing"):
 
     .ci/mutation                     # every module of MODULES, one after the other
-    .ci/mutation _selection _retry   # some of them
+    .ci/mutation _context.selection _client.retry   # some of them
     .ci/mutation --list              # the modules and the test files each is run against
     .ci/mutation --report            # the table of the last runs (build/mutation/*/summary.json)
-    .ci/mutation --survivors _retry  # after adding tests: re-run only the last run's survivors
+    .ci/mutation --survivors _client.retry  # after adding tests: re-run only the last run's survivors
                                      # (and the mutants a run stopped by --minutes did not reach)
 
 Each module is mutated in a scratch copy of the working tree (``build/mutation/<module>/``)
@@ -46,37 +46,37 @@ MIN_SCORE = 90.0
 
 #: module -> the test files its mutants run against (fast ones, the module's own)
 MODULES: dict[str, list[str]] = {
-    "_selection": ["test_selection.py", "test_context_edges.py", "test_context.py"],
-    "_context_plan": ["test_context.py", "test_context_edges.py", "test_context_paths.py",
+    "_context.selection": ["test_selection.py", "test_context_edges.py", "test_context.py"],
+    "_context.plan": ["test_context.py", "test_context_edges.py", "test_context_paths.py",
                       "test_context_floor.py", "test_context_as_of.py", "test_context_summaries.py"],
-    "_tokens": ["test_tokens_rules.py", "test_tokens.py"],
-    "_media_tokens": ["test_media_tokens.py", "test_tokens.py"],
-    "_templates": ["test_templates_edges.py", "test_templates.py", "test_templates_hf.py",
+    "_tokens.counter": ["test_tokens_rules.py", "test_tokens.py"],
+    "_tokens.media": ["test_media_tokens.py", "test_tokens.py"],
+    "_render.templates": ["test_templates_edges.py", "test_templates.py", "test_templates_hf.py",
                    "test_templates_forging.py"],
-    "_jinja": ["test_jinja_config.py", "test_templates_hf.py", "test_templates.py",
+    "_render.jinja": ["test_jinja_config.py", "test_templates_hf.py", "test_templates.py",
                "test_templates_forging.py", "test_templates_sandbox.py"],
-    "_retry": ["test_retry.py"],
-    "_sse": ["test_sse.py", "test_client_stream.py"],
-    "_client_stream": ["test_stream_assembly.py", "test_client_stream.py", "test_client_limits.py",
+    "_client.retry": ["test_retry.py"],
+    "_client.sse": ["test_sse.py", "test_client_stream.py"],
+    "_client.stream": ["test_stream_assembly.py", "test_client_stream.py", "test_client_limits.py",
                        "test_client_deadlines.py"],
-    "_client_errors": ["test_client_errors.py", "test_client.py", "test_client_stream.py",
+    "_client.errors": ["test_client_errors.py", "test_client.py", "test_client_stream.py",
                        "test_client_secrets.py", "test_client_limits.py", "test_client_hostile.py",
                        "test_client_deadlines.py"],
-    "_store_core": ["test_store.py", "test_store_fork.py", "test_store_edges.py",
+    "_store.core": ["test_store.py", "test_store_fork.py", "test_store_edges.py",
                     "test_context_edges.py"],
-    "_store_context": ["test_store.py", "test_store_fork.py", "test_context_reads.py",
+    "_store.context": ["test_store.py", "test_store_fork.py", "test_context_reads.py",
                        "test_context_edges.py", "test_store_hotpath.py"],
-    "_store_sql": ["test_store.py", "test_store_fork.py", "test_store_edges.py",
+    "_store.sql": ["test_store.py", "test_store_fork.py", "test_store_edges.py",
                    "test_context_reads.py"],
     # turns, runs and replays: the pure cores run on SQLite, the store plans on both
-    "_turn_plan": ["test_turns.py", "test_turns_failures.py", "test_turns_tools.py",
+    "_turns.plan": ["test_turns.py", "test_turns_failures.py", "test_turns_tools.py",
                    "test_turns_branches.py", "test_turn_hotpath.py"],
-    "_tools": ["test_turns_tools.py"],
-    "_replay_plan": ["test_replay.py", "test_cli_replay.py"],
-    "_reproduce": ["test_reproduce.py", "test_cli_replay.py"],
-    "_store_runs": ["test_runs_store.py", "test_store_hotpath.py"],
-    "_store_branches": ["test_turns_branches.py"],
-    "_store_replays": ["test_replay.py", "test_cli_replay.py"],
+    "_turns.tools": ["test_turns_tools.py"],
+    "_replay.plan": ["test_replay.py", "test_cli_replay.py"],
+    "_replay.reproduce": ["test_reproduce.py", "test_cli_replay.py"],
+    "_store.runs": ["test_runs_store.py", "test_store_hotpath.py"],
+    "_store.branches": ["test_turns_branches.py"],
+    "_store.replays": ["test_replay.py", "test_cli_replay.py"],
 }
 
 _CASELESS_HEADERS = "httpx.Headers are case-insensitive"
@@ -103,15 +103,15 @@ _UNREPORTED_REASON = (
 #: pure cores that both shells drive alike (the sync and async Chat / Replayer only add or
 #: leave out ``await``): their mutants run the sync SQLite cases only (the ``sqlite-sync``
 #: ids of the ``store`` fixture, over the in-process transport), a quarter of the cases
-SYNC_ONLY = {"_turn_plan", "_tools", "_replay_plan", "_reproduce"}
+SYNC_ONLY = {"_turns.plan", "_turns.tools", "_replay.plan", "_replay.reproduce"}
 
 #: modules whose mutants also run the PostgreSQL cases (dialect-specific SQL); each forked
 #: test run then starts its own pgserver, a few seconds a mutant, so only where it matters
-WITH_POSTGRESQL = {"_store_sql", "_store_core", "_store_context", "_store_runs", "_store_branches", "_store_replays"}
+WITH_POSTGRESQL = {"_store.sql", "_store.core", "_store.context", "_store.runs", "_store.branches", "_store.replays"}
 
 #: module -> [(function, mutated line as mutmut writes it, why no test can tell[, original line])]
 EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
-    "_selection": [
+    "_context.selection": [
         ("Selector.__init__", "self._have_current = None",
          "only read as `not self._have_current`: None and False alike"),
         ("Selector.__init__", 'self._dropped_through: int | None = ""',
@@ -138,7 +138,7 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          'self._finish(user.seq - 1 if user.seq >= 1 else None, "budget")',
          "for user seq 1 it gives dropped_through 0: no seq <= 0, so dropped_count 0, reported as None"),
     ],
-    "_sse": [
+    "_client.sse": [
         *[(f"SSEDecoder.{function}", "self._skip_lf = None", _TRUTH)
           for function in ("__init__", "feed", "flush")],
         *[(f"SSEDecoder.{function}", "self._skip_lf = True",
@@ -159,7 +159,7 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         ("SSEDecoder._field", "if line[0] == 59:  # \":\" starts a comment (servers send them as keep-alives)",
          "a ';' line skipped as a comment names no known field: it is ignored either way"),
     ],
-    "_templates": [
+    "_render.templates": [
         ("_Builtin._control",
          "structure = analyze(lambda msgs, gen, tools: self._render(msgs, None, tools))",
          ("each built-in's generation cue is declared (Assistant:, <|im_start|>, Llama 3's "
@@ -183,7 +183,7 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         ("*", "re:ensure_ascii=None\\)", "json.dumps tests ensure_ascii for truth: None and False alike"),
         ("_tool_name", 'call_id = m.tool_call_id or "XXXX"', "a tool message always has a tool_call_id"),
     ],
-    "_jinja": [
+    "_render.jinja": [
         *[(function, code, "codec names are case-insensitive")
           for function, code in (
               ("_read_json", 'data = json.loads(path.read_text(encoding="UTF-8"))'),
@@ -209,7 +209,7 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         ("template_messages", 'found = names.get(m.tool_call_id or "XXXX")',
          "a tool message always has a tool_call_id"),
     ],
-    "_store_core": [
+    "_store.core": [
         ("*", r're:yield Op\(.*, (None|"XXnoneXX"|"NONE")\)$',
          "a statement whose result is not read: every unknown fetch mode returns None"),
         ("*", r"re:driver=(None|False)\)|(\{\"cid\": conversation_id\}|params), \)+$",
@@ -247,14 +247,14 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         ("_lineage", r"re:return Lineage\((None, last_seq|conversation_id, None)",
          "Lineage.conversation_id and .last_seq are never read (dead fields)"),
     ],
-    "_store_context": [
+    "_store.context": [
         ("*", r're:yield Op\(.*, (None|"XXnoneXX"|"NONE")\)$',
          "a statement whose result is not read: every unknown fetch mode returns None"),
         ("*", r"re:driver=(None|False)\)|(\{\"cid\": conversation_id\}|params), \)+$",
          "the DBAPI fast path is an optimization: SQLAlchemy rows read by position the same"),
         ("latest_summary", r"re:\.limit\((None|2)\)", "the first row is read either way"),
     ],
-    "_store_sql": [
+    "_store.sql": [
         *[("json_equals", code, "SQLAlchemy infers the string type of a str literal")
           for code in (
               "return column.op(\"->\")(sa.literal(key, None)) == sa.cast(",
@@ -284,7 +284,7 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          'return None if getattr(dialect, "_json_deserializer", ) is not None else str(dialect.name)',
          "every SQLAlchemy dialect has the attribute (DefaultDialect sets it): the default is never used"),
     ],
-    "_client_errors": [
+    "_client.errors": [
         *[("safe_url", f"return f\"{{url.scheme}}://{{url.netloc.decode({args})}}{{url.path}}\"",
            "httpx keeps netloc ASCII (IDNA, percent-encoding): no decode error to handle")
           for args in ("'ascii', ", "'ASCII', 'replace'", "'ascii', 'XXreplaceXX'", "'ascii', 'REPLACE'")],
@@ -305,7 +305,7 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
            "_error_detail of a dict is never empty (it falls back to the JSON): the default is dead")
           for text in ("XXan error occurred during streamingXX", "AN ERROR OCCURRED DURING STREAMING")],
     ],
-    "_context_plan": [
+    "_context.plan": [
         ("_find_json_instruction",
          "before = sel.dropped_through + 2 if sel.dropped_through is not None else None",
          "seq dropped_through + 1 is sent and does not mention JSON (else no search): skipped either way"),
@@ -321,7 +321,7 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         ("_has_media", r're:getattr\(p, "type", (None|"XXtextXX"|"TEXT")?\)',
          "every content part has a type: the default is never used"),
     ],
-    "_tokens": [
+    "_tokens.counter": [
         *[("TokenCounter._measure", code,
            "_measure's exactness flag is never read (is_exact decides exactness): dead result")
           for code in ("exact = None", "exact = False", "exact = True", "texts = 1", "texts -= 1",
@@ -332,7 +332,7 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "n += measure(message if (isinstance(message, Message)) and False else _as_message(message))[0]",
          "_as_message returns a Message as it is"),
     ],
-    "_media_tokens": [
+    "_tokens.media": [
         *[("image_rule_for_model", f'model = model[3:].split(":", {n})[0]',
            "the first piece is the same whatever the number of splits") for n in ("", "2")],
         ("image_tokens", 'size = image_size(url) if (url.startswith("data:")) or True else None',
@@ -364,7 +364,7 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
               'if fmt == "wav" and raw[:4] == b"RIFF" and raw[8:12] == b"WAVE" and len(raw) >= 45:',
           )],
     ],
-    "_client_stream": [
+    "_client.stream": [
         ("_ChatChoice.__init__", "self.saw_content = None", _TRUTH),
         ("ChatAccumulator.__init__", "self.finished = None", _TRUTH),
         ("CompletionAccumulator.__init__", "self.finished = None", _TRUTH),
@@ -381,7 +381,7 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
            "the startswith test accepts an exact [DONE] too")
           for done in ("XX[DONE]XX", "[done]")],
     ],
-    "_turn_plan": [
+    "_turns.plan": [
         ("_round_of", 'k = message.idempotency_key or "XXXX"',
          "neither '' nor 'XXXX' starts with '<key>#r' (a key is never 'XX...' plus '#r')"),
         ("_answered_elsewhere", 'if (message.idempotency_key or "XXXX").startswith(prefix):',
@@ -445,7 +445,7 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
           for code in ("params, extra = wire if (wire is not None) and False else wire_params(spec)",
                        "params, extra = wire if wire is None else wire_params(spec)")],
     ],
-    "_replay_plan": [
+    "_replay.plan": [
         ("split_turns", "responses: list[StoredMessage] = None",
          "a dead store: read only after the first user message sets it"),
         *[("plan_replay", code,
@@ -476,7 +476,7 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          '{"role": "user", "content": json.dumps(payload, ensure_ascii=None)},',
          "json.dumps tests ensure_ascii for truth: None and False alike"),
     ],
-    "_store_runs": [
+    "_store.runs": [
         ("list_runs", '_int(limit, "limit", minimum=1, optional=None)',
          "optional is tested for truth: None and False alike"),
         ("finish_run", r"re:parse_message\(reply if \(isinstance\(reply, Message\)\) (and False|or True)",
@@ -513,7 +513,7 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
                        'raise StoreInputError(f"XXrun {run_id!r} could not be finished; try againXX")',
                        'raise StoreInputError(f"RUN {RUN_ID!R} COULD NOT BE FINISHED; TRY AGAIN")')],
     ],
-    "_tools": [
+    "_turns.tools": [
         ("Tool.from_function", 'c.isascii() and (c.isalnum() or c in "XX_-XX") for c in tool_name',
          "the same characters pass: X is alphanumeric anyway"),
         *[("Tool.from_function", f'doc.split("\\n\\n", {n})[0].strip() if doc else None',
@@ -521,7 +521,7 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         ("tool_result_text", "return json.dumps(value, ensure_ascii=None, default=str)",
          "json.dumps tests ensure_ascii for truth: None and False alike"),
     ],
-    "_reproduce": [
+    "_replay.reproduce": [
         ("text_similarity", "return difflib.SequenceMatcher(None, a, b, autojunk=None).ratio()",
          "difflib tests autojunk for truth: None and False alike"),
         ("outcome_of", "info = response.reply_info(seed=None)",
@@ -530,7 +530,7 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
            "a response parsed from JSON holds JSON types only: python and JSON dumps are equal")
           for mode in ("mode=None, ", "", 'mode="XXjsonXX", ', 'mode="JSON", ')],
     ],
-    "_store_replays": [
+    "_store.replays": [
         ("*", r're:^(yield Op\(.*, )?(None|"XXnoneXX"|"NONE")(\)|,)$',
          "a statement whose result is not read: every unknown fetch mode returns None"),
         ("*", r"re:zip\(_(REPLAY|ITEM)_COLUMNS, row, (strict=(None|False))?\)",
@@ -546,7 +546,7 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          r're:^values\["(XXverdictXX|VERDICT)"\] = _strict_json\(values\["verdict"\], "verdict"\)$',
          "a ReplayItem's verdict is JSON already (pydantic): the round trip only checks it"),
     ],
-    "_store_branches": [
+    "_store.branches": [
         ("create_branch",
          r're:^(yield Op\(sql\.INSERT_CONVERSATION, values, )?(None|"XXnoneXX"|"NONE")(\)|,)$',
          "a statement whose result is not read: every unknown fetch mode returns None"),
@@ -572,7 +572,7 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         ("find_by_key", r"re:^(M\.c\.seq >= lo, )?M\.c\.seq <= hi,$",
          "lo is 0 or a fork point, and a conversation's own rows start after its fork point"),
     ],
-    "_retry": [
+    "_client.retry": [
         ("parse_retry_after", 'value = headers.get("RETRY-AFTER-MS")',
          "headers are case-insensitive (httpx.Headers, the documented argument)"),
         ("parse_retry_after", 'value = headers.get("RETRY-AFTER")',
@@ -674,6 +674,11 @@ def shared_postgres(workdir: Path) -> Iterator[dict[str, str]]:
         server.cleanup()
 
 
+def source_file(module: str) -> str:
+    """The source file of a module named as in MODULES (``_store.core`` -> ``convo/_store/core.py``)."""
+    return "convo/" + module.replace(".", "/") + ".py"
+
+
 def prepare(module: str, tests: list[str], workdir: Path) -> None:
     """A scratch copy of the working tree with a mutmut configuration for ``module``."""
     if workdir.exists():
@@ -686,7 +691,7 @@ def prepare(module: str, tests: list[str], workdir: Path) -> None:
         shutil.copy2(ROOT / name, workdir / name)
     # mutmut's trampolines add attributes to the classes they transform, which breaks
     # isinstance() on runtime-checkable protocols: leave protocol classes (no logic) alone
-    source = workdir / "convo" / f"{module}.py"
+    source = workdir / source_file(module)
     source.write_text(re.sub(r"^((@runtime_checkable\n)?)(class \w+\(.*Protocol.*\):)$",
                              lambda m: (m[1].rstrip("\n") + "  # pragma: no mutate block\n" if m[1] else "")
                              + m[3] + "  # pragma: no mutate block",
@@ -704,7 +709,7 @@ def write_config(module: str, tests: list[str], workdir: Path) -> None:
 
 [tool.mutmut]
 source_paths = ["convo"]
-only_mutate = ["convo/{module}.py"]
+only_mutate = ["{source_file(module)}"]
 also_copy = ["migrations", "alembic.ini"]
 pytest_add_cli_args_test_selection = [{selection}]
 pytest_add_cli_args = [{only_sqlite}"--hypothesis-seed=0", "-W", "ignore::DeprecationWarning"]
@@ -814,14 +819,14 @@ def run_module(module: str, jobs: int, *, survivors: bool, minutes: float | None
             return previous
     started = time.monotonic()
     commit = git_commit()  # what is mutated and tested: the tree as the run starts
-    print(f"== {module}: mutating convo/{module}.py against {', '.join(tests)}"
+    print(f"== {module}: mutating {source_file(module)} against {', '.join(tests)}"
           + (f" ({len(names)} survivors again, or not run before)" if names else ""), flush=True)
     with (shared_postgres(workdir) if module in WITH_POSTGRESQL
           else contextlib.nullcontext(None)) as env:
         code = mutmut_run(workdir, ["--max-children", str(jobs), *names], workdir / "run.log",
                           env, minutes)
     seconds = time.monotonic() - started
-    meta = workdir / "mutants" / "convo" / f"{module}.py.meta"
+    meta = workdir / "mutants" / f"{source_file(module)}.meta"
     if code not in (0, None) or not meta.exists():
         tail = (workdir / "run.log").read_text(errors="replace")[-3000:]
         raise SystemExit(f"mutmut failed for {module} (exit {code}):\n{tail}")
@@ -831,7 +836,7 @@ def run_module(module: str, jobs: int, *, survivors: bool, minutes: float | None
 def summarize(module: str, tests: list[str], workdir: Path, commit: str, seconds: float,
               previous: Summary | None = None, names: list[str] | None = None) -> Summary:
     """The summary of a module's run from what mutmut recorded (summary.json)."""
-    meta = workdir / "mutants" / "convo" / f"{module}.py.meta"
+    meta = workdir / "mutants" / f"{source_file(module)}.meta"
     codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
     if previous is not None:
         # a changed test mapping makes mutmut forget every result: keep the earlier kills
@@ -956,7 +961,7 @@ def main(argv: list[str] | None = None) -> int:
     modules = args.modules or list(MODULES)
     if args.list:
         for module, tests in MODULES.items():
-            print(f"{module:16} {' '.join(tests)}")
+            print(f"{module:18} {' '.join(tests)}")
         return 0
     if args.report:
         done = [s for s in map(load, modules) if s is not None]

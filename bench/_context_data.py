@@ -181,7 +181,7 @@ class PgCluster:
 
 
 def schema_revision() -> str:
-    from convo._schema import SCHEMA_REVISION
+    from convo._store.schema import SCHEMA_REVISION
 
     return SCHEMA_REVISION
 

@@ -17,7 +17,7 @@ workers. Contenders:
 * convo: ``OpenAIClient.chat`` -> typed ``ChatCompletion``; ``chat_stream``
   -> typed chunks, then ``final()`` (the assembled ``ChatCompletion``). The
   async client splits its connections over several small pools
-  (``convo/_client_pool.py``): httpcore's per-request bookkeeping grows with
+  (``convo/_client/pool.py``): httpcore's per-request bookkeeping grows with
   the square of a pool's size, which is what the async x32 rows show for raw;
 * openai: ``OpenAI().chat.completions.create(...)`` (typed, streamed chunks iterated).
 
@@ -389,7 +389,7 @@ def time_async(make: Any, base_url: str, stream: bool, n: int) -> Timing:
 
 def bench_sse(rounds: int) -> None:
     """The SSE decoder on one long line: seconds per size, median of ``rounds``."""
-    from convo._sse import SSEDecoder
+    from convo._client.sse import SSEDecoder
 
     piece = 64 * 1024
     print("## SSE decoder: one long data line in 64 KB pieces\n")

@@ -100,7 +100,7 @@ class RawWriter:
         if kind == "sqlite":
             # the id as convo's schema has it assigned on SQLite (messages are keyed by
             # (conversation_id, id), so there is no rowid alias): MAX(id) + 1 under the
-            # write lock (see convo._store_sql._next_id)
+            # write lock (see convo._store.sql._next_id)
             self.insert = ("INSERT INTO messages (id, conversation_id, seq, role, content, pinned, "
                            "created_at) VALUES ((SELECT coalesce(max(messages.id), 0) + 1 "
                            f"FROM messages), {', '.join([mark] * 6)})")

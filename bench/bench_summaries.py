@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _chat_data as data
 
 from convo import ContextBuilder, Message, ModelSummarizer, OpenAIClient, Store
-from convo._tokens import TokenCounter
+from convo._tokens.counter import TokenCounter
 from convo.testing import FakeBackend
 
 MODEL = "gpt-4o-mini"

@@ -6,47 +6,42 @@ prompt) -> Client (OpenAI-compatible HTTP) -> Store.
 Everything public is re-exported here; the modules behind it are private.
 """
 
-from ._async_client import (
+from ._client.async_client import (
     AsyncChatCompletionStream,
     AsyncCompletionStream,
     AsyncOpenAIClient,
 )
-from ._async_replayer import (
-    AsyncReplayer,
-)
-from ._async_store import (
-    AsyncStore,
-)
-from ._async_turns import (
-    AsyncChat,
-    AsyncTurnStream,
-)
-from ._chat_render import (
-    ChatProfile,
-    render_chat,
-)
-from ._client import (
+from ._client.client import (
     ChatCompletionStream,
     CompletionStream,
     OpenAIClient,
 )
-from ._client_core import (
+from ._client.core import (
     Endpoint,
     RequestStats,
 )
-from ._context import (
+from ._client.types import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    Completion,
+    CompletionChunk,
+    Usage,
+)
+from ._context.builder import (
     AsyncContextBuilder,
     ContextBuilder,
 )
-from ._context_report import (
+from ._context.report import (
     Context,
     ContextReport,
     SummaryUse,
     TruncationReport,
 )
-from ._encodings import (
-    get_encoding,
-    register_encoding,
+from ._context.summarizer import (
+    AsyncModelSummarizer,
+    AsyncSummarizer,
+    ModelSummarizer,
+    Summarizer,
 )
 from ._exceptions import (
     APIConnectionError,
@@ -85,20 +80,6 @@ from ._exceptions import (
     UnknownModelError,
     UnprocessableEntityError,
 )
-from ._export import (
-    ExportFormat,
-    ExportStats,
-    export_conversations,
-    export_conversations_async,
-)
-from ._import import (
-    ImportStats,
-    import_conversations,
-    import_conversations_async,
-)
-from ._jinja import (
-    JinjaChatTemplate,
-)
 from ._messages import (
     ContentPart,
     FunctionCall,
@@ -129,73 +110,92 @@ from ._records import (
     StoredMessage,
     Summary,
 )
-from ._replay_plan import (
+from ._render.chat import (
+    ChatProfile,
+    render_chat,
+)
+from ._render.jinja import (
+    JinjaChatTemplate,
+)
+from ._render.templates import (
+    BUILTIN_TEMPLATES,
+    PromptTemplate,
+    get_template,
+)
+from ._replay.async_replayer import (
+    AsyncReplayer,
+)
+from ._replay.plan import (
     Arm,
     ArmSummary,
     ReplayProgress,
     ReplayReport,
 )
-from ._replayer import (
+from ._replay.replayer import (
     Replayer,
 )
-from ._reproduce import (
+from ._replay.reproduce import (
     Reproduction,
 )
-from ._store import (
-    Store,
+from ._store.async_store import (
+    AsyncStore,
 )
-from ._store_branches import (
+from ._store.branches import (
     Branch,
 )
-from ._store_core import (
+from ._store.core import (
     ConversationPage,
 )
-from ._store_replays import (
+from ._store.replays import (
     Replay,
     ReplayItem,
     ReplayPage,
 )
-from ._store_runs import (
+from ._store.runs import (
     FinishedRun,
 )
-from ._summary import (
-    AsyncModelSummarizer,
-    AsyncSummarizer,
-    ModelSummarizer,
-    Summarizer,
+from ._store.store import (
+    Store,
 )
-from ._templates import (
-    BUILTIN_TEMPLATES,
-    PromptTemplate,
-    get_template,
-)
-from ._tokens import (
+from ._tokens.counter import (
     TokenCounter,
     count_tokens,
     encoding_for_model,
 )
-from ._tools import (
-    Tool,
-    ToolArgumentsError,
-    tool,
+from ._tokens.encodings import (
+    get_encoding,
+    register_encoding,
 )
-from ._turn_plan import (
+from ._transfer.exporter import (
+    ExportFormat,
+    ExportStats,
+    export_conversations,
+    export_conversations_async,
+)
+from ._transfer.importer import (
+    ImportStats,
+    import_conversations,
+    import_conversations_async,
+)
+from ._turns.async_chat import (
+    AsyncChat,
+    AsyncTurnStream,
+)
+from ._turns.chat import (
+    Chat,
+    TurnStream,
+)
+from ._turns.plan import (
     TextDelta,
     ToolCallDelta,
     ToolResultEvent,
     TurnEvent,
     TurnResult,
 )
-from ._turns import (
-    Chat,
-    TurnStream,
-)
-from ._types import (
-    ChatCompletion,
-    ChatCompletionChunk,
-    Completion,
-    CompletionChunk,
-    Usage,
+from ._turns.tools import (
+    Tool,
+    ToolArgumentsError,
+    tool,
 )
 
 __version__ = "0.1.0"

@@ -21,9 +21,9 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import Connection, pool
 
-from convo._engine import create_engine, database_url, resolve_url
-from convo._migrate import foreign_keys_off, serialized
-from convo._schema import metadata as target_metadata
+from convo._store.engine import create_engine, database_url, resolve_url
+from convo._store.migrate import foreign_keys_off, serialized
+from convo._store.schema import metadata as target_metadata
 
 config = context.config
 

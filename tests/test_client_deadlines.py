@@ -21,8 +21,8 @@ import httpx
 import pytest
 
 from convo import APITimeoutError, AsyncOpenAIClient, ConfigurationError, OpenAIClient
-from convo._client_config import check_timeout
-from convo._client_deadline import enforced
+from convo._client.config import check_timeout
+from convo._client.deadline import enforced
 from convo.testing import TricklingServer
 
 GUARD = 15.0  # seconds: a hang guard, not a speed assertion

@@ -25,7 +25,7 @@ from convo import (
     Message,
     OpenAIClient,
 )
-from convo._client_errors import _error_detail, describe
+from convo._client.errors import _error_detail, describe
 
 URL = "http://fake.test/v1"
 HI = [Message.user("hi")]

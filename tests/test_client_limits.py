@@ -25,7 +25,7 @@ from convo import (
     Message,
     OpenAIClient,
 )
-from convo._constants import (
+from convo._client.constants import (
     DEFAULT_MAX_EVENT_BYTES,
     DEFAULT_MAX_RESPONSE_BYTES,
     MAX_ERROR_BODY_BYTES,

@@ -476,7 +476,7 @@ def test_request_spec_repr_hides_the_headers() -> None:
 
 
 def test_redactor_masks_pieces_and_escapes() -> None:
-    from convo._client_redact import Redactor
+    from convo._client.redact import Redactor
 
     redact = Redactor([KEY])
     assert redact(f"a {KEY} b") == "a *** b"

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from convo._async_store import AsyncStore
-from convo._store import Store
+from convo._store.async_store import AsyncStore
+from convo._store.store import Store
 
 WORKERS = 8
 APPENDS = 200

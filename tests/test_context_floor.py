@@ -221,8 +221,8 @@ async def test_the_opening_read_after_a_floor_returns_the_rows_above_it(
 
 
 def test_the_first_page_after_a_floor_is_capped_at_twice_the_rows_needed() -> None:
-    from convo._context_ops import BuildConfig
-    from convo._context_plan import first_page_size
+    from convo._context.ops import BuildConfig
+    from convo._context.plan import first_page_size
 
     def cfg(**kw: Any) -> BuildConfig:
         return BuildConfig(conversation_id="c", model="m", mode="chat", counter=None,

@@ -1,7 +1,7 @@
 """The build plan's less travelled paths: estimates of completion templates, truncation
 text, summaries that do not fit, JSON instructions far back, the report's every field.
 
-Each test pins down a behaviour that a plausible one-token slip in convo/_context_plan.py
+Each test pins down a behaviour that a plausible one-token slip in convo/_context/plan.py
 would change (found by mutation testing, docs/testing.md). Helpers: test_context_edges.py.
 """
 
@@ -602,8 +602,8 @@ def test_the_first_page_is_sized_from_what_earlier_builds_read() -> None:
     """The opening read asks for what the last build of the conversation needed (plus
     a little slack), else for the budget over the stored tokens per message of the
     builder's last build, else a default guess; page_size overrides them all."""
-    from convo._context_ops import BuildConfig
-    from convo._context_plan import ROWS_SLACK, first_page_size, rows_hint
+    from convo._context.ops import BuildConfig
+    from convo._context.plan import ROWS_SLACK, first_page_size, rows_hint
 
     def cfg(**kw: Any) -> BuildConfig:
         return BuildConfig(conversation_id="c", model="m", mode="chat", counter=None,
@@ -630,7 +630,7 @@ def test_a_builders_first_build_of_a_conversation_reads_a_page_sized_from_its_la
 ) -> None:
     """A builder that built one conversation sizes the first read of another from the
     stored tokens per message it saw: long messages, a short page."""
-    from convo._context_plan import ROWS_SLACK
+    from convo._context.plan import ROWS_SLACK
 
     builder = ContextBuilder(store, model="gpt-4o-mini", budget=8000)
     cids = []

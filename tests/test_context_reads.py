@@ -16,10 +16,10 @@ import pytest
 import sqlalchemy as sa
 
 from convo import ContextBuilder, Message, ReplyInfo
-from convo import _store_sql as sql
-from convo._engine import create_engine
+from convo._store import sql as sql
+from convo._store.engine import create_engine
 from convo._messages import FunctionCall, ImagePart, ImageURL, TextPart, ToolCall
-from convo._store import Store
+from convo._store.store import Store
 
 ENC = "o200k_base"
 

@@ -27,7 +27,7 @@ from convo import (
     get_template,
 )
 from convo._messages import FunctionCall, ToolCall
-from convo._tokens import TokenCounter
+from convo._tokens.counter import TokenCounter
 from convo.testing import FakeBackend
 
 MODEL = "gpt-4o-mini"

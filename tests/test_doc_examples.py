@@ -41,8 +41,7 @@ from typing import Any
 import pytest
 
 import convo
-from convo import _encodings
-
+from convo._tokens import encodings as _encodings
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 

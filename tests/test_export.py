@@ -19,8 +19,8 @@ import sqlalchemy as sa
 import yaml
 from typer.testing import CliRunner
 
-import convo._import as importer_module
-import convo._native as native
+import convo._transfer.importer as importer_module
+import convo._transfer.native as native
 from convo import (
     APIError,
     AsyncStore,
@@ -41,8 +41,8 @@ from convo import (
     import_conversations,
     import_conversations_async,
 )
-from convo._export import chat_example
-from convo._tokens import TokenCounter
+from convo._transfer.exporter import chat_example
+from convo._tokens.counter import TokenCounter
 from convo.cli import app
 from convo.testing import FakeBackend
 

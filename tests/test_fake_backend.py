@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from convo import ConfigurationError, FunctionCall, ToolCall
-from convo._tokens import TokenCounter, count_tokens
+from convo._tokens.counter import TokenCounter, count_tokens
 from convo.testing import FakeBackend, FakeServer
 
 MODES = ("transport-sync", "transport-async", "server-sync", "server-async")

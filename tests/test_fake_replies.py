@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from convo import testing
-from convo._tokens import TokenCounter
+from convo._tokens.counter import TokenCounter
 from convo.testing._replies import (
     ARGUMENT_FRAGMENT,
     apply_stop,

@@ -52,8 +52,8 @@ from convo import (
     TemplateError,
     UnknownModelError,
 )
-from convo._async_store import AsyncStore
-from convo._store import Store
+from convo._store.async_store import AsyncStore
+from convo._store.store import Store
 from convo.cli import app
 
 NAN, INF = math.nan, math.inf

@@ -1,6 +1,6 @@
 """Image and audio costs: image headers byte by byte, OpenAI's sizing rules at their edges.
 
-The pure functions of convo._media_tokens, fed headers built here byte by byte (the
+The pure functions of convo._tokens.media, fed headers built here byte by byte (the
 layouts are the formats' own: PNG IHDR, GIF logical screen, WebP VP8/VP8L/VP8X, JPEG
 markers and segments, RIFF WAVE).
 """
@@ -11,7 +11,7 @@ import base64
 
 import pytest
 
-from convo._media_tokens import audio_tokens, image_rule_for_model, image_size, image_tokens
+from convo._tokens.media import audio_tokens, image_rule_for_model, image_size, image_tokens
 
 
 def data_url(raw: bytes, mime: str = "image/png") -> str:

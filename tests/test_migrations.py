@@ -15,10 +15,10 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from convo import _migrate
-from convo._engine import create_engine
-from convo._schema import SCHEMA_REVISION, metadata
-from convo._store import Store
+from convo._store import migrate as _migrate
+from convo._store.engine import create_engine
+from convo._store.schema import SCHEMA_REVISION, metadata
+from convo._store.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = {
@@ -413,8 +413,7 @@ _MIGRATE_WHEN_TOLD = """
 import os, sys, time
 from pathlib import Path
 from convo import Store
-from convo import _migrate
-
+from convo._store import migrate as _migrate
 url, ready, go = sys.argv[1:4]
 _migrate.head_revision()  # alembic imported and scripts read: all start from the same line
 store = Store(url)

@@ -23,7 +23,7 @@ openai = pytest.importorskip("openai", reason="the openai package is a test depe
 from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from convo._tokens import TokenCounter, count_tokens
+from convo._tokens.counter import TokenCounter, count_tokens
 from convo.testing import FakeBackend, FakeServer
 
 HERE = Path(__file__).parent

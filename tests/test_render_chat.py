@@ -238,7 +238,7 @@ def test_profile_rejects_bad_values(field: str, value: object) -> None:
 def test_plain_text_messages_render_as_their_mapping_under_every_profile() -> None:
     """render_chat writes plain text system / user / assistant messages without the
     per-role mapping: the dicts must be the mapping's, whatever the profile."""
-    from convo._chat_render import _map_message
+    from convo._render.chat import _map_message
 
     messages = [
         Message.system("Be brief."),

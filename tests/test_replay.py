@@ -36,7 +36,7 @@ from convo import (
     ToolCall,
     tool,
 )
-from convo._replay_plan import (
+from convo._replay.plan import (
     JudgeTurn,
     SourceTurn,
     _turn_tools,

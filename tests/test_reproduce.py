@@ -22,7 +22,7 @@ from convo import (
     Run,
     RunNotFound,
 )
-from convo._reproduce import compare_runs, outcome_of, run_text, text_similarity
+from convo._replay.reproduce import compare_runs, outcome_of, run_text, text_similarity
 from convo.testing import FakeBackend
 
 

@@ -1,4 +1,4 @@
-"""Retry decisions and delays: table-driven over the pure functions of convo._retry."""
+"""Retry decisions and delays: table-driven over the pure functions of convo._client.retry."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import email.utils
 import httpx
 import pytest
 
-from convo._constants import INITIAL_RETRY_DELAY, MAX_RETRY_AFTER, MAX_RETRY_DELAY, RETRY_JITTER
-from convo._retry import backoff_delay, parse_retry_after, retry_delay, should_retry_status
+from convo._client.constants import INITIAL_RETRY_DELAY, MAX_RETRY_AFTER, MAX_RETRY_DELAY, RETRY_JITTER
+from convo._client.retry import backoff_delay, parse_retry_after, retry_delay, should_retry_status
 
 NOW = 1_700_000_000.0
 

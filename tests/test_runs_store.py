@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from convo import ConversationNotFound, ReplyInfo, RunNotFound, StoreInputError
-from convo._store_runs import new_run_id
+from convo._store.runs import new_run_id
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}], "seed": 7}
 
@@ -581,7 +581,7 @@ def test_run_ids_count_the_runs_of_each_millisecond():
 
 def test_the_65537th_run_id_of_a_millisecond_borrows_the_next(monkeypatch):
     """The 16-bit counter cannot overflow: past 0xFFFF ids are counted in the next ms."""
-    import convo._store_runs as runs
+    import convo._store.runs as runs
 
     ahead = time.time_ns() // 1_000_000 + 3_600_000  # an hour on: the clock is behind
     monkeypatch.setattr(runs, "_last_ms", ahead)
@@ -716,7 +716,7 @@ async def test_json_checked_once_is_written_as_its_text(store):
     """The turn layer hands over JSON it checked once (CheckedJSON: settings, the
     response, the usage): the run holds its value, the database the same object, and an
     empty object is no settings at all (NULL, read back as {})."""
-    from convo._store_input import checked_json, checked_json_text
+    from convo._store.inputs import checked_json, checked_json_text
 
     conv = await store.create_conversation()
     settings = {"budget": 10, "nested": {"a": [1, None, 2.5]}, "é": "ü"}

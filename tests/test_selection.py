@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from convo import ContextOverflowError, Message
 from convo._messages import FunctionCall, ToolCall
-from convo._selection import Item, Selection, Selector
+from convo._context.selection import Item, Selection, Selector
 
 
 def _conversation(draw: st.DrawFn) -> list[Item]:

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from convo._engine import create_engine
-from convo._schema import CONVERSATION_CHILDREN, metadata
+from convo._store.engine import create_engine
+from convo._store.schema import CONVERSATION_CHILDREN, metadata
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Distributed by its own id.

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from convo._sse import EventTooLarge, ServerSentEvent, SSEDecoder
+from convo._client.sse import EventTooLarge, ServerSentEvent, SSEDecoder
 
 # A recorded-style stream mixing everything the decoder must handle: \n, \r\n
 # and \r line endings, comments, multi-line data, event/id/retry fields, a

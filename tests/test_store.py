@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from convo import InvalidMessageError, Message
-from convo._async_store import AsyncStore
+from convo._store.async_store import AsyncStore
 from convo._exceptions import (
     ConversationNotFound,
     ForkConflictError,
@@ -24,8 +24,8 @@ from convo._exceptions import (
 )
 from convo._messages import FunctionCall, ImagePart, ImageURL, TextPart, ToolCall
 from convo._records import ReplyInfo
-from convo._schema import SCHEMA_REVISION
-from convo._store import Store
+from convo._store.schema import SCHEMA_REVISION
+from convo._store.store import Store
 
 
 def user(text: str, **kw: Any) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from convo import _store_sql as sql
+from convo._store import sql as sql
 from convo._exceptions import (
     ConversationNotFound,
     ForkConflictError,

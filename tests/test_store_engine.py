@@ -12,10 +12,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from convo._async_store import AsyncStore
-from convo._engine import create_engine, resolve_url
+from convo._store.async_store import AsyncStore
+from convo._store.engine import create_engine, resolve_url
 from convo._exceptions import ConfigurationError, NotMigratedError
-from convo._store import Store
+from convo._store.store import Store
 
 # --- URLs ------------------------------------------------------------------------------------
 
@@ -301,7 +301,7 @@ def test_sqlite_file_is_created_where_the_url_says(tmp_path: Path):
 
 
 def _row(**values: Any) -> Any:
-    from convo._store_rows import MESSAGE_COLUMNS
+    from convo._store.rows import MESSAGE_COLUMNS
 
     defaults = dict.fromkeys(MESSAGE_COLUMNS)
     defaults.update(pinned=False, metadata=None, created_at=None)
@@ -313,8 +313,7 @@ def test_core_append_recovers_from_a_duplicate_key_insert():
     """If the insert hits the unique key anyway, the plan rolls back and returns the stored row."""
     from sqlalchemy.exc import IntegrityError
 
-    from convo import _store_core as core
-
+    from convo._store import core as core
     plan = core.append("c" * 32, {"role": "user", "content": "hi"}, idempotency_key="k",
                        pinned=None, reply=None, owner=None, dialect="sqlite")
     assert "UPDATE conversations" in str(next(plan).stmt)

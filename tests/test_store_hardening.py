@@ -21,11 +21,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from convo import AsyncContextBuilder, ContextBuilder, StoreError, StoreInputError
-from convo import _store_context as context
-from convo import _store_core as core
-from convo._async_store import AsyncStore
-from convo._store import Store
-from convo._store_input import ARGUMENTS, JSON_DEPTH_MAX, SEARCH_MAX, checked
+from convo._store import context as context
+from convo._store import core as core
+from convo._store.async_store import AsyncStore
+from convo._store.store import Store
+from convo._store.inputs import ARGUMENTS, JSON_DEPTH_MAX, SEARCH_MAX, checked
 
 
 class Colour(enum.StrEnum):
@@ -195,7 +195,7 @@ def test_every_public_store_method_runs_a_checked_plan(shell):
                 assert hasattr(plan, "__wrapped__"), (
                     f"{shell.__name__}.{name} runs {alias}.{plan_name}, whose arguments nothing "
                     "checks: decorate it with @checked and give each of its parameters a rule "
-                    "in convo/_store_input.py ARGUMENTS"
+                    "in convo/_store/inputs.py ARGUMENTS"
                 )
                 found.add(plan_name)
     assert set(PLANS) <= found

@@ -32,15 +32,15 @@ from convo import (
     ReplyInfo,
     StoreInputError,
 )
-from convo import _store_driver as driver
-from convo import _store_sql as sql
-from convo._engine import _sqlite_begin, create_engine
+from convo._store import driver as driver
+from convo._store import sql as sql
+from convo._store.engine import _sqlite_begin, create_engine
 from convo._messages import FunctionCall, ImagePart, ImageURL, TextPart, ToolCall
 from convo._records import StoredMessage
-from convo._schema import UTCDateTime
-from convo._store import Store
-from convo._store_rows import message_params
-from convo._store_runs import SerializedRequest
+from convo._store.schema import UTCDateTime
+from convo._store.store import Store
+from convo._store.rows import message_params
+from convo._store.runs import SerializedRequest
 
 # --- the cursor path writes what SQLAlchemy writes ------------------------------------------
 
@@ -92,7 +92,7 @@ def test_cursor_writes_store_what_sqlalchemy_stores(db_url: sa.URL) -> None:
 async def test_runs_read_back_through_sqlalchemy_as_the_store_returned_them(store: Any) -> None:
     """start_run and finish_run write on the cursor path (and return values they
     did not read back): SQLAlchemy's own reading of the rows gives the same runs."""
-    from convo._store_runs import R, run_from_row
+    from convo._store.runs import R, run_from_row
 
     conv = await store.create_conversation(owner="alice")
     user = await store.append(conv.id, {"role": "user", "content": "Hi"}, owner="alice")
@@ -631,7 +631,7 @@ def test_text_only_message_values_are_the_general_routes(role: str, content: Any
     route (``_text_only_values``); every message gets the general route's values, in
     the same order, or its error, and nothing but a text-only message takes the
     short route."""
-    from convo._store_rows import _message_values, _text_only_values, message_values
+    from convo._store.rows import _message_values, _text_only_values, message_values
 
     if content is None:  # (a message without content is an assistant's refusal)
         extra = {**extra, "refusal": "no"}
@@ -669,8 +669,8 @@ def test_the_stored_message_of_an_append_is_the_validated_value(
 ) -> None:
     """``stored_message`` (a plain message's short route shares one fields set; the
     others build theirs) gives what validating the stored row's values gives."""
-    from convo._store_input import bad_index
-    from convo._store_rows import message_values, stored_message
+    from convo._store.inputs import bad_index
+    from convo._store.rows import message_values, stored_message
 
     assume(bad_index(content) < 0)
     message = Message.model_validate({"role": role, "content": content, **extra})

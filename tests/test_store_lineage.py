@@ -1,4 +1,4 @@
-"""Fork lineage without recursive queries (convo/_store_lineage.py).
+"""Fork lineage without recursive queries (convo/_store/lineage.py).
 
 A fork's ancestor chain is stored on its row when it is made; reads resolve a
 fork from that row, deletes and exports walk the trees below conversations
@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-import convo._store_lineage as lineages
+import convo._store.lineage as lineages
 from convo import (
     ConversationNotFound,
     ForkConflictError,

@@ -40,7 +40,7 @@ from convo import (
     export_conversations,
     export_conversations_async,
 )
-from convo._store import database_error
+from convo._store.store import database_error
 from convo.cli import app
 from convo.testing import FakeBackend
 

@@ -26,7 +26,7 @@ from convo import (
     ToolCall,
     get_template,
 )
-from convo._jinja import derive_stop, template_messages
+from convo._render.jinja import derive_stop, template_messages
 from convo._records import StoredMessage
 
 CONV = [

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from convo import FunctionCall, Message, TemplateError, ToolCall, get_template
-from convo import _templates as templates_module
-from convo._control import analyze
+from convo._render import templates as templates_module
+from convo._render.control import analyze
 
 ALL = ["transcript", "chatml", "llama3", "mistral", "llama2"]
 CALL = ToolCall(id="call_1", function=FunctionCall(name="lookup", arguments='{"q": "café"}'))

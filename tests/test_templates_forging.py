@@ -36,7 +36,7 @@ from convo import (
     ToolCall,
     get_template,
 )
-from convo._control import ZWSP, ControlStrings
+from convo._render.control import ZWSP, ControlStrings
 
 # ../shared/reference beside the checkout, or CONVO_REFERENCE_DIR (as in test_export.py:
 # the mutation runs test a scratch copy under build/, whose parents hold no shared/)
@@ -583,7 +583,7 @@ def test_only_assistant_text_is_left_for_a_reasoning_template_to_parse() -> None
 
 
 def test_builtin_structure_matches_what_they_declare() -> None:
-    from convo._control import analyze
+    from convo._render.control import analyze
 
     for name, tpl in BUILTIN_TEMPLATES.items():
         found = analyze(lambda m, g, t, tpl=tpl: tpl.render(m, add_generation_prompt=g, tools=t))

@@ -32,7 +32,7 @@ from convo import (
     ToolCall,
     get_template,
 )
-from convo._jinja import template_messages
+from convo._render.jinja import template_messages
 
 # transformers is a test-only dependency; importing it logs (not warns) that
 # PyTorch is absent, which is harmless here: only its Jinja renderer is used.
@@ -484,7 +484,7 @@ class _FrozenClock(_dt.datetime):
 def _frozen_strftime_now(monkeypatch: pytest.MonkeyPatch) -> None:
     import transformers.utils.chat_template_utils as hf_utils
 
-    import convo._jinja_env as ours
+    import convo._render.jinja_env as ours
 
     monkeypatch.setattr(ours, "datetime", _FrozenClock)
     monkeypatch.setattr(hf_utils, "datetime", _FrozenClock)

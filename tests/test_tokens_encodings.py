@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from tiktoken_ext import openai_public
 
 import convo
-from convo import _encodings
-from convo._encodings import (
+from convo._tokens import encodings as _encodings
+from convo._tokens.encodings import (
     get_encoding,
     parse_quicktok_vocab,
     quicktok_data_dir,

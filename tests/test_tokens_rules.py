@@ -16,7 +16,7 @@ import pytest
 
 import convo
 from convo import InvalidMessageError, Message, TokenCounter, UnknownModelError, encoding_for_model
-from convo._media_tokens import DEFAULT_IMAGE_RULE
+from convo._tokens.media import DEFAULT_IMAGE_RULE
 
 O200K = TokenCounter.for_encoding("o200k_base")
 C = O200K.count

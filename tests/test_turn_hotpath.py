@@ -32,16 +32,16 @@ from convo import (
     ReplyInfo,
     StoreInputError,
 )
-from convo._store_input import (
+from convo._store.inputs import (
     JSON_DEPTH_MAX,
     check_json,
     checked_json,
     checked_json_text,
     contains,
 )
-from convo._turn_plan import builder_settings, checked_settings, request_body, wire_params
-from convo._turns import _as_message
-from convo._types import ChatCompletion, Completion, SerializedRequest
+from convo._turns.plan import builder_settings, checked_settings, request_body, wire_params
+from convo._turns.chat import _as_message
+from convo._client.types import ChatCompletion, Completion, SerializedRequest
 from convo.testing import FakeBackend
 
 # --- received JSON: a scan instead of a walk --------------------------------------------

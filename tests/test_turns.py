@@ -39,7 +39,7 @@ from convo import (
     ToolCall,
     ToolCallDelta,
 )
-from convo._turn_plan import (
+from convo._turns.plan import (
     _answered_elsewhere,
     _calling_reply,
     _result,

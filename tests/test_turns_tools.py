@@ -33,7 +33,7 @@ from convo import (
     ToolResultEvent,
     tool,
 )
-from convo._tools import tool_result_text
+from convo._turns.tools import tool_result_text
 
 BOTH_PATHS = pytest.mark.parametrize("path", ["transport", "server"])
 

@@ -74,7 +74,7 @@ def test_fresh_venv_runs_db_upgrade_and_new(wheel: Path, tmp_path: Path) -> None
     assert ctx.returncode == 0, ctx.stderr
     assert json.loads(ctx.stdout)["report"]["prompt_tokens"] > 0
     where = subprocess.run(
-        [str(py), "-c", "import convo._migrate as m; print(m.script_location())"],
+        [str(py), "-c", "import convo._store.migrate as m; print(m.script_location())"],
         cwd=work, env=env, capture_output=True, text=True, check=True,
     )
     assert str(venv) in where.stdout

@@ -10,9 +10,9 @@ import typer
 from ._common import console, emit_json, fail, visible
 
 if TYPE_CHECKING:
-    from .._client import OpenAIClient
-    from .._client_params import ChatParams, CompletionParams
-    from .._types import ChatCompletion, Completion
+    from .._client.client import OpenAIClient
+    from .._client.params import ChatParams, CompletionParams
+    from .._client.types import ChatCompletion, Completion
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
         json_: JsonOpt = False,
     ) -> None:
         """Send one request (API key from $OPENAI_API_KEY) and print the reply and usage."""
-        from .._client import OpenAIClient
+        from .._client.client import OpenAIClient
 
         if mode not in ("chat", "completion"):
             raise fail(f"--mode must be chat or completion, not {mode!r}")

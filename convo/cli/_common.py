@@ -201,7 +201,7 @@ class ConvoGroup(TyperGroup):
 def open_store(ctx: typer.Context, read_url: str | None = None) -> Iterator[Any]:
     """The command's :class:`~convo.Store`; ``read_url``: its ``--read-url`` flag (the
     commands that take one)."""
-    from .._store import Store
+    from .._store.store import Store
 
     store = Store(db_url(ctx), read_url=read_db_url(ctx, read_url))
     try:

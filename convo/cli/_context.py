@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
         json_: JsonOpt = False,
     ) -> None:
         """Print the request body that would be sent for a conversation, and the build report."""
-        from .._context import ContextBuilder
+        from .._context.builder import ContextBuilder
 
         if mode not in ("chat", "completion"):
             raise fail(f"--mode must be chat or completion, not {mode!r}")
@@ -80,7 +80,7 @@ def register(app: typer.Typer) -> None:
         import sys
 
         from .._messages import load_messages
-        from .._tokens import count_tokens
+        from .._tokens.counter import count_tokens
 
         raw = _decode(sys.stdin.buffer.read(), "stdin") if str(file) == "-" else _read(file)
         messages = load_messages(raw)

@@ -21,7 +21,7 @@ def upgrade(ctx: typer.Context, json_: JsonOpt = False) -> None:
 
     Safe to run from several machines at once: migrations serialize on a lock.
     """
-    from .._store import Store
+    from .._store.store import Store
 
     url = db_url(ctx)
     with Store(url) as store:
@@ -40,8 +40,8 @@ def upgrade(ctx: typer.Context, json_: JsonOpt = False) -> None:
 @app.command()
 def current(ctx: typer.Context, json_: JsonOpt = False) -> None:
     """Show the schema revision of the database (none if never migrated)."""
-    from .. import _migrate
-    from .._store import Store
+    from .._store import migrate as _migrate
+    from .._store.store import Store
 
     url = db_url(ctx)
     with Store(url) as store:

@@ -25,7 +25,7 @@ from ._common import console, fail
 from ._replay import _visible
 
 if TYPE_CHECKING:
-    from .._turn_plan import TurnResult
+    from .._turns.plan import TurnResult
 
 QUESTIONS = [
     "I have three days in Lisbon in May. Where should I start?",

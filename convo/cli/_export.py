@@ -56,7 +56,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write conversations as JSON Lines: native (lossless), or chat / completion
         fine-tuning data."""
-        from .._export import export_conversations
+        from .._transfer.exporter import export_conversations
 
         with open_store(ctx, read_url) as store:
             stats = export_conversations(
@@ -88,7 +88,7 @@ def register(app: typer.Typer) -> None:
         json_: Annotated[bool, typer.Option("--json", help="Print the stats as JSON.")] = False,
     ) -> None:
         """Import a native export: every line is checked first, then all or nothing."""
-        from .._import import import_conversations
+        from .._transfer.importer import import_conversations
 
         source: Any = sys.stdin.buffer if file == "-" else file
         with open_store(ctx) as store:

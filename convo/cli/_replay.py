@@ -24,7 +24,7 @@ from ._common import (
 )
 
 if TYPE_CHECKING:
-    from .._replay_plan import ReplayReport
+    from .._replay.plan import ReplayReport
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 OwnerOpt = Annotated[str | None, typer.Option("--owner", help="Scope to this owner.")]
@@ -109,8 +109,8 @@ def register(app: typer.Typer) -> None:
         json_: JsonOpt = False,
     ) -> None:
         """Re-send a run's recorded body byte for byte and compare the answers."""
-        from .._client import OpenAIClient
-        from .._replayer import Replayer
+        from .._client.client import OpenAIClient
+        from .._replay.replayer import Replayer
 
         with open_store(ctx) as store, OpenAIClient(base_url=base_url) as client:
             rep = Replayer(store, client).reproduce(run_id, owner=owner)
@@ -233,7 +233,7 @@ def register(app: typer.Typer) -> None:
 
 def _show(ctx: typer.Context, replay_id: str, owner: str | None, json_: bool,
           csv_out: Path | None) -> None:
-    from .._replay_plan import ReplayReport
+    from .._replay.plan import ReplayReport
 
     with open_store(ctx) as store:
         report = ReplayReport(replay=store.get_replay(replay_id, owner=owner),
@@ -263,9 +263,9 @@ def _run_replay(
 ) -> ReplayReport:
     from rich.progress import Progress
 
-    from .._async_client import AsyncOpenAIClient
-    from .._async_replayer import AsyncReplayer
-    from .._async_store import AsyncStore
+    from .._client.async_client import AsyncOpenAIClient
+    from .._replay.async_replayer import AsyncReplayer
+    from .._store.async_store import AsyncStore
 
     async def go() -> ReplayReport:
         store = AsyncStore(_async_url(db_url(ctx)), read_url=read_url)

@@ -21,10 +21,10 @@ from ._turn_view import run_line, turn_summary, visible
 from ._turns import print_reply, stream_turn
 
 if TYPE_CHECKING:
-    from .._client import OpenAIClient
-    from .._context_report import ContextReport
-    from .._store import Store
-    from .._turns import Chat
+    from .._client.client import OpenAIClient
+    from .._context.report import ContextReport
+    from .._store.store import Store
+    from .._turns.chat import Chat
     from ._turns import TurnSettings
 
 __all__ = ["Session"]

@@ -18,7 +18,7 @@ from ._common import safe, visible
 
 if TYPE_CHECKING:
     from .._records import Run
-    from .._turn_plan import TurnResult
+    from .._turns.plan import TurnResult
 
 __all__ = [
     "body_text", "reply_text", "run_line", "run_table", "safe", "seq_ranges", "tool_calls_text",

@@ -20,10 +20,10 @@ from ._common import console, emit_json, fail, open_store
 from ._turn_view import tool_calls_text, turn_summary, visible
 
 if TYPE_CHECKING:
-    from .._client import OpenAIClient
-    from .._store import Store
-    from .._turn_plan import TurnResult
-    from .._turns import Chat
+    from .._client.client import OpenAIClient
+    from .._store.store import Store
+    from .._turns.chat import Chat
+    from .._turns.plan import TurnResult
 
 __all__ = ["TurnSettings", "register", "turn_errors"]
 
@@ -80,7 +80,7 @@ class TurnSettings:
         raise fail("--model is required: the conversation has no run to take it from", 2)
 
     def chat(self, store: Store, client: OpenAIClient) -> Chat:
-        from .._turns import Chat
+        from .._turns.chat import Chat
 
         assert self.model is not None
         params: dict[str, Any] = {}
@@ -148,7 +148,7 @@ def print_reply(result: TurnResult, *, streamed: bool) -> None:
 def stream_turn(chat: Chat, conversation_id: str, text: str | None, *, owner: str | None,
                 key: str | None, show: bool) -> TurnResult:
     """Run a streamed turn, printing text deltas as they arrive (when ``show``)."""
-    from .._turn_plan import TextDelta
+    from .._turns.plan import TextDelta
 
     with chat.stream(conversation_id, text, idempotency_key=key, owner=owner) as stream:
         for event in stream:
@@ -184,7 +184,7 @@ def register(app: typer.Typer) -> None:
         json_: Annotated[bool, typer.Option("--json", help="Print the turn's result as JSON.")] = False,
     ) -> None:
         """Send one turn: store TEXT, build the context, send it, store the reply and the run."""
-        from .._client import OpenAIClient
+        from .._client.client import OpenAIClient
 
         settings = TurnSettings(model, mode, template, budget, reserve, encoding, max_tokens)
         settings.check()
@@ -223,7 +223,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """An interactive session: type messages, read streamed replies (/help lists commands)."""
-        from .._client import OpenAIClient
+        from .._client.client import OpenAIClient
         from ._session import Session
 
         settings = TurnSettings(model, mode, template, budget, reserve, encoding, max_tokens)

@@ -36,7 +36,7 @@ from ._wire import (
 
 if TYPE_CHECKING:
     from .._models import ModelRegistry
-    from .._tokens import TokenCounter
+    from .._tokens.counter import TokenCounter
 
 __all__ = [
     "Cut",

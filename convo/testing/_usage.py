@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import InvalidMessageError, UnknownModelError
-from .._tokens import TokenCounter
+from .._tokens.counter import TokenCounter
 
 if TYPE_CHECKING:
     from .._models import ModelRegistry

@@ -4,7 +4,7 @@ Revision ID: 0001_initial
 Revises:
 Create Date: 2026-11-22
 
-Hand-checked against ``alembic revision --autogenerate`` of convo/_schema.py.
+Hand-checked against ``alembic revision --autogenerate`` of convo/_store/schema.py.
 Types are spelled out here (not imported from convo) so this revision stays
 what it was when later revisions change the models.
 """

@@ -4,7 +4,7 @@ Revision ID: 0002_runs
 Revises: 0001_initial
 Create Date: 2026-12-02
 
-Hand-checked against ``alembic revision --autogenerate`` of convo/_schema.py.
+Hand-checked against ``alembic revision --autogenerate`` of convo/_store/schema.py.
 Adds a table and three nullable columns: upgrading a 0001 database keeps
 every row as it was.
 """

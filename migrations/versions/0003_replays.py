@@ -4,7 +4,7 @@ Revision ID: 0003_replays
 Revises: 0002_runs
 Create Date: 2026-12-02
 
-Hand-checked against ``alembic revision --autogenerate`` of convo/_schema.py.
+Hand-checked against ``alembic revision --autogenerate`` of convo/_store/schema.py.
 Adds tables only: upgrading keeps every row.
 """
 

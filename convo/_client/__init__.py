@@ -1,0 +1,1 @@
+"""Stage 4, the client: OpenAI-compatible HTTP (sync and async), retries, deadlines, streaming and typed errors."""

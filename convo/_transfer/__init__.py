@@ -1,0 +1,1 @@
+"""Export and import of stored conversations (JSONL, fine-tuning formats, convo's native format)."""

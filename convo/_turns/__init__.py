@@ -1,0 +1,1 @@
+"""Stage 5, turns: one user message in, one stored reply and its run record out (tools, idempotency, streaming)."""
