@@ -458,3 +458,54 @@ async def test_an_interrupted_send_cancels_its_run(env: Env) -> None:
     assert run.error_type in ("CancelledError", "KeyboardInterrupt")
     assert run.error_message == long[:4000]
     await complete_after_failure(env, chat, conv.id, "k", "Hello", ["cancelled"])
+
+
+#: what a broken (or only unusual) server may report, past the columns that hold it
+ODD_ANSWERS = {
+    "a model named by a long file path": {"model": "/models/" + "m" * 300 + ".gguf"},
+    "a long system fingerprint": {"system_fingerprint": "fp_" + "f" * 300},
+    "a long finish reason": {"finish_reason": "stopped_" + "x" * 100},
+    "negative token counts": {"usage": {"prompt_tokens": -5, "completion_tokens": -1,
+                                        "total_tokens": -6}},
+    "counts past 32 bits": {"usage": {"prompt_tokens": 2**40, "completion_tokens": 2**31,
+                                      "total_tokens": 2**40 + 2**31}},
+}
+
+
+@pytest.mark.parametrize("odd", ODD_ANSWERS)
+async def test_a_reply_is_stored_whatever_metadata_the_server_reports(env: Env, odd: str) -> None:
+    """The reply's metadata is cut to its columns (counts out of range are unknown) and
+    the run keeps the answer whole: the model was paid for, so the turn completes
+    (it raised StoreInputError at finish_run and left the run pending forever)."""
+    patch = ODD_ANSWERS[odd]
+    answer: dict[str, Any] = {
+        "id": "chatcmpl-odd", "object": "chat.completion", "created": 1,
+        "model": patch.get("model", "gpt-4o-mini"),
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi there."},
+                     "finish_reason": patch.get("finish_reason", "stop"), "logprobs": None}],
+        "usage": patch.get("usage", {"prompt_tokens": 5, "completion_tokens": 3,
+                                     "total_tokens": 8}),
+    }
+    if "system_fingerprint" in patch:
+        answer["system_fingerprint"] = patch["system_fingerprint"]
+    env.fake.malformed(json.dumps(answer), status=200)
+    chat = env.chat()
+    conv = await env.store.create_conversation()
+    result = await chat.send(conv.id, "Hello", idempotency_key="k")
+    run, reply = result.run, result.reply
+    info = reply.reply
+    assert run.status == "ok" and reply.text == "Hi there." and info is not None
+    assert info.model == answer["model"][:255]
+    assert info.finish_reason == answer["choices"][0]["finish_reason"][:64] == run.finish_reason
+    fingerprint = answer.get("system_fingerprint")
+    assert info.system_fingerprint == (fingerprint[:255] if fingerprint else None)
+    assert run.system_fingerprint == info.system_fingerprint
+    usage = answer["usage"]
+    in_range = 0 <= usage["prompt_tokens"] < 2**31
+    assert run.reported_prompt_tokens == (usage["prompt_tokens"] if in_range else None)
+    assert info.usage is not None and info.usage["prompt_tokens"] == usage["prompt_tokens"]
+    assert run.response is not None and run.response["model"] == answer["model"]  # whole
+    stored = await env.store.messages(conv.id)
+    assert [m.role for m in stored] == ["user", "assistant"] and stored[-1] == reply
+    again = await chat.send(conv.id, "Hello", idempotency_key="k")
+    assert again.from_store and again.reply == reply

@@ -51,8 +51,16 @@ from .._exceptions import (
     TurnCancelled,
 )
 from .._messages import Message, ToolCall
-from .._records import Run, StoredMessage, construct
-from .._store.inputs import CheckedJSON, check_json, checked_json, checked_json_text
+from .._records import ReplyInfo, Run, StoredMessage, construct
+from .._store.inputs import (
+    INT32_MAX,
+    SHORT_TEXT_MAX,
+    CheckedJSON,
+    check_json,
+    checked_json,
+    checked_json_text,
+)
+from .._store.rows import FINISH_REASON_MAX
 from .._store.runs import SerializedRequest
 from .tools import Tool, ToolArgumentsError
 
@@ -399,7 +407,7 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
         response = sent.response
         reply_message = response.to_message()
         seed = spec.params.get("seed")
-        info = response.reply_info(seed=seed if isinstance(seed, int) else None)
+        info = _storable(response.reply_info(seed=seed if isinstance(seed, int) else None))
         usage = response.usage
         finished = yield StoreCall("finish_run", (run.id,), {
             "started": run,
@@ -407,11 +415,11 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
             "reply": reply_message,
             "reply_info": info,
             "reply_key": reply_key(spec.key, round),
-            "reported_prompt_tokens": usage.prompt_tokens if usage else None,
-            "completion_tokens": usage.completion_tokens if usage else None,
+            "reported_prompt_tokens": _count(usage.prompt_tokens) if usage else None,
+            "completion_tokens": _count(usage.completion_tokens) if usage else None,
             "usage": info.usage,
             "finish_reason": info.finish_reason,
-            "system_fingerprint": response.system_fingerprint,
+            "system_fingerprint": info.system_fingerprint,
             "seed": info.seed,
             "response": _answer_json(sent, response),
             "owner": owner,
@@ -426,6 +434,30 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
         if done is not None:
             return _result(cid, user, stored, runs, report, done)
         round += 1
+
+
+def _cut(text: str | None, limit: int) -> str | None:
+    return text if text is None or len(text) <= limit else text[:limit]
+
+
+def _storable(info: ReplyInfo) -> ReplyInfo:
+    """The server's reply info cut to the columns that hold it (a local server may name
+    its model by a long file path): the run's ``response`` keeps the answer whole, so a
+    reply is never refused for its metadata after the model was paid for."""
+    model = _cut(info.model, SHORT_TEXT_MAX)
+    finish = _cut(info.finish_reason, FINISH_REASON_MAX)
+    fingerprint = _cut(info.system_fingerprint, SHORT_TEXT_MAX)
+    if (model, finish, fingerprint) == (info.model, info.finish_reason, info.system_fingerprint):
+        return info
+    return info.model_copy(
+        update={"model": model, "finish_reason": finish, "system_fingerprint": fingerprint}
+    )
+
+
+def _count(tokens: int) -> int | None:
+    """A reported token count as the run's INTEGER column holds it: one out of its range
+    (negative, or past 32 bits: a broken server) is unknown; ``usage`` keeps it."""
+    return tokens if 0 <= tokens <= INT32_MAX else None
 
 
 def _answer_json(sent: Sent, response: ChatCompletion | Completion) -> CheckedJSON | dict[str, Any]:
