@@ -603,7 +603,13 @@ def _stray_part(lines: list[Any]) -> tuple[int, str]:
     return 3, "a part record must directly follow its conversation"
 
 
-BAD = [_broken, _unknown_role, _tool_without_call, _inherited_tool_without_call, _duplicate_message, _duplicate_conversation,
+def _run_count_past_32_bits(lines: list[Any]) -> tuple[int, str]:
+    # the runs' INTEGER columns hold 32 bits on PostgreSQL (a driver error there before)
+    lines[0]["runs"][0]["completion_tokens"] = 2**31
+    return 1, "completion_tokens must be an integer in 0..2147483647"
+
+
+BAD = [_run_count_past_32_bits, _broken, _unknown_role, _tool_without_call, _inherited_tool_without_call, _duplicate_message, _duplicate_conversation,
        _missing_parent, _seq_gap, _cut, _bad_version, _stray_part]
 
 

@@ -42,6 +42,7 @@ from .._exceptions import InvalidMessageError, StoreInputError
 from .._messages import parse_message
 from .._records import ReplyInfo
 from .._store.branches import BRANCH_KINDS
+from .._store.inputs import INT32_MAX
 from .._store.rows import MESSAGE_COLUMNS, SHORT_TEXT_MAX, message_params
 from .._store.runs import _RUN_COLUMNS, ENDPOINTS, FINAL_STATUSES, MODES, request_text
 
@@ -169,14 +170,14 @@ def _str(obj: Mapping[str, Any], key: str, what: str, *, limit: int | None = SHO
 
 
 def _int(obj: Mapping[str, Any], key: str, what: str, *, minimum: int = 0,
-         optional: bool = True) -> int | None:
+         maximum: int = _MAX_ID, optional: bool = True) -> int | None:
     value = obj.get(key)
     if value is None:
         if optional:
             return None
         raise RecordError(f"{what}: {key} is required")
-    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= _MAX_ID:
-        raise RecordError(f"{what}: {key} must be an integer >= {minimum}")
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
+        raise RecordError(f"{what}: {key} must be an integer in {minimum}..{maximum}")
     return value
 
 
@@ -434,18 +435,18 @@ def run_columns(obj: Any) -> tuple[dict[str, Any], int | None]:
         "settings": _object(obj, "settings", what),
         "kept_seqs": kept,
         "summary_id": _int(obj, "summary_id", what, minimum=1),
-        "input_seq": _int(obj, "input_seq", what),
+        "input_seq": _int(obj, "input_seq", what, maximum=INT32_MAX),
         "idempotency_key": _str(obj, "idempotency_key", what),
-        "round": _int(obj, "round", what) or 0,
-        "estimated_prompt_tokens": _int(obj, "estimated_prompt_tokens", what),
-        "reported_prompt_tokens": _int(obj, "reported_prompt_tokens", what),
-        "completion_tokens": _int(obj, "completion_tokens", what),
+        "round": _int(obj, "round", what, maximum=INT32_MAX) or 0,
+        "estimated_prompt_tokens": _int(obj, "estimated_prompt_tokens", what, maximum=INT32_MAX),
+        "reported_prompt_tokens": _int(obj, "reported_prompt_tokens", what, maximum=INT32_MAX),
+        "completion_tokens": _int(obj, "completion_tokens", what, maximum=INT32_MAX),
         "usage": _object(obj, "usage", what),
         "reply_message_id": _int(obj, "reply_message_id", what, minimum=1),
         "status": obj["status"],
         "error_type": _str(obj, "error_type", what),
         "error_message": error_message,
-        "attempts": _int(obj, "attempts", what) or 0,
+        "attempts": _int(obj, "attempts", what, maximum=INT32_MAX) or 0,
         "ttfb_ms": _ms(obj, "ttfb_ms", what),
         "latency_ms": _ms(obj, "latency_ms", what),
         "finish_reason": _str(obj, "finish_reason", what, limit=64),
