@@ -43,7 +43,7 @@ from .._messages import parse_message
 from .._records import ReplyInfo
 from .._store.branches import BRANCH_KINDS
 from .._store.inputs import INT32_MAX
-from .._store.rows import MESSAGE_COLUMNS, SHORT_TEXT_MAX, message_params
+from .._store.rows import FINISH_REASON_MAX, MESSAGE_COLUMNS, SHORT_TEXT_MAX, message_params
 from .._store.runs import _RUN_COLUMNS, ENDPOINTS, FINAL_STATUSES, MODES, request_text
 
 __all__ = [
@@ -305,7 +305,7 @@ def message_columns(obj: Any) -> tuple[dict[str, Any], dict[str, int]]:
     reply_fields = {k: obj.get(k) for k in ("model", "finish_reason", "usage",
                                             "system_fingerprint", "seed")}
     if any(v is not None for v in reply_fields.values()):
-        _str(obj, "finish_reason", what, limit=64)
+        _str(obj, "finish_reason", what, limit=FINISH_REASON_MAX)
         _int(obj, "seed", what, minimum=-(2**63))
         _object(obj, "usage", what)
         try:
@@ -449,7 +449,7 @@ def run_columns(obj: Any) -> tuple[dict[str, Any], int | None]:
         "attempts": _int(obj, "attempts", what, maximum=INT32_MAX) or 0,
         "ttfb_ms": _ms(obj, "ttfb_ms", what),
         "latency_ms": _ms(obj, "latency_ms", what),
-        "finish_reason": _str(obj, "finish_reason", what, limit=64),
+        "finish_reason": _str(obj, "finish_reason", what, limit=FINISH_REASON_MAX),
         "system_fingerprint": _str(obj, "system_fingerprint", what),
         "seed": _int(obj, "seed", what, minimum=-(2**63)),
         "response": _object(obj, "response", what),
