@@ -22,6 +22,7 @@ from turns_support import Env, Tap, env, path  # noqa: F401 - fixtures
 from convo import (
     APIConnectionError,
     APIError,
+    APIResponseValidationError,
     APIStreamError,
     APITimeoutError,
     FunctionCall,
@@ -509,3 +510,94 @@ async def test_a_reply_is_stored_whatever_metadata_the_server_reports(env: Env, 
     assert [m.role for m in stored] == ["user", "assistant"] and stored[-1] == reply
     again = await chat.send(conv.id, "Hello", idempotency_key="k")
     assert again.from_store and again.reply == reply
+
+
+def _answer(message: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-bad", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", **message},
+                     "finish_reason": "stop", "logprobs": None}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+    }
+
+
+_CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
+
+#: replies whose text no column can hold: NUL (PostgreSQL text refuses it) and lone
+#: surrogates (no UTF-8 spelling); json.dumps escapes both, as a server's JSON would
+UNSTORABLE = {
+    "a NUL in the text": {"content": "bad \x00 reply"},
+    "a lone surrogate in the text": {"content": "bad \ud800 reply"},
+    "a NUL in a refusal": {"content": None, "refusal": "no\x00"},
+    "a NUL in a tool call's arguments": {"content": None, "tool_calls": [
+        {**_CALL, "function": {"name": "f", "arguments": '{"a": "\x00"}'}}]},
+    "a lone surrogate in a tool call's id": {"content": None, "tool_calls": [
+        {**_CALL, "id": "call_\udfff"}]},
+}
+
+
+@pytest.mark.parametrize("bad", UNSTORABLE)
+async def test_a_reply_the_store_refuses_fails_the_run_and_the_retry_completes(
+    env: Env, bad: str
+) -> None:
+    """A reply holding what no column can hold is a malformed answer: the run is
+    recorded failed, with the tokens paid for, nothing of the reply is written, and the
+    same key completes the turn (before, finish_run raised StoreInputError from the
+    turn and the run stayed pending forever)."""
+    env.fake.malformed(json.dumps(_answer(UNSTORABLE[bad])), status=200)
+    chat = env.chat()
+    conv = await env.store.create_conversation()
+    with pytest.raises(APIResponseValidationError) as caught:
+        await chat.send(conv.id, "Hello", idempotency_key="k")
+    # (a lone surrogate's escape is refused by the client's JSON parser already)
+    store_refused = "surrogate" not in bad
+    assert ("reply cannot be stored" in str(caught.value)) is store_refused
+    assert "\x00" not in str(caught.value) and caught.value.__cause__ is None
+    [run] = await env.runs(conv.id)
+    assert (run.status, run.error_type) == ("failed", "APIResponseValidationError")
+    assert run.error_message == str(caught.value)
+    if store_refused:  # the answer was read: the tokens paid for are recorded
+        assert (run.reported_prompt_tokens, run.completion_tokens) == (5, 3)
+    assert run.response is None and run.reply_message_id is None
+    await complete_after_failure(env, chat, conv.id, "k", "Hello", ["failed"])
+
+
+async def test_a_streamed_reply_the_store_refuses_fails_the_run(env: Env) -> None:
+    env.fake.reply("bad \x00 reply")
+    chat = env.chat()
+    conv = await env.store.create_conversation()
+    stream = chat.stream(conv.id, "Hello", idempotency_key="k")
+    events = []
+    with pytest.raises(APIResponseValidationError, match="NUL character"):
+        while (event := await stream.next()) is not None:
+            events.append(event)
+    assert "".join(e.text for e in events) == "bad \x00 reply"  # the caller saw it all
+    [run] = await env.runs(conv.id)
+    assert (run.status, run.error_type, run.stream) == ("failed", "APIResponseValidationError", True)
+    await complete_after_failure(env, chat, conv.id, "k", "Hello", ["failed"])
+
+
+@pytest.mark.parametrize("how", ["cut", "closed"])
+async def test_a_partial_answer_the_store_refuses_is_left_out_of_the_run(
+    env: Env, how: str
+) -> None:
+    """A stream that breaks (or that the caller closes) after text no column can hold:
+    the run is recorded without its partial answer (it stayed pending)."""
+    chat = env.chat(client_options={"max_retries": 0})
+    conv = await env.store.create_conversation()
+    if how == "cut":
+        env.fake.cut_stream(after_chunks=3, text="one \x00 two three four", abort=False)
+    else:
+        env.fake.reply("one \x00 two three four")
+    stream = chat.stream(conv.id, "Hello", idempotency_key="k")
+    if how == "cut":
+        with pytest.raises(APIStreamError):
+            while await stream.next() is not None:
+                pass
+    else:
+        assert "\x00" in "".join(e.text for e in await stream.events(2))
+        await stream.close()
+    [run] = await env.runs(conv.id)
+    status = "incomplete" if how == "cut" else "cancelled"
+    assert run.status == status and run.response is None and run.finished_at is not None
+    await complete_after_failure(env, chat, conv.id, "k", "Hello", [status])

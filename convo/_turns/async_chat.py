@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any, Self
 
 from .._client.core import RequestStats
 from .._context.builder import AsyncContextBuilder
-from .._exceptions import APIError, ConfigurationError, InvalidMessageError, MessageNotFound
+from .._exceptions import (
+    APIError,
+    ConfigurationError,
+    InvalidMessageError,
+    MessageNotFound,
+    StoreInputError,
+)
 from .._messages import Message
 from .._records import Conversation
 from .._store.branches import Branch
@@ -272,7 +278,14 @@ class AsyncChat(_ChatBase):
             effect = next(plan)
             while True:
                 if isinstance(effect, StoreCall):
-                    value = await getattr(self.store, effect.method)(*effect.args, **effect.kwargs)
+                    try:
+                        value = await getattr(self.store, effect.method)(
+                            *effect.args, **effect.kwargs
+                        )
+                    except StoreInputError as exc:
+                        # the plan may record why (a reply the store refuses), or not
+                        effect = plan.throw(exc)
+                        continue
                 elif isinstance(effect, Build):
                     value = await self._build(effect)
                 elif isinstance(effect, Send):
@@ -439,9 +452,13 @@ async def _aunwind(plan: Generator[Any, Any, TurnResult], store: Any, sent: Sent
         effect = plan.send(sent)
         while isinstance(effect, StoreCall):
             # shielded: a second cancellation must not leave the run pending
-            value = await asyncio.shield(
-                getattr(store, effect.method)(*effect.args, **effect.kwargs)
-            )
+            try:
+                value = await asyncio.shield(
+                    getattr(store, effect.method)(*effect.args, **effect.kwargs)
+                )
+            except StoreInputError as exc:
+                effect = plan.throw(exc)  # the plan records the run without what was refused
+                continue
             effect = plan.send(value)
     except (TurnCancelled, StopIteration):
         pass

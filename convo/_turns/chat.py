@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 from .._client.core import RequestStats
 from .._context.builder import ContextBuilder, _BuilderBase
-from .._exceptions import APIError, ConfigurationError, InvalidMessageError, MessageNotFound
+from .._exceptions import (
+    APIError,
+    ConfigurationError,
+    InvalidMessageError,
+    MessageNotFound,
+    StoreInputError,
+)
 from .._messages import Message
 from .._records import Conversation, construct
 from .._store.branches import Branch
@@ -370,7 +376,14 @@ class Chat(_ChatBase):
             effect = next(plan)
             while True:
                 if isinstance(effect, StoreCall):
-                    value = getattr(self.store, effect.method)(*effect.args, **effect.kwargs)
+                    try:
+                        value = getattr(self.store, effect.method)(
+                            *effect.args, **effect.kwargs
+                        )
+                    except StoreInputError as exc:
+                        # the plan may record why (a reply the store refuses), or not
+                        effect = plan.throw(exc)
+                        continue
                 elif isinstance(effect, Build):
                     value = self._build(effect)
                 elif isinstance(effect, Send):
@@ -541,7 +554,12 @@ def _unwind(plan: Generator[Any, Any, TurnResult], store: Any, sent: Sent) -> No
     try:
         effect = plan.send(sent)
         while isinstance(effect, StoreCall):
-            effect = plan.send(getattr(store, effect.method)(*effect.args, **effect.kwargs))
+            try:
+                value = getattr(store, effect.method)(*effect.args, **effect.kwargs)
+            except StoreInputError as exc:
+                effect = plan.throw(exc)  # the plan records the run without what was refused
+                continue
+            effect = plan.send(value)
     except (TurnCancelled, StopIteration):
         pass
     finally:

@@ -44,6 +44,7 @@ from .._client.types import (
 )
 from .._context.report import Context, ContextReport
 from .._exceptions import (
+    APIResponseValidationError,
     APIStreamError,
     ConfigurationError,
     InvalidMessageError,
@@ -391,7 +392,7 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
                 status = "incomplete"  # the server stopped without finishing the reply
             else:
                 status = "failed"
-            finished = yield StoreCall("finish_run", (run.id,), {
+            failure = {
                 "started": run,
                 "status": status,
                 "error_type": type(error).__name__ if error is not None else None,
@@ -399,7 +400,13 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
                 "response": sent.partial,
                 "owner": owner,
                 **timing,
-            })
+            }
+            try:
+                finished = yield StoreCall("finish_run", (run.id,), failure)
+            except StoreInputError:
+                # the partial answer holds what no column can (a NUL, a lone
+                # surrogate...): the run is recorded without it
+                finished = yield StoreCall("finish_run", (run.id,), {**failure, "response": None})
             runs.append(finished.run)
             if sent.cancelled or error is None:
                 raise TurnCancelled("the turn was cancelled")
@@ -409,22 +416,43 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
         seed = spec.params.get("seed")
         info = _storable(response.reply_info(seed=seed if isinstance(seed, int) else None))
         usage = response.usage
-        finished = yield StoreCall("finish_run", (run.id,), {
-            "started": run,
-            "status": "ok",
-            "reply": reply_message,
-            "reply_info": info,
-            "reply_key": reply_key(spec.key, round),
+        tokens = {
             "reported_prompt_tokens": _count(usage.prompt_tokens) if usage else None,
             "completion_tokens": _count(usage.completion_tokens) if usage else None,
-            "usage": info.usage,
-            "finish_reason": info.finish_reason,
-            "system_fingerprint": info.system_fingerprint,
-            "seed": info.seed,
-            "response": _answer_json(sent, response),
-            "owner": owner,
-            **timing,
-        })
+        }
+        try:
+            finished = yield StoreCall("finish_run", (run.id,), {
+                "started": run,
+                "status": "ok",
+                "reply": reply_message,
+                "reply_info": info,
+                "reply_key": reply_key(spec.key, round),
+                **tokens,
+                "usage": info.usage,
+                "finish_reason": info.finish_reason,
+                "system_fingerprint": info.system_fingerprint,
+                "seed": info.seed,
+                "response": _answer_json(sent, response),
+                "owner": owner,
+                **timing,
+            })
+        except StoreInputError as exc:
+            # The server's reply holds what the store refuses (a NUL or a lone
+            # surrogate in its text): nothing of it was written. The run says so,
+            # with the tokens paid for, and the turn fails as for a malformed
+            # answer; the user message stays, and a retry continues the turn.
+            unstorable = APIResponseValidationError(f"the server's reply cannot be stored: {exc}")
+            failed = yield StoreCall("finish_run", (run.id,), {
+                "started": run,
+                "status": "failed",
+                "error_type": type(unstorable).__name__,
+                "error_message": unstorable.message[:4000],
+                **tokens,
+                "owner": owner,
+                **timing,
+            })
+            runs.append(failed.run)
+            raise unstorable from None
         runs.append(finished.run)
         reply: StoredMessage = finished.reply
         stored.append(reply)
