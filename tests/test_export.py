@@ -609,7 +609,13 @@ def _run_count_past_32_bits(lines: list[Any]) -> tuple[int, str]:
     return 1, "completion_tokens must be an integer in 0..2147483647"
 
 
-BAD = [_run_count_past_32_bits, _broken, _unknown_role, _tool_without_call, _inherited_tool_without_call, _duplicate_message, _duplicate_conversation,
+def _token_count_past_32_bits(lines: list[Any]) -> tuple[int, str]:
+    # a stored count is an INTEGER too (PostgreSQL's driver failed mid-import before)
+    lines[0]["messages"][0]["tokens"] = {"o200k_base": 2**31}
+    return 1, "tokens must map encoding names to counts in 0..2147483647"
+
+
+BAD = [_token_count_past_32_bits, _run_count_past_32_bits, _broken, _unknown_role, _tool_without_call, _inherited_tool_without_call, _duplicate_message, _duplicate_conversation,
        _missing_parent, _seq_gap, _cut, _bad_version, _stray_part]
 
 

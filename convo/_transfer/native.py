@@ -328,10 +328,12 @@ def message_columns(obj: Any) -> tuple[dict[str, Any], dict[str, int]]:
     tokens = obj.get("tokens") or {}
     if not isinstance(tokens, dict) or not all(
         isinstance(k, str) and 0 < len(k) <= 64
-        and isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= _MAX_ID
+        and isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= INT32_MAX
         for k, v in tokens.items()
     ):
-        raise RecordError(f"{what}: tokens must map encoding names to counts >= 0")
+        raise RecordError(
+            f"{what}: tokens must map encoding names to counts in 0..{INT32_MAX}"
+        )
     return columns, tokens
 
 
