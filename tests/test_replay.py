@@ -226,6 +226,39 @@ async def test_judge_verdicts_are_stored(store):
     assert again.items == report.items and len(h.fake.requests) == sent
 
 
+#: judge answers no column can hold as they are: a NUL (PostgreSQL's jsonb refuses it),
+#: NaN (json.loads takes it; JSON has no such number), an integer past 64 bits
+UNSTORABLE_VERDICTS = {
+    "a NUL": ('{"winner": "chat-arm", "reason": "ok\\u0000"}', "NUL character"),
+    "NaN": ('{"winner": "chat-arm", "scores": {"chat-arm": NaN}}', "not a JSON number"),
+    "a huge integer": ('{"winner": "chat-arm", "scores": {"chat-arm": ' + "9" * 30 + "}}",
+                       "beyond 64 bits"),
+    "a NUL in text that is not JSON": ("I pick chat-arm\x00", "NUL character"),
+}
+
+
+@pytest.mark.parametrize("bad", UNSTORABLE_VERDICTS)
+async def test_a_verdict_the_store_refuses_is_recorded_as_the_judges_error(store, bad):
+    """A judge is a model: its answer is untrusted. One the store refuses is kept as the
+    verdict's error, and the replay goes on (it stopped the replay with StoreInputError,
+    or a database error on PostgreSQL, with the turn's item saved but unjudged)."""
+    text, why = UNSTORABLE_VERDICTS[bad]
+    h = Harness(store, FakeBackend())
+    cid = await h.thread()
+    for _ in range(3):
+        h.fake.reply("arm reply")
+        h.fake.reply(text)
+    report = await h.replay(cid, arms=[ARMS[0]], judge="gpt-4o")
+    assert report.replay.status == "done" and len(report.items) == 3
+    for item in report.items:
+        assert item.status == "ok" and item.verdict is not None
+        assert item.verdict["model"] == "gpt-4o" and "winner" not in item.verdict
+        assert item.verdict["error"].startswith("the judge's answer cannot be stored: ")
+        assert why in item.verdict["error"] and "\x00" not in item.verdict["error"]
+    stored = await h.call(h.replayer, "report", report.replay.id)
+    assert stored.items == report.items
+
+
 async def test_reports_export_to_json_and_csv(store):
     h = Harness(store, FakeBackend())
     cid = await h.thread()

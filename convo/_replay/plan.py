@@ -33,9 +33,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from .._exceptions import ConfigurationError
+from .._exceptions import ConfigurationError, StoreInputError
 from .._messages import Message, ToolCall
 from .._records import Run, StoredMessage
+from .._store.inputs import check_json
 from .._store.replays import Replay, ReplayItem
 from .._turns.plan import StoreCall, TurnResult
 from .reproduce import text_similarity
@@ -242,14 +243,25 @@ def judge_messages(effect: JudgeTurn) -> list[dict[str, Any]]:
 
 
 def parse_verdict(text: str, judge_model: str) -> dict[str, Any]:
-    """The judge's JSON answer (or what went wrong with it), with the judge's model."""
+    """The judge's JSON answer (or what went wrong with it), with the judge's model.
+
+    A judge is a model, its answer untrusted: one the store refuses (a NUL, NaN, an
+    integer beyond 64 bits...) becomes the verdict's error, so the replay goes on."""
+    verdict: dict[str, Any]
     try:
         value = json.loads(text)
     except ValueError:
-        return {"model": judge_model, "error": "the judge's answer is not JSON", "raw": text[:2000]}
-    if not isinstance(value, dict):
-        return {"model": judge_model, "error": "the judge's answer is not a JSON object"}
-    return {"model": judge_model, **value}
+        verdict = {"model": judge_model, "error": "the judge's answer is not JSON",
+                   "raw": text[:2000]}
+    else:
+        if not isinstance(value, dict):
+            return {"model": judge_model, "error": "the judge's answer is not a JSON object"}
+        verdict = {"model": judge_model, **value}
+    try:
+        check_json(verdict, "verdict")
+    except StoreInputError as exc:
+        return {"model": judge_model, "error": f"the judge's answer cannot be stored: {exc}"}
+    return verdict
 
 
 # --- the plan ---------------------------------------------------------------------------
