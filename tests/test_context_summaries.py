@@ -127,6 +127,32 @@ def test_300_turns_under_1500_tokens_make_at_most_one_summary_per_10_turns(store
     assert all(r.stop_reason == "summary" and r.summary.calls == 0 for r in reused)
 
 
+def test_a_model_summary_with_nul_characters_is_stored_without_them(store: Any) -> None:
+    """A model's stray NUL would make the summary unstorable and fail every build that
+    needs it (StoreInputError from the build); the summary is convo's own text: the
+    NULs are taken out, the rest kept."""
+    fake = FakeBackend()
+    fake.reply("\x00Earlier: the user asked\x00 about trams.\x00")
+    with OpenAIClient(base_url="http://fake/v1", api_key="sk-test",
+                      transport=fake.transport()) as client:
+        builder = ContextBuilder(store, model=MODEL, budget=1_500,
+                                 summarizer=ModelSummarizer(client, model=MODEL))
+        conv = store.create_conversation()
+        store.append(conv.id, Message.system(chat_data.SYSTEM))
+        for k in range(60):
+            user, reply = _turn(k)
+            store.append(conv.id, user)
+            report = builder.build(conv.id).report
+            if report.summary is not None and report.summary.created:
+                break
+            store.append(conv.id, reply)
+        else:
+            pytest.fail("no summary was made")
+    assert len(fake.requests) == 1
+    stored = store.latest_summary(conv.id)
+    assert stored is not None and stored.content == "Earlier: the user asked about trams."
+
+
 def test_without_hysteresis_the_same_thread_summarizes_nearly_every_turn(sqlite_store: Any) -> None:
     # the behaviour the low-water mark fixes (and the proof that the test above can fail)
     calls, _ = _model_summarizer_calls(sqlite_store, None)

@@ -82,9 +82,13 @@ def summary_request(
 
 
 def _summary_text(reply: Any) -> str:
-    """The summary in a chat reply; a cut-off or empty reply is an error, never stored."""
+    """The summary in a chat reply; a cut-off or empty reply is an error, never stored.
+
+    NUL characters are taken out: no database convo supports stores them in text,
+    and a summary is convo's own derived text (a model's stray NUL would otherwise
+    stop every build that needs the summary)."""
     choice = reply.choices[0] if reply.choices else None
-    text = ((choice.message.content if choice else None) or "").strip()
+    text = ((choice.message.content if choice else None) or "").replace("\x00", "").strip()
     if choice is None or choice.finish_reason == "length" or not text:
         reason = "no choices" if choice is None else f"finish_reason={choice.finish_reason!r}"
         raise ContextError(
