@@ -188,6 +188,34 @@ async def test_tool_errors_bad_arguments_and_unknown_tools_go_back_to_the_model(
     await check_runs(env, result)
 
 
+async def test_a_tool_result_the_store_cannot_hold_is_kept_with_replacement_characters(
+    env: Env,
+) -> None:
+    """A tool that returns loosely decoded bytes (a NUL, a lone surrogate), or raises with
+    them in its message: the turn goes on with U+FFFD in their place (the store refused
+    the result with StoreInputError after the tool ran, and again on every retry)."""
+
+    def fetch(url: str) -> str:
+        """Fetch a page."""
+        if url == "bad":
+            raise OSError("read \x00 failed")
+        return "bin\x00ary \ud800 page"
+
+    chat = env.chat(tools=[tool(fetch)])
+    conv = await env.store.create_conversation()
+    env.fake.reply_tool_calls([("fetch", {"url": "x"}), ("fetch", {"url": "bad"})])
+    result = await chat.send(conv.id, "Get it", idempotency_key="k")
+
+    texts = [m.text for m in result.messages if m.role == "tool"]
+    assert texts[0] == "bin\ufffdary \ufffd page"
+    assert texts[1].startswith("error: ") and "read \ufffd failed" in texts[1]
+    assert [m.role for m in await env.thread(conv.id)] == ["user", "assistant", "tool", "tool",
+                                                           "assistant"]
+    sent = request_messages(env, 1)
+    assert [m["content"] for m in sent if m["role"] == "tool"] == texts
+    await check_runs(env, result)
+
+
 async def test_the_round_limit_leaves_calls_pending_for_the_caller(env: Env) -> None:
     calls = Calls()
     chat = env.chat(tools=calls.tools(), max_tool_rounds=2)

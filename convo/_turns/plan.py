@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
@@ -57,6 +58,7 @@ from .._store.inputs import (
     INT32_MAX,
     SHORT_TEXT_MAX,
     CheckedJSON,
+    bad_index,
     check_json,
     checked_json,
     checked_json_text,
@@ -482,6 +484,16 @@ def _storable(info: ReplyInfo) -> ReplyInfo:
     )
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _storable_text(text: str) -> str:
+    """A registered tool's result (or error) as the store can hold it: NUL characters
+    and lone surrogates (a tool that returns raw bytes decoded loosely) become U+FFFD.
+    Refusing it would fail the turn after the tool ran, and again on every retry."""
+    return text if bad_index(text) < 0 else _UNSTORABLE.sub("\ufffd", text)
+
+
 def _count(tokens: int) -> int | None:
     """A reported token count as the run's INTEGER column holds it: one out of its range
     (negative, or past 32 bits: a broken server) is unknown; ``usage`` keeps it."""
@@ -517,7 +529,7 @@ def _after_reply(
     for call in calls:
         if call.id in answered:
             continue  # stored by an earlier send of this turn
-        text = yield CallTool(call, spec.tools.get(call.function.name))
+        text = _storable_text((yield CallTool(call, spec.tools.get(call.function.name))))
         message = yield StoreCall(
             "append", (cid, Message.tool(text, tool_call_id=call.id)),
             {"idempotency_key": tool_key(spec.key, round, call.id), "owner": spec.owner},
