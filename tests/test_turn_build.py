@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from convo import ChatProfile, ContextBuilder, ContextOverflowError, Message, ReplyInfo, Store
+from convo import ChatProfile, ContextBuilder, ContextError, Message, ReplyInfo, Store
 from convo._messages import FunctionCall, ToolCall
 
 MODEL = "gpt-4o-mini"
@@ -140,20 +140,13 @@ def test_a_turns_build_gives_the_public_builds_report_and_request(
         kw["tools"] = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
     try:
         public, turn, counts = _both(sqlite_store, cid, **dict(kw))
-    except ContextOverflowError:
-        event("overflow")
-        with pytest.raises(ContextOverflowError):
-            ContextBuilder(sqlite_store, model=MODEL, **{
-                k: v for k, v in kw.items() if k not in ("tools", "response_format")
-            })._build_for_turn(cid, tools=kw.get("tools"),
-                               response_format=kw.get("response_format"), owner=None)
-        return
-    except Exception as exc:  # a JSON-mode build without an instruction: both refuse
+    except ContextError as exc:  # an overflow, or JSON mode without an instruction
         event(type(exc).__name__)
+        # the public build refuses alike (the turn's ran first, in _both)
         with pytest.raises(type(exc)):
-            ContextBuilder(sqlite_store, model=MODEL, budget=budget)._build_for_turn(
-                cid, tools=kw.get("tools"), response_format=kw.get("response_format"),
-                owner=None)
+            ContextBuilder(sqlite_store, model=MODEL, budget=budget,
+                           **({"profile": kw["profile"]} if rewrite else {})).build(
+                cid, tools=kw.get("tools"), response_format=kw.get("response_format"))
         return
     # the lean read ran (its messages carry no timestamp; the newest is in its page: older
     # pages are read whole), and the public build's did not
