@@ -197,7 +197,7 @@ def tail(
 
 def _open(
     conversation_id: str, encoding: str, limit: int, owner: str | None, before: int | None,
-    form: str = "full", after: int | None = None,
+    form: str, after: int | None = None,
 ) -> Plan[tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]],
                 Lineage]]:
     """The opening reads of a build. A conversation that is not a fork (the common
