@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 
 from convo import ContextBuilder, Message, ReplyInfo
-from convo._store import sql as sql
-from convo._store.engine import create_engine
 from convo._messages import FunctionCall, ImagePart, ImageURL, TextPart, ToolCall
+from convo._store import sql
+from convo._store.engine import create_engine
 from convo._store.store import Store
 
 ENC = "o200k_base"
@@ -98,7 +97,7 @@ async def test_the_opening_read_returns_every_kind_of_message_as_stored(store: A
         assert got_pinned == pinned
     assert [m for m, _ in tail] == held[::-1]
     assert [m.seq for m, _ in pinned] == [1, 7]
-    assert dict((m.seq, c) for m, c in tail)[2] == 17
+    assert {m.seq: c for m, c in tail}[2] == 17
     # as of a past message: the same rows, the newer ones left out
     got_pinned, got_page = await store.context_start(conv.id, encoding=ENC, limit=3, before=7)
     assert got_page == [(m, c) for m, c in tail if m.seq < 7][:3]
