@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 
 from convo import ContextBuilder, Message, ReplyInfo
-from convo._store import sql as sql
-from convo._store.engine import create_engine
 from convo._messages import FunctionCall, ImagePart, ImageURL, TextPart, ToolCall
+from convo._store import sql
+from convo._store.engine import create_engine
 from convo._store.store import Store
 
 ENC = "o200k_base"
@@ -54,6 +53,37 @@ async def _every_kind(store: Any, cid: str) -> None:
     await store.append(cid, Message.user(""))
 
 
+async def test_the_lean_opening_read_keeps_every_field_a_build_reads(store: Any) -> None:
+    """A turn's opening read (``lean``): the same rows, counts and wire fields as the full
+    read; on SQLite without timestamps, and a message whose only rare columns are its
+    reply info, metadata or key built plain (see ``_store_rows.lean_messages``)."""
+    conv = await store.create_conversation()
+    await _every_kind(store, conv.id)
+    held = await store.messages(conv.id)
+    await store.save_token_counts(ENC, {(conv.id, held[1].id): 17})
+    fields = ("role", "content", "name", "tool_calls", "refusal", "tool_call_id", "id",
+              "conversation_id", "seq", "pinned")
+
+    def view(rows: Any) -> list[Any]:
+        return [([getattr(m, f) for f in fields], c) for m, c in rows]
+
+    for limit in (100, 4):
+        full = await store._context_open(conv.id, encoding=ENC, limit=limit)
+        lean = await store._context_open(conv.id, encoding=ENC, limit=limit, lean=True)
+        assert view(lean[0]) == view(full[0]) and view(lean[1]) == view(full[1])
+        assert lean[2] == full[2]
+    by_seq = {m.seq: m for m, _ in lean[0] + lean[1]}
+    if store.backend == "sqlite":
+        assert all(m.created_at is None for m in by_seq.values())
+        plain = by_seq[8]  # text with reply info: built plain
+        assert plain.reply is None and held[7].reply is not None
+        assert by_seq[7].metadata == {} and held[6].metadata == {"a": 1}
+        # a row with a wire rare column is built whole (its timestamp aside)
+        assert by_seq[6].refusal is not None
+    else:
+        assert by_seq == {m.seq: m for m in held if m.seq in by_seq}
+
+
 async def test_the_opening_read_returns_every_kind_of_message_as_stored(store: Any) -> None:
     conv = await store.create_conversation()
     await _every_kind(store, conv.id)
@@ -67,7 +97,7 @@ async def test_the_opening_read_returns_every_kind_of_message_as_stored(store: A
         assert got_pinned == pinned
     assert [m for m, _ in tail] == held[::-1]
     assert [m.seq for m, _ in pinned] == [1, 7]
-    assert dict((m.seq, c) for m, c in tail)[2] == 17
+    assert {m.seq: c for m, c in tail}[2] == 17
     # as of a past message: the same rows, the newer ones left out
     got_pinned, got_page = await store.context_start(conv.id, encoding=ENC, limit=3, before=7)
     assert got_page == [(m, c) for m, c in tail if m.seq < 7][:3]

@@ -142,12 +142,18 @@ class _BuilderBase:
         owner: str | None,
     ) -> tuple[BuildConfig, BuildIO]:
         """A turn's build: its config, and I/O that leaves the new token counts to
-        the turn (the run's transaction stores them)."""
+        the turn (the run's transaction stores them). A chat build without a
+        summarizer hands no message out (the turn keeps the report and the body;
+        a summarizer is given messages, a template renders them), so it reads
+        them lean (see :class:`~convo._context.plan.BuildIO`)."""
         cfg = self._config(
             conversation_id, tools=tools, response_format=response_format,
             summarizing=self.summarizer is not None, as_of=None,
         )
-        return cfg, BuildIO(conversation_id, owner, cfg.counter.encoding_name, defer_counts=True)
+        lean = cfg.mode == "chat" and not cfg.summarizing
+        return cfg, BuildIO(
+            conversation_id, owner, cfg.counter.encoding_name, defer_counts=True, lean=lean
+        )
 
 
 class _Builder(_BuilderBase, Generic[StoreT, SummarizerT]):

@@ -388,18 +388,23 @@ def _finish(
 
 
 def store_call(
-    op: Op, conversation_id: str, owner: str | None, encoding: str, lineage: Any = None
+    op: Op, conversation_id: str, owner: str | None, encoding: str, lineage: Any = None,
+    lean: bool = False,
 ) -> tuple[str, str, tuple[Any, ...], dict[str, Any]]:
     """How a shell answers ``op``: (``"store"`` or ``"summarizer"``, method, args, kwargs).
 
     The one mapping from plan operations to store / summarizer methods; the sync
     shell calls it, the async shell awaits it, so the two cannot drift.
-    ``lineage``: what the build's ``Start`` read (see :class:`BuildIO`).
+    ``lineage``: what the build's ``Start`` read (see :class:`BuildIO`); ``lean``:
+    the opening read may leave out what a turn's build never reads (see
+    :class:`BuildIO`).
     """
     cid, scope = conversation_id, {"owner": owner}
     match op:
         case Start(limit, before, after):
             kw = {"encoding": encoding, "limit": limit, "before": before, "after": after, **scope}
+            if lean:
+                kw["lean"] = True
             return "store", "_context_open", (cid,), kw
         case Tail(before, limit) if lineage is not None and before is not None:
             kw = {"encoding": encoding, "before": before, "limit": limit, **scope}
@@ -440,20 +445,29 @@ class BuildIO:
     ``defer_counts`` the build's new token counts are not written by the build
     but kept in :attr:`token_counts`, for the caller to store in its own next
     transaction (a turn stores them with its run).
+
+    ``lean``: the build's messages are never handed out (a turn's chat build
+    without a summarizer: the turn returns the report and sends the rendered
+    body), so the opening read may build them without what no build reads
+    (timestamps, metadata, keys, reply info: see
+    :func:`convo._store.rows.lean_messages`). The report and the rendered
+    request are the same as a full build's.
     """
 
     __slots__ = (
-        "conversation_id", "defer_counts", "encoding", "lineage", "newest", "owner", "rows",
-        "token_counts",
+        "conversation_id", "defer_counts", "encoding", "lean", "lineage", "newest", "owner",
+        "rows", "token_counts",
     )
 
     def __init__(
-        self, conversation_id: str, owner: str | None, encoding: str, *, defer_counts: bool = False
+        self, conversation_id: str, owner: str | None, encoding: str, *,
+        defer_counts: bool = False, lean: bool = False,
     ) -> None:
         self.conversation_id = conversation_id
         self.owner = owner
         self.encoding = encoding
         self.lineage: Any = None
+        self.lean = lean
         self.defer_counts = defer_counts
         self.token_counts: BuildCounts | None = None
         self.rows = 0  # history rows fetched (pinned ones aside)
@@ -464,7 +478,9 @@ class BuildIO:
         if self.defer_counts and isinstance(op, SaveCounts):
             self.token_counts = (op.encoding, op.counts)
             return None
-        return store_call(op, self.conversation_id, self.owner, self.encoding, self.lineage)
+        return store_call(
+            op, self.conversation_id, self.owner, self.encoding, self.lineage, self.lean
+        )
 
     def result(self, op: Op, value: Any) -> Any:
         """What the plan receives for ``op``, given the call's ``value``."""

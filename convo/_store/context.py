@@ -47,6 +47,7 @@ from .replica import refused_write
 from .rows import (
     compact_messages,
     construct,
+    lean_messages,
     summary_from_row,
     tokens_from_row,
     validate_json_dict,
@@ -196,13 +197,14 @@ def tail(
 
 def _open(
     conversation_id: str, encoding: str, limit: int, owner: str | None, before: int | None,
-    compact: bool = False, after: int | None = None,
+    form: str, after: int | None = None,
 ) -> Plan[tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]],
                 Lineage]]:
     """The opening reads of a build. A conversation that is not a fork (the common
     case) is read in one statement: its row, its pinned and its newest messages
-    (:func:`convo._store.sql.open_query`, or with ``compact`` (SQLite) its
-    8-column form :func:`convo._store.sql.compact_query`); a fork, whose view
+    (:func:`convo._store.sql.open_query`, or with ``form`` ``"compact"`` (SQLite) its
+    8-column form :func:`convo._store.sql.compact_query`, ``"lean"`` that form for a
+    turn's build: see :func:`convo._store.rows.lean_messages`); a fork, whose view
     includes its ancestors' rows, reads its lineage first (:func:`_open_lineage`).
     ``after``: the newest page holds only messages with ``seq > after``."""
     params: dict[str, Any] = {"cid": conversation_id, "encoding": encoding, "limit": limit}
@@ -210,7 +212,7 @@ def _open(
         params["before"] = before
     if after is not None:
         params["after"] = after
-    query, part_col, pinned_part, conv_part, conv_cols, seq_col, values = _OPEN_FORMS[compact]
+    query, part_col, pinned_part, conv_part, conv_cols, seq_col, values = _OPEN_FORMS[form]
     rows = yield Op(query(before is not None, after is not None), params, driver=True)
     pinned_rows, tail_rows, conv = [], [], None
     for row in rows:
@@ -240,16 +242,28 @@ def _full_rows(rows: list[Any], conversation_id: str) -> list[tuple[StoredMessag
     return [tokens_from_row(r, conversation_id) for r in rows]
 
 
-#: The two forms of the opening read (see :func:`_open`), by ``compact``: the
-#: statement, the column telling a row's part and its value on the pinned
-#: messages' rows and on the conversation's row, the conversation row's columns
-#: holding parent_id, last_seq and owner, the seq column, rows -> values.
-_OPEN_FORMS: dict[bool, tuple[Any, int, int, int, tuple[int, int, int], int, Any]] = {
-    False: (sql.open_query, 20, sql.OPEN_PINNED, sql.OPEN_CONVERSATION, (1, 2, 6), 2,
-            _full_rows),
-    True: (sql.compact_query, 4, sql.COMPACT_PINNED, sql.COMPACT_CONVERSATION, (0, 1, 2), 1,
-           compact_messages),
+def _lean_query(bounded: bool, floored: bool) -> Any:
+    return sql.compact_query(bounded, floored, True)
+
+
+#: The forms of the opening read (see :func:`_open`), by name: the statement, the
+#: column telling a row's part and its value on the pinned messages' rows and on
+#: the conversation's row, the conversation row's columns holding parent_id,
+#: last_seq and owner, the seq column, rows -> values.
+_OPEN_FORMS: dict[str, tuple[Any, int, int, int, tuple[int, int, int], int, Any]] = {
+    "full": (sql.open_query, 20, sql.OPEN_PINNED, sql.OPEN_CONVERSATION, (1, 2, 6), 2,
+             _full_rows),
+    "compact": (sql.compact_query, 4, sql.COMPACT_PINNED, sql.COMPACT_CONVERSATION, (0, 1, 2),
+                1, compact_messages),
+    "lean": (_lean_query, 4, sql.COMPACT_PINNED, sql.COMPACT_CONVERSATION, (0, 1, 2), 1,
+             lean_messages),
 }
+
+
+def _form(dialect: str | None, lean: bool) -> str:
+    if dialect != "sqlite":
+        return "full"
+    return "lean" if lean else "compact"
 
 
 def _open_lineage(
@@ -280,7 +294,7 @@ def context_start(
     both limited to ``seq < before`` when given (a build "as of" a past seq).
     ``dialect``: ``"sqlite"`` reads the compact form (see :func:`_open`)."""
     pinned_rows, tail_rows, _ = yield from _open(
-        conversation_id, encoding, limit, owner, before, dialect == "sqlite"
+        conversation_id, encoding, limit, owner, before, _form(dialect, False)
     )
     return pinned_rows, tail_rows
 
@@ -289,13 +303,15 @@ def context_start(
 def context_open(
     conversation_id: str, *, encoding: str, limit: int, owner: str | None,
     before: int | None = None, dialect: str | None = None, after: int | None = None,
+    lean: bool = False,
 ) -> Plan[tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]],
                 Lineage]]:
     """:func:`context_start`, and the lineage it resolved, for :func:`tail_of`;
     ``after``: the newest page holds only messages with ``seq > after`` (at most
-    ``limit`` of them)."""
+    ``limit`` of them). ``lean``: the messages of a turn's build, on SQLite (see
+    :func:`convo._store.rows.lean_messages`; other databases read them whole)."""
     return (yield from _open(
-        conversation_id, encoding, limit, owner, before, dialect == "sqlite", after
+        conversation_id, encoding, limit, owner, before, _form(dialect, lean), after
     ))
 
 

@@ -496,6 +496,7 @@ ARGUMENTS: dict[str, Callable[[Any, str], Any]] = {
     "updated_after": check_datetime,
     "updated_before": check_datetime,
     "dialect": _any,  # the shell's own, not the caller's
+    "lean": _bool,  # a builder's own (a turn's build), not the caller's
 }
 
 _NONE = re.compile(r"\bNone\b")

@@ -57,6 +57,7 @@ __all__ = [
     "conversation_from_row",
     "decode_cursor",
     "encode_cursor",
+    "lean_messages",
     "message_from_row",
     "message_params",
     "message_values",
@@ -447,6 +448,52 @@ def compact_messages(rows: Any, conversation_id: str) -> list[tuple[StoredMessag
         values["id"] = id_
         values["seq"] = seq
         values["created_at"] = created_at
+        values["pinned"] = flag != 0
+        set_dict(msg, values)
+        set_fields(msg, fields)
+        set_extra(msg, None)
+        set_private(msg, None)
+        append((msg, tokens))
+    return out
+
+
+def lean_messages(rows: Any, conversation_id: str) -> list[tuple[StoredMessage, int | None]]:
+    """The messages of rows of ``compact_query(..., lean=True)``, for a turn's build only.
+
+    A turn's build reads its messages' wire fields (role, content, name, tool
+    calls, refusal, tool call id), their identity (id, conversation, seq) and
+    ``pinned``, and hands none of the messages out: a turn returns the context's
+    report and sends the rendered body. So these values leave out what no build
+    reads: ``created_at`` is None on every row, and a row whose only rare columns
+    are its metadata, idempotency key or reply info (a stored reply: most of a
+    chat's rows) is built as a plain message, without them (metadata ``{}``, no
+    key, no reply), its JSON not decoded. Rows with a wire rare column are built
+    whole, as :func:`compact_messages` builds them (``created_at`` aside).
+    ``tests/test_turn_build.py`` checks that a turn's build gives the public
+    build's report and request.
+    """
+    out: list[tuple[StoredMessage, int | None]] = []
+    append, new, cls, fields = out.append, _new, StoredMessage, _STORED_FIELDS
+    set_dict, set_fields, set_extra, set_private = _set_dict, _set_fields, _set_extra, _set_private
+    plain: dict[str, Any] = {
+        "role": None, "content": None, "name": None, "tool_calls": None, "refusal": None,
+        "tool_call_id": None, "metadata": None, "id": None,
+        "conversation_id": conversation_id, "seq": None, "created_at": None, "pinned": None,
+        "idempotency_key": None, "reply": None,
+    }
+    copy = dict.copy
+    for id_, seq, role, content, flag, _stamp, tokens, rare in rows:
+        if rare is not None:
+            append((_rare_message(id_, conversation_id, seq, role, content, flag, None,  # type: ignore[arg-type]
+                                  rare), tokens))
+            continue
+        msg = new(cls)
+        values = copy(plain)
+        values["role"] = role
+        values["content"] = content
+        values["metadata"] = {}
+        values["id"] = id_
+        values["seq"] = seq
         values["pinned"] = flag != 0
         set_dict(msg, values)
         set_fields(msg, fields)

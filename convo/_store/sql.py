@@ -70,13 +70,18 @@ RARE_COLUMNS = (
     "parts", "name", "tool_calls", "refusal", "tool_call_id", "metadata", "idempotency_key",
     "model", "finish_reason", "usage", "system_fingerprint", "seed",
 )
+#: The rare columns that shape what a context sends and counts (the others: a
+#: message's metadata, idempotency key and reply info, which a build never reads)
+WIRE_RARE_COLUMNS = ("parts", "name", "tool_calls", "refusal", "tool_call_id")
 #: The flag column of :func:`compact_query`'s rows: the message's ``pinned`` (0 or 1)
 #: on a newest-page row, else one of these
 COMPACT_PINNED, COMPACT_CONVERSATION = 2, -1
 
 
 @cache
-def compact_query(bounded: bool, floored: bool = False) -> sa.CompoundSelect[Any]:
+def compact_query(
+    bounded: bool, floored: bool = False, lean: bool = False
+) -> sa.CompoundSelect[Any]:
     """:func:`open_query` for SQLite, in 8 columns instead of 21: ``id, seq, role,
     content, flag, created_at, tokens, rare``.
 
@@ -95,17 +100,22 @@ def compact_query(bounded: bool, floored: bool = False) -> sa.CompoundSelect[Any
 
     ``floored``: the newest page holds only messages with ``seq > :after`` (see
     :func:`open_query`).
+
+    ``lean`` (a turn's build, see ``_store_rows.lean_messages``): ``created_at`` is
+    NULL, and ``rare`` is NULL unless one of :data:`WIRE_RARE_COLUMNS` is set, so a
+    reply with only its reply info is read as a plain message (nothing unpacked).
     """
     rare = [M.c[name] for name in RARE_COLUMNS]
+    shaping = [M.c[name] for name in (WIRE_RARE_COLUMNS if lean else RARE_COLUMNS)]
     packed = sa.case(
-        (sa.func.coalesce(*rare).is_(None), sa.null()), else_=sa.func.json_array(*rare)
+        (sa.func.coalesce(*shaping).is_(None), sa.null()), else_=sa.func.json_array(*rare)
     )
+    # created_at as its stored text: parsed where the row becomes a value (one
+    # pass over the rows instead of the driver's processing pass, then that one)
+    stamp = sa.null() if lean else sa.type_coerce(M.c.created_at, sa.Text)
 
     def message_cols(flag: Any) -> list[Any]:
-        # created_at as its stored text: parsed where the row becomes a value (one
-        # pass over the rows instead of the driver's processing pass, then that one)
-        return [M.c.id, M.c.seq, M.c.role, M.c.content, flag,
-                sa.type_coerce(M.c.created_at, sa.Text), TK.c.tokens, packed]
+        return [M.c.id, M.c.seq, M.c.role, M.c.content, flag, stamp, TK.c.tokens, packed]
 
     mine = M.c.conversation_id == _B("cid")
     if bounded:

@@ -628,14 +628,17 @@ class Store(StoreThreads):
         owner: str | None = None,
         before: int | None = None,
         after: int | None = None,
+        lean: bool = False,
     ) -> tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]],
                core.Lineage]:
         """:meth:`context_start` and the lineage it read (for :meth:`_tail_of`; builders only);
-        ``after``: the newest page holds only messages with ``seq > after``."""
+        ``after``: the newest page holds only messages with ``seq > after``; ``lean``: a
+        turn's build, whose messages are never handed out (see
+        :func:`convo._store.rows.lean_messages`)."""
         return self._run(
             context.context_open(
                 conversation_id, encoding=encoding, limit=limit, owner=owner, before=before,
-                dialect=self._context_dialect, after=after,
+                dialect=self._context_dialect, after=after, lean=lean,
             ),
             direct=True,
         )
