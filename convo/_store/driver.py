@@ -462,47 +462,98 @@ _CONNECTION_EVENTS = (
 _DIALECT_EVENTS = ("handle_error", "do_execute", "do_executemany", "do_execute_no_params")
 
 
+#: Pool events the direct path would skip: its thread connection is checked out once,
+#: so a listener on these (but convo's own ``checkout`` hook) would miss the calls.
+_POOL_EVENTS = ("checkout", "checkin", "reset")
+
+
 _events = operator.attrgetter(*_CONNECTION_EVENTS)
 _dialect_events = operator.attrgetter(*_DIALECT_EVENTS)
-_inherited = operator.attrgetter("parent_listeners")
-try:  # the collection SQLAlchemy keeps for an event nothing listens to on the instance
-    from sqlalchemy.event.attr import _EmptyListener
-
-    _EMPTY_ONLY: set[type] | None = {_EmptyListener}
-except ImportError:  # pragma: no cover - another SQLAlchemy layout: the general check
-    _EMPTY_ONLY = None
+_pool_events = operator.attrgetter(*_POOL_EVENTS)
+try:  # SQLAlchemy's event collections (see _watch)
+    from sqlalchemy.event.attr import _EmptyListener, _ListenerCollection
+except ImportError:  # pragma: no cover - another SQLAlchemy layout: the full check each call
+    _EmptyListener = _ListenerCollection = None  # type: ignore[assignment,misc]
 
 
-def _unheard(collections: tuple[Any, ...]) -> bool:
-    """Whether no listener is attached to any of these event ``collections``.
+def _listeners(collection: Any) -> list[Any]:
+    """The listeners of an event ``collection``: on the instance, then inherited."""
+    return [*collection] if _ListenerCollection is None else [
+        *getattr(collection, "listeners", ()), *collection.parent_listeners
+    ]
 
-    The same answer as ``not any(collections)``, without a Python-level
-    ``__bool__`` per event: an event nobody listened to on the instance keeps its
-    ``_EmptyListener``, whose truth is that of the class-level listener list it
-    holds, so the lists' lengths say it at C speed (asked before every direct
-    plan, since a listener may be added at any time).
+
+def _watch(dispatch: Any, names: tuple[str, ...], *, mine: str = "") -> list[Any] | None:
+    """The listener lists of the events ``names`` of ``dispatch`` (an engine's or a
+    pool's): each event's own list (not that of the event ``mine``, holding convo's
+    hook), then the class-level one; None when the layout is not SQLAlchemy's known
+    one.
+
+    An event nobody listened to on an instance is an ``_EmptyListener`` (shared by
+    every instance of the class), which the first listener on the instance replaces
+    with a ``_ListenerCollection`` of its own. It is made here, empty, as that first
+    listener would (``for_modify``; an empty collection is as false as the shared
+    one): from then on every listener added to the instance joins its own list and
+    every listener added to a class joins the class-level list, both in place,
+    so the lists' lengths say whether one came.
     """
-    if _EMPTY_ONLY is not None and set(map(type, collections)) == _EMPTY_ONLY:
-        return not any(map(len, map(_inherited, collections)))
-    return not any(collections)
+    if _ListenerCollection is None:
+        return None
+    lists = []
+    for name in names:
+        collection = getattr(dispatch, name)
+        if type(collection) is _EmptyListener:
+            collection = collection.for_modify(dispatch)
+        if type(collection) is not _ListenerCollection or getattr(dispatch, name) is not collection:
+            return None
+        if name != mine:
+            lists.append(collection.listeners)
+        lists.append(collection.parent_listeners)
+    return lists
 
 
-#: on an engine: (its event collections last found unheard, their class-level lists)
-_QUIET = "_convo_unheard"
+#: on an engine: what :func:`direct_ok` last found quiet (see there)
+_QUIET = "_convo_quiet"
 
 
-def direct_ok(engine: Any, begin_hook: Callable[..., Any]) -> bool:
+def direct_ok(engine: Any, begin_hook: Callable[..., Any], checkout_hook: Callable[..., Any]) -> bool:
     """Whether plans may run on a pooled DBAPI connection of ``engine`` without a
     SQLAlchemy ``Connection``: SQLite, nothing logged or echoed, and no event
-    listeners on the engine but convo's own ``begin`` hook (whose ``BEGIN
-    IMMEDIATE`` the direct path issues itself).
+    listeners on the engine, its class, its dialect or its pool (checkout,
+    checkin, reset) but convo's own ``begin`` hook (whose ``BEGIN IMMEDIATE``
+    the direct path issues itself) and ``checkout`` hook (run when the thread's
+    connection was taken).
 
-    Asked before every direct plan (a listener may be added at any time), so the
-    common answer is read from what the last full check found: the very
-    collections found unheard (a listener added to the instance replaces its
-    event's collection, a new object), their class-level lists still empty (a
-    listener added to a class joins them).
+    Asked before every direct plan (a listener may be added at any time, and
+    must be seen at the next call). The common answer comes from what the last
+    full check found (:func:`_quiet`): the engine's and the pool's listener lists
+    of these events (see :func:`_watch`) still empty, convo's hooks still the only
+    ones on theirs, the dialect still unmarked, the same engine parts (a disposed
+    engine has a new pool), and nothing logged. Reading the events' collections
+    instead cost a few percent of an append.
     """
+    state = engine.__dict__.get(_QUIET)
+    if state is not None:
+        dispatch, dialect, pool, lists, begin_own, checkout_own = state
+        if (
+            not any(map(len, lists))
+            and len(begin_own) == 1 and begin_own[0] is begin_hook
+            and len(checkout_own) == 1 and checkout_own[0] is checkout_hook
+            and engine.dispatch is dispatch
+            and engine.dialect is dialect
+            and engine.pool is pool
+            and not dialect._has_events
+            and not engine._should_log_info()
+        ):
+            return True
+    return _quiet(engine, begin_hook, checkout_hook)
+
+
+def _quiet(
+    engine: Any, begin_hook: Callable[..., Any], checkout_hook: Callable[..., Any]
+) -> bool:
+    """:func:`direct_ok`'s full check; what it found quiet is kept on the engine."""
+    engine.__dict__.pop(_QUIET, None)
     dialect = engine.dialect
     if dialect.name != "sqlite" or engine._should_log_info():
         return False
@@ -510,21 +561,33 @@ def direct_ok(engine: Any, begin_hook: Callable[..., Any]) -> bool:
     collections: tuple[Any, ...] = _events(d)
     # SQLAlchemy marks a dialect (or its class) on the first listener of its
     # events: unmarked, none of them can have one
-    if getattr(dialect, "_has_events", True):
-        collections += _dialect_events(dialect.dispatch)
-    known = engine.__dict__.get(_QUIET)
-    if known is None or known[0] != collections or any(map(len, known[1])):
-        # (identity first in the comparison: a replaced collection differs)
-        if not _unheard(collections):
-            return False
-        if _EMPTY_ONLY is not None and set(map(type, collections)) == _EMPTY_ONLY:
-            engine.__dict__[_QUIET] = (collections, tuple(map(_inherited, collections)))
-    begin = d.begin
-    try:
-        own, inherited = begin.listeners, begin.parent_listeners
-    except AttributeError:  # no instance-level listener at all (not convo's engine)
+    marked = getattr(dialect, "_has_events", True)
+    if marked and any(_dialect_events(dialect.dispatch)):
         return False
-    return not inherited and len(own) == 1 and own[0] is begin_hook
+    if any(map(_listeners, collections)):
+        return False
+    begin = d.begin
+    if _listeners(begin) != [begin_hook]:
+        return False
+    pool = engine.pool
+    p = pool.dispatch
+    pool_events = _pool_events(p)
+    checkout = pool_events[0]
+    found = _listeners(checkout)
+    if found and found != [checkout_hook]:
+        return False
+    if any(map(_listeners, pool_events[1:])):
+        return False
+    if marked or not found:
+        return True  # (right, but checked in full each time)
+    lists = _watch(d, (*_CONNECTION_EVENTS, "begin"), mine="begin")
+    pool_lists = _watch(p, _POOL_EVENTS, mine="checkout")
+    if lists is None or pool_lists is None:
+        return True
+    engine.__dict__[_QUIET] = (
+        d, dialect, pool, (*lists, *pool_lists), d.begin.listeners, p.checkout.listeners,
+    )
+    return True
 
 
 def run_direct(

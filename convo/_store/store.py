@@ -30,6 +30,7 @@ from . import migrate as _migrate
 from .core import ROLLBACK, UNSET, ConversationPage, Mode, Op, Plan, Unset
 from .engine import (
     _sqlite_begin,
+    _sqlite_checkout,
     create_engine,
     create_read_engine,
     mode_engines,
@@ -273,7 +274,7 @@ class Store(StoreThreads):
             if (
                 direct
                 and self._dialect == "sqlite"
-                and driver.direct_ok(self._engine, _sqlite_begin)
+                and driver.direct_ok(self._engine, _sqlite_begin, _sqlite_checkout)
             ):
                 if not self._thread_connections:
                     value: T = driver.run_direct(
