@@ -408,7 +408,7 @@ def append(
 ) -> Plan[StoredMessage]:
     msg = parse_message(message)
     values = message_values(msg, pinned=pinned, idempotency_key=idempotency_key, reply=reply)
-    stamp = now()
+    stamp = datetime.now(UTC)  # (now(), inline: every append)
     params = {"cid": conversation_id, "n": 1, "now": stamp}
     if idempotency_key is None and dialect == "postgresql":
         single = _single_params(values, params)
@@ -422,7 +422,9 @@ def append(
                               seq=seq, created_at=stamp)
     # The counter update takes the conversation's row lock (SQLite: the write
     # lock, via BEGIN IMMEDIATE) so the key check below cannot race.
-    seq = yield Op(sql.bump_seq(_scope(params, owner)), params, "scalar", driver=True)
+    if owner is not None:  # (_scope, inline)
+        params["b_owner"] = owner
+    seq = yield Op(sql.bump_seq(owner is not None), params, "scalar", True)
     if seq is None:
         raise ConversationNotFound(conversation_id, owner=owner)
     if idempotency_key is not None:
@@ -460,7 +462,7 @@ def insert_message(values: dict[str, Any], dialect: str) -> Op:
     given = (
         values if None not in values.values() else {k: v for k, v in values.items() if v is not None}
     )
-    return Op(sql.insert_new_message(dialect), given, "scalar", driver=True)
+    return Op(sql.insert_new_message(dialect), given, "scalar", True)
 
 
 def _insert(

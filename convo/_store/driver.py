@@ -44,6 +44,9 @@ Processor = Callable[[Any], Any]
 #: Prepared statements kept per dialect; the statements themselves are module-level
 #: (or cached by their builders), so this stays small; it is emptied if it ever grows.
 _CACHE_MAX = 512
+#: where on a dialect (its ``__dict__``) they are kept
+_CACHE = "_convo_driver_cache"
+_NO_CACHE: dict[Any, DriverStatement] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,10 +95,13 @@ def _binder(
     positional: tuple[str, ...] | None,
     procs: Mapping[str, Processor],
     defaults: Mapping[str, Any],
+    booleans: frozenset[str] = frozenset(),
 ) -> Callable[[Mapping[str, Any]], Any]:
     """A function turning one parameter set into the DBAPI's parameters, written out
     for the statement's binds (as :func:`_converter` is for result rows): per bind,
     the value given or the statement's literal default, through its bind processor.
+
+    ``booleans``: the binds of Boolean type, whose True and False are processed once.
 
     The hot path binds every statement of a turn and every row of a bulk insert;
     a loop over the binds with a lookup per name cost several times the
@@ -116,6 +122,11 @@ def _binder(
         if proc is None:
             return raw
         namespace[f"f{i}"] = proc
+        if name in booleans:
+            # a Boolean's True and False bind as the processor made them once (its
+            # two Python calls per value were a tenth of binding a message row)
+            namespace[f"t{i}"], namespace[f"u{i}"] = proc(True), proc(False)
+            return f"(t{i} if (v := {raw}) is True else u{i} if v is False else f{i}(v))"
         if _none_to_none(proc):
             return f"(f{i}(v) if (v := {raw}) is not None else None)"
         return f"f{i}({raw})"
@@ -168,12 +179,17 @@ def prepare(
     # an INSERT / UPDATE is compiled for the parameter names (SQLAlchemy compiles the
     # VALUES / SET clauses from the first parameter set), in the caller's order: a
     # plan passes its keys in one order, and sorting them cost more than the lookup
-    keys = tuple((params[0] if many else params) or ()) if isinstance(stmt, UpdateBase) else None
-    cache: dict[Any, DriverStatement] = dialect.__dict__.setdefault("_convo_driver_cache", {})
-    key = (id(stmt), keys, many)
+    # (the key names the parameters of every statement, as execute_dbapi's lookup does;
+    # a SELECT's compiled form does not depend on them)
+    names = tuple((params[0] if many else params) or ())
+    cache: dict[Any, DriverStatement] | None = dialect.__dict__.get(_CACHE)
+    if cache is None:
+        cache = dialect.__dict__.setdefault(_CACHE, {})
+    key = (id(stmt), names, many)
     found = cache.get(key)
     if found is not None and found.stmt is stmt:
         return found
+    keys = names if isinstance(stmt, UpdateBase) else None
     if keys is None:
         compiled = stmt.compile(dialect=dialect)  # type: ignore[attr-defined]
     else:
@@ -204,6 +220,8 @@ def prepare(
             # come with each call
             {k: bp.value for k, bp in compiled.binds.items()
              if not bp.required and bp.value is not None},
+            frozenset(k for k, bp in compiled.binds.items()
+                      if isinstance(bp.type, sqltypes.Boolean)),
         ),
         processors=processors,
         returns_rows=bool(compiled._result_columns),
@@ -367,10 +385,19 @@ def execute_dbapi(
     to close). Driver errors are raised wrapped as SQLAlchemy's
     :class:`~sqlalchemy.exc.DBAPIError` (``connection_invalidated`` when the
     connection is gone: the caller invalidates it)."""
-    many = False if type(params) is dict else _many(params)  # (a dict: the common case)
-    prepared = prepare(dialect, stmt, params, many)
-    bind = prepared.bind
-    args = [bind(p) for p in params] if many else bind(params or _EMPTY)  # (bind_args)
+    if type(params) is dict:  # the common case: found in the cache of prepare, inline
+        many = False
+        found = dialect.__dict__.get(_CACHE, _NO_CACHE).get((id(stmt), tuple(params), False))
+        prepared = (
+            found if found is not None and found.stmt is stmt
+            else prepare(dialect, stmt, params, False)
+        )
+        args = prepared.bind(params)
+    else:
+        many = _many(params)
+        prepared = prepare(dialect, stmt, params, many)
+        bind = prepared.bind
+        args = [bind(p) for p in params] if many else bind(params or _EMPTY)  # (bind_args)
     own = cursor is None
     if own:
         cursor = dbapi_conn.cursor()
@@ -499,7 +526,7 @@ def _watch(dispatch: Any, names: tuple[str, ...], *, mine: str = "") -> list[Any
     """
     if _ListenerCollection is None:
         return None
-    lists = []
+    lists: list[Any] = []
     for name in names:
         collection = getattr(dispatch, name)
         if type(collection) is _EmptyListener:
@@ -536,7 +563,7 @@ def direct_ok(engine: Any, begin_hook: Callable[..., Any], checkout_hook: Callab
     if state is not None:
         dispatch, dialect, pool, lists, begin_own, checkout_own = state
         if (
-            not any(map(len, lists))
+            not any(lists)  # (deques: their truth is their length, at C speed)
             and len(begin_own) == 1 and begin_own[0] is begin_hook
             and len(checkout_own) == 1 and checkout_own[0] is checkout_hook
             and engine.dispatch is dispatch

@@ -281,8 +281,15 @@ class Store(StoreThreads):
                         self._engine, plan, writes=mode != "read", rollback=ROLLBACK
                     )
                     return value
-                held = self._thread_connection()
-                info = held.info
+                entry = getattr(self._direct, "entry", None)  # (_thread_connection, inline)
+                if (
+                    entry is None
+                    or entry[2] != _fork_generation[0]
+                    or entry[0].dbapi_connection is None
+                ):
+                    self._thread_connection()
+                    entry = self._direct.entry
+                held, info = entry[0], entry[1]
                 info[_BUSY] = True
                 try:
                     value = driver.run_direct(
@@ -322,6 +329,8 @@ class Store(StoreThreads):
         fairy = self._engine.raw_connection()  # the pool's connect/checkout events run
         fairy.detach()
         local.fairy, local.generation = fairy, _fork_generation[0]
+        # what _run reads on every call, in one thread-local lookup
+        local.entry = (fairy, fairy.info, _fork_generation[0])
         with self._direct_lock:
             self._direct_all.add(fairy)
         return fairy
@@ -330,7 +339,7 @@ class Store(StoreThreads):
         """Close this thread's connection ``fairy`` (lost, or retired by :meth:`close`)
         and forget it; the next direct call takes a new one."""
         if getattr(self._direct, "fairy", None) is fairy:
-            self._direct.fairy = None
+            self._direct.fairy = self._direct.entry = None
         with self._direct_lock:
             self._direct_all.discard(fairy)
         with contextlib.suppress(Exception):
