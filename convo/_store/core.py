@@ -434,9 +434,14 @@ def append(
         if existing is not None:
             yield ROLLBACK  # undo the counter bump: a retried append writes nothing
             return message_from_row(existing)
-    return (
-        yield from _insert(conversation_id, seq, msg, values, stamp, idempotency_key, dialect)
-    )
+        return (
+            yield from _insert(conversation_id, seq, msg, values, stamp, idempotency_key, dialect)
+        )
+    # (_insert without a key, inline: no generator of its own on every append)
+    values["conversation_id"], values["seq"], values["created_at"] = conversation_id, seq, stamp
+    message_id = yield insert_message(values, dialect)
+    return stored_message(msg, values, id=message_id, conversation_id=conversation_id,
+                          seq=seq, created_at=stamp)
 
 
 #: :func:`convo._store.sql.append_returning_seq` binds every message column ("m_" names)

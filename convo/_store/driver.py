@@ -628,6 +628,7 @@ def run_direct(
     caller drops it), else one is checked out for this plan and returned at the end."""
     dialect = engine.dialect
     error = dialect.loaded_dbapi.Error
+    cache = dialect.__dict__.get(_CACHE, _NO_CACHE)  # (prepare's)
     fairy = held if held is not None else engine.raw_connection()  # pool events still run
     dbapi_conn = fairy.dbapi_connection
     in_tx = False
@@ -654,9 +655,32 @@ def run_direct(
                                     dialect, dbapi_conn, cursor, "BEGIN IMMEDIATE", (), exc
                                 ) from exc
                             in_tx = True
-                        value = execute_dbapi(
-                            dialect, dbapi_conn, op.stmt, op.params, op.fetch, cursor
+                        params, stmt = op.params, op.stmt
+                        prepared = (
+                            cache.get((id(stmt), tuple(params), False))
+                            if type(params) is dict and op.fetch == "scalar" else None
                         )
+                        if prepared is not None and prepared.stmt is stmt and not prepared.lazy:
+                            # (execute_dbapi, inline, for what a write's statements mostly
+                            # are: one parameter set, one value back; the same steps)
+                            args = prepared.bind(params)
+                            try:
+                                cursor.execute(prepared.sql, args)
+                                rows = cursor.fetchall() if prepared.returns_rows else None
+                            except error as exc:
+                                raise _wrapped(
+                                    dialect, dbapi_conn, cursor, prepared.sql, args, exc
+                                ) from exc
+                            if not rows:
+                                value = None
+                            else:
+                                value, proc = rows[0][0], prepared.processors[0]
+                                if proc is not None and value is not None:
+                                    value = proc(value)
+                        else:
+                            value = execute_dbapi(
+                                dialect, dbapi_conn, stmt, params, op.fetch, cursor
+                            )
                 except DBAPIError as exc:  # the plan may recover (see _store/core.py)
                     if exc.connection_invalidated:
                         raise
