@@ -618,25 +618,30 @@ def _quiet(
 
 
 def run_direct(
-    engine: Any, plan: Any, *, writes: bool, rollback: Any, held: Any = None
+    engine: Any, plan: Any, *, writes: bool, rollback: Any, held: Any = None,
+    held_cursor: Any = None,
 ) -> Any:
     """Run a plan of ``driver=True`` statements on a pooled DBAPI connection: what
     ``Store._run`` does through a ``Connection`` (``BEGIN IMMEDIATE`` before the first
     statement of a write, ``COMMIT`` at the end, a rollback on error), at the cost of
     the driver calls alone. ``rollback`` is the plans' ROLLBACK marker. ``held``: a
     connection the caller keeps (left open afterwards; on a lost connection the
-    caller drops it), else one is checked out for this plan and returned at the end."""
+    caller drops it), else one is checked out for this plan and returned at the end.
+    ``held_cursor``: a cursor of ``held`` the caller keeps for its plans (its
+    creation was a tenth of the Python an append adds), else one is made for this
+    plan and closed at the end."""
     dialect = engine.dialect
     error = dialect.loaded_dbapi.Error
     cache = dialect.__dict__.get(_CACHE, _NO_CACHE)  # (prepare's)
     fairy = held if held is not None else engine.raw_connection()  # pool events still run
     dbapi_conn = fairy.dbapi_connection
     in_tx = False
-    cursor = None
+    cursor = held_cursor
     try:
         try:
             op = next(plan)
-            cursor = dbapi_conn.cursor()  # one for the plan's statements
+            if cursor is None:
+                cursor = dbapi_conn.cursor()  # one for the plan's statements
             while True:
                 try:
                     if op is rollback:
@@ -705,7 +710,7 @@ def run_direct(
                 fairy.invalidate(exc.orig)  # (a held one is the caller's to drop)
         raise
     finally:
-        if cursor is not None:
+        if cursor is not None and cursor is not held_cursor:
             try:
                 cursor.close()
             except dialect.loaded_dbapi.Error:  # its connection is gone

@@ -289,11 +289,12 @@ class Store(StoreThreads):
                 ):
                     self._thread_connection()
                     entry = self._direct.entry
-                held, info = entry[0], entry[1]
+                held, info, _, cursor = entry
                 info[_BUSY] = True
                 try:
                     value = driver.run_direct(
-                        self._engine, plan, writes=mode != "read", rollback=ROLLBACK, held=held
+                        self._engine, plan, writes=mode != "read", rollback=ROLLBACK, held=held,
+                        held_cursor=cursor,
                     )
                 except DBAPIError as exc:
                     if exc.connection_invalidated:
@@ -329,8 +330,9 @@ class Store(StoreThreads):
         fairy = self._engine.raw_connection()  # the pool's connect/checkout events run
         fairy.detach()
         local.fairy, local.generation = fairy, _fork_generation[0]
-        # what _run reads on every call, in one thread-local lookup
-        local.entry = (fairy, fairy.info, _fork_generation[0])
+        # what _run reads on every call, in one thread-local lookup; with a cursor
+        # for every plan (sqlite3 resets it at each execute), closed with the connection
+        local.entry = (fairy, fairy.info, _fork_generation[0], fairy.dbapi_connection.cursor())
         with self._direct_lock:
             self._direct_all.add(fairy)
         return fairy
