@@ -332,7 +332,9 @@ class Store(StoreThreads):
         local.fairy, local.generation = fairy, _fork_generation[0]
         # what _run reads on every call, in one thread-local lookup; with a cursor
         # for every plan (sqlite3 resets it at each execute), closed with the connection
-        local.entry = (fairy, fairy.info, _fork_generation[0], fairy.dbapi_connection.cursor())
+        dbapi_conn = fairy.dbapi_connection
+        assert dbapi_conn is not None  # (just connected)
+        local.entry = (fairy, fairy.info, _fork_generation[0], dbapi_conn.cursor())
         with self._direct_lock:
             self._direct_all.add(fairy)
         return fairy
