@@ -454,6 +454,26 @@ def test_the_direct_path_steps_aside_for_pool_listeners(make_db: Any, event: str
             assert not seen
 
 
+def test_the_direct_path_sees_a_listener_on_the_pool_of_a_disposed_engine(make_db: Any) -> None:
+    """``dispose()`` gives the engine a new pool (its listeners copied): a listener
+    added to that pool is seen too."""
+    with Store(make_db("sqlite")) as store:
+        conv = store.create_conversation()
+        store.append(conv.id, Message.user("x"))
+        assert driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout)
+        store.engine.dispose()
+
+        def record(*args: Any) -> None:
+            pass
+
+        sa.event.listen(store.engine.pool, "checkin", record)
+        assert not driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout)
+        sa.event.remove(store.engine.pool, "checkin", record)
+        assert driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout)
+        store.append(conv.id, Message.user("y"))
+        assert [m.text for m in store.messages(conv.id)] == ["x", "y"]
+
+
 def test_the_direct_path_checks_convos_own_hooks_each_call(make_db: Any) -> None:
     """A second listener on convo's own events (begin, checkout), on the collections
     the quick check already holds, turns the direct path off at the next call; so
@@ -461,7 +481,6 @@ def test_the_direct_path_checks_convos_own_hooks_each_call(make_db: Any) -> None
     with Store(make_db("sqlite")) as store:
         conv = store.create_conversation()
         store.append(conv.id, Message.user("x"))
-        store.append(conv.id, Message.user("y"))
 
         def other(*args: Any) -> None:
             pass
@@ -472,13 +491,17 @@ def test_the_direct_path_checks_convos_own_hooks_each_call(make_db: Any) -> None
             sa.event.listen(target, event, other)
             try:
                 assert not driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout)
-                sa.event.remove(target, event, own)
-                try:  # one listener again, but not convo's
-                    assert not driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout)
-                finally:
-                    sa.event.listen(target, event, own)
             finally:
                 sa.event.remove(target, event, other)
+            assert driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout)
+            # replaced between two calls: one listener again, but not convo's
+            sa.event.remove(target, event, own)
+            sa.event.listen(target, event, other)
+            try:
+                assert not driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout)
+            finally:
+                sa.event.remove(target, event, other)
+                sa.event.listen(target, event, own)
             assert driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout)
 
 
