@@ -336,7 +336,6 @@ _STORED_FIELDS = {
 }
 _REPLY_FIELDS = {"model", "finish_reason", "usage", "system_fingerprint", "seed"}
 assert _STORED_FIELDS == set(StoredMessage.model_fields)
-assert list(StoredMessage.model_fields)[:7] == list(Message.model_fields)  # (stored_message)
 assert _REPLY_FIELDS == set(ReplyInfo.model_fields)
 
 
@@ -351,22 +350,17 @@ def stored_message(
 ) -> StoredMessage:
     """The value of a message just written (no read back needed); ``params`` are its
     column values, NULL ones as None or left out (see :func:`message_values`)."""
+    get = params.get
     if type(message) is Message and params.keys() <= _PLAIN_KEYS:
         # no key, no reply (given as compact values, see message_values): the
         # message's fields as they are, and the identity (~3x cheaper)
-        # (written out: a dict of all fourteen at once, where merging the message's
-        # seven and adding seven more resized it twice)
-        f = message.__dict__
         values = {
-            "role": f["role"], "content": f["content"], "name": f["name"],
-            "tool_calls": f["tool_calls"], "refusal": f["refusal"],
-            "tool_call_id": f["tool_call_id"], "metadata": f["metadata"],
-            "id": id, "conversation_id": conversation_id, "seq": seq, "created_at": created_at,
-            "pinned": params["pinned"], "idempotency_key": None, "reply": None,
+            **message.__dict__, "id": id, "conversation_id": conversation_id, "seq": seq,
+            "created_at": created_at, "pinned": params["pinned"], "idempotency_key": None,
+            "reply": None,
         }
         # every field given: the fields set is the one every stored message shares
         return construct(StoredMessage, values, _STORED_FIELDS)
-    get = params.get
     reply = None
     if (
         get("model") is not None
