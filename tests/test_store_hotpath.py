@@ -32,15 +32,14 @@ from convo import (
     ReplyInfo,
     StoreInputError,
 )
-from convo._store import driver as driver
-from convo._store import sql as sql
-from convo._store.engine import _sqlite_begin, _sqlite_checkout, create_engine
 from convo._messages import FunctionCall, ImagePart, ImageURL, TextPart, ToolCall
 from convo._records import StoredMessage
-from convo._store.schema import UTCDateTime
-from convo._store.store import Store
+from convo._store import driver, sql
+from convo._store.engine import _sqlite_begin, _sqlite_checkout, create_engine
 from convo._store.rows import message_params
 from convo._store.runs import SerializedRequest
+from convo._store.schema import UTCDateTime
+from convo._store.store import Store
 
 # --- the cursor path writes what SQLAlchemy writes ------------------------------------------
 
