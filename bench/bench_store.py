@@ -38,6 +38,7 @@ Run::
     python bench/bench_store.py                                   # everything, both databases
     python bench/bench_store.py --sizes "" --db sqlite            # appends and bulk only
     python bench/bench_store.py --sizes 1000,100000 --db sqlite
+    python bench/bench_store.py --instr 2000 --side raw          # under callgrind, see instr_appends
 """
 
 from __future__ import annotations
@@ -155,6 +156,34 @@ class RawWriter:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def instr_appends(side: str, n: int, warm: int = 200) -> None:
+    """``--instr N``: ``warm`` appends, then ``n`` more, on a fresh SQLite file, one side
+    only (``--side``), untimed: run under callgrind with N and with 0, the difference
+    over N is the instructions per append (deterministic, unlike times on a shared
+    machine)::
+
+        PYTHONHASHSEED=0 valgrind --tool=callgrind python bench/bench_store.py --instr 2000
+        PYTHONHASHSEED=0 valgrind --tool=callgrind python bench/bench_store.py --instr 0
+    """
+    tmp = tempfile.mkdtemp(prefix="convo-instr-")
+    url = f"sqlite:///{tmp}/instr.db"
+    try:
+        with Store(url) as store:
+            store.migrate()
+            cid = store.create_conversation(title="instr").id
+        if side == "raw":
+            raw = RawWriter("sqlite", url)
+            for i in range(warm + n):
+                raw.append(cid, "user", f"message {i}")
+            raw.close()
+        else:
+            with Store(url) as store:
+                for i in range(warm + n):
+                    store.append(cid, {"role": "user", "content": f"message {i}"})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _seqs_ok(url: str, cid: str, count: int) -> None:
@@ -403,7 +432,14 @@ def main() -> None:
     parser.add_argument("--bulk-rounds", type=int, default=20, help="batches per side in the bulk run")
     parser.add_argument("--reads", type=int, default=500, help="timed reads per size (median)")
     parser.add_argument("--batch", type=int, default=10_000, help="append_many batch when filling")
+    parser.add_argument("--instr", type=int, default=None,
+                        help="only N appends on SQLite, untimed, for callgrind (see instr_appends)")
+    parser.add_argument("--side", choices=("convo", "raw"), default="convo",
+                        help="with --instr: whose appends")
     args = parser.parse_args()
+    if args.instr is not None:
+        instr_appends(args.side, args.instr)
+        return
     kinds = [k.strip() for k in args.db.split(",") if k.strip()]
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     dbs = Databases()

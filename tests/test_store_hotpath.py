@@ -32,15 +32,14 @@ from convo import (
     ReplyInfo,
     StoreInputError,
 )
-from convo._store import driver as driver
-from convo._store import sql as sql
-from convo._store.engine import _sqlite_begin, create_engine
 from convo._messages import FunctionCall, ImagePart, ImageURL, TextPart, ToolCall
 from convo._records import StoredMessage
-from convo._store.schema import UTCDateTime
-from convo._store.store import Store
+from convo._store import driver, sql
+from convo._store.engine import _sqlite_begin, _sqlite_checkout, create_engine
 from convo._store.rows import message_params
 from convo._store.runs import SerializedRequest
+from convo._store.schema import UTCDateTime
+from convo._store.store import Store
 
 # --- the cursor path writes what SQLAlchemy writes ------------------------------------------
 
@@ -362,7 +361,7 @@ def test_the_direct_path_sees_listeners_on_the_engine_class(make_db: Any) -> Non
 
         sa.event.listen(sa.engine.Engine, "before_cursor_execute", record)
         try:
-            assert not driver.direct_ok(store.engine, _sqlite_begin)
+            assert not driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout)
             store.append(conv.id, Message.user("after"))
             store.messages(conv.id)
         finally:
@@ -370,7 +369,7 @@ def test_the_direct_path_sees_listeners_on_the_engine_class(make_db: Any) -> Non
         assert any("INSERT INTO messages" in s for s in seen)
         assert any("FROM messages" in s for s in seen)
         seen.clear()
-        assert driver.direct_ok(store.engine, _sqlite_begin)
+        assert driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout)
         store.append(conv.id, Message.user("removed"))
         assert not seen
         assert [m.text for m in store.messages(conv.id)] == ["before", "after", "removed"]
@@ -387,7 +386,7 @@ def test_the_direct_path_sees_a_listener_added_to_the_engine_after_it_was_taken(
         conv = store.create_conversation()
         store.append(conv.id, Message.user("before"))
         store.append(conv.id, Message.user("again"))  # (the check's memory in use)
-        assert driver.direct_ok(store.engine, _sqlite_begin)
+        assert driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout)
         seen: list[Any] = []
 
         def record(*args: Any) -> None:
@@ -396,13 +395,13 @@ def test_the_direct_path_sees_a_listener_added_to_the_engine_after_it_was_taken(
         for event in ("before_cursor_execute", "after_cursor_execute", "commit"):
             sa.event.listen(store.engine, event, record)
             try:
-                assert not driver.direct_ok(store.engine, _sqlite_begin), event
+                assert not driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout), event
                 store.append(conv.id, Message.user(event))
             finally:
                 sa.event.remove(store.engine, event, record)
             assert seen, event
             seen.clear()
-            assert driver.direct_ok(store.engine, _sqlite_begin), event
+            assert driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout), event
             store.append(conv.id, Message.user("direct"))
             assert not seen, event
 
@@ -411,17 +410,133 @@ def test_the_direct_path_steps_aside_for_dialect_listeners(make_db: Any) -> None
     """A dialect event listened to on the engine (SQLAlchemy marks the dialect, which
     the quick check reads first) turns the direct path off, and removing it back on."""
     with Store(make_db("sqlite")) as store:
-        assert driver.direct_ok(store.engine, _sqlite_begin)
+        assert driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout)
 
         def fn(cursor: Any, stmt: str, params: Any, context: Any) -> None:
             pass
 
         sa.event.listen(store.engine, "do_execute", fn)
         try:
-            assert not driver.direct_ok(store.engine, _sqlite_begin)
+            assert not driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout)
         finally:
             sa.event.remove(store.engine, "do_execute", fn)
-        assert driver.direct_ok(store.engine, _sqlite_begin)
+        assert driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout)
+
+
+@pytest.mark.parametrize("event", ["checkout", "checkin", "reset"])
+def test_the_direct_path_steps_aside_for_pool_listeners(make_db: Any, event: str) -> None:
+    """The thread's connection is checked out once, so a pool listener added later
+    (on the engine's pool, or on the Pool class) would miss the direct path's calls:
+    the next call goes through SQLAlchemy, where the listener runs; once removed,
+    the direct path is taken again."""
+    with Store(make_db("sqlite")) as store:
+        conv = store.create_conversation()
+        store.append(conv.id, Message.user("before"))
+        store.append(conv.id, Message.user("again"))  # (the check's memory in use)
+        assert driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout)
+        seen: list[Any] = []
+
+        def record(*args: Any) -> None:
+            seen.append(args)
+
+        for target in (store.engine.pool, sa.pool.Pool):
+            sa.event.listen(target, event, record)
+            try:
+                assert not driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout)
+                store.append(conv.id, Message.user(event))
+            finally:
+                sa.event.remove(target, event, record)
+            assert seen, (target, event)
+            seen.clear()
+            assert driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout)
+            store.append(conv.id, Message.user("direct"))
+            assert not seen
+
+
+def test_the_direct_path_sees_a_listener_on_the_pool_of_a_disposed_engine(make_db: Any) -> None:
+    """``dispose()`` gives the engine a new pool (its listeners copied): a listener
+    added to that pool is seen too."""
+    with Store(make_db("sqlite")) as store:
+        conv = store.create_conversation()
+        store.append(conv.id, Message.user("x"))
+        assert driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout)
+        store.engine.dispose()
+
+        def record(*args: Any) -> None:
+            pass
+
+        sa.event.listen(store.engine.pool, "checkin", record)
+        assert not driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout)
+        sa.event.remove(store.engine.pool, "checkin", record)
+        assert driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout)
+        store.append(conv.id, Message.user("y"))
+        assert [m.text for m in store.messages(conv.id)] == ["x", "y"]
+
+
+def test_the_direct_path_checks_convos_own_hooks_each_call(make_db: Any) -> None:
+    """A second listener on convo's own events (begin, checkout), on the collections
+    the quick check already holds, turns the direct path off at the next call; so
+    does a listener that replaced convo's hook (the same count, another function)."""
+    with Store(make_db("sqlite")) as store:
+        conv = store.create_conversation()
+        store.append(conv.id, Message.user("x"))
+
+        def other(*args: Any) -> None:
+            pass
+
+        for target, event, own in ((store.engine, "begin", _sqlite_begin),
+                                   (store.engine, "checkout", _sqlite_checkout)):
+            assert driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout)
+            sa.event.listen(target, event, other)
+            try:
+                assert not driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout)
+            finally:
+                sa.event.remove(target, event, other)
+            assert driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout)
+            # replaced between two calls: one listener again, but not convo's
+            sa.event.remove(target, event, own)
+            sa.event.listen(target, event, other)
+            try:
+                assert not driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout)
+            finally:
+                sa.event.remove(target, event, other)
+                sa.event.listen(target, event, own)
+            assert driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout)
+
+
+def test_the_direct_path_sees_a_listener_on_an_event_listened_to_before(make_db: Any) -> None:
+    """An event listened to and left empty keeps its collection on the engine: a
+    listener added to it later joins that collection in place, and is seen."""
+    with Store(make_db("sqlite")) as store:
+        conv = store.create_conversation()
+
+        def record(*args: Any) -> None:
+            pass
+
+        sa.event.listen(store.engine, "before_cursor_execute", record)
+        sa.event.remove(store.engine, "before_cursor_execute", record)
+        store.append(conv.id, Message.user("x"))
+        assert driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout)
+        assert driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout)
+        sa.event.listen(store.engine, "before_cursor_execute", record)
+        try:
+            assert not driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout)
+        finally:
+            sa.event.remove(store.engine, "before_cursor_execute", record)
+        assert driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout)
+
+
+def test_the_direct_path_steps_aside_when_echo_is_turned_on(make_db: Any) -> None:
+    with Store(make_db("sqlite")) as store:
+        store.create_conversation()
+        assert driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout)
+        assert driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout)
+        store.engine.echo = True
+        try:
+            assert not driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout)
+        finally:
+            store.engine.echo = False
+        assert driver.direct_ok(store.engine, _sqlite_begin, _sqlite_checkout)
 
 
 def test_thread_connections_close_with_the_store(make_db: Any) -> None:

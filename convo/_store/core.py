@@ -408,7 +408,7 @@ def append(
 ) -> Plan[StoredMessage]:
     msg = parse_message(message)
     values = message_values(msg, pinned=pinned, idempotency_key=idempotency_key, reply=reply)
-    stamp = now()
+    stamp = datetime.now(UTC)  # (now(), inline: every append)
     params = {"cid": conversation_id, "n": 1, "now": stamp}
     if idempotency_key is None and dialect == "postgresql":
         single = _single_params(values, params)
@@ -422,7 +422,9 @@ def append(
                               seq=seq, created_at=stamp)
     # The counter update takes the conversation's row lock (SQLite: the write
     # lock, via BEGIN IMMEDIATE) so the key check below cannot race.
-    seq = yield Op(sql.bump_seq(_scope(params, owner)), params, "scalar", driver=True)
+    if owner is not None:  # (_scope, inline)
+        params["b_owner"] = owner
+    seq = yield Op(sql.bump_seq(owner is not None), params, "scalar", True)
     if seq is None:
         raise ConversationNotFound(conversation_id, owner=owner)
     if idempotency_key is not None:
@@ -432,9 +434,14 @@ def append(
         if existing is not None:
             yield ROLLBACK  # undo the counter bump: a retried append writes nothing
             return message_from_row(existing)
-    return (
-        yield from _insert(conversation_id, seq, msg, values, stamp, idempotency_key, dialect)
-    )
+        return (
+            yield from _insert(conversation_id, seq, msg, values, stamp, idempotency_key, dialect)
+        )
+    # (_insert without a key, inline: no generator of its own on every append)
+    values["conversation_id"], values["seq"], values["created_at"] = conversation_id, seq, stamp
+    message_id = yield insert_message(values, dialect)
+    return stored_message(msg, values, id=message_id, conversation_id=conversation_id,
+                          seq=seq, created_at=stamp)
 
 
 #: :func:`convo._store.sql.append_returning_seq` binds every message column ("m_" names)
@@ -460,7 +467,7 @@ def insert_message(values: dict[str, Any], dialect: str) -> Op:
     given = (
         values if None not in values.values() else {k: v for k, v in values.items() if v is not None}
     )
-    return Op(sql.insert_new_message(dialect), given, "scalar", driver=True)
+    return Op(sql.insert_new_message(dialect), given, "scalar", True)
 
 
 def _insert(

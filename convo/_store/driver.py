@@ -44,6 +44,9 @@ Processor = Callable[[Any], Any]
 #: Prepared statements kept per dialect; the statements themselves are module-level
 #: (or cached by their builders), so this stays small; it is emptied if it ever grows.
 _CACHE_MAX = 512
+#: where on a dialect (its ``__dict__``) they are kept
+_CACHE = "_convo_driver_cache"
+_NO_CACHE: dict[Any, DriverStatement] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,10 +95,13 @@ def _binder(
     positional: tuple[str, ...] | None,
     procs: Mapping[str, Processor],
     defaults: Mapping[str, Any],
+    booleans: frozenset[str] = frozenset(),
 ) -> Callable[[Mapping[str, Any]], Any]:
     """A function turning one parameter set into the DBAPI's parameters, written out
     for the statement's binds (as :func:`_converter` is for result rows): per bind,
     the value given or the statement's literal default, through its bind processor.
+
+    ``booleans``: the binds of Boolean type, whose True and False are processed once.
 
     The hot path binds every statement of a turn and every row of a bulk insert;
     a loop over the binds with a lookup per name cost several times the
@@ -116,6 +122,11 @@ def _binder(
         if proc is None:
             return raw
         namespace[f"f{i}"] = proc
+        if name in booleans:
+            # a Boolean's True and False bind as the processor made them once (its
+            # two Python calls per value were a tenth of binding a message row)
+            namespace[f"t{i}"], namespace[f"u{i}"] = proc(True), proc(False)
+            return f"(t{i} if (v := {raw}) is True else u{i} if v is False else f{i}(v))"
         if _none_to_none(proc):
             return f"(f{i}(v) if (v := {raw}) is not None else None)"
         return f"f{i}({raw})"
@@ -168,12 +179,17 @@ def prepare(
     # an INSERT / UPDATE is compiled for the parameter names (SQLAlchemy compiles the
     # VALUES / SET clauses from the first parameter set), in the caller's order: a
     # plan passes its keys in one order, and sorting them cost more than the lookup
-    keys = tuple((params[0] if many else params) or ()) if isinstance(stmt, UpdateBase) else None
-    cache: dict[Any, DriverStatement] = dialect.__dict__.setdefault("_convo_driver_cache", {})
-    key = (id(stmt), keys, many)
+    # (the key names the parameters of every statement, as execute_dbapi's lookup does;
+    # a SELECT's compiled form does not depend on them)
+    names = tuple((params[0] if many else params) or ())
+    cache: dict[Any, DriverStatement] | None = dialect.__dict__.get(_CACHE)
+    if cache is None:
+        cache = dialect.__dict__.setdefault(_CACHE, {})
+    key = (id(stmt), names, many)
     found = cache.get(key)
     if found is not None and found.stmt is stmt:
         return found
+    keys = names if isinstance(stmt, UpdateBase) else None
     if keys is None:
         compiled = stmt.compile(dialect=dialect)  # type: ignore[attr-defined]
     else:
@@ -204,6 +220,8 @@ def prepare(
             # come with each call
             {k: bp.value for k, bp in compiled.binds.items()
              if not bp.required and bp.value is not None},
+            frozenset(k for k, bp in compiled.binds.items()
+                      if isinstance(bp.type, sqltypes.Boolean)),
         ),
         processors=processors,
         returns_rows=bool(compiled._result_columns),
@@ -367,10 +385,19 @@ def execute_dbapi(
     to close). Driver errors are raised wrapped as SQLAlchemy's
     :class:`~sqlalchemy.exc.DBAPIError` (``connection_invalidated`` when the
     connection is gone: the caller invalidates it)."""
-    many = False if type(params) is dict else _many(params)  # (a dict: the common case)
-    prepared = prepare(dialect, stmt, params, many)
-    bind = prepared.bind
-    args = [bind(p) for p in params] if many else bind(params or _EMPTY)  # (bind_args)
+    if type(params) is dict:  # the common case: found in the cache of prepare, inline
+        many = False
+        found = dialect.__dict__.get(_CACHE, _NO_CACHE).get((id(stmt), tuple(params), False))
+        prepared = (
+            found if found is not None and found.stmt is stmt
+            else prepare(dialect, stmt, params, False)
+        )
+        args = prepared.bind(params)
+    else:
+        many = _many(params)
+        prepared = prepare(dialect, stmt, params, many)
+        bind = prepared.bind
+        args = [bind(p) for p in params] if many else bind(params or _EMPTY)  # (bind_args)
     own = cursor is None
     if own:
         cursor = dbapi_conn.cursor()
@@ -462,47 +489,98 @@ _CONNECTION_EVENTS = (
 _DIALECT_EVENTS = ("handle_error", "do_execute", "do_executemany", "do_execute_no_params")
 
 
+#: Pool events the direct path would skip: its thread connection is checked out once,
+#: so a listener on these (but convo's own ``checkout`` hook) would miss the calls.
+_POOL_EVENTS = ("checkout", "checkin", "reset")
+
+
 _events = operator.attrgetter(*_CONNECTION_EVENTS)
 _dialect_events = operator.attrgetter(*_DIALECT_EVENTS)
-_inherited = operator.attrgetter("parent_listeners")
-try:  # the collection SQLAlchemy keeps for an event nothing listens to on the instance
-    from sqlalchemy.event.attr import _EmptyListener
-
-    _EMPTY_ONLY: set[type] | None = {_EmptyListener}
-except ImportError:  # pragma: no cover - another SQLAlchemy layout: the general check
-    _EMPTY_ONLY = None
+_pool_events = operator.attrgetter(*_POOL_EVENTS)
+try:  # SQLAlchemy's event collections (see _watch)
+    from sqlalchemy.event.attr import _EmptyListener, _ListenerCollection
+except ImportError:  # pragma: no cover - another SQLAlchemy layout: the full check each call
+    _EmptyListener = _ListenerCollection = None  # type: ignore[assignment,misc]
 
 
-def _unheard(collections: tuple[Any, ...]) -> bool:
-    """Whether no listener is attached to any of these event ``collections``.
+def _listeners(collection: Any) -> list[Any]:
+    """The listeners of an event ``collection``: on the instance, then inherited."""
+    return [*collection] if _ListenerCollection is None else [
+        *getattr(collection, "listeners", ()), *collection.parent_listeners
+    ]
 
-    The same answer as ``not any(collections)``, without a Python-level
-    ``__bool__`` per event: an event nobody listened to on the instance keeps its
-    ``_EmptyListener``, whose truth is that of the class-level listener list it
-    holds, so the lists' lengths say it at C speed (asked before every direct
-    plan, since a listener may be added at any time).
+
+def _watch(dispatch: Any, names: tuple[str, ...], *, mine: str = "") -> list[Any] | None:
+    """The listener lists of the events ``names`` of ``dispatch`` (an engine's or a
+    pool's): each event's own list (not that of the event ``mine``, holding convo's
+    hook), then the class-level one; None when the layout is not SQLAlchemy's known
+    one.
+
+    An event nobody listened to on an instance is an ``_EmptyListener`` (shared by
+    every instance of the class), which the first listener on the instance replaces
+    with a ``_ListenerCollection`` of its own. It is made here, empty, as that first
+    listener would (``for_modify``; an empty collection is as false as the shared
+    one): from then on every listener added to the instance joins its own list and
+    every listener added to a class joins the class-level list, both in place,
+    so the lists' lengths say whether one came.
     """
-    if _EMPTY_ONLY is not None and set(map(type, collections)) == _EMPTY_ONLY:
-        return not any(map(len, map(_inherited, collections)))
-    return not any(collections)
+    if _ListenerCollection is None:
+        return None
+    lists: list[Any] = []
+    for name in names:
+        collection = getattr(dispatch, name)
+        if type(collection) is _EmptyListener:
+            collection = collection.for_modify(dispatch)
+        if type(collection) is not _ListenerCollection or getattr(dispatch, name) is not collection:
+            return None
+        if name != mine:
+            lists.append(collection.listeners)
+        lists.append(collection.parent_listeners)
+    return lists
 
 
-#: on an engine: (its event collections last found unheard, their class-level lists)
-_QUIET = "_convo_unheard"
+#: on an engine: what :func:`direct_ok` last found quiet (see there)
+_QUIET = "_convo_quiet"
 
 
-def direct_ok(engine: Any, begin_hook: Callable[..., Any]) -> bool:
+def direct_ok(engine: Any, begin_hook: Callable[..., Any], checkout_hook: Callable[..., Any]) -> bool:
     """Whether plans may run on a pooled DBAPI connection of ``engine`` without a
     SQLAlchemy ``Connection``: SQLite, nothing logged or echoed, and no event
-    listeners on the engine but convo's own ``begin`` hook (whose ``BEGIN
-    IMMEDIATE`` the direct path issues itself).
+    listeners on the engine, its class, its dialect or its pool (checkout,
+    checkin, reset) but convo's own ``begin`` hook (whose ``BEGIN IMMEDIATE``
+    the direct path issues itself) and ``checkout`` hook (run when the thread's
+    connection was taken).
 
-    Asked before every direct plan (a listener may be added at any time), so the
-    common answer is read from what the last full check found: the very
-    collections found unheard (a listener added to the instance replaces its
-    event's collection, a new object), their class-level lists still empty (a
-    listener added to a class joins them).
+    Asked before every direct plan (a listener may be added at any time, and
+    must be seen at the next call). The common answer comes from what the last
+    full check found (:func:`_quiet`): the engine's and the pool's listener lists
+    of these events (see :func:`_watch`) still empty, convo's hooks still the only
+    ones on theirs, the dialect still unmarked, the same engine parts (a disposed
+    engine has a new pool), and nothing logged. Reading the events' collections
+    instead cost a few percent of an append.
     """
+    state = engine.__dict__.get(_QUIET)
+    if state is not None:
+        dispatch, dialect, pool, lists, begin_own, checkout_own = state
+        if (
+            not any(lists)  # (deques: their truth is their length, at C speed)
+            and len(begin_own) == 1 and begin_own[0] is begin_hook
+            and len(checkout_own) == 1 and checkout_own[0] is checkout_hook
+            and engine.dispatch is dispatch
+            and engine.dialect is dialect
+            and engine.pool is pool
+            and not dialect._has_events
+            and not engine._should_log_info()
+        ):
+            return True
+    return _quiet(engine, begin_hook, checkout_hook)
+
+
+def _quiet(
+    engine: Any, begin_hook: Callable[..., Any], checkout_hook: Callable[..., Any]
+) -> bool:
+    """:func:`direct_ok`'s full check; what it found quiet is kept on the engine."""
+    engine.__dict__.pop(_QUIET, None)
     dialect = engine.dialect
     if dialect.name != "sqlite" or engine._should_log_info():
         return False
@@ -510,42 +588,60 @@ def direct_ok(engine: Any, begin_hook: Callable[..., Any]) -> bool:
     collections: tuple[Any, ...] = _events(d)
     # SQLAlchemy marks a dialect (or its class) on the first listener of its
     # events: unmarked, none of them can have one
-    if getattr(dialect, "_has_events", True):
-        collections += _dialect_events(dialect.dispatch)
-    known = engine.__dict__.get(_QUIET)
-    if known is None or known[0] != collections or any(map(len, known[1])):
-        # (identity first in the comparison: a replaced collection differs)
-        if not _unheard(collections):
-            return False
-        if _EMPTY_ONLY is not None and set(map(type, collections)) == _EMPTY_ONLY:
-            engine.__dict__[_QUIET] = (collections, tuple(map(_inherited, collections)))
-    begin = d.begin
-    try:
-        own, inherited = begin.listeners, begin.parent_listeners
-    except AttributeError:  # no instance-level listener at all (not convo's engine)
+    marked = getattr(dialect, "_has_events", True)
+    if marked and any(_dialect_events(dialect.dispatch)):
         return False
-    return not inherited and len(own) == 1 and own[0] is begin_hook
+    if any(map(_listeners, collections)):
+        return False
+    begin = d.begin
+    if _listeners(begin) != [begin_hook]:
+        return False
+    pool = engine.pool
+    p = pool.dispatch
+    pool_events = _pool_events(p)
+    checkout = pool_events[0]
+    found = _listeners(checkout)
+    if found and found != [checkout_hook]:
+        return False
+    if any(map(_listeners, pool_events[1:])):
+        return False
+    if marked or not found:
+        return True  # (right, but checked in full each time)
+    lists = _watch(d, (*_CONNECTION_EVENTS, "begin"), mine="begin")
+    pool_lists = _watch(p, _POOL_EVENTS, mine="checkout")
+    if lists is None or pool_lists is None:
+        return True
+    engine.__dict__[_QUIET] = (
+        d, dialect, pool, (*lists, *pool_lists), d.begin.listeners, p.checkout.listeners,
+    )
+    return True
 
 
 def run_direct(
-    engine: Any, plan: Any, *, writes: bool, rollback: Any, held: Any = None
+    engine: Any, plan: Any, *, writes: bool, rollback: Any, held: Any = None,
+    held_cursor: Any = None,
 ) -> Any:
     """Run a plan of ``driver=True`` statements on a pooled DBAPI connection: what
     ``Store._run`` does through a ``Connection`` (``BEGIN IMMEDIATE`` before the first
     statement of a write, ``COMMIT`` at the end, a rollback on error), at the cost of
     the driver calls alone. ``rollback`` is the plans' ROLLBACK marker. ``held``: a
     connection the caller keeps (left open afterwards; on a lost connection the
-    caller drops it), else one is checked out for this plan and returned at the end."""
+    caller drops it), else one is checked out for this plan and returned at the end.
+    ``held_cursor``: a cursor of ``held`` the caller keeps for its plans (its
+    creation was a tenth of the Python an append adds), else one is made for this
+    plan and closed at the end."""
     dialect = engine.dialect
     error = dialect.loaded_dbapi.Error
+    cache = dialect.__dict__.get(_CACHE, _NO_CACHE)  # (prepare's)
     fairy = held if held is not None else engine.raw_connection()  # pool events still run
     dbapi_conn = fairy.dbapi_connection
     in_tx = False
-    cursor = None
+    cursor = held_cursor
     try:
         try:
             op = next(plan)
-            cursor = dbapi_conn.cursor()  # one for the plan's statements
+            if cursor is None:
+                cursor = dbapi_conn.cursor()  # one for the plan's statements
             while True:
                 try:
                     if op is rollback:
@@ -564,9 +660,32 @@ def run_direct(
                                     dialect, dbapi_conn, cursor, "BEGIN IMMEDIATE", (), exc
                                 ) from exc
                             in_tx = True
-                        value = execute_dbapi(
-                            dialect, dbapi_conn, op.stmt, op.params, op.fetch, cursor
+                        params, stmt = op.params, op.stmt
+                        prepared = (
+                            cache.get((id(stmt), tuple(params), False))
+                            if type(params) is dict and op.fetch == "scalar" else None
                         )
+                        if prepared is not None and prepared.stmt is stmt and not prepared.lazy:
+                            # (execute_dbapi, inline, for what a write's statements mostly
+                            # are: one parameter set, one value back; the same steps)
+                            args = prepared.bind(params)
+                            try:
+                                cursor.execute(prepared.sql, args)
+                                rows = cursor.fetchall() if prepared.returns_rows else None
+                            except error as exc:
+                                raise _wrapped(
+                                    dialect, dbapi_conn, cursor, prepared.sql, args, exc
+                                ) from exc
+                            if not rows:
+                                value = None
+                            else:
+                                value, proc = rows[0][0], prepared.processors[0]
+                                if proc is not None and value is not None:
+                                    value = proc(value)
+                        else:
+                            value = execute_dbapi(
+                                dialect, dbapi_conn, stmt, params, op.fetch, cursor
+                            )
                 except DBAPIError as exc:  # the plan may recover (see _store/core.py)
                     if exc.connection_invalidated:
                         raise
@@ -591,7 +710,7 @@ def run_direct(
                 fairy.invalidate(exc.orig)  # (a held one is the caller's to drop)
         raise
     finally:
-        if cursor is not None:
+        if cursor is not None and cursor is not held_cursor:
             try:
                 cursor.close()
             except dialect.loaded_dbapi.Error:  # its connection is gone

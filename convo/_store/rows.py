@@ -183,7 +183,11 @@ def _text_only_values(message: Message, pinned: bool | None) -> dict[str, Any] |
     role = fields["role"]
     if pinned:
         check_pinnable(role, False)
-    if type(role) is not str or bad_index(role) >= 0 or bad_index(content) >= 0:
+    if (
+        type(role) is not str
+        or (role not in _KNOWN_ROLES and bad_index(role) >= 0)
+        or bad_index(content) >= 0
+    ):
         return None  # (not a valid message: the general route says what is wrong)
     # the same dict, in the same order, as the general route builds
     return {
@@ -191,6 +195,10 @@ def _text_only_values(message: Message, pinned: bool | None) -> dict[str, Any] |
         "pinned": pinned if pinned is not None else role in ("system", "developer"),
         "content": content,
     }
+
+
+#: roles a valid message has (plain ASCII: nothing for bad_index to find)
+_KNOWN_ROLES = frozenset(("system", "developer", "user", "assistant", "tool"))
 
 
 def _message_values(
@@ -347,9 +355,11 @@ def stored_message(
     if type(message) is Message and params.keys() <= _PLAIN_KEYS:
         # no key, no reply (given as compact values, see message_values): the
         # message's fields as they are, and the identity (~3x cheaper)
-        values = dict(message.__dict__)
-        values.update(id=id, conversation_id=conversation_id, seq=seq, created_at=created_at,
-                      pinned=params["pinned"], idempotency_key=None, reply=None)
+        values = {
+            **message.__dict__, "id": id, "conversation_id": conversation_id, "seq": seq,
+            "created_at": created_at, "pinned": params["pinned"], "idempotency_key": None,
+            "reply": None,
+        }
         # every field given: the fields set is the one every stored message shares
         return construct(StoredMessage, values, _STORED_FIELDS)
     reply = None

@@ -30,6 +30,7 @@ from . import migrate as _migrate
 from .core import ROLLBACK, UNSET, ConversationPage, Mode, Op, Plan, Unset
 from .engine import (
     _sqlite_begin,
+    _sqlite_checkout,
     create_engine,
     create_read_engine,
     mode_engines,
@@ -273,19 +274,27 @@ class Store(StoreThreads):
             if (
                 direct
                 and self._dialect == "sqlite"
-                and driver.direct_ok(self._engine, _sqlite_begin)
+                and driver.direct_ok(self._engine, _sqlite_begin, _sqlite_checkout)
             ):
                 if not self._thread_connections:
                     value: T = driver.run_direct(
                         self._engine, plan, writes=mode != "read", rollback=ROLLBACK
                     )
                     return value
-                held = self._thread_connection()
-                info = held.info
+                entry = getattr(self._direct, "entry", None)  # (_thread_connection, inline)
+                if (
+                    entry is None
+                    or entry[2] != _fork_generation[0]
+                    or entry[0].dbapi_connection is None
+                ):
+                    self._thread_connection()
+                    entry = self._direct.entry
+                held, info, _, cursor = entry
                 info[_BUSY] = True
                 try:
                     value = driver.run_direct(
-                        self._engine, plan, writes=mode != "read", rollback=ROLLBACK, held=held
+                        self._engine, plan, writes=mode != "read", rollback=ROLLBACK, held=held,
+                        held_cursor=cursor,
                     )
                 except DBAPIError as exc:
                     if exc.connection_invalidated:
@@ -321,6 +330,11 @@ class Store(StoreThreads):
         fairy = self._engine.raw_connection()  # the pool's connect/checkout events run
         fairy.detach()
         local.fairy, local.generation = fairy, _fork_generation[0]
+        # what _run reads on every call, in one thread-local lookup; with a cursor
+        # for every plan (sqlite3 resets it at each execute), closed with the connection
+        dbapi_conn = fairy.dbapi_connection
+        assert dbapi_conn is not None  # (just connected)
+        local.entry = (fairy, fairy.info, _fork_generation[0], dbapi_conn.cursor())
         with self._direct_lock:
             self._direct_all.add(fairy)
         return fairy
@@ -329,7 +343,7 @@ class Store(StoreThreads):
         """Close this thread's connection ``fairy`` (lost, or retired by :meth:`close`)
         and forget it; the next direct call takes a new one."""
         if getattr(self._direct, "fairy", None) is fairy:
-            self._direct.fairy = None
+            self._direct.fairy = self._direct.entry = None
         with self._direct_lock:
             self._direct_all.discard(fairy)
         with contextlib.suppress(Exception):
