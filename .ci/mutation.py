@@ -689,14 +689,33 @@ def prepare(module: str, tests: list[str], workdir: Path) -> None:
         shutil.copytree(ROOT / name, workdir / name, ignore=ignore)
     for name in ("pyproject.toml", "alembic.ini"):
         shutil.copy2(ROOT / name, workdir / name)
-    # mutmut's trampolines add attributes to the classes they transform, which breaks
-    # isinstance() on runtime-checkable protocols: leave protocol classes (no logic) alone
     source = workdir / source_file(module)
-    source.write_text(re.sub(r"^((@runtime_checkable\n)?)(class \w+\(.*Protocol.*\):)$",
-                             lambda m: (m[1].rstrip("\n") + "  # pragma: no mutate block\n" if m[1] else "")
-                             + m[3] + "  # pragma: no mutate block",
-                             source.read_text(), flags=re.MULTILINE))
+    source.write_text(unmutated_protocols(source.read_text()))
     write_config(module, tests, workdir)
+
+
+def unmutated_protocols(text: str) -> str:
+    """mutmut's trampolines add attributes to the classes they transform, which breaks
+    isinstance() on runtime-checkable protocols: leave protocol classes (no logic) alone."""
+    return re.sub(r"^((@runtime_checkable\n)?)(class \w+\(.*Protocol.*\):)$",
+                  lambda m: (m[1].rstrip("\n") + "  # pragma: no mutate block\n" if m[1] else "")
+                  + m[3] + "  # pragma: no mutate block",
+                  text, flags=re.MULTILINE)
+
+
+def same_source(module: str) -> bool:
+    """Whether the scratch copy under build/ was made from the module's source as it is now
+    (then a run of some functions can add to its earlier results)."""
+    copy = WORK / module / source_file(module)
+    return copy.exists() and copy.read_text() == unmutated_protocols((ROOT / source_file(module)).read_text())
+
+
+def function_patterns(module: str, functions: list[str]) -> list[str]:
+    """mutmut name patterns of the mutants of ``functions`` (``start_run``, ``Class.method``),
+    as ``function_of`` names them: ``convo._store.runs.x_start_run__mutmut_*``."""
+    prefix = "convo." + module + "."
+    return [prefix + ("xǁ" + f.replace(".", "ǁ") if "." in f else "x_" + f) + "__mutmut_*"
+            for f in functions]
 
 
 def write_config(module: str, tests: list[str], workdir: Path) -> None:
@@ -794,13 +813,21 @@ def git_commit() -> str:
     return out + ("+changes" if dirty else "")
 
 
-def run_module(module: str, jobs: int, *, survivors: bool, minutes: float | None = None) -> Summary:
+def run_module(module: str, jobs: int, *, survivors: bool, minutes: float | None = None,
+               functions: list[str] | None = None) -> Summary:
     tests = MODULES[module]
     workdir = WORK / module
     names: list[str] = []
-    previous = load(module) if survivors else None
+    previous = load(module) if survivors or functions else None
+    if functions and previous is not None and not same_source(module):
+        print(f"== {module}: the source changed since the last run; its results are dropped",
+              flush=True)
+        previous = None
     if previous is None:
         prepare(module, tests, workdir)
+        if functions:
+            # every other mutant stays not run (mutmut matches the patterns with fnmatch)
+            names = function_patterns(module, functions)
     else:
         # the source is as it was mutated; only the tests (and maybe the mapping) are new
         shutil.copytree(ROOT / "tests", workdir / "tests", dirs_exist_ok=True,
@@ -814,13 +841,16 @@ def run_module(module: str, jobs: int, *, survivors: bool, minutes: float | None
         # not those listed in EQUIVALENT (no test can kill them: each would only run every
         # test that reaches it again)
         names = [m.name for m in previous.mutants
-                 if m.status in ("survived", "no tests", "not checked") and not m.equivalent]
+                 if (m.status in ("survived", "no tests", "not checked") or not survivors)
+                 and not m.equivalent and (not functions or m.function in functions)]
         if not names:
             return previous
     started = time.monotonic()
     commit = git_commit()  # what is mutated and tested: the tree as the run starts
     print(f"== {module}: mutating {source_file(module)} against {', '.join(tests)}"
-          + (f" ({len(names)} survivors again, or not run before)" if names else ""), flush=True)
+          + (f" (functions {', '.join(functions)})" if functions else "")
+          + (f" ({len(names)} survivors again, or not run before)" if survivors and names else ""),
+          flush=True)
     with (shared_postgres(workdir) if module in WITH_POSTGRESQL
           else contextlib.nullcontext(None)) as env:
         code = mutmut_run(workdir, ["--max-children", str(jobs), *names], workdir / "run.log",
@@ -830,11 +860,13 @@ def run_module(module: str, jobs: int, *, survivors: bool, minutes: float | None
     if code not in (0, None) or not meta.exists():
         tail = (workdir / "run.log").read_text(errors="replace")[-3000:]
         raise SystemExit(f"mutmut failed for {module} (exit {code}):\n{tail}")
-    return summarize(module, tests, workdir, commit, seconds, previous, names)
+    what = ("survivors " if survivors else "") + (f"{','.join(functions)} " if functions else "")
+    return summarize(module, tests, workdir, commit, seconds, previous, names, what or "survivors ")
 
 
 def summarize(module: str, tests: list[str], workdir: Path, commit: str, seconds: float,
-              previous: Summary | None = None, names: list[str] | None = None) -> Summary:
+              previous: Summary | None = None, names: list[str] | None = None,
+              what: str = "survivors ") -> Summary:
     """The summary of a module's run from what mutmut recorded (summary.json)."""
     meta = workdir / "mutants" / f"{source_file(module)}.meta"
     codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
@@ -867,7 +899,8 @@ def summarize(module: str, tests: list[str], workdir: Path, commit: str, seconds
         not_run=not_run,
         equivalent=sum(1 for m in mutants if m.equivalent),
         seconds=round(seconds, 1),
-        commit=commit if previous is None else f"{previous.commit}, survivors {commit}",
+        commit=(commit if previous is None else f"{previous.commit}, {what}{commit}")
+        + (f" (only {what.strip()})" if previous is None and names else ""),
         date=time.strftime("%Y-%m-%d"),
         mutants=mutants,
     )
@@ -947,6 +980,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="re-run only the last run's surviving mutants not listed as "
                              "equivalent (and those a stopped run did not reach), with the "
                              "current tests")
+    parser.add_argument("--functions", default=None, metavar="F,G",
+                        help="run the mutants of these functions only (names as the survivors "
+                             "list gives them: start_run, Class.method); with an earlier run "
+                             "of the same source the other functions keep their results, else "
+                             "they count as not run")
     parser.add_argument("--minutes", type=float, default=None,
                         help="stop each module's run after this long; the rest count as not run")
     parser.add_argument("--collect", metavar="COMMIT", default=None,
@@ -981,7 +1019,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("CONVO_REFERENCE_DIR", str(ROOT.parent / "shared" / "reference"))
     summaries = []
     for module in modules:
-        summary = run_module(module, args.jobs, survivors=args.survivors, minutes=args.minutes)
+        summary = run_module(module, args.jobs, survivors=args.survivors, minutes=args.minutes,
+                             functions=args.functions.split(",") if args.functions else None)
         print_survivors(summary)
         print(table([summary]).splitlines()[-1], f"({summary.seconds:.0f} s)", flush=True)
         summaries.append(summary)
