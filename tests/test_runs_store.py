@@ -115,6 +115,22 @@ async def test_a_duplicate_reply_key_keeps_the_first_reply(store):
     assert conv_after.last_seq == 2  # the losing bump was rolled back
 
 
+async def test_a_reply_takes_its_id_as_an_append_does_so_later_appends_fit(store):
+    """The reply's INSERT gives its id the dialect's way (PostgreSQL: the sequence, which
+    later appends take too; an id made SQLite's way there, MAX(id) + 1, leaves the
+    sequence behind and the next append in the conversation collides with the reply)."""
+    conv = await store.create_conversation()
+    user = await store.append(conv.id, {"role": "user", "content": "Hi"})
+    run = await _start(store, conv.id)
+    done = await store.finish_run(run.id, status="ok",
+                                  reply={"role": "assistant", "content": "Hello"})
+    after = await store.append(conv.id, {"role": "user", "content": "And?"})
+    assert done.reply is not None
+    assert (user.seq, done.reply.seq, after.seq) == (1, 2, 3)
+    assert user.id < done.reply.id < after.id
+    assert [m.id for m in await store.messages(conv.id)] == [user.id, done.reply.id, after.id]
+
+
 async def test_list_runs_newest_first_with_keyset_paging(store):
     conv = await store.create_conversation()
     other = await store.create_conversation()
