@@ -695,12 +695,28 @@ def prepare(module: str, tests: list[str], workdir: Path) -> None:
 
 
 def unmutated_protocols(text: str) -> str:
-    """mutmut's trampolines add attributes to the classes they transform, which breaks
-    isinstance() on runtime-checkable protocols: leave protocol classes (no logic) alone."""
-    return re.sub(r"^((@runtime_checkable\n)?)(class \w+\(.*Protocol.*\):)$",
+    """The module's source as it is mutated.
+
+    mutmut's trampolines add attributes to the classes they transform, which breaks
+    isinstance() on runtime-checkable protocols: leave protocol classes (no logic) alone.
+
+    mutmut leaves every decorated function unmutated, and the store's public plans are
+    all ``@checked`` (their input rules): ``append``, ``fork``, ``messages``... would
+    not be measured at all. Each such plan is defined undecorated and wrapped at the
+    end of the module instead (``append = checked(append)``), which is the same
+    function once the module is imported (checked() reads the signature mutmut's
+    trampoline keeps).
+    """
+    text = re.sub(r"^((@runtime_checkable\n)?)(class \w+\(.*Protocol.*\):)$",
                   lambda m: (m[1].rstrip("\n") + "  # pragma: no mutate block\n" if m[1] else "")
                   + m[3] + "  # pragma: no mutate block",
                   text, flags=re.MULTILINE)
+    wrapped = re.findall(r"^@(checked)\ndef (\w+)\(", text, flags=re.MULTILINE)
+    if wrapped:
+        text = re.sub(r"^@checked\n(def \w+\()", r"\1", text, flags=re.MULTILINE)
+        text += "\n\n# (.ci/mutation.py: the decorators, applied after mutmut's trampolines)\n"
+        text += "".join(f"{name} = {deco}({name})  # pragma: no mutate\n" for deco, name in wrapped)
+    return text
 
 
 def same_source(module: str) -> bool:
