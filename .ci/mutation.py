@@ -63,7 +63,7 @@ MODULES: dict[str, list[str]] = {
                        "test_client_secrets.py", "test_client_limits.py", "test_client_hostile.py",
                        "test_client_deadlines.py"],
     "_store.core": ["test_store.py", "test_store_fork.py", "test_store_edges.py",
-                    "test_context_edges.py"],
+                    "test_context_edges.py", "test_store_hotpath.py", "test_store_lineage.py"],
     "_store.context": ["test_store.py", "test_store_fork.py", "test_context_reads.py",
                        "test_context_edges.py", "test_store_hotpath.py"],
     "_store.sql": ["test_store.py", "test_store_fork.py", "test_store_edges.py",
