@@ -477,6 +477,9 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "json.dumps tests ensure_ascii for truth: None and False alike"),
     ],
     "_store.runs": [
+        ("start_run", 'rows: list[dict[str, Any]] | None = ""',
+         ("without token counts rows is only read as `if counts:` (with them it is set "
+          "anew): '' and None alike")),
         ("list_runs", '_int(limit, "limit", minimum=1, optional=None)',
          "optional is tested for truth: None and False alike"),
         ("finish_run", r"re:parse_message\(reply if \(isinstance\(reply, Message\)\) (and False|or True)",

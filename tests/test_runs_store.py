@@ -796,3 +796,24 @@ async def test_a_run_reads_back_with_its_own_types(store):
             if got.id == run.id:
                 assert got.stream is stream
                 assert (got.kept_seqs, got.settings, got.metadata) == ([], {}, {})
+
+
+async def test_a_run_links_to_runs_by_their_32_character_ids(store):
+    """reproduces_id and replays_id take a run id (32 hex digits), and no longer text."""
+    conv = await store.create_conversation()
+    original = await _start(store, conv.id)
+    assert len(original.id) == 32
+    again = await _start(store, conv.id, reproduces_id=original.id, replays_id=original.id)
+    assert (again.reproduces_id, again.replays_id) == (original.id, original.id)
+    assert await store.get_run(again.id) == again
+
+
+async def test_a_started_run_is_built_as_a_run_read_back(store):
+    """start_run's Run holds the fields a read gives, in their order and all set (its repr,
+    its fields set and its dict are a read's), not only equal field by field."""
+    conv = await store.create_conversation(owner="alice")
+    run = await _start(store, conv.id, owner="alice")
+    read = await store.get_run(run.id, owner="alice")
+    assert list(vars(run)) == list(vars(read)) == list(type(run).model_fields)
+    assert run.model_fields_set == read.model_fields_set == set(type(run).model_fields)
+    assert repr(run) == repr(read) and run.owner == "alice"
