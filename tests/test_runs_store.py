@@ -817,3 +817,17 @@ async def test_a_started_run_is_built_as_a_run_read_back(store):
     assert list(vars(run)) == list(vars(read)) == list(type(run).model_fields)
     assert run.model_fields_set == read.model_fields_set == set(type(run).model_fields)
     assert repr(run) == repr(read) and run.owner == "alice"
+
+
+async def test_a_run_for_a_missing_or_hidden_conversation_names_it(store):
+    conv = await store.create_conversation(owner="alice")
+    before = store.snapshot()
+    missing = "0" * 32
+    with pytest.raises(ConversationNotFound) as info:
+        await _start(store, missing)
+    assert str(info.value) == f"conversation '{missing}' not found"
+    assert (info.value.conversation_id, info.value.owner) == (missing, None)
+    with pytest.raises(ConversationNotFound) as info:
+        await _start(store, conv.id, owner="bob")
+    assert str(info.value) == f"conversation '{conv.id}' not found for owner 'bob'"
+    assert store.snapshot() == before
