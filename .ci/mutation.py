@@ -478,8 +478,8 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
     ],
     "_store.runs": [
         ("start_run", r"re:^yield Op\(sql\.insert_token_counts\(dialect\), counts, (None, )?driver=True\)$",
-         ("a statement whose result is not read: an executemany INSERT fetches nothing "
-          "whatever the mode (both databases ran the token-count tests)")),
+         ("a driver=True INSERT without RETURNING gives None whatever the fetch mode, on the "
+          "direct route and the observed one (driver.execute / from_result: not returns_rows)")),
         ("start_run", 'rows: list[dict[str, Any]] | None = ""',
          ("without token counts rows is only read as `if counts:` (with them it is set "
           "anew): '' and None alike")),
