@@ -210,6 +210,23 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "a tool message always has a tool_call_id"),
     ],
     "_store.core": [
+        *[("append_current", code, _REDUNDANT_KEY_CHECK) for code in (
+            "existing = None",
+            r're:"key": idempotency_key\}, (None|"XXfirstXX"|"FIRST"),$',
+        )],
+        ("append_current", 'existing = ""', "a dead store: both branches below set existing"),
+        ("append_current", r"re:^driver=(None|False)\)$",
+         "the DBAPI fast path is an optimization: SQLAlchemy rows read by position the same"),
+        ("append_current", 'row = yield Op(sql.append_returning_seq(scoped, True), single, "first", )',
+         "the DBAPI fast path is an optimization: SQLAlchemy rows read by position the same"),
+        ("append_current", r're:dialect == "(XXpostgresqlXX|POSTGRESQL)":$',
+         ("PostgreSQL's one-statement append is an optimization: the two-statement path "
+          "(counter, then INSERT with the sequence's id) stores and returns the same")),
+        ("append_current", "lineage = yield from _lineage(cid, None)",
+         "the counter update just found this branch in the owner's scope (scoped UPDATE)"),
+        ("append_current", "return cid, (yield from _insert(cid, seq, msg, values, stamp, None, dialect))",
+         ("_insert reads the key only in its IntegrityError net, which the key lookup just "
+          "before leaves to a race: " + _RACE)),
         ("*", r're:yield Op\(.*, (None|"XXnoneXX"|"NONE")\)$',
          "a statement whose result is not read: every unknown fetch mode returns None"),
         ("*", r"re:driver=(None|False)\)|(\{\"cid\": conversation_id\}|params), \)+$",
