@@ -210,6 +210,13 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "a tool message always has a tool_call_id"),
     ],
     "_store.core": [
+        # _insert's IntegrityError net (a key stored by a race between the lookup and the
+        # INSERT): the lookup before it returns a stored key's message first
+        *[("_insert", code, _REDUNDANT_KEY_CHECK) for code in (
+            "if idempotency_key is not None:", "existing = None",
+            r"re:^existing = yield Op\(", r"re:^driver=(None|False)\)$",
+        )],
+        ("_insert", ")", _REDUNDANT_KEY_CHECK, "driver=True)"),
         *[("append_current", code, _REDUNDANT_KEY_CHECK) for code in (
             "existing = None",
             r're:"key": idempotency_key\}, (None|"XXfirstXX"|"FIRST"),$',
