@@ -213,7 +213,8 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         # _insert's IntegrityError net (a key stored by a race between the lookup and the
         # INSERT): the lookup before it returns a stored key's message first
         *[("_insert", code, _REDUNDANT_KEY_CHECK) for code in (
-            "if idempotency_key is not None:", "existing = None",
+            "if idempotency_key is not None:", "existing = None", "if existing is not None:",
+            "return message_from_row(None)",
             r"re:^existing = yield Op\(", r"re:^driver=(None|False)\)$",
         )],
         ("_insert", ")", _REDUNDANT_KEY_CHECK, "driver=True)"),
