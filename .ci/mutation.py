@@ -234,7 +234,7 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "the counter update just found this branch in the owner's scope (scoped UPDATE)"),
         ("append_current", "return cid, (yield from _insert(cid, seq, msg, values, stamp, None, dialect))",
          ("_insert reads the key only in its IntegrityError net, which the key lookup just "
-          "before leaves to a race: " + _RACE)),
+          "before leaves to a concurrent send of the same key: no deterministic test")),
         ("*", r're:yield Op\(.*, (None|"XXnoneXX"|"NONE")\)$',
          "a statement whose result is not read: every unknown fetch mode returns None"),
         ("*", r"re:driver=(None|False)\)|(\{\"cid\": conversation_id\}|params), \)+$",
