@@ -63,7 +63,7 @@ MODULES: dict[str, list[str]] = {
                        "test_client_secrets.py", "test_client_limits.py", "test_client_hostile.py",
                        "test_client_deadlines.py"],
     "_store.core": ["test_store.py", "test_store_fork.py", "test_store_edges.py",
-                    "test_context_edges.py"],
+                    "test_context_edges.py", "test_store_hotpath.py", "test_store_lineage.py"],
     "_store.context": ["test_store.py", "test_store_fork.py", "test_context_reads.py",
                        "test_context_edges.py", "test_store_hotpath.py"],
     "_store.sql": ["test_store.py", "test_store_fork.py", "test_store_edges.py",
@@ -210,6 +210,31 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "a tool message always has a tool_call_id"),
     ],
     "_store.core": [
+        # _insert's IntegrityError net (a key stored by a race between the lookup and the
+        # INSERT): the lookup before it returns a stored key's message first
+        *[("_insert", code, _REDUNDANT_KEY_CHECK) for code in (
+            "if idempotency_key is not None:", "existing = None", "if existing is not None:",
+            "return message_from_row(None)",
+            r"re:^existing = yield Op\(", r"re:^driver=(None|False)\)$",
+        )],
+        ("_insert", ")", _REDUNDANT_KEY_CHECK, "driver=True)"),
+        *[("append_current", code, _REDUNDANT_KEY_CHECK) for code in (
+            "existing = None",
+            r're:"key": idempotency_key\}, (None|"XXfirstXX"|"FIRST"),$',
+        )],
+        ("append_current", 'existing = ""', "a dead store: both branches below set existing"),
+        ("append_current", r"re:^driver=(None|False)\)$",
+         "the DBAPI fast path is an optimization: SQLAlchemy rows read by position the same"),
+        ("append_current", 'row = yield Op(sql.append_returning_seq(scoped, True), single, "first", )',
+         "the DBAPI fast path is an optimization: SQLAlchemy rows read by position the same"),
+        ("append_current", r're:dialect == "(XXpostgresqlXX|POSTGRESQL)":$',
+         ("PostgreSQL's one-statement append is an optimization: the two-statement path "
+          "(counter, then INSERT with the sequence's id) stores and returns the same")),
+        ("append_current", "lineage = yield from _lineage(cid, None)",
+         "the counter update just found this branch in the owner's scope (scoped UPDATE)"),
+        ("append_current", "return cid, (yield from _insert(cid, seq, msg, values, stamp, None, dialect))",
+         ("_insert reads the key only in its IntegrityError net, which the key lookup just "
+          "before leaves to a concurrent send of the same key: no deterministic test")),
         ("*", r're:yield Op\(.*, (None|"XXnoneXX"|"NONE")\)$',
          "a statement whose result is not read: every unknown fetch mode returns None"),
         ("*", r"re:driver=(None|False)\)|(\{\"cid\": conversation_id\}|params), \)+$",
@@ -477,6 +502,13 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "json.dumps tests ensure_ascii for truth: None and False alike"),
     ],
     "_store.runs": [
+        ("start_run", (r're:^yield Op\(sql\.insert_token_counts\(dialect\), counts, '
+                       r'(None, |"XXnoneXX", |"NONE", )?driver=True\)$'),
+         ("a driver=True INSERT without RETURNING gives None whatever the fetch mode, on the "
+          "direct route and the observed one (driver.execute / from_result: not returns_rows)")),
+        ("start_run", 'rows: list[dict[str, Any]] | None = ""',
+         ("without token counts rows is only read as `if counts:` (with them it is set "
+          "anew): '' and None alike")),
         ("list_runs", '_int(limit, "limit", minimum=1, optional=None)',
          "optional is tested for truth: None and False alike"),
         ("finish_run", r"re:parse_message\(reply if \(isinstance\(reply, Message\)\) (and False|or True)",
@@ -689,14 +721,49 @@ def prepare(module: str, tests: list[str], workdir: Path) -> None:
         shutil.copytree(ROOT / name, workdir / name, ignore=ignore)
     for name in ("pyproject.toml", "alembic.ini"):
         shutil.copy2(ROOT / name, workdir / name)
-    # mutmut's trampolines add attributes to the classes they transform, which breaks
-    # isinstance() on runtime-checkable protocols: leave protocol classes (no logic) alone
     source = workdir / source_file(module)
-    source.write_text(re.sub(r"^((@runtime_checkable\n)?)(class \w+\(.*Protocol.*\):)$",
-                             lambda m: (m[1].rstrip("\n") + "  # pragma: no mutate block\n" if m[1] else "")
-                             + m[3] + "  # pragma: no mutate block",
-                             source.read_text(), flags=re.MULTILINE))
+    source.write_text(unmutated_protocols(source.read_text()))
     write_config(module, tests, workdir)
+
+
+def unmutated_protocols(text: str) -> str:
+    """The module's source as it is mutated.
+
+    mutmut's trampolines add attributes to the classes they transform, which breaks
+    isinstance() on runtime-checkable protocols: leave protocol classes (no logic) alone.
+
+    mutmut leaves every decorated function unmutated, and the store's public plans are
+    all ``@checked`` (their input rules): ``append``, ``fork``, ``messages``... would
+    not be measured at all. Each such plan is defined undecorated and wrapped at the
+    end of the module instead (``append = checked(append)``), which is the same
+    function once the module is imported (checked() reads the signature mutmut's
+    trampoline keeps).
+    """
+    text = re.sub(r"^((@runtime_checkable\n)?)(class \w+\(.*Protocol.*\):)$",
+                  lambda m: (m[1].rstrip("\n") + "  # pragma: no mutate block\n" if m[1] else "")
+                  + m[3] + "  # pragma: no mutate block",
+                  text, flags=re.MULTILINE)
+    wrapped = re.findall(r"^@(checked)\ndef (\w+)\(", text, flags=re.MULTILINE)
+    if wrapped:
+        text = re.sub(r"^@checked\n(def \w+\()", r"\1", text, flags=re.MULTILINE)
+        text += "\n\n# (.ci/mutation.py: the decorators, applied after mutmut's trampolines)\n"
+        text += "".join(f"{name} = {deco}({name})  # pragma: no mutate\n" for deco, name in wrapped)
+    return text
+
+
+def same_source(module: str) -> bool:
+    """Whether the scratch copy under build/ was made from the module's source as it is now
+    (then a run of some functions can add to its earlier results)."""
+    copy = WORK / module / source_file(module)
+    return copy.exists() and copy.read_text() == unmutated_protocols((ROOT / source_file(module)).read_text())
+
+
+def function_patterns(module: str, functions: list[str]) -> list[str]:
+    """mutmut name patterns of the mutants of ``functions`` (``start_run``, ``Class.method``),
+    as ``function_of`` names them: ``convo._store.runs.x_start_run__mutmut_*``."""
+    prefix = "convo." + module + "."
+    return [prefix + ("xǁ" + f.replace(".", "ǁ") if "." in f else "x_" + f) + "__mutmut_*"
+            for f in functions]
 
 
 def write_config(module: str, tests: list[str], workdir: Path) -> None:
@@ -794,13 +861,21 @@ def git_commit() -> str:
     return out + ("+changes" if dirty else "")
 
 
-def run_module(module: str, jobs: int, *, survivors: bool, minutes: float | None = None) -> Summary:
+def run_module(module: str, jobs: int, *, survivors: bool, minutes: float | None = None,
+               functions: list[str] | None = None) -> Summary:
     tests = MODULES[module]
     workdir = WORK / module
     names: list[str] = []
-    previous = load(module) if survivors else None
+    previous = load(module) if survivors or functions else None
+    if functions and previous is not None and not same_source(module):
+        print(f"== {module}: the source changed since the last run; its results are dropped",
+              flush=True)
+        previous = None
     if previous is None:
         prepare(module, tests, workdir)
+        if functions:
+            # every other mutant stays not run (mutmut matches the patterns with fnmatch)
+            names = function_patterns(module, functions)
     else:
         # the source is as it was mutated; only the tests (and maybe the mapping) are new
         shutil.copytree(ROOT / "tests", workdir / "tests", dirs_exist_ok=True,
@@ -814,13 +889,16 @@ def run_module(module: str, jobs: int, *, survivors: bool, minutes: float | None
         # not those listed in EQUIVALENT (no test can kill them: each would only run every
         # test that reaches it again)
         names = [m.name for m in previous.mutants
-                 if m.status in ("survived", "no tests", "not checked") and not m.equivalent]
+                 if (m.status in ("survived", "no tests", "not checked") or not survivors)
+                 and not m.equivalent and (not functions or m.function in functions)]
         if not names:
             return previous
     started = time.monotonic()
     commit = git_commit()  # what is mutated and tested: the tree as the run starts
     print(f"== {module}: mutating {source_file(module)} against {', '.join(tests)}"
-          + (f" ({len(names)} survivors again, or not run before)" if names else ""), flush=True)
+          + (f" (functions {', '.join(functions)})" if functions else "")
+          + (f" ({len(names)} survivors again, or not run before)" if survivors and names else ""),
+          flush=True)
     with (shared_postgres(workdir) if module in WITH_POSTGRESQL
           else contextlib.nullcontext(None)) as env:
         code = mutmut_run(workdir, ["--max-children", str(jobs), *names], workdir / "run.log",
@@ -830,11 +908,13 @@ def run_module(module: str, jobs: int, *, survivors: bool, minutes: float | None
     if code not in (0, None) or not meta.exists():
         tail = (workdir / "run.log").read_text(errors="replace")[-3000:]
         raise SystemExit(f"mutmut failed for {module} (exit {code}):\n{tail}")
-    return summarize(module, tests, workdir, commit, seconds, previous, names)
+    what = ("survivors " if survivors else "") + (f"{','.join(functions)} " if functions else "")
+    return summarize(module, tests, workdir, commit, seconds, previous, names, what or "survivors ")
 
 
 def summarize(module: str, tests: list[str], workdir: Path, commit: str, seconds: float,
-              previous: Summary | None = None, names: list[str] | None = None) -> Summary:
+              previous: Summary | None = None, names: list[str] | None = None,
+              what: str = "survivors ") -> Summary:
     """The summary of a module's run from what mutmut recorded (summary.json)."""
     meta = workdir / "mutants" / f"{source_file(module)}.meta"
     codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
@@ -867,7 +947,8 @@ def summarize(module: str, tests: list[str], workdir: Path, commit: str, seconds
         not_run=not_run,
         equivalent=sum(1 for m in mutants if m.equivalent),
         seconds=round(seconds, 1),
-        commit=commit if previous is None else f"{previous.commit}, survivors {commit}",
+        commit=(commit if previous is None else f"{previous.commit}, {what}{commit}")
+        + (f" (only {what.strip()})" if previous is None and names else ""),
         date=time.strftime("%Y-%m-%d"),
         mutants=mutants,
     )
@@ -947,6 +1028,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="re-run only the last run's surviving mutants not listed as "
                              "equivalent (and those a stopped run did not reach), with the "
                              "current tests")
+    parser.add_argument("--functions", default=None, metavar="F,G",
+                        help="run the mutants of these functions only (names as the survivors "
+                             "list gives them: start_run, Class.method); with an earlier run "
+                             "of the same source the other functions keep their results, else "
+                             "they count as not run")
     parser.add_argument("--minutes", type=float, default=None,
                         help="stop each module's run after this long; the rest count as not run")
     parser.add_argument("--collect", metavar="COMMIT", default=None,
@@ -981,7 +1067,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("CONVO_REFERENCE_DIR", str(ROOT.parent / "shared" / "reference"))
     summaries = []
     for module in modules:
-        summary = run_module(module, args.jobs, survivors=args.survivors, minutes=args.minutes)
+        summary = run_module(module, args.jobs, survivors=args.survivors, minutes=args.minutes,
+                             functions=args.functions.split(",") if args.functions else None)
         print_survivors(summary)
         print(table([summary]).splitlines()[-1], f"({summary.seconds:.0f} s)", flush=True)
         summaries.append(summary)

@@ -115,6 +115,22 @@ async def test_a_duplicate_reply_key_keeps_the_first_reply(store):
     assert conv_after.last_seq == 2  # the losing bump was rolled back
 
 
+async def test_a_reply_takes_its_id_as_an_append_does_so_later_appends_fit(store):
+    """The reply's INSERT gives its id the dialect's way (PostgreSQL: the sequence, which
+    later appends take too; an id made SQLite's way there, MAX(id) + 1, leaves the
+    sequence behind and the next append in the conversation collides with the reply)."""
+    conv = await store.create_conversation()
+    user = await store.append(conv.id, {"role": "user", "content": "Hi"})
+    run = await _start(store, conv.id)
+    done = await store.finish_run(run.id, status="ok",
+                                  reply={"role": "assistant", "content": "Hello"})
+    after = await store.append(conv.id, {"role": "user", "content": "And?"})
+    assert done.reply is not None
+    assert (user.seq, done.reply.seq, after.seq) == (1, 2, 3)
+    assert user.id < done.reply.id < after.id
+    assert [m.id for m in await store.messages(conv.id)] == [user.id, done.reply.id, after.id]
+
+
 async def test_list_runs_newest_first_with_keyset_paging(store):
     conv = await store.create_conversation()
     other = await store.create_conversation()
@@ -780,3 +796,38 @@ async def test_a_run_reads_back_with_its_own_types(store):
             if got.id == run.id:
                 assert got.stream is stream
                 assert (got.kept_seqs, got.settings, got.metadata) == ([], {}, {})
+
+
+async def test_a_run_links_to_runs_by_their_32_character_ids(store):
+    """reproduces_id and replays_id take a run id (32 hex digits), and no longer text."""
+    conv = await store.create_conversation()
+    original = await _start(store, conv.id)
+    assert len(original.id) == 32
+    again = await _start(store, conv.id, reproduces_id=original.id, replays_id=original.id)
+    assert (again.reproduces_id, again.replays_id) == (original.id, original.id)
+    assert await store.get_run(again.id) == again
+
+
+async def test_a_started_run_is_built_as_a_run_read_back(store):
+    """start_run's Run holds the fields a read gives, in their order and all set (its repr,
+    its fields set and its dict are a read's), not only equal field by field."""
+    conv = await store.create_conversation(owner="alice")
+    run = await _start(store, conv.id, owner="alice")
+    read = await store.get_run(run.id, owner="alice")
+    assert list(vars(run)) == list(vars(read)) == list(type(run).model_fields)
+    assert run.model_fields_set == read.model_fields_set == set(type(run).model_fields)
+    assert repr(run) == repr(read) and run.owner == "alice"
+
+
+async def test_a_run_for_a_missing_or_hidden_conversation_names_it(store):
+    conv = await store.create_conversation(owner="alice")
+    before = store.snapshot()
+    missing = "0" * 32
+    with pytest.raises(ConversationNotFound) as info:
+        await _start(store, missing)
+    assert str(info.value) == f"conversation '{missing}' not found"
+    assert (info.value.conversation_id, info.value.owner) == (missing, None)
+    with pytest.raises(ConversationNotFound) as info:
+        await _start(store, conv.id, owner="bob")
+    assert str(info.value) == f"conversation '{conv.id}' not found for owner 'bob'"
+    assert store.snapshot() == before

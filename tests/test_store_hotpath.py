@@ -323,6 +323,37 @@ async def test_append_current_goes_to_the_current_branch_in_scope(store: Any) ->
     assert store.snapshot() == before
 
 
+async def test_append_current_on_a_thread_without_branches(store: Any) -> None:
+    """The plain case of append_current (no branch): the key is stored and a re-sent key
+    writes nothing; what it returns is what a read gives (PostgreSQL's one-statement
+    path too); the ids follow as an append's do; a missing or hidden conversation is
+    named, on both paths (with a key and without)."""
+    conv = await store.create_conversation(owner="alice")
+    cid, keyed = await store._append_current(conv.id, Message.user("a"), idempotency_key="k1",
+                                             owner="alice")
+    assert cid == conv.id and keyed.idempotency_key == "k1"
+    assert keyed == await store.get_message(conv.id, keyed.seq, owner="alice")
+    before = store.snapshot()
+    cid, again = await store._append_current(conv.id, Message.user("b"), idempotency_key="k1",
+                                             owner="alice")
+    assert (cid, again) == (conv.id, keyed) and store.snapshot() == before
+    cid, plain = await store._append_current(conv.id, Message.user("c"), owner="alice")
+    assert cid == conv.id and plain == await store.get_message(conv.id, 2, owner="alice")
+    cid, second = await store._append_current(conv.id, Message.user("d"), idempotency_key="k2",
+                                              owner="alice")
+    after = await store.append(conv.id, Message.user("e"), owner="alice")
+    assert keyed.id < plain.id < second.id < after.id and after.seq == 4
+    for key in (None, "k3"):
+        with pytest.raises(ConversationNotFound) as info:
+            await store._append_current(conv.id, Message.user("x"), idempotency_key=key,
+                                        owner="bob")
+        assert str(info.value) == f"conversation '{conv.id}' not found for owner 'bob'"
+        with pytest.raises(ConversationNotFound) as info:
+            await store._append_current("0" * 32, Message.user("x"), idempotency_key=key)
+        assert str(info.value) == f"conversation '{'0' * 32}' not found"
+    assert [m.seq for m in await store.messages(conv.id)] == [1, 2, 3, 4]
+
+
 # --- the direct path --------------------------------------------------------------------------
 
 
