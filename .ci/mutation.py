@@ -685,7 +685,8 @@ def prepare(module: str, tests: list[str], workdir: Path) -> None:
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
-    for name in ("convo", "tests", "migrations"):
+    # bench: test_context_summaries.py reads its synthetic chat (bench/_chat_data.py)
+    for name in ("convo", "tests", "migrations", "bench"):
         shutil.copytree(ROOT / name, workdir / name, ignore=ignore)
     for name in ("pyproject.toml", "alembic.ini"):
         shutil.copy2(ROOT / name, workdir / name)
@@ -710,7 +711,7 @@ def write_config(module: str, tests: list[str], workdir: Path) -> None:
 [tool.mutmut]
 source_paths = ["convo"]
 only_mutate = ["{source_file(module)}"]
-also_copy = ["migrations", "alembic.ini"]
+also_copy = ["migrations", "alembic.ini", "bench"]
 pytest_add_cli_args_test_selection = [{selection}]
 pytest_add_cli_args = [{only_sqlite}"--hypothesis-seed=0", "-W", "ignore::DeprecationWarning"]
 use_git_change_detection = false
@@ -803,8 +804,9 @@ def run_module(module: str, jobs: int, *, survivors: bool, minutes: float | None
         prepare(module, tests, workdir)
     else:
         # the source is as it was mutated; only the tests (and maybe the mapping) are new
-        shutil.copytree(ROOT / "tests", workdir / "tests", dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        for name in ("tests", "bench"):
+            shutil.copytree(ROOT / name, workdir / name, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         shutil.copy2(ROOT / "pyproject.toml", workdir / "pyproject.toml")
         write_config(module, tests, workdir)
         # changed tests cover other functions now: have mutmut map tests to functions anew
