@@ -352,6 +352,78 @@ def test_recount_overflow_names_the_rendered_request(store: Any) -> None:
             "the pinned messages and the newest turn are left: raise the budget") in str(err)
 
 
+# --- the recount overflows with a summarizer (_fit's loop) -------------------------------------------
+
+
+class Rolling(Fixed):
+    """A summarizer that records each call's seqs and the summary it rolls forward from."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.previous: list[str | None] = []
+
+    def summarize(self, messages: Sequence[Any], *, previous: str | None, max_tokens: int) -> str:
+        super().summarize(messages, previous=previous, max_tokens=max_tokens)
+        self.previous.append(previous)
+        return f"earlier talk {messages[-1].seq}"
+
+
+def _echo_build(store: Any, **kw: Any) -> tuple[str, Any, Rolling, int]:
+    """A thread whose every message the estimates keep but whose echoed prompt does not fit."""
+    history = [Message.system("Be terse."), *_turns(6, 20), Message.user("now")]  # seqs 1-14
+    cid = conversation(store, history)
+    tpl = EchoTemplate()
+    # the estimates count each text once: about half the prompt, which writes it twice
+    budget = COUNTER.count(tpl.render(history)) * 3 // 4
+    rec = Rolling()
+    as_of = kw.pop("as_of", None)
+    ctx = ContextBuilder(store, model=MODEL, mode="completion", template=tpl, budget=budget,
+                         summarizer=rec, summary_max_tokens=20, **kw).build(cid, as_of=as_of)
+    assert ctx.report.prompt_tokens == COUNTER.count(ctx.prompt or "") <= budget
+    return cid, ctx.report, rec, budget
+
+
+def test_an_overflow_only_the_recount_shows_drops_to_the_low_water_mark(store: Any) -> None:
+    # Selection dropped nothing (no summary yet); the exact count overflows: the turn
+    # dropped for it is an overflow like any other, and history goes down to the mark.
+    cid, report, rec, budget = _echo_build(store, low_water=0.5)
+    assert rec.calls == [[2, 3, 4, 5, 6, 7]] and rec.previous == [None]
+    assert report.kept_seqs == [1, 8, 9, 10, 11, 12, 13, 14]
+    assert (report.stop_reason, report.dropped_through, report.dropped_count) == ("low water", 7, 6)
+    room = budget - report.overhead_tokens - report.pinned_tokens - 20
+    assert report.low_water == int(0.5 * room) and report.history_tokens <= report.low_water
+    summary = report.summary
+    assert summary is not None and (summary.start_seq, summary.end_seq) == (1, 7)
+    assert summary.created and summary.stored and not summary.reused and summary.calls == 1
+    stored = store.latest_summary(cid, up_to_seq=14)
+    assert (stored.id, stored.content) == (summary.id, "earlier talk 7")
+
+
+@pytest.mark.parametrize("low_water", [0.9, None], ids=["hysteresis", "no-hysteresis"])
+@pytest.mark.parametrize("as_of", [None, 14], ids=["now", "as-of"])
+def test_a_summary_rolls_forward_from_the_one_just_made_while_the_prompt_overflows(
+    store: Any, low_water: float | None, as_of: int | None
+) -> None:
+    # The first summary (of 2-3) leaves the prompt too long: each turn dropped after it
+    # is summarized from it (previous=its text), never from scratch nor from the store,
+    # which holds nothing for an as-of build.
+    cid, report, rec, budget = _echo_build(store, low_water=low_water, as_of=as_of)
+    assert rec.calls == [[2, 3], [4, 5]] and rec.previous == [None, "earlier talk 3"]
+    assert report.kept_seqs == [1, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+    assert (report.stop_reason, report.dropped_through, report.dropped_count) == ("budget", 5, 4)
+    room = budget - report.overhead_tokens - report.pinned_tokens - 20
+    assert report.low_water == (None if low_water is None else int(low_water * room))
+    summary = report.summary
+    assert summary is not None and (summary.start_seq, summary.end_seq) == (1, 5)
+    assert summary.created and not summary.reused and summary.calls == 2
+    assert summary.stored is (as_of is None)
+    stored = store.latest_summary(cid, up_to_seq=14)
+    if as_of is None:
+        assert (stored.id, stored.content) == (summary.id, "earlier talk 5")
+    else:
+        assert stored is None
+
+
 # --- summaries --------------------------------------------------------------------------------------
 
 

@@ -196,7 +196,7 @@ def tail(
 
 def _open(
     conversation_id: str, encoding: str, limit: int, owner: str | None, before: int | None,
-    compact: bool = False, after: int | None = None,
+    compact: bool, after: int | None = None,
 ) -> Plan[tuple[list[tuple[StoredMessage, int | None]], list[tuple[StoredMessage, int | None]],
                 Lineage]]:
     """The opening reads of a build. A conversation that is not a fork (the common
