@@ -368,8 +368,9 @@ class Rolling(Fixed):
         return f"earlier talk {messages[-1].seq}"
 
 
-def _echo_build(store: Any, **kw: Any) -> tuple[str, Any, Rolling, int]:
-    """A thread whose every message the estimates keep but whose echoed prompt does not fit."""
+def _echo_build(store: Any, **kw: Any) -> tuple[str, Any, Rolling, int, Any]:
+    """A thread whose every message the estimates keep but whose echoed prompt does not
+    fit; returns the id, the report, the summarizer, the budget and the builder."""
     history = [Message.system("Be terse."), *_turns(6, 20), Message.user("now")]  # seqs 1-14
     cid = conversation(store, history)
     tpl = EchoTemplate()
@@ -377,16 +378,21 @@ def _echo_build(store: Any, **kw: Any) -> tuple[str, Any, Rolling, int]:
     budget = COUNTER.count(tpl.render(history)) * 3 // 4
     rec = Rolling()
     as_of = kw.pop("as_of", None)
-    ctx = ContextBuilder(store, model=MODEL, mode="completion", template=tpl, budget=budget,
-                         summarizer=rec, summary_max_tokens=20, **kw).build(cid, as_of=as_of)
+    builder = ContextBuilder(store, model=MODEL, mode="completion", template=tpl, budget=budget,
+                             summarizer=rec, summary_max_tokens=20, **kw)
+    ctx = builder.build(cid, as_of=as_of)
     assert ctx.report.prompt_tokens == COUNTER.count(ctx.prompt or "") <= budget
-    return cid, ctx.report, rec, budget
+    # the summary is sent, where the history it stands for was
+    summary = ctx.report.summary
+    assert summary is not None and ctx.messages[1] == Message.system(
+        f"{SUMMARY_PREFIX}earlier talk {summary.end_seq}")
+    return cid, ctx.report, rec, budget, builder
 
 
 def test_an_overflow_only_the_recount_shows_drops_to_the_low_water_mark(store: Any) -> None:
     # Selection dropped nothing (no summary yet); the exact count overflows: the turn
     # dropped for it is an overflow like any other, and history goes down to the mark.
-    cid, report, rec, budget = _echo_build(store, low_water=0.5)
+    cid, report, rec, budget, builder = _echo_build(store, low_water=0.5)
     assert rec.calls == [[2, 3, 4, 5, 6, 7]] and rec.previous == [None]
     assert report.kept_seqs == [1, 8, 9, 10, 11, 12, 13, 14]
     assert (report.stop_reason, report.dropped_through, report.dropped_count) == ("low water", 7, 6)
@@ -397,6 +403,11 @@ def test_an_overflow_only_the_recount_shows_drops_to_the_low_water_mark(store: A
     assert summary.created and summary.stored and not summary.reused and summary.calls == 1
     stored = store.latest_summary(cid, up_to_seq=14)
     assert (stored.id, stored.content) == (summary.id, "earlier talk 7")
+    # The next build overflows the same way, and the stored summary now serves it as is:
+    # the window right after it fits the exact count (no summarizer call).
+    again = builder.build(cid).report
+    assert (again.kept_seqs, again.stop_reason, len(rec.calls)) == (report.kept_seqs, "summary", 1)
+    assert again.summary is not None and again.summary.reused and again.summary.id == summary.id
 
 
 @pytest.mark.parametrize("low_water", [0.9, None], ids=["hysteresis", "no-hysteresis"])
@@ -407,7 +418,7 @@ def test_a_summary_rolls_forward_from_the_one_just_made_while_the_prompt_overflo
     # The first summary (of 2-3) leaves the prompt too long: each turn dropped after it
     # is summarized from it (previous=its text), never from scratch nor from the store,
     # which holds nothing for an as-of build.
-    cid, report, rec, budget = _echo_build(store, low_water=low_water, as_of=as_of)
+    cid, report, rec, budget, _ = _echo_build(store, low_water=low_water, as_of=as_of)
     assert rec.calls == [[2, 3], [4, 5]] and rec.previous == [None, "earlier talk 3"]
     assert report.kept_seqs == [1, 6, 7, 8, 9, 10, 11, 12, 13, 14]
     assert (report.stop_reason, report.dropped_through, report.dropped_count) == ("budget", 5, 4)
