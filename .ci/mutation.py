@@ -90,6 +90,10 @@ _DOUBLE_CHECK = (
     "re-read matters only when two threads race on a key's first counter"
 )
 _TRUTH = "only tested for truth: None and False alike"
+_OWNER_CHECKED = (
+    "_open_lineage runs only from _open, right after _open checked the owner on the same "
+    "conversation row in the same transaction"
+)
 _SHELL_RAISES = (
     "which of TurnCancelled and the Sent's error the plan raises is not seen: the shells re-raise "
     "the error instead of TurnCancelled, and a Sent without one (the caller stopped reading a "
@@ -253,6 +257,17 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         ("*", r"re:driver=(None|False)\)|(\{\"cid\": conversation_id\}|params), \)+$",
          "the DBAPI fast path is an optimization: SQLAlchemy rows read by position the same"),
         ("latest_summary", r"re:\.limit\((None|2)\)", "the first row is read either way"),
+        *[("_open", code,
+           ("rows sorted whole sort by their first column, the message id, which grows with "
+            "seq within the one conversation a non-fork's read holds"))
+          for code in ("pinned_rows.sort(key=None)", "pinned_rows.sort()",
+                       "tail_rows.sort(key=None, reverse=True)", "tail_rows.sort(reverse=True)")],
+        ("_open", "return (yield from _open_lineage(conversation_id, encoding, limit, None, before, after))",
+         _OWNER_CHECKED),
+        ("_open_lineage", "lineage = yield from _lineage(conversation_id, None)", _OWNER_CHECKED),
+        ("_open_lineage", r"re:limit=None, newest_first=None,$", _TRUTH),
+        ("_open", "lineage = Lineage(conversation_id, None, ((conversation_id, 0, last_seq),))",
+         "Lineage.last_seq is never read (tail_of reads the id and the segments only)"),
     ],
     "_store.sql": [
         *[("json_equals", code, "SQLAlchemy infers the string type of a str literal")

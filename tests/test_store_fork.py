@@ -226,6 +226,13 @@ async def test_token_count_inputs_are_refused_naming_the_field_and_its_limit(sto
     with pytest.raises(MessageNotFound) as missing:
         await store.save_token_counts("e", {msg.id: 2, 10**12: 5})
     assert str(missing.value) == f"token counts given for unknown message ids: {10**12}"
+    # save_token_counts' encoding is checked as an argument first; a run's counts (a
+    # turn's build) are checked by token_rows itself, the same way
+    for encoding, _, message in refused[:2]:
+        with pytest.raises(StoreInputError) as err:
+            await store.start_run(conv.id, endpoint="chat.completions", mode="chat", model="m",
+                                  request={}, token_counts=(encoding, {key: 1}))
+        assert str(err.value) == message
     assert store.snapshot() == before
 
 

@@ -68,7 +68,7 @@ def token_rows(encoding: str, counts: TokenCounts) -> tuple[list[dict[str, Any]]
     """The ``message_tokens`` rows of ``counts``, checked; the rows given by message id
     alone still lack their ``conversation_id`` (see :func:`token_rows_plan`), and
     their ids come second."""
-    check_text(encoding, "encoding", max_len=None)
+    check_text(encoding, "encoding", max_len=ENCODING_MAX)
     if not isinstance(counts, Mapping):
         raise StoreInputError("counts must be a mapping of message id to token count")
     rows, bare = [], []
