@@ -214,9 +214,8 @@ async def test_token_count_inputs_are_refused_naming_the_field_and_its_limit(sto
         ("e", {(5, msg.id): 1}, "a conversation id of counts must be a string, not int"),
         ("e", {("c", msg.id, 1): 1},  # not a (conversation id, message id) pair
          f"a message id of counts must be an integer, not tuple (('c', {msg.id}, 1))"),
-        ("e", {key: top + 1}, f"token count for message {msg.id} must be between 0 and {top} "
-                              f"(got {top + 1})"),
-        ("e", {key: -1}, f"token count for message {msg.id} must be between 0 and {top} (got -1)"),
+        *[("e", {key: n}, f"token count for message {msg.id} must be between 0 and {top} (got {n})")
+          for n in (top + 1, -1)],
     ]
     for encoding, counts, message in refused:
         with pytest.raises(StoreInputError) as err:
