@@ -205,6 +205,25 @@ def test_counts_are_computed_once_and_media_every_time(store: Any) -> None:
     assert builder.build(cid).report.counted == 0
 
 
+def test_a_turns_build_leaves_its_new_counts_to_the_turn(store: Any) -> None:
+    """A turn's build (``_build_for_turn``) writes no counts: it hands them over (the run
+    stores them); a plain build stores its own; with every count stored, none are new."""
+    history = [Message.system("Be terse."), Message.user("q1"), Message.assistant("a1"),
+               Message.user("q2")]
+    cid = conversation(store, history)
+    ids = [m.id for m in store.messages(cid)]
+    builder = ContextBuilder(store, model=MODEL, budget=2000)
+    enc = COUNTER.encoding_name
+    ctx, counts = builder._build_for_turn(cid, tools=None, response_format=None, owner=None)
+    assert ctx.report.kept_seqs == [1, 2, 3, 4] and ctx.report.counted == 4
+    assert counts == (enc, {(cid, i): COUNTER.message_tokens(m) for i, m in zip(ids, history, strict=True)})
+    assert [t for _, t in store.tail(cid, encoding=enc)] == [None] * 4  # nothing written
+    assert builder.build(cid).report.counted == 4  # a plain build stores its counts ...
+    assert [t for _, t in store.tail(cid, encoding=enc)] == [COUNTER.message_tokens(m) for m in history[::-1]]
+    _, counts = builder._build_for_turn(cid, tools=None, response_format=None, owner=None)
+    assert counts is None  # ... and the next turn's build has none to hand over
+
+
 def test_a_build_from_stored_counts_reports_what_the_first_build_did(store: Any) -> None:
     """The second build reads the counts the first one stored, and takes a shortcut for
     rows of plain text. A text row with tool calls, a tool result, a refusal or content
