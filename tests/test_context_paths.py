@@ -205,6 +205,25 @@ def test_counts_are_computed_once_and_media_every_time(store: Any) -> None:
     assert builder.build(cid).report.counted == 0
 
 
+@pytest.mark.parametrize("estimated", [False, True], ids=["exact", "tool-call"])
+def test_a_build_with_a_summary_is_exact_only_if_every_message_sent_is(
+    store: Any, estimated: bool
+) -> None:
+    # chat mode: the summary's count is exact (text), so the build is exact unless a
+    # message sent is an estimate (a tool call's arguments are counted by a rule)
+    call = ToolCall(id="call_1", function=FunctionCall(name="f", arguments="{}"))
+    newest = ([Message.user("go"), Message.assistant(tool_calls=[call]),
+               Message.tool("r", tool_call_id="call_1")] if estimated else [Message.user("go")])
+    history = [Message.system("Be terse."), *_turns(6, 30), *newest]
+    cid = conversation(store, history)
+    rec = Fixed()
+    report = ContextBuilder(store, model=MODEL, budget=250, low_water=None, summarizer=rec
+                            ).build(cid).report
+    assert report.summary is not None and rec.calls  # a summary is sent
+    assert report.kept_seqs[-len(newest):] == list(range(14, 14 + len(newest)))
+    assert report.exact is (not estimated)
+
+
 def test_a_turns_build_leaves_its_new_counts_to_the_turn(store: Any) -> None:
     """A turn's build (``_build_for_turn``) writes no counts: it hands them over (the run
     stores them); a plain build stores its own; with every count stored, none are new."""
