@@ -281,11 +281,23 @@ def _alternating(n: int) -> list[Message]:
     return [Message.user(f"q{k}") if k % 2 == 0 else Message.assistant(f"a{k}") for k in range(n)]
 
 
-def page_limits(store: Any, cid: str, **options: Any) -> list[int]:
-    """The ``limit`` of each page the builder asked the store for, in order."""
+def page_limits(store: Any, cid: str, **options: Any) -> tuple[list[int], Any]:
+    """The ``limit`` of each page the builder asked the store for, in order, and the report."""
     counting = Counting(store)
-    ContextBuilder(counting, model=MODEL, **options).build(cid)
-    return [kw["limit"] for name, kw in counting.calls if name in ("context_start", "tail")]
+    report = ContextBuilder(counting, model=MODEL, **options).build(cid).report
+    limits = [kw["limit"] for name, kw in counting.calls if name in ("_context_open", "_tail_of")]
+    return limits, report
+
+
+def test_pages_double_up_to_1024_rows_and_a_full_page_is_not_the_end(store: Any) -> None:
+    # 1,701 short messages, all of which fit: pages of 300, 600, then 1024 (not 1200) rows;
+    # the first two pages are full, so history goes on after each of them
+    history = [Message.system("Be terse."), *_alternating(1699), Message.user("now")]
+    cid = conversation(store, history)
+    limits, report = page_limits(store, cid, budget=50_000, page_size=300)
+    assert limits == [300, 600, 1024]
+    assert report.kept_seqs == list(range(1, 1702)) and report.rows_read == 1701
+    assert report.stop_reason == "history exhausted"
 
 
 # --- truncating the newest message ----------------------------------------------------------------
