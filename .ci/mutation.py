@@ -260,8 +260,8 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         *[("_open", code,
            ("rows sorted whole sort by their first column, the message id, which grows with "
             "seq within the one conversation a non-fork's read holds"))
-          for code in ("pinned_rows.sort(key=None)", "pinned_rows.sort()",
-                       "tail_rows.sort(key=None, reverse=True)", "tail_rows.sort(reverse=True)")],
+          for code in ("pinned_rows.sort(key=None)", "tail_rows.sort(key=None, reverse=True)",
+                       "tail_rows.sort(reverse=True)")],
         ("_open", "return (yield from _open_lineage(conversation_id, encoding, limit, None, before, after))",
          _OWNER_CHECKED),
         ("_open_lineage", "lineage = yield from _lineage(conversation_id, None)", _OWNER_CHECKED),
