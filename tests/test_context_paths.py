@@ -289,6 +289,24 @@ def page_limits(store: Any, cid: str, **options: Any) -> tuple[list[int], Any]:
     return limits, report
 
 
+def test_hysteresis_selects_from_every_page_read(store: Any) -> None:
+    # read in pages of 2, 4, 8 rows, the history the low-water mark selects from is every
+    # row read, as with one page: the same window, summary and report but for the reads
+    history = [Message.system("Be terse."), *_turns(8, 30), Message.user("now")]
+    reports = []
+    for page_size in (2, 0):
+        cid = conversation(store, history)
+        rec = Fixed()
+        reports.append(ContextBuilder(store, model=MODEL, budget=400, summarizer=rec,
+                                      summary_max_tokens=20, page_size=page_size).build(cid).report)
+        assert len(rec.calls) == 1
+    paged, whole = reports
+    assert paged.stop_reason == "low water" and len(paged.kept_seqs) > 3
+    fields = {"kept_seqs", "dropped_through", "dropped_count", "history_tokens", "low_water",
+              "prompt_tokens", "stop_reason"}
+    assert paged.model_dump(include=fields) == whole.model_dump(include=fields)
+
+
 def test_pages_double_up_to_1024_rows_and_a_full_page_is_not_the_end(store: Any) -> None:
     # 1,701 short messages, all of which fit: pages of 300, 600, then 1024 (not 1200) rows;
     # the first two pages are full, so history goes on after each of them
