@@ -43,6 +43,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "build" / "mutation"
 MIN_SCORE = 90.0
+#: mutmut's time limit per mutant is (the mapped tests' measured time + 1 s) times this;
+#: None: mutmut's default, 15 (see --timeout-multiplier)
+TIMEOUT_MULTIPLIER: float | None = None
 
 #: module -> the test files its mutants run against (fast ones, the module's own)
 MODULES: dict[str, list[str]] = {
@@ -260,8 +263,8 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         *[("_open", code,
            ("rows sorted whole sort by their first column, the message id, which grows with "
             "seq within the one conversation a non-fork's read holds"))
-          for code in ("pinned_rows.sort(key=None)", "tail_rows.sort(key=None, reverse=True)",
-                       "tail_rows.sort(reverse=True)")],
+          for code in ("seq_of = None", "pinned_rows.sort(key=None)",
+                       "tail_rows.sort(key=None, reverse=True)", "tail_rows.sort(reverse=True)")],
         ("_open", "return (yield from _open_lineage(conversation_id, encoding, limit, None, before, after))",
          _OWNER_CHECKED),
         ("_open_lineage", "lineage = yield from _lineage(conversation_id, None)", _OWNER_CHECKED),
@@ -731,6 +734,8 @@ pytest_add_cli_args_test_selection = [{selection}]
 pytest_add_cli_args = [{only_sqlite}"--hypothesis-seed=0", "-W", "ignore::DeprecationWarning"]
 use_git_change_detection = false
 """
+    if TIMEOUT_MULTIPLIER is not None:
+        config += f"timeout_multiplier = {TIMEOUT_MULTIPLIER}\n"
     with (workdir / "pyproject.toml").open("a") as f:
         f.write(config)
 
@@ -969,6 +974,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--collect", metavar="COMMIT", default=None,
                         help="summarize the modules' last (stopped) runs as they are, "
                              "recording COMMIT as the tree they ran on")
+    parser.add_argument("--timeout-multiplier", type=float, default=None,
+                        help="a mutant's time limit is (its tests' measured time + 1 s) times "
+                             "this (mutmut's default 15: each mutant that loops forever then "
+                             "costs minutes; it counts as killed either way)")
     parser.add_argument("--min-score", type=float, default=MIN_SCORE,
                         help=f"exit 1 when a module scores lower (default {MIN_SCORE})")
     args = parser.parse_args(argv)
@@ -992,6 +1001,8 @@ def main(argv: list[str] | None = None) -> int:
             print_survivors(summary)
             print(table([summary]).splitlines()[-1])
         return 0
+    global TIMEOUT_MULTIPLIER
+    TIMEOUT_MULTIPLIER = args.timeout_multiplier
     os.environ.setdefault("PYTHONHASHSEED", "0")
     # the published chat templates the template tests compare with (../shared beside the
     # checkout): the scratch copies under build/ have no such parent
