@@ -269,6 +269,10 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          _OWNER_CHECKED),
         ("_open_lineage", "lineage = yield from _lineage(conversation_id, None)", _OWNER_CHECKED),
         ("_open_lineage", r"re:limit=None, newest_first=None,$", _TRUTH),
+        ("token_rows_plan",
+         r're:home = yield Op\(sql\.HOME_OF_MESSAGE, \{"id": message_id\}, (None|"XXscalarXX"|"SCALAR"), driver=True\)',
+         ("on the DBAPI path (driver=True) a fetch mode other than all, first, none, rowcount "
+          "and lastrowid reads the first value, as scalar does (driver.rows_as' default)")),
         ("_open", "lineage = Lineage(conversation_id, None, ((conversation_id, 0, last_seq),))",
          "Lineage.last_seq is never read (tail_of reads the id and the segments only)"),
     ],
