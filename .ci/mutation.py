@@ -340,6 +340,20 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         ("_assemble", "entries.sort(key=None)",
          "the first items (seqs, the summary at .5) are distinct: tuples sort by them alone"),
         ("store_call", "raise AssertionError(None)", "unreachable: the match covers every Op"),
+        *[("plan_build", code,
+           "message_cost returns a chat cost as it is in chat mode: `chat` only saves the call")
+          for code in ("chat = None", 'chat = cfg.mode == "XXchatXX"', 'chat = cfg.mode == "CHAT"',
+                       ('return Item(row, fields["seq"], cached if (chat) and False else '
+                        'message_cost(cfg, cached), True)'))],
+        ("plan_build", "and type(None) is str",
+         ("only skips the fast path: for a plain-text row with a stored count the general "
+          "path makes the same Item (message_cost of the count, is_exact True)")),
+        *[("_select", code,
+           ("reached only when the first page read above a floor is empty, i.e. the floor "
+            "(set, not 0) is at or above the newest seq: a read from floor + 1 or floor + 2 "
+            "starts above every row either way"))
+          for code in ("before = rows[-1][0].seq if rows else (floor or 1) + 1",
+                       "before = rows[-1][0].seq if rows else (floor or 0) + 2")],
         ("_has_media", r're:getattr\(p, "type", (None|"XXtextXX"|"TEXT")?\)',
          "every content part has a type: the default is never used"),
     ],
