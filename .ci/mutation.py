@@ -255,11 +255,7 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "Lineage.conversation_id and .last_seq are never read (dead fields)"),
     ],
     "_store.context": [
-        ("*", r're:yield Op\(.*, (None|"XXnoneXX"|"NONE")\)$',
-         "a statement whose result is not read: every unknown fetch mode returns None"),
-        ("*", r"re:driver=(None|False)\)|(\{\"cid\": conversation_id\}|params), \)+$",
-         "the DBAPI fast path is an optimization: SQLAlchemy rows read by position the same"),
-        ("latest_summary", r"re:\.limit\((None|2)\)", "the first row is read either way"),
+        # (its @checked plans are decorated: mutmut leaves them unmutated)
         *[("_open", code,
            ("rows sorted whole sort by their first column, the message id, which grows with "
             "seq within the one conversation a non-fork's read holds"))
