@@ -341,6 +341,12 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
           for code in ("chat = None", 'chat = cfg.mode == "XXchatXX"', 'chat = cfg.mode == "CHAT"',
                        ('return Item(row, fields["seq"], cached if (chat) and False else '
                         'message_cost(cfg, cached), True)'))],
+        ("plan_build",
+         'return Item(row, fields["seq"], cached if chat else message_cost(cfg, cached), )',
+         "Item.exact defaults to True"),
+        *[("plan_build", f"history = History([], {value}, item)",
+           "_select sets history.exhausted from its first page before anything reads it")
+          for value in ("None", "True")],
         ("plan_build", "and type(None) is str",
          ("only skips the fast path: for a plain-text row with a stored count the general "
           "path makes the same Item (message_cost of the count, is_exact True)")),

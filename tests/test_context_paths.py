@@ -738,6 +738,25 @@ def test_json_mode_without_an_instruction_says_how_to_fix_it(store: Any) -> None
         f"conversation {cid!r} does: add one (e.g. in the system prompt)")
 
 
+def test_json_mode_fails_clearly_when_the_recount_drops_the_only_mention(store: Any) -> None:
+    # The estimates keep everything, and a tool result mentions JSON; the exact count drops
+    # that turn, and no message that may be pinned (not a tool call or result) mentions JSON.
+    call = ToolCall(id="call_1", function=FunctionCall(name="f", arguments="{}"))
+    history = [Message.user("look up " + words(40)), Message.assistant(tool_calls=[call]),
+               Message.tool("the JSON result", tool_call_id="call_1"), Message.assistant("done"),
+               Message.user("now " + words(40))]
+    cid = conversation(store, history)
+    tpl = EchoTemplate()
+    budget = COUNTER.count(tpl.render(history)) * 3 // 4
+    builder = ContextBuilder(store, model=MODEL, mode="completion", template=tpl, budget=budget)
+    assert builder.build(cid).report.kept_seqs == [5]  # the first turn does not fit the prompt
+    with pytest.raises(ContextError) as err:
+        builder.build(cid, response_format={"type": "json_object"})
+    assert str(err.value) == (
+        "response_format json_object requires a message that mentions JSON, and no message of "
+        f"conversation {cid!r} does: add one (e.g. in the system prompt)")
+
+
 # --- control strings ----------------------------------------------------------------------------------
 
 
