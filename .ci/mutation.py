@@ -97,6 +97,10 @@ _OWNER_CHECKED = (
     "_open_lineage runs only from _open, right after _open checked the owner on the same "
     "conversation row in the same transaction"
 )
+_LINEAGE_FIRST = (
+    "dead branch: BuildIO, store_call's only caller, holds the lineage from Start's result "
+    "before the plan yields any Tail, and no Tail has before None"
+)
 _SHELL_RAISES = (
     "which of TurnCancelled and the Sent's error the plan raises is not seen: the shells re-raise "
     "the error instead of TurnCancelled, and a Sent without one (the caller stopped reading a "
@@ -336,6 +340,10 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         ("_assemble", "entries.sort(key=None)",
          "the first items (seqs, the summary at .5) are distinct: tuples sort by them alone"),
         ("store_call", "raise AssertionError(None)", "unreachable: the match covers every Op"),
+        *[("store_call", code, _LINEAGE_FIRST, *original) for code, *original in (
+            ("", "case Tail(before, limit):"),
+            ("case Tail(before, limit) if lineage is not None or before is not None:",),
+        )],
         *[("plan_build", code,
            "message_cost returns a chat cost as it is in chat mode: `chat` only saves the call")
           for code in ("chat = None", 'chat = cfg.mode == "XXchatXX"', 'chat = cfg.mode == "CHAT"',
