@@ -343,6 +343,10 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         *[("store_call", code, _LINEAGE_FIRST, *original) for code, *original in (
             ("", "case Tail(before, limit):"),
             ("case Tail(before, limit) if lineage is not None or before is not None:",),
+            # that branch's call (the _tail_of branch's identical kw line is killed)
+            ((r're:^kw = (None|\{"(XXencodingXX|ENCODING|encoding)": encoding, '
+              r'"(XXbeforeXX|BEFORE|before)": before, "(XXlimitXX|LIMIT|limit)": limit, \*\*scope\})$'),),
+            (r're:^return "(XXstoreXX|STORE|store)", "(XXtailXX|TAIL|tail)", \(cid,\), kw$',),
         )],
         *[("plan_build", code,
            "message_cost returns a chat cost as it is in chat mode: `chat` only saves the call")
