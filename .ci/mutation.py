@@ -328,9 +328,6 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
           for text in ("XXan error occurred during streamingXX", "AN ERROR OCCURRED DURING STREAMING")],
     ],
     "_context.plan": [
-        ("_find_json_instruction",
-         "before = sel.dropped_through + 2 if sel.dropped_through is not None else None",
-         "seq dropped_through + 1 is sent and does not mention JSON (else no search): skipped either way"),
         ("_assemble", "entries.append((sel.dropped_through - 0.5, summary_msg))",
          ("differs only when dropped_through is a sent (pinned) seq, which only truncation "
           "gives, and truncation leaves no room for a summary (see docs/testing.md)")),
@@ -340,6 +337,10 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         ("_assemble", "entries.sort(key=None)",
          "the first items (seqs, the summary at .5) are distinct: tuples sort by them alone"),
         ("store_call", "raise AssertionError(None)", "unreachable: the match covers every Op"),
+        ("BuildIO.__init__", 'self.lineage: Any = ""',
+         "read only by call() for a Tail, and the plan's first op is Start, whose result sets it"),
+        ("BuildIO.result", "self.rows = len(page)",
+         "Start is the plan's first op: rows is still 0 when its page is counted"),
         *[("store_call", code, _LINEAGE_FIRST, *original) for code, *original in (
             ("", "case Tail(before, limit):"),
             ("case Tail(before, limit) if lineage is not None or before is not None:",),

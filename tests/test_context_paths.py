@@ -307,6 +307,19 @@ def test_hysteresis_selects_from_every_page_read(store: Any) -> None:
     assert paged.model_dump(include=fields) == whole.model_dump(include=fields)
 
 
+def test_the_next_build_reads_what_the_last_one_needed_counting_every_page(store: Any) -> None:
+    # the first build reads pages of 16, 32 and 64 rows and needs more than 64 of them:
+    # the next one's first page (twice the rows needed, a floor bounds it) counts them all
+    cid = conversation(store, _alternating(120))
+    counting = Counting(store)
+    builder = ContextBuilder(counting, model=MODEL, budget=400)
+    first = builder.build(cid).report
+    assert first.dropped_count and 64 < first.rows_read < 110
+    builder.build(cid)
+    opens = [kw["limit"] for name, kw in counting.calls if name == "_context_open"]
+    assert opens == [16, 2 * (first.rows_read + 2)]
+
+
 def test_pages_double_up_to_1024_rows_and_a_full_page_is_not_the_end(store: Any) -> None:
     # 1,701 short messages, all of which fit: pages of 300, 600, then 1024 (not 1200) rows;
     # the first two pages are full, so history goes on after each of them
