@@ -43,6 +43,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "build" / "mutation"
 MIN_SCORE = 90.0
+#: mutmut's time limit per mutant is (the mapped tests' measured time + 1 s) times this;
+#: None: mutmut's default, 15 (see --timeout-multiplier)
+TIMEOUT_MULTIPLIER: float | None = None
 
 #: module -> the test files its mutants run against (fast ones, the module's own)
 MODULES: dict[str, list[str]] = {
@@ -90,6 +93,14 @@ _DOUBLE_CHECK = (
     "re-read matters only when two threads race on a key's first counter"
 )
 _TRUTH = "only tested for truth: None and False alike"
+_OWNER_CHECKED = (
+    "_open_lineage runs only from _open, right after _open checked the owner on the same "
+    "conversation row in the same transaction"
+)
+_LINEAGE_FIRST = (
+    "dead branch: BuildIO, store_call's only caller, holds the lineage from Start's result "
+    "before the plan yields any Tail, and no Tail has before None"
+)
 _SHELL_RAISES = (
     "which of TurnCancelled and the Sent's error the plan raises is not seen: the shells re-raise "
     "the error instead of TurnCancelled, and a Sent without one (the caller stopped reading a "
@@ -273,11 +284,22 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "Lineage.conversation_id and .last_seq are never read (dead fields)"),
     ],
     "_store.context": [
-        ("*", r're:yield Op\(.*, (None|"XXnoneXX"|"NONE")\)$',
-         "a statement whose result is not read: every unknown fetch mode returns None"),
-        ("*", r"re:driver=(None|False)\)|(\{\"cid\": conversation_id\}|params), \)+$",
-         "the DBAPI fast path is an optimization: SQLAlchemy rows read by position the same"),
-        ("latest_summary", r"re:\.limit\((None|2)\)", "the first row is read either way"),
+        # (its @checked plans are decorated: mutmut leaves them unmutated)
+        *[("_open", code,
+           ("rows sorted whole sort by their first column, the message id, which grows with "
+            "seq within the one conversation a non-fork's read holds"))
+          for code in ("seq_of = None", "pinned_rows.sort(key=None)",
+                       "tail_rows.sort(key=None, reverse=True)", "tail_rows.sort(reverse=True)")],
+        ("_open", "return (yield from _open_lineage(conversation_id, encoding, limit, None, before, after))",
+         _OWNER_CHECKED),
+        ("_open_lineage", "lineage = yield from _lineage(conversation_id, None)", _OWNER_CHECKED),
+        ("_open_lineage", r"re:limit=None, newest_first=None,$", _TRUTH),
+        ("token_rows_plan",
+         r're:home = yield Op\(sql\.HOME_OF_MESSAGE, \{"id": message_id\}, (None|"XXscalarXX"|"SCALAR"), driver=True\)',
+         ("on the DBAPI path (driver=True) a fetch mode other than all, first, none, rowcount "
+          "and lastrowid reads the first value, as scalar does (driver.rows_as' default)")),
+        ("_open", "lineage = Lineage(conversation_id, None, ((conversation_id, 0, last_seq),))",
+         "Lineage.last_seq is never read (tail_of reads the id and the segments only)"),
     ],
     "_store.sql": [
         *[("json_equals", code, "SQLAlchemy infers the string type of a str literal")
@@ -331,9 +353,6 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
           for text in ("XXan error occurred during streamingXX", "AN ERROR OCCURRED DURING STREAMING")],
     ],
     "_context.plan": [
-        ("_find_json_instruction",
-         "before = sel.dropped_through + 2 if sel.dropped_through is not None else None",
-         "seq dropped_through + 1 is sent and does not mention JSON (else no search): skipped either way"),
         ("_assemble", "entries.append((sel.dropped_through - 0.5, summary_msg))",
          ("differs only when dropped_through is a sent (pinned) seq, which only truncation "
           "gives, and truncation leaves no room for a summary (see docs/testing.md)")),
@@ -343,6 +362,38 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         ("_assemble", "entries.sort(key=None)",
          "the first items (seqs, the summary at .5) are distinct: tuples sort by them alone"),
         ("store_call", "raise AssertionError(None)", "unreachable: the match covers every Op"),
+        ("BuildIO.__init__", 'self.lineage: Any = ""',
+         "read only by call() for a Tail, and the plan's first op is Start, whose result sets it"),
+        ("BuildIO.result", "self.rows = len(page)",
+         "Start is the plan's first op: rows is still 0 when its page is counted"),
+        *[("store_call", code, _LINEAGE_FIRST, *original) for code, *original in (
+            ("", "case Tail(before, limit):"),
+            ("case Tail(before, limit) if lineage is not None or before is not None:",),
+            # that branch's call (the _tail_of branch's identical kw line is killed)
+            ((r're:^kw = (None|\{"(XXencodingXX|ENCODING|encoding)": encoding, '
+              r'"(XXbeforeXX|BEFORE|before)": before, "(XXlimitXX|LIMIT|limit)": limit, \*\*scope\})$'),),
+            (r're:^return "(XXstoreXX|STORE|store)", "(XXtailXX|TAIL|tail)", \(cid,\), kw$',),
+        )],
+        *[("plan_build", code,
+           "message_cost returns a chat cost as it is in chat mode: `chat` only saves the call")
+          for code in ("chat = None", 'chat = cfg.mode == "XXchatXX"', 'chat = cfg.mode == "CHAT"',
+                       ('return Item(row, fields["seq"], cached if (chat) and False else '
+                        'message_cost(cfg, cached), True)'))],
+        ("plan_build",
+         'return Item(row, fields["seq"], cached if chat else message_cost(cfg, cached), )',
+         "Item.exact defaults to True"),
+        *[("plan_build", f"history = History([], {value}, item)",
+           "_select sets history.exhausted from its first page before anything reads it")
+          for value in ("None", "True")],
+        ("plan_build", "and type(None) is str",
+         ("only skips the fast path: for a plain-text row with a stored count the general "
+          "path makes the same Item (message_cost of the count, is_exact True)")),
+        *[("_select", code,
+           ("reached only when the first page read above a floor is empty, i.e. the floor "
+            "(set, not 0) is at or above the newest seq: a read from floor + 1 or floor + 2 "
+            "starts above every row either way"))
+          for code in ("before = rows[-1][0].seq if rows else (floor or 1) + 1",
+                       "before = rows[-1][0].seq if rows else (floor or 0) + 2")],
         ("_has_media", r're:getattr\(p, "type", (None|"XXtextXX"|"TEXT")?\)',
          "every content part has a type: the default is never used"),
     ],
@@ -717,7 +768,8 @@ def prepare(module: str, tests: list[str], workdir: Path) -> None:
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
-    for name in ("convo", "tests", "migrations"):
+    # bench: test_context_summaries.py reads its synthetic chat (bench/_chat_data.py)
+    for name in ("convo", "tests", "migrations", "bench"):
         shutil.copytree(ROOT / name, workdir / name, ignore=ignore)
     for name in ("pyproject.toml", "alembic.ini"):
         shutil.copy2(ROOT / name, workdir / name)
@@ -777,11 +829,13 @@ def write_config(module: str, tests: list[str], workdir: Path) -> None:
 [tool.mutmut]
 source_paths = ["convo"]
 only_mutate = ["{source_file(module)}"]
-also_copy = ["migrations", "alembic.ini"]
+also_copy = ["migrations", "alembic.ini", "bench"]
 pytest_add_cli_args_test_selection = [{selection}]
 pytest_add_cli_args = [{only_sqlite}"--hypothesis-seed=0", "-W", "ignore::DeprecationWarning"]
 use_git_change_detection = false
 """
+    if TIMEOUT_MULTIPLIER is not None:
+        config += f"timeout_multiplier = {TIMEOUT_MULTIPLIER}\n"
     with (workdir / "pyproject.toml").open("a") as f:
         f.write(config)
 
@@ -878,8 +932,9 @@ def run_module(module: str, jobs: int, *, survivors: bool, minutes: float | None
             names = function_patterns(module, functions)
     else:
         # the source is as it was mutated; only the tests (and maybe the mapping) are new
-        shutil.copytree(ROOT / "tests", workdir / "tests", dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        for name in ("tests", "bench"):
+            shutil.copytree(ROOT / name, workdir / name, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         shutil.copy2(ROOT / "pyproject.toml", workdir / "pyproject.toml")
         write_config(module, tests, workdir)
         # changed tests cover other functions now: have mutmut map tests to functions anew
@@ -1038,6 +1093,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--collect", metavar="COMMIT", default=None,
                         help="summarize the modules' last (stopped) runs as they are, "
                              "recording COMMIT as the tree they ran on")
+    parser.add_argument("--timeout-multiplier", type=float, default=None,
+                        help="a mutant's time limit is (its tests' measured time + 1 s) times "
+                             "this (mutmut's default 15: each mutant that loops forever then "
+                             "costs minutes; it counts as killed either way)")
     parser.add_argument("--min-score", type=float, default=MIN_SCORE,
                         help=f"exit 1 when a module scores lower (default {MIN_SCORE})")
     args = parser.parse_args(argv)
@@ -1061,6 +1120,8 @@ def main(argv: list[str] | None = None) -> int:
             print_survivors(summary)
             print(table([summary]).splitlines()[-1])
         return 0
+    global TIMEOUT_MULTIPLIER
+    TIMEOUT_MULTIPLIER = args.timeout_multiplier
     os.environ.setdefault("PYTHONHASHSEED", "0")
     # the published chat templates the template tests compare with (../shared beside the
     # checkout): the scratch copies under build/ have no such parent

@@ -205,6 +205,44 @@ def test_counts_are_computed_once_and_media_every_time(store: Any) -> None:
     assert builder.build(cid).report.counted == 0
 
 
+@pytest.mark.parametrize("estimated", [False, True], ids=["exact", "tool-call"])
+def test_a_build_with_a_summary_is_exact_only_if_every_message_sent_is(
+    store: Any, estimated: bool
+) -> None:
+    # chat mode: the summary's count is exact (text), so the build is exact unless a
+    # message sent is an estimate (a tool call's arguments are counted by a rule)
+    call = ToolCall(id="call_1", function=FunctionCall(name="f", arguments="{}"))
+    newest = ([Message.user("go"), Message.assistant(tool_calls=[call]),
+               Message.tool("r", tool_call_id="call_1")] if estimated else [Message.user("go")])
+    history = [Message.system("Be terse."), *_turns(6, 30), *newest]
+    cid = conversation(store, history)
+    rec = Fixed()
+    report = ContextBuilder(store, model=MODEL, budget=250, low_water=None, summarizer=rec
+                            ).build(cid).report
+    assert report.summary is not None and rec.calls  # a summary is sent
+    assert report.kept_seqs[-len(newest):] == list(range(14, 14 + len(newest)))
+    assert report.exact is (not estimated)
+
+
+def test_a_turns_build_leaves_its_new_counts_to_the_turn(store: Any) -> None:
+    """A turn's build (``_build_for_turn``) writes no counts: it hands them over (the run
+    stores them); a plain build stores its own; with every count stored, none are new."""
+    history = [Message.system("Be terse."), Message.user("q1"), Message.assistant("a1"),
+               Message.user("q2")]
+    cid = conversation(store, history)
+    ids = [m.id for m in store.messages(cid)]
+    builder = ContextBuilder(store, model=MODEL, budget=2000)
+    enc = COUNTER.encoding_name
+    ctx, counts = builder._build_for_turn(cid, tools=None, response_format=None, owner=None)
+    assert ctx.report.kept_seqs == [1, 2, 3, 4] and ctx.report.counted == 4
+    assert counts == (enc, {(cid, i): COUNTER.message_tokens(m) for i, m in zip(ids, history, strict=True)})
+    assert [t for _, t in store.tail(cid, encoding=enc)] == [None] * 4  # nothing written
+    assert builder.build(cid).report.counted == 4  # a plain build stores its counts ...
+    assert [t for _, t in store.tail(cid, encoding=enc)] == [COUNTER.message_tokens(m) for m in history[::-1]]
+    _, counts = builder._build_for_turn(cid, tools=None, response_format=None, owner=None)
+    assert counts is None  # ... and the next turn's build has none to hand over
+
+
 def test_a_build_from_stored_counts_reports_what_the_first_build_did(store: Any) -> None:
     """The second build reads the counts the first one stored, and takes a shortcut for
     rows of plain text. A text row with tool calls, a tool result, a refusal or content
@@ -243,11 +281,54 @@ def _alternating(n: int) -> list[Message]:
     return [Message.user(f"q{k}") if k % 2 == 0 else Message.assistant(f"a{k}") for k in range(n)]
 
 
-def page_limits(store: Any, cid: str, **options: Any) -> list[int]:
-    """The ``limit`` of each page the builder asked the store for, in order."""
+def page_limits(store: Any, cid: str, **options: Any) -> tuple[list[int], Any]:
+    """The ``limit`` of each page the builder asked the store for, in order, and the report."""
     counting = Counting(store)
-    ContextBuilder(counting, model=MODEL, **options).build(cid)
-    return [kw["limit"] for name, kw in counting.calls if name in ("context_start", "tail")]
+    report = ContextBuilder(counting, model=MODEL, **options).build(cid).report
+    limits = [kw["limit"] for name, kw in counting.calls if name in ("_context_open", "_tail_of")]
+    return limits, report
+
+
+def test_hysteresis_selects_from_every_page_read(store: Any) -> None:
+    # read in pages of 2, 4, 8 rows, the history the low-water mark selects from is every
+    # row read, as with one page: the same window, summary and report but for the reads
+    history = [Message.system("Be terse."), *_turns(8, 30), Message.user("now")]
+    reports = []
+    for page_size in (2, 0):
+        cid = conversation(store, history)
+        rec = Fixed()
+        reports.append(ContextBuilder(store, model=MODEL, budget=400, summarizer=rec,
+                                      summary_max_tokens=20, page_size=page_size).build(cid).report)
+        assert len(rec.calls) == 1
+    paged, whole = reports
+    assert paged.stop_reason == "low water" and len(paged.kept_seqs) > 3
+    fields = {"kept_seqs", "dropped_through", "dropped_count", "history_tokens", "low_water",
+              "prompt_tokens", "stop_reason"}
+    assert paged.model_dump(include=fields) == whole.model_dump(include=fields)
+
+
+def test_the_next_build_reads_what_the_last_one_needed_counting_every_page(store: Any) -> None:
+    # the first build reads pages of 16, 32 and 64 rows and needs more than 64 of them:
+    # the next one's first page (twice the rows needed, a floor bounds it) counts them all
+    cid = conversation(store, _alternating(120))
+    counting = Counting(store)
+    builder = ContextBuilder(counting, model=MODEL, budget=400)
+    first = builder.build(cid).report
+    assert first.dropped_count and 64 < first.rows_read < 110
+    builder.build(cid)
+    opens = [kw["limit"] for name, kw in counting.calls if name == "_context_open"]
+    assert opens == [16, 2 * (first.rows_read + 2)]
+
+
+def test_pages_double_up_to_1024_rows_and_a_full_page_is_not_the_end(store: Any) -> None:
+    # 1,701 short messages, all of which fit: pages of 300, 600, then 1024 (not 1200) rows;
+    # the first two pages are full, so history goes on after each of them
+    history = [Message.system("Be terse."), *_alternating(1699), Message.user("now")]
+    cid = conversation(store, history)
+    limits, report = page_limits(store, cid, budget=50_000, page_size=300)
+    assert limits == [300, 600, 1024]
+    assert report.kept_seqs == list(range(1, 1702)) and report.rows_read == 1701
+    assert report.stop_reason == "history exhausted"
 
 
 # --- truncating the newest message ----------------------------------------------------------------
@@ -350,6 +431,89 @@ def test_recount_overflow_names_the_rendered_request(store: Any) -> None:
     assert (err.part, err.required) == ("newest", required)
     assert (f"the rendered request needs {required} tokens but the budget is {budget}, and only "
             "the pinned messages and the newest turn are left: raise the budget") in str(err)
+
+
+# --- the recount overflows with a summarizer (_fit's loop) -------------------------------------------
+
+
+class Rolling(Fixed):
+    """A summarizer that records each call's seqs and the summary it rolls forward from."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.previous: list[str | None] = []
+
+    def summarize(self, messages: Sequence[Any], *, previous: str | None, max_tokens: int) -> str:
+        super().summarize(messages, previous=previous, max_tokens=max_tokens)
+        self.previous.append(previous)
+        return f"earlier talk {messages[-1].seq}"
+
+
+def _echo_build(store: Any, **kw: Any) -> tuple[str, Any, Rolling, int, Any]:
+    """A thread whose every message the estimates keep but whose echoed prompt does not
+    fit; returns the id, the report, the summarizer, the budget and the builder."""
+    history = [Message.system("Be terse."), *_turns(6, 20), Message.user("now")]  # seqs 1-14
+    cid = conversation(store, history)
+    tpl = EchoTemplate()
+    # the estimates count each text once: about half the prompt, which writes it twice
+    budget = COUNTER.count(tpl.render(history)) * 3 // 4
+    rec = Rolling()
+    as_of = kw.pop("as_of", None)
+    builder = ContextBuilder(store, model=MODEL, mode="completion", template=tpl, budget=budget,
+                             summarizer=rec, summary_max_tokens=20, **kw)
+    ctx = builder.build(cid, as_of=as_of)
+    assert ctx.report.prompt_tokens == COUNTER.count(ctx.prompt or "") <= budget
+    # the summary is sent, where the history it stands for was
+    summary = ctx.report.summary
+    assert summary is not None and ctx.messages[1] == Message.system(
+        f"{SUMMARY_PREFIX}earlier talk {summary.end_seq}")
+    return cid, ctx.report, rec, budget, builder
+
+
+def test_an_overflow_only_the_recount_shows_drops_to_the_low_water_mark(store: Any) -> None:
+    # Selection dropped nothing (no summary yet); the exact count overflows: the turn
+    # dropped for it is an overflow like any other, and history goes down to the mark.
+    cid, report, rec, budget, builder = _echo_build(store, low_water=0.5)
+    assert rec.calls == [[2, 3, 4, 5, 6, 7]] and rec.previous == [None]
+    assert report.kept_seqs == [1, 8, 9, 10, 11, 12, 13, 14]
+    assert (report.stop_reason, report.dropped_through, report.dropped_count) == ("low water", 7, 6)
+    room = budget - report.overhead_tokens - report.pinned_tokens - 20
+    assert report.low_water == int(0.5 * room) and report.history_tokens <= report.low_water
+    summary = report.summary
+    assert summary is not None and (summary.start_seq, summary.end_seq) == (1, 7)
+    assert summary.created and summary.stored and not summary.reused and summary.calls == 1
+    stored = store.latest_summary(cid, up_to_seq=14)
+    assert (stored.id, stored.content) == (summary.id, "earlier talk 7")
+    # The next build overflows the same way, and the stored summary now serves it as is:
+    # the window right after it fits the exact count (no summarizer call).
+    again = builder.build(cid).report
+    assert (again.kept_seqs, again.stop_reason, len(rec.calls)) == (report.kept_seqs, "summary", 1)
+    assert again.summary is not None and again.summary.reused and again.summary.id == summary.id
+
+
+@pytest.mark.parametrize("low_water", [0.9, None], ids=["hysteresis", "no-hysteresis"])
+@pytest.mark.parametrize("as_of", [None, 14], ids=["now", "as-of"])
+def test_a_summary_rolls_forward_from_the_one_just_made_while_the_prompt_overflows(
+    store: Any, low_water: float | None, as_of: int | None
+) -> None:
+    # The first summary (of 2-3) leaves the prompt too long: each turn dropped after it
+    # is summarized from it (previous=its text), never from scratch nor from the store,
+    # which holds nothing for an as-of build.
+    cid, report, rec, budget, _ = _echo_build(store, low_water=low_water, as_of=as_of)
+    assert rec.calls == [[2, 3], [4, 5]] and rec.previous == [None, "earlier talk 3"]
+    assert report.kept_seqs == [1, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+    assert (report.stop_reason, report.dropped_through, report.dropped_count) == ("budget", 5, 4)
+    room = budget - report.overhead_tokens - report.pinned_tokens - 20
+    assert report.low_water == (None if low_water is None else int(low_water * room))
+    summary = report.summary
+    assert summary is not None and (summary.start_seq, summary.end_seq) == (1, 5)
+    assert summary.created and not summary.reused and summary.calls == 2
+    assert summary.stored is (as_of is None)
+    stored = store.latest_summary(cid, up_to_seq=14)
+    if as_of is None:
+        assert (stored.id, stored.content) == (summary.id, "earlier talk 5")
+    else:
+        assert stored is None
 
 
 # --- summaries --------------------------------------------------------------------------------------
@@ -582,6 +746,25 @@ def test_json_mode_without_an_instruction_says_how_to_fix_it(store: Any) -> None
     with pytest.raises(ContextError) as err:
         ContextBuilder(store, model=MODEL, budget=500).build(
             cid, response_format={"type": "json_object"})
+    assert str(err.value) == (
+        "response_format json_object requires a message that mentions JSON, and no message of "
+        f"conversation {cid!r} does: add one (e.g. in the system prompt)")
+
+
+def test_json_mode_fails_clearly_when_the_recount_drops_the_only_mention(store: Any) -> None:
+    # The estimates keep everything, and a tool result mentions JSON; the exact count drops
+    # that turn, and no message that may be pinned (not a tool call or result) mentions JSON.
+    call = ToolCall(id="call_1", function=FunctionCall(name="f", arguments="{}"))
+    history = [Message.user("look up " + words(40)), Message.assistant(tool_calls=[call]),
+               Message.tool("the JSON result", tool_call_id="call_1"), Message.assistant("done"),
+               Message.user("now " + words(40))]
+    cid = conversation(store, history)
+    tpl = EchoTemplate()
+    budget = COUNTER.count(tpl.render(history)) * 3 // 4
+    builder = ContextBuilder(store, model=MODEL, mode="completion", template=tpl, budget=budget)
+    assert builder.build(cid).report.kept_seqs == [5]  # the first turn does not fit the prompt
+    with pytest.raises(ContextError) as err:
+        builder.build(cid, response_format={"type": "json_object"})
     assert str(err.value) == (
         "response_format json_object requires a message that mentions JSON, and no message of "
         f"conversation {cid!r} does: add one (e.g. in the system prompt)")

@@ -195,6 +195,46 @@ async def test_token_counts_keyed_by_conversation_and_message(store):
     assert store.snapshot() == before
 
 
+async def test_token_count_inputs_are_refused_naming_the_field_and_its_limit(store):
+    """Each check of ``token_rows``, at its bound and with its message in full; a refused
+    call stores nothing, not even its valid counts."""
+    conv = await store.create_conversation()
+    (msg,) = await store.append_many(conv.id, [user("a")])
+    key = (conv.id, msg.id)
+    top = 2**31 - 1  # message_tokens.tokens is a 32-bit INTEGER
+    await store.save_token_counts("e" * 64, {key: top})  # both limits, exactly
+    assert [t for _, t in await store.tail(conv.id, encoding="e" * 64)] == [top]
+    before = store.snapshot()
+    refused = [
+        ("e" * 65, {key: 1}, "encoding is 65 characters long; at most 64 are allowed"),
+        (7, {key: 1}, "encoding must be a string, not int"),
+        ("e", [(msg.id, 1)], "counts must be a mapping of message id to token count"),
+        ("e", {("c" * 33, msg.id): 1},
+         "a conversation id of counts is 33 characters long; at most 32 are allowed"),
+        ("e", {(5, msg.id): 1}, "a conversation id of counts must be a string, not int"),
+        ("e", {("c", msg.id, 1): 1},  # not a (conversation id, message id) pair
+         f"a message id of counts must be an integer, not tuple (('c', {msg.id}, 1))"),
+        *[("e", {key: n}, f"token count for message {msg.id} must be between 0 and {top} (got {n})")
+          for n in (top + 1, -1)],
+    ]
+    for encoding, counts, message in refused:
+        with pytest.raises(StoreInputError) as err:
+            await store.save_token_counts(
+                encoding, {msg.id: 2, **counts} if isinstance(counts, dict) else counts)
+        assert str(err.value) == message
+    with pytest.raises(MessageNotFound) as missing:
+        await store.save_token_counts("e", {msg.id: 2, 10**12: 5})
+    assert str(missing.value) == f"token counts given for unknown message ids: {10**12}"
+    # save_token_counts' encoding is checked as an argument first; a run's counts (a
+    # turn's build) are checked by token_rows itself, the same way
+    for encoding, _, message in refused[:2]:
+        with pytest.raises(StoreInputError) as err:
+            await store.start_run(conv.id, endpoint="chat.completions", mode="chat", model="m",
+                                  request={}, token_counts=(encoding, {key: 1}))
+        assert str(err.value) == message
+    assert store.snapshot() == before
+
+
 async def test_tail_and_pinned_across_forks(store):
     root = await store.create_conversation()
     base = await store.append_many(root.id, [Message.system("rules"), user("a"), user("b")])
@@ -276,6 +316,10 @@ async def test_a_forks_opening_read_takes_its_pinned_messages_bound_limit_and_ow
     assert await opening(2, None) == ([1, 3], [5, 4])
     assert await opening(2, 5) == ([1, 3], [4, 3])
     assert await opening(5, 3) == ([1], [2, 1])
+    # a floor (`after`, context_open only): the newest page stops above it, across the fork point
+    pinned, newest, _ = await store._context_open(fork.id, encoding="e", limit=5, after=3,
+                                                  owner="alice")
+    assert ([m.seq for m, _ in pinned], [m.seq for m, _ in newest]) == ([1, 3], [5, 4])
     for cid, owner in ((fork.id, "bob"), ("nope", None), ("nope", "alice")):
         with pytest.raises(ConversationNotFound) as err:
             await store.context_start(cid, encoding="e", limit=2, owner=owner)

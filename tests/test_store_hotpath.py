@@ -170,9 +170,12 @@ async def test_a_later_page_of_a_deleted_conversation_is_not_found(store: Any) -
     assert [m.seq for m, _ in page] == [10, 9, 8, 7]
     older = await store._tail_of(lineage, encoding="o200k_base", before=7, limit=4)
     assert [m.seq for m, _ in older] == [6, 5, 4, 3]
+    oldest = await store._tail_of(lineage, encoding="o200k_base", before=3, limit=4)
+    assert [m.seq for m, _ in oldest] == [2, 1]  # the lineage starts at seq 1
     await store.delete_conversation(conv.id)
-    with pytest.raises(ConversationNotFound):
+    with pytest.raises(ConversationNotFound) as err:
         await store._tail_of(lineage, encoding="o200k_base", before=7, limit=4)
+    assert str(err.value) == f"conversation {conv.id!r} not found"
 
 
 async def test_tail_of_takes_only_a_lineage(store: Any) -> None:
