@@ -51,7 +51,8 @@ TIMEOUT_MULTIPLIER: float | None = None
 MODULES: dict[str, list[str]] = {
     "_context.selection": ["test_selection.py", "test_context_edges.py", "test_context.py"],
     "_context.plan": ["test_context.py", "test_context_edges.py", "test_context_paths.py",
-                      "test_context_floor.py", "test_context_as_of.py", "test_context_summaries.py"],
+                      "test_context_floor.py", "test_context_as_of.py", "test_context_summaries.py",
+                      "test_turn_build.py"],
     "_tokens.counter": ["test_tokens_rules.py", "test_tokens.py"],
     "_tokens.media": ["test_media_tokens.py", "test_tokens.py"],
     "_render.templates": ["test_templates_edges.py", "test_templates.py", "test_templates_hf.py",
@@ -353,6 +354,8 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
           for text in ("XXan error occurred during streamingXX", "AN ERROR OCCURRED DURING STREAMING")],
     ],
     "_context.plan": [
+        ("store_call", "lean: bool = True,",
+         "the default is dead: store_call's one caller (BuildIO.call) always passes lean"),
         ("_assemble", "entries.append((sel.dropped_through - 0.5, summary_msg))",
          ("differs only when dropped_through is a sent (pinned) seq, which only truncation "
           "gives, and truncation leaves no room for a summary (see docs/testing.md)")),
