@@ -433,13 +433,7 @@ def compact_messages(rows: Any, conversation_id: str) -> list[tuple[StoredMessag
     append, new, cls, fields = out.append, _new, StoredMessage, _STORED_FIELDS
     set_dict, set_fields, set_extra, set_private = _set_dict, _set_fields, _set_extra, _set_private
     parse, stamp = datetime.fromisoformat, _SQLITE_STAMP
-    # a plain message's values, in the fields' order, the per-row ones set below
-    plain: dict[str, Any] = {
-        "role": None, "content": None, "name": None, "tool_calls": None, "refusal": None,
-        "tool_call_id": None, "metadata": None, "id": None,
-        "conversation_id": conversation_id, "seq": None, "created_at": None, "pinned": None,
-        "idempotency_key": None, "reply": None,
-    }
+    plain = _plain_values(conversation_id)
     copy = dict.copy
     for id_, seq, role, content, flag, text, tokens, rare in rows:
         try:
@@ -467,6 +461,17 @@ def compact_messages(rows: Any, conversation_id: str) -> list[tuple[StoredMessag
     return out
 
 
+def _plain_values(conversation_id: str) -> dict[str, Any]:
+    """A plain message's values in the fields' order, the per-row ones left None: the
+    template :func:`compact_messages` and :func:`lean_messages` copy for each row."""
+    return {
+        "role": None, "content": None, "name": None, "tool_calls": None, "refusal": None,
+        "tool_call_id": None, "metadata": None, "id": None,
+        "conversation_id": conversation_id, "seq": None, "created_at": None, "pinned": None,
+        "idempotency_key": None, "reply": None,
+    }
+
+
 def lean_messages(rows: Any, conversation_id: str) -> list[tuple[StoredMessage, int | None]]:
     """The messages of rows of ``compact_query(..., lean=True)``, for a turn's build only.
 
@@ -485,12 +490,7 @@ def lean_messages(rows: Any, conversation_id: str) -> list[tuple[StoredMessage, 
     out: list[tuple[StoredMessage, int | None]] = []
     append, new, cls, fields = out.append, _new, StoredMessage, _STORED_FIELDS
     set_dict, set_fields, set_extra, set_private = _set_dict, _set_fields, _set_extra, _set_private
-    plain: dict[str, Any] = {
-        "role": None, "content": None, "name": None, "tool_calls": None, "refusal": None,
-        "tool_call_id": None, "metadata": None, "id": None,
-        "conversation_id": conversation_id, "seq": None, "created_at": None, "pinned": None,
-        "idempotency_key": None, "reply": None,
-    }
+    plain = _plain_values(conversation_id)
     copy = dict.copy
     for id_, seq, role, content, flag, _stamp, tokens, rare in rows:
         if rare is not None:
