@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from convo import ChatProfile, ContextBuilder, ContextError, Message, ReplyInfo, Store
 from convo._messages import FunctionCall, ToolCall
+from convo._records import WireText
 
 MODEL = "gpt-4o-mini"
 
@@ -56,6 +57,10 @@ def histories(draw: st.DrawFn) -> list[Row]:
 
     if draw(st.booleans()):
         out.append((Message.system("You are terse. " + draw(words)), False, None, None))
+    if draw(st.integers(0, 3)) == 0:
+        # (rendered as system under a rewriting profile: never a WireText)
+        out.append((Message.developer("Answer in " + draw(words)), draw(st.booleans()), None,
+                    None))
     for t in range(draw(st.integers(1, 8))):
         name = "ann" if draw(st.integers(0, 4)) == 0 else None
         if draw(st.integers(0, 5)) == 0:
@@ -77,7 +82,9 @@ def histories(draw: st.DrawFn) -> list[Row]:
                              usage={"prompt_tokens": t, "completion_tokens": 3},
                              seed=draw(st.none() | st.integers(0, 9)))
         out.append((reply, draw(st.integers(0, 10)) == 0, key(), info))
-    out.append((Message.user(draw(words)), False, None, None))
+    # (long at times: over a small budget, truncated when the builder may)
+    out.append((Message.user(" ".join([draw(words)] * draw(st.integers(1, 12)))), False, None,
+                None))
     return out
 
 
@@ -111,8 +118,22 @@ def _same(public: Any, turn: Any, counts: Any) -> None:
     # and the lean values keep every field but those no build reads
     kept = ("role", "content", "name", "tool_calls", "refusal", "tool_call_id", "id",
             "conversation_id", "seq", "pinned")
-    assert [[getattr(m, f, None) for f in kept] for m in turn.messages] == [
-        [getattr(m, f, None) for f in kept] for m in public.messages]
+    wire = ("role", "content", "id", "seq")
+    assert len(turn.messages) == len(public.messages)
+    for lean, whole in zip(turn.messages, public.messages, strict=True):
+        if isinstance(lean, WireText):
+            # a plain text row with its stored count: its role, text, seq and id
+            assert [getattr(lean, f) for f in wire] == [getattr(whole, f) for f in wire]
+            assert whole.role in ("system", "user", "assistant")
+            assert type(whole.content) is str
+            assert (whole.name, whole.tool_calls, whole.refusal, whole.tool_call_id) == (
+                None, None, None, None)
+        elif type(lean) is Message:
+            # the newest user message, truncated from a WireText (sent as the public one)
+            assert public.report.truncated is not None
+            assert whole.seq == public.report.truncated.seq and whole.role == "user"
+        else:
+            assert [getattr(lean, f, None) for f in kept] == [getattr(whole, f, None) for f in kept]
     # the counts the turn stores with its run are those the public build stored
     assert (len(counts[1]) if counts else 0) == public.report.counted
 
@@ -125,15 +146,18 @@ def _same(public: Any, turn: Any, counts: Any) -> None:
     rewrite=st.booleans(),
     json_mode=st.booleans(),
     tools=st.booleans(),
+    truncate=st.sampled_from([None, None, "head", "middle"]),
 )
 def test_a_turns_build_gives_the_public_builds_report_and_request(
     sqlite_store: Any, history: list[Row], budget: int, rewrite: bool, json_mode: bool,
-    tools: bool,
+    tools: bool, truncate: Any,
 ) -> None:
     cid = _store(sqlite_store, history)
     kw: dict[str, Any] = {"budget": budget}
     if rewrite:
         kw["profile"] = ChatProfile.compatible()
+    if truncate is not None:
+        kw["truncate"] = truncate
     if json_mode:
         kw["response_format"] = {"type": "json_object"}
     if tools:
@@ -144,7 +168,7 @@ def test_a_turns_build_gives_the_public_builds_report_and_request(
         event(type(exc).__name__)
         # the public build refuses alike (the turn's ran first, in _both)
         with pytest.raises(type(exc)):
-            ContextBuilder(sqlite_store, model=MODEL, budget=budget,
+            ContextBuilder(sqlite_store, model=MODEL, budget=budget, truncate=truncate,
                            **({"profile": kw["profile"]} if rewrite else {})).build(
                 cid, tools=kw.get("tools"), response_format=kw.get("response_format"))
         return
@@ -153,8 +177,14 @@ def test_a_turns_build_gives_the_public_builds_report_and_request(
     assert turn.messages[-1].created_at is None
     assert all(m.created_at is not None for m in public.messages)
     _same(public, turn, counts)
-    # and again, from the counts the first builds stored (the public one's) and hints
-    _same(*_both(sqlite_store, cid, **dict(kw)))
+    # and again, from the counts the first builds stored (the public one's) and hints:
+    # plain text rows are read as WireText values now
+    public, turn, counts = _both(sqlite_store, cid, **dict(kw))
+    _same(public, turn, counts)
+    if any(isinstance(m, WireText) for m in turn.messages):
+        event("WireText values")
+    if public.report.truncated is not None:
+        event("truncated")
 
 
 def test_lean_messages_leave_out_what_a_build_never_reads(store: Any) -> None:
@@ -177,6 +207,41 @@ def test_lean_messages_leave_out_what_a_build_never_reads(store: Any) -> None:
         assert turn.messages[1].metadata == {} and turn.messages[3].name == "ann"
     else:  # read whole
         assert lean == reply
+    # again, with the counts the public build stored: on SQLite a plain text row with
+    # its count is read as a WireText (role, text, seq, id), the reply with its reply
+    # info, metadata and key too; a named message is read whole
+    public, turn, counts = _both(store, cid, budget=500)
+    _same(public, turn, counts)
+    assert counts is None and public.report.counted == 0
+    kinds = [type(m).__name__ for m in turn.messages]
+    if store.engine.dialect.name == "sqlite":
+        assert kinds == ["WireText", "WireText", "WireText", "StoredMessage"], kinds
+        assert [(m.role, m.seq) for m in turn.messages[:3]] == [
+            ("system", 1), ("user", 2), ("assistant", 3)]
+    else:
+        assert kinds == ["StoredMessage"] * 4, kinds
+        assert turn.messages == public.messages
+
+
+@pytest.mark.parametrize("mode", ["head", "tail", "middle"])
+def test_a_turns_build_truncates_the_newest_message_as_the_public_build(
+    store: Any, mode: Any
+) -> None:
+    """The newest user message read as a WireText (its count stored) is truncated as
+    the public build truncates the stored message: the same report and request."""
+    cid = _store(store, [
+        (Message.system("Be brief."), False, None, None),
+        (Message.user("a question"), False, None, None),
+        (Message.assistant("an answer"), False, None, ReplyInfo(model=MODEL)),
+        (Message.user("hello there, " * 150), False, None, None),
+    ])
+    for counted in (True, False):  # (the first builds count the messages; then stored)
+        public, turn, counts = _both(store, cid, budget=120, truncate=mode)
+        _same(public, turn, counts)
+        assert public.report.truncated is not None and public.report.truncated.seq == 4
+        assert (public.report.counted > 0) is counted
+    if store.engine.dialect.name == "sqlite":
+        assert type(turn.messages[-1]) is Message and type(turn.messages[0]) is WireText
 
 
 def test_a_summarizing_or_completion_turn_reads_its_messages_whole(sqlite_store: Any) -> None:

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from .._exceptions import ContextError, MessageNotFound
 from .._messages import Message
-from .._records import StoredMessage
+from .._records import StoredMessage, WireText
 from .._render.control import control_markers, render_prompt
 from .._store.rows import construct
 from .ops import (
@@ -117,7 +117,12 @@ def plan_build(cfg: BuildConfig) -> Plan:
     misses: dict[tuple[str, int], int] = {}
     chat = cfg.mode == "chat"
 
-    def item(row: StoredMessage, cached: int | None) -> Item:
+    def item(row: StoredMessage | WireText, cached: int | None) -> Item:
+        if type(row) is WireText:
+            # a turn's lean read of a plain text row with its stored count (see
+            # convo._store.rows.lean_messages): exact, as below
+            assert cached is not None  # (one is made only of a row with its count)
+            return Item(row, row.seq, cached if chat else message_cost(cfg, cached), True)
         # the fields read from the model's __dict__: an attribute of a pydantic model
         # goes through its __getattr__ hook, several times slower (rows by the dozen)
         fields = row.__dict__
@@ -283,13 +288,15 @@ def _find_json_instruction(sel: Selection, item: Any) -> Generator[Op, Any, Item
         before = rows[-1][0].seq
 
 
-def _assemble(sel: Selection, summary_msg: Message | None) -> tuple[list[Message], list[int]]:
+def _assemble(
+    sel: Selection, summary_msg: Message | None
+) -> tuple[list[Message | WireText], list[int]]:
     pinned, window = sel.pinned, sel.window
     if summary_msg is None and (not pinned or not window or pinned[-1].seq < window[0].seq):
         # the usual shape (the system prompt, then the newest turns): already in order
         items = pinned + window
         return [i.message for i in items], [i.seq for i in items]
-    entries: list[tuple[float, Message]] = [(i.seq, i.message) for i in sel.pinned]
+    entries: list[tuple[float, Message | WireText]] = [(i.seq, i.message) for i in sel.pinned]
     entries += [(i.seq, i.message) for i in sel.window]
     if summary_msg is not None and sel.dropped_through is not None:
         entries.append((sel.dropped_through + 0.5, summary_msg))
@@ -300,7 +307,7 @@ def _assemble(sel: Selection, summary_msg: Message | None) -> tuple[list[Message
 
 @dataclass(slots=True)
 class _Rendered:
-    messages: list[Message]
+    messages: list[Message | WireText]  # (WireText: a turn's lean read, see BuildIO)
     seqs: list[int]
     prompt_tokens: int
     chat: list[dict[str, Any]] | None = None
@@ -321,7 +328,8 @@ def _render(
         return _Rendered(messages, seqs, tokens, chat=chat)
     # The template breaks control strings in every field of every message
     # (summaries included) before writing the prompt: see convo._render.control.
-    prompt = render_prompt(cfg.template, messages, tools=cfg.tools)
+    # (a lean read, the only maker of WireText values, is a chat build's)
+    prompt = render_prompt(cfg.template, cast("list[Message]", messages), tools=cfg.tools)
     return _Rendered(messages, seqs, cfg.counter.count(prompt), prompt=prompt)
 
 

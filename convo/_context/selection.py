@@ -31,6 +31,7 @@ from typing import Literal
 
 from .._exceptions import ContextOverflowError
 from .._messages import Message
+from .._records import WireText
 
 __all__ = ["Item", "Selection", "Selector", "TruncateMode"]
 
@@ -40,9 +41,13 @@ TruncateMode = Literal["head", "tail", "middle"]
 
 @dataclass(slots=True)
 class Item:
-    """One message with its sequence number and its token cost in the target format."""
+    """One message with its sequence number and its token cost in the target format.
 
-    message: Message
+    ``message`` is a :class:`~convo._records.WireText` for a plain text row of a
+    turn's lean read (see :func:`convo._store.rows.lean_messages`), else a message.
+    """
+
+    message: Message | WireText
     seq: int
     cost: int
     exact: bool = True
@@ -310,7 +315,10 @@ class Selector:
                 required=required,
                 part="newest",
             )
-        shortened = self._truncator(user.message, room, self._truncate)
+        message = user.message
+        if type(message) is WireText:
+            message = message.message()  # (a turn's lean read: the message it stands for)
+        shortened = self._truncator(message, room, self._truncate)
         if shortened is None:
             raise ContextOverflowError(
                 f"the newest user message (seq {user.seq}, {user.cost} tokens) cannot be "

@@ -35,6 +35,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal, assert_never, get_args
 
 from .._exceptions import ConfigurationError
+from .._records import WireText
 from .._messages import (
     ContentPart,
     ImagePart,
@@ -144,6 +145,11 @@ def render_chat(messages: Sequence[Message], profile: ChatProfile = OPENAI) -> l
         tool_names = tool_call_names(messages)
     out: list[dict[str, Any]] = []
     for m in messages:
+        if type(m) is WireText:  # type: ignore[comparison-overlap]
+            # (internal) a plain system, user or assistant text of a turn's lean
+            # read (see convo._store.rows.lean_messages), written as below
+            out.append({"role": m.role, "content": m.content})
+            continue
         # the fields read from the model's __dict__: an attribute of a pydantic model
         # goes through its __getattr__ hook, several times slower
         fields = m.__dict__

@@ -29,6 +29,7 @@ from .._records import (
     ReplyInfo,
     StoredMessage,
     Summary,
+    WireText,
     _new,
     _set_dict,
     _set_extra,
@@ -472,30 +473,45 @@ def _plain_values(conversation_id: str) -> dict[str, Any]:
     }
 
 
-def lean_messages(rows: Any, conversation_id: str) -> list[tuple[StoredMessage, int | None]]:
+def lean_messages(
+    rows: Any, conversation_id: str
+) -> list[tuple[StoredMessage | WireText, int | None]]:
     """The messages of rows of ``compact_query(..., lean=True)``, for a turn's build only.
 
     A turn's build reads its messages' wire fields (role, content, name, tool
     calls, refusal, tool call id), their identity (id, conversation, seq) and
     ``pinned``, and hands none of the messages out: a turn returns the context's
     report and sends the rendered body. So these values leave out what no build
-    reads: ``created_at`` is None on every row, and a row whose only rare columns
-    are its metadata, idempotency key or reply info (a stored reply: most of a
-    chat's rows) is built as a plain message, without them (metadata ``{}``, no
-    key, no reply), its JSON not decoded. Rows with a wire rare column are built
-    whole, as :func:`compact_messages` builds them (``created_at`` aside).
+    reads. A row whose only rare columns are its metadata, idempotency key or
+    reply info (a stored reply: most of a chat's rows) counts as plain, its JSON
+    not decoded. A plain ``system``, ``user`` or ``assistant`` row with a stored
+    count (nearly every row of a chat) is a :class:`~convo._records.WireText`
+    (role, text, seq, id: all the build reads of it; pinned or not is told by
+    the part of the read it comes in). Any other plain row (a ``developer``
+    message, or one without a count, which the build tokenizes and whose count
+    it stores) is a :class:`StoredMessage` without timestamp, metadata, key or
+    reply; rows with a wire rare column are built whole, as
+    :func:`compact_messages` builds them (``created_at`` aside).
     ``tests/test_turn_build.py`` checks that a turn's build gives the public
     build's report and request.
     """
-    out: list[tuple[StoredMessage, int | None]] = []
-    append, new, cls, fields = out.append, _new, StoredMessage, _STORED_FIELDS
+    out: list[tuple[StoredMessage | WireText, int | None]] = []
+    append, new, cls, fields, wire = out.append, _new, StoredMessage, _STORED_FIELDS, WireText
     set_dict, set_fields, set_extra, set_private = _set_dict, _set_fields, _set_extra, _set_private
     plain = _plain_values(conversation_id)
     copy = dict.copy
-    for id_, seq, role, content, flag, _stamp, tokens, rare in rows:
+    for id_, seq, role, content, flag, tokens, rare in rows:
         if rare is not None:
             append((_rare_message(id_, conversation_id, seq, role, content, flag, None,  # type: ignore[arg-type]
                                   rare), tokens))
+            continue
+        if tokens is not None and role in _WIRE_TEXT_ROLES and type(content) is str:
+            text = new(wire)
+            text.role = role
+            text.content = content
+            text.seq = seq
+            text.id = id_
+            append((text, tokens))
             continue
         msg = new(cls)
         values = copy(plain)
@@ -511,6 +527,12 @@ def lean_messages(rows: Any, conversation_id: str) -> list[tuple[StoredMessage, 
         set_private(msg, None)
         append((msg, tokens))
     return out
+
+
+#: The roles a plain text row renders the same under every chat profile (see
+#: :func:`convo._render.chat.render_chat`): the rows :func:`lean_messages` makes
+#: :class:`~convo._records.WireText` of
+_WIRE_TEXT_ROLES = frozenset(("system", "user", "assistant"))
 
 
 #: What the created_at column's type makes of its stored text on SQLite.

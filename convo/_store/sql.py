@@ -101,9 +101,10 @@ def compact_query(
     ``floored``: the newest page holds only messages with ``seq > :after`` (see
     :func:`open_query`).
 
-    ``lean`` (a turn's build, see ``_store_rows.lean_messages``): ``created_at`` is
-    NULL, and ``rare`` is NULL unless one of :data:`WIRE_RARE_COLUMNS` is set, so a
-    reply with only its reply info is read as a plain message (nothing unpacked).
+    ``lean`` (a turn's build, see ``_store_rows.lean_messages``): 7 columns, without
+    ``created_at``, and ``rare`` is NULL unless one of :data:`WIRE_RARE_COLUMNS` is
+    set, so a reply with only its reply info is read as a plain message (nothing
+    unpacked).
     """
     rare = [M.c[name] for name in RARE_COLUMNS]
     shaping = [M.c[name] for name in (WIRE_RARE_COLUMNS if lean else RARE_COLUMNS)]
@@ -111,11 +112,12 @@ def compact_query(
         (sa.func.coalesce(*shaping).is_(None), sa.null()), else_=sa.func.json_array(*rare)
     )
     # created_at as its stored text: parsed where the row becomes a value (one
-    # pass over the rows instead of the driver's processing pass, then that one)
-    stamp = sa.null() if lean else sa.type_coerce(M.c.created_at, sa.Text)
+    # pass over the rows instead of the driver's processing pass, then that one);
+    # the lean form has no such column (each column fetched costs every row)
+    stamp = [] if lean else [sa.type_coerce(M.c.created_at, sa.Text)]
 
     def message_cols(flag: Any) -> list[Any]:
-        return [M.c.id, M.c.seq, M.c.role, M.c.content, flag, stamp, TK.c.tokens, packed]
+        return [M.c.id, M.c.seq, M.c.role, M.c.content, flag, *stamp, TK.c.tokens, packed]
 
     mine = M.c.conversation_id == _B("cid")
     if bounded:
@@ -138,7 +140,7 @@ def compact_query(
     conversation = sa.select(
         C.c.parent_id, C.c.last_seq, C.c.owner, sa.null(),
         sa.literal_column(str(COMPACT_CONVERSATION), sa.Integer),
-        sa.null(), sa.null(), sa.null(),
+        *(sa.null() for _ in stamp), sa.null(), sa.null(),
     ).where(C.c.id == _B("cid"))
     return sa.union_all(pinned, sa.select(newest), conversation)
 
