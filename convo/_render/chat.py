@@ -35,7 +35,6 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal, assert_never, get_args
 
 from .._exceptions import ConfigurationError
-from .._records import WireText
 from .._messages import (
     ContentPart,
     ImagePart,
@@ -45,6 +44,7 @@ from .._messages import (
     TextPart,
     ToolCall,
 )
+from .._records import WireText
 
 __all__ = ["OPENAI", "ChatProfile", "render_chat"]
 
