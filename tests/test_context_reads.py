@@ -144,11 +144,12 @@ def test_compact_rows_of_messages_with_only_nulls_are_plain(make_db: Any) -> Non
     with Store(make_db("sqlite")) as store:
         conv = store.create_conversation()
         store.append_many(conv.id, [Message.user("a"), Message.assistant("b", name="n")])
+        compiled = sql.compact_query(False).compile(dialect=store.engine.dialect)
+        values = compiled.construct_params({"encoding": ENC, "cid": conv.id, "limit": 10})
+        assert compiled.positiontup is not None
         with store.engine.connect() as conn:
             rows = conn.exec_driver_sql(
-                store.engine.dialect.statement_compiler(
-                    store.engine.dialect, sql.compact_query(False)).string,
-                (ENC, conv.id, ENC, conv.id, 10, 0, conv.id),
+                compiled.string, tuple(values[name] for name in compiled.positiontup)
             ).all()
         by_seq = {r[1]: r for r in rows if r[4] != sql.COMPACT_CONVERSATION}
         assert by_seq[1][7] is None

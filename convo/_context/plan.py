@@ -203,9 +203,24 @@ def _select(
     """
     selector = make_selector(cfg, overhead, pinned)
     rows, size, floor = first_page, page, cfg.floor
+    # (a turn's lean read gives WireText values for plain text rows with their counts:
+    # made into items here, without a call each and without Item's __init__, as
+    # history.item makes them; a chat build's only)
+    wire = WireText if cfg.mode == "chat" else None
     while True:
         make = history.item
-        fed = [make(r, c) for r, c in rows]
+        fed: list[Item] = []
+        add = fed.append
+        for r, c in rows:
+            if type(r) is wire:
+                it = _new_item(Item)
+                it.message = r
+                it.seq = r.seq
+                it.cost = c
+                it.exact = True
+                add(it)
+            else:
+                add(make(r, c))
         history.seen += fed
         history.exhausted = len(rows) < size and not floor
         selector.feed(fed, exhausted=history.exhausted)
@@ -215,6 +230,9 @@ def _select(
         before = rows[-1][0].seq if rows else (floor or 0) + 1
         size, floor = min(size * 2, 1024), None
         rows = yield Tail(before, size)
+
+
+_new_item = object.__new__
 
 
 def _fit(

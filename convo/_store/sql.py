@@ -129,20 +129,31 @@ def compact_query(
         .select_from(_with_tokens())
         .where(mine, M.c.pinned)
     )
+    # The newest :limit rows are those from the :limit-th newest seq on (all of them
+    # when there are fewer): that seq is read from the (conversation_id, seq) index
+    # alone, and the rows by a range of it. (An ORDER BY ... LIMIT subquery costs more:
+    # SQLite copies every value of its rows, contents included, into the outer query.)
+    # The floor needs no place in it: with fewer than :limit rows above the floor, the
+    # :limit-th newest seq is at or below it, and the floor alone bounds the range.
+    nth = M.alias("nth")
+    nth_mine = nth.c.conversation_id == _B("cid")
+    if bounded:
+        nth_mine = nth_mine & (nth.c.seq < _B("before"))
+    oldest_seq = (
+        sa.select(nth.c.seq).where(nth_mine).order_by(nth.c.seq.desc())
+        .limit(1).offset(_B("limit") - 1).scalar_subquery()  # (limits are >= 1)
+    )
     newest = (
         sa.select(*message_cols(sa.type_coerce(M.c.pinned, sa.Integer)))
         .select_from(_with_tokens())
-        .where(newest_only)
-        .order_by(M.c.seq.desc())
-        .limit(_B("limit"))
-        .subquery("newest")
+        .where(newest_only, M.c.seq >= sa.func.coalesce(oldest_seq, 0))
     )
     conversation = sa.select(
         C.c.parent_id, C.c.last_seq, C.c.owner, sa.null(),
         sa.literal_column(str(COMPACT_CONVERSATION), sa.Integer),
         *(sa.null() for _ in stamp), sa.null(), sa.null(),
     ).where(C.c.id == _B("cid"))
-    return sa.union_all(pinned, sa.select(newest), conversation)
+    return sa.union_all(pinned, newest, conversation)
 
 
 def context_dialect(dialect: Any) -> str | None:
