@@ -133,12 +133,16 @@ def compact_query(
     # when there are fewer): that seq is read from the (conversation_id, seq) index
     # alone, and the rows by a range of it. (An ORDER BY ... LIMIT subquery costs more:
     # SQLite copies every value of its rows, contents included, into the outer query.)
-    # The floor needs no place in it: with fewer than :limit rows above the floor, the
-    # :limit-th newest seq is at or below it, and the floor alone bounds the range.
+    # The floor is there for the cost only (with fewer than :limit rows above it, the
+    # :limit-th newest seq is at or below it, and the floor alone bounds the range):
+    # the index is read down to the floor, not :limit entries (a floored read's limit
+    # is twice the rows it expects).
     nth = M.alias("nth")
     nth_mine = nth.c.conversation_id == _B("cid")
     if bounded:
         nth_mine = nth_mine & (nth.c.seq < _B("before"))
+    if floored:
+        nth_mine = nth_mine & (nth.c.seq > _B("after"))
     oldest_seq = (
         sa.select(nth.c.seq).where(nth_mine).order_by(nth.c.seq.desc())
         .limit(1).offset(_B("limit") - 1).scalar_subquery()  # (limits are >= 1)
