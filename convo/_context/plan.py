@@ -176,7 +176,7 @@ def plan_build(cfg: BuildConfig) -> Plan:
     if cfg.mode == "completion":
         exact = True  # counted on the very string that is sent
     else:
-        exact = all(i.exact for i in (*sel.pinned, *sel.window))
+        exact = all([i.exact for i in sel.pinned]) and all([i.exact for i in sel.window])
         if summary_msg is not None:
             exact = exact and counter.is_exact(summary_msg)
 

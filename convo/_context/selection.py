@@ -101,6 +101,9 @@ class _Turn:
     cost: int = 0
 
 
+_new_turn = object.__new__
+
+
 class Selector:
     """Incremental newest-first selection over pages of history.
 
@@ -201,7 +204,10 @@ class Selector:
             items.append(item)
             pending.cost += item.cost
             if item.message.role == "user":
-                turn, pending = pending, _Turn([])
+                # (a new _Turn: made without its __init__, a turn of every user message)
+                turn, pending = pending, _new_turn(_Turn)
+                pending.items = []
+                pending.cost = 0
                 self._pending = pending
                 items.reverse()  # the turn's, oldest first
                 items = pending.items
