@@ -345,6 +345,30 @@ def test_a_serialized_body_is_sent_byte_for_byte() -> None:
     client.close()
 
 
+async def test_a_turns_body_reaches_the_client_as_convos_own_text(env: Env) -> None:
+    """The body a turn serialized goes to the client as a SerializedRequest (so the
+    client sends it without parsing it again, see above), and is what the run records
+    and the server receives."""
+    chat = env.chat()
+    client: Any = env._clients[-1]
+    seen: list[Any] = []
+    inner = client.send
+    if env.is_async:
+        async def send(endpoint: str, body: Any, **kw: Any) -> Any:
+            seen.append(body)
+            return await inner(endpoint, body, **kw)
+    else:
+        def send(endpoint: str, body: Any, **kw: Any) -> Any:  # type: ignore[misc]
+            seen.append(body)
+            return inner(endpoint, body, **kw)
+    client.send = send
+    conv = await env.store.create_conversation()
+    result = await chat.send(conv.id, "Hello")
+    assert [type(body) for body in seen] == [SerializedRequest]
+    assert result.run is not None
+    assert seen[0] == result.run.request == env.last_body().decode()
+
+
 @pytest.mark.parametrize("cookie", [None, "session=abc; Path=/"])
 def test_convos_own_client_keeps_the_cookies_a_response_sets(cookie: str | None) -> None:
     def answer(request: httpx.Request) -> httpx.Response:

@@ -363,11 +363,14 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
             "chat.completions" if ctx.mode == "chat" else "completions"
         )
         kept = report.kept_seqs
+        # to_json's text of convo's own dict: the store checks it only for what to_json
+        # may write (NaN, Infinity), and the client sends it without parsing it again
+        request = SerializedRequest(body)
         run: Run = yield StoreCall("start_run", (cid,), {
             "endpoint": endpoint,
             "mode": ctx.mode,
             "model": ctx.model,
-            "request": SerializedRequest(body),  # checked for what to_json may write
+            "request": request,
             "base_url": spec.base_url,
             "stream": spec.stream,
             "settings": checked_settings(spec.builder),
@@ -383,7 +386,7 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
             # the build's new token counts: written with the run, not on their own
             "token_counts": token_counts,
         })
-        sent: Sent = yield Send(endpoint, body, spec.stream, round, dict(options))
+        sent: Sent = yield Send(endpoint, request, spec.stream, round, dict(options))
         timing = {"attempts": sent.attempts, "ttfb_ms": sent.ttfb_ms,
                   "latency_ms": sent.latency_ms}
         if sent.response is None:
