@@ -176,7 +176,7 @@ def plan_build(cfg: BuildConfig) -> Plan:
     if cfg.mode == "completion":
         exact = True  # counted on the very string that is sent
     else:
-        exact = all([i.exact for i in sel.pinned]) and all([i.exact for i in sel.window])
+        exact = all(i.exact for i in (*sel.pinned, *sel.window))
         if summary_msg is not None:
             exact = exact and counter.is_exact(summary_msg)
 
@@ -475,9 +475,12 @@ class BuildIO:
     ``lean``: the build's messages are never handed out (a turn's chat build
     without a summarizer: the turn returns the report and sends the rendered
     body), so the opening read may build them without what no build reads
-    (timestamps, metadata, keys, reply info: see
-    :func:`convo._store.rows.lean_messages`). The report and the rendered
-    request are the same as a full build's.
+    (timestamps, metadata, keys, reply info), and a plain text row with its
+    stored count as a :class:`~convo._records.WireText` (role, text, seq, id)
+    instead of a message: see :func:`convo._store.rows.lean_messages`. Such a
+    build's ``Context.messages`` holds those values as they are (the turn never
+    reads them). The report and the rendered request are the same as a full
+    build's.
     """
 
     __slots__ = (

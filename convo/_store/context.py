@@ -203,8 +203,8 @@ def _open(
     """The opening reads of a build. A conversation that is not a fork (the common
     case) is read in one statement: its row, its pinned and its newest messages
     (:func:`convo._store.sql.open_query`, or with ``form`` ``"compact"`` (SQLite) its
-    8-column form :func:`convo._store.sql.compact_query`, ``"lean"`` that form for a
-    turn's build: see :func:`convo._store.rows.lean_messages`); a fork, whose view
+    8-column form :func:`convo._store.sql.compact_query`, ``"lean"`` its 7-column form
+    for a turn's build: see :func:`convo._store.rows.lean_messages`); a fork, whose view
     includes its ancestors' rows, reads its lineage first (:func:`_open_lineage`).
     ``after``: the newest page holds only messages with ``seq > after``."""
     params: dict[str, Any] = {"cid": conversation_id, "encoding": encoding, "limit": limit}
