@@ -345,28 +345,35 @@ def test_a_serialized_body_is_sent_byte_for_byte() -> None:
     client.close()
 
 
-async def test_a_turns_body_reaches_the_client_as_convos_own_text(env: Env) -> None:
-    """The body a turn serialized goes to the client as a SerializedRequest (so the
-    client sends it without parsing it again, see above), and is what the run records
-    and the server receives."""
-    chat = env.chat()
-    client: Any = env._clients[-1]
-    seen: list[Any] = []
-    inner = client.send
-    if env.is_async:
-        async def send(endpoint: str, body: Any, **kw: Any) -> Any:
-            seen.append(body)
-            return await inner(endpoint, body, **kw)
-    else:
-        def send(endpoint: str, body: Any, **kw: Any) -> Any:  # type: ignore[misc]
-            seen.append(body)
-            return inner(endpoint, body, **kw)
-    client.send = send
-    conv = await env.store.create_conversation()
-    result = await chat.send(conv.id, "Hello")
-    assert [type(body) for body in seen] == [SerializedRequest]
-    assert result.run is not None
-    assert seen[0] == result.run.request == env.last_body().decode()
+def test_a_turns_send_carries_the_serialized_body_it_records(make_db: Any) -> None:
+    """The pure plan hands the client (``Send``) the very SerializedRequest it records
+    with the run, so the client sends it without parsing it again (see above); both
+    shells pass ``Send.body`` on as it is."""
+    from convo import Chat, Store
+    from convo._turns.plan import Send, StoreCall, plan_turn
+
+    store = Store(make_db("sqlite"))
+    client = OpenAIClient(api_key="sk-test", base_url="http://fake/v1",
+                          transport=FakeBackend().transport())
+    chat = Chat(store, client, model="gpt-4o-mini")
+    conv = store.create_conversation()
+    plan = plan_turn(chat._spec(conv.id, "Hello", idempotency_key=None, owner=None,
+                                response_format=None, stream=False, params={}))
+    recorded = None
+    effect = next(plan)
+    while not isinstance(effect, Send):
+        if isinstance(effect, StoreCall):
+            if effect.method == "start_run":
+                recorded = effect.kwargs["request"]
+            value = getattr(store, effect.method)(*effect.args, **effect.kwargs)
+        else:
+            value = chat._build(effect)
+        effect = plan.send(value)
+    assert type(effect.body) is SerializedRequest and effect.body is recorded
+    assert json.loads(effect.body)["messages"] == [{"role": "user", "content": "Hello"}]
+    plan.close()
+    client.close()
+    store.close()
 
 
 @pytest.mark.parametrize("cookie", [None, "session=abc; Path=/"])
