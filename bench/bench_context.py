@@ -324,14 +324,14 @@ def equal_worker(spec: dict[str, Any]) -> dict[str, Any]:
     enc = builder._counter.encoding_name
     if spec["backend"] == "sqlite":
         con = sqlite3.connect(url[len("sqlite:///"):])
-        raw = lambda: raw_tail_sqlite(con, cid, enc)  # noqa: E731
+        raw = lambda: raw_tail_sqlite(con, cid, enc)
     else:
         import psycopg
 
         con = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://", 1),
                               autocommit=True)
-        raw = lambda: raw_tail_pg(con, cid, enc)  # noqa: E731
-    build = lambda: builder.build(cid)  # noqa: E731
+        raw = lambda: raw_tail_pg(con, cid, enc)
+    build = lambda: builder.build(cid)
     for _ in range(spec["warmup"]):  # both connections warm, statements prepared
         raw()
         build()

@@ -74,7 +74,6 @@ import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -85,6 +84,7 @@ import uuid
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -353,7 +353,7 @@ class PgBouncer:
                 time.sleep(0.05)
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/bench"
         self.version = subprocess.run([binary, "--version"], capture_output=True,
-                                      text=True).stdout.split("\n")[0]
+                                      text=True, check=False).stdout.split("\n")[0]
 
     def cpu(self) -> float:
         return pid_cpu(self.proc.pid)
@@ -536,7 +536,7 @@ class Bench:
         ready = self._collect("ready", n, 300)
         result = Result(config)
         result.errors = [e for errs in ready.values() for e in errs]
-        result.load = open("/proc/loadavg").read().split()[0]
+        result.load = Path("/proc/loadavg").read_text().split()[0]
         start_at = time.time() + 0.05 + 0.002 * n
         for w in range(n):
             self.workers[w][1].put(("go", start_at, duration))
@@ -766,7 +766,7 @@ def main() -> None:
     procs = [int(p) for p in args.processes.split(",")]
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     started = time.time()
-    load_before = open("/proc/loadavg").read().split()[0]
+    load_before = Path("/proc/loadavg").read_text().split()[0]
     bench = Bench(args)
     out: list[str] = []
     main_results: list[Result] = []
@@ -844,21 +844,21 @@ def main() -> None:
         + f"). {args.duration:g} s timed per run after {args.warmup} warm-up turns per worker; "
         f"conversations start with {args.history} messages; budget {args.budget} tokens. "
         f"Load average (1 min) before/after: {load_before} / "
-        f"{open('/proc/loadavg').read().split()[0]}; total {time.time() - started:.0f} s.",
+        f"{Path('/proc/loadavg').read_text().split()[0]}; total {time.time() - started:.0f} s.",
         "",
         "Command: `" + " ".join(["python", "bench/bench_scaling.py", *sys.argv[1:]]) + "`",
         "",
         *table(main_results, "workload | processes"),
         "",
-        "Every run checked: seqs contiguous, one user message per turn sent, one reply and one "
-        "`ok` run per user message, no `pending`/`failed` run, no duplicate key.",
+        ("Every run checked: seqs contiguous, one user message per turn sent, one reply and one "
+         "`ok` run per user message, no `pending`/`failed` run, no duplicate key."),
     ]
     cpus = os.cpu_count() or 1
     if max(procs) > cpus:
-        out += ["", f"This machine has {cpus} CPUs: rows with more than {cpus} processes (and "
-                "the threaded ones) measure contention for the CPUs, not PostgreSQL's limit; "
-                "CPU busy is this benchmark's share of all CPUs (other load on the machine "
-                "is not counted)."]
+        out += ["", (f"This machine has {cpus} CPUs: rows with more than {cpus} processes (and "
+                     "the threaded ones) measure contention for the CPUs, not PostgreSQL's limit; "
+                     "CPU busy is this benchmark's share of all CPUs (other load on the machine "
+                     "is not counted).")]
     if audit:
         kinds = ", ".join(f"{k} {v}" for k, v in audit["kinds"].most_common())
         out += ["", "### Session state (PgBouncer transaction mode)", "",
@@ -879,13 +879,13 @@ def main() -> None:
                 + "."]
     if pool_results:
         out += ["", "### Connection pooling", "",
-                f"Each configuration ran {args.pooling_rounds} times for {args.pooling_duration:g} s, "
-                "interleaved (the order rotating every round); turns/s is over all rounds, "
-                "each round's in parentheses.", "",
+                (f"Each configuration ran {args.pooling_rounds} times for {args.pooling_duration:g} s, "
+                 "interleaved (the order rotating every round); turns/s is over all rounds, "
+                 "each round's in parentheses."), "",
                 *table(pool_results, "configuration", pooler=bench.bouncer is not None)]
         if bench.bouncer is not None:
-            out += ["", f"PgBouncer: {bench.bouncer.version}, pool_mode=transaction, "
-                    "default_pool_size=4 (server conns counts the server side)."]
+            out += ["", (f"PgBouncer: {bench.bouncer.version}, pool_mode=transaction, "
+                         "default_pool_size=4 (server conns counts the server side).")]
         for r in pool_results:
             if r.errors:
                 out.append(f"\n{r.config.label}: {len(r.errors)} failures in "

@@ -143,7 +143,7 @@ def test_serve_fake_serves_until_interrupted() -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         # started as a background job of a non-interactive shell would be: SIGINT
         # inherited as ignored; the server must still stop on Ctrl-C
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # noqa: PLW1509 (no threads yet)
     )
     try:
         assert proc.stdout is not None

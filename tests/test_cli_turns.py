@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import signal
+import socket
 import sys
 import time
 from collections.abc import Iterator

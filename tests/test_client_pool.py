@@ -9,8 +9,8 @@ import pytest
 from test_client_helpers import closed_port
 
 from convo import APIConnectionError, AsyncOpenAIClient, Message
-from convo._client.pool import PooledAsyncTransport, pooled_async_transport
 from convo._client.constants import DEFAULT_CONNECTION_LIMITS, POOL_SHARDS
+from convo._client.pool import PooledAsyncTransport, pooled_async_transport
 from convo.testing import FakeBackend
 
 HI = [Message.user("Hi")]

@@ -390,7 +390,9 @@ def test_a_stream_cut_while_another_choice_is_unfinished_is_an_error() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=sse.encode())
 
-    with OpenAIClient(base_url="http://x/v1", api_key="k", transport=httpx.MockTransport(handler)) as client:
-        with client.chat_stream(model="m", messages=[{"role": "user", "content": "hi"}], n=2) as s:
-            with pytest.raises(APIStreamError, match="ended before the response was complete"):
-                s.final()
+    with (
+        OpenAIClient(base_url="http://x/v1", api_key="k", transport=httpx.MockTransport(handler)) as client,
+        client.chat_stream(model="m", messages=[{"role": "user", "content": "hi"}], n=2) as s,
+        pytest.raises(APIStreamError, match="ended before the response was complete"),
+    ):
+        s.final()

@@ -51,7 +51,7 @@ def histories(draw: st.DrawFn) -> list[tuple[Message, bool]]:
         out.append((Message.user(draw(words), name="ann" if draw(st.booleans()) else None), draw(st.integers(0, 8)) == 0))
         for g in range(draw(st.integers(0, 2))):
             calls = [
-                ToolCall(id=f"call_{t}_{g}_{k}", function=FunctionCall(name="lookup", arguments='{"q": "%d"}' % k))
+                ToolCall(id=f"call_{t}_{g}_{k}", function=FunctionCall(name="lookup", arguments=f'{{"q": "{k}"}}'))
                 for k in range(draw(st.integers(1, 2)))
             ]
             out.append((Message.assistant(tool_calls=calls), False))

@@ -42,6 +42,7 @@ import pytest
 
 import convo
 from convo._tokens import encodings as _encodings
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 

@@ -20,7 +20,6 @@ import yaml
 from typer.testing import CliRunner
 
 import convo._transfer.importer as importer_module
-import convo._transfer.native as native
 from convo import (
     APIError,
     AsyncStore,
@@ -41,8 +40,9 @@ from convo import (
     import_conversations,
     import_conversations_async,
 )
-from convo._transfer.exporter import chat_example
 from convo._tokens.counter import TokenCounter
+from convo._transfer import native
+from convo._transfer.exporter import chat_example
 from convo.cli import app
 from convo.testing import FakeBackend
 

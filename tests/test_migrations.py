@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -128,20 +129,20 @@ def test_upgrading_a_0001_database_with_data_keeps_every_row(backend, make_db):
         stamp = "2026-11-22 10:00:00.000000" if backend == "sqlite" else "2026-11-22T10:00:00+00"
         conv_id, fork_id = "0" * 31 + "1", "0" * 31 + "2"
         statements = [
-            "INSERT INTO conversations (id, title, owner, metadata, created_at, updated_at,"
-            " parent_id, fork_seq, last_seq) VALUES"
-            f" ('{conv_id}', 'old', 'o', '{{\"k\": [1, \"x\"]}}', '{stamp}', '{stamp}',"
-            " NULL, NULL, 4)",
-            "INSERT INTO conversations (id, title, owner, metadata, created_at, updated_at,"
-            " parent_id, fork_seq, last_seq) VALUES"
-            f" ('{fork_id}', 'old', 'o', NULL, '{stamp}', '{stamp}', '{conv_id}', 2, 3)",
+            ("INSERT INTO conversations (id, title, owner, metadata, created_at, updated_at,"
+             " parent_id, fork_seq, last_seq) VALUES"
+             f" ('{conv_id}', 'old', 'o', '{{\"k\": [1, \"x\"]}}', '{stamp}', '{stamp}',"
+             " NULL, NULL, 4)"),
+            ("INSERT INTO conversations (id, title, owner, metadata, created_at, updated_at,"
+             " parent_id, fork_seq, last_seq) VALUES"
+             f" ('{fork_id}', 'old', 'o', NULL, '{stamp}', '{stamp}', '{conv_id}', 2, 3)"),
         ]
         rows = [
             (1, conv_id, 1, "system", "Be brief.", "NULL", "NULL", "true", "NULL"),
             (2, conv_id, 2, "user", "Hi", "'ann'", "NULL", "false", "'key-1'"),
             (3, conv_id, 3, "assistant", None, "NULL",
-             "'[{\"id\": \"c1\", \"type\": \"function\", \"function\": "
-             "{\"name\": \"f\", \"arguments\": \"{}\"}}]'", "false", "NULL"),
+             ("'[{\"id\": \"c1\", \"type\": \"function\", \"function\": "
+              "{\"name\": \"f\", \"arguments\": \"{}\"}}]'"), "false", "NULL"),
             (4, conv_id, 4, "tool", "42", "NULL", "NULL", "false", "NULL"),
             (5, fork_id, 3, "assistant", "Hello", "NULL", "NULL", "false", "NULL"),
         ]
@@ -157,8 +158,8 @@ def test_upgrading_a_0001_database_with_data_keeps_every_row(backend, make_db):
         statements += [
             "INSERT INTO message_tokens (message_id, encoding, tokens) VALUES (1, 'o200k_base', 5)",
             "INSERT INTO message_tokens (message_id, encoding, tokens) VALUES (2, 'o200k_base', 9)",
-            "INSERT INTO summaries (id, conversation_id, start_seq, end_seq, content,"
-            f" created_at) VALUES (1, '{conv_id}', 1, 2, 'sum', '{stamp}')",
+            ("INSERT INTO summaries (id, conversation_id, start_seq, end_seq, content,"
+             f" created_at) VALUES (1, '{conv_id}', 1, 2, 'sum', '{stamp}')"),
         ]
         with engine.begin() as conn:
             for statement in statements:
@@ -380,7 +381,7 @@ def test_upgrading_a_0004_database_stores_each_forks_chain_as_the_recursive_quer
             oracle = {}
             for cid, *_ in convs:
                 chain = conn.execute(sa.text(_OLD_CHAIN), {"cid": cid}).all()
-                oracle[cid] = [[up[0], below[1]] for below, up in zip(chain, chain[1:])] or None
+                oracle[cid] = [[up[0], below[1]] for below, up in itertools.pairwise(chain)] or None
         assert oracle[d] == [[c, 4], [b, 2], [a, 5], [r, 3]] and oracle[r] is None
 
         def lineages() -> dict[str, object]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -49,7 +49,7 @@ from convo._replay.plan import (
 )
 from convo.testing import FakeBackend
 
-NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 CALLS: list[str] = []
 
@@ -729,8 +729,8 @@ async def test_the_store_replay_calls_check_their_input_and_write_nothing(store)
         ("create_replay", (rid,), {"mode": "continue", "spec": {}, "owner": "x" * 256},
          "owner is 256 characters long; at most 255 are allowed"),
         ("create_replay", (rid,), {"mode": "continue", "spec": {"x": "a\x00b"}},
-         "replay spec.x contains a NUL character, which PostgreSQL cannot store (refused on "
-         "every database), at index 1"),
+         ("replay spec.x contains a NUL character, which PostgreSQL cannot store (refused on "
+          "every database), at index 1")),
     ]
     for method, args, kwargs, text in bad_calls:
         with pytest.raises(StoreInputError) as info:
@@ -783,8 +783,8 @@ async def test_the_store_replay_calls_check_their_input_and_write_nothing(store)
          "verdict must be JSON: Out of range float values are not JSON compliant"),
         ({"arm": ""}, "an arm name is 1..64 characters"),
         ({"arm": "x" * 65}, "an arm name is 1..64 characters"),
-        ({"text": "a\x00b"}, "replay item text contains a NUL character, which PostgreSQL "
-                              "cannot store (refused on every database), at index 1"),
+        ({"text": "a\x00b"}, ("replay item text contains a NUL character, which PostgreSQL "
+                               "cannot store (refused on every database), at index 1")),
     ]:
         with pytest.raises(StoreInputError) as info:
             await store.save_replay_item(item(**kwargs))

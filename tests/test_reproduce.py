@@ -5,7 +5,7 @@ Every test runs four times: SQLite / PostgreSQL x sync / async (conftest ``store
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -161,7 +161,7 @@ def make_run(response: dict[str, Any] | None = None, *, endpoint: str = "chat.co
     return Run(id="r" * 32, conversation_id="c" * 32, endpoint=endpoint,  # type: ignore[arg-type]
                mode="chat" if endpoint == "chat.completions" else "completion",
                model="m", request=request, response=response,
-               created_at=datetime(2026, 1, 1, tzinfo=timezone.utc), **fields)
+               created_at=datetime(2026, 1, 1, tzinfo=UTC), **fields)
 
 
 def chat_response(message: dict[str, Any] | None, *more: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,12 @@ import email.utils
 import httpx
 import pytest
 
-from convo._client.constants import INITIAL_RETRY_DELAY, MAX_RETRY_AFTER, MAX_RETRY_DELAY, RETRY_JITTER
+from convo._client.constants import (
+    INITIAL_RETRY_DELAY,
+    MAX_RETRY_AFTER,
+    MAX_RETRY_DELAY,
+    RETRY_JITTER,
+)
 from convo._client.retry import backoff_delay, parse_retry_after, retry_delay, should_retry_status
 
 NOW = 1_700_000_000.0

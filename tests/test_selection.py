@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from convo import ContextOverflowError, Message
-from convo._messages import FunctionCall, ToolCall
 from convo._context.selection import Item, Selection, Selector
+from convo._messages import FunctionCall, ToolCall
 
 
 def _conversation(draw: st.DrawFn) -> list[Item]:

@@ -26,8 +26,8 @@ from convo import (
     ToolCall,
     get_template,
 )
-from convo._render.jinja import derive_stop, template_messages
 from convo._records import StoredMessage
+from convo._render.jinja import derive_stop, template_messages
 
 CONV = [
     Message.system("You are a helpful assistant."),

@@ -26,8 +26,8 @@ from convo import (
     count_tokens,
     encoding_for_model,
 )
-from convo._tokens.encodings import register_encoding, unregister_encoding
 from convo._exceptions import InvalidMessageError, UnknownModelError
+from convo._tokens.encodings import register_encoding, unregister_encoding
 from convo._tokens.media import image_rule_for_model, image_size, image_tokens
 
 COOKBOOK = "https://github.com/openai/openai-cookbook/blob/main/examples/How_to_count_tokens_with_tiktoken.ipynb"

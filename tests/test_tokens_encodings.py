@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from tiktoken_ext import openai_public
 
 import convo
+from convo._exceptions import EncodingUnavailableError
 from convo._tokens import encodings as _encodings
 from convo._tokens.encodings import (
     get_encoding,
@@ -29,7 +30,6 @@ from convo._tokens.encodings import (
     tiktoken_file_bytes,
     unregister_encoding,
 )
-from convo._exceptions import EncodingUnavailableError
 
 SHARED_CACHE = Path(__file__).resolve().parents[2] / "shared" / "tiktoken-cache"
 TIKTOKEN_SHA256 = {

@@ -32,6 +32,7 @@ from convo import (
     ReplyInfo,
     StoreInputError,
 )
+from convo._client.types import ChatCompletion, Completion, SerializedRequest
 from convo._store.inputs import (
     JSON_DEPTH_MAX,
     check_json,
@@ -39,9 +40,8 @@ from convo._store.inputs import (
     checked_json_text,
     contains,
 )
-from convo._turns.plan import builder_settings, checked_settings, request_body, wire_params
 from convo._turns.chat import _as_message
-from convo._client.types import ChatCompletion, Completion, SerializedRequest
+from convo._turns.plan import builder_settings, checked_settings, request_body, wire_params
 from convo.testing import FakeBackend
 
 # --- received JSON: a scan instead of a walk --------------------------------------------

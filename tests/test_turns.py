@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -480,7 +480,7 @@ async def test_a_parameter_that_is_not_json_is_named_in_the_error(env: Env) -> N
 
 # --- pure helpers of the turn core (no store, no model) ---------------------------------
 
-NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def _stored(seq: int, role: str, *, key: str | None = None,

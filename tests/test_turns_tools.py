@@ -26,10 +26,10 @@ from convo import (
     InvalidMessageError,
     Message,
     TextDelta,
-    ToolCall,
-    ToolCallDelta,
     Tool,
     ToolArgumentsError,
+    ToolCall,
+    ToolCallDelta,
     ToolResultEvent,
     tool,
 )

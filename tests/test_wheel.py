@@ -49,7 +49,7 @@ def test_fresh_venv_runs_db_upgrade_and_new(wheel: Path, tmp_path: Path) -> None
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py, convo = venv / "bin" / "python", venv / "bin" / "convo"
     pip = subprocess.run(  # a plain install, no extra: the `convo` command must work
-        [str(py), "-m", "pip", "install", "-q", str(wheel)], capture_output=True, text=True
+        [str(py), "-m", "pip", "install", "-q", str(wheel)], capture_output=True, text=True, check=False
     )
     assert pip.returncode == 0, pip.stderr[-2000:]
     work = tmp_path / "elsewhere"  # not the checkout: only the installed package can be used
@@ -58,7 +58,7 @@ def test_fresh_venv_runs_db_upgrade_and_new(wheel: Path, tmp_path: Path) -> None
     db = f"sqlite:///{work / 'fresh.db'}"
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(convo), "--db", db, *args], cwd=work, env=env, capture_output=True, text=True)
+        return subprocess.run([str(convo), "--db", db, *args], cwd=work, env=env, capture_output=True, text=True, check=False)
 
     never = cli("new")
     assert never.returncode == 1 and f"run `convo --db {db} db upgrade`" in never.stderr
