@@ -49,7 +49,8 @@ TIMEOUT_MULTIPLIER: float | None = None
 
 #: module -> the test files its mutants run against (fast ones, the module's own)
 MODULES: dict[str, list[str]] = {
-    "_context.selection": ["test_selection.py", "test_context_edges.py", "test_context.py"],
+    "_context.selection": ["test_selection.py", "test_context_edges.py", "test_context.py",
+                           "test_turn_build.py"],
     "_context.plan": ["test_context.py", "test_context_edges.py", "test_context_paths.py",
                       "test_context_floor.py", "test_context_as_of.py", "test_context_summaries.py",
                       "test_turn_build.py"],
