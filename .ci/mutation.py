@@ -592,12 +592,6 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
           for code in (".order_by(R.c.id)", ".order_by(R.c.created_at, )")],
         ("_no_constant", "raise ValueError(None)",
          "request_text catches the ValueError and raises its own StoreInputError message"),
-        *[("_unfinishable", code, ("only a run finished between finish_run's statements "
-                                   "reaches it (a race): no deterministic test"))
-          for code in ('if status == "XXpendingXX":', 'if status == "PENDING":',
-                       "raise StoreInputError(None)",
-                       'raise StoreInputError(f"XXrun {run_id!r} could not be finished; try againXX")',
-                       'raise StoreInputError(f"RUN {RUN_ID!R} COULD NOT BE FINISHED; TRY AGAIN")')],
     ],
     "_turns.tools": [
         ("Tool.from_function", 'c.isascii() and (c.isalnum() or c in "XX_-XX") for c in tool_name',

@@ -831,3 +831,22 @@ async def test_a_run_for_a_missing_or_hidden_conversation_names_it(store):
         await _start(store, conv.id, owner="bob")
     assert str(info.value) == f"conversation '{conv.id}' not found for owner 'bob'"
     assert store.snapshot() == before
+
+
+async def test_a_started_run_of_another_conversation_finishes_nothing(store):
+    """finish_run takes the run's conversation from ``started`` (its statements are
+    narrowed to it; nothing is read first): a Run with this id but another conversation
+    matches no row, so nothing is written, and the run, read after the rollback, is
+    still pending: it could not be finished (the message a race between the statements
+    gives). With a reply or without, on both paths."""
+    conv = await store.create_conversation(owner="alice")
+    other = await store.create_conversation(owner="alice")
+    run = await _start(store, conv.id, owner="alice")
+    wrong = run.model_copy(update={"conversation_id": other.id})
+    before = store.snapshot()
+    for reply in (None, {"role": "assistant", "content": "x"}):
+        with pytest.raises(StoreInputError) as info:
+            await store.finish_run(run.id, status="ok", reply=reply, started=wrong, owner="alice")
+        assert str(info.value) == f"run {run.id!r} could not be finished; try again"
+    assert store.snapshot() == before
+    assert await store.get_run(run.id, owner="alice") == run
