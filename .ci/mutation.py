@@ -590,6 +590,17 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         *[("turn_runs", code, ("a run id sorts by creation (new_run_id: ms clock, then a "
                                "counter): created_at and id give the same order"))
           for code in (".order_by(R.c.id)", ".order_by(R.c.created_at, )")],
+        *[("_kept_seqs", f"if not seqs {op} (set(map(type, seqs)) == {{int}} and min(seqs) {low} and max(seqs) < {high}):",
+           ("only narrows the bulk fast path: the per-seq check (_int) takes the same seqs "
+            "and returns them as they are"))
+          for op, low, high in (("and", ">= 1", "2**63"), ("or", "> 1", "2**63"),
+                                ("or", ">= 2", "2**63"), ("or", ">= 1", "2 * 63"))],
+        ("_kept_seqs", 'return [cast(None, _int(s, "kept seq", minimum=1, optional=False)) for s in seqs]',
+         "typing.cast does nothing at run time"),
+        ("_kept_seqs", 'return [cast(int, _int(s, "kept seq", minimum=1, optional=None)) for s in seqs]',
+         _TRUTH),
+        ("_json_object", "out: dict[str, Any] = json.loads(json.dumps(dict(value), allow_nan=None))",
+         "json.dumps tests allow_nan for truth: None and False alike"),
         ("_no_constant", "raise ValueError(None)",
          "request_text catches the ValueError and raises its own StoreInputError message"),
     ],

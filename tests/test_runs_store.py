@@ -630,6 +630,7 @@ _BIG = 2**63 - 1
          ("run base_url contains a NUL character, which PostgreSQL cannot store (refused on every "
          "database), at index 9")),
         ({"kept_seqs": None}, "run kept_seqs must be a sequence of seqs, not NoneType"),
+        ({"kept_seqs": 7}, "run kept_seqs must be a sequence of seqs, not int"),
         ({"kept_seqs": [1, 0]}, f"kept seq must be an integer in 1..{_BIG}, got 0"),
         ({"kept_seqs": [1, 2**63]}, f"kept seq must be an integer in 1..{_BIG}, got {2**63}"),
         ({"kept_seqs": [True]}, f"kept seq must be an integer in 1..{_BIG}, got True"),
