@@ -572,9 +572,6 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
           for code in ("and reply_info.usage is None",
                        r're:and outcome\.get\((None|"XXusageXX"|"USAGE")\) is reply_info\.usage$',
                        r're:checked\[("XXusageXX"|"USAGE")\] = CheckedJSON')],
-        ("run_from_row", r're:values\[("XXstreamXX"|"STREAM")\] = bool\(values\["stream"\]\)',
-         ("every row reaches run_from_row with stream a bool already (the driver path's result "
-          "processors, SQLAlchemy's Boolean): the bool() changes nothing")),
         ("run_from_row", r"re:zip\(_RUN_COLUMNS, row, (strict=(False|None))?\)",
          "a row holds one value per column by construction (select(R), or finish_run's own row)"),
         ("finish_run", "if msg is not None or params is not None:",

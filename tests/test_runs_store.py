@@ -634,6 +634,7 @@ _BIG = 2**63 - 1
         ({"kept_seqs": [1, 0]}, f"kept seq must be an integer in 1..{_BIG}, got 0"),
         ({"kept_seqs": [1, 2**63]}, f"kept seq must be an integer in 1..{_BIG}, got {2**63}"),
         ({"kept_seqs": [True]}, f"kept seq must be an integer in 1..{_BIG}, got True"),
+        ({"kept_seqs": [1, None]}, f"kept seq must be an integer in 1..{_BIG}, got None"),
         ({"settings": {"x": object()}},
          "run settings must be a JSON object: Object of type object is not JSON serializable"),
         ({"settings": {"x": float("nan")}},
