@@ -523,6 +523,11 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
            "wire is wire_params(spec), computed once a turn: computing it again gives the same")
           for code in ("params, extra = wire if (wire is not None) and False else wire_params(spec)",
                        "params, extra = wire if wire is None else wire_params(spec)")],
+        ("_cut", "return text if text is None or len(text) < limit else text[:limit]",
+         "a text of exactly limit characters is its own text[:limit]"),
+        ("_storable_text",
+         'return text if (bad_index(text) < 0) and False else _UNSTORABLE.sub("\\ufffd", text)',
+         "only skips the substitution: a text without a NUL or a lone surrogate comes out of it as it is"),
     ],
     "_replay.plan": [
         ("split_turns", "responses: list[StoredMessage] = None",
