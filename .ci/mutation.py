@@ -487,8 +487,11 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         ("plan_turn", "runs.append(None)",
          "a dead store: the plan raises right after, and runs is not read again",
          "runs.append(finished.run)"),
+        ("plan_turn", "runs.append(None)",
+         "a dead store: the plan raises right after, and runs is not read again",
+         "runs.append(failed.run)"),
         ("plan_turn",
-         "info = response.reply_info(seed=seed if (isinstance(seed, int)) or True else None)",
+         "info = _storable(response.reply_info(seed=seed if (isinstance(seed, int)) or True else None))",
          "check_params refused a seed that is not an int, and an unset seed is None either way"),
         ("plan_turn", 'if result.role != "tool" and not result.tool_call_id:',
          "Message itself refuses a tool message without a tool_call_id and any other with one"),
@@ -524,6 +527,11 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
            "wire is wire_params(spec), computed once a turn: computing it again gives the same")
           for code in ("params, extra = wire if (wire is not None) and False else wire_params(spec)",
                        "params, extra = wire if wire is None else wire_params(spec)")],
+        ("_cut", "return text if text is None or len(text) < limit else text[:limit]",
+         "a text of exactly limit characters is its own text[:limit]"),
+        ("_storable_text",
+         'return text if (bad_index(text) < 0) and False else _UNSTORABLE.sub("\\ufffd", text)',
+         "only skips the substitution: a text without a NUL or a lone surrogate comes out of it as it is"),
     ],
     "_replay.plan": [
         ("split_turns", "responses: list[StoredMessage] = None",
@@ -573,9 +581,6 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
           for code in ("and reply_info.usage is None",
                        r're:and outcome\.get\((None|"XXusageXX"|"USAGE")\) is reply_info\.usage$',
                        r're:checked\[("XXusageXX"|"USAGE")\] = CheckedJSON')],
-        ("run_from_row", r're:values\[("XXstreamXX"|"STREAM")\] = bool\(values\["stream"\]\)',
-         ("every row reaches run_from_row with stream a bool already (the driver path's result "
-          "processors, SQLAlchemy's Boolean): the bool() changes nothing")),
         ("run_from_row", r"re:zip\(_RUN_COLUMNS, row, (strict=(False|None))?\)",
          "a row holds one value per column by construction (select(R), or finish_run's own row)"),
         ("finish_run", "if msg is not None or params is not None:",
@@ -591,14 +596,19 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         *[("turn_runs", code, ("a run id sorts by creation (new_run_id: ms clock, then a "
                                "counter): created_at and id give the same order"))
           for code in (".order_by(R.c.id)", ".order_by(R.c.created_at, )")],
+        *[("_kept_seqs", f"if not seqs {op} (set(map(type, seqs)) == {{int}} and min(seqs) {low} and max(seqs) < {high}):",
+           ("only narrows the bulk fast path: the per-seq check (_int) takes the same seqs "
+            "and returns them as they are"))
+          for op, low, high in (("and", ">= 1", "2**63"), ("or", "> 1", "2**63"),
+                                ("or", ">= 2", "2**63"), ("or", ">= 1", "2 * 63"))],
+        ("_kept_seqs", 'return [cast(None, _int(s, "kept seq", minimum=1, optional=False)) for s in seqs]',
+         "typing.cast does nothing at run time"),
+        ("_kept_seqs", 'return [cast(int, _int(s, "kept seq", minimum=1, optional=None)) for s in seqs]',
+         _TRUTH),
+        ("_json_object", "out: dict[str, Any] = json.loads(json.dumps(dict(value), allow_nan=None))",
+         "json.dumps tests allow_nan for truth: None and False alike"),
         ("_no_constant", "raise ValueError(None)",
          "request_text catches the ValueError and raises its own StoreInputError message"),
-        *[("_unfinishable", code, ("only a run finished between finish_run's statements "
-                                   "reaches it (a race): no deterministic test"))
-          for code in ('if status == "XXpendingXX":', 'if status == "PENDING":',
-                       "raise StoreInputError(None)",
-                       'raise StoreInputError(f"XXrun {run_id!r} could not be finished; try againXX")',
-                       'raise StoreInputError(f"RUN {RUN_ID!R} COULD NOT BE FINISHED; TRY AGAIN")')],
     ],
     "_turns.tools": [
         ("Tool.from_function", 'c.isascii() and (c.isalnum() or c in "XX_-XX") for c in tool_name',

@@ -482,6 +482,11 @@ def test_the_judge_prompt_and_its_verdict():
     long = "x" * 3000
     assert parse_verdict(long, "judge") == {
         "model": "judge", "error": "the judge's answer is not JSON", "raw": "x" * 2000}
+    # an answer the store refuses names where, as a verdict: the error is read with the report
+    assert parse_verdict('{"winner": "a", "reason": "ok\\u0000"}', "judge") == {
+        "model": "judge",
+        "error": ("the judge's answer cannot be stored: verdict.reason contains a NUL character, "
+                  "which PostgreSQL cannot store (refused on every database), at index 2")}
 
 
 def test_a_report_sums_each_arm_in_the_replays_order():

@@ -630,9 +630,11 @@ _BIG = 2**63 - 1
          ("run base_url contains a NUL character, which PostgreSQL cannot store (refused on every "
          "database), at index 9")),
         ({"kept_seqs": None}, "run kept_seqs must be a sequence of seqs, not NoneType"),
+        ({"kept_seqs": 7}, "run kept_seqs must be a sequence of seqs, not int"),
         ({"kept_seqs": [1, 0]}, f"kept seq must be an integer in 1..{_BIG}, got 0"),
         ({"kept_seqs": [1, 2**63]}, f"kept seq must be an integer in 1..{_BIG}, got {2**63}"),
         ({"kept_seqs": [True]}, f"kept seq must be an integer in 1..{_BIG}, got True"),
+        ({"kept_seqs": [1, None]}, f"kept seq must be an integer in 1..{_BIG}, got None"),
         ({"settings": {"x": object()}},
          "run settings must be a JSON object: Object of type object is not JSON serializable"),
         ({"settings": {"x": float("nan")}},
@@ -831,3 +833,22 @@ async def test_a_run_for_a_missing_or_hidden_conversation_names_it(store):
         await _start(store, conv.id, owner="bob")
     assert str(info.value) == f"conversation '{conv.id}' not found for owner 'bob'"
     assert store.snapshot() == before
+
+
+async def test_a_started_run_of_another_conversation_finishes_nothing(store):
+    """finish_run takes the run's conversation from ``started`` (its statements are
+    narrowed to it; nothing is read first): a Run with this id but another conversation
+    matches no row, so nothing is written, and the run, read after the rollback, is
+    still pending: it could not be finished (the message a race between the statements
+    gives). With a reply or without, on both paths."""
+    conv = await store.create_conversation(owner="alice")
+    other = await store.create_conversation(owner="alice")
+    run = await _start(store, conv.id, owner="alice")
+    wrong = run.model_copy(update={"conversation_id": other.id})
+    before = store.snapshot()
+    for reply in (None, {"role": "assistant", "content": "x"}):
+        with pytest.raises(StoreInputError) as info:
+            await store.finish_run(run.id, status="ok", reply=reply, started=wrong, owner="alice")
+        assert str(info.value) == f"run {run.id!r} could not be finished; try again"
+    assert store.snapshot() == before
+    assert await store.get_run(run.id, owner="alice") == run

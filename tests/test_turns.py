@@ -278,6 +278,23 @@ async def test_hostile_turn_input_is_refused_before_anything_is_written(
     assert len(env.model_requests()) == 1
 
 
+async def test_a_bad_response_format_is_refused_by_name(env: Env) -> None:
+    """response_format is checked with the turn's parameters, before anything is stored:
+    the error says what is wrong with it, and where."""
+    chat = env.chat()
+    conv = await env.store.create_conversation()
+    before = env.store.snapshot()
+    for fmt, error, message in [
+        ("json_object", ConfigurationError, "response_format must be a dict, not str"),
+        ({"type": "json_schema", "x": float("nan")}, StoreInputError,
+         "response_format.x is nan, which is not a JSON number"),
+    ]:
+        with pytest.raises(error) as caught:
+            await chat.send(conv.id, "Hi", response_format=fmt)
+        assert str(caught.value) == message
+    assert env.store.snapshot() == before and env.model_requests() == []
+
+
 async def test_a_chat_only_parameter_is_refused_in_completion_mode(env: Env) -> None:
     chat = env.chat(mode="completion")
     conv = await env.store.create_conversation()

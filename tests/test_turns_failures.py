@@ -470,6 +470,8 @@ ODD_ANSWERS = {
                                         "total_tokens": -6}},
     "counts past 32 bits": {"usage": {"prompt_tokens": 2**40, "completion_tokens": 2**31,
                                       "total_tokens": 2**40 + 2**31}},
+    "counts at the column's bounds": {"usage": {"prompt_tokens": 2**31 - 1, "completion_tokens": 0,
+                                                "total_tokens": 2**31 - 1}},
 }
 
 
@@ -502,8 +504,10 @@ async def test_a_reply_is_stored_whatever_metadata_the_server_reports(env: Env, 
     assert info.system_fingerprint == (fingerprint[:255] if fingerprint else None)
     assert run.system_fingerprint == info.system_fingerprint
     usage = answer["usage"]
-    in_range = 0 <= usage["prompt_tokens"] < 2**31
-    assert run.reported_prompt_tokens == (usage["prompt_tokens"] if in_range else None)
+    for key, column in (("prompt_tokens", "reported_prompt_tokens"),
+                        ("completion_tokens", "completion_tokens")):
+        count = usage[key]
+        assert getattr(run, column) == (count if 0 <= count < 2**31 else None), key
     assert info.usage is not None and info.usage["prompt_tokens"] == usage["prompt_tokens"]
     assert run.response is not None and run.response["model"] == answer["model"]  # whole
     stored = await env.store.messages(conv.id)

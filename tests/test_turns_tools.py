@@ -199,7 +199,7 @@ async def test_a_tool_result_the_store_cannot_hold_is_kept_with_replacement_char
         """Fetch a page."""
         if url == "bad":
             raise OSError("read \x00 failed")
-        return "bin\x00ary \ud800 page"
+        return "\x00bin\x00ary \ud800 page"  # (a NUL first too: its index is 0)
 
     chat = env.chat(tools=[tool(fetch)])
     conv = await env.store.create_conversation()
@@ -207,7 +207,7 @@ async def test_a_tool_result_the_store_cannot_hold_is_kept_with_replacement_char
     result = await chat.send(conv.id, "Get it", idempotency_key="k")
 
     texts = [m.text for m in result.messages if m.role == "tool"]
-    assert texts[0] == "bin\ufffdary \ufffd page"
+    assert texts[0] == "\ufffdbin\ufffdary \ufffd page"
     assert texts[1].startswith("error: ") and "read \ufffd failed" in texts[1]
     assert [m.role for m in await env.thread(conv.id)] == ["user", "assistant", "tool", "tool",
                                                            "assistant"]
