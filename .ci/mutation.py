@@ -355,6 +355,36 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
           for text in ("XXan error occurred during streamingXX", "AN ERROR OCCURRED DURING STREAMING")],
     ],
     "_context.plan": [
+        # the lean read's WireText (a turn's chat build only): made into the same Item
+        # inline in _select or by history.item, and its cost in chat mode is its count
+        *[("plan_build", code, why) for code, why in (
+            ("return Item(row, row.seq, cached if chat else message_cost(cfg, cached), )",
+             "Item.exact defaults to True"),
+            *[(f"return Item(row, row.seq, cached if {cond} else {cost}, True)",
+               "a WireText exists in chat builds only (the lean read), where message_cost(cfg, c) is c")
+              for cond, cost in (
+                  ("(chat) and False", "message_cost(cfg, cached)"),
+                  ("(chat) or True", "message_cost(cfg, cached)"),
+                  ("chat", "message_cost(None, cached)"),
+                  ("chat", "message_cost(cfg, None)"),
+                  ("chat", "message_cost(cached)"),
+                  ("chat", "message_cost(cfg, )"),
+              )],
+        )],
+        *[("_select", code,
+           "the inline Item of a WireText row is the one history.item makes of it (a shortcut), "
+           "and WireText rows come in chat builds only")
+          for code in (
+              "wire = None", 'wire = WireText if (cfg.mode == "chat") and False else None',
+              'wire = WireText if (cfg.mode == "chat") or True else None',
+              'wire = WireText if cfg.mode != "chat" else None',
+              'wire = WireText if cfg.mode == "XXchatXX" else None',
+              'wire = WireText if cfg.mode == "CHAT" else None',
+              "if type(None) is wire:",
+          )],
+        *[("_render", f"prompt = render_prompt(cfg.template, cast({arg}, messages), tools=cfg.tools)",
+           "typing.cast does nothing at run time")
+          for arg in ("None", '"XXlist[Message]XX"', '"list[message]"', '"LIST[MESSAGE]"')],
         ("store_call", "lean: bool = True,",
          "the default is dead: store_call's one caller (BuildIO.call) always passes lean"),
         ("_assemble", "entries.append((sel.dropped_through - 0.5, summary_msg))",
