@@ -178,6 +178,28 @@ async def test_a_later_page_of_a_deleted_conversation_is_not_found(store: Any) -
     assert str(err.value) == f"conversation {conv.id!r} not found"
 
 
+async def test_a_later_page_of_a_deleted_fork_names_the_fork(store: Any) -> None:
+    """The same for a fork, whose build reads its lineage from the fork's row: the
+    later page pages through the parent's rows too, and once the fork is deleted
+    the error names the fork (the lineage's own conversation), not its parent."""
+    conv = await store.create_conversation(owner="alice")
+    await store.append_many(conv.id, [Message.user(f"m{i}") for i in range(6)], owner="alice")
+    child = await store.fork(conv.id, at=4, owner="alice")
+    await store.append_many(child.id, [Message.user(f"f{i}") for i in range(3)], owner="alice")
+    _pinned, page, lineage = await store._context_open(child.id, encoding="o200k_base", limit=3,
+                                                       owner="alice")
+    assert [(m.conversation_id, m.seq) for m, _ in page] == [(child.id, s) for s in (7, 6, 5)]
+    older = await store._tail_of(lineage, encoding="o200k_base", before=5, limit=3,
+                                 owner="alice")
+    assert [(m.conversation_id, m.seq) for m, _ in older] == [(conv.id, s) for s in (4, 3, 2)]
+    await store.delete_conversation(child.id, owner="alice")
+    # (the parent's rows are still there: a page that held only those would not notice)
+    with pytest.raises(ConversationNotFound) as err:
+        await store._tail_of(lineage, encoding="o200k_base", before=7, limit=10, owner="alice")
+    assert str(err.value) == f"conversation {child.id!r} not found for owner 'alice'"
+    assert err.value.conversation_id == child.id
+
+
 async def test_tail_of_takes_only_a_lineage(store: Any) -> None:
     with pytest.raises(StoreInputError, match="lineage"):
         await store._tail_of(("c", 0, 3), encoding="o200k_base", before=3, limit=2)
