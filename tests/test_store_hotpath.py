@@ -35,7 +35,7 @@ from convo import (
 from convo._messages import FunctionCall, ImagePart, ImageURL, TextPart, ToolCall
 from convo._records import StoredMessage
 from convo._store import driver, sql
-from convo._store.engine import _sqlite_begin, _sqlite_checkout, create_engine
+from convo._store.engine import WRITE_OPTION, _sqlite_begin, _sqlite_checkout, create_engine
 from convo._store.rows import message_params
 from convo._store.runs import SerializedRequest
 from convo._store.schema import UTCDateTime
@@ -377,6 +377,47 @@ async def test_append_current_on_a_thread_without_branches(store: Any) -> None:
             await store._append_current("0" * 32, Message.user("x"), idempotency_key=key)
         assert str(info.value) == f"conversation '{'0' * 32}' not found"
     assert [m.seq for m in await store.messages(conv.id)] == [1, 2, 3, 4]
+
+
+async def test_an_append_without_a_key_is_one_autocommitted_statement_on_postgresql(
+    store: Any,
+) -> None:
+    """Without a key, append and append_current are one statement, which PostgreSQL runs
+    in autocommit (no BEGIN / COMMIT round trips); with a key they are a transaction, whose
+    rollback undoes the counter bump of a retried send. SQLite runs both as writes."""
+    conv = await store.create_conversation()
+    seen: list[tuple[str, Any, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        options = conn.get_execution_options()
+        seen.append((statement, options.get("isolation_level"), options.get(WRITE_OPTION)))
+
+    engine = store.sync_engine
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        calls = [
+            lambda: store.append(conv.id, Message.user("a")),
+            lambda: store._append_current(conv.id, Message.user("b")),
+            lambda: store.append(conv.id, Message.user("c"), idempotency_key="k1"),
+            lambda: store._append_current(conv.id, Message.user("d"), idempotency_key="k2"),
+        ]
+        ran = []
+        for call in calls:
+            seen.clear()
+            await call()
+            ran.append({(level, write) for _statement, level, write in seen})
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+    if store.backend == "postgresql":
+        assert ran == [{("AUTOCOMMIT", None)}] * 2 + [{(None, None)}] * 2
+    else:
+        assert ran == [{(None, True)}] * 4
+    # a retried keyed send in that transaction leaves the counter as it was
+    before = store.snapshot()
+    await store.append(conv.id, Message.user("c"), idempotency_key="k1")
+    await store._append_current(conv.id, Message.user("d"), idempotency_key="k2")
+    assert store.snapshot() == before
+    assert [m.text for m in await store.messages(conv.id)] == ["a", "b", "c", "d"]
 
 
 # --- the direct path --------------------------------------------------------------------------
