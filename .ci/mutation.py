@@ -94,6 +94,10 @@ _DOUBLE_CHECK = (
     "re-read matters only when two threads race on a key's first counter"
 )
 _TRUTH = "only tested for truth: None and False alike"
+_CHECKED_FIRST = (
+    "the plan's @checked rules (title: _text, metadata: _json_object, owner: _short) refuse "
+    "every value this check would, before the plan runs: its message is never seen"
+)
 _OWNER_CHECKED = (
     "_open_lineage runs only from _open, right after _open checked the owner on the same "
     "conversation row in the same transaction"
@@ -253,8 +257,26 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "the DBAPI fast path is an optimization: SQLAlchemy rows read by position the same"),
         ("list_conversations", r"re:sa\.literal\((stamp|last_id), (None)?\)",
          "SQLAlchemy infers the type from the value"),
-        ("list_conversations", r"re:\.limit\((None|limit \+ 2)\)$",
-         "reading one more row (or all) gives the same page and cursor"),
+        ("newest_first", r"re:sa\.literal\(after\[[01]\], (None)?\)",
+         ("SQLAlchemy infers the type from the value: the cursor's aware UTC datetime binds "
+          "as the same text on SQLite (timestamptz on PostgreSQL), its id as the same string")),
+        ("newest_first", "if keep is None and len(items) >= want or len(rows) < want:",
+         ("without keep every row read is an item: a page is full (len(items) == want) or "
+          "short, so the loop stops after it either way")),
+        ("newest_first", "if keep is None or len(items) > want or len(rows) < want:",
+         ("with want items kept, one more page read only adds items past the limit: the "
+          "page and its cursor are the same")),
+        *[("newest_first", code, "reading one more row (or all) gives the same page and cursor")
+          for code in (r"re:\.limit\(None\)$", "want = min(limit, 2**62) + 2")],
+        ("list_conversations", "if sql.needs_recheck(None, value):  # SQLite, an object or array value",
+         ("rechecking on PostgreSQL too re-tests only rows the JSONB clause matched exactly, "
+          "where json_same agrees with it")),
+        ("list_conversations",
+         r're:recheck\.append\(\(key, check_json\(value, (None|"XXmetadata filter valueXX"|"METADATA FILTER VALUE")\)\)\)$',
+         _CHECKED_FIRST),
+        ("list_conversations", "keep=keep if (recheck) or True else None,",
+         ("with nothing to recheck keep keeps every row: the first page read is full or the "
+          "last, so the loop stops after it as it does without keep")),
         ("get_message", r"re:limit=(None|2), newest_first=False|limit=1, newest_first=(None|True)",
          "the range seq - 1 < s < seq + 1 holds one row at most"),
         ("messages", "lineage, after=None, before=None, limit=None, newest_first=None,",
@@ -281,8 +303,18 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "lo is 0 or a fork point, and a conversation's own rows start after its fork point"),
         ("delete_conversation", "None", _RACE),
         ("fork", r"re:raise ConversationNotFound\(.*\) from exc", _RACE),
-        ("_lineage", r"re:return Lineage\((None, last_seq|conversation_id, None)",
-         "Lineage.conversation_id and .last_seq are never read (dead fields)"),
+        ("_lineage", r"re:return Lineage\(conversation_id, (None|row\[3\]), ",
+         "Lineage.last_seq is never read (a dead field; tail_of reads the conversation_id)"),
+        *[(function, code, _CHECKED_FIRST) for function in
+          ("create_conversation", "update_conversation", "fork") for code in (
+              r're:validate_json_dict\(metadata, (None|"XXconversation metadataXX"|"CONVERSATION METADATA")\)$',
+              r're:^check_values\((values|row), (None|"XXconversationXX"|"CONVERSATION")\)$',
+          )],
+        ("search", r"re:ilike\(pattern, (escape=None)?\)$",
+         "PostgreSQL's LIKE escape character is the backslash by default, the one given"),
+        ("search", "), None))",
+         "a NULL term of the OR is false in a WHERE (and alone it selects no row, as false does)",
+         "), sa.false()))"),
     ],
     "_store.context": [
         # (its @checked plans are decorated: mutmut leaves them unmutated)

@@ -148,6 +148,27 @@ async def test_metadata_filter_pages_stay_full_when_sqlite_rechecks_rows(store):
     assert seen == list(reversed(expected))
 
 
+async def test_rechecked_pages_walk_conversations_updated_at_one_instant_by_id(store):
+    """Conversations with one updated_at (an import, a bulk update) are ordered by id: a
+    page that reads on past rows the recheck dropped continues after the last row read,
+    by its id, so every match comes exactly once, highest id first."""
+    ids = sorted([(await store.create_conversation()).id for _ in range(12)], reverse=True)
+    want = ids[2::3]  # in id order: two dropped rows, then a match (pages of 3 rows)
+    for cid in ids:
+        tags = {"x": [0], "y": 1} if cid in want else {"x": [9], "y": 1}
+        await store.update_conversation(cid, metadata={"tags": tags})
+    store.sql("UPDATE conversations SET updated_at = (SELECT MIN(updated_at) FROM conversations)")
+    seen, cursor = [], None
+    while True:
+        page = await store.list_conversations(
+            metadata={"tags": {"x": [0], "y": 1}}, limit=2, cursor=cursor)
+        seen += [c.id for c in page.items]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert seen == want
+
+
 async def test_a_metadata_filter_never_takes_true_for_1_whichever_side_holds_it(store):
     # JSONB: true is not 1, whether the stored member or the filter's is the bool
     # (SQLite re-checks objects and arrays member by member: both orders there).
@@ -188,6 +209,9 @@ async def test_owner_scoping_of_reads_and_writes(store):
             await call
         assert str(err.value) == f"conversation {conv.id!r} not found for owner 'bob'"
     assert (await store.get_conversation(conv.id)).title is None
+    # the owner's own update goes through (the scope selects the row, it does not hide it)
+    mine = await store.update_conversation(conv.id, title="mine", owner="alice")
+    assert mine.title == "mine" == (await store.get_conversation(conv.id)).title
 
 
 @pytest.mark.parametrize("call", ["list", "messages", "tail", "search"])
@@ -215,6 +239,19 @@ async def test_pages_of_conversations_chain_by_the_last_item(store):
     assert seen == newest_first
     exact = await store.list_conversations(limit=7)
     assert len(exact.items) == 7 and exact.next_cursor is None  # no empty page after a full one
+
+
+async def test_a_page_of_conversations_takes_any_limit_up_to_the_largest(store):
+    """The page reads limit + 1 rows to know whether there is a next one, so a limit
+    near 2**63-1 is bounded first (limit + 1 must fit in 64 bits), and that bound is
+    far above any page: 130 conversations all come back in one page."""
+    ids = {(await store.create_conversation(metadata={"k": [1]})).id for _ in range(130)}
+    for metadata in (None, {"k": [1]}):  # (an array value: SQLite rechecks rows in Python)
+        for limit in (2**63 - 1, 2**62, 131):
+            page = await store.list_conversations(limit=limit, metadata=metadata)
+            assert {c.id for c in page.items} == ids and page.next_cursor is None
+        page = await store.list_conversations(limit=129, metadata=metadata)
+        assert len(page.items) == 129 and page.next_cursor is not None
 
 
 async def test_pinning_touches_one_conversation_only(store):
@@ -319,6 +356,18 @@ async def test_search_matches_backslashes_literally(store):
     assert [m.text for m in await store.search("\\temp\\")] == [r"C:\temp\x"]
     assert [m.text for m in await store.search("0% s")] == ["100% sure_ok"]
     assert [m.text for m in await store.search("e_o")] == ["100% sure_ok"]
+
+
+async def test_search_in_a_conversation_without_messages_finds_nothing(store):
+    """A conversation with no rows of its own, and a fork at 0 (its lineage has no rows
+    at all), match nothing, while other conversations' rows match."""
+    full = await store.create_conversation()
+    await store.append_many(full.id, [user("needle one"), user("needle two")])
+    empty = await store.create_conversation()
+    at_zero = await store.fork(full.id, at=0)
+    assert len(await store.search("needle")) == 2
+    assert await store.search("needle", conversation_id=empty.id) == []
+    assert await store.search("needle", conversation_id=at_zero.id) == []
 
 
 def _build_afresh() -> None:
