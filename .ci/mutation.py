@@ -302,6 +302,13 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         ("search", "(M.c.conversation_id == cid) & (M.c.seq >= lo) & (M.c.seq <= hi)",
          "lo is 0 or a fork point, and a conversation's own rows start after its fork point"),
         ("delete_conversation", "None", _RACE),
+        ("delete_conversation",
+         r"re:^levels = yield from lineages\.forks_below\(\[conversation_id\], full=(None|True)\)$",
+         "the delete reads only the forks' ids, which whole rows and (id, parent_id) rows both have"),
+        ("set_pinned", "raise MessageNotFound(None)",
+         ("the update finds no row only if the message went between the lineage read and it "
+          "(lineage.owner_of found its seq, and seqs are contiguous): a race, no "
+          "deterministic test; the first not-found, for a seq outside the lineage, is killed")),
         ("fork", r"re:raise ConversationNotFound\(.*\) from exc", _RACE),
         ("_lineage", r"re:return Lineage\(conversation_id, (None|row\[3\]), ",
          "Lineage.last_seq is never read (a dead field; tail_of reads the conversation_id)"),

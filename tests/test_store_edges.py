@@ -228,6 +228,16 @@ async def test_limits_must_be_positive(store, call):
     assert str(err.value) == "limit must be between 1 and 2**63-1 (got 0)"
 
 
+async def test_deleting_a_missing_or_hidden_conversation_names_it(store):
+    conv = await store.create_conversation(owner="alice")
+    for cid, owner, scope in ((conv.id, "bob", " for owner 'bob'"), ("0" * 32, None, "")):
+        with pytest.raises(ConversationNotFound) as err:
+            await store.delete_conversation(cid, owner=owner)
+        assert str(err.value) == f"conversation {cid!r} not found{scope}"
+        assert (err.value.conversation_id, err.value.owner) == (cid, owner)
+    assert (await store.get_conversation(conv.id)).owner == "alice"
+
+
 async def test_pages_of_conversations_chain_by_the_last_item(store):
     convs = [await store.create_conversation(title=str(i)) for i in range(7)]
     newest_first = [c.id for c in reversed(convs)]
@@ -268,6 +278,26 @@ async def test_pinning_touches_one_conversation_only(store):
     with pytest.raises(MessageNotFound) as err:
         await store.get_message(a.id, 9)
     assert str(err.value) == f"conversation {a.id!r} has no message 9"
+
+
+async def test_pinning_checks_this_conversations_message_and_names_its_seq(store):
+    """Whether a message may be pinned is read from this conversation's row at that seq,
+    not another conversation's row at the same seq; a refusal names the seq."""
+    calls = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}
+    other = await store.create_conversation()  # (its rows come first in the table)
+    await store.append_many(other.id, [user("q"), calls,
+                                       {"role": "tool", "tool_call_id": "c1", "content": "r"}])
+    conv = await store.create_conversation()
+    await store.append_many(conv.id, [user("1"), user("2"), user("3")])
+    for seq in (2, 3):
+        await store.set_pinned(conv.id, seq, True)
+        assert (await store.get_message(conv.id, seq)).pinned is True
+    for seq, what in ((2, "an assistant message with tool calls"), (3, "a tool result")):
+        with pytest.raises(StoreInputError) as err:
+            await store.set_pinned(other.id, seq, True)
+        assert str(err.value).startswith(f"cannot pin {what} (seq {seq}): it would be kept ")
+    assert not any(m.pinned for m in await store.messages(other.id))
 
 
 async def test_pinning_an_inherited_message_is_refused_with_the_reason(store):
