@@ -301,6 +301,21 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "SQLAlchemy infers the same join from the conversation_id foreign key"),
         ("search", "(M.c.conversation_id == cid) & (M.c.seq >= lo) & (M.c.seq <= hi)",
          "lo is 0 or a fork point, and a conversation's own rows start after its fork point"),
+        *[("insert_message",
+           f"values if (None not in values.values()) {op} else {{k: v for k, v in values.items() if v is not None}}",
+           ("an optimization: the INSERT lists the NULL columns or leaves them out, and the "
+            "row stored is the same (no column a message leaves NULL has a server default; "
+            "pinned is always given)")) for op in ("and False", "or True")],
+        ("insert_message",
+         "values if None in values.values() else {k: v for k, v in values.items() if v is not None}",
+         ("an optimization: the INSERT lists the NULL columns or leaves them out, and the "
+          "row stored is the same (no column a message leaves NULL has a server default; "
+          "pinned is always given)")),
+        ("insert_message",
+         r're:^return Op\(sql\.insert_new_message\(dialect\), given, (None|"XXscalarXX"|"SCALAR"), True\)$',
+         ("on the DBAPI path (driver=True) a fetch mode other than all, first, none, rowcount "
+          "and lastrowid reads the first value, as scalar does (driver.rows_as' default): the "
+          "new id")),
         ("delete_conversation", "None", _RACE),
         ("delete_conversation",
          r"re:^levels = yield from lineages\.forks_below\(\[conversation_id\], full=(None|True)\)$",
