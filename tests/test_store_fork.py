@@ -101,6 +101,19 @@ async def test_fork_edges(store):
     assert store.snapshot() == before
 
 
+async def test_a_fork_is_returned_as_it_is_read_back(store):
+    """The Conversation fork() returns is built from its values, not read: it has the
+    fields of a read one, in the same order, all set, and no others."""
+    parent = await store.create_conversation(title="t", owner="alice", metadata={"k": 1})
+    await store.append_many(parent.id, [user("1"), user("2")], owner="alice")
+    for kw in ({}, {"at": 1, "title": "f", "metadata": {"x": [1]}}):
+        made = await store.fork(parent.id, owner="alice", **kw)
+        read = await store.get_conversation(made.id)
+        assert made.__dict__ == read.__dict__ and list(made.__dict__) == list(read.__dict__)
+        assert made.model_fields_set == read.model_fields_set and repr(made) == repr(read)
+        assert (made.branch_kind, made.branch_of, made.current_branch_id) == (None, None, None)
+
+
 async def test_fork_cost_does_not_depend_on_thread_length(store):
     small = await thread(store, 10)
     big = await store.create_conversation()
