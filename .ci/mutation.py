@@ -316,6 +316,8 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          ("on the DBAPI path (driver=True) a fetch mode other than all, first, none, rowcount "
           "and lastrowid reads the first value, as scalar does (driver.rows_as' default): the "
           "new id")),
+        ("_fork_source", 'row = yield Op(sql.select_conversation(_scope(params, owner)), params, "first", )',
+         "the DBAPI fast path is an optimization: SQLAlchemy rows read by position the same"),
         ("delete_conversation", "None", _RACE),
         ("delete_conversation",
          r"re:^levels = yield from lineages\.forks_below\(\[conversation_id\], full=(None|True)\)$",

@@ -138,6 +138,23 @@ async def test_fork_cost_does_not_depend_on_thread_length(store):
     assert sum("FROM messages" in s for s in seen) == 1
 
 
+async def test_forking_a_fork_reads_only_its_row_whatever_its_depth(store):
+    """The source's row holds its whole ancestor chain: forking a fork of a fork costs
+    the statements forking a root does (no walk up the chain), and the new fork reads
+    every ancestor's rows."""
+    source = await thread(store, 2)
+    costs, chain = [], [source]
+    for depth in range(4):
+        with store.statements() as seen:
+            fork = await store.fork(chain[-1].id)
+        costs.append(len(seen))
+        await store.append(fork.id, user(f"d{depth}"))
+        chain.append(fork)
+    assert costs == [costs[0]] * 4
+    texts = [m.text for m in await store.messages(chain[-1].id)]
+    assert texts[2:] == ["d0", "d1", "d2", "d3"] and len(texts) == 6
+
+
 def _bulk_fill(store: Any, conversation_id: str, n: int) -> None:
     """n messages written server-side in one statement (the test needs volume, not the API)."""
     if store.backend == "postgresql":
