@@ -243,9 +243,6 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "the DBAPI fast path is an optimization: SQLAlchemy rows read by position the same"),
         ("append_current", 'row = yield Op(sql.append_returning_seq(scoped, True), single, "first", )',
          "the DBAPI fast path is an optimization: SQLAlchemy rows read by position the same"),
-        ("append_current", r're:dialect == "(XXpostgresqlXX|POSTGRESQL)":$',
-         ("PostgreSQL's one-statement append is an optimization: the two-statement path "
-          "(counter, then INSERT with the sequence's id) stores and returns the same")),
         ("append_current", "lineage = yield from _lineage(cid, None)",
          "the counter update just found this branch in the owner's scope (scoped UPDATE)"),
         ("append_current", "return cid, (yield from _insert(cid, seq, msg, values, stamp, None, dialect))",
@@ -317,6 +314,8 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
           "and lastrowid reads the first value, as scalar does (driver.rows_as' default): the "
           "new id")),
         ("_fork_source", 'row = yield Op(sql.select_conversation(_scope(params, owner)), params, "first", )',
+         "the DBAPI fast path is an optimization: SQLAlchemy rows read by position the same"),
+        ("append", r're:_scope\(single, owner\)\), single, "first", (driver=(None|False)|\))$',
          "the DBAPI fast path is an optimization: SQLAlchemy rows read by position the same"),
         ("delete_conversation", "None", _RACE),
         ("delete_conversation",

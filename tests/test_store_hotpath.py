@@ -382,8 +382,8 @@ async def test_append_current_on_a_thread_without_branches(store: Any) -> None:
 async def test_an_append_without_a_key_is_one_autocommitted_statement_on_postgresql(
     store: Any,
 ) -> None:
-    """Without a key, append and append_current are one statement, which PostgreSQL runs
-    in autocommit (no BEGIN / COMMIT round trips); with a key they are a transaction, whose
+    """Without a key, append and append_current are one statement on PostgreSQL, run in
+    autocommit (no BEGIN / COMMIT round trips); with a key they are a transaction, whose
     rollback undoes the counter bump of a retried send. SQLite runs both as writes."""
     conv = await store.create_conversation()
     seen: list[tuple[str, Any, Any]] = []
@@ -401,15 +401,18 @@ async def test_an_append_without_a_key_is_one_autocommitted_statement_on_postgre
             lambda: store.append(conv.id, Message.user("c"), idempotency_key="k1"),
             lambda: store._append_current(conv.id, Message.user("d"), idempotency_key="k2"),
         ]
-        ran = []
+        ran, counts = [], []
         for call in calls:
             seen.clear()
             await call()
             ran.append({(level, write) for _statement, level, write in seen})
+            counts.append(len(seen))
     finally:
         sa.event.remove(engine, "before_cursor_execute", record)
     if store.backend == "postgresql":
         assert ran == [{("AUTOCOMMIT", None)}] * 2 + [{(None, None)}] * 2
+        # one statement: two in autocommit could leave a counter bumped without its message
+        assert counts[:2] == [1, 1]
     else:
         assert ran == [{(None, True)}] * 4
     # a retried keyed send in that transaction leaves the counter as it was
@@ -418,6 +421,19 @@ async def test_an_append_without_a_key_is_one_autocommitted_statement_on_postgre
     await store._append_current(conv.id, Message.user("d"), idempotency_key="k2")
     assert store.snapshot() == before
     assert [m.text for m in await store.messages(conv.id)] == ["a", "b", "c", "d"]
+
+
+async def test_an_append_to_a_missing_or_hidden_conversation_names_it(store: Any) -> None:
+    """On every path: PostgreSQL's one statement (no key), the counter update (a key)."""
+    conv = await store.create_conversation(owner="alice")
+    before = store.snapshot()
+    for key in (None, "k"):
+        for cid, owner, scope in ((conv.id, "bob", " for owner 'bob'"), ("0" * 32, None, "")):
+            with pytest.raises(ConversationNotFound) as err:
+                await store.append(cid, Message.user("x"), idempotency_key=key, owner=owner)
+            assert str(err.value) == f"conversation {cid!r} not found{scope}"
+            assert (err.value.conversation_id, err.value.owner) == (cid, owner)
+    assert store.snapshot() == before
 
 
 # --- the direct path --------------------------------------------------------------------------
