@@ -317,6 +317,10 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "the DBAPI fast path is an optimization: SQLAlchemy rows read by position the same"),
         ("append", r're:_scope\(single, owner\)\), single, "first", (driver=(None|False)|\))$',
          "the DBAPI fast path is an optimization: SQLAlchemy rows read by position the same"),
+        ("*", (r're:^(seq|last|top) = yield Op\(sql\.(bump_seq|MAX_MESSAGE_ID).*, '
+               r'(None|"XXscalarXX"|"SCALAR"), (True|driver=True)\)$'),
+         ("on the DBAPI path (driver=True) a fetch mode other than all, first, none, rowcount "
+          "and lastrowid reads the first value, as scalar does (driver.rows_as' default)")),
         ("delete_conversation", "None", _RACE),
         ("delete_conversation",
          r"re:^levels = yield from lineages\.forks_below\(\[conversation_id\], full=(None|True)\)$",
