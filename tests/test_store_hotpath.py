@@ -423,6 +423,18 @@ async def test_an_append_without_a_key_is_one_autocommitted_statement_on_postgre
     assert [m.text for m in await store.messages(conv.id)] == ["a", "b", "c", "d"]
 
 
+async def test_keyed_and_plain_appends_take_ids_in_turn(store: Any) -> None:
+    """A keyed append's INSERT takes its id as a plain append does (PostgreSQL: from the
+    sequence), so the appends after it, keyed or not, fit: ids grow with seq."""
+    conv = await store.create_conversation()
+    stored = []
+    for i, key in enumerate(["k1", None, "k2", "k3", None, None, "k4"]):
+        stored.append(await store.append(conv.id, Message.user(f"m{i}"), idempotency_key=key))
+    assert [m.seq for m in stored] == list(range(1, 8))
+    assert sorted(m.id for m in stored) == [m.id for m in stored]
+    assert await store.messages(conv.id) == stored
+
+
 async def test_an_append_to_a_missing_or_hidden_conversation_names_it(store: Any) -> None:
     """On every path: PostgreSQL's one statement (no key), the counter update (a key)."""
     conv = await store.create_conversation(owner="alice")
