@@ -327,6 +327,11 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         ("append", "message_id = yield insert_message(values, None)",
          ("reached only on SQLite (PostgreSQL without a key takes the one-statement path), "
           "and insert_new_message gives every dialect but postgresql SQLite's INSERT")),
+        ("Lineage.live", "return [s for s in self.segments if s[2] >= s[1]]",
+         ("a segment with hi == lo holds no rows: every reader of live() skips it or reads "
+          "nothing from it (seq in (lo, hi])")),
+        ("_lineage", "if row[1] is not None:",
+         "parent_id and fork_seq are set together: a root has neither, a fork both"),
         ("delete_conversation", "None", _RACE),
         ("delete_conversation",
          r"re:^levels = yield from lineages\.forks_below\(\[conversation_id\], full=(None|True)\)$",
