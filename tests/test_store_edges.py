@@ -9,13 +9,15 @@ from typing import Any
 
 import pytest
 
-from convo._store import sql as sql
 from convo._exceptions import (
     ConversationNotFound,
     ForkConflictError,
+    InvalidMessageError,
     MessageNotFound,
     StoreInputError,
 )
+from convo._messages import Message
+from convo._store import sql
 
 
 def user(text: str) -> dict[str, Any]:
@@ -226,6 +228,19 @@ async def test_limits_must_be_positive(store, call):
     with pytest.raises(StoreInputError) as err:
         await calls[call]()
     assert str(err.value) == "limit must be between 1 and 2**63-1 (got 0)"
+
+
+async def test_append_many_takes_a_list_of_messages_and_names_what_it_got(store):
+    """One message, a string or a dict is not a list of messages (though each is
+    iterable); neither is a number: each is refused by its type, and nothing is written."""
+    conv = await store.create_conversation()
+    before = store.snapshot()
+    for bad in ("hi", b"hi", user("x"), Message.user("x"), 3, None):
+        with pytest.raises(InvalidMessageError) as err:
+            await store.append_many(conv.id, bad)
+        assert str(err.value) == (
+            f"messages must be a list of messages (Message or dict), not {type(bad).__name__}")
+    assert store.snapshot() == before
 
 
 async def test_deleting_a_missing_or_hidden_conversation_names_it(store):
