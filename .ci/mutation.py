@@ -332,6 +332,12 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
           "nothing from it (seq in (lo, hi])")),
         ("_lineage", "if row[1] is not None:",
          "parent_id and fork_seq are set together: a root has neither, a fork both"),
+        ("append_many", "if len(values) <= width:",
+         "a row with every column of the batch has none to fill: the loop below adds nothing"),
+        ("append_many", r're:^if dialect == "(XXsqliteXX|SQLITE)":$',
+         ("SQLite's batch path is an optimization: the general one (an INSERT whose id is "
+          "MAX(id) + 1 per row, then the ids read back) stores and returns the same rows, "
+          "under the same write lock")),
         ("delete_conversation", "None", _RACE),
         ("delete_conversation",
          r"re:^levels = yield from lineages\.forks_below\(\[conversation_id\], full=(None|True)\)$",

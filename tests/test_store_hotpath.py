@@ -436,13 +436,20 @@ async def test_keyed_and_plain_appends_take_ids_in_turn(store: Any) -> None:
 
 
 async def test_an_append_to_a_missing_or_hidden_conversation_names_it(store: Any) -> None:
-    """On every path: PostgreSQL's one statement (no key), the counter update (a key)."""
+    """On every path: PostgreSQL's one statement (no key), the counter update (a key),
+    a batch's counter update, an empty batch's read."""
     conv = await store.create_conversation(owner="alice")
     before = store.snapshot()
     for key in (None, "k"):
         for cid, owner, scope in ((conv.id, "bob", " for owner 'bob'"), ("0" * 32, None, "")):
             with pytest.raises(ConversationNotFound) as err:
                 await store.append(cid, Message.user("x"), idempotency_key=key, owner=owner)
+            assert str(err.value) == f"conversation {cid!r} not found{scope}"
+            assert (err.value.conversation_id, err.value.owner) == (cid, owner)
+    for cid, owner, scope in ((conv.id, "bob", " for owner 'bob'"), ("0" * 32, None, "")):
+        for batch in ([], [Message.user("x"), Message.user("y")]):  # (none: a read says it)
+            with pytest.raises(ConversationNotFound) as err:
+                await store.append_many(cid, batch, owner=owner)
             assert str(err.value) == f"conversation {cid!r} not found{scope}"
             assert (err.value.conversation_id, err.value.owner) == (cid, owner)
     assert store.snapshot() == before
