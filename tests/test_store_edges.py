@@ -459,9 +459,13 @@ async def test_new_ids_follow_the_largest_id(store):
            for i, cid in enumerate((first.id, first.id, second.id, first.id))]
     summaries = [(await store.add_summary(first.id, start_seq=1, end_seq=n, content=str(n))).id
                  for n in (1, 2)]
+    # a batch numbers its rows as one append after another would
+    batch = [m.id for m in await store.append_many(second.id, [user("b1"), user("b2")])]
+    ids.append((await store.append(first.id, user("4"))).id)
     if store.backend == "sqlite":
-        assert (ids, summaries) == ([1, 2, 3, 4], [1, 2])
+        assert (ids, summaries, batch) == ([1, 2, 3, 4, 7], [1, 2], [5, 6])
     else:
-        assert ids == sorted(set(ids)) and summaries[0] < summaries[1]
-    assert [m.text for m in await store.messages(first.id)] == ["0", "1", "3"]
+        assert ids[:4] + batch + ids[4:] == sorted(set(ids + batch))
+        assert summaries[0] < summaries[1]
+    assert [m.text for m in await store.messages(first.id)] == ["0", "1", "3", "4"]
     assert (await store.latest_summary(first.id, up_to_seq=3)).content == "2"
