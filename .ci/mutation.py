@@ -338,7 +338,7 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          ("SQLite's batch path is an optimization: the general one (an INSERT whose id is "
           "MAX(id) + 1 per row, then the ids read back) stores and returns the same rows, "
           "under the same write lock")),
-        ("append_many", r're:^yield Op\(.*, rows, (None|"XXnoneXX"|"NONE"), driver=True\)$',
+        ("append_many", r're:^yield Op\(.*, rows, ((None|"XXnoneXX"|"NONE"), )?driver=True\)$',
          ("a driver=True INSERT without RETURNING gives None whatever the fetch mode (and "
           "its result is not read)")),
         ("delete_conversation", "None", _RACE),
