@@ -341,6 +341,10 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         ("append_many", r're:^yield Op\(.*, rows, ((None|"XXnoneXX"|"NONE"), )?driver=True\)$',
          ("a driver=True INSERT without RETURNING gives None whatever the fetch mode (and "
           "its result is not read)")),
+        ("append_many", 'yield Op(sql.insert_new_message(dialect, False), rows, "none", )',
+         "the DBAPI fast path is an optimization: SQLAlchemy's executemany stores the same rows"),
+        ("append_many", 'yield Op(sql.insert_new_message(dialect, None), rows, "none", driver=True)',
+         "insert_new_message tests returning for truth: None and False alike"),
         ("delete_conversation", "None", _RACE),
         ("delete_conversation",
          r"re:^levels = yield from lineages\.forks_below\(\[conversation_id\], full=(None|True)\)$",
