@@ -345,6 +345,8 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "the DBAPI fast path is an optimization: SQLAlchemy's executemany stores the same rows"),
         ("append_many", 'yield Op(sql.insert_new_message(dialect, None), rows, "none", driver=True)',
          "insert_new_message tests returning for truth: None and False alike"),
+        ("append_many", ")", "the DBAPI fast path is an optimization: SQLAlchemy rows read by position the same",
+         "driver=True)"),
         ("delete_conversation", "None", _RACE),
         ("delete_conversation",
          r"re:^levels = yield from lineages\.forks_below\(\[conversation_id\], full=(None|True)\)$",
