@@ -347,6 +347,8 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "insert_new_message tests returning for truth: None and False alike"),
         ("append_many", ")", "the DBAPI fast path is an optimization: SQLAlchemy rows read by position the same",
          "driver=True)"),
+        ("create_conversation", r're:^check_short\((None, "owner"|owner, (None|"XXownerXX"|"OWNER"))\)$',
+         _CHECKED_FIRST),
         ("delete_conversation", "None", _RACE),
         ("delete_conversation",
          r"re:^levels = yield from lineages\.forks_below\(\[conversation_id\], full=(None|True)\)$",
