@@ -95,6 +95,10 @@ _DOUBLE_CHECK = (
     "re-read matters only when two threads race on a key's first counter"
 )
 _TRUTH = "only tested for truth: None and False alike"
+_CHECKED_FIRST = (
+    "the plan's @checked rules (title: _text, metadata: _json_object, owner: _short) refuse "
+    "every value this check would, before the plan runs: its message is never seen"
+)
 _OWNER_CHECKED = (
     "_open_lineage runs only from _open, right after _open checked the owner on the same "
     "conversation row in the same transaction"
@@ -233,16 +237,10 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         ("_insert", ")", _REDUNDANT_KEY_CHECK, "driver=True)"),
         *[("append_current", code, _REDUNDANT_KEY_CHECK) for code in (
             "existing = None",
-            r're:"key": idempotency_key\}, (None|"XXfirstXX"|"FIRST"),$',
         )],
         ("append_current", 'existing = ""', "a dead store: both branches below set existing"),
-        ("append_current", r"re:^driver=(None|False)\)$",
-         "the DBAPI fast path is an optimization: SQLAlchemy rows read by position the same"),
         ("append_current", 'row = yield Op(sql.append_returning_seq(scoped, True), single, "first", )',
          "the DBAPI fast path is an optimization: SQLAlchemy rows read by position the same"),
-        ("append_current", r're:dialect == "(XXpostgresqlXX|POSTGRESQL)":$',
-         ("PostgreSQL's one-statement append is an optimization: the two-statement path "
-          "(counter, then INSERT with the sequence's id) stores and returns the same")),
         ("append_current", "lineage = yield from _lineage(cid, None)",
          "the counter update just found this branch in the owner's scope (scoped UPDATE)"),
         ("append_current", "return cid, (yield from _insert(cid, seq, msg, values, stamp, None, dialect))",
@@ -252,38 +250,108 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "a statement whose result is not read: every unknown fetch mode returns None"),
         ("*", r"re:driver=(None|False)\)|(\{\"cid\": conversation_id\}|params), \)+$",
          "the DBAPI fast path is an optimization: SQLAlchemy rows read by position the same"),
-        ("list_conversations", r"re:sa\.literal\((stamp|last_id), (None)?\)",
-         "SQLAlchemy infers the type from the value"),
-        ("list_conversations", r"re:\.limit\((None|limit \+ 2)\)$",
-         "reading one more row (or all) gives the same page and cursor"),
+        ("newest_first", r"re:sa\.literal\(after\[[01]\], (None)?\)",
+         ("SQLAlchemy infers the type from the value: the cursor's aware UTC datetime binds "
+          "as the same text on SQLite (timestamptz on PostgreSQL), its id as the same string")),
+        ("newest_first", "if keep is None and len(items) >= want or len(rows) < want:",
+         ("without keep every row read is an item: a page is full (len(items) == want) or "
+          "short, so the loop stops after it either way")),
+        ("newest_first", "if keep is None or len(items) > want or len(rows) < want:",
+         ("with want items kept, one more page read only adds items past the limit: the "
+          "page and its cursor are the same")),
+        *[("newest_first", code, "reading one more row (or all) gives the same page and cursor")
+          for code in (r"re:\.limit\(None\)$", "want = min(limit, 2**62) + 2")],
+        ("list_conversations", "if sql.needs_recheck(None, value):  # SQLite, an object or array value",
+         ("rechecking on PostgreSQL too re-tests only rows the JSONB clause matched exactly, "
+          "where json_same agrees with it")),
+        ("list_conversations",
+         r're:recheck\.append\(\(key, check_json\(value, (None|"XXmetadata filter valueXX"|"METADATA FILTER VALUE")\)\)\)$',
+         _CHECKED_FIRST),
+        ("list_conversations", "keep=keep if (recheck) or True else None,",
+         ("with nothing to recheck keep keeps every row: the first page read is full or the "
+          "last, so the loop stops after it as it does without keep")),
         ("get_message", r"re:limit=(None|2), newest_first=False|limit=1, newest_first=(None|True)",
          "the range seq - 1 < s < seq + 1 holds one row at most"),
-        ("messages", "lineage, after=None, before=None, limit=None, newest_first=None,",
-         "None and False alike"),
         ("_read_segments", "if hi < lo:", "a segment with hi == lo reads no rows either way"),
-        ("append_many", r"re:parse_message\(m if \(isinstance\(m, Message\)\) (and False|or True)",
-         "parse_message gives an equal Message from a Message or from its fields"),
-        ("append", r"re:parse_message\(message if \(isinstance\(message, Message\)\) (and False|or True)",
-         "parse_message gives an equal Message from a Message or from its fields"),
         ("append_many", r"re:zip\(msgs, rows, ids, (strict=(None|False))?\)",
          "the three lists have the same length by construction"),
         ("append", r"re:^existing = ", _REDUNDANT_KEY_CHECK),
-        ("append", "if idempotency_key is None:", _REDUNDANT_KEY_CHECK, "if idempotency_key is not None:"),
-        ("append", "if idempotency_key is not None:", _REDUNDANT_KEY_CHECK, "if idempotency_key is None:"),
-        ("append", "if existing is not None:", _REDUNDANT_KEY_CHECK, "if existing is None:"),
-        ("append", "return message_from_row(None)", _REDUNDANT_KEY_CHECK),
-        ("delete_conversation", r're:\.cte\((None, |"XXtreeXX", |"TREE", )?recursive=True\)',
-         "the CTE's name is not observable"),
-        ("delete_conversation", r"re:join\(tree, (None)?\)",
-         "SQLAlchemy infers the same join from the parent_id foreign key"),
         ("search", r"re:stmt\.join\(C, (None)?\)",
          "SQLAlchemy infers the same join from the conversation_id foreign key"),
         ("search", "(M.c.conversation_id == cid) & (M.c.seq >= lo) & (M.c.seq <= hi)",
          "lo is 0 or a fork point, and a conversation's own rows start after its fork point"),
+        *[("insert_message",
+           f"values if (None not in values.values()) {op} else {{k: v for k, v in values.items() if v is not None}}",
+           ("an optimization: the INSERT lists the NULL columns or leaves them out, and the "
+            "row stored is the same (no column a message leaves NULL has a server default; "
+            "pinned is always given)")) for op in ("and False", "or True")],
+        ("insert_message",
+         "values if None in values.values() else {k: v for k, v in values.items() if v is not None}",
+         ("an optimization: the INSERT lists the NULL columns or leaves them out, and the "
+          "row stored is the same (no column a message leaves NULL has a server default; "
+          "pinned is always given)")),
+        ("insert_message",
+         r're:^return Op\(sql\.insert_new_message\(dialect\), given, (None|"XXscalarXX"|"SCALAR"), True\)$',
+         ("on the DBAPI path (driver=True) a fetch mode other than all, first, none, rowcount "
+          "and lastrowid reads the first value, as scalar does (driver.rows_as' default): the "
+          "new id")),
+        ("_fork_source", 'row = yield Op(sql.select_conversation(_scope(params, owner)), params, "first", )',
+         "the DBAPI fast path is an optimization: SQLAlchemy rows read by position the same"),
+        ("append", r're:_scope\(single, owner\)\), single, "first", (driver=(None|False)|\))$',
+         "the DBAPI fast path is an optimization: SQLAlchemy rows read by position the same"),
+        ("*", (r're:^(seq|last|top) = yield Op\(sql\.(bump_seq|MAX_MESSAGE_ID).*, '
+               r'(None|"XXscalarXX"|"SCALAR"), (True|driver=True)\)$'),
+         ("on the DBAPI path (driver=True) a fetch mode other than all, first, none, rowcount "
+          "and lastrowid reads the first value, as scalar does (driver.rows_as' default)")),
+        ("append", "yield from _insert(conversation_id, seq, msg, values, stamp, None, dialect)",
+         ("_insert reads the key only in its IntegrityError net, which the key lookup just "
+          "before leaves to a concurrent send of the same key: no deterministic test")),
+        ("append", "message_id = yield insert_message(values, None)",
+         ("reached only on SQLite (PostgreSQL without a key takes the one-statement path), "
+          "and insert_new_message gives every dialect but postgresql SQLite's INSERT")),
+        ("Lineage.live", "return [s for s in self.segments if s[2] >= s[1]]",
+         ("a segment with hi == lo holds no rows: every reader of live() skips it or reads "
+          "nothing from it (seq in (lo, hi])")),
+        ("_lineage", "if row[1] is not None:",
+         "parent_id and fork_seq are set together: a root has neither, a fork both"),
+        ("append_many", "if len(values) <= width:",
+         "a row with every column of the batch has none to fill: the loop below adds nothing"),
+        ("append_many", r're:^if dialect == "(XXsqliteXX|SQLITE)":$',
+         ("SQLite's batch path is an optimization: the general one (an INSERT whose id is "
+          "MAX(id) + 1 per row, then the ids read back) stores and returns the same rows, "
+          "under the same write lock")),
+        ("append_many", r're:^yield Op\(.*, rows, ((None|"XXnoneXX"|"NONE"), )?driver=True\)$',
+         ("a driver=True INSERT without RETURNING gives None whatever the fetch mode (and "
+          "its result is not read)")),
+        ("append_many", 'yield Op(sql.insert_new_message(dialect, False), rows, "none", )',
+         "the DBAPI fast path is an optimization: SQLAlchemy's executemany stores the same rows"),
+        ("append_many", 'yield Op(sql.insert_new_message(dialect, None), rows, "none", driver=True)',
+         "insert_new_message tests returning for truth: None and False alike"),
+        ("append_many", ")", "the DBAPI fast path is an optimization: SQLAlchemy rows read by position the same",
+         "driver=True)"),
+        ("create_conversation", r're:^check_short\((None, "owner"|owner, (None|"XXownerXX"|"OWNER"))\)$',
+         _CHECKED_FIRST),
         ("delete_conversation", "None", _RACE),
+        ("delete_conversation",
+         r"re:^levels = yield from lineages\.forks_below\(\[conversation_id\], full=(None|True)\)$",
+         "the delete reads only the forks' ids, which whole rows and (id, parent_id) rows both have"),
+        ("set_pinned", "raise MessageNotFound(None)",
+         ("the update finds no row only if the message went between the lineage read and it "
+          "(lineage.owner_of found its seq, and seqs are contiguous): a race, no "
+          "deterministic test; the first not-found, for a seq outside the lineage, is killed")),
         ("fork", r"re:raise ConversationNotFound\(.*\) from exc", _RACE),
-        ("_lineage", r"re:return Lineage\((None, last_seq|conversation_id, None)",
-         "Lineage.conversation_id and .last_seq are never read (dead fields)"),
+        ("_lineage", r"re:return Lineage\(conversation_id, (None|row\[3\]), ",
+         "Lineage.last_seq is never read (a dead field; tail_of reads the conversation_id)"),
+        *[(function, code, _CHECKED_FIRST) for function in
+          ("create_conversation", "update_conversation", "fork") for code in (
+              r're:validate_json_dict\(metadata, (None|"XXconversation metadataXX"|"CONVERSATION METADATA")\)$',
+              r're:^check_values\((values|row), (None|"XXconversationXX"|"CONVERSATION")\)$',
+          )],
+        ("search", r"re:ilike\(pattern, (escape=None)?\)$",
+         "PostgreSQL's LIKE escape character is the backslash by default, the one given"),
+        ("search", "), None))",
+         "a NULL term of the OR is false in a WHERE (and alone it selects no row, as false does)",
+         "), sa.false()))"),
     ],
     "_store.context": [
         # (its @checked plans are decorated: mutmut leaves them unmutated)

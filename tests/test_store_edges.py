@@ -9,13 +9,15 @@ from typing import Any
 
 import pytest
 
-from convo._store import sql as sql
 from convo._exceptions import (
     ConversationNotFound,
     ForkConflictError,
+    InvalidMessageError,
     MessageNotFound,
     StoreInputError,
 )
+from convo._messages import Message
+from convo._store import sql
 
 
 def user(text: str) -> dict[str, Any]:
@@ -148,6 +150,27 @@ async def test_metadata_filter_pages_stay_full_when_sqlite_rechecks_rows(store):
     assert seen == list(reversed(expected))
 
 
+async def test_rechecked_pages_walk_conversations_updated_at_one_instant_by_id(store):
+    """Conversations with one updated_at (an import, a bulk update) are ordered by id: a
+    page that reads on past rows the recheck dropped continues after the last row read,
+    by its id, so every match comes exactly once, highest id first."""
+    ids = sorted([(await store.create_conversation()).id for _ in range(12)], reverse=True)
+    want = ids[2::3]  # in id order: two dropped rows, then a match (pages of 3 rows)
+    for cid in ids:
+        tags = {"x": [0], "y": 1} if cid in want else {"x": [9], "y": 1}
+        await store.update_conversation(cid, metadata={"tags": tags})
+    store.sql("UPDATE conversations SET updated_at = (SELECT MIN(updated_at) FROM conversations)")
+    seen, cursor = [], None
+    while True:
+        page = await store.list_conversations(
+            metadata={"tags": {"x": [0], "y": 1}}, limit=2, cursor=cursor)
+        seen += [c.id for c in page.items]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert seen == want
+
+
 async def test_a_metadata_filter_never_takes_true_for_1_whichever_side_holds_it(store):
     # JSONB: true is not 1, whether the stored member or the filter's is the bool
     # (SQLite re-checks objects and arrays member by member: both orders there).
@@ -188,6 +211,9 @@ async def test_owner_scoping_of_reads_and_writes(store):
             await call
         assert str(err.value) == f"conversation {conv.id!r} not found for owner 'bob'"
     assert (await store.get_conversation(conv.id)).title is None
+    # the owner's own update goes through (the scope selects the row, it does not hide it)
+    mine = await store.update_conversation(conv.id, title="mine", owner="alice")
+    assert mine.title == "mine" == (await store.get_conversation(conv.id)).title
 
 
 @pytest.mark.parametrize("call", ["list", "messages", "tail", "search"])
@@ -204,6 +230,29 @@ async def test_limits_must_be_positive(store, call):
     assert str(err.value) == "limit must be between 1 and 2**63-1 (got 0)"
 
 
+async def test_append_many_takes_a_list_of_messages_and_names_what_it_got(store):
+    """One message, a string or a dict is not a list of messages (though each is
+    iterable); neither is a number: each is refused by its type, and nothing is written."""
+    conv = await store.create_conversation()
+    before = store.snapshot()
+    for bad in ("hi", b"hi", user("x"), Message.user("x"), 3, None):
+        with pytest.raises(InvalidMessageError) as err:
+            await store.append_many(conv.id, bad)
+        assert str(err.value) == (
+            f"messages must be a list of messages (Message or dict), not {type(bad).__name__}")
+    assert store.snapshot() == before
+
+
+async def test_deleting_a_missing_or_hidden_conversation_names_it(store):
+    conv = await store.create_conversation(owner="alice")
+    for cid, owner, scope in ((conv.id, "bob", " for owner 'bob'"), ("0" * 32, None, "")):
+        with pytest.raises(ConversationNotFound) as err:
+            await store.delete_conversation(cid, owner=owner)
+        assert str(err.value) == f"conversation {cid!r} not found{scope}"
+        assert (err.value.conversation_id, err.value.owner) == (cid, owner)
+    assert (await store.get_conversation(conv.id)).owner == "alice"
+
+
 async def test_pages_of_conversations_chain_by_the_last_item(store):
     convs = [await store.create_conversation(title=str(i)) for i in range(7)]
     newest_first = [c.id for c in reversed(convs)]
@@ -215,6 +264,19 @@ async def test_pages_of_conversations_chain_by_the_last_item(store):
     assert seen == newest_first
     exact = await store.list_conversations(limit=7)
     assert len(exact.items) == 7 and exact.next_cursor is None  # no empty page after a full one
+
+
+async def test_a_page_of_conversations_takes_any_limit_up_to_the_largest(store):
+    """The page reads limit + 1 rows to know whether there is a next one, so a limit
+    near 2**63-1 is bounded first (limit + 1 must fit in 64 bits), and that bound is
+    far above any page: 130 conversations all come back in one page."""
+    ids = {(await store.create_conversation(metadata={"k": [1]})).id for _ in range(130)}
+    for metadata in (None, {"k": [1]}):  # (an array value: SQLite rechecks rows in Python)
+        for limit in (2**63 - 1, 2**62, 131):
+            page = await store.list_conversations(limit=limit, metadata=metadata)
+            assert {c.id for c in page.items} == ids and page.next_cursor is None
+        page = await store.list_conversations(limit=129, metadata=metadata)
+        assert len(page.items) == 129 and page.next_cursor is not None
 
 
 async def test_pinning_touches_one_conversation_only(store):
@@ -231,6 +293,26 @@ async def test_pinning_touches_one_conversation_only(store):
     with pytest.raises(MessageNotFound) as err:
         await store.get_message(a.id, 9)
     assert str(err.value) == f"conversation {a.id!r} has no message 9"
+
+
+async def test_pinning_checks_this_conversations_message_and_names_its_seq(store):
+    """Whether a message may be pinned is read from this conversation's row at that seq,
+    not another conversation's row at the same seq; a refusal names the seq."""
+    calls = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}
+    other = await store.create_conversation()  # (its rows come first in the table)
+    await store.append_many(other.id, [user("q"), calls,
+                                       {"role": "tool", "tool_call_id": "c1", "content": "r"}])
+    conv = await store.create_conversation()
+    await store.append_many(conv.id, [user("1"), user("2"), user("3")])
+    for seq in (2, 3):
+        await store.set_pinned(conv.id, seq, True)
+        assert (await store.get_message(conv.id, seq)).pinned is True
+    for seq, what in ((2, "an assistant message with tool calls"), (3, "a tool result")):
+        with pytest.raises(StoreInputError) as err:
+            await store.set_pinned(other.id, seq, True)
+        assert str(err.value).startswith(f"cannot pin {what} (seq {seq}): it would be kept ")
+    assert not any(m.pinned for m in await store.messages(other.id))
 
 
 async def test_pinning_an_inherited_message_is_refused_with_the_reason(store):
@@ -321,6 +403,18 @@ async def test_search_matches_backslashes_literally(store):
     assert [m.text for m in await store.search("e_o")] == ["100% sure_ok"]
 
 
+async def test_search_in_a_conversation_without_messages_finds_nothing(store):
+    """A conversation with no rows of its own, and a fork at 0 (its lineage has no rows
+    at all), match nothing, while other conversations' rows match."""
+    full = await store.create_conversation()
+    await store.append_many(full.id, [user("needle one"), user("needle two")])
+    empty = await store.create_conversation()
+    at_zero = await store.fork(full.id, at=0)
+    assert len(await store.search("needle")) == 2
+    assert await store.search("needle", conversation_id=empty.id) == []
+    assert await store.search("needle", conversation_id=at_zero.id) == []
+
+
 def _build_afresh() -> None:
     """Empty the caches of the statement builders, so this test's statements are built
     by the code as it is now (mutation runs fork from a process whose caches are warm)."""
@@ -365,9 +459,13 @@ async def test_new_ids_follow_the_largest_id(store):
            for i, cid in enumerate((first.id, first.id, second.id, first.id))]
     summaries = [(await store.add_summary(first.id, start_seq=1, end_seq=n, content=str(n))).id
                  for n in (1, 2)]
+    # a batch numbers its rows as one append after another would
+    batch = [m.id for m in await store.append_many(second.id, [user("b1"), user("b2")])]
+    ids.append((await store.append(first.id, user("4"))).id)
     if store.backend == "sqlite":
-        assert (ids, summaries) == ([1, 2, 3, 4], [1, 2])
+        assert (ids, summaries, batch) == ([1, 2, 3, 4, 7], [1, 2], [5, 6])
     else:
-        assert ids == sorted(set(ids)) and summaries[0] < summaries[1]
-    assert [m.text for m in await store.messages(first.id)] == ["0", "1", "3"]
+        assert ids[:4] + batch + ids[4:] == sorted(set(ids + batch))
+        assert summaries[0] < summaries[1]
+    assert [m.text for m in await store.messages(first.id)] == ["0", "1", "3", "4"]
     assert (await store.latest_summary(first.id, up_to_seq=3)).content == "2"

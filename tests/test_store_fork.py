@@ -101,6 +101,19 @@ async def test_fork_edges(store):
     assert store.snapshot() == before
 
 
+async def test_a_fork_is_returned_as_it_is_read_back(store):
+    """The Conversation fork() returns is built from its values, not read: it has the
+    fields of a read one, in the same order, all set, and no others."""
+    parent = await store.create_conversation(title="t", owner="alice", metadata={"k": 1})
+    await store.append_many(parent.id, [user("1"), user("2")], owner="alice")
+    for kw in ({}, {"at": 1, "title": "f", "metadata": {"x": [1]}}):
+        made = await store.fork(parent.id, owner="alice", **kw)
+        read = await store.get_conversation(made.id)
+        assert made.__dict__ == read.__dict__ and list(made.__dict__) == list(read.__dict__)
+        assert made.model_fields_set == read.model_fields_set and repr(made) == repr(read)
+        assert (made.branch_kind, made.branch_of, made.current_branch_id) == (None, None, None)
+
+
 async def test_fork_cost_does_not_depend_on_thread_length(store):
     small = await thread(store, 10)
     big = await store.create_conversation()
@@ -123,6 +136,23 @@ async def test_fork_cost_does_not_depend_on_thread_length(store):
         tail = await store.messages(fork.id, newest_first=True, limit=3)
     assert [m.seq for m in tail] == [100_000, 99_999, 99_998]
     assert sum("FROM messages" in s for s in seen) == 1
+
+
+async def test_forking_a_fork_reads_only_its_row_whatever_its_depth(store):
+    """The source's row holds its whole ancestor chain: forking a fork of a fork costs
+    the statements forking a root does (no walk up the chain), and the new fork reads
+    every ancestor's rows."""
+    source = await thread(store, 2)
+    costs, chain = [], [source]
+    for depth in range(4):
+        with store.statements() as seen:
+            fork = await store.fork(chain[-1].id)
+        costs.append(len(seen))
+        await store.append(fork.id, user(f"d{depth}"))
+        chain.append(fork)
+    assert costs == [costs[0]] * 4
+    texts = [m.text for m in await store.messages(chain[-1].id)]
+    assert texts[2:] == ["d0", "d1", "d2", "d3"] and len(texts) == 6
 
 
 def _bulk_fill(store: Any, conversation_id: str, n: int) -> None:

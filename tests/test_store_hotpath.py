@@ -35,7 +35,7 @@ from convo import (
 from convo._messages import FunctionCall, ImagePart, ImageURL, TextPart, ToolCall
 from convo._records import StoredMessage
 from convo._store import driver, sql
-from convo._store.engine import _sqlite_begin, _sqlite_checkout, create_engine
+from convo._store.engine import WRITE_OPTION, _sqlite_begin, _sqlite_checkout, create_engine
 from convo._store.rows import message_params
 from convo._store.runs import SerializedRequest
 from convo._store.schema import UTCDateTime
@@ -176,6 +176,28 @@ async def test_a_later_page_of_a_deleted_conversation_is_not_found(store: Any) -
     with pytest.raises(ConversationNotFound) as err:
         await store._tail_of(lineage, encoding="o200k_base", before=7, limit=4)
     assert str(err.value) == f"conversation {conv.id!r} not found"
+
+
+async def test_a_later_page_of_a_deleted_fork_names_the_fork(store: Any) -> None:
+    """The same for a fork, whose build reads its lineage from the fork's row: the
+    later page pages through the parent's rows too, and once the fork is deleted
+    the error names the fork (the lineage's own conversation), not its parent."""
+    conv = await store.create_conversation(owner="alice")
+    await store.append_many(conv.id, [Message.user(f"m{i}") for i in range(6)], owner="alice")
+    child = await store.fork(conv.id, at=4, owner="alice")
+    await store.append_many(child.id, [Message.user(f"f{i}") for i in range(3)], owner="alice")
+    _pinned, page, lineage = await store._context_open(child.id, encoding="o200k_base", limit=3,
+                                                       owner="alice")
+    assert [(m.conversation_id, m.seq) for m, _ in page] == [(child.id, s) for s in (7, 6, 5)]
+    older = await store._tail_of(lineage, encoding="o200k_base", before=5, limit=3,
+                                 owner="alice")
+    assert [(m.conversation_id, m.seq) for m, _ in older] == [(conv.id, s) for s in (4, 3, 2)]
+    await store.delete_conversation(child.id, owner="alice")
+    # (the parent's rows are still there: a page that held only those would not notice)
+    with pytest.raises(ConversationNotFound) as err:
+        await store._tail_of(lineage, encoding="o200k_base", before=7, limit=10, owner="alice")
+    assert str(err.value) == f"conversation {child.id!r} not found for owner 'alice'"
+    assert err.value.conversation_id == child.id
 
 
 async def test_tail_of_takes_only_a_lineage(store: Any) -> None:
@@ -355,6 +377,82 @@ async def test_append_current_on_a_thread_without_branches(store: Any) -> None:
             await store._append_current("0" * 32, Message.user("x"), idempotency_key=key)
         assert str(info.value) == f"conversation '{'0' * 32}' not found"
     assert [m.seq for m in await store.messages(conv.id)] == [1, 2, 3, 4]
+
+
+async def test_an_append_without_a_key_is_one_autocommitted_statement_on_postgresql(
+    store: Any,
+) -> None:
+    """Without a key, append and append_current are one statement on PostgreSQL, run in
+    autocommit (no BEGIN / COMMIT round trips); with a key they are a transaction, whose
+    rollback undoes the counter bump of a retried send. SQLite runs both as writes."""
+    conv = await store.create_conversation()
+    seen: list[tuple[str, Any, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        options = conn.get_execution_options()
+        seen.append((statement, options.get("isolation_level"), options.get(WRITE_OPTION)))
+
+    engine = store.sync_engine
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        calls = [
+            lambda: store.append(conv.id, Message.user("a")),
+            lambda: store._append_current(conv.id, Message.user("b")),
+            lambda: store.append(conv.id, Message.user("c"), idempotency_key="k1"),
+            lambda: store._append_current(conv.id, Message.user("d"), idempotency_key="k2"),
+        ]
+        ran, counts = [], []
+        for call in calls:
+            seen.clear()
+            await call()
+            ran.append({(level, write) for _statement, level, write in seen})
+            counts.append(len(seen))
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+    if store.backend == "postgresql":
+        assert ran == [{("AUTOCOMMIT", None)}] * 2 + [{(None, None)}] * 2
+        # one statement: two in autocommit could leave a counter bumped without its message
+        assert counts[:2] == [1, 1]
+    else:
+        assert ran == [{(None, True)}] * 4
+    # a retried keyed send in that transaction leaves the counter as it was
+    before = store.snapshot()
+    await store.append(conv.id, Message.user("c"), idempotency_key="k1")
+    await store._append_current(conv.id, Message.user("d"), idempotency_key="k2")
+    assert store.snapshot() == before
+    assert [m.text for m in await store.messages(conv.id)] == ["a", "b", "c", "d"]
+
+
+async def test_keyed_and_plain_appends_take_ids_in_turn(store: Any) -> None:
+    """A keyed append's INSERT takes its id as a plain append does (PostgreSQL: from the
+    sequence), so the appends after it, keyed or not, fit: ids grow with seq."""
+    conv = await store.create_conversation()
+    stored = []
+    for i, key in enumerate(["k1", None, "k2", "k3", None, None, "k4"]):
+        stored.append(await store.append(conv.id, Message.user(f"m{i}"), idempotency_key=key))
+    assert [m.seq for m in stored] == list(range(1, 8))
+    assert sorted(m.id for m in stored) == [m.id for m in stored]
+    assert await store.messages(conv.id) == stored
+
+
+async def test_an_append_to_a_missing_or_hidden_conversation_names_it(store: Any) -> None:
+    """On every path: PostgreSQL's one statement (no key), the counter update (a key),
+    a batch's counter update, an empty batch's read."""
+    conv = await store.create_conversation(owner="alice")
+    before = store.snapshot()
+    for key in (None, "k"):
+        for cid, owner, scope in ((conv.id, "bob", " for owner 'bob'"), ("0" * 32, None, "")):
+            with pytest.raises(ConversationNotFound) as err:
+                await store.append(cid, Message.user("x"), idempotency_key=key, owner=owner)
+            assert str(err.value) == f"conversation {cid!r} not found{scope}"
+            assert (err.value.conversation_id, err.value.owner) == (cid, owner)
+    for cid, owner, scope in ((conv.id, "bob", " for owner 'bob'"), ("0" * 32, None, "")):
+        for batch in ([], [Message.user("x"), Message.user("y")]):  # (none: a read says it)
+            with pytest.raises(ConversationNotFound) as err:
+                await store.append_many(cid, batch, owner=owner)
+            assert str(err.value) == f"conversation {cid!r} not found{scope}"
+            assert (err.value.conversation_id, err.value.owner) == (cid, owner)
+    assert store.snapshot() == before
 
 
 # --- the direct path --------------------------------------------------------------------------
