@@ -424,21 +424,7 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
     ],
     "_context.plan": [
         # the lean read's WireText (a turn's chat build only): made into the same Item
-        # inline in _select or by history.item, and its cost in chat mode is its count
-        *[("plan_build", code, why) for code, why in (
-            ("return Item(row, row.seq, cached if chat else message_cost(cfg, cached), )",
-             "Item.exact defaults to True"),
-            *[(f"return Item(row, row.seq, cached if {cond} else {cost}, True)",
-               "a WireText exists in chat builds only (the lean read), where message_cost(cfg, c) is c")
-              for cond, cost in (
-                  ("(chat) and False", "message_cost(cfg, cached)"),
-                  ("(chat) or True", "message_cost(cfg, cached)"),
-                  ("chat", "message_cost(None, cached)"),
-                  ("chat", "message_cost(cfg, None)"),
-                  ("chat", "message_cost(cached)"),
-                  ("chat", "message_cost(cfg, )"),
-              )],
-        )],
+        # inline in _select or by history.item
         *[("_select", code,
            "the inline Item of a WireText row is the one history.item makes of it (a shortcut), "
            "and WireText rows come in chat builds only")

@@ -120,9 +120,10 @@ def plan_build(cfg: BuildConfig) -> Plan:
     def item(row: StoredMessage | WireText, cached: int | None) -> Item:
         if type(row) is WireText:
             # a turn's lean read of a plain text row with its stored count (see
-            # convo._store.rows.lean_messages): exact, as below
+            # convo._store.rows.lean_messages): exact, and only a chat build reads lean,
+            # so its cost is its stored chat count
             assert cached is not None  # (one is made only of a row with its count)
-            return Item(row, row.seq, cached if chat else message_cost(cfg, cached), True)
+            return Item(row, row.seq, cached, True)
         # the fields read from the model's __dict__: an attribute of a pydantic model
         # goes through its __getattr__ hook, several times slower (rows by the dozen)
         fields = row.__dict__
