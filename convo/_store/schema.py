@@ -137,7 +137,12 @@ class UTCDateTime(TypeDecorator[datetime]):
                 seen, text = last[0]  # (one tuple: consistent under threads)
                 if seen is value:
                     return text
-                text = value.replace(tzinfo=None).isoformat(" ", "microseconds")
+                # isoformat(" ", "microseconds") of the naive value, at a third of the
+                # cost (%-formatting: twice as fast here as the f-string)
+                text = "%04d-%02d-%02d %02d:%02d:%02d.%06d" % (  # noqa: UP031
+                    value.year, value.month, value.day,
+                    value.hour, value.minute, value.second, value.microsecond,
+                )
                 last[0] = (value, text)
                 return text
             return general(value)
