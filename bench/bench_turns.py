@@ -38,6 +38,7 @@ longer turn; the CPU-time ratio stays put.
 Run::
 
     nice -n 5 .venv/bin/python bench/bench_turns.py                  # 400 turns each
+    .venv/bin/python bench/bench_turns.py --runs 5                    # 5 runs, summarized
     .venv/bin/python bench/bench_turns.py --turns 100 --profile 200   # + cProfile of convo's turn
 """
 
@@ -417,17 +418,48 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=1500)
     parser.add_argument("--profile", type=int, default=0, help="then profile N convo turns")
     parser.add_argument("--json", help="also write the numbers here")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="repeat the whole measurement (a new server and databases each "
+                             "time) and summarize the runs' ratios: one run's median moves "
+                             "by a few hundredths from run to run on a shared machine")
     args = parser.parse_args()
     env = (f"python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
            f"{platform.platform()}, nproc={os.cpu_count()}")
-    print(f"# bench_turns ({datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; {env})")
-    result = bench(args)
-    print(render(result, args))
-    if result.get("profile"):
-        print("\n" + result["profile"])
+    results = []
+    for n in range(args.runs):
+        stamp = f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC"
+        load = os.getloadavg()[0]
+        run = f"run {n + 1} of {args.runs}, " if args.runs > 1 else ""
+        print(f"# bench_turns ({run}{stamp}, load {load:.2f}; {env})")
+        result = bench(args)
+        result["load"] = load
+        results.append(result)
+        print(render(result, args))
+        if result.get("profile"):
+            print("\n" + result["profile"])
+        print()
+    if args.runs > 1:
+        print(summarize(results))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({k: v for k, v in result.items() if k != "profile"}, f, indent=2)
+            kept = [{k: v for k, v in r.items() if k != "profile"} for r in results]
+            json.dump(kept[0] if args.runs == 1 else kept, f, indent=2)
+
+
+def summarize(results: list[dict[str, Any]]) -> str:
+    """The runs side by side, and the median of their median ratios (the verdict)."""
+    lines = ["| run | load | convo own ms | hand-written own ms | ratio (median) | CPU ratio |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for n, r in enumerate(results, 1):
+        lines.append(f"| {n} | {r['load']:.2f} | {r['convo_own']['median']:.2f} | "
+                     f"{r['hand_own']['median']:.2f} | {r['ratio_median']:.2f}x | "
+                     f"{r['cpu']['ratio_median']:.2f}x |")
+    ratios = [r["ratio_median"] for r in results]
+    middle = statistics.median(ratios)
+    verdict = "met" if middle <= GOAL else "NOT met"
+    lines += ["", (f"median of the {len(results)} runs' median ratios: **{middle:.2f}x** "
+                   f"(runs {min(ratios):.2f}x to {max(ratios):.2f}x; goal <= {GOAL}x: {verdict})")]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
