@@ -426,8 +426,8 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         # the lean read's WireText (a turn's chat build only): made into the same Item
         # inline in _select or by history.item
         *[("_select", code,
-           "the inline Item of a WireText row is the one history.item makes of it (a shortcut), "
-           "and WireText rows come in chat builds only")
+           ("the inline Item of a WireText row is the one history.item makes of it (a shortcut), "
+            "and WireText rows come in chat builds only"))
           for code in (
               "wire = None", 'wire = WireText if (cfg.mode == "chat") and False else None',
               'wire = WireText if (cfg.mode == "chat") or True else None',
@@ -653,6 +653,14 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
                        r'(None, |"XXnoneXX", |"NONE", )?driver=True\)$'),
          ("a driver=True INSERT without RETURNING gives None whatever the fetch mode, on the "
           "direct route and the observed one (driver.execute / from_result: not returns_rows)")),
+        ("start_run", (r're:^yield Op\(_insert_run_values\(columns\), params, '
+                       r'(None, |"XXnoneXX", |"NONE", )?driver=True\)$'),
+         ("SQLite's run INSERT has no RETURNING: a driver=True statement without one gives "
+          "None whatever the fetch mode, and the value is not read")),
+        ("start_run", (r're:^_insert_run\(owner is not None, columns\), params \| scope, '
+                       r'"first", (driver=(None|False)|\))$'),
+         ("PostgreSQL's one statement: the DBAPI fast path is an optimization, SQLAlchemy's "
+          "row reads by position the same (on SQLite a non-driver Op fails the direct path)")),
         ("start_run", 'rows: list[dict[str, Any]] | None = ""',
          ("without token counts rows is only read as `if counts:` (with them it is set "
           "anew): '' and None alike")),
