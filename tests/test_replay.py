@@ -36,9 +36,12 @@ from convo import (
     ToolCall,
     tool,
 )
+from convo._context.report import ContextReport, SummaryUse
+from convo._records import ReplyInfo
 from convo._replay.plan import (
     JudgeTurn,
     SourceTurn,
+    _item,
     _turn_tools,
     arms_from_spec,
     check_arms,
@@ -47,6 +50,8 @@ from convo._replay.plan import (
     replay_spec,
     split_turns,
 )
+from convo._replay.reproduce import text_similarity
+from convo._turns.plan import TurnResult
 from convo.testing import FakeBackend
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -530,6 +535,70 @@ def test_a_report_sums_each_arm_in_the_replays_order():
     data = json.loads(report.to_json())
     assert [x["arm"] for x in data["arms"]] == ["b", "a"] and len(data["items"]) == 5
     assert data["replay"]["id"] == "r"
+
+
+def test_a_replay_item_takes_its_numbers_from_the_turns_runs_and_report():
+    """``_item`` (pure): an ok item sums its turn's runs (a tool round makes two) and
+    reads its report; a failed one keeps the error, cut to 4,000 characters."""
+    base = {"replay_id": "r", "conversation_id": "c", "turn": 1, "arm": "a", "user_seq": 3,
+            "original_text": "the original", "original_run_id": "o1"}
+
+    def run(run_id: str, **fields: Any) -> Run:
+        return Run(id=run_id, conversation_id="b", endpoint="chat.completions", mode="chat",
+                   model="m", request="{}", created_at=NOW, **fields)
+
+    def report(**fields: Any) -> ContextReport:
+        values: dict[str, Any] = {
+            "conversation_id": "b", "model": "m", "mode": "chat", "encoding": "o200k_base",
+            "budget": 100, "prompt_tokens": 60, "budget_left": 40, "reply_reserve": None,
+            "overhead_tokens": 3, "pinned_tokens": 10, "summary_tokens": 0,
+            "history_tokens": 47, "kept_seqs": [1, 6, 7, 8], "pinned_seqs": [1],
+            "dropped_count": 4, "dropped_through": 5, "exact": True, "stop_reason": "budget",
+            "rows_read": 5, "counted": 0,
+        }
+        return ContextReport(**(values | fields))
+
+    reply = stored(9, "assistant", "the new reply",
+                   reply=ReplyInfo(model="m", finish_reason="length"))
+    runs = [run("r1", reported_prompt_tokens=50, completion_tokens=7, latency_ms=120.5),
+            run("r2", reported_prompt_tokens=60, completion_tokens=None, latency_ms=None),
+            run("r3", reported_prompt_tokens=None, completion_tokens=5, latency_ms=30.0)]
+    result = TurnResult(conversation_id="b", reply=reply, run=runs[-1], runs=runs,
+                        report=report())
+    item = _item(base, "ignored", result, "the original")
+    assert item.model_dump(exclude={"created_at", "verdict"}) == {
+        **base, "status": "ok", "branch_id": "b", "run_id": "r3", "text": "the new reply",
+        "similarity": text_similarity("the original", "the new reply"),
+        "prompt_tokens": 110, "completion_tokens": 12, "kept": 4, "dropped": 4,
+        "summarized": 0, "latency_ms": 150.5, "finish_reason": "length", "error": None,
+    }
+    assert 0 < item.similarity < 1  # (the texts differ: not a constant)
+
+    # a summary stands in for exactly what was dropped
+    summary = SummaryUse(id=1, start_seq=2, end_seq=5, tokens=9, reused=False, created=True,
+                         stored=True)
+    summed = _item(base, "b", result.model_copy(update={"report": report(summary=summary)}),
+                   "the original")
+    assert summed.summarized == 4
+    # nothing reported, no run, no report, no original text, a reply without reply info
+    bare = TurnResult(conversation_id="b", reply=stored(9, "assistant", "x"), run=None,
+                      runs=[run("r4")], report=None)
+    item = _item(base, "b", bare, None)
+    assert (item.run_id, item.similarity, item.prompt_tokens, item.completion_tokens) == (
+        None, None, None, None)
+    assert (item.kept, item.dropped, item.summarized, item.latency_ms, item.finish_reason) == (
+        None, None, 0, None, None)
+    # zero counts sum to "unknown", not 0
+    zero = bare.model_copy(update={"runs": [run("r5", reported_prompt_tokens=0,
+                                                    completion_tokens=0, latency_ms=0.0)]})
+    item = _item(base, "b", zero, None)
+    assert (item.prompt_tokens, item.completion_tokens, item.latency_ms) == (None, None, 0.0)
+
+    failed = _item(base, "branch-1", ValueError("x" * 5000), "the original")
+    assert (failed.status, failed.branch_id, failed.run_id, failed.text) == (
+        "failed", "branch-1", None, None)
+    assert failed.error == ("ValueError: " + "x" * 5000)[:4000] and len(failed.error) == 4000
+    assert failed.original_run_id == "o1" and failed.user_seq == 3
 
 
 def test_recorded_results_compare_arguments_whatever_their_key_order():
