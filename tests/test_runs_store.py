@@ -597,7 +597,7 @@ def test_run_ids_count_the_runs_of_each_millisecond():
 
 def test_the_65537th_run_id_of_a_millisecond_borrows_the_next(monkeypatch):
     """The 16-bit counter cannot overflow: past 0xFFFF ids are counted in the next ms."""
-    import convo._store.runs as runs
+    from convo._store import runs
 
     ahead = time.time_ns() // 1_000_000 + 3_600_000  # an hour on: the clock is behind
     monkeypatch.setattr(runs, "_last_ms", ahead)
