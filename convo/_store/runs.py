@@ -138,6 +138,7 @@ _CHECKED_OUTCOME = frozenset({
     "ttfb_ms", "latency_ms", "reply_message_id", "status", "finished_at",
 })
 _STATUS = _RUN_COLUMNS.index("status")
+_CONVERSATION = _RUN_COLUMNS.index("conversation_id")
 #: the largest value of each integer column: PostgreSQL's INTEGER holds 32 bits, BIGINT 64
 #: (SQLite stores either; both databases refuse alike, before anything is written)
 _INT_MAX = {c.name: INT_MAX if isinstance(c.type, sa.BigInteger) else INT32_MAX
@@ -625,7 +626,7 @@ def finish_run(
         )
         if claimed is None:
             yield ROLLBACK
-            yield from _unfinishable(run_id, owner)
+            yield from _unfinishable(run_id, owner, started)
         cid, seq = claimed
         existing = None
         if reply_key is not None:
@@ -663,7 +664,7 @@ def finish_run(
     )
     if not updated:  # no row (None), or none updated (0)
         yield ROLLBACK
-        yield from _unfinishable(run_id, owner)
+        yield from _unfinishable(run_id, owner, started)
     if started is not None:
         row = dict(started.__dict__)  # a Run's fields, in order
         row.update(values)
@@ -675,14 +676,23 @@ def finish_run(
     return construct(FinishedRun, {"run": run, "reply": stored, "duplicate": duplicate})
 
 
-def _unfinishable(run_id: str, owner: str | None) -> Plan[NoReturn]:
+def _unfinishable(run_id: str, owner: str | None, started: Run | None) -> Plan[NoReturn]:
     """Why a run could not be finished (read after the rollback): it does not exist
-    (for this owner), or it is finished already."""
+    (for this owner), it is finished already, or ``started`` names another
+    conversation than the run's (the statements are narrowed to it: a retry
+    would fail the same way)."""
     row = yield from _select_run(run_id, owner)
     status = row[_STATUS]
-    if status == "pending":  # (a race between our statements; nothing was written)
-        raise StoreInputError(f"run {run_id!r} could not be finished; try again")
-    raise StoreInputError(f"run {run_id!r} is already finished ({status})")
+    if status != "pending":
+        raise StoreInputError(f"run {run_id!r} is already finished ({status})")
+    if started is not None and started.conversation_id != row[_CONVERSATION]:
+        raise StoreInputError(
+            f"started is not the Run that start_run returned for run {run_id!r}: its "
+            f"conversation is {started.conversation_id!r}, the run's is {row[_CONVERSATION]!r}; "
+            "pass the Run start_run returned (or started=None)"
+        )
+    # (a race between our statements; nothing was written)
+    raise StoreInputError(f"run {run_id!r} could not be finished; try again")
 
 
 _OUTCOME_INTS = (
