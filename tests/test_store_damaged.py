@@ -87,22 +87,22 @@ def _check(exc: StoredDataError, table: str, column: str | None, cid: str | None
 
 #: (name, UPDATE ... SET, the seq damaged, the column named): taken by both databases
 BOTH = [
-    ("role", f"role = '{SECRET}wiz'", 2, "role"),
-    ("tool_calls", f"tool_calls = '[1, \"{SECRET}\"]'", 3, "tool_calls"),
-    ("parts", f"parts = '[\"{SECRET}\"]'", 5, "parts"),
-    ("metadata shape", f"metadata = '[\"{SECRET}\"]'", 2, "metadata"),
-    ("usage shape", f"usage = '[\"{SECRET}\"]'", 6, "usage"),
+    ("role", f"role = '{SECRET}wiz'", 2, "role", "str"),
+    ("tool_calls", f"tool_calls = '[1, \"{SECRET}\"]'", 3, "tool_calls", "list"),
+    ("parts", f"parts = '[\"{SECRET}\"]'", 5, "parts", "list"),
+    ("metadata shape", f"metadata = '[\"{SECRET}\"]'", 2, "metadata", "list"),
+    ("usage shape", f"usage = '[\"{SECRET}\"]'", 6, "usage", "list"),
 ]
 #: the same, for what only SQLite stores
 SQLITE_ONLY = [
-    ("created_at", f"created_at = '{SECRET}'", 2, "created_at"),
-    ("metadata JSON", f"metadata = '{{\"{SECRET}'", 2, "metadata"),
-    ("usage JSON", f"usage = '{{\"{SECRET}'", 6, "usage"),
-    ("tool_calls JSON", f"tool_calls = '[{SECRET}'", 3, "tool_calls"),
+    ("created_at", f"created_at = '{SECRET}'", 2, "created_at", "str"),
+    ("metadata JSON", f"metadata = '{{\"{SECRET}'", 2, "metadata", "str"),
+    ("usage JSON", f"usage = '{{\"{SECRET}'", 6, "usage", "str"),
+    ("tool_calls JSON", f"tool_calls = '[{SECRET}'", 3, "tool_calls", "str"),
 ]
 
 
-async def _damaged_reads(store: Any, damage: str, seq: int, column: str) -> None:
+async def _damaged_reads(store: Any, damage: str, seq: int, column: str, kind: str) -> None:
     """Every read of the damaged message raises StoredDataError naming it; nothing is written."""
     conv = await _conversation(store)
     other = await _conversation(store)
@@ -122,6 +122,7 @@ async def _damaged_reads(store: Any, damage: str, seq: int, column: str) -> None
         with pytest.raises(StoredDataError) as info:
             await read()
         _check(info.value, "messages", column, conv.id)
+        assert f"holds a {kind} that" in str(info.value), name
         if name != "build" or store.backend != "sqlite":
             # (a SQLite build's compact read has no conversation_id column: the seq, yes)
             assert info.value.seq == seq and f"seq {seq})" in str(info.value), name
@@ -131,16 +132,18 @@ async def _damaged_reads(store: Any, damage: str, seq: int, column: str) -> None
     assert store.snapshot() == before
 
 
-@pytest.mark.parametrize(("damage", "seq", "column"), [b[1:] for b in BOTH],
+@pytest.mark.parametrize(("damage", "seq", "column", "kind"), [b[1:] for b in BOTH],
                          ids=[b[0] for b in BOTH])
-async def test_a_damaged_message_is_refused_on_every_read(store, damage, seq, column):
-    await _damaged_reads(store, damage, seq, column)
+async def test_a_damaged_message_is_refused_on_every_read(store, damage, seq, column, kind):
+    await _damaged_reads(store, damage, seq, column, kind)
 
 
-@pytest.mark.parametrize(("damage", "seq", "column"), [b[1:] for b in SQLITE_ONLY],
+@pytest.mark.parametrize(("damage", "seq", "column", "kind"), [b[1:] for b in SQLITE_ONLY],
                          ids=[b[0] for b in SQLITE_ONLY])
-async def test_a_damaged_sqlite_message_is_refused_on_every_read(sqlite_store, damage, seq, column):
-    await _damaged_reads(sqlite_store, damage, seq, column)
+async def test_a_damaged_sqlite_message_is_refused_on_every_read(
+    sqlite_store, damage, seq, column, kind
+):
+    await _damaged_reads(sqlite_store, damage, seq, column, kind)
 
 
 async def test_an_unknown_role_of_a_counted_message_is_refused_by_a_turns_read(store):
@@ -218,19 +221,19 @@ async def _run(store: Any) -> tuple[Any, Any]:
 
 
 RUN_DAMAGES = [
-    ("settings", f"settings = '[\"{SECRET}\"]'", "not a JSON object"),
-    ("metadata", f"metadata = '[\"{SECRET}\"]'", "not a JSON object"),
-    ("usage", f"usage = '[\"{SECRET}\"]'", "not a JSON object"),
-    ("response", f"response = '[\"{SECRET}\"]'", "not a JSON object"),
-    ("kept_seqs", f"kept_seqs = '{{\"{SECRET}\": 1}}'", "not a list of seqs"),
-    ("kept_seqs", f"kept_seqs = '[1, \"{SECRET}\"]'", "not a list of seqs"),
-    ("status", f"status = '{SECRET}'", "not a run status"),
+    ("settings", f"settings = '[\"{SECRET}\"]'", "list", "not a JSON object"),
+    ("metadata", f"metadata = '[\"{SECRET}\"]'", "list", "not a JSON object"),
+    ("usage", f"usage = '[\"{SECRET}\"]'", "list", "not a JSON object"),
+    ("response", f"response = '[\"{SECRET}\"]'", "list", "not a JSON object"),
+    ("kept_seqs", f"kept_seqs = '{{\"{SECRET}\": 1}}'", "dict", "not a list of seqs"),
+    ("kept_seqs", f"kept_seqs = '[1, \"{SECRET}\"]'", "list", "not a list of seqs"),
+    ("status", f"status = '{SECRET}'", "str", "not a run status"),
 ]
 
 
-@pytest.mark.parametrize(("column", "damage", "problem"), RUN_DAMAGES,
+@pytest.mark.parametrize(("column", "damage", "kind", "problem"), RUN_DAMAGES,
                          ids=[f"{d[0]}-{i}" for i, d in enumerate(RUN_DAMAGES)])
-async def test_a_damaged_run_is_refused(store, column, damage, problem):
+async def test_a_damaged_run_is_refused(store, column, damage, kind, problem):
     conv, run = await _run(store)
     whole = await store.start_run(conv.id, endpoint="completions", mode="completion",
                                   model="m", request={"prompt": "x"}, settings={"s": 1},
@@ -245,14 +248,15 @@ async def test_a_damaged_run_is_refused(store, column, damage, problem):
         await store.get_run(run.id)
     _check(info.value, "runs", column, conv.id)
     assert info.value.row_id == run.id and f"id {run.id!r})" in str(info.value)
-    assert f"({problem});" in str(info.value)
+    assert f"holds a {kind} that convo cannot read ({problem});" in str(info.value)
     with pytest.raises(StoredDataError):
         await store.list_runs(conv.id)
     # finished without ``started``, the run is read back: refused, nothing written
     with pytest.raises(StoredDataError) as info:
         await store.finish_run(run.id, status="failed")
     _check(info.value, "runs", column, conv.id)
-    assert info.value.row_id == run.id and f"({problem});" in str(info.value)
+    assert info.value.row_id == run.id
+    assert f"holds a {kind} that convo cannot read ({problem});" in str(info.value)
     assert store.snapshot() == before
 
 
@@ -264,7 +268,8 @@ async def test_a_run_with_json_that_is_not_json_is_refused(sqlite_store, column)
     with pytest.raises(StoredDataError) as info:
         await store.get_run(run.id)
     _check(info.value, "runs", column, conv.id)
-    assert info.value.row_id == run.id and "(not JSON)" in str(info.value)
+    assert info.value.row_id == run.id
+    assert "holds a str that convo cannot read (not JSON)" in str(info.value)
 
 
 # --- a turn --------------------------------------------------------------------------------
