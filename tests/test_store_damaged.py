@@ -168,6 +168,7 @@ async def test_a_non_numeric_seq_is_refused_by_a_build(sqlite_store):
         await _build(store, conv.id)
     _check(info.value, "messages", "seq", conv.id)
     assert info.value.row_id == row_id and f"id {row_id})" in str(info.value)
+    assert "holds a str that convo cannot read (not an integer);" in str(info.value)
     assert store.snapshot() == before
 
 
