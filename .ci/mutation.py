@@ -70,7 +70,7 @@ MODULES: dict[str, list[str]] = {
     "_store.core": ["test_store.py", "test_store_fork.py", "test_store_edges.py",
                     "test_context_edges.py", "test_store_hotpath.py", "test_store_lineage.py"],
     "_store.context": ["test_store.py", "test_store_fork.py", "test_context_reads.py",
-                       "test_context_edges.py", "test_store_hotpath.py"],
+                       "test_context_edges.py", "test_store_hotpath.py", "test_store_damaged.py"],
     "_store.sql": ["test_store.py", "test_store_fork.py", "test_store_edges.py",
                    "test_context_reads.py"],
     # turns, runs and replays: the pure cores run on SQLite, the store plans on both
@@ -79,7 +79,7 @@ MODULES: dict[str, list[str]] = {
     "_turns.tools": ["test_turns_tools.py"],
     "_replay.plan": ["test_replay.py", "test_cli_replay.py"],
     "_replay.reproduce": ["test_reproduce.py", "test_cli_replay.py"],
-    "_store.runs": ["test_runs_store.py", "test_store_hotpath.py"],
+    "_store.runs": ["test_runs_store.py", "test_store_hotpath.py", "test_store_damaged.py"],
     "_store.branches": ["test_turns_branches.py"],
     "_store.replays": ["test_replay.py", "test_cli_replay.py"],
 }

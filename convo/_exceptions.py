@@ -13,6 +13,7 @@ Every error convo raises on purpose derives from :class:`ConvoError`::
     │   ├── ReplayNotFound            no such replay (or not visible to this owner)  (also KeyError)
     │   ├── ForkConflictError         an operation that would orphan or break a fork lineage
     │   ├── ReadOnlyStoreError        a write through a read replica's store (or the database refused it as read-only)
+    │   ├── StoredDataError           a stored row convo cannot read (changed outside convo, or damaged): fix or delete it
     │   └── StoreInputError           refused before any write: non-JSON (NaN) values, NUL/surrogates, bad ints or cursors  (also ValueError)
     │       └── ImportValidationError an import file with errors (``.errors``: line numbers); nothing written
     ├── TokenizerError
@@ -78,6 +79,7 @@ __all__ = [
     "RunNotFound",
     "StoreError",
     "StoreInputError",
+    "StoredDataError",
     "TemplateError",
     "TokenizerError",
     "TurnCancelled",
@@ -172,6 +174,58 @@ class ReplayNotFound(StoreError, KeyError):
 
 class ForkConflictError(StoreError):
     """An operation that would break a fork lineage (e.g. deleting a parent of live forks)."""
+
+
+class StoredDataError(StoreError):
+    """A stored row that convo cannot read: it was changed outside convo, or is damaged.
+
+    Raised where a row becomes a value (a message, a conversation, a summary, a
+    run), on every read path: a timestamp that is not one, JSON text that is not
+    JSON or not the shape convo writes, a role outside the known ones. Nothing
+    was written by the call that raised it. Fix or delete the row.
+
+    The message names the table, the conversation, the row's seq (or id) and the
+    column when they are known, and the type of the stored value, never the value
+    itself (a damaged row may hold anything, a secret included).
+
+    Attributes:
+        table: the table of the row (``"messages"``, ``"conversations"``, ...).
+        column: the column that cannot be read, when known.
+        conversation_id: the row's conversation, when known.
+        seq: the message's seq, when known; ``row_id``: the row's id, when known.
+    """
+
+    def __init__(
+        self,
+        table: str,
+        column: str | None = None,
+        *,
+        conversation_id: str | None = None,
+        seq: int | None = None,
+        row_id: Any = None,
+        value_type: str | None = None,
+        problem: str | None = None,
+    ) -> None:
+        self.table = table
+        self.column = column
+        self.conversation_id = conversation_id
+        self.seq = seq
+        self.row_id = row_id
+        where = []
+        if conversation_id is not None:
+            where.append(f"conversation {conversation_id!r}")
+        if seq is not None:
+            where.append(f"seq {seq}")
+        elif row_id is not None:
+            where.append(f"id {row_id!r}")
+        at = f" ({', '.join(where)})" if where else ""
+        what = f"its column {column!r}" if column is not None else "one of its columns"
+        held = f"a {value_type}" if value_type is not None else "a value"
+        why = f" ({problem})" if problem else ""
+        super().__init__(
+            f"a row of {table}{at} cannot be read: {what} holds {held} that convo cannot"
+            f" read{why}; the row was changed outside convo or is damaged: fix or delete it"
+        )
 
 
 class StoreInputError(StoreError, ValueError):

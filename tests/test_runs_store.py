@@ -597,7 +597,7 @@ def test_run_ids_count_the_runs_of_each_millisecond():
 
 def test_the_65537th_run_id_of_a_millisecond_borrows_the_next(monkeypatch):
     """The 16-bit counter cannot overflow: past 0xFFFF ids are counted in the next ms."""
-    import convo._store.runs as runs
+    from convo._store import runs
 
     ahead = time.time_ns() // 1_000_000 + 3_600_000  # an hour on: the clock is behind
     monkeypatch.setattr(runs, "_last_ms", ahead)
@@ -839,8 +839,9 @@ async def test_a_started_run_of_another_conversation_finishes_nothing(store):
     """finish_run takes the run's conversation from ``started`` (its statements are
     narrowed to it; nothing is read first): a Run with this id but another conversation
     matches no row, so nothing is written, and the run, read after the rollback, is
-    still pending: it could not be finished (the message a race between the statements
-    gives). With a reply or without, on both paths."""
+    still pending, in another conversation than ``started``'s: the error says so (a
+    retry would fail the same way), not "try again". With a reply or without, on both
+    paths; the right Run then finishes it."""
     conv = await store.create_conversation(owner="alice")
     other = await store.create_conversation(owner="alice")
     run = await _start(store, conv.id, owner="alice")
@@ -849,6 +850,47 @@ async def test_a_started_run_of_another_conversation_finishes_nothing(store):
     for reply in (None, {"role": "assistant", "content": "x"}):
         with pytest.raises(StoreInputError) as info:
             await store.finish_run(run.id, status="ok", reply=reply, started=wrong, owner="alice")
-        assert str(info.value) == f"run {run.id!r} could not be finished; try again"
+        assert str(info.value) == (
+            f"started is not the Run that start_run returned for run {run.id!r}: its "
+            f"conversation is {other.id!r}, the run's is {conv.id!r}; "
+            "pass the Run start_run returned (or started=None)"
+        )
     assert store.snapshot() == before
     assert await store.get_run(run.id, owner="alice") == run
+    done = await store.finish_run(run.id, status="ok", started=run, owner="alice")
+    assert (done.run.status, done.run.conversation_id) == ("ok", conv.id)
+
+
+@pytest.mark.parametrize("started", [False, True])
+def test_a_pending_run_the_statements_missed_says_try_again(started):
+    """When the statements of finish_run miss a run that is still pending when read
+    after the rollback, and ``started`` (if given) names the run's own conversation,
+    only a race between the statements explains it: nothing was written, a retry
+    may succeed. (A race cannot be made to happen on a real database on demand: the
+    plan is driven by hand, the row of the read after the rollback given to it.)"""
+    import sqlalchemy as sa
+
+    from convo._store import runs
+
+    cid = "c" * 32
+    plan = runs.finish_run(
+        "r1", status="ok", reply=None, reply_info=None, reply_key=None, outcome={},
+        owner=None, started=None, dialect="sqlite",
+    )
+    next(plan)  # the UPDATE of the run ...
+    assert plan.send(None) is runs.ROLLBACK  # ... matched no row
+    read = plan.send(None)
+    assert isinstance(read.stmt, sa.Select) and read.params == {"run_id": "r1"}
+    row = [None] * len(runs._RUN_COLUMNS)
+    row[runs._RUN_COLUMNS.index("id")] = "r1"
+    row[runs._RUN_COLUMNS.index("conversation_id")] = cid
+    row[runs._STATUS] = "pending"
+    mine = runs.Run.model_construct(id="r1", conversation_id=cid) if started else None
+    unfinishable = runs._unfinishable("r1", None, mine)
+    next(unfinishable)
+    with pytest.raises(StoreInputError) as info:
+        unfinishable.send(tuple(row))
+    assert str(info.value) == "run 'r1' could not be finished; try again"
+    with pytest.raises(StoreInputError) as info:
+        plan.send(tuple(row))
+    assert str(info.value) == "run 'r1' could not be finished; try again"

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from convo import InvalidMessageError, Message
-from convo._store.async_store import AsyncStore
 from convo._exceptions import (
     ConversationNotFound,
     ForkConflictError,
@@ -24,6 +23,7 @@ from convo._exceptions import (
 )
 from convo._messages import FunctionCall, ImagePart, ImageURL, TextPart, ToolCall
 from convo._records import ReplyInfo
+from convo._store.async_store import AsyncStore
 from convo._store.schema import SCHEMA_REVISION
 from convo._store.store import Store
 

@@ -12,9 +12,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from convo._exceptions import ConfigurationError, NotMigratedError
 from convo._store.async_store import AsyncStore
 from convo._store.engine import create_engine, resolve_url
-from convo._exceptions import ConfigurationError, NotMigratedError
 from convo._store.store import Store
 
 # --- URLs ------------------------------------------------------------------------------------
@@ -313,7 +313,7 @@ def test_core_append_recovers_from_a_duplicate_key_insert():
     """If the insert hits the unique key anyway, the plan rolls back and returns the stored row."""
     from sqlalchemy.exc import IntegrityError
 
-    from convo._store import core as core
+    from convo._store import core
     plan = core.append("c" * 32, {"role": "user", "content": "hi"}, idempotency_key="k",
                        pinned=None, reply=None, owner=None, dialect="sqlite")
     assert "UPDATE conversations" in str(next(plan).stmt)

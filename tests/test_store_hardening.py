@@ -21,11 +21,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from convo import AsyncContextBuilder, ContextBuilder, StoreError, StoreInputError
-from convo._store import context as context
-from convo._store import core as core
+from convo._store import context, core
 from convo._store.async_store import AsyncStore
-from convo._store.store import Store
 from convo._store.inputs import ARGUMENTS, JSON_DEPTH_MAX, SEARCH_MAX, checked
+from convo._store.store import Store
 
 
 class Colour(enum.StrEnum):

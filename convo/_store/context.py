@@ -47,6 +47,7 @@ from .replica import refused_write
 from .rows import (
     compact_messages,
     construct,
+    damaged,
     lean_messages,
     summary_from_row,
     tokens_from_row,
@@ -232,8 +233,15 @@ def _open(
         return (yield from _open_lineage(conversation_id, encoding, limit, owner, before, after))
     # the parts of a UNION ALL come in no guaranteed order (already sorted: linear)
     seq_of = itemgetter(seq_col)
-    pinned_rows.sort(key=seq_of)
-    tail_rows.sort(key=seq_of, reverse=True)
+    try:
+        pinned_rows.sort(key=seq_of)
+        tail_rows.sort(key=seq_of, reverse=True)
+    except TypeError:  # (a seq that is not a number: a row changed outside convo)
+        for row in (*pinned_rows, *tail_rows):
+            if type(row[seq_col]) is not int:
+                raise damaged("messages", "seq", row[seq_col], "not an integer",
+                              conversation_id=conversation_id, row_id=row[0]) from None
+        raise
     lineage = Lineage(conversation_id, last_seq, ((conversation_id, 0, last_seq),))
     return values(pinned_rows, conversation_id), values(tail_rows, conversation_id), lineage
 

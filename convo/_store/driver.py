@@ -32,6 +32,10 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Executable, sqltypes
 from sqlalchemy.sql.dml import UpdateBase
+from sqlalchemy.sql.schema import Column
+from sqlalchemy.types import TypeDecorator
+
+from .._exceptions import StoredDataError
 
 __all__ = [
     "DriverStatement", "bind_args", "direct_ok", "execute", "execute_dbapi", "execute_text", "from_result",
@@ -294,7 +298,62 @@ def process(
     convert = _converters.get(procs)
     if convert is None:
         convert = _converter(procs)
-    return convert(rows)
+    try:  # (free in Python 3.11 when nothing is raised)
+        return convert(rows)
+    except (ValueError, TypeError, AttributeError):
+        found = unreadable(prepared, rows, procs)
+        if found is None:
+            raise  # (not a stored value: a bug, told as it is)
+    raise found from None  # (the processor's error may quote the value: not chained)
+
+
+def unreadable(
+    prepared: DriverStatement, rows: Sequence[Sequence[Any]], procs: tuple[Processor | None, ...]
+) -> StoredDataError | None:
+    """The error of the first stored value in ``rows`` that its column's result
+    processor refuses (JSON text that is not JSON, a timestamp that is not one: a
+    row changed outside convo), naming its table, column and row (the row's
+    ``conversation_id``, ``seq`` or ``id`` when the statement selected them); None
+    if every value is read. The slow path of :func:`process`, after it failed."""
+    names: list[tuple[str | None, str | None]] = []
+    try:
+        for col in prepared.stmt.compile()._result_columns:  # type: ignore[attr-defined]
+            tables = [o.table.name for o in col[2] if isinstance(o, Column)]
+            names.append((tables[0] if tables else None, col[0]))
+    except Exception:  # noqa: BLE001 - the names are a help; the error is raised anyway
+        names = []
+    if len(names) != len(procs):
+        names = [(None, None)] * len(procs)
+    index = {name: i for i, (_, name) in enumerate(names) if name is not None}
+    for row in rows:
+        for i, proc in enumerate(procs):
+            value = row[i]
+            if proc is None or value is None:
+                continue
+            try:
+                proc(value)
+            except (ValueError, TypeError, AttributeError):
+                table, column = names[i]
+                types = prepared.result_types
+                kind = type(types[i]) if i < len(types) else None
+                problem = (
+                    "not a timestamp" if kind is not None and issubclass(kind, TypeDecorator)
+                    else "not JSON" if kind is not None and issubclass(kind, sqltypes.JSON)
+                    else None
+                )
+
+                # the row's own identity, where the statement selected it from its table
+                own = {name: row[j] for name, j in index.items() if names[j][0] == table}
+                seq = own.get("seq") if table == "messages" else None
+                cid = own.get("id") if table == "conversations" else own.get("conversation_id")
+                return StoredDataError(
+                    table or "an unknown table", column,
+                    conversation_id=cid if type(cid) is str else None,
+                    seq=seq if type(seq) is int else None,
+                    row_id=None if table == "conversations" else own.get("id"),
+                    value_type=type(value).__name__, problem=problem,
+                )
+    return None
 
 
 _converters: dict[tuple[Processor | None, ...], Callable[[Any], list[tuple[Any, ...]]]] = {}

@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import TypeAdapter
 from sqlalchemy.dialects import sqlite
 
-from .._exceptions import StoreInputError
+from .._exceptions import StoredDataError, StoreInputError
 from .._messages import ContentPart, Message, ToolCall
 from .._records import (
     Conversation,
@@ -119,7 +119,11 @@ def conversation_from_row(row: Any) -> Conversation:
     is the store's own: see :mod:`convo._store.lineage`)."""
     values = dict(zip(CONVERSATION_COLUMNS, row, strict=True))
     del values["lineage"]
-    values["metadata"] = values["metadata"] or {}
+    metadata = values["metadata"]
+    if metadata is not None and type(metadata) is not dict:
+        raise damaged("conversations", "metadata", metadata, "not a JSON object",
+                      conversation_id=values["id"])
+    values["metadata"] = metadata or {}
     return construct(Conversation, values)
 
 
@@ -292,43 +296,157 @@ assert tuple(c.name for c in MessageRow.__table__.c) == MESSAGE_COLUMNS
 def message_from_row(row: Any, conversation_id: str | None = None) -> StoredMessage:
     """The message of a row of ``messages.*`` (more columns after them are ignored);
     ``conversation_id``: the conversation every row read belongs to, when the
-    statement did not select it (see :func:`convo._store.sql.open_query`)."""
+    statement did not select it (see :func:`convo._store.sql.open_query`).
+
+    A row no message can have (a role outside the known ones, parts or tool calls
+    that are not theirs, metadata that is not a JSON object: a row changed outside
+    convo) raises :class:`~convo.StoredDataError` (see :func:`message_problem`;
+    the try costs nothing when nothing is raised)."""
     (
         id_, cid, seq, role, content, parts, name, tool_calls, refusal,
         tool_call_id, metadata, pinned, idempotency_key, model, finish_reason, usage,
         fingerprint, seed, created_at,
     ) = row if len(row) == 19 else row[:19]
-    reply = None
-    if (
-        model is not None
-        or finish_reason is not None
-        or usage is not None
-        or fingerprint is not None
-        or seed is not None
-    ):
-        reply = construct(ReplyInfo, {
-            "model": model,
-            "finish_reason": finish_reason,
-            "usage": usage,
-            "system_fingerprint": fingerprint,
-            "seed": seed,
-        }, _REPLY_FIELDS)
-    return construct(StoredMessage, {
-        "role": role,
-        "content": _PARTS.validate_python(parts) if parts is not None else content,
-        "name": name,
-        "tool_calls": _TOOL_CALLS.validate_python(tool_calls) if tool_calls is not None else None,
-        "refusal": refusal,
-        "tool_call_id": tool_call_id,
-        "metadata": metadata or {},
-        "id": id_,
-        "conversation_id": cid if conversation_id is None else conversation_id,
-        "seq": seq,
-        "created_at": created_at,
-        "pinned": bool(pinned),
-        "idempotency_key": idempotency_key,
-        "reply": reply,
-    }, _STORED_FIELDS)
+    try:
+        if metadata is not None and type(metadata) is not dict:
+            raise TypeError("metadata")
+        reply = None
+        if (
+            model is not None
+            or finish_reason is not None
+            or usage is not None
+            or fingerprint is not None
+            or seed is not None
+        ):
+            if usage is not None and type(usage) is not dict:
+                raise TypeError("usage")
+            reply = construct(ReplyInfo, {
+                "model": model,
+                "finish_reason": finish_reason,
+                "usage": usage,
+                "system_fingerprint": fingerprint,
+                "seed": seed,
+            }, _REPLY_FIELDS)
+        return construct(StoredMessage, {
+            "role": _ROLES[role],  # (a KeyError for a role no message has)
+            "content": _PARTS.validate_python(parts) if parts is not None else content,
+            "name": name,
+            "tool_calls": _TOOL_CALLS.validate_python(tool_calls) if tool_calls is not None else None,
+            "refusal": refusal,
+            "tool_call_id": tool_call_id,
+            "metadata": metadata or {},
+            "id": id_,
+            "conversation_id": cid if conversation_id is None else conversation_id,
+            "seq": seq,
+            "created_at": created_at,
+            "pinned": bool(pinned),
+            "idempotency_key": idempotency_key,
+            "reply": reply,
+        }, _STORED_FIELDS)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        values = dict(zip(MESSAGE_COLUMNS, row, strict=False))
+        if conversation_id is not None:
+            values["conversation_id"] = conversation_id
+        error = message_error(values)
+        if error is None:
+            raise
+    raise error from None  # (the error may quote the value: not chained)
+
+
+#: the roles a stored message may have, each mapped to itself (a lookup that
+#: raises KeyError for any other: see message_from_row)
+_ROLES = {role: role for role in ("system", "developer", "user", "assistant", "tool")}
+
+
+def damaged(
+    table: str, column: str, value: Any, problem: str, *, conversation_id: Any = None,
+    seq: Any = None, row_id: Any = None,
+) -> StoredDataError:
+    """The :class:`~convo.StoredDataError` of ``value``, stored in ``column`` of a row of
+    ``table``: it names the value's type, never the value."""
+    return StoredDataError(
+        table, column,
+        conversation_id=conversation_id if type(conversation_id) is str else None,
+        seq=seq if type(seq) is int else None,
+        row_id=row_id if type(row_id) in (int, str) else None,
+        value_type=type(value).__name__, problem=problem,
+    )
+
+
+def _not_int(value: Any) -> bool:
+    return type(value) is not int
+
+
+def _not_text(value: Any) -> bool:
+    return value is not None and type(value) is not str
+
+
+def _not_object(value: Any) -> bool:
+    return value is not None and type(value) is not dict
+
+
+def _not_valid(adapter: TypeAdapter[Any]) -> Any:
+    def check(value: Any) -> bool:
+        if value is None:
+            return False
+        try:
+            adapter.validate_python(value)
+        except ValueError:
+            return True
+        return False
+    return check
+
+
+def _not_stamp(value: Any) -> bool:
+    # (None: a turn's lean read, which has no timestamp; the column is NOT NULL)
+    return value is not None and (type(value) is not datetime or value.tzinfo is None)
+
+
+#: What each column of a message row must hold: a test of a value that it cannot,
+#: and what to call such a value (see :func:`message_problem`)
+_MESSAGE_CHECKS: dict[str, tuple[Any, str]] = {
+    "id": (_not_int, "not an integer"),
+    "conversation_id": (lambda v: type(v) is not str, "not a conversation id"),
+    "seq": (_not_int, "not an integer"),
+    "role": (lambda v: type(v) is not str or v not in _ROLES, "not a role"),
+    "content": (_not_text, "not text"),
+    "parts": (_not_valid(_PARTS), "not content parts"),
+    "name": (_not_text, "not text"),
+    "tool_calls": (_not_valid(_TOOL_CALLS), "not tool calls"),
+    "refusal": (_not_text, "not text"),
+    "tool_call_id": (_not_text, "not text"),
+    "metadata": (_not_object, "not a JSON object"),
+    "idempotency_key": (_not_text, "not text"),
+    "model": (_not_text, "not text"),
+    "finish_reason": (_not_text, "not text"),
+    "usage": (_not_object, "not a JSON object"),
+    "system_fingerprint": (_not_text, "not text"),
+    "seed": (lambda v: v is not None and type(v) is not int, "not an integer"),
+    "created_at": (_not_stamp, "not a timestamp"),
+}
+
+
+def message_problem(values: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The first column of a message row (``values``: by column name, decoded) that
+    holds what no stored message can, and what is wrong with it; None if none does.
+    The slow path of the converters, after one failed: they check nothing themselves."""
+    for column, value in values.items():
+        check = _MESSAGE_CHECKS.get(column)
+        if check is not None and check[0](value):
+            return column, check[1]
+    return None
+
+
+def message_error(values: Mapping[str, Any]) -> StoredDataError | None:
+    """The :class:`~convo.StoredDataError` of a message row that no message can have
+    (see :func:`message_problem`), None if it is a message's."""
+    found = message_problem(values)
+    if found is None:
+        return None
+    column, problem = found
+    return damaged("messages", column, values[column], problem,
+                   conversation_id=values.get("conversation_id"), seq=values.get("seq"),
+                   row_id=values.get("id"))
 
 
 # the fields sets of the values message_from_row builds (see construct)
@@ -436,29 +554,36 @@ def compact_messages(rows: Any, conversation_id: str) -> list[tuple[StoredMessag
     parse, stamp = datetime.fromisoformat, _SQLITE_STAMP
     plain = _plain_values(conversation_id)
     copy = dict.copy
-    for id_, seq, role, content, flag, text, tokens, rare in rows:
-        try:
-            created_at = parse(text + "+00:00")  # what the column's type makes of UTC text
-        except (TypeError, ValueError):
-            created_at = stamp(text)  # anything else: the type's own route
-        if rare is not None:
-            append((_rare_message(id_, conversation_id, seq, role, content, flag, created_at,
-                                  rare), tokens))
-            continue
-        msg = new(cls)
-        values = copy(plain)  # (copying a dict of the same keys beats building one)
-        values["role"] = role
-        values["content"] = content
-        values["metadata"] = {}
-        values["id"] = id_
-        values["seq"] = seq
-        values["created_at"] = created_at
-        values["pinned"] = flag != 0
-        set_dict(msg, values)
-        set_fields(msg, fields)
-        set_extra(msg, None)
-        set_private(msg, None)
-        append((msg, tokens))
+    roles = _ROLES
+    try:  # (free in Python 3.11 when nothing is raised: a damaged row is found after)
+        for id_, seq, role, content, flag, text, tokens, rare in rows:
+            try:
+                created_at = parse(text + "+00:00")  # what the column's type makes of UTC text
+            except (TypeError, ValueError):
+                created_at = stamp(text)  # anything else: the type's own route
+            if rare is not None:
+                append((_rare_message(id_, conversation_id, seq, role, content, flag, created_at,
+                                      rare), tokens))
+                continue
+            msg = new(cls)
+            values = copy(plain)  # (copying a dict of the same keys beats building one)
+            values["role"] = roles[role]  # (a KeyError for a role no message has)
+            values["content"] = content
+            values["metadata"] = {}
+            values["id"] = id_
+            values["seq"] = seq
+            values["created_at"] = created_at
+            values["pinned"] = flag != 0
+            set_dict(msg, values)
+            set_fields(msg, fields)
+            set_extra(msg, None)
+            set_private(msg, None)
+            append((msg, tokens))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        error = compact_error(rows, conversation_id, lean=False)
+        if error is None:
+            raise
+        raise error from None  # (the error may quote the value: not chained)
     return out
 
 
@@ -500,39 +625,85 @@ def lean_messages(
     set_dict, set_fields, set_extra, set_private = _set_dict, _set_fields, _set_extra, _set_private
     plain = _plain_values(conversation_id)
     copy = dict.copy
-    for id_, seq, role, content, flag, tokens, rare in rows:
-        if rare is not None:
-            append((_rare_message(id_, conversation_id, seq, role, content, flag, None,  # type: ignore[arg-type]
-                                  rare), tokens))
-            continue
-        if tokens is not None and role in _WIRE_TEXT_ROLES and type(content) is str:
-            text = new(wire)
-            text.role = role
-            text.content = content
-            text.seq = seq
-            text.id = id_
-            append((text, tokens))
-            continue
-        msg = new(cls)
-        values = copy(plain)
-        values["role"] = role
-        values["content"] = content
-        values["metadata"] = {}
-        values["id"] = id_
-        values["seq"] = seq
-        values["pinned"] = flag != 0
-        set_dict(msg, values)
-        set_fields(msg, fields)
-        set_extra(msg, None)
-        set_private(msg, None)
-        append((msg, tokens))
+    wire_text = _WIRE_TEXT_ROLES
+    try:  # (free in Python 3.11 when nothing is raised: a damaged row is found after)
+        for id_, seq, role, content, flag, tokens, rare in rows:
+            if rare is not None:
+                append((_rare_message(id_, conversation_id, seq, role, content, flag, None,  # type: ignore[arg-type]
+                                      rare), tokens))
+                continue
+            # (the role's lookup raises KeyError for a role no message has)
+            if wire_text[role] and tokens is not None and type(content) is str:
+                text = new(wire)
+                text.role = role
+                text.content = content
+                text.seq = seq
+                text.id = id_
+                append((text, tokens))
+                continue
+            msg = new(cls)
+            values = copy(plain)
+            values["role"] = role
+            values["content"] = content
+            values["metadata"] = {}
+            values["id"] = id_
+            values["seq"] = seq
+            values["pinned"] = flag != 0
+            set_dict(msg, values)
+            set_fields(msg, fields)
+            set_extra(msg, None)
+            set_private(msg, None)
+            append((msg, tokens))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        error = compact_error(rows, conversation_id, lean=True)
+        if error is None:
+            raise
+        raise error from None  # (the error may quote the value: not chained)
     return out
+
+
+def compact_error(rows: Any, conversation_id: str, *, lean: bool) -> StoredDataError | None:
+    """The :class:`~convo.StoredDataError` of the first row of ``rows`` (of
+    :func:`compact_messages`, or with ``lean`` :func:`lean_messages`) that no
+    message can have, None if there is none: their slow path, after one failed."""
+    for row in rows:
+        if lean:
+            id_, seq, role, content, _, _, rare = row
+            created_at = None
+        else:
+            id_, seq, role, content, _, created_at, _, rare = row
+        where = {"conversation_id": conversation_id, "seq": seq, "row_id": id_}
+        if created_at is not None:
+            try:
+                created_at = _SQLITE_STAMP(created_at)
+            except (ValueError, TypeError, AttributeError):
+                return damaged("messages", "created_at", created_at, "not a timestamp", **where)
+        values = {"id": id_, "conversation_id": conversation_id, "seq": seq, "role": role,
+                  "content": content}
+        if rare is not None:
+            packed = json_value(rare)
+            for i, column in enumerate(RARE_COLUMNS):
+                value = packed[i]
+                if i in _RARE_JSON and type(value) is str:
+                    try:
+                        value = json_value(value)
+                    except ValueError:
+                        return damaged("messages", column, value, "not JSON", **where)
+                values[column] = value
+        values["created_at"] = created_at
+        error = message_error(values)
+        if error is not None:
+            return error
+    return None
 
 
 #: The roles a plain text row renders the same under every chat profile (see
 #: :func:`convo._render.chat.render_chat`): the rows :func:`lean_messages` makes
 #: :class:`~convo._records.WireText` of
-_WIRE_TEXT_ROLES = frozenset(("system", "user", "assistant"))
+#: (by role: True for those; a KeyError for a role no message has)
+_WIRE_TEXT_ROLES = {"system": True, "user": True, "assistant": True, "developer": False,
+                    "tool": False}
+assert _WIRE_TEXT_ROLES.keys() == _ROLES.keys()
 
 
 #: What the created_at column's type makes of its stored text on SQLite.
@@ -560,6 +731,10 @@ def _rare_message(
 
 
 def summary_from_row(row: Any) -> Summary:
+    metadata = row.metadata
+    if metadata is not None and type(metadata) is not dict:
+        raise damaged("summaries", "metadata", metadata, "not a JSON object",
+                      conversation_id=row.conversation_id, row_id=row.id)
     return construct(Summary, {
         "id": row.id,
         "conversation_id": row.conversation_id,

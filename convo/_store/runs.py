@@ -56,6 +56,7 @@ from .inputs import (
 from .rows import (
     check_short,
     construct,
+    damaged,
     message_from_row,
     message_params,
     stored_message,
@@ -138,6 +139,7 @@ _CHECKED_OUTCOME = frozenset({
     "ttfb_ms", "latency_ms", "reply_message_id", "status", "finished_at",
 })
 _STATUS = _RUN_COLUMNS.index("status")
+_CONVERSATION = _RUN_COLUMNS.index("conversation_id")
 #: the largest value of each integer column: PostgreSQL's INTEGER holds 32 bits, BIGINT 64
 #: (SQLite stores either; both databases refuse alike, before anything is written)
 _INT_MAX = {c.name: INT_MAX if isinstance(c.type, sa.BigInteger) else INT32_MAX
@@ -155,6 +157,11 @@ _BIND_NAMES = {
 
 def run_from_row(row: Any) -> Run:
     values = dict(zip(_RUN_COLUMNS, row, strict=True))
+    bad = _run_problem(values)
+    if bad is not None:  # (a row changed outside convo: StoredDataError, the value not told)
+        column, problem = bad
+        raise damaged("runs", column, values[column], problem,
+                      conversation_id=values["conversation_id"], row_id=values["id"])
     values["settings"] = values["settings"] or {}
     values["metadata"] = values["metadata"] or {}
     values["kept_seqs"] = values["kept_seqs"] or []
@@ -162,6 +169,24 @@ def run_from_row(row: Any) -> Run:
     return construct(Run, values)
 
 
+def _run_problem(values: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The first column of a run row that holds what no run can (JSON of another
+    shape than convo writes, an unknown status), and what is wrong; None if none."""
+    for column in ("settings", "metadata", "usage", "response"):
+        value = values[column]
+        if value is not None and type(value) is not dict:
+            return column, "not a JSON object"
+    kept = values["kept_seqs"]
+    if kept is not None and (
+        type(kept) is not list or any(type(seq) is not int for seq in kept)
+    ):
+        return "kept_seqs", "not a list of seqs"
+    if values["status"] not in _STATUSES:
+        return "status", "not a run status"
+    return None
+
+
+_STATUSES = frozenset(("pending", *FINAL_STATUSES))
 assert not Run.__private_attributes__ and not Run.__pydantic_post_init__
 assert tuple(Run.model_fields) == _RUN_COLUMNS, set(_RUN_COLUMNS) ^ set(Run.model_fields)
 assert not FinishedRun.__private_attributes__ and not FinishedRun.__pydantic_post_init__
@@ -625,7 +650,7 @@ def finish_run(
         )
         if claimed is None:
             yield ROLLBACK
-            yield from _unfinishable(run_id, owner)
+            yield from _unfinishable(run_id, owner, started)
         cid, seq = claimed
         existing = None
         if reply_key is not None:
@@ -663,7 +688,7 @@ def finish_run(
     )
     if not updated:  # no row (None), or none updated (0)
         yield ROLLBACK
-        yield from _unfinishable(run_id, owner)
+        yield from _unfinishable(run_id, owner, started)
     if started is not None:
         row = dict(started.__dict__)  # a Run's fields, in order
         row.update(values)
@@ -675,14 +700,26 @@ def finish_run(
     return construct(FinishedRun, {"run": run, "reply": stored, "duplicate": duplicate})
 
 
-def _unfinishable(run_id: str, owner: str | None) -> Plan[NoReturn]:
+def _unfinishable(run_id: str, owner: str | None, started: Run | None) -> Plan[NoReturn]:
     """Why a run could not be finished (read after the rollback): it does not exist
-    (for this owner), or it is finished already."""
+    (for this owner), it is finished already, or ``started`` names another
+    conversation than the run's (the statements are narrowed to it: a retry
+    would fail the same way)."""
     row = yield from _select_run(run_id, owner)
     status = row[_STATUS]
-    if status == "pending":  # (a race between our statements; nothing was written)
-        raise StoreInputError(f"run {run_id!r} could not be finished; try again")
-    raise StoreInputError(f"run {run_id!r} is already finished ({status})")
+    if status not in _STATUSES:  # (a row changed outside convo: its status is not told)
+        raise damaged("runs", "status", status, "not a run status",
+                      conversation_id=row[_CONVERSATION], row_id=run_id)
+    if status != "pending":
+        raise StoreInputError(f"run {run_id!r} is already finished ({status})")
+    if started is not None and started.conversation_id != row[_CONVERSATION]:
+        raise StoreInputError(
+            f"started is not the Run that start_run returned for run {run_id!r}: its "
+            f"conversation is {started.conversation_id!r}, the run's is {row[_CONVERSATION]!r}; "
+            "pass the Run start_run returned (or started=None)"
+        )
+    # (a race between our statements; nothing was written)
+    raise StoreInputError(f"run {run_id!r} could not be finished; try again")
 
 
 _OUTCOME_INTS = (

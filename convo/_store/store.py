@@ -22,7 +22,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
-from .._exceptions import ConfigurationError, NotMigratedError, ReadOnlyStoreError, StoreError
+from .._exceptions import (
+    ConfigurationError,
+    NotMigratedError,
+    ReadOnlyStoreError,
+    StoredDataError,
+    StoreError,
+)
 from .._messages import Message
 from .._records import Conversation, ReplyInfo, StoredMessage, Summary
 from . import context, core, driver, replica
@@ -65,18 +71,43 @@ if hasattr(os, "register_at_fork"):
 
 
 def fetch(result: Result[Any], how: core.Fetch) -> Any:
-    """Materialize ``result`` the way an :class:`~convo._store.core.Op` asked (shared by both shells)."""
-    if how == "all":
-        return result.all()
-    if how == "first":
-        return result.first()
-    if how == "scalar":
-        return result.scalar()
+    """Materialize ``result`` the way an :class:`~convo._store.core.Op` asked (shared by both shells).
+
+    A stored value that its column's type cannot read (JSON text that is not JSON,
+    a timestamp that is not one: a row changed outside convo) raises
+    :class:`~convo.StoredDataError` naming the tables read (rows are processed by
+    SQLAlchemy here, which does not tell the column; the driver path does, see
+    :func:`convo._store.driver.unreadable`)."""
+    try:  # (free in Python 3.11 when nothing is raised)
+        if how == "all":
+            return result.all()
+        if how == "first":
+            return result.first()
+        if how == "scalar":
+            return result.scalar()
+    except (ValueError, TypeError, AttributeError):
+        error = unreadable_result(result)
+        if error is None:
+            raise
+        raise error from None  # (the processor's error may quote the value: not chained)
     if how == "rowcount":
         return result.rowcount  # type: ignore[attr-defined]
     if how == "lastrowid":
         return result.lastrowid  # type: ignore[attr-defined]
     return None
+
+
+def unreadable_result(result: Result[Any]) -> StoredDataError | None:
+    """The error of a result whose rows SQLAlchemy failed to process: its tables
+    (None when the result has no compiled statement: not a stored row's fault)."""
+    compiled = getattr(getattr(result, "context", None), "compiled", None)
+    columns = getattr(compiled, "_result_columns", None)
+    if not columns:
+        return None
+    tables = sorted({o.table.name for col in columns for o in col[2]
+                     if isinstance(o, sa.Column) and o.table is not None})
+    return StoredDataError(" / ".join(tables) or "an unknown table",
+                           problem="not JSON, or not a timestamp")
 
 
 def database_error(exc: DBAPIError) -> StoreError:
