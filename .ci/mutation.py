@@ -603,14 +603,13 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
           ]],
         *[("_answer_json", f"return checked_json_text(sent.body, {name})",
            "the name goes only into the StoreInputError that _answer_json catches (then dumps)")
-          for name in ("None", '"XXrun responseXX"', '"RUN RESPONSE"')],
+          for name in ('"XXrun responseXX"', '"RUN RESPONSE"')],
         ("builder_settings", "builder.reply_reserve, id(None), builder.profile, builder.max_messages,",
          ("a new template also fails `cached[1] is not builder._template` (the cache holds the "
           "old one, so its id is not reused): the template's id in the key adds nothing")),
         *[("request_body", code,
            "wire is wire_params(spec), computed once a turn: computing it again gives the same")
-          for code in ("params, extra = wire if (wire is not None) and False else wire_params(spec)",
-                       "params, extra = wire if wire is None else wire_params(spec)")],
+          for code in ("params, extra = wire if (wire is not None) and False else wire_params(spec)",)],
         ("_cut", "return text if text is None or len(text) < limit else text[:limit]",
          "a text of exactly limit characters is its own text[:limit]"),
         ("_storable_text",

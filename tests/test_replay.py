@@ -414,7 +414,7 @@ def test_an_arm_spec_is_what_resumes_it_and_arms_come_back_from_it():
 
 def test_check_arms():
     assert [a.label for a in check_arms(["m", Arm("m", name="two")])] == ["m", "two"]
-    with pytest.raises(ConfigurationError, match="at least one arm"):
+    with pytest.raises(ConfigurationError, match=r"^a replay needs at least one arm$"):
         check_arms([])
     with pytest.raises(ConfigurationError, match=r"arm names must differ: \['m', 'm'\]"):
         check_arms(["m", Arm("m")])
