@@ -23,7 +23,7 @@ from pydantic import TypeAdapter
 from sqlalchemy.dialects import sqlite
 
 from .._exceptions import StoredDataError, StoreInputError
-from .._messages import ContentPart, Message, ToolCall
+from .._messages import ROLES, ContentPart, Message, ToolCall
 from .._records import (
     Conversation,
     ReplyInfo,
@@ -203,7 +203,7 @@ def _text_only_values(message: Message, pinned: bool | None) -> dict[str, Any] |
 
 
 #: roles a valid message has (plain ASCII: nothing for bad_index to find)
-_KNOWN_ROLES = frozenset(("system", "developer", "user", "assistant", "tool"))
+_KNOWN_ROLES = frozenset(ROLES)
 
 
 def _message_values(
@@ -355,7 +355,7 @@ def message_from_row(row: Any, conversation_id: str | None = None) -> StoredMess
 
 #: the roles a stored message may have, each mapped to itself (a lookup that
 #: raises KeyError for any other: see message_from_row)
-_ROLES = {role: role for role in ("system", "developer", "user", "assistant", "tool")}
+_ROLES = {role: role for role in ROLES}
 
 
 def damaged(
