@@ -449,35 +449,39 @@ class ClientCore:
                 )
         if "extra_body" in options:
             raise ConfigurationError("send() takes the body as is: no extra_body")
-        spec = self._spec(url, {}, options, frozenset(), stream, "send")
+        spec = self._spec(url, None, options, frozenset(), stream, "send")
         spec.content = content
         return spec
 
     def _spec(
         self,
         url: str,
-        body: dict[str, Any],
+        body: dict[str, Any] | None,
         params: Mapping[str, Any],
         allowed: frozenset[str],
         stream: bool,
         method: str,
     ) -> RequestSpec:
+        """The request of ``method`` with ``body`` and the per-call ``params`` (the
+        body's parameters, when ``allowed``, and client options). ``body`` None: the
+        caller sets the content (:meth:`body_request`, which takes no body parameters)."""
         headers = self._headers
         query = self._query
         timeout = self._timeout
         max_retries = self.max_retries
         limits = self._limits
+        fields = body if body is not None else {}
         for key, value in params.items():
             if key in allowed:
                 if value is not None:
-                    body[key] = value
+                    fields[key] = value
             elif key == "extra_body":
                 if value is not None and not isinstance(value, Mapping):
                     raise InvalidMessageError(
                         f"extra_body must be a mapping, got {type(value).__name__}"
                     )
                 if value:
-                    body.update(value)
+                    fields.update(value)
             elif key == "extra_headers":
                 if value:
                     extra = check_headers(value, "extra_headers", allow_none=True)
@@ -500,10 +504,14 @@ class ClientCore:
                 limits = _LIMIT_OPTIONS[key](limits, value)
             else:
                 raise TypeError(f"{method}() got an unexpected keyword argument {key!r}")
-        if stream:
-            body["stream"] = True
+        if body is None:
+            content = b""
+        else:
+            if stream:
+                fields["stream"] = True
+            content = _to_json(fields)
         return RequestSpec(
-            "POST", url, _to_json(body), headers, query, timeout, max_retries, stream, limits
+            "POST", url, content, headers, query, timeout, max_retries, stream, limits
         )
 
     def own_client(self, http: httpx.Client | httpx.AsyncClient) -> None:

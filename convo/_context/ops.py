@@ -38,9 +38,11 @@ __all__ = [
 ]
 
 # ---- the I/O a build asks for -------------------------------------------------
+# (plain slotted dataclasses: a frozen one's __init__ costs three times as much, and
+# every build makes some; the shells only read them)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Start:
     """-> (pinned, newest page): lists of (StoredMessage, cached tokens | None); the
     pinned messages of the whole lineage oldest first, then the newest ``limit``
@@ -53,7 +55,7 @@ class Start:
     after: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Tail:
     """-> list[(StoredMessage, cached tokens | None)], newest first, seq < before."""
 
@@ -61,7 +63,7 @@ class Tail:
     limit: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Range:
     """-> list[StoredMessage], oldest first, after < seq < before."""
 
@@ -70,14 +72,14 @@ class Range:
     limit: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LatestSummary:
     """-> Summary | None: the newest summary of the lineage ending at or before ``up_to_seq``."""
 
     up_to_seq: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Summarize:
     """-> str: the summarizer's text."""
 
@@ -86,7 +88,7 @@ class Summarize:
     max_tokens: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AddSummary:
     """-> Summary (stored)."""
 
@@ -95,7 +97,7 @@ class AddSummary:
     content: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SaveCounts:
     """-> None: store token counts computed during this build ((conversation id,
     message id) -> tokens)."""

@@ -62,7 +62,7 @@ ReplayMode = Literal["continue", "teacher-forcing"]
 MAX_REPLAY_ROUNDS = 8
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SourceRead(StoreCall):
     """A read of what the replay replays (the conversation's turns, their runs): the
     shells send it to the store's ``reader`` (its read replica, when it has one).

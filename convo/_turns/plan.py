@@ -166,16 +166,18 @@ assert not TurnResult.__private_attributes__ and not TurnResult.__pydantic_post_
 
 
 # --- effects -----------------------------------------------------------------------------
+# (plain slotted dataclasses, as the store's Op: a frozen one's __init__ costs three
+# times as much, and a turn makes several; the shells only read them)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StoreCall:
     method: str
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Build:
     """-> (Context, token counts the build left to the turn, or None)."""
 
@@ -185,7 +187,7 @@ class Build:
     owner: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Send:
     endpoint: Literal["chat.completions", "completions"]
     body: str
@@ -210,13 +212,13 @@ class Sent:
     latency_ms: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CallTool:
     call: ToolCall
     tool: Tool | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Emit:
     event: TurnEvent
 
