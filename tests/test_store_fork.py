@@ -244,6 +244,9 @@ async def test_token_count_inputs_are_refused_naming_the_field_and_its_limit(sto
         ("e", {(5, msg.id): 1}, "a conversation id of counts must be a string, not int"),
         ("e", {("c", msg.id, 1): 1},  # not a (conversation id, message id) pair
          f"a message id of counts must be an integer, not tuple (('c', {msg.id}, 1))"),
+        *[("e", {k: 1}, f"a message id of counts must be between -2**63 and 2**63-1 (got {n})")
+          for n in (2**63, -(2**63) - 1)  # beyond 64 bits, in a pair and alone
+          for k in ((conv.id, n), n)],
         *[("e", {key: n}, f"token count for message {msg.id} must be between 0 and {top} (got {n})")
           for n in (top + 1, -1)],
     ]

@@ -267,7 +267,11 @@ class Selector:
         if turn.cost > self._free - reserve:
             self._finish(turn.items[-1].seq, "budget")
             return False
-        self._take(turn)
+        # (_take, inline: this runs once per kept turn)
+        self._window.append(turn.items)
+        self._kept_msgs += len(turn.items)
+        self._kept_tokens += turn.cost
+        self._free -= turn.cost
         return True
 
     def _certain_reason(self, count: int, cost: int) -> str | None:

@@ -38,6 +38,8 @@ from .core import (
 from .inputs import (
     ENCODING_MAX,
     INT32_MAX,
+    INT_MAX,
+    INT_MIN,
     check_int,
     check_text,
     check_values,
@@ -79,10 +81,15 @@ def token_rows(encoding: str, counts: TokenCounts) -> tuple[list[dict[str, Any]]
         if type(key) is tuple and len(key) == 2:
             cid = check_text(key[0], "a conversation id of counts", max_len=32)
             key = key[1]
-        message_id = check_int(key, "a message id of counts")
-        tokens = check_int(
-            tokens, f"token count for message {message_id}", minimum=0, maximum=INT32_MAX
+        # (a build's counts, plain ints in range, skip the calls and the message text)
+        message_id = (
+            key if type(key) is int and INT_MIN <= key <= INT_MAX
+            else check_int(key, "a message id of counts")
         )
+        if type(tokens) is not int or not 0 <= tokens <= INT32_MAX:
+            tokens = check_int(
+                tokens, f"token count for message {message_id}", minimum=0, maximum=INT32_MAX
+            )
         if cid is None:
             bare.append(message_id)
         rows.append(
@@ -226,7 +233,8 @@ def _open(
             tail_rows.append(row)
     if conv is None:
         raise ConversationNotFound(conversation_id, owner=owner)
-    parent_id, last_seq, conv_owner = (conv[i] for i in conv_cols)
+    parent_col, last_col, owner_col = conv_cols
+    parent_id, last_seq, conv_owner = conv[parent_col], conv[last_col], conv[owner_col]
     if owner is not None and conv_owner != owner:
         raise ConversationNotFound(conversation_id, owner=owner)
     if parent_id is not None:

@@ -104,15 +104,17 @@ def bad_index(value: str) -> int:
 
 def check_text(value: Any, field: str, *, max_len: int | None = None) -> str:
     """``value`` if it is a storable string; raises :class:`StoreInputError` otherwise."""
-    if not isinstance(value, str):
-        raise StoreInputError(f"{field} must be a string, not {type(value).__name__}")
-    bad = bad_index(value)
-    if bad >= 0:
-        if value[bad] == "\x00":
-            why = "a NUL character, which PostgreSQL cannot store (refused on every database)"
-        else:
-            why = f"a lone surrogate ({value[bad]!r}), which has no UTF-8 encoding"
-        raise StoreInputError(f"{field} contains {why}, at index {bad}")
+    if type(value) is not str or not value.isascii() or "\x00" in value:
+        # (most text, ASCII without a NUL, skips this: bad_index's -1 without the call)
+        if not isinstance(value, str):
+            raise StoreInputError(f"{field} must be a string, not {type(value).__name__}")
+        bad = bad_index(value)
+        if bad >= 0:
+            if value[bad] == "\x00":
+                why = "a NUL character, which PostgreSQL cannot store (refused on every database)"
+            else:
+                why = f"a lone surrogate ({value[bad]!r}), which has no UTF-8 encoding"
+            raise StoreInputError(f"{field} contains {why}, at index {bad}")
     if max_len is not None and len(value) > max_len:
         raise StoreInputError(
             f"{field} is {len(value)} characters long; at most {max_len} are allowed"
@@ -181,7 +183,8 @@ def _json(value: Any, field: str, path: list[str | int]) -> Any:
     # int enums...), stored as their plain value, as json.dumps would write them.
     kind = type(value)
     if kind is str:
-        if bad_index(value) >= 0:
+        # (ASCII without a NUL, most text, is bad_index's -1: told without the call)
+        if (not value.isascii() or "\x00" in value) and bad_index(value) >= 0:
             check_text(value, _where(field, path))
         return value
     if value is None or kind is bool:
@@ -220,8 +223,11 @@ def _json(value: Any, field: str, path: list[str | int]) -> Any:
                         f"(got key {key!r:.40})"
                     )
                 key = str.__str__(key)
-            if bad_index(key) >= 0:
+            if (not key.isascii() or "\x00" in key) and bad_index(key) >= 0:
                 check_text(key, f"a key of {_where(field, path)}")
+            if type(item) is int and INT_MIN <= item <= INT_MAX:
+                out[key] = item  # (a plain number, the common value: _json's answer inline)
+                continue
             path.append(key)
             out[key] = _json(item, field, path)
             path.pop()
@@ -367,8 +373,12 @@ def check_values(values: Mapping[str, Any], what: str) -> None:
             continue
         kind = type(value)
         if kind is str:
-            if bad_index(value) >= 0:
+            # (ASCII without a NUL, most text, is bad_index's -1: told without the call)
+            if (not value.isascii() or "\x00" in value) and bad_index(value) >= 0:
                 check_text(value, f"{what} {column}")
+        elif kind is int:
+            if not INT_MIN <= value <= INT_MAX:
+                check_int(value, f"{what} {column}")  # (raises)
         elif kind is dict or kind is list:
             _json(value, f"{what} {column}", [])
         elif isinstance(value, str):

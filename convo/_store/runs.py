@@ -207,6 +207,8 @@ def _int(
 
 def _column_int(value: Any, column: str, minimum: int = 0) -> int | None:
     """``value`` for the integer ``column``: within its range, None only where it may be."""
+    if type(value) is int and minimum <= value <= _INT_MAX[column]:
+        return value  # (the common answer of _int, without the call)
     return _int(value, column, minimum=minimum, maximum=_INT_MAX[column],
                 optional=column not in _NOT_NULL)
 
@@ -422,7 +424,7 @@ def start_run(
         "created_at": now(),
         "finished_at": None,
     }
-    columns = tuple(k for k, v in values.items() if v is not None)
+    columns = tuple([k for k, v in values.items() if v is not None])  # (a list: no generator)
     # (settings and metadata passed check_json above, kept_seqs the int check, the
     # other _CHECKED_START columns their own; a None is never refused)
     check_values({k: values[k] for k in columns if k not in _CHECKED_START}, "run")

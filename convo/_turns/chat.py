@@ -124,7 +124,7 @@ class _ChatBase:
         resolve_branch: bool = True,
     ) -> TurnSpec:
         merged = {**self.params, **params}
-        definitions = [t.definition() for t in self.tools.values()] or None
+        definitions = [t.definition() for t in self.tools.values()] if self.tools else None
         if isinstance(merged.get("tools"), (list, tuple)):
             # Definitions passed per call replace the registered ones in the body:
             # the context is built (and its tokens counted) with what is sent.
@@ -347,7 +347,7 @@ class Chat(_ChatBase):
         only (no fork is made; see :meth:`~convo.ContextBuilder.build`).
         """
         current = self._current(conversation_id, owner)
-        definitions = [t.definition() for t in self.tools.values()] or None
+        definitions = [t.definition() for t in self.tools.values()] if self.tools else None
         builder: Any = self.builder
         ctx: Context = builder.build(
             current, tools=definitions, response_format=response_format, owner=owner,

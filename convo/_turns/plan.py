@@ -272,7 +272,8 @@ def plan_turn(spec: TurnSpec) -> Generator[Effect, Any, TurnResult]:
     wire = params, extra = wire_params(spec)
     check_params(params, spec.builder.mode)  # the client's own type rules (seed=1.5...)
     for part in (params, extra):
-        check_json(part, "request parameters")
+        if part:  # (most turns pass none)
+            check_json(part, "request parameters")
     if spec.response_format is not None:  # (the build checks it too: after the append)
         if not isinstance(spec.response_format, dict):
             raise ConfigurationError(
@@ -602,8 +603,11 @@ def _result(
     from_store: bool = False,
     duplicate: bool = False,
 ) -> TurnResult:
-    answered = _answered(reply, stored)
-    pending = [c for c in reply.tool_calls or [] if c.id not in answered]
+    calls = reply.tool_calls
+    pending = []
+    if calls:
+        answered = _answered(reply, stored)
+        pending = [c for c in calls if c.id not in answered]
     # (values the turn built from the store's and the client's own: no re-validation)
     return construct(TurnResult, {
         "conversation_id": cid,
@@ -675,7 +679,10 @@ CLIENT_OPTIONS = frozenset({
 
 def client_options(spec: TurnSpec) -> dict[str, Any]:
     """The per-call client options among the turn's parameters."""
-    return {k: v for k, v in spec.params.items() if k in CLIENT_OPTIONS and v is not None}
+    params = spec.params
+    if not params:  # (most turns pass none)
+        return {}
+    return {k: v for k, v in params.items() if k in CLIENT_OPTIONS and v is not None}
 
 
 def wire_params(spec: TurnSpec) -> tuple[dict[str, Any], dict[str, Any]]:
