@@ -27,6 +27,7 @@ from convo import (
     AsyncStore,
     ContextBuilder,
     Message,
+    ReplayItem,
     ReplyInfo,
     Store,
     StoredDataError,
@@ -204,10 +205,11 @@ async def test_a_damaged_sqlite_conversation_is_refused(sqlite_store, damage, co
     with pytest.raises(StoredDataError) as info:
         await store.get_conversation(conv.id)
     _check(info.value, "conversations", column, conv.id)
-    # a list of conversations is processed by SQLAlchemy, which does not tell the column
+    # a list of conversations is processed by SQLAlchemy: its rows are read again to
+    # tell the column
     with pytest.raises(StoredDataError) as info:
         await store.list_conversations()
-    _check(info.value, "conversations", None, None)
+    _check(info.value, "conversations", column, conv.id)
     assert store.snapshot() == before
 
 
@@ -294,3 +296,191 @@ async def test_a_turn_on_a_damaged_conversation_sends_nothing(env: Env, damage: 
     after = store.snapshot()
     assert after["runs"] == before["runs"] == []
     assert after["messages"] == before["messages"] + 1  # the user message, as the turn stores it
+
+
+# --- reads through SQLAlchemy (not the driver path) ---------------------------------------
+# SQLAlchemy processes these rows itself and does not tell which value it failed on: the
+# statement is run again and its rows read one value at a time, to name the column
+
+
+#: (UPDATE ... SET, the seq damaged, the column named, the type found): what SQLite keeps
+SEARCHED = [
+    (f"created_at = '{SECRET}'", 2, "created_at", "str"),
+    (f"metadata = '{{\"{SECRET}'", 2, "metadata", "str"),
+    (f"usage = '{{\"{SECRET}'", 6, "usage", "str"),
+]
+
+
+@pytest.mark.parametrize(("damage", "seq", "column", "kind"), SEARCHED,
+                         ids=[d[2] for d in SEARCHED])
+async def test_search_names_the_column_it_cannot_read(sqlite_store, damage, seq, column, kind):
+    store = sqlite_store
+    conv = await _conversation(store)
+    [(row_id,)] = store.sql("SELECT id FROM messages WHERE seq = :seq", seq=seq)
+    store.sql(f"UPDATE messages SET {damage} WHERE seq = :seq", seq=seq)
+    before = store.snapshot()
+    for read in (lambda: store.search("", conversation_id=conv.id), lambda: store.search("")):
+        with pytest.raises(StoredDataError) as info:
+            await read()
+        _check(info.value, "messages", column, conv.id)
+        assert info.value.seq == seq and f"seq {seq})" in str(info.value)
+        assert info.value.row_id == row_id
+        assert f"holds a {kind} that convo cannot read (not " in str(info.value)
+    assert store.snapshot() == before
+
+
+@pytest.mark.parametrize(("damage", "column", "problem"), [
+    (f"metadata = '{{\"{SECRET}'", "metadata", "not JSON"),
+    (f"created_at = '{SECRET}'", "created_at", "not a timestamp"),
+], ids=["metadata", "created_at"])
+async def test_latest_summary_names_the_column_it_cannot_read(sqlite_store, damage, column, problem):
+    store = sqlite_store
+    conv = await _conversation(store)
+    summary = await store.add_summary(conv.id, start_seq=1, end_seq=2, content="s",
+                                      metadata={"m": 1})
+    store.sql(f"UPDATE summaries SET {damage}")
+    before = store.snapshot()
+    with pytest.raises(StoredDataError) as info:
+        await store.latest_summary(conv.id)
+    _check(info.value, "summaries", column, conv.id)
+    assert info.value.row_id == summary.id and f"id {summary.id!r})" in str(info.value)
+    assert f"holds a str that convo cannot read ({problem});" in str(info.value)
+    assert store.snapshot() == before
+
+
+@pytest.mark.parametrize(("damage", "column", "problem"), [
+    (f"settings = '[{SECRET}'", "settings", "not JSON"),
+    (f"usage = '{{{SECRET}'", "usage", "not JSON"),
+    (f"created_at = '{SECRET}'", "created_at", "not a timestamp"),
+], ids=["settings", "usage", "created_at"])
+async def test_run_lists_name_the_column_they_cannot_read(sqlite_store, damage, column, problem):
+    store = sqlite_store
+    conv = await store.create_conversation()
+    run = await store.start_run(conv.id, endpoint="chat.completions", mode="chat", model="m",
+                                request={"messages": []}, settings={"budget": 5},
+                                idempotency_key="k")
+    store.sql(f"UPDATE runs SET {damage} WHERE id = :id", id=run.id)
+    before = store.snapshot()
+    for read in (lambda: store.list_runs(conv.id), lambda: store.turn_runs(conv.id, "k")):
+        with pytest.raises(StoredDataError) as info:
+            await read()
+        _check(info.value, "runs", column, conv.id)
+        assert info.value.row_id == run.id and f"id {run.id!r})" in str(info.value)
+        assert f"holds a str that convo cannot read ({problem});" in str(info.value)
+    assert store.snapshot() == before
+
+
+# --- a seq that is not an integer ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "kind"), [("2.5", "float"), ("'2.5'", "float")])
+async def test_a_real_seq_is_refused_by_the_message_reads(sqlite_store, value, kind):
+    """SQLite keeps a real number in the integer seq column; a seq range reads it."""
+    store = sqlite_store
+    conv = await _conversation(store)
+    [(row_id,)] = store.sql("SELECT id FROM messages WHERE seq = 2")
+    store.sql(f"UPDATE messages SET seq = {value}, content = '{SECRET}' WHERE seq = 2")
+    before = store.snapshot()
+    reads = {
+        "messages": lambda: store.messages(conv.id),
+        "newest_first": lambda: store.messages(conv.id, newest_first=True, limit=7),
+        "get_message": lambda: store.get_message(conv.id, 3),  # (its range reads 2.5 first)
+        "search": lambda: store.search(SECRET),
+    }
+    for name, read in reads.items():
+        with pytest.raises(StoredDataError) as info:
+            await read()
+        _check(info.value, "messages", "seq", conv.id)
+        assert info.value.row_id == row_id and f"id {row_id})" in str(info.value), name
+        assert f"holds a {kind} that convo cannot read (not an integer);" in str(info.value)
+    with pytest.raises(StoredDataError) as info:
+        _ = [m async for m in store.iter_messages(conv.id)]
+    _check(info.value, "messages", "seq", conv.id)
+    assert store.snapshot() == before
+
+
+@pytest.mark.parametrize(("value", "kind"), [(f"'{SECRET}'", "str"), (f"x'{SECRET.encode().hex()}'", "bytes")])
+async def test_a_text_seq_is_refused_by_search(sqlite_store, value, kind):
+    """Text (or a blob) in seq is beyond every seq range, so the reads by range do not
+    meet it; a search does."""
+    store = sqlite_store
+    conv = await _conversation(store)
+    [(row_id,)] = store.sql("SELECT id FROM messages WHERE seq = 2")
+    store.sql(f"UPDATE messages SET seq = {value} WHERE seq = 2")
+    for read in (lambda: store.search("hi"), lambda: store.search("")):
+        with pytest.raises(StoredDataError) as info:
+            await read()
+        _check(info.value, "messages", "seq", conv.id)
+        assert info.value.row_id == row_id and f"id {row_id})" in str(info.value)
+        assert f"holds a {kind} that convo cannot read (not an integer);" in str(info.value)
+
+
+# --- replays -------------------------------------------------------------------------------
+
+
+async def _replay(store: Any) -> tuple[Any, Any, Any]:
+    conv = await _conversation(store)
+    replay = await store.create_replay("r" * 32, mode="continue", spec={"arms": ["a"]})
+    other = await store.create_replay("q" * 32, mode="continue", spec={"arms": ["b"]})
+    for rid in (replay.id, other.id):
+        await store.save_replay_item(ReplayItem(
+            replay_id=rid, conversation_id=conv.id, turn=0, arm="a", status="ok",
+            user_seq=2, text="t", verdict={"v": 1},
+        ))
+    return conv, replay, other
+
+
+def _replay_reads(store: Any, replay_id: str, table: str) -> dict[str, Any]:
+    reads = {"items": lambda: store.replay_items(replay_id)}
+    if table == "replays":
+        reads["get"] = lambda: store.get_replay(replay_id)
+        reads["list"] = lambda: store.list_replays()
+    return reads
+
+
+#: (table, UPDATE ... SET, the column named, the type found, the problem): both databases
+REPLAY_DAMAGES = [
+    ("replays", f"spec = '[\"{SECRET}\"]'", "spec", "list", "not a JSON object"),
+    ("replay_items", f"verdict = '[\"{SECRET}\"]'", "verdict", "list", "not a JSON object"),
+]
+#: the same, for what only SQLite stores
+SQLITE_REPLAY_DAMAGES = [
+    ("replays", f"spec = '{{{SECRET}'", "spec", "str", "not JSON"),
+    ("replays", f"created_at = '{SECRET}'", "created_at", "str", "not a timestamp"),
+    ("replays", f"updated_at = '{SECRET}'", "updated_at", "str", "not a timestamp"),
+    ("replay_items", f"verdict = '{{{SECRET}'", "verdict", "str", "not JSON"),
+    ("replay_items", f"created_at = '{SECRET}'", "created_at", "str", "not a timestamp"),
+]
+
+
+async def _damaged_replay(store: Any, table: str, damage: str, column: str, kind: str,
+                          problem: str) -> None:
+    conv, replay, other = await _replay(store)
+    where = "id" if table == "replays" else "replay_id"
+    store.sql(f"UPDATE {table} SET {damage} WHERE {where} = :rid", rid=replay.id)
+    # only the rows a call reads are checked: the other replay reads as it was written
+    assert (await store.get_replay(other.id)) == other
+    assert [i.verdict for i in await store.replay_items(other.id)] == [{"v": 1}]
+    before = store.snapshot()
+    for name, read in _replay_reads(store, replay.id, table).items():
+        with pytest.raises(StoredDataError) as info:
+            await read()
+        _check(info.value, table, column, conv.id if table == "replay_items" else None)
+        assert f"holds a {kind} that convo cannot read ({problem});" in str(info.value), name
+        if table == "replays":
+            assert info.value.row_id == replay.id and f"id {replay.id!r})" in str(info.value)
+    assert store.snapshot() == before
+
+
+@pytest.mark.parametrize(("table", "damage", "column", "kind", "problem"), REPLAY_DAMAGES,
+                         ids=[d[2] for d in REPLAY_DAMAGES])
+async def test_a_damaged_replay_is_refused(store, table, damage, column, kind, problem):
+    await _damaged_replay(store, table, damage, column, kind, problem)
+
+
+@pytest.mark.parametrize(("table", "damage", "column", "kind", "problem"), SQLITE_REPLAY_DAMAGES,
+                         ids=[f"{d[0]}-{d[2]}" for d in SQLITE_REPLAY_DAMAGES])
+async def test_a_damaged_sqlite_replay_is_refused(sqlite_store, table, damage, column, kind,
+                                                  problem):
+    await _damaged_replay(sqlite_store, table, damage, column, kind, problem)
+

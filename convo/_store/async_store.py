@@ -14,7 +14,7 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .._exceptions import ConfigurationError
+from .._exceptions import ConfigurationError, StoredDataError
 from .._messages import Message
 from .._records import Conversation, ReplyInfo, StoredMessage, Summary
 from . import context, core, driver, replica
@@ -30,7 +30,7 @@ from .engine import (
 )
 from .schema import SCHEMA_REVISION
 from .sql import context_dialect
-from .store import _current_revision, database_error, fetch, not_migrated
+from .store import _current_revision, database_error, fetch, not_migrated, unread_value
 
 __all__ = ["AsyncStore"]
 
@@ -508,6 +508,10 @@ async def _drive(conn: AsyncConnection, plan: Plan[T]) -> T:
             except DBAPIError as exc:  # the plan may recover (see _store/core.py)
                 op = plan.throw(exc)
                 continue
+            except StoredDataError as exc:  # (SQLAlchemy's rows: name the column, slowly)
+                if exc.column is not None or not isinstance(op, Op) or op.driver:
+                    raise
+                raise (await conn.run_sync(unread_value, op)) or exc from None
             op = plan.send(value)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]

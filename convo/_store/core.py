@@ -61,6 +61,7 @@ from .rows import (
     message_from_row,
     message_values,
     new_conversation_id,
+    seq_error,
     stored_message,
     validate_json_dict,
 )
@@ -625,6 +626,8 @@ def messages(
     rows = yield from _read_segments(
         lineage, after=after, before=before, limit=limit, newest_first=newest_first
     )
+    if (error := seq_error(rows)) is not None:
+        raise error
     return [message_from_row(r) for r in rows]
 
 
@@ -636,6 +639,8 @@ def get_message(conversation_id: str, seq: int, *, owner: str | None) -> Plan[St
     )
     if not rows:
         raise MessageNotFound(f"conversation {conversation_id!r} has no message {seq}")
+    if (error := seq_error(rows)) is not None:
+        raise error
     return message_from_row(rows[0])
 
 
@@ -717,6 +722,8 @@ def search(
     elif owner is not None:
         stmt = stmt.join(C, C.c.id == M.c.conversation_id).where(C.c.owner == owner)
     rows = yield Op(stmt.order_by(M.c.id.desc()).limit(limit))
+    if (error := seq_error(rows)) is not None:
+        raise error
     return [message_from_row(r) for r in rows]
 
 

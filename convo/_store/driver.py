@@ -308,16 +308,20 @@ def process(
 
 
 def unreadable(
-    prepared: DriverStatement, rows: Sequence[Sequence[Any]], procs: tuple[Processor | None, ...]
+    prepared: DriverStatement, rows: Sequence[Sequence[Any]], procs: tuple[Processor | None, ...],
+    compiled: Any = None,
 ) -> StoredDataError | None:
     """The error of the first stored value in ``rows`` that its column's result
     processor refuses (JSON text that is not JSON, a timestamp that is not one: a
     row changed outside convo), naming its table, column and row (the row's
     ``conversation_id``, ``seq`` or ``id`` when the statement selected them); None
-    if every value is read. The slow path of :func:`process`, after it failed."""
+    if every value is read. The slow path of :func:`process`, after it failed (and of
+    :func:`convo._store.store.unread_value`, with the statement as it was ``compiled``)."""
     names: list[tuple[str | None, str | None]] = []
     try:
-        for col in prepared.stmt.compile()._result_columns:  # type: ignore[attr-defined]
+        if compiled is None:
+            compiled = prepared.stmt.compile()  # type: ignore[attr-defined]
+        for col in compiled._result_columns:
             tables = [o.table.name for o in col[2] if isinstance(o, Column)]
             names.append((tables[0] if tables else None, col[0]))
     except Exception:  # noqa: BLE001 - the names are a help; the error is raised anyway

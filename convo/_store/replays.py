@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from .._exceptions import ReplayNotFound, StoreInputError
 from .core import Op, Plan, newest_first, now
 from .inputs import check_text, check_values
-from .rows import check_short, construct
+from .rows import check_short, construct, damaged
 from .schema import ReplayItemRow, ReplayRow
 
 __all__ = [
@@ -101,12 +101,20 @@ assert set(_ITEM_COLUMNS) == set(ReplayItem.model_fields)
 
 def _replay(row: Any) -> Replay:
     values = dict(zip(_REPLAY_COLUMNS, row, strict=True))
-    values["spec"] = values["spec"] or {}
+    spec = values["spec"]
+    if spec is not None and type(spec) is not dict:  # (a row changed outside convo)
+        raise damaged("replays", "spec", spec, "not a JSON object", row_id=values["id"])
+    values["spec"] = spec or {}
     return construct(Replay, values)
 
 
 def _item(row: Any) -> ReplayItem:
-    return construct(ReplayItem, dict(zip(_ITEM_COLUMNS, row, strict=True)))
+    values = dict(zip(_ITEM_COLUMNS, row, strict=True))
+    verdict = values["verdict"]
+    if verdict is not None and type(verdict) is not dict:  # (a row changed outside convo)
+        raise damaged("replay_items", "verdict", verdict, "not a JSON object",
+                      conversation_id=values["conversation_id"], row_id=values["replay_id"])
+    return construct(ReplayItem, values)
 
 
 def _strict_json(value: Any, what: str) -> Any:

@@ -17,6 +17,7 @@ import re
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -447,6 +448,23 @@ def message_error(values: Mapping[str, Any]) -> StoredDataError | None:
     return damaged("messages", column, values[column], problem,
                    conversation_id=values.get("conversation_id"), seq=values.get("seq"),
                    row_id=values.get("id"))
+
+
+def seq_error(rows: Any) -> StoredDataError | None:
+    """The :class:`~convo.StoredDataError` of the first message row of ``rows`` whose
+    seq is not an integer (SQLite keeps a real number or text in the column, and a seq
+    range reads a real one), None if every seq is one. One sum in C over the seqs finds
+    it (a real makes the sum one, text raises TypeError); only then are the rows looked at."""
+    try:
+        if type(sum(map(itemgetter(2), rows))) is int:  # (2: MESSAGE_COLUMNS' seq)
+            return None
+    except TypeError:
+        pass
+    for row in rows:
+        if type(row[2]) is not int:
+            return damaged("messages", "seq", row[2], "not an integer",
+                           conversation_id=row[1], row_id=row[0])
+    return None
 
 
 # the fields sets of the values message_from_row builds (see construct)

@@ -110,6 +110,37 @@ def unreadable_result(result: Result[Any]) -> StoredDataError | None:
                            problem="not JSON, or not a timestamp")
 
 
+def unread_value(conn: Connection, op: Op) -> StoredDataError | None:
+    """The error of the value that :func:`fetch` could not read from ``op``'s rows
+    (it names the tables only), naming its column and row as the driver path does
+    (see :func:`convo._store.driver.unreadable`): the SELECT is run again and its
+    rows read as the driver gives them, then each value through its column's
+    processor. The slow path of both shells, after the error; None when it is not
+    found again (the row changed meanwhile) or ``op`` is not a SELECT (a write is
+    not run twice)."""
+    if not getattr(op.stmt, "is_select", False):
+        return None
+    try:
+        result = conn.execute(op.stmt, op.params)
+        try:
+            context = result.context
+            cursor = context.cursor
+            description, rows = cursor.description, cursor.fetchall()
+        finally:
+            result.close()
+        compiled: Any = context.compiled
+        types = tuple(col[3] for col in compiled._result_columns)
+        procs = tuple(t._cached_result_processor(conn.dialect, d[1])
+                      for t, d in zip(types, description, strict=True))
+        prepared = driver.DriverStatement(
+            stmt=op.stmt, sql=compiled.string, bind=lambda _: (), processors=procs,
+            returns_rows=True, result_types=types,
+        )
+        return driver.unreadable(prepared, rows, procs, compiled)
+    except Exception:  # noqa: BLE001 - the names are a help; the tables' error is raised anyway
+        return None
+
+
 def database_error(exc: DBAPIError) -> StoreError:
     """The one translation of driver errors (connection lost, disk full, ...) into convo's tree."""
     if replica.refused_write(exc):  # a replica, or a primary demoted to one
@@ -802,6 +833,10 @@ def _drive(conn: Connection, plan: Plan[T], *, writes: bool = True) -> T:
             except DBAPIError as exc:  # the plan may recover (see _store/core.py)
                 op = plan.throw(exc)
                 continue
+            except StoredDataError as exc:  # (SQLAlchemy's rows: name the column, slowly)
+                if exc.column is not None or not isinstance(op, Op) or op.driver:
+                    raise
+                raise unread_value(conn, op) or exc from None
             op = plan.send(value)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
