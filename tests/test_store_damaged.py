@@ -27,6 +27,7 @@ from convo import (
     AsyncStore,
     ContextBuilder,
     Message,
+    MessageNotFound,
     ReplayItem,
     ReplyInfo,
     Store,
@@ -484,3 +485,27 @@ async def test_a_damaged_sqlite_replay_is_refused(sqlite_store, table, damage, c
                                                   problem):
     await _damaged_replay(sqlite_store, table, damage, column, kind, problem)
 
+
+# --- set_pinned's second MessageNotFound ---------------------------------------------------
+
+
+def test_a_message_gone_between_the_reads_and_the_pin_is_not_found():
+    """set_pinned reads the conversation's lineage (and, to pin, the message's role),
+    then updates the message's row; if the row is gone by then (the conversation was
+    deleted meanwhile: a race, which cannot be made to happen on demand), the UPDATE
+    matches nothing and the message is not found. The plan is driven by hand, given
+    the values of that race."""
+    from convo._store import core
+
+    cid = "c" * 32
+    for value in (True, False):
+        plan = core.set_pinned(cid, 2, value, owner=None)
+        next(plan)  # the lineage: parent_id, fork_seq, last_seq, owner, lineage
+        op = plan.send((None, None, 3, None, None))
+        if value:  # pinning reads the message's role and tool calls first
+            assert op.fetch == "first"
+            op = plan.send(("user", None))
+        assert op.fetch == "rowcount" and op.stmt.is_dml
+        with pytest.raises(MessageNotFound) as info:
+            plan.send(0)  # the UPDATE matched no row
+        assert str(info.value) == f"conversation {cid!r} has no message 2"

@@ -250,7 +250,7 @@ def _open(
                 raise damaged("messages", "seq", row[seq_col], "not an integer",
                               conversation_id=conversation_id, row_id=row[0]) from None
         raise
-    lineage = Lineage(conversation_id, last_seq, ((conversation_id, 0, last_seq),))
+    lineage = Lineage(conversation_id, ((conversation_id, 0, last_seq),))
     return values(pinned_rows, conversation_id), values(tail_rows, conversation_id), lineage
 
 

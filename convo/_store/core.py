@@ -146,7 +146,6 @@ Segment: TypeAlias = lineages.Segment  # (conversation_id, lo, hi): seq in (lo, 
 @dataclass(frozen=True, slots=True)
 class Lineage:
     conversation_id: str
-    last_seq: int
     #: Nearest first: the conversation's own segment, then its parent's, ...
     #: (``hi <= lo`` means the ancestor contributes no rows but its summaries
     #: up to ``hi`` still apply).
@@ -171,7 +170,7 @@ def _lineage(conversation_id: str, owner: str | None) -> Plan[Lineage]:
     chain: lineages.Chain = ()
     if row[0] is not None:
         chain = yield from lineages.chain_of(row[0], row[1], row[4])
-    return Lineage(conversation_id, row[2], lineages.segments(conversation_id, row[2], chain))
+    return Lineage(conversation_id, lineages.segments(conversation_id, row[2], chain))
 
 
 #: Where a conversation row (``SELECT conversations.*``) has its lineage.
