@@ -68,7 +68,8 @@ MODULES: dict[str, list[str]] = {
                        "test_client_secrets.py", "test_client_limits.py", "test_client_hostile.py",
                        "test_client_deadlines.py"],
     "_store.core": ["test_store.py", "test_store_fork.py", "test_store_edges.py",
-                    "test_context_edges.py", "test_store_hotpath.py", "test_store_lineage.py"],
+                    "test_context_edges.py", "test_store_hotpath.py", "test_store_lineage.py",
+                    "test_store_damaged.py"],
     "_store.context": ["test_store.py", "test_store_fork.py", "test_context_reads.py",
                        "test_context_edges.py", "test_store_hotpath.py", "test_store_damaged.py"],
     "_store.sql": ["test_store.py", "test_store_fork.py", "test_store_edges.py",
@@ -81,7 +82,7 @@ MODULES: dict[str, list[str]] = {
     "_replay.reproduce": ["test_reproduce.py", "test_cli_replay.py"],
     "_store.runs": ["test_runs_store.py", "test_store_hotpath.py", "test_store_damaged.py"],
     "_store.branches": ["test_turns_branches.py"],
-    "_store.replays": ["test_replay.py", "test_cli_replay.py"],
+    "_store.replays": ["test_replay.py", "test_cli_replay.py", "test_store_damaged.py"],
 }
 
 _CASELESS_HEADERS = "httpx.Headers are case-insensitive"
@@ -335,13 +336,7 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
         ("delete_conversation",
          r"re:^levels = yield from lineages\.forks_below\(\[conversation_id\], full=(None|True)\)$",
          "the delete reads only the forks' ids, which whole rows and (id, parent_id) rows both have"),
-        ("set_pinned", "raise MessageNotFound(None)",
-         ("the update finds no row only if the message went between the lineage read and it "
-          "(lineage.owner_of found its seq, and seqs are contiguous): a race, no "
-          "deterministic test; the first not-found, for a seq outside the lineage, is killed")),
         ("fork", r"re:raise ConversationNotFound\(.*\) from exc", _RACE),
-        ("_lineage", r"re:return Lineage\(conversation_id, (None|row\[3\]), ",
-         "Lineage.last_seq is never read (a dead field; tail_of reads the conversation_id)"),
         *[(function, code, _CHECKED_FIRST) for function in
           ("create_conversation", "update_conversation", "fork") for code in (
               r're:validate_json_dict\(metadata, (None|"XXconversation metadataXX"|"CONVERSATION METADATA")\)$',
@@ -368,8 +363,6 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          r're:home = yield Op\(sql\.HOME_OF_MESSAGE, \{"id": message_id\}, (None|"XXscalarXX"|"SCALAR"), driver=True\)',
          ("on the DBAPI path (driver=True) a fetch mode other than all, first, none, rowcount "
           "and lastrowid reads the first value, as scalar does (driver.rows_as' default)")),
-        ("_open", "lineage = Lineage(conversation_id, None, ((conversation_id, 0, last_seq),))",
-         "Lineage.last_seq is never read (tail_of reads the id and the segments only)"),
     ],
     "_store.sql": [
         *[("json_equals", code, "SQLAlchemy infers the string type of a str literal")
@@ -723,7 +716,7 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "a statement whose result is not read: every unknown fetch mode returns None"),
         ("*", r"re:zip\(_(REPLAY|ITEM)_COLUMNS, row, (strict=(None|False))?\)",
          "a row has one value per column by construction"),
-        ("_replay", r're:^values\["(XXspecXX|SPEC)"\] = values\["spec"\] or \{\}$',
+        ("_replay", r're:^values\["(XXspecXX|SPEC)"\] = spec or \{\}$',
          "create_replay stores a dict, never NULL: the `or {}` only guards rows written elsewhere"),
         ("_strict_json", "return json.loads(json.dumps(value, allow_nan=None))",
          "json.dumps tests allow_nan for truth: None and False alike"),
