@@ -470,6 +470,8 @@ async def _damaged_replay(store: Any, table: str, damage: str, column: str, kind
         assert f"holds a {kind} that convo cannot read ({problem});" in str(info.value), name
         if table == "replays":
             assert info.value.row_id == replay.id and f"id {replay.id!r})" in str(info.value)
+        else:  # (an item has no id of its own: its conversation is named)
+            assert info.value.row_id is None and f"(conversation {conv.id!r})" in str(info.value)
     assert store.snapshot() == before
 
 

@@ -113,7 +113,7 @@ def _item(row: Any) -> ReplayItem:
     verdict = values["verdict"]
     if verdict is not None and type(verdict) is not dict:  # (a row changed outside convo)
         raise damaged("replay_items", "verdict", verdict, "not a JSON object",
-                      conversation_id=values["conversation_id"], row_id=values["replay_id"])
+                      conversation_id=values["conversation_id"])  # (an item has no id)
     return construct(ReplayItem, values)
 
 
