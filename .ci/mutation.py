@@ -96,6 +96,10 @@ _DOUBLE_CHECK = (
     "re-read matters only when two threads race on a key's first counter"
 )
 _TRUTH = "only tested for truth: None and False alike"
+_FAST_PATH = (
+    "an inline fast path of a check: a mutant that narrows or disables it sends the value "
+    "to the checking call, which gives the same answer (at the bounds too)"
+)
 _CHECKED_FIRST = (
     "the plan's @checked rules (title: _text, metadata: _json_object, owner: _short) refuse "
     "every value this check would, before the plan runs: its message is never seen"
@@ -349,6 +353,15 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "), sa.false()))"),
     ],
     "_store.context": [
+        *[("token_rows", code, _FAST_PATH) for code in (
+            "key if (type(key) is int and INT_MIN <= key <= INT_MAX) and False",
+            "key if type(None) is int and INT_MIN <= key <= INT_MAX",
+            "key if type(key) is int and INT_MIN < key <= INT_MAX",
+            "key if type(key) is int and INT_MIN <= key < INT_MAX",
+            "if type(None) is not int or not 0 <= tokens <= INT32_MAX:",
+            "if type(tokens) is not int or not 0 < tokens <= INT32_MAX:",
+            "if type(tokens) is not int or not 0 <= tokens < INT32_MAX:",
+        )],
         # (its @checked plans are decorated: mutmut leaves them unmutated)
         *[("_open", code,
            ("rows sorted whole sort by their first column, the message id, which grows with "
@@ -641,6 +654,11 @@ EQUIVALENT: dict[str, list[tuple[str, ...]]] = {
          "json.dumps tests ensure_ascii for truth: None and False alike"),
     ],
     "_store.runs": [
+        *[("_column_int", code, _FAST_PATH) for code in (
+            "if type(None) is int and minimum <= value <= _INT_MAX[column]:",
+            "if type(value) is int and minimum < value <= _INT_MAX[column]:",
+            "if type(value) is int and minimum <= value < _INT_MAX[column]:",
+        )],
         ("start_run", (r're:^yield Op\(sql\.insert_token_counts\(dialect\), counts, '
                        r'(None, |"XXnoneXX", |"NONE", )?driver=True\)$'),
          ("a driver=True INSERT without RETURNING gives None whatever the fetch mode, on the "
