@@ -30,7 +30,8 @@ from .engine import (
 )
 from .schema import SCHEMA_REVISION
 from .sql import context_dialect
-from .store import _current_revision, database_error, fetch, not_migrated, unread_value
+from .store import _current_revision, database_error, fetch, not_migrated
+from .unreadable import unread_value
 
 __all__ = ["AsyncStore"]
 

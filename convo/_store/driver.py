@@ -316,7 +316,7 @@ def unreadable(
     row changed outside convo), naming its table, column and row (the row's
     ``conversation_id``, ``seq`` or ``id`` when the statement selected them); None
     if every value is read. The slow path of :func:`process`, after it failed (and of
-    :func:`convo._store.store.unread_value`, with the statement as it was ``compiled``)."""
+    :func:`convo._store.unreadable.unread_value`, with the statement as it was ``compiled``)."""
     names: list[tuple[str | None, str | None]] = []
     try:
         if compiled is None:

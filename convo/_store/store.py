@@ -46,6 +46,7 @@ from .engine import (
 from .schema import SCHEMA_REVISION
 from .sql import context_dialect
 from .threads import StoreThreads
+from .unreadable import unread_value, unreadable_result
 
 __all__ = ["Store"]
 
@@ -95,50 +96,6 @@ def fetch(result: Result[Any], how: core.Fetch) -> Any:
     if how == "lastrowid":
         return result.lastrowid  # type: ignore[attr-defined]
     return None
-
-
-def unreadable_result(result: Result[Any]) -> StoredDataError | None:
-    """The error of a result whose rows SQLAlchemy failed to process: its tables
-    (None when the result has no compiled statement: not a stored row's fault)."""
-    compiled = getattr(getattr(result, "context", None), "compiled", None)
-    columns = getattr(compiled, "_result_columns", None)
-    if not columns:
-        return None
-    tables = sorted({o.table.name for col in columns for o in col[2]
-                     if isinstance(o, sa.Column) and o.table is not None})
-    return StoredDataError(" / ".join(tables) or "an unknown table",
-                           problem="not JSON, or not a timestamp")
-
-
-def unread_value(conn: Connection, op: Op) -> StoredDataError | None:
-    """The error of the value that :func:`fetch` could not read from ``op``'s rows
-    (it names the tables only), naming its column and row as the driver path does
-    (see :func:`convo._store.driver.unreadable`): the SELECT is run again and its
-    rows read as the driver gives them, then each value through its column's
-    processor. The slow path of both shells, after the error; None when it is not
-    found again (the row changed meanwhile) or ``op`` is not a SELECT (a write is
-    not run twice)."""
-    if not getattr(op.stmt, "is_select", False):
-        return None
-    try:
-        result = conn.execute(op.stmt, op.params)
-        try:
-            context = result.context
-            cursor = context.cursor
-            description, rows = cursor.description, cursor.fetchall()
-        finally:
-            result.close()
-        compiled: Any = context.compiled
-        types = tuple(col[3] for col in compiled._result_columns)
-        procs = tuple(t._cached_result_processor(conn.dialect, d[1])
-                      for t, d in zip(types, description, strict=True))
-        prepared = driver.DriverStatement(
-            stmt=op.stmt, sql=compiled.string, bind=lambda _: (), processors=procs,
-            returns_rows=True, result_types=types,
-        )
-        return driver.unreadable(prepared, rows, procs, compiled)
-    except Exception:  # noqa: BLE001 - the names are a help; the tables' error is raised anyway
-        return None
 
 
 def database_error(exc: DBAPIError) -> StoreError:
